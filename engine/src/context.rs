@@ -1,0 +1,597 @@
+//! [`StreamingContext`]: the entry point of the embedded API, and its lifecycle
+//! (Initialized → Active → Stopped).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, SourceNode};
+use crate::listener::{BatchInfo, StreamingListener};
+use crate::scheduler::Pipeline;
+use crate::slot::BatchSlot;
+use crate::source::Source;
+use crate::sources::QueueSource;
+use crate::stream::Stream;
+use crate::time::{Time, format_duration};
+use crate::{internal_err, lifecycle_err, plan_err};
+
+/// Where a context is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamingContextState {
+    /// Created; streams and outputs may be added.
+    Initialized,
+    /// Started; batches run.
+    Active,
+    /// Stopped (by `stop`, by a failure, or by draining under `AvailableNow`).
+    Stopped,
+}
+
+/// When batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// One batch every batch interval (the default).
+    #[default]
+    ProcessingTime,
+    /// Process everything the sources hold at start, in as many batches as rate limits
+    /// require, one right after the other, then stop.
+    AvailableNow,
+}
+
+/// Builds a [`StreamingContext`].
+pub struct StreamingContextBuilder {
+    interval: Duration,
+    session: Option<SessionContext>,
+    clock: Arc<dyn Clock>,
+    trigger: Trigger,
+    retained_batches: usize,
+    name: String,
+}
+
+impl StreamingContextBuilder {
+    /// Use an existing DataFusion session (its tables, functions and settings).
+    pub fn with_session(mut self, session: SessionContext) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    /// Use `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// How many recent [`BatchInfo`]s to keep (default 1000).
+    pub fn with_retained_batches(mut self, n: usize) -> Self {
+        self.retained_batches = n.max(1);
+        self
+    }
+
+    /// A name for the query: output ids (the sinks' idempotency keys) derive from it.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn build(self) -> Result<StreamingContext> {
+        if self.interval.is_zero() {
+            return plan_err!("the batch interval must be positive");
+        }
+        let session = match self.session {
+            Some(s) => s,
+            None => SessionContext::new_with_config(default_session_config()),
+        };
+        // Plans are executed again every batch: dynamic filters, which carry values
+        // from one execution into the next, must stay off.
+        session
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let (status, _) = watch::channel(StreamingContextState::Initialized);
+        let (stop, _) = watch::channel(false);
+        let (completed, _) = watch::channel(None);
+        Ok(StreamingContext {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared {
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    name: self.name,
+                    interval: self.interval,
+                    session,
+                    clock: self.clock,
+                    trigger: self.trigger,
+                    retained: self.retained_batches,
+                    graph: Mutex::new(Some(Graph::default())),
+                    listeners: Mutex::new(Vec::new()),
+                    recent: Mutex::new(VecDeque::new()),
+                    status,
+                    stop,
+                    completed,
+                    failure: Mutex::new(None),
+                    started_at: Mutex::new(None),
+                }),
+                task: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+fn default_session_config() -> SessionConfig {
+    SessionConfig::new().with_information_schema(true)
+}
+
+/// State shared between the context's handles and its scheduler task.
+pub(crate) struct Shared {
+    id: u64,
+    name: String,
+    pub(crate) interval: Duration,
+    pub(crate) session: SessionContext,
+    clock: Arc<dyn Clock>,
+    trigger: Trigger,
+    retained: usize,
+    /// `Some` until `start()` moves it into the pipeline.
+    pub(crate) graph: Mutex<Option<Graph>>,
+    listeners: Mutex<Vec<Arc<dyn StreamingListener>>>,
+    recent: Mutex<VecDeque<BatchInfo>>,
+    status: watch::Sender<StreamingContextState>,
+    stop: watch::Sender<bool>,
+    completed: watch::Sender<Option<Time>>,
+    failure: Mutex<Option<Arc<Error>>>,
+    started_at: Mutex<Option<Time>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The scheduler task is owned by the context: dropping the last handle
+        // stops it.
+        if let Some(task) = self.task.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+/// The process's active context, as Spark allows one per JVM.
+static ACTIVE: StdMutex<Option<Weak<Inner>>> = StdMutex::new(None);
+
+fn active_slot() -> std::sync::MutexGuard<'static, Option<Weak<Inner>>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The entry point of the embedded API: creates streams, runs their batches.
+///
+/// ```no_run
+/// # async fn demo() -> flumen_engine::Result<()> {
+/// use std::time::Duration;
+/// use flumen_engine::StreamingContext;
+/// use datafusion::arrow::datatypes::{DataType, Field, Schema};
+/// use std::sync::Arc;
+///
+/// let ctx = StreamingContext::new(Duration::from_secs(1))?;
+/// let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+/// let (queue, lines) = ctx.queue_stream("lines", schema, true)?;
+/// lines.print(10)?;
+/// ctx.start().await?;
+/// ctx.await_termination().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StreamingContext {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StreamingContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingContext")
+            .field("id", &self.inner.shared.id)
+            .field("batch_interval", &self.inner.shared.interval)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl StreamingContext {
+    /// A context with batches every `batch_interval`, on the system clock.
+    pub fn new(batch_interval: Duration) -> Result<Self> {
+        Self::builder(batch_interval).build()
+    }
+
+    /// A builder for a context with batches every `batch_interval`.
+    pub fn builder(batch_interval: Duration) -> StreamingContextBuilder {
+        StreamingContextBuilder {
+            interval: batch_interval,
+            session: None,
+            clock: Arc::new(SystemClock),
+            trigger: Trigger::default(),
+            retained_batches: 1000,
+            name: "flumen".into(),
+        }
+    }
+
+    /// The active context of this process, if one is running.
+    pub fn get_active() -> Option<StreamingContext> {
+        let slot = active_slot();
+        let inner = slot.as_ref()?.upgrade()?;
+        let active = *inner.shared.status.borrow() == StreamingContextState::Active;
+        active.then_some(StreamingContext { inner })
+    }
+
+    /// The active context, or a new one from `create`.
+    pub fn get_active_or_create(
+        create: impl FnOnce() -> Result<StreamingContext>,
+    ) -> Result<StreamingContext> {
+        match Self::get_active() {
+            Some(ctx) => Ok(ctx),
+            None => create(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    pub fn batch_interval(&self) -> Duration {
+        self.inner.shared.interval
+    }
+
+    /// The DataFusion session: register static tables and functions here.
+    pub fn session(&self) -> &SessionContext {
+        &self.inner.shared.session
+    }
+
+    /// A static table of the session, for joins.
+    pub async fn table(&self, name: &str) -> Result<DataFrame> {
+        Ok(self.inner.shared.session.table(name).await?)
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.shared.clock
+    }
+
+    pub fn state(&self) -> StreamingContextState {
+        *self.inner.shared.status.borrow()
+    }
+
+    /// Fails unless the context is still being defined.
+    pub(crate) fn check_initialized(&self, what: &str) -> Result<()> {
+        match self.state() {
+            StreamingContextState::Initialized => Ok(()),
+            StreamingContextState::Active => lifecycle_err!(
+                "cannot {what} after the StreamingContext has started; define every \
+                 stream and output before start()"
+            ),
+            StreamingContextState::Stopped => lifecycle_err!(
+                "cannot {what}: the StreamingContext has been stopped; create a new one"
+            ),
+        }
+    }
+
+    /// A stream of the batches `source` produces.
+    pub fn source(&self, source: Arc<dyn Source>) -> Result<Stream> {
+        self.check_initialized("add a stream")?;
+        let target = self.session().state().config().target_partitions();
+        let partitions = if source.partitions() > 1 {
+            source.partitions()
+        } else {
+            target
+        };
+        let slot = BatchSlot::new(source.schema(), partitions);
+        let df = self.session().read_table(slot.table()?)?;
+        let mut graph = self.inner.shared.graph.lock();
+        let Some(graph) = graph.as_mut() else {
+            return internal_err!("graph missing in an initialized context");
+        };
+        graph.sources.push(SourceNode { source, slot });
+        Ok(Stream::new(self.clone(), df, self.batch_interval()))
+    }
+
+    /// Spark's `queueStream`: returns the queue to push batch sets into, and its
+    /// stream. With `one_at_a_time`, each batch takes one queued element.
+    pub fn queue_stream(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        one_at_a_time: bool,
+    ) -> Result<(Arc<QueueSource>, Stream)> {
+        let queue = QueueSource::new(name, schema, one_at_a_time);
+        let stream = self.source(queue.clone())?;
+        Ok((queue, stream))
+    }
+
+    pub fn add_listener(&self, listener: Arc<dyn StreamingListener>) {
+        self.inner.shared.listeners.lock().push(listener);
+    }
+
+    /// The most recent batches' information, oldest first.
+    pub fn recent_batches(&self) -> Vec<BatchInfo> {
+        self.inner.shared.recent.lock().iter().cloned().collect()
+    }
+
+    /// Plan every query and start running batches.
+    pub async fn start(&self) -> Result<()> {
+        let shared = Arc::clone(&self.inner.shared);
+        match self.state() {
+            StreamingContextState::Initialized => {}
+            StreamingContextState::Active => {
+                return lifecycle_err!("the StreamingContext has already been started");
+            }
+            StreamingContextState::Stopped => {
+                return lifecycle_err!(
+                    "the StreamingContext has been stopped and cannot be restarted; \
+                     create a new StreamingContext"
+                );
+            }
+        }
+        {
+            let graph = shared.graph.lock();
+            if graph.as_ref().is_none_or(|g| g.outputs.is_empty()) {
+                return lifecycle_err!(
+                    "no output operations registered, so nothing to execute; add \
+                     print(), foreach_batch() or write_to() to a stream before start()"
+                );
+            }
+        }
+        {
+            let mut active = active_slot();
+            if let Some(other) = active.as_ref().and_then(Weak::upgrade)
+                && *other.shared.status.borrow() == StreamingContextState::Active
+            {
+                let since = other
+                    .shared
+                    .started_at
+                    .lock()
+                    .map(|t| format!(" (started at {t})"))
+                    .unwrap_or_default();
+                return lifecycle_err!(
+                    "another StreamingContext is already active in this process{since}; \
+                     only one may run at a time: stop it first, or reuse it with \
+                     StreamingContext::get_active() or get_active_or_create()"
+                );
+            }
+            *active = Some(Arc::downgrade(&self.inner));
+        }
+        let graph = shared.graph.lock().take().unwrap_or_default();
+        let opened = async {
+            let pipeline = Pipeline::plan(
+                format!("{}-{}", shared.name, 0),
+                graph,
+                shared.session.clone(),
+                shared.interval,
+            )
+            .await?;
+            pipeline.open().await?;
+            Ok::<_, Error>(pipeline)
+        }
+        .await;
+        let pipeline = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                shared.status.send_replace(StreamingContextState::Stopped);
+                release_active(&self.inner);
+                return Err(e);
+            }
+        };
+        let now = shared.clock.now();
+        *shared.started_at.lock() = Some(now);
+        // Fixed here, not in the task, so the clock moving before the task first runs
+        // cannot shift the batch grid.
+        let first = now.next_multiple_of(shared.interval);
+        shared.status.send_replace(StreamingContextState::Active);
+        let weak = Arc::downgrade(&self.inner);
+        let task_shared = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            let result = run(Arc::clone(&task_shared), pipeline, first).await;
+            let error = result.err().map(Arc::new);
+            if let Some(e) = &error {
+                log::error!("streaming query failed: {e}");
+            }
+            let message = error.as_ref().map(|e| e.to_string());
+            *task_shared.failure.lock() = error;
+            for l in task_shared.listeners.lock().iter() {
+                l.on_terminated(message.as_deref());
+            }
+            task_shared
+                .status
+                .send_replace(StreamingContextState::Stopped);
+            if let Some(inner) = weak.upgrade() {
+                release_active(&inner);
+            }
+        });
+        *self.inner.task.lock() = Some(task);
+        Ok(())
+    }
+
+    /// Stop. With `graceful`, the batch in flight finishes and commits first; without,
+    /// it is cancelled. A stopped context cannot be started again.
+    pub async fn stop(&self, graceful: bool) -> Result<()> {
+        let shared = &self.inner.shared;
+        match self.state() {
+            StreamingContextState::Initialized => {
+                shared.graph.lock().take();
+                shared.status.send_replace(StreamingContextState::Stopped);
+                return Ok(());
+            }
+            StreamingContextState::Stopped => return Ok(()),
+            StreamingContextState::Active => {}
+        }
+        shared.stop.send_replace(true);
+        let task = self.inner.task.lock().take();
+        if let Some(task) = task {
+            if !graceful {
+                task.abort();
+            }
+            match task.await {
+                Ok(()) => {}
+                Err(e) if e.is_cancelled() => {
+                    shared.status.send_replace(StreamingContextState::Stopped);
+                    release_active(&self.inner);
+                }
+                Err(e) => return internal_err!("the scheduler task panicked: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until the context stops; the error that stopped it, if any.
+    pub async fn await_termination(&self) -> Result<()> {
+        let mut rx = self.inner.shared.status.subscribe();
+        if *rx.borrow() == StreamingContextState::Initialized {
+            return lifecycle_err!(
+                "await_termination() on a StreamingContext that was never started"
+            );
+        }
+        let _ = rx.wait_for(|s| *s == StreamingContextState::Stopped).await;
+        self.termination_result()
+    }
+
+    /// As [`StreamingContext::await_termination`], giving up after `timeout`:
+    /// `Ok(true)` if it stopped, `Ok(false)` if it still runs.
+    pub async fn await_termination_timeout(&self, timeout: Duration) -> Result<bool> {
+        match tokio::time::timeout(timeout, self.await_termination()).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn termination_result(&self) -> Result<()> {
+        match self.inner.shared.failure.lock().as_ref() {
+            Some(e) => Err(Error::QueryFailed(Arc::clone(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until the batch at `t` (or a later one) has completed; fails if the context
+    /// stops first.
+    pub async fn await_batch(&self, t: Time) -> Result<()> {
+        let mut done = self.inner.shared.completed.subscribe();
+        let mut status = self.inner.shared.status.subscribe();
+        tokio::select! {
+            r = done.wait_for(|c| c.is_some_and(|c| c >= t)) => {
+                r.map(|_| ()).map_err(|_| Error::Internal("completion channel closed".into()))
+            }
+            _ = status.wait_for(|s| *s == StreamingContextState::Stopped) => {
+                if self.inner.shared.completed.borrow().is_some_and(|c| c >= t) {
+                    return Ok(());
+                }
+                self.termination_result()?;
+                lifecycle_err!("the StreamingContext stopped before batch {t}")
+            }
+        }
+    }
+
+    /// With a [`ManualClock`]: advance it one batch interval at a time, `n` times,
+    /// waiting for each batch to complete. Deterministic batch stepping for tests.
+    pub async fn advance_batches(&self, n: usize) -> Result<()> {
+        let shared = &self.inner.shared;
+        let Some(clock) = shared.clock.as_manual() else {
+            return lifecycle_err!("advance_batches needs a ManualClock");
+        };
+        let clock: ManualClock = clock.clone();
+        for _ in 0..n {
+            clock.advance(shared.interval);
+            let now = clock.now().as_millis();
+            let i = shared.interval.as_millis() as i64;
+            let due = Time::from_millis(now - now.rem_euclid(i));
+            self.await_batch(due).await?;
+        }
+        Ok(())
+    }
+}
+
+fn release_active(inner: &Arc<Inner>) {
+    let mut active = active_slot();
+    if active
+        .as_ref()
+        .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(inner)))
+    {
+        *active = None;
+    }
+}
+
+/// The scheduler loop: one batch per interval, never overlapping.
+async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, first: Time) -> Result<()> {
+    let interval = shared.interval;
+    let mut stop = shared.stop.subscribe();
+    let zero = first.sub(interval);
+    if shared.trigger == Trigger::AvailableNow {
+        pipeline.freeze_available_now().await?;
+    }
+    let mut t = first;
+    let mut batch_id = 0u64;
+    let result = loop {
+        if *stop.borrow() {
+            break Ok(());
+        }
+        match shared.trigger {
+            Trigger::AvailableNow => match pipeline.drained().await {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            },
+            Trigger::ProcessingTime => {
+                tokio::select! {
+                    _ = shared.clock.sleep_until(t) => {}
+                    _ = stop.wait_for(|s| *s) => break Ok(()),
+                }
+            }
+        }
+        for l in shared.listeners.lock().iter() {
+            l.on_batch_started(batch_id, t);
+        }
+        let info = match pipeline
+            .run_batch(batch_id, t, zero, shared.clock.as_ref())
+            .await
+        {
+            Ok(info) => info,
+            Err(e) => {
+                break Err(Error::Batch {
+                    batch_time: t,
+                    source: Box::new(e),
+                });
+            }
+        };
+        log::debug!(
+            "batch {batch_id} at {t}: {} rows in, {} out, processing {:?}, scheduling delay {}",
+            info.num_input_rows(),
+            info.output_rows,
+            info.processing_time,
+            format_duration(info.scheduling_delay)
+        );
+        for l in shared.listeners.lock().iter() {
+            l.on_batch_completed(&info);
+        }
+        {
+            let mut recent = shared.recent.lock();
+            recent.push_back(info);
+            while recent.len() > shared.retained {
+                recent.pop_front();
+            }
+        }
+        shared.completed.send_replace(Some(t));
+        batch_id += 1;
+        t = t.add(interval);
+    };
+    pipeline.close().await;
+    result
+}

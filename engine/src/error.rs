@@ -1,0 +1,100 @@
+//! The engine's error type: who must act, and whether a retry can help.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure the engine reports.
+///
+/// Variants say who must act: the user (`Plan`, `Schema`, `Lifecycle`), an external
+/// system (`Source`, `Sink`, `Io`) or the engine itself (`Internal`). The scheduler asks
+/// [`Error::is_retryable`] whether retrying the batch can help.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The query or its definition is wrong; the user must change it.
+    #[error("{0}")]
+    Plan(String),
+    /// The context was used in a way its lifecycle does not allow.
+    #[error("{0}")]
+    Lifecycle(String),
+    /// Data does not match the schema a source declared.
+    #[error("source '{source_name}': {message}")]
+    Schema {
+        source_name: String,
+        message: String,
+    },
+    /// A source failed to plan or read a batch.
+    #[error("source '{source_name}': {message}")]
+    Source {
+        source_name: String,
+        message: String,
+        retryable: bool,
+    },
+    /// A sink failed to write or commit a batch.
+    #[error("sink '{sink_name}': {message}")]
+    Sink {
+        sink_name: String,
+        message: String,
+        retryable: bool,
+    },
+    /// A user callback (`foreach_batch`, `map_with_state`, ...) returned an error.
+    #[error("{context}: {message}")]
+    User { context: String, message: String },
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A batch failed; `source` says why.
+    #[error("batch {batch_time} failed: {source}")]
+    Batch {
+        batch_time: crate::time::Time,
+        source: Box<Error>,
+    },
+    /// The query had stopped with this error.
+    #[error("the streaming query failed: {0}")]
+    QueryFailed(std::sync::Arc<Error>),
+    /// A bug in Flumen: please report it.
+    #[error("internal error (a bug in Flumen): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether running the same batch again may succeed (a server down, a full disk
+    /// being cleaned up). Plan, schema and lifecycle errors never are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Source { retryable, .. } | Error::Sink { retryable, .. } => *retryable,
+            Error::Io(_) => true,
+            Error::Batch { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// `Err(Error::Plan(format!(...)))`
+#[macro_export]
+macro_rules! plan_err {
+    ($($arg:tt)*) => {
+        Err($crate::error::Error::Plan(format!($($arg)*)))
+    };
+}
+
+/// `Err(Error::Lifecycle(format!(...)))`
+#[macro_export]
+macro_rules! lifecycle_err {
+    ($($arg:tt)*) => {
+        Err($crate::error::Error::Lifecycle(format!($($arg)*)))
+    };
+}
+
+/// `Err(Error::Internal(format!(...)))`
+#[macro_export]
+macro_rules! internal_err {
+    ($($arg:tt)*) => {
+        Err($crate::error::Error::Internal(format!($($arg)*)))
+    };
+}

@@ -1,0 +1,54 @@
+//! # flumen-engine
+//!
+//! The streaming engine of Flumen: a stream is a sequence of micro-batches, one per
+//! batch interval, each a set of Arrow `RecordBatch`es run through DataFusion plans
+//! that are built once and executed again for every batch.
+//!
+//! Entry point: [`StreamingContext`], which creates [`Stream`]s from [`Source`]s; a
+//! `Stream` offers the DStream operations and outputs (`print`, `foreach_batch`,
+//! `write_to` a [`Sink`]).
+//!
+//! ```text
+//!            ┌──────────── StreamingContext (Clock, batch interval) ────────────┐
+//!            │  scheduler: at each batch time T, for batch n                      │
+//!  Source ──▶│ 1 plan_batch ─▶ 2 read_batch ─▶ BatchSlot ─▶ DataFusion plan      │
+//!            │                                   │  (planned once, re-executed)   │
+//!            │                     stateful operator (window, running aggregate,  │
+//!            │                     map_with_state) ─▶ its own BatchSlot ─▶ plans  │
+//!            │                                   ▼                                │
+//!            │                    outputs: print / foreach_batch / 4 Sink::write  │
+//!            │                    5 commit ─▶ BatchInfo ─▶ StreamingListeners     │
+//!            └────────────────────────────────────────────────────────────────────┘
+//! ```
+
+pub mod clock;
+pub mod context;
+pub mod error;
+mod graph;
+pub mod listener;
+pub mod ops;
+pub mod print;
+pub mod registry;
+mod scheduler;
+pub mod sink;
+pub mod slot;
+pub mod source;
+pub mod sources;
+pub mod stream;
+pub mod time;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::{StreamingContext, StreamingContextBuilder, StreamingContextState, Trigger};
+pub use error::{Error, Result};
+pub use graph::ForeachBatchFn;
+pub use listener::{BatchInfo, StreamingListener};
+pub use ops::{KeyedBatch, StateSpec, StateUpdate};
+pub use registry::ConnectorRegistry;
+pub use sink::{MemorySink, Sink, WriteKey};
+pub use source::{BatchContext, Source, SourceRange};
+pub use sources::QueueSource;
+pub use stream::Stream;
+pub use time::Time;
+
+/// Re-exported so users need one copy of DataFusion and Arrow.
+pub use datafusion;

@@ -1,0 +1,64 @@
+//! Stateful operators: the parts of a pipeline that DataFusion's plan for one batch
+//! cannot express, because they carry something from one batch to the next.
+//!
+//! ```text
+//!  input DataFrame ──plan_input (once)──▶ physical plan ──execute (per batch)──▶
+//!      RecordBatches ──StreamOperator::process──▶ output slot ──▶ downstream plans
+//! ```
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::physical_plan::ExecutionPlan;
+use std::sync::Arc;
+
+use crate::Result;
+use crate::time::Time;
+
+pub mod map_with_state;
+pub mod running_aggregate;
+pub mod window;
+
+pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
+pub use running_aggregate::RunningAggregateExec;
+pub use window::WindowExec;
+
+/// What an operator knows about the batch it processes.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorContext {
+    pub batch_time: Time,
+    /// The time before the first batch: window slides are counted from here.
+    pub zero_time: Time,
+    pub batch_interval: Duration,
+}
+
+/// A stateful operator. The scheduler calls [`StreamOperator::plan_input`] once when
+/// the query starts, then [`StreamOperator::process`] for every batch at which the
+/// operator's input is due, in batch order, never concurrently.
+#[async_trait]
+pub trait StreamOperator: Send + Sync {
+    /// The operator's name in plans and errors.
+    fn name(&self) -> String;
+
+    /// The schema of every batch `process` returns.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// The physical plan whose output feeds `process`. By default, `input`'s own plan.
+    async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(input.clone().create_physical_plan().await?)
+    }
+
+    /// Consume one batch's input; return the output for this batch time, or `None`
+    /// when the operator emits nothing at this time (a window between slides).
+    fn process(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>>;
+
+    /// Rows of state the operator holds (a metric).
+    fn state_rows(&self) -> usize;
+}

@@ -1,0 +1,183 @@
+//! The connector registry: source and sink factories keyed by the SQL
+//! `connector = '...'` name, so the SQL layer never names a concrete connector.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::Result;
+use crate::plan_err;
+use crate::sink::{MemorySink, Sink};
+use crate::source::Source;
+use crate::sources::QueueSource;
+
+/// Options given in `WITH (...)`, keys lower-cased.
+pub type ConnectorOptions = HashMap<String, String>;
+
+/// Creates sources of one connector.
+pub trait SourceFactory: Debug + Send + Sync {
+    /// The options the connector accepts (for error messages and completion).
+    fn options(&self) -> &[&'static str];
+    /// A source named `name` producing `schema`.
+    fn create(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        options: &ConnectorOptions,
+    ) -> Result<Arc<dyn Source>>;
+    /// The schema to use when the user declares none (e.g. a generator's columns).
+    fn default_schema(&self, _options: &ConnectorOptions) -> Option<SchemaRef> {
+        None
+    }
+}
+
+/// Creates sinks of one connector.
+pub trait SinkFactory: Debug + Send + Sync {
+    fn options(&self) -> &[&'static str];
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>>;
+}
+
+/// Source and sink factories by connector name.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorRegistry {
+    sources: BTreeMap<String, Arc<dyn SourceFactory>>,
+    sinks: BTreeMap<String, Arc<dyn SinkFactory>>,
+}
+
+impl ConnectorRegistry {
+    /// A registry with the engine's own connectors: `queue` (source) and `memory`
+    /// (sink).
+    pub fn with_builtins() -> Self {
+        let mut r = Self::default();
+        r.register_source("queue", Arc::new(QueueFactory));
+        r.register_sink("memory", Arc::new(MemoryFactory));
+        r
+    }
+
+    pub fn register_source(&mut self, name: &str, factory: Arc<dyn SourceFactory>) {
+        self.sources.insert(name.to_ascii_lowercase(), factory);
+    }
+
+    pub fn register_sink(&mut self, name: &str, factory: Arc<dyn SinkFactory>) {
+        self.sinks.insert(name.to_ascii_lowercase(), factory);
+    }
+
+    /// The source factory of `connector`, or an error listing the known ones.
+    pub fn source(&self, connector: &str) -> Result<&Arc<dyn SourceFactory>> {
+        match self.sources.get(&connector.to_ascii_lowercase()) {
+            Some(f) => Ok(f),
+            None => plan_err!(
+                "unknown source connector '{connector}'; available: {}",
+                self.source_names().join(", ")
+            ),
+        }
+    }
+
+    /// The sink factory of `connector`, or an error listing the known ones.
+    pub fn sink(&self, connector: &str) -> Result<&Arc<dyn SinkFactory>> {
+        match self.sinks.get(&connector.to_ascii_lowercase()) {
+            Some(f) => Ok(f),
+            None => plan_err!(
+                "unknown sink connector '{connector}'; available: {}",
+                self.sink_names().join(", ")
+            ),
+        }
+    }
+
+    pub fn source_names(&self) -> Vec<&str> {
+        self.sources.keys().map(String::as_str).collect()
+    }
+
+    pub fn sink_names(&self) -> Vec<&str> {
+        self.sinks.keys().map(String::as_str).collect()
+    }
+}
+
+/// Rejects options the connector does not know, listing those it does.
+pub fn check_options(connector: &str, options: &ConnectorOptions, known: &[&str]) -> Result<()> {
+    let mut unknown: Vec<&String> = options
+        .keys()
+        .filter(|k| k.as_str() != "connector" && !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    if let Some(k) = unknown.first() {
+        return plan_err!(
+            "unknown option '{k}' for connector '{connector}'; accepted: {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct QueueFactory;
+
+impl SourceFactory for QueueFactory {
+    fn options(&self) -> &[&'static str] {
+        &["one_at_a_time"]
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        options: &ConnectorOptions,
+    ) -> Result<Arc<dyn Source>> {
+        check_options("queue", options, self.options())?;
+        let one = match options.get("one_at_a_time").map(|s| s.to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => return plan_err!("one_at_a_time must be 'true' or 'false', got '{v}'"),
+        };
+        Ok(QueueSource::new(name, schema, one))
+    }
+
+    fn default_schema(&self, _options: &ConnectorOptions) -> Option<SchemaRef> {
+        Some(Arc::new(Schema::new(vec![Field::new(
+            "value",
+            DataType::Utf8,
+            true,
+        )])))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryFactory;
+
+impl SinkFactory for MemoryFactory {
+    fn options(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        check_options("memory", options, self.options())?;
+        Ok(MemorySink::new(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_connector_lists_the_known_ones() {
+        let r = ConnectorRegistry::with_builtins();
+        let err = r.source("kafak").unwrap_err().to_string();
+        assert_eq!(err, "unknown source connector 'kafak'; available: queue");
+        let mut opts = ConnectorOptions::new();
+        opts.insert("one_at_a_tme".into(), "true".into());
+        let err = r
+            .source("queue")
+            .unwrap()
+            .create("q", Arc::new(Schema::empty()), &opts)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown option 'one_at_a_tme' for connector 'queue'; accepted: one_at_a_time"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The pipeline of one query and the loop that runs it, one micro-batch per interval.
+//!
+//! ```text
+//!  every batch time T (batch id n):
+//!   1 plan   each Source::plan_batch            -> SourceRange per source
+//!   2 read   each Source::read_batch            -> source slots filled
+//!   3 run    each operator, in graph order      -> its input plan executed, process(),
+//!                                                  its output slot filled
+//!            each output                        -> its plan executed
+//!   4 write  Sink::write per partition, Sink::commit
+//!   5 commit Source::commit; BatchInfo to listeners
+//! ```
+//!
+//! Every physical plan is built once, in [`Pipeline::plan`], and re-executed each batch
+//! after [`reset_plan_states`] clears whatever an operator cached (a join's build side).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::execution::TaskContext;
+use datafusion::execution::context::SessionContext;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
+
+use crate::Result;
+use crate::clock::Clock;
+use crate::graph::{Graph, OperatorNode, OutputKind, OutputNode, SourceNode};
+use crate::listener::BatchInfo;
+use crate::ops::OperatorContext;
+use crate::print::format_print;
+use crate::sink::WriteKey;
+use crate::source::BatchContext;
+use crate::time::Time;
+
+/// A query's graph with every physical plan built.
+pub(crate) struct Pipeline {
+    query_id: String,
+    session: SessionContext,
+    task_ctx: Arc<TaskContext>,
+    interval: Duration,
+    sources: Vec<SourceNode>,
+    operators: Vec<(OperatorNode, Arc<dyn ExecutionPlan>)>,
+    outputs: Vec<(OutputNode, Arc<dyn ExecutionPlan>)>,
+}
+
+impl Pipeline {
+    /// Plan every node once.
+    pub async fn plan(
+        query_id: String,
+        graph: Graph,
+        session: SessionContext,
+        interval: Duration,
+    ) -> Result<Self> {
+        let mut operators = Vec::new();
+        for mut node in graph.operators {
+            let plan = node.op.plan_input(&node.input).await?;
+            operators.push((node, plan));
+        }
+        let mut outputs = Vec::new();
+        for node in graph.outputs {
+            let plan = node.df.clone().create_physical_plan().await?;
+            outputs.push((node, plan));
+        }
+        Ok(Self {
+            query_id,
+            task_ctx: session.task_ctx(),
+            session,
+            interval,
+            sources: graph.sources,
+            operators,
+            outputs,
+        })
+    }
+
+    /// Open sources and sinks.
+    pub async fn open(&self) -> Result<()> {
+        for s in &self.sources {
+            s.source.open().await?;
+        }
+        for (i, (node, plan)) in self.outputs.iter().enumerate() {
+            if let OutputKind::Sink(sink) = &node.kind {
+                sink.open(&self.output_id(i), plan.schema()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        for s in &self.sources {
+            if let Err(e) = s.source.close().await {
+                log::warn!("closing source '{}': {e}", s.source.name());
+            }
+        }
+        for (node, _) in &self.outputs {
+            if let OutputKind::Sink(sink) = &node.kind
+                && let Err(e) = sink.close().await
+            {
+                log::warn!("closing sink '{}': {e}", sink.name());
+            }
+        }
+    }
+
+    /// Under `AvailableNow`: fix what each source holds now.
+    pub async fn freeze_available_now(&self) -> Result<()> {
+        for s in &self.sources {
+            s.source.freeze_available_now().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether every source has planned all it holds.
+    pub async fn drained(&self) -> Result<bool> {
+        for s in &self.sources {
+            if !s.source.is_drained().await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn output_id(&self, i: usize) -> String {
+        format!("{}-output-{i}", self.query_id)
+    }
+
+    /// Run the five steps for one batch.
+    pub async fn run_batch(
+        &mut self,
+        batch_id: u64,
+        batch_time: Time,
+        zero_time: Time,
+        clock: &dyn Clock,
+    ) -> Result<BatchInfo> {
+        let started = clock.now();
+        let wall = Instant::now();
+        let scheduling_delay =
+            Duration::from_millis((started.as_millis() - batch_time.as_millis()).max(0) as u64);
+        let batch = BatchContext {
+            batch_id,
+            batch_time,
+            max_records: None,
+        };
+        // 1. plan
+        let mut ranges = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            ranges.push(s.source.plan_batch(&batch).await?);
+        }
+        // 2. read
+        let mut input_rows = Vec::with_capacity(self.sources.len());
+        for (s, range) in self.sources.iter().zip(&ranges) {
+            let data = s.source.read_batch(range).await?;
+            let rows: usize = data.iter().flatten().map(|b| b.num_rows()).sum();
+            input_rows.push((s.source.name().to_string(), rows as u64));
+            if data.len() > 1 {
+                s.slot.fill_partitioned(data);
+            } else {
+                s.slot.fill(data.into_iter().flatten().collect());
+            }
+        }
+        // 3. run
+        let op_ctx = OperatorContext {
+            batch_time,
+            zero_time,
+            batch_interval: self.interval,
+        };
+        let mut state_rows = 0;
+        for (node, plan) in &mut self.operators {
+            if batch_time.is_multiple_of(zero_time, node.input_slide) {
+                let input = execute(plan, &self.task_ctx).await?;
+                match node
+                    .op
+                    .process(&op_ctx, input.into_iter().flatten().collect())?
+                {
+                    Some(out) => node.slot.fill(out),
+                    None => node.slot.clear(),
+                }
+            } else {
+                node.slot.clear();
+            }
+            state_rows += node.op.state_rows() as u64;
+        }
+        // 3 (outputs) and 4. write
+        let mut output_rows = 0u64;
+        for (i, (node, plan)) in self.outputs.iter().enumerate() {
+            if !batch_time.is_multiple_of(zero_time, node.slide) {
+                continue;
+            }
+            let parts = execute(plan, &self.task_ctx).await?;
+            output_rows += parts
+                .iter()
+                .flatten()
+                .map(|b| b.num_rows() as u64)
+                .sum::<u64>();
+            match &node.kind {
+                OutputKind::Print(n) => {
+                    let batches: Vec<RecordBatch> = parts.into_iter().flatten().collect();
+                    print!("{}", format_print(batch_time, &batches, *n)?);
+                }
+                OutputKind::ForeachBatch(f) => {
+                    let table = MemTable::try_new(plan.schema(), parts)?;
+                    let df = self.session.read_table(Arc::new(table))?;
+                    f(batch_time, df).await?;
+                }
+                OutputKind::Sink(sink) => {
+                    let query_id = self.output_id(i);
+                    let partitions = parts.len();
+                    for (partition, batches) in parts.into_iter().enumerate() {
+                        let key = WriteKey {
+                            query_id: query_id.clone(),
+                            batch_time,
+                            partition,
+                        };
+                        sink.write(&key, batches).await?;
+                    }
+                    sink.commit(&query_id, batch_time, partitions).await?;
+                }
+            }
+        }
+        // 5. commit
+        for (s, range) in self.sources.iter().zip(&ranges) {
+            s.source.commit(range).await?;
+        }
+        let processing_time = wall.elapsed();
+        Ok(BatchInfo {
+            batch_id,
+            batch_time,
+            input_rows,
+            source_ranges: self
+                .sources
+                .iter()
+                .map(|s| s.source.name().to_string())
+                .zip(ranges)
+                .collect(),
+            scheduling_delay,
+            processing_time,
+            total_delay: scheduling_delay + processing_time,
+            output_rows,
+            state_rows,
+        })
+    }
+}
+
+/// Execute a plan built once, for one more batch.
+async fn execute(
+    plan: &Arc<dyn ExecutionPlan>,
+    task_ctx: &Arc<TaskContext>,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let plan = reset_plan_states(Arc::clone(plan))?;
+    Ok(collect_partitioned(plan, Arc::clone(task_ctx)).await?)
+}

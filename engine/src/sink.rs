@@ -1,0 +1,139 @@
+//! The [`Sink`] trait and the in-memory sink.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
+
+use crate::Result;
+use crate::time::Time;
+
+/// The idempotency key of one write: a replay of the same batch carries the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteKey {
+    /// Stable across restarts of the same query.
+    pub query_id: String,
+    pub batch_time: Time,
+    pub partition: usize,
+}
+
+/// Where a query's output goes.
+///
+/// # Contract
+/// - [`Sink::open`] once at query start, with the schema of every batch to come.
+/// - For each batch: [`Sink::write`] once per output partition (possibly concurrently
+///   for different partitions), then [`Sink::commit`] once. A batch whose commit did not
+///   return may be written again after a restart with the same keys: a sink must then
+///   overwrite what the first attempt wrote, or skip it if it had committed.
+/// - What `commit` made visible is durable when it returns.
+#[async_trait]
+pub trait Sink: Debug + Send + Sync {
+    /// The sink's name, used in errors and metrics.
+    fn name(&self) -> &str;
+
+    async fn open(&self, _query_id: &str, _schema: SchemaRef) -> Result<()> {
+        Ok(())
+    }
+
+    /// Write one partition of one batch.
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()>;
+
+    /// Make the batch at `batch_time` visible.
+    async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps committed output in memory (Spark's memory sink): for tests, the REPL and
+/// small results. Idempotent: a rewrite of a key replaces its rows.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    name: String,
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    written: BTreeMap<(Time, usize), Vec<RecordBatch>>,
+    committed: BTreeSet<Time>,
+    schema: Option<SchemaRef>,
+}
+
+impl MemorySink {
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            inner: Mutex::default(),
+        })
+    }
+
+    /// Committed batch times, in order.
+    pub fn batch_times(&self) -> Vec<Time> {
+        self.inner.lock().committed.iter().copied().collect()
+    }
+
+    /// The committed rows of batch `t`.
+    pub fn batch(&self, t: Time) -> Vec<RecordBatch> {
+        let inner = self.inner.lock();
+        if !inner.committed.contains(&t) {
+            return Vec::new();
+        }
+        inner
+            .written
+            .range((t, 0)..=(t, usize::MAX))
+            .flat_map(|(_, b)| b.iter().cloned())
+            .collect()
+    }
+
+    /// Every committed row, in batch order.
+    pub fn all(&self) -> Vec<RecordBatch> {
+        self.batch_times()
+            .into_iter()
+            .flat_map(|t| self.batch(t))
+            .collect()
+    }
+
+    /// The committed rows of the newest batch.
+    pub fn last(&self) -> Vec<RecordBatch> {
+        self.batch_times()
+            .last()
+            .map(|t| self.batch(*t))
+            .unwrap_or_default()
+    }
+
+    /// The schema given at open.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.inner.lock().schema.clone()
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn open(&self, _query_id: &str, schema: SchemaRef) -> Result<()> {
+        self.inner.lock().schema = Some(schema);
+        Ok(())
+    }
+
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        self.inner
+            .lock()
+            .written
+            .insert((key.batch_time, key.partition), batches);
+        Ok(())
+    }
+
+    async fn commit(&self, _query_id: &str, batch_time: Time, _partitions: usize) -> Result<()> {
+        self.inner.lock().committed.insert(batch_time);
+        Ok(())
+    }
+}

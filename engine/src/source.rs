@@ -1,0 +1,165 @@
+//! The [`Source`] trait: how a batch learns what data it covers and reads it.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::time::Time;
+
+/// What the scheduler tells a source about the batch being planned.
+#[derive(Debug, Clone)]
+pub struct BatchContext {
+    /// Position of the batch in the query, from 0.
+    pub batch_id: u64,
+    /// The batch time.
+    pub batch_time: Time,
+    /// At most this many records in this batch (rate limits, back pressure).
+    pub max_records: Option<u64>,
+}
+
+/// What one batch of one source covers: an offset range, a list of files, a number of
+/// queue elements. Written to the offset log before the batch runs, so a replay after a
+/// crash reads exactly the same data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRange {
+    /// Where the batch starts, in the source's own terms.
+    pub start: serde_json::Value,
+    /// Where it ends (exclusive), in the source's own terms.
+    pub end: serde_json::Value,
+}
+
+impl SourceRange {
+    /// True when the range covers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// A source of micro-batches.
+///
+/// # Contract
+/// For every batch the scheduler calls, in order and never concurrently for one source:
+/// 1. [`Source::plan_batch`] — decide what the batch covers and return it as a
+///    [`SourceRange`]; nothing is read yet. The range is made durable before step 2.
+/// 2. [`Source::read_batch`] — read exactly that range as `RecordBatch`es of
+///    [`Source::schema`], one `Vec` per source partition. A replayable source must
+///    return the same data when called again with the same range.
+/// 3. [`Source::commit`] — after every sink committed the batch; the source may free
+///    what the range covered (a receiver's write-ahead log, for instance).
+///
+/// Errors name the source and the position at fault (file and line, topic, partition
+/// and offset, host and port).
+#[async_trait]
+pub trait Source: Debug + Send + Sync {
+    /// The stream's name, used in errors and metrics.
+    fn name(&self) -> &str;
+
+    /// The schema every batch has.
+    fn schema(&self) -> SchemaRef;
+
+    /// How many partitions a batch of this source has (Kafka: one per topic partition).
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    /// Called once when the query starts, before the first batch.
+    async fn open(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// For the `AvailableNow` trigger: remember what the source holds now; later
+    /// batches read only up to there, and [`Source::is_drained`] says when all of it
+    /// has been planned.
+    async fn freeze_available_now(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Step 1: what the batch covers.
+    async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange>;
+
+    /// Step 2: the data of `range`, one `Vec` per partition.
+    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>>;
+
+    /// Step 5: the batch that covered `range` is committed.
+    async fn commit(&self, _range: &SourceRange) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether everything the source holds (up to the frozen end under
+    /// `AvailableNow`) has been planned.
+    async fn is_drained(&self) -> Result<bool>;
+
+    /// Called once when the query stops.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks that `batch` has exactly the fields of `declared`, naming the source and the
+/// first field that differs.
+pub fn check_schema(source: &str, declared: &Schema, batch: &RecordBatch) -> Result<()> {
+    let err = |message: String| {
+        Err(Error::Schema {
+            source_name: source.to_string(),
+            message,
+        })
+    };
+    let actual = batch.schema();
+    for (i, field) in declared.fields().iter().enumerate() {
+        let Some(got) = actual.fields().get(i) else {
+            return err(format!(
+                "field '{}' ({}) is missing from the data",
+                field.name(),
+                field.data_type()
+            ));
+        };
+        if got.name() != field.name() {
+            return err(format!(
+                "field {} should be '{}' but the data has '{}'",
+                i + 1,
+                field.name(),
+                got.name()
+            ));
+        }
+        if got.data_type() != field.data_type() {
+            return err(format!(
+                "field '{}' is declared {} but the data has {}",
+                field.name(),
+                field.data_type(),
+                got.data_type()
+            ));
+        }
+        if !field.is_nullable() && batch.column(i).null_count() > 0 {
+            return err(format!(
+                "field '{}' is declared NOT NULL but the data has {} nulls",
+                field.name(),
+                batch.column(i).null_count()
+            ));
+        }
+    }
+    if actual.fields().len() > declared.fields().len() {
+        let extra = &actual.fields()[declared.fields().len()];
+        return err(format!(
+            "the data has field '{}' ({}) that the stream does not declare",
+            extra.name(),
+            extra.data_type()
+        ));
+    }
+    Ok(())
+}
+
+/// Re-labels `batch` with the declared schema (same types, maybe other metadata or
+/// nullability) after [`check_schema`] accepted it.
+pub fn with_declared_schema(declared: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema_ref() == declared {
+        return Ok(batch);
+    }
+    Ok(RecordBatch::try_new(
+        declared.clone(),
+        batch.columns().to_vec(),
+    )?)
+}

@@ -1,0 +1,128 @@
+//! Batch times and durations.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A point in time in milliseconds since the Unix epoch: the time of a batch, as in
+/// Spark Streaming's `Time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(i64);
+
+impl Time {
+    pub const fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus `d`.
+    pub fn add(self, d: Duration) -> Self {
+        Self(self.0 + d.as_millis() as i64)
+    }
+
+    /// This time minus `d`.
+    pub fn sub(self, d: Duration) -> Self {
+        Self(self.0 - d.as_millis() as i64)
+    }
+
+    /// The smallest multiple of `interval` strictly after this time.
+    pub fn next_multiple_of(self, interval: Duration) -> Self {
+        let i = interval.as_millis() as i64;
+        Self((self.0.div_euclid(i) + 1) * i)
+    }
+
+    /// Whether `self - zero` is a whole number of `slide`s.
+    pub fn is_multiple_of(self, zero: Time, slide: Duration) -> bool {
+        (self.0 - zero.0).rem_euclid(slide.as_millis() as i64) == 0
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ms", self.0)
+    }
+}
+
+/// A duration in the shortest exact human form: `500ms`, `5s`, `2m`, `1h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Checks that `d` (what the user called `what`) is a whole, positive multiple of
+/// `unit` (called `unit_what`), naming the nearest valid choices when it is not.
+pub fn check_multiple(
+    what: &str,
+    d: Duration,
+    unit_what: &str,
+    unit: Duration,
+) -> crate::Result<()> {
+    let (dm, um) = (d.as_millis(), unit.as_millis());
+    if dm == 0 {
+        return crate::plan_err!("{what} must be positive, got {}", format_duration(d));
+    }
+    if um == 0 || dm % um != 0 {
+        let lower = (dm / um.max(1)) * um;
+        let upper = lower + um;
+        let suggestion = if lower == 0 {
+            format!(
+                "use {}",
+                format_duration(Duration::from_millis(upper as u64))
+            )
+        } else {
+            format!(
+                "use {} or {}",
+                format_duration(Duration::from_millis(lower as u64)),
+                format_duration(Duration::from_millis(upper as u64))
+            )
+        };
+        return crate::plan_err!(
+            "{what} {} is not a multiple of the {unit_what} {}; {suggestion}",
+            format_duration(d),
+            format_duration(unit)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiples_and_messages() {
+        let s = Duration::from_secs;
+        assert!(check_multiple("window length", s(10), "batch interval", s(5)).is_ok());
+        let err = check_multiple("window length", s(5), "batch interval", s(2)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "window length 5s is not a multiple of the batch interval 2s; use 4s or 6s"
+        );
+        let err = check_multiple("slide", Duration::from_millis(500), "batch interval", s(1))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "slide 500ms is not a multiple of the batch interval 1s; use 1s"
+        );
+        assert_eq!(
+            Time::from_millis(1500).next_multiple_of(s(1)),
+            Time::from_millis(2000)
+        );
+        assert_eq!(
+            Time::from_millis(2000).next_multiple_of(s(1)),
+            Time::from_millis(3000)
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! The engine and its embedded DStream API.
+
+mod lifecycle;
+mod ops;
+mod state;
+mod windows;

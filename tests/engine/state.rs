@@ -1,0 +1,247 @@
+//! State across batches: update_state_by_key and map_with_state.
+
+use std::sync::Arc;
+
+use flumen::datafusion::arrow::compute;
+use flumen::datafusion::datasource::MemTable;
+use flumen::datafusion::functions::math::expr_fn::round;
+use flumen::datafusion::functions_aggregate::expr_fn::{
+    approx_distinct, avg, count, count_distinct, max, min, stddev, sum,
+};
+use flumen::datafusion::functions_nested::expr_fn::string_to_array;
+use flumen::datafusion::prelude::SessionContext;
+use flumen::datafusion::scalar::ScalarValue;
+use flumen::prelude::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn running_word_count() {
+    let _g = serial().await;
+    let (ctx, _clock) = manual_ctx(1000);
+    let (q, lines_stream) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
+    let sink = MemorySink::new("counts");
+    lines_stream
+        .flat_map(
+            string_to_array(col("line"), lit(" "), lit(ScalarValue::Utf8(None))).alias("word"),
+        )
+        .unwrap()
+        .update_state_by_key(vec![col("word")], vec![count(lit(1)).alias("n")])
+        .unwrap()
+        .write_to(sink.clone())
+        .unwrap();
+    q.push(vec![lines(&["a b a"])]).unwrap();
+    q.push(vec![lines(&["b c"])]).unwrap();
+    q.push(vec![]).unwrap();
+    q.push(vec![lines(&["a"])]).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(4).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    assert_eq!(rows(&sink.batch(t(1000))), strs(&["a|2", "b|1"]));
+    assert_eq!(rows(&sink.batch(t(2000))), strs(&["a|2", "b|2", "c|1"]));
+    assert_eq!(rows(&sink.batch(t(3000))), strs(&["a|2", "b|2", "c|1"]));
+    assert_eq!(rows(&sink.batch(t(4000))), strs(&["a|3", "b|2", "c|1"]));
+    assert_eq!(ctx.recent_batches().last().unwrap().state_rows, 3);
+}
+
+fn kv_schema() -> SchemaRef {
+    schema(&[("k", DataType::Utf8), ("v", DataType::Int64)])
+}
+
+/// update_state_by_key over 100 batches and 10,000 keys ends equal to one DataFusion
+/// GROUP BY over all of the input.
+#[tokio::test]
+async fn running_aggregates_equal_one_batch_query() {
+    let _g = serial().await;
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut all = Vec::new();
+    let (ctx, _clock) = manual_ctx(1000);
+    let (q, s) = ctx.queue_stream("kv", kv_schema(), true).unwrap();
+    for _ in 0..100 {
+        let keys: Vec<String> = (0..1000)
+            .map(|_| format!("k{}", rng.random_range(0..10_000)))
+            .collect();
+        let values: Vec<Option<i64>> = (0..1000)
+            .map(|_| (rng.random_range(0..20) != 0).then(|| rng.random_range(-1000..1000)))
+            .collect();
+        let b = RecordBatch::try_new(
+            kv_schema(),
+            vec![
+                Arc::new(StringArray::from(keys)),
+                Arc::new(Int64Array::from(values)),
+            ],
+        )
+        .unwrap();
+        all.push(b.clone());
+        q.push(vec![b]).unwrap();
+    }
+    let aggrs = || {
+        vec![
+            count(lit(1)).alias("n"),
+            sum(col("v")).alias("s"),
+            avg(col("v")).alias("a"),
+            min(col("v")).alias("lo"),
+            max(col("v")).alias("hi"),
+            count_distinct(col("v")).alias("d"),
+            approx_distinct(col("v")).alias("ad"),
+            stddev(col("v")).alias("sd"),
+        ]
+    };
+    let rounded = || {
+        vec![
+            col("k"),
+            col("n"),
+            col("s"),
+            col("a"),
+            col("lo"),
+            col("hi"),
+            col("d"),
+            col("ad"),
+            round(vec![col("sd"), lit(6)]).alias("sd"),
+        ]
+    };
+    let sink = MemorySink::new("state");
+    s.update_state_by_key(vec![col("k")], aggrs())
+        .unwrap()
+        .select(rounded())
+        .unwrap()
+        .write_to(sink.clone())
+        .unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(100).await.unwrap();
+    ctx.stop(true).await.unwrap();
+
+    let batch = SessionContext::new();
+    let table = MemTable::try_new(kv_schema(), vec![all]).unwrap();
+    let expected = batch
+        .read_table(Arc::new(table))
+        .unwrap()
+        .aggregate(vec![col("k")], aggrs())
+        .unwrap()
+        .select(rounded())
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let got = rows(&sink.last());
+    let want = rows(&expected);
+    assert!(want.len() > 9000, "most keys seen: {}", want.len());
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}
+
+/// A running sum per key that forgets keys idle for two batches, telling them so.
+#[tokio::test]
+async fn map_with_state_keeps_state_and_times_out_idle_keys() {
+    let _g = serial().await;
+    let (ctx, _clock) = manual_ctx(1000);
+    let (q, s) = ctx
+        .queue_stream("events", pairs(&[]).schema(), true)
+        .unwrap();
+    let state_schema = schema(&[("total", DataType::Int64)]);
+    let out_schema = schema(&[
+        ("name", DataType::Utf8),
+        ("total", DataType::Int64),
+        ("timed_out", DataType::Boolean),
+    ]);
+    let out = out_schema.clone();
+    let st = state_schema.clone();
+    let spec = StateSpec::new(state_schema, out_schema, move |kb: &KeyedBatch| {
+        let prev = kb
+            .state
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let mut totals = Vec::new();
+        for i in 0..kb.num_keys() {
+            let values = kb.values_of(i);
+            let added = compute::sum(
+                values
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap(),
+            )
+            .unwrap_or(0);
+            let before = if prev.is_valid(i) { prev.value(i) } else { 0 };
+            totals.push(before + added);
+        }
+        let totals = Arc::new(Int64Array::from(totals));
+        Ok(StateUpdate {
+            state: RecordBatch::try_new(st.clone(), vec![totals.clone()])?,
+            remove: None,
+            output: RecordBatch::try_new(
+                out.clone(),
+                vec![
+                    kb.keys.column(0).clone(),
+                    totals,
+                    Arc::new(kb.timing_out.clone()),
+                ],
+            )?,
+        })
+    })
+    .with_timeout(std::time::Duration::from_secs(2));
+    let sink = MemorySink::new("totals");
+    s.map_with_state(&["name"], spec)
+        .unwrap()
+        .write_to(sink.clone())
+        .unwrap();
+    q.push(vec![pairs(&[("a", 1), ("b", 2), ("a", 3)])])
+        .unwrap(); // t=1
+    q.push(vec![pairs(&[("a", 10)])]).unwrap(); // t=2
+    q.push(vec![pairs(&[("a", 1)])]).unwrap(); // t=3: b idle 2s -> times out
+    q.push(vec![pairs(&[("b", 5)])]).unwrap(); // t=4: b starts afresh
+    ctx.start().await.unwrap();
+    ctx.advance_batches(4).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    assert_eq!(
+        rows(&sink.batch(t(1000))),
+        strs(&["a|4|false", "b|2|false"])
+    );
+    assert_eq!(rows(&sink.batch(t(2000))), strs(&["a|14|false"]));
+    assert_eq!(
+        rows(&sink.batch(t(3000))),
+        strs(&["a|15|false", "b|2|true"])
+    );
+    assert_eq!(rows(&sink.batch(t(4000))), strs(&["b|5|false"]));
+    assert_eq!(ctx.recent_batches().last().unwrap().state_rows, 2);
+}
+
+#[tokio::test]
+async fn map_with_state_rejects_unknown_keys_and_bad_results() {
+    let _g = serial().await;
+    let (ctx, _clock) = manual_ctx(1000);
+    let (q, s) = ctx
+        .queue_stream("events", pairs(&[]).schema(), true)
+        .unwrap();
+    let st = schema(&[("total", DataType::Int64)]);
+    let spec = StateSpec::new(st.clone(), st.clone(), move |_kb: &KeyedBatch| {
+        Ok(StateUpdate {
+            state: RecordBatch::new_empty(schema(&[("total", DataType::Int64)])),
+            remove: None,
+            output: RecordBatch::new_empty(schema(&[("total", DataType::Int64)])),
+        })
+    });
+    let err = s
+        .map_with_state(&["nope"], spec.clone())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "map_with_state key column 'nope' is not in the stream; it has name, n"
+    );
+    s.map_with_state(&["name"], spec)
+        .unwrap()
+        .write_to(MemorySink::new("x"))
+        .unwrap();
+    q.push(vec![pairs(&[("a", 1)])]).unwrap();
+    ctx.start().await.unwrap();
+    let err = ctx.advance_batches(1).await.unwrap_err().to_string();
+    assert!(
+        err.contains("map_with_state function: returned 0 state rows for 1 keys"),
+        "{err}"
+    );
+}

@@ -1,0 +1,4 @@
+//! Flumen's integration tests: one binary, so DataFusion is linked once.
+
+mod common;
+mod engine;
