@@ -30,3 +30,8 @@ pub mod prelude {
         StreamingListener, SystemClock, Time, Trigger,
     };
 }
+
+/// The README's code, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

@@ -55,6 +55,7 @@ pub struct StreamingContextBuilder {
     trigger: Trigger,
     retained_batches: usize,
     name: String,
+    exclusive: bool,
 }
 
 impl StreamingContextBuilder {
@@ -87,6 +88,14 @@ impl StreamingContextBuilder {
         self
     }
 
+    /// Whether this context is the process's one active context (the default, as in
+    /// Spark). An engine that runs many queries side by side, such as the SQL layer,
+    /// builds its per-query contexts with `false`.
+    pub fn with_exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
     pub fn build(self) -> Result<StreamingContext> {
         if self.interval.is_zero() {
             return plan_err!("the batch interval must be positive");
@@ -113,6 +122,7 @@ impl StreamingContextBuilder {
                 shared: Arc::new(Shared {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     name: self.name,
+                    exclusive: self.exclusive,
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -141,6 +151,7 @@ fn default_session_config() -> SessionConfig {
 pub(crate) struct Shared {
     id: u64,
     name: String,
+    exclusive: bool,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -226,6 +237,7 @@ impl StreamingContext {
             trigger: Trigger::default(),
             retained_batches: 1000,
             name: "flumen".into(),
+            exclusive: true,
         }
     }
 
@@ -263,6 +275,11 @@ impl StreamingContext {
     /// A static table of the session, for joins.
     pub async fn table(&self, name: &str) -> Result<DataFrame> {
         Ok(self.inner.shared.session.table(name).await?)
+    }
+
+    /// When `start()` ran (batches come at the interval multiples after it).
+    pub fn started_at(&self) -> Option<Time> {
+        *self.inner.shared.started_at.lock()
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -304,6 +321,13 @@ impl StreamingContext {
         };
         graph.sources.push(SourceNode { source, slot });
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
+    }
+
+    /// A stream whose batches are `df`, a plan over this context's streams (their
+    /// `dataframe()`s) and static tables, with a batch every `slide`.
+    pub fn stream_from(&self, df: DataFrame, slide: Duration) -> Result<Stream> {
+        self.check_initialized("add a stream")?;
+        Ok(Stream::new(self.clone(), df, slide))
     }
 
     /// Spark's `queueStream`: returns the queue to push batch sets into, and its
@@ -352,7 +376,7 @@ impl StreamingContext {
                 );
             }
         }
-        {
+        if shared.exclusive {
             let mut active = active_slot();
             if let Some(other) = active.as_ref().and_then(Weak::upgrade)
                 && *other.shared.status.borrow() == StreamingContextState::Active
@@ -533,7 +557,7 @@ fn release_active(inner: &Arc<Inner>) {
 async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, first: Time) -> Result<()> {
     let interval = shared.interval;
     let mut stop = shared.stop.subscribe();
-    let zero = first.sub(interval);
+    let zero = first.minus(interval);
     if shared.trigger == Trigger::AvailableNow {
         pipeline.freeze_available_now().await?;
     }
@@ -590,7 +614,7 @@ async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, first: Time) -> Result
         }
         shared.completed.send_replace(Some(t));
         batch_id += 1;
-        t = t.add(interval);
+        t = t.plus(interval);
     };
     pipeline.close().await;
     result

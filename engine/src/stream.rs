@@ -19,11 +19,12 @@ use datafusion::catalog::{
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::ViewTable;
+use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::functions::core::expr_fn::{coalesce, named_struct};
 use datafusion::functions_aggregate::expr_fn::{array_agg, count};
-use datafusion::logical_expr::{Expr, Partitioning, col, lit, when};
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, Partitioning, col, lit, when};
 use futures::FutureExt;
 
 use crate::context::StreamingContext;
@@ -34,6 +35,9 @@ use crate::sink::Sink;
 use crate::slot::BatchSlot;
 use crate::time::{Time, check_multiple, format_duration};
 use crate::{internal_err, plan_err};
+
+/// Table names of stateful operators' outputs in a stream's plan start with this.
+pub const OPERATOR_OUTPUT_PREFIX: &str = "__flumen_op_";
 
 /// A stream of micro-batches, each a set of `RecordBatch`es of one schema.
 #[derive(Clone)]
@@ -146,7 +150,13 @@ impl Stream {
         self.ctx.check_initialized("add a SQL stream")?;
         let (state, plan) = self.df.clone().into_parts();
         let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, None));
-        let overlay = overlay_catalogs(&state, "batch", view)?;
+        let overlay = replace_default_schema(&state, |inner| {
+            Arc::new(OverlaySchema {
+                inner,
+                name: "batch".into(),
+                table: view,
+            })
+        })?;
         let sql_state = SessionStateBuilder::new_from_existing(state.clone())
             .with_catalog_list(overlay)
             .build();
@@ -247,6 +257,17 @@ impl Stream {
 
     // ---- state across batches -----------------------------------------------------
 
+    /// Feed this stream into a stateful operator; returns the operator's output
+    /// stream, which has a batch every `output_slide`. The extension point the SQL
+    /// planner uses for its own operators.
+    pub fn with_operator(
+        &self,
+        op: Box<dyn StreamOperator>,
+        output_slide: Duration,
+    ) -> Result<Stream> {
+        self.add_operator("add an operator", op, output_slide)
+    }
+
     fn add_operator(
         &self,
         what: &str,
@@ -256,11 +277,18 @@ impl Stream {
         self.ctx.check_initialized(what)?;
         let target = self.ctx.session().state().config().target_partitions();
         let slot = BatchSlot::new(op.output_schema(), target);
-        let df = self.ctx.session().read_table(slot.table()?)?;
         let mut graph = self.ctx.shared().graph.lock();
         let Some(graph) = graph.as_mut() else {
             return internal_err!("graph missing in an initialized context");
         };
+        // Named so planners can tell an operator's output (a changelog) from a source.
+        let scan = LogicalPlanBuilder::scan(
+            format!("{OPERATOR_OUTPUT_PREFIX}{}", graph.operators.len()),
+            provider_as_source(slot.table()?),
+            None,
+        )?
+        .build()?;
+        let df = DataFrame::new(self.ctx.session().state(), scan);
         graph.operators.push(OperatorNode {
             input: self.df.clone(),
             input_slide: self.slide,
@@ -476,17 +504,18 @@ fn empty_list_when_null(
     Ok(when(e.clone().is_null(), lit(empty)).otherwise(e)?)
 }
 
-/// The session's catalogs with `name` added to the default schema.
-fn overlay_catalogs(
+/// The session's catalogs with the default schema replaced by `make(original)`: how
+/// a plan gets names of its own (`batch`, a query's streams) over the session's tables.
+pub fn replace_default_schema(
     state: &datafusion::execution::SessionState,
-    name: &str,
-    table: Arc<dyn TableProvider>,
+    make: impl FnOnce(Option<Arc<dyn SchemaProvider>>) -> Arc<dyn SchemaProvider>,
 ) -> Result<Arc<dyn CatalogProviderList>> {
     let options = state.config().options();
     let default_catalog = options.catalog.default_catalog.clone();
     let default_schema = options.catalog.default_schema.clone();
     let list = Arc::new(MemoryCatalogProviderList::new());
     let original = state.catalog_list();
+    let mut make = Some(make);
     for catalog_name in original.catalog_names() {
         let Some(catalog) = original.catalog(&catalog_name) else {
             continue;
@@ -498,12 +527,11 @@ fn overlay_catalogs(
         let copy = MemoryCatalogProvider::new();
         for schema_name in catalog.schema_names() {
             let inner = catalog.schema(&schema_name);
-            let schema: Arc<dyn SchemaProvider> = if schema_name == default_schema {
-                Arc::new(OverlaySchema {
-                    inner,
-                    name: name.to_string(),
-                    table: Arc::clone(&table),
-                })
+            let schema = if schema_name == default_schema {
+                match make.take() {
+                    Some(make) => make(inner),
+                    None => continue,
+                }
             } else {
                 match inner {
                     Some(s) => s,
@@ -511,6 +539,9 @@ fn overlay_catalogs(
                 }
             };
             copy.register_schema(&schema_name, schema)?;
+        }
+        if let Some(make) = make.take() {
+            copy.register_schema(&default_schema, make(None))?;
         }
         list.register_catalog(catalog_name, Arc::new(copy));
     }

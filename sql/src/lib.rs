@@ -1,11 +1,24 @@
 //! # flumen-sql
 //!
-//! The SQL surface of Flumen (`CREATE STREAM`, `CREATE SINK`, windows, watermarks),
-//! planned through DataFusion onto the engine. Not built yet: see issue 3; the crate
-//! exists so the workspace has its final shape.
+//! The SQL surface of Flumen: `CREATE STREAM`, `CREATE SINK`, `CREATE TABLE ... AS
+//! SELECT`, `SET`, `SHOW`, `DESCRIBE`, `EXPLAIN`, planned through DataFusion onto the
+//! engine. Entry point: [`FlumenSession::execute_script`].
 //!
 //! ```text
-//!   SQL text ─▶ sqlparser ─▶ Flumen statements ─▶ catalog ─▶ engine pipeline
+//!  SQL text ─▶ statement::split/parse ─▶ FlumenSession ─┬─ DDL: catalog (streams, sinks)
+//!                                                      ├─ other SQL: DataFusion
+//!                                                      └─ query over streams:
+//!     per-query StreamingContext + session whose names resolve to that query's sources
+//!       ─▶ DataFusion LogicalPlan ─▶ planner::plan_query (cut stateful nodes)
+//!       ─▶ engine Stream ─▶ sink / table / console
 //! ```
 
+pub mod catalog;
+pub mod duration;
+pub mod planner;
+pub mod session;
+pub mod statement;
+
 pub use flumen_engine as engine;
+pub use planner::OutputMode;
+pub use session::{FlumenSession, QueryInfo, Settings, StatementResult};

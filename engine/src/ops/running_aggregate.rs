@@ -16,7 +16,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, BooleanArray};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
@@ -40,7 +41,12 @@ pub struct RunningAggregateExec {
     planned: Option<Planned>,
     /// Keys + state columns of every group, in the partial aggregate's layout.
     state: Option<RecordBatch>,
+    /// Emit only the groups this batch changed (update mode) instead of all.
+    changed_only: bool,
 }
+
+/// Group keys, accumulators holding every group, number of groups.
+type Merged = (Vec<ArrayRef>, Vec<Box<dyn GroupsAccumulator>>, usize);
 
 struct Planned {
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
@@ -67,7 +73,15 @@ impl RunningAggregateExec {
             output_schema,
             planned: None,
             state: None,
+            changed_only: false,
         })
+    }
+
+    /// Emit only the groups each batch changed (the `update` output mode); by
+    /// default every group is emitted (`complete`, Spark's `updateStateByKey`).
+    pub fn with_changed_only(mut self, changed_only: bool) -> Self {
+        self.changed_only = changed_only;
+        self
     }
 
     fn planned(&self) -> Result<&Planned> {
@@ -98,8 +112,10 @@ impl RunningAggregateExec {
     /// group keys and the accumulators.
     fn merge(
         &self,
-        batches: impl Iterator<Item = RecordBatch>,
-    ) -> Result<(Vec<ArrayRef>, Vec<Box<dyn GroupsAccumulator>>, usize)> {
+        previous: Option<RecordBatch>,
+        batches: Vec<RecordBatch>,
+        changed: &mut Vec<bool>,
+    ) -> Result<Merged> {
         let planned = self.planned()?;
         let nk = planned.group_schema.fields().len();
         let mut accs = self.accumulators()?;
@@ -113,7 +129,8 @@ impl RunningAggregateExec {
         };
         let mut indices = Vec::new();
         let mut total = if nk == 0 { 1 } else { 0 };
-        for batch in batches {
+        let from_previous = previous.is_some();
+        for (i, batch) in previous.into_iter().chain(batches).enumerate() {
             match groups.as_mut() {
                 Some(g) => {
                     g.intern(&batch.columns()[..nk], &mut indices)?;
@@ -122,6 +139,12 @@ impl RunningAggregateExec {
                 None => {
                     indices.clear();
                     indices.resize(batch.num_rows(), 0);
+                }
+            }
+            changed.resize(total, false);
+            if i > 0 || !from_previous {
+                for g in &indices {
+                    changed[*g] = true;
                 }
             }
             let mut col = nk;
@@ -218,7 +241,8 @@ impl StreamOperator for RunningAggregateExec {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let previous = self.state.take();
-        let (keys, mut accs, groups) = self.merge(previous.into_iter().chain(input))?;
+        let mut changed = Vec::new();
+        let (keys, mut accs, groups) = self.merge(previous, input, &mut changed)?;
         let planned = self.planned()?;
         let mut state_cols = keys.clone();
         for acc in accs.iter_mut() {
@@ -236,7 +260,11 @@ impl StreamOperator for RunningAggregateExec {
             out_cols.push(acc.evaluate(EmitTo::All)?);
             col += width;
         }
-        let out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
+        let mut out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
+        if self.changed_only {
+            changed.resize(groups, false);
+            out = filter_record_batch(&out, &BooleanArray::from(changed))?;
+        }
         self.state = Some(state);
         Ok(Some(vec![out]))
     }

@@ -59,7 +59,7 @@ impl StreamOperator for WindowExec {
     ) -> Result<Option<Vec<RecordBatch>>> {
         let t = ctx.batch_time;
         self.buffer.push_back((t, input));
-        let oldest_kept = t.sub(self.length);
+        let oldest_kept = t.minus(self.length);
         while self
             .buffer
             .front()

@@ -1,0 +1,88 @@
+//! Durations as users write them: `'1 second'`, `'500 ms'`, `'2 minutes'`, `5s`,
+//! and SQL intervals (`INTERVAL '5' SECOND`).
+
+use std::time::Duration;
+
+use datafusion::sql::sqlparser::ast::{DateTimeField, Expr as SqlExpr, Interval, Value};
+use flumen_engine::{Result, plan_err};
+
+/// Parses `'<number> <unit>'` or `'<number><unit>'`; the unit defaults to seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim().trim_matches('\'').trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let Ok(n) = num.parse::<f64>() else {
+        return plan_err!(
+            "'{text}' is not a duration; write e.g. '1 second', '500 ms' or '2 minutes'"
+        );
+    };
+    let ms = match unit.trim() {
+        "ms" | "millisecond" | "milliseconds" | "msec" | "msecs" => 1.0,
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        other => {
+            return plan_err!(
+                "unknown time unit '{other}' in '{text}'; use ms, second(s), minute(s), hour(s) or day(s)"
+            );
+        }
+    };
+    let total = n * ms;
+    if total <= 0.0 || total.fract() != 0.0 {
+        return plan_err!("duration '{text}' must be a positive whole number of milliseconds");
+    }
+    Ok(Duration::from_millis(total as u64))
+}
+
+/// The duration of a SQL `INTERVAL '5' SECOND` / `INTERVAL '5 seconds'`.
+pub fn interval_duration(interval: &Interval) -> Result<Duration> {
+    let SqlExpr::Value(v) = interval.value.as_ref() else {
+        return plan_err!("interval value must be a literal, got {}", interval.value);
+    };
+    let text = match &v.value {
+        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+        Value::Number(n, _) => n.clone(),
+        other => return plan_err!("interval value must be a literal, got {other}"),
+    };
+    let unit = match &interval.leading_field {
+        None => "",
+        Some(DateTimeField::Millisecond | DateTimeField::Milliseconds) => "ms",
+        Some(DateTimeField::Second | DateTimeField::Seconds) => "s",
+        Some(DateTimeField::Minute | DateTimeField::Minutes) => "m",
+        Some(DateTimeField::Hour | DateTimeField::Hours) => "h",
+        Some(DateTimeField::Day | DateTimeField::Days) => "d",
+        Some(other) => return plan_err!("unsupported interval unit {other}"),
+    };
+    parse_duration(&format!("{text} {unit}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1 second").unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            parse_duration("'500 ms'").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("2 minutes").unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_duration("0.5 seconds").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_duration("3 fortnights").unwrap_err().to_string(),
+            "unknown time unit 'fortnights' in '3 fortnights'; use ms, second(s), minute(s), hour(s) or day(s)"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The streaming planner: from DataFusion's logical plan of a query over streams to
+//! an engine pipeline.
+//!
+//! ```text
+//!  SELECT ... ─▶ DataFusion LogicalPlan ─▶ classify every node that reads a stream
+//!     stateless nodes (projection, filter, unnest, join with a static table) stay in
+//!        the plan, executed per batch;
+//!     an Aggregate is cut out: its input becomes a stream feeding the engine's
+//!        RunningAggregateExec, and the node is replaced by a projection over that
+//!        operator's output, re-qualified so the plan above it is unchanged;
+//!     shapes that cannot run correctly are refused with the reason.
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+use flumen_engine::ops::RunningAggregateExec;
+use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
+use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
+use std::sync::Arc;
+
+/// How a query emits its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputMode {
+    /// Rows are emitted once and never change.
+    Append,
+    /// Changed rows every batch (the default; ksqlDB's `EMIT CHANGES`).
+    #[default]
+    Update,
+    /// The whole result every batch.
+    Complete,
+}
+
+impl OutputMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "update" => Ok(Self::Update),
+            "complete" => Ok(Self::Complete),
+            other => plan_err!("unknown output_mode '{other}'; accepted: append, update, complete"),
+        }
+    }
+}
+
+impl fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Append => "append",
+            Self::Update => "update",
+            Self::Complete => "complete",
+        })
+    }
+}
+
+/// A planned streaming query.
+pub struct PlannedQuery {
+    pub stream: Stream,
+    /// Whether it keeps state across batches.
+    pub stateful: bool,
+    /// Lines describing the pipeline, for EXPLAIN.
+    pub explain: Vec<String>,
+}
+
+/// Does `plan` read one of `streams`?
+pub fn reads_stream(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
+    plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::TableScan(s) if streams.contains(s.table_name.table())))
+    })
+    .unwrap_or(false)
+}
+
+/// Does `plan` read the output of a stateful operator?
+pub fn reads_operator_output(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::TableScan(s)
+            if s.table_name.table().starts_with(OPERATOR_OUTPUT_PREFIX)))
+    })
+    .unwrap_or(false)
+}
+
+/// Plans `df` (a query over the context's streams, named in `streams`) as a stream.
+pub fn plan_query(
+    ctx: &StreamingContext,
+    df: DataFrame,
+    streams: &HashSet<String>,
+    mode: OutputMode,
+) -> Result<PlannedQuery> {
+    let (state, plan) = df.into_parts();
+    let slide = ctx.batch_interval();
+    let mut explain = Vec::new();
+    let mut stateful = false;
+    let mut refusal: Option<Error> = None;
+    let new_plan = plan
+        .transform_up(|node| {
+            if refusal.is_some() {
+                return Ok(Transformed::no(node));
+            }
+            let reads = reads_stream(&node, streams);
+            // A stateful node over an operator's output would re-aggregate a
+            // changelog, which gives wrong results.
+            let reads_operator = reads_operator_output(&node);
+            match &node {
+                LogicalPlan::Aggregate(agg) if reads || reads_operator => {
+                    if reads_operator {
+                        refusal = Some(Error::Plan(
+                            "an aggregate over the result of another streaming aggregate is not \
+                             supported: its input changes row by row; aggregate the stream directly"
+                                .into(),
+                        ));
+                        return Ok(Transformed::no(node));
+                    }
+                    if mode == OutputMode::Append {
+                        refusal = Some(Error::Plan(format!(
+                            "output mode append cannot run a running aggregate (GROUP BY {}): its \
+                             rows change with every batch; use SET output_mode = 'update' or \
+                             'complete'",
+                            agg.group_expr
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                        return Ok(Transformed::no(node));
+                    }
+                    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+                    let input_stream = match ctx.stream_from(input.clone(), slide) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            refusal = Some(e);
+                            return Ok(Transformed::no(node));
+                        }
+                    };
+                    let op = match RunningAggregateExec::try_new(
+                        &input,
+                        agg.group_expr.clone(),
+                        agg.aggr_expr.clone(),
+                    ) {
+                        Ok(op) => op.with_changed_only(mode == OutputMode::Update),
+                        Err(e) => {
+                            refusal = Some(e);
+                            return Ok(Transformed::no(node));
+                        }
+                    };
+                    explain.push(format!(
+                        "RunningAggregateExec: group by [{}], aggregates [{}], output {mode}; \
+                         state: one row per group, kept for the life of the query (grows with \
+                         the number of distinct keys; no watermark bounds it)",
+                        agg.group_expr
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        agg.aggr_expr
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ));
+                    let out = match input_stream.with_operator(Box::new(op), slide) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            refusal = Some(e);
+                            return Ok(Transformed::no(node));
+                        }
+                    };
+                    stateful = true;
+                    let out_plan = out.dataframe().logical_plan().clone();
+                    let out_schema = out_plan.schema().clone();
+                    let exprs: Vec<Expr> = agg
+                        .schema
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (qualifier, field))| {
+                            let (q, f) = out_schema.qualified_field(i);
+                            Expr::Column(Column::new(q.cloned(), f.name()))
+                                .alias_qualified(qualifier.cloned(), field.name())
+                        })
+                        .collect();
+                    let projection = Projection::try_new(exprs, Arc::new(out_plan))?;
+                    Ok(Transformed::new(
+                        LogicalPlan::Projection(projection),
+                        true,
+                        TreeNodeRecursion::Continue,
+                    ))
+                }
+                LogicalPlan::Distinct(_) if reads => {
+                    refusal = Some(Error::Plan(
+                        "DISTINCT over a stream is not supported yet; write GROUP BY the columns \
+                         (with output_mode update, each new group is emitted once it changes)"
+                            .into(),
+                    ));
+                    Ok(Transformed::no(node))
+                }
+                LogicalPlan::Window(_) if reads => {
+                    refusal = Some(Error::Plan(
+                        "window functions (OVER ...) over a stream are not supported yet".into(),
+                    ));
+                    Ok(Transformed::no(node))
+                }
+                LogicalPlan::Join(j)
+                    if reads_stream(&j.left, streams) && reads_stream(&j.right, streams) =>
+                {
+                    refusal = Some(Error::Plan(
+                        "joins of two streams are not supported yet; join a stream with a static \
+                         table, or use the embedded API's Stream::join for a same-batch join"
+                            .into(),
+                    ));
+                    Ok(Transformed::no(node))
+                }
+                _ => Ok(Transformed::no(node)),
+            }
+        })?
+        .data;
+    if let Some(e) = refusal {
+        return Err(e);
+    }
+    if !stateful {
+        explain.push("Stateless: the whole plan runs on each batch".into());
+    }
+    let df = DataFrame::new(state, new_plan);
+    let stream = ctx.stream_from(df, slide)?;
+    Ok(PlannedQuery {
+        stream,
+        stateful,
+        explain,
+    })
+}

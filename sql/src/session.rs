@@ -1,0 +1,1138 @@
+//! [`FlumenSession`]: executes SQL scripts — Flumen's statements, and DataFusion's for
+//! everything else.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::source_as_provider;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::LogicalPlan;
+use flumen_engine::registry::ConnectorOptions;
+use flumen_engine::stream::replace_default_schema;
+use flumen_engine::{
+    Clock, ConnectorRegistry, Error, MemorySink, QueueSource, Result, Sink, StreamingContext,
+    StreamingContextState, SystemClock, Time, Trigger, lifecycle_err, plan_err,
+};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::catalog::{Catalog, MemorySinkTable, SinkDef, StreamDef, StreamKind, StreamPlaceholder};
+use crate::planner::{OutputMode, plan_query, reads_stream};
+use crate::statement::{
+    ObjectKind, Options, ShowKind, Statement, parse_setting_duration, parse_statement,
+    split_statements,
+};
+
+/// Session settings (`SET ...`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_interval: Duration,
+    pub output_mode: OutputMode,
+    pub checkpoint_location: Option<String>,
+    pub trigger: Trigger,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            batch_interval: Duration::from_secs(1),
+            output_mode: OutputMode::default(),
+            checkpoint_location: None,
+            trigger: Trigger::ProcessingTime,
+        }
+    }
+}
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum StatementResult {
+    /// A statement without rows, with a message for the user.
+    Done(String),
+    /// Rows.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// A continuous query was started; its batches arrive on `batches`.
+    Continuous {
+        query_id: u64,
+        schema: SchemaRef,
+        batches: mpsc::UnboundedReceiver<(Time, Vec<RecordBatch>)>,
+    },
+}
+
+/// A query the session started.
+pub struct QueryInfo {
+    pub id: u64,
+    pub sql: String,
+    /// The sink or table it writes to, or `console` for a bare SELECT.
+    pub target: String,
+    pub ctx: StreamingContext,
+    pub streams: HashSet<String>,
+    pub explain: Vec<String>,
+}
+
+/// Executes Flumen SQL.
+pub struct FlumenSession {
+    base: SessionContext,
+    registry: ConnectorRegistry,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    catalog: Arc<Mutex<Catalog>>,
+    queries: BTreeMap<u64, QueryInfo>,
+    next_query: u64,
+}
+
+impl Default for FlumenSession {
+    fn default() -> Self {
+        Self::new(ConnectorRegistry::with_builtins(), Arc::new(SystemClock))
+    }
+}
+
+enum Target {
+    Sink(String),
+    Console(mpsc::UnboundedSender<(Time, Vec<RecordBatch>)>),
+}
+
+impl FlumenSession {
+    /// A session with the connectors of `registry`, on `clock`.
+    pub fn new(registry: ConnectorRegistry, clock: Arc<dyn Clock>) -> Self {
+        let base = SessionContext::new_with_config(
+            datafusion::execution::context::SessionConfig::new().with_information_schema(true),
+        );
+        Self {
+            base,
+            registry,
+            clock,
+            settings: Settings::default(),
+            catalog: Arc::new(Mutex::new(Catalog::default())),
+            queries: BTreeMap::new(),
+            next_query: 1,
+        }
+    }
+
+    /// The DataFusion session holding static tables.
+    pub fn session(&self) -> &SessionContext {
+        &self.base
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn queries(&self) -> impl Iterator<Item = &QueryInfo> {
+        self.queries.values()
+    }
+
+    /// Names of streams, sinks and tables (for completion).
+    pub fn object_names(&self) -> Vec<String> {
+        let c = self.catalog.lock();
+        c.streams.keys().chain(c.sinks.keys()).cloned().collect()
+    }
+
+    /// Runs every statement of `script`, stopping at the first error, which names the
+    /// line where the failing statement starts.
+    pub async fn execute_script(&mut self, script: &str) -> Result<Vec<StatementResult>> {
+        let mut out = Vec::new();
+        for st in split_statements(script)? {
+            match self.execute(&st.sql).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    return Err(Error::Plan(format!("line {}: {e}", st.line)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one statement (a trailing `;` is allowed).
+    pub async fn execute(&mut self, sql: &str) -> Result<StatementResult> {
+        let statements = split_statements(sql)?;
+        let sql = match statements.as_slice() {
+            [one] => one.sql.as_str(),
+            [] => return Ok(StatementResult::Done(String::new())),
+            _ => return plan_err!("execute() takes one statement; use execute_script for several"),
+        };
+        match parse_statement(sql)? {
+            Statement::CreateStream {
+                name,
+                columns,
+                watermark,
+                options,
+            } => self.create_stream(name, columns, watermark, options),
+            Statement::CreateStreamAs {
+                name,
+                options,
+                query,
+            } => self.create_derived_stream(name, options, query).await,
+            Statement::CreateSink {
+                name,
+                options,
+                query,
+            } => {
+                self.create_sink(&name, options, false)?;
+                match query {
+                    Some(q) => {
+                        let id = self.start_query(&q, Target::Sink(name.clone())).await?;
+                        Ok(StatementResult::Done(format!(
+                            "Sink '{name}' created; query {id} writes to it"
+                        )))
+                    }
+                    None => Ok(StatementResult::Done(format!("Sink '{name}' created"))),
+                }
+            }
+            Statement::CreateTableAs { name, sql, query } => {
+                if !self.reads_streams(&query).await? {
+                    return self.datafusion(&sql).await;
+                }
+                let mut options = Options::new();
+                options.insert("connector".into(), "memory".into());
+                self.create_sink(&name, options, true)?;
+                let id = self.start_query(&query, Target::Sink(name.clone())).await?;
+                Ok(StatementResult::Done(format!(
+                    "Table '{name}' created; query {id} maintains it"
+                )))
+            }
+            Statement::InsertInto { target, sql, query } => {
+                self.insert(&target, &sql, &query).await
+            }
+            Statement::Set { key, value, sql } => self.set(&key, &value, &sql).await,
+            Statement::Show(kind) => self.show(kind),
+            Statement::Describe(name) => self.describe(&name).await,
+            Statement::Explain(query) => self.explain(&query).await,
+            Statement::StopQuery(id) => {
+                let Some(q) = self.queries.get(&id) else {
+                    return plan_err!("no query {id}; SHOW QUERIES lists them");
+                };
+                q.ctx.stop(true).await?;
+                Ok(StatementResult::Done(format!("Query {id} stopped")))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop(kind, &name, if_exists).await,
+            Statement::Advance(n) => self.advance(n).await,
+            Statement::Other(sql) => {
+                if self.reads_streams(&sql).await? {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let id = self.start_query(&sql, Target::Console(tx)).await?;
+                    let schema = self.query_schema(id);
+                    Ok(StatementResult::Continuous {
+                        query_id: id,
+                        schema,
+                        batches: rx,
+                    })
+                } else {
+                    self.datafusion(&sql).await
+                }
+            }
+        }
+    }
+
+    fn query_schema(&self, id: u64) -> SchemaRef {
+        self.catalog
+            .lock()
+            .sinks
+            .get(&format!("__console_{id}"))
+            .and_then(|s| s.schema.clone())
+            .unwrap_or_else(|| Arc::new(Schema::empty()))
+    }
+
+    async fn datafusion(&self, sql: &str) -> Result<StatementResult> {
+        let df = self.base.sql(sql).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        if schema.fields().is_empty() {
+            return Ok(StatementResult::Done("OK".into()));
+        }
+        Ok(StatementResult::Rows { schema, batches })
+    }
+
+    /// Whether `sql` (a query) reads one of the session's streams.
+    async fn reads_streams(&self, sql: &str) -> Result<bool> {
+        let streams: HashSet<String> = self.catalog.lock().streams.keys().cloned().collect();
+        if streams.is_empty() {
+            return Ok(false);
+        }
+        let plan = match self.base.state().create_logical_plan(sql).await {
+            Ok(p) => p,
+            // Not a query DataFusion can plan: let DataFusion report it.
+            Err(_) => return Ok(false),
+        };
+        Ok(plan_reads(&plan, &streams))
+    }
+
+    fn check_free(&self, name: &str) -> Result<()> {
+        if let Some(kind) = self.catalog.lock().kind_of(name) {
+            return plan_err!(
+                "a {kind} named '{name}' already exists; DROP {} {name} first",
+                kind.to_uppercase()
+            );
+        }
+        if self.base.table_exist(name).unwrap_or(false) {
+            return plan_err!("a table named '{name}' already exists");
+        }
+        Ok(())
+    }
+
+    fn create_stream(
+        &mut self,
+        name: String,
+        columns: Vec<crate::statement::ColumnDef>,
+        watermark: Option<crate::statement::Watermark>,
+        options: Options,
+    ) -> Result<StatementResult> {
+        self.check_free(&name)?;
+        let Some(connector) = options.get("connector").cloned() else {
+            return plan_err!(
+                "CREATE STREAM {name} needs WITH (connector = '...'); available: {}",
+                self.source_connectors().join(", ")
+            );
+        };
+        let schema: SchemaRef = if columns.is_empty() {
+            match self
+                .registry
+                .source(&connector)?
+                .default_schema(&connector_options(&options))
+            {
+                Some(s) => s,
+                None => {
+                    return plan_err!("CREATE STREAM {name}: declare its columns, e.g. (line TEXT)");
+                }
+            }
+        } else {
+            Arc::new(Schema::new(
+                columns
+                    .iter()
+                    .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        if let Some(w) = &watermark {
+            match schema.field_with_name(&w.column) {
+                Ok(f) if matches!(f.data_type(), DataType::Timestamp(_, _)) => {}
+                Ok(f) => {
+                    return plan_err!(
+                        "WATERMARK FOR {}: the column is {}, it must be a TIMESTAMP",
+                        w.column,
+                        f.data_type()
+                    );
+                }
+                Err(_) => {
+                    return plan_err!(
+                        "WATERMARK FOR {}: no such column in stream {name}",
+                        w.column
+                    );
+                }
+            }
+        }
+        // Validate the connector and its options now, not at the first query.
+        if !is_memory_connector(&connector) {
+            self.registry.source(&connector)?.create(
+                &name,
+                schema.clone(),
+                &connector_options(&options),
+            )?;
+        } else {
+            let mut rest = options.clone();
+            rest.remove("connector");
+            if let Some(k) = rest.keys().next() {
+                return plan_err!(
+                    "unknown option '{k}' for connector '{connector}'; it takes none"
+                );
+            }
+        }
+        self.base.register_table(
+            name.as_str(),
+            Arc::new(StreamPlaceholder {
+                name: name.clone(),
+                schema: schema.clone(),
+            }),
+        )?;
+        self.catalog.lock().streams.insert(
+            name.clone(),
+            StreamDef {
+                name: name.clone(),
+                schema,
+                watermark,
+                options,
+                kind: StreamKind::Source { connector },
+            },
+        );
+        Ok(StatementResult::Done(format!("Stream '{name}' created")))
+    }
+
+    fn source_connectors(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registry
+            .source_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        names.push("memory".into());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    async fn create_derived_stream(
+        &mut self,
+        name: String,
+        options: Options,
+        query: String,
+    ) -> Result<StatementResult> {
+        self.check_free(&name)?;
+        if !options.is_empty() {
+            return plan_err!("CREATE STREAM {name} AS SELECT takes no WITH options yet");
+        }
+        // Plan it once now so errors show at CREATE time, and to learn its schema.
+        let probe = self.build_query_context(0, Trigger::ProcessingTime)?;
+        let df = probe.ctx.session().sql(&query).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        self.base.register_table(
+            name.as_str(),
+            Arc::new(StreamPlaceholder {
+                name: name.clone(),
+                schema: schema.clone(),
+            }),
+        )?;
+        self.catalog.lock().streams.insert(
+            name.clone(),
+            StreamDef {
+                name: name.clone(),
+                schema,
+                watermark: None,
+                options,
+                kind: StreamKind::Derived { query },
+            },
+        );
+        Ok(StatementResult::Done(format!("Stream '{name}' created")))
+    }
+
+    fn create_sink(&mut self, name: &str, options: Options, is_table: bool) -> Result<()> {
+        self.check_free(name)?;
+        let Some(connector) = options.get("connector").cloned() else {
+            return plan_err!(
+                "CREATE SINK {name} needs WITH (connector = '...'); available: {}",
+                self.registry.sink_names().join(", ")
+            );
+        };
+        let (sink, memory): (Arc<dyn Sink>, Option<Arc<MemorySink>>) =
+            if connector.eq_ignore_ascii_case("memory") {
+                let mut rest = options.clone();
+                rest.remove("connector");
+                if let Some(k) = rest.keys().next() {
+                    return plan_err!("unknown option '{k}' for connector 'memory'; it takes none");
+                }
+                let m = MemorySink::new(name);
+                (m.clone(), Some(m))
+            } else {
+                (
+                    self.registry
+                        .sink(&connector)?
+                        .create(name, &connector_options(&options))?,
+                    None,
+                )
+            };
+        self.catalog.lock().sinks.insert(
+            name.to_string(),
+            SinkDef {
+                name: name.to_string(),
+                options,
+                sink,
+                memory,
+                mode: self.settings.output_mode,
+                schema: None,
+                query: None,
+                is_table,
+            },
+        );
+        Ok(())
+    }
+
+    /// A query context whose session resolves stream names to this query's sources.
+    fn build_query_context(&self, id: u64, trigger: Trigger) -> Result<QueryContext> {
+        let schema = Arc::new(QuerySchema {
+            catalog: Arc::clone(&self.catalog),
+            registry: self.registry.clone(),
+            ctx: OnceLock::new(),
+            created: Mutex::new(HashMap::new()),
+            read: Mutex::new(HashSet::new()),
+            mode: self.settings.output_mode,
+        });
+        let state = self.base.state();
+        let for_list = Arc::clone(&schema);
+        let list = replace_default_schema(&state, move |inner| {
+            // QuerySchema needs the original default schema for static tables.
+            Arc::new(QuerySchemaHandle {
+                inner: for_list,
+                base: inner,
+            })
+        })?;
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_catalog_list(list)
+            .build();
+        let session = SessionContext::new_with_state(state);
+        let ctx = StreamingContext::builder(self.settings.batch_interval)
+            .with_session(session)
+            .with_clock(Arc::clone(&self.clock))
+            .with_exclusive(false)
+            .with_trigger(trigger)
+            .with_name(format!("query-{id}"))
+            .build()?;
+        let _ = schema.ctx.set(ctx.clone());
+        Ok(QueryContext { ctx, schema })
+    }
+
+    async fn start_query(&mut self, sql: &str, target: Target) -> Result<u64> {
+        let (sql, mut mode) = strip_emit(sql, self.settings.output_mode);
+        if let Target::Sink(name) = &target
+            && self
+                .catalog
+                .lock()
+                .sinks
+                .get(name)
+                .is_some_and(|s| s.is_table)
+        {
+            // A table holds the current result: the whole of it every batch.
+            mode = OutputMode::Complete;
+        }
+        let id = self.next_query;
+        let qc = self.build_query_context(id, self.settings.trigger)?;
+        let df = qc.ctx.session().sql(&sql).await?;
+        let streams = qc.schema.read.lock().clone();
+        if streams.is_empty() {
+            return plan_err!("this query reads no stream; run it as an ordinary SELECT");
+        }
+        let planned = plan_query(&qc.ctx, df, &streams, mode)?;
+        let schema = planned.stream.schema();
+        let target_name = match target {
+            Target::Sink(name) => {
+                let (sink, memory, sink_mode) = {
+                    let mut c = self.catalog.lock();
+                    let Some(def) = c.sinks.get_mut(&name) else {
+                        return plan_err!("no sink named '{name}'");
+                    };
+                    if let Some(q) = def.query
+                        && self
+                            .queries
+                            .get(&q)
+                            .is_some_and(|q| q.ctx.state() == StreamingContextState::Active)
+                    {
+                        return plan_err!("sink '{name}' already has query {q} writing to it");
+                    }
+                    def.query = Some(id);
+                    def.schema = Some(schema.clone());
+                    if def.is_table {
+                        def.mode = if planned.stateful {
+                            OutputMode::Complete
+                        } else {
+                            OutputMode::Append
+                        };
+                    } else {
+                        def.mode = mode;
+                    }
+                    (Arc::clone(&def.sink), def.memory.clone(), def.mode)
+                };
+                if let Some(memory) = memory {
+                    let table = MemorySinkTable {
+                        sink: memory,
+                        schema: schema.clone(),
+                        mode: sink_mode,
+                    };
+                    let _ = self.base.deregister_table(name.as_str());
+                    self.base.register_table(name.as_str(), Arc::new(table))?;
+                }
+                planned.stream.write_to(sink)?;
+                name
+            }
+            Target::Console(tx) => {
+                planned.stream.foreach_batch(move |t, df| {
+                    let tx = tx.clone();
+                    async move {
+                        let batches = df.collect().await?;
+                        let _ = tx.send((t, batches));
+                        Ok(())
+                    }
+                })?;
+                self.catalog.lock().sinks.insert(
+                    format!("__console_{id}"),
+                    SinkDef {
+                        name: "console".into(),
+                        options: Options::new(),
+                        sink: MemorySink::new("console"),
+                        memory: None,
+                        mode,
+                        schema: Some(schema),
+                        query: Some(id),
+                        is_table: false,
+                    },
+                );
+                "console".into()
+            }
+        };
+        qc.ctx.start().await?;
+        self.next_query += 1;
+        self.queries.insert(
+            id,
+            QueryInfo {
+                id,
+                sql,
+                target: target_name,
+                ctx: qc.ctx,
+                streams,
+                explain: planned.explain,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn insert(&mut self, target: &str, sql: &str, query: &str) -> Result<StatementResult> {
+        let kind = self.catalog.lock().kind_of(target);
+        match kind {
+            Some("sink") => {
+                let id = self
+                    .start_query(query, Target::Sink(target.to_string()))
+                    .await?;
+                Ok(StatementResult::Done(format!(
+                    "Query {id} writes to sink '{target}'"
+                )))
+            }
+            Some("table") => {
+                plan_err!("'{target}' is maintained by a query; it cannot be inserted into")
+            }
+            Some(_) => self.insert_into_stream(target, query).await,
+            None => self.datafusion(sql).await,
+        }
+    }
+
+    /// Rows into a memory stream: every query reading it gets them in its next batch.
+    async fn insert_into_stream(&mut self, name: &str, query: &str) -> Result<StatementResult> {
+        let (schema, memory) = {
+            let c = self.catalog.lock();
+            let def = &c.streams[name];
+            let memory = matches!(&def.kind, StreamKind::Source { connector } if is_memory_connector(connector));
+            (def.schema.clone(), memory)
+        };
+        if !memory {
+            return plan_err!(
+                "INSERT INTO {name}: only memory streams take rows from SQL; this one reads its connector"
+            );
+        }
+        let batches = self.base.sql(query).await?.collect().await?;
+        let mut rows = 0;
+        let mut converted = Vec::new();
+        for b in batches {
+            if b.num_columns() != schema.fields().len() {
+                return plan_err!(
+                    "INSERT INTO {name}: {} values per row, the stream has {} columns",
+                    b.num_columns(),
+                    schema.fields().len()
+                );
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| {
+                    cast(c, f.data_type()).map_err(|e| {
+                        Error::Plan(format!("INSERT INTO {name}: column '{}': {e}", f.name()))
+                    })
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let b = RecordBatch::try_new(schema.clone(), cols)?;
+            rows += b.num_rows();
+            converted.push(b);
+        }
+        let feeds: Vec<Arc<QueueSource>> = {
+            let mut c = self.catalog.lock();
+            let feeds = c.feeds.entry(name.to_string()).or_default();
+            feeds.retain(|w| w.strong_count() > 0);
+            feeds.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        let live = feeds;
+        let readers = self
+            .queries
+            .values()
+            .filter(|q| q.streams.contains(name) && q.ctx.state() == StreamingContextState::Active)
+            .count();
+        if readers == 0 || live.is_empty() {
+            return plan_err!(
+                "no running query reads stream '{name}', so these rows would be lost; start one \
+                 first (CREATE SINK ... AS SELECT ... FROM {name})"
+            );
+        }
+        for q in &live {
+            q.push(converted.clone())?;
+        }
+        Ok(StatementResult::Done(format!(
+            "{rows} rows into stream '{name}' for the next batch"
+        )))
+    }
+
+    async fn set(&mut self, key: &str, value: &str, sql: &str) -> Result<StatementResult> {
+        match key {
+            "batch_interval" => self.settings.batch_interval = parse_setting_duration(key, value)?,
+            "output_mode" => self.settings.output_mode = OutputMode::parse(value)?,
+            "checkpoint_location" => self.settings.checkpoint_location = Some(value.to_string()),
+            "trigger" => {
+                self.settings.trigger = match value.to_ascii_lowercase().as_str() {
+                    "available_now" | "availablenow" => Trigger::AvailableNow,
+                    "processing_time" | "processingtime" => Trigger::ProcessingTime,
+                    other => {
+                        return plan_err!(
+                            "unknown trigger '{other}'; accepted: available_now, processing_time"
+                        );
+                    }
+                }
+            }
+            _ => return self.datafusion(sql).await,
+        }
+        Ok(StatementResult::Done(format!("{key} = {value}")))
+    }
+
+    fn show(&self, kind: ShowKind) -> Result<StatementResult> {
+        let c = self.catalog.lock();
+        let (names, cols): (Vec<&str>, Vec<Vec<String>>) = match kind {
+            ShowKind::Streams => (
+                vec!["name", "connector", "columns", "watermark"],
+                c.streams
+                    .values()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            match &s.kind {
+                                StreamKind::Source { connector } => connector.clone(),
+                                StreamKind::Derived { .. } => "derived".into(),
+                            },
+                            s.schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            s.watermark
+                                .as_ref()
+                                .map(|w| {
+                                    format!(
+                                        "{} - {}",
+                                        w.column,
+                                        flumen_engine::time::format_duration(w.delay)
+                                    )
+                                })
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            ),
+            ShowKind::Sinks | ShowKind::Tables => (
+                vec!["name", "connector", "mode", "query"],
+                c.sinks
+                    .values()
+                    .filter(|s| {
+                        s.is_table == (kind == ShowKind::Tables) && !s.name.starts_with("console")
+                    })
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.options.get("connector").cloned().unwrap_or_default(),
+                            s.mode.to_string(),
+                            s.query.map(|q| q.to_string()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            ),
+            ShowKind::Queries => (
+                vec!["id", "state", "target", "batches", "last_input_rows", "sql"],
+                self.queries
+                    .values()
+                    .map(|q| {
+                        let recent = q.ctx.recent_batches();
+                        let last = recent.last();
+                        vec![
+                            q.id.to_string(),
+                            format!("{:?}", q.ctx.state()).to_lowercase(),
+                            q.target.clone(),
+                            recent.len().to_string(),
+                            last.map(|b| b.num_input_rows().to_string())
+                                .unwrap_or_default(),
+                            q.sql.clone(),
+                        ]
+                    })
+                    .collect(),
+            ),
+        };
+        string_table(&names, cols)
+    }
+
+    async fn describe(&self, name: &str) -> Result<StatementResult> {
+        let schema = {
+            let c = self.catalog.lock();
+            if let Some(s) = c.streams.get(name) {
+                Some(s.schema.clone())
+            } else if let Some(s) = c.sinks.get(name) {
+                match &s.schema {
+                    Some(schema) => Some(schema.clone()),
+                    None => {
+                        return plan_err!(
+                            "sink '{name}' has no query writing to it yet, so no columns"
+                        );
+                    }
+                }
+            } else {
+                None
+            }
+        };
+        let schema = match schema {
+            Some(s) => s,
+            None => return self.datafusion(&format!("DESCRIBE {name}")).await,
+        };
+        let rows = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name().clone(),
+                    f.data_type().to_string(),
+                    if f.is_nullable() { "YES" } else { "NO" }.to_string(),
+                ]
+            })
+            .collect();
+        string_table(&["column_name", "data_type", "is_nullable"], rows)
+    }
+
+    async fn explain(&mut self, query: &str) -> Result<StatementResult> {
+        if !self.reads_streams(query).await? {
+            return self.datafusion(&format!("EXPLAIN {query}")).await;
+        }
+        let (query, mode) = strip_emit(query, self.settings.output_mode);
+        let qc = self.build_query_context(0, Trigger::ProcessingTime)?;
+        let df = qc.ctx.session().sql(&query).await?;
+        let streams = qc.schema.read.lock().clone();
+        let planned = plan_query(&qc.ctx, df.clone(), &streams, mode)?;
+        let mut lines = vec![format!(
+            "Streaming query: batch interval {}, output mode {mode}",
+            flumen_engine::time::format_duration(self.settings.batch_interval)
+        )];
+        {
+            let c = self.catalog.lock();
+            let mut names: Vec<&String> = streams.iter().collect();
+            names.sort();
+            for s in names {
+                if let Some(def) = c.streams.get(s) {
+                    lines.push(format!(
+                        "Source: {s} ({}){}",
+                        match &def.kind {
+                            StreamKind::Source { connector } => connector.clone(),
+                            StreamKind::Derived { .. } => "derived stream".into(),
+                        },
+                        def.watermark
+                            .as_ref()
+                            .map(|w| format!(
+                                ", watermark {} - {}",
+                                w.column,
+                                flumen_engine::time::format_duration(w.delay)
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        lines.extend(planned.explain);
+        lines.push("Per-batch plan:".into());
+        let plan = planned.stream.dataframe().clone().into_optimized_plan()?;
+        lines.extend(
+            plan.display_indent()
+                .to_string()
+                .lines()
+                .map(|l| format!("  {l}")),
+        );
+        string_table(&["plan"], lines.into_iter().map(|l| vec![l]).collect())
+    }
+
+    async fn drop(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<StatementResult> {
+        let actual = self.catalog.lock().kind_of(name);
+        match (kind, actual) {
+            (ObjectKind::Table, None) => {
+                return self
+                    .datafusion(&format!(
+                        "DROP TABLE {}{name}",
+                        if if_exists { "IF EXISTS " } else { "" }
+                    ))
+                    .await;
+            }
+            (_, None) if if_exists => {
+                return Ok(StatementResult::Done(format!(
+                    "no {} '{name}'",
+                    kind.as_str()
+                )));
+            }
+            (_, None) => return plan_err!("no {} named '{name}'", kind.as_str()),
+            (_, Some(k)) if k != kind.as_str() => {
+                return plan_err!(
+                    "'{name}' is a {k}, not a {}; use DROP {} {name}",
+                    kind.as_str(),
+                    k.to_uppercase()
+                );
+            }
+            _ => {}
+        }
+        if kind == ObjectKind::Stream {
+            let users: Vec<String> = self
+                .queries
+                .values()
+                .filter(|q| {
+                    q.streams.contains(name) && q.ctx.state() == StreamingContextState::Active
+                })
+                .map(|q| q.id.to_string())
+                .collect();
+            if !users.is_empty() {
+                return plan_err!(
+                    "stream '{name}' is read by running queries {}; STOP QUERY them first",
+                    users.join(", ")
+                );
+            }
+            self.catalog.lock().streams.remove(name);
+        } else {
+            let query = self.catalog.lock().sinks.remove(name).and_then(|s| s.query);
+            if let Some(q) = query.and_then(|q| self.queries.get(&q)) {
+                q.ctx.stop(true).await?;
+            }
+        }
+        let _ = self.base.deregister_table(name);
+        Ok(StatementResult::Done(format!(
+            "{} '{name}' dropped",
+            capitalize(kind.as_str())
+        )))
+    }
+
+    /// With a manual clock: run the next `n` batches of every running query.
+    async fn advance(&mut self, n: u64) -> Result<StatementResult> {
+        let Some(clock) = self.clock.as_manual().cloned() else {
+            return lifecycle_err!(
+                "ADVANCE needs the manual clock (tests); this session runs on the system clock"
+            );
+        };
+        let step = self
+            .queries
+            .values()
+            .filter(|q| q.ctx.state() == StreamingContextState::Active)
+            .map(|q| q.ctx.batch_interval())
+            .min()
+            .unwrap_or(self.settings.batch_interval);
+        for _ in 0..n {
+            clock.advance(step);
+            let now = clock.now().as_millis();
+            for q in self.queries.values() {
+                if q.ctx.state() != StreamingContextState::Active {
+                    continue;
+                }
+                let i = q.ctx.batch_interval().as_millis() as i64;
+                let due = Time::from_millis(now - now.rem_euclid(i));
+                if q.ctx.started_at().is_some_and(|s| due > s) {
+                    q.ctx
+                        .await_batch(due)
+                        .await
+                        .map_err(|e| Error::Plan(format!("query {}: {e}", q.id)))?;
+                }
+            }
+        }
+        Ok(StatementResult::Done(format!("advanced {n} batches")))
+    }
+}
+
+struct QueryContext {
+    ctx: StreamingContext,
+    schema: Arc<QuerySchema>,
+}
+
+fn is_memory_connector(c: &str) -> bool {
+    c.eq_ignore_ascii_case("memory") || c.eq_ignore_ascii_case("queue")
+}
+
+fn connector_options(options: &Options) -> ConnectorOptions {
+    options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn plan_reads(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
+    if reads_stream(plan, streams) {
+        return true;
+    }
+    // Subqueries too.
+    let mut found = false;
+    let _ = plan.apply_subqueries(|sub| {
+        found |= plan_reads(sub, streams);
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// ksqlDB's `EMIT CHANGES` (update) and `EMIT FINAL` (append) at the end of a query.
+fn strip_emit(sql: &str, default: OutputMode) -> (String, OutputMode) {
+    let trimmed = sql.trim().trim_end_matches(';').trim_end();
+    let upper = trimmed.to_ascii_uppercase();
+    for (suffix, mode) in [
+        ("EMIT CHANGES", OutputMode::Update),
+        ("EMIT FINAL", OutputMode::Append),
+    ] {
+        if let Some(stripped) = upper.strip_suffix(suffix)
+            && stripped.ends_with(char::is_whitespace)
+        {
+            return (trimmed[..stripped.len()].trim_end().to_string(), mode);
+        }
+    }
+    (trimmed.to_string(), default)
+}
+
+fn string_table(names: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let cols: Vec<ArrayRef> = (0..names.len())
+        .map(|i| {
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>(),
+            )) as ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(StatementResult::Rows {
+        schema,
+        batches: vec![batch],
+    })
+}
+
+/// Resolves stream names, inside one query, to that query's own sources (created on
+/// first use) and derived streams (planned on first use); other names go to the
+/// session's tables.
+#[derive(Debug)]
+struct QuerySchema {
+    catalog: Arc<Mutex<Catalog>>,
+    registry: ConnectorRegistry,
+    ctx: OnceLock<StreamingContext>,
+    created: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+    /// Streams this query reads.
+    read: Mutex<HashSet<String>>,
+    mode: OutputMode,
+}
+
+#[derive(Debug)]
+struct QuerySchemaHandle {
+    inner: Arc<QuerySchema>,
+    base: Option<Arc<dyn SchemaProvider>>,
+}
+
+impl QuerySchema {
+    async fn resolve(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self.created.lock().get(name) {
+            return Ok(Some(Arc::clone(t)));
+        }
+        let def = self.catalog.lock().streams.get(name).cloned();
+        let Some(def) = def else {
+            return Ok(None);
+        };
+        let Some(ctx) = self.ctx.get() else {
+            return Err(Error::Internal("query context not set".into()));
+        };
+        let provider: Arc<dyn TableProvider> = match &def.kind {
+            StreamKind::Source { connector } => {
+                let stream = if is_memory_connector(connector) {
+                    let queue = QueueSource::new(name, def.schema.clone(), false);
+                    self.catalog
+                        .lock()
+                        .feeds
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(Arc::downgrade(&queue));
+                    ctx.source(queue)?
+                } else {
+                    let source = self.registry.source(connector)?.create(
+                        name,
+                        def.schema.clone(),
+                        &connector_options(&def.options),
+                    )?;
+                    ctx.source(source)?
+                };
+                // The slot's own table, so the query's plan has a TableScan named
+                // after the stream (a view would be inlined out of sight).
+                match stream.dataframe().logical_plan() {
+                    LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)?,
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "a source stream's plan should be a scan, got {}",
+                            other.display()
+                        )));
+                    }
+                }
+            }
+            StreamKind::Derived { query } => {
+                let df = ctx.session().sql(query).await?;
+                let streams = self.read.lock().clone();
+                let planned = plan_query(ctx, df, &streams, self.mode)?;
+                planned.stream.dataframe().clone().into_view()
+            }
+        };
+        self.read.lock().insert(name.to_string());
+        self.created
+            .lock()
+            .insert(name.to_string(), Arc::clone(&provider));
+        Ok(Some(provider))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for QuerySchemaHandle {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.catalog.lock().streams.keys().cloned().collect();
+        if let Some(b) = &self.base {
+            names.extend(b.table_names());
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        match self.inner.resolve(name).await {
+            Ok(Some(t)) => return Ok(Some(t)),
+            Ok(None) => {}
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
+        }
+        match &self.base {
+            Some(b) => b.table(name).await,
+            None => Ok(None),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.catalog.lock().streams.contains_key(name)
+            || self.base.as_ref().is_some_and(|b| b.table_exist(name))
+    }
+}

@@ -1,0 +1,113 @@
+//! Runs the SQL logic files under `tests/sql/` against a `FlumenSession` on a manual
+//! clock. `INSERT INTO <memory stream> VALUES ...` queues rows for the next batch and
+//! `ADVANCE n BATCHES` runs batches, so streaming semantics are testable as SQL.
+//!
+//! Regenerate expected output with `FLUMEN_SLT_COMPLETE=1 cargo test --test main sql_logic`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flumen::datafusion::arrow::datatypes::DataType;
+use flumen::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use flumen::engine::{ConnectorRegistry, Error, ManualClock};
+use flumen::sql::{FlumenSession, StatementResult};
+use sqllogictest::{DBOutput, DefaultColumnType};
+
+struct FlumenDb {
+    session: FlumenSession,
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for FlumenDb {
+    type Error = Error;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
+        match self.session.execute(sql).await? {
+            StatementResult::Done(_) | StatementResult::Continuous { .. } => {
+                Ok(DBOutput::StatementComplete(0))
+            }
+            StatementResult::Rows { schema, batches } => {
+                let types = schema
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        t if t.is_integer() => DefaultColumnType::Integer,
+                        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                            DefaultColumnType::FloatingPoint
+                        }
+                        _ => DefaultColumnType::Text,
+                    })
+                    .collect();
+                let options = FormatOptions::default().with_null("NULL");
+                let mut rows = Vec::new();
+                for b in &batches {
+                    let fmts = b
+                        .columns()
+                        .iter()
+                        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for r in 0..b.num_rows() {
+                        rows.push(
+                            fmts.iter()
+                                .map(|f| {
+                                    let s = f.value(r).to_string();
+                                    if s.is_empty() { "(empty)".into() } else { s }
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                Ok(DBOutput::Rows { types, rows })
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "flumen"
+    }
+}
+
+fn new_db() -> FlumenDb {
+    FlumenDb {
+        session: FlumenSession::new(
+            ConnectorRegistry::with_builtins(),
+            Arc::new(ManualClock::default()),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn sql_logic_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    let complete = std::env::var_os("FLUMEN_SLT_COMPLETE").is_some();
+    let mut failures = Vec::new();
+    for file in &files {
+        let mut runner = sqllogictest::Runner::new(|| async { Ok(new_db()) });
+        if complete {
+            runner
+                .update_test_file(
+                    file,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .unwrap();
+        } else if let Err(e) = runner.run_file_async(file).await {
+            failures.push(format!("{}:\n{e}", file.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
