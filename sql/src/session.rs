@@ -307,7 +307,9 @@ impl FlumenSession {
             {
                 Some(s) => s,
                 None => {
-                    return plan_err!("CREATE STREAM {name}: declare its columns, e.g. (line TEXT)");
+                    return plan_err!(
+                        "CREATE STREAM {name}: declare its columns, e.g. (line TEXT)"
+                    );
                 }
             }
         } else {
