@@ -24,6 +24,8 @@ pub struct BatchInfo {
     pub output_rows: u64,
     /// Rows held by stateful operators after the batch.
     pub state_rows: u64,
+    /// Rows dropped because they were older than the watermark.
+    pub late_rows: u64,
 }
 
 impl BatchInfo {

@@ -165,6 +165,7 @@ impl Pipeline {
             batch_interval: self.interval,
         };
         let mut state_rows = 0;
+        let mut late_rows = 0;
         for (node, plan) in &mut self.operators {
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
                 let input = execute(plan, &self.task_ctx).await?;
@@ -179,6 +180,7 @@ impl Pipeline {
                 node.slot.clear();
             }
             state_rows += node.op.state_rows() as u64;
+            late_rows += node.op.late_rows();
         }
         // 3 (outputs) and 4. write
         let mut output_rows = 0u64;
@@ -237,6 +239,7 @@ impl Pipeline {
             total_delay: scheduling_delay + processing_time,
             output_rows,
             state_rows,
+            late_rows,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod duration;
 pub mod planner;
 pub mod session;
 pub mod statement;
+pub mod window;
 
 pub use flumen_engine as engine;
 pub use planner::OutputMode;

@@ -11,13 +11,20 @@
 //!     shapes that cannot run correctly are refused with the reason.
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+use datafusion::execution::SessionState;
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, lit};
+use flumen_engine::ops::EventTimeWindow;
+use flumen_engine::time::format_duration;
+
+use crate::window::WINDOW_FUNCTION;
 use flumen_engine::ops::RunningAggregateExec;
 use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
@@ -73,6 +80,119 @@ pub fn reads_stream(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
     .unwrap_or(false)
 }
 
+/// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`).
+fn windowed(
+    _ctx: &StreamingContext,
+    state: &SessionState,
+    agg: &Aggregate,
+    k: usize,
+    streams: &HashSet<String>,
+    watermarks: &HashMap<String, Duration>,
+    mode: OutputMode,
+) -> Result<(RunningAggregateExec, String)> {
+    let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
+        return plan_err!("window() group key expected");
+    };
+    let ts = f.args[0].clone();
+    // Watermarks are keyed `stream.column`; an alias in the query falls back to the
+    // one stream read here that declares a watermark on a column of that name.
+    let delay = match &ts {
+        Expr::Column(c) => c
+            .relation
+            .as_ref()
+            .and_then(|r| watermarks.get(&format!("{}.{}", r.table(), c.name)))
+            .or_else(|| {
+                let found: Vec<&Duration> = streams
+                    .iter()
+                    .filter_map(|s| watermarks.get(&format!("{s}.{}", c.name)))
+                    .collect();
+                (found.len() == 1).then(|| found[0])
+            })
+            .copied(),
+        _ => None,
+    };
+    if mode == OutputMode::Append && delay.is_none() {
+        return plan_err!(
+            "output mode append needs a watermark on {ts} to know when a window is complete;              declare WATERMARK FOR {ts} AS {ts} - INTERVAL '<n>' SECOND on the stream, or use              SET output_mode = 'update'"
+        );
+    }
+    let mut aggr = agg.aggr_expr.clone();
+    aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
+    aggr.push(count(lit(1)).alias("__flumen_rows"));
+    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    let op = RunningAggregateExec::try_new(&input, agg.group_expr.clone(), aggr)?
+        .with_changed_only(mode == OutputMode::Update)
+        .with_event_time_window(EventTimeWindow {
+            key_index: k,
+            delay,
+            emit_closed_only: mode == OutputMode::Append,
+            evict_closed: mode != OutputMode::Complete && delay.is_some(),
+        })
+        .with_positional_names();
+    let bound = match (delay, mode) {
+        (Some(d), OutputMode::Complete) => format!(
+            "watermark {ts} - {}; complete mode keeps every window (state grows without bound)",
+            format_duration(d)
+        ),
+        (Some(d), _) => format!(
+            "watermark {ts} - {}; a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted",
+            format_duration(d)
+        ),
+        (None, _) => {
+            format!("WARNING: no watermark on {ts}: windows never close, state grows without bound")
+        }
+    };
+    let line = format!(
+        "WindowAggregateExec (RunningAggregateExec over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
+        agg.group_expr
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        agg.aggr_expr
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    Ok((op, line))
+}
+
+/// Feed `agg`'s input into `op` and return the projection over the operator's output
+/// that stands in for `agg` in the plan.
+fn replace_with_operator(
+    ctx: &StreamingContext,
+    state: &SessionState,
+    agg: &Aggregate,
+    op: Box<dyn flumen_engine::ops::StreamOperator>,
+    slide: Duration,
+    stateful: &mut bool,
+) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+    let ext = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    let input_stream = ctx.stream_from(input, slide).map_err(ext)?;
+    let out = input_stream.with_operator(op, slide).map_err(ext)?;
+    *stateful = true;
+    let out_plan = out.dataframe().logical_plan().clone();
+    let out_schema = out_plan.schema().clone();
+    let exprs: Vec<Expr> = agg
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            let (q, f) = out_schema.qualified_field(i);
+            Expr::Column(Column::new(q.cloned(), f.name()))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    let projection = Projection::try_new(exprs, Arc::new(out_plan))?;
+    Ok(Transformed::new(
+        LogicalPlan::Projection(projection),
+        true,
+        TreeNodeRecursion::Continue,
+    ))
+}
+
 /// Does `plan` read the output of a stateful operator?
 pub fn reads_operator_output(plan: &LogicalPlan) -> bool {
     plan.exists(|node| {
@@ -87,6 +207,7 @@ pub fn plan_query(
     ctx: &StreamingContext,
     df: DataFrame,
     streams: &HashSet<String>,
+    watermarks: &HashMap<String, Duration>,
     mode: OutputMode,
 ) -> Result<PlannedQuery> {
     let (state, plan) = df.into_parts();
@@ -112,6 +233,32 @@ pub fn plan_query(
                                 .into(),
                         ));
                         return Ok(Transformed::no(node));
+                    }
+                    let window_key = agg.group_expr.iter().position(
+                        |e| matches!(e, Expr::ScalarFunction(f) if f.name() == WINDOW_FUNCTION),
+                    );
+                    if let Some(k) = window_key {
+                        match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
+                            Ok((op, line)) => {
+                                explain.push(line);
+                                return replace_with_operator(
+                                    ctx,
+                                    &state,
+                                    agg,
+                                    Box::new(op),
+                                    slide,
+                                    &mut stateful,
+                                )
+                                .or_else(|e| {
+                                    refusal = Some(Error::DataFusion(e));
+                                    Ok(Transformed::no(node.clone()))
+                                });
+                            }
+                            Err(e) => {
+                                refusal = Some(e);
+                                return Ok(Transformed::no(node));
+                            }
+                        }
                     }
                     if mode == OutputMode::Append {
                         refusal = Some(Error::Plan(format!(
@@ -139,7 +286,9 @@ pub fn plan_query(
                         agg.group_expr.clone(),
                         agg.aggr_expr.clone(),
                     ) {
-                        Ok(op) => op.with_changed_only(mode == OutputMode::Update),
+                        Ok(op) => op
+                            .with_changed_only(mode == OutputMode::Update)
+                            .with_positional_names(),
                         Err(e) => {
                             refusal = Some(e);
                             return Ok(Transformed::no(node));

@@ -109,6 +109,7 @@ impl FlumenSession {
         let base = SessionContext::new_with_config(
             datafusion::execution::context::SessionConfig::new().with_information_schema(true),
         );
+        base.register_udf(crate::window::window_udf());
         Self {
             base,
             registry,
@@ -237,6 +238,10 @@ impl FlumenSession {
                 }
             }
         }
+    }
+
+    fn watermarks(&self) -> HashMap<String, Duration> {
+        watermarks_of(&self.catalog.lock())
     }
 
     fn query_schema(&self, id: u64) -> SchemaRef {
@@ -516,7 +521,7 @@ impl FlumenSession {
         if streams.is_empty() {
             return plan_err!("this query reads no stream; run it as an ordinary SELECT");
         }
-        let planned = plan_query(&qc.ctx, df, &streams, mode)?;
+        let planned = plan_query(&qc.ctx, df, &streams, &self.watermarks(), mode)?;
         let schema = planned.stream.schema();
         let target_name = match target {
             Target::Sink(name) => {
@@ -755,7 +760,15 @@ impl FlumenSession {
                     .collect(),
             ),
             ShowKind::Queries => (
-                vec!["id", "state", "target", "batches", "last_input_rows", "sql"],
+                vec![
+                    "id",
+                    "state",
+                    "target",
+                    "batches",
+                    "last_input_rows",
+                    "late_rows",
+                    "sql",
+                ],
                 self.queries
                     .values()
                     .map(|q| {
@@ -768,6 +781,7 @@ impl FlumenSession {
                             recent.len().to_string(),
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
+                            recent.iter().map(|b| b.late_rows).sum::<u64>().to_string(),
                             q.sql.clone(),
                         ]
                     })
@@ -821,7 +835,7 @@ impl FlumenSession {
         let qc = self.build_query_context(0, Trigger::ProcessingTime)?;
         let df = qc.ctx.session().sql(&query).await?;
         let streams = qc.schema.read.lock().clone();
-        let planned = plan_query(&qc.ctx, df.clone(), &streams, mode)?;
+        let planned = plan_query(&qc.ctx, df.clone(), &streams, &self.watermarks(), mode)?;
         let mut lines = vec![format!(
             "Streaming query: batch interval {}, output mode {mode}",
             flumen_engine::time::format_duration(self.settings.batch_interval)
@@ -963,6 +977,19 @@ struct QueryContext {
     schema: Arc<QuerySchema>,
 }
 
+/// Event-time columns with their watermark delay, keyed `stream.column`.
+fn watermarks_of(catalog: &Catalog) -> HashMap<String, Duration> {
+    catalog
+        .streams
+        .values()
+        .filter_map(|s| {
+            s.watermark
+                .as_ref()
+                .map(|w| (format!("{}.{}", s.name, w.column), w.delay))
+        })
+        .collect()
+}
+
 fn is_memory_connector(c: &str) -> bool {
     c.eq_ignore_ascii_case("memory") || c.eq_ignore_ascii_case("queue")
 }
@@ -1099,7 +1126,8 @@ impl QuerySchema {
             StreamKind::Derived { query } => {
                 let df = ctx.session().sql(query).await?;
                 let streams = self.read.lock().clone();
-                let planned = plan_query(ctx, df, &streams, self.mode)?;
+                let watermarks = watermarks_of(&self.catalog.lock());
+                let planned = plan_query(ctx, df, &streams, &watermarks, self.mode)?;
                 planned.stream.dataframe().clone().into_view()
             }
         };

@@ -23,7 +23,7 @@ pub mod running_aggregate;
 pub mod window;
 
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
-pub use running_aggregate::RunningAggregateExec;
+pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
 pub use window::WindowExec;
 
 /// What an operator knows about the batch it processes.
@@ -61,4 +61,9 @@ pub trait StreamOperator: Send + Sync {
 
     /// Rows of state the operator holds (a metric).
     fn state_rows(&self) -> usize;
+
+    /// Rows the last `process` dropped as late (older than the watermark).
+    fn late_rows(&self) -> u64 {
+        0
+    }
 }

@@ -16,8 +16,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, StructArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
@@ -31,6 +35,30 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 
 use super::{OperatorContext, StreamOperator};
+
+/// The `end` field of a `{start, end}` window struct column, as ms.
+fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
+    let Some(s) = column.as_any().downcast_ref::<StructArray>() else {
+        return internal_err!("window key is not a struct: {}", column.data_type());
+    };
+    let end = cast(
+        s.column(1),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    match end.as_any().downcast_ref::<TimestampMillisecondArray>() {
+        Some(e) => Ok(e.clone()),
+        None => internal_err!("window end is not a timestamp"),
+    }
+}
+
+/// The largest value of a timestamp column, in ms.
+fn max_of(column: &ArrayRef) -> Result<Option<i64>> {
+    let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
+        Some(a) => Ok(datafusion::arrow::compute::max(a)),
+        None => internal_err!("event time is not a timestamp"),
+    }
+}
 use crate::{Result, internal_err};
 
 /// Running aggregate over all batches so far, emitting every group each batch.
@@ -43,6 +71,26 @@ pub struct RunningAggregateExec {
     state: Option<RecordBatch>,
     /// Emit only the groups this batch changed (update mode) instead of all.
     changed_only: bool,
+    window: Option<EventTimeWindow>,
+    /// Event-time watermark (ms), once rows have been seen.
+    watermark: Option<i64>,
+    late_rows_last_batch: u64,
+}
+
+/// Event-time windows in a running aggregate: the group key at `key_index` is a
+/// `{start, end}` struct; the last two aggregates are the hidden `max(event time)` and
+/// `count(*)` the operator needs for the watermark and for counting late rows.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTimeWindow {
+    pub key_index: usize,
+    /// Watermark = max event time seen - `delay`; `None`: no watermark (no window
+    /// ever closes, nothing is late).
+    pub delay: Option<std::time::Duration>,
+    /// Emit a window only once the watermark closed it (append); otherwise as the
+    /// output mode says.
+    pub emit_closed_only: bool,
+    /// Drop the state of windows the watermark closed.
+    pub evict_closed: bool,
 }
 
 /// Group keys, accumulators holding every group, number of groups.
@@ -74,7 +122,40 @@ impl RunningAggregateExec {
             planned: None,
             state: None,
             changed_only: false,
+            window: None,
+            watermark: None,
+            late_rows_last_batch: 0,
         })
+    }
+
+    /// Make this a windowed aggregate over event time. The caller appended
+    /// `max(event time)` and `count(*)` as the last two aggregates; they are hidden
+    /// from the output.
+    pub fn with_event_time_window(mut self, window: EventTimeWindow) -> Self {
+        let fields = self.output_schema.fields();
+        let visible = fields.len().saturating_sub(2);
+        self.output_schema = Arc::new(Schema::new(fields[..visible].to_vec()));
+        self.window = Some(window);
+        self
+    }
+
+    /// Name the output columns `c0, c1, ...`: a SQL planner that maps them back by
+    /// position avoids clashes between these names and the aggregate's own.
+    pub fn with_positional_names(mut self) -> Self {
+        let fields: Vec<_> = self
+            .output_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect();
+        self.output_schema = Arc::new(Schema::new(fields));
+        self
+    }
+
+    /// The current watermark (ms since the epoch), if any row has been seen.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
     }
 
     /// Emit only the groups each batch changed (the `update` output mode); by
@@ -241,6 +322,46 @@ impl StreamOperator for RunningAggregateExec {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let previous = self.state.take();
+        let mut input = input;
+        self.late_rows_last_batch = 0;
+        let mut max_event_time = None;
+        if let Some(w) = self.window {
+            let planned = self.planned()?;
+            let nk = planned.group_schema.fields().len();
+            let widths = &planned.state_widths;
+            let n = widths.len();
+            let max_col = nk + widths[..n - 2].iter().sum::<usize>();
+            let count_col = max_col + widths[n - 2];
+            let mut kept = Vec::with_capacity(input.len());
+            for batch in input {
+                if let Some(m) = max_of(batch.column(max_col))? {
+                    max_event_time = Some(max_event_time.map_or(m, |x: i64| x.max(m)));
+                }
+                match self.watermark {
+                    Some(wm) => {
+                        let ends = window_ends(batch.column(w.key_index))?;
+                        let late: BooleanArray = ends
+                            .iter()
+                            .map(|e| Some(e.is_some_and(|e| e <= wm)))
+                            .collect();
+                        let counts = batch
+                            .column(count_col)
+                            .as_any()
+                            .downcast_ref::<Int64Array>();
+                        if let Some(counts) = counts {
+                            for (i, l) in late.values().iter().enumerate() {
+                                if l {
+                                    self.late_rows_last_batch += counts.value(i) as u64;
+                                }
+                            }
+                        }
+                        kept.push(filter_record_batch(&batch, &not(&late)?)?);
+                    }
+                    None => kept.push(batch),
+                }
+            }
+            input = kept;
+        }
         let mut changed = Vec::new();
         let (keys, mut accs, groups) = self.merge(previous, input, &mut changed)?;
         let planned = self.planned()?;
@@ -260,16 +381,47 @@ impl StreamOperator for RunningAggregateExec {
             out_cols.push(acc.evaluate(EmitTo::All)?);
             col += width;
         }
-        let mut out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
-        if self.changed_only {
-            changed.resize(groups, false);
-            out = filter_record_batch(&out, &BooleanArray::from(changed))?;
+        changed.resize(groups, false);
+        let Some(w) = self.window else {
+            let mut out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
+            if self.changed_only {
+                out = filter_record_batch(&out, &BooleanArray::from(changed))?;
+            }
+            self.state = Some(state);
+            return Ok(Some(vec![out]));
+        };
+        if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
+            let candidate = m - delay.as_millis() as i64;
+            self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
         }
-        self.state = Some(state);
+        out_cols.truncate(self.output_schema.fields().len());
+        let out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
+        let ends = window_ends(state.column(w.key_index))?;
+        let closed: BooleanArray = ends
+            .iter()
+            .map(|e| Some(matches!((e, self.watermark), (Some(e), Some(wm)) if e <= wm)))
+            .collect();
+        let emit = if w.emit_closed_only {
+            closed.clone()
+        } else if self.changed_only {
+            BooleanArray::from(changed)
+        } else {
+            BooleanArray::from(vec![true; groups])
+        };
+        let out = filter_record_batch(&out, &emit)?;
+        self.state = Some(if w.evict_closed {
+            filter_record_batch(&state, &not(&closed)?)?
+        } else {
+            state
+        });
         Ok(Some(vec![out]))
     }
 
     fn state_rows(&self) -> usize {
         self.state.as_ref().map_or(0, |s| s.num_rows())
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows_last_batch
     }
 }

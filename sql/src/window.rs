@@ -1,0 +1,119 @@
+//! `window(ts, size)`: the tumbling window a row's event time falls in, as a struct
+//! `{start, end}` (Spark's `window` column), for `GROUP BY window(ts, INTERVAL ...)`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, StructArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The name the function is registered under.
+pub const WINDOW_FUNCTION: &str = "window";
+
+pub fn window_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(WindowFunction {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+/// The struct type `window()` returns.
+pub fn window_type() -> DataType {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), true),
+        Field::new("end", ts, true),
+    ]))
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowFunction {
+    signature: Signature,
+}
+
+/// Milliseconds of an interval literal (months are refused: they vary in length).
+pub fn interval_millis(v: &ScalarValue) -> Result<i64> {
+    let ms = match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => i.days as i64 * 86_400_000 + i.milliseconds as i64,
+        ScalarValue::DurationMillisecond(Some(ms)) => *ms,
+        other => return plan_err!("window sizes must be intervals in days or less, got {other}"),
+    };
+    if ms <= 0 {
+        return plan_err!("window size must be positive");
+    }
+    Ok(ms)
+}
+
+impl ScalarUDFImpl for WindowFunction {
+    fn name(&self) -> &str {
+        WINDOW_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if !(2..=3).contains(&arg_types.len()) {
+            return plan_err!(
+                "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
+                arg_types.len()
+            );
+        }
+        let mut out = vec![DataType::Timestamp(TimeUnit::Millisecond, None)];
+        for t in &arg_types[1..] {
+            match t {
+                DataType::Interval(_) | DataType::Duration(_) => out.push(t.clone()),
+                other => return plan_err!("window sizes must be INTERVALs, got {other}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(window_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let size = match &args.args[1] {
+            ColumnarValue::Scalar(s) => interval_millis(s)?,
+            ColumnarValue::Array(_) => return exec_err!("window size must be a constant"),
+        };
+        if let Some(ColumnarValue::Scalar(slide)) = args.args.get(2)
+            && interval_millis(slide)? != size
+        {
+            return exec_err!(
+                "sliding windows in GROUP BY window(ts, size, slide) are not supported yet; use a tumbling window(ts, size)"
+            );
+        }
+        let ts = args.args[0].clone().into_array(args.number_rows)?;
+        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("timestamp expected".into())
+            })?;
+        let start: TimestampMillisecondArray = ts
+            .iter()
+            .map(|t| t.map(|t| t - t.rem_euclid(size)))
+            .collect();
+        let end: TimestampMillisecondArray = start.iter().map(|s| s.map(|s| s + size)).collect();
+        let DataType::Struct(fields) = window_type() else {
+            return exec_err!("window type must be a struct");
+        };
+        let nulls = ts.nulls().cloned();
+        let array = StructArray::try_new(
+            fields,
+            vec![Arc::new(start) as ArrayRef, Arc::new(end)],
+            nulls,
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}
