@@ -1049,7 +1049,9 @@ fn string_table(names: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResul
     let cols: Vec<ArrayRef> = (0..names.len())
         .map(|i| {
             Arc::new(StringArray::from(
-                rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|r| r.get(i).cloned().unwrap_or_default())
+                    .collect::<Vec<_>>(),
             )) as ArrayRef
         })
         .collect();
