@@ -22,6 +22,9 @@ use parking_lot::RwLock;
 
 use crate::Result;
 
+/// Batches smaller than twice this are not cut across partitions.
+const MIN_SLICE_ROWS: usize = 4096;
+
 /// Holds the current batch's data, split into a fixed number of partitions.
 #[derive(Debug)]
 pub struct BatchSlot {
@@ -50,12 +53,28 @@ impl BatchSlot {
     }
 
     /// Replace the slot's content with `batches`, spread round-robin over the
-    /// partitions.
+    /// partitions. A large batch is cut into zero-copy slices first, so that one big
+    /// batch still keeps every partition (and core) busy.
     pub fn fill(&self, batches: Vec<RecordBatch>) {
         let mut parts = vec![Vec::new(); self.partitions];
-        for (i, b) in batches.into_iter().enumerate() {
-            if b.num_rows() > 0 {
-                parts[i % self.partitions].push(b);
+        let mut next = 0;
+        for b in batches {
+            let rows = b.num_rows();
+            if rows == 0 {
+                continue;
+            }
+            let pieces = if rows >= 2 * MIN_SLICE_ROWS {
+                self.partitions.min(rows / MIN_SLICE_ROWS)
+            } else {
+                1
+            };
+            let per_piece = rows.div_ceil(pieces);
+            let mut offset = 0;
+            while offset < rows {
+                let len = per_piece.min(rows - offset);
+                parts[next % self.partitions].push(b.slice(offset, len));
+                next += 1;
+                offset += len;
             }
         }
         *self.data.write() = Arc::new(parts);
@@ -95,6 +114,48 @@ impl BatchSlot {
             Arc::clone(&self.schema),
             parts,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn large_batches_are_sliced_across_partitions() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let slot = BatchSlot::new(schema.clone(), 2);
+        let big = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..10_000))],
+        )
+        .unwrap();
+        let small =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..10))])
+                .unwrap();
+        slot.fill(vec![big, small]);
+        let data = slot.data.read().clone();
+        let rows: Vec<usize> = data
+            .iter()
+            .map(|p| p.iter().map(|b| b.num_rows()).sum())
+            .collect();
+        assert_eq!(rows, vec![5010, 5000]);
+        let all: i64 = slot
+            .batches()
+            .iter()
+            .map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .iter()
+                    .flatten()
+                    .sum::<i64>()
+            })
+            .sum();
+        assert_eq!(all, (0..10_000).sum::<i64>() + (0..10).sum::<i64>());
     }
 }
 
