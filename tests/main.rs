@@ -2,4 +2,5 @@
 
 mod common;
 mod engine;
+mod sql_api;
 mod sql_logic;

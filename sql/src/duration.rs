@@ -7,7 +7,12 @@ use datafusion::sql::sqlparser::ast::{DateTimeField, Expr as SqlExpr, Interval, 
 use flumen_engine::{Result, plan_err};
 
 /// Parses `'<number> <unit>'` or `'<number><unit>'`; the unit defaults to seconds.
+/// The duration must be positive.
 pub fn parse_duration(text: &str) -> Result<Duration> {
+    parse(text, false)
+}
+
+fn parse(text: &str, allow_zero: bool) -> Result<Duration> {
     let t = text.trim().trim_matches('\'').trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -31,13 +36,16 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         }
     };
     let total = n * ms;
+    if total == 0.0 && allow_zero {
+        return Ok(Duration::ZERO);
+    }
     if total <= 0.0 || total.fract() != 0.0 {
         return plan_err!("duration '{text}' must be a positive whole number of milliseconds");
     }
     Ok(Duration::from_millis(total as u64))
 }
 
-/// The duration of a SQL `INTERVAL '5' SECOND` / `INTERVAL '5 seconds'`.
+/// The duration of a SQL `INTERVAL '5' SECOND` / `INTERVAL '5 seconds'` (zero allowed).
 pub fn interval_duration(interval: &Interval) -> Result<Duration> {
     let SqlExpr::Value(v) = interval.value.as_ref() else {
         return plan_err!("interval value must be a literal, got {}", interval.value);
@@ -56,7 +64,7 @@ pub fn interval_duration(interval: &Interval) -> Result<Duration> {
         Some(DateTimeField::Day | DateTimeField::Days) => "d",
         Some(other) => return plan_err!("unsupported interval unit {other}"),
     };
-    parse_duration(&format!("{text} {unit}"))
+    parse(&format!("{text} {unit}"), true)
 }
 
 #[cfg(test)]

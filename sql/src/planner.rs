@@ -80,6 +80,9 @@ pub fn reads_stream(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
     .unwrap_or(false)
 }
 
+/// The column a hopping window's rows are expanded into.
+const HOP_COLUMN: &str = "__flumen_window";
+
 /// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`).
 fn windowed(
     _ctx: &StreamingContext,
@@ -89,7 +92,7 @@ fn windowed(
     streams: &HashSet<String>,
     watermarks: &HashMap<String, Duration>,
     mode: OutputMode,
-) -> Result<(RunningAggregateExec, String)> {
+) -> Result<(RunningAggregateExec, String, DataFrame)> {
     let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
         return plan_err!("window() group key expected");
     };
@@ -119,8 +122,21 @@ fn windowed(
     let mut aggr = agg.aggr_expr.clone();
     aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
     aggr.push(count(lit(1)).alias("__flumen_rows"));
-    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
-    let op = RunningAggregateExec::try_new(&input, agg.group_expr.clone(), aggr)?
+    let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    let mut group_expr = agg.group_expr.clone();
+    let mut kind = "tumbling";
+    if f.args.len() == 3 && f.args[1] != f.args[2] {
+        // A hopping window: a row belongs to size/slide windows. Expand each row into
+        // one per window, then group by that window.
+        kind = "hopping";
+        let hop = crate::window::hop_windows_udf().call(f.args.clone());
+        input = input
+            .with_column(HOP_COLUMN, hop)?
+            .unnest_columns(&[HOP_COLUMN])?;
+        group_expr[k] =
+            datafusion::prelude::col(HOP_COLUMN).alias(agg.group_expr[k].schema_name().to_string());
+    }
+    let op = RunningAggregateExec::try_new(&input, group_expr, aggr)?
         .with_changed_only(mode == OutputMode::Update)
         .with_event_time_window(EventTimeWindow {
             key_index: k,
@@ -143,7 +159,7 @@ fn windowed(
         }
     };
     let line = format!(
-        "WindowAggregateExec (RunningAggregateExec over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
+        "WindowAggregateExec ({kind}, RunningAggregateExec over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
         agg.group_expr
             .iter()
             .map(|e| e.to_string())
@@ -155,21 +171,20 @@ fn windowed(
             .collect::<Vec<_>>()
             .join(", "),
     );
-    Ok((op, line))
+    Ok((op, line, input))
 }
 
 /// Feed `agg`'s input into `op` and return the projection over the operator's output
 /// that stands in for `agg` in the plan.
 fn replace_with_operator(
     ctx: &StreamingContext,
-    state: &SessionState,
+    input: DataFrame,
     agg: &Aggregate,
     op: Box<dyn flumen_engine::ops::StreamOperator>,
     slide: Duration,
     stateful: &mut bool,
 ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
     let ext = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
-    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
     let input_stream = ctx.stream_from(input, slide).map_err(ext)?;
     let out = input_stream.with_operator(op, slide).map_err(ext)?;
     *stateful = true;
@@ -239,11 +254,11 @@ pub fn plan_query(
                     );
                     if let Some(k) = window_key {
                         match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
-                            Ok((op, line)) => {
+                            Ok((op, line, input)) => {
                                 explain.push(line);
                                 return replace_with_operator(
                                     ctx,
-                                    &state,
+                                    input,
                                     agg,
                                     Box::new(op),
                                     slide,

@@ -110,6 +110,7 @@ impl FlumenSession {
             datafusion::execution::context::SessionConfig::new().with_information_schema(true),
         );
         base.register_udf(crate::window::window_udf());
+        base.register_udf(crate::window::hop_windows_udf());
         Self {
             base,
             registry,

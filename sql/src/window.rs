@@ -89,7 +89,8 @@ impl ScalarUDFImpl for WindowFunction {
             && interval_millis(slide)? != size
         {
             return exec_err!(
-                "sliding windows in GROUP BY window(ts, size, slide) are not supported yet; use a tumbling window(ts, size)"
+                "window(ts, size, slide) with slide != size assigns a row to several windows: \
+                 use it as a GROUP BY key, where the planner expands it"
             );
         }
         let ts = args.args[0].clone().into_array(args.number_rows)?;
@@ -115,5 +116,102 @@ impl ScalarUDFImpl for WindowFunction {
             nulls,
         )?;
         Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}
+
+/// The name of [`hop_windows_udf`].
+pub const HOP_WINDOWS_FUNCTION: &str = "flumen_hop_windows";
+
+/// `flumen_hop_windows(ts, size, slide)`: every `{start, end}` window of length `size`,
+/// starting at multiples of `slide`, that contains `ts` (a list; the planner unnests
+/// it for `GROUP BY window(ts, size, slide)`).
+pub fn hop_windows_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(HopWindows {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HopWindows {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for HopWindows {
+    fn name(&self) -> &str {
+        HOP_WINDOWS_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        WindowFunction {
+            signature: self.signature.clone(),
+        }
+        .coerce_types(arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            window_type(),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let (ColumnarValue::Scalar(size), Some(ColumnarValue::Scalar(slide))) =
+            (&args.args[1], args.args.get(2))
+        else {
+            return exec_err!("flumen_hop_windows(ts, size, slide) needs constant size and slide");
+        };
+        let (size, slide) = (interval_millis(size)?, interval_millis(slide)?);
+        let ts = args.args[0].clone().into_array(args.number_rows)?;
+        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("timestamp expected".into())
+            })?;
+        let mut starts = Vec::new();
+        let mut offsets = vec![0i32];
+        let mut valid = Vec::with_capacity(ts.len());
+        for t in ts.iter() {
+            match t {
+                Some(t) => {
+                    let mut start = t - t.rem_euclid(slide);
+                    let mut these = Vec::new();
+                    while start + size > t {
+                        these.push(start);
+                        start -= slide;
+                    }
+                    these.reverse();
+                    starts.extend(these);
+                    valid.push(true);
+                }
+                None => valid.push(false),
+            }
+            offsets.push(starts.len() as i32);
+        }
+        let start = TimestampMillisecondArray::from(starts.clone());
+        let end =
+            TimestampMillisecondArray::from(starts.iter().map(|s| s + size).collect::<Vec<_>>());
+        let DataType::Struct(fields) = window_type() else {
+            return exec_err!("window type must be a struct");
+        };
+        let structs = StructArray::try_new(
+            fields,
+            vec![Arc::new(start) as ArrayRef, Arc::new(end)],
+            None,
+        )?;
+        let list = datafusion::arrow::array::ListArray::try_new(
+            Arc::new(Field::new("item", window_type(), true)),
+            datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            Some(valid.into()),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }
