@@ -23,6 +23,8 @@ step "servers for the tests"
 scripts/services.sh start
 
 step "cargo test"
+# The CLI tests drive the real binary.
+cargo build -p flumen-cli --locked
 cargo test --workspace --locked
 
 step "examples"

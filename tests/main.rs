@@ -1,5 +1,6 @@
 //! Flumen's integration tests: one binary, so DataFusion is linked once.
 
+mod cli;
 mod common;
 mod engine;
 mod sql_api;

@@ -66,6 +66,6 @@ async fn script_errors_name_the_line() {
         .to_string();
     assert_eq!(
         err,
-        "line 3: unknown source connector 'nope'; available: queue"
+        "line 3: unknown source connector 'nope'; available: memory, queue"
     );
 }

@@ -44,7 +44,7 @@ pub use graph::ForeachBatchFn;
 pub use listener::{BatchInfo, StreamingListener};
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use registry::ConnectorRegistry;
-pub use sink::{MemorySink, Sink, WriteKey};
+pub use sink::{ConsoleSink, MemorySink, Sink, WriteKey};
 pub use source::{BatchContext, Source, SourceRange};
 pub use sources::QueueSource;
 pub use stream::Stream;

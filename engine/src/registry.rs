@@ -47,12 +47,14 @@ pub struct ConnectorRegistry {
 }
 
 impl ConnectorRegistry {
-    /// A registry with the engine's own connectors: `queue` (source) and `memory`
-    /// (sink).
+    /// A registry with the engine's own connectors: `queue` / `memory` (source),
+    /// `memory` and `console` (sinks).
     pub fn with_builtins() -> Self {
         let mut r = Self::default();
         r.register_source("queue", Arc::new(QueueFactory));
+        r.register_source("memory", Arc::new(QueueFactory));
         r.register_sink("memory", Arc::new(MemoryFactory));
+        r.register_sink("console", Arc::new(ConsoleFactory));
         r
     }
 
@@ -158,6 +160,27 @@ impl SinkFactory for MemoryFactory {
     }
 }
 
+#[derive(Debug)]
+struct ConsoleFactory;
+
+impl SinkFactory for ConsoleFactory {
+    fn options(&self) -> &[&'static str] {
+        &["num_rows"]
+    }
+
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        check_options("console", options, self.options())?;
+        let rows = match options.get("num_rows") {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => return plan_err!("num_rows must be a whole number, got '{n}'"),
+            },
+            None => 20,
+        };
+        Ok(crate::sink::ConsoleSink::new(name, rows))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +189,10 @@ mod tests {
     fn unknown_connector_lists_the_known_ones() {
         let r = ConnectorRegistry::with_builtins();
         let err = r.source("kafak").unwrap_err().to_string();
-        assert_eq!(err, "unknown source connector 'kafak'; available: queue");
+        assert_eq!(
+            err,
+            "unknown source connector 'kafak'; available: memory, queue"
+        );
         let mut opts = ConnectorOptions::new();
         opts.insert("one_at_a_tme".into(), "true".into());
         let err = r

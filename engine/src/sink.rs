@@ -137,3 +137,56 @@ impl Sink for MemorySink {
         Ok(())
     }
 }
+
+/// Prints every batch to stdout in Spark's `print()` layout (`connector = 'console'`).
+#[derive(Debug)]
+pub struct ConsoleSink {
+    name: String,
+    max_rows: usize,
+    pending: Mutex<BTreeMap<(Time, usize), Vec<RecordBatch>>>,
+}
+
+impl ConsoleSink {
+    /// Prints at most `max_rows` rows per batch.
+    pub fn new(name: impl Into<String>, max_rows: usize) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            max_rows,
+            pending: Mutex::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for ConsoleSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        self.pending
+            .lock()
+            .insert((key.batch_time, key.partition), batches);
+        Ok(())
+    }
+
+    async fn commit(&self, _query_id: &str, batch_time: Time, _partitions: usize) -> Result<()> {
+        let batches: Vec<RecordBatch> = {
+            let mut pending = self.pending.lock();
+            let keys: Vec<_> = pending
+                .range((batch_time, 0)..=(batch_time, usize::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| pending.remove(&k))
+                .flatten()
+                .collect()
+        };
+        let text = crate::print::format_print(batch_time, &batches, self.max_rows)?;
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    }
+}

@@ -1,21 +1,78 @@
-//! The `flumen` command. Today: `flumen demo`, a self-contained streaming demo. The
-//! SQL REPL and scripts come with the SQL layer.
+//! The `flumen` command: the SQL REPL, scripts (`-f`), statements (`-c`) and a demo.
 
 mod demo;
+mod exec;
+mod print;
+mod repl;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use flumen_engine::SystemClock;
+use flumen_sql::FlumenSession;
+use tokio::task::JoinSet;
+
+use crate::exec::{PrintOptions, run_script};
+use crate::print::Format;
 
 const HELP: &str = "\
 flumen — a SQL-first micro-batch stream processing engine
 
 USAGE:
-    flumen demo [--seconds N]    run a self-contained streaming demo (no server needed)
-    flumen --help                print this help
-    flumen --version             print the version
+    flumen [OPTIONS]                 interactive SQL REPL
+    flumen -f FILE [OPTIONS]         run a script, then keep its queries running
+    flumen -c 'SQL; SQL' [OPTIONS]   run statements and exit
+    flumen demo [--seconds N]        a self-contained streaming demo (no server needed)
 
-The demo generates lines of words, counts words per batch and over a sliding window
-of 3 batches, prints every batch as it arrives, and stops by itself.
+OPTIONS:
+    -f, --file FILE              SQL script to run
+    -c, --command SQL            statements to run
+        --trigger MODE           available-now: process what the sources hold, then
+                                 exit; processing-time (default): run until Ctrl-C/SIGTERM
+        --batch-interval D       e.g. '1 second' (default), '500 ms'
+        --checkpoint DIR         checkpoint location (SET checkpoint_location)
+        --format F               table (default), csv or json
+    -h, --help                   this help
+    -V, --version                the version
+
+A script's queries run until SIGINT or SIGTERM, which stops them gracefully (the batch
+in flight finishes); with --trigger available-now, until their sources are drained.
+Errors go to stderr as `error: line N: ...` and the exit code is 1.
 ";
+
+#[derive(Default)]
+struct Args {
+    file: Option<String>,
+    command: Option<String>,
+    trigger: Option<String>,
+    batch_interval: Option<String>,
+    checkpoint: Option<String>,
+    format: Option<Format>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args::default();
+    let mut i = 0;
+    while i < args.len() {
+        let value = |i: usize| -> Result<String> {
+            args.get(i + 1)
+                .cloned()
+                .ok_or_else(|| anyhow!("{} needs a value", args[i]))
+        };
+        match args[i].as_str() {
+            "-f" | "--file" => a.file = Some(value(i)?),
+            "-c" | "--command" => a.command = Some(value(i)?),
+            "--trigger" => a.trigger = Some(value(i)?),
+            "--batch-interval" => a.batch_interval = Some(value(i)?),
+            "--checkpoint" => a.checkpoint = Some(value(i)?),
+            "--format" => a.format = Some(value(i)?.parse().map_err(|e: String| anyhow!(e))?),
+            other => bail!("unknown option '{other}'; run `flumen --help` for the options"),
+        }
+        i += 2;
+    }
+    Ok(a)
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,13 +83,11 @@ async fn main() -> ExitCode {
             println!("flumen {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Some("--help" | "-h") | None => {
+        Some("--help" | "-h") => {
             print!("{HELP}");
             Ok(())
         }
-        Some(other) => Err(anyhow::anyhow!(
-            "unknown command '{other}'; run `flumen --help` for the commands"
-        )),
+        _ => run(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,5 +95,91 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run(args: &[String]) -> Result<()> {
+    let args = parse_args(args)?;
+    let mut session = FlumenSession::new(flumen_connectors::registry(), Arc::new(SystemClock));
+    let options = PrintOptions {
+        format: args.format.unwrap_or(Format::Table),
+        timing: false,
+    };
+    let mut setup = Vec::new();
+    let available_now = match args.trigger.as_deref() {
+        None | Some("processing-time") => false,
+        Some("available-now") => true,
+        Some(other) => bail!("unknown trigger '{other}'; accepted: available-now, processing-time"),
+    };
+    if available_now {
+        setup.push("SET trigger = 'available_now'".to_string());
+    }
+    if let Some(d) = &args.batch_interval {
+        setup.push(format!("SET batch_interval = '{d}'"));
+    }
+    if let Some(c) = &args.checkpoint {
+        setup.push(format!("SET checkpoint_location = '{c}'"));
+    }
+    for s in setup {
+        session.execute(&s).await?;
+    }
+    let mut printers = JoinSet::new();
+    let script = match (&args.file, &args.command) {
+        (Some(_), Some(_)) => bail!("give either -f FILE or -c SQL, not both"),
+        (Some(f), None) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("cannot read script {f}"))?)
+        }
+        (None, Some(c)) => Some(c.clone()),
+        (None, None) => None,
+    };
+    let Some(script) = script else {
+        return repl::run(&mut session, options).await;
+    };
+    let outcome = run_script(&mut session, &script, options, &mut printers).await;
+    if let Err(e) = outcome {
+        session.stop_all().await.ok();
+        return Err(e);
+    }
+    if session.active_queries() > 0 {
+        if available_now {
+            let r = session.await_all().await;
+            drain(printers).await;
+            r?;
+        } else if args.command.is_some() {
+            session.stop_all().await?;
+            drain(printers).await;
+        } else {
+            wait_for_shutdown_signal().await;
+            eprintln!("stopping: the batch in flight finishes and commits");
+            session.stop_all().await?;
+            drain(printers).await;
+        }
+    }
+    Ok(())
+}
+
+async fn drain(mut printers: JoinSet<()>) {
+    while printers.join_next().await.is_some() {}
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

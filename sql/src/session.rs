@@ -135,6 +135,47 @@ impl FlumenSession {
         self.queries.values()
     }
 
+    /// How many queries are running.
+    pub fn active_queries(&self) -> usize {
+        self.queries
+            .values()
+            .filter(|q| q.ctx.state() == StreamingContextState::Active)
+            .count()
+    }
+
+    /// Stop one query; with `graceful`, its batch in flight finishes first.
+    pub async fn stop_query(&self, id: u64, graceful: bool) -> Result<()> {
+        match self.queries.get(&id) {
+            Some(q) => q.ctx.stop(graceful).await,
+            None => plan_err!("no query {id}; SHOW QUERIES lists them"),
+        }
+    }
+
+    /// Stop every query gracefully (the batch in flight finishes and commits).
+    pub async fn stop_all(&self) -> Result<()> {
+        for q in self.queries.values() {
+            q.ctx.stop(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until every query has stopped by itself (e.g. drained under
+    /// `available_now`); the first failure, naming its query.
+    pub async fn await_all(&self) -> Result<()> {
+        let mut first_error = None;
+        for q in self.queries.values() {
+            if let Err(e) = q.ctx.await_termination().await
+                && first_error.is_none()
+            {
+                first_error = Some(Error::Plan(format!("query {}: {e}", q.id)));
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Names of streams, sinks and tables (for completion).
     pub fn object_names(&self) -> Vec<String> {
         let c = self.catalog.lock();
@@ -387,7 +428,6 @@ impl FlumenSession {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        names.push("memory".into());
         names.sort();
         names.dedup();
         names

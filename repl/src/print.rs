@@ -1,0 +1,59 @@
+//! Output formats of the `flumen` command.
+
+use std::str::FromStr;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+/// How results are printed (`\format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown format '{other}'; accepted: table, csv, json"
+            )),
+        }
+    }
+}
+
+/// Renders `batches` in `format`.
+pub fn render(format: Format, batches: &[RecordBatch]) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Table => format!("{}\n", pretty_format_batches(batches)?),
+        Format::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            String::from_utf8(out)?
+        }
+        Format::Json => {
+            let mut out = Vec::new();
+            {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+            String::from_utf8(out)?
+        }
+    })
+}
