@@ -176,10 +176,21 @@ impl FlumenSession {
         }
     }
 
-    /// Names of streams, sinks and tables (for completion).
+    /// Names of streams, sinks and tables, and of their columns (for completion).
     pub fn object_names(&self) -> Vec<String> {
         let c = self.catalog.lock();
-        c.streams.keys().chain(c.sinks.keys()).cloned().collect()
+        let mut names: Vec<String> = c.streams.keys().chain(c.sinks.keys()).cloned().collect();
+        let columns = c
+            .streams
+            .values()
+            .map(|s| s.schema.clone())
+            .chain(c.sinks.values().filter_map(|s| s.schema.clone()));
+        for schema in columns {
+            names.extend(schema.fields().iter().map(|f| f.name().clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Runs every statement of `script`, stopping at the first error, which names the
