@@ -13,6 +13,7 @@
 //!       ─▶ engine Stream ─▶ sink / table / console
 //! ```
 
+pub mod batch_time;
 pub mod catalog;
 pub mod duration;
 pub mod planner;

@@ -24,6 +24,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, lit};
 use flumen_engine::ops::EventTimeWindow;
 use flumen_engine::time::format_duration;
 
+use crate::batch_time::BATCH_TIME_COLUMN;
 use crate::window::WINDOW_FUNCTION;
 use flumen_engine::ops::RunningAggregateExec;
 use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
@@ -208,6 +209,13 @@ fn replace_with_operator(
     ))
 }
 
+/// Is `_batch_time` one of the aggregate's plain group keys?
+fn groups_by_batch_time(agg: &Aggregate) -> bool {
+    agg.group_expr
+        .iter()
+        .any(|e| matches!(e, Expr::Column(c) if c.name == BATCH_TIME_COLUMN))
+}
+
 /// Does `plan` read the output of a stateful operator?
 pub fn reads_operator_output(plan: &LogicalPlan) -> bool {
     plan.exists(|node| {
@@ -240,6 +248,15 @@ pub fn plan_query(
             // changelog, which gives wrong results.
             let reads_operator = reads_operator_output(&node);
             match &node {
+                LogicalPlan::Aggregate(agg) if reads && !reads_operator && groups_by_batch_time(agg) => {
+                    // Every row of a batch has the same _batch_time: a per-batch
+                    // aggregate, Spark's reduceByKey on each batch. No state.
+                    explain.push(format!(
+                        "Per-batch aggregate (GROUP BY {BATCH_TIME_COLUMN}): group by [{}], no state",
+                        agg.group_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Aggregate(agg) if reads || reads_operator => {
                     if reads_operator {
                         refusal = Some(Error::Plan(
@@ -382,7 +399,7 @@ pub fn plan_query(
     if let Some(e) = refusal {
         return Err(e);
     }
-    if !stateful {
+    if !stateful && explain.is_empty() {
         explain.push("Stateless: the whole plan runs on each batch".into());
     }
     let df = DataFrame::new(state, new_plan);

@@ -10,12 +10,14 @@ use datafusion::arrow::array::{ArrayRef, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::datasource::source_as_provider;
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlanBuilder, ScalarUDF};
 use flumen_engine::registry::ConnectorOptions;
 use flumen_engine::stream::replace_default_schema;
 use flumen_engine::{
@@ -25,6 +27,7 @@ use flumen_engine::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::batch_time::{BATCH_TIME_COLUMN, BatchTimeCell, batch_time_udf};
 use crate::catalog::{Catalog, MemorySinkTable, SinkDef, StreamDef, StreamKind, StreamPlaceholder};
 use crate::planner::{OutputMode, plan_query, reads_stream};
 use crate::statement::{
@@ -378,6 +381,11 @@ impl FlumenSession {
                     .collect::<Vec<_>>(),
             ))
         };
+        if schema.field_with_name(BATCH_TIME_COLUMN).is_ok() {
+            return plan_err!(
+                "column name {BATCH_TIME_COLUMN} is reserved: every stream has it (the time of the batch a row arrives in)"
+            );
+        }
         if let Some(w) = &watermark {
             match schema.field_with_name(&w.column) {
                 Ok(f) if matches!(f.data_type(), DataType::Timestamp(_, _)) => {}
@@ -416,7 +424,7 @@ impl FlumenSession {
             name.as_str(),
             Arc::new(StreamPlaceholder {
                 name: name.clone(),
-                schema: schema.clone(),
+                schema: with_batch_time(&schema),
             }),
         )?;
         self.catalog.lock().streams.insert(
@@ -521,7 +529,10 @@ impl FlumenSession {
 
     /// A query context whose session resolves stream names to this query's sources.
     fn build_query_context(&self, id: u64, trigger: Trigger) -> Result<QueryContext> {
+        let cell = Arc::new(BatchTimeCell::default());
+        let batch_time = batch_time_udf(Arc::clone(&cell));
         let schema = Arc::new(QuerySchema {
+            batch_time: batch_time.clone(),
             catalog: Arc::clone(&self.catalog),
             registry: self.registry.clone(),
             ctx: OnceLock::new(),
@@ -542,6 +553,7 @@ impl FlumenSession {
             .with_catalog_list(list)
             .build();
         let session = SessionContext::new_with_state(state);
+        session.register_udf(batch_time);
         let ctx = StreamingContext::builder(self.settings.batch_interval)
             .with_session(session)
             .with_clock(Arc::clone(&self.clock))
@@ -549,6 +561,7 @@ impl FlumenSession {
             .with_trigger(trigger)
             .with_name(format!("query-{id}"))
             .build()?;
+        ctx.add_listener(cell);
         let _ = schema.ctx.set(ctx.clone());
         Ok(QueryContext { ctx, schema })
     }
@@ -1029,6 +1042,17 @@ struct QueryContext {
     schema: Arc<QuerySchema>,
 }
 
+/// `schema` plus the `_batch_time` column every source stream has.
+fn with_batch_time(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        BATCH_TIME_COLUMN,
+        DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
 /// Event-time columns with their watermark delay, keyed `stream.column`.
 fn watermarks_of(catalog: &Catalog) -> HashMap<String, Duration> {
     catalog
@@ -1119,6 +1143,8 @@ fn string_table(names: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResul
 /// session's tables.
 #[derive(Debug)]
 struct QuerySchema {
+    /// `flumen_batch_time()` of this query.
+    batch_time: ScalarUDF,
     catalog: Arc<Mutex<Catalog>>,
     registry: ConnectorRegistry,
     ctx: OnceLock<StreamingContext>,
@@ -1165,9 +1191,9 @@ impl QuerySchema {
                     )?;
                     ctx.source(source)?
                 };
-                // The slot's own table, so the query's plan has a TableScan named
-                // after the stream (a view would be inlined out of sight).
-                match stream.dataframe().logical_plan() {
+                // The slot's table scanned under the stream's name (so the planner
+                // sees which streams a plan reads), plus `_batch_time`.
+                let provider = match stream.dataframe().logical_plan() {
                     LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)?,
                     other => {
                         return Err(Error::Internal(format!(
@@ -1175,7 +1201,23 @@ impl QuerySchema {
                             other.display()
                         )));
                     }
-                }
+                };
+                let mut columns: Vec<datafusion::logical_expr::Expr> = def
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        datafusion::prelude::col(datafusion::common::Column::new(
+                            Some(name),
+                            f.name(),
+                        ))
+                    })
+                    .collect();
+                columns.push(self.batch_time.call(vec![]).alias(BATCH_TIME_COLUMN));
+                let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
+                    .project(columns)?
+                    .build()?;
+                Arc::new(ViewTable::new(plan, None))
             }
             StreamKind::Derived { query } => {
                 let df = ctx.session().sql(query).await?;
