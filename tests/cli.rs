@@ -176,8 +176,15 @@ fn repl_in_a_terminal() {
     p.send_line("SELEC 1;").unwrap();
     p.exp_string("error: ").unwrap();
     p.exp_string("flumen> ").unwrap();
+    p.send_line("\\format table").unwrap();
+    p.exp_string("Output format is Table").unwrap();
+    p.exp_string("flumen> ").unwrap();
     p.send_line("\\q").unwrap();
     p.exp_eof().unwrap();
+    match p.process().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 0),
+        other => panic!("the REPL did not exit cleanly: {other:?}"),
+    }
     let history = std::fs::read_to_string(home.join(".flumen_history")).unwrap();
     assert!(
         history.contains("SELECT value FROM ticks WHERE value < 3;"),

@@ -28,10 +28,11 @@ pub async fn print_batches(
 ) {
     while let Some((t, batches)) = rx.recv().await {
         let text = match format {
-            Format::Table => {
+            Format::Print => {
                 flumen_engine::print::format_print(t, &batches, 20).map_err(|e| anyhow!(e))
             }
-            other => render(other, &batches).map(|s| format!("-- batch {t}\n{s}")),
+            _ if batches.iter().all(|b| b.num_rows() == 0) => Ok(format!("Batch: {t} (no rows)\n")),
+            other => render(other, &batches).map(|s| format!("Batch: {t}\n{s}")),
         };
         match text {
             Ok(text) => {

@@ -32,7 +32,8 @@ OPTIONS:
                                  exit; processing-time (default): run until Ctrl-C/SIGTERM
         --batch-interval D       e.g. '1 second' (default), '500 ms'
         --checkpoint DIR         checkpoint location (SET checkpoint_location)
-        --format F               table (default), csv or json
+        --format F               print (default: Spark's layout for continuous
+                                 queries, tables otherwise), table, csv or json
     -h, --help                   this help
     -V, --version                the version
 
@@ -76,6 +77,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // No raw panic reaches the user: a bug is reported as one, with exit code 101.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error (a bug in Flumen, please report it): {info}");
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]).await,
@@ -102,7 +107,7 @@ async fn run(args: &[String]) -> Result<()> {
     let args = parse_args(args)?;
     let mut session = FlumenSession::new(flumen_connectors::registry(), Arc::new(SystemClock));
     let options = PrintOptions {
-        format: args.format.unwrap_or(Format::Table),
+        format: args.format.unwrap_or(Format::Print),
         timing: false,
     };
     let mut setup = Vec::new();

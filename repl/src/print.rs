@@ -8,6 +8,8 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 /// How results are printed (`\format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Spark's `print()` layout (continuous queries); a table otherwise.
+    Print,
     Table,
     Csv,
     Json,
@@ -18,11 +20,12 @@ impl FromStr for Format {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "print" => Ok(Format::Print),
             "table" => Ok(Format::Table),
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             other => Err(format!(
-                "unknown format '{other}'; accepted: table, csv, json"
+                "unknown format '{other}'; accepted: print, table, csv, json"
             )),
         }
     }
@@ -31,7 +34,7 @@ impl FromStr for Format {
 /// Renders `batches` in `format`.
 pub fn render(format: Format, batches: &[RecordBatch]) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table => format!("{}\n", pretty_format_batches(batches)?),
+        Format::Print | Format::Table => format!("{}\n", pretty_format_batches(batches)?),
         Format::Csv => {
             let mut out = Vec::new();
             {

@@ -75,7 +75,7 @@ Statements end with ';' and may span lines. Meta commands:
   \\d            list streams, sinks and tables
   \\d NAME       describe NAME
   \\timing       toggle printing how long each statement took
-  \\format F     print results as table, csv or json
+  \\format F     print (Spark's batch layout, tables for the rest), table, csv, json
   \\help, \\?     this help
   \\q            quit
 A SELECT over a stream runs until Ctrl-C, printing each batch; Ctrl-C stops it and
