@@ -16,11 +16,13 @@ use std::fmt;
 use std::time::Duration;
 
 use datafusion::common::Column;
+use datafusion::common::DFSchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, lit};
+use datafusion::logical_expr::{Aggregate, Distinct, Expr, LogicalPlan, Projection, lit};
+use flumen_engine::ops::DedupExec;
 use flumen_engine::ops::EventTimeWindow;
 use flumen_engine::time::format_duration;
 
@@ -180,7 +182,7 @@ fn windowed(
 fn replace_with_operator(
     ctx: &StreamingContext,
     input: DataFrame,
-    agg: &Aggregate,
+    replaced_schema: &DFSchemaRef,
     op: Box<dyn flumen_engine::ops::StreamOperator>,
     slide: Duration,
     stateful: &mut bool,
@@ -191,8 +193,7 @@ fn replace_with_operator(
     *stateful = true;
     let out_plan = out.dataframe().logical_plan().clone();
     let out_schema = out_plan.schema().clone();
-    let exprs: Vec<Expr> = agg
-        .schema
+    let exprs: Vec<Expr> = replaced_schema
         .iter()
         .enumerate()
         .map(|(i, (qualifier, field))| {
@@ -276,7 +277,7 @@ pub fn plan_query(
                                 return replace_with_operator(
                                     ctx,
                                     input,
-                                    agg,
+                                    &agg.schema,
                                     Box::new(op),
                                     slide,
                                     &mut stateful,
@@ -368,11 +369,39 @@ pub fn plan_query(
                         TreeNodeRecursion::Continue,
                     ))
                 }
+                LogicalPlan::Distinct(Distinct::All(input)) if reads || reads_operator => {
+                    if reads_operator {
+                        refusal = Some(Error::Plan(
+                            "DISTINCT over the result of a streaming aggregate is not supported: \
+                             its input changes row by row"
+                                .into(),
+                        ));
+                        return Ok(Transformed::no(node));
+                    }
+                    let df = DataFrame::new(state.clone(), input.as_ref().clone());
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let op = match DedupExec::try_new(schema, mode == OutputMode::Complete) {
+                        Ok(op) => op.with_positional_names(),
+                        Err(e) => {
+                            refusal = Some(e);
+                            return Ok(Transformed::no(node));
+                        }
+                    };
+                    explain.push(
+                        "DedupExec (DISTINCT): emits each distinct row once; state: every distinct \
+                         row seen, kept for the life of the query (grows without bound)"
+                            .into(),
+                    );
+                    let replaced = node.schema().clone();
+                    replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
+                        .or_else(|e| {
+                            refusal = Some(Error::DataFusion(e));
+                            Ok(Transformed::no(node.clone()))
+                        })
+                }
                 LogicalPlan::Distinct(_) if reads => {
                     refusal = Some(Error::Plan(
-                        "DISTINCT over a stream is not supported yet; write GROUP BY the columns \
-                         (with output_mode update, each new group is emitted once it changes)"
-                            .into(),
+                        "DISTINCT ON over a stream is not supported yet; use GROUP BY".into(),
                     ));
                     Ok(Transformed::no(node))
                 }

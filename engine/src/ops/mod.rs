@@ -18,10 +18,12 @@ use std::sync::Arc;
 use crate::Result;
 use crate::time::Time;
 
+pub mod dedup;
 pub mod map_with_state;
 pub mod running_aggregate;
 pub mod window;
 
+pub use dedup::DedupExec;
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
 pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
 pub use window::WindowExec;

@@ -1,0 +1,101 @@
+//! `DedupExec`: `SELECT DISTINCT` over a stream. Emits each distinct row the first
+//! time it is seen, across all batches (or, in complete mode, every distinct row each
+//! batch). Rows are compared in Arrow's row format.
+//!
+//! ```text
+//!  batch ─▶ RowConverter ─▶ seen.insert(row)? ─▶ filter(new rows) ─▶ output
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+
+use super::{OperatorContext, StreamOperator};
+use crate::Result;
+
+pub struct DedupExec {
+    input_schema: SchemaRef,
+    output_schema: SchemaRef,
+    converter: RowConverter,
+    seen: HashSet<OwnedRow>,
+    /// Complete mode: every distinct row so far, each batch.
+    emit_all: bool,
+    distinct: Vec<RecordBatch>,
+}
+
+impl DedupExec {
+    pub fn try_new(input_schema: SchemaRef, emit_all: bool) -> Result<Self> {
+        let converter = RowConverter::new(
+            input_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            output_schema: Arc::clone(&input_schema),
+            input_schema,
+            converter,
+            seen: HashSet::new(),
+            emit_all,
+            distinct: Vec::new(),
+        })
+    }
+
+    /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
+    pub fn with_positional_names(mut self) -> Self {
+        let fields: Vec<_> = self
+            .output_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect();
+        self.output_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        self
+    }
+}
+
+#[async_trait]
+impl StreamOperator for DedupExec {
+    fn name(&self) -> String {
+        "DedupExec".into()
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.output_schema)
+    }
+
+    fn process(
+        &mut self,
+        _ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let batch = concat_batches(&self.input_schema, &input)?;
+        let rows = self.converter.convert_columns(batch.columns())?;
+        let new: BooleanArray = rows
+            .iter()
+            .map(|r| Some(self.seen.insert(r.owned())))
+            .collect();
+        let fresh = filter_record_batch(&batch, &new)?;
+        let fresh =
+            RecordBatch::try_new(Arc::clone(&self.output_schema), fresh.columns().to_vec())?;
+        if self.emit_all {
+            if fresh.num_rows() > 0 {
+                self.distinct.push(fresh);
+            }
+            return Ok(Some(self.distinct.clone()));
+        }
+        Ok(Some(vec![fresh]))
+    }
+
+    fn state_rows(&self) -> usize {
+        self.seen.len()
+    }
+}
