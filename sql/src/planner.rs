@@ -88,7 +88,7 @@ const HOP_COLUMN: &str = "__flumen_window";
 
 /// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`).
 fn windowed(
-    _ctx: &StreamingContext,
+    ctx: &StreamingContext,
     state: &SessionState,
     agg: &Aggregate,
     k: usize,
@@ -99,10 +99,42 @@ fn windowed(
     let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
         return plan_err!("window() group key expected");
     };
+    let mut f = f.clone();
     let ts = f.args[0].clone();
+    let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+    if over_batch_time {
+        // Spark's windows over batch time: the window ending at T holds the batches in
+        // (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end)
+        // windows gives exactly that; the watermark is the batch time.
+        let interval = ctx.batch_interval();
+        let sizes = f.args[1..]
+            .iter()
+            .map(|a| match a {
+                Expr::Literal(v, _) => crate::window::interval_millis(v)
+                    .map(|ms| Duration::from_millis(ms as u64))
+                    .map_err(Error::DataFusion),
+                other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        flumen_engine::time::check_multiple("window length", sizes[0], "batch interval", interval)?;
+        if let Some(slide) = sizes.get(1) {
+            flumen_engine::time::check_multiple(
+                "window slide",
+                *slide,
+                "batch interval",
+                interval,
+            )?;
+        }
+        f.args[0] = ts.clone()
+            - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
+                0, 0, 1_000_000,
+            ));
+    }
+    let f = &f;
     // Watermarks are keyed `stream.column`; an alias in the query falls back to the
     // one stream read here that declares a watermark on a column of that name.
     let delay = match &ts {
+        _ if over_batch_time => Some(Duration::ZERO),
         Expr::Column(c) => c
             .relation
             .as_ref()
@@ -128,6 +160,10 @@ fn windowed(
     let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
     let mut group_expr = agg.group_expr.clone();
     let mut kind = "tumbling";
+    if over_batch_time {
+        group_expr[k] =
+            Expr::ScalarFunction(f.clone()).alias(agg.group_expr[k].schema_name().to_string());
+    }
     if f.args.len() == 3 && f.args[1] != f.args[2] {
         // A hopping window: a row belongs to size/slide windows. Expand each row into
         // one per window, then group by that window.
@@ -146,6 +182,7 @@ fn windowed(
             delay,
             emit_closed_only: mode == OutputMode::Append,
             evict_closed: mode != OutputMode::Complete && delay.is_some(),
+            watermark_is_batch_time: over_batch_time,
         })
         .with_positional_names();
     let bound = match (delay, mode) {

@@ -91,6 +91,9 @@ pub struct EventTimeWindow {
     pub emit_closed_only: bool,
     /// Drop the state of windows the watermark closed.
     pub evict_closed: bool,
+    /// Windows over batch time: the watermark is the batch time itself (every row of
+    /// batches up to it has arrived), not derived from the rows.
+    pub watermark_is_batch_time: bool,
 }
 
 /// Group keys, accumulators holding every group, number of groups.
@@ -318,7 +321,7 @@ impl StreamOperator for RunningAggregateExec {
 
     fn process(
         &mut self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let previous = self.state.take();
@@ -390,7 +393,9 @@ impl StreamOperator for RunningAggregateExec {
             self.state = Some(state);
             return Ok(Some(vec![out]));
         };
-        if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
+        if w.watermark_is_batch_time {
+            self.watermark = Some(ctx.batch_time.as_millis());
+        } else if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
             let candidate = m - delay.as_millis() as i64;
             self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
         }
