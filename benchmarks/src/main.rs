@@ -20,13 +20,17 @@ use flumen_engine::{MemorySink, StreamingContext, Trigger};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]";
+mod nexmark;
+
+const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
+       flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("wordcount") => wordcount(&args[1..]).await,
+        Some("nexmark") => nexmark_suite(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }
@@ -41,6 +45,35 @@ fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
             .with_context(|| format!("{name} takes a whole number")),
         None => Ok(default),
     }
+}
+
+async fn nexmark_suite(args: &[String]) -> Result<()> {
+    let events = flag(args, "--events", 10_000_000)?;
+    let per_batch = flag(args, "--events-per-batch", 1_000_000)?;
+    let only = args
+        .iter()
+        .position(|a| a == "--query")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let batch_rows = 8192;
+    let bids = Arc::new(nexmark::generate_bids(events, batch_rows));
+    println!("nexmark: {events} bids, {per_batch} per micro-batch, 2 cores");
+    for (name, sql) in nexmark::QUERIES {
+        if only.as_deref().is_some_and(|q| q != name) {
+            continue;
+        }
+        let (rate, out_rows, batches) =
+            nexmark::run_query(sql, &bids, batch_rows, per_batch).await?;
+        println!(
+            "  {name}: {rate:>12.0} events/s ({:>10.0} per core), {batches} batches, {out_rows} rows out",
+            rate / 2.0
+        );
+        println!(
+            "{{\"suite\":\"nexmark\",\"query\":\"{name}\",\"events\":{events},\"events_per_s\":{rate:.0},\"events_per_s_per_core\":{:.0}}}",
+            rate / 2.0
+        );
+    }
+    Ok(())
 }
 
 /// Lines of `words_per_line` words drawn from `distinct` words, with a fixed seed.

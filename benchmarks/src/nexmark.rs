@@ -1,0 +1,224 @@
+//! Nexmark through the SQL layer: bids pre-generated as Arrow batches (generation is
+//! not timed), fed by a source that replays them as micro-batches, queries planned
+//! once by `FlumenSession`, results into a blackhole sink.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::registry::{ConnectorOptions, SinkFactory, SourceFactory};
+use flumen_engine::{ConnectorRegistry, QueueSource, Sink, Source, SystemClock, Time, WriteKey};
+use flumen_sql::FlumenSession;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+pub fn bid_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("url", DataType::Utf8, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("extra", DataType::Utf8, false),
+    ]))
+}
+
+/// `events` bids in batches of `batch_rows`, 1,000 events per second of event time.
+pub fn generate_bids(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
+    const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut out = Vec::new();
+    let mut made = 0;
+    while made < events {
+        let n = batch_rows.min(events - made);
+        let ids = made as i64..(made + n) as i64;
+        let auction: Int64Array = ids
+            .clone()
+            .map(|_| 1000 + rng.random_range(0..10_000))
+            .collect();
+        let bidder: Int64Array = ids
+            .clone()
+            .map(|_| 1000 + rng.random_range(0..100_000))
+            .collect();
+        let price: Int64Array = ids.clone().map(|_| rng.random_range(1..100_000)).collect();
+        let channel: StringArray = ids
+            .clone()
+            .map(|i| Some(CHANNELS[(i % 4) as usize]))
+            .collect();
+        let url: StringArray = ids
+            .clone()
+            .map(|i| Some(format!("https://www.nexmark.com/item/{}", i % 1000)))
+            .collect();
+        let date_time =
+            TimestampMillisecondArray::from_iter_values(ids.clone().map(|i| 1_700_000_000_000 + i));
+        let extra: StringArray = ids.map(|_| Some("")).collect();
+        out.push(
+            RecordBatch::try_new(
+                bid_schema(),
+                vec![
+                    Arc::new(auction),
+                    Arc::new(bidder),
+                    Arc::new(price),
+                    Arc::new(channel),
+                    Arc::new(url),
+                    Arc::new(date_time),
+                    Arc::new(extra),
+                ],
+            )
+            .unwrap(),
+        );
+        made += n;
+    }
+    out
+}
+
+/// `connector = 'pregenerated'`: each query gets a queue holding the batches, one
+/// element (micro-batch) per `per_batch` input batches.
+#[derive(Debug)]
+struct Pregenerated {
+    batches: Arc<Vec<RecordBatch>>,
+    per_batch: usize,
+}
+
+impl SourceFactory for Pregenerated {
+    fn options(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        _options: &ConnectorOptions,
+    ) -> flumen_engine::Result<Arc<dyn Source>> {
+        let q = QueueSource::new(name, schema, true);
+        for chunk in self.batches.chunks(self.per_batch) {
+            q.push(chunk.to_vec())?;
+        }
+        Ok(q)
+    }
+}
+
+/// `connector = 'blackhole'`: counts rows, keeps nothing.
+#[derive(Debug, Default)]
+struct Blackhole {
+    rows: AtomicU64,
+}
+
+#[async_trait]
+impl Sink for Blackhole {
+    fn name(&self) -> &str {
+        "blackhole"
+    }
+
+    async fn write(&self, _key: &WriteKey, batches: Vec<RecordBatch>) -> flumen_engine::Result<()> {
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        self.rows.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        _query_id: &str,
+        _batch_time: Time,
+        _partitions: usize,
+    ) -> flumen_engine::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct BlackholeFactory(Arc<Blackhole>);
+
+impl SinkFactory for BlackholeFactory {
+    fn options(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn create(
+        &self,
+        _name: &str,
+        _options: &ConnectorOptions,
+    ) -> flumen_engine::Result<Arc<dyn Sink>> {
+        Ok(self.0.clone())
+    }
+}
+
+pub const QUERIES: [(&str, &str); 3] = [
+    (
+        "q0",
+        "SELECT auction, bidder, price, date_time, extra FROM bid",
+    ),
+    (
+        "q1",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+    ),
+    (
+        "q2",
+        "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+    ),
+];
+
+/// Runs `query` over `events` bids in micro-batches of `per_batch_events`; events/s.
+pub async fn run_query(
+    sql: &str,
+    bids: &Arc<Vec<RecordBatch>>,
+    batch_rows: usize,
+    per_batch_events: usize,
+) -> Result<(f64, u64, usize)> {
+    let sink = Arc::new(Blackhole::default());
+    let mut registry = ConnectorRegistry::with_builtins();
+    registry.register_source(
+        "pregenerated",
+        Arc::new(Pregenerated {
+            batches: bids.clone(),
+            per_batch: (per_batch_events / batch_rows).max(1),
+        }),
+    );
+    registry.register_sink("blackhole", Arc::new(BlackholeFactory(sink.clone())));
+    let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
+    let cols = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, channel TEXT NOT NULL, \
+                url TEXT NOT NULL, date_time TIMESTAMP NOT NULL, extra TEXT NOT NULL";
+    session
+        .execute_script(&format!(
+            "SET trigger = 'available_now'; SET batch_interval = '100 ms';
+             CREATE STREAM bid ({cols}) WITH (connector = 'pregenerated');
+             CREATE SINK out WITH (connector = 'blackhole');"
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    session
+        .execute(&format!("INSERT INTO out {sql}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    session
+        .await_all()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let events: usize = bids.iter().map(|b| b.num_rows()).sum();
+    let batches = session
+        .queries()
+        .next()
+        .map(|q| q.ctx.recent_batches().len())
+        .unwrap_or(0);
+    if batches == 0 {
+        bail!("no batch ran");
+    }
+    Ok((
+        events as f64 / secs,
+        sink.rows.load(Ordering::Relaxed),
+        batches,
+    ))
+}
