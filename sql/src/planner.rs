@@ -247,6 +247,14 @@ fn replace_with_operator(
     ))
 }
 
+fn join_exprs(exprs: &[Expr]) -> String {
+    exprs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Is `_batch_time` one of the aggregate's plain group keys?
 fn groups_by_batch_time(agg: &Aggregate) -> bool {
     agg.group_expr
@@ -344,13 +352,6 @@ pub fn plan_query(
                         return Ok(Transformed::no(node));
                     }
                     let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
-                    let input_stream = match ctx.stream_from(input.clone(), slide) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            refusal = Some(e);
-                            return Ok(Transformed::no(node));
-                        }
-                    };
                     let op = match RunningAggregateExec::try_new(
                         &input,
                         agg.group_expr.clone(),
@@ -368,43 +369,14 @@ pub fn plan_query(
                         "RunningAggregateExec: group by [{}], aggregates [{}], output {mode}; \
                          state: one row per group, kept for the life of the query (grows with \
                          the number of distinct keys; no watermark bounds it)",
-                        agg.group_expr
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        agg.aggr_expr
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        join_exprs(&agg.group_expr),
+                        join_exprs(&agg.aggr_expr),
                     ));
-                    let out = match input_stream.with_operator(Box::new(op), slide) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            refusal = Some(e);
-                            return Ok(Transformed::no(node));
-                        }
-                    };
-                    stateful = true;
-                    let out_plan = out.dataframe().logical_plan().clone();
-                    let out_schema = out_plan.schema().clone();
-                    let exprs: Vec<Expr> = agg
-                        .schema
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (qualifier, field))| {
-                            let (q, f) = out_schema.qualified_field(i);
-                            Expr::Column(Column::new(q.cloned(), f.name()))
-                                .alias_qualified(qualifier.cloned(), field.name())
+                    replace_with_operator(ctx, input, &agg.schema, Box::new(op), slide, &mut stateful)
+                        .or_else(|e| {
+                            refusal = Some(Error::DataFusion(e));
+                            Ok(Transformed::no(node.clone()))
                         })
-                        .collect();
-                    let projection = Projection::try_new(exprs, Arc::new(out_plan))?;
-                    Ok(Transformed::new(
-                        LogicalPlan::Projection(projection),
-                        true,
-                        TreeNodeRecursion::Continue,
-                    ))
                 }
                 LogicalPlan::Distinct(Distinct::All(input)) if reads || reads_operator => {
                     if reads_operator {

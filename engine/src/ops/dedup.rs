@@ -50,14 +50,7 @@ impl DedupExec {
 
     /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
     pub fn with_positional_names(mut self) -> Self {
-        let fields: Vec<_> = self
-            .output_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
-            .collect();
-        self.output_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        self.output_schema = super::positional_schema(&self.output_schema);
         self
     }
 }

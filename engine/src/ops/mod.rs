@@ -28,6 +28,20 @@ pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
 pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
 pub use window::WindowExec;
 
+/// `schema` with its columns named `c0, c1, ...`: SQL planners map an operator's
+/// output back by position, and neutral names cannot clash with the names the plan
+/// above gives them.
+pub fn positional_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// What an operator knows about the batch it processes.
 #[derive(Debug, Clone, Copy)]
 pub struct OperatorContext {

@@ -145,14 +145,7 @@ impl RunningAggregateExec {
     /// Name the output columns `c0, c1, ...`: a SQL planner that maps them back by
     /// position avoids clashes between these names and the aggregate's own.
     pub fn with_positional_names(mut self) -> Self {
-        let fields: Vec<_> = self
-            .output_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
-            .collect();
-        self.output_schema = Arc::new(Schema::new(fields));
+        self.output_schema = super::positional_schema(&self.output_schema);
         self
     }
 
