@@ -319,8 +319,25 @@ impl FlumenSession {
         Ok(StatementResult::Rows { schema, batches })
     }
 
+    /// ksqlDB's `WINDOW TUMBLING/HOPPING (...)` clause onto `window()`.
+    fn rewrite_ksql(&self, sql: &str) -> Result<String> {
+        let catalog = self.catalog.lock();
+        crate::ksql::rewrite_window_clause(sql, |stream| {
+            catalog
+                .streams
+                .get(stream)
+                .and_then(|s| s.watermark.as_ref().map(|w| w.column.clone()))
+        })
+    }
+
     /// Whether `sql` (a query) reads one of the session's streams.
     async fn reads_streams(&self, sql: &str) -> Result<bool> {
+        let (sql, _) = strip_emit(sql, self.settings.output_mode);
+        let sql = match self.rewrite_ksql(&sql) {
+            Ok(s) => s,
+            Err(_) => sql,
+        };
+        let sql = sql.as_str();
         let streams: HashSet<String> = self.catalog.lock().streams.keys().cloned().collect();
         if streams.is_empty() {
             return Ok(false);
@@ -568,6 +585,7 @@ impl FlumenSession {
 
     async fn start_query(&mut self, sql: &str, target: Target) -> Result<u64> {
         let (sql, mut mode) = strip_emit(sql, self.settings.output_mode);
+        let sql = self.rewrite_ksql(&sql)?;
         if let Target::Sink(name) = &target
             && self
                 .catalog
@@ -897,6 +915,7 @@ impl FlumenSession {
             return self.datafusion(&format!("EXPLAIN {query}")).await;
         }
         let (query, mode) = strip_emit(query, self.settings.output_mode);
+        let query = self.rewrite_ksql(&query)?;
         let qc = self.build_query_context(0, Trigger::ProcessingTime)?;
         let df = qc.ctx.session().sql(&query).await?;
         let streams = qc.schema.read.lock().clone();
