@@ -255,6 +255,23 @@ fn join_exprs(exprs: &[Expr]) -> String {
         .join(", ")
 }
 
+/// Does the join require equal `_batch_time` on both sides (in `ON` keys or as a
+/// conjunct of its filter)?
+fn joins_on_batch_time(j: &datafusion::logical_expr::Join) -> bool {
+    let is_bt = |e: &Expr| matches!(e, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+    if j.on.iter().any(|(l, r)| is_bt(l) && is_bt(r)) {
+        return true;
+    }
+    j.filter.as_ref().is_some_and(|f| {
+        datafusion::logical_expr::utils::split_conjunction(f)
+            .into_iter()
+            .any(|c| {
+                matches!(c, Expr::BinaryExpr(b)
+                    if b.op == datafusion::logical_expr::Operator::Eq && is_bt(&b.left) && is_bt(&b.right))
+            })
+    })
+}
+
 /// Is `_batch_time` one of the aggregate's plain group keys?
 fn groups_by_batch_time(agg: &Aggregate) -> bool {
     agg.group_expr
@@ -423,11 +440,20 @@ pub fn plan_query(
                 LogicalPlan::Join(j)
                     if reads_stream(&j.left, streams) && reads_stream(&j.right, streams) =>
                 {
-                    refusal = Some(Error::Plan(
-                        "joins of two streams are not supported yet; join a stream with a static \
-                         table, or use the embedded API's Stream::join for a same-batch join"
-                            .into(),
-                    ));
+                    if joins_on_batch_time(j) {
+                        // Rows of different batches never match: a join within each
+                        // batch is the whole answer (DStream join semantics).
+                        explain.push(format!(
+                            "Same-batch join ({} = {}): runs per batch, no state",
+                            BATCH_TIME_COLUMN, BATCH_TIME_COLUMN
+                        ));
+                        return Ok(Transformed::no(node));
+                    }
+                    refusal = Some(Error::Plan(format!(
+                        "joins of two streams over all time are not supported yet; join rows of \
+                         the same batch by adding a.{BATCH_TIME_COLUMN} = b.{BATCH_TIME_COLUMN} to \
+                         the join condition, or join a stream with a static table"
+                    )));
                     Ok(Transformed::no(node))
                 }
                 _ => Ok(Transformed::no(node)),
