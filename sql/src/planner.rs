@@ -99,6 +99,12 @@ fn windowed(
     let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
         return plan_err!("window() group key expected");
     };
+    if !(2..=3).contains(&f.args.len()) {
+        return plan_err!(
+            "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
+            f.args.len()
+        );
+    }
     let mut f = f.clone();
     let ts = f.args[0].clone();
     let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
