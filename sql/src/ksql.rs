@@ -87,10 +87,20 @@ pub fn rewrite_window_clause(
         Some(i) => open + i,
         None => return plan_err!("WINDOW {kind} (...: missing ')'"),
     };
-    if kind == "SESSION" {
-        return plan_err!("WINDOW SESSION is not supported yet; use TUMBLING or HOPPING");
-    }
     let inner = sql[open + 1..close].trim();
+    // The stream: the first name after FROM.
+    let stream = find_word(&upper, "FROM", 0)
+        .and_then(|f| sql[f + 4..].split_whitespace().next())
+        .map(|s| {
+            s.trim_matches(|c: char| c == ';' || c == '"')
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let ts = event_time_of(&stream).unwrap_or_else(|| BATCH_TIME_COLUMN.to_string());
+    if kind == "SESSION" {
+        let window = format!("session_window({ts}, {})", interval(inner)?);
+        return splice(sql, w, close, kind, &window);
+    }
     let inner_upper = inner.to_ascii_uppercase();
     let Some(rest) = inner_upper.strip_prefix("SIZE") else {
         return plan_err!("WINDOW {kind} ({inner}): expected SIZE <n> <unit>");
@@ -110,19 +120,16 @@ pub fn rewrite_window_clause(
     if kind == "HOPPING" && advance.is_none() {
         return plan_err!("WINDOW HOPPING needs ADVANCE BY <n> <unit>");
     }
-    // The stream: the first name after FROM.
-    let stream = find_word(&upper, "FROM", 0)
-        .and_then(|f| sql[f + 4..].split_whitespace().next())
-        .map(|s| {
-            s.trim_matches(|c: char| c == ';' || c == '"')
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let ts = event_time_of(&stream).unwrap_or_else(|| BATCH_TIME_COLUMN.to_string());
     let window = match advance {
         Some(a) => format!("window({ts}, {size}, {a})"),
         None => format!("window({ts}, {size})"),
     };
+    splice(sql, w, close, kind, &window)
+}
+
+/// Removes the clause `sql[w..=close]`, groups by `window` first, and replaces
+/// WINDOWSTART / WINDOWEND.
+fn splice(sql: &str, w: usize, close: usize, kind: &str, window: &str) -> Result<String> {
     let mut out = format!("{} {}", sql[..w].trim_end(), sql[close + 1..].trim_start());
     let out_upper = out.to_ascii_uppercase();
     let Some(g) = find_word(&out_upper, "GROUP", 0) else {
@@ -163,12 +170,13 @@ mod tests {
             .unwrap(),
             "SELECT k FROM s GROUP BY window(_batch_time, INTERVAL '1' MINUTE, INTERVAL '30' SECOND), k"
         );
-        assert!(
+        assert_eq!(
             rewrite_window_clause(
-                "SELECT 1 FROM s WINDOW SESSION (30 SECONDS) GROUP BY k",
+                "SELECT k, WINDOWEND FROM s WINDOW SESSION (30 SECONDS) GROUP BY k",
                 |_| None
             )
-            .is_err()
+            .unwrap(),
+            "SELECT k, session_window(_batch_time, INTERVAL '30' SECOND)['end'] FROM s GROUP BY session_window(_batch_time, INTERVAL '30' SECOND), k"
         );
         assert_eq!(
             rewrite_window_clause("SELECT window FROM t", |_| None).unwrap(),

@@ -27,7 +27,7 @@ use flumen_engine::ops::EventTimeWindow;
 use flumen_engine::time::format_duration;
 
 use crate::batch_time::BATCH_TIME_COLUMN;
-use crate::window::WINDOW_FUNCTION;
+use crate::window::{SESSION_WINDOW_FUNCTION, WINDOW_FUNCTION};
 use flumen_engine::ops::RunningAggregateExec;
 use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
@@ -99,6 +99,13 @@ fn windowed(
     let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
         return plan_err!("window() group key expected");
     };
+    let sessions = f.name() == SESSION_WINDOW_FUNCTION;
+    if sessions && f.args.len() != 2 {
+        return plan_err!(
+            "session_window(ts, gap) takes 2 arguments, got {}",
+            f.args.len()
+        );
+    }
     if !(2..=3).contains(&f.args.len()) {
         return plan_err!(
             "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
@@ -165,12 +172,12 @@ fn windowed(
     aggr.push(count(lit(1)).alias("__flumen_rows"));
     let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
     let mut group_expr = agg.group_expr.clone();
-    let mut kind = "tumbling";
+    let mut kind = if sessions { "session" } else { "tumbling" };
     if over_batch_time {
         group_expr[k] =
             Expr::ScalarFunction(f.clone()).alias(agg.group_expr[k].schema_name().to_string());
     }
-    if f.args.len() == 3 && f.args[1] != f.args[2] {
+    if !sessions && f.args.len() == 3 && f.args[1] != f.args[2] {
         // A hopping window: a row belongs to size/slide windows. Expand each row into
         // one per window, then group by that window.
         kind = "hopping";
@@ -189,6 +196,7 @@ fn windowed(
             emit_closed_only: mode == OutputMode::Append,
             evict_closed: mode != OutputMode::Complete && delay.is_some(),
             watermark_is_batch_time: over_batch_time,
+            sessions,
         })
         .with_positional_names();
     let bound = match (delay, mode) {
@@ -335,9 +343,10 @@ pub fn plan_query(
                         ));
                         return Ok(Transformed::no(node));
                     }
-                    let window_key = agg.group_expr.iter().position(
-                        |e| matches!(e, Expr::ScalarFunction(f) if f.name() == WINDOW_FUNCTION),
-                    );
+                    let window_key = agg.group_expr.iter().position(|e| {
+                        matches!(e, Expr::ScalarFunction(f)
+                            if f.name() == WINDOW_FUNCTION || f.name() == SESSION_WINDOW_FUNCTION)
+                    });
                     if let Some(k) = window_key {
                         match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
                             Ok((op, line, input)) => {

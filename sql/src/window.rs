@@ -215,3 +215,72 @@ impl ScalarUDFImpl for HopWindows {
         Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }
+
+/// The name of [`session_window_udf`].
+pub const SESSION_WINDOW_FUNCTION: &str = "session_window";
+
+/// `session_window(ts, gap)`: the session a row opens on its own, `{ts, ts + gap}`.
+/// As a GROUP BY key, the planner coalesces overlapping sessions of a key.
+pub fn session_window_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(SessionWindow {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionWindow {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionWindow {
+    fn name(&self) -> &str {
+        SESSION_WINDOW_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 2 {
+            return plan_err!(
+                "session_window(ts, gap) takes 2 arguments, got {}",
+                arg_types.len()
+            );
+        }
+        WindowFunction {
+            signature: self.signature.clone(),
+        }
+        .coerce_types(arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(window_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let gap = match &args.args[1] {
+            ColumnarValue::Scalar(s) => interval_millis(s)?,
+            ColumnarValue::Array(_) => return exec_err!("session gap must be a constant"),
+        };
+        let ts = args.args[0].clone().into_array(args.number_rows)?;
+        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("timestamp expected".into())
+            })?;
+        let end: TimestampMillisecondArray = ts.iter().map(|t| t.map(|t| t + gap)).collect();
+        let DataType::Struct(fields) = window_type() else {
+            return exec_err!("window type must be a struct");
+        };
+        let nulls = ts.nulls().cloned();
+        let array = StructArray::try_new(
+            fields,
+            vec![Arc::new(ts.clone()) as ArrayRef, Arc::new(end)],
+            nulls,
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}

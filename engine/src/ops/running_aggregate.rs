@@ -24,6 +24,7 @@ use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator, LogicalPlan, LogicalPlanBuilder};
@@ -94,6 +95,110 @@ pub struct EventTimeWindow {
     /// Windows over batch time: the watermark is the batch time itself (every row of
     /// batches up to it has arrived), not derived from the rows.
     pub watermark_is_batch_time: bool,
+    /// Session windows: each row arrives as its own `{ts, ts + gap}`; before merging,
+    /// overlapping sessions of the same key are coalesced into one.
+    pub sessions: bool,
+}
+
+/// Rewrites the session column (`{start, end}` structs at `session_index`) of
+/// `batches` so that, per value of the other group keys, overlapping sessions become
+/// their union. The state merge then combines their aggregates.
+fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usize) -> Result<()> {
+    let rows_total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows_total == 0 {
+        return Ok(());
+    }
+    // Other group keys of every row, in the row format, and each row's session.
+    let other: Vec<usize> = (0..nk).filter(|i| *i != session_index).collect();
+    let fields: Vec<SortField> = other
+        .iter()
+        .map(|i| SortField::new(batches[0].schema().field(*i).data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let mut keys = converter.empty_rows(rows_total, 64);
+    let mut starts = Vec::with_capacity(rows_total);
+    let mut ends = Vec::with_capacity(rows_total);
+    for b in batches.iter() {
+        let cols: Vec<ArrayRef> = other.iter().map(|i| Arc::clone(b.column(*i))).collect();
+        converter.append(&mut keys, &cols)?;
+        let Some(s) = b
+            .column(session_index)
+            .as_any()
+            .downcast_ref::<StructArray>()
+        else {
+            return internal_err!("session key is not a struct");
+        };
+        for (col, out) in [(0, &mut starts), (1, &mut ends)] {
+            let ms = cast(
+                s.column(col),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )?;
+            let Some(ms) = ms.as_any().downcast_ref::<TimestampMillisecondArray>() else {
+                return internal_err!("session bounds are not timestamps");
+            };
+            out.extend(ms.iter().map(|v| v.unwrap_or(i64::MIN)));
+        }
+    }
+    let mut order: Vec<usize> = (0..rows_total).collect();
+    order.sort_by(|a, b| {
+        keys.row(*a)
+            .cmp(&keys.row(*b))
+            .then(starts[*a].cmp(&starts[*b]))
+    });
+    // One pass: runs of overlapping sessions of one key share (min start, max end).
+    let mut merged_start = vec![0i64; rows_total];
+    let mut merged_end = vec![0i64; rows_total];
+    let mut run_begin = 0;
+    while run_begin < order.len() {
+        let first = order[run_begin];
+        let (start, mut end) = (starts[first], ends[first]);
+        let mut run_end = run_begin + 1;
+        while run_end < order.len() {
+            let r = order[run_end];
+            if keys.row(r) != keys.row(first) || starts[r] > end {
+                break;
+            }
+            end = end.max(ends[r]);
+            run_end += 1;
+        }
+        for i in &order[run_begin..run_end] {
+            merged_start[*i] = start;
+            merged_end[*i] = end;
+        }
+        run_begin = run_end;
+    }
+    let mut offset = 0;
+    for b in batches.iter_mut() {
+        let n = b.num_rows();
+        let Some(s) = b
+            .column(session_index)
+            .as_any()
+            .downcast_ref::<StructArray>()
+        else {
+            return internal_err!("session key is not a struct");
+        };
+        let DataType::Struct(fields) = s.data_type().clone() else {
+            return internal_err!("session key is not a struct");
+        };
+        let start = cast(
+            &(Arc::new(TimestampMillisecondArray::from(
+                merged_start[offset..offset + n].to_vec(),
+            )) as ArrayRef),
+            fields[0].data_type(),
+        )?;
+        let end = cast(
+            &(Arc::new(TimestampMillisecondArray::from(
+                merged_end[offset..offset + n].to_vec(),
+            )) as ArrayRef),
+            fields[1].data_type(),
+        )?;
+        let rebuilt = StructArray::try_new(fields, vec![start, end], s.nulls().cloned())?;
+        let mut cols = b.columns().to_vec();
+        cols[session_index] = Arc::new(rebuilt);
+        *b = RecordBatch::try_new(b.schema(), cols)?;
+        offset += n;
+    }
+    Ok(())
 }
 
 /// Group keys, accumulators holding every group, number of groups.
@@ -358,6 +463,21 @@ impl StreamOperator for RunningAggregateExec {
             }
             input = kept;
         }
+        let (previous, input) = match self.window {
+            Some(w) if w.sessions => {
+                let nk = self.planned()?.group_schema.fields().len();
+                let had_previous = previous.is_some();
+                let mut all: Vec<RecordBatch> = previous.into_iter().chain(input).collect();
+                coalesce_sessions(&mut all, w.key_index, nk)?;
+                if had_previous {
+                    let rest = all.split_off(1);
+                    (all.pop(), rest)
+                } else {
+                    (None, all)
+                }
+            }
+            _ => (previous, input),
+        };
         let mut changed = Vec::new();
         let (keys, mut accs, groups) = self.merge(previous, input, &mut changed)?;
         let planned = self.planned()?;
