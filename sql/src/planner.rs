@@ -440,6 +440,28 @@ pub fn plan_query(
                             Ok(Transformed::no(node.clone()))
                         })
                 }
+                LogicalPlan::Join(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                    if reads_operator && mode != OutputMode::Complete =>
+                {
+                    // In update/append mode a batch of an aggregate's output holds only
+                    // some rows of the result; a join, sort, limit or window function
+                    // over it would be computed on a part of it.
+                    refusal = Some(Error::Plan(format!(
+                        "{} over the result of a streaming aggregate needs \
+                         SET output_mode = 'complete' (each batch then holds the whole \
+                         result); in {mode} mode a batch holds only some of its rows",
+                        match &node {
+                            LogicalPlan::Join(_) => "a join",
+                            LogicalPlan::Window(_) => "a window function",
+                            LogicalPlan::Sort(_) => "ORDER BY",
+                            _ => "LIMIT",
+                        }
+                    )));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Distinct(_) if reads => {
                     refusal = Some(Error::Plan(
                         "DISTINCT ON over a stream is not supported yet; use GROUP BY".into(),

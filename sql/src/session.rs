@@ -240,7 +240,7 @@ impl FlumenSession {
                 self.create_sink(&name, options, false)?;
                 match query {
                     Some(q) => {
-                        let id = self.start_query(&q, Target::Sink(name.clone())).await?;
+                        let id = self.start_query_or_forget(&q, &name).await?;
                         Ok(StatementResult::Done(format!(
                             "Sink '{name}' created; query {id} writes to it"
                         )))
@@ -255,7 +255,7 @@ impl FlumenSession {
                 let mut options = Options::new();
                 options.insert("connector".into(), "memory".into());
                 self.create_sink(&name, options, true)?;
-                let id = self.start_query(&query, Target::Sink(name.clone())).await?;
+                let id = self.start_query_or_forget(&query, &name).await?;
                 Ok(StatementResult::Done(format!(
                     "Table '{name}' created; query {id} maintains it"
                 )))
@@ -582,6 +582,19 @@ impl FlumenSession {
         ctx.add_listener(cell);
         let _ = schema.ctx.set(ctx.clone());
         Ok(QueryContext { ctx, schema })
+    }
+
+    /// Starts the query of a `CREATE SINK/TABLE ... AS`; if it cannot start, the
+    /// sink or table the statement created is removed again.
+    async fn start_query_or_forget(&mut self, sql: &str, name: &str) -> Result<u64> {
+        match self.start_query(sql, Target::Sink(name.to_string())).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                self.catalog.lock().sinks.remove(name);
+                let _ = self.base.deregister_table(name);
+                Err(e)
+            }
+        }
     }
 
     async fn start_query(&mut self, sql: &str, target: Target) -> Result<u64> {
