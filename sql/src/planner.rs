@@ -334,11 +334,24 @@ pub fn plan_query(
                     ));
                     Ok(Transformed::no(node))
                 }
+                LogicalPlan::Aggregate(agg)
+                    if reads_operator && !reads && mode == OutputMode::Complete =>
+                {
+                    // Each batch of the aggregate below holds its whole result: an
+                    // aggregate over it, per batch, is exact.
+                    explain.push(format!(
+                        "Per-batch aggregate over the complete result of a streaming aggregate: \
+                         group by [{}], no state",
+                        join_exprs(&agg.group_expr)
+                    ));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Aggregate(agg) if reads || reads_operator => {
                     if reads_operator {
                         refusal = Some(Error::Plan(
-                            "an aggregate over the result of another streaming aggregate is not \
-                             supported: its input changes row by row; aggregate the stream directly"
+                            "an aggregate over the result of another streaming aggregate needs \
+                             SET output_mode = 'complete' (each batch then holds the whole result); \
+                             otherwise its input changes row by row"
                                 .into(),
                         ));
                         return Ok(Transformed::no(node));
