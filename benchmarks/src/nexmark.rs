@@ -154,7 +154,7 @@ impl SinkFactory for BlackholeFactory {
     }
 }
 
-pub const QUERIES: [(&str, &str); 3] = [
+pub const QUERIES: [(&str, &str); 4] = [
     (
         "q0",
         "SELECT auction, bidder, price, date_time, extra FROM bid",
@@ -166,6 +166,14 @@ pub const QUERIES: [(&str, &str); 3] = [
     (
         "q2",
         "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+    ),
+    // The stateful half of q5: bids per auction in 10 s windows sliding every 2 s,
+    // each window emitted once when the watermark closes it (append), state evicted.
+    (
+        "q5-counts",
+        "SELECT auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, \
+         count(*) AS num FROM bid \
+         GROUP BY auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND) EMIT FINAL",
     ),
 ];
 
@@ -188,7 +196,8 @@ pub async fn run_query(
     registry.register_sink("blackhole", Arc::new(BlackholeFactory(sink.clone())));
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
     let cols = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, channel TEXT NOT NULL, \
-                url TEXT NOT NULL, date_time TIMESTAMP NOT NULL, extra TEXT NOT NULL";
+                url TEXT NOT NULL, date_time TIMESTAMP NOT NULL, extra TEXT NOT NULL, \
+                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND";
     session
         .execute_script(&format!(
             "SET trigger = 'available_now'; SET batch_interval = '100 ms';
