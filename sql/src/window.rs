@@ -29,6 +29,40 @@ pub fn window_type() -> DataType {
     ]))
 }
 
+/// The first argument as timestamps in ms.
+fn timestamps_ms(arg: &ColumnarValue, rows: usize) -> Result<TimestampMillisecondArray> {
+    let ts = arg.clone().into_array(rows)?;
+    let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    ts.as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp expected".into()))
+}
+
+/// A constant interval argument in ms.
+fn constant_millis(arg: &ColumnarValue, what: &str) -> Result<i64> {
+    match arg {
+        ColumnarValue::Scalar(s) => interval_millis(s),
+        ColumnarValue::Array(_) => exec_err!("{what} must be a constant"),
+    }
+}
+
+/// `{start, end}` structs.
+fn window_structs(
+    start: TimestampMillisecondArray,
+    end: TimestampMillisecondArray,
+    nulls: Option<datafusion::arrow::buffer::NullBuffer>,
+) -> Result<StructArray> {
+    let DataType::Struct(fields) = window_type() else {
+        return exec_err!("window type must be a struct");
+    };
+    Ok(StructArray::try_new(
+        fields,
+        vec![Arc::new(start) as ArrayRef, Arc::new(end)],
+        nulls,
+    )?)
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WindowFunction {
     signature: Signature,
@@ -81,41 +115,25 @@ impl ScalarUDFImpl for WindowFunction {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let size = match &args.args[1] {
-            ColumnarValue::Scalar(s) => interval_millis(s)?,
-            ColumnarValue::Array(_) => return exec_err!("window size must be a constant"),
-        };
-        if let Some(ColumnarValue::Scalar(slide)) = args.args.get(2)
-            && interval_millis(slide)? != size
+        let size = constant_millis(&args.args[1], "window size")?;
+        if let Some(slide) = args.args.get(2)
+            && constant_millis(slide, "window slide")? != size
         {
             return exec_err!(
                 "window(ts, size, slide) with slide != size assigns a row to several windows: \
                  use it as a GROUP BY key, where the planner expands it"
             );
         }
-        let ts = args.args[0].clone().into_array(args.number_rows)?;
-        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
-        let ts = ts
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("timestamp expected".into())
-            })?;
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
         let start: TimestampMillisecondArray = ts
             .iter()
             .map(|t| t.map(|t| t - t.rem_euclid(size)))
             .collect();
         let end: TimestampMillisecondArray = start.iter().map(|s| s.map(|s| s + size)).collect();
-        let DataType::Struct(fields) = window_type() else {
-            return exec_err!("window type must be a struct");
-        };
         let nulls = ts.nulls().cloned();
-        let array = StructArray::try_new(
-            fields,
-            vec![Arc::new(start) as ArrayRef, Arc::new(end)],
-            nulls,
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(array)))
+        Ok(ColumnarValue::Array(Arc::new(window_structs(
+            start, end, nulls,
+        )?)))
     }
 }
 
@@ -161,51 +179,30 @@ impl ScalarUDFImpl for HopWindows {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let (ColumnarValue::Scalar(size), Some(ColumnarValue::Scalar(slide))) =
-            (&args.args[1], args.args.get(2))
-        else {
-            return exec_err!("flumen_hop_windows(ts, size, slide) needs constant size and slide");
+        let size = constant_millis(&args.args[1], "window size")?;
+        let Some(slide) = args.args.get(2) else {
+            return exec_err!("flumen_hop_windows(ts, size, slide) needs a slide");
         };
-        let (size, slide) = (interval_millis(size)?, interval_millis(slide)?);
-        let ts = args.args[0].clone().into_array(args.number_rows)?;
-        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
-        let ts = ts
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("timestamp expected".into())
-            })?;
+        let slide = constant_millis(slide, "window slide")?;
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
         let mut starts = Vec::new();
         let mut offsets = vec![0i32];
         let mut valid = Vec::with_capacity(ts.len());
         for t in ts.iter() {
-            match t {
-                Some(t) => {
-                    let mut start = t - t.rem_euclid(slide);
-                    let mut these = Vec::new();
-                    while start + size > t {
-                        these.push(start);
-                        start -= slide;
-                    }
-                    these.reverse();
-                    starts.extend(these);
-                    valid.push(true);
+            if let Some(t) = t {
+                // Every start that is a multiple of slide with start <= t < start + size.
+                let last = t - t.rem_euclid(slide);
+                let mut first = last;
+                while first - slide + size > t {
+                    first -= slide;
                 }
-                None => valid.push(false),
+                starts.extend((first..=last).step_by(slide as usize));
             }
+            valid.push(t.is_some());
             offsets.push(starts.len() as i32);
         }
-        let start = TimestampMillisecondArray::from(starts.clone());
-        let end =
-            TimestampMillisecondArray::from(starts.iter().map(|s| s + size).collect::<Vec<_>>());
-        let DataType::Struct(fields) = window_type() else {
-            return exec_err!("window type must be a struct");
-        };
-        let structs = StructArray::try_new(
-            fields,
-            vec![Arc::new(start) as ArrayRef, Arc::new(end)],
-            None,
-        )?;
+        let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+        let structs = window_structs(starts.into(), ends.into(), None)?;
         let list = datafusion::arrow::array::ListArray::try_new(
             Arc::new(Field::new("item", window_type(), true)),
             datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
@@ -259,28 +256,12 @@ impl ScalarUDFImpl for SessionWindow {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let gap = match &args.args[1] {
-            ColumnarValue::Scalar(s) => interval_millis(s)?,
-            ColumnarValue::Array(_) => return exec_err!("session gap must be a constant"),
-        };
-        let ts = args.args[0].clone().into_array(args.number_rows)?;
-        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
-        let ts = ts
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("timestamp expected".into())
-            })?;
+        let gap = constant_millis(&args.args[1], "session gap")?;
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
         let end: TimestampMillisecondArray = ts.iter().map(|t| t.map(|t| t + gap)).collect();
-        let DataType::Struct(fields) = window_type() else {
-            return exec_err!("window type must be a struct");
-        };
         let nulls = ts.nulls().cloned();
-        let array = StructArray::try_new(
-            fields,
-            vec![Arc::new(ts.clone()) as ArrayRef, Arc::new(end)],
-            nulls,
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(array)))
+        Ok(ColumnarValue::Array(Arc::new(window_structs(
+            ts, end, nulls,
+        )?)))
     }
 }
