@@ -14,7 +14,7 @@ use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{OperatorContext, StreamOperator};
 use crate::Result;
@@ -23,7 +23,8 @@ pub struct DedupExec {
     input_schema: SchemaRef,
     output_schema: SchemaRef,
     converter: RowConverter,
-    seen: HashSet<OwnedRow>,
+    /// Rows seen so far, in the row format (bytes compare as the rows do).
+    seen: HashSet<Box<[u8]>>,
     /// Complete mode: every distinct row so far, each batch.
     emit_all: bool,
     distinct: Vec<RecordBatch>,
@@ -74,7 +75,14 @@ impl StreamOperator for DedupExec {
         let rows = self.converter.convert_columns(batch.columns())?;
         let new: BooleanArray = rows
             .iter()
-            .map(|r| Some(self.seen.insert(r.owned())))
+            .map(|r| {
+                // Look up by borrowed bytes; only a new row is copied.
+                let new = !self.seen.contains(r.as_ref());
+                if new {
+                    self.seen.insert(r.as_ref().into());
+                }
+                Some(new)
+            })
             .collect();
         let fresh = filter_record_batch(&batch, &new)?;
         let fresh =

@@ -22,7 +22,7 @@ use datafusion::arrow::compute::{
 };
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{OperatorContext, StreamOperator};
 use crate::error::{Error, Result};
@@ -127,7 +127,8 @@ pub struct MapWithStateExec {
     keys: RecordBatch,
     state: RecordBatch,
     last_seen: Vec<i64>,
-    index: HashMap<OwnedRow, usize>,
+    /// Key (row-format bytes) to its row in `keys`/`state`.
+    index: HashMap<Box<[u8]>, usize>,
 }
 
 impl MapWithStateExec {
@@ -235,7 +236,7 @@ impl StreamOperator for MapWithStateExec {
         let rows = self.converter.convert_columns(new_keys.columns())?;
         let mut called_state: Vec<Option<u32>> = rows
             .iter()
-            .map(|r| self.index.get(&r.owned()).map(|i| *i as u32))
+            .map(|r| self.index.get(r.as_ref()).map(|i| *i as u32))
             .collect();
         // Keys idle for the timeout are called once more, with no rows.
         let mut touched = vec![false; self.keys.num_rows()];
@@ -344,7 +345,7 @@ impl StreamOperator for MapWithStateExec {
         self.index = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.owned(), i))
+            .map(|(i, r)| (r.as_ref().into(), i))
             .collect();
         let output = RecordBatch::try_new(
             Arc::clone(&self.spec.output_schema),
