@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options};
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
 use flumen_engine::source::check_schema;
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
 use parking_lot::Mutex;
@@ -142,15 +142,7 @@ impl SourceFactory for RateFactory {
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
         check_options("rate", options, self.options())?;
-        let number = |key: &str| -> Result<Option<u64>> {
-            match options.get(key) {
-                None => Ok(None),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => plan_err!("rate option {key} must be a positive whole number, got '{v}'"),
-                },
-            }
-        };
+        let number = |key: &str| positive_option("rate", options, key);
         let expected = rate_schema();
         if schema.fields() != expected.fields() {
             return plan_err!(

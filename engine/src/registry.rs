@@ -51,8 +51,13 @@ impl ConnectorRegistry {
     /// `memory` and `console` (sinks).
     pub fn with_builtins() -> Self {
         let mut r = Self::default();
-        r.register_source("queue", Arc::new(QueueFactory));
-        r.register_source("memory", Arc::new(QueueFactory));
+        r.register_source("queue", Arc::new(QueueFactory { connector: "queue" }));
+        r.register_source(
+            "memory",
+            Arc::new(QueueFactory {
+                connector: "memory",
+            }),
+        );
         r.register_sink("memory", Arc::new(MemoryFactory));
         r.register_sink("console", Arc::new(ConsoleFactory));
         r
@@ -113,8 +118,41 @@ pub fn check_options(connector: &str, options: &ConnectorOptions, known: &[&str]
     Ok(())
 }
 
+/// `key` as `true`/`false`, `default` when absent.
+pub fn bool_option(
+    connector: &str,
+    options: &ConnectorOptions,
+    key: &str,
+    default: bool,
+) -> Result<bool> {
+    match options.get(key).map(|s| s.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if v == "true" => Ok(true),
+        Some(v) if v == "false" => Ok(false),
+        Some(v) => plan_err!("{connector} option {key} must be 'true' or 'false', got '{v}'"),
+    }
+}
+
+/// `key` as a positive whole number, if given.
+pub fn positive_option(
+    connector: &str,
+    options: &ConnectorOptions,
+    key: &str,
+) -> Result<Option<u64>> {
+    match options.get(key) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => plan_err!("{connector} option {key} must be a positive whole number, got '{v}'"),
+        },
+    }
+}
+
+/// The queue source, registered as `queue` and `memory`.
 #[derive(Debug)]
-struct QueueFactory;
+struct QueueFactory {
+    connector: &'static str,
+}
 
 impl SourceFactory for QueueFactory {
     fn options(&self) -> &[&'static str] {
@@ -127,13 +165,8 @@ impl SourceFactory for QueueFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options("queue", options, self.options())?;
-        let one = match options.get("one_at_a_time").map(|s| s.to_ascii_lowercase()) {
-            None => true,
-            Some(v) if v == "true" => true,
-            Some(v) if v == "false" => false,
-            Some(v) => return plan_err!("one_at_a_time must be 'true' or 'false', got '{v}'"),
-        };
+        check_options(self.connector, options, self.options())?;
+        let one = bool_option(self.connector, options, "one_at_a_time", true)?;
         Ok(QueueSource::new(name, schema, one))
     }
 
@@ -170,14 +203,8 @@ impl SinkFactory for ConsoleFactory {
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
         check_options("console", options, self.options())?;
-        let rows = match options.get("num_rows") {
-            Some(n) => match n.parse::<usize>() {
-                Ok(n) => n,
-                Err(_) => return plan_err!("num_rows must be a whole number, got '{n}'"),
-            },
-            None => 20,
-        };
-        Ok(crate::sink::ConsoleSink::new(name, rows))
+        let rows = positive_option("console", options, "num_rows")?.unwrap_or(20);
+        Ok(crate::sink::ConsoleSink::new(name, rows as usize))
     }
 }
 

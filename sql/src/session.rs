@@ -18,7 +18,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{LogicalPlanBuilder, ScalarUDF};
-use flumen_engine::registry::ConnectorOptions;
+use flumen_engine::registry::{ConnectorOptions, bool_option};
 use flumen_engine::stream::replace_default_schema;
 use flumen_engine::{
     Clock, ConnectorRegistry, Error, MemorySink, QueueSource, Result, Sink, StreamingContext,
@@ -283,8 +283,7 @@ impl FlumenSession {
             Statement::Other(sql) => {
                 if self.reads_streams(&sql).await? {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let id = self.start_query(&sql, Target::Console(tx)).await?;
-                    let schema = self.query_schema(id);
+                    let (id, schema) = self.start_query(&sql, Target::Console(tx)).await?;
                     Ok(StatementResult::Continuous {
                         query_id: id,
                         schema,
@@ -299,15 +298,6 @@ impl FlumenSession {
 
     fn watermarks(&self) -> HashMap<String, Duration> {
         watermarks_of(&self.catalog.lock())
-    }
-
-    fn query_schema(&self, id: u64) -> SchemaRef {
-        self.catalog
-            .lock()
-            .sinks
-            .get(&format!("__console_{id}"))
-            .and_then(|s| s.schema.clone())
-            .unwrap_or_else(|| Arc::new(Schema::empty()))
     }
 
     async fn datafusion(&self, sql: &str) -> Result<StatementResult> {
@@ -423,21 +413,11 @@ impl FlumenSession {
             }
         }
         // Validate the connector and its options now, not at the first query.
-        if !is_memory_connector(&connector) {
-            self.registry.source(&connector)?.create(
-                &name,
-                schema.clone(),
-                &connector_options(&options),
-            )?;
-        } else {
-            let mut rest = options.clone();
-            rest.remove("connector");
-            if let Some(k) = rest.keys().next() {
-                return plan_err!(
-                    "unknown option '{k}' for connector '{connector}'; it takes none"
-                );
-            }
-        }
+        self.registry.source(&connector)?.create(
+            &name,
+            schema.clone(),
+            &connector_options(&options),
+        )?;
         self.base.register_table(
             name.as_str(),
             Arc::new(StreamPlaceholder {
@@ -588,7 +568,7 @@ impl FlumenSession {
     /// sink or table the statement created is removed again.
     async fn start_query_or_forget(&mut self, sql: &str, name: &str) -> Result<u64> {
         match self.start_query(sql, Target::Sink(name.to_string())).await {
-            Ok(id) => Ok(id),
+            Ok((id, _)) => Ok(id),
             Err(e) => {
                 self.catalog.lock().sinks.remove(name);
                 let _ = self.base.deregister_table(name);
@@ -597,7 +577,8 @@ impl FlumenSession {
         }
     }
 
-    async fn start_query(&mut self, sql: &str, target: Target) -> Result<u64> {
+    /// Plans and starts a query; its id and the schema of its rows.
+    async fn start_query(&mut self, sql: &str, target: Target) -> Result<(u64, SchemaRef)> {
         let (sql, mut mode) = strip_emit(sql, self.settings.output_mode);
         let sql = self.rewrite_ksql(&sql)?;
         if let Target::Sink(name) = &target
@@ -669,19 +650,6 @@ impl FlumenSession {
                         Ok(())
                     }
                 })?;
-                self.catalog.lock().sinks.insert(
-                    format!("__console_{id}"),
-                    SinkDef {
-                        name: "console".into(),
-                        options: Options::new(),
-                        sink: MemorySink::new("console"),
-                        memory: None,
-                        mode,
-                        schema: Some(schema),
-                        query: Some(id),
-                        is_table: false,
-                    },
-                );
                 "console".into()
             }
         };
@@ -698,14 +666,14 @@ impl FlumenSession {
                 explain: planned.explain,
             },
         );
-        Ok(id)
+        Ok((id, schema))
     }
 
     async fn insert(&mut self, target: &str, sql: &str, query: &str) -> Result<StatementResult> {
         let kind = self.catalog.lock().kind_of(target);
         match kind {
             Some("sink") => {
-                let id = self
+                let (id, _) = self
                     .start_query(query, Target::Sink(target.to_string()))
                     .await?;
                 Ok(StatementResult::Done(format!(
@@ -843,9 +811,7 @@ impl FlumenSession {
                 vec!["name", "connector", "mode", "query"],
                 c.sinks
                     .values()
-                    .filter(|s| {
-                        s.is_table == (kind == ShowKind::Tables) && !s.name.starts_with("console")
-                    })
+                    .filter(|s| s.is_table == (kind == ShowKind::Tables))
                     .map(|s| {
                         vec![
                             s.name.clone(),
@@ -1208,7 +1174,15 @@ impl QuerySchema {
         let provider: Arc<dyn TableProvider> = match &def.kind {
             StreamKind::Source { connector } => {
                 let stream = if is_memory_connector(connector) {
-                    let queue = QueueSource::new(name, def.schema.clone(), false);
+                    // From SQL, a batch takes every row inserted since the last one,
+                    // unless one_at_a_time = 'true' (then one INSERT per batch).
+                    let one = bool_option(
+                        connector,
+                        &connector_options(&def.options),
+                        "one_at_a_time",
+                        false,
+                    )?;
+                    let queue = QueueSource::new(name, def.schema.clone(), one);
                     self.catalog
                         .lock()
                         .feeds
