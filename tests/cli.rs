@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn flumen() -> PathBuf {
     // target/debug/deps/main-xxxx -> target/debug/flumen
@@ -190,5 +189,4 @@ fn repl_in_a_terminal() {
         history.contains("SELECT value FROM ticks WHERE value < 3;"),
         "{history}"
     );
-    std::thread::sleep(Duration::from_millis(10));
 }

@@ -6,7 +6,6 @@ use flumen::datafusion::datasource::MemTable;
 use flumen::datafusion::functions::string::expr_fn::upper;
 use flumen::datafusion::functions_aggregate::expr_fn::{max, sum};
 use flumen::datafusion::functions_nested::expr_fn::string_to_array;
-use flumen::datafusion::logical_expr::Expr;
 use flumen::datafusion::scalar::ScalarValue;
 use flumen::prelude::*;
 
@@ -275,7 +274,6 @@ async fn sql_errors_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
-    let _unused: Option<Expr> = None;
 }
 
 #[tokio::test]

@@ -100,6 +100,14 @@ pub struct EventTimeWindow {
     pub sessions: bool,
 }
 
+/// The `{start, end}` session column of `batch`.
+fn session_struct(batch: &RecordBatch, index: usize) -> Result<&StructArray> {
+    match batch.column(index).as_any().downcast_ref::<StructArray>() {
+        Some(s) => Ok(s),
+        None => internal_err!("session key is not a struct"),
+    }
+}
+
 /// Rewrites the session column (`{start, end}` structs at `session_index`) of
 /// `batches` so that, per value of the other group keys, overlapping sessions become
 /// their union. The state merge then combines their aggregates.
@@ -121,13 +129,7 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
     for b in batches.iter() {
         let cols: Vec<ArrayRef> = other.iter().map(|i| Arc::clone(b.column(*i))).collect();
         converter.append(&mut keys, &cols)?;
-        let Some(s) = b
-            .column(session_index)
-            .as_any()
-            .downcast_ref::<StructArray>()
-        else {
-            return internal_err!("session key is not a struct");
-        };
+        let s = session_struct(b, session_index)?;
         for (col, out) in [(0, &mut starts), (1, &mut ends)] {
             let ms = cast(
                 s.column(col),
@@ -170,13 +172,7 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
     let mut offset = 0;
     for b in batches.iter_mut() {
         let n = b.num_rows();
-        let Some(s) = b
-            .column(session_index)
-            .as_any()
-            .downcast_ref::<StructArray>()
-        else {
-            return internal_err!("session key is not a struct");
-        };
+        let s = session_struct(b, session_index)?;
         let DataType::Struct(fields) = s.data_type().clone() else {
             return internal_err!("session key is not a struct");
         };
