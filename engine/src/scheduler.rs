@@ -171,7 +171,8 @@ impl Pipeline {
                 let input = execute(plan, &self.task_ctx).await?;
                 match node
                     .op
-                    .process(&op_ctx, input.into_iter().flatten().collect())?
+                    .process(&op_ctx, input.into_iter().flatten().collect())
+                    .await?
                 {
                     Some(out) => node.slot.fill(out),
                     None => node.slot.clear(),
@@ -245,7 +246,7 @@ impl Pipeline {
 }
 
 /// Execute a plan built once, for one more batch.
-async fn execute(
+pub(crate) async fn execute(
     plan: &Arc<dyn ExecutionPlan>,
     task_ctx: &Arc<TaskContext>,
 ) -> Result<Vec<Vec<RecordBatch>>> {

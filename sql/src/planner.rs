@@ -302,6 +302,93 @@ pub fn reads_operator_output(plan: &LogicalPlan) -> bool {
     .unwrap_or(false)
 }
 
+/// Is `plan` a stream: does it read a source stream or a stateful operator's output?
+fn is_stream_side(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
+    reads_stream(plan, streams) || reads_operator_output(plan)
+}
+
+/// Is `expr` (over `plan`'s output) the window of an append-mode windowed aggregate
+/// (the window struct, or its start or end)?
+fn is_window_of_operator(
+    plan: &LogicalPlan,
+    expr: &Expr,
+    window_keys: &HashMap<String, usize>,
+) -> bool {
+    match expr {
+        Expr::Alias(a) => is_window_of_operator(plan, &a.expr, window_keys),
+        Expr::ScalarFunction(f) if f.name() == "get_field" => match (f.args.first(), f.args.get(1))
+        {
+            (Some(arg), Some(Expr::Literal(v, _)))
+                if matches!(v.to_string().as_str(), "start" | "end") =>
+            {
+                is_window_of_operator(plan, arg, window_keys)
+            }
+            _ => false,
+        },
+        Expr::Column(c) => {
+            let Ok(i) = plan.schema().index_of_column(c) else {
+                return false;
+            };
+            match plan {
+                LogicalPlan::TableScan(s) => window_keys
+                    .get(s.table_name.table())
+                    .is_some_and(|k| s.projected_schema.field(i).name() == &format!("c{k}")),
+                LogicalPlan::Projection(p) => {
+                    is_window_of_operator(&p.input, &p.expr[i], window_keys)
+                }
+                LogicalPlan::SubqueryAlias(a) => {
+                    let (q, f) = a.input.schema().qualified_field(i);
+                    is_window_of_operator(
+                        &a.input,
+                        &Expr::Column(Column::new(q.cloned(), f.name())),
+                        window_keys,
+                    )
+                }
+                LogicalPlan::Filter(f) => is_window_of_operator(&f.input, expr, window_keys),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The length of a `window(ts, size [, slide])` group key.
+fn window_length(key: &Expr) -> Option<Duration> {
+    let Expr::ScalarFunction(f) = key else {
+        return None;
+    };
+    if f.name() != WINDOW_FUNCTION {
+        return None;
+    }
+    match f.args.get(1) {
+        Some(Expr::Literal(v, _)) => crate::window::interval_millis(v)
+            .ok()
+            .map(|ms| Duration::from_millis(ms as u64)),
+        _ => None,
+    }
+}
+
+/// The operator output table a replaced node reads.
+fn operator_table(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::Projection(p) => match p.input.as_ref() {
+            LogicalPlan::TableScan(s) => Some(s.table_name.table().to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// DataFusion's filter push-down alone: moves WHERE conditions over a join into the
+/// join, where the planner reads its time bounds.
+fn push_down_filters(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::optimizer::push_down_filter::PushDownFilter;
+    use datafusion::optimizer::{Optimizer, OptimizerContext};
+    let optimizer = Optimizer::with_rules(vec![Arc::new(PushDownFilter::new())]);
+    let config = OptimizerContext::new().with_max_passes(1);
+    Ok(optimizer.optimize(plan, &config, |_, _| {})?)
+}
+
 /// Plans `df` (a query over the context's streams, named in `streams`) as a stream.
 pub fn plan_query(
     ctx: &StreamingContext,
@@ -315,6 +402,12 @@ pub fn plan_query(
     let mut explain = Vec::new();
     let mut stateful = false;
     let mut refusal: Option<Error> = None;
+    let mut window_outputs: HashMap<String, Duration> = HashMap::new();
+    // Operator output table -> the column index of its window key.
+    let mut window_keys: HashMap<String, usize> = HashMap::new();
+    // Conditions in WHERE that relate two joined streams belong to the join: it is
+    // there that they bound the join's state.
+    let plan = push_down_filters(plan)?;
     let new_plan = plan
         .transform_up(|node| {
             if refusal.is_some() {
@@ -346,6 +439,22 @@ pub fn plan_query(
                     ));
                     Ok(Transformed::no(node))
                 }
+                LogicalPlan::Aggregate(agg)
+                    if reads_operator
+                        && !reads
+                        && mode == OutputMode::Append
+                        && agg.group_expr.iter().any(|e| is_window_of_operator(&agg.input, e, &window_keys)) =>
+                {
+                    // In append mode a windowed aggregate emits all rows of a window
+                    // in the batch whose watermark closes it: grouped by that window,
+                    // an aggregate over them, per batch, is exact.
+                    explain.push(format!(
+                        "Per-batch aggregate over the closed windows of a streaming aggregate: \
+                         group by [{}], no state",
+                        join_exprs(&agg.group_expr)
+                    ));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Aggregate(agg) if reads || reads_operator => {
                     if reads_operator {
                         refusal = Some(Error::Plan(
@@ -364,6 +473,7 @@ pub fn plan_query(
                         match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
                             Ok((op, line, input)) => {
                                 explain.push(line);
+                                let length = window_length(&agg.group_expr[k]);
                                 return replace_with_operator(
                                     ctx,
                                     input,
@@ -372,6 +482,15 @@ pub fn plan_query(
                                     slide,
                                     &mut stateful,
                                 )
+                                .map(|t| {
+                                    if let (Some(len), OutputMode::Append, Some(table)) =
+                                        (length, mode, operator_table(&t.data))
+                                    {
+                                        window_outputs.insert(table.clone(), len);
+                                        window_keys.insert(table, k);
+                                    }
+                                    t
+                                })
                                 .or_else(|e| {
                                     refusal = Some(Error::DataFusion(e));
                                     Ok(Transformed::no(node.clone()))
@@ -453,6 +572,49 @@ pub fn plan_query(
                             Ok(Transformed::no(node.clone()))
                         })
                 }
+                LogicalPlan::Join(j)
+                    if is_stream_side(&j.left, streams)
+                        && is_stream_side(&j.right, streams)
+                        && !joins_on_batch_time(j)
+                        && (mode == OutputMode::Append || !reads_operator) =>
+                {
+                    // Two streams (or, in append mode, final rows of windowed
+                    // aggregates): a join over event time with state on both sides.
+                    let times = crate::join::SideTimes {
+                        streams,
+                        watermarks,
+                        window_outputs: &window_outputs,
+                    };
+                    match crate::join::stream_join(&state, &node, j, &times) {
+                        Ok((op, line, input)) => {
+                            explain.push(line);
+                            let schema = node.schema().clone();
+                            replace_with_operator(ctx, input, &schema, Box::new(op), slide, &mut stateful)
+                                .or_else(|e| {
+                                    refusal = Some(Error::DataFusion(e));
+                                    Ok(Transformed::no(node.clone()))
+                                })
+                        }
+                        Err(e) => {
+                            refusal = Some(e);
+                            Ok(Transformed::no(node))
+                        }
+                    }
+                }
+                LogicalPlan::Join(j)
+                    if mode == OutputMode::Complete
+                        && reads_operator
+                        && (reads_stream(&j.left, streams) || reads_stream(&j.right, streams)) =>
+                {
+                    refusal = Some(Error::Plan(
+                        "in complete mode, a join of a stream with the result of a streaming \
+                         aggregate would match each batch's new rows against the whole result; \
+                         use SET output_mode = 'append' (the aggregate then emits each window \
+                         once, when the watermark closes it) or join two aggregates"
+                            .into(),
+                    ));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Join(_)
                 | LogicalPlan::Window(_)
                 | LogicalPlan::Sort(_)
@@ -488,22 +650,16 @@ pub fn plan_query(
                     Ok(Transformed::no(node))
                 }
                 LogicalPlan::Join(j)
-                    if reads_stream(&j.left, streams) && reads_stream(&j.right, streams) =>
+                    if reads_stream(&j.left, streams)
+                        && reads_stream(&j.right, streams)
+                        && joins_on_batch_time(j) =>
                 {
-                    if joins_on_batch_time(j) {
-                        // Rows of different batches never match: a join within each
-                        // batch is the whole answer (DStream join semantics).
-                        explain.push(format!(
-                            "Same-batch join ({} = {}): runs per batch, no state",
-                            BATCH_TIME_COLUMN, BATCH_TIME_COLUMN
-                        ));
-                        return Ok(Transformed::no(node));
-                    }
-                    refusal = Some(Error::Plan(format!(
-                        "joins of two streams over all time are not supported yet; join rows of \
-                         the same batch by adding a.{BATCH_TIME_COLUMN} = b.{BATCH_TIME_COLUMN} to \
-                         the join condition, or join a stream with a static table"
-                    )));
+                    // Rows of different batches never match: a join within each
+                    // batch is the whole answer (DStream join semantics).
+                    explain.push(format!(
+                        "Same-batch join ({} = {}): runs per batch, no state",
+                        BATCH_TIME_COLUMN, BATCH_TIME_COLUMN
+                    ));
                     Ok(Transformed::no(node))
                 }
                 _ => Ok(Transformed::no(node)),

@@ -66,7 +66,7 @@ impl StreamOperator for DedupExec {
         Arc::clone(&self.output_schema)
     }
 
-    fn process(
+    async fn process(
         &mut self,
         _ctx: &OperatorContext,
         input: Vec<RecordBatch>,

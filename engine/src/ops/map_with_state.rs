@@ -203,7 +203,7 @@ impl StreamOperator for MapWithStateExec {
         Arc::clone(&self.spec.output_schema)
     }
 
-    fn process(
+    async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,

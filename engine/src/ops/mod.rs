@@ -21,11 +21,13 @@ use crate::time::Time;
 pub mod dedup;
 pub mod map_with_state;
 pub mod running_aggregate;
+pub mod stream_join;
 pub mod window;
 
 pub use dedup::DedupExec;
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
 pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
+pub use stream_join::{JoinTime, StreamJoinExec};
 pub use window::WindowExec;
 
 /// `schema` with its columns named `c0, c1, ...`: SQL planners map an operator's
@@ -69,7 +71,7 @@ pub trait StreamOperator: Send + Sync {
 
     /// Consume one batch's input; return the output for this batch time, or `None`
     /// when the operator emits nothing at this time (a window between slides).
-    fn process(
+    async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,

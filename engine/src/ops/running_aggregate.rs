@@ -413,7 +413,7 @@ impl StreamOperator for RunningAggregateExec {
         Ok(Arc::new(partial))
     }
 
-    fn process(
+    async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,

@@ -52,7 +52,7 @@ impl StreamOperator for WindowExec {
         Arc::clone(&self.schema)
     }
 
-    fn process(
+    async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,

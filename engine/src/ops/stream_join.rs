@@ -1,0 +1,360 @@
+//! `StreamJoinExec`: an inner join of two streams over event time — an interval join
+//! (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`) or a join of rows in the same
+//! window (`a.window_start = b.window_start`). Both sides' rows are kept as state
+//! until the other side's watermark proves that no future row can match them.
+//!
+//! ```text
+//!  input (one tagged union of both sides) ─split─▶ new left L', new right R'
+//!    out = join(L', R ∪ R') ∪ join(L, R')      (L, R: state of earlier batches)
+//!    L ∪= L', R ∪= R'; evict rows the other side's watermark has passed
+//! ```
+//!
+//! The join itself is DataFusion's: its plan is made once, over two slots, and run
+//! twice per batch with the slots refilled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
+use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, max};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::default_table_source::provider_as_source;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{OperatorContext, StreamOperator, positional_schema};
+use crate::slot::BatchSlot;
+use crate::{Result, internal_err, plan_err};
+
+/// The event-time column of one side of a [`StreamJoinExec`].
+#[derive(Debug, Clone, Copy)]
+pub struct JoinTime {
+    /// The column's index in the side's schema (a timestamp).
+    pub index: usize,
+    /// The side's watermark is its latest time minus this; `None`: the side has no
+    /// watermark, so the other side's rows are kept for ever.
+    pub delay: Option<Duration>,
+}
+
+/// One side's rows kept across batches.
+struct Side {
+    schema: SchemaRef,
+    slot: Arc<BatchSlot>,
+    time: JoinTime,
+    rows: Vec<RecordBatch>,
+    /// Watermark (ms), once a row was seen on a side with a delay.
+    watermark: Option<i64>,
+}
+
+impl Side {
+    fn new(schema: SchemaRef, time: JoinTime, partitions: usize) -> Self {
+        Self {
+            slot: BatchSlot::new(Arc::clone(&schema), partitions),
+            schema,
+            time,
+            rows: Vec::new(),
+            watermark: None,
+        }
+    }
+
+    /// The time column of `batch` in milliseconds since the epoch.
+    fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
+        let col = batch.column(self.time.index);
+        let per_ms = match col.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => -1000,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => 1,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
+            other => {
+                return plan_err!("a stream join's time column must be a timestamp, got {other}");
+            }
+        };
+        // Raw values (UTC), whatever the time zone.
+        let raw = cast(col, &DataType::Int64)?;
+        let raw = raw.as_primitive::<Int64Type>();
+        Ok(if per_ms < 0 {
+            raw.unary(|v| v.saturating_mul(-per_ms))
+        } else {
+            raw.unary(|v| v.div_euclid(per_ms))
+        })
+    }
+
+    /// Keep the rows of `batches` at or after `min_ms` (all rows but null times when
+    /// `min_ms` is `None`); returns the kept rows and how many were older.
+    fn keep_from(
+        &self,
+        batches: Vec<RecordBatch>,
+        min_ms: Option<i64>,
+    ) -> Result<(Vec<RecordBatch>, u64)> {
+        let mut kept = Vec::with_capacity(batches.len());
+        let mut older = 0u64;
+        for b in batches {
+            let ms = self.millis(&b)?;
+            let keep: BooleanArray = match min_ms {
+                Some(min) => gt_eq(&ms, &Int64Array::new_scalar(min))?,
+                None => BooleanArray::from_iter(ms.iter().map(|v| Some(v.is_some()))),
+            };
+            if let Some(min) = min_ms {
+                older += lt(&ms, &Int64Array::new_scalar(min))?.true_count() as u64;
+            }
+            if keep.true_count() == b.num_rows() && keep.null_count() == 0 {
+                kept.push(b);
+            } else {
+                let f = filter_record_batch(&b, &keep)?;
+                if f.num_rows() > 0 {
+                    kept.push(f);
+                }
+            }
+        }
+        Ok((kept, older))
+    }
+
+    fn latest(&self, batches: &[RecordBatch]) -> Result<Option<i64>> {
+        let mut latest = None;
+        for b in batches {
+            if let Some(m) = max(&self.millis(b)?) {
+                latest = Some(latest.map_or(m, |l: i64| l.max(m)));
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Advance the watermark past `batches`' latest time.
+    fn advance(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let (Some(delay), Some(latest)) = (self.time.delay, self.latest(batches)?) else {
+            return Ok(());
+        };
+        let candidate = latest.saturating_sub(delay.as_millis() as i64);
+        self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.rows.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// An inner join of two streams whose rows match only within a bounded distance in
+/// event time: `left.time - right.time` lies in `[lo, hi]` (milliseconds; an open
+/// end is `None`).
+pub struct StreamJoinExec {
+    left: Side,
+    right: Side,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    template: LogicalPlan,
+    plan: Option<Arc<dyn ExecutionPlan>>,
+    task_ctx: Option<Arc<TaskContext>>,
+    output_schema: SchemaRef,
+    late_rows_last_batch: u64,
+}
+
+impl StreamJoinExec {
+    /// The operator's input must be `[side: Boolean (true = left), left columns...,
+    /// right columns...]`. `join` builds the join over two scans that produce the
+    /// left and right columns (named `c0, c1, ...`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        input: &DataFrame,
+        left: SchemaRef,
+        right: SchemaRef,
+        left_time: JoinTime,
+        right_time: JoinTime,
+        bounds: (Option<i64>, Option<i64>),
+        join: impl FnOnce(LogicalPlan, LogicalPlan) -> Result<LogicalPlan>,
+    ) -> Result<Self> {
+        let input_fields = input.schema().fields().len();
+        if input_fields != 1 + left.fields().len() + right.fields().len() {
+            return internal_err!(
+                "stream join input has {input_fields} columns, expected 1 + {} + {}",
+                left.fields().len(),
+                right.fields().len()
+            );
+        }
+        let partitions = input.task_ctx().session_config().target_partitions();
+        let left = Side::new(positional_schema(&left), left_time, partitions);
+        let right = Side::new(positional_schema(&right), right_time, partitions);
+        let scan = |name: &str, side: &Side| -> Result<LogicalPlan> {
+            Ok(
+                LogicalPlanBuilder::scan(name, provider_as_source(side.slot.table()?), None)?
+                    .build()?,
+            )
+        };
+        let template = join(
+            scan("__flumen_join_left", &left)?,
+            scan("__flumen_join_right", &right)?,
+        )?;
+        let output_schema = positional_schema(&Arc::new(template.schema().as_arrow().clone()));
+        Ok(Self {
+            left,
+            right,
+            lo: bounds.0,
+            hi: bounds.1,
+            template,
+            plan: None,
+            task_ctx: None,
+            output_schema,
+            late_rows_last_batch: 0,
+        })
+    }
+
+    async fn run_join(
+        &self,
+        left: &[RecordBatch],
+        right: &[RecordBatch],
+    ) -> Result<Vec<RecordBatch>> {
+        let (Some(plan), Some(task_ctx)) = (&self.plan, &self.task_ctx) else {
+            return internal_err!("stream join run before it was planned");
+        };
+        self.left.slot.fill(left.to_vec());
+        self.right.slot.fill(right.to_vec());
+        let parts = crate::scheduler::execute(plan, task_ctx).await?;
+        let mut out = Vec::new();
+        for b in parts.into_iter().flatten() {
+            if b.num_rows() > 0 {
+                // Same columns, positional names.
+                out.push(RecordBatch::try_new(
+                    Arc::clone(&self.output_schema),
+                    b.columns().to_vec(),
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Split the tagged input into the new left and right rows.
+    fn split(&self, input: Vec<RecordBatch>) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        let nl = self.left.schema.fields().len();
+        let mut left = Vec::new();
+        let mut right = Vec::new();
+        for b in input {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let Some(tag) = b.column(0).as_boolean_opt() else {
+                return internal_err!("stream join input's first column is not the side tag");
+            };
+            let is_left = tag.clone();
+            let is_right = datafusion::arrow::compute::not(tag)?;
+            let pick = |mask: &BooleanArray,
+                        cols: &[ArrayRef],
+                        schema: &SchemaRef|
+             -> Result<Option<RecordBatch>> {
+                if mask.true_count() == 0 {
+                    return Ok(None);
+                }
+                let cols = cols
+                    .iter()
+                    .map(|c| {
+                        if mask.true_count() == mask.len() {
+                            Ok(Arc::clone(c))
+                        } else {
+                            Ok(datafusion::arrow::compute::filter(c.as_ref(), mask)?)
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some(RecordBatch::try_new(Arc::clone(schema), cols)?))
+            };
+            let cols = b.columns();
+            if let Some(l) = pick(&is_left, &cols[1..1 + nl], &self.left.schema)? {
+                left.push(l);
+            }
+            if let Some(r) = pick(&is_right, &cols[1 + nl..], &self.right.schema)? {
+                right.push(r);
+            }
+        }
+        Ok((left, right))
+    }
+
+    /// Drop the state rows no future row of the other side can match.
+    fn evict(&mut self) -> Result<()> {
+        // A left row matches right rows with time in [t - hi, t - lo]; the right
+        // side's future rows are at or after its watermark.
+        if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
+            let rows = std::mem::take(&mut self.left.rows);
+            self.left.rows = compact(
+                self.left.keep_from(rows, Some(wm.saturating_add(lo)))?.0,
+                &self.left.schema,
+            )?;
+        }
+        if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
+            let rows = std::mem::take(&mut self.right.rows);
+            self.right.rows = compact(
+                self.right.keep_from(rows, Some(wm.saturating_sub(hi)))?.0,
+                &self.right.schema,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Merge many small state batches into one, so state does not fragment.
+fn compact(rows: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    if rows.len() <= 8 {
+        return Ok(rows);
+    }
+    Ok(vec![concat_batches(schema, &rows)?])
+}
+
+#[async_trait]
+impl StreamOperator for StreamJoinExec {
+    fn name(&self) -> String {
+        "StreamJoinExec".into()
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.output_schema)
+    }
+
+    async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
+        let (state, _) = input.clone().into_parts();
+        self.plan = Some(state.create_physical_plan(&self.template).await?);
+        self.task_ctx = Some(Arc::new(TaskContext::from(&state)));
+        Ok(input.clone().create_physical_plan().await?)
+    }
+
+    async fn process(
+        &mut self,
+        _ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let (new_left, new_right) = self.split(input)?;
+        // Rows older than their side's watermark are late: dropped and counted. Rows
+        // without a time can match nothing.
+        let (new_left, late_left) = self.left.keep_from(new_left, self.left.watermark)?;
+        let (new_right, late_right) = self.right.keep_from(new_right, self.right.watermark)?;
+        self.late_rows_last_batch = late_left + late_right;
+        let mut out = Vec::new();
+        if !new_left.is_empty() {
+            let mut all_right = self.right.rows.clone();
+            all_right.extend(new_right.iter().cloned());
+            if !all_right.is_empty() {
+                out.extend(self.run_join(&new_left, &all_right).await?);
+            }
+        }
+        if !new_right.is_empty() && !self.left.rows.is_empty() {
+            out.extend(self.run_join(&self.left.rows, &new_right).await?);
+        }
+        self.left.slot.clear();
+        self.right.slot.clear();
+        self.left.advance(&new_left)?;
+        self.right.advance(&new_right)?;
+        self.left.rows.extend(new_left);
+        self.right.rows.extend(new_right);
+        self.evict()?;
+        Ok(Some(out))
+    }
+
+    fn state_rows(&self) -> usize {
+        self.left.state_rows() + self.right.state_rows()
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows_last_batch
+    }
+}

@@ -1,0 +1,381 @@
+//! Joins of two streams over event time: the planner's side of
+//! [`StreamJoinExec`]. The join condition must bound how far apart in time two
+//! matching rows can be — an interval (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND
+//! b.ts`) or equal window times (`a.window_start = b.window_start`) — so that each
+//! side's watermark tells when a row can no longer match and is dropped from state.
+//!
+//! ```text
+//!  Join(L, R, on, filter) ─▶ input = (true, L.*, NULLs) UNION ALL (false, NULLs, R.*)
+//!                          ─▶ StreamJoinExec(join of two slots, time bound [lo, hi])
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::common::{Column, DFSchemaRef, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, Projection, lit,
+};
+use flumen_engine::ops::{JoinTime, StreamJoinExec};
+use flumen_engine::time::format_duration;
+use flumen_engine::{Result, plan_err};
+
+/// One side of a time comparison: `column + offset_ms`.
+struct TimeTerm {
+    left: bool,
+    index: usize,
+    offset: i64,
+}
+
+fn offset_millis(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i.days as i64 * 86_400_000 + i.milliseconds as i64)
+        }
+        ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
+        ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
+        ScalarValue::DurationMicrosecond(Some(us)) => Some(us / 1000),
+        ScalarValue::DurationNanosecond(Some(ns)) => Some(ns / 1_000_000),
+        _ => None,
+    }
+}
+
+fn is_timestamp(schema: &DFSchemaRef, index: usize) -> bool {
+    matches!(
+        schema.field(index).data_type(),
+        datafusion::arrow::datatypes::DataType::Timestamp(..)
+    )
+}
+
+/// `expr` as a timestamp column of one side plus a constant.
+fn time_term(expr: &Expr, left: &DFSchemaRef, right: &DFSchemaRef) -> Option<TimeTerm> {
+    match expr {
+        Expr::Column(c) => {
+            if let Ok(i) = left.index_of_column(c) {
+                is_timestamp(left, i).then_some(TimeTerm {
+                    left: true,
+                    index: i,
+                    offset: 0,
+                })
+            } else if let Ok(i) = right.index_of_column(c) {
+                is_timestamp(right, i).then_some(TimeTerm {
+                    left: false,
+                    index: i,
+                    offset: 0,
+                })
+            } else {
+                None
+            }
+        }
+        Expr::Alias(a) => time_term(&a.expr, left, right),
+        Expr::BinaryExpr(BinaryExpr {
+            left: l,
+            op,
+            right: r,
+        }) if matches!(op, Operator::Plus | Operator::Minus) => {
+            let Expr::Literal(v, _) = r.as_ref() else {
+                return None;
+            };
+            let ms = offset_millis(v)?;
+            let mut t = time_term(l, left, right)?;
+            t.offset += if *op == Operator::Plus { ms } else { -ms };
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
+/// The bound on `left.time - right.time` the join condition implies, per pair of
+/// time columns.
+#[derive(Debug, Default, Clone, Copy)]
+struct Bound {
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
+fn comparisons(j: &Join) -> Vec<(Expr, Operator, Expr)> {
+    let mut out: Vec<(Expr, Operator, Expr)> =
+        j.on.iter()
+            .map(|(l, r)| (l.clone(), Operator::Eq, r.clone()))
+            .collect();
+    if let Some(f) = &j.filter {
+        for c in split_conjunction(f) {
+            match c {
+                Expr::BinaryExpr(b)
+                    if matches!(
+                        b.op,
+                        Operator::Eq
+                            | Operator::Lt
+                            | Operator::LtEq
+                            | Operator::Gt
+                            | Operator::GtEq
+                    ) =>
+                {
+                    out.push((b.left.as_ref().clone(), b.op, b.right.as_ref().clone()))
+                }
+                Expr::Between(b) if !b.negated => {
+                    out.push((
+                        b.expr.as_ref().clone(),
+                        Operator::GtEq,
+                        b.low.as_ref().clone(),
+                    ));
+                    out.push((
+                        b.expr.as_ref().clone(),
+                        Operator::LtEq,
+                        b.high.as_ref().clone(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Time bounds per (left column, right column) pair.
+fn time_bounds(j: &Join) -> Vec<((usize, usize), Bound)> {
+    let (ls, rs) = (j.left.schema(), j.right.schema());
+    let mut bounds: Vec<((usize, usize), Bound)> = Vec::new();
+    for (a, op, b) in comparisons(j) {
+        let (Some(ta), Some(tb)) = (time_term(&a, ls, rs), time_term(&b, ls, rs)) else {
+            continue;
+        };
+        // Orient as left.time + x <op> right.time + y.
+        let (l, r, op) = match (ta.left, tb.left) {
+            (true, false) => (ta, tb, op),
+            (false, true) => (
+                tb,
+                ta,
+                match op {
+                    Operator::Lt => Operator::Gt,
+                    Operator::LtEq => Operator::GtEq,
+                    Operator::Gt => Operator::Lt,
+                    Operator::GtEq => Operator::LtEq,
+                    other => other,
+                },
+            ),
+            _ => continue,
+        };
+        // left.time - right.time <op> d
+        let d = r.offset - l.offset;
+        let key = (l.index, r.index);
+        let pos = match bounds.iter().position(|(k, _)| *k == key) {
+            Some(p) => p,
+            None => {
+                bounds.push((key, Bound::default()));
+                bounds.len() - 1
+            }
+        };
+        let bound = &mut bounds[pos].1;
+        let tighter_lo = |cur: Option<i64>| Some(cur.map_or(d, |c: i64| c.max(d)));
+        let tighter_hi = |cur: Option<i64>| Some(cur.map_or(d, |c: i64| c.min(d)));
+        match op {
+            Operator::Eq => {
+                bound.lo = tighter_lo(bound.lo);
+                bound.hi = tighter_hi(bound.hi);
+            }
+            Operator::Gt | Operator::GtEq => bound.lo = tighter_lo(bound.lo),
+            Operator::Lt | Operator::LtEq => bound.hi = tighter_hi(bound.hi),
+            _ => {}
+        }
+    }
+    bounds
+}
+
+/// Where the watermark delay of a join side's time column comes from.
+pub(crate) struct SideTimes<'a> {
+    pub streams: &'a HashSet<String>,
+    /// `stream.column` -> watermark delay.
+    pub watermarks: &'a HashMap<String, Duration>,
+    /// Operator output table -> window length, for windowed aggregates that emit each
+    /// window once (append): their rows come in window order, so any time inside a
+    /// window is at most one window length behind the latest.
+    pub window_outputs: &'a HashMap<String, Duration>,
+}
+
+impl SideTimes<'_> {
+    fn delay(&self, side: &LogicalPlan, index: usize) -> Option<Duration> {
+        let (_, field) = side.schema().qualified_field(index);
+        let mut raw = Vec::new();
+        let mut windowed = Vec::new();
+        let _ = side.apply(|node| {
+            if let LogicalPlan::TableScan(s) = node {
+                let table = s.table_name.table();
+                if self.streams.contains(table) {
+                    raw.push(table.to_string());
+                } else if let Some(len) = self.window_outputs.get(table) {
+                    windowed.push(*len);
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if !raw.is_empty() {
+            let found: Vec<Duration> = raw
+                .iter()
+                .filter_map(|s| {
+                    self.watermarks
+                        .get(&format!("{s}.{}", field.name()))
+                        .copied()
+                })
+                .collect();
+            return (found.len() == 1).then(|| found[0]);
+        }
+        windowed.into_iter().max()
+    }
+}
+
+use datafusion::common::tree_node::TreeNode;
+
+/// The columns of `schema` as expressions, optionally renamed `{prefix}{i}`.
+fn columns(schema: &DFSchemaRef, prefix: &str) -> Vec<Expr> {
+    schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            Expr::Column(Column::new(q.cloned(), f.name())).alias(format!("{prefix}{i}"))
+        })
+        .collect()
+}
+
+fn nulls(schema: &DFSchemaRef, prefix: &str) -> Result<Vec<Expr>> {
+    schema
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| {
+            Ok(Expr::Literal(ScalarValue::try_from(f.data_type())?, None)
+                .alias(format!("{prefix}{i}")))
+        })
+        .collect()
+}
+
+/// Plans `join` (whose inputs both read streams) as a [`StreamJoinExec`]. Returns the
+/// operator, its EXPLAIN line and its input.
+pub(crate) fn stream_join(
+    state: &SessionState,
+    node: &LogicalPlan,
+    j: &Join,
+    times: &SideTimes<'_>,
+) -> Result<(StreamJoinExec, String, DataFrame)> {
+    if j.join_type != JoinType::Inner {
+        return plan_err!(
+            "a {} join of two streams is not supported: only inner joins of two streams run \
+             (an outer join would have to emit unmatched rows once the watermark passes); \
+             write an inner join, or join the stream with a static table",
+            j.join_type
+        );
+    }
+    let bounds = time_bounds(j);
+    let Some(((li, ri), bound)) = bounds
+        .iter()
+        .find(|(_, b)| b.lo.is_some() && b.hi.is_some())
+        .or_else(|| bounds.first())
+        .copied()
+    else {
+        return plan_err!(
+            "a join of two streams needs a condition that bounds the time between matching rows, \
+             so that its state can be dropped: an interval (a.ts BETWEEN b.ts - INTERVAL '10' \
+             SECOND AND b.ts), the same window (a.window_start = b.window_start), or the same \
+             batch (a._batch_time = b._batch_time)"
+        );
+    };
+    let left_time = JoinTime {
+        index: li,
+        delay: times.delay(&j.left, li),
+    };
+    let right_time = JoinTime {
+        index: ri,
+        delay: times.delay(&j.right, ri),
+    };
+    let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
+    // The input: both sides in one tagged union.
+    let mut lcols = vec![lit(true).alias("__flumen_side")];
+    lcols.extend(columns(&ls, "l"));
+    lcols.extend(nulls(&rs, "r")?);
+    let mut rcols = vec![lit(false).alias("__flumen_side")];
+    rcols.extend(nulls(&ls, "l")?);
+    rcols.extend(columns(&rs, "r"));
+    let union = LogicalPlanBuilder::from(LogicalPlan::Projection(Projection::try_new(
+        lcols,
+        Arc::clone(&j.left),
+    )?))
+    .union(LogicalPlan::Projection(Projection::try_new(
+        rcols,
+        Arc::clone(&j.right),
+    )?))?
+    .build()?;
+    let input = DataFrame::new(state.clone(), union);
+    // The join over the operator's two slots, with the sides' original names.
+    let restore = |scan: LogicalPlan, schema: &DFSchemaRef| -> Result<LogicalPlan> {
+        let scan_schema = scan.schema().clone();
+        let exprs = schema
+            .iter()
+            .enumerate()
+            .map(|(i, (q, f))| {
+                let (sq, sf) = scan_schema.qualified_field(i);
+                Expr::Column(Column::new(sq.cloned(), sf.name()))
+                    .alias_qualified(q.cloned(), f.name())
+            })
+            .collect();
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            Arc::new(scan),
+        )?))
+    };
+    let op = StreamJoinExec::try_new(
+        &input,
+        Arc::new(ls.as_arrow().clone()),
+        Arc::new(rs.as_arrow().clone()),
+        left_time,
+        right_time,
+        (bound.lo, bound.hi),
+        |l, r| {
+            let inputs = vec![restore(l, &ls)?, restore(r, &rs)?];
+            Ok(node.with_new_exprs(node.expressions(), inputs)?)
+        },
+    )?;
+    let name = |schema: &DFSchemaRef, i: usize| {
+        let (q, f) = schema.qualified_field(i);
+        match q {
+            Some(q) => format!("{q}.{}", f.name()),
+            None => f.name().to_string(),
+        }
+    };
+    let (lt, rt) = (name(&ls, li), name(&rs, ri));
+    let range = |v: Option<i64>| match v {
+        Some(ms) if ms < 0 => format!(
+            "-{}",
+            format_duration(Duration::from_millis(ms.unsigned_abs()))
+        ),
+        Some(ms) => format_duration(Duration::from_millis(ms as u64)),
+        None => "unbounded".into(),
+    };
+    let keep = |side: &str, other: &str, time: &JoinTime, bound: Option<i64>| match (
+        time.delay, bound,
+    ) {
+        (Some(d), Some(_)) => format!(
+            "{side} rows are kept until the watermark of {other} (latest - {}) passes them",
+            format_duration(d)
+        ),
+        (None, _) => format!(
+            "WARNING: {other} has no watermark, {side} rows are kept for ever (state grows without bound)"
+        ),
+        (_, None) => format!(
+            "WARNING: the condition does not bound {side} rows in time, they are kept for ever (state grows without bound)"
+        ),
+    };
+    let line = format!(
+        "StreamJoinExec (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
+        range(bound.lo),
+        range(bound.hi),
+        keep("left", "the right side", &right_time, bound.lo),
+        keep("right", "the left side", &left_time, bound.hi),
+    );
+    Ok((op, line, input))
+}
