@@ -21,6 +21,7 @@ pub mod ksql;
 pub mod planner;
 pub mod session;
 pub mod statement;
+pub mod tvf;
 pub mod window;
 
 pub use flumen_engine as engine;

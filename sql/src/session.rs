@@ -310,15 +310,19 @@ impl FlumenSession {
         Ok(StatementResult::Rows { schema, batches })
     }
 
-    /// ksqlDB's `WINDOW TUMBLING/HOPPING (...)` clause onto `window()`.
+    /// ksqlDB's `WINDOW TUMBLING/HOPPING (...)` clause and the `TUMBLE/HOP/SESSION`
+    /// table functions onto `window()`.
     fn rewrite_ksql(&self, sql: &str) -> Result<String> {
-        let catalog = self.catalog.lock();
-        crate::ksql::rewrite_window_clause(sql, |stream| {
-            catalog
-                .streams
-                .get(stream)
-                .and_then(|s| s.watermark.as_ref().map(|w| w.column.clone()))
-        })
+        let sql = {
+            let catalog = self.catalog.lock();
+            crate::ksql::rewrite_window_clause(sql, |stream| {
+                catalog
+                    .streams
+                    .get(stream)
+                    .and_then(|s| s.watermark.as_ref().map(|w| w.column.clone()))
+            })?
+        };
+        crate::tvf::rewrite_table_functions(&sql)
     }
 
     /// Whether `sql` (a query) reads one of the session's streams.

@@ -1,0 +1,297 @@
+//! The window table functions `TUMBLE(stream, ts, size)`, `HOP(stream, ts, slide,
+//! size)` and `SESSION(stream, ts, gap)`, rewritten onto `window()` and
+//! `session_window()` before DataFusion plans the query:
+//!
+//! ```text
+//! SELECT window_start, k, count(*) FROM TUMBLE(s, ts, INTERVAL '10' SECOND)
+//!   GROUP BY window_start, window_end, k
+//!   ⇒ SELECT window(ts, INTERVAL '10' SECOND)['start'], k, count(*) FROM s
+//!        GROUP BY k, window(ts, INTERVAL '10' SECOND)
+//! SELECT * FROM TUMBLE(s, ts, INTERVAL '10' SECOND)          (no GROUP BY)
+//!   ⇒ SELECT * FROM (SELECT *, window(..)['start'] AS window_start,
+//!                         window(..)['end'] AS window_end FROM s) AS s
+//! ```
+//!
+//! Grouping by the window (rather than by two plain columns) is what lets the
+//! planner close windows with the watermark and drop their state.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, GroupByExpr, Query, Select, SetExpr, Statement,
+    TableFactor, VisitMut, VisitorMut, visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use flumen_engine::{Error, Result, plan_err};
+
+const FUNCTIONS: [&str; 3] = ["TUMBLE", "HOP", "SESSION"];
+
+/// Rewrites the window table functions in `sql`; returns `sql` unchanged when it has
+/// none (or does not parse: DataFusion then reports the error).
+pub fn rewrite_table_functions(sql: &str) -> Result<String> {
+    let upper = sql.to_ascii_uppercase();
+    if !FUNCTIONS.iter().any(|f| upper.contains(f)) {
+        return Ok(sql.to_string());
+    }
+    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return Ok(sql.to_string());
+    };
+    let [statement] = statements.as_mut_slice() else {
+        return Ok(sql.to_string());
+    };
+    let mut rewriter = Rewriter {
+        changed: false,
+        error: None,
+    };
+    let _ = statement.visit(&mut rewriter);
+    if let Some(e) = rewriter.error {
+        return Err(e);
+    }
+    if !rewriter.changed {
+        return Ok(sql.to_string());
+    }
+    Ok(statement.to_string())
+}
+
+struct Rewriter {
+    changed: bool,
+    error: Option<Error>,
+}
+
+impl VisitorMut for Rewriter {
+    type Break = ();
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let Err(e) = rewrite_set_expr(&mut query.body, &mut self.changed) {
+            self.error = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, _: &mut Statement) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+fn rewrite_set_expr(body: &mut SetExpr, changed: &mut bool) -> Result<()> {
+    match body {
+        SetExpr::Select(select) => rewrite_select(select, changed),
+        SetExpr::SetOperation { left, right, .. } => {
+            rewrite_set_expr(left, changed)?;
+            rewrite_set_expr(right, changed)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A window table function call found in a FROM clause.
+struct Call {
+    kind: &'static str,
+    stream: String,
+    /// `window(ts, size [, slide])` or `session_window(ts, gap)`.
+    window: String,
+    ts: String,
+    /// HOP's (size, slide).
+    hop: Option<(String, String)>,
+}
+
+fn parse_expr(text: &str) -> Result<Expr> {
+    Parser::new(&GenericDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::Plan(format!("internal rewrite of a window function: {e}")))
+}
+
+fn call_of(factor: &TableFactor) -> Result<Option<Call>> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    } = factor
+    else {
+        return Ok(None);
+    };
+    let fname = name.to_string().to_ascii_uppercase();
+    let Some(kind) = FUNCTIONS.into_iter().find(|f| *f == fname) else {
+        return Ok(None);
+    };
+    let args: Vec<String> = args
+        .args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(match e {
+                // Flink's DESCRIPTOR(ts) names the time column.
+                Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("descriptor") => f
+                    .args
+                    .to_string()
+                    .trim_matches(|c| c == '(' || c == ')')
+                    .to_string(),
+                other => other.to_string(),
+            }),
+            other => plan_err!("{kind}() takes plain arguments, got {other}"),
+        })
+        .collect::<Result<_>>()?;
+    let usage = match kind {
+        "TUMBLE" => "TUMBLE(stream, time_column, size)",
+        "HOP" => "HOP(stream, time_column, slide, size)",
+        _ => "SESSION(stream, time_column, gap)",
+    };
+    let expected = if kind == "HOP" { 4 } else { 3 };
+    if args.len() != expected {
+        return plan_err!("{usage} takes {expected} arguments, got {}", args.len());
+    }
+    let (stream, ts) = (args[0].clone(), args[1].clone());
+    let (window, hop) = match kind {
+        "TUMBLE" => (format!("window({ts}, {})", args[2]), None),
+        "HOP" => (
+            format!("window({ts}, {}, {})", args[3], args[2]),
+            Some((args[3].clone(), args[2].clone())),
+        ),
+        _ => (format!("session_window({ts}, {})", args[2]), None),
+    };
+    Ok(Some(Call {
+        kind,
+        stream,
+        window,
+        ts,
+        hop,
+    }))
+}
+
+/// Is `e` the column `name` (maybe qualified)?
+fn is_column(e: &Expr, name: &str) -> bool {
+    match e {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case(name),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
+fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
+    let groups_by_window = match &select.group_by {
+        GroupByExpr::Expressions(exprs, _) => exprs
+            .iter()
+            .any(|e| is_column(e, "window_start") || is_column(e, "window_end")),
+        GroupByExpr::All(_) => false,
+    };
+    let mut factors: Vec<&mut TableFactor> = Vec::new();
+    for t in &mut select.from {
+        factors.push(&mut t.relation);
+        for j in &mut t.joins {
+            factors.push(&mut j.relation);
+        }
+    }
+    let mut calls = Vec::new();
+    for f in factors {
+        if let Some(call) = call_of(f)? {
+            calls.push((call, f));
+        }
+    }
+    if calls.is_empty() {
+        return Ok(());
+    }
+    *changed = true;
+    if groups_by_window {
+        if calls.len() > 1 {
+            return plan_err!(
+                "GROUP BY window_start, window_end over more than one window table function is ambiguous; group each in its own subquery"
+            );
+        }
+        let (call, factor) = calls.pop().expect("one call");
+        if let TableFactor::Table { name, args, .. } = factor {
+            *name = datafusion::sql::sqlparser::ast::ObjectName::from(vec![
+                datafusion::sql::sqlparser::ast::Ident::new(call.stream.clone()),
+            ]);
+            *args = None;
+        }
+        let window = parse_expr(&call.window)?;
+        let start = parse_expr(&format!("{}['start']", call.window))?;
+        let end = parse_expr(&format!("{}['end']", call.window))?;
+        if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+            exprs.retain(|e| !(is_column(e, "window_start") || is_column(e, "window_end")));
+            exprs.push(window);
+        }
+        let mut replace = |e: &mut Expr| {
+            if is_column(e, "window_start") {
+                *e = start.clone();
+            } else if is_column(e, "window_end") {
+                *e = end.clone();
+            }
+            ControlFlow::<()>::Continue(())
+        };
+        let _ = visit_expressions_mut(&mut select.projection, &mut replace);
+        let _ = visit_expressions_mut(&mut select.having, &mut replace);
+        return Ok(());
+    }
+    for (call, factor) in calls {
+        let subquery = match (call.kind, &call.hop) {
+            ("TUMBLE", _) => format!(
+                "SELECT *, {w}['start'] AS window_start, {w}['end'] AS window_end FROM {s}",
+                w = call.window,
+                s = call.stream
+            ),
+            ("HOP", Some((size, slide))) => format!(
+                "SELECT * EXCLUDE (__flumen_w), __flumen_w['start'] AS window_start, \
+                 __flumen_w['end'] AS window_end FROM (SELECT *, \
+                 unnest(flumen_hop_windows({ts}, {size}, {slide})) AS __flumen_w FROM {s})",
+                ts = call.ts,
+                s = call.stream
+            ),
+            _ => {
+                return plan_err!(
+                    "SESSION({}, {}, ...) assigns rows to sessions only in an aggregate: add GROUP BY window_start, window_end",
+                    call.stream,
+                    call.ts
+                );
+            }
+        };
+        let alias = match factor {
+            TableFactor::Table { alias, .. } => alias
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| call.stream.clone()),
+            _ => call.stream.clone(),
+        };
+        let wrapped = format!("SELECT * FROM ({subquery}) AS {alias}");
+        let parsed = Parser::parse_sql(&GenericDialect {}, &wrapped)
+            .map_err(|e| Error::Plan(format!("internal rewrite of {}: {e}", call.kind)))?;
+        let Some(Statement::Query(q)) = parsed.into_iter().next() else {
+            return plan_err!("internal rewrite of {} produced no query", call.kind);
+        };
+        let SetExpr::Select(s) = *q.body else {
+            return plan_err!("internal rewrite of {} produced no SELECT", call.kind);
+        };
+        let Some(from) = s.from.into_iter().next() else {
+            return plan_err!("internal rewrite of {} produced no FROM", call.kind);
+        };
+        *factor = from.relation;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_tumble_becomes_a_window_group_key() {
+        let out = rewrite_table_functions(
+            "SELECT window_start, k, count(*) FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "SELECT window(ts, INTERVAL '10' SECOND)['start'], k, count(*) FROM s GROUP BY k, window(ts, INTERVAL '10' SECOND)"
+        );
+    }
+
+    #[test]
+    fn queries_without_window_functions_are_untouched() {
+        let sql = "SELECT  hop  FROM t";
+        assert_eq!(rewrite_table_functions(sql).unwrap(), sql);
+    }
+}
