@@ -307,6 +307,85 @@ fn is_stream_side(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
     reads_stream(plan, streams) || reads_operator_output(plan)
 }
 
+/// The partition keys of a `ROW_NUMBER() OVER (PARTITION BY k ORDER BY x ASC)`
+/// window, the only window function that runs over a stream (as deduplication).
+fn dedup_window(w: &datafusion::logical_expr::Window) -> Option<&[Expr]> {
+    let [e] = w.window_expr.as_slice() else {
+        return None;
+    };
+    let Expr::WindowFunction(f) = e.clone().unalias() else {
+        return None;
+    };
+    let ok = f.fun.name() == "row_number"
+        && !f.params.partition_by.is_empty()
+        && f.params.order_by.iter().all(|s| s.asc);
+    if !ok {
+        return None;
+    }
+    match e {
+        Expr::WindowFunction(f) => Some(f.params.partition_by.as_slice()),
+        Expr::Alias(a) => match a.expr.as_ref() {
+            Expr::WindowFunction(f) => Some(f.params.partition_by.as_slice()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The expression column `i` of `plan` stands for, followed down through filters,
+/// aliases and projections to the nearest window node (in its input's terms).
+fn origin(plan: &LogicalPlan, i: usize) -> Option<(Expr, &datafusion::logical_expr::Window)> {
+    match plan {
+        LogicalPlan::Filter(f) => origin(&f.input, i),
+        LogicalPlan::SubqueryAlias(a) => origin(&a.input, i),
+        LogicalPlan::Projection(p) => match p.expr.get(i)?.clone().unalias() {
+            Expr::Column(c) => origin(&p.input, p.input.schema().index_of_column(&c).ok()?),
+            _ => None,
+        },
+        LogicalPlan::Window(w) => {
+            let inputs = w.input.schema().fields().len();
+            if i < inputs {
+                let (q, f) = w.input.schema().qualified_field(i);
+                Some((Expr::Column(Column::new(q.cloned(), f.name())), w))
+            } else {
+                Some((w.window_expr.get(i - inputs)?.clone().unalias(), w))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// For `WHERE rn = 1` over a deduplicating `ROW_NUMBER()` window: the positions of
+/// the window's partition keys in the filter's output.
+fn dedup_keys(f: &datafusion::logical_expr::Filter) -> Option<Vec<usize>> {
+    let Expr::BinaryExpr(b) = &f.predicate else {
+        return None;
+    };
+    if b.op != datafusion::logical_expr::Operator::Eq {
+        return None;
+    }
+    let (Expr::Column(rn), Expr::Literal(one, _)) = (b.left.as_ref(), b.right.as_ref()) else {
+        return None;
+    };
+    if !matches!(one.to_string().as_str(), "1") {
+        return None;
+    }
+    let schema = f.input.schema();
+    let (rn_expr, window) = origin(&f.input, schema.index_of_column(rn).ok()?)?;
+    if !matches!(rn_expr, Expr::WindowFunction(_)) {
+        return None;
+    }
+    let partition = dedup_window(window)?;
+    let mut keys = Vec::new();
+    for p in partition {
+        let found = (0..schema.fields().len()).find(|&i| {
+            origin(&f.input, i).is_some_and(|(e, w)| std::ptr::eq(w, window) && &e == p)
+        })?;
+        keys.push(found);
+    }
+    Some(keys)
+}
+
 /// Is `expr` (over `plan`'s output) the window of an append-mode windowed aggregate
 /// (the window struct, or its start or end)?
 fn is_window_of_operator(
@@ -403,6 +482,8 @@ pub fn plan_query(
     let mut stateful = false;
     let mut refusal: Option<Error> = None;
     let mut window_outputs: HashMap<String, Duration> = HashMap::new();
+    // ROW_NUMBER() windows over streams seen, and those turned into deduplication.
+    let (mut dedup_windows, mut dedup_done) = (0usize, 0usize);
     // Operator output table -> the column index of its window key.
     let mut window_keys: HashMap<String, usize> = HashMap::new();
     // Conditions in WHERE that relate two joined streams belong to the join: it is
@@ -482,14 +563,13 @@ pub fn plan_query(
                                     slide,
                                     &mut stateful,
                                 )
-                                .map(|t| {
+                                .inspect(|t| {
                                     if let (Some(len), OutputMode::Append, Some(table)) =
                                         (length, mode, operator_table(&t.data))
                                     {
                                         window_outputs.insert(table.clone(), len);
                                         window_keys.insert(table, k);
                                     }
-                                    t
                                 })
                                 .or_else(|e| {
                                     refusal = Some(Error::DataFusion(e));
@@ -615,6 +695,28 @@ pub fn plan_query(
                     ));
                     Ok(Transformed::no(node))
                 }
+                LogicalPlan::Window(w)
+                    if reads_operator
+                        && !reads
+                        && mode == OutputMode::Append
+                        && w.window_expr.iter().all(|e| match e.clone().unalias() {
+                            Expr::WindowFunction(f) => f
+                                .params
+                                .partition_by
+                                .iter()
+                                .any(|p| is_window_of_operator(&w.input, p, &window_keys)),
+                            _ => false,
+                        }) =>
+                {
+                    // Top-N per window: a window's rows all arrive in the batch that
+                    // closes it, so a window function partitioned by it runs per batch.
+                    explain.push(format!(
+                        "Per-batch window functions over the closed windows of a streaming \
+                         aggregate (partitioned by the window): [{}], no state",
+                        join_exprs(&w.window_expr)
+                    ));
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Join(_)
                 | LogicalPlan::Window(_)
                 | LogicalPlan::Sort(_)
@@ -643,11 +745,53 @@ pub fn plan_query(
                     ));
                     Ok(Transformed::no(node))
                 }
+                LogicalPlan::Window(w) if reads && dedup_window(w).is_some() => {
+                    // ROW_NUMBER() OVER (PARTITION BY k ORDER BY ...): allowed under a
+                    // `rn = 1` filter, which becomes a deduplication (checked below).
+                    dedup_windows += 1;
+                    Ok(Transformed::no(node))
+                }
                 LogicalPlan::Window(_) if reads => {
                     refusal = Some(Error::Plan(
-                        "window functions (OVER ...) over a stream are not supported yet".into(),
+                        "window functions (OVER ...) over a stream run only as deduplication: \
+                         SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) \
+                         AS rn FROM s) WHERE rn = 1; over an aggregate's result they need \
+                         SET output_mode = 'complete'"
+                            .into(),
                     ));
                     Ok(Transformed::no(node))
+                }
+                LogicalPlan::Filter(f) if reads && dedup_windows > dedup_done => {
+                    let Some(keys) = dedup_keys(f) else {
+                        return Ok(Transformed::no(node));
+                    };
+                    dedup_done += 1;
+                    let df = DataFrame::new(state.clone(), node.clone());
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let op = match DedupExec::try_new(schema, mode == OutputMode::Complete)
+                        .and_then(|op| op.with_key_columns(keys.clone()))
+                    {
+                        Ok(op) => op.with_positional_names(),
+                        Err(e) => {
+                            refusal = Some(e);
+                            return Ok(Transformed::no(node));
+                        }
+                    };
+                    explain.push(format!(
+                        "DedupExec (ROW_NUMBER() = 1): emits the first row of each key [{}] (the first \
+                         by ORDER BY within the batch it arrives in) and drops the key's later rows; \
+                         state: every key seen, kept for the life of the query (grows without bound)",
+                        keys.iter()
+                            .map(|&i| node.schema().qualified_field(i).1.name().clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    let replaced = node.schema().clone();
+                    replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
+                        .or_else(|e| {
+                            refusal = Some(Error::DataFusion(e));
+                            Ok(Transformed::no(node.clone()))
+                        })
                 }
                 LogicalPlan::Join(j)
                     if reads_stream(&j.left, streams)
@@ -668,6 +812,14 @@ pub fn plan_query(
         .data;
     if let Some(e) = refusal {
         return Err(e);
+    }
+    if dedup_windows > dedup_done {
+        return plan_err!(
+            "ROW_NUMBER() over a stream runs only as deduplication, filtered by itself: \
+             SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) AS rn \
+             FROM s) WHERE rn = 1, with the PARTITION BY columns selected; filter other \
+             conditions in an outer query"
+        );
     }
     if !stateful && explain.is_empty() {
         explain.push("Stateless: the whole plan runs on each batch".into());

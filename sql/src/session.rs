@@ -849,7 +849,8 @@ impl FlumenSession {
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
                             recent.iter().map(|b| b.late_rows).sum::<u64>().to_string(),
-                            q.sql.clone(),
+                            // One line, whatever the script's layout.
+                            q.sql.split_whitespace().collect::<Vec<_>>().join(" "),
                         ]
                     })
                     .collect(),

@@ -28,6 +28,8 @@ pub struct DedupExec {
     /// Complete mode: every distinct row so far, each batch.
     emit_all: bool,
     distinct: Vec<RecordBatch>,
+    /// Compare only these columns (the first row of each key wins); all by default.
+    key_columns: Option<Vec<usize>>,
 }
 
 impl DedupExec {
@@ -46,7 +48,21 @@ impl DedupExec {
             seen: HashSet::new(),
             emit_all,
             distinct: Vec::new(),
+            key_columns: None,
         })
+    }
+
+    /// Deduplicate on `columns` only: the first row seen of each key is emitted, later
+    /// rows of that key are dropped (`ROW_NUMBER() OVER (PARTITION BY key ...) = 1`).
+    pub fn with_key_columns(mut self, columns: Vec<usize>) -> Result<Self> {
+        self.converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|&i| SortField::new(self.input_schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        self.key_columns = Some(columns);
+        Ok(self)
     }
 
     /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
@@ -72,7 +88,13 @@ impl StreamOperator for DedupExec {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let batch = concat_batches(&self.input_schema, &input)?;
-        let rows = self.converter.convert_columns(batch.columns())?;
+        let rows = match &self.key_columns {
+            Some(keys) => {
+                let cols: Vec<_> = keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+                self.converter.convert_columns(&cols)?
+            }
+            None => self.converter.convert_columns(batch.columns())?,
+        };
         let new: BooleanArray = rows
             .iter()
             .map(|r| {
