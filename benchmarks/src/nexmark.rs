@@ -154,7 +154,7 @@ impl SinkFactory for BlackholeFactory {
     }
 }
 
-pub const QUERIES: [(&str, &str); 4] = [
+pub const QUERIES: [(&str, &str); 6] = [
     (
         "q0",
         "SELECT auction, bidder, price, date_time, extra FROM bid",
@@ -174,6 +174,17 @@ pub const QUERIES: [(&str, &str); 4] = [
         "SELECT auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, \
          count(*) AS num FROM bid \
          GROUP BY auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND) EMIT FINAL",
+    ),
+    // q5 whole: the auctions with the most bids per window; the maximum per closed
+    // window runs per batch, the join is a stream join on the same window.
+    (
+        "q5",
+        "SELECT a.auction, a.ws, a.num FROM            (SELECT auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, count(*) AS num               FROM bid GROUP BY auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)) a            JOIN            (SELECT ws, max(num) AS maxn FROM               (SELECT auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, count(*) AS num                  FROM bid GROUP BY auction, window(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND))             GROUP BY ws) b            ON a.ws = b.ws AND a.num >= b.maxn EMIT FINAL",
+    ),
+    // q7: the highest bids of each 10 s window: bids joined with the maximum per window.
+    (
+        "q7",
+        "SELECT b.auction, b.price, b.bidder, b.date_time FROM bid b            JOIN (SELECT max(price) AS maxprice, window(date_time, INTERVAL '10' SECOND)['end'] AS window_end                    FROM bid GROUP BY window(date_time, INTERVAL '10' SECOND)) m            ON b.price = m.maxprice AND b.date_time >= m.window_end - INTERVAL '10' SECOND               AND b.date_time < m.window_end EMIT FINAL",
     ),
 ];
 
