@@ -461,13 +461,51 @@ impl FlumenSession {
         query: String,
     ) -> Result<StatementResult> {
         self.check_free(&name)?;
-        if !options.is_empty() {
-            return plan_err!("CREATE STREAM {name} AS SELECT takes no WITH options yet");
+        let mut rest = options.clone();
+        let column = rest.remove("timestamp");
+        let delay = rest
+            .remove("watermark_delay")
+            .map(|d| crate::duration::parse_duration(&d))
+            .transpose()?;
+        if let Some(key) = rest.keys().next() {
+            return plan_err!(
+                "CREATE STREAM {name} AS SELECT: unknown option '{key}'; accepted: timestamp \
+                 (the event-time column), watermark_delay (e.g. '5 seconds')"
+            );
+        }
+        if delay.is_some() && column.is_none() {
+            return plan_err!(
+                "CREATE STREAM {name} AS SELECT: watermark_delay needs timestamp = '<column>'"
+            );
         }
         // Plan it once now so errors show at CREATE time, and to learn its schema.
         let probe = self.build_query_context(0, Trigger::ProcessingTime)?;
         let df = probe.ctx.session().sql(&query).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
+        let watermark = match column {
+            Some(c) => {
+                let c = c.to_ascii_lowercase();
+                match schema.field_with_name(&c) {
+                    Ok(f) if matches!(f.data_type(), DataType::Timestamp(_, _)) => {}
+                    Ok(f) => {
+                        return plan_err!(
+                            "CREATE STREAM {name}: timestamp column {c} is {}, it must be a TIMESTAMP",
+                            f.data_type()
+                        );
+                    }
+                    Err(_) => {
+                        return plan_err!(
+                            "CREATE STREAM {name}: timestamp column {c} is not in its SELECT list"
+                        );
+                    }
+                }
+                Some(crate::statement::Watermark {
+                    column: c,
+                    delay: delay.unwrap_or(Duration::ZERO),
+                })
+            }
+            None => None,
+        };
         self.base.register_table(
             name.as_str(),
             Arc::new(StreamPlaceholder {
@@ -480,7 +518,7 @@ impl FlumenSession {
             StreamDef {
                 name: name.clone(),
                 schema,
-                watermark: None,
+                watermark,
                 options,
                 kind: StreamKind::Derived { query },
             },

@@ -401,19 +401,20 @@ fn parse_create_stream(sql: &str, p: &mut Parser) -> Result<Statement> {
     }
     let _ = ksql_key;
     let mut options = parse_with(p)?;
-    normalize_ksql_options(&mut options, &mut watermark);
     if p.parse_keyword(Keyword::AS) {
         if !columns.is_empty() {
             return plan_err!(
                 "CREATE STREAM {name} (...) AS SELECT: a derived stream takes its columns from the query; remove the column list"
             );
         }
+        // A derived stream's options (timestamp, watermark_delay) are the session's.
         return Ok(Statement::CreateStreamAs {
             name,
             options,
             query: rest(sql, p),
         });
     }
+    normalize_ksql_options(&mut options, &mut watermark);
     expect_end(p)?;
     Ok(Statement::CreateStream {
         name,
