@@ -9,6 +9,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -425,7 +426,20 @@ impl StreamingContext {
         let weak = Arc::downgrade(&self.inner);
         let task_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let result = run(Arc::clone(&task_shared), pipeline, first).await;
+            // A panic in a batch (a bug, ours or a library's) stops the query with an
+            // error instead of leaving it hung in the Active state.
+            let result =
+                std::panic::AssertUnwindSafe(run(Arc::clone(&task_shared), pipeline, first))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(Error::Internal(format!("a batch panicked: {what}")))
+                    });
             let error = result.err().map(Arc::new);
             if let Some(e) = &error {
                 log::error!("streaming query failed: {e}");

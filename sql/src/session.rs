@@ -376,7 +376,7 @@ impl FlumenSession {
             match self
                 .registry
                 .source(&connector)?
-                .default_schema(&connector_options(&options))
+                .default_schema(&source_options(&options))
             {
                 Some(s) => s,
                 None => {
@@ -416,11 +416,12 @@ impl FlumenSession {
                 }
             }
         }
+        let dead_letter = self.dead_letter_of(&name, watermark.as_ref(), &options)?;
         // Validate the connector and its options now, not at the first query.
         self.registry.source(&connector)?.create(
             &name,
             schema.clone(),
-            &connector_options(&options),
+            &source_options(&options),
         )?;
         self.base.register_table(
             name.as_str(),
@@ -433,13 +434,101 @@ impl FlumenSession {
             name.clone(),
             StreamDef {
                 name: name.clone(),
-                schema,
+                schema: schema.clone(),
                 watermark,
                 options,
                 kind: StreamKind::Source { connector },
             },
         );
+        if let Some(sink_name) = dead_letter {
+            // The default dead letter: a memory sink readable with SELECT.
+            self.create_sink(
+                &sink_name,
+                Options::from([("connector".into(), "memory".into())]),
+                false,
+            )?;
+            let mut c = self.catalog.lock();
+            if let Some(def) = c.sinks.get_mut(&sink_name) {
+                def.schema = Some(schema.clone());
+                def.mode = OutputMode::Append;
+                if let Some(m) = def.memory.clone() {
+                    drop(c);
+                    let _ = self.base.deregister_table(sink_name.as_str());
+                    self.base.register_table(
+                        sink_name.as_str(),
+                        Arc::new(MemorySinkTable {
+                            sink: m,
+                            schema: schema.clone(),
+                            mode: OutputMode::Append,
+                        }),
+                    )?;
+                }
+            }
+        }
         Ok(StatementResult::Done(format!("Stream '{name}' created")))
+    }
+
+    /// Checks `late_rows` / `dead_letter`; returns the memory sink to create for a
+    /// stream whose late rows go to a default dead letter (`<stream>_late`).
+    fn dead_letter_of(
+        &self,
+        name: &str,
+        watermark: Option<&crate::statement::Watermark>,
+        options: &Options,
+    ) -> Result<Option<String>> {
+        let policy = options
+            .get("late_rows")
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_else(|| "drop".into());
+        match policy.as_str() {
+            "drop" => {
+                if options.contains_key("dead_letter") {
+                    return plan_err!(
+                        "CREATE STREAM {name}: dead_letter names where late rows go; it needs late_rows = 'dead_letter'"
+                    );
+                }
+                return Ok(None);
+            }
+            "dead_letter" => {}
+            other => {
+                return plan_err!(
+                    "CREATE STREAM {name}: late_rows = '{other}' is not accepted; use 'drop' (count them) or 'dead_letter' (count them and write them to a sink)"
+                );
+            }
+        }
+        if watermark.is_none() {
+            return plan_err!(
+                "CREATE STREAM {name}: late_rows = 'dead_letter' needs a watermark (WATERMARK FOR ts AS ts - INTERVAL '<n>' SECOND): rows are late only against one"
+            );
+        }
+        match options.get("dead_letter") {
+            Some(sink) => {
+                let c = self.catalog.lock();
+                match c.sinks.get(sink) {
+                    Some(d) if !d.is_table => {
+                        if let Some(other) = c
+                            .streams
+                            .values()
+                            .find(|s| s.options.get("dead_letter") == Some(sink))
+                        {
+                            return plan_err!(
+                                "CREATE STREAM {name}: sink '{sink}' is already the dead letter of stream {}",
+                                other.name
+                            );
+                        }
+                        Ok(None)
+                    }
+                    _ => plan_err!(
+                        "CREATE STREAM {name}: no sink '{sink}' for its late rows; create it first with CREATE SINK {sink} WITH (connector = '...')"
+                    ),
+                }
+            }
+            None => {
+                let sink = format!("{name}_late");
+                self.check_free(&sink)?;
+                Ok(Some(sink))
+            }
+        }
     }
 
     fn source_connectors(&self) -> Vec<String> {
@@ -1112,6 +1201,18 @@ fn is_memory_connector(c: &str) -> bool {
     c.eq_ignore_ascii_case("memory") || c.eq_ignore_ascii_case("queue")
 }
 
+/// Options of a stream that Flumen handles itself, not its connector.
+const STREAM_OPTIONS: [&str; 2] = ["late_rows", "dead_letter"];
+
+/// A source stream's options minus Flumen's own.
+fn source_options(options: &Options) -> ConnectorOptions {
+    options
+        .iter()
+        .filter(|(k, _)| !STREAM_OPTIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn connector_options(options: &Options) -> ConnectorOptions {
     options
         .iter()
@@ -1203,6 +1304,49 @@ struct QuerySchemaHandle {
 }
 
 impl QuerySchema {
+    /// For a stream with `late_rows = 'dead_letter'`: its late rows leave the query
+    /// where the stream enters it, for the dead-letter sink.
+    fn with_dead_letter(
+        &self,
+        ctx: &StreamingContext,
+        def: &StreamDef,
+        stream: flumen_engine::Stream,
+    ) -> Result<flumen_engine::Stream> {
+        let dead = def
+            .options
+            .get("late_rows")
+            .is_some_and(|p| p.eq_ignore_ascii_case("dead_letter"));
+        let (true, Some(w)) = (dead, def.watermark.as_ref()) else {
+            return Ok(stream);
+        };
+        let sink_name = def
+            .options
+            .get("dead_letter")
+            .cloned()
+            .unwrap_or_else(|| format!("{}_late", def.name));
+        let Some(sink) = self
+            .catalog
+            .lock()
+            .sinks
+            .get(&sink_name)
+            .map(|d| Arc::clone(&d.sink))
+        else {
+            return plan_err!(
+                "stream {}: its dead-letter sink '{sink_name}' was dropped; create it again with CREATE SINK",
+                def.name
+            );
+        };
+        let index = def.schema.index_of(&w.column)?;
+        let op = flumen_engine::ops::LateRowsExec::try_new(
+            &def.name,
+            def.schema.clone(),
+            index,
+            w.delay,
+            sink,
+        )?;
+        stream.with_operator(Box::new(op), ctx.batch_interval())
+    }
+
     async fn resolve(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(t) = self.created.lock().get(name) {
             return Ok(Some(Arc::clone(t)));
@@ -1221,7 +1365,7 @@ impl QuerySchema {
                     // unless one_at_a_time = 'true' (then one INSERT per batch).
                     let one = bool_option(
                         connector,
-                        &connector_options(&def.options),
+                        &source_options(&def.options),
                         "one_at_a_time",
                         false,
                     )?;
@@ -1237,10 +1381,11 @@ impl QuerySchema {
                     let source = self.registry.source(connector)?.create(
                         name,
                         def.schema.clone(),
-                        &connector_options(&def.options),
+                        &source_options(&def.options),
                     )?;
                     ctx.source(source)?
                 };
+                let stream = self.with_dead_letter(ctx, &def, stream)?;
                 // The slot's table scanned under the stream's name (so the planner
                 // sees which streams a plan reads), plus `_batch_time`.
                 let provider = match stream.dataframe().logical_plan() {

@@ -299,3 +299,22 @@ async fn a_failing_batch_stops_the_context_with_the_error() {
     assert_eq!(ctx.state(), StreamingContextState::Stopped);
     assert!(StreamingContext::get_active().is_none());
 }
+
+#[tokio::test]
+async fn a_panicking_batch_stops_the_context_with_an_error() {
+    let _g = serial().await;
+    let (ctx, clock) = manual_ctx(1000);
+    let (q, s) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
+    s.foreach_batch(|_, _| async { panic!("bug in a callback") })
+        .unwrap();
+    q.push(vec![lines(&["a"])]).unwrap();
+    ctx.start().await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let err = ctx.await_termination().await.unwrap_err().to_string();
+    assert!(
+        err.contains("a batch panicked: bug in a callback"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(ctx.state(), StreamingContextState::Stopped);
+    assert!(StreamingContext::get_active().is_none());
+}

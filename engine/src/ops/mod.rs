@@ -19,12 +19,14 @@ use crate::Result;
 use crate::time::Time;
 
 pub mod dedup;
+pub mod late;
 pub mod map_with_state;
 pub mod running_aggregate;
 pub mod stream_join;
 pub mod window;
 
 pub use dedup::DedupExec;
+pub use late::LateRowsExec;
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
 pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
 pub use stream_join::{JoinTime, StreamJoinExec};

@@ -1,0 +1,164 @@
+//! `LateRowsExec`: a stream's watermark applied where the stream enters a query.
+//! Rows older than the watermark are late: they leave the pipeline, are counted, and
+//! are written to a dead-letter sink — never dropped silently. Used for streams
+//! declared with `late_rows = 'dead_letter'`.
+//!
+//! ```text
+//!  source batch ─▶ ts >= watermark ─▶ on to the query
+//!               └▶ ts <  watermark ─▶ dead-letter sink (keyed by stream and batch time)
+//!  watermark = max(ts seen) - delay, advanced after each batch
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, Int64Array};
+use datafusion::arrow::compute::kernels::cmp::lt;
+use datafusion::arrow::compute::{cast, filter_record_batch, max, not, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{OperatorContext, StreamOperator};
+use crate::sink::{Sink, WriteKey};
+use crate::{Result, plan_err};
+
+pub struct LateRowsExec {
+    stream: String,
+    schema: SchemaRef,
+    time_index: usize,
+    delay: Duration,
+    watermark: Option<i64>,
+    dead_letter: Arc<dyn Sink>,
+    late_last_batch: u64,
+}
+
+impl LateRowsExec {
+    /// Late rows of `stream` (by its column `time_index` and watermark `delay`) go to
+    /// `dead_letter`.
+    pub fn try_new(
+        stream: &str,
+        schema: SchemaRef,
+        time_index: usize,
+        delay: Duration,
+        dead_letter: Arc<dyn Sink>,
+    ) -> Result<Self> {
+        match schema.fields().get(time_index).map(|f| f.data_type()) {
+            Some(DataType::Timestamp(_, _)) => {}
+            other => {
+                return plan_err!(
+                    "stream {stream}: the watermark column must be a timestamp, got {other:?}"
+                );
+            }
+        }
+        Ok(Self {
+            stream: stream.to_string(),
+            schema,
+            time_index,
+            delay,
+            watermark: None,
+            dead_letter,
+            late_last_batch: 0,
+        })
+    }
+
+    /// The time column in milliseconds since the epoch (UTC, whatever the zone).
+    fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
+        let col = batch.column(self.time_index);
+        let raw = cast(col, &DataType::Int64)?;
+        let raw = raw.as_primitive::<Int64Type>();
+        Ok(match col.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => raw.unary(|v| v.saturating_mul(1000)),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => raw.clone(),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => raw.unary(|v| v.div_euclid(1_000)),
+            _ => raw.unary(|v| v.div_euclid(1_000_000)),
+        })
+    }
+}
+
+#[async_trait]
+impl StreamOperator for LateRowsExec {
+    fn name(&self) -> String {
+        format!("LateRowsExec({})", self.stream)
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
+        self.dead_letter
+            .open(&self.stream, Arc::clone(&self.schema))
+            .await?;
+        Ok(input.clone().create_physical_plan().await?)
+    }
+
+    async fn process(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let mut kept = Vec::with_capacity(input.len());
+        let mut late = Vec::new();
+        let mut latest: Option<i64> = None;
+        for b in input {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let ms = self.millis(&b)?;
+            if let Some(m) = max(&ms) {
+                latest = Some(latest.map_or(m, |l| l.max(m)));
+            }
+            let Some(wm) = self.watermark else {
+                kept.push(b);
+                continue;
+            };
+            // Null times are never late.
+            let is_late: BooleanArray = lt(&ms, &Int64Array::new_scalar(wm))?;
+            let n = is_late.true_count();
+            if n == 0 {
+                kept.push(b);
+                continue;
+            }
+            let is_late = if is_late.null_count() > 0 {
+                prep_null_mask_filter(&is_late)
+            } else {
+                is_late
+            };
+            late.push(filter_record_batch(&b, &is_late)?);
+            let on_time = filter_record_batch(&b, &not(&is_late)?)?;
+            if on_time.num_rows() > 0 {
+                kept.push(on_time);
+            }
+        }
+        self.late_last_batch = late.iter().map(|b| b.num_rows() as u64).sum();
+        if !late.is_empty() {
+            // Keyed by stream and batch time: every query reading the stream writes
+            // the same rows under the same key, so the sink holds them once.
+            let key = WriteKey {
+                query_id: self.stream.clone(),
+                batch_time: ctx.batch_time,
+                partition: 0,
+            };
+            self.dead_letter.write(&key, late).await?;
+            self.dead_letter
+                .commit(&self.stream, ctx.batch_time, 1)
+                .await?;
+        }
+        if let Some(l) = latest {
+            let candidate = l.saturating_sub(self.delay.as_millis() as i64);
+            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        }
+        Ok(Some(kept))
+    }
+
+    fn state_rows(&self) -> usize {
+        0
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_last_batch
+    }
+}
