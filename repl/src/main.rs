@@ -5,6 +5,10 @@ mod exec;
 mod print;
 mod repl;
 
+/// mimalloc keeps freed memory for reuse (see benchmarks/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 

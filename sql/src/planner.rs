@@ -489,295 +489,310 @@ pub fn plan_query(
     // Conditions in WHERE that relate two joined streams belong to the join: it is
     // there that they bound the join's state.
     let plan = push_down_filters(plan)?;
-    let new_plan = plan
-        .transform_up(|node| {
-            if refusal.is_some() {
-                return Ok(Transformed::no(node));
+    let mut plan_node = |node: LogicalPlan| -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        if refusal.is_some() {
+            return Ok(Transformed::no(node));
+        }
+        let reads = reads_stream(&node, streams);
+        // A stateful node over an operator's output would re-aggregate a
+        // changelog, which gives wrong results.
+        let reads_operator = reads_operator_output(&node);
+        match &node {
+            LogicalPlan::Aggregate(agg)
+                if reads && !reads_operator && groups_by_batch_time(agg) =>
+            {
+                // Every row of a batch has the same _batch_time: a per-batch
+                // aggregate, Spark's reduceByKey on each batch. No state.
+                explain.push(format!(
+                    "Per-batch aggregate (GROUP BY {BATCH_TIME_COLUMN}): group by [{}], no state",
+                    agg.group_expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                Ok(Transformed::no(node))
             }
-            let reads = reads_stream(&node, streams);
-            // A stateful node over an operator's output would re-aggregate a
-            // changelog, which gives wrong results.
-            let reads_operator = reads_operator_output(&node);
-            match &node {
-                LogicalPlan::Aggregate(agg) if reads && !reads_operator && groups_by_batch_time(agg) => {
-                    // Every row of a batch has the same _batch_time: a per-batch
-                    // aggregate, Spark's reduceByKey on each batch. No state.
-                    explain.push(format!(
-                        "Per-batch aggregate (GROUP BY {BATCH_TIME_COLUMN}): group by [{}], no state",
-                        agg.group_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Aggregate(agg)
-                    if reads_operator && !reads && mode == OutputMode::Complete =>
-                {
-                    // Each batch of the aggregate below holds its whole result: an
-                    // aggregate over it, per batch, is exact.
-                    explain.push(format!(
-                        "Per-batch aggregate over the complete result of a streaming aggregate: \
+            LogicalPlan::Aggregate(agg)
+                if reads_operator && !reads && mode == OutputMode::Complete =>
+            {
+                // Each batch of the aggregate below holds its whole result: an
+                // aggregate over it, per batch, is exact.
+                explain.push(format!(
+                    "Per-batch aggregate over the complete result of a streaming aggregate: \
                          group by [{}], no state",
-                        join_exprs(&agg.group_expr)
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Aggregate(agg)
-                    if reads_operator
-                        && !reads
-                        && mode == OutputMode::Append
-                        && agg.group_expr.iter().any(|e| is_window_of_operator(&agg.input, e, &window_keys)) =>
-                {
-                    // In append mode a windowed aggregate emits all rows of a window
-                    // in the batch whose watermark closes it: grouped by that window,
-                    // an aggregate over them, per batch, is exact.
-                    explain.push(format!(
-                        "Per-batch aggregate over the closed windows of a streaming aggregate: \
+                    join_exprs(&agg.group_expr)
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Aggregate(agg)
+                if reads_operator
+                    && !reads
+                    && mode == OutputMode::Append
+                    && agg
+                        .group_expr
+                        .iter()
+                        .any(|e| is_window_of_operator(&agg.input, e, &window_keys)) =>
+            {
+                // In append mode a windowed aggregate emits all rows of a window
+                // in the batch whose watermark closes it: grouped by that window,
+                // an aggregate over them, per batch, is exact.
+                explain.push(format!(
+                    "Per-batch aggregate over the closed windows of a streaming aggregate: \
                          group by [{}], no state",
-                        join_exprs(&agg.group_expr)
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Aggregate(agg) if reads || reads_operator => {
-                    if reads_operator {
-                        refusal = Some(Error::Plan(
+                    join_exprs(&agg.group_expr)
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Aggregate(agg) if reads || reads_operator => {
+                if reads_operator {
+                    refusal = Some(Error::Plan(
                             "an aggregate over the result of another streaming aggregate needs \
                              SET output_mode = 'complete' (each batch then holds the whole result); \
                              otherwise its input changes row by row"
                                 .into(),
                         ));
-                        return Ok(Transformed::no(node));
-                    }
-                    let window_key = agg.group_expr.iter().position(|e| {
-                        matches!(e, Expr::ScalarFunction(f)
+                    return Ok(Transformed::no(node));
+                }
+                let window_key = agg.group_expr.iter().position(|e| {
+                    matches!(e, Expr::ScalarFunction(f)
                             if f.name() == WINDOW_FUNCTION || f.name() == SESSION_WINDOW_FUNCTION)
-                    });
-                    if let Some(k) = window_key {
-                        match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
-                            Ok((op, line, input)) => {
-                                explain.push(line);
-                                let length = window_length(&agg.group_expr[k]);
-                                return replace_with_operator(
-                                    ctx,
-                                    input,
-                                    &agg.schema,
-                                    Box::new(op),
-                                    slide,
-                                    &mut stateful,
-                                )
-                                .inspect(|t| {
-                                    if let (Some(len), OutputMode::Append, Some(table)) =
-                                        (length, mode, operator_table(&t.data))
-                                    {
-                                        window_outputs.insert(table.clone(), len);
-                                        window_keys.insert(table, k);
-                                    }
-                                })
-                                .or_else(|e| {
-                                    refusal = Some(Error::DataFusion(e));
-                                    Ok(Transformed::no(node.clone()))
-                                });
-                            }
-                            Err(e) => {
-                                refusal = Some(e);
-                                return Ok(Transformed::no(node));
-                            }
-                        }
-                    }
-                    if mode == OutputMode::Append {
-                        refusal = Some(Error::Plan(format!(
-                            "output mode append cannot run a running aggregate (GROUP BY {}): its \
-                             rows change with every batch; use SET output_mode = 'update' or \
-                             'complete'",
-                            agg.group_expr
-                                .iter()
-                                .map(|e| e.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                        return Ok(Transformed::no(node));
-                    }
-                    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
-                    let op = match RunningAggregateExec::try_new(
-                        &input,
-                        agg.group_expr.clone(),
-                        agg.aggr_expr.clone(),
-                    ) {
-                        Ok(op) => op
-                            .with_changed_only(mode == OutputMode::Update)
-                            .with_positional_names(),
-                        Err(e) => {
-                            refusal = Some(e);
-                            return Ok(Transformed::no(node));
-                        }
-                    };
-                    explain.push(format!(
-                        "RunningAggregateExec: group by [{}], aggregates [{}], output {mode}; \
-                         state: one row per group, kept for the life of the query (grows with \
-                         the number of distinct keys; no watermark bounds it)",
-                        join_exprs(&agg.group_expr),
-                        join_exprs(&agg.aggr_expr),
-                    ));
-                    replace_with_operator(ctx, input, &agg.schema, Box::new(op), slide, &mut stateful)
-                        .or_else(|e| {
-                            refusal = Some(Error::DataFusion(e));
-                            Ok(Transformed::no(node.clone()))
-                        })
-                }
-                LogicalPlan::Distinct(Distinct::All(input)) if reads || reads_operator => {
-                    if reads_operator {
-                        refusal = Some(Error::Plan(
-                            "DISTINCT over the result of a streaming aggregate is not supported: \
-                             its input changes row by row"
-                                .into(),
-                        ));
-                        return Ok(Transformed::no(node));
-                    }
-                    let df = DataFrame::new(state.clone(), input.as_ref().clone());
-                    let schema = Arc::new(df.schema().as_arrow().clone());
-                    let op = match DedupExec::try_new(schema, mode == OutputMode::Complete) {
-                        Ok(op) => op.with_positional_names(),
-                        Err(e) => {
-                            refusal = Some(e);
-                            return Ok(Transformed::no(node));
-                        }
-                    };
-                    explain.push(
-                        "DedupExec (DISTINCT): emits each distinct row once; state: every distinct \
-                         row seen, kept for the life of the query (grows without bound)"
-                            .into(),
-                    );
-                    let replaced = node.schema().clone();
-                    replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
-                        .or_else(|e| {
-                            refusal = Some(Error::DataFusion(e));
-                            Ok(Transformed::no(node.clone()))
-                        })
-                }
-                LogicalPlan::Join(j)
-                    if is_stream_side(&j.left, streams)
-                        && is_stream_side(&j.right, streams)
-                        && !joins_on_batch_time(j)
-                        && (mode == OutputMode::Append || !reads_operator) =>
-                {
-                    // Two streams (or, in append mode, final rows of windowed
-                    // aggregates): a join over event time with state on both sides.
-                    let times = crate::join::SideTimes {
-                        streams,
-                        watermarks,
-                        window_outputs: &window_outputs,
-                    };
-                    match crate::join::stream_join(&state, &node, j, &times) {
+                });
+                if let Some(k) = window_key {
+                    match windowed(ctx, &state, agg, k, streams, watermarks, mode) {
                         Ok((op, line, input)) => {
                             explain.push(line);
-                            let schema = node.schema().clone();
-                            replace_with_operator(ctx, input, &schema, Box::new(op), slide, &mut stateful)
-                                .or_else(|e| {
-                                    refusal = Some(Error::DataFusion(e));
-                                    Ok(Transformed::no(node.clone()))
-                                })
+                            let length = window_length(&agg.group_expr[k]);
+                            return replace_with_operator(
+                                ctx,
+                                input,
+                                &agg.schema,
+                                Box::new(op),
+                                slide,
+                                &mut stateful,
+                            )
+                            .inspect(|t| {
+                                if let (Some(len), OutputMode::Append, Some(table)) =
+                                    (length, mode, operator_table(&t.data))
+                                {
+                                    window_outputs.insert(table.clone(), len);
+                                    window_keys.insert(table, k);
+                                }
+                            })
+                            .or_else(|e| {
+                                refusal = Some(Error::DataFusion(e));
+                                Ok(Transformed::no(node.clone()))
+                            });
                         }
                         Err(e) => {
                             refusal = Some(e);
-                            Ok(Transformed::no(node))
+                            return Ok(Transformed::no(node));
                         }
                     }
                 }
-                LogicalPlan::Join(j)
-                    if mode == OutputMode::Complete
-                        && reads_operator
-                        && (reads_stream(&j.left, streams) || reads_stream(&j.right, streams)) =>
-                {
+                if mode == OutputMode::Append {
+                    refusal = Some(Error::Plan(format!(
+                        "output mode append cannot run a running aggregate (GROUP BY {}): its \
+                             rows change with every batch; use SET output_mode = 'update' or \
+                             'complete'",
+                        agg.group_expr
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                    return Ok(Transformed::no(node));
+                }
+                let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+                let op = match RunningAggregateExec::try_new(
+                    &input,
+                    agg.group_expr.clone(),
+                    agg.aggr_expr.clone(),
+                ) {
+                    Ok(op) => op
+                        .with_changed_only(mode == OutputMode::Update)
+                        .with_positional_names(),
+                    Err(e) => {
+                        refusal = Some(e);
+                        return Ok(Transformed::no(node));
+                    }
+                };
+                explain.push(format!(
+                    "RunningAggregateExec: group by [{}], aggregates [{}], output {mode}; \
+                         state: one row per group, kept for the life of the query (grows with \
+                         the number of distinct keys; no watermark bounds it)",
+                    join_exprs(&agg.group_expr),
+                    join_exprs(&agg.aggr_expr),
+                ));
+                replace_with_operator(ctx, input, &agg.schema, Box::new(op), slide, &mut stateful)
+                    .or_else(|e| {
+                        refusal = Some(Error::DataFusion(e));
+                        Ok(Transformed::no(node.clone()))
+                    })
+            }
+            LogicalPlan::Distinct(Distinct::All(input)) if reads || reads_operator => {
+                if reads_operator {
                     refusal = Some(Error::Plan(
-                        "in complete mode, a join of a stream with the result of a streaming \
+                        "DISTINCT over the result of a streaming aggregate is not supported: \
+                             its input changes row by row"
+                            .into(),
+                    ));
+                    return Ok(Transformed::no(node));
+                }
+                let df = DataFrame::new(state.clone(), input.as_ref().clone());
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let op = match DedupExec::try_new(schema, mode == OutputMode::Complete) {
+                    Ok(op) => op.with_positional_names(),
+                    Err(e) => {
+                        refusal = Some(e);
+                        return Ok(Transformed::no(node));
+                    }
+                };
+                explain.push(
+                    "DedupExec (DISTINCT): emits each distinct row once; state: every distinct \
+                         row seen, kept for the life of the query (grows without bound)"
+                        .into(),
+                );
+                let replaced = node.schema().clone();
+                replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
+                    .or_else(|e| {
+                        refusal = Some(Error::DataFusion(e));
+                        Ok(Transformed::no(node.clone()))
+                    })
+            }
+            LogicalPlan::Join(j)
+                if is_stream_side(&j.left, streams)
+                    && is_stream_side(&j.right, streams)
+                    && !joins_on_batch_time(j)
+                    && (mode == OutputMode::Append || !reads_operator) =>
+            {
+                // Two streams (or, in append mode, final rows of windowed
+                // aggregates): a join over event time with state on both sides.
+                let times = crate::join::SideTimes {
+                    streams,
+                    watermarks,
+                    window_outputs: &window_outputs,
+                };
+                match crate::join::stream_join(&state, &node, j, &times) {
+                    Ok((op, line, input)) => {
+                        explain.push(line);
+                        let schema = node.schema().clone();
+                        replace_with_operator(
+                            ctx,
+                            input,
+                            &schema,
+                            Box::new(op),
+                            slide,
+                            &mut stateful,
+                        )
+                        .or_else(|e| {
+                            refusal = Some(Error::DataFusion(e));
+                            Ok(Transformed::no(node.clone()))
+                        })
+                    }
+                    Err(e) => {
+                        refusal = Some(e);
+                        Ok(Transformed::no(node))
+                    }
+                }
+            }
+            LogicalPlan::Join(j)
+                if mode == OutputMode::Complete
+                    && reads_operator
+                    && (reads_stream(&j.left, streams) || reads_stream(&j.right, streams)) =>
+            {
+                refusal = Some(Error::Plan(
+                    "in complete mode, a join of a stream with the result of a streaming \
                          aggregate would match each batch's new rows against the whole result; \
                          use SET output_mode = 'append' (the aggregate then emits each window \
                          once, when the watermark closes it) or join two aggregates"
-                            .into(),
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Window(w)
-                    if reads_operator
-                        && !reads
-                        && mode == OutputMode::Append
-                        && w.window_expr.iter().all(|e| match e.clone().unalias() {
-                            Expr::WindowFunction(f) => f
-                                .params
-                                .partition_by
-                                .iter()
-                                .any(|p| is_window_of_operator(&w.input, p, &window_keys)),
-                            _ => false,
-                        }) =>
-                {
-                    // Top-N per window: a window's rows all arrive in the batch that
-                    // closes it, so a window function partitioned by it runs per batch.
-                    explain.push(format!(
-                        "Per-batch window functions over the closed windows of a streaming \
+                        .into(),
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Window(w)
+                if reads_operator
+                    && !reads
+                    && mode == OutputMode::Append
+                    && w.window_expr.iter().all(|e| match e.clone().unalias() {
+                        Expr::WindowFunction(f) => f
+                            .params
+                            .partition_by
+                            .iter()
+                            .any(|p| is_window_of_operator(&w.input, p, &window_keys)),
+                        _ => false,
+                    }) =>
+            {
+                // Top-N per window: a window's rows all arrive in the batch that
+                // closes it, so a window function partitioned by it runs per batch.
+                explain.push(format!(
+                    "Per-batch window functions over the closed windows of a streaming \
                          aggregate (partitioned by the window): [{}], no state",
-                        join_exprs(&w.window_expr)
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Join(_)
-                | LogicalPlan::Window(_)
-                | LogicalPlan::Sort(_)
-                | LogicalPlan::Limit(_)
-                    if reads_operator && mode != OutputMode::Complete =>
-                {
-                    // In update/append mode a batch of an aggregate's output holds only
-                    // some rows of the result; a join, sort, limit or window function
-                    // over it would be computed on a part of it.
-                    refusal = Some(Error::Plan(format!(
-                        "{} over the result of a streaming aggregate needs \
+                    join_exprs(&w.window_expr)
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Join(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+                if reads_operator && mode != OutputMode::Complete =>
+            {
+                // In update/append mode a batch of an aggregate's output holds only
+                // some rows of the result; a join, sort, limit or window function
+                // over it would be computed on a part of it.
+                refusal = Some(Error::Plan(format!(
+                    "{} over the result of a streaming aggregate needs \
                          SET output_mode = 'complete' (each batch then holds the whole \
                          result); in {mode} mode a batch holds only some of its rows",
-                        match &node {
-                            LogicalPlan::Join(_) => "a join",
-                            LogicalPlan::Window(_) => "a window function",
-                            LogicalPlan::Sort(_) => "ORDER BY",
-                            _ => "LIMIT",
-                        }
-                    )));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Distinct(_) if reads => {
-                    refusal = Some(Error::Plan(
-                        "DISTINCT ON over a stream is not supported yet; use GROUP BY".into(),
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Window(w) if reads && dedup_window(w).is_some() => {
-                    // ROW_NUMBER() OVER (PARTITION BY k ORDER BY ...): allowed under a
-                    // `rn = 1` filter, which becomes a deduplication (checked below).
-                    dedup_windows += 1;
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Window(_) if reads => {
-                    refusal = Some(Error::Plan(
-                        "window functions (OVER ...) over a stream run only as deduplication: \
+                    match &node {
+                        LogicalPlan::Join(_) => "a join",
+                        LogicalPlan::Window(_) => "a window function",
+                        LogicalPlan::Sort(_) => "ORDER BY",
+                        _ => "LIMIT",
+                    }
+                )));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Distinct(_) if reads => {
+                refusal = Some(Error::Plan(
+                    "DISTINCT ON over a stream is not supported yet; use GROUP BY".into(),
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Window(w) if reads && dedup_window(w).is_some() => {
+                // ROW_NUMBER() OVER (PARTITION BY k ORDER BY ...): allowed under a
+                // `rn = 1` filter, which becomes a deduplication (checked below).
+                dedup_windows += 1;
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Window(_) if reads => {
+                refusal = Some(Error::Plan(
+                    "window functions (OVER ...) over a stream run only as deduplication: \
                          SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) \
                          AS rn FROM s) WHERE rn = 1; over an aggregate's result they need \
                          SET output_mode = 'complete'"
-                            .into(),
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                LogicalPlan::Filter(f) if reads && dedup_windows > dedup_done => {
-                    let Some(keys) = dedup_keys(f) else {
+                        .into(),
+                ));
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Filter(f) if reads && dedup_windows > dedup_done => {
+                let Some(keys) = dedup_keys(f) else {
+                    return Ok(Transformed::no(node));
+                };
+                dedup_done += 1;
+                let df = DataFrame::new(state.clone(), node.clone());
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let op = match DedupExec::try_new(schema, mode == OutputMode::Complete)
+                    .and_then(|op| op.with_key_columns(keys.clone()))
+                {
+                    Ok(op) => op.with_positional_names(),
+                    Err(e) => {
+                        refusal = Some(e);
                         return Ok(Transformed::no(node));
-                    };
-                    dedup_done += 1;
-                    let df = DataFrame::new(state.clone(), node.clone());
-                    let schema = Arc::new(df.schema().as_arrow().clone());
-                    let op = match DedupExec::try_new(schema, mode == OutputMode::Complete)
-                        .and_then(|op| op.with_key_columns(keys.clone()))
-                    {
-                        Ok(op) => op.with_positional_names(),
-                        Err(e) => {
-                            refusal = Some(e);
-                            return Ok(Transformed::no(node));
-                        }
-                    };
-                    explain.push(format!(
+                    }
+                };
+                explain.push(format!(
                         "DedupExec (ROW_NUMBER() = 1): emits the first row of each key [{}] (the first \
                          by ORDER BY within the batch it arrives in) and drops the key's later rows; \
                          state: every key seen, kept for the life of the query (grows without bound)",
@@ -786,28 +801,45 @@ pub fn plan_query(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    let replaced = node.schema().clone();
-                    replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
-                        .or_else(|e| {
-                            refusal = Some(Error::DataFusion(e));
-                            Ok(Transformed::no(node.clone()))
-                        })
-                }
-                LogicalPlan::Join(j)
-                    if reads_stream(&j.left, streams)
-                        && reads_stream(&j.right, streams)
-                        && joins_on_batch_time(j) =>
-                {
-                    // Rows of different batches never match: a join within each
-                    // batch is the whole answer (DStream join semantics).
-                    explain.push(format!(
-                        "Same-batch join ({} = {}): runs per batch, no state",
-                        BATCH_TIME_COLUMN, BATCH_TIME_COLUMN
-                    ));
-                    Ok(Transformed::no(node))
-                }
-                _ => Ok(Transformed::no(node)),
+                let replaced = node.schema().clone();
+                replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
+                    .or_else(|e| {
+                        refusal = Some(Error::DataFusion(e));
+                        Ok(Transformed::no(node.clone()))
+                    })
             }
+            LogicalPlan::Join(j)
+                if reads_stream(&j.left, streams)
+                    && reads_stream(&j.right, streams)
+                    && joins_on_batch_time(j) =>
+            {
+                // Rows of different batches never match: a join within each
+                // batch is the whole answer (DStream join semantics).
+                explain.push(format!(
+                    "Same-batch join ({} = {}): runs per batch, no state",
+                    BATCH_TIME_COLUMN, BATCH_TIME_COLUMN
+                ));
+                Ok(Transformed::no(node))
+            }
+            _ => Ok(Transformed::no(node)),
+        }
+    };
+    // An identical stateful subquery that appears twice (Nexmark q5 joins an aggregate
+    // with an aggregate over the same aggregate) runs once: its replacement is reused,
+    // so both places read the same operator's output.
+    let mut shared: HashMap<LogicalPlan, LogicalPlan> = HashMap::new();
+    let new_plan = plan
+        .transform_up(|node| {
+            let key = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+                .then(|| node.clone());
+            if let Some(replacement) = key.as_ref().and_then(|k| shared.get(k)) {
+                return Ok(Transformed::yes(replacement.clone()));
+            }
+            let t = plan_node(node)?;
+            if let (Some(k), true) = (key, t.transformed) {
+                shared.insert(k, t.data.clone());
+            }
+            Ok(t)
         })?
         .data;
     if let Some(e) = refusal {
