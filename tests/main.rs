@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod connectors;
 mod engine;
 mod sql_api;
 mod sql_logic;

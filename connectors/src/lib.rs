@@ -4,21 +4,25 @@
 //! registered by connector name; [`registry`] gives them all to the SQL layer.
 //!
 //! ```text
-//!   ConnectorRegistry ─ sources: "queue" (engine), "rate"
+//!   ConnectorRegistry ─ sources: "queue" (engine), "rate", "socket"
 //!                     └ sinks:   "memory", "console" (engine)
+//!   format: text / csv / json decoding and the on_error policy, for text sources
 //! ```
 //!
-//! The socket, files, Kafka and database connectors are issues 5 and 6.
+//! The files, Kafka and database connectors are issues 5 and 6.
 
 use std::sync::Arc;
 
 use flumen_engine::ConnectorRegistry;
 
+pub mod format;
 pub mod rate;
+pub mod socket;
 
 /// The registry of every connector this crate provides, plus the engine's own.
 pub fn registry() -> ConnectorRegistry {
     let mut r = ConnectorRegistry::with_builtins();
     r.register_source("rate", Arc::new(rate::RateFactory));
+    r.register_source("socket", Arc::new(socket::SocketFactory));
     r
 }

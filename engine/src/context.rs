@@ -320,8 +320,27 @@ impl StreamingContext {
         let Some(graph) = graph.as_mut() else {
             return internal_err!("graph missing in an initialized context");
         };
-        graph.sources.push(SourceNode { source, slot });
+        graph.sources.push(SourceNode {
+            source,
+            slot,
+            errors: None,
+        });
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
+    }
+
+    /// [`StreamingContext::source`], with the records it rejects written to `errors`
+    /// (columns of [`crate::source::rejected_schema`]) — a dead letter.
+    pub fn source_with_dead_letter(
+        &self,
+        source: Arc<dyn Source>,
+        errors: Arc<dyn crate::sink::Sink>,
+    ) -> Result<Stream> {
+        let stream = self.source(source)?;
+        let mut graph = self.inner.shared.graph.lock();
+        if let Some(node) = graph.as_mut().and_then(|g| g.sources.last_mut()) {
+            node.errors = Some(errors);
+        }
+        Ok(stream)
     }
 
     /// A stream whose batches are `df`, a plan over this context's streams (their

@@ -22,6 +22,8 @@ pub type ForeachBatchFn = dyn Fn(Time, DataFrame) -> BoxFuture<'static, Result<(
 pub(crate) struct SourceNode {
     pub source: Arc<dyn Source>,
     pub slot: Arc<BatchSlot>,
+    /// Where the source's rejected records go (`on_error = 'dead_letter'`).
+    pub errors: Option<Arc<dyn Sink>>,
 }
 
 pub(crate) struct OperatorNode {

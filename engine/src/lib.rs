@@ -45,7 +45,7 @@ pub use listener::{BatchInfo, StreamingListener};
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use registry::ConnectorRegistry;
 pub use sink::{ConsoleSink, MemorySink, Sink, WriteKey};
-pub use source::{BatchContext, Source, SourceRange};
+pub use source::{BatchContext, Rejected, Source, SourceRange};
 pub use sources::QueueSource;
 pub use stream::Stream;
 pub use time::Time;

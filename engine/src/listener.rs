@@ -26,6 +26,8 @@ pub struct BatchInfo {
     pub state_rows: u64,
     /// Rows dropped because they were older than the watermark.
     pub late_rows: u64,
+    /// Input records the sources could not decode (skipped or dead-lettered).
+    pub rejected_rows: u64,
 }
 
 impl BatchInfo {

@@ -148,8 +148,23 @@ impl Pipeline {
         }
         // 2. read
         let mut input_rows = Vec::with_capacity(self.sources.len());
+        let mut rejected_rows = 0u64;
         for (s, range) in self.sources.iter().zip(&ranges) {
             let data = s.source.read_batch(range).await?;
+            let rejected = s.source.take_rejected();
+            if !rejected.is_empty() {
+                rejected_rows += rejected.len() as u64;
+                match &s.errors {
+                    Some(sink) => {
+                        write_rejected(sink, s.source.name(), batch_time, rejected).await?
+                    }
+                    None => log::warn!(
+                        "{}: skipped {} bad records in batch {batch_time}",
+                        s.source.name(),
+                        rejected.len()
+                    ),
+                }
+            }
             let rows: usize = data.iter().flatten().map(|b| b.num_rows()).sum();
             input_rows.push((s.source.name().to_string(), rows as u64));
             if data.len() > 1 {
@@ -241,8 +256,43 @@ impl Pipeline {
             output_rows,
             state_rows,
             late_rows,
+            rejected_rows,
         })
     }
+}
+
+/// Writes a source's rejected records to its dead-letter sink, keyed by source and
+/// batch time (a replay writes the same key again).
+async fn write_rejected(
+    sink: &Arc<dyn crate::sink::Sink>,
+    source: &str,
+    batch_time: Time,
+    rejected: Vec<crate::source::Rejected>,
+) -> Result<()> {
+    use datafusion::arrow::array::StringArray;
+    let n = rejected.len();
+    let batch = RecordBatch::try_new(
+        crate::source::rejected_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![source; n])),
+            Arc::new(StringArray::from_iter_values(
+                rejected.iter().map(|r| &r.position),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rejected.iter().map(|r| &r.record),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rejected.iter().map(|r| &r.error),
+            )),
+        ],
+    )?;
+    let key = WriteKey {
+        query_id: source.to_string(),
+        batch_time,
+        partition: 0,
+    };
+    sink.write(&key, vec![batch]).await?;
+    sink.commit(source, batch_time, 1).await
 }
 
 /// Execute a plan built once, for one more batch.

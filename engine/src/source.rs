@@ -39,6 +39,29 @@ impl SourceRange {
     }
 }
 
+/// A record a source could not decode, set aside under the stream's
+/// `on_error = 'skip' | 'dead_letter'` policy (`fail` makes it an error instead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Where it was: `host:port line N`, `file line N`, `topic/partition@offset`.
+    pub position: String,
+    /// The record as it was received.
+    pub record: String,
+    /// Why it was rejected.
+    pub error: String,
+}
+
+/// The columns a dead-letter sink of rejected records receives.
+pub fn rejected_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, false),
+        Field::new("record", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+    ]))
+}
+
 /// A source of micro-batches.
 ///
 /// # Contract
@@ -96,6 +119,13 @@ pub trait Source: Debug + Send + Sync {
     /// Called once when the query stops.
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// The records the last [`Source::read_batch`] rejected (bad input under
+    /// `on_error = 'skip' | 'dead_letter'`). The scheduler counts them and writes them
+    /// to the stream's dead-letter sink, if it has one.
+    fn take_rejected(&self) -> Vec<Rejected> {
+        Vec::new()
     }
 }
 

@@ -417,6 +417,12 @@ impl FlumenSession {
             }
         }
         let dead_letter = self.dead_letter_of(&name, watermark.as_ref(), &options)?;
+        let errors_dead_letter = options
+            .get("on_error")
+            .is_some_and(|p| p.eq_ignore_ascii_case("dead_letter"));
+        if errors_dead_letter {
+            self.check_free(&format!("{name}_errors"))?;
+        }
         // Validate the connector and its options now, not at the first query.
         self.registry.source(&connector)?.create(
             &name,
@@ -440,6 +446,35 @@ impl FlumenSession {
                 kind: StreamKind::Source { connector },
             },
         );
+        if errors_dead_letter {
+            // Records the connector cannot decode go to `<stream>_errors`.
+            let sink_name = format!("{name}_errors");
+            self.create_sink(
+                &sink_name,
+                Options::from([("connector".into(), "memory".into())]),
+                false,
+            )?;
+            let rejected = flumen_engine::source::rejected_schema();
+            let memory = {
+                let mut c = self.catalog.lock();
+                c.sinks.get_mut(&sink_name).and_then(|def| {
+                    def.schema = Some(rejected.clone());
+                    def.mode = OutputMode::Append;
+                    def.memory.clone()
+                })
+            };
+            if let Some(m) = memory {
+                let _ = self.base.deregister_table(sink_name.as_str());
+                self.base.register_table(
+                    sink_name.as_str(),
+                    Arc::new(MemorySinkTable {
+                        sink: m,
+                        schema: rejected,
+                        mode: OutputMode::Append,
+                    }),
+                )?;
+            }
+        }
         if let Some(sink_name) = dead_letter {
             // The default dead letter: a memory sink readable with SELECT.
             self.create_sink(
@@ -961,6 +996,7 @@ impl FlumenSession {
                     "batches",
                     "last_input_rows",
                     "late_rows",
+                    "rejected_rows",
                     "sql",
                 ],
                 self.queries
@@ -976,6 +1012,11 @@ impl FlumenSession {
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
                             recent.iter().map(|b| b.late_rows).sum::<u64>().to_string(),
+                            recent
+                                .iter()
+                                .map(|b| b.rejected_rows)
+                                .sum::<u64>()
+                                .to_string(),
                             // One line, whatever the script's layout.
                             q.sql.split_whitespace().collect::<Vec<_>>().join(" "),
                         ]
@@ -1383,7 +1424,22 @@ impl QuerySchema {
                         def.schema.clone(),
                         &source_options(&def.options),
                     )?;
-                    ctx.source(source)?
+                    let errors = def
+                        .options
+                        .get("on_error")
+                        .is_some_and(|p| p.eq_ignore_ascii_case("dead_letter"))
+                        .then(|| {
+                            self.catalog
+                                .lock()
+                                .sinks
+                                .get(&format!("{name}_errors"))
+                                .map(|d| Arc::clone(&d.sink))
+                        })
+                        .flatten();
+                    match errors {
+                        Some(sink) => ctx.source_with_dead_letter(source, sink)?,
+                        None => ctx.source(source)?,
+                    }
                 };
                 let stream = self.with_dead_letter(ctx, &def, stream)?;
                 // The slot's table scanned under the stream's name (so the planner

@@ -1,0 +1,303 @@
+//! Record formats shared by the text-based sources (socket, files, Kafka): `text` (one
+//! column, the line), `csv` and `json` (one record per line, decoded in bulk by Arrow's
+//! readers into the stream's declared schema), and the `on_error` policy for records
+//! that do not decode.
+//!
+//! ```text
+//!  lines ─▶ Arrow decoder over all of them ──ok──▶ RecordBatch
+//!                        └─error─▶ each line alone: good ones kept, bad ones
+//!                                  fail (error naming source + position) | skip | dead_letter
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::registry::ConnectorOptions;
+use flumen_engine::{Error, Rejected, Result, plan_err};
+
+/// How a record's bytes become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The whole line is the row's one text column.
+    Text,
+    Csv,
+    Json,
+}
+
+/// What happens to a record that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop the query with an error naming the source and the record's position.
+    Fail,
+    /// Count it and go on.
+    Skip,
+    /// Count it and write it aside (the stream's `<name>_errors` sink).
+    DeadLetter,
+}
+
+/// The options every text-based source takes.
+pub const FORMAT_OPTIONS: [&str; 2] = ["format", "on_error"];
+
+/// The default schema of a `text` stream: one column, `line`.
+pub fn text_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]))
+}
+
+/// Decodes lines into batches of the stream's schema.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    source: String,
+    schema: SchemaRef,
+    format: Format,
+    on_error: OnError,
+}
+
+impl Decoder {
+    /// From a stream's `format` (default `text`) and `on_error` (default `fail`).
+    pub fn from_options(
+        source: &str,
+        schema: SchemaRef,
+        options: &ConnectorOptions,
+    ) -> Result<Self> {
+        let format = match options
+            .get("format")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("text") | Some("raw") => Format::Text,
+            Some("csv") => Format::Csv,
+            Some("json") => Format::Json,
+            Some(other) => {
+                return plan_err!(
+                    "stream {source}: unknown format '{other}'; accepted: text, csv, json"
+                );
+            }
+        };
+        let on_error = match options
+            .get("on_error")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("fail") => OnError::Fail,
+            Some("skip") => OnError::Skip,
+            Some("dead_letter") => OnError::DeadLetter,
+            Some(other) => {
+                return plan_err!(
+                    "stream {source}: unknown on_error '{other}'; accepted: fail, skip, dead_letter"
+                );
+            }
+        };
+        if format == Format::Text
+            && !(schema.fields().len() == 1 && schema.field(0).data_type() == &DataType::Utf8)
+        {
+            return plan_err!(
+                "stream {source}: format 'text' gives one TEXT column (e.g. (line TEXT)); for more columns use format = 'csv' or 'json'"
+            );
+        }
+        Ok(Self {
+            source: source.to_string(),
+            schema,
+            format,
+            on_error,
+        })
+    }
+
+    pub fn on_error(&self) -> OnError {
+        self.on_error
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `lines` (each with its position, for errors). Returns the rows and the
+    /// rejected records; under `on_error = 'fail'`, a bad record is an error instead.
+    pub fn decode(&self, lines: &[(String, String)]) -> Result<(RecordBatch, Vec<Rejected>)> {
+        if lines.is_empty() {
+            return Ok((RecordBatch::new_empty(Arc::clone(&self.schema)), Vec::new()));
+        }
+        if self.format == Format::Text {
+            let col: ArrayRef = Arc::new(StringArray::from_iter_values(
+                lines.iter().map(|(_, l)| l.as_str()),
+            ));
+            return Ok((
+                RecordBatch::try_new(Arc::clone(&self.schema), vec![col])?,
+                Vec::new(),
+            ));
+        }
+        // Fast path: every line at once.
+        let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        if let Ok(batch) = self.decode_lines(&all)
+            && batch.num_rows() == lines.len()
+        {
+            return Ok((batch, Vec::new()));
+        }
+        // Some line is bad: decode one by one to find which.
+        let mut good = Vec::new();
+        let mut rejected = Vec::new();
+        for (position, line) in lines {
+            match self.decode_lines(&[line.as_str()]) {
+                Ok(b) if b.num_rows() == 1 => good.push(b),
+                Ok(b) => {
+                    let error = format!("expected one record, decoded {}", b.num_rows());
+                    self.reject(position, line, error, &mut rejected)?
+                }
+                Err(e) => self.reject(position, line, e.to_string(), &mut rejected)?,
+            }
+        }
+        Ok((concat_batches(&self.schema, &good)?, rejected))
+    }
+
+    fn reject(
+        &self,
+        position: &str,
+        line: &str,
+        error: String,
+        out: &mut Vec<Rejected>,
+    ) -> Result<()> {
+        if self.on_error == OnError::Fail {
+            return Err(Error::Source {
+                source_name: self.source.clone(),
+                message: format!(
+                    "bad record at {position}: {error} (record: {}); set on_error = 'skip' or 'dead_letter' to go on past bad records",
+                    clip(line)
+                ),
+                retryable: false,
+            });
+        }
+        out.push(Rejected {
+            position: position.to_string(),
+            record: line.to_string(),
+            error,
+        });
+        Ok(())
+    }
+
+    fn decode_lines(&self, lines: &[&str]) -> Result<RecordBatch> {
+        let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        let batches: Vec<RecordBatch> = match self.format {
+            Format::Json => datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
+                .with_batch_size(lines.len().max(1))
+                .with_strict_mode(true)
+                .build(std::io::Cursor::new(text.as_bytes()))?
+                .collect::<Result<_, _>>()?,
+            Format::Csv => datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                .with_header(false)
+                .with_batch_size(lines.len().max(1))
+                .build(std::io::Cursor::new(text.as_bytes()))?
+                .collect::<Result<_, _>>()?,
+            Format::Text => return plan_err!("text lines are not decoded"),
+        };
+        let batch = concat_batches(&self.schema, &batches)?;
+        // Declared NOT NULL columns must have a value.
+        for (i, f) in self.schema.fields().iter().enumerate() {
+            if !f.is_nullable() && batch.column(i).null_count() > 0 {
+                return plan_err!("column {} is NOT NULL but has no value", f.name());
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// A record shortened for an error message.
+fn clip(line: &str) -> String {
+    const MAX: usize = 200;
+    if line.len() <= MAX {
+        return line.to_string();
+    }
+    let mut end = MAX;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &line[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    fn lines(ls: &[&str]) -> Vec<(String, String)> {
+        ls.iter()
+            .enumerate()
+            .map(|(i, l)| (format!("test line {}", i + 1), l.to_string()))
+            .collect()
+    }
+
+    fn opts(kv: &[(&str, &str)]) -> ConnectorOptions {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn json_bad_lines_are_skipped_and_reported() {
+        let d = Decoder::from_options(
+            "s",
+            schema(),
+            &opts(&[("format", "json"), ("on_error", "skip")]),
+        )
+        .unwrap();
+        let (b, rejected) = d
+            .decode(&lines(&[
+                r#"{"id": 1, "name": "a"}"#,
+                "not json",
+                r#"{"id": 3}"#,
+                r#"{"name": "no id"}"#,
+            ]))
+            .unwrap();
+        let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 3]);
+        assert_eq!(
+            rejected
+                .iter()
+                .map(|r| r.position.as_str())
+                .collect::<Vec<_>>(),
+            vec!["test line 2", "test line 4"]
+        );
+    }
+
+    #[test]
+    fn csv_bad_line_fails_naming_the_position() {
+        let d = Decoder::from_options("s", schema(), &opts(&[("format", "csv")])).unwrap();
+        let err = d.decode(&lines(&["1,a", "x,b"])).unwrap_err().to_string();
+        assert!(
+            err.starts_with("source 's': bad record at test line 2: "),
+            "{err}"
+        );
+        assert!(err.contains("(record: x,b)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_format_and_policy_list_what_is_accepted() {
+        let e = Decoder::from_options("s", schema(), &opts(&[("format", "xml")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "stream s: unknown format 'xml'; accepted: text, csv, json"
+        );
+        let e = Decoder::from_options(
+            "s",
+            schema(),
+            &opts(&[("format", "csv"), ("on_error", "ignore")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "stream s: unknown on_error 'ignore'; accepted: fail, skip, dead_letter"
+        );
+    }
+}

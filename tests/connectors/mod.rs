@@ -1,0 +1,3 @@
+//! Connectors against the real systems they name, started on 127.0.0.1 by the tests.
+
+mod socket;

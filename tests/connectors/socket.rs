@@ -1,0 +1,199 @@
+//! The socket source against a real TCP server opened by the test (like `nc -lk`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flumen::datafusion::arrow::array::{Array, Int64Array, StringArray};
+use flumen::datafusion::arrow::record_batch::RecordBatch;
+use flumen::engine::ManualClock;
+use flumen::sql::{FlumenSession, StatementResult};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+fn session() -> FlumenSession {
+    FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::new(ManualClock::default()),
+    )
+}
+
+async fn rows(s: &mut FlumenSession, sql: &str) -> Vec<RecordBatch> {
+    match s.execute(sql).await.unwrap() {
+        StatementResult::Rows { batches, .. } => batches,
+        other => panic!("rows expected from {sql}, got {other:?}"),
+    }
+}
+
+async fn count(s: &mut FlumenSession, sql: &str) -> usize {
+    rows(s, sql).await.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Runs batches until `sql` counts `n` rows: the receiver reads on its own task, so
+/// lines arrive when the network delivers them. Fails after 10 s.
+async fn advance_until(s: &mut FlumenSession, sql: &str, n: usize) {
+    for _ in 0..500 {
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        if count(s, sql).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{sql} did not reach {n} rows in 10 s");
+}
+
+async fn accept(listener: &TcpListener) -> TcpStream {
+    tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the socket source did not connect within 10 s")
+        .unwrap()
+        .0
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    let mut out: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            a.values().to_vec()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_with_bad_records_to_the_dead_letter_and_reconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = session();
+    s.execute_script(&format!(
+        "CREATE STREAM people (id BIGINT NOT NULL, name TEXT) WITH (connector = 'socket', \
+           host = '127.0.0.1', port = '{port}', format = 'json', on_error = 'dead_letter');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT id, name FROM people;"
+    ))
+    .await
+    .unwrap();
+    let mut conn = accept(&listener).await;
+    conn.write_all(
+        b"{\"id\": 1, \"name\": \"ann\"}\n{\"id\": 2}\noops\n{\"id\": 3, \"name\": \"cy\"}\r\n",
+    )
+    .await
+    .unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 3).await;
+    assert_eq!(ids(&rows(&mut s, "SELECT * FROM out").await), vec![1, 2, 3]);
+    let errors = rows(&mut s, "SELECT source, position, record FROM people_errors").await;
+    assert_eq!(errors.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let col = |i: usize| {
+        errors[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    };
+    assert_eq!(col(0), "people");
+    assert_eq!(col(1), format!("127.0.0.1:{port} line 3"));
+    assert_eq!(col(2), "oops");
+    let shown = rows(&mut s, "SHOW QUERIES").await;
+    let rejected = shown[0]
+        .column(6)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_string();
+    assert_eq!(rejected, "1");
+
+    // The server goes away; the receiver reconnects and reads on.
+    drop(conn);
+    let mut conn = accept(&listener).await;
+    conn.write_all(b"{\"id\": 4, \"name\": \"di\"}\n")
+        .await
+        .unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 4).await;
+    assert_eq!(
+        ids(&rows(&mut s, "SELECT * FROM out").await),
+        vec![1, 2, 3, 4]
+    );
+    s.stop_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_under_on_error_fail_stops_the_query_naming_its_position() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = session();
+    s.execute_script(&format!(
+        "CREATE STREAM nums (n BIGINT, label TEXT) WITH (connector = 'socket', port = '{port}', format = 'csv');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT n FROM nums;"
+    ))
+    .await
+    .unwrap();
+    let mut conn = accept(&listener).await;
+    conn.write_all(b"1,a\n2,b\n").await.unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 2).await;
+    conn.write_all(b"three,c\n").await.unwrap();
+    conn.flush().await.unwrap();
+    let ctx = s.queries().next().unwrap().ctx.clone();
+    let mut error = None;
+    for _ in 0..500 {
+        let _ = s.execute("ADVANCE 1 BATCHES").await;
+        match ctx.await_termination_timeout(Duration::ZERO).await {
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+            Ok(true) => panic!("the query stopped without an error"),
+            Ok(false) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = error.expect("the query did not stop on the bad record");
+    assert!(
+        error.contains(&format!(
+            "source 'nums': bad record at 127.0.0.1:{port} line 3"
+        )),
+        "{error}"
+    );
+    assert!(error.contains("(record: three,c)"), "{error}");
+    // The rows accepted before the bad one stay written.
+    assert_eq!(ids(&rows(&mut s, "SELECT * FROM out").await), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn socket_options_are_checked_at_create() {
+    let mut s = session();
+    let err = |r: Result<StatementResult, flumen::engine::Error>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a WITH (connector = 'socket')")
+            .await),
+        "stream a: connector 'socket' needs port = '<n>' (and host, default 127.0.0.1)"
+    );
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a WITH (connector = 'socket', port = 'http')")
+            .await),
+        "stream a: port 'http' is not a TCP port number"
+    );
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', colour = 'red')")
+            .await),
+        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, format, on_error"
+    );
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a (id BIGINT, t TEXT) WITH (connector = 'socket', port = '9')")
+            .await),
+        "stream a: format 'text' gives one TEXT column (e.g. (line TEXT)); for more columns use format = 'csv' or 'json'"
+    );
+    // Without columns, a text socket stream has one: line.
+    s.execute("CREATE STREAM lines WITH (connector = 'socket', port = '9')")
+        .await
+        .unwrap();
+}
