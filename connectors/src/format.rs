@@ -113,24 +113,26 @@ impl Decoder {
         &self.schema
     }
 
-    /// Decodes `lines` (each with its position, for errors). Returns the rows and the
-    /// rejected records; under `on_error = 'fail'`, a bad record is an error instead.
-    pub fn decode(&self, lines: &[(String, String)]) -> Result<(RecordBatch, Vec<Rejected>)> {
+    /// Decodes `lines`; `position(i)` names line `i` in errors (computed only for bad
+    /// records). Returns the rows and the rejected records; under `on_error = 'fail'`, a
+    /// bad record is an error instead.
+    pub fn decode(
+        &self,
+        lines: &[&str],
+        position: impl Fn(usize) -> String,
+    ) -> Result<(RecordBatch, Vec<Rejected>)> {
         if lines.is_empty() {
             return Ok((RecordBatch::new_empty(Arc::clone(&self.schema)), Vec::new()));
         }
         if self.format == Format::Text {
-            let col: ArrayRef = Arc::new(StringArray::from_iter_values(
-                lines.iter().map(|(_, l)| l.as_str()),
-            ));
+            let col: ArrayRef = Arc::new(StringArray::from_iter_values(lines.iter()));
             return Ok((
                 RecordBatch::try_new(Arc::clone(&self.schema), vec![col])?,
                 Vec::new(),
             ));
         }
         // Fast path: every line at once.
-        let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-        if let Ok(batch) = self.decode_lines(&all)
+        if let Ok(batch) = self.decode_lines(lines)
             && batch.num_rows() == lines.len()
         {
             return Ok((batch, Vec::new()));
@@ -138,15 +140,16 @@ impl Decoder {
         // Some line is bad: decode one by one to find which.
         let mut good = Vec::new();
         let mut rejected = Vec::new();
-        for (position, line) in lines {
-            match self.decode_lines(&[line.as_str()]) {
-                Ok(b) if b.num_rows() == 1 => good.push(b),
-                Ok(b) => {
-                    let error = format!("expected one record, decoded {}", b.num_rows());
-                    self.reject(position, line, error, &mut rejected)?
+        for (i, line) in lines.iter().enumerate() {
+            let error = match self.decode_lines(&[line]) {
+                Ok(b) if b.num_rows() == 1 => {
+                    good.push(b);
+                    continue;
                 }
-                Err(e) => self.reject(position, line, e.to_string(), &mut rejected)?,
-            }
+                Ok(b) => format!("expected one record, decoded {}", b.num_rows()),
+                Err(e) => e.to_string(),
+            };
+            self.reject(&position(i), line, error, &mut rejected)?;
         }
         Ok((concat_batches(&self.schema, &good)?, rejected))
     }
@@ -231,11 +234,8 @@ mod tests {
         ]))
     }
 
-    fn lines(ls: &[&str]) -> Vec<(String, String)> {
-        ls.iter()
-            .enumerate()
-            .map(|(i, l)| (format!("test line {}", i + 1), l.to_string()))
-            .collect()
+    fn at(i: usize) -> String {
+        format!("test line {}", i + 1)
     }
 
     fn opts(kv: &[(&str, &str)]) -> ConnectorOptions {
@@ -253,12 +253,15 @@ mod tests {
         )
         .unwrap();
         let (b, rejected) = d
-            .decode(&lines(&[
-                r#"{"id": 1, "name": "a"}"#,
-                "not json",
-                r#"{"id": 3}"#,
-                r#"{"name": "no id"}"#,
-            ]))
+            .decode(
+                &[
+                    r#"{"id": 1, "name": "a"}"#,
+                    "not json",
+                    r#"{"id": 3}"#,
+                    r#"{"name": "no id"}"#,
+                ],
+                at,
+            )
             .unwrap();
         let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values().to_vec(), vec![1, 3]);
@@ -274,7 +277,7 @@ mod tests {
     #[test]
     fn csv_bad_line_fails_naming_the_position() {
         let d = Decoder::from_options("s", schema(), &opts(&[("format", "csv")])).unwrap();
-        let err = d.decode(&lines(&["1,a", "x,b"])).unwrap_err().to_string();
+        let err = d.decode(&["1,a", "x,b"], at).unwrap_err().to_string();
         assert!(
             err.starts_with("source 's': bad record at test line 2: "),
             "{err}"

@@ -30,12 +30,19 @@ use tokio::task::JoinHandle;
 
 use crate::format::{Decoder, FORMAT_OPTIONS, text_schema};
 
+/// Consecutive lines, the first of them line `first` of the connection's input.
+#[derive(Debug)]
+struct Block {
+    first: u64,
+    lines: Vec<String>,
+}
+
 /// Lines received and not yet committed, cut into numbered blocks.
 #[derive(Debug, Default)]
 struct Received {
-    /// Lines since the last cut: (line number, text).
-    current: Vec<(u64, String)>,
-    blocks: BTreeMap<u64, Vec<(u64, String)>>,
+    /// Lines since the last cut.
+    current: Vec<String>,
+    blocks: BTreeMap<u64, Arc<Block>>,
     next_block: u64,
     /// Blocks below this have been planned into a batch.
     planned_until: u64,
@@ -46,8 +53,10 @@ struct Received {
 impl Received {
     fn cut(&mut self) {
         if !self.current.is_empty() {
-            let block = std::mem::take(&mut self.current);
-            self.blocks.insert(self.next_block, block);
+            let lines = std::mem::take(&mut self.current);
+            let first = self.lines + 1 - lines.len() as u64;
+            self.blocks
+                .insert(self.next_block, Arc::new(Block { first, lines }));
             self.next_block += 1;
         }
     }
@@ -103,11 +112,13 @@ async fn receive(name: String, addr: String, received: Arc<Mutex<Received>>) {
                 let why = loop {
                     match lines.next_line().await {
                         Ok(Some(line)) => {
+                            let mut line = line;
+                            if line.ends_with('\r') {
+                                line.pop();
+                            }
                             let mut r = received.lock();
                             r.lines += 1;
-                            let n = r.lines;
-                            let line = line.strip_suffix('\r').map(str::to_string).unwrap_or(line);
-                            r.current.push((n, line));
+                            r.current.push(line);
                         }
                         Ok(None) => break "the server closed the connection".to_string(),
                         Err(e) => break e.to_string(),
@@ -176,15 +187,23 @@ impl Source for SocketSource {
         let (Some(start), Some(end)) = (range.start.as_u64(), range.end.as_u64()) else {
             return plan_err!("socket source {}: bad range {range:?}", self.name);
         };
-        let lines: Vec<(String, String)> = {
+        // The blocks are shared, not copied; lines of consecutive blocks are
+        // consecutive lines of the input.
+        let blocks: Vec<Arc<Block>> = {
             let r = self.received.lock();
             r.blocks
                 .range(start..end)
-                .flat_map(|(_, b)| b.iter())
-                .map(|(n, l)| (format!("{} line {n}", self.addr), l.clone()))
+                .map(|(_, b)| Arc::clone(b))
                 .collect()
         };
-        let (batch, rejected) = self.decoder.decode(&lines)?;
+        let first = blocks.first().map_or(1, |b| b.first);
+        let lines: Vec<&str> = blocks
+            .iter()
+            .flat_map(|b| b.lines.iter().map(String::as_str))
+            .collect();
+        let (batch, rejected) = self.decoder.decode(&lines, |i| {
+            format!("{} line {}", self.addr, first + i as u64)
+        })?;
         *self.rejected.lock() = rejected;
         Ok(vec![vec![batch]])
     }
@@ -260,10 +279,8 @@ impl SourceFactory for SocketFactory {
             );
         }
         let block_interval = match options.get("block_interval") {
-            Some(d) => parse_millis(d).ok_or_else(|| {
-                flumen_engine::Error::Plan(format!(
-                    "stream {name}: block_interval '{d}' must be a duration such as '200 ms' or '1 s'"
-                ))
+            Some(d) => flumen_engine::time::parse_duration(d).map_err(|e| {
+                flumen_engine::Error::Plan(format!("stream {name}: block_interval: {e}"))
             })?,
             None => Duration::from_millis(200),
         };
@@ -286,18 +303,4 @@ impl SourceFactory for SocketFactory {
             _ => None,
         }
     }
-}
-
-/// `200 ms`, `1 s`, `2 seconds`, `500` (ms).
-fn parse_millis(text: &str) -> Option<Duration> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit.trim() {
-        "" | "ms" | "millisecond" | "milliseconds" => n,
-        "s" | "sec" | "second" | "seconds" => n * 1000,
-        _ => return None,
-    };
-    (ms > 0).then(|| Duration::from_millis(ms))
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::{Result, plan_err};
+
 /// A point in time in milliseconds since the Unix epoch: the time of a batch, as in
 /// Spark Streaming's `Time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -43,6 +45,46 @@ impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ms", self.0)
     }
+}
+
+/// Parses `'<number> <unit>'` or `'<number><unit>'`; the unit defaults to seconds.
+/// The duration must be positive.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    parse_duration_text(text, false)
+}
+
+/// [`parse_duration`], optionally accepting zero.
+pub fn parse_duration_text(text: &str, allow_zero: bool) -> Result<Duration> {
+    let t = text.trim().trim_matches('\'').trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let Ok(n) = num.parse::<f64>() else {
+        return plan_err!(
+            "'{text}' is not a duration; write e.g. '1 second', '500 ms' or '2 minutes'"
+        );
+    };
+    let ms = match unit.trim() {
+        "ms" | "millisecond" | "milliseconds" | "msec" | "msecs" => 1.0,
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        other => {
+            return plan_err!(
+                "unknown time unit '{other}' in '{text}'; use ms, second(s), minute(s), hour(s) or day(s)"
+            );
+        }
+    };
+    let total = n * ms;
+    if total == 0.0 && allow_zero {
+        return Ok(Duration::ZERO);
+    }
+    if total <= 0.0 || total.fract() != 0.0 {
+        return plan_err!("duration '{text}' must be a positive whole number of milliseconds");
+    }
+    Ok(Duration::from_millis(total as u64))
 }
 
 /// A duration in the shortest exact human form: `500ms`, `5s`, `2m`, `1h`.

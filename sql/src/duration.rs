@@ -6,44 +6,8 @@ use std::time::Duration;
 use datafusion::sql::sqlparser::ast::{DateTimeField, Expr as SqlExpr, Interval, Value};
 use flumen_engine::{Result, plan_err};
 
-/// Parses `'<number> <unit>'` or `'<number><unit>'`; the unit defaults to seconds.
-/// The duration must be positive.
-pub fn parse_duration(text: &str) -> Result<Duration> {
-    parse(text, false)
-}
-
-fn parse(text: &str, allow_zero: bool) -> Result<Duration> {
-    let t = text.trim().trim_matches('\'').trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let Ok(n) = num.parse::<f64>() else {
-        return plan_err!(
-            "'{text}' is not a duration; write e.g. '1 second', '500 ms' or '2 minutes'"
-        );
-    };
-    let ms = match unit.trim() {
-        "ms" | "millisecond" | "milliseconds" | "msec" | "msecs" => 1.0,
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
-        "h" | "hour" | "hours" => 3_600_000.0,
-        "d" | "day" | "days" => 86_400_000.0,
-        other => {
-            return plan_err!(
-                "unknown time unit '{other}' in '{text}'; use ms, second(s), minute(s), hour(s) or day(s)"
-            );
-        }
-    };
-    let total = n * ms;
-    if total == 0.0 && allow_zero {
-        return Ok(Duration::ZERO);
-    }
-    if total <= 0.0 || total.fract() != 0.0 {
-        return plan_err!("duration '{text}' must be a positive whole number of milliseconds");
-    }
-    Ok(Duration::from_millis(total as u64))
-}
+pub use flumen_engine::time::parse_duration;
+use flumen_engine::time::parse_duration_text as parse;
 
 /// The duration of a SQL `INTERVAL '5' SECOND` / `INTERVAL '5 seconds'` (zero allowed).
 pub fn interval_duration(interval: &Interval) -> Result<Duration> {

@@ -313,21 +313,18 @@ fn dedup_window(w: &datafusion::logical_expr::Window) -> Option<&[Expr]> {
     let [e] = w.window_expr.as_slice() else {
         return None;
     };
-    let Expr::WindowFunction(f) = e.clone().unalias() else {
-        return None;
+    let f = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        other => other,
     };
-    let ok = f.fun.name() == "row_number"
-        && !f.params.partition_by.is_empty()
-        && f.params.order_by.iter().all(|s| s.asc);
-    if !ok {
-        return None;
-    }
-    match e {
-        Expr::WindowFunction(f) => Some(f.params.partition_by.as_slice()),
-        Expr::Alias(a) => match a.expr.as_ref() {
-            Expr::WindowFunction(f) => Some(f.params.partition_by.as_slice()),
-            _ => None,
-        },
+    match f {
+        Expr::WindowFunction(f)
+            if f.fun.name() == "row_number"
+                && !f.params.partition_by.is_empty()
+                && f.params.order_by.iter().all(|s| s.asc) =>
+        {
+            Some(f.params.partition_by.as_slice())
+        }
         _ => None,
     }
 }
@@ -578,10 +575,6 @@ pub fn plan_query(
                                     window_outputs.insert(table.clone(), len);
                                     window_keys.insert(table, k);
                                 }
-                            })
-                            .or_else(|e| {
-                                refusal = Some(Error::DataFusion(e));
-                                Ok(Transformed::no(node.clone()))
                             });
                         }
                         Err(e) => {
@@ -625,10 +618,6 @@ pub fn plan_query(
                     join_exprs(&agg.aggr_expr),
                 ));
                 replace_with_operator(ctx, input, &agg.schema, Box::new(op), slide, &mut stateful)
-                    .or_else(|e| {
-                        refusal = Some(Error::DataFusion(e));
-                        Ok(Transformed::no(node.clone()))
-                    })
             }
             LogicalPlan::Distinct(Distinct::All(input)) if reads || reads_operator => {
                 if reads_operator {
@@ -655,10 +644,6 @@ pub fn plan_query(
                 );
                 let replaced = node.schema().clone();
                 replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
-                    .or_else(|e| {
-                        refusal = Some(Error::DataFusion(e));
-                        Ok(Transformed::no(node.clone()))
-                    })
             }
             LogicalPlan::Join(j)
                 if is_stream_side(&j.left, streams)
@@ -685,10 +670,6 @@ pub fn plan_query(
                             slide,
                             &mut stateful,
                         )
-                        .or_else(|e| {
-                            refusal = Some(Error::DataFusion(e));
-                            Ok(Transformed::no(node.clone()))
-                        })
                     }
                     Err(e) => {
                         refusal = Some(e);
@@ -803,10 +784,6 @@ pub fn plan_query(
                     ));
                 let replaced = node.schema().clone();
                 replace_with_operator(ctx, df, &replaced, Box::new(op), slide, &mut stateful)
-                    .or_else(|e| {
-                        refusal = Some(Error::DataFusion(e));
-                        Ok(Transformed::no(node.clone()))
-                    })
             }
             LogicalPlan::Join(j)
                 if reads_stream(&j.left, streams)

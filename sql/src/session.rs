@@ -448,59 +448,50 @@ impl FlumenSession {
         );
         if errors_dead_letter {
             // Records the connector cannot decode go to `<stream>_errors`.
-            let sink_name = format!("{name}_errors");
-            self.create_sink(
-                &sink_name,
-                Options::from([("connector".into(), "memory".into())]),
-                false,
+            self.create_dead_letter(
+                &format!("{name}_errors"),
+                flumen_engine::source::rejected_schema(),
             )?;
-            let rejected = flumen_engine::source::rejected_schema();
-            let memory = {
-                let mut c = self.catalog.lock();
-                c.sinks.get_mut(&sink_name).and_then(|def| {
-                    def.schema = Some(rejected.clone());
-                    def.mode = OutputMode::Append;
-                    def.memory.clone()
-                })
-            };
-            if let Some(m) = memory {
-                let _ = self.base.deregister_table(sink_name.as_str());
-                self.base.register_table(
-                    sink_name.as_str(),
-                    Arc::new(MemorySinkTable {
-                        sink: m,
-                        schema: rejected,
-                        mode: OutputMode::Append,
-                    }),
-                )?;
-            }
         }
         if let Some(sink_name) = dead_letter {
-            // The default dead letter: a memory sink readable with SELECT.
-            self.create_sink(
-                &sink_name,
-                Options::from([("connector".into(), "memory".into())]),
-                false,
-            )?;
-            let mut c = self.catalog.lock();
-            if let Some(def) = c.sinks.get_mut(&sink_name) {
-                def.schema = Some(schema.clone());
-                def.mode = OutputMode::Append;
-                if let Some(m) = def.memory.clone() {
-                    drop(c);
-                    let _ = self.base.deregister_table(sink_name.as_str());
-                    self.base.register_table(
-                        sink_name.as_str(),
-                        Arc::new(MemorySinkTable {
-                            sink: m,
-                            schema: schema.clone(),
-                            mode: OutputMode::Append,
-                        }),
-                    )?;
-                }
-            }
+            self.create_dead_letter(&sink_name, schema.clone())?;
         }
         Ok(StatementResult::Done(format!("Stream '{name}' created")))
+    }
+
+    /// A dead letter: a memory sink of `schema`, appended to, readable with SELECT.
+    fn create_dead_letter(&mut self, name: &str, schema: SchemaRef) -> Result<()> {
+        self.create_sink(
+            name,
+            Options::from([("connector".into(), "memory".into())]),
+            false,
+        )?;
+        let memory = {
+            let mut c = self.catalog.lock();
+            c.sinks.get_mut(name).and_then(|def| {
+                def.schema = Some(schema.clone());
+                def.mode = OutputMode::Append;
+                def.memory.clone()
+            })
+        };
+        if let Some(m) = memory {
+            self.register_memory_table(name, m, schema, OutputMode::Append)?;
+        }
+        Ok(())
+    }
+
+    /// Makes a memory sink readable with `SELECT * FROM name`.
+    fn register_memory_table(
+        &self,
+        name: &str,
+        sink: Arc<MemorySink>,
+        schema: SchemaRef,
+        mode: OutputMode,
+    ) -> Result<()> {
+        let _ = self.base.deregister_table(name);
+        self.base
+            .register_table(name, Arc::new(MemorySinkTable { sink, schema, mode }))?;
+        Ok(())
     }
 
     /// Checks `late_rows` / `dead_letter`; returns the memory sink to create for a
@@ -796,13 +787,7 @@ impl FlumenSession {
                     (Arc::clone(&def.sink), def.memory.clone(), def.mode)
                 };
                 if let Some(memory) = memory {
-                    let table = MemorySinkTable {
-                        sink: memory,
-                        schema: schema.clone(),
-                        mode: sink_mode,
-                    };
-                    let _ = self.base.deregister_table(name.as_str());
-                    self.base.register_table(name.as_str(), Arc::new(table))?;
+                    self.register_memory_table(&name, memory, schema.clone(), sink_mode)?;
                 }
                 planned.stream.write_to(sink)?;
                 name

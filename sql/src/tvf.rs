@@ -69,10 +69,6 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
-
-    fn post_visit_statement(&mut self, _: &mut Statement) -> ControlFlow<()> {
-        ControlFlow::Continue(())
-    }
 }
 
 fn rewrite_set_expr(body: &mut SetExpr, changed: &mut bool) -> Result<()> {

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, Int64Array};
+use datafusion::arrow::array::{Array, BooleanArray, Int64Array};
 use datafusion::arrow::compute::kernels::cmp::lt;
-use datafusion::arrow::compute::{cast, filter_record_batch, max, not, prep_null_mask_filter};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{filter_record_batch, max, not, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::physical_plan::ExecutionPlan;
@@ -64,17 +64,8 @@ impl LateRowsExec {
         })
     }
 
-    /// The time column in milliseconds since the epoch (UTC, whatever the zone).
     fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
-        let col = batch.column(self.time_index);
-        let raw = cast(col, &DataType::Int64)?;
-        let raw = raw.as_primitive::<Int64Type>();
-        Ok(match col.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => raw.unary(|v| v.saturating_mul(1000)),
-            DataType::Timestamp(TimeUnit::Millisecond, _) => raw.clone(),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => raw.unary(|v| v.div_euclid(1_000)),
-            _ => raw.unary(|v| v.div_euclid(1_000_000)),
-        })
+        super::timestamp_millis(batch.column(self.time_index), "the watermark column")
     }
 }
 

@@ -46,6 +46,28 @@ pub fn positional_schema(schema: &SchemaRef) -> SchemaRef {
     ))
 }
 
+/// A timestamp column as milliseconds since the epoch (its UTC instant, whatever its
+/// unit or time zone). `what` names the column in the error for other types.
+pub fn timestamp_millis(
+    column: &datafusion::arrow::array::ArrayRef,
+    what: &str,
+) -> Result<datafusion::arrow::array::Int64Array> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    let unit = match column.data_type() {
+        DataType::Timestamp(unit, _) => *unit,
+        other => return crate::plan_err!("{what} must be a timestamp, got {other}"),
+    };
+    let raw = datafusion::arrow::compute::cast(column, &DataType::Int64)?;
+    let raw = raw.as_primitive::<Int64Type>();
+    Ok(match unit {
+        TimeUnit::Second => raw.unary(|v| v.saturating_mul(1000)),
+        TimeUnit::Millisecond => raw.clone(),
+        TimeUnit::Microsecond => raw.unary(|v| v.div_euclid(1_000)),
+        TimeUnit::Nanosecond => raw.unary(|v| v.div_euclid(1_000_000)),
+    })
+}
+
 /// What an operator knows about the batch it processes.
 #[derive(Debug, Clone, Copy)]
 pub struct OperatorContext {

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, max};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, is_not_null, max};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::dataframe::DataFrame;
@@ -29,7 +29,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::{OperatorContext, StreamOperator, positional_schema};
 use crate::slot::BatchSlot;
-use crate::{Result, internal_err, plan_err};
+use crate::{Result, internal_err};
 
 /// The event-time column of one side of a [`StreamJoinExec`].
 #[derive(Debug, Clone, Copy)]
@@ -64,24 +64,7 @@ impl Side {
 
     /// The time column of `batch` in milliseconds since the epoch.
     fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
-        let col = batch.column(self.time.index);
-        let per_ms = match col.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => -1000,
-            DataType::Timestamp(TimeUnit::Millisecond, _) => 1,
-            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
-            other => {
-                return plan_err!("a stream join's time column must be a timestamp, got {other}");
-            }
-        };
-        // Raw values (UTC), whatever the time zone.
-        let raw = cast(col, &DataType::Int64)?;
-        let raw = raw.as_primitive::<Int64Type>();
-        Ok(if per_ms < 0 {
-            raw.unary(|v| v.saturating_mul(-per_ms))
-        } else {
-            raw.unary(|v| v.div_euclid(per_ms))
-        })
+        super::timestamp_millis(batch.column(self.time.index), "a stream join's time column")
     }
 
     /// Keep the rows of `batches` at or after `min_ms` (all rows but null times when
@@ -97,7 +80,7 @@ impl Side {
             let ms = self.millis(&b)?;
             let keep: BooleanArray = match min_ms {
                 Some(min) => gt_eq(&ms, &Int64Array::new_scalar(min))?,
-                None => BooleanArray::from_iter(ms.iter().map(|v| Some(v.is_some()))),
+                None => is_not_null(&ms)?,
             };
             if let Some(min) = min_ms {
                 older += lt(&ms, &Int64Array::new_scalar(min))?.true_count() as u64;
