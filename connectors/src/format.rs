@@ -46,6 +46,15 @@ pub fn text_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]))
 }
 
+/// What [`Decoder::decode_keeping`] returns.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    pub rejected: Vec<Rejected>,
+    /// The lines the rows came from, when some were rejected (`None`: all of them).
+    pub kept: Option<Vec<u32>>,
+}
+
 /// Decodes lines into batches of the stream's schema.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -105,6 +114,10 @@ impl Decoder {
         })
     }
 
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     pub fn on_error(&self) -> OnError {
         self.on_error
     }
@@ -121,37 +134,72 @@ impl Decoder {
         lines: &[&str],
         position: impl Fn(usize) -> String,
     ) -> Result<(RecordBatch, Vec<Rejected>)> {
+        let d = self.decode_keeping(lines, position)?;
+        Ok((d.batch, d.rejected))
+    }
+
+    /// As [`Decoder::decode`], also saying which lines the rows came from when some
+    /// were rejected (so a caller can line up columns of its own, e.g. Kafka offsets).
+    pub fn decode_keeping(
+        &self,
+        lines: &[&str],
+        position: impl Fn(usize) -> String,
+    ) -> Result<Decoded> {
+        let all = |batch| Decoded {
+            batch,
+            rejected: Vec::new(),
+            kept: None,
+        };
         if lines.is_empty() {
-            return Ok((RecordBatch::new_empty(Arc::clone(&self.schema)), Vec::new()));
+            return Ok(all(RecordBatch::new_empty(Arc::clone(&self.schema))));
         }
         if self.format == Format::Text {
             let col: ArrayRef = Arc::new(StringArray::from_iter_values(lines.iter()));
-            return Ok((
-                RecordBatch::try_new(Arc::clone(&self.schema), vec![col])?,
-                Vec::new(),
-            ));
+            return Ok(all(RecordBatch::try_new(
+                Arc::clone(&self.schema),
+                vec![col],
+            )?));
         }
         // Fast path: every line at once.
         if let Ok(batch) = self.decode_lines(lines)
             && batch.num_rows() == lines.len()
         {
-            return Ok((batch, Vec::new()));
+            return Ok(all(batch));
         }
         // Some line is bad: decode one by one to find which.
         let mut good = Vec::new();
+        let mut kept = Vec::new();
         let mut rejected = Vec::new();
         for (i, line) in lines.iter().enumerate() {
             let error = match self.decode_lines(&[line]) {
                 Ok(b) if b.num_rows() == 1 => {
                     good.push(b);
+                    kept.push(i as u32);
                     continue;
                 }
+                Ok(b) if b.num_rows() == 0 => "an empty record".to_string(),
                 Ok(b) => format!("expected one record, decoded {}", b.num_rows()),
                 Err(e) => e.to_string(),
             };
             self.reject(&position(i), line, error, &mut rejected)?;
         }
-        Ok((concat_batches(&self.schema, &good)?, rejected))
+        Ok(Decoded {
+            batch: concat_batches(&self.schema, &good)?,
+            rejected,
+            kept: Some(kept),
+        })
+    }
+
+    /// Under the stream's policy, a record that could not be read before decoding
+    /// (e.g. not UTF-8): an error under `fail`, else added to `out`.
+    pub fn reject_raw(
+        &self,
+        position: &str,
+        record: &str,
+        error: String,
+        out: &mut Vec<Rejected>,
+    ) -> Result<()> {
+        self.reject(position, record, error, out)
     }
 
     fn reject(

@@ -139,6 +139,7 @@ impl Pipeline {
         let batch = BatchContext {
             batch_id,
             batch_time,
+            interval: self.interval,
             max_records: None,
         };
         // 1. plan
@@ -204,7 +205,7 @@ impl Pipeline {
             if !batch_time.is_multiple_of(zero_time, node.slide) {
                 continue;
             }
-            let parts = execute(plan, &self.task_ctx).await?;
+            let parts = relabel(execute(plan, &self.task_ctx).await?, &plan.schema())?;
             output_rows += parts
                 .iter()
                 .flatten()
@@ -293,6 +294,23 @@ async fn write_rejected(
     };
     sink.write(&key, vec![batch]).await?;
     sink.commit(source, batch_time, 1).await
+}
+
+/// Batches as the plan's output schema: a `UNION ALL` passes each input's batches on
+/// with that input's column names (and, in DataFusion 55, sometimes `Utf8View` where
+/// the plan says `Utf8`), which sinks and readers must not see.
+fn relabel(
+    parts: Vec<Vec<RecordBatch>>,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    parts
+        .into_iter()
+        .map(|p| {
+            p.into_iter()
+                .map(|b| crate::source::conform(schema, b))
+                .collect()
+        })
+        .collect()
 }
 
 /// Execute a plan built once, for one more batch.

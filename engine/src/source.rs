@@ -1,6 +1,7 @@
 //! The [`Source`] trait: how a batch learns what data it covers and reads it.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
@@ -17,6 +18,8 @@ pub struct BatchContext {
     pub batch_id: u64,
     /// The batch time.
     pub batch_time: Time,
+    /// The batch interval (for rates given per second).
+    pub interval: std::time::Duration,
     /// At most this many records in this batch (rate limits, back pressure).
     pub max_records: Option<u64>,
 }
@@ -191,5 +194,31 @@ pub fn with_declared_schema(declared: &SchemaRef, batch: RecordBatch) -> Result<
     Ok(RecordBatch::try_new(
         declared.clone(),
         batch.columns().to_vec(),
+    )?)
+}
+
+/// `batch` as `schema`: same columns in the same order, re-labelled, and cast where a
+/// type differs (e.g. `Utf8View` where `Utf8` is expected).
+pub fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| {
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                datafusion::arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &datafusion::arrow::record_batch::RecordBatchOptions::new()
+            .with_row_count(Some(batch.num_rows())),
     )?)
 }

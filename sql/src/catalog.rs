@@ -98,6 +98,11 @@ impl TableProvider for MemorySinkTable {
             OutputMode::Complete => self.sink.last(),
             _ => self.sink.all(),
         };
+        let batches = batches
+            .into_iter()
+            .map(|b| flumen_engine::source::conform(&self.schema, b))
+            .collect::<flumen_engine::Result<Vec<_>>>()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let table = MemTable::try_new(Arc::clone(&self.schema), vec![batches])?;
         table.scan(state, projection, filters, limit).await
     }

@@ -95,3 +95,41 @@ pub fn strs(v: &[&str]) -> Vec<String> {
 pub fn t(ms: i64) -> Time {
     Time::from_millis(ms)
 }
+
+/// A new empty directory under the system's temp dir, unique to this call.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "flumen-test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A SQL session on a manual clock with every connector.
+pub fn sql_session() -> flumen::sql::FlumenSession {
+    flumen::sql::FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::new(ManualClock::default()),
+    )
+}
+
+/// The rows a SQL statement returns, as [`rows`] renders them.
+pub async fn sql_rows(s: &mut flumen::sql::FlumenSession, sql: &str) -> Vec<String> {
+    match s.execute(sql).await.unwrap() {
+        flumen::sql::StatementResult::Rows { batches, .. } => rows(&batches),
+        other => panic!("rows expected from {sql}, got {other:?}"),
+    }
+}
+
+/// The error a SQL statement gives.
+pub async fn sql_error(s: &mut flumen::sql::FlumenSession, sql: &str) -> String {
+    match s.execute(sql).await {
+        Ok(r) => panic!("{sql} should fail, gave {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}

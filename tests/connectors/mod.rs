@@ -1,3 +1,5 @@
 //! Connectors against the real systems they name, started on 127.0.0.1 by the tests.
 
+mod files;
+mod kafka;
 mod socket;

@@ -1,0 +1,448 @@
+//! The `files` source (Spark's `textFileStream` / `fileStream`): a directory on a local
+//! disk or an object store is listed every batch, and the files that appeared since are
+//! read whole.
+//!
+//! ```text
+//!  open:       list ─▶ files already there are `known` (unless include_existing)
+//!  plan_batch: list ─▶ new = not known, not hidden (. or _), directly in the folder
+//!              ─▶ oldest first by modification time, at most max_files_per_batch
+//!              ─▶ range = those paths (and sizes); they become known for ever
+//!  read_batch: each file whole ─▶ text | csv | json (per line, on_error) |
+//!              parquet | arrow (columns by name, cast to the declared types)
+//! ```
+//!
+//! Spark's rules hold: a file taken once is never read again, even if it changes;
+//! a file should be moved into the folder by an atomic rename once complete (a file
+//! still being written when a batch lists it is read as it is then). Listing, not
+//! modification time, decides what is new, so a renamed-in file with an old time is
+//! still seen.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, new_null_array};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use flumen_engine::registry::{
+    ConnectorOptions, SourceFactory, bool_option, check_options, positive_option,
+};
+use flumen_engine::{BatchContext, Error, Rejected, Result, Source, SourceRange, plan_err};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::format::{Decoder, Format, OnError, text_schema};
+use crate::store::{self, Location, STORE_OPTIONS};
+
+/// How the files' bytes become rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileFormat {
+    /// Lines, decoded by the shared text/csv/json decoder.
+    Lines {
+        header: bool,
+    },
+    Parquet,
+    Arrow,
+}
+
+#[derive(Debug, Default)]
+struct Listing {
+    /// Files taken by a batch, or there before the query started and left alone.
+    known: HashSet<Path>,
+    /// Under `AvailableNow`: the files there when the query started.
+    frozen: Option<HashSet<Path>>,
+}
+
+#[derive(Debug)]
+pub struct FilesSource {
+    name: String,
+    location: Location,
+    schema: SchemaRef,
+    format: FileFormat,
+    decoder: Decoder,
+    include_existing: bool,
+    max_files: Option<u64>,
+    listing: Mutex<Listing>,
+    rejected: Mutex<Vec<Rejected>>,
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+impl FilesSource {
+    fn error(&self, message: String) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            message,
+            retryable: false,
+        }
+    }
+
+    /// The readable files directly in the folder, oldest first.
+    async fn list(&self) -> Result<Vec<ObjectMeta>> {
+        // Only the folder's own files: sub-folders are not read (as Spark).
+        let listed = self
+            .location
+            .store
+            .list_with_delimiter(Some(&self.location.prefix))
+            .await
+            .map_err(|e| self.error(format!("listing {}: {e}", self.location.url)))?;
+        let mut files: Vec<ObjectMeta> = listed
+            .objects
+            .into_iter()
+            .filter(|m| !m.location.filename().is_none_or(is_hidden))
+            .collect();
+        files.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
+        Ok(files)
+    }
+
+    /// The files not taken yet (within the frozen set under `AvailableNow`).
+    async fn new_files(&self) -> Result<Vec<ObjectMeta>> {
+        let files = self.list().await?;
+        let l = self.listing.lock();
+        Ok(files
+            .into_iter()
+            .filter(|m| !l.known.contains(&m.location))
+            .filter(|m| l.frozen.as_ref().is_none_or(|f| f.contains(&m.location)))
+            .collect())
+    }
+
+    fn display(&self, path: &str) -> String {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        format!("{}/{name}", self.location.url.trim_end_matches('/'))
+    }
+
+    async fn read_file(&self, path: &str, rejected: &mut Vec<Rejected>) -> Result<RecordBatch> {
+        let shown = self.display(path);
+        let location = Path::parse(path).map_err(|e| self.error(format!("{shown}: {e}")))?;
+        let bytes = self
+            .location
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| self.error(format!("reading {shown}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| self.error(format!("reading {shown}: {e}")))?;
+        match self.format {
+            FileFormat::Lines { header } => {
+                let mut lines = Vec::new();
+                let mut numbers = Vec::new();
+                let mut bad = Vec::new();
+                let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                let skip_blank = self.decoder.format() != Format::Text;
+                if !bytes.is_empty() {
+                    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+                        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                        if (header && i == 0) || (skip_blank && raw.is_empty()) {
+                            continue;
+                        }
+                        match std::str::from_utf8(raw) {
+                            Ok(line) => {
+                                lines.push(line);
+                                numbers.push(i + 1);
+                            }
+                            Err(e) => bad.push((i + 1, raw, e)),
+                        }
+                    }
+                }
+                for (line, raw, e) in bad {
+                    self.reject(
+                        format!("{shown} line {line}"),
+                        String::from_utf8_lossy(raw).into_owned(),
+                        format!("not UTF-8: {e}"),
+                        rejected,
+                    )?;
+                }
+                let (batch, mut bad) = self
+                    .decoder
+                    .decode(&lines, |i| format!("{shown} line {}", numbers[i]))?;
+                rejected.append(&mut bad);
+                Ok(batch)
+            }
+            FileFormat::Parquet | FileFormat::Arrow => {
+                let size = bytes.len();
+                let read = if self.format == FileFormat::Parquet {
+                    read_parquet(bytes)
+                } else {
+                    read_arrow(bytes)
+                };
+                match read.and_then(|batches| self.conform(&batches)) {
+                    Ok(batch) => Ok(batch),
+                    Err(e) => {
+                        self.reject(shown, format!("<{size} bytes>"), e.to_string(), rejected)?;
+                        Ok(RecordBatch::new_empty(Arc::clone(&self.schema)))
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        position: String,
+        record: String,
+        error: String,
+        out: &mut Vec<Rejected>,
+    ) -> Result<()> {
+        if self.decoder.on_error() == OnError::Fail {
+            return Err(self.error(format!(
+                "bad input at {position}: {error}; set on_error = 'skip' or 'dead_letter' to go on past bad input"
+            )));
+        }
+        out.push(Rejected {
+            position,
+            record,
+            error,
+        });
+        Ok(())
+    }
+
+    /// A file's batches as the declared schema: columns by name, cast where the types
+    /// differ, a missing nullable column all nulls.
+    fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+            for f in self.schema.fields() {
+                let col = match b.column_by_name(f.name()) {
+                    Some(c) if c.data_type() == f.data_type() => Arc::clone(c),
+                    Some(c) => cast(c, f.data_type()).map_err(|e| {
+                        Error::Plan(format!(
+                            "column {} is {} in the file, declared {}: {e}",
+                            f.name(),
+                            c.data_type(),
+                            f.data_type()
+                        ))
+                    })?,
+                    None if f.is_nullable() => new_null_array(f.data_type(), b.num_rows()),
+                    None => {
+                        return plan_err!(
+                            "the file has no column {} (declared NOT NULL); it has: {}",
+                            f.name(),
+                            b.schema()
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                };
+                if !f.is_nullable() && col.null_count() > 0 {
+                    return plan_err!("column {} is NOT NULL but has nulls", f.name());
+                }
+                cols.push(col);
+            }
+            out.push(RecordBatch::try_new(Arc::clone(&self.schema), cols)?);
+        }
+        Ok(concat_batches(&self.schema, &out)?)
+    }
+}
+
+fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| Error::Plan(format!("not a Parquet file: {e}")))?
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| Error::Plan(e.to_string()))?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Plan(e.to_string()))
+}
+
+fn read_arrow(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+    use datafusion::arrow::ipc::reader::{FileReader, StreamReader};
+    let file = FileReader::try_new(std::io::Cursor::new(bytes.clone()), None);
+    match file {
+        Ok(r) => r
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Plan(e.to_string())),
+        Err(_) => StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Error::Plan(format!("not an Arrow IPC file or stream: {e}")))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Plan(e.to_string())),
+    }
+}
+
+#[async_trait]
+impl Source for FilesSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn open(&self) -> Result<()> {
+        let existing = self.list().await?;
+        if !self.include_existing {
+            let mut l = self.listing.lock();
+            l.known.extend(existing.into_iter().map(|m| m.location));
+        }
+        Ok(())
+    }
+
+    async fn freeze_available_now(&self) -> Result<()> {
+        let files = self.new_files().await?;
+        self.listing.lock().frozen = Some(files.into_iter().map(|m| m.location).collect());
+        Ok(())
+    }
+
+    async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
+        let mut files = self.new_files().await?;
+        if let Some(max) = self.max_files {
+            files.truncate(max as usize);
+        }
+        let mut l = self.listing.lock();
+        let before = l.known.len();
+        l.known.extend(files.iter().map(|m| m.location.clone()));
+        let _ = batch;
+        if files.is_empty() {
+            return Ok(SourceRange {
+                start: json!(before),
+                end: json!(before),
+            });
+        }
+        let list: Vec<serde_json::Value> = files
+            .iter()
+            .map(|m| json!({"path": m.location.as_ref(), "size": m.size}))
+            .collect();
+        Ok(SourceRange {
+            start: json!(before),
+            end: json!({"known": l.known.len(), "files": list}),
+        })
+    }
+
+    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+        let files = range
+            .end
+            .get("files")
+            .and_then(|f| f.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let mut rejected = Vec::new();
+        let mut batches = Vec::with_capacity(files.len());
+        for f in &files {
+            let Some(path) = f.get("path").and_then(|p| p.as_str()) else {
+                return plan_err!("files source {}: bad range {range:?}", self.name);
+            };
+            let batch = self.read_file(path, &mut rejected).await?;
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
+        *self.rejected.lock() = rejected;
+        Ok(vec![batches])
+    }
+
+    async fn is_drained(&self) -> Result<bool> {
+        Ok(self.new_files().await?.is_empty())
+    }
+
+    fn take_rejected(&self) -> Vec<Rejected> {
+        std::mem::take(&mut *self.rejected.lock())
+    }
+}
+
+/// `connector = 'files'`.
+#[derive(Debug)]
+pub struct FilesFactory;
+
+const FILES_OPTIONS: [&str; 10] = [
+    "path",
+    "format",
+    "on_error",
+    "header",
+    "include_existing",
+    "max_files_per_batch",
+    STORE_OPTIONS[0],
+    STORE_OPTIONS[1],
+    STORE_OPTIONS[2],
+    STORE_OPTIONS[3],
+];
+
+impl SourceFactory for FilesFactory {
+    fn options(&self) -> &[&'static str] {
+        &FILES_OPTIONS
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        options: &ConnectorOptions,
+    ) -> Result<Arc<dyn Source>> {
+        check_options("files", options, &FILES_OPTIONS)?;
+        let Some(path) = options.get("path") else {
+            return plan_err!(
+                "stream {name}: connector 'files' needs path = '<directory or s3:// / memory:// URL>'"
+            );
+        };
+        let fmt = options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .unwrap_or_else(|| "text".into());
+        let header = bool_option("files", options, "header", false)?;
+        let mut line_options = options.clone();
+        let format = match fmt.as_str() {
+            "parquet" | "arrow" => {
+                line_options.remove("format");
+                if fmt == "parquet" {
+                    FileFormat::Parquet
+                } else {
+                    FileFormat::Arrow
+                }
+            }
+            "text" | "csv" | "json" => FileFormat::Lines { header },
+            other => {
+                return plan_err!(
+                    "stream {name}: unknown format '{other}' for connector 'files'; accepted: text, csv, json, parquet, arrow"
+                );
+            }
+        };
+        if header && fmt != "csv" {
+            return plan_err!("stream {name}: header = 'true' applies to format = 'csv' only");
+        }
+        let decoder = if matches!(format, FileFormat::Lines { .. }) {
+            Decoder::from_options(name, Arc::clone(&schema), &line_options)?
+        } else {
+            // Only the on_error policy is used for whole binary files.
+            let mut o = ConnectorOptions::new();
+            if let Some(e) = options.get("on_error") {
+                o.insert("on_error".into(), e.clone());
+            }
+            o.insert("format".into(), "json".into());
+            Decoder::from_options(name, Arc::clone(&schema), &o)?
+        };
+        let location = store::open(&format!("stream {name}"), path, options)?;
+        Ok(Arc::new(FilesSource {
+            name: name.to_string(),
+            location,
+            schema,
+            format,
+            decoder,
+            include_existing: bool_option("files", options, "include_existing", false)?,
+            max_files: positive_option("files", options, "max_files_per_batch")?,
+            listing: Mutex::default(),
+            rejected: Mutex::default(),
+        }))
+    }
+
+    fn default_schema(&self, options: &ConnectorOptions) -> Option<SchemaRef> {
+        match options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("text") => Some(text_schema()),
+            _ => None,
+        }
+    }
+}

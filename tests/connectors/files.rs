@@ -1,0 +1,273 @@
+//! The files source on a real local directory and a real S3-compatible server
+//! (moto_server on 127.0.0.1:9000, started by scripts/services.sh).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flumen::connectors::object_store::{ObjectStoreExt, PutPayload};
+use flumen::datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+use flumen::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use flumen::datafusion::arrow::record_batch::RecordBatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{sql_error, sql_rows, sql_session, strs, temp_dir};
+
+/// Writes `name` in `dir` by writing elsewhere and renaming it in (as Spark asks), with
+/// modification time `age_s` seconds in the past.
+fn put(dir: &Path, name: &str, body: &[u8], age_s: u64) {
+    let tmp = dir
+        .parent()
+        .unwrap()
+        .join(format!("{name}.{}.tmp", std::process::id()));
+    fs::write(&tmp, body).unwrap();
+    let f = fs::File::options().write(true).open(&tmp).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+        .unwrap();
+    drop(f);
+    fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn new_files_are_read_once_oldest_first_hidden_ones_ignored() {
+    let dir = temp_dir("files-json");
+    put(
+        &dir,
+        "before.json",
+        b"{\"id\": 100, \"name\": \"old\"}\n",
+        500,
+    );
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM people (id BIGINT NOT NULL, name TEXT) WITH (connector = 'files', \
+           path = '{}', format = 'json', on_error = 'dead_letter', max_files_per_batch = '1');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT id, name FROM people;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    // b is newer than a, so a comes first; hidden files are never read.
+    put(
+        &dir,
+        "b.json",
+        b"{\"id\": 3, \"name\": \"cy\"}\nnot json\n\n{\"id\": 4}\n",
+        10,
+    );
+    put(
+        &dir,
+        "a.json",
+        b"{\"id\": 1, \"name\": \"ann\"}\r\n{\"id\": 2, \"name\": \"bo\"}",
+        20,
+    );
+    put(&dir, ".a.json.crc", b"garbage", 30);
+    put(&dir, "_SUCCESS", b"", 30);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["1|ann", "2|bo"])
+    );
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["1|ann", "2|bo", "3|cy", "4|NULL"])
+    );
+    assert_eq!(
+        sql_rows(&mut s, "SELECT position, record FROM people_errors").await,
+        vec![format!("{}/b.json line 2|not json", dir.display())]
+    );
+    // A file taken once is not read again, even when it changes.
+    fs::write(dir.join("a.json"), b"{\"id\": 9, \"name\": \"again\"}\n").unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT count(*) FROM out").await,
+        vec!["4"]
+    );
+    s.stop_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn csv_with_header_parquet_and_arrow_files() {
+    let csv = temp_dir("files-csv");
+    put(&csv, "x.csv", b"id,name\n1,ann\n2,bo\n", 5);
+    let pq = temp_dir("files-parquet");
+    let arrow = temp_dir("files-arrow");
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM c (id BIGINT, name TEXT) WITH (connector = 'files', path = 'file://{}', \
+           format = 'csv', header = 'true', include_existing = 'true');
+         CREATE STREAM p (id INT, name TEXT, missing TEXT) WITH (connector = 'files', path = '{}', format = 'parquet');
+         CREATE STREAM a (id BIGINT, score DOUBLE) WITH (connector = 'files', path = '{}', format = 'arrow');
+         CREATE SINK out WITH (connector = 'memory') AS
+           SELECT 'c' AS src, id, name FROM c
+           UNION ALL SELECT 'p', CAST(id AS BIGINT), name || coalesce(missing, '-') FROM p
+           UNION ALL SELECT 'a', id, CAST(score AS TEXT) FROM a;",
+        csv.display(),
+        pq.display(),
+        arrow.display()
+    ))
+    .await
+    .unwrap();
+    // Parquet: more columns than declared, and id as BIGINT where INT is declared.
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("extra", DataType::Float64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("id", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(Float64Array::from(vec![0.5, 1.5])),
+            Arc::new(StringArray::from(vec!["pa", "pb"])),
+            Arc::new(Int64Array::from(vec![10, 11])),
+        ],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w =
+        flumen::datafusion::parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    put(&pq, "part-0.parquet", &buf, 1);
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("score", DataType::Float64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![20])),
+            Arc::new(Float64Array::from(vec![2.5])),
+        ],
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w =
+        flumen::datafusion::arrow::ipc::writer::FileWriter::try_new(&mut buf, &batch.schema())
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    put(&arrow, "x.arrow", &buf, 1);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["c|1|ann", "c|2|bo", "p|10|pa-", "p|11|pb-", "a|20|2.5"])
+    );
+    // A file that is not Parquet stops the query (on_error = 'fail'), naming the file.
+    put(&pq, "broken.parquet", b"PAR1 not really", 1);
+    let err = sql_error(&mut s, "ADVANCE 1 BATCHES").await;
+    assert!(
+        err.contains(&format!(
+            "source 'p': bad input at {}/broken.parquet: not a Parquet file",
+            pq.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn files_options_are_checked() {
+    let mut s = sql_session();
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x WITH (connector = 'files', path = '/no/such/dir')"
+        )
+        .await,
+        "stream x: directory '/no/such/dir': No such file or directory (os error 2)"
+    );
+    assert_eq!(
+        sql_error(&mut s, "CREATE STREAM x WITH (connector = 'files')").await,
+        "stream x: connector 'files' needs path = '<directory or s3:// / memory:// URL>'"
+    );
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x (a INT) WITH (connector = 'files', path = '/tmp', format = 'orc')"
+        )
+        .await,
+        "stream x: unknown format 'orc' for connector 'files'; accepted: text, csv, json, parquet, arrow"
+    );
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x WITH (connector = 'files', path = 'hdfs://nn/x')"
+        )
+        .await,
+        "stream x: unknown URL scheme 'hdfs://' in 'hdfs://nn/x'; accepted: a local path, file://, s3://, memory://"
+    );
+}
+
+/// Creates a bucket on the S3 server with one plain request (moto needs no signature
+/// for it); object_store has no bucket API.
+async fn create_bucket(name: &str) {
+    let mut conn = tokio::net::TcpStream::connect("127.0.0.1:9000")
+        .await
+        .expect("no S3 server on 127.0.0.1:9000: run scripts/services.sh start");
+    conn.write_all(
+        format!("PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test]
+async fn an_s3_bucket_on_a_real_s3_server() {
+    let bucket = format!("flumen-files-{}", std::process::id());
+    create_bucket(&bucket).await;
+    let opts = "endpoint = 'http://127.0.0.1:9000', region = 'us-east-1', \
+                access_key_id = 'test', secret_access_key = 'test'";
+    let url = format!("s3://{bucket}/in");
+    let store = flumen::connectors::store::open(
+        "test",
+        &url,
+        &[
+            ("endpoint", "http://127.0.0.1:9000"),
+            ("region", "us-east-1"),
+            ("access_key_id", "test"),
+            ("secret_access_key", "test"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+    .unwrap();
+    let put = |name: &str, body: &'static str| {
+        let store = store.clone();
+        let path = store.child(name);
+        async move {
+            store
+                .store
+                .put(&path, PutPayload::from_static(body.as_bytes()))
+                .await
+                .unwrap();
+        }
+    };
+    put("existing.csv", "0,zero\n").await;
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM nums (n BIGINT, word TEXT) WITH (connector = 'files', path = '{url}', format = 'csv', {opts});
+         CREATE SINK out WITH (connector = 'memory') AS SELECT n, word FROM nums;"
+    ))
+    .await
+    .unwrap();
+    put("one.csv", "1,one\n2,two\n").await;
+    put("_temporary", "9,hidden\n").await;
+    put("sub/deeper.csv", "8,nested\n").await;
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["1|one", "2|two"])
+    );
+    put("two.csv", "3,three\n").await;
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["1|one", "2|two", "3|three"])
+    );
+    s.stop_all().await.unwrap();
+}

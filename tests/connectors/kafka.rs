@@ -1,0 +1,222 @@
+//! The kafka source against a real Kafka-protocol broker (Tansu on 127.0.0.1:9092,
+//! started by scripts/services.sh).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flumen::connectors::rskafka::client::partition::{Compression, UnknownTopicHandling};
+use flumen::connectors::rskafka::client::{Client, ClientBuilder};
+use flumen::connectors::rskafka::record::Record;
+
+use crate::common::{sql_error, sql_rows, sql_session, strs};
+
+pub const BROKER: &str = "127.0.0.1:9092";
+
+pub async fn client() -> Client {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ClientBuilder::new(vec![BROKER.to_string()]).build(),
+    )
+    .await
+    .expect("no Kafka broker on 127.0.0.1:9092: run scripts/services.sh start")
+    .unwrap()
+}
+
+/// A topic name no earlier run used (the broker keeps its topics).
+pub fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+pub async fn create_topic(c: &Client, topic: &str, partitions: i32) {
+    c.controller_client()
+        .unwrap()
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .unwrap();
+}
+
+pub async fn produce(c: &Client, topic: &str, partition: i32, values: &[&str]) {
+    let pc = c
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    let records = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(v.as_bytes().to_vec()),
+            headers: BTreeMap::new(),
+            timestamp: chrono_ms(1_700_000_000_000 + i as i64),
+        })
+        .collect();
+    pc.produce(records, Compression::NoCompression)
+        .await
+        .unwrap();
+}
+
+fn chrono_ms(
+    ms: i64,
+) -> flumen::connectors::rskafka::chrono::DateTime<flumen::connectors::rskafka::chrono::Utc> {
+    flumen::connectors::rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap()
+}
+
+#[tokio::test]
+async fn offset_ranges_per_partition_with_metadata_columns_and_bad_records() {
+    let c = client().await;
+    let t = topic("people");
+    create_topic(&c, &t, 2).await;
+    produce(
+        &c,
+        &t,
+        0,
+        &[r#"{"id": 1, "name": "ann"}"#, r#"{"id": 2, "name": "bo"}"#],
+    )
+    .await;
+    produce(
+        &c,
+        &t,
+        1,
+        &[r#"{"id": 3, "name": "cy"}"#, "not json", r#"{"id": 5}"#],
+    )
+    .await;
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "SET batch_interval = '1 second';
+         CREATE STREAM people (id BIGINT NOT NULL, name TEXT, _partition INT, _offset BIGINT, _key TEXT, _topic TEXT)
+           WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = '{t}',
+                 starting_offsets = 'earliest', format = 'json', on_error = 'dead_letter',
+                 max_rate_per_partition = '2');
+         CREATE SINK out WITH (connector = 'memory') AS
+           SELECT id, name, _partition, _offset, _key, _topic = '{t}' FROM people;"
+    ))
+    .await
+    .unwrap();
+    // At most 2 records per partition per 1 s batch.
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["1|ann|0|0|k0|true", "2|bo|0|1|k1|true", "3|cy|1|0|k0|true"])
+    );
+    assert_eq!(
+        sql_rows(&mut s, "SELECT position, record FROM people_errors").await,
+        vec![format!("{t}/1@1|not json")]
+    );
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    // Records produced while the query runs are read by later batches.
+    produce(&c, &t, 0, &[r#"{"id": 6, "name": "di"}"#]).await;
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT id, _partition, _offset FROM out").await,
+        strs(&["1|0|0", "2|0|1", "3|1|0", "5|1|2", "6|0|2"])
+    );
+    s.stop_all().await.unwrap();
+}
+
+#[tokio::test]
+async fn latest_skips_what_is_there_and_available_now_stops() {
+    let c = client().await;
+    let t = topic("latest");
+    create_topic(&c, &t, 1).await;
+    produce(&c, &t, 0, &["a,1", "b,2"]).await;
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM kv (k TEXT, v BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', \
+           topic = '{t}', format = 'csv');
+         CREATE TABLE totals AS SELECT k, sum(v) AS v FROM kv GROUP BY k;"
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    produce(&c, &t, 0, &["c,3", "c,4"]).await;
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM totals").await,
+        strs(&["c|7"])
+    );
+    s.stop_all().await.unwrap();
+
+    // available_now reads everything from the earliest offset and stops by itself.
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM kv (k TEXT, v BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', \
+           topic = '{t}', format = 'csv', starting_offsets = '{{\"{t}\": {{\"0\": 1}}}}');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT k, v FROM kv;"
+    ))
+    .await
+    .unwrap();
+    let ctx = s.queries().next().unwrap().ctx.clone();
+    assert!(
+        ctx.await_termination_timeout(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&["b|2", "c|3", "c|4"])
+    );
+}
+
+#[tokio::test]
+async fn a_missing_topic_or_broker_is_a_clear_error() {
+    let c = client().await;
+    let t = topic("exists");
+    create_topic(&c, &t, 1).await;
+    let mut s = sql_session();
+    s.execute(&format!(
+        "CREATE STREAM nope (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', \
+           topic = 'no-such-topic-{}', format = 'raw')",
+        std::process::id()
+    ))
+    .await
+    .unwrap();
+    let err = sql_error(
+        &mut s,
+        "CREATE SINK o WITH (connector = 'memory') AS SELECT v FROM nope",
+    )
+    .await;
+    assert!(
+        err.contains(&format!(
+            "source 'nope': topic 'no-such-topic-{}' does not exist on {BROKER}; topics there: ",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&t), "{err}");
+
+    // Nothing listens on this port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    s.execute(&format!(
+        "CREATE STREAM gone (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '127.0.0.1:{port}', \
+           topic = 't', format = 'raw', timeout = '1 second')"
+    ))
+    .await
+    .unwrap();
+    let err = sql_error(
+        &mut s,
+        "CREATE SINK o2 WITH (connector = 'memory') AS SELECT v FROM gone",
+    )
+    .await;
+    assert!(
+        err.starts_with(&format!(
+            "source 'gone': cannot connect (broker 127.0.0.1:{port}): "
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x (v TEXT) WITH (connector = 'kafka', bootstrap_servers = 'h:1', topic = 't', starting_offsets = 'first')"
+        )
+        .await,
+        "stream x: starting_offsets 'first' is not earliest, latest (or smallest, largest) or a JSON object of offsets per partition"
+    );
+}
