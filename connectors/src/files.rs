@@ -342,6 +342,10 @@ impl Source for FilesSource {
         Ok(vec![batches])
     }
 
+    fn record_limit_hint(&self) -> String {
+        "; a batch takes whole files: use max_files_per_batch".into()
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         Ok(self.new_files().await?.is_empty())
     }

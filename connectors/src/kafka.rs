@@ -438,6 +438,10 @@ impl Source for KafkaSource {
         Ok(out)
     }
 
+    fn honours_record_limit(&self) -> bool {
+        true
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         let frozen = self.offsets.lock().frozen.clone();
         let ends = match frozen {

@@ -120,6 +120,10 @@ impl Source for RateSource {
         Ok(vec![vec![batch]])
     }
 
+    fn honours_record_limit(&self) -> bool {
+        true
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         let st = self.state.lock();
         Ok(self.limit.is_some_and(|l| st.planned >= l))

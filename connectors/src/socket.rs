@@ -1,17 +1,22 @@
 //! The `socket` source (Spark's `socketTextStream`): a receiver task connects to
 //! `host:port`, reads UTF-8 lines continuously and cuts them into blocks every
-//! `block_interval`; a batch takes every block received up to its planning (the line
-//! being received is cut into a last block then), decodes them with the stream's
-//! `format`, and frees them at commit.
+//! `block_interval`; a batch takes the lines received up to its planning (the lines
+//! not yet cut are cut into a last block then), at most `max_records` of them,
+//! decodes them with the stream's `format`, and frees them at commit.
 //!
 //! ```text
 //!  server ──TCP──▶ receiver task ─lines─▶ current ─cut every block_interval─▶ blocks
-//!                  (reconnects with        plan_batch: cut, take blocks [from, until)
-//!                   backoff, logs it)      read_batch: decode   commit: drop them
+//!                  (reconnects with        │ wal = true: block file written,
+//!                   backoff, logs it)      │ fsynced, renamed before it counts
+//!  plan_batch: cut, range = line indexes [planned, min(cut, planned + max))
+//!  read_batch: slices of the shared blocks, decoded
+//!  commit:     drop blocks wholly below the range end; WAL: `committed` = end,
+//!              their files deleted.   open (WAL): uncommitted blocks replayed
 //! ```
 //!
-//! Blocks are held in memory: data received but not yet committed is lost if the
-//! process dies (the write-ahead log, `wal = true`, is not built yet and is refused).
+//! Without `wal = true` blocks live in memory only: lines received but not committed
+//! are lost if the process dies. With it, they are replayed after a restart (the
+//! log lives in `wal_dir`, by default under the session's `checkpoint_location`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,35 +35,158 @@ use tokio::task::JoinHandle;
 
 use crate::format::{Decoder, FORMAT_OPTIONS, text_schema};
 
-/// Consecutive lines, the first of them line `first` of the connection's input.
+/// Consecutive lines of the connection's input, the first of them at index `first`
+/// (line `first + 1`).
 #[derive(Debug)]
 struct Block {
     first: u64,
     lines: Vec<String>,
 }
 
-/// Lines received and not yet committed, cut into numbered blocks.
+impl Block {
+    fn end(&self) -> u64 {
+        self.first + self.lines.len() as u64
+    }
+}
+
+/// Lines received and not yet committed, cut into blocks; ranges are line indexes.
 #[derive(Debug, Default)]
 struct Received {
     /// Lines since the last cut.
     current: Vec<String>,
+    /// Blocks by their first line index.
     blocks: BTreeMap<u64, Arc<Block>>,
-    next_block: u64,
-    /// Blocks below this have been planned into a batch.
+    /// Lines below this index are in blocks (received, and logged with a WAL).
+    cut_until: u64,
+    /// Lines below this index have been planned into a batch.
     planned_until: u64,
+    /// Lines received (index of the next one).
     lines: u64,
     connected: bool,
+    wal: Option<Wal>,
 }
 
 impl Received {
-    fn cut(&mut self) {
-        if !self.current.is_empty() {
-            let lines = std::mem::take(&mut self.current);
-            let first = self.lines + 1 - lines.len() as u64;
-            self.blocks
-                .insert(self.next_block, Arc::new(Block { first, lines }));
-            self.next_block += 1;
+    /// Makes the lines since the last cut a block; with a WAL, only once it is on disk.
+    fn cut(&mut self) -> std::io::Result<()> {
+        if self.current.is_empty() {
+            return Ok(());
         }
+        let block = Block {
+            first: self.lines - self.current.len() as u64,
+            lines: std::mem::take(&mut self.current),
+        };
+        if let Some(wal) = &self.wal
+            && let Err(e) = wal.append(&block)
+        {
+            // Not received until logged: keep the lines for the next attempt.
+            self.current = block.lines;
+            return Err(e);
+        }
+        self.cut_until = block.end();
+        self.blocks.insert(block.first, Arc::new(block));
+        Ok(())
+    }
+}
+
+/// The write-ahead log of a reliable receiver: one file per block, written to a
+/// temporary name, fsynced and renamed (so a block file is whole or absent), plus a
+/// `committed` file holding the index of the first line not yet committed.
+#[derive(Debug)]
+struct Wal {
+    dir: std::path::PathBuf,
+}
+
+impl Wal {
+    fn block_path(&self, first: u64) -> std::path::PathBuf {
+        self.dir.join(format!("{first:020}.block"))
+    }
+
+    fn write_atomic(&self, name: &str, body: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn append(&self, block: &Block) -> std::io::Result<()> {
+        let mut body = String::with_capacity(block.lines.iter().map(|l| l.len() + 1).sum());
+        for l in &block.lines {
+            body.push_str(l);
+            body.push('\n');
+        }
+        self.write_atomic(&format!("{:020}.block", block.first), body.as_bytes())
+    }
+
+    /// Lines below `end` are committed: record it, then drop the blocks wholly below.
+    fn commit(&self, end: u64, dropped: &[u64]) -> std::io::Result<()> {
+        self.write_atomic("committed", end.to_string().as_bytes())?;
+        for first in dropped {
+            match std::fs::remove_file(self.block_path(*first)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens (creating) the log in `dir`: the blocks not yet committed, and the index
+    /// of the first uncommitted line.
+    fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Block>, u64)> {
+        std::fs::create_dir_all(dir)?;
+        let committed = match std::fs::read_to_string(dir.join("committed")) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+                std::io::Error::other(format!("{}/committed is corrupt: {e}", dir.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        let mut blocks = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with(".tmp") {
+                // A write the crash interrupted: never counted as received.
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            let Some(first) = name.strip_suffix(".block") else {
+                continue;
+            };
+            let first: u64 = first.parse().map_err(|_| {
+                std::io::Error::other(format!("unexpected file {} in the WAL", path.display()))
+            })?;
+            let text = String::from_utf8(std::fs::read(&path)?).map_err(|_| {
+                std::io::Error::other(format!("{} is not UTF-8: corrupt", path.display()))
+            })?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                return Err(std::io::Error::other(format!(
+                    "{} is truncated (no final newline)",
+                    path.display()
+                )));
+            }
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let block = Block { first, lines };
+            if block.end() <= committed {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            blocks.push(block);
+        }
+        blocks.sort_by_key(|b| b.first);
+        Ok((
+            Wal {
+                dir: dir.to_path_buf(),
+            },
+            blocks,
+            committed,
+        ))
     }
 }
 
@@ -68,18 +196,26 @@ pub struct SocketSource {
     addr: String,
     decoder: Decoder,
     block_interval: Duration,
+    wal_dir: Option<std::path::PathBuf>,
     received: Arc<Mutex<Received>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rejected: Mutex<Vec<Rejected>>,
 }
 
 impl SocketSource {
-    pub fn new(name: &str, addr: String, decoder: Decoder, block_interval: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        addr: String,
+        decoder: Decoder,
+        block_interval: Duration,
+        wal_dir: Option<std::path::PathBuf>,
+    ) -> Self {
         Self {
             name: name.to_string(),
             addr,
             decoder,
             block_interval,
+            wal_dir,
             received: Arc::default(),
             tasks: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
@@ -94,6 +230,20 @@ impl SocketSource {
     /// Whether the receiver is connected now.
     pub fn is_connected(&self) -> bool {
         self.received.lock().connected
+    }
+
+    fn wal_error(&self, e: std::io::Error) -> flumen_engine::Error {
+        flumen_engine::Error::Source {
+            source_name: self.name.clone(),
+            message: format!(
+                "write-ahead log {}: {e}",
+                self.wal_dir
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ),
+            retryable: true,
+        }
     }
 }
 
@@ -153,6 +303,29 @@ impl Source for SocketSource {
     }
 
     async fn open(&self) -> Result<()> {
+        if let Some(dir) = &self.wal_dir {
+            let (wal, blocks, committed) = Wal::open(dir).map_err(|e| self.wal_error(e))?;
+            let mut r = self.received.lock();
+            if !blocks.is_empty() {
+                log::info!(
+                    "socket source {}: replaying {} lines not committed before the restart",
+                    self.name,
+                    blocks
+                        .iter()
+                        .map(|b| b.end() - b.first.max(committed))
+                        .sum::<u64>()
+                );
+            }
+            r.planned_until = committed;
+            r.cut_until = committed;
+            r.lines = committed;
+            for b in blocks {
+                r.cut_until = r.cut_until.max(b.end());
+                r.lines = r.cut_until;
+                r.blocks.insert(b.first, Arc::new(b));
+            }
+            r.wal = Some(wal);
+        }
         let mut tasks = self.tasks.lock();
         tasks.push(tokio::spawn(receive(
             self.name.clone(),
@@ -161,21 +334,27 @@ impl Source for SocketSource {
         )));
         let received = Arc::clone(&self.received);
         let every = self.block_interval;
+        let name = self.name.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                received.lock().cut();
+                if let Err(e) = received.lock().cut() {
+                    log::error!("socket source {name}: write-ahead log: {e}; will retry");
+                }
             }
         }));
         Ok(())
     }
 
-    async fn plan_batch(&self, _batch: &BatchContext) -> Result<SourceRange> {
+    async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
         let mut r = self.received.lock();
-        r.cut();
+        r.cut().map_err(|e| self.wal_error(e))?;
         let start = r.planned_until;
-        let end = r.next_block;
+        let mut end = r.cut_until;
+        if let Some(max) = batch.max_records {
+            end = end.min(start + max);
+        }
         r.planned_until = end;
         Ok(SourceRange {
             start: json!(start),
@@ -187,22 +366,41 @@ impl Source for SocketSource {
         let (Some(start), Some(end)) = (range.start.as_u64(), range.end.as_u64()) else {
             return plan_err!("socket source {}: bad range {range:?}", self.name);
         };
-        // The blocks are shared, not copied; lines of consecutive blocks are
-        // consecutive lines of the input.
+        // The blocks are shared, not copied.
         let blocks: Vec<Arc<Block>> = {
             let r = self.received.lock();
+            let from = r
+                .blocks
+                .range(..=start)
+                .next_back()
+                .map_or(start, |(first, _)| *first);
             r.blocks
-                .range(start..end)
+                .range(from..end)
+                .filter(|(_, b)| b.end() > start)
                 .map(|(_, b)| Arc::clone(b))
                 .collect()
         };
-        let first = blocks.first().map_or(1, |b| b.first);
-        let lines: Vec<&str> = blocks
-            .iter()
-            .flat_map(|b| b.lines.iter().map(String::as_str))
-            .collect();
+        let mut lines: Vec<&str> = Vec::with_capacity((end - start) as usize);
+        for b in &blocks {
+            let lo = start.saturating_sub(b.first) as usize;
+            let hi = (end.min(b.end()) - b.first) as usize;
+            lines.extend(b.lines[lo..hi].iter().map(String::as_str));
+        }
+        if lines.len() as u64 != end - start {
+            return Err(flumen_engine::Error::Source {
+                source_name: self.name.clone(),
+                message: format!(
+                    "lines {}..{} of {} are no longer held (received {} of them)",
+                    start + 1,
+                    end + 1,
+                    self.addr,
+                    lines.len()
+                ),
+                retryable: false,
+            });
+        }
         let (batch, rejected) = self.decoder.decode(&lines, |i| {
-            format!("{} line {}", self.addr, first + i as u64)
+            format!("{} line {}", self.addr, start + i as u64 + 1)
         })?;
         *self.rejected.lock() = rejected;
         Ok(vec![vec![batch]])
@@ -211,15 +409,29 @@ impl Source for SocketSource {
     async fn commit(&self, range: &SourceRange) -> Result<()> {
         if let Some(end) = range.end.as_u64() {
             let mut r = self.received.lock();
-            let keep = r.blocks.split_off(&end);
-            r.blocks = keep;
+            let dropped: Vec<u64> = r
+                .blocks
+                .values()
+                .take_while(|b| b.end() <= end)
+                .map(|b| b.first)
+                .collect();
+            for first in &dropped {
+                r.blocks.remove(first);
+            }
+            if let Some(wal) = &r.wal {
+                wal.commit(end, &dropped).map_err(|e| self.wal_error(e))?;
+            }
         }
         Ok(())
     }
 
+    fn honours_record_limit(&self) -> bool {
+        true
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         let r = self.received.lock();
-        Ok(r.current.is_empty() && r.planned_until == r.next_block)
+        Ok(r.current.is_empty() && r.planned_until == r.cut_until)
     }
 
     async fn close(&self) -> Result<()> {
@@ -238,11 +450,12 @@ impl Source for SocketSource {
 #[derive(Debug)]
 pub struct SocketFactory;
 
-const SOCKET_OPTIONS: [&str; 6] = [
+const SOCKET_OPTIONS: [&str; 7] = [
     "host",
     "port",
     "block_interval",
     "wal",
+    "wal_dir",
     "format",
     "on_error",
 ];
@@ -272,12 +485,21 @@ impl SourceFactory for SocketFactory {
         let Ok(port) = port.parse::<u16>() else {
             return plan_err!("stream {name}: port '{port}' is not a TCP port number");
         };
-        if bool_option("socket", options, "wal", false)? {
-            return plan_err!(
-                "stream {name}: wal = 'true' (a write-ahead log for received blocks) is not built yet; \
-                 without it, lines received but not yet committed are lost if the process dies"
-            );
-        }
+        let wal_dir = match (
+            bool_option("socket", options, "wal", false)?,
+            options.get("wal_dir"),
+        ) {
+            (true, Some(dir)) => Some(std::path::PathBuf::from(dir)),
+            (true, None) => {
+                return plan_err!(
+                    "stream {name}: wal = 'true' needs a directory for the write-ahead log: SET checkpoint_location = '...' first, or give wal_dir = '...'"
+                );
+            }
+            (false, Some(_)) => {
+                return plan_err!("stream {name}: wal_dir is used only with wal = 'true'");
+            }
+            (false, None) => None,
+        };
         let block_interval = match options.get("block_interval") {
             Some(d) => flumen_engine::time::parse_duration(d).map_err(|e| {
                 flumen_engine::Error::Plan(format!("stream {name}: block_interval: {e}"))
@@ -290,6 +512,7 @@ impl SourceFactory for SocketFactory {
             format!("{host}:{port}"),
             decoder,
             block_interval,
+            wal_dir,
         )))
     }
 

@@ -307,7 +307,28 @@ impl StreamingContext {
 
     /// A stream of the batches `source` produces.
     pub fn source(&self, source: Arc<dyn Source>) -> Result<Stream> {
+        self.source_with(source, SourceOptions::default())
+    }
+
+    /// [`StreamingContext::source`] with a dead letter for rejected records and
+    /// limits on how many records a batch takes.
+    pub fn source_with(&self, source: Arc<dyn Source>, options: SourceOptions) -> Result<Stream> {
         self.check_initialized("add a stream")?;
+        if (options.max_records_per_batch.is_some() || options.backpressure)
+            && !source.honours_record_limit()
+        {
+            return plan_err!(
+                "stream {}: this source cannot cap the records of a batch (max_records_per_batch, backpressure){}",
+                source.name(),
+                source.record_limit_hint()
+            );
+        }
+        let limit = crate::rate::RateLimit {
+            max_records_per_batch: options.max_records_per_batch,
+            estimator: options
+                .backpressure
+                .then(|| crate::rate::PidRateEstimator::new(self.batch_interval())),
+        };
         let target = self.session().state().config().target_partitions();
         let partitions = if source.partitions() > 1 {
             source.partitions()
@@ -323,7 +344,8 @@ impl StreamingContext {
         graph.sources.push(SourceNode {
             source,
             slot,
-            errors: None,
+            errors: options.dead_letter,
+            limit,
         });
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
     }
@@ -335,12 +357,13 @@ impl StreamingContext {
         source: Arc<dyn Source>,
         errors: Arc<dyn crate::sink::Sink>,
     ) -> Result<Stream> {
-        let stream = self.source(source)?;
-        let mut graph = self.inner.shared.graph.lock();
-        if let Some(node) = graph.as_mut().and_then(|g| g.sources.last_mut()) {
-            node.errors = Some(errors);
-        }
-        Ok(stream)
+        self.source_with(
+            source,
+            SourceOptions {
+                dead_letter: Some(errors),
+                ..SourceOptions::default()
+            },
+        )
     }
 
     /// A stream whose batches are `df`, a plan over this context's streams (their
@@ -584,6 +607,19 @@ fn release_active(inner: &Arc<Inner>) {
     {
         *active = None;
     }
+}
+
+/// How a source joins a context ([`StreamingContext::source_with`]).
+#[derive(Default, Clone)]
+pub struct SourceOptions {
+    /// Where records the source rejects go (columns of
+    /// [`crate::source::rejected_schema`]).
+    pub dead_letter: Option<Arc<dyn crate::sink::Sink>>,
+    /// At most this many records per batch.
+    pub max_records_per_batch: Option<u64>,
+    /// Spark's back pressure: a PID estimator sets each batch's limit from how fast
+    /// the previous batches were processed.
+    pub backpressure: bool,
 }
 
 /// The scheduler loop: one batch per interval, never overlapping.

@@ -24,6 +24,8 @@ pub(crate) struct SourceNode {
     pub slot: Arc<BatchSlot>,
     /// Where the source's rejected records go (`on_error = 'dead_letter'`).
     pub errors: Option<Arc<dyn Sink>>,
+    /// `max_records_per_batch` and back pressure.
+    pub limit: crate::rate::RateLimit,
 }
 
 pub(crate) struct OperatorNode {

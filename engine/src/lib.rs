@@ -28,6 +28,7 @@ mod graph;
 pub mod listener;
 pub mod ops;
 pub mod print;
+pub mod rate;
 pub mod registry;
 mod scheduler;
 pub mod sink;
@@ -38,11 +39,14 @@ pub mod stream;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use context::{StreamingContext, StreamingContextBuilder, StreamingContextState, Trigger};
+pub use context::{
+    SourceOptions, StreamingContext, StreamingContextBuilder, StreamingContextState, Trigger,
+};
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;
 pub use listener::{BatchInfo, StreamingListener};
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
+pub use rate::{PidRateEstimator, RateLimit};
 pub use registry::ConnectorRegistry;
 pub use sink::{ConsoleSink, MemorySink, Sink, WriteKey};
 pub use source::{BatchContext, Rejected, Source, SourceRange};

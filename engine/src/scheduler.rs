@@ -136,15 +136,15 @@ impl Pipeline {
         let wall = Instant::now();
         let scheduling_delay =
             Duration::from_millis((started.as_millis() - batch_time.as_millis()).max(0) as u64);
-        let batch = BatchContext {
-            batch_id,
-            batch_time,
-            interval: self.interval,
-            max_records: None,
-        };
         // 1. plan
         let mut ranges = Vec::with_capacity(self.sources.len());
         for s in &self.sources {
+            let batch = BatchContext {
+                batch_id,
+                batch_time,
+                interval: self.interval,
+                max_records: s.limit.max_records(self.interval),
+            };
             ranges.push(s.source.plan_batch(&batch).await?);
         }
         // 2. read
@@ -241,6 +241,11 @@ impl Pipeline {
             s.source.commit(range).await?;
         }
         let processing_time = wall.elapsed();
+        for (s, (_, rows)) in self.sources.iter_mut().zip(&input_rows) {
+            if let Some(e) = s.limit.estimator.as_mut() {
+                e.update(*rows, processing_time, scheduling_delay);
+            }
+        }
         Ok(BatchInfo {
             batch_id,
             batch_time,

@@ -124,6 +124,16 @@ pub trait Source: Debug + Send + Sync {
         Ok(())
     }
 
+    /// Whether [`Source::plan_batch`] keeps to [`BatchContext::max_records`].
+    fn honours_record_limit(&self) -> bool {
+        false
+    }
+
+    /// What to use instead when the source cannot cap records (shown in the error).
+    fn record_limit_hint(&self) -> String {
+        String::new()
+    }
+
     /// The records the last [`Source::read_batch`] rejected (bad input under
     /// `on_error = 'skip' | 'dead_letter'`). The scheduler counts them and writes them
     /// to the stream's dead-letter sink, if it has one.

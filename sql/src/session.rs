@@ -21,8 +21,8 @@ use datafusion::logical_expr::{LogicalPlanBuilder, ScalarUDF};
 use flumen_engine::registry::{ConnectorOptions, bool_option};
 use flumen_engine::stream::replace_default_schema;
 use flumen_engine::{
-    Clock, ConnectorRegistry, Error, MemorySink, QueueSource, Result, Sink, StreamingContext,
-    StreamingContextState, SystemClock, Time, Trigger, lifecycle_err, plan_err,
+    Clock, ConnectorRegistry, Error, MemorySink, QueueSource, Result, Sink, SourceOptions,
+    StreamingContext, StreamingContextState, SystemClock, Time, Trigger, lifecycle_err, plan_err,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -424,11 +424,22 @@ impl FlumenSession {
             self.check_free(&format!("{name}_errors"))?;
         }
         // Validate the connector and its options now, not at the first query.
-        self.registry.source(&connector)?.create(
+        let source = self.registry.source(&connector)?.create(
             &name,
             schema.clone(),
-            &source_options(&options),
+            &receiver_options(
+                &name,
+                &options,
+                self.settings.checkpoint_location.as_deref(),
+            ),
         )?;
+        let (max_records, backpressure) = rate_options(&name, &options)?;
+        if (max_records.is_some() || backpressure) && !source.honours_record_limit() {
+            return plan_err!(
+                "stream {name}: connector '{connector}' cannot cap the records of a batch (max_records_per_batch, backpressure){}",
+                source.record_limit_hint()
+            );
+        }
         self.base.register_table(
             name.as_str(),
             Arc::new(StreamPlaceholder {
@@ -694,6 +705,7 @@ impl FlumenSession {
             created: Mutex::new(HashMap::new()),
             read: Mutex::new(HashSet::new()),
             mode: self.settings.output_mode,
+            checkpoint: self.settings.checkpoint_location.clone(),
         });
         let state = self.base.state();
         let for_list = Arc::clone(&schema);
@@ -1228,7 +1240,22 @@ fn is_memory_connector(c: &str) -> bool {
 }
 
 /// Options of a stream that Flumen handles itself, not its connector.
-const STREAM_OPTIONS: [&str; 2] = ["late_rows", "dead_letter"];
+const STREAM_OPTIONS: [&str; 4] = [
+    "late_rows",
+    "dead_letter",
+    "max_records_per_batch",
+    "backpressure",
+];
+
+/// A source stream's `max_records_per_batch` and `backpressure`.
+fn rate_options(name: &str, options: &Options) -> Result<(Option<u64>, bool)> {
+    let what = format!("stream {name}");
+    let opts = connector_options(options);
+    Ok((
+        flumen_engine::registry::positive_option(&what, &opts, "max_records_per_batch")?,
+        bool_option(&what, &opts, "backpressure", false)?,
+    ))
+}
 
 /// A source stream's options minus Flumen's own.
 fn source_options(options: &Options) -> ConnectorOptions {
@@ -1237,6 +1264,24 @@ fn source_options(options: &Options) -> ConnectorOptions {
         .filter(|(k, _)| !STREAM_OPTIONS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// [`source_options`], plus the directory of a receiver's write-ahead log
+/// (`wal = 'true'`) under the checkpoint location, when the user gave none.
+fn receiver_options(name: &str, options: &Options, checkpoint: Option<&str>) -> ConnectorOptions {
+    let mut out = source_options(options);
+    if out
+        .get("wal")
+        .is_some_and(|w| w.eq_ignore_ascii_case("true"))
+        && !out.contains_key("wal_dir")
+        && let Some(dir) = checkpoint
+    {
+        out.insert(
+            "wal_dir".into(),
+            format!("{}/sources/{name}/wal", dir.trim_end_matches('/')),
+        );
+    }
+    out
 }
 
 fn connector_options(options: &Options) -> ConnectorOptions {
@@ -1321,6 +1366,8 @@ struct QuerySchema {
     /// Streams this query reads.
     read: Mutex<HashSet<String>>,
     mode: OutputMode,
+    /// `checkpoint_location` when the query started (receivers' write-ahead logs).
+    checkpoint: Option<String>,
 }
 
 #[derive(Debug)]
@@ -1404,10 +1451,11 @@ impl QuerySchema {
                         .push(Arc::downgrade(&queue));
                     ctx.source(queue)?
                 } else {
+                    let checkpoint = self.checkpoint.clone();
                     let source = self.registry.source(connector)?.create(
                         name,
                         def.schema.clone(),
-                        &source_options(&def.options),
+                        &receiver_options(name, &def.options, checkpoint.as_deref()),
                     )?;
                     let errors = def
                         .options
@@ -1421,10 +1469,15 @@ impl QuerySchema {
                                 .map(|d| Arc::clone(&d.sink))
                         })
                         .flatten();
-                    match errors {
-                        Some(sink) => ctx.source_with_dead_letter(source, sink)?,
-                        None => ctx.source(source)?,
-                    }
+                    let (max_records_per_batch, backpressure) = rate_options(name, &def.options)?;
+                    ctx.source_with(
+                        source,
+                        SourceOptions {
+                            dead_letter: errors,
+                            max_records_per_batch,
+                            backpressure,
+                        },
+                    )?
                 };
                 let stream = self.with_dead_letter(ctx, &def, stream)?;
                 // The slot's table scanned under the stream's name (so the planner

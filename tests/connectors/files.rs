@@ -196,6 +196,14 @@ async fn files_options_are_checked() {
         .await,
         "stream x: unknown URL scheme 'hdfs://' in 'hdfs://nn/x'; accepted: a local path, file://, s3://, memory://"
     );
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x WITH (connector = 'files', path = '/tmp', max_records_per_batch = '10')"
+        )
+        .await,
+        "stream x: connector 'files' cannot cap the records of a batch (max_records_per_batch, backpressure); a batch takes whole files: use max_files_per_batch"
+    );
 }
 
 /// Creates a bucket on the S3 server with one plain request (moto needs no signature

@@ -184,7 +184,19 @@ async fn socket_options_are_checked_at_create() {
         err(s
             .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', colour = 'red')")
             .await),
-        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, format, on_error"
+        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, wal_dir, format, on_error"
+    );
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', wal = 'true')")
+            .await),
+        "stream a: wal = 'true' needs a directory for the write-ahead log: SET checkpoint_location = '...' first, or give wal_dir = '...'"
+    );
+    assert_eq!(
+        err(s
+            .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', max_records_per_batch = '0')")
+            .await),
+        "stream a option max_records_per_batch must be a positive whole number, got '0'"
     );
     assert_eq!(
         err(s
@@ -196,4 +208,112 @@ async fn socket_options_are_checked_at_create() {
     s.execute("CREATE STREAM lines WITH (connector = 'socket', port = '9')")
         .await
         .unwrap();
+}
+
+/// Waits until the receiver's write-ahead log in `dir` holds `n` lines.
+async fn wal_holds(dir: &std::path::Path, n: usize) {
+    for _ in 0..500 {
+        let lines: usize = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "block"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if lines >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the write-ahead log in {} did not reach {n} lines",
+        dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_wal_lines_received_but_not_committed_are_replayed_after_a_restart() {
+    let checkpoint = crate::common::temp_dir("socket-wal");
+    let wal = checkpoint.join("sources/words/wal");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = |port: u16| {
+        format!(
+            "SET checkpoint_location = '{}';
+             CREATE STREAM words WITH (connector = 'socket', port = '{port}', wal = 'true', block_interval = '10 ms');
+             CREATE SINK out WITH (connector = 'memory') AS SELECT line FROM words;",
+            checkpoint.display()
+        )
+    };
+    let mut s = session();
+    s.execute_script(&script(port)).await.unwrap();
+    let mut conn = accept(&listener).await;
+    conn.write_all(b"one\ntwo\n").await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 2).await;
+    // Received and logged, never processed: the process "dies" here.
+    conn.write_all(b"three\nfour\n").await.unwrap();
+    wal_holds(&wal, 2).await;
+    drop(s);
+
+    // A new process on the same checkpoint replays exactly the uncommitted lines.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut s = session();
+    s.execute_script(&script(listener.local_addr().unwrap().port()))
+        .await
+        .unwrap();
+    let mut conn = accept(&listener).await;
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    let got = rows(&mut s, "SELECT line FROM out ORDER BY line").await;
+    let lines: Vec<String> = got
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(lines, vec!["four", "three"]);
+    // Committed blocks leave the log.
+    wal_holds(&wal, 0).await;
+    assert_eq!(std::fs::read_to_string(wal.join("committed")).unwrap(), "4");
+    conn.write_all(b"five\n").await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 3).await;
+    s.stop_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_records_per_batch_caps_each_batch_and_the_rest_follows() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = session();
+    s.execute_script(&format!(
+        "CREATE STREAM nums (n BIGINT) WITH (connector = 'socket', port = '{port}', format = 'csv', \
+           max_records_per_batch = '2', block_interval = '10 ms');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT n, _batch_time AS t FROM nums;"
+    ))
+    .await
+    .unwrap();
+    let mut conn = accept(&listener).await;
+    conn.write_all(b"1\n2\n3\n4\n5\n").await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 5).await;
+    // No batch took more than 2 lines, and they came in order.
+    let per_batch = rows(
+        &mut s,
+        "SELECT max(c) FROM (SELECT t, count(*) AS c FROM out GROUP BY t)",
+    )
+    .await;
+    let max = per_batch[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(max, 2);
+    assert_eq!(
+        ids(&rows(&mut s, "SELECT n FROM out").await),
+        vec![1, 2, 3, 4, 5]
+    );
+    s.stop_all().await.unwrap();
 }

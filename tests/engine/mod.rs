@@ -2,5 +2,6 @@
 
 mod lifecycle;
 mod ops;
+mod rate;
 mod state;
 mod windows;

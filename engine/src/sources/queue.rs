@@ -136,6 +136,10 @@ impl Source for QueueSource {
         }
     }
 
+    fn record_limit_hint(&self) -> String {
+        "; a batch takes whole queued elements".into()
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         let st = self.state.lock();
         Ok(match st.frozen_end {
