@@ -5,6 +5,10 @@
 #
 #   Kafka-protocol broker  Tansu (crates.io), sqlite storage   127.0.0.1:9092
 #   S3-compatible server   moto_server (PyPI moto[server])     127.0.0.1:9000
+#   PostgreSQL             Debian's postgresql, own cluster    127.0.0.1:5432
+#                          user flumen, database flumen, trust auth on loopback
+#   MariaDB                Debian's mariadb-server, own datadir 127.0.0.1:3306
+#                          user flumen, password flumen, database flumen
 #
 # Each is installed once (skipped when already on PATH) and started only when its port
 # is not already served, so a second run is quick. State and logs live in
@@ -41,6 +45,72 @@ install_moto() {
   hash -r
 }
 
+apt_install() { # packages...
+  echo "installing $* from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" > "$DIR/apt.log" 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >> "$DIR/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >> "$DIR/apt.log" 2>&1
+  } || { echo "apt-get install $* failed; see $DIR/apt.log" >&2; exit 1; }
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+install_postgres() {
+  [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] && return
+  apt_install postgresql
+}
+
+install_mariadb() {
+  command -v mariadbd >/dev/null && return
+  apt_install mariadb-server
+}
+
+# PostgreSQL refuses to run as root: as root, the cluster belongs to user postgres.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() {
+  if listening 5432; then echo "postgresql: already on 127.0.0.1:5432"; return; fi
+  local bin data="$DIR/postgres/data"
+  bin="$(pg_bin)"
+  mkdir -p "$DIR/postgres"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$DIR/postgres"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$data" -U flumen --auth=trust -E UTF8 > "$DIR/postgres-init.log" 2>&1 \
+      || { echo "initdb failed; see $DIR/postgres-init.log" >&2; exit 1; }
+  fi
+  as_pg "$bin/pg_ctl" -D "$data" -l "$DIR/postgres/postgres.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p 5432 -k $DIR/postgres -c fsync=off" start > /dev/null
+  wait_port postgresql 5432 "$DIR/postgres/postgres.log"
+  as_pg "$bin/psql" -h 127.0.0.1 -U flumen -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'flumen'" | grep -q 1 \
+    || as_pg "$bin/createdb" -h 127.0.0.1 -U flumen flumen
+  echo "postgresql: on 127.0.0.1:5432 (log $DIR/postgres/postgres.log)"
+}
+
+start_mariadb() {
+  if listening 3306; then echo "mariadb: already on 127.0.0.1:3306"; return; fi
+  local data="$DIR/mariadb/data" sock="$DIR/mariadb/mysqld.sock"
+  mkdir -p "$DIR/mariadb"
+  if [ ! -d "$data/mysql" ]; then
+    mariadb-install-db --datadir="$data" --user="$(id -un)" --auth-root-authentication-method=socket \
+      > "$DIR/mariadb-init.log" 2>&1 \
+      || { echo "mariadb-install-db failed; see $DIR/mariadb-init.log" >&2; exit 1; }
+  fi
+  (nohup mariadbd --no-defaults --datadir="$data" --user="$(id -un)" --bind-address=127.0.0.1 \
+      --port=3306 --socket="$sock" --pid-file="$DIR/mariadb/mariadbd.pid" \
+      --innodb-flush-log-at-trx-commit=2 > "$DIR/mariadb.log" 2>&1 & echo $! > "$DIR/mariadb.pid")
+  wait_port mariadb 3306 "$DIR/mariadb.log"
+  mariadb --no-defaults --socket="$sock" -uroot -e \
+    "CREATE DATABASE IF NOT EXISTS flumen;
+     CREATE USER IF NOT EXISTS 'flumen'@'%' IDENTIFIED BY 'flumen';
+     CREATE USER IF NOT EXISTS 'flumen'@'localhost' IDENTIFIED BY 'flumen';
+     GRANT ALL ON flumen.* TO 'flumen'@'%';
+     GRANT ALL ON flumen.* TO 'flumen'@'localhost';"
+  echo "mariadb: on 127.0.0.1:3306 (log $DIR/mariadb.log)"
+}
+
 start_tansu() {
   if listening 9092; then echo "kafka broker: already on 127.0.0.1:9092"; return; fi
   mkdir -p "$DIR/tansu"
@@ -61,9 +131,15 @@ start_moto() {
 }
 
 stop() {
-  for name in tansu moto; do
+  if [ -f "$DIR/postgres/data/postmaster.pid" ]; then
+    as_pg "$(pg_bin)/pg_ctl" -D "$DIR/postgres/data" -m fast stop > /dev/null || true
+  fi
+  for name in tansu moto mariadb; do
     if [ -f "$DIR/$name.pid" ]; then
-      kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+      pid="$(cat "$DIR/$name.pid")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$DIR/$name.pid"
     fi
   done
@@ -73,13 +149,19 @@ case "${1:-start}" in
   start)
     install_tansu
     install_moto
+    install_postgres
+    install_mariadb
     start_tansu
     start_moto
+    start_postgres
+    start_mariadb
     ;;
   stop) stop ;;
   status)
     listening 9092 && echo "kafka 127.0.0.1:9092 up" || echo "kafka 127.0.0.1:9092 down"
     listening 9000 && echo "s3 127.0.0.1:9000 up" || echo "s3 127.0.0.1:9000 down"
+    listening 5432 && echo "postgresql 127.0.0.1:5432 up" || echo "postgresql 127.0.0.1:5432 down"
+    listening 3306 && echo "mariadb 127.0.0.1:3306 up" || echo "mariadb 127.0.0.1:3306 down"
     ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

@@ -76,7 +76,7 @@ fn script_errors_name_the_line_and_exit_non_zero() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: line 3: unknown source connector 'kafak'; available: memory, queue, rate, socket\n"
+        "error: line 3: unknown source connector 'kafak'; available: files, kafka, memory, nexmark, queue, rate, socket\n"
     );
     let out = Command::new(flumen())
         .args(["-c", "SELEC 1"])

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use flumen::datafusion::arrow::datatypes::DataType;
 use flumen::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use flumen::engine::{ConnectorRegistry, Error, ManualClock};
+use flumen::engine::{Error, ManualClock};
 use flumen::sql::{FlumenSession, StatementResult};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
@@ -74,7 +74,7 @@ impl sqllogictest::AsyncDB for FlumenDb {
 fn new_db() -> FlumenDb {
     FlumenDb {
         session: FlumenSession::new(
-            ConnectorRegistry::with_builtins(),
+            flumen::connectors::registry(),
             Arc::new(ManualClock::default()),
         ),
     }

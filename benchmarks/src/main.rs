@@ -22,14 +22,17 @@ use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_nested::expr_fn::string_to_array;
 use datafusion::prelude::{SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
+use flumen_connectors::nexmark::Table;
 use flumen_engine::{MemorySink, StreamingContext, Trigger};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod kafka;
 mod nexmark;
 
 const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
-       flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2]";
+       flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8]
+       flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -37,6 +40,7 @@ async fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("wordcount") => wordcount(&args[1..]).await,
         Some("nexmark") => nexmark_suite(&args[1..]).await,
+        Some("kafka") => kafka::run(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }
@@ -62,15 +66,19 @@ async fn nexmark_suite(args: &[String]) -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let batch_rows = 8192;
-    let bids = Arc::new(nexmark::generate_bids(events, batch_rows));
-    let (persons, auctions) = nexmark::generate_people_and_auctions(events, batch_rows);
+    let bids = Arc::new(nexmark::generate(Table::Bid, events, batch_rows));
+    let persons = nexmark::generate(Table::Person, events, batch_rows);
+    let auctions = nexmark::generate(Table::Auction, events, batch_rows);
     let data = nexmark::Data {
         bids,
         persons: Arc::new(persons),
         auctions: Arc::new(auctions),
         events,
     };
-    println!("nexmark: {events} bids, {per_batch} per micro-batch, 2 cores");
+    println!(
+        "nexmark: {events} events ({} bids), {per_batch} events per micro-batch, 2 cores",
+        data.rows_read("q0")
+    );
     for (name, sql) in nexmark::QUERIES {
         if only.as_deref().is_some_and(|q| q != name) {
             continue;

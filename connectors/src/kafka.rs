@@ -6,11 +6,13 @@
 //!
 //! ```text
 //!  open:       connect (fails after `timeout`), check topics, starting offsets
+//!              (or the offsets stored under the query in `offsets_store`)
 //!  plan_batch: list partitions (new ones start at earliest), end offsets
 //!              ─▶ until = min(end, from + rate cap, record cap, frozen end)
 //!  read_batch: fetch [from, until) per partition, in parallel
 //!              ─▶ value decoded as json | csv | raw (on_error per record)
 //!              ─▶ metadata columns _key _topic _partition _offset _timestamp
+//!  commit:     with `offsets_store`, the range's end offsets to flumen_offsets
 //! ```
 //!
 //! Client: `rskafka` (pure Rust, async, on our tokio runtime). Its partition client
@@ -37,6 +39,7 @@ use rskafka::client::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
 use crate::format::Decoder;
+use crate::offsets_store::OffsetsStore;
 
 /// The metadata columns a Kafka stream may declare beside the value's.
 pub const METADATA_COLUMNS: [&str; 5] = ["_key", "_topic", "_partition", "_offset", "_timestamp"];
@@ -81,6 +84,8 @@ struct Offsets {
     next: BTreeMap<Tp, i64>,
     /// Under `AvailableNow`: the ends when the query started.
     frozen: Option<BTreeMap<Tp, i64>>,
+    /// After the first listing, partitions that appear start at earliest (Spark).
+    opened: bool,
 }
 
 pub struct KafkaSource {
@@ -94,6 +99,9 @@ pub struct KafkaSource {
     max_rate: Option<u64>,
     timeout: Duration,
     partitions_hint: usize,
+    /// `offsets_store`: committed offsets also kept in a database table, under
+    /// `offsets_query`, and the stream resumes from them.
+    store: Option<(OffsetsStore, String)>,
     client: tokio::sync::OnceCell<Client>,
     partitions: tokio::sync::Mutex<HashMap<Tp, Arc<PartitionClient>>>,
     offsets: Mutex<Offsets>,
@@ -212,8 +220,10 @@ impl KafkaSource {
                 .filter(|tp| !o.next.contains_key(*tp))
                 .collect()
         };
+        let opened = self.offsets.lock().opened;
         for tp in new {
             let start = match &self.starting {
+                _ if opened => -2,
                 Starting::Latest => -1,
                 Starting::Earliest => -2,
                 Starting::Given(m) => m.get(tp).copied().unwrap_or(-2),
@@ -225,6 +235,7 @@ impl KafkaSource {
             };
             self.offsets.lock().next.insert(tp.clone(), start);
         }
+        self.offsets.lock().opened = true;
         Ok(parts.into_iter().zip(ends).collect())
     }
 
@@ -368,8 +379,35 @@ impl Source for KafkaSource {
     }
 
     async fn open(&self) -> Result<()> {
+        if let Some((store, query)) = &self.store {
+            let stored = store.load(query, &self.topics).await?;
+            if !stored.is_empty() {
+                log::info!(
+                    "stream {}: resuming query '{query}' from offsets_store: {}",
+                    self.name,
+                    to_json(&stored)
+                );
+                let mut o = self.offsets.lock();
+                o.next = stored;
+                // Partitions not stored appeared since: they start at earliest.
+                o.opened = true;
+            }
+        }
         self.ends().await?;
         Ok(())
+    }
+
+    async fn commit(&self, range: &SourceRange) -> Result<()> {
+        let Some((store, query)) = &self.store else {
+            return Ok(());
+        };
+        if range.is_empty() {
+            return Ok(());
+        }
+        let Some(end) = from_json(&range.end) else {
+            return plan_err!("kafka source {}: bad range {range:?}", self.name);
+        };
+        store.save(query, &end).await
     }
 
     async fn freeze_available_now(&self) -> Result<()> {
@@ -463,7 +501,7 @@ impl Source for KafkaSource {
 #[derive(Debug)]
 pub struct KafkaFactory;
 
-const KAFKA_OPTIONS: [&str; 9] = [
+const KAFKA_OPTIONS: [&str; 10] = [
     "bootstrap_servers",
     "topic",
     "starting_offsets",
@@ -473,6 +511,7 @@ const KAFKA_OPTIONS: [&str; 9] = [
     "timeout",
     "partitions",
     "offsets_store",
+    "offsets_query",
 ];
 
 impl SourceFactory for KafkaFactory {
@@ -500,12 +539,6 @@ impl SourceFactory for KafkaFactory {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect();
-        if options.contains_key("offsets_store") {
-            return plan_err!(
-                "stream {name}: offsets_store (offsets kept in PostgreSQL/MySQL) is not built yet; \
-                 the stream's offsets live in its checkpoint"
-            );
-        }
         let starting = match options
             .get("starting_offsets")
             .map(|s| s.trim().to_string())
@@ -577,6 +610,16 @@ impl SourceFactory for KafkaFactory {
             max_rate: positive_option("kafka", options, "max_rate_per_partition")?,
             timeout,
             partitions_hint: positive_option("kafka", options, "partitions")?.unwrap_or(1) as usize,
+            store: match options.get("offsets_store") {
+                Some(url) => Some((
+                    OffsetsStore::new(name, url, timeout)?,
+                    options
+                        .get("offsets_query")
+                        .cloned()
+                        .unwrap_or_else(|| name.to_string()),
+                )),
+                None => None,
+            },
             client: tokio::sync::OnceCell::new(),
             partitions: tokio::sync::Mutex::default(),
             offsets: Mutex::default(),

@@ -4,12 +4,15 @@
 //! registered by connector name; [`registry`] gives them all to the SQL layer.
 //!
 //! ```text
-//!   ConnectorRegistry ─ sources: "queue" (engine), "rate", "socket"
-//!                     └ sinks:   "memory", "console" (engine)
+//!   ConnectorRegistry ─ sources: memory/queue (engine), rate, nexmark, socket,
+//!                     │          files (store: local, s3, memory), kafka
+//!                     └ sinks:   memory, console (engine)
 //!   format: text / csv / json decoding and the on_error policy, for text sources
+//!   store:  object stores by URL, shared by files source and (later) sink
+//!   offsets_store: Kafka offsets kept in PostgreSQL / MySQL (flumen_offsets)
 //! ```
 //!
-//! The files, Kafka and database connectors are issues 5 and 6.
+//! The database connectors and file/Kafka sinks are issue 6.
 
 use std::sync::Arc;
 
@@ -17,15 +20,18 @@ use flumen_engine::ConnectorRegistry;
 
 pub mod files;
 pub mod format;
-
-/// The object-store and Kafka client crates, for tests and embedders that prepare data.
-pub use object_store;
-pub use rskafka;
-
 pub mod kafka;
+pub mod nexmark;
+pub mod offsets_store;
 pub mod rate;
 pub mod socket;
 pub mod store;
+
+pub use mysql_async;
+/// The object-store and Kafka client crates, for tests and embedders that prepare data.
+pub use object_store;
+pub use rskafka;
+pub use tokio_postgres;
 
 /// The registry of every connector this crate provides, plus the engine's own.
 pub fn registry() -> ConnectorRegistry {
@@ -34,5 +40,6 @@ pub fn registry() -> ConnectorRegistry {
     r.register_source("socket", Arc::new(socket::SocketFactory));
     r.register_source("files", Arc::new(files::FilesFactory));
     r.register_source("kafka", Arc::new(kafka::KafkaFactory));
+    r.register_source("nexmark", Arc::new(nexmark::NexmarkFactory));
     r
 }

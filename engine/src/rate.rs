@@ -99,12 +99,13 @@ mod tests {
         // 1000 records in 50 ms: 20,000/s.
         e.update(1000, Duration::from_millis(50), Duration::ZERO);
         assert_eq!(e.rate(), Some(20_000.0));
-        // Now 1000 records take 400 ms (2,500/s) and batches queue up.
+        // Now 1000 records take 400 ms (2,500/s) and batches queue up: the rate falls
+        // below the processing rate (to drain the queue) and stays there.
         let mut last = e.rate().unwrap();
         for _ in 0..3 {
             e.update(1000, Duration::from_millis(400), Duration::from_millis(300));
             let r = e.rate().unwrap();
-            assert!(r < last, "{r} < {last}");
+            assert!(r <= last, "{r} <= {last}");
             last = r;
         }
         assert!(last < 2_500.0, "{last}");

@@ -373,13 +373,13 @@ impl FlumenSession {
             );
         };
         let schema: SchemaRef = if columns.is_empty() {
-            match self
-                .registry
-                .source(&connector)?
-                .default_schema(&source_options(&options))
-            {
+            let factory = self.registry.source(&connector)?;
+            match factory.default_schema(&source_options(&options)) {
                 Some(s) => s,
                 None => {
+                    // The connector's own complaint about its options comes first.
+                    let empty = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+                    factory.create(&name, empty, &source_options(&options))?;
                     return plan_err!(
                         "CREATE STREAM {name}: declare its columns, e.g. (line TEXT)"
                     );
@@ -605,7 +605,7 @@ impl FlumenSession {
             );
         }
         // Plan it once now so errors show at CREATE time, and to learn its schema.
-        let probe = self.build_query_context(0, Trigger::ProcessingTime)?;
+        let probe = self.build_query_context(0, None, Trigger::ProcessingTime)?;
         let df = probe.ctx.session().sql(&query).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let watermark = match column {
@@ -694,7 +694,14 @@ impl FlumenSession {
     }
 
     /// A query context whose session resolves stream names to this query's sources.
-    fn build_query_context(&self, id: u64, trigger: Trigger) -> Result<QueryContext> {
+    /// `name` is the sink or table the query writes, the key of its offsets in an
+    /// `offsets_store`.
+    fn build_query_context(
+        &self,
+        id: u64,
+        name: Option<&str>,
+        trigger: Trigger,
+    ) -> Result<QueryContext> {
         let cell = Arc::new(BatchTimeCell::default());
         let batch_time = batch_time_udf(Arc::clone(&cell));
         let schema = Arc::new(QuerySchema {
@@ -706,6 +713,7 @@ impl FlumenSession {
             read: Mutex::new(HashSet::new()),
             mode: self.settings.output_mode,
             checkpoint: self.settings.checkpoint_location.clone(),
+            name: name.map(str::to_string),
         });
         let state = self.base.state();
         let for_list = Arc::clone(&schema);
@@ -762,7 +770,11 @@ impl FlumenSession {
             mode = OutputMode::Complete;
         }
         let id = self.next_query;
-        let qc = self.build_query_context(id, self.settings.trigger)?;
+        let target_name = match &target {
+            Target::Sink(name) => Some(name.as_str()),
+            Target::Console(_) => None,
+        };
+        let qc = self.build_query_context(id, target_name, self.settings.trigger)?;
         let df = qc.ctx.session().sql(&sql).await?;
         let streams = qc.schema.read.lock().clone();
         if streams.is_empty() {
@@ -1066,7 +1078,7 @@ impl FlumenSession {
         }
         let (query, mode) = strip_emit(query, self.settings.output_mode);
         let query = self.rewrite_ksql(&query)?;
-        let qc = self.build_query_context(0, Trigger::ProcessingTime)?;
+        let qc = self.build_query_context(0, None, Trigger::ProcessingTime)?;
         let df = qc.ctx.session().sql(&query).await?;
         let streams = qc.schema.read.lock().clone();
         let planned = plan_query(&qc.ctx, df.clone(), &streams, &self.watermarks(), mode)?;
@@ -1368,6 +1380,8 @@ struct QuerySchema {
     mode: OutputMode,
     /// `checkpoint_location` when the query started (receivers' write-ahead logs).
     checkpoint: Option<String>,
+    /// The sink or table the query writes, if any.
+    name: Option<String>,
 }
 
 #[derive(Debug)]
@@ -1452,10 +1466,18 @@ impl QuerySchema {
                     ctx.source(queue)?
                 } else {
                     let checkpoint = self.checkpoint.clone();
+                    let mut options = receiver_options(name, &def.options, checkpoint.as_deref());
+                    // Offsets kept in a database are keyed by the query's sink.
+                    if options.contains_key("offsets_store")
+                        && !options.contains_key("offsets_query")
+                        && let Some(query) = &self.name
+                    {
+                        options.insert("offsets_query".into(), query.clone());
+                    }
                     let source = self.registry.source(connector)?.create(
                         name,
                         def.schema.clone(),
-                        &receiver_options(name, &def.options, checkpoint.as_deref()),
+                        &options,
                     )?;
                     let errors = def
                         .options

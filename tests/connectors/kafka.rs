@@ -220,3 +220,174 @@ async fn a_missing_topic_or_broker_is_a_clear_error() {
         "stream x: starting_offsets 'first' is not earliest, latest (or smallest, largest) or a JSON object of offsets per partition"
     );
 }
+
+pub const POSTGRES: &str = "postgres://flumen@127.0.0.1:5432/flumen";
+pub const MYSQL: &str = "mysql://flumen:flumen@127.0.0.1:3306/flumen";
+
+/// The rows of `flumen_offsets` for `topic`, as `query|partition|offset`.
+async fn stored_offsets(url: &str, topic: &str) -> Vec<String> {
+    if url.starts_with("postgres") {
+        use flumen::connectors::tokio_postgres;
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("no PostgreSQL on 127.0.0.1:5432: run scripts/services.sh start");
+        tokio::spawn(conn);
+        c.query(
+            "SELECT query, \"partition\", \"offset\" FROM flumen_offsets WHERE topic = $1 \
+             ORDER BY query, \"partition\"",
+            &[&topic],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}",
+                r.get::<_, String>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, i64>(2)
+            )
+        })
+        .collect()
+    } else {
+        use flumen::connectors::mysql_async::prelude::Queryable;
+        let mut c = flumen::connectors::mysql_async::Conn::from_url(url)
+            .await
+            .expect("no MariaDB on 127.0.0.1:3306: run scripts/services.sh start");
+        let rows: Vec<(String, i32, i64)> = c
+            .exec(
+                "SELECT query, `partition`, `offset` FROM flumen_offsets WHERE topic = ? \
+                 ORDER BY query, `partition`",
+                (topic,),
+            )
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(q, p, o)| format!("{q}|{p}|{o}"))
+            .collect()
+    }
+}
+
+/// Removes a row of `flumen_offsets`, as if the partition had appeared since.
+async fn forget_partition(url: &str, topic: &str, partition: i32) {
+    if url.starts_with("postgres") {
+        use flumen::connectors::tokio_postgres;
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.execute(
+            "DELETE FROM flumen_offsets WHERE topic = $1 AND \"partition\" = $2",
+            &[&topic, &partition],
+        )
+        .await
+        .unwrap();
+    } else {
+        use flumen::connectors::mysql_async::prelude::Queryable;
+        let mut c = flumen::connectors::mysql_async::Conn::from_url(url)
+            .await
+            .unwrap();
+        c.exec_drop(
+            "DELETE FROM flumen_offsets WHERE topic = ? AND `partition` = ?",
+            (topic, partition),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// `offsets_store`: committed offsets go to flumen_offsets under the sink's name, and a
+/// new session resumes from them; a partition the table does not know starts at
+/// earliest, as one that appeared while the query was down.
+async fn offsets_store_resumes(url: &str, name: &str) {
+    let c = client().await;
+    let t = topic(name);
+    create_topic(&c, &t, 2).await;
+    produce(&c, &t, 0, &["1", "2"]).await;
+    produce(&c, &t, 1, &["3"]).await;
+    let ddl = format!(
+        "CREATE STREAM nums (v BIGINT, _partition INT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', \
+           topic = '{t}', format = 'csv', starting_offsets = 'earliest', offsets_store = '{url}');
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT v, _partition FROM nums;"
+    );
+    let mut s = sql_session();
+    s.execute_script(&ddl).await.unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT v FROM seen ORDER BY v").await,
+        strs(&["1", "2", "3"])
+    );
+    s.stop_all().await.unwrap();
+    assert_eq!(
+        stored_offsets(url, &t).await,
+        strs(&["seen|0|2", "seen|1|1"])
+    );
+
+    // Restart: starting_offsets = 'earliest' is overridden by the stored offsets.
+    produce(&c, &t, 0, &["4"]).await;
+    produce(&c, &t, 1, &["5"]).await;
+    forget_partition(url, &t, 1).await;
+    let mut s = sql_session();
+    s.execute_script(&ddl.replace("'earliest'", "'latest'"))
+        .await
+        .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    // Partition 0 resumes at offset 2; partition 1, unknown to the store, from earliest.
+    assert_eq!(
+        sql_rows(&mut s, "SELECT v, _partition FROM seen ORDER BY v").await,
+        strs(&["3|1", "4|0", "5|1"])
+    );
+    s.stop_all().await.unwrap();
+    assert_eq!(
+        stored_offsets(url, &t).await,
+        strs(&["seen|0|3", "seen|1|2"])
+    );
+}
+
+#[tokio::test]
+async fn offsets_store_in_postgres() {
+    offsets_store_resumes(POSTGRES, "pg-offsets").await;
+}
+
+#[tokio::test]
+async fn offsets_store_in_mariadb() {
+    offsets_store_resumes(MYSQL, "my-offsets").await;
+}
+
+#[tokio::test]
+async fn offsets_store_errors_name_the_database() {
+    let mut s = sql_session();
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE STREAM x (v TEXT) WITH (connector = 'kafka', bootstrap_servers = 'h:1', topic = 't', \
+               offsets_store = 'redis://u:pw@127.0.0.1/0')"
+        )
+        .await,
+        "stream x: offsets_store 'redis://u:***@127.0.0.1/0' is not a postgres://user@host:port/db or mysql://user:password@host:port/db URL"
+    );
+    let c = client().await;
+    let t = topic("offsets-down");
+    create_topic(&c, &t, 1).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    s.execute(&format!(
+        "CREATE STREAM y (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = '{t}', \
+           format = 'raw', timeout = '2 seconds', offsets_store = 'mysql://flumen:secret@127.0.0.1:{port}/flumen')"
+    ))
+    .await
+    .unwrap();
+    let err = sql_error(
+        &mut s,
+        "CREATE SINK o WITH (connector = 'memory') AS SELECT v FROM y",
+    )
+    .await;
+    assert!(
+        err.starts_with(&format!(
+            "source 'y': offsets_store mysql://flumen:***@127.0.0.1:{port}/flumen: cannot connect: "
+        )),
+        "{err}"
+    );
+}
