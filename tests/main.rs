@@ -1,5 +1,6 @@
 //! Flumen's integration tests: one binary, so DataFusion is linked once.
 
+mod checkpoint;
 mod cli;
 mod common;
 mod connectors;

@@ -55,6 +55,9 @@ struct Listing {
     known: HashSet<Path>,
     /// Under `AvailableNow`: the files there when the query started.
     frozen: Option<HashSet<Path>>,
+    /// The newest modification time (ms) of the files taken so far: after a restart
+    /// from a checkpoint, files no newer than this count as taken (Spark's rule).
+    newest_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -305,19 +308,57 @@ impl Source for FilesSource {
         l.known.extend(files.iter().map(|m| m.location.clone()));
         let _ = batch;
         if files.is_empty() {
+            let at = match l.newest_ms {
+                Some(n) => json!({"known": before, "newest_ms": n}),
+                None => json!(before),
+            };
             return Ok(SourceRange {
-                start: json!(before),
-                end: json!(before),
+                start: at.clone(),
+                end: at,
             });
         }
+        let newest = files
+            .iter()
+            .map(|m| m.last_modified.timestamp_millis())
+            .max();
+        l.newest_ms = l.newest_ms.max(newest);
         let list: Vec<serde_json::Value> = files
             .iter()
             .map(|m| json!({"path": m.location.as_ref(), "size": m.size}))
             .collect();
         Ok(SourceRange {
             start: json!(before),
-            end: json!({"known": l.known.len(), "files": list}),
+            end: json!({"known": l.known.len(), "files": list, "newest_ms": l.newest_ms}),
         })
+    }
+
+    async fn restore(&self, last: &SourceRange) -> Result<()> {
+        // The newest time taken is in the last range that took files; a range that
+        // took none carries no time, and then the files open() saw stay as they are.
+        let newest = last.end.get("newest_ms").and_then(|v| v.as_i64());
+        let files = self.list().await?;
+        let mut l = self.listing.lock();
+        if let Some(newest) = newest {
+            l.newest_ms = Some(newest);
+            l.known.extend(
+                files
+                    .into_iter()
+                    .filter(|m| m.last_modified.timestamp_millis() <= newest)
+                    .map(|m| m.location),
+            );
+        }
+        for f in last
+            .end
+            .get("files")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = f.get("path").and_then(|p| p.as_str()) {
+                l.known.insert(Path::from(p));
+            }
+        }
+        Ok(())
     }
 
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {

@@ -397,6 +397,17 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    async fn restore(&self, last: &SourceRange) -> Result<()> {
+        let Some(end) = from_json(&last.end) else {
+            return plan_err!("kafka source {}: bad range {last:?}", self.name);
+        };
+        let mut o = self.offsets.lock();
+        // The checkpoint wins over starting_offsets and offsets_store.
+        o.next.extend(end);
+        o.opened = true;
+        Ok(())
+    }
+
     async fn commit(&self, range: &SourceRange) -> Result<()> {
         let Some((store, query)) = &self.store else {
             return Ok(());

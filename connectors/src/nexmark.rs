@@ -25,7 +25,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
 use parking_lot::Mutex;
-use serde_json::json;
 
 /// Which of the three Nexmark streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,18 +234,30 @@ impl Source for NexmarkSource {
             end = end.min(st.planned + max);
         }
         let range = SourceRange {
-            start: json!(st.planned),
-            end: json!(end),
+            start: crate::rate::position(st.planned, start_ms),
+            end: crate::rate::position(end, start_ms),
         };
         st.planned = end;
         Ok(range)
     }
 
+    async fn restore(&self, last: &SourceRange) -> Result<()> {
+        let Some((end, start_ms)) = crate::rate::parse_position(&last.end) else {
+            return plan_err!("nexmark source {}: bad range {last:?}", self.name);
+        };
+        let mut st = self.state.lock();
+        st.planned = end;
+        st.start_ms = Some(start_ms);
+        Ok(())
+    }
+
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
-        let (Some(from), Some(to)) = (range.start.as_u64(), range.end.as_u64()) else {
+        let (Some((from, start_ms)), Some((to, _))) = (
+            crate::rate::parse_position(&range.start),
+            crate::rate::parse_position(&range.end),
+        ) else {
             return plan_err!("nexmark source {}: bad range {range:?}", self.name);
         };
-        let start_ms = self.state.lock().start_ms.unwrap_or_default();
         // Generated in slices, so a large batch is several moderate RecordBatches.
         const SLICE: u64 = 64 * 1024;
         let mut out = Vec::new();

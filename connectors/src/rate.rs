@@ -35,6 +35,16 @@ pub struct RateSource {
     state: Mutex<RateState>,
 }
 
+/// A generator's position: the next row (or event) number and the time of row 0, so a
+/// range read again after a restart stamps the same times.
+pub(crate) fn position(n: u64, start_ms: i64) -> serde_json::Value {
+    json!({"n": n, "start_ms": start_ms})
+}
+
+pub(crate) fn parse_position(v: &serde_json::Value) -> Option<(u64, i64)> {
+    Some((v.get("n")?.as_u64()?, v.get("start_ms")?.as_i64()?))
+}
+
 #[derive(Debug, Default)]
 struct RateState {
     /// Time (ms) at which value 0 is stamped: one second before the first batch.
@@ -52,10 +62,6 @@ impl RateSource {
             limit,
             state: Mutex::new(RateState::default()),
         }
-    }
-
-    fn as_u64(v: &serde_json::Value) -> u64 {
-        v.as_u64().unwrap_or_default()
     }
 }
 
@@ -97,16 +103,29 @@ impl Source for RateSource {
             end = end.min(st.planned + max);
         }
         let range = SourceRange {
-            start: json!(st.planned),
-            end: json!(end),
+            start: position(st.planned, start_ms),
+            end: position(end, start_ms),
         };
         st.planned = end;
         Ok(range)
     }
 
+    async fn restore(&self, last: &SourceRange) -> Result<()> {
+        let Some((end, start_ms)) = parse_position(&last.end) else {
+            return plan_err!("rate source {}: bad range {last:?}", self.name);
+        };
+        let mut st = self.state.lock();
+        st.planned = end;
+        st.start_ms = Some(start_ms);
+        Ok(())
+    }
+
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
-        let (from, to) = (Self::as_u64(&range.start), Self::as_u64(&range.end));
-        let start_ms = self.state.lock().start_ms.unwrap_or_default();
+        let (Some((from, start_ms)), Some((to, _))) =
+            (parse_position(&range.start), parse_position(&range.end))
+        else {
+            return plan_err!("rate source {}: bad range {range:?}", self.name);
+        };
         let rate = self.rows_per_second as i64;
         let values = Int64Array::from_iter_values(from as i64..to as i64);
         let stamps = TimestampMillisecondArray::from_iter_values(

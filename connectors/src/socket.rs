@@ -406,6 +406,22 @@ impl Source for SocketSource {
         Ok(vec![vec![batch]])
     }
 
+    async fn restore(&self, last: &SourceRange) -> Result<()> {
+        if self.wal_dir.is_none() {
+            return plan_err!(
+                "stream {}: a socket source keeps received lines only in memory, so a query cannot resume from a checkpoint; \
+                 set wal = 'true' or delete the checkpoint",
+                self.name
+            );
+        }
+        let Some(end) = last.end.as_u64() else {
+            return plan_err!("socket source {}: bad range {last:?}", self.name);
+        };
+        let mut r = self.received.lock();
+        r.planned_until = r.planned_until.max(end);
+        Ok(())
+    }
+
     async fn commit(&self, range: &SourceRange) -> Result<()> {
         if let Some(end) = range.end.as_u64() {
             let mut r = self.received.lock();

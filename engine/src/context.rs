@@ -57,6 +57,7 @@ pub struct StreamingContextBuilder {
     retained_batches: usize,
     name: String,
     exclusive: bool,
+    checkpoint: Option<std::path::PathBuf>,
 }
 
 impl StreamingContextBuilder {
@@ -97,6 +98,13 @@ impl StreamingContextBuilder {
         self
     }
 
+    /// Keep the query's offset log, commit log and state in `dir`; a context started
+    /// on a checkpoint an earlier run left resumes where that run stopped.
+    pub fn with_checkpoint(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.checkpoint = Some(dir.into());
+        self
+    }
+
     pub fn build(self) -> Result<StreamingContext> {
         if self.interval.is_zero() {
             return plan_err!("the batch interval must be positive");
@@ -124,6 +132,7 @@ impl StreamingContextBuilder {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     name: self.name,
                     exclusive: self.exclusive,
+                    checkpoint: self.checkpoint,
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -153,6 +162,7 @@ pub(crate) struct Shared {
     id: u64,
     name: String,
     exclusive: bool,
+    checkpoint: Option<std::path::PathBuf>,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -239,6 +249,7 @@ impl StreamingContext {
             retained_batches: 1000,
             name: "flumen".into(),
             exclusive: true,
+            checkpoint: None,
         }
     }
 
@@ -439,19 +450,54 @@ impl StreamingContext {
             *active = Some(Arc::downgrade(&self.inner));
         }
         let graph = shared.graph.lock().take().unwrap_or_default();
+        let now = shared.clock.now();
+        // Fixed here, not in the task, so the clock moving before the task first runs
+        // cannot shift the batch grid.
+        let first = now.next_multiple_of(shared.interval);
         let opened = async {
-            let pipeline = Pipeline::plan(
+            let mut pipeline = Pipeline::plan(
                 format!("{}-{}", shared.name, 0),
                 graph,
                 shared.session.clone(),
                 shared.interval,
             )
             .await?;
+            let mut start = Start {
+                zero: first.minus(shared.interval),
+                first,
+                batch_id: 0,
+            };
+            let recovered = match &shared.checkpoint {
+                Some(dir) => Some(pipeline.open_checkpoint(dir, start.zero)?),
+                None => None,
+            };
             pipeline.open().await?;
-            Ok::<_, Error>(pipeline)
+            if let Some(recovered) = recovered {
+                // Replayed here, so a checkpoint that cannot be used fails start().
+                if let Some(z) = recovered.zero_time {
+                    start.zero = z;
+                }
+                let resumed = pipeline
+                    .recover(recovered, start.zero, shared.clock.as_ref())
+                    .await;
+                let resumed = match resumed {
+                    Ok(r) => r,
+                    Err(e) => {
+                        pipeline.close().await;
+                        return Err(e);
+                    }
+                };
+                if let Some((last_id, last_time)) = resumed {
+                    start.batch_id = last_id + 1;
+                    // On the same grid; batches missed while the query was down are
+                    // not run (their data goes to the next batch).
+                    start.first = last_time.plus(shared.interval).max(first);
+                }
+            }
+            Ok::<_, Error>((pipeline, start))
         }
         .await;
-        let pipeline = match opened {
+        let (pipeline, start) = match opened {
             Ok(p) => p,
             Err(e) => {
                 shared.status.send_replace(StreamingContextState::Stopped);
@@ -459,11 +505,7 @@ impl StreamingContext {
                 return Err(e);
             }
         };
-        let now = shared.clock.now();
         *shared.started_at.lock() = Some(now);
-        // Fixed here, not in the task, so the clock moving before the task first runs
-        // cannot shift the batch grid.
-        let first = now.next_multiple_of(shared.interval);
         shared.status.send_replace(StreamingContextState::Active);
         let weak = Arc::downgrade(&self.inner);
         let task_shared = Arc::clone(&shared);
@@ -471,7 +513,7 @@ impl StreamingContext {
             // A panic in a batch (a bug, ours or a library's) stops the query with an
             // error instead of leaving it hung in the Active state.
             let result =
-                std::panic::AssertUnwindSafe(run(Arc::clone(&task_shared), pipeline, first))
+                std::panic::AssertUnwindSafe(run(Arc::clone(&task_shared), pipeline, start))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|panic| {
@@ -623,15 +665,22 @@ pub struct SourceOptions {
 }
 
 /// The scheduler loop: one batch per interval, never overlapping.
-async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, first: Time) -> Result<()> {
+/// Where the scheduler loop starts: the batch grid, the first batch time and id.
+struct Start {
+    zero: Time,
+    first: Time,
+    batch_id: u64,
+}
+
+async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, start: Start) -> Result<()> {
     let interval = shared.interval;
     let mut stop = shared.stop.subscribe();
-    let zero = first.minus(interval);
+    let zero = start.zero;
+    let mut t = start.first;
+    let mut batch_id = start.batch_id;
     if shared.trigger == Trigger::AvailableNow {
         pipeline.freeze_available_now().await?;
     }
-    let mut t = first;
-    let mut batch_id = 0u64;
     let result = loop {
         if *stop.borrow() {
             break Ok(());
@@ -653,7 +702,13 @@ async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, first: Time) -> Result
             l.on_batch_started(batch_id, t);
         }
         let info = match pipeline
-            .run_batch(batch_id, t, zero, shared.clock.as_ref())
+            .run_batch(
+                batch_id,
+                t,
+                zero,
+                shared.clock.as_ref(),
+                crate::scheduler::Replay::default(),
+            )
             .await
         {
             Ok(info) => info,

@@ -57,6 +57,9 @@ pub enum Error {
     /// The query had stopped with this error.
     #[error("the streaming query failed: {0}")]
     QueryFailed(std::sync::Arc<Error>),
+    /// A checkpoint cannot be used: corrupt, or written by another query.
+    #[error("{0}")]
+    Checkpoint(String),
     /// A bug in Flumen: please report it.
     #[error("internal error (a bug in Flumen): {0}")]
     Internal(String),

@@ -21,6 +21,7 @@
 //!            └────────────────────────────────────────────────────────────────────┘
 //! ```
 
+pub mod checkpoint;
 pub mod clock;
 pub mod context;
 pub mod error;

@@ -11,6 +11,11 @@
 //!   5 commit Source::commit; BatchInfo to listeners
 //! ```
 //!
+//! With a checkpoint (see [`crate::checkpoint`]): step 1 writes the ranges to the offset
+//! log before anything is read, step 5 writes the commit log, then the operators'
+//! state, then frees the sources' data. [`Pipeline::recover`] replays from the newest
+//! snapshot with the recorded ranges after a restart.
+//!
 //! Every physical plan is built once, in [`Pipeline::plan`], and re-executed each batch
 //! after [`reset_plan_states`] clears whatever an operator cached (a join's build side).
 
@@ -25,6 +30,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 
 use crate::Result;
+use crate::checkpoint::{Checkpoint, OffsetEntry, Recovered};
 use crate::clock::Clock;
 use crate::graph::{Graph, OperatorNode, OutputKind, OutputNode, SourceNode};
 use crate::listener::BatchInfo;
@@ -43,6 +49,16 @@ pub(crate) struct Pipeline {
     sources: Vec<SourceNode>,
     operators: Vec<(OperatorNode, Arc<dyn ExecutionPlan>)>,
     outputs: Vec<(OutputNode, Arc<dyn ExecutionPlan>)>,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// How a batch runs.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Replay<'a> {
+    /// The ranges the offset log recorded (a replay), instead of planning.
+    pub recorded: Option<&'a OffsetEntry>,
+    /// The sinks already committed this batch: rebuild state only.
+    pub committed: bool,
 }
 
 impl Pipeline {
@@ -71,7 +87,128 @@ impl Pipeline {
             sources: graph.sources,
             operators,
             outputs,
+            checkpoint: None,
         })
+    }
+
+    /// One line per source, operator and output: what a checkpoint must match.
+    pub fn description(&self) -> Vec<String> {
+        let fields = |s: &datafusion::arrow::datatypes::Schema| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = Vec::new();
+        for s in &self.sources {
+            out.push(format!(
+                "source {} ({})",
+                s.source.name(),
+                fields(&s.source.schema())
+            ));
+        }
+        for (i, (node, _)) in self.operators.iter().enumerate() {
+            out.push(format!(
+                "operator {i} {} ({})",
+                node.op.name(),
+                fields(&node.op.output_schema())
+            ));
+        }
+        for (i, (node, plan)) in self.outputs.iter().enumerate() {
+            out.push(format!(
+                "output {i} {:?} ({})",
+                node.kind,
+                fields(&plan.schema())
+            ));
+        }
+        out
+    }
+
+    /// Opens the checkpoint at `dir`: refuses another query's checkpoint and
+    /// operators that cannot keep state in one; returns what an earlier run left.
+    pub fn open_checkpoint(&mut self, dir: &std::path::Path, zero_time: Time) -> Result<Recovered> {
+        for (node, _) in &self.operators {
+            node.op.snapshot()?;
+        }
+        let description = self.description();
+        let (cp, recovered) = Checkpoint::open(dir, description.clone(), self.interval)?;
+        cp.write_metadata(
+            description,
+            self.interval,
+            recovered.zero_time.unwrap_or(zero_time),
+        )?;
+        self.checkpoint = Some(cp);
+        Ok(recovered)
+    }
+
+    /// After a restart: restores the newest snapshot, runs again the batches after it
+    /// with their recorded ranges (the sinks see only those they had not committed),
+    /// and tells each source where the last planned batch ended. Returns the id and
+    /// time of the last batch run.
+    pub async fn recover(
+        &mut self,
+        recovered: Recovered,
+        zero_time: Time,
+        clock: &dyn Clock,
+    ) -> Result<Option<(u64, Time)>> {
+        let Some(last) = recovered.last_planned else {
+            return Ok(None);
+        };
+        let stateful = !self.operators.is_empty();
+        let first = match (&recovered.snapshot, recovered.last_committed) {
+            (Some(s), _) if stateful => s.batch_id + 1,
+            (None, _) if stateful => 0,
+            (_, Some(c)) => c + 1,
+            (_, None) => 0,
+        };
+        if let Some(snapshot) = recovered.snapshot.filter(|_| stateful) {
+            for (index, state) in snapshot.operators {
+                let Some((node, _)) = self.operators.get_mut(index) else {
+                    return Err(crate::Error::Checkpoint(format!(
+                        "the snapshot of batch {} has state for operator {index}, which this query does not have",
+                        snapshot.batch_id
+                    )));
+                };
+                node.op.restore(state)?;
+            }
+        }
+        log::info!(
+            "resuming from checkpoint: batches {first}..={} run again (last committed: {:?})",
+            last.batch_id,
+            recovered.last_committed
+        );
+        for id in first..=last.batch_id {
+            let entry = if id == last.batch_id {
+                last.clone()
+            } else {
+                self.checkpoint
+                    .as_ref()
+                    .expect("recovering from a checkpoint")
+                    .read_offsets(id)?
+            };
+            let replay = Replay {
+                recorded: Some(&entry),
+                committed: recovered.last_committed.is_some_and(|c| id <= c),
+            };
+            let t = Time::from_millis(entry.batch_time_ms);
+            self.run_batch(id, t, zero_time, clock, replay)
+                .await
+                .map_err(|e| crate::Error::Batch {
+                    batch_time: t,
+                    source: Box::new(e),
+                })?;
+        }
+        for (s, (name, range)) in self.sources.iter().zip(&last.ranges) {
+            if s.source.name() != name {
+                return Err(crate::Error::Checkpoint(format!(
+                    "the offset log names source '{name}' where this query has '{}'",
+                    s.source.name()
+                )));
+            }
+            s.source.restore(range).await?;
+        }
+        Ok(Some((last.batch_id, Time::from_millis(last.batch_time_ms))))
     }
 
     /// Open sources and sinks.
@@ -131,6 +268,7 @@ impl Pipeline {
         batch_time: Time,
         zero_time: Time,
         clock: &dyn Clock,
+        replay: Replay<'_>,
     ) -> Result<BatchInfo> {
         let started = clock.now();
         let wall = Instant::now();
@@ -138,14 +276,30 @@ impl Pipeline {
             Duration::from_millis((started.as_millis() - batch_time.as_millis()).max(0) as u64);
         // 1. plan
         let mut ranges = Vec::with_capacity(self.sources.len());
-        for s in &self.sources {
-            let batch = BatchContext {
-                batch_id,
-                batch_time,
-                interval: self.interval,
-                max_records: s.limit.max_records(self.interval),
-            };
-            ranges.push(s.source.plan_batch(&batch).await?);
+        if let Some(entry) = replay.recorded {
+            ranges.extend(entry.ranges.iter().map(|(_, r)| r.clone()));
+        } else {
+            for s in &self.sources {
+                let batch = BatchContext {
+                    batch_id,
+                    batch_time,
+                    interval: self.interval,
+                    max_records: s.limit.max_records(self.interval),
+                };
+                ranges.push(s.source.plan_batch(&batch).await?);
+            }
+            if let Some(cp) = &self.checkpoint {
+                cp.write_offsets(&OffsetEntry {
+                    batch_id,
+                    batch_time_ms: batch_time.as_millis(),
+                    ranges: self
+                        .sources
+                        .iter()
+                        .map(|s| s.source.name().to_string())
+                        .zip(ranges.iter().cloned())
+                        .collect(),
+                })?;
+            }
         }
         // 2. read
         let mut input_rows = Vec::with_capacity(self.sources.len());
@@ -153,7 +307,7 @@ impl Pipeline {
         for (s, range) in self.sources.iter().zip(&ranges) {
             let data = s.source.read_batch(range).await?;
             let rejected = s.source.take_rejected();
-            if !rejected.is_empty() {
+            if !rejected.is_empty() && !replay.committed {
                 rejected_rows += rejected.len() as u64;
                 match &s.errors {
                     Some(sink) => {
@@ -202,7 +356,7 @@ impl Pipeline {
         // 3 (outputs) and 4. write
         let mut output_rows = 0u64;
         for (i, (node, plan)) in self.outputs.iter().enumerate() {
-            if !batch_time.is_multiple_of(zero_time, node.slide) {
+            if replay.committed || !batch_time.is_multiple_of(zero_time, node.slide) {
                 continue;
             }
             let parts = relabel(execute(plan, &self.task_ctx).await?, &plan.schema())?;
@@ -236,7 +390,22 @@ impl Pipeline {
                 }
             }
         }
-        // 5. commit
+        // 5. commit: the log, the state, then the sources may free what they held.
+        if let Some(cp) = &self.checkpoint {
+            if !replay.committed {
+                cp.write_commit(batch_id, batch_time)?;
+            }
+            if !self.operators.is_empty() {
+                let mut operators = Vec::with_capacity(self.operators.len());
+                for (i, (node, _)) in self.operators.iter().enumerate() {
+                    operators.push((i, node.op.snapshot()?));
+                }
+                cp.write_snapshot(&crate::checkpoint::Snapshot {
+                    batch_id,
+                    operators,
+                })?;
+            }
+        }
         for (s, range) in self.sources.iter().zip(&ranges) {
             s.source.commit(range).await?;
         }

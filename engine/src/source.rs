@@ -110,6 +110,17 @@ pub trait Source: Debug + Send + Sync {
     /// Step 2: the data of `range`, one `Vec` per partition.
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>>;
 
+    /// After a restart from a checkpoint: the last planned batch covered `last`; the
+    /// next [`Source::plan_batch`] starts where it ended, and [`Source::read_batch`]
+    /// may be asked for recorded ranges again. Sources whose data cannot be read again
+    /// after a restart refuse.
+    async fn restore(&self, _last: &SourceRange) -> Result<()> {
+        Err(Error::Plan(format!(
+            "stream {}: its data cannot be read again after a restart, so a query cannot resume from a checkpoint;              use a replayable source (kafka, files, socket with wal = 'true', rate, nexmark) or delete the checkpoint",
+            self.name()
+        )))
+    }
+
     /// Step 5: the batch that covered `range` is committed.
     async fn commit(&self, _range: &SourceRange) -> Result<()> {
         Ok(())

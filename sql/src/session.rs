@@ -729,13 +729,18 @@ impl FlumenSession {
             .build();
         let session = SessionContext::new_with_state(state);
         session.register_udf(batch_time);
-        let ctx = StreamingContext::builder(self.settings.batch_interval)
+        let mut builder = StreamingContext::builder(self.settings.batch_interval)
             .with_session(session)
             .with_clock(Arc::clone(&self.clock))
             .with_exclusive(false)
             .with_trigger(trigger)
-            .with_name(format!("query-{id}"))
-            .build()?;
+            // The sink's name keys the query's writes, so a restarted query rewrites
+            // the same keys.
+            .with_name(name.map_or_else(|| format!("query-{id}"), str::to_string));
+        if let (Some(location), Some(name)) = (&self.settings.checkpoint_location, name) {
+            builder = builder.with_checkpoint(checkpoint_dir(location, name)?);
+        }
+        let ctx = builder.build()?;
         ctx.add_listener(cell);
         let _ = schema.ctx.set(ctx.clone());
         Ok(QueryContext { ctx, schema })
@@ -1294,6 +1299,20 @@ fn receiver_options(name: &str, options: &Options, checkpoint: Option<&str>) -> 
         );
     }
     out
+}
+
+/// Where the query writing `name` keeps its checkpoint under `checkpoint_location`.
+fn checkpoint_dir(location: &str, name: &str) -> Result<std::path::PathBuf> {
+    let local = match location.split_once("://") {
+        None => location,
+        Some(("file", path)) => path,
+        Some((scheme, _)) => {
+            return plan_err!(
+                "checkpoint_location '{location}': checkpoints on {scheme}:// are not supported yet; use a local directory"
+            );
+        }
+    };
+    Ok(std::path::Path::new(local).join("queries").join(name))
 }
 
 fn connector_options(options: &Options) -> ConnectorOptions {

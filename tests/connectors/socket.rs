@@ -246,6 +246,9 @@ async fn with_a_wal_lines_received_but_not_committed_are_replayed_after_a_restar
             checkpoint.display()
         )
     };
+    // One clock for both "processes": the second starts when the first stopped.
+    let clock = Arc::new(ManualClock::default());
+    let session = || FlumenSession::new(flumen::connectors::registry(), clock.clone());
     let mut s = session();
     s.execute_script(&script(port)).await.unwrap();
     let mut conn = accept(&listener).await;
@@ -254,7 +257,9 @@ async fn with_a_wal_lines_received_but_not_committed_are_replayed_after_a_restar
     // Received and logged, never processed: the process "dies" here.
     conn.write_all(b"three\nfour\n").await.unwrap();
     wal_holds(&wal, 2).await;
-    drop(s);
+    // Stopped without planning another batch: the last two lines are only in the
+    // write-ahead log, as if the process had died.
+    s.stop_all().await.unwrap();
 
     // A new process on the same checkpoint replays exactly the uncommitted lines.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -149,6 +149,18 @@ impl StreamOperator for LateRowsExec {
         0
     }
 
+    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+        Ok(crate::checkpoint::OperatorState {
+            batches: Vec::new(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        self.watermark = state.meta["watermark"].as_i64();
+        Ok(())
+    }
+
     fn late_rows(&self) -> u64 {
         self.late_last_batch
     }

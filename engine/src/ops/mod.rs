@@ -104,6 +104,23 @@ pub trait StreamOperator: Send + Sync {
     /// Rows of state the operator holds (a metric).
     fn state_rows(&self) -> usize;
 
+    /// The operator's state, for a checkpoint. Operators that cannot checkpoint yet
+    /// say so (a query using them with a checkpoint is refused at start).
+    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+        Err(crate::error::Error::Plan(format!(
+            "{} cannot keep its state in a checkpoint yet; run this query without a checkpoint location",
+            self.name()
+        )))
+    }
+
+    /// Puts back what [`StreamOperator::snapshot`] returned, before any batch runs.
+    fn restore(&mut self, _state: crate::checkpoint::OperatorState) -> Result<()> {
+        Err(crate::error::Error::Plan(format!(
+            "{} cannot restore its state from a checkpoint",
+            self.name()
+        )))
+    }
+
     /// Rows the last `process` dropped as late (older than the watermark).
     fn late_rows(&self) -> u64 {
         0

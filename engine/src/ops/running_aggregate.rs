@@ -535,6 +535,26 @@ impl StreamOperator for RunningAggregateExec {
         self.state.as_ref().map_or(0, |s| s.num_rows())
     }
 
+    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+        Ok(crate::checkpoint::OperatorState {
+            batches: self.state.iter().cloned().collect(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        self.state = match state.batches.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            more => Some(datafusion::arrow::compute::concat_batches(
+                &more[0].schema(),
+                more,
+            )?),
+        };
+        self.watermark = state.meta["watermark"].as_i64();
+        Ok(())
+    }
+
     fn late_rows(&self) -> u64 {
         self.late_rows_last_batch
     }
