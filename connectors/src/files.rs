@@ -100,6 +100,17 @@ impl FilesSource {
             .into_iter()
             .filter(|m| !m.location.filename().is_none_or(is_hidden))
             .collect();
+        // Output of Flumen's files sink: only what its commit log lists.
+        let log = self.location.child(crate::files_sink::LOG_DIR);
+        if listed.common_prefixes.contains(&log) {
+            let committed: std::collections::HashSet<String> =
+                crate::files_sink::committed_files(&self.location)
+                    .await?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+            files.retain(|m| m.location.filename().is_some_and(|f| committed.contains(f)));
+        }
         files.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         Ok(files)
     }

@@ -6,19 +6,20 @@
 //! ```text
 //!   ConnectorRegistry ─ sources: memory/queue (engine), rate, nexmark, socket,
 //!                     │          files (store: local, s3, memory), kafka
-//!                     └ sinks:   memory, console (engine)
+//!                     └ sinks:   memory, console (engine), files (files_sink)
 //!   format: text / csv / json decoding and the on_error policy, for text sources
 //!   store:  object stores by URL, shared by files source and (later) sink
 //!   offsets_store: Kafka offsets kept in PostgreSQL / MySQL (flumen_offsets)
 //! ```
 //!
-//! The database connectors and file/Kafka sinks are issue 6.
+//! The database and Kafka sinks are issue 6.
 
 use std::sync::Arc;
 
 use flumen_engine::ConnectorRegistry;
 
 pub mod files;
+pub mod files_sink;
 pub mod format;
 pub mod kafka;
 pub mod nexmark;
@@ -27,8 +28,9 @@ pub mod rate;
 pub mod socket;
 pub mod store;
 
+/// The client crates (object store, Kafka, PostgreSQL, MySQL), for tests and embedders
+/// that prepare or check data.
 pub use mysql_async;
-/// The object-store and Kafka client crates, for tests and embedders that prepare data.
 pub use object_store;
 pub use rskafka;
 pub use tokio_postgres;
@@ -41,5 +43,6 @@ pub fn registry() -> ConnectorRegistry {
     r.register_source("files", Arc::new(files::FilesFactory));
     r.register_source("kafka", Arc::new(kafka::KafkaFactory));
     r.register_source("nexmark", Arc::new(nexmark::NexmarkFactory));
+    r.register_sink("files", Arc::new(files_sink::FilesSinkFactory));
     r
 }

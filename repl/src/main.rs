@@ -35,8 +35,8 @@ OPTIONS:
         --trigger MODE           available-now: process what the sources hold, then
                                  exit; processing-time (default): run until Ctrl-C/SIGTERM
         --batch-interval D       e.g. '1 second' (default), '500 ms'
-        --checkpoint DIR         checkpoint location (SET checkpoint_location; recorded
-                                 now, used for recovery once exactly-once sinks land)
+        --checkpoint DIR         checkpoint location (SET checkpoint_location): each
+                                 query resumes where it stopped
         --format F               print (default: Spark's layout for continuous
                                  queries, tables otherwise), table, csv or json
     -h, --help                   this help

@@ -1,5 +1,6 @@
 //! Connectors against the real systems they name, started on 127.0.0.1 by the tests.
 
 mod files;
+mod files_sink;
 mod kafka;
 mod socket;

@@ -1,0 +1,417 @@
+//! The `files` sink: each batch's output as files on any object-store URL, written so
+//! that a replayed batch rewrites the same files with the same content, and a commit
+//! log that lets readers see only committed batches (Spark's `_spark_metadata`).
+//!
+//! ```text
+//!  write(T, p):  part-<T ms, 13 digits>-<p, 5 digits>.<ext>   (one object put: atomic)
+//!                or, with prefix/suffix (text): <prefix>-<T ms>[-<p>].<suffix>
+//!                with partition_by = 'col': col=<value>/part-...
+//!  commit(T):    _flumen_log/<T ms, 13 digits>   JSON {"batch_time_ms", "files": [...]}
+//! ```
+//!
+//! Empty batches write neither files nor a log entry. A reader that honours the log
+//! (Flumen's `files` source does) takes exactly the files the log lists.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
+use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
+use object_store::{ObjectStoreExt, PutPayload};
+use parking_lot::Mutex;
+
+use crate::store::{Location, STORE_OPTIONS};
+
+/// The folder of the commit log, beside the data.
+pub const LOG_DIR: &str = "_flumen_log";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Parquet,
+    Csv,
+    Json,
+    Text,
+    Arrow,
+}
+
+impl Format {
+    fn ext(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Text => "txt",
+            Format::Arrow => "arrow",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FilesSink {
+    name: String,
+    location: Location,
+    format: Format,
+    partition_by: Option<String>,
+    /// Spark's `saveAsTextFiles(prefix, suffix)` naming.
+    prefix: Option<String>,
+    suffix: Option<String>,
+    /// Files written per batch, until its commit.
+    written: Mutex<BTreeMap<Time, Vec<String>>>,
+}
+
+impl FilesSink {
+    fn error(&self, message: String) -> Error {
+        Error::Sink {
+            sink_name: self.name.clone(),
+            message,
+            retryable: true,
+        }
+    }
+
+    fn file_name(&self, key: &WriteKey) -> String {
+        let t = key.batch_time.as_millis();
+        match &self.prefix {
+            Some(prefix) => {
+                let suffix = self.suffix.as_deref().unwrap_or(self.format.ext());
+                if key.partition == 0 {
+                    format!("{prefix}-{t}.{suffix}")
+                } else {
+                    format!("{prefix}-{t}-{}.{suffix}", key.partition)
+                }
+            }
+            None => format!("part-{t:013}-{:05}.{}", key.partition, self.format.ext()),
+        }
+    }
+
+    fn encode(&self, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+        let schema = batches[0].schema();
+        let mut out = Vec::new();
+        match self.format {
+            Format::Parquet => {
+                let mut w =
+                    datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
+                        .map_err(|e| self.error(format!("encoding parquet: {e}")))?;
+                for b in batches {
+                    w.write(b)
+                        .map_err(|e| self.error(format!("encoding parquet: {e}")))?;
+                }
+                w.close()
+                    .map_err(|e| self.error(format!("encoding parquet: {e}")))?;
+            }
+            Format::Csv => {
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            Format::Json => {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+            Format::Arrow => {
+                let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(&mut out, &schema)?;
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+            Format::Text => {
+                for b in batches {
+                    let col = cast(b.column(0), &DataType::Utf8)?;
+                    let col = col
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("cast to Utf8");
+                    for i in 0..col.len() {
+                        if col.is_valid(i) {
+                            out.extend_from_slice(col.value(i).as_bytes());
+                        }
+                        out.push(b'\n');
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        // Already escaped (Hive's %XX): parsed as is, not escaped again.
+        let joined = if self.location.prefix.as_ref().is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.location.prefix)
+        };
+        let path =
+            object_store::path::Path::parse(&joined).unwrap_or_else(|_| self.location.child(name));
+        self.location
+            .store
+            .put(&path, PutPayload::from(Bytes::from(bytes)))
+            .await
+            .map_err(|e| {
+                self.error(format!(
+                    "writing {}/{name}: {e}",
+                    self.location.url.trim_end_matches('/')
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// The rows of `batches` split by the value of the `partition_by` column, which
+    /// the files leave out (it is in the path).
+    fn split(
+        &self,
+        batches: &[RecordBatch],
+        column: &str,
+    ) -> Result<Vec<(String, Vec<RecordBatch>)>> {
+        let mut groups: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        for b in batches {
+            let index = b.schema().index_of(column).map_err(|_| {
+                Error::Plan(format!(
+                    "sink {}: partition_by column '{column}' is not in the output",
+                    self.name
+                ))
+            })?;
+            let values = cast(b.column(index), &DataType::Utf8)?;
+            let values = values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8");
+            let mut distinct: Vec<Option<&str>> = (0..values.len())
+                .map(|i| values.is_valid(i).then(|| values.value(i)))
+                .collect();
+            distinct.sort();
+            distinct.dedup();
+            let mut rest = b.clone();
+            rest.remove_column(index);
+            for v in distinct {
+                let mask: datafusion::arrow::array::BooleanArray = (0..values.len())
+                    .map(|i| Some(values.is_valid(i).then(|| values.value(i)) == v))
+                    .collect();
+                let part = filter_record_batch(&rest, &mask)?;
+                // Hive's name for null.
+                let dir = format!(
+                    "{column}={}",
+                    v.map(escape)
+                        .unwrap_or_else(|| "__HIVE_DEFAULT_PARTITION__".into())
+                );
+                groups.entry(dir).or_default().push(part);
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+}
+
+/// A partition value as a path segment: `/` and other awkward characters %-escaped.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Sink for FilesSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn open(&self, _query_id: &str, schema: SchemaRef) -> Result<()> {
+        if self.format == Format::Text && schema.fields().len() != 1 {
+            return plan_err!(
+                "sink {}: format 'text' writes one column, the query gives {} ({}); select one (e.g. concat_ws(',', ...))",
+                self.name,
+                schema.fields().len(),
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(c) = &self.partition_by
+            && schema.index_of(c).is_err()
+        {
+            return plan_err!(
+                "sink {}: partition_by column '{c}' is not in the output ({})",
+                self.name,
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let name = self.file_name(key);
+        let mut files = Vec::new();
+        match &self.partition_by {
+            None => {
+                let bytes = self.encode(&batches)?;
+                self.put(&name, bytes).await?;
+                files.push(name);
+            }
+            Some(column) => {
+                for (dir, part) in self.split(&batches, column)? {
+                    let path = format!("{dir}/{name}");
+                    let bytes = self.encode(&part)?;
+                    self.put(&path, bytes).await?;
+                    files.push(path);
+                }
+            }
+        }
+        self.written
+            .lock()
+            .entry(key.batch_time)
+            .or_default()
+            .extend(files);
+        Ok(())
+    }
+
+    async fn commit(&self, _query_id: &str, batch_time: Time, _partitions: usize) -> Result<()> {
+        let mut files = self.written.lock().remove(&batch_time).unwrap_or_default();
+        if files.is_empty() {
+            return Ok(());
+        }
+        files.sort();
+        files.dedup();
+        let entry = serde_json::json!({
+            "batch_time_ms": batch_time.as_millis(),
+            "files": files,
+        });
+        self.put(
+            &format!("{LOG_DIR}/{:013}", batch_time.as_millis()),
+            serde_json::to_vec(&entry).expect("json"),
+        )
+        .await
+    }
+}
+
+/// The files the commit log in `location` lists, if it has one.
+pub async fn committed_files(location: &Location) -> Result<Option<Vec<String>>> {
+    use futures::TryStreamExt;
+    let log = location.child(LOG_DIR);
+    let entries: Vec<_> = location
+        .store
+        .list(Some(&log))
+        .try_collect()
+        .await
+        .map_err(|e| Error::Plan(format!("listing {}/{LOG_DIR}: {e}", location.url)))?;
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    for m in entries {
+        let bytes = location
+            .store
+            .get(&m.location)
+            .await
+            .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?
+            .bytes()
+            .await
+            .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Plan(format!("{} is not a commit log entry: {e}", m.location)))?;
+        for f in v["files"].as_array().into_iter().flatten() {
+            if let Some(f) = f.as_str() {
+                files.push(f.to_string());
+            }
+        }
+    }
+    Ok(Some(files))
+}
+
+/// `connector = 'files'` (sink).
+#[derive(Debug)]
+pub struct FilesSinkFactory;
+
+const SINK_OPTIONS: [&str; 9] = [
+    "path",
+    "format",
+    "partition_by",
+    "prefix",
+    "suffix",
+    STORE_OPTIONS[0],
+    STORE_OPTIONS[1],
+    STORE_OPTIONS[2],
+    STORE_OPTIONS[3],
+];
+
+impl SinkFactory for FilesSinkFactory {
+    fn options(&self) -> &[&'static str] {
+        &SINK_OPTIONS
+    }
+
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        check_options("files", options, &SINK_OPTIONS)?;
+        let Some(path) = options.get("path") else {
+            return plan_err!("sink {name}: connector 'files' needs path = '<directory or URL>'");
+        };
+        let format = match options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("parquet") => Format::Parquet,
+            Some("csv") => Format::Csv,
+            Some("json") => Format::Json,
+            Some("text") => Format::Text,
+            Some("arrow") => Format::Arrow,
+            Some(other) => {
+                return plan_err!(
+                    "sink {name}: unknown format '{other}' for connector 'files'; accepted: parquet, csv, json, text, arrow"
+                );
+            }
+        };
+        if (options.contains_key("prefix") || options.contains_key("suffix"))
+            && format != Format::Text
+        {
+            return plan_err!(
+                "sink {name}: prefix and suffix (saveAsTextFiles naming) go with format = 'text'"
+            );
+        }
+        // A local directory is created when missing.
+        if !path.contains("://") || path.starts_with("file://") {
+            let dir = path.strip_prefix("file://").unwrap_or(path);
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Plan(format!("sink {name}: directory '{dir}': {e}")))?;
+        }
+        let location = crate::store::open(&format!("sink {name}"), path, options)?;
+        Ok(Arc::new(FilesSink {
+            name: name.to_string(),
+            location,
+            format,
+            partition_by: options.get("partition_by").cloned(),
+            prefix: options.get("prefix").cloned(),
+            suffix: options.get("suffix").cloned(),
+            written: Mutex::default(),
+        }))
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Reads the committed output of a Flumen `files` sink: only the files its commit log
+(`_flumen_log/`) lists, so files of a batch that was being written when the process
+died are never seen.
+
+Usage: scripts/read_committed.py DIR [SQL]
+  prints the row count with pyarrow, then runs SQL (default: a count) in DuckDB over
+  the committed files as the view `output`.
+"""
+import json
+import os
+import sys
+
+import duckdb
+import pyarrow.dataset as ds
+
+
+def committed_files(folder):
+    log = os.path.join(folder, "_flumen_log")
+    files = []
+    for entry in sorted(os.listdir(log)):
+        if entry.startswith("."):
+            continue
+        with open(os.path.join(log, entry)) as f:
+            files.extend(os.path.join(folder, p) for p in json.load(f)["files"])
+    return files
+
+
+def main():
+    folder = sys.argv[1]
+    sql = sys.argv[2] if len(sys.argv) > 2 else "SELECT count(*) AS n FROM output"
+    files = committed_files(folder)
+    table = ds.dataset(files, format="parquet").to_table()
+    print(f"pyarrow: {table.num_rows} rows in {len(files)} committed files")
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW output AS SELECT * FROM read_parquet({files!r})")
+    for row in con.execute(sql).fetchall():
+        print("duckdb:", *row)
+
+
+if __name__ == "__main__":
+    main()

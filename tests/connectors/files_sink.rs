@@ -1,0 +1,193 @@
+//! The `files` sink: deterministic file names per (batch time, partition), a commit
+//! log, a replayed batch rewriting the same bytes, Hive layout, Spark's text naming;
+//! and the `files` source reading only what the log lists.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use flumen::engine::{Clock, ManualClock, Time};
+
+use crate::common::{sql_error, sql_rows, strs, temp_dir};
+
+fn session_at(t: Time) -> (flumen::sql::FlumenSession, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t));
+    let s = flumen::sql::FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    (s, clock)
+}
+
+/// Names under `dir` (recursively), sorted, as `a/b`.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn parquet_files_with_a_commit_log_and_a_replay_that_rewrites_the_same_bytes() {
+    let out = temp_dir("files-sink-out");
+    let checkpoint = temp_dir("files-sink-cp");
+    let script = format!(
+        "SET batch_interval = '1 second';
+         SET checkpoint_location = '{}';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '5');
+         CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+           SELECT value, value % 2 AS parity FROM r WHERE value < 12;",
+        checkpoint.display(),
+        out.display()
+    );
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script).await.unwrap();
+    s.execute("ADVANCE 3 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    // Batches at 1 s, 2 s, 3 s (values 0..5, 5..10, 10..12).
+    assert_eq!(
+        tree(&out),
+        strs(&[
+            "_flumen_log/0000000001000",
+            "_flumen_log/0000000002000",
+            "_flumen_log/0000000003000",
+            "part-0000000001000-00000.parquet",
+            "part-0000000002000-00000.parquet",
+            "part-0000000003000-00000.parquet",
+        ])
+    );
+    let last = out.join("part-0000000003000-00000.parquet");
+    let before = std::fs::read(&last).unwrap();
+
+    // Killed after the sink wrote batch 3 but before the engine's commit: the restart
+    // runs it again with its recorded range and rewrites exactly the same file.
+    let q = checkpoint.join("queries/pq/commits");
+    let mut commits = tree(&q);
+    std::fs::remove_file(q.join(commits.pop().unwrap())).unwrap();
+    std::fs::remove_file(&last).unwrap();
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&script).await.unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    // The batch at 4 s has no rows (values >= 12 are filtered): no file, no log entry.
+    assert_eq!(tree(&out).len(), 6);
+
+    // Every value once, read back by Flumen's files source.
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM back (value BIGINT, parity BIGINT) WITH (connector = 'files', path = '{}',
+           format = 'parquet', include_existing = 'true');
+         CREATE TABLE got AS SELECT count(*) AS n, count(DISTINCT value) AS d, sum(value) AS s FROM back;",
+        out.display()
+    ))
+    .await
+    .unwrap();
+    let ctx = s.queries().next().unwrap().ctx.clone();
+    ctx.await_termination().await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM got").await,
+        strs(&["12|12|66"])
+    );
+}
+
+#[tokio::test]
+async fn the_files_source_reads_only_committed_files_and_layouts_and_naming() {
+    // A json sink's folder, plus a file a killed writer left that the log never listed.
+    let out = temp_dir("files-sink-json");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&format!(
+        "CREATE STREAM m (k TEXT, v BIGINT) WITH (connector = 'memory');
+         CREATE SINK js WITH (connector = 'files', path = '{}', format = 'json') AS SELECT k, v FROM m;
+         INSERT INTO m VALUES ('a', 1), ('b', 2);
+         ADVANCE 1 BATCHES;",
+        out.display()
+    ))
+    .await
+    .unwrap();
+    s.stop_all().await.unwrap();
+    std::fs::write(
+        out.join("part-0000000009000-00000.json"),
+        "{\"k\":\"zombie\",\"v\":9}\n",
+    )
+    .unwrap();
+    let (mut r, _) = session_at(Time::from_millis(0));
+    r.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM back (k TEXT, v BIGINT) WITH (connector = 'files', path = '{}', format = 'json', include_existing = 'true');
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT k, v FROM back;",
+        out.display()
+    ))
+    .await
+    .unwrap();
+    let ctx = r.queries().next().unwrap().ctx.clone();
+    ctx.await_termination().await.unwrap();
+    assert_eq!(
+        sql_rows(&mut r, "SELECT * FROM seen ORDER BY k").await,
+        strs(&["a|1", "b|2"])
+    );
+
+    // Hive layout, and Spark's saveAsTextFiles naming.
+    let hive = temp_dir("files-sink-hive");
+    let text = temp_dir("files-sink-text");
+    s.execute_script(&format!(
+        "CREATE STREAM h (k TEXT, v BIGINT) WITH (connector = 'memory');
+         CREATE SINK parts WITH (connector = 'files', path = '{}', format = 'csv', partition_by = 'k') AS SELECT k, v FROM h;
+         CREATE SINK lines WITH (connector = 'files', path = '{}', format = 'text', prefix = 'words', suffix = 'txt') AS
+           SELECT concat(k, '=', v) FROM h;
+         INSERT INTO h VALUES ('x', 1), ('y/z', 2), ('x', 3);
+         ADVANCE 1 BATCHES;",
+        hive.display(),
+        text.display()
+    ))
+    .await
+    .unwrap();
+    let files = tree(&hive);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files[1].starts_with("k=x/part-"), "{files:?}");
+    assert!(files[2].starts_with("k=y%2Fz/part-"), "{files:?}");
+    let x = std::fs::read_to_string(hive.join(&files[1])).unwrap();
+    assert_eq!(x, "v\n1\n3\n");
+    let lines = tree(&text);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].starts_with("words-") && lines[1].ends_with(".txt"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(text.join(&lines[1])).unwrap(),
+        "x=1\ny/z=2\nx=3\n"
+    );
+
+    // Errors name the sink and what to do.
+    assert_eq!(
+        sql_error(
+            &mut s,
+            "CREATE SINK bad WITH (connector = 'files', path = '/tmp', format = 'xml') AS SELECT k FROM h"
+        )
+        .await,
+        "sink bad: unknown format 'xml' for connector 'files'; accepted: parquet, csv, json, text, arrow"
+    );
+    let err = sql_error(
+        &mut s,
+        &format!(
+            "CREATE SINK bad2 WITH (connector = 'files', path = '{}', format = 'text') AS SELECT k, v FROM h",
+            text.display()
+        ),
+    )
+    .await;
+    assert!(
+        err.contains("sink bad2: format 'text' writes one column, the query gives 2 (k, v)"),
+        "{err}"
+    );
+}
