@@ -74,6 +74,85 @@ pub async fn run(args: &[String]) -> Result<()> {
         value_bytes / records.max(1),
         produce_started.elapsed().as_secs_f64()
     );
+    // The broker's own ceiling: every record fetched with the source's fetch size,
+    // partitions in parallel, nothing decoded.
+    let fetch_started = Instant::now();
+    let mut fetched = 0usize;
+    let mut values: Vec<Vec<u8>> = Vec::with_capacity(records);
+    let fetches = (0..partitions).map(|p| {
+        let client = &client;
+        let topic = &topic;
+        async move {
+            let pc = client
+                .partition_client(topic, p, UnknownTopicHandling::Error)
+                .await?;
+            let mut out = Vec::new();
+            let mut offset = 0i64;
+            loop {
+                let (recs, high) = pc.fetch_records(offset, 1..16 * 1024 * 1024, 500).await?;
+                for r in recs {
+                    offset = r.offset + 1;
+                    out.push(r.record.value.unwrap_or_default());
+                }
+                if offset >= high {
+                    break;
+                }
+            }
+            anyhow::Ok(out)
+        }
+    });
+    for part in futures::future::try_join_all(fetches).await? {
+        fetched += part.len();
+        values.extend(part);
+    }
+    let fetch_rate = fetched as f64 / fetch_started.elapsed().as_secs_f64();
+    println!("  broker fetch only (rskafka, no decoding): {fetch_rate:>12.0} records/s");
+    // The engine's own share: the source's JSON decoder over the same values in memory.
+    let schema = Arc::new(flumen_engine::datafusion::arrow::datatypes::Schema::new(
+        vec![
+            flumen_engine::datafusion::arrow::datatypes::Field::new(
+                "key",
+                flumen_engine::datafusion::arrow::datatypes::DataType::Utf8,
+                true,
+            ),
+            flumen_engine::datafusion::arrow::datatypes::Field::new(
+                "user",
+                flumen_engine::datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+            flumen_engine::datafusion::arrow::datatypes::Field::new(
+                "amount",
+                flumen_engine::datafusion::arrow::datatypes::DataType::Float64,
+                true,
+            ),
+            flumen_engine::datafusion::arrow::datatypes::Field::new(
+                "note",
+                flumen_engine::datafusion::arrow::datatypes::DataType::Utf8,
+                true,
+            ),
+        ],
+    ));
+    let mut options = flumen_engine::registry::ConnectorOptions::new();
+    options.insert("format".into(), "json".into());
+    let decoder = flumen_connectors::format::Decoder::from_options("ev", schema, &options)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lines: Vec<&str> = values
+        .iter()
+        .map(|v| std::str::from_utf8(v))
+        .collect::<std::result::Result<_, _>>()?;
+    let decode_started = Instant::now();
+    let mut decoded = 0usize;
+    for chunk in lines.chunks(250_000) {
+        decoded += decoder
+            .decode_keeping(chunk, |i| i.to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .batch
+            .num_rows();
+    }
+    let decode_rate = decoded as f64 / decode_started.elapsed().as_secs_f64();
+    println!("  JSON decoding only (one core, in memory): {decode_rate:>12.0} records/s");
+    drop(lines);
+    drop(values);
     let (registry, sink) = blackhole_registry();
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
     session
@@ -117,7 +196,7 @@ pub async fn run(args: &[String]) -> Result<()> {
         sink.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!(
-        "{{\"suite\":\"kafka\",\"records\":{records},\"partitions\":{partitions},\"records_per_s\":{rate:.0},\"records_per_s_per_core\":{:.0}}}",
+        "{{\"suite\":\"kafka\",\"records\":{records},\"partitions\":{partitions},\"records_per_s\":{rate:.0},\"records_per_s_per_core\":{:.0},\"broker_fetch_per_s\":{fetch_rate:.0},\"json_decode_per_s\":{decode_rate:.0}}}",
         rate / 2.0
     );
     Ok(())
