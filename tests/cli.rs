@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn flumen() -> PathBuf {
+pub fn flumen() -> PathBuf {
     // target/debug/deps/main-xxxx -> target/debug/flumen
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("flumen");

@@ -4,6 +4,7 @@ mod checkpoint;
 mod cli;
 mod common;
 mod connectors;
+mod crash;
 mod engine;
 mod sql_api;
 mod sql_logic;

@@ -2,5 +2,5 @@
 
 mod files;
 mod files_sink;
-mod kafka;
+pub(crate) mod kafka;
 mod socket;

@@ -1,0 +1,184 @@
+//! Exactly-once acceptance: the real `flumen` binary, killed with SIGKILL at 20 moments
+//! and restarted on the same checkpoint, then run once more to drain; its committed
+//! output must equal one batch computation over all the input — no row lost, none
+//! duplicated, the same values.
+//!
+//! The kill moments come from a fixed seed; whatever they are, the outcome must be the
+//! same, which is what the assertions check.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flumen::engine::datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::common::temp_dir;
+use crate::connectors::kafka::{BROKER, client, create_topic, topic};
+
+const KILLS: usize = 20;
+
+/// Runs `script` under the binary `KILLS` times, each killed after a pseudo-random
+/// 0.3–1.5 s, then once with `--trigger available-now` to the end.
+fn run_with_kills(script: &Path, checkpoint: &Path, seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % 1200
+    };
+    for _ in 0..KILLS {
+        let mut child = Command::new(crate::cli::flumen())
+            .args(["--batch-interval", "200 ms", "--checkpoint"])
+            .arg(checkpoint)
+            .arg("-f")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + next()));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let out = Command::new(crate::cli::flumen())
+        .args([
+            "--batch-interval",
+            "200 ms",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+        ])
+        .arg(checkpoint)
+        .arg("-f")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the last run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The files the sink's commit log lists.
+fn committed(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir.join("_flumen_log")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_str().unwrap().starts_with('.') {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        for f in v["files"].as_array().unwrap() {
+            files.push(dir.join(f.as_str().unwrap()).display().to_string());
+        }
+    }
+    files.sort();
+    files
+}
+
+async fn query(dir: &Path, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_parquet_files("output", committed(dir)).await;
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    crate::common::rows(&batches)
+}
+
+trait RegisterFiles {
+    async fn register_parquet_files(&self, name: &str, files: Vec<String>);
+}
+
+impl RegisterFiles for SessionContext {
+    async fn register_parquet_files(&self, name: &str, files: Vec<String>) {
+        let df = self
+            .read_parquet(files, ParquetReadOptions::default())
+            .await
+            .unwrap();
+        self.register_table(name, df.into_view()).unwrap();
+    }
+}
+
+fn write_script(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("query.sql");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_to_parquet_survives_20_kills() {
+    let work = temp_dir("crash-rate");
+    let out = work.join("out");
+    let script = write_script(
+        &work,
+        &format!(
+            "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000', rows = '20000');
+             CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+               SELECT value, value % 10 AS digit FROM r;",
+            out.display()
+        ),
+    );
+    let (script2, cp) = (script.clone(), work.join("checkpoint"));
+    tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 7))
+        .await
+        .unwrap();
+    assert_eq!(
+        query(
+            &out,
+            "SELECT count(*), count(DISTINCT value), min(value), max(value), sum(digit) FROM output"
+        )
+        .await,
+        vec!["20000|20000|0|19999|90000".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
+    let c = client().await;
+    let t = topic("crash");
+    create_topic(&c, &t, 2).await;
+    // 12,000 events, 5 keys, 10 ms apart in event time: 120 s, twelve 10 s windows;
+    // then one event far ahead whose watermark closes them all.
+    const N: i64 = 12_000;
+    const BASE: i64 = 1_700_000_000_000;
+    for p in 0..2i64 {
+        let values: Vec<String> = (0..N)
+            .filter(|i| i % 2 == p)
+            .map(|i| format!(r#"{{"k":"k{}","ts":{}}}"#, i % 5, BASE + i * 10))
+            .chain((p == 0).then(|| format!(r#"{{"k":"flush","ts":{}}}"#, BASE + 10_000_000)))
+            .collect();
+        for chunk in values.chunks(2_000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            crate::connectors::kafka::produce(&c, &t, p as i32, &refs).await;
+        }
+    }
+    let work = temp_dir("crash-kafka");
+    let out = work.join("out");
+    let script = write_script(
+        &work,
+        &format!(
+            "SET output_mode = 'append';
+             CREATE STREAM ev (k TEXT, ts BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}',
+               topic = '{t}', starting_offsets = 'earliest', format = 'json', max_rate_per_partition = '400');
+             CREATE STREAM timed WITH (timestamp = 'et', watermark_delay = '1 second') AS
+               SELECT k, to_timestamp_millis(ts) AS et FROM ev;
+             CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+               SELECT window_start AS ws, k, count(*) AS n
+               FROM TUMBLE(timed, et, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k;",
+            out.display()
+        ),
+    );
+    let (script2, cp) = (script.clone(), work.join("checkpoint"));
+    tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 11))
+        .await
+        .unwrap();
+    // One row per (window, key), each once: 12 windows x 5 keys, 200 events each.
+    assert_eq!(
+        query(
+            &out,
+            "SELECT count(*), count(DISTINCT (ws, k)), min(n), max(n), sum(n) FROM output"
+        )
+        .await,
+        vec!["60|60|200|200|12000".to_string()]
+    );
+}
