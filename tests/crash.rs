@@ -182,3 +182,77 @@ async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
         vec!["60|60|200|200|12000".to_string()]
     );
 }
+
+/// `SELECT ...` against the test PostgreSQL, rows rendered `a|b`.
+async fn pg_rows(sql: &str) -> Vec<String> {
+    use flumen::connectors::tokio_postgres;
+    let (c, conn) =
+        tokio_postgres::connect(crate::connectors::kafka::POSTGRES, tokio_postgres::NoTls)
+            .await
+            .expect("no PostgreSQL on 127.0.0.1:5432: run scripts/services.sh start");
+    tokio::spawn(conn);
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, i64>(i).to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_to_postgres_append_and_running_aggregate_upsert_survive_20_kills() {
+    let work = temp_dir("crash-pg");
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (rows, totals) = (
+        format!("crash_rows_{suffix}"),
+        format!("crash_totals_{suffix}"),
+    );
+    let pg = crate::connectors::kafka::POSTGRES;
+    let script = write_script(
+        &work,
+        &format!(
+            "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000', rows = '20000');
+             CREATE SINK raw WITH (connector = 'postgres', url = '{pg}', table = '{rows}') AS
+               SELECT value FROM r;
+             SET output_mode = 'update';
+             CREATE SINK agg WITH (connector = 'postgres', url = '{pg}', table = '{totals}',
+                                   mode = 'upsert', key = 'k') AS
+               SELECT value % 5 AS k, count(*) AS n, sum(value) AS s FROM r GROUP BY value % 5;"
+        ),
+    );
+    let (script2, cp) = (script.clone(), work.join("checkpoint"));
+    tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 23))
+        .await
+        .unwrap();
+    // Every row once (a replayed batch found its commit record and wrote nothing).
+    assert_eq!(
+        pg_rows(&format!(
+            "SELECT count(*), count(DISTINCT value), min(value), max(value) FROM {rows}"
+        ))
+        .await,
+        vec!["20000|20000|0|19999".to_string()]
+    );
+    // The running totals, as one batch query over all 20,000 values gives them.
+    let expected: Vec<String> = (0..5i64)
+        .map(|k| {
+            let s: i64 = (0..20_000i64).filter(|v| v % 5 == k).sum();
+            format!("{k}|4000|{s}")
+        })
+        .collect();
+    assert_eq!(
+        pg_rows(&format!("SELECT k, n, s FROM {totals} ORDER BY k")).await,
+        expected
+    );
+}

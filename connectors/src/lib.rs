@@ -6,13 +6,14 @@
 //! ```text
 //!   ConnectorRegistry ─ sources: memory/queue (engine), rate, nexmark, socket,
 //!                     │          files (store: local, s3, memory), kafka
-//!                     └ sinks:   memory, console (engine), files (files_sink)
+//!                     └ sinks:   memory, console (engine), files (files_sink),
+//!                                postgres (postgres_sink)
 //!   format: text / csv / json decoding and the on_error policy, for text sources
 //!   store:  object stores by URL, shared by files source and (later) sink
 //!   offsets_store: Kafka offsets kept in PostgreSQL / MySQL (flumen_offsets)
 //! ```
 //!
-//! The database and Kafka sinks are issue 6.
+//! The MySQL and Kafka sinks are issue 6.
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub mod format;
 pub mod kafka;
 pub mod nexmark;
 pub mod offsets_store;
+pub mod postgres_sink;
 pub mod rate;
 pub mod socket;
 pub mod store;
@@ -44,5 +46,6 @@ pub fn registry() -> ConnectorRegistry {
     r.register_source("kafka", Arc::new(kafka::KafkaFactory));
     r.register_source("nexmark", Arc::new(nexmark::NexmarkFactory));
     r.register_sink("files", Arc::new(files_sink::FilesSinkFactory));
+    r.register_sink("postgres", Arc::new(postgres_sink::PostgresSinkFactory));
     r
 }

@@ -1,0 +1,435 @@
+//! The `postgres` sink: each partition of a batch is one transaction holding its rows
+//! and its commit record `flumen_commits(query, batch_time, partition)` (the seed's
+//! transactional update); a replayed batch finds its record and writes nothing.
+//!
+//! ```text
+//!  write(T, p): BEGIN
+//!               SELECT 1 FROM flumen_commits WHERE (query, batch_time, partition) = (q, T, p)
+//!                 found: ROLLBACK (already written)
+//!               INSERT INTO table (cols) VALUES ($1, $2, ...), ...   [ON CONFLICT (key) DO UPDATE]
+//!               INSERT INTO flumen_commits VALUES (q, T, p)
+//!               COMMIT
+//! ```
+//!
+//! Values are bound parameters, identifiers quoted; one pooled connection per
+//! concurrently written partition at most. Tables are created when missing, typed from
+//! the query's schema (upsert: primary key `key`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
+use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
+use parking_lot::Mutex;
+use tokio_postgres::types::ToSql;
+
+use crate::offsets_store::redact;
+
+/// Bound parameters per statement stay under PostgreSQL's 65,535.
+const MAX_PARAMS: usize = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Append,
+    Upsert,
+}
+
+/// A column as one of the types bound to PostgreSQL.
+enum Col {
+    I(Int64Array),
+    F(Float64Array),
+    S(StringArray),
+    B(BooleanArray),
+    T(Vec<Option<SystemTime>>),
+}
+
+impl Col {
+    fn sql_type(dt: &DataType) -> &'static str {
+        match dt {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => "BIGINT",
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(..) => "DOUBLE PRECISION",
+            DataType::Boolean => "BOOLEAN",
+            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => "TIMESTAMP",
+            _ => "TEXT",
+        }
+    }
+
+    fn from_array(a: &dyn Array) -> Result<Col> {
+        let a = datafusion::arrow::array::make_array(a.to_data());
+        Ok(match Self::sql_type(a.data_type()) {
+            "BIGINT" => Col::I(
+                cast(&a, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
+            "DOUBLE PRECISION" => Col::F(
+                cast(&a, &DataType::Float64)?
+                    .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                    .clone(),
+            ),
+            "BOOLEAN" => Col::B(a.as_boolean().clone()),
+            "TIMESTAMP" => {
+                let t = cast(&a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+                let t = t
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .expect("cast to timestamp");
+                Col::T(
+                    t.iter()
+                        .map(|v| {
+                            v.map(|us| {
+                                if us >= 0 {
+                                    UNIX_EPOCH + Duration::from_micros(us as u64)
+                                } else {
+                                    UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+                                }
+                            })
+                        })
+                        .collect(),
+                )
+            }
+            _ => Col::S(cast(&a, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
+    }
+}
+
+/// Parameter values of one column, row by row (owned, so they can be borrowed as `ToSql`).
+enum Values {
+    I(Vec<Option<i64>>),
+    F(Vec<Option<f64>>),
+    S(Vec<Option<String>>),
+    B(Vec<Option<bool>>),
+    T(Vec<Option<SystemTime>>),
+}
+
+impl Values {
+    fn of(c: Col) -> Values {
+        match c {
+            Col::I(a) => Values::I(a.iter().collect()),
+            Col::F(a) => Values::F(a.iter().collect()),
+            Col::S(a) => Values::S(a.iter().map(|v| v.map(str::to_string)).collect()),
+            Col::B(a) => Values::B(a.iter().collect()),
+            Col::T(v) => Values::T(v),
+        }
+    }
+
+    fn param(&self, row: usize) -> &(dyn ToSql + Sync) {
+        match self {
+            Values::I(v) => &v[row],
+            Values::F(v) => &v[row],
+            Values::S(v) => &v[row],
+            Values::B(v) => &v[row],
+            Values::T(v) => &v[row],
+        }
+    }
+}
+
+/// `"name"` with inner quotes doubled.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub struct PostgresSink {
+    name: String,
+    url: String,
+    table: String,
+    mode: Mode,
+    key: Vec<String>,
+    schema: Mutex<Option<SchemaRef>>,
+    query: Mutex<String>,
+    pool: Mutex<Vec<tokio_postgres::Client>>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("name", &self.name)
+            .field("url", &redact(&self.url))
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresSink {
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Sink {
+            sink_name: self.name.clone(),
+            message: format!(
+                "postgres {} table {}: {what}: {e}",
+                redact(&self.url),
+                self.table
+            ),
+            retryable: true,
+        }
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let pooled = self.pool.lock().pop();
+        if let Some(c) = pooled
+            && !c.is_closed()
+        {
+            return Ok(c);
+        }
+        let connect = tokio_postgres::connect(&self.url, tokio_postgres::NoTls);
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
+            .map_err(|e| self.error("cannot connect", e))?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::warn!("sink {name}: connection closed: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    fn give_back(&self, c: tokio_postgres::Client) {
+        self.pool.lock().push(c);
+    }
+
+    fn insert_sql(&self, schema: &SchemaRef, rows: usize) -> String {
+        let cols: Vec<String> = schema.fields().iter().map(|f| ident(f.name())).collect();
+        let n = cols.len();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            ident(&self.table),
+            cols.join(", ")
+        );
+        for r in 0..rows {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 0..n {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", r * n + c + 1));
+            }
+            sql.push(')');
+        }
+        if self.mode == Mode::Upsert {
+            let keys: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+            let updates: Vec<String> = cols
+                .iter()
+                .filter(|c| !keys.contains(c))
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            sql.push_str(&format!(" ON CONFLICT ({}) ", keys.join(", ")));
+            if updates.is_empty() {
+                sql.push_str("DO NOTHING");
+            } else {
+                sql.push_str(&format!("DO UPDATE SET {}", updates.join(", ")));
+            }
+        }
+        sql
+    }
+
+    async fn write_in(
+        &self,
+        client: &mut tokio_postgres::Client,
+        key: &WriteKey,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let query = self.query.lock().clone();
+        let t = key.batch_time.as_millis();
+        let p = key.partition as i32;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.error("BEGIN", e))?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM flumen_commits WHERE query = $1 AND batch_time = $2 AND \"partition\" = $3",
+                &[&query, &t, &p],
+            )
+            .await
+            .map_err(|e| self.error("reading flumen_commits", e))?;
+        if done.is_some() {
+            // Written before a restart: the replay writes nothing.
+            return Ok(());
+        }
+        for batch in batches {
+            let schema = batch.schema();
+            let ncols = schema.fields().len().max(1);
+            let per_stmt = (MAX_PARAMS / ncols).max(1);
+            let values: Vec<Values> = batch
+                .columns()
+                .iter()
+                .map(|c| Col::from_array(c.as_ref()).map(Values::of))
+                .collect::<Result<_>>()?;
+            let mut start = 0;
+            while start < batch.num_rows() {
+                let end = (start + per_stmt).min(batch.num_rows());
+                let sql = self.insert_sql(&schema, end - start);
+                let mut params: Vec<&(dyn ToSql + Sync)> =
+                    Vec::with_capacity((end - start) * ncols);
+                for r in start..end {
+                    for v in &values {
+                        params.push(v.param(r));
+                    }
+                }
+                tx.execute(sql.as_str(), &params)
+                    .await
+                    .map_err(|e| self.error("inserting rows", e))?;
+                start = end;
+            }
+        }
+        tx.execute(
+            "INSERT INTO flumen_commits (query, batch_time, \"partition\") VALUES ($1, $2, $3)",
+            &[&query, &t, &p],
+        )
+        .await
+        .map_err(|e| self.error("writing flumen_commits", e))?;
+        tx.commit().await.map_err(|e| self.error("COMMIT", e))
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
+        for k in &self.key {
+            if schema.index_of(k).is_err() {
+                return plan_err!(
+                    "sink {}: key column '{k}' is not in the output ({})",
+                    self.name,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", ident(f.name()), Col::sql_type(f.data_type())))
+            .collect();
+        let pk = if self.mode == Mode::Upsert {
+            format!(
+                ", PRIMARY KEY ({})",
+                self.key
+                    .iter()
+                    .map(|k| ident(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let client = self.connect().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}{pk});
+                 CREATE TABLE IF NOT EXISTS flumen_commits (query TEXT NOT NULL, batch_time BIGINT NOT NULL,
+                   \"partition\" INTEGER NOT NULL, PRIMARY KEY (query, batch_time, \"partition\"))",
+                ident(&self.table),
+                cols.join(", ")
+            ))
+            .await
+            .map_err(|e| self.error("creating the tables", e))?;
+        self.give_back(client);
+        *self.schema.lock() = Some(schema);
+        *self.query.lock() = format!("{query_id}/{}", self.name);
+        Ok(())
+    }
+
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let mut client = self.connect().await?;
+        let result = self.write_in(&mut client, key, &batches).await;
+        if result.is_ok() {
+            self.give_back(client);
+        }
+        result
+    }
+
+    async fn commit(&self, _query_id: &str, _batch_time: Time, _partitions: usize) -> Result<()> {
+        // Each partition committed in its own transaction with its commit record.
+        Ok(())
+    }
+}
+
+/// `connector = 'postgres'`.
+#[derive(Debug)]
+pub struct PostgresSinkFactory;
+
+const OPTIONS: [&str; 4] = ["url", "table", "mode", "key"];
+
+impl SinkFactory for PostgresSinkFactory {
+    fn options(&self) -> &[&'static str] {
+        &OPTIONS
+    }
+
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        check_options("postgres", options, &OPTIONS)?;
+        let (Some(url), Some(table)) = (options.get("url"), options.get("table")) else {
+            return plan_err!(
+                "sink {name}: connector 'postgres' needs url = 'postgres://user@host:port/db' and table = '...'"
+            );
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return plan_err!(
+                "sink {name}: url '{}' is not a postgres:// URL",
+                redact(url)
+            );
+        }
+        let mode = match options
+            .get("mode")
+            .map(|m| m.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("append") => Mode::Append,
+            Some("upsert") => Mode::Upsert,
+            Some(other) => {
+                return plan_err!("sink {name}: mode '{other}' is not append or upsert");
+            }
+        };
+        let key: Vec<String> = options
+            .get("key")
+            .map(|k| {
+                k.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if mode == Mode::Upsert && key.is_empty() {
+            return plan_err!("sink {name}: mode 'upsert' needs key = 'col[, col...]'");
+        }
+        Ok(Arc::new(PostgresSink {
+            name: name.to_string(),
+            url: url.clone(),
+            table: table.clone(),
+            mode,
+            key,
+            schema: Mutex::default(),
+            query: Mutex::default(),
+            pool: Mutex::default(),
+        }))
+    }
+}
