@@ -29,10 +29,12 @@ use rand::{Rng, SeedableRng};
 
 mod kafka;
 mod nexmark;
+mod sink;
 
 const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
        flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8]
-       flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]";
+       flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]
+       flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -41,6 +43,7 @@ async fn main() -> Result<()> {
         Some("wordcount") => wordcount(&args[1..]).await,
         Some("nexmark") => nexmark_suite(&args[1..]).await,
         Some("kafka") => kafka::run(&args[1..]).await,
+        Some("parquet-sink") => sink::run(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }

@@ -58,9 +58,9 @@ impl Data {
 /// `connector = 'pregenerated'`: each query gets a queue holding the batches, one
 /// element (micro-batch) per `per_batch` input batches.
 #[derive(Debug)]
-struct Pregenerated {
-    batches: Arc<Vec<RecordBatch>>,
-    per_batch: usize,
+pub(crate) struct Pregenerated {
+    pub batches: Arc<Vec<RecordBatch>>,
+    pub per_batch: usize,
 }
 
 impl SourceFactory for Pregenerated {
