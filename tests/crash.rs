@@ -204,8 +204,34 @@ async fn pg_rows(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// `SELECT ...` against the test MariaDB, rows rendered `a|b`.
+async fn mysql_rows(sql: &str) -> Vec<String> {
+    use flumen::connectors::mysql_async::prelude::Queryable;
+    let mut c = flumen::connectors::mysql_async::Conn::from_url(crate::connectors::kafka::MYSQL)
+        .await
+        .expect("no MariaDB on 127.0.0.1:3306: run scripts/services.sh start");
+    let rows: Vec<flumen::connectors::mysql_async::Row> = c.query(sql).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<i64, _>(i).unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_to_postgres_append_and_running_aggregate_upsert_survive_20_kills() {
+    database_sinks_survive_kills("postgres", crate::connectors::kafka::POSTGRES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_to_mariadb_append_and_running_aggregate_upsert_survive_20_kills() {
+    database_sinks_survive_kills("mysql", crate::connectors::kafka::MYSQL).await;
+}
+
+async fn database_sinks_survive_kills(connector: &str, url: &str) {
     let work = temp_dir("crash-pg");
     let suffix = format!(
         "{}_{}",
@@ -219,15 +245,14 @@ async fn rate_to_postgres_append_and_running_aggregate_upsert_survive_20_kills()
         format!("crash_rows_{suffix}"),
         format!("crash_totals_{suffix}"),
     );
-    let pg = crate::connectors::kafka::POSTGRES;
     let script = write_script(
         &work,
         &format!(
             "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000', rows = '20000');
-             CREATE SINK raw WITH (connector = 'postgres', url = '{pg}', table = '{rows}') AS
+             CREATE SINK raw WITH (connector = '{connector}', url = '{url}', table = '{rows}') AS
                SELECT value FROM r;
              SET output_mode = 'update';
-             CREATE SINK agg WITH (connector = 'postgres', url = '{pg}', table = '{totals}',
+             CREATE SINK agg WITH (connector = '{connector}', url = '{url}', table = '{totals}',
                                    mode = 'upsert', key = 'k') AS
                SELECT value % 5 AS k, count(*) AS n, sum(value) AS s FROM r GROUP BY value % 5;"
         ),
@@ -236,9 +261,16 @@ async fn rate_to_postgres_append_and_running_aggregate_upsert_survive_20_kills()
     tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 23))
         .await
         .unwrap();
+    let select = async |sql: String| {
+        if connector == "postgres" {
+            pg_rows(&sql).await
+        } else {
+            mysql_rows(&sql).await
+        }
+    };
     // Every row once (a replayed batch found its commit record and wrote nothing).
     assert_eq!(
-        pg_rows(&format!(
+        select(format!(
             "SELECT count(*), count(DISTINCT value), min(value), max(value) FROM {rows}"
         ))
         .await,
@@ -252,7 +284,7 @@ async fn rate_to_postgres_append_and_running_aggregate_upsert_survive_20_kills()
         })
         .collect();
     assert_eq!(
-        pg_rows(&format!("SELECT k, n, s FROM {totals} ORDER BY k")).await,
+        select(format!("SELECT k, n, s FROM {totals} ORDER BY k")).await,
         expected
     );
 }

@@ -7,13 +7,13 @@
 //!   ConnectorRegistry ─ sources: memory/queue (engine), rate, nexmark, socket,
 //!                     │          files (store: local, s3, memory), kafka
 //!                     └ sinks:   memory, console (engine), files (files_sink),
-//!                                postgres (postgres_sink)
+//!                                postgres (postgres_sink), mysql (mysql_sink)
 //!   format: text / csv / json decoding and the on_error policy, for text sources
 //!   store:  object stores by URL, shared by files source and (later) sink
 //!   offsets_store: Kafka offsets kept in PostgreSQL / MySQL (flumen_offsets)
 //! ```
 //!
-//! The MySQL and Kafka sinks are issue 6.
+//! The Kafka sink is issue 6.
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ pub mod files;
 pub mod files_sink;
 pub mod format;
 pub mod kafka;
+pub mod mysql_sink;
 pub mod nexmark;
 pub mod offsets_store;
 pub mod postgres_sink;
@@ -47,5 +48,6 @@ pub fn registry() -> ConnectorRegistry {
     r.register_source("nexmark", Arc::new(nexmark::NexmarkFactory));
     r.register_sink("files", Arc::new(files_sink::FilesSinkFactory));
     r.register_sink("postgres", Arc::new(postgres_sink::PostgresSinkFactory));
+    r.register_sink("mysql", Arc::new(mysql_sink::MySqlSinkFactory));
     r
 }
