@@ -163,7 +163,7 @@ async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
              CREATE STREAM timed WITH (timestamp = 'et', watermark_delay = '1 second') AS
                SELECT k, to_timestamp_millis(ts) AS et FROM ev;
              CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
-               SELECT window_start AS ws, k, count(*) AS n
+               SELECT window_start, k, count(*) AS n
                FROM TUMBLE(timed, et, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k;",
             out.display()
         ),
@@ -176,7 +176,7 @@ async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
     assert_eq!(
         query(
             &out,
-            "SELECT count(*), count(DISTINCT (ws, k)), min(n), max(n), sum(n) FROM output"
+            "SELECT count(*), count(DISTINCT (window_start, k)), min(n), max(n), sum(n) FROM output"
         )
         .await,
         vec!["60|60|200|200|12000".to_string()]

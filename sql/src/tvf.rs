@@ -5,7 +5,7 @@
 //! ```text
 //! SELECT window_start, k, count(*) FROM TUMBLE(s, ts, INTERVAL '10' SECOND)
 //!   GROUP BY window_start, window_end, k
-//!   ⇒ SELECT window(ts, INTERVAL '10' SECOND)['start'], k, count(*) FROM s
+//!   ⇒ SELECT window(ts, INTERVAL '10' SECOND)['start'] AS window_start, k, count(*) FROM s
 //!        GROUP BY k, window(ts, INTERVAL '10' SECOND)
 //! SELECT * FROM TUMBLE(s, ts, INTERVAL '10' SECOND)          (no GROUP BY)
 //!   ⇒ SELECT * FROM (SELECT *, window(..)['start'] AS window_start,
@@ -219,6 +219,20 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
             }
             ControlFlow::<()>::Continue(())
         };
+        // A bare `window_start` / `window_end` keeps its name in the output.
+        for item in select.projection.iter_mut() {
+            if let datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(e) = item {
+                for (name, expr) in [("window_start", &start), ("window_end", &end)] {
+                    if is_column(e, name) {
+                        *item = datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias {
+                            expr: expr.clone(),
+                            alias: datafusion::sql::sqlparser::ast::Ident::new(name),
+                        };
+                        break;
+                    }
+                }
+            }
+        }
         let _ = visit_expressions_mut(&mut select.projection, &mut replace);
         let _ = visit_expressions_mut(&mut select.having, &mut replace);
         return Ok(());
@@ -281,7 +295,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            "SELECT window(ts, INTERVAL '10' SECOND)['start'], k, count(*) FROM s GROUP BY k, window(ts, INTERVAL '10' SECOND)"
+            "SELECT window(ts, INTERVAL '10' SECOND)['start'] AS window_start, k, count(*) FROM s GROUP BY k, window(ts, INTERVAL '10' SECOND)"
         );
     }
 
