@@ -7,13 +7,13 @@
 //!   ConnectorRegistry ─ sources: memory/queue (engine), rate, nexmark, socket,
 //!                     │          files (store: local, s3, memory), kafka
 //!                     └ sinks:   memory, console (engine), files (files_sink),
-//!                                postgres (postgres_sink), mysql (mysql_sink)
+//!                                postgres (postgres_sink), mysql (mysql_sink),
+//!                                kafka (kafka_sink, at least once)
 //!   format: text / csv / json decoding and the on_error policy, for text sources
-//!   store:  object stores by URL, shared by files source and (later) sink
+//!   store:  object stores by URL, shared by the files source and sink
 //!   offsets_store: Kafka offsets kept in PostgreSQL / MySQL (flumen_offsets)
 //! ```
 //!
-//! The Kafka sink is issue 6.
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ pub mod files;
 pub mod files_sink;
 pub mod format;
 pub mod kafka;
+pub mod kafka_sink;
 pub mod mysql_sink;
 pub mod nexmark;
 pub mod offsets_store;
@@ -49,5 +50,6 @@ pub fn registry() -> ConnectorRegistry {
     r.register_sink("files", Arc::new(files_sink::FilesSinkFactory));
     r.register_sink("postgres", Arc::new(postgres_sink::PostgresSinkFactory));
     r.register_sink("mysql", Arc::new(mysql_sink::MySqlSinkFactory));
+    r.register_sink("kafka", Arc::new(kafka_sink::KafkaSinkFactory));
     r
 }

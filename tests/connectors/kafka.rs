@@ -391,3 +391,53 @@ async fn offsets_store_errors_name_the_database() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_kafka_sink_writes_rows_as_json_records_keyed_by_a_column() {
+    let c = client().await;
+    let t = topic("sink");
+    create_topic(&c, &t, 1).await;
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM m (k TEXT, v BIGINT) WITH (connector = 'memory');
+         CREATE SINK out WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = '{t}', key = 'k') AS
+           SELECT k, v * 10 AS v FROM m;
+         INSERT INTO m VALUES ('a', 1), ('b', 2);
+         ADVANCE 1 BATCHES;"
+    ))
+    .await
+    .unwrap();
+    s.stop_all().await.unwrap();
+    // Read back with the kafka source.
+    let mut r = sql_session();
+    r.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM back (k TEXT, v BIGINT, _key TEXT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}',
+           topic = '{t}', starting_offsets = 'earliest');
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT _key, k, v FROM back;"
+    ))
+    .await
+    .unwrap();
+    let ctx = r.queries().next().unwrap().ctx.clone();
+    assert!(
+        ctx.await_termination_timeout(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        sql_rows(&mut r, "SELECT * FROM seen ORDER BY k").await,
+        strs(&["a|a|10", "b|b|20"])
+    );
+    let err = sql_error(
+        &mut s,
+        &format!(
+            "CREATE SINK nope WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = 'absent-{}') AS SELECT k FROM m",
+            std::process::id()
+        ),
+    )
+    .await;
+    assert!(
+        err.contains("the topic does not exist; create it first"),
+        "{err}"
+    );
+}
