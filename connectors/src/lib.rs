@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use flumen_engine::ConnectorRegistry;
 
+mod db_sink;
 pub mod files;
 pub mod files_sink;
 pub mod format;

@@ -13,12 +13,13 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
-use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
+use flumen_engine::registry::{ConnectorOptions, SinkFactory};
+use flumen_engine::{Error, Result, Sink, Time, WriteKey};
 use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 use parking_lot::Mutex;
 
+use crate::db_sink::{Mode, check_keys};
 use crate::offsets_store::redact;
 
 /// Placeholders per statement stay under MySQL's 65,535.
@@ -106,12 +107,6 @@ fn values(a: &dyn Array) -> Result<Vec<Value>> {
                 .collect()
         }
     })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    Append,
-    Upsert,
 }
 
 pub struct MySqlSink {
@@ -251,11 +246,7 @@ impl Sink for MySqlSink {
     }
 
     async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
-        for k in &self.key {
-            if schema.index_of(k).is_err() {
-                return plan_err!("sink {}: key column '{k}' is not in the output", self.name);
-            }
-        }
+        check_keys(&self.name, &self.key, &schema)?;
         let cols: Vec<String> = schema
             .fields()
             .iter()
@@ -317,50 +308,25 @@ impl Sink for MySqlSink {
 #[derive(Debug)]
 pub struct MySqlSinkFactory;
 
-const OPTIONS: [&str; 4] = ["url", "table", "mode", "key"];
-
 impl SinkFactory for MySqlSinkFactory {
     fn options(&self) -> &[&'static str] {
-        &OPTIONS
+        &crate::db_sink::OPTIONS
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        check_options("mysql", options, &OPTIONS)?;
-        let (Some(url), Some(table)) = (options.get("url"), options.get("table")) else {
-            return plan_err!(
-                "sink {name}: connector 'mysql' needs url = 'mysql://user:password@host:port/db' and table = '...'"
-            );
-        };
-        if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
-            return plan_err!("sink {name}: url '{}' is not a mysql:// URL", redact(url));
-        }
-        let mode = match options
-            .get("mode")
-            .map(|m| m.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("append") => Mode::Append,
-            Some("upsert") => Mode::Upsert,
-            Some(other) => return plan_err!("sink {name}: mode '{other}' is not append or upsert"),
-        };
-        let key: Vec<String> = options
-            .get("key")
-            .map(|k| {
-                k.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if mode == Mode::Upsert && key.is_empty() {
-            return plan_err!("sink {name}: mode 'upsert' needs key = 'col[, col...]'");
-        }
+        let o = crate::db_sink::parse(
+            "mysql",
+            name,
+            options,
+            &["mysql", "mariadb"],
+            "mysql://user:password@host:port/db",
+        )?;
         Ok(Arc::new(MySqlSink {
             name: name.to_string(),
-            url: url.clone(),
-            table: table.clone(),
-            mode,
-            key,
+            url: o.url,
+            table: o.table,
+            mode: o.mode,
+            key: o.key,
             query: Mutex::default(),
             pool: Mutex::default(),
         }))

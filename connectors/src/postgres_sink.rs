@@ -25,21 +25,16 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
-use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
+use flumen_engine::registry::{ConnectorOptions, SinkFactory};
+use flumen_engine::{Error, Result, Sink, Time, WriteKey};
 use parking_lot::Mutex;
 use tokio_postgres::types::ToSql;
 
+use crate::db_sink::{Mode, check_keys};
 use crate::offsets_store::redact;
 
 /// Bound parameters per statement stay under PostgreSQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    Append,
-    Upsert,
-}
 
 /// A column as one of the types bound to PostgreSQL.
 enum Col {
@@ -310,20 +305,7 @@ impl Sink for PostgresSink {
     }
 
     async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
-        for k in &self.key {
-            if schema.index_of(k).is_err() {
-                return plan_err!(
-                    "sink {}: key column '{k}' is not in the output ({})",
-                    self.name,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
+        check_keys(&self.name, &self.key, &schema)?;
         let cols: Vec<String> = schema
             .fields()
             .iter()
@@ -378,55 +360,25 @@ impl Sink for PostgresSink {
 #[derive(Debug)]
 pub struct PostgresSinkFactory;
 
-const OPTIONS: [&str; 4] = ["url", "table", "mode", "key"];
-
 impl SinkFactory for PostgresSinkFactory {
     fn options(&self) -> &[&'static str] {
-        &OPTIONS
+        &crate::db_sink::OPTIONS
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        check_options("postgres", options, &OPTIONS)?;
-        let (Some(url), Some(table)) = (options.get("url"), options.get("table")) else {
-            return plan_err!(
-                "sink {name}: connector 'postgres' needs url = 'postgres://user@host:port/db' and table = '...'"
-            );
-        };
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return plan_err!(
-                "sink {name}: url '{}' is not a postgres:// URL",
-                redact(url)
-            );
-        }
-        let mode = match options
-            .get("mode")
-            .map(|m| m.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("append") => Mode::Append,
-            Some("upsert") => Mode::Upsert,
-            Some(other) => {
-                return plan_err!("sink {name}: mode '{other}' is not append or upsert");
-            }
-        };
-        let key: Vec<String> = options
-            .get("key")
-            .map(|k| {
-                k.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if mode == Mode::Upsert && key.is_empty() {
-            return plan_err!("sink {name}: mode 'upsert' needs key = 'col[, col...]'");
-        }
+        let o = crate::db_sink::parse(
+            "postgres",
+            name,
+            options,
+            &["postgres", "postgresql"],
+            "postgres://user@host:port/db",
+        )?;
         Ok(Arc::new(PostgresSink {
             name: name.to_string(),
-            url: url.clone(),
-            table: table.clone(),
-            mode,
-            key,
+            url: o.url,
+            table: o.table,
+            mode: o.mode,
+            key: o.key,
             schema: Mutex::default(),
             query: Mutex::default(),
             pool: Mutex::default(),
