@@ -376,17 +376,7 @@ impl Pipeline {
                     f(batch_time, df).await?;
                 }
                 OutputKind::Sink(sink) => {
-                    let query_id = self.output_id(i);
-                    let partitions = parts.len();
-                    for (partition, batches) in parts.into_iter().enumerate() {
-                        let key = WriteKey {
-                            query_id: query_id.clone(),
-                            batch_time,
-                            partition,
-                        };
-                        sink.write(&key, batches).await?;
-                    }
-                    sink.commit(&query_id, batch_time, partitions).await?;
+                    write_with_retries(sink, &self.output_id(i), batch_time, parts).await?;
                 }
             }
         }
@@ -433,6 +423,61 @@ impl Pipeline {
             late_rows,
             rejected_rows,
         })
+    }
+}
+
+/// How often a sink's write of one batch is tried before the query fails.
+pub(crate) const SINK_ATTEMPTS: u32 = 4;
+/// The wait before the second attempt; it doubles for each one after.
+const SINK_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Step 4 for one sink: every partition, then the commit. A retryable failure (server
+/// down, disk full) writes the whole batch again after a growing wait — the keys are
+/// the same, so the sink overwrites or skips what the failed attempt left — and
+/// nothing after this batch runs until it succeeds; after [`SINK_ATTEMPTS`] the batch
+/// fails with the last error.
+async fn write_with_retries(
+    sink: &Arc<dyn crate::sink::Sink>,
+    query_id: &str,
+    batch_time: Time,
+    parts: Vec<Vec<RecordBatch>>,
+) -> Result<()> {
+    let mut wait = SINK_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            for (partition, batches) in parts.iter().enumerate() {
+                let key = WriteKey {
+                    query_id: query_id.to_string(),
+                    batch_time,
+                    partition,
+                };
+                sink.write(&key, batches.clone()).await?;
+            }
+            sink.commit(query_id, batch_time, parts.len()).await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && attempt < SINK_ATTEMPTS => {
+                log::warn!(
+                    "sink '{}': batch {batch_time} failed (attempt {attempt} of {SINK_ATTEMPTS}), trying again in {:?}: {e}",
+                    sink.name(),
+                    wait
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(e) if e.is_retryable() => {
+                return Err(crate::Error::Sink {
+                    sink_name: sink.name().to_string(),
+                    message: format!("gave up after {attempt} attempts: {e}"),
+                    retryable: false,
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -318,3 +318,74 @@ async fn a_panicking_batch_stops_the_context_with_an_error() {
     assert_eq!(ctx.state(), StreamingContextState::Stopped);
     assert!(StreamingContext::get_active().is_none());
 }
+
+/// Fails its first `failures` writes as a server that is down would, then writes to
+/// `inner`.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<MemorySink>,
+    failures: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    async fn write(&self, key: &flumen::engine::WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        {
+            let mut left = self.failures.lock();
+            if *left > 0 {
+                *left -= 1;
+                return Err(Error::Sink {
+                    sink_name: "flaky".into(),
+                    message: "connection refused".into(),
+                    retryable: true,
+                });
+            }
+        }
+        self.inner.write(key, batches).await
+    }
+
+    async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()> {
+        self.inner.commit(query_id, batch_time, partitions).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_sink_is_retried_and_then_fails_the_query_naming_it() {
+    let _g = serial().await;
+    // Down for two attempts: the third writes the batch, once.
+    let (ctx, clock) = manual_ctx(1000);
+    let (q, s) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
+    let out = MemorySink::new("out");
+    s.write_to(Arc::new(Flaky {
+        inner: Arc::clone(&out),
+        failures: Mutex::new(2),
+    }))
+    .unwrap();
+    q.push(vec![lines(&["a", "b"])]).unwrap();
+    ctx.start().await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    ctx.await_batch(Time::from_millis(1000)).await.unwrap();
+    assert_eq!(rows(&out.all()), strs(&["a", "b"]));
+    ctx.stop(true).await.unwrap();
+
+    // Down for good: the query fails after the last attempt, saying which sink.
+    let (ctx, clock) = manual_ctx(1000);
+    let (q, s) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
+    s.write_to(Arc::new(Flaky {
+        inner: MemorySink::new("never"),
+        failures: Mutex::new(u32::MAX),
+    }))
+    .unwrap();
+    q.push(vec![lines(&["a"])]).unwrap();
+    ctx.start().await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let err = ctx.await_termination().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the streaming query failed: batch 1000 ms failed: sink 'flaky': gave up after 4 attempts: sink 'flaky': connection refused"
+    );
+}
