@@ -18,13 +18,13 @@
 
 use std::sync::Arc;
 
+use crate::rate::Pacer;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
-use parking_lot::Mutex;
 
 /// Which of the three Nexmark streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,20 +168,11 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
     RecordBatch::try_new(table.schema(), columns).expect("generated columns match the schema")
 }
 
-#[derive(Debug, Default)]
-struct State {
-    start_ms: Option<i64>,
-    planned: u64,
-    available_now: bool,
-}
-
 #[derive(Debug)]
 pub struct NexmarkSource {
     name: String,
     table: Table,
-    event_rate: u64,
-    events: Option<u64>,
-    state: Mutex<State>,
+    pacer: Pacer,
 }
 
 impl NexmarkSource {
@@ -189,9 +180,13 @@ impl NexmarkSource {
         Self {
             name: name.to_string(),
             table,
-            event_rate: event_rate.max(1),
-            events,
-            state: Mutex::default(),
+            // Under available_now, everything in one batch (record caps still apply).
+            pacer: Pacer::new(
+                format!("nexmark stream '{name}'"),
+                event_rate,
+                events,
+                u64::MAX,
+            ),
         }
     }
 }
@@ -207,64 +202,26 @@ impl Source for NexmarkSource {
     }
 
     async fn freeze_available_now(&self) -> Result<()> {
-        if self.events.is_none() {
-            return plan_err!(
-                "nexmark stream '{}' never ends, so the available_now trigger would never stop; give it events = N",
-                self.name
-            );
-        }
-        self.state.lock().available_now = true;
-        Ok(())
+        self.pacer.freeze("events = N")
     }
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
-        let mut st = self.state.lock();
-        let t = batch.batch_time.as_millis();
-        let start_ms = *st.start_ms.get_or_insert(t - 1000);
-        let mut end = if st.available_now {
-            self.events.unwrap_or(u64::MAX)
-        } else {
-            ((t - start_ms).max(0) as u64).saturating_mul(self.event_rate) / 1000
-        };
-        end = end.max(st.planned);
-        if let Some(n) = self.events {
-            end = end.min(n);
-        }
-        if let Some(max) = batch.max_records {
-            end = end.min(st.planned + max);
-        }
-        let range = SourceRange {
-            start: crate::rate::position(st.planned, start_ms),
-            end: crate::rate::position(end, start_ms),
-        };
-        st.planned = end;
-        Ok(range)
+        Ok(self.pacer.plan(batch))
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
-        let Some((end, start_ms)) = crate::rate::parse_position(&last.end) else {
-            return plan_err!("nexmark source {}: bad range {last:?}", self.name);
-        };
-        let mut st = self.state.lock();
-        st.planned = end;
-        st.start_ms = Some(start_ms);
-        Ok(())
+        self.pacer.restore(last)
     }
 
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
-        let (Some((from, start_ms)), Some((to, _))) = (
-            crate::rate::parse_position(&range.start),
-            crate::rate::parse_position(&range.end),
-        ) else {
-            return plan_err!("nexmark source {}: bad range {range:?}", self.name);
-        };
+        let (from, to, start_ms) = self.pacer.range(range)?;
         // Generated in slices, so a large batch is several moderate RecordBatches.
         const SLICE: u64 = 64 * 1024;
         let mut out = Vec::new();
         let mut i = from;
         while i < to {
             let j = (i + SLICE).min(to);
-            let b = generate(self.table, i, j, start_ms, self.event_rate);
+            let b = generate(self.table, i, j, start_ms, self.pacer.rate());
             if b.num_rows() > 0 {
                 out.push(b);
             }
@@ -278,8 +235,7 @@ impl Source for NexmarkSource {
     }
 
     async fn is_drained(&self) -> Result<bool> {
-        let st = self.state.lock();
-        Ok(self.events.is_some_and(|n| st.planned >= n))
+        Ok(self.pacer.drained())
     }
 }
 

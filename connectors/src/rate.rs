@@ -30,27 +30,113 @@ pub fn rate_schema() -> SchemaRef {
 pub struct RateSource {
     name: String,
     schema: SchemaRef,
-    rows_per_second: u64,
+    pacer: Pacer,
+}
+
+/// The pacing both generators share: rows (events) numbered from 0, row `n` due at
+/// `start + n / rate` with `start` one second before the first batch, at most `limit`
+/// of them. A position is `{n, start_ms}`, so a range read again after a restart
+/// stamps the same times.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    /// For errors: "rate source x", "nexmark source x".
+    what: String,
+    rate: u64,
     limit: Option<u64>,
-    state: Mutex<RateState>,
-}
-
-/// A generator's position: the next row (or event) number and the time of row 0, so a
-/// range read again after a restart stamps the same times.
-pub(crate) fn position(n: u64, start_ms: i64) -> serde_json::Value {
-    json!({"n": n, "start_ms": start_ms})
-}
-
-pub(crate) fn parse_position(v: &serde_json::Value) -> Option<(u64, i64)> {
-    Some((v.get("n")?.as_u64()?, v.get("start_ms")?.as_i64()?))
+    /// Under `AvailableNow`: how many rows one batch takes.
+    available_now_step: u64,
+    state: Mutex<PacerState>,
 }
 
 #[derive(Debug, Default)]
-struct RateState {
-    /// Time (ms) at which value 0 is stamped: one second before the first batch.
+struct PacerState {
     start_ms: Option<i64>,
     planned: u64,
     available_now: bool,
+}
+
+fn position(n: u64, start_ms: i64) -> serde_json::Value {
+    json!({"n": n, "start_ms": start_ms})
+}
+
+fn parse_position(v: &serde_json::Value) -> Option<(u64, i64)> {
+    Some((v.get("n")?.as_u64()?, v.get("start_ms")?.as_i64()?))
+}
+
+impl Pacer {
+    pub fn new(what: String, rate: u64, limit: Option<u64>, available_now_step: u64) -> Self {
+        Self {
+            what,
+            rate: rate.max(1),
+            limit,
+            available_now_step,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// `AvailableNow`: batches take `available_now_step` rows each until `limit`;
+    /// refused without a limit (`hint` says which option gives one).
+    pub fn freeze(&self, hint: &str) -> Result<()> {
+        if self.limit.is_none() {
+            return plan_err!(
+                "{} never ends, so the available_now trigger would never stop; give it {hint}",
+                self.what
+            );
+        }
+        self.state.lock().available_now = true;
+        Ok(())
+    }
+
+    pub fn plan(&self, batch: &BatchContext) -> SourceRange {
+        let mut st = self.state.lock();
+        let t = batch.batch_time.as_millis();
+        let start_ms = *st.start_ms.get_or_insert(t - 1000);
+        let due = if st.available_now {
+            st.planned.saturating_add(self.available_now_step)
+        } else {
+            ((t - start_ms).max(0) as u64).saturating_mul(self.rate) / 1000
+        };
+        let mut end = due.max(st.planned);
+        if let Some(limit) = self.limit {
+            end = end.min(limit);
+        }
+        if let Some(max) = batch.max_records {
+            end = end.min(st.planned + max);
+        }
+        let range = SourceRange {
+            start: position(st.planned, start_ms),
+            end: position(end, start_ms),
+        };
+        st.planned = end;
+        range
+    }
+
+    pub fn restore(&self, last: &SourceRange) -> Result<()> {
+        let Some((end, start_ms)) = parse_position(&last.end) else {
+            return plan_err!("{}: bad range {last:?}", self.what);
+        };
+        let mut st = self.state.lock();
+        st.planned = end;
+        st.start_ms = Some(start_ms);
+        Ok(())
+    }
+
+    /// `(from, to, start_ms)` of a range this pacer planned.
+    pub fn range(&self, range: &SourceRange) -> Result<(u64, u64, i64)> {
+        match (parse_position(&range.start), parse_position(&range.end)) {
+            (Some((from, start_ms)), Some((to, _))) => Ok((from, to, start_ms)),
+            _ => plan_err!("{}: bad range {range:?}", self.what),
+        }
+    }
+
+    pub fn drained(&self) -> bool {
+        let st = self.state.lock();
+        self.limit.is_some_and(|l| st.planned >= l)
+    }
 }
 
 impl RateSource {
@@ -58,9 +144,13 @@ impl RateSource {
         Self {
             name: name.to_string(),
             schema: rate_schema(),
-            rows_per_second: rows_per_second.max(1),
-            limit,
-            state: Mutex::new(RateState::default()),
+            // Under available_now, one second's worth per batch.
+            pacer: Pacer::new(
+                format!("rate stream '{name}'"),
+                rows_per_second,
+                limit,
+                rows_per_second.max(1),
+            ),
         }
     }
 }
@@ -76,57 +166,20 @@ impl Source for RateSource {
     }
 
     async fn freeze_available_now(&self) -> Result<()> {
-        if self.limit.is_none() {
-            return plan_err!(
-                "rate stream '{}' never ends, so the available_now trigger would never stop; give it rows = N",
-                self.name
-            );
-        }
-        self.state.lock().available_now = true;
-        Ok(())
+        self.pacer.freeze("rows = N")
     }
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
-        let mut st = self.state.lock();
-        let t = batch.batch_time.as_millis();
-        let start_ms = *st.start_ms.get_or_insert(t - 1000);
-        let due = if st.available_now {
-            st.planned + self.rows_per_second
-        } else {
-            ((t - start_ms).max(0) as u64).saturating_mul(self.rows_per_second) / 1000
-        };
-        let mut end = due.max(st.planned);
-        if let Some(limit) = self.limit {
-            end = end.min(limit);
-        }
-        if let Some(max) = batch.max_records {
-            end = end.min(st.planned + max);
-        }
-        let range = SourceRange {
-            start: position(st.planned, start_ms),
-            end: position(end, start_ms),
-        };
-        st.planned = end;
-        Ok(range)
+        Ok(self.pacer.plan(batch))
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
-        let Some((end, start_ms)) = parse_position(&last.end) else {
-            return plan_err!("rate source {}: bad range {last:?}", self.name);
-        };
-        let mut st = self.state.lock();
-        st.planned = end;
-        st.start_ms = Some(start_ms);
-        Ok(())
+        self.pacer.restore(last)
     }
 
     async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
-        let (Some((from, start_ms)), Some((to, _))) =
-            (parse_position(&range.start), parse_position(&range.end))
-        else {
-            return plan_err!("rate source {}: bad range {range:?}", self.name);
-        };
-        let rate = self.rows_per_second as i64;
+        let (from, to, start_ms) = self.pacer.range(range)?;
+        let rate = self.pacer.rate() as i64;
         let values = Int64Array::from_iter_values(from as i64..to as i64);
         let stamps = TimestampMillisecondArray::from_iter_values(
             (from as i64..to as i64).map(|v| start_ms + v * 1000 / rate),
@@ -144,8 +197,7 @@ impl Source for RateSource {
     }
 
     async fn is_drained(&self) -> Result<bool> {
-        let st = self.state.lock();
-        Ok(self.limit.is_some_and(|l| st.planned >= l))
+        Ok(self.pacer.drained())
     }
 }
 
