@@ -80,12 +80,7 @@ pub(crate) fn check_keys(sink: &str, key: &[String], schema: &Schema) -> Result<
         if schema.index_of(k).is_err() {
             return plan_err!(
                 "sink {sink}: key column '{k}' is not in the output ({})",
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::column_list(schema)
             );
         }
     }

@@ -70,6 +70,8 @@ pub struct FilesSource {
     include_existing: bool,
     max_files: Option<u64>,
     listing: Mutex<Listing>,
+    /// The commit log of a Flumen `files` sink writing here, as read so far.
+    commit_log: tokio::sync::Mutex<crate::files_sink::CommitLog>,
     rejected: Mutex<Vec<Rejected>>,
 }
 
@@ -103,13 +105,13 @@ impl FilesSource {
         // Output of Flumen's files sink: only what its commit log lists.
         let log = self.location.child(crate::files_sink::LOG_DIR);
         if listed.common_prefixes.contains(&log) {
-            let committed: std::collections::HashSet<String> =
-                crate::files_sink::committed_files(&self.location)
-                    .await?
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
-            files.retain(|m| m.location.filename().is_some_and(|f| committed.contains(f)));
+            let mut commit_log = self.commit_log.lock().await;
+            commit_log.refresh(&self.location).await?;
+            files.retain(|m| {
+                m.location
+                    .filename()
+                    .is_some_and(|f| commit_log.files.contains(f))
+            });
         }
         files.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         Ok(files)
@@ -487,6 +489,7 @@ impl SourceFactory for FilesFactory {
             include_existing: bool_option("files", options, "include_existing", false)?,
             max_files: positive_option("files", options, "max_files_per_batch")?,
             listing: Mutex::default(),
+            commit_log: tokio::sync::Mutex::default(),
             rejected: Mutex::default(),
         }))
     }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, StringArray};
-use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::array::{Array, StringArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
@@ -187,18 +187,16 @@ impl FilesSink {
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .expect("cast to Utf8");
-            let mut distinct: Vec<Option<&str>> = (0..values.len())
-                .map(|i| values.is_valid(i).then(|| values.value(i)))
-                .collect();
-            distinct.sort();
-            distinct.dedup();
+            // One pass: the rows of each value, then one `take` per value.
+            let mut rows: BTreeMap<Option<&str>, Vec<u32>> = BTreeMap::new();
+            for i in 0..values.len() {
+                let v = values.is_valid(i).then(|| values.value(i));
+                rows.entry(v).or_default().push(i as u32);
+            }
             let mut rest = b.clone();
             rest.remove_column(index);
-            for v in distinct {
-                let mask: datafusion::arrow::array::BooleanArray = (0..values.len())
-                    .map(|i| Some(values.is_valid(i).then(|| values.value(i)) == v))
-                    .collect();
-                let part = filter_record_batch(&rest, &mask)?;
+            for (v, indices) in rows {
+                let part = take_record_batch(&rest, &UInt32Array::from(indices))?;
                 // Hive's name for null.
                 let dir = format!(
                     "{column}={}",
@@ -240,12 +238,7 @@ impl Sink for FilesSink {
                 "sink {}: format 'text' writes one column, the query gives {} ({}); select one (e.g. concat_ws(',', ...))",
                 self.name,
                 schema.fields().len(),
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::column_list(&schema)
             );
         }
         if let Some(c) = &self.partition_by
@@ -254,12 +247,7 @@ impl Sink for FilesSink {
             return plan_err!(
                 "sink {}: partition_by column '{c}' is not in the output ({})",
                 self.name,
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::column_list(&schema)
             );
         }
         Ok(())
@@ -314,38 +302,49 @@ impl Sink for FilesSink {
     }
 }
 
-/// The files the commit log in `location` lists, if it has one.
-pub async fn committed_files(location: &Location) -> Result<Option<Vec<String>>> {
-    use futures::TryStreamExt;
-    let log = location.child(LOG_DIR);
-    let entries: Vec<_> = location
-        .store
-        .list(Some(&log))
-        .try_collect()
-        .await
-        .map_err(|e| Error::Plan(format!("listing {}/{LOG_DIR}: {e}", location.url)))?;
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    let mut files = Vec::new();
-    for m in entries {
-        let bytes = location
+/// What a reader has read of a commit log: the entries, and the files they list.
+#[derive(Debug, Default)]
+pub struct CommitLog {
+    entries: std::collections::HashSet<object_store::path::Path>,
+    pub files: std::collections::HashSet<String>,
+}
+
+impl CommitLog {
+    /// Reads the entries of the log in `location` not read before (one per committed
+    /// batch), so a reader polling every batch reads each entry once.
+    pub async fn refresh(&mut self, location: &Location) -> Result<()> {
+        use futures::TryStreamExt;
+        let log = location.child(LOG_DIR);
+        let listed: Vec<_> = location
             .store
-            .get(&m.location)
+            .list(Some(&log))
+            .try_collect()
             .await
-            .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?
-            .bytes()
-            .await
-            .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Plan(format!("{} is not a commit log entry: {e}", m.location)))?;
-        for f in v["files"].as_array().into_iter().flatten() {
-            if let Some(f) = f.as_str() {
-                files.push(f.to_string());
+            .map_err(|e| Error::Plan(format!("listing {}/{LOG_DIR}: {e}", location.url)))?;
+        for m in listed {
+            if self.entries.contains(&m.location) {
+                continue;
             }
+            let bytes = location
+                .store
+                .get(&m.location)
+                .await
+                .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?
+                .bytes()
+                .await
+                .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Plan(format!("{} is not a commit log entry: {e}", m.location))
+            })?;
+            for f in v["files"].as_array().into_iter().flatten() {
+                if let Some(f) = f.as_str() {
+                    self.files.insert(f.to_string());
+                }
+            }
+            self.entries.insert(m.location);
         }
+        Ok(())
     }
-    Ok(Some(files))
 }
 
 /// `connector = 'files'` (sink).

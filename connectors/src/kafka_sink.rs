@@ -85,7 +85,10 @@ impl KafkaSink {
                 .list_topics()
                 .await
                 .map_err(|e| self.error("listing topics", e))?;
-            let Some(t) = topics.iter().find(|t| t.name == self.topic) else {
+            let Some(t) = topics
+                .iter()
+                .find(|t| t.name == self.topic && !t.partitions.is_empty())
+            else {
                 return Err(self.error("not found", "the topic does not exist; create it first"));
             };
             let mut ids: Vec<i32> = t.partitions.iter().copied().collect();

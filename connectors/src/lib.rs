@@ -54,3 +54,13 @@ pub fn registry() -> ConnectorRegistry {
     r.register_sink("kafka", Arc::new(kafka_sink::KafkaSinkFactory));
     r
 }
+
+/// The column names of `schema`, `a, b, c`, for messages.
+pub(crate) fn column_list(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -147,7 +147,6 @@ pub struct PostgresSink {
     table: String,
     mode: Mode,
     key: Vec<String>,
-    schema: Mutex<Option<SchemaRef>>,
     query: Mutex<String>,
     pool: Mutex<Vec<tokio_postgres::Client>>,
 }
@@ -335,7 +334,6 @@ impl Sink for PostgresSink {
             .await
             .map_err(|e| self.error("creating the tables", e))?;
         self.give_back(client);
-        *self.schema.lock() = Some(schema);
         *self.query.lock() = format!("{query_id}/{}", self.name);
         Ok(())
     }
@@ -379,7 +377,6 @@ impl SinkFactory for PostgresSinkFactory {
             table: o.table,
             mode: o.mode,
             key: o.key,
-            schema: Mutex::default(),
             query: Mutex::default(),
             pool: Mutex::default(),
         }))
