@@ -163,3 +163,53 @@ async fn another_query_or_a_damaged_checkpoint_is_refused() {
 }
 
 const TOTALS_TABLE: &str = "CREATE TABLE totals AS SELECT count(*) AS n, sum(value) AS s FROM r";
+
+/// Hopping windows in append mode keep one group table per open window across
+/// batches; a restart puts those tables back from the snapshot.
+fn hops(dir: &std::path::Path) -> String {
+    format!(
+        "SET batch_interval = '1 second';
+         SET checkpoint_location = '{}';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+         CREATE SINK closed WITH (connector = 'memory') AS
+           SELECT window(_batch_time, INTERVAL '3' SECOND, INTERVAL '1' SECOND)['start'] AS ws,
+                  value % 3 AS k, count(*) AS n, sum(value) AS s FROM r
+           GROUP BY window(_batch_time, INTERVAL '3' SECOND, INTERVAL '1' SECOND), value % 3
+           EMIT FINAL;",
+        dir.display()
+    )
+}
+
+#[tokio::test]
+async fn open_hopping_windows_survive_a_restart() {
+    async fn rows(s: &mut flumen::sql::FlumenSession) -> Vec<String> {
+        sql_rows(s, "SELECT * FROM closed ORDER BY ws, k").await
+    }
+    // Uninterrupted: 7 batches.
+    let dir = temp_dir("checkpoint-hop-whole");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&hops(&dir)).await.unwrap();
+    s.execute("ADVANCE 7 BATCHES").await.unwrap();
+    let whole = rows(&mut s).await;
+    s.stop_all().await.unwrap();
+    // Emitted once closed: the windows ending at 1..=7 s, three keys each. The first
+    // two hold batch 1 only (values 0..10), the one ending at 7 s batches 5..=7.
+    assert_eq!(whole.len(), 7 * 3, "{whole:?}");
+    assert_eq!(whole[0], "1969-12-31T23:59:58|0|4|18", "{whole:?}");
+    assert_eq!(whole[20], "1970-01-01T00:00:04|2|10|545", "{whole:?}");
+
+    // The same, stopped after 4 batches with windows still open, then resumed.
+    let dir = temp_dir("checkpoint-hop-split");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&hops(&dir)).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    let mut split = rows(&mut s).await;
+    assert_eq!(split.len(), 4 * 3, "{split:?}");
+    s.stop_all().await.unwrap();
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&hops(&dir)).await.unwrap();
+    s.execute("ADVANCE 3 BATCHES").await.unwrap();
+    split.extend(rows(&mut s).await);
+    s.stop_all().await.unwrap();
+    assert_eq!(split, whole);
+}

@@ -128,7 +128,7 @@ impl Pipeline {
     /// Opens the checkpoint at `dir`: refuses another query's checkpoint and
     /// operators that cannot keep state in one; returns what an earlier run left.
     pub fn open_checkpoint(&mut self, dir: &std::path::Path, zero_time: Time) -> Result<Recovered> {
-        for (node, _) in &self.operators {
+        for (node, _) in &mut self.operators {
             node.op.snapshot()?;
         }
         let description = self.description();
@@ -387,7 +387,7 @@ impl Pipeline {
             }
             if !self.operators.is_empty() {
                 let mut operators = Vec::with_capacity(self.operators.len());
-                for (i, (node, _)) in self.operators.iter().enumerate() {
+                for (i, (node, _)) in self.operators.iter_mut().enumerate() {
                     operators.push((i, node.op.snapshot()?));
                 }
                 cp.write_snapshot(&crate::checkpoint::Snapshot {

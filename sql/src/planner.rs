@@ -173,20 +173,36 @@ fn windowed(
     let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
     let mut group_expr = agg.group_expr.clone();
     let mut kind = if sessions { "session" } else { "tumbling" };
-    if over_batch_time {
-        group_expr[k] =
-            Expr::ScalarFunction(f.clone()).alias(agg.group_expr[k].schema_name().to_string());
-    }
-    if !sessions && f.args.len() == 3 && f.args[1] != f.args[2] {
-        // A hopping window: a row belongs to size/slide windows. Expand each row into
-        // one per window, then group by that window.
-        kind = "hopping";
-        let hop = crate::window::hop_windows_udf().call(f.args.clone());
-        input = input
-            .with_column(HOP_COLUMN, hop)?
-            .unnest_columns(&[HOP_COLUMN])?;
-        group_expr[k] =
-            datafusion::prelude::col(HOP_COLUMN).alias(agg.group_expr[k].schema_name().to_string());
+    let key_name = agg.group_expr[k].schema_name().to_string();
+    let mut keyed_by_end = None;
+    if sessions {
+        if over_batch_time {
+            group_expr[k] = Expr::ScalarFunction(f.clone()).alias(key_name);
+        }
+    } else {
+        // Tumbling and hopping windows are grouped by their end (a timestamp hashes
+        // faster than a `{start, end}` struct); the operator rebuilds the struct.
+        let millis = |a: &Expr| match a {
+            Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
+            other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+        };
+        let size = millis(&f.args[1])?;
+        keyed_by_end = Some(Duration::from_millis(size as u64));
+        if f.args.len() == 3 && f.args[1] != f.args[2] {
+            // A hopping window: a row belongs to size/slide windows. Expand each row
+            // into one per window, then group by that window.
+            kind = "hopping";
+            millis(&f.args[2])?;
+            let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
+            input = input
+                .with_column(HOP_COLUMN, hop)?
+                .unnest_columns(&[HOP_COLUMN])?;
+            group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
+        } else {
+            group_expr[k] = crate::window::window_end_udf()
+                .call(f.args[..2].to_vec())
+                .alias(key_name);
+        }
     }
     let op = RunningAggregateExec::try_new(&input, group_expr, aggr)?
         .with_changed_only(mode == OutputMode::Update)
@@ -197,6 +213,7 @@ fn windowed(
             evict_closed: mode != OutputMode::Complete && delay.is_some(),
             watermark_is_batch_time: over_batch_time,
             sessions,
+            keyed_by_end,
         })
         .with_positional_names();
     let bound = match (delay, mode) {

@@ -114,6 +114,8 @@ impl FlumenSession {
         );
         base.register_udf(crate::window::window_udf());
         base.register_udf(crate::window::hop_windows_udf());
+        base.register_udf(crate::window::hop_window_ends_udf());
+        base.register_udf(crate::window::window_end_udf());
         base.register_udf(crate::window::session_window_udf());
         Self {
             base,

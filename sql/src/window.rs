@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, StructArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -22,11 +22,7 @@ pub fn window_udf() -> ScalarUDF {
 
 /// The struct type `window()` returns.
 pub fn window_type() -> DataType {
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
-    DataType::Struct(Fields::from(vec![
-        Field::new("start", ts.clone(), true),
-        Field::new("end", ts, true),
-    ]))
+    flumen_engine::ops::window_struct_type()
 }
 
 /// The first argument as timestamps in ms.
@@ -210,6 +206,130 @@ impl ScalarUDFImpl for HopWindows {
             Some(valid.into()),
         )?;
         Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
+/// The name of [`hop_window_ends_udf`].
+pub const HOP_WINDOW_ENDS_FUNCTION: &str = "flumen_hop_window_ends";
+
+/// `flumen_hop_window_ends(ts, size, slide)`: the end of every window of length `size`,
+/// starting at multiples of `slide`, that contains `ts` (a list; the planner unnests
+/// it for `GROUP BY window(ts, size, slide)`). Windows are keyed by their end, a plain
+/// timestamp, so grouping hashes one primitive instead of a `{start, end}` struct; the
+/// aggregate puts the struct back in its output.
+pub fn hop_window_ends_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(HopWindowEnds {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HopWindowEnds {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for HopWindowEnds {
+    fn name(&self) -> &str {
+        HOP_WINDOW_ENDS_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        WindowFunction {
+            signature: self.signature.clone(),
+        }
+        .coerce_types(arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let size = constant_millis(&args.args[1], "window size")?;
+        let slide = match args.args.get(2) {
+            Some(slide) => constant_millis(slide, "window slide")?,
+            None => size,
+        };
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
+        let per_row = (size + slide - 1) / slide;
+        let mut ends = Vec::with_capacity(ts.len() * per_row.max(1) as usize);
+        let mut offsets = Vec::with_capacity(ts.len() + 1);
+        offsets.push(0i32);
+        for t in ts.iter() {
+            if let Some(t) = t {
+                // Every start that is a multiple of slide with start <= t < start + size.
+                let last = t - t.rem_euclid(slide);
+                let mut first = last;
+                while first - slide + size > t {
+                    first -= slide;
+                }
+                ends.extend((first..=last).step_by(slide as usize).map(|s| s + size));
+            }
+            offsets.push(ends.len() as i32);
+        }
+        let list = datafusion::arrow::array::ListArray::try_new(
+            Arc::new(Field::new(
+                "item",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            )),
+            datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
+            Arc::new(TimestampMillisecondArray::from(ends)),
+            ts.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
+/// The name of [`window_end_udf`].
+pub const WINDOW_END_FUNCTION: &str = "flumen_window_end";
+
+/// `flumen_window_end(ts, size)`: the end of the tumbling window `ts` falls in, the
+/// group key the planner uses for `GROUP BY window(ts, size)`.
+pub fn window_end_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(WindowEnd {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowEnd {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WindowEnd {
+    fn name(&self) -> &str {
+        WINDOW_END_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        WindowFunction {
+            signature: self.signature.clone(),
+        }
+        .coerce_types(arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let size = constant_millis(&args.args[1], "window size")?;
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
+        let end: TimestampMillisecondArray = ts.unary(|t| t - t.rem_euclid(size) + size);
+        Ok(ColumnarValue::Array(Arc::new(end)))
     }
 }
 

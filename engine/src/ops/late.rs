@@ -149,7 +149,7 @@ impl StreamOperator for LateRowsExec {
         0
     }
 
-    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         Ok(crate::checkpoint::OperatorState {
             batches: Vec::new(),
             meta: serde_json::json!({ "watermark": self.watermark }),

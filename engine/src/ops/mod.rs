@@ -24,11 +24,12 @@ pub mod map_with_state;
 pub mod running_aggregate;
 pub mod stream_join;
 pub mod window;
+mod window_state;
 
 pub use dedup::DedupExec;
 pub use late::LateRowsExec;
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
-pub use running_aggregate::{EventTimeWindow, RunningAggregateExec};
+pub use running_aggregate::{EventTimeWindow, RunningAggregateExec, window_struct_type};
 pub use stream_join::{JoinTime, StreamJoinExec};
 pub use window::WindowExec;
 
@@ -106,7 +107,7 @@ pub trait StreamOperator: Send + Sync {
 
     /// The operator's state, for a checkpoint. Operators that cannot checkpoint yet
     /// say so (a query using them with a checkpoint is refused at start).
-    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         Err(crate::error::Error::Plan(format!(
             "{} cannot keep its state in a checkpoint yet; run this query without a checkpoint location",
             self.name()

@@ -13,7 +13,7 @@
 //! (count, sum, avg, min, max, stddev, count(distinct), approx_distinct, user-defined
 //! ones) runs incrementally with no special case.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -21,24 +21,58 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
-use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 
+use super::window_state::{WindowState, new_accumulators};
 use super::{OperatorContext, StreamOperator};
 
-/// The `end` field of a `{start, end}` window struct column, as ms.
+/// The `{start, end}` struct of timestamps (ms) a window column holds.
+pub fn window_struct_type() -> DataType {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), true),
+        Field::new("end", ts, true),
+    ]))
+}
+
+/// `{end - size, end}` structs for window ends (ms).
+fn window_structs_from_ends(ends: &ArrayRef, size: std::time::Duration) -> Result<ArrayRef> {
+    let DataType::Struct(fields) = window_struct_type() else {
+        return internal_err!("window type is not a struct");
+    };
+    let ends = window_ends(ends)?;
+    let size = size.as_millis() as i64;
+    let starts: TimestampMillisecondArray = ends.unary(|e| e - size);
+    let nulls = ends.nulls().cloned();
+    Ok(Arc::new(StructArray::try_new(
+        fields,
+        vec![Arc::new(starts), Arc::new(ends)],
+        nulls,
+    )?))
+}
+
+/// Window ends as ms: a window column is either its end (tumbling and hopping windows
+/// are keyed by it) or a `{start, end}` struct (sessions).
 fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
+    if let DataType::Timestamp(_, _) = column.data_type() {
+        let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        return match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
+            Some(e) => Ok(e.clone()),
+            None => internal_err!("window end is not a timestamp"),
+        };
+    }
     let Some(s) = column.as_any().downcast_ref::<StructArray>() else {
         return internal_err!("window key is not a struct: {}", column.data_type());
     };
@@ -76,6 +110,11 @@ pub struct RunningAggregateExec {
     /// Event-time watermark (ms), once rows have been seen.
     watermark: Option<i64>,
     late_rows_last_batch: u64,
+    /// Append-mode windows whose state the watermark evicts: kept per window in
+    /// persistent tables instead of `state`.
+    /// (DataFusion's tables are `Send` but not `Sync`; the lock is only ever taken
+    /// through `&mut self`, uncontended, or by `state_rows`.)
+    windows: Option<Mutex<WindowState>>,
 }
 
 /// Event-time windows in a running aggregate: the group key at `key_index` is a
@@ -98,6 +137,9 @@ pub struct EventTimeWindow {
     /// Session windows: each row arrives as its own `{ts, ts + gap}`; before merging,
     /// overlapping sessions of the same key are coalesced into one.
     pub sessions: bool,
+    /// The window key is the window's end (a timestamp) and the windows are this
+    /// long; the output shows the `{start, end}` struct. `None`: the key is the struct.
+    pub keyed_by_end: Option<std::time::Duration>,
 }
 
 /// The `{start, end}` session column of `batch`.
@@ -229,6 +271,7 @@ impl RunningAggregateExec {
             window: None,
             watermark: None,
             late_rows_last_batch: 0,
+            windows: None,
         })
     }
 
@@ -238,7 +281,13 @@ impl RunningAggregateExec {
     pub fn with_event_time_window(mut self, window: EventTimeWindow) -> Self {
         let fields = self.output_schema.fields();
         let visible = fields.len().saturating_sub(2);
-        self.output_schema = Arc::new(Schema::new(fields[..visible].to_vec()));
+        let mut fields = fields[..visible].to_vec();
+        if window.keyed_by_end.is_some() && window.key_index < fields.len() {
+            let f = &fields[window.key_index];
+            fields[window.key_index] =
+                Arc::new(Field::new(f.name(), window_struct_type(), f.is_nullable()));
+        }
+        self.output_schema = Arc::new(Schema::new(fields));
         self.window = Some(window);
         self
     }
@@ -262,6 +311,27 @@ impl RunningAggregateExec {
         self
     }
 
+    fn windows_mut(&mut self) -> Option<&mut WindowState> {
+        self.windows
+            .as_mut()
+            .map(|w| w.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The watermark after a batch whose rows reached `max_event_time`.
+    fn advance_watermark(
+        &mut self,
+        ctx: &OperatorContext,
+        w: &EventTimeWindow,
+        max_event_time: Option<i64>,
+    ) {
+        if w.watermark_is_batch_time {
+            self.watermark = Some(ctx.batch_time.as_millis());
+        } else if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
+            let candidate = m - delay.as_millis() as i64;
+            self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
+        }
+    }
+
     fn planned(&self) -> Result<&Planned> {
         match &self.planned {
             Some(p) => Ok(p),
@@ -270,20 +340,7 @@ impl RunningAggregateExec {
     }
 
     fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
-        self.planned()?
-            .aggregates
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.groups_accumulator_supported() {
-                    Ok(a.create_groups_accumulator()?)
-                } else {
-                    let a = Arc::clone(a);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        a.create_accumulator()
-                    })))
-                }
-            })
-            .collect()
+        new_accumulators(&self.planned()?.aggregates)
     }
 
     /// Merge `batches` (keys + state columns) into fresh accumulators; returns the
@@ -362,8 +419,29 @@ impl StreamOperator for RunningAggregateExec {
         let LogicalPlan::Aggregate(agg) = plan else {
             return internal_err!("aggregate plan expected, got {}", plan.display());
         };
-        let input_plan = state.create_physical_plan(&agg.input).await?;
-        let logical_schema: &DFSchema = agg.input.schema();
+        // Only the columns the aggregate reads: a hopping window multiplies every input
+        // row, and columns nobody reads would be copied with it.
+        let mut used = std::collections::HashSet::new();
+        for e in agg.group_expr.iter().chain(&agg.aggr_expr) {
+            datafusion::logical_expr::utils::expr_to_columns(e, &mut used)?;
+        }
+        let columns: Vec<Expr> = agg
+            .input
+            .schema()
+            .columns()
+            .into_iter()
+            .filter(|c| used.contains(c))
+            .map(Expr::Column)
+            .collect();
+        let input = if columns.is_empty() || columns.len() == agg.input.schema().fields().len() {
+            agg.input.as_ref().clone()
+        } else {
+            LogicalPlanBuilder::from(agg.input.as_ref().clone())
+                .project(columns)?
+                .build()?
+        };
+        let input_plan = state.create_physical_plan(&input).await?;
+        let logical_schema: &DFSchema = input.schema();
         let physical_schema = input_plan.schema();
         let props = state.execution_props();
         let planning = Default::default();
@@ -404,6 +482,22 @@ impl StreamOperator for RunningAggregateExec {
         let partial_schema = partial.schema();
         let nk = agg.group_expr.len();
         let group_schema = Arc::new(Schema::new(partial_schema.fields()[..nk].to_vec()));
+        if let Some(w) = self.window
+            && w.emit_closed_only
+            && w.evict_closed
+            && !w.sessions
+        {
+            // The hidden max(event time) and count(*) are read from each batch's
+            // partials; the windows need not store them.
+            let stored = aggregates.len() - 2;
+            self.windows = Some(Mutex::new(WindowState::try_new(
+                &partial_schema,
+                nk,
+                w.key_index,
+                aggregates[..stored].to_vec(),
+                state_widths[..stored].to_vec(),
+            )?));
+        }
         self.planned = Some(Planned {
             aggregates,
             state_widths,
@@ -459,6 +553,32 @@ impl StreamOperator for RunningAggregateExec {
             }
             input = kept;
         }
+        let window = self.window;
+        if let (Some(windows), Some(w)) = (self.windows_mut(), window) {
+            for batch in &input {
+                windows.merge(batch, &window_ends(batch.column(w.key_index))?)?;
+            }
+            self.advance_watermark(ctx, &w, max_event_time);
+            let mut out = Vec::new();
+            if let Some(wm) = self.watermark
+                && let Some(windows) = self.windows_mut()
+            {
+                for mut columns in windows.close(wm)? {
+                    if let Some(size) = w.keyed_by_end {
+                        columns[w.key_index] =
+                            window_structs_from_ends(&columns[w.key_index], size)?;
+                    }
+                    out.push(RecordBatch::try_new(
+                        Arc::clone(&self.output_schema),
+                        columns,
+                    )?);
+                }
+            }
+            if out.is_empty() {
+                out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+            }
+            return Ok(Some(out));
+        }
         let (previous, input) = match self.window {
             Some(w) if w.sessions => {
                 let nk = self.planned()?.group_schema.fields().len();
@@ -502,13 +622,11 @@ impl StreamOperator for RunningAggregateExec {
             self.state = Some(state);
             return Ok(Some(vec![out]));
         };
-        if w.watermark_is_batch_time {
-            self.watermark = Some(ctx.batch_time.as_millis());
-        } else if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
-            let candidate = m - delay.as_millis() as i64;
-            self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
-        }
+        self.advance_watermark(ctx, &w, max_event_time);
         out_cols.truncate(self.output_schema.fields().len());
+        if let Some(size) = w.keyed_by_end {
+            out_cols[w.key_index] = window_structs_from_ends(&out_cols[w.key_index], size)?;
+        }
         let out = RecordBatch::try_new(Arc::clone(&self.output_schema), out_cols)?;
         let ends = window_ends(state.column(w.key_index))?;
         let closed: BooleanArray = ends
@@ -532,17 +650,39 @@ impl StreamOperator for RunningAggregateExec {
     }
 
     fn state_rows(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.num_rows())
+        match &self.windows {
+            Some(w) => w.lock().unwrap_or_else(|e| e.into_inner()).rows(),
+            None => self.state.as_ref().map_or(0, |s| s.num_rows()),
+        }
     }
 
-    fn snapshot(&self) -> Result<crate::checkpoint::OperatorState> {
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        let batches = match self.windows_mut() {
+            Some(w) => w.snapshot()?,
+            None => self.state.iter().cloned().collect(),
+        };
         Ok(crate::checkpoint::OperatorState {
-            batches: self.state.iter().cloned().collect(),
+            batches,
             meta: serde_json::json!({ "watermark": self.watermark }),
         })
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        self.watermark = state.meta["watermark"].as_i64();
+        let window = self.window;
+        if let (Some(windows), Some(w)) = (self.windows_mut(), window) {
+            for batch in &state.batches {
+                if batch.schema().fields() != windows.snapshot_schema().fields() {
+                    return Err(crate::error::Error::Checkpoint(format!(
+                        "the window state in the checkpoint has {} columns, this query keeps {}: it was written by another version of the query",
+                        batch.num_columns(),
+                        windows.snapshot_schema().fields().len()
+                    )));
+                }
+                windows.merge(batch, &window_ends(batch.column(w.key_index))?)?;
+            }
+            return Ok(());
+        }
         self.state = match state.batches.as_slice() {
             [] => None,
             [one] => Some(one.clone()),
