@@ -16,14 +16,22 @@ import pyarrow.dataset as ds
 
 
 def committed_files(folder):
+    """The union of the files the log's entries list (`<batch ms>` entries and the
+    `<batch ms>.compact` files that fold earlier ones in; a file can be listed twice)."""
     log = os.path.join(folder, "_flumen_log")
-    files = []
+    files = set()
     for entry in sorted(os.listdir(log)):
-        if entry.startswith("."):
+        stem = entry[: -len(".compact")] if entry.endswith(".compact") else entry
+        if len(stem) != 13 or not stem.isdigit():
             continue
-        with open(os.path.join(log, entry)) as f:
-            files.extend(os.path.join(folder, p) for p in json.load(f)["files"])
-    return files
+        try:
+            with open(os.path.join(log, entry)) as f:
+                files.update(os.path.join(folder, p) for p in json.load(f)["files"])
+        except FileNotFoundError:
+            # Folded into a .compact (written before the delete) by a compaction
+            # running meanwhile: list again to see it.
+            return committed_files(folder)
+    return sorted(files)
 
 
 def main():

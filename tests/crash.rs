@@ -75,6 +75,7 @@ fn committed(dir: &Path) -> Vec<String> {
         }
     }
     files.sort();
+    files.dedup(); // a .compact entry repeats the entries it folded in until it deletes them
     files
 }
 

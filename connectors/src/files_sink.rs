@@ -7,10 +7,14 @@
 //!                or, with prefix/suffix (text): <prefix>-<T ms>[-<p>].<suffix>
 //!                with partition_by = 'col': col=<value>/part-...
 //!  commit(T):    _flumen_log/<T ms, 13 digits>   JSON {"batch_time_ms", "files": [...]}
+//!  every 10th:   _flumen_log/<T>.compact          the union of every entry so far;
+//!                then the entries it folded in are deleted
 //! ```
 //!
 //! Empty batches write neither files nor a log entry. A reader that honours the log
-//! (Flumen's `files` source does) takes exactly the files the log lists.
+//! (Flumen's `files` source does) takes the union of the files the log's entries list
+//! (an entry may repeat files another lists: a replayed batch, or a compaction that
+//! has written its `.compact` and not yet deleted what it folded in).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,6 +67,18 @@ pub struct FilesSink {
     suffix: Option<String>,
     /// Files written per batch, until its commit.
     written: Mutex<BTreeMap<Time, Vec<String>>>,
+    /// Log entries written since the last compaction (`None`: not counted yet).
+    since_compaction: tokio::sync::Mutex<Option<usize>>,
+}
+
+/// Every this many entries, the commit log is compacted into one `.compact` entry.
+pub const COMPACT_EVERY: usize = 10;
+
+/// Whether `name` (the last path segment) is a commit-log entry: `<13 digits>` or
+/// `<13 digits>.compact`.
+fn is_log_entry(name: &str) -> bool {
+    let stem = name.strip_suffix(".compact").unwrap_or(name);
+    stem.len() == 13 && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl FilesSink {
@@ -298,8 +314,98 @@ impl Sink for FilesSink {
             &format!("{LOG_DIR}/{:013}", batch_time.as_millis()),
             serde_json::to_vec(&entry).expect("json"),
         )
-        .await
+        .await?;
+        let mut since = self.since_compaction.lock().await;
+        let count = match *since {
+            Some(n) => n + 1,
+            None => self
+                .log_entries()
+                .await?
+                .iter()
+                .filter(|p| !p.as_ref().ends_with(".compact"))
+                .count(),
+        };
+        *since = Some(count);
+        if count >= COMPACT_EVERY {
+            self.compact(batch_time).await?;
+            *since = Some(0);
+        }
+        Ok(())
     }
+}
+
+impl FilesSink {
+    /// The entries of the commit log, oldest first.
+    async fn log_entries(&self) -> Result<Vec<object_store::path::Path>> {
+        use futures::TryStreamExt;
+        let log = self.location.child(LOG_DIR);
+        let mut listed: Vec<_> = self
+            .location
+            .store
+            .list(Some(&log))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.error(format!("listing {}/{LOG_DIR}: {e}", self.location.url)))?;
+        listed.retain(|p| p.filename().is_some_and(is_log_entry));
+        listed.sort();
+        Ok(listed)
+    }
+
+    /// Folds every entry of the log into `<T>.compact`, then deletes them. A crash
+    /// in between leaves entries the compact file repeats: readers take the union.
+    async fn compact(&self, batch_time: Time) -> Result<()> {
+        let entries = self.log_entries().await?;
+        let mut files = std::collections::BTreeSet::new();
+        for path in &entries {
+            for f in read_log_entry(&self.location, path).await? {
+                files.insert(f);
+            }
+        }
+        let name = format!("{:013}.compact", batch_time.as_millis());
+        let entry = serde_json::json!({
+            "batch_time_ms": batch_time.as_millis(),
+            "files": files,
+        });
+        self.put(
+            &format!("{LOG_DIR}/{name}"),
+            serde_json::to_vec(&entry).expect("json"),
+        )
+        .await?;
+        for path in entries {
+            if path.filename() == Some(name.as_str()) {
+                continue;
+            }
+            match self.location.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(format!("deleting {path}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The files one commit-log entry lists.
+async fn read_log_entry(
+    location: &Location,
+    path: &object_store::path::Path,
+) -> Result<Vec<String>> {
+    let bytes = location
+        .store
+        .get(path)
+        .await
+        .map_err(|e| Error::Plan(format!("reading {path}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Error::Plan(format!("reading {path}: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Plan(format!("{path} is not a commit log entry: {e}")))?;
+    Ok(v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect())
 }
 
 /// What a reader has read of a commit log: the entries, and the files they list.
@@ -321,27 +427,26 @@ impl CommitLog {
             .try_collect()
             .await
             .map_err(|e| Error::Plan(format!("listing {}/{LOG_DIR}: {e}", location.url)))?;
-        for m in listed {
-            if self.entries.contains(&m.location) {
+        let listed: std::collections::HashSet<_> = listed
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|p| p.filename().is_some_and(is_log_entry))
+            .collect();
+        // Entries a compaction folded in and deleted are forgotten.
+        self.entries.retain(|p| listed.contains(p));
+        for path in listed {
+            if self.entries.contains(&path) {
                 continue;
             }
-            let bytes = location
-                .store
-                .get(&m.location)
-                .await
-                .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?
-                .bytes()
-                .await
-                .map_err(|e| Error::Plan(format!("reading {}: {e}", m.location)))?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Plan(format!("{} is not a commit log entry: {e}", m.location))
-            })?;
-            for f in v["files"].as_array().into_iter().flatten() {
-                if let Some(f) = f.as_str() {
-                    self.files.insert(f.to_string());
-                }
-            }
-            self.entries.insert(m.location);
+            let files = match read_log_entry(location, &path).await {
+                Ok(files) => files,
+                // Deleted since the listing by a compaction, whose `.compact` entry
+                // (written first) the next refresh reads.
+                Err(_) if location.store.head(&path).await.is_err() => continue,
+                Err(e) => return Err(e),
+            };
+            self.files.extend(files);
+            self.entries.insert(path);
         }
         Ok(())
     }
@@ -411,6 +516,7 @@ impl SinkFactory for FilesSinkFactory {
             prefix: options.get("prefix").cloned(),
             suffix: options.get("suffix").cloned(),
             written: Mutex::default(),
+            since_compaction: tokio::sync::Mutex::new(None),
         }))
     }
 }

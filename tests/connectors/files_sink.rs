@@ -191,3 +191,71 @@ async fn the_files_source_reads_only_committed_files_and_layouts_and_naming() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_commit_log_is_compacted_every_ten_entries_and_still_read_whole() {
+    let out = temp_dir("files-sink-compact");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    let sink = format!(
+        "SET batch_interval = '1 second';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '3');
+         CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+           SELECT value FROM r;",
+        out.display()
+    );
+    s.execute_script(&sink).await.unwrap();
+    s.execute("ADVANCE 25 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    // Compacted at the 10th and 20th entry: the newest `.compact` and five entries.
+    let log: Vec<String> = tree(&out)
+        .into_iter()
+        .filter(|f| f.starts_with("_flumen_log/"))
+        .collect();
+    assert_eq!(
+        log,
+        strs(&[
+            "_flumen_log/0000000020000.compact",
+            "_flumen_log/0000000021000",
+            "_flumen_log/0000000022000",
+            "_flumen_log/0000000023000",
+            "_flumen_log/0000000024000",
+            "_flumen_log/0000000025000",
+        ])
+    );
+    let compact: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("_flumen_log/0000000020000.compact")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(compact["files"].as_array().unwrap().len(), 20);
+
+    // A new run counts the entries it finds: five more compacts at the 10th.
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&sink.replace("SELECT value", "SELECT value + 1000 AS value"))
+        .await
+        .unwrap();
+    s.execute("ADVANCE 5 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    let log: Vec<String> = tree(&out)
+        .into_iter()
+        .filter(|f| f.starts_with("_flumen_log/"))
+        .collect();
+    assert_eq!(log, strs(&["_flumen_log/0000000030000.compact"]));
+
+    // Flumen's files source reads every committed file once: 25 + 5 batches of 3 rows.
+    let (mut r, _) = session_at(Time::from_millis(0));
+    r.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM back (value BIGINT) WITH (connector = 'files', path = '{}',
+           format = 'parquet', include_existing = 'true');
+         CREATE TABLE got AS SELECT count(*) AS n, count(DISTINCT value) AS d FROM back;",
+        out.display()
+    ))
+    .await
+    .unwrap();
+    let ctx = r.queries().next().unwrap().ctx.clone();
+    ctx.await_termination().await.unwrap();
+    assert_eq!(
+        sql_rows(&mut r, "SELECT * FROM got").await,
+        strs(&["90|90"])
+    );
+}
