@@ -132,7 +132,7 @@ impl StreamingContextBuilder {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     name: self.name,
                     exclusive: self.exclusive,
-                    checkpoint: self.checkpoint,
+                    checkpoint: Mutex::new(self.checkpoint),
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -162,7 +162,8 @@ pub(crate) struct Shared {
     id: u64,
     name: String,
     exclusive: bool,
-    checkpoint: Option<std::path::PathBuf>,
+    /// Set by the builder, or by [`StreamingContext::get_or_create`] before start.
+    checkpoint: Mutex<Option<std::path::PathBuf>>,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -269,6 +270,55 @@ impl StreamingContext {
             Some(ctx) => Ok(ctx),
             None => create(),
         }
+    }
+
+    /// Spark's `StreamingContext.getOrCreate(checkpointPath, creatingFunc)`: the context
+    /// `create` defines, checkpointed in `dir`. Closures cannot be read back from disk,
+    /// so `create` always runs and defines the streams; when `dir` holds a checkpoint,
+    /// `start()` checks that it was written by this same pipeline (refusing, with the
+    /// difference, one that was not) and resumes from it; otherwise it starts afresh.
+    ///
+    /// ```no_run
+    /// # use flumen_engine::{StreamingContext, Result};
+    /// # use std::time::Duration;
+    /// # fn define(ctx: &StreamingContext) -> Result<()> { Ok(()) }
+    /// let ctx = StreamingContext::get_or_create("/var/lib/app/ckpt", || {
+    ///     let ctx = StreamingContext::new(Duration::from_secs(1))?;
+    ///     define(&ctx)?;
+    ///     Ok(ctx)
+    /// })?;
+    /// # Ok::<(), flumen_engine::Error>(())
+    /// ```
+    pub fn get_or_create(
+        dir: impl Into<std::path::PathBuf>,
+        create: impl FnOnce() -> Result<StreamingContext>,
+    ) -> Result<StreamingContext> {
+        let dir = dir.into();
+        let ctx = create()?;
+        {
+            let mut checkpoint = ctx.inner.shared.checkpoint.lock();
+            match checkpoint.as_ref() {
+                Some(other) if *other != dir => {
+                    return plan_err!(
+                        "get_or_create({}): the context built by the function already checkpoints to {}",
+                        dir.display(),
+                        other.display()
+                    );
+                }
+                _ => *checkpoint = Some(dir),
+            }
+        }
+        if ctx.state() != StreamingContextState::Initialized {
+            return plan_err!(
+                "get_or_create: the function must return a context that has not been started"
+            );
+        }
+        Ok(ctx)
+    }
+
+    /// The checkpoint directory, if the context keeps one.
+    pub fn checkpoint_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.shared.checkpoint.lock().clone()
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -467,7 +517,8 @@ impl StreamingContext {
                 first,
                 batch_id: 0,
             };
-            let recovered = match &shared.checkpoint {
+            let checkpoint = shared.checkpoint.lock().clone();
+            let recovered = match &checkpoint {
                 Some(dir) => Some(pipeline.open_checkpoint(dir, start.zero)?),
                 None => None,
             };

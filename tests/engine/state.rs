@@ -1,6 +1,7 @@
 //! State across batches: update_state_by_key and map_with_state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use flumen::datafusion::arrow::compute;
 use flumen::datafusion::datasource::MemTable;
@@ -244,4 +245,59 @@ async fn map_with_state_rejects_unknown_keys_and_bad_results() {
         err.contains("map_with_state function: returned 0 state rows for 1 keys"),
         "{err}"
     );
+}
+
+/// Spark's `StreamingContext.getOrCreate`: the same function builds the pipeline on
+/// every start; the second start resumes the running totals from the checkpoint.
+#[tokio::test]
+async fn get_or_create_resumes_from_the_checkpoint() {
+    let _g = serial().await;
+    let dir = temp_dir("get-or-create");
+    let clock = ManualClock::default();
+    let build = |clock: ManualClock, sink: Arc<MemorySink>| {
+        move || {
+            let ctx = StreamingContext::builder(Duration::from_secs(1))
+                .with_clock(Arc::new(clock))
+                .build()?;
+            let rate = Arc::new(flumen::connectors::rate::RateSource::new("r", 10, None));
+            ctx.source(rate)?
+                .update_state_by_key(
+                    vec![(col("value") % lit(2i64)).alias("parity")],
+                    vec![count(lit(1)).alias("n"), sum(col("value")).alias("s")],
+                )?
+                .write_to(sink)?;
+            Ok(ctx)
+        }
+    };
+    let first = MemorySink::new("totals");
+    let ctx = StreamingContext::get_or_create(&dir, build(clock.clone(), first.clone())).unwrap();
+    assert_eq!(ctx.checkpoint_dir(), Some(dir.clone()));
+    ctx.start().await.unwrap();
+    ctx.advance_batches(2).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    // Values 0..20 in two batches.
+    let last = |sink: &MemorySink| {
+        let mut r = rows(&sink.last());
+        r.sort();
+        r
+    };
+    assert_eq!(last(&first), strs(&["0|10|90", "1|10|100"]));
+
+    let second = MemorySink::new("totals");
+    let ctx = StreamingContext::get_or_create(&dir, build(clock.clone(), second.clone())).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(1).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    // Values 0..30: the state came back, the rate source went on from 20.
+    assert_eq!(last(&second), strs(&["0|15|210", "1|15|225"]));
+
+    // A function whose context already checkpoints elsewhere is refused.
+    let err = StreamingContext::get_or_create(&dir, || {
+        StreamingContext::builder(Duration::from_secs(1))
+            .with_checkpoint("/elsewhere")
+            .build()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already checkpoints to /elsewhere"), "{err}");
 }
