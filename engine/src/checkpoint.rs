@@ -323,21 +323,37 @@ impl Checkpoint {
         let dir = self.dir.join("state").join(entry_name(snapshot.batch_id));
         let mut manifest = Vec::new();
         for (index, state) in &snapshot.operators {
-            let file = format!("op-{index}.arrow");
-            let mut bytes = Vec::new();
-            if let Some(first) = state.batches.first() {
-                let mut w = FileWriter::try_new(&mut bytes, &first.schema())?;
-                for b in &state.batches {
+            // One Arrow IPC file per run of batches sharing a schema (a join keeps
+            // two sides, map_with_state keys and state); read back in order.
+            let mut parts = Vec::new();
+            let mut runs: Vec<&[RecordBatch]> = Vec::new();
+            let mut start = 0;
+            for i in 1..=state.batches.len() {
+                if i == state.batches.len()
+                    || state.batches[i].schema() != state.batches[start].schema()
+                {
+                    runs.push(&state.batches[start..i]);
+                    start = i;
+                }
+            }
+            for (k, run) in runs.into_iter().enumerate() {
+                let file = format!("op-{index}-{k}.arrow");
+                let mut bytes = Vec::new();
+                let mut w = FileWriter::try_new(&mut bytes, &run[0].schema())?;
+                for b in run {
                     w.write(b)?;
                 }
                 w.finish()?;
+                write_atomic(&dir.join(&file), &bytes)?;
+                parts.push(serde_json::json!({
+                    "file": file,
+                    "crc32": format!("{:08x}", crc32fast::hash(&bytes)),
+                    "len": bytes.len(),
+                }));
             }
-            write_atomic(&dir.join(&file), &bytes)?;
             manifest.push(serde_json::json!({
                 "operator": index,
-                "file": file,
-                "crc32": format!("{:08x}", crc32fast::hash(&bytes)),
-                "len": bytes.len(),
+                "parts": parts,
                 "meta": state.meta,
             }));
         }
@@ -362,31 +378,39 @@ impl Checkpoint {
             let manifest: Vec<Value> = read_json(&dir.join("manifest"))?;
             let mut operators = Vec::new();
             for m in manifest {
-                let (Some(index), Some(file), Some(crc), Some(len)) = (
-                    m["operator"].as_u64(),
-                    m["file"].as_str(),
-                    m["crc32"].as_str(),
-                    m["len"].as_u64(),
-                ) else {
-                    return Err(Error::Checkpoint(format!(
+                let not_manifest = || {
+                    Error::Checkpoint(format!(
                         "{} is not a snapshot manifest",
                         dir.join("manifest").display()
-                    )));
+                    ))
                 };
-                let path = dir.join(file);
-                let bytes = fs::read(&path).map_err(|e| io(&path, "reading", e))?;
-                if bytes.len() as u64 != len || format!("{:08x}", crc32fast::hash(&bytes)) != crc {
-                    return Err(Error::Checkpoint(format!(
-                        "{} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over",
-                        path.display()
-                    )));
+                let (Some(index), Some(parts)) = (m["operator"].as_u64(), m["parts"].as_array())
+                else {
+                    return Err(not_manifest());
+                };
+                let mut batches = Vec::new();
+                for part in parts {
+                    let (Some(file), Some(crc), Some(len)) = (
+                        part["file"].as_str(),
+                        part["crc32"].as_str(),
+                        part["len"].as_u64(),
+                    ) else {
+                        return Err(not_manifest());
+                    };
+                    let path = dir.join(file);
+                    let bytes = fs::read(&path).map_err(|e| io(&path, "reading", e))?;
+                    if bytes.len() as u64 != len
+                        || format!("{:08x}", crc32fast::hash(&bytes)) != crc
+                    {
+                        return Err(Error::Checkpoint(format!(
+                            "{} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over",
+                            path.display()
+                        )));
+                    }
+                    for b in FileReader::try_new(std::io::Cursor::new(bytes), None)? {
+                        batches.push(b?);
+                    }
                 }
-                let batches = if bytes.is_empty() {
-                    Vec::new()
-                } else {
-                    FileReader::try_new(std::io::Cursor::new(bytes), None)?
-                        .collect::<std::result::Result<Vec<_>, _>>()?
-                };
                 operators.push((
                     index as usize,
                     OperatorState {

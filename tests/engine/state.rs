@@ -301,3 +301,69 @@ async fn get_or_create_resumes_from_the_checkpoint() {
     .to_string();
     assert!(err.contains("already checkpoints to /elsewhere"), "{err}");
 }
+
+/// map_with_state's keys, state and idle times come back from a checkpoint.
+#[tokio::test]
+async fn map_with_state_resumes_from_the_checkpoint() {
+    let _g = serial().await;
+    let dir = temp_dir("map-with-state-checkpoint");
+    let clock = ManualClock::default();
+    let build = |clock: ManualClock, sink: Arc<MemorySink>| {
+        move || {
+            let ctx = StreamingContext::builder(Duration::from_secs(1))
+                .with_clock(Arc::new(clock))
+                .build()?;
+            let st = schema(&[("total", DataType::Int64)]);
+            let out = schema(&[("k", DataType::Int64), ("total", DataType::Int64)]);
+            let (st2, out2) = (st.clone(), out.clone());
+            let spec = StateSpec::new(st, out, move |kb: &KeyedBatch| {
+                let prev = kb
+                    .state
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                let totals: Int64Array = (0..kb.num_keys())
+                    .map(|i| {
+                        let v = kb.values_of(i);
+                        let v = v.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                        let before = if prev.is_valid(i) { prev.value(i) } else { 0 };
+                        Some(before + compute::sum(v).unwrap_or(0))
+                    })
+                    .collect();
+                let totals = Arc::new(totals);
+                Ok(StateUpdate {
+                    state: RecordBatch::try_new(st2.clone(), vec![totals.clone()])?,
+                    remove: None,
+                    output: RecordBatch::try_new(
+                        out2.clone(),
+                        vec![kb.keys.column(0).clone(), totals],
+                    )?,
+                })
+            });
+            let rate = Arc::new(flumen::connectors::rate::RateSource::new("r", 10, None));
+            ctx.source(rate)?
+                .select(vec![(col("value") % lit(3i64)).alias("k"), col("value")])?
+                .map_with_state(&["k"], spec)?
+                .write_to(sink)?;
+            Ok(ctx)
+        }
+    };
+    let first = MemorySink::new("totals");
+    let ctx = StreamingContext::get_or_create(&dir, build(clock.clone(), first.clone())).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(2).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    let second = MemorySink::new("totals");
+    let ctx = StreamingContext::get_or_create(&dir, build(clock.clone(), second.clone())).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(2).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    // Values 0..40 by value % 3, as one query over all of them gives.
+    let mut got = rows(&second.last());
+    got.sort();
+    let expected: Vec<String> = (0..3i64)
+        .map(|k| format!("{k}|{}", (0..40i64).filter(|v| v % 3 == k).sum::<i64>()))
+        .collect();
+    assert_eq!(got, expected);
+}

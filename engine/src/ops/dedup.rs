@@ -121,4 +121,49 @@ impl StreamOperator for DedupExec {
     fn state_rows(&self) -> usize {
         self.seen.len()
     }
+
+    /// The rows (or keys) seen, as Arrow columns (the row format is converted back, so
+    /// a checkpoint does not depend on it), then in complete mode the distinct rows.
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(self.seen.iter().map(|r| parser.parse(r)))?;
+        let mut batches = vec![RecordBatch::try_new(self.key_schema(), columns)?];
+        batches.extend(self.distinct.iter().cloned());
+        Ok(crate::checkpoint::OperatorState {
+            batches,
+            meta: serde_json::json!({ "seen_batches": 1 }),
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        let mut batches = state.batches.into_iter();
+        let Some(seen) = batches.next() else {
+            return Err(crate::error::Error::Checkpoint(
+                "a DedupExec snapshot without its rows seen".into(),
+            ));
+        };
+        let seen = RecordBatch::try_new(self.key_schema(), seen.columns().to_vec())?;
+        let rows = self.converter.convert_columns(seen.columns())?;
+        self.seen = rows.iter().map(|r| r.as_ref().into()).collect();
+        self.distinct = batches
+            .map(|b| RecordBatch::try_new(Arc::clone(&self.output_schema), b.columns().to_vec()))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(())
+    }
+}
+
+impl DedupExec {
+    /// The columns rows are compared on.
+    fn key_schema(&self) -> SchemaRef {
+        match &self.key_columns {
+            Some(keys) => Arc::new(datafusion::arrow::datatypes::Schema::new(
+                keys.iter()
+                    .map(|&i| self.input_schema.field(i).clone())
+                    .collect::<Vec<_>>(),
+            )),
+            None => Arc::clone(&self.input_schema),
+        }
+    }
 }

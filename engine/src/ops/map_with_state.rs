@@ -357,4 +357,66 @@ impl StreamOperator for MapWithStateExec {
     fn state_rows(&self) -> usize {
         self.keys.num_rows()
     }
+
+    /// Three batches: the keys, their state, and when each key last had rows.
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        let last_seen = RecordBatch::try_new(
+            last_seen_schema(),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(
+                self.last_seen.clone(),
+            ))],
+        )?;
+        Ok(crate::checkpoint::OperatorState {
+            batches: vec![self.keys.clone(), self.state.clone(), last_seen],
+            meta: serde_json::Value::Null,
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        let [keys, values, last_seen] =
+            <[RecordBatch; 3]>::try_from(state.batches).map_err(|b| {
+                Error::Checkpoint(format!(
+                    "a map_with_state snapshot has {} batches, expected 3 (keys, state, last seen)",
+                    b.len()
+                ))
+            })?;
+        if keys.num_rows() != values.num_rows() || keys.num_rows() != last_seen.num_rows() {
+            return Err(Error::Checkpoint(format!(
+                "a map_with_state snapshot has {} keys, {} states and {} times",
+                keys.num_rows(),
+                values.num_rows(),
+                last_seen.num_rows()
+            )));
+        }
+        self.keys = RecordBatch::try_new(Arc::clone(&self.key_schema), keys.columns().to_vec())?;
+        self.state = RecordBatch::try_new(
+            Arc::clone(&self.spec.state_schema),
+            values.columns().to_vec(),
+        )?;
+        let Some(times) = last_seen
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        else {
+            return Err(Error::Checkpoint(
+                "a map_with_state snapshot's last-seen times are not Int64".into(),
+            ));
+        };
+        self.last_seen = times.values().to_vec();
+        let rows = self.converter.convert_columns(self.keys.columns())?;
+        self.index = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.as_ref().into(), i))
+            .collect();
+        Ok(())
+    }
+}
+
+fn last_seen_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+        "last_seen_ms",
+        datafusion::arrow::datatypes::DataType::Int64,
+        false,
+    )]))
 }
