@@ -58,6 +58,7 @@ pub struct StreamingContextBuilder {
     name: String,
     exclusive: bool,
     checkpoint: Option<std::path::PathBuf>,
+    checkpoint_interval: u64,
 }
 
 impl StreamingContextBuilder {
@@ -105,6 +106,15 @@ impl StreamingContextBuilder {
         self
     }
 
+    /// Snapshot operator state every `batches` batches (default 1). Larger values
+    /// write big state less often; after a crash, up to `batches - 1` batches are
+    /// read again from the sources (which keep their data until a snapshot covers
+    /// it) to rebuild the state. At most 100 (the offset log's retention).
+    pub fn with_checkpoint_interval(mut self, batches: u64) -> Self {
+        self.checkpoint_interval = batches;
+        self
+    }
+
     pub fn build(self) -> Result<StreamingContext> {
         if self.interval.is_zero() {
             return plan_err!("the batch interval must be positive");
@@ -133,6 +143,7 @@ impl StreamingContextBuilder {
                     name: self.name,
                     exclusive: self.exclusive,
                     checkpoint: Mutex::new(self.checkpoint),
+                    checkpoint_interval: self.checkpoint_interval,
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -164,6 +175,7 @@ pub(crate) struct Shared {
     exclusive: bool,
     /// Set by the builder, or by [`StreamingContext::get_or_create`] before start.
     checkpoint: Mutex<Option<std::path::PathBuf>>,
+    checkpoint_interval: u64,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -251,6 +263,7 @@ impl StreamingContext {
             name: "flumen".into(),
             exclusive: true,
             checkpoint: None,
+            checkpoint_interval: 1,
         }
     }
 
@@ -519,7 +532,9 @@ impl StreamingContext {
             };
             let checkpoint = shared.checkpoint.lock().clone();
             let recovered = match &checkpoint {
-                Some(dir) => Some(pipeline.open_checkpoint(dir, start.zero)?),
+                Some(dir) => {
+                    Some(pipeline.open_checkpoint(dir, start.zero, shared.checkpoint_interval)?)
+                }
                 None => None,
             };
             pipeline.open().await?;

@@ -50,6 +50,10 @@ pub(crate) struct Pipeline {
     operators: Vec<(OperatorNode, Arc<dyn ExecutionPlan>)>,
     outputs: Vec<(OutputNode, Arc<dyn ExecutionPlan>)>,
     checkpoint: Option<Checkpoint>,
+    /// State is snapshotted every this many batches (`checkpoint_interval`).
+    snapshot_every: u64,
+    /// The batch of the newest snapshot written or restored.
+    last_snapshot: Option<u64>,
 }
 
 /// How a batch runs.
@@ -88,6 +92,8 @@ impl Pipeline {
             operators,
             outputs,
             checkpoint: None,
+            snapshot_every: 1,
+            last_snapshot: None,
         })
     }
 
@@ -127,7 +133,19 @@ impl Pipeline {
 
     /// Opens the checkpoint at `dir`: refuses another query's checkpoint and
     /// operators that cannot keep state in one; returns what an earlier run left.
-    pub fn open_checkpoint(&mut self, dir: &std::path::Path, zero_time: Time) -> Result<Recovered> {
+    pub fn open_checkpoint(
+        &mut self,
+        dir: &std::path::Path,
+        zero_time: Time,
+        snapshot_every: u64,
+    ) -> Result<Recovered> {
+        if !(1..=crate::checkpoint::RETAINED).contains(&snapshot_every) {
+            return crate::plan_err!(
+                "checkpoint_interval must be between 1 and {} batches, got {snapshot_every}",
+                crate::checkpoint::RETAINED
+            );
+        }
+        self.snapshot_every = snapshot_every;
         for (node, _) in &mut self.operators {
             node.op.snapshot()?;
         }
@@ -163,6 +181,7 @@ impl Pipeline {
             (_, None) => 0,
         };
         if let Some(snapshot) = recovered.snapshot.filter(|_| stateful) {
+            self.last_snapshot = Some(snapshot.batch_id);
             for (index, state) in snapshot.operators {
                 let Some((node, _)) = self.operators.get_mut(index) else {
                     return Err(crate::Error::Checkpoint(format!(
@@ -380,24 +399,37 @@ impl Pipeline {
                 }
             }
         }
-        // 5. commit: the log, the state, then the sources may free what they held.
+        // 5. commit: the log, the state, then the sources may free what they held —
+        // with stateful operators, only what the newest snapshot covers (recovery
+        // replays the batches after it from the sources).
+        let mut free = true;
         if let Some(cp) = &self.checkpoint {
             if !replay.committed {
                 cp.write_commit(batch_id, batch_time)?;
             }
+            let due = self
+                .last_snapshot
+                .is_none_or(|last| batch_id >= last + self.snapshot_every);
             if !self.operators.is_empty() {
-                let mut operators = Vec::with_capacity(self.operators.len());
-                for (i, (node, _)) in self.operators.iter_mut().enumerate() {
-                    operators.push((i, node.op.snapshot()?));
+                if due {
+                    let mut operators = Vec::with_capacity(self.operators.len());
+                    for (i, (node, _)) in self.operators.iter_mut().enumerate() {
+                        operators.push((i, node.op.snapshot()?));
+                    }
+                    cp.write_snapshot(&crate::checkpoint::Snapshot {
+                        batch_id,
+                        operators,
+                    })?;
+                    self.last_snapshot = Some(batch_id);
+                } else {
+                    free = false;
                 }
-                cp.write_snapshot(&crate::checkpoint::Snapshot {
-                    batch_id,
-                    operators,
-                })?;
             }
         }
-        for (s, range) in self.sources.iter().zip(&ranges) {
-            s.source.commit(range).await?;
+        if free {
+            for (s, range) in self.sources.iter().zip(&ranges) {
+                s.source.commit(range).await?;
+            }
         }
         let processing_time = wall.elapsed();
         for (s, (_, rows)) in self.sources.iter_mut().zip(&input_rows) {

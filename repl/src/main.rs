@@ -37,6 +37,8 @@ OPTIONS:
         --batch-interval D       e.g. '1 second' (default), '500 ms'
         --checkpoint DIR         checkpoint location (SET checkpoint_location): each
                                  query resumes where it stopped
+        --checkpoint-interval N  snapshot state every N batches (default 1; SET
+                                 checkpoint_interval)
         --format F               print (default: Spark's layout for continuous
                                  queries, tables otherwise), table, csv or json
     -h, --help                   this help
@@ -54,6 +56,7 @@ struct Args {
     trigger: Option<String>,
     batch_interval: Option<String>,
     checkpoint: Option<String>,
+    checkpoint_interval: Option<String>,
     format: Option<Format>,
 }
 
@@ -72,6 +75,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--trigger" => a.trigger = Some(value(i)?),
             "--batch-interval" => a.batch_interval = Some(value(i)?),
             "--checkpoint" => a.checkpoint = Some(value(i)?),
+            "--checkpoint-interval" => a.checkpoint_interval = Some(value(i)?),
             "--format" => a.format = Some(value(i)?.parse().map_err(|e: String| anyhow!(e))?),
             other => bail!("unknown option '{other}'; run `flumen --help` for the options"),
         }
@@ -129,6 +133,9 @@ async fn run(args: &[String]) -> Result<()> {
     }
     if let Some(c) = &args.checkpoint {
         setup.push(format!("SET checkpoint_location = '{c}'"));
+    }
+    if let Some(n) = &args.checkpoint_interval {
+        setup.push(format!("SET checkpoint_interval = '{n}'"));
     }
     for s in setup {
         session.execute(&s).await?;

@@ -41,6 +41,8 @@ pub struct Settings {
     pub batch_interval: Duration,
     pub output_mode: OutputMode,
     pub checkpoint_location: Option<String>,
+    /// Snapshot state every this many batches.
+    pub checkpoint_interval: u64,
     pub trigger: Trigger,
 }
 
@@ -50,6 +52,7 @@ impl Default for Settings {
             batch_interval: Duration::from_secs(1),
             output_mode: OutputMode::default(),
             checkpoint_location: None,
+            checkpoint_interval: 1,
             trigger: Trigger::ProcessingTime,
         }
     }
@@ -740,7 +743,9 @@ impl FlumenSession {
             // the same keys.
             .with_name(name.map_or_else(|| format!("query-{id}"), str::to_string));
         if let (Some(location), Some(name)) = (&self.settings.checkpoint_location, name) {
-            builder = builder.with_checkpoint(checkpoint_dir(location, name)?);
+            builder = builder
+                .with_checkpoint(checkpoint_dir(location, name)?)
+                .with_checkpoint_interval(self.settings.checkpoint_interval);
         }
         let ctx = builder.build()?;
         ctx.add_listener(cell);
@@ -939,6 +944,16 @@ impl FlumenSession {
             "batch_interval" => self.settings.batch_interval = parse_setting_duration(key, value)?,
             "output_mode" => self.settings.output_mode = OutputMode::parse(value)?,
             "checkpoint_location" => self.settings.checkpoint_location = Some(value.to_string()),
+            "checkpoint_interval" => {
+                self.settings.checkpoint_interval = match value.trim().parse::<u64>() {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => {
+                        return plan_err!(
+                            "checkpoint_interval '{value}': give a number of batches from 1 to 100 (state is snapshotted every that many batches)"
+                        );
+                    }
+                }
+            }
             "trigger" => {
                 self.settings.trigger = match value.to_ascii_lowercase().as_str() {
                     "available_now" | "availablenow" => Trigger::AvailableNow,
