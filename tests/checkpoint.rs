@@ -336,3 +336,171 @@ async fn with_a_checkpoint_interval_state_is_rebuilt_from_the_sources_since_the_
     );
     s.stop_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_checkpoint_in_an_in_process_object_store() {
+    let location = format!("memory://checkpoints-{}/app", std::process::id());
+    let script = |query: &str| {
+        format!(
+            "SET batch_interval = '1 second';
+             SET checkpoint_location = '{location}';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+             CREATE TABLE totals AS {query};"
+        )
+    };
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script(TOTALS)).await.unwrap();
+    s.execute("ADVANCE 3 BATCHES").await.unwrap();
+    // The lease keeps a second query out while this one runs.
+    let (mut other, _) = session_at(clock.now());
+    let err = other
+        .execute_script(&script(TOTALS))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "checkpoint {location}/queries/totals is in use by another running query (pid {}",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    s.stop_all().await.unwrap();
+    // Stopped gracefully, it gave the lease up: a new run resumes.
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&script(TOTALS)).await.unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM totals").await,
+        strs(&["50|1225"])
+    );
+    s.stop_all().await.unwrap();
+}
+
+/// The real binary with its checkpoint on a real S3-compatible server (moto, from
+/// scripts/services.sh), configured the usual way (`AWS_*` variables): stopped
+/// gracefully, killed, refused while a killed run's lease stands, resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_on_s3_survives_a_stop_and_a_kill() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let bucket = format!("flumen-ckpt-{}", std::process::id());
+    crate::connectors::files::create_bucket(&bucket).await;
+    let table = format!("ckpt_s3_{}", std::process::id());
+    let work = temp_dir("checkpoint-s3");
+    let script = work.join("q.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000', rows = '6000');
+             SET output_mode = 'update';
+             CREATE SINK totals WITH (connector = 'postgres', url = '{}', table = '{table}',
+                                      mode = 'upsert', key = 'k') AS
+               SELECT value % 3 AS k, count(*) AS n, sum(value) AS s FROM r GROUP BY value % 3;",
+            crate::connectors::kafka::POSTGRES
+        ),
+    )
+    .unwrap();
+    let checkpoint = format!("s3://{bucket}/app");
+    let flumen = {
+        let (checkpoint, script) = (checkpoint.clone(), script.clone());
+        move |extra: &[&str]| {
+            let mut c = Command::new(crate::cli::flumen());
+            c.args(["--batch-interval", "200 ms", "--checkpoint", &checkpoint])
+                .args(extra)
+                .arg("-f")
+                .arg(&script)
+                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1")
+                .stdout(Stdio::null());
+            c
+        }
+    };
+    let again = flumen.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        // Stopped gracefully after a while: the lease is given up.
+        let mut child = flumen(&[]).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        assert!(child.wait().unwrap().success());
+        // Killed: its lease stands, and the next run is refused, saying how to go on.
+        let mut child = flumen(&[]).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        // Still running: the graceful stop had given the lease up.
+        assert!(child.try_wait().unwrap().is_none(), "the second run exited");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let refused = flumen(&["--trigger", "available-now"]).output().unwrap();
+        assert!(!refused.status.success());
+        String::from_utf8_lossy(&refused.stderr).to_string()
+    });
+    let refused = run.await.unwrap();
+    let lock = format!("{checkpoint}/queries/totals/lock");
+    assert!(
+        refused.contains("is in use by another running query (pid") && refused.contains(&lock),
+        "{refused}"
+    );
+    // The operator deletes the dead run's lease; the query resumes and drains.
+    let location = flumen::connectors::store::open(
+        "test",
+        &checkpoint,
+        &[
+            ("endpoint", "http://127.0.0.1:9000"),
+            ("region", "us-east-1"),
+            ("access_key_id", "test"),
+            ("secret_access_key", "test"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+    .unwrap();
+    use flumen::connectors::object_store::ObjectStoreExt;
+    location
+        .store
+        .delete(&location.child("queries/totals/lock"))
+        .await
+        .unwrap();
+    let last = tokio::task::spawn_blocking(move || {
+        again(&["--trigger", "available-now"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    // Every value once in the totals, as one query over 0..6000 gives them.
+    let expected: Vec<String> = (0..3i64)
+        .map(|k| {
+            let s: i64 = (0..6000i64).filter(|v| v % 3 == k).sum();
+            format!("{k}|2000|{s}")
+        })
+        .collect();
+    assert_eq!(
+        crate::crash::pg_rows(&format!("SELECT k, n, s FROM {table} ORDER BY k")).await,
+        expected
+    );
+    // The checkpoint's files are on the S3 server.
+    use futures::TryStreamExt;
+    let names: Vec<String> = location
+        .store
+        .list(Some(&location.child("queries/totals")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    for part in ["/metadata", "/offsets/", "/commits/", "/state/"] {
+        assert!(
+            names.iter().any(|n| n.contains(part)),
+            "{part} in {names:?}"
+        );
+    }
+}

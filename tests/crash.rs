@@ -185,7 +185,7 @@ async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
 }
 
 /// `SELECT ...` against the test PostgreSQL, rows rendered `a|b`.
-async fn pg_rows(sql: &str) -> Vec<String> {
+pub(crate) async fn pg_rows(sql: &str) -> Vec<String> {
     use flumen::connectors::tokio_postgres;
     let (c, conn) =
         tokio_postgres::connect(crate::connectors::kafka::POSTGRES, tokio_postgres::NoTls)

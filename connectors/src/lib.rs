@@ -31,7 +31,7 @@ pub mod offsets_store;
 pub mod postgres_sink;
 pub mod rate;
 pub mod socket;
-pub mod store;
+pub use flumen_engine::store;
 
 /// The client crates (object store, Kafka, PostgreSQL, MySQL), for tests and embedders
 /// that prepare or check data.

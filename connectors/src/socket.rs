@@ -508,7 +508,7 @@ impl SourceFactory for SocketFactory {
             (true, Some(dir)) => Some(std::path::PathBuf::from(dir)),
             (true, None) => {
                 return plan_err!(
-                    "stream {name}: wal = 'true' needs a directory for the write-ahead log: SET checkpoint_location = '...' first, or give wal_dir = '...'"
+                    "stream {name}: wal = 'true' needs a local directory for the write-ahead log: SET checkpoint_location = '<local directory>' first, or give wal_dir = '...'"
                 );
             }
             (false, Some(_)) => {

@@ -9,14 +9,24 @@
 //!                              IPC (`op-<i>.arrow`), then `manifest` naming them
 //! ```
 //!
-//! Every file is written to a temporary name, fsynced and renamed, so a reader sees it
-//! whole or not at all. Every file carries a CRC-32 of its body (a header line for the
-//! JSON files, the manifest for state files): a corrupt or truncated file is reported,
-//! never used. The newest [`RETAINED`] entries are kept, older ones deleted.
+//! On a local disk every file is written to a temporary name, fsynced and renamed, so a
+//! reader sees it whole or not at all; on an object store (`s3://`, `memory://`) every
+//! file is one put, which is atomic. Every file carries a CRC-32 of its body (a header
+//! line for the JSON files, the manifest for state files): a corrupt or truncated file
+//! is reported, never used. The newest [`RETAINED`] entries are kept, older ones deleted.
+//!
+//! One running query per checkpoint: locally an exclusive lock on `<dir>/lock`; on an
+//! object store a lease, `<dir>/lock` naming its owner and renewed every
+//! [`LEASE_RENEW`]; another query is refused while the lease is younger than
+//! [`LEASE`], and a graceful stop deletes it.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -78,15 +88,298 @@ pub struct Recovered {
     pub snapshot: Option<Snapshot>,
 }
 
+/// Where a checkpoint lives.
+#[derive(Debug, Clone)]
+pub enum CheckpointLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// A folder of an object store.
+    Store(crate::store::Location),
+}
+
+impl CheckpointLocation {
+    /// A local path, `file://...`, or an object-store URL (`s3://bucket/prefix`, with
+    /// the endpoint and credentials from `AWS_*` variables, or `memory://name/prefix`).
+    pub fn parse(url: &str) -> Result<Self> {
+        match url.split_once("://") {
+            None => Ok(Self::Local(PathBuf::from(url))),
+            Some(("file", path)) => Ok(Self::Local(PathBuf::from(path))),
+            Some((_, _)) => Ok(Self::Store(crate::store::open(
+                "checkpoint_location",
+                url,
+                &Default::default(),
+            )?)),
+        }
+    }
+
+    /// `self/name` (one path segment per `/`).
+    pub fn child(&self, name: &str) -> Self {
+        match self {
+            Self::Local(dir) => Self::Local(dir.join(name)),
+            Self::Store(l) => Self::Store(crate::store::Location {
+                store: Arc::clone(&l.store),
+                prefix: l.child(name),
+                url: format!("{}/{name}", l.url.trim_end_matches('/')),
+            }),
+        }
+    }
+
+    /// The location as the user would write it.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Local(dir) => dir.display().to_string(),
+            Self::Store(l) => l.url.clone(),
+        }
+    }
+}
+
+impl From<PathBuf> for CheckpointLocation {
+    fn from(dir: PathBuf) -> Self {
+        Self::Local(dir)
+    }
+}
+
+impl From<&Path> for CheckpointLocation {
+    fn from(dir: &Path) -> Self {
+        Self::Local(dir.to_path_buf())
+    }
+}
+
+/// How long an object-store lease keeps another query out after its last renewal.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a running query renews its lease.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// The files of a checkpoint, by path relative to its root (`offsets/000…3`).
+#[derive(Debug)]
+enum Storage {
+    Local {
+        dir: PathBuf,
+        /// `<dir>/lock`, locked while the query runs.
+        _lock: fs::File,
+    },
+    Object {
+        location: crate::store::Location,
+        /// Who holds the lease: this process and this open.
+        owner: String,
+        renewed: parking_lot::Mutex<Instant>,
+    },
+}
+
 #[derive(Debug)]
 pub struct Checkpoint {
-    dir: PathBuf,
-    /// `<dir>/lock`, locked while the query runs: one writer per checkpoint.
-    _lock: fs::File,
+    storage: Storage,
 }
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> Error {
     Error::Checkpoint(format!("{what} {}: {e}", path.display()))
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Storage {
+    /// `rel` as the user would find it, for messages.
+    fn display(&self, rel: &str) -> String {
+        match self {
+            Storage::Local { dir, .. } if rel.is_empty() => dir.display().to_string(),
+            Storage::Local { dir, .. } => dir.join(rel).display().to_string(),
+            Storage::Object { location, .. } if rel.is_empty() => location.url.clone(),
+            Storage::Object { location, .. } => {
+                format!("{}/{rel}", location.url.trim_end_matches('/'))
+            }
+        }
+    }
+
+    fn object_error(&self, what: &str, rel: &str, e: object_store::Error) -> Error {
+        Error::Checkpoint(format!("{what} {}: {e}", self.display(rel)))
+    }
+
+    /// Writes `rel` whole or not at all.
+    async fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Storage::Local { dir, .. } => write_atomic(&dir.join(rel), &bytes),
+            Storage::Object { location, .. } => location
+                .store
+                .put(&location.child(rel), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.object_error("writing", rel, e)),
+        }
+    }
+
+    /// The bytes of `rel`, `None` if it does not exist.
+    async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Storage::Local { dir, .. } => {
+                let path = dir.join(rel);
+                match fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io(&path, "reading", e)),
+                }
+            }
+            Storage::Object { location, .. } => {
+                match location.store.get(&location.child(rel)).await {
+                    Ok(r) => Ok(Some(
+                        r.bytes()
+                            .await
+                            .map_err(|e| self.object_error("reading", rel, e))?
+                            .to_vec(),
+                    )),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.object_error("reading", rel, e)),
+                }
+            }
+        }
+    }
+
+    /// Batch ids named by the children of folder `rel`, ascending (temporary files
+    /// ignored).
+    async fn ids(&self, rel: &str) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        match self {
+            Storage::Local { dir, .. } => {
+                let dir = dir.join(rel);
+                let read = match fs::read_dir(&dir) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(io(&dir, "listing", e)),
+                };
+                for e in read {
+                    let e = e.map_err(|e| io(&dir, "listing", e))?;
+                    if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                        out.push(id);
+                    }
+                }
+            }
+            Storage::Object { location, .. } => {
+                let listed = location
+                    .store
+                    .list_with_delimiter(Some(&location.child(rel)))
+                    .await
+                    .map_err(|e| self.object_error("listing", rel, e))?;
+                let names = listed
+                    .objects
+                    .iter()
+                    .map(|o| &o.location)
+                    .chain(&listed.common_prefixes);
+                for p in names {
+                    if let Some(id) = p.filename().and_then(|n| n.parse::<u64>().ok()) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Deletes file `rel`; one that is already gone is fine.
+    async fn delete(&self, rel: &str) {
+        match self {
+            Storage::Local { dir, .. } => {
+                let _ = fs::remove_file(dir.join(rel));
+            }
+            Storage::Object { location, .. } => {
+                let _ = location.store.delete(&location.child(rel)).await;
+            }
+        }
+    }
+
+    /// Deletes folder `rel` and everything in it.
+    async fn delete_folder(&self, rel: &str) {
+        match self {
+            Storage::Local { dir, .. } => {
+                let _ = fs::remove_dir_all(dir.join(rel));
+            }
+            Storage::Object { location, .. } => {
+                use futures::TryStreamExt;
+                let listed: Vec<_> = location
+                    .store
+                    .list(Some(&location.child(rel)))
+                    .try_collect()
+                    .await
+                    .unwrap_or_default();
+                for o in listed {
+                    let _ = location.store.delete(&o.location).await;
+                }
+            }
+        }
+    }
+
+    /// Takes the one-query-per-checkpoint lock or lease of `location`.
+    async fn open(location: CheckpointLocation) -> Result<Storage> {
+        match location {
+            CheckpointLocation::Local(dir) => {
+                fs::create_dir_all(&dir).map_err(|e| io(&dir, "creating", e))?;
+                let lock_path = dir.join("lock");
+                let lock = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| io(&lock_path, "opening", e))?;
+                match lock.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => {
+                        return Err(Error::Checkpoint(format!(
+                            "checkpoint {} is in use by another running query; stop it first, or use another checkpoint location",
+                            dir.display()
+                        )));
+                    }
+                    Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking", e)),
+                }
+                Ok(Storage::Local { dir, _lock: lock })
+            }
+            CheckpointLocation::Store(location) => {
+                static OPENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let owner = format!(
+                    "pid {} open {} at {}",
+                    std::process::id(),
+                    OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    wall_ms()
+                );
+                let storage = Storage::Object {
+                    location,
+                    owner,
+                    renewed: parking_lot::Mutex::new(Instant::now()),
+                };
+                if let Some(bytes) = storage.get("lock").await? {
+                    let lease: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let age = wall_ms() - lease["renewed_ms"].as_i64().unwrap_or(0);
+                    if age < LEASE.as_millis() as i64 {
+                        return Err(Error::Checkpoint(format!(
+                            "checkpoint {} is in use by another running query ({}, lease renewed {} ms ago);                              stop it first, or use another checkpoint location; a killed query's lease expires {} s after its last renewal \
+                             (or delete {} once sure it is gone)",
+                            storage.display(""),
+                            lease["owner"].as_str().unwrap_or("unknown owner"),
+                            age.max(0),
+                            LEASE.as_secs(),
+                            storage.display("lock")
+                        )));
+                    }
+                }
+                storage.renew().await?;
+                Ok(storage)
+            }
+        }
+    }
+
+    /// Writes the lease (object stores).
+    async fn renew(&self) -> Result<()> {
+        if let Storage::Object { owner, renewed, .. } = self {
+            let lease = serde_json::json!({ "owner": owner, "renewed_ms": wall_ms() });
+            self.put("lock", serde_json::to_vec(&lease).expect("json"))
+                .await?;
+            *renewed.lock() = Instant::now();
+        }
+        Ok(())
+    }
 }
 
 fn entry_name(batch_id: u64) -> String {
@@ -125,11 +418,10 @@ fn seal(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn unseal(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+fn unseal(shown: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |why: &str| {
         Error::Checkpoint(format!(
-            "{} is corrupt ({why}); restore it or delete the checkpoint to start over",
-            path.display()
+            "{shown} is corrupt ({why}); restore it or delete the checkpoint to start over"
         ))
     };
     let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
@@ -157,136 +449,100 @@ fn unseal(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(body.to_vec())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(|e| io(path, "reading", e))?;
-    let body = unseal(path, &bytes)?;
-    serde_json::from_slice(&body).map_err(|e| {
-        Error::Checkpoint(format!("{} is not a checkpoint entry: {e}", path.display()))
-    })
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let body = serde_json::to_vec(value).expect("checkpoint entries serialize");
-    write_atomic(path, &seal(&body))
-}
-
-/// Batch ids of the entries in `dir`, ascending (temporary files ignored).
-fn entries(dir: &Path) -> Result<Vec<u64>> {
-    let mut out = Vec::new();
-    let read = match fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io(dir, "listing", e)),
-    };
-    for e in read {
-        let e = e.map_err(|e| io(dir, "listing", e))?;
-        if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
-            out.push(id);
-        }
+impl Checkpoint {
+    async fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
+        let shown = self.storage.display(rel);
+        let Some(bytes) = self.storage.get(rel).await? else {
+            return Err(Error::Checkpoint(format!("{shown} is missing")));
+        };
+        let body = unseal(&shown, &bytes)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Checkpoint(format!("{shown} is not a checkpoint entry: {e}")))
     }
-    out.sort_unstable();
-    Ok(out)
+
+    async fn write_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<()> {
+        let body = serde_json::to_vec(value).expect("checkpoint entries serialize");
+        self.storage.put(rel, seal(&body)).await
+    }
 }
 
 impl Checkpoint {
     /// Opens (creating if needed) the checkpoint of the query `description` describes.
     /// An existing checkpoint of another query is refused, naming what differs.
-    pub fn open(
-        dir: impl Into<PathBuf>,
+    pub async fn open(
+        location: impl Into<CheckpointLocation>,
         description: Vec<String>,
-        interval: std::time::Duration,
+        interval: Duration,
     ) -> Result<(Self, Recovered)> {
-        let dir: PathBuf = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| io(&dir, "creating", e))?;
-        let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io(&lock_path, "opening", e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::Checkpoint(format!(
-                    "checkpoint {} is in use by another running query; stop it first, or use another checkpoint location",
-                    dir.display()
-                )));
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking", e)),
-        }
-        let cp = Self { dir, _lock: lock };
-        let meta_path = cp.dir.join("metadata");
+        let cp = Self {
+            storage: Storage::open(location.into()).await?,
+        };
         let mut recovered = Recovered::default();
-        if meta_path.exists() {
-            let meta: Metadata = read_json(&meta_path)?;
+        if cp.storage.get("metadata").await?.is_some() {
+            let meta: Metadata = cp.read_json("metadata").await?;
             let interval_ms = interval.as_millis() as u64;
             if meta.interval_ms != interval_ms {
                 return Err(Error::Checkpoint(format!(
                     "checkpoint {} was written with a batch interval of {} ms, this query has {interval_ms} ms; \
                      use another checkpoint location or the old interval",
-                    cp.dir.display(),
+                    cp.storage.display(""),
                     meta.interval_ms
                 )));
             }
             if meta.description != description {
-                let removed: Vec<&String> = meta
+                let removed: Vec<&str> = meta
                     .description
                     .iter()
                     .filter(|l| !description.contains(l))
+                    .map(String::as_str)
                     .collect();
-                let added: Vec<&String> = description
+                let added: Vec<&str> = description
                     .iter()
                     .filter(|l| !meta.description.contains(l))
+                    .map(String::as_str)
                     .collect();
                 return Err(Error::Checkpoint(format!(
                     "checkpoint {} belongs to a different query; it has {}; this query has {}; \
                      use another checkpoint location, or delete this one to start over",
-                    cp.dir.display(),
+                    cp.storage.display(""),
                     if removed.is_empty() {
                         "the same parts in another order".to_string()
                     } else {
-                        removed
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        removed.join("; ")
                     },
                     if added.is_empty() {
                         "fewer parts".to_string()
                     } else {
-                        added
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        added.join("; ")
                     },
                 )));
             }
             recovered.zero_time = Some(Time::from_millis(meta.zero_time_ms));
-            recovered.last_planned = match entries(&cp.dir.join("offsets"))?.last() {
-                Some(id) => Some(read_json(&cp.dir.join("offsets").join(entry_name(*id)))?),
+            recovered.last_planned = match cp.storage.ids("offsets").await?.last() {
+                Some(id) => Some(
+                    cp.read_json(&format!("offsets/{}", entry_name(*id)))
+                        .await?,
+                ),
                 None => None,
             };
-            recovered.last_committed = entries(&cp.dir.join("commits"))?.last().copied();
-            recovered.snapshot = cp.newest_snapshot(recovered.last_committed)?;
+            recovered.last_committed = cp.storage.ids("commits").await?.last().copied();
+            recovered.snapshot = cp.newest_snapshot(recovered.last_committed).await?;
         }
         Ok((cp, recovered))
     }
 
     /// Records the query and its batch grid, once.
-    pub fn write_metadata(
+    pub async fn write_metadata(
         &self,
         description: Vec<String>,
-        interval: std::time::Duration,
+        interval: Duration,
         zero_time: Time,
     ) -> Result<()> {
-        let path = self.dir.join("metadata");
-        if path.exists() {
+        if self.storage.get("metadata").await?.is_some() {
             return Ok(());
         }
-        write_json(
-            &path,
+        self.write_json(
+            "metadata",
             &Metadata {
                 version: 1,
                 description,
@@ -294,33 +550,39 @@ impl Checkpoint {
                 zero_time_ms: zero_time.as_millis(),
             },
         )
+        .await
     }
 
     /// Step 1: the batch's ranges, durable before the batch reads anything.
-    pub fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
-        write_json(
-            &self.dir.join("offsets").join(entry_name(entry.batch_id)),
-            entry,
-        )
+    pub async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
+        self.write_json(&format!("offsets/{}", entry_name(entry.batch_id)), entry)
+            .await
     }
 
     /// The recorded ranges of batch `batch_id`.
-    pub fn read_offsets(&self, batch_id: u64) -> Result<OffsetEntry> {
-        read_json(&self.dir.join("offsets").join(entry_name(batch_id)))
+    pub async fn read_offsets(&self, batch_id: u64) -> Result<OffsetEntry> {
+        self.read_json(&format!("offsets/{}", entry_name(batch_id)))
+            .await
     }
 
     /// Step 5: every sink committed batch `batch_id`.
-    pub fn write_commit(&self, batch_id: u64, batch_time: Time) -> Result<()> {
-        write_json(
-            &self.dir.join("commits").join(entry_name(batch_id)),
+    pub async fn write_commit(&self, batch_id: u64, batch_time: Time) -> Result<()> {
+        self.write_json(
+            &format!("commits/{}", entry_name(batch_id)),
             &serde_json::json!({"batch_id": batch_id, "batch_time_ms": batch_time.as_millis()}),
-        )?;
-        self.purge(batch_id)
+        )
+        .await?;
+        if let Storage::Object { renewed, .. } = &self.storage
+            && renewed.lock().elapsed() >= LEASE_RENEW
+        {
+            self.storage.renew().await?;
+        }
+        self.purge(batch_id).await
     }
 
     /// Writes the state of every stateful operator after batch `snapshot.batch_id`.
-    pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
-        let dir = self.dir.join("state").join(entry_name(snapshot.batch_id));
+    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let dir = format!("state/{}", entry_name(snapshot.batch_id));
         let mut manifest = Vec::new();
         for (index, state) in &snapshot.operators {
             // One Arrow IPC file per run of batches sharing a schema (a join keeps
@@ -344,12 +606,13 @@ impl Checkpoint {
                     w.write(b)?;
                 }
                 w.finish()?;
-                write_atomic(&dir.join(&file), &bytes)?;
+                drop(w);
                 parts.push(serde_json::json!({
                     "file": file,
                     "crc32": format!("{:08x}", crc32fast::hash(&bytes)),
                     "len": bytes.len(),
                 }));
+                self.storage.put(&format!("{dir}/{file}"), bytes).await?;
             }
             manifest.push(serde_json::json!({
                 "operator": index,
@@ -357,33 +620,34 @@ impl Checkpoint {
                 "meta": state.meta,
             }));
         }
-        write_json(&dir.join("manifest"), &manifest)
+        // The manifest last: a snapshot without one is incomplete and never read.
+        self.write_json(&format!("{dir}/manifest"), &manifest).await
     }
 
     /// The newest complete snapshot at or before `upto`.
-    fn newest_snapshot(&self, upto: Option<u64>) -> Result<Option<Snapshot>> {
+    async fn newest_snapshot(&self, upto: Option<u64>) -> Result<Option<Snapshot>> {
         let Some(upto) = upto else {
             return Ok(None);
         };
-        let base = self.dir.join("state");
-        for id in entries(&base)?.into_iter().rev() {
+        for id in self.storage.ids("state").await?.into_iter().rev() {
             if id > upto {
                 continue;
             }
-            let dir = base.join(entry_name(id));
-            if !dir.join("manifest").exists() {
+            let dir = format!("state/{}", entry_name(id));
+            let manifest_rel = format!("{dir}/manifest");
+            if self.storage.get(&manifest_rel).await?.is_none() {
                 // Killed while writing it: an older one will do.
                 continue;
             }
-            let manifest: Vec<Value> = read_json(&dir.join("manifest"))?;
+            let manifest: Vec<Value> = self.read_json(&manifest_rel).await?;
+            let not_manifest = || {
+                Error::Checkpoint(format!(
+                    "{} is not a snapshot manifest",
+                    self.storage.display(&manifest_rel)
+                ))
+            };
             let mut operators = Vec::new();
             for m in manifest {
-                let not_manifest = || {
-                    Error::Checkpoint(format!(
-                        "{} is not a snapshot manifest",
-                        dir.join("manifest").display()
-                    ))
-                };
                 let (Some(index), Some(parts)) = (m["operator"].as_u64(), m["parts"].as_array())
                 else {
                     return Err(not_manifest());
@@ -397,14 +661,18 @@ impl Checkpoint {
                     ) else {
                         return Err(not_manifest());
                     };
-                    let path = dir.join(file);
-                    let bytes = fs::read(&path).map_err(|e| io(&path, "reading", e))?;
+                    let rel = format!("{dir}/{file}");
+                    let shown = self.storage.display(&rel);
+                    let Some(bytes) = self.storage.get(&rel).await? else {
+                        return Err(Error::Checkpoint(format!(
+                            "{shown} is missing; restore it or delete the checkpoint to start over"
+                        )));
+                    };
                     if bytes.len() as u64 != len
                         || format!("{:08x}", crc32fast::hash(&bytes)) != crc
                     {
                         return Err(Error::Checkpoint(format!(
-                            "{} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over",
-                            path.display()
+                            "{shown} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over"
                         )));
                     }
                     for b in FileReader::try_new(std::io::Cursor::new(bytes), None)? {
@@ -429,31 +697,56 @@ impl Checkpoint {
 
     /// Deletes entries older than the newest [`RETAINED`] and snapshots older than the
     /// newest complete one.
-    fn purge(&self, committed: u64) -> Result<()> {
+    async fn purge(&self, committed: u64) -> Result<()> {
         let keep_from = committed.saturating_sub(RETAINED - 1);
         for sub in ["offsets", "commits"] {
-            for id in entries(&self.dir.join(sub))? {
-                if id < keep_from {
-                    let _ = fs::remove_file(self.dir.join(sub).join(entry_name(id)));
+            for id in self.storage.ids(sub).await? {
+                if id >= keep_from {
+                    break;
                 }
+                self.storage
+                    .delete(&format!("{sub}/{}", entry_name(id)))
+                    .await;
             }
         }
-        let base = self.dir.join("state");
-        let ids = entries(&base)?;
-        if let Some(newest) = ids
-            .iter()
-            .rev()
-            .find(|id| base.join(entry_name(**id)).join("manifest").exists())
-        {
-            for id in ids.iter().filter(|id| *id < newest) {
-                let _ = fs::remove_dir_all(base.join(entry_name(*id)));
+        let ids = self.storage.ids("state").await?;
+        let mut newest = None;
+        for id in ids.iter().rev() {
+            if self
+                .storage
+                .get(&format!("state/{}/manifest", entry_name(*id)))
+                .await?
+                .is_some()
+            {
+                newest = Some(*id);
+                break;
+            }
+        }
+        if let Some(newest) = newest {
+            for id in ids.iter().filter(|id| **id < newest) {
+                self.storage
+                    .delete_folder(&format!("state/{}", entry_name(*id)))
+                    .await;
             }
         }
         Ok(())
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the checkpoint lives, as the user wrote it.
+    pub fn display(&self) -> String {
+        self.storage.display("")
+    }
+
+    /// Gives up the lease (object stores) at a graceful stop; a local lock goes
+    /// with the process.
+    pub async fn close(&self) {
+        if let Storage::Object { owner, .. } = &self.storage
+            && let Ok(Some(bytes)) = self.storage.get("lock").await
+            && serde_json::from_slice::<Value>(&bytes)
+                .is_ok_and(|l| l["owner"].as_str() == Some(owner.as_str()))
+        {
+            self.storage.delete("lock").await;
+        }
     }
 }
 
@@ -461,18 +754,24 @@ impl Checkpoint {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_truncated_or_altered_entry_is_reported() {
+    #[tokio::test]
+    async fn a_truncated_or_altered_entry_is_reported() {
         let dir = std::env::temp_dir().join(format!("flumen-cp-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let (cp, rec) =
-            Checkpoint::open(&dir, vec!["a".into()], std::time::Duration::from_secs(1)).unwrap();
+        let (cp, rec) = Checkpoint::open(
+            dir.as_path(),
+            vec!["a".into()],
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert!(rec.last_planned.is_none());
         cp.write_metadata(
             vec!["a".into()],
             std::time::Duration::from_secs(1),
             Time::from_millis(0),
         )
+        .await
         .unwrap();
         let entry = OffsetEntry {
             batch_id: 3,
@@ -485,28 +784,38 @@ mod tests {
                 },
             )],
         };
-        cp.write_offsets(&entry).unwrap();
-        assert_eq!(cp.read_offsets(3).unwrap(), entry);
+        cp.write_offsets(&entry).await.unwrap();
+        assert_eq!(cp.read_offsets(3).await.unwrap(), entry);
         let path = dir.join("offsets").join(entry_name(3));
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        let err = cp.read_offsets(3).unwrap_err().to_string();
+        let err = cp.read_offsets(3).await.unwrap_err().to_string();
         assert!(err.contains("is corrupt (truncated"), "{err}");
         let mut altered = bytes.clone();
         *altered.last_mut().unwrap() = b' ';
         fs::write(&path, &altered).unwrap();
-        let err = cp.read_offsets(3).unwrap_err().to_string();
+        let err = cp.read_offsets(3).await.unwrap_err().to_string();
         assert!(err.contains("is corrupt (checksum mismatch)"), "{err}");
         // While it is open, no one else may use it.
-        let err = Checkpoint::open(&dir, vec!["a".into()], std::time::Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
+        let err = Checkpoint::open(
+            dir.as_path(),
+            vec!["a".into()],
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("is in use by another running query"), "{err}");
         drop(cp);
         // Another query's checkpoint is refused, naming what differs.
-        let err = Checkpoint::open(&dir, vec!["b".into()], std::time::Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
+        let err = Checkpoint::open(
+            dir.as_path(),
+            vec!["b".into()],
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("belongs to a different query; it has a; this query has b"),
             "{err}"

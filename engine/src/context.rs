@@ -57,7 +57,7 @@ pub struct StreamingContextBuilder {
     retained_batches: usize,
     name: String,
     exclusive: bool,
-    checkpoint: Option<std::path::PathBuf>,
+    checkpoint: Option<crate::checkpoint::CheckpointLocation>,
     checkpoint_interval: u64,
 }
 
@@ -102,7 +102,17 @@ impl StreamingContextBuilder {
     /// Keep the query's offset log, commit log and state in `dir`; a context started
     /// on a checkpoint an earlier run left resumes where that run stopped.
     pub fn with_checkpoint(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.checkpoint = Some(dir.into());
+        self.checkpoint = Some(crate::checkpoint::CheckpointLocation::Local(dir.into()));
+        self
+    }
+
+    /// Keep the checkpoint at `location`: a local directory or a folder of an object
+    /// store (`CheckpointLocation::parse("s3://bucket/ckpt")`).
+    pub fn with_checkpoint_location(
+        mut self,
+        location: crate::checkpoint::CheckpointLocation,
+    ) -> Self {
+        self.checkpoint = Some(location);
         self
     }
 
@@ -174,7 +184,7 @@ pub(crate) struct Shared {
     name: String,
     exclusive: bool,
     /// Set by the builder, or by [`StreamingContext::get_or_create`] before start.
-    checkpoint: Mutex<Option<std::path::PathBuf>>,
+    checkpoint: Mutex<Option<crate::checkpoint::CheckpointLocation>>,
     checkpoint_interval: u64,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
@@ -311,14 +321,15 @@ impl StreamingContext {
         {
             let mut checkpoint = ctx.inner.shared.checkpoint.lock();
             match checkpoint.as_ref() {
-                Some(other) if *other != dir => {
+                Some(crate::checkpoint::CheckpointLocation::Local(same)) if *same == dir => {}
+                Some(other) => {
                     return plan_err!(
                         "get_or_create({}): the context built by the function already checkpoints to {}",
                         dir.display(),
                         other.display()
                     );
                 }
-                _ => *checkpoint = Some(dir),
+                None => *checkpoint = Some(crate::checkpoint::CheckpointLocation::Local(dir)),
             }
         }
         if ctx.state() != StreamingContextState::Initialized {
@@ -329,8 +340,8 @@ impl StreamingContext {
         Ok(ctx)
     }
 
-    /// The checkpoint directory, if the context keeps one.
-    pub fn checkpoint_dir(&self) -> Option<std::path::PathBuf> {
+    /// Where the context keeps its checkpoint, if it keeps one.
+    pub fn checkpoint_location(&self) -> Option<crate::checkpoint::CheckpointLocation> {
         self.inner.shared.checkpoint.lock().clone()
     }
 
@@ -531,10 +542,12 @@ impl StreamingContext {
                 batch_id: 0,
             };
             let checkpoint = shared.checkpoint.lock().clone();
-            let recovered = match &checkpoint {
-                Some(dir) => {
-                    Some(pipeline.open_checkpoint(dir, start.zero, shared.checkpoint_interval)?)
-                }
+            let recovered = match checkpoint {
+                Some(location) => Some(
+                    pipeline
+                        .open_checkpoint(location, start.zero, shared.checkpoint_interval)
+                        .await?,
+                ),
                 None => None,
             };
             pipeline.open().await?;

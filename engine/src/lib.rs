@@ -36,6 +36,7 @@ pub mod sink;
 pub mod slot;
 pub mod source;
 pub mod sources;
+pub mod store;
 pub mod stream;
 pub mod time;
 

@@ -133,9 +133,9 @@ impl Pipeline {
 
     /// Opens the checkpoint at `dir`: refuses another query's checkpoint and
     /// operators that cannot keep state in one; returns what an earlier run left.
-    pub fn open_checkpoint(
+    pub async fn open_checkpoint(
         &mut self,
-        dir: &std::path::Path,
+        location: crate::checkpoint::CheckpointLocation,
         zero_time: Time,
         snapshot_every: u64,
     ) -> Result<Recovered> {
@@ -150,12 +150,14 @@ impl Pipeline {
             node.op.snapshot()?;
         }
         let description = self.description();
-        let (cp, recovered) = Checkpoint::open(dir, description.clone(), self.interval)?;
+        let (cp, recovered) =
+            Checkpoint::open(location, description.clone(), self.interval).await?;
         cp.write_metadata(
             description,
             self.interval,
             recovered.zero_time.unwrap_or(zero_time),
-        )?;
+        )
+        .await?;
         self.checkpoint = Some(cp);
         Ok(recovered)
     }
@@ -204,7 +206,8 @@ impl Pipeline {
                 self.checkpoint
                     .as_ref()
                     .expect("recovering from a checkpoint")
-                    .read_offsets(id)?
+                    .read_offsets(id)
+                    .await?
             };
             let replay = Replay {
                 recorded: Some(&entry),
@@ -255,6 +258,9 @@ impl Pipeline {
             {
                 log::warn!("closing sink '{}': {e}", sink.name());
             }
+        }
+        if let Some(cp) = &self.checkpoint {
+            cp.close().await;
         }
     }
 
@@ -317,7 +323,8 @@ impl Pipeline {
                         .map(|s| s.source.name().to_string())
                         .zip(ranges.iter().cloned())
                         .collect(),
-                })?;
+                })
+                .await?;
             }
         }
         // 2. read
@@ -405,7 +412,7 @@ impl Pipeline {
         let mut free = true;
         if let Some(cp) = &self.checkpoint {
             if !replay.committed {
-                cp.write_commit(batch_id, batch_time)?;
+                cp.write_commit(batch_id, batch_time).await?;
             }
             let due = self
                 .last_snapshot
@@ -419,7 +426,8 @@ impl Pipeline {
                     cp.write_snapshot(&crate::checkpoint::Snapshot {
                         batch_id,
                         operators,
-                    })?;
+                    })
+                    .await?;
                     self.last_snapshot = Some(batch_id);
                 } else {
                     free = false;

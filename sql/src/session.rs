@@ -27,6 +27,8 @@ use flumen_engine::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use flumen_engine::checkpoint::CheckpointLocation;
+
 use crate::batch_time::{BATCH_TIME_COLUMN, BatchTimeCell, batch_time_udf};
 use crate::catalog::{Catalog, MemorySinkTable, SinkDef, StreamDef, StreamKind, StreamPlaceholder};
 use crate::planner::{OutputMode, plan_query, reads_stream};
@@ -744,7 +746,7 @@ impl FlumenSession {
             .with_name(name.map_or_else(|| format!("query-{id}"), str::to_string));
         if let (Some(location), Some(name)) = (&self.settings.checkpoint_location, name) {
             builder = builder
-                .with_checkpoint(checkpoint_dir(location, name)?)
+                .with_checkpoint_location(checkpoint_dir(location, name)?)
                 .with_checkpoint_interval(self.settings.checkpoint_interval);
         }
         let ctx = builder.build()?;
@@ -1309,7 +1311,9 @@ fn receiver_options(name: &str, options: &Options, checkpoint: Option<&str>) -> 
         .is_some_and(|w| w.eq_ignore_ascii_case("true"))
         && !out.contains_key("wal_dir")
         && let Some(dir) = checkpoint
+        && is_local(dir)
     {
+        let dir = dir.strip_prefix("file://").unwrap_or(dir);
         out.insert(
             "wal_dir".into(),
             format!("{}/sources/{name}/wal", dir.trim_end_matches('/')),
@@ -1318,18 +1322,18 @@ fn receiver_options(name: &str, options: &Options, checkpoint: Option<&str>) -> 
     out
 }
 
-/// Where the query writing `name` keeps its checkpoint under `checkpoint_location`.
-fn checkpoint_dir(location: &str, name: &str) -> Result<std::path::PathBuf> {
-    let local = match location.split_once("://") {
-        None => location,
-        Some(("file", path)) => path,
-        Some((scheme, _)) => {
-            return plan_err!(
-                "checkpoint_location '{location}': checkpoints on {scheme}:// are not supported yet; use a local directory"
-            );
-        }
-    };
-    Ok(std::path::Path::new(local).join("queries").join(name))
+/// Where the query writing `name` keeps its checkpoint under `checkpoint_location`
+/// (a local directory or an object-store URL).
+fn checkpoint_dir(location: &str, name: &str) -> Result<CheckpointLocation> {
+    Ok(CheckpointLocation::parse(location)?
+        .child("queries")
+        .child(name))
+}
+
+/// Whether `location` is a local directory (a receiver's write-ahead log can live
+/// under it).
+fn is_local(location: &str) -> bool {
+    matches!(location.split_once("://"), None | Some(("file", _)))
 }
 
 fn connector_options(options: &Options) -> ConnectorOptions {

@@ -208,7 +208,7 @@ async fn files_options_are_checked() {
 
 /// Creates a bucket on the S3 server with one plain request (moto needs no signature
 /// for it); object_store has no bucket API.
-async fn create_bucket(name: &str) {
+pub(crate) async fn create_bucket(name: &str) {
     let mut conn = tokio::net::TcpStream::connect("127.0.0.1:9000")
         .await
         .expect("no S3 server on 127.0.0.1:9000: run scripts/services.sh start");

@@ -190,7 +190,7 @@ async fn socket_options_are_checked_at_create() {
         err(s
             .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', wal = 'true')")
             .await),
-        "stream a: wal = 'true' needs a directory for the write-ahead log: SET checkpoint_location = '...' first, or give wal_dir = '...'"
+        "stream a: wal = 'true' needs a local directory for the write-ahead log: SET checkpoint_location = '<local directory>' first, or give wal_dir = '...'"
     );
     assert_eq!(
         err(s

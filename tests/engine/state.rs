@@ -271,7 +271,10 @@ async fn get_or_create_resumes_from_the_checkpoint() {
     };
     let first = MemorySink::new("totals");
     let ctx = StreamingContext::get_or_create(&dir, build(clock.clone(), first.clone())).unwrap();
-    assert_eq!(ctx.checkpoint_dir(), Some(dir.clone()));
+    assert_eq!(
+        ctx.checkpoint_location().map(|l| l.display()),
+        Some(dir.display().to_string())
+    );
     ctx.start().await.unwrap();
     ctx.advance_batches(2).await.unwrap();
     ctx.stop(true).await.unwrap();

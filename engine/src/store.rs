@@ -1,4 +1,4 @@
-//! Object stores by URL, shared by the `files` source and sink: a local directory
+//! Object stores by URL, shared by the `files` source and sink and by checkpoints: a local directory
 //! (`/data/in`, `file:///data/in`), S3 or an S3-compatible server (`s3://bucket/prefix`,
 //! credentials and endpoint from `AWS_*` variables or options), and named in-process
 //! stores (`memory://name/prefix`, one store per name for the whole process, so a sink
@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use flumen_engine::registry::ConnectorOptions;
-use flumen_engine::{Result, plan_err};
+use crate::registry::ConnectorOptions;
+use crate::{Result, plan_err};
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -52,9 +52,8 @@ pub fn memory_store(name: &str) -> Arc<InMemory> {
 
 /// Opens the store `url` names. `what` names the stream or sink in errors.
 pub fn open(what: &str, url: &str, options: &ConnectorOptions) -> Result<Location> {
-    let fail = |e: &dyn std::fmt::Display| {
-        flumen_engine::Error::Plan(format!("{what}: cannot open '{url}': {e}"))
-    };
+    let fail =
+        |e: &dyn std::fmt::Display| crate::Error::Plan(format!("{what}: cannot open '{url}': {e}"));
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -105,7 +104,7 @@ pub fn open(what: &str, url: &str, options: &ConnectorOptions) -> Result<Locatio
     }
     let dir = url.strip_prefix("file://").unwrap_or(url);
     let meta = std::fs::metadata(dir)
-        .map_err(|e| flumen_engine::Error::Plan(format!("{what}: directory '{dir}': {e}")))?;
+        .map_err(|e| crate::Error::Plan(format!("{what}: directory '{dir}': {e}")))?;
     if !meta.is_dir() {
         return plan_err!("{what}: '{dir}' is not a directory");
     }
