@@ -27,6 +27,7 @@ use flumen_engine::{MemorySink, StreamingContext, Trigger};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod compare;
 mod kafka;
 mod nexmark;
 mod sink;
@@ -34,7 +35,9 @@ mod sink;
 const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
        flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8]
        flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]
-       flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]";
+       flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]
+       flumen-benchmarks export --dir DIR [--lines N] [--events N] [--files N]
+       flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -44,6 +47,8 @@ async fn main() -> Result<()> {
         Some("nexmark") => nexmark_suite(&args[1..]).await,
         Some("kafka") => kafka::run(&args[1..]).await,
         Some("parquet-sink") => sink::run(&args[1..]).await,
+        Some("export") => compare::export(&args[1..]).await,
+        Some("files") => compare::files(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }

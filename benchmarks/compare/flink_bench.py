@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Flink SQL over the shared input files (see run.sh).
+
+Usage: flink_bench.py DIR WORKLOAD...
+Each workload: a streaming-mode Table API job, parallelism 2, reading the files with
+the filesystem connector (the files are a bounded stream: the job ends when they are
+read, and the end of input fires the last windows), into a blackhole sink. Prints one
+JSON line per workload; the job from submission to its end is timed, the Python and
+JVM start-up is not.
+"""
+import json
+import os
+import sys
+import time
+
+from pyflink.table import EnvironmentSettings, TableEnvironment
+
+BID_COLUMNS = """auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING,
+  date_time BIGINT, extra STRING,
+  ts AS TO_TIMESTAMP_LTZ(date_time, 3),
+  WATERMARK FOR ts AS ts - INTERVAL '4' SECOND"""
+
+QUERIES = {
+    "wordcount": ("lines", "word STRING, n BIGINT",
+                  "SELECT word, COUNT(*) FROM lines CROSS JOIN UNNEST(SPLIT(line, ' ')) AS t(word) GROUP BY word"),
+    "q0": ("events", "auction BIGINT, bidder BIGINT, price BIGINT, date_time BIGINT, extra STRING",
+           "SELECT auction, bidder, price, date_time, extra FROM bid"),
+    "q1": ("events", "auction BIGINT, bidder BIGINT, price DECIMAL(23, 3), date_time BIGINT",
+           "SELECT auction, bidder, 0.908 * price, date_time FROM bid"),
+    "q2": ("events", "auction BIGINT, price BIGINT",
+           "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0"),
+    "q5": ("events", "auction BIGINT, ws TIMESTAMP(3), num BIGINT",
+           """SELECT auction, window_start, COUNT(*) FROM TABLE(
+                HOP(TABLE bid, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+              GROUP BY auction, window_start, window_end"""),
+    "q7": ("events", "auction BIGINT, price BIGINT, bidder BIGINT, ts TIMESTAMP_LTZ(3)",
+           """SELECT B.auction, B.price, B.bidder, B.ts FROM
+                (SELECT * FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(ts), INTERVAL '10' SECOND))) B
+              JOIN (SELECT MAX(price) AS maxprice, window_start, window_end FROM TABLE(
+                      TUMBLE(TABLE bid, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+                    GROUP BY window_start, window_end) M
+              ON B.window_start = M.window_start AND B.window_end = M.window_end
+                 AND B.price = M.maxprice"""),
+}
+
+
+def lines_in(folder):
+    n = 0
+    for f in os.listdir(folder):
+        with open(os.path.join(folder, f), "rb") as fh:
+            n += fh.read().count(b"\n")
+    return n
+
+
+def main():
+    d, names = sys.argv[1], sys.argv[2:]
+    for name in names:
+        unit, sink_columns, sql = QUERIES[name]
+        env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+        env.get_config().set("parallelism.default", "2")
+        env.execute_sql(f"""CREATE TABLE lines (line STRING) WITH ('connector' = 'filesystem',
+            'path' = '{d}/wordcount', 'format' = 'raw')""")
+        env.execute_sql(f"""CREATE TABLE bid ({BID_COLUMNS}) WITH ('connector' = 'filesystem',
+            'path' = '{d}/nexmark/bid', 'format' = 'csv')""")
+        env.execute_sql(f"CREATE TABLE sink_out ({sink_columns}) WITH ('connector' = 'blackhole')")
+        n = lines_in(f"{d}/wordcount" if unit == "lines" else f"{d}/nexmark/bid")
+        started = time.perf_counter()
+        env.execute_sql(f"INSERT INTO sink_out {sql}").wait()
+        secs = time.perf_counter() - started
+        print(json.dumps({"system": "flink", "workload": name, "unit": unit, "units": n,
+                          "seconds": round(secs, 4), "per_s": round(n / secs)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Flumen side by side with Spark Structured Streaming, Flink SQL and DataFusion, on the
+# same generated input files, in one command:
+#
+#   benchmarks/compare/run.sh              # every workload, results under benchmarks/results/<date>/
+#
+# Settings (environment): LINES (word-count lines, 1000000), EVENTS (Nexmark events,
+# 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7"), FLUMEN_BENCH_VENV (the peers'
+# virtual environment, ~/.cache/flumen-bench-venv), FLUMEN_BENCH_DATA (the shared input,
+# ~/.cache/flumen-bench-data), KAFKA=1 to add Flumen's Kafka -> aggregate run (needs
+# scripts/services.sh start).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen-target}"
+VENV="${FLUMEN_BENCH_VENV:-$HOME/.cache/flumen-bench-venv}"
+DATA="${FLUMEN_BENCH_DATA:-$HOME/.cache/flumen-bench-data}"
+LINES="${LINES:-1000000}"
+EVENTS="${EVENTS:-2000000}"
+WORKLOADS="${WORKLOADS:-wordcount q0 q1 q2 q5 q7}"
+OUT="benchmarks/results/$(date +%Y-%m-%d)"
+
+step() { echo "== $*" >&2; }
+
+step "Java (Spark and Flink run on it)"
+if ! command -v java >/dev/null; then
+  apt-get install -y -q openjdk-17-jre-headless >&2
+fi
+java -version 2>&1 | head -1 >&2
+
+step "peers in $VENV (pyspark, apache-flink, matplotlib from PyPI)"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q -r benchmarks/compare/requirements.txt >&2
+
+step "Flumen's benchmark runner (release)"
+cargo build --release --locked -p flumen-benchmarks >&2
+B="$CARGO_TARGET_DIR/release/flumen-benchmarks"
+
+step "shared input: $LINES lines, $EVENTS Nexmark events -> $DATA"
+rm -rf "$DATA"
+"$B" export --dir "$DATA" --lines "$LINES" --events "$EVENTS" >&2
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+for w in $WORKLOADS; do
+  step "Flumen and DataFusion: $w"
+  "$B" files --dir "$DATA" --workload "$w" | grep '^{' | tee -a "$RESULTS" >&2
+done
+step "Spark Structured Streaming (local[2], noop sink, availableNow): $WORKLOADS"
+"$VENV/bin/python" benchmarks/compare/spark_bench.py "$DATA" $WORKLOADS 2>/dev/null \
+  | grep '^{' | tee -a "$RESULTS" >&2
+step "Flink SQL (parallelism 2, blackhole sink): $WORKLOADS"
+"$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" $WORKLOADS 2>/dev/null \
+  | grep '^{' | tee -a "$RESULTS" >&2
+if [ "${KAFKA:-0}" = 1 ]; then
+  step "Flumen: Kafka -> aggregate"
+  "$B" kafka --records 200000 | grep '^{' | tee -a "$RESULTS" >&2
+fi
+
+step "machine"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
+  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
+  echo "os: $(. /etc/os-release; echo "$PRETTY_NAME")"
+  echo "rust: $(rustc --version)"
+  echo "java: $(java -version 2>&1 | head -1)"
+  echo "peers: $("$VENV/bin/pip" freeze | grep -E '^(pyspark|apache-flink)==' | tr '\n' ' ')"
+  echo "input: $LINES lines, $EVENTS Nexmark events (CSV, 10 files each)"
+} > "$OUT/machine.txt"
+cat "$OUT/machine.txt" >&2
+
+"$VENV/bin/python" benchmarks/compare/report.py "$RESULTS" "$OUT"

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Spark Structured Streaming over the shared input files (see run.sh).
+
+Usage: spark_bench.py DIR WORKLOAD...
+Each workload: a streaming query reading one file per micro-batch (maxFilesPerTrigger=1,
+as Flumen reads them), trigger(availableNow=True), into the noop sink; local[2]. Prints
+one JSON line per workload. Session start-up is not timed; the query from start() to
+its end is.
+"""
+import json
+import os
+import sys
+import time
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+BID = StructType([
+    StructField("auction", LongType()), StructField("bidder", LongType()),
+    StructField("price", LongType()), StructField("channel", StringType()),
+    StructField("url", StringType()), StructField("date_time", LongType()),
+    StructField("extra", StringType()),
+])
+
+
+def lines_in(folder):
+    n = 0
+    for f in os.listdir(folder):
+        with open(os.path.join(folder, f), "rb") as fh:
+            n += fh.read().count(b"\n")
+    return n
+
+
+def query(spark, d, name):
+    if name == "wordcount":
+        lines = spark.readStream.option("maxFilesPerTrigger", 1).text(f"{d}/wordcount")
+        words = lines.select(F.explode(F.split("value", " ")).alias("word"))
+        return "lines", lines_in(f"{d}/wordcount"), words.groupBy("word").count(), "update"
+    bid = (spark.readStream.schema(BID).option("maxFilesPerTrigger", 1)
+           .csv(f"{d}/nexmark/bid"))
+    n = lines_in(f"{d}/nexmark/bid")
+    if name == "q0":
+        return "events", n, bid.select("auction", "bidder", "price", "date_time", "extra"), "append"
+    if name == "q1":
+        return "events", n, bid.select("auction", "bidder", (F.col("price") * 0.908).alias("price"),
+                                       "date_time"), "append"
+    if name == "q2":
+        return "events", n, bid.where(F.col("auction") % 123 == 0).select("auction", "price"), "append"
+    timed = (bid.withColumn("ts", F.timestamp_millis("date_time"))
+             .withWatermark("ts", "4 seconds"))
+    if name == "q5":
+        counts = (timed.groupBy("auction", F.window("ts", "10 seconds", "2 seconds"))
+                  .count().select("auction", F.col("window.start").alias("ws"), "count"))
+        return "events", n, counts, "append"
+    if name == "q7":
+        # Spark cannot join a stream with an aggregate of itself in append mode; the
+        # windowed maximum is the part it can run.
+        m = timed.groupBy(F.window("ts", "10 seconds")).agg(F.max("price").alias("maxprice"))
+        return "events", n, m, "append"
+    raise SystemExit(f"unknown workload {name}")
+
+
+def main():
+    d, names = sys.argv[1], sys.argv[2:]
+    spark = (SparkSession.builder.master("local[2]").appName("flumen-compare")
+             .config("spark.sql.shuffle.partitions", "2")
+             .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.memory", "4g")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    for name in names:
+        unit, n, df, mode = query(spark, d, name)
+        ckpt = f"/tmp/flumen-compare-spark-{os.getpid()}-{name}"
+        started = time.perf_counter()
+        q = (df.writeStream.format("noop").outputMode(mode)
+             .option("checkpointLocation", ckpt).trigger(availableNow=True).start())
+        q.awaitTermination()
+        secs = time.perf_counter() - started
+        print(json.dumps({"system": "spark", "workload": name, "unit": unit, "units": n,
+                          "seconds": round(secs, 4), "per_s": round(n / secs),
+                          "note": "windowed max only" if name == "q7" else None}), flush=True)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+//! The side-by-side comparison (`benchmarks/compare/run.sh`): the shared input files
+//! every system reads, and Flumen's and DataFusion's runs over them.
+//!
+//! ```text
+//!  export --dir D     D/wordcount/part-<i>.txt         lines of words
+//!                     D/nexmark/{bid,person,auction}/part-<i>.csv   no header,
+//!                                                       date_time as epoch ms
+//!  files --dir D --workload W
+//!     Flumen:     the `files` source, one file per micro-batch, `available_now`,
+//!                 the query planned once, into a blackhole sink
+//!     DataFusion: one batch query over all the files (the ceiling)
+//!                 → one JSON line per system
+//! ```
+//!
+//! Spark Structured Streaming and Flink SQL read the same files with the same
+//! micro-batching (one file per trigger for Spark; Flink reads them as one bounded
+//! stream), from `benchmarks/compare/{spark,flink}_bench.py`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::{CsvReadOptions, SessionContext};
+use flumen_connectors::nexmark::Table;
+use flumen_engine::SystemClock;
+use flumen_sql::FlumenSession;
+
+use crate::flag;
+
+/// A workload: its input, the streaming query (Flumen's dialect) and the batch query
+/// that computes the same over all input (DataFusion).
+struct Workload {
+    name: &'static str,
+    /// What one unit of throughput counts: `lines` or `events`.
+    unit: &'static str,
+    output_mode: &'static str,
+    streaming: &'static str,
+    batch: &'static str,
+}
+
+const HOP: &str = "INTERVAL '10' SECOND, INTERVAL '2' SECOND";
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "wordcount",
+            unit: "lines",
+            output_mode: "update",
+            streaming: "SELECT word, count(*) AS n FROM \
+                        (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines) GROUP BY word",
+            batch: "SELECT word, count(*) AS n FROM \
+                    (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines) GROUP BY word",
+        },
+        Workload {
+            name: "q0",
+            unit: "events",
+            output_mode: "append",
+            streaming: "SELECT auction, bidder, price, date_time, extra FROM bid",
+            batch: "SELECT auction, bidder, price, date_time, extra FROM bid",
+        },
+        Workload {
+            name: "q1",
+            unit: "events",
+            output_mode: "append",
+            streaming: "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
+            batch: "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
+        },
+        Workload {
+            name: "q2",
+            unit: "events",
+            output_mode: "append",
+            streaming: "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+            batch: "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+        },
+        Workload {
+            name: "q5",
+            unit: "events",
+            output_mode: "append",
+            streaming: "SELECT auction, window(ts, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, \
+                        count(*) AS num FROM bidt \
+                        GROUP BY auction, window(ts, INTERVAL '10' SECOND, INTERVAL '2' SECOND)",
+            batch: "SELECT auction, w['start'] AS ws, count(*) AS num FROM \
+                    (SELECT auction, unnest(flumen_hop_windows(to_timestamp_millis(date_time), HOPARGS)) AS w FROM bid) \
+                    GROUP BY auction, w['start']",
+        },
+        Workload {
+            name: "q7",
+            unit: "events",
+            output_mode: "append",
+            streaming: "SELECT b.auction, b.price, b.bidder, b.ts FROM bidt b \
+                        JOIN (SELECT max(price) AS maxprice, window(ts, INTERVAL '10' SECOND)['end'] AS window_end \
+                              FROM bidt GROUP BY window(ts, INTERVAL '10' SECOND)) m \
+                        ON b.price = m.maxprice AND b.ts >= m.window_end - INTERVAL '10' SECOND \
+                           AND b.ts < m.window_end",
+            batch: "SELECT b.auction, b.price, b.bidder, b.date_time FROM bid b \
+                    JOIN (SELECT max(price) AS maxprice, date_time / 10000 AS w FROM bid GROUP BY date_time / 10000) m \
+                    ON b.price = m.maxprice AND b.date_time / 10000 = m.w",
+        },
+    ]
+}
+
+/// Writes the shared input files.
+pub async fn export(args: &[String]) -> Result<()> {
+    let dir = dir_arg(args)?;
+    let lines = flag(args, "--lines", 1_000_000)?;
+    let events = flag(args, "--events", 2_000_000)?;
+    let files = flag(args, "--files", 10)?;
+    let words = std::path::PathBuf::from(&dir).join("wordcount");
+    std::fs::create_dir_all(&words)?;
+    let (_, batches) = crate::generate(lines, 10, 10_000, files);
+    for (i, b) in batches.iter().enumerate() {
+        let text = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .context("lines are text")?;
+        let mut out = String::with_capacity(text.value_data().len() + text.len());
+        for l in text.iter().flatten() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        std::fs::write(words.join(format!("part-{i:05}.txt")), out)?;
+    }
+    for (table, name) in [
+        (Table::Bid, "bid"),
+        (Table::Person, "person"),
+        (Table::Auction, "auction"),
+    ] {
+        let folder = std::path::PathBuf::from(&dir).join("nexmark").join(name);
+        std::fs::create_dir_all(&folder)?;
+        let all = crate::nexmark::generate(table, events, 8192);
+        let per_file = all.len().div_ceil(files).max(1);
+        for (i, chunk) in all.chunks(per_file).enumerate() {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .build(std::fs::File::create(
+                    folder.join(format!("part-{i:05}.csv")),
+                )?);
+            for b in chunk {
+                w.write(&millis_as_int(b)?)?;
+            }
+        }
+    }
+    println!("exported {lines} lines and {events} Nexmark events to {dir} in {files} files each");
+    Ok(())
+}
+
+/// `b` with its timestamp columns as Int64 epoch ms (every peer parses those alike).
+fn millis_as_int(b: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        if matches!(f.data_type(), DataType::Timestamp(_, _)) {
+            fields.push(Field::new(f.name(), DataType::Int64, false));
+            cols.push(cast(c, &DataType::Int64)?);
+        } else {
+            fields.push(f.as_ref().clone());
+            cols.push(Arc::clone(c));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+fn dir_arg(args: &[String]) -> Result<String> {
+    args.iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .context("--dir DIR is required")
+}
+
+/// Lines or events in the input of `w`.
+fn units(dir: &str, w: &Workload) -> Result<usize> {
+    let folder = if w.unit == "lines" {
+        Path::new(dir).join("wordcount")
+    } else {
+        Path::new(dir).join("nexmark").join("bid")
+    };
+    let mut n = 0;
+    for e in std::fs::read_dir(&folder)? {
+        let bytes = std::fs::read(e?.path())?;
+        n += bytes.iter().filter(|b| **b == b'\n').count();
+    }
+    Ok(n)
+}
+
+const BID_COLUMNS: &str = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
+     channel TEXT, url TEXT, date_time BIGINT NOT NULL, extra TEXT";
+
+/// Runs one workload on Flumen and on DataFusion over the files in `--dir`.
+pub async fn files(args: &[String]) -> Result<()> {
+    let dir = dir_arg(args)?;
+    let only = args
+        .iter()
+        .position(|a| a == "--workload")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    for w in workloads() {
+        if only.as_deref().is_some_and(|o| o != w.name) {
+            continue;
+        }
+        let n = units(&dir, &w)?;
+        let (flumen_secs, out_rows) = flumen_run(&dir, &w).await?;
+        let batch_secs = datafusion_run(&dir, &w).await?;
+        for (system, secs) in [("flumen", flumen_secs), ("datafusion", batch_secs)] {
+            println!(
+                "{{\"system\":\"{system}\",\"workload\":\"{}\",\"unit\":\"{}\",\"units\":{n},\"seconds\":{secs:.4},\"per_s\":{:.0}{}}}",
+                w.name,
+                w.unit,
+                n as f64 / secs,
+                if system == "flumen" {
+                    format!(",\"rows_out\":{out_rows}")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn flumen_run(dir: &str, w: &Workload) -> Result<(f64, u64)> {
+    let (registry, rows) = crate::nexmark::blackhole_registry();
+    let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
+    let streams = if w.unit == "lines" {
+        format!(
+            "CREATE STREAM lines (line TEXT) WITH (connector = 'files', path = '{dir}/wordcount',
+               format = 'text', include_existing = 'true', max_files_per_batch = '1');"
+        )
+    } else {
+        format!(
+            "CREATE STREAM bid ({BID_COLUMNS}) WITH (connector = 'files', path = '{dir}/nexmark/bid',
+               format = 'csv', include_existing = 'true', max_files_per_batch = '1');
+             CREATE STREAM bidt WITH (timestamp = 'ts', watermark_delay = '4 seconds') AS
+               SELECT auction, bidder, price, to_timestamp_millis(date_time) AS ts FROM bid;"
+        )
+    };
+    session
+        .execute_script(&format!(
+            "SET trigger = 'available_now'; SET batch_interval = '100 ms';
+             SET output_mode = '{}';
+             {streams}
+             CREATE SINK out WITH (connector = 'blackhole');",
+            w.output_mode
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    session
+        .execute(&format!("INSERT INTO out {}", w.streaming))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", w.name))?;
+    session
+        .await_all()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", w.name))?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok((secs, rows.load(Ordering::Relaxed)))
+}
+
+async fn datafusion_run(dir: &str, w: &Workload) -> Result<f64> {
+    let ctx = SessionContext::new();
+    ctx.register_udf(flumen_sql::window::hop_windows_udf());
+    if w.unit == "lines" {
+        let schema = Schema::new(vec![Field::new("line", DataType::Utf8, true)]);
+        ctx.register_csv(
+            "lines",
+            &format!("{dir}/wordcount/"),
+            CsvReadOptions::new()
+                .has_header(false)
+                .delimiter(b'\t')
+                .file_extension(".txt")
+                .schema(&schema),
+        )
+        .await?;
+    } else {
+        let int = |n: &str| Field::new(n, DataType::Int64, false);
+        let text = |n: &str| Field::new(n, DataType::Utf8, true);
+        let schema = Schema::new(vec![
+            int("auction"),
+            int("bidder"),
+            int("price"),
+            text("channel"),
+            text("url"),
+            int("date_time"),
+            text("extra"),
+        ]);
+        ctx.register_csv(
+            "bid",
+            &format!("{dir}/nexmark/bid/"),
+            CsvReadOptions::new().has_header(false).schema(&schema),
+        )
+        .await?;
+    }
+    let sql = w.batch.replace("HOPARGS", HOP);
+    let started = Instant::now();
+    let out = ctx.sql(&sql).await?.collect().await?;
+    let secs = started.elapsed().as_secs_f64();
+    if out.iter().map(|b| b.num_rows()).sum::<usize>() == 0 {
+        bail!("{}: the batch query returned nothing", w.name);
+    }
+    Ok(secs)
+}
