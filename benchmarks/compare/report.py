@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Table and plot of a comparison run: report.py RESULTS.jsonl OUT_DIR.
 
-Prints throughput per system and workload and the ratio of Flumen to each peer;
+Prints throughput per system and workload (the median of the runs) and the ratio of
+Flumen to each peer;
 writes OUT_DIR/results.json (all runs) and OUT_DIR/throughput.png (log scale).
 """
 import json
+import statistics
 import sys
 
 import matplotlib
@@ -22,9 +24,13 @@ def main():
     extra = []
     for r in runs:
         if "system" in r:
-            table.setdefault(r["workload"], {})[r["system"]] = r
+            table.setdefault(r["workload"], {}).setdefault(r["system"], []).append(r)
         else:
             extra.append(r)
+    for row in table.values():
+        for s, rs in row.items():
+            row[s] = dict(rs[0], per_s=round(statistics.median(x["per_s"] for x in rs)),
+                          runs=len(rs))
     workloads = list(table)
     head = f"{'workload':<10} {'unit':<7}" + "".join(f"{s + '/s':>14}" for s in SYSTEMS)
     head += f"{'vs spark':>10}{'vs flink':>10}{'% of DF':>9}"
@@ -46,7 +52,8 @@ def main():
         if r.get("suite") == "kafka":
             print(f"kafka -> aggregate (Flumen only): {r['records_per_s']:,} records/s "
                   f"(broker fetch alone {r['broker_fetch_per_s']:,}/s)")
-    json.dump({"runs": runs}, open(f"{out}/results.json", "w"), indent=1)
+    medians = {w: {s: r["per_s"] for s, r in row.items()} for w, row in table.items()}
+    json.dump({"medians": medians, "runs": runs}, open(f"{out}/results.json", "w"), indent=1)
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.2

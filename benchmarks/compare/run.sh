@@ -4,8 +4,8 @@
 #
 #   benchmarks/compare/run.sh              # every workload, results under benchmarks/results/<date>/
 #
-# Settings (environment): LINES (word-count lines, 1000000), EVENTS (Nexmark events,
-# 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7"), FLUMEN_BENCH_VENV (the peers'
+# Settings (environment): RUNS (3; the report takes medians), LINES (word-count lines,
+# 1000000), EVENTS (Nexmark events, 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7"), FLUMEN_BENCH_VENV (the peers'
 # virtual environment, ~/.cache/flumen-bench-venv), FLUMEN_BENCH_DATA (the shared input,
 # ~/.cache/flumen-bench-data), KAFKA=1 to add Flumen's Kafka -> aggregate run (needs
 # scripts/services.sh start).
@@ -17,6 +17,7 @@ DATA="${FLUMEN_BENCH_DATA:-$HOME/.cache/flumen-bench-data}"
 LINES="${LINES:-1000000}"
 EVENTS="${EVENTS:-2000000}"
 WORKLOADS="${WORKLOADS:-wordcount q0 q1 q2 q5 q7}"
+RUNS="${RUNS:-3}"
 OUT="benchmarks/results/$(date +%Y-%m-%d)"
 
 step() { echo "== $*" >&2; }
@@ -42,16 +43,18 @@ rm -rf "$DATA"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
-for w in $WORKLOADS; do
-  step "Flumen and DataFusion: $w"
-  "$B" files --dir "$DATA" --workload "$w" | grep '^{' | tee -a "$RESULTS" >&2
+for run in $(seq "$RUNS"); do
+  for w in $WORKLOADS; do
+    step "run $run/$RUNS, Flumen and DataFusion: $w"
+    "$B" files --dir "$DATA" --workload "$w" | grep '^{' | tee -a "$RESULTS" >&2
+  done
+  step "run $run/$RUNS, Spark Structured Streaming (local[2], noop sink, availableNow): $WORKLOADS"
+  "$VENV/bin/python" benchmarks/compare/spark_bench.py "$DATA" $WORKLOADS 2>/dev/null \
+    | grep '^{' | tee -a "$RESULTS" >&2
+  step "run $run/$RUNS, Flink SQL (parallelism 2, blackhole sink): $WORKLOADS"
+  "$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" $WORKLOADS 2>/dev/null \
+    | grep '^{' | tee -a "$RESULTS" >&2
 done
-step "Spark Structured Streaming (local[2], noop sink, availableNow): $WORKLOADS"
-"$VENV/bin/python" benchmarks/compare/spark_bench.py "$DATA" $WORKLOADS 2>/dev/null \
-  | grep '^{' | tee -a "$RESULTS" >&2
-step "Flink SQL (parallelism 2, blackhole sink): $WORKLOADS"
-"$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" $WORKLOADS 2>/dev/null \
-  | grep '^{' | tee -a "$RESULTS" >&2
 if [ "${KAFKA:-0}" = 1 ]; then
   step "Flumen: Kafka -> aggregate"
   "$B" kafka --records 200000 | grep '^{' | tee -a "$RESULTS" >&2
@@ -66,7 +69,7 @@ step "machine"
   echo "rust: $(rustc --version)"
   echo "java: $(java -version 2>&1 | head -1)"
   echo "peers: $("$VENV/bin/pip" freeze | grep -E '^(pyspark|apache-flink)==' | tr '\n' ' ')"
-  echo "input: $LINES lines, $EVENTS Nexmark events (CSV, 10 files each)"
+  echo "input: $LINES lines, $EVENTS Nexmark events (CSV, 10 files each); $RUNS runs, medians"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 

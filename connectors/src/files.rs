@@ -133,7 +133,11 @@ impl FilesSource {
         format!("{}/{name}", self.location.url.trim_end_matches('/'))
     }
 
-    async fn read_file(&self, path: &str, rejected: &mut Vec<Rejected>) -> Result<RecordBatch> {
+    async fn read_file(
+        &self,
+        path: &str,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Vec<RecordBatch>> {
         let shown = self.display(path);
         let location = Path::parse(path).map_err(|e| self.error(format!("{shown}: {e}")))?;
         let bytes = self
@@ -147,26 +151,42 @@ impl FilesSource {
             .map_err(|e| self.error(format!("reading {shown}: {e}")))?;
         match self.format {
             FileFormat::Lines { header } => {
-                let mut lines = Vec::new();
-                let mut numbers = Vec::new();
                 let mut bad = Vec::new();
                 let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
                 let skip_blank = self.decoder.format() != Format::Text;
+                fn keep<'a>(
+                    kept: &mut (Vec<&'a str>, Vec<usize>),
+                    skip: impl Fn(usize, &str) -> bool,
+                    i: usize,
+                    line: &'a str,
+                ) {
+                    let line = line.strip_suffix('\r').unwrap_or(line);
+                    if !skip(i, line) {
+                        kept.0.push(line);
+                        kept.1.push(i + 1);
+                    }
+                }
+                let skip =
+                    |i: usize, line: &str| (header && i == 0) || (skip_blank && line.is_empty());
+                let mut kept = (Vec::new(), Vec::new());
                 if !bytes.is_empty() {
-                    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
-                        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                        if (header && i == 0) || (skip_blank && raw.is_empty()) {
-                            continue;
-                        }
-                        match std::str::from_utf8(raw) {
-                            Ok(line) => {
-                                lines.push(line);
-                                numbers.push(i + 1);
+                    match std::str::from_utf8(body) {
+                        // The whole file at once (the common case), then its lines.
+                        Ok(text) => text
+                            .split('\n')
+                            .enumerate()
+                            .for_each(|(i, l)| keep(&mut kept, skip, i, l)),
+                        Err(_) => {
+                            for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+                                match std::str::from_utf8(raw) {
+                                    Ok(line) => keep(&mut kept, skip, i, line),
+                                    Err(e) => bad.push((i + 1, raw, e)),
+                                }
                             }
-                            Err(e) => bad.push((i + 1, raw, e)),
                         }
                     }
                 }
+                let (lines, numbers) = kept;
                 for (line, raw, e) in bad {
                     self.reject(
                         format!("{shown} line {line}"),
@@ -175,11 +195,50 @@ impl FilesSource {
                         rejected,
                     )?;
                 }
-                let (batch, mut bad) = self
-                    .decoder
-                    .decode(&lines, |i| format!("{shown} line {}", numbers[i]))?;
-                rejected.append(&mut bad);
-                Ok(batch)
+                // Large files are decoded in slices on every core (in order); the
+                // first error, in line order, wins.
+                let parts = if lines.len() >= PARALLEL_DECODE_LINES {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+                } else {
+                    1
+                };
+                let chunk = lines.len().div_ceil(parts).max(1);
+                let decoded: Vec<Result<(RecordBatch, Vec<Rejected>)>> = if parts == 1 {
+                    vec![
+                        self.decoder
+                            .decode(&lines, |i| format!("{shown} line {}", numbers[i])),
+                    ]
+                } else {
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = lines
+                            .chunks(chunk)
+                            .zip(numbers.chunks(chunk))
+                            .map(|(ls, ns)| {
+                                let (decoder, shown) = (&self.decoder, &shown);
+                                scope.spawn(move || {
+                                    decoder.decode(ls, |i| format!("{shown} line {}", ns[i]))
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| {
+                                h.join().unwrap_or_else(|_| {
+                                    Err(self.error(format!(
+                                        "decoding {shown}: a decoder thread panicked"
+                                    )))
+                                })
+                            })
+                            .collect()
+                    })
+                };
+                let mut out = Vec::with_capacity(decoded.len());
+                for d in decoded {
+                    let (batch, mut bad) = d?;
+                    rejected.append(&mut bad);
+                    out.push(batch);
+                }
+                Ok(out)
             }
             FileFormat::Parquet | FileFormat::Arrow => {
                 let size = bytes.len();
@@ -189,10 +248,10 @@ impl FilesSource {
                     read_arrow(bytes)
                 };
                 match read.and_then(|batches| self.conform(&batches)) {
-                    Ok(batch) => Ok(batch),
+                    Ok(batch) => Ok(vec![batch]),
                     Err(e) => {
                         self.reject(shown, format!("<{size} bytes>"), e.to_string(), rejected)?;
-                        Ok(RecordBatch::new_empty(Arc::clone(&self.schema)))
+                        Ok(Vec::new())
                     }
                 }
             }
@@ -387,9 +446,10 @@ impl Source for FilesSource {
             let Some(path) = f.get("path").and_then(|p| p.as_str()) else {
                 return plan_err!("files source {}: bad range {range:?}", self.name);
             };
-            let batch = self.read_file(path, &mut rejected).await?;
-            if batch.num_rows() > 0 {
-                batches.push(batch);
+            for batch in self.read_file(path, &mut rejected).await? {
+                if batch.num_rows() > 0 {
+                    batches.push(batch);
+                }
             }
         }
         *self.rejected.lock() = rejected;
@@ -408,6 +468,9 @@ impl Source for FilesSource {
         std::mem::take(&mut *self.rejected.lock())
     }
 }
+
+/// Files with at least this many lines are decoded on several threads.
+const PARALLEL_DECODE_LINES: usize = 65_536;
 
 /// `connector = 'files'`.
 #[derive(Debug)]

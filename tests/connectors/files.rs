@@ -279,3 +279,66 @@ async fn an_s3_bucket_on_a_real_s3_server() {
     );
     s.stop_all().await.unwrap();
 }
+
+/// A file of 100,000 lines is decoded in slices on several threads: every row once, in
+/// file order, and bad lines in either slice reported at their own line numbers; under
+/// on_error = 'fail' the first bad line (in file order) is the one named.
+#[tokio::test]
+async fn a_large_file_is_decoded_in_parallel_slices_in_order() {
+    let dir = temp_dir("files-large");
+    let mut body = String::new();
+    for i in 0..100_000u64 {
+        match i {
+            10 => body.push_str("oops,1\n"),
+            90_000 => body.push_str("bad,2\n"),
+            _ => body.push_str(&format!("{i},{}\n", i % 7)),
+        }
+    }
+    put(&dir, "big.csv", body.as_bytes(), 10);
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM big (id BIGINT, v BIGINT) WITH (connector = 'files', path = '{}',
+           format = 'csv', include_existing = 'true', on_error = 'dead_letter');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT id, v FROM big;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    let expected_sum: u64 = (0..100_000u64).filter(|i| *i != 10 && *i != 90_000).sum();
+    assert_eq!(
+        sql_rows(
+            &mut s,
+            "SELECT count(*), sum(id), min(id), max(id) FROM out"
+        )
+        .await,
+        vec![format!("99998|{expected_sum}|0|99999")]
+    );
+    assert_eq!(
+        sql_rows(&mut s, "SELECT position FROM big_errors ORDER BY position").await,
+        vec![
+            format!("{}/big.csv line 11", dir.display()),
+            format!("{}/big.csv line 90001", dir.display()),
+        ]
+    );
+    s.stop_all().await.unwrap();
+
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM big (id BIGINT, v BIGINT) WITH (connector = 'files', path = '{}',
+           format = 'csv', include_existing = 'true');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT id, v FROM big;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .execute("ADVANCE 1 BATCHES")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("bad record at {}/big.csv line 11:", dir.display())),
+        "{err}"
+    );
+}
