@@ -49,6 +49,12 @@ def main():
         line += f"{100 * f / d:>8.0f}%" if f and d else f"{'-':>9}"
         print(line)
     for r in extra:
+        if r.get("suite") == "latency":
+            print(f"latency {r['workload']:<9} at {r['rate']:,}/s, {r['interval_ms']:>4} ms batches: "
+                  f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
+        if r.get("suite") == "memory":
+            print(f"memory  q5 over {r['events']:>10,} events: peak RSS {r['peak_rss_mib']} MiB, "
+                  f"state at most {r['max_state_rows']:,} rows")
         if r.get("suite") == "kafka":
             print(f"kafka -> aggregate (Flumen only): {r['records_per_s']:,} records/s "
                   f"(broker fetch alone {r['broker_fetch_per_s']:,}/s)")

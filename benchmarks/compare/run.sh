@@ -55,6 +55,16 @@ for run in $(seq "$RUNS"); do
   "$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" $WORKLOADS 2>/dev/null \
     | grep '^{' | tee -a "$RESULTS" >&2
 done
+step "Flumen: latency at 50,000 records/s (wordcount, q5; 100 ms and 1 s batches)"
+for w in wordcount q5; do
+  for i in 100 1000; do
+    "$B" latency --workload "$w" --interval-ms "$i" --seconds 10 | grep '^{' | tee -a "$RESULTS" >&2
+  done
+done
+step "Flumen: peak RSS of q5 over 1, 3 and 10 million events"
+for n in 1000000 3000000 10000000; do
+  "$B" memory --events "$n" | grep '^{' | tee -a "$RESULTS" >&2
+done
 if [ "${KAFKA:-0}" = 1 ]; then
   step "Flumen: Kafka -> aggregate"
   "$B" kafka --records 200000 | grep '^{' | tee -a "$RESULTS" >&2

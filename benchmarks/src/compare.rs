@@ -260,6 +260,19 @@ async fn flumen_run(dir: &str, w: &Workload) -> Result<(f64, u64)> {
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", w.name))?;
     let secs = started.elapsed().as_secs_f64();
+    if std::env::var_os("FLUMEN_BENCH_BATCHES").is_some()
+        && let Some(q) = session.queries().next()
+    {
+        for b in q.ctx.recent_batches() {
+            eprintln!(
+                "  batch {}: {} rows in, processing {:?}, scheduling delay {:?}",
+                b.batch_id,
+                b.num_input_rows(),
+                b.processing_time,
+                b.scheduling_delay
+            );
+        }
+    }
     Ok((secs, rows.load(Ordering::Relaxed)))
 }
 

@@ -29,6 +29,8 @@ use rand::{Rng, SeedableRng};
 
 mod compare;
 mod kafka;
+mod latency;
+mod memory;
 mod nexmark;
 mod sink;
 
@@ -37,7 +39,9 @@ const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N
        flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]
        flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]
        flumen-benchmarks export --dir DIR [--lines N] [--events N] [--files N]
-       flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7]";
+       flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7]
+       flumen-benchmarks memory [--events N] [--event-rate N]
+       flumen-benchmarks latency [--workload wordcount|q5] [--rate N] [--interval-ms N] [--seconds N]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -49,6 +53,8 @@ async fn main() -> Result<()> {
         Some("parquet-sink") => sink::run(&args[1..]).await,
         Some("export") => compare::export(&args[1..]).await,
         Some("files") => compare::files(&args[1..]).await,
+        Some("memory") => memory::run(&args[1..]).await,
+        Some("latency") => latency::run(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }
