@@ -45,8 +45,10 @@ RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 for run in $(seq "$RUNS"); do
   for w in $WORKLOADS; do
-    step "run $run/$RUNS, Flumen and DataFusion: $w"
-    "$B" files --dir "$DATA" --workload "$w" | grep '^{' | tee -a "$RESULTS" >&2
+    step "run $run/$RUNS, Flumen and DataFusion (each in its own process): $w"
+    for system in flumen datafusion; do
+      "$B" files --dir "$DATA" --workload "$w" --system "$system" | grep '^{' | tee -a "$RESULTS" >&2
+    done
   done
   step "run $run/$RUNS, Spark Structured Streaming (local[2], noop sink, availableNow): $WORKLOADS"
   "$VENV/bin/python" benchmarks/compare/spark_bench.py "$DATA" $WORKLOADS 2>/dev/null \

@@ -200,14 +200,27 @@ pub async fn files(args: &[String]) -> Result<()> {
         .position(|a| a == "--workload")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let system = args
+        .iter()
+        .position(|a| a == "--system")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     for w in workloads() {
         if only.as_deref().is_some_and(|o| o != w.name) {
             continue;
         }
         let n = units(&dir, &w)?;
-        let (flumen_secs, out_rows) = flumen_run(&dir, &w).await?;
-        let batch_secs = datafusion_run(&dir, &w).await?;
-        for (system, secs) in [("flumen", flumen_secs), ("datafusion", batch_secs)] {
+        let mut results = Vec::new();
+        // Each system in its own process when asked (`--system`), so neither runs on
+        // memory the other's run already faulted in.
+        if system.as_deref() != Some("datafusion") {
+            let (secs, out_rows) = flumen_run(&dir, &w).await?;
+            results.push(("flumen", secs, out_rows));
+        }
+        if system.as_deref() != Some("flumen") {
+            results.push(("datafusion", datafusion_run(&dir, &w).await?, 0));
+        }
+        for (system, secs, out_rows) in results {
             println!(
                 "{{\"system\":\"{system}\",\"workload\":\"{}\",\"unit\":\"{}\",\"units\":{n},\"seconds\":{secs:.4},\"per_s\":{:.0}{}}}",
                 w.name,

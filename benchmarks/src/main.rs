@@ -39,7 +39,7 @@ const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N
        flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]
        flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]
        flumen-benchmarks export --dir DIR [--lines N] [--events N] [--files N]
-       flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7]
+       flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7] [--system flumen|datafusion]
        flumen-benchmarks memory [--events N] [--event-rate N]
        flumen-benchmarks latency [--workload wordcount|q5] [--rate N] [--interval-ms N] [--seconds N]";
 
