@@ -195,43 +195,53 @@ impl FilesSource {
                         rejected,
                     )?;
                 }
-                // Large files are decoded in slices on every core (in order); the
-                // first error, in line order, wins.
+                // Large files are decoded in slices on every core (in order), on the
+                // runtime's blocking threads (long-lived: their allocator caches stay
+                // warm from batch to batch); the first error, in line order, wins.
                 let parts = if lines.len() >= PARALLEL_DECODE_LINES {
                     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
                 } else {
                     1
                 };
-                let chunk = lines.len().div_ceil(parts).max(1);
-                let decoded: Vec<Result<(RecordBatch, Vec<Rejected>)>> = if parts == 1 {
-                    vec![
-                        self.decoder
-                            .decode(&lines, |i| format!("{shown} line {}", numbers[i])),
-                    ]
-                } else {
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = lines
-                            .chunks(chunk)
-                            .zip(numbers.chunks(chunk))
-                            .map(|(ls, ns)| {
-                                let (decoder, shown) = (&self.decoder, &shown);
-                                scope.spawn(move || {
-                                    decoder.decode(ls, |i| format!("{shown} line {}", ns[i]))
-                                })
-                            })
+                let decoded: Vec<Result<(RecordBatch, Vec<Rejected>)>> =
+                    if parts == 1 {
+                        vec![
+                            self.decoder
+                                .decode(&lines, |i| format!("{shown} line {}", numbers[i])),
+                        ]
+                    } else {
+                        // Each slice as (start, len) byte ranges into the shared file.
+                        let base = bytes.as_ptr() as usize;
+                        let ranges: Vec<(usize, usize)> = lines
+                            .iter()
+                            .map(|l| (l.as_ptr() as usize - base, l.len()))
                             .collect();
-                        handles
-                            .into_iter()
-                            .map(|h| {
-                                h.join().unwrap_or_else(|_| {
-                                    Err(self.error(format!(
-                                        "decoding {shown}: a decoder thread panicked"
-                                    )))
-                                })
-                            })
-                            .collect()
-                    })
-                };
+                        let chunk = lines.len().div_ceil(parts);
+                        let mut tasks = Vec::with_capacity(parts);
+                        for (rs, ns) in ranges.chunks(chunk).zip(numbers.chunks(chunk)) {
+                            let (rs, ns) = (rs.to_vec(), ns.to_vec());
+                            let (bytes, decoder, shown) =
+                                (bytes.clone(), self.decoder.clone(), shown.clone());
+                            tasks.push(tokio::task::spawn_blocking(move || {
+                                let lines: Vec<&str> = rs
+                                    .iter()
+                                    .map(|(start, len)| {
+                                        // Checked as UTF-8 above; sliced at the same places.
+                                        std::str::from_utf8(&bytes[*start..start + len])
+                                            .unwrap_or_default()
+                                    })
+                                    .collect();
+                                decoder.decode(&lines, |i| format!("{shown} line {}", ns[i]))
+                            }));
+                        }
+                        let mut results = Vec::with_capacity(tasks.len());
+                        for t in tasks {
+                            results.push(t.await.unwrap_or_else(|e| {
+                                Err(self.error(format!("decoding {shown}: {e}")))
+                            }));
+                        }
+                        results
+                    };
                 let mut out = Vec::with_capacity(decoded.len());
                 for d in decoded {
                     let (batch, mut bad) = d?;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::array::{ArrayRef, StringBuilder};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -154,7 +154,14 @@ impl Decoder {
             return Ok(all(RecordBatch::new_empty(Arc::clone(&self.schema))));
         }
         if self.format == Format::Text {
-            let col: ArrayRef = Arc::new(StringArray::from_iter_values(lines.iter()));
+            // Sized up front: growing the values buffer line by line copies it again
+            // at every doubling.
+            let bytes = lines.iter().map(|l| l.len()).sum();
+            let mut b = StringBuilder::with_capacity(lines.len(), bytes);
+            for l in lines {
+                b.append_value(l);
+            }
+            let col: ArrayRef = Arc::new(b.finish());
             return Ok(all(RecordBatch::try_new(
                 Arc::clone(&self.schema),
                 vec![col],
