@@ -51,8 +51,12 @@ fn dash_f_with_available_now_drains_and_exits() {
          CREATE SINK evens WITH (connector = 'console') AS\n\
            SELECT value, value * value AS square FROM ticks WHERE value % 2 = 0;\n",
     );
+    let progress = f.with_file_name(format!("drain-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&progress);
     let out = Command::new(flumen())
         .args(["-f", f.to_str().unwrap(), "--trigger", "available-now"])
+        .arg("--progress-log")
+        .arg(&progress)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -60,6 +64,17 @@ fn dash_f_with_available_now_drains_and_exits() {
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with('(')).collect();
     assert_eq!(rows, vec!["(0,0)", "(2,4)", "(4,16)", "(6,36)", "(8,64)"]);
     assert_eq!(stdout.matches("Time: ").count(), 3, "{stdout}");
+    // --progress-log: one JSON record per batch, 10 rows read in all.
+    let log = std::fs::read_to_string(&progress).unwrap();
+    let read: u64 = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["numInputRows"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!((log.lines().count(), read), (3, 10), "{log}");
 }
 
 #[test]

@@ -271,3 +271,63 @@ async fn nexmark_streamed_over_many_batches_equals_one_batch_query() {
         }
     }
 }
+
+/// `SHOW PROGRESS` and the progress log (`SET progress_log`, `--progress-log`): one
+/// record per batch, as Spark's `StreamingQueryProgress`.
+#[tokio::test]
+async fn show_progress_and_the_progress_log() {
+    let log = crate::common::temp_dir("progress-log").join("progress.jsonl");
+    let mut s = crate::common::sql_session();
+    s.execute_script(&format!(
+        "SET progress_log = '{}';
+         CREATE STREAM m (k TEXT, v BIGINT) WITH (connector = 'memory');
+         SET output_mode = 'update';
+         CREATE SINK totals WITH (connector = 'memory') AS SELECT k, sum(v) AS s FROM m GROUP BY k;
+         INSERT INTO m VALUES ('a', 1), ('b', 2), ('a', 3);
+         ADVANCE 1 BATCHES;
+         INSERT INTO m VALUES ('c', 4);
+         ADVANCE 1 BATCHES;",
+        log.display()
+    ))
+    .await
+    .unwrap();
+    // The newest batch of every query: id, target, batch 1, 1 row in, 1 group changed,
+    // 3 groups held.
+    let fields = |row: &str| row.split('|').map(str::to_string).collect::<Vec<_>>();
+    let rows = crate::common::sql_rows(&mut s, "SHOW PROGRESS").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let f = fields(&rows[0]);
+    assert_eq!(
+        (&f[1][..], &f[2][..], &f[4][..], &f[9][..], &f[10][..]),
+        ("totals", "1", "1", "1", "3"),
+        "{rows:?}"
+    );
+    // One query's recent batches, by the sink it writes.
+    let rows = crate::common::sql_rows(&mut s, "SHOW PROGRESS totals").await;
+    let inputs: Vec<String> = rows.iter().map(|r| fields(r)[4].clone()).collect();
+    assert_eq!(inputs, vec!["3", "1"], "{rows:?}");
+    let err = crate::common::sql_error(&mut s, "SHOW PROGRESS nope").await;
+    assert!(
+        err.contains("SHOW PROGRESS nope: no such query; running: 1 (totals)"),
+        "{err}"
+    );
+    s.stop_all().await.unwrap();
+    // The log: one JSON line per batch.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    assert_eq!(records[0]["name"], "totals");
+    assert_eq!(records[0]["batchId"], 0);
+    assert_eq!(records[0]["numInputRows"], 3);
+    assert_eq!(records[0]["sink"]["numOutputRows"], 2);
+    assert_eq!(records[1]["numInputRows"], 1);
+    assert_eq!(records[1]["stateOperators"]["numRowsTotal"], 3);
+    assert_eq!(records[1]["sources"][0]["description"], "m");
+    assert!(
+        records[1]["durationMs"]["processing"].as_f64().is_some(),
+        "{text}"
+    );
+}

@@ -46,7 +46,7 @@ pub use context::{
 };
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;
-pub use listener::{BatchInfo, StreamingListener};
+pub use listener::{BatchInfo, ProgressLog, StreamingListener};
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use rate::{PidRateEstimator, RateLimit};
 pub use registry::ConnectorRegistry;

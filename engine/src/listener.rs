@@ -44,3 +44,88 @@ pub trait StreamingListener: Send + Sync {
     /// The query stopped; `error` says why if it failed.
     fn on_terminated(&self, _error: Option<&str>) {}
 }
+
+impl BatchInfo {
+    /// The batch as one JSON progress record, in the shape of Spark's
+    /// `StreamingQueryProgress` (`id`, `batchId`, `numInputRows`, rates, `durationMs`,
+    /// `stateOperators`, `sources` with their offsets, `sink`).
+    pub fn progress(&self, query: &str) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let input = self.num_input_rows();
+        let processed_per_s = if self.processing_time.is_zero() {
+            0.0
+        } else {
+            input as f64 / self.processing_time.as_secs_f64()
+        };
+        serde_json::json!({
+            "name": query,
+            "batchId": self.batch_id,
+            "batchTimeMs": self.batch_time.as_millis(),
+            "numInputRows": input,
+            "processedRowsPerSecond": processed_per_s.round(),
+            "durationMs": {
+                "schedulingDelay": ms(self.scheduling_delay),
+                "processing": ms(self.processing_time),
+                "total": ms(self.total_delay),
+            },
+            "stateOperators": { "numRowsTotal": self.state_rows },
+            "lateRows": self.late_rows,
+            "rejectedRows": self.rejected_rows,
+            "sources": self.input_rows.iter().map(|(name, rows)| {
+                let range = self
+                    .source_ranges
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, r)| r);
+                serde_json::json!({
+                    "description": name,
+                    "startOffset": range.map(|r| r.start.clone()),
+                    "endOffset": range.map(|r| r.end.clone()),
+                    "numInputRows": rows,
+                })
+            }).collect::<Vec<_>>(),
+            "sink": { "numOutputRows": self.output_rows },
+        })
+    }
+}
+
+/// Appends every completed batch's [`BatchInfo::progress`] to a file as one JSON line
+/// (`--progress-log FILE`). A failed write is logged as a warning naming the file; it
+/// never stops the query.
+pub struct ProgressLog {
+    path: std::path::PathBuf,
+    query: String,
+    file: parking_lot::Mutex<std::fs::File>,
+}
+
+impl ProgressLog {
+    /// Opens (creating, appending to) `path` for the query named `query`.
+    pub fn open(path: impl Into<std::path::PathBuf>, query: &str) -> crate::Result<Self> {
+        let path = path.into();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| crate::Error::Plan(format!("progress log {}: {e}", path.display())))?;
+        Ok(Self {
+            path,
+            query: query.to_string(),
+            file: parking_lot::Mutex::new(file),
+        })
+    }
+}
+
+impl StreamingListener for ProgressLog {
+    fn on_batch_completed(&self, info: &BatchInfo) {
+        use std::io::Write;
+        let mut line = info.progress(&self.query).to_string();
+        line.push('\n');
+        if let Err(e) = self.file.lock().write_all(line.as_bytes()) {
+            log::warn!(
+                "progress log {}: batch {} not recorded: {e}",
+                self.path.display(),
+                info.batch_id
+            );
+        }
+    }
+}

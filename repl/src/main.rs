@@ -39,6 +39,8 @@ OPTIONS:
                                  query resumes where it stopped
         --checkpoint-interval N  snapshot state every N batches (default 1; SET
                                  checkpoint_interval)
+        --progress-log FILE      append each batch's progress (JSON lines, as Spark's
+                                 StreamingQueryProgress) to FILE (SET progress_log)
         --format F               print (default: Spark's layout for continuous
                                  queries, tables otherwise), table, csv or json
     -h, --help                   this help
@@ -57,6 +59,7 @@ struct Args {
     batch_interval: Option<String>,
     checkpoint: Option<String>,
     checkpoint_interval: Option<String>,
+    progress_log: Option<String>,
     format: Option<Format>,
 }
 
@@ -76,6 +79,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--batch-interval" => a.batch_interval = Some(value(i)?),
             "--checkpoint" => a.checkpoint = Some(value(i)?),
             "--checkpoint-interval" => a.checkpoint_interval = Some(value(i)?),
+            "--progress-log" => a.progress_log = Some(value(i)?),
             "--format" => a.format = Some(value(i)?.parse().map_err(|e: String| anyhow!(e))?),
             other => bail!("unknown option '{other}'; run `flumen --help` for the options"),
         }
@@ -84,12 +88,33 @@ fn parse_args(args: &[String]) -> Result<Args> {
     Ok(a)
 }
 
+/// Logs (warnings by default) to stderr through `tracing`; the level and per-module
+/// filters come from `FLUMEN_LOG`, else `RUST_LOG` (e.g. `FLUMEN_LOG=info`,
+/// `FLUMEN_LOG=flumen_connectors=debug`). The engine's `log` records are bridged in.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let spec = std::env::var("FLUMEN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: FLUMEN_LOG/RUST_LOG '{spec}' is not a log filter ({e}); using 'warn'");
+        EnvFilter::new("warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true)
+        .try_init();
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // No raw panic reaches the user: a bug is reported as one, with exit code 101.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (a bug in Flumen, please report it): {info}");
     }));
+    init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]).await,
@@ -136,6 +161,9 @@ async fn run(args: &[String]) -> Result<()> {
     }
     if let Some(n) = &args.checkpoint_interval {
         setup.push(format!("SET checkpoint_interval = '{n}'"));
+    }
+    if let Some(f) = &args.progress_log {
+        setup.push(format!("SET progress_log = '{f}'"));
     }
     for s in setup {
         session.execute(&s).await?;

@@ -45,6 +45,8 @@ pub struct Settings {
     pub checkpoint_location: Option<String>,
     /// Snapshot state every this many batches.
     pub checkpoint_interval: u64,
+    /// Append each batch's progress record (JSON lines) to this file.
+    pub progress_log: Option<String>,
     pub trigger: Trigger,
 }
 
@@ -55,6 +57,7 @@ impl Default for Settings {
             output_mode: OutputMode::default(),
             checkpoint_location: None,
             checkpoint_interval: 1,
+            progress_log: None,
             trigger: Trigger::ProcessingTime,
         }
     }
@@ -272,6 +275,7 @@ impl FlumenSession {
             }
             Statement::Set { key, value, sql } => self.set(&key, &value, &sql).await,
             Statement::Show(kind) => self.show(kind),
+            Statement::ShowProgress(query) => self.show_progress(query.as_deref()),
             Statement::Describe(name) => self.describe(&name).await,
             Statement::Explain(query) => self.explain(&query).await,
             Statement::StopQuery(id) => {
@@ -751,6 +755,10 @@ impl FlumenSession {
         }
         let ctx = builder.build()?;
         ctx.add_listener(cell);
+        if let Some(path) = &self.settings.progress_log {
+            let query = name.map_or_else(|| format!("query-{id}"), str::to_string);
+            ctx.add_listener(Arc::new(flumen_engine::ProgressLog::open(path, &query)?));
+        }
         let _ = schema.ctx.set(ctx.clone());
         Ok(QueryContext { ctx, schema })
     }
@@ -946,6 +954,7 @@ impl FlumenSession {
             "batch_interval" => self.settings.batch_interval = parse_setting_duration(key, value)?,
             "output_mode" => self.settings.output_mode = OutputMode::parse(value)?,
             "checkpoint_location" => self.settings.checkpoint_location = Some(value.to_string()),
+            "progress_log" => self.settings.progress_log = Some(value.to_string()),
             "checkpoint_interval" => {
                 self.settings.checkpoint_interval = match value.trim().parse::<u64>() {
                     Ok(n) if (1..=100).contains(&n) => n,
@@ -1058,6 +1067,76 @@ impl FlumenSession {
             ),
         };
         string_table(&names, cols)
+    }
+
+    /// `SHOW PROGRESS [query]`: every query's newest batch, or one query's recent
+    /// batches (by id or by the sink/table it writes).
+    fn show_progress(&self, query: Option<&str>) -> Result<StatementResult> {
+        let names = [
+            "query",
+            "target",
+            "batch_id",
+            "batch_time_ms",
+            "input_rows",
+            "processed_rows_per_s",
+            "scheduling_delay_ms",
+            "processing_ms",
+            "total_delay_ms",
+            "output_rows",
+            "state_rows",
+            "late_rows",
+            "rejected_rows",
+        ];
+        let chosen: Vec<&QueryInfo> = match query {
+            None => self.queries.values().collect(),
+            Some(q) => {
+                let found: Vec<&QueryInfo> = self
+                    .queries
+                    .values()
+                    .filter(|i| i.id.to_string() == q || i.target.eq_ignore_ascii_case(q))
+                    .collect();
+                if found.is_empty() {
+                    return plan_err!(
+                        "SHOW PROGRESS {q}: no such query; running: {}",
+                        self.queries
+                            .values()
+                            .map(|i| format!("{} ({})", i.id, i.target))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                found
+            }
+        };
+        let mut rows = Vec::new();
+        for q in chosen {
+            let recent = q.ctx.recent_batches();
+            let batches: Vec<_> = if query.is_some() {
+                recent.iter().collect()
+            } else {
+                recent.last().into_iter().collect()
+            };
+            for b in batches {
+                let p = b.progress(&q.target);
+                let ms = |d: std::time::Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+                rows.push(vec![
+                    q.id.to_string(),
+                    q.target.clone(),
+                    b.batch_id.to_string(),
+                    b.batch_time.as_millis().to_string(),
+                    b.num_input_rows().to_string(),
+                    p["processedRowsPerSecond"].to_string(),
+                    ms(b.scheduling_delay),
+                    ms(b.processing_time),
+                    ms(b.total_delay),
+                    b.output_rows.to_string(),
+                    b.state_rows.to_string(),
+                    b.late_rows.to_string(),
+                    b.rejected_rows.to_string(),
+                ]);
+            }
+        }
+        string_table(&names, rows)
     }
 
     async fn describe(&self, name: &str) -> Result<StatementResult> {

@@ -97,6 +97,9 @@ pub enum Statement {
         sql: String,
     },
     Show(ShowKind),
+    /// `SHOW PROGRESS [query]`: the newest batch of every query, or the recent
+    /// batches of one (by id or by the sink/table it writes).
+    ShowProgress(Option<String>),
     Describe(String),
     Explain(String),
     StopQuery(u64),
@@ -285,6 +288,17 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         }
         "SHOW" => {
             p.next_token();
+            if peek_word(&p).as_deref() == Some("PROGRESS") {
+                p.next_token();
+                let query = match p.next_token().token {
+                    Token::EOF | Token::SemiColon => None,
+                    Token::Word(w) => Some(w.value),
+                    Token::Number(n, _) => Some(n),
+                    other => return plan_err!("SHOW PROGRESS [query id or name], got {other}"),
+                };
+                expect_end(&mut p)?;
+                return Ok(Statement::ShowProgress(query));
+            }
             let kind = match peek_word(&p).as_deref() {
                 Some("STREAMS") => ShowKind::Streams,
                 Some("TABLES") => ShowKind::Tables,
