@@ -133,6 +133,16 @@ impl ScalarUDFImpl for WindowFunction {
     }
 }
 
+/// Every window start that is a multiple of `slide` with `start <= t < start + size`.
+fn hop_starts(t: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
+    let last = t - t.rem_euclid(slide);
+    let mut first = last;
+    while first - slide + size > t {
+        first -= slide;
+    }
+    (first..=last).step_by(slide as usize)
+}
+
 /// The name of [`hop_windows_udf`].
 pub const HOP_WINDOWS_FUNCTION: &str = "flumen_hop_windows";
 
@@ -186,13 +196,7 @@ impl ScalarUDFImpl for HopWindows {
         let mut valid = Vec::with_capacity(ts.len());
         for t in ts.iter() {
             if let Some(t) = t {
-                // Every start that is a multiple of slide with start <= t < start + size.
-                let last = t - t.rem_euclid(slide);
-                let mut first = last;
-                while first - slide + size > t {
-                    first -= slide;
-                }
-                starts.extend((first..=last).step_by(slide as usize));
+                starts.extend(hop_starts(t, size, slide));
             }
             valid.push(t.is_some());
             offsets.push(starts.len() as i32);
@@ -265,13 +269,7 @@ impl ScalarUDFImpl for HopWindowEnds {
         offsets.push(0i32);
         for t in ts.iter() {
             if let Some(t) = t {
-                // Every start that is a multiple of slide with start <= t < start + size.
-                let last = t - t.rem_euclid(slide);
-                let mut first = last;
-                while first - slide + size > t {
-                    first -= slide;
-                }
-                ends.extend((first..=last).step_by(slide as usize).map(|s| s + size));
+                ends.extend(hop_starts(t, size, slide).map(|s| s + size));
             }
             offsets.push(ends.len() as i32);
         }
