@@ -9,9 +9,10 @@ JSON line per workload; the job from submission to its end is timed, the Python 
 JVM start-up is not.
 """
 import json
-import os
 import sys
 import time
+
+from inputs import lines_in
 
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -43,13 +44,6 @@ QUERIES = {
                  AND B.price = M.maxprice"""),
 }
 
-
-def lines_in(folder):
-    n = 0
-    for f in os.listdir(folder):
-        with open(os.path.join(folder, f), "rb") as fh:
-            n += fh.read().count(b"\n")
-    return n
 
 
 def main():

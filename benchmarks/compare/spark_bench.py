@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from inputs import lines_in
+
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
@@ -23,13 +25,6 @@ BID = StructType([
     StructField("extra", StringType()),
 ])
 
-
-def lines_in(folder):
-    n = 0
-    for f in os.listdir(folder):
-        with open(os.path.join(folder, f), "rb") as fh:
-            n += fh.read().count(b"\n")
-    return n
 
 
 def query(spark, d, name):

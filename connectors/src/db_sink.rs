@@ -86,3 +86,25 @@ pub(crate) fn check_keys(sink: &str, key: &[String], schema: &Schema) -> Result<
     }
     Ok(())
 }
+
+/// `, PRIMARY KEY (k1, k2)` for upserts, nothing for appends.
+pub(crate) fn primary_key_clause(mode: Mode, key: &[String], ident: fn(&str) -> String) -> String {
+    if mode != Mode::Upsert {
+        return String::new();
+    }
+    let cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    format!(", PRIMARY KEY ({})", cols.join(", "))
+}
+
+/// Row ranges `[start, end)` of `rows` rows, each small enough that one multi-row
+/// INSERT of `columns` columns stays under `max_params` bound parameters.
+pub(crate) fn statement_ranges(
+    rows: usize,
+    columns: usize,
+    max_params: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let per_statement = (max_params / columns.max(1)).max(1);
+    (0..rows)
+        .step_by(per_statement)
+        .map(move |start| (start, (start + per_statement).min(rows)))
+}

@@ -19,7 +19,7 @@ use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 use parking_lot::Mutex;
 
-use crate::db_sink::{Mode, check_keys};
+use crate::db_sink::{Mode, check_keys, primary_key_clause, statement_ranges};
 use crate::offsets_store::redact;
 
 /// Placeholders per statement stay under MySQL's 65,535.
@@ -207,26 +207,22 @@ impl MySqlSink {
         }
         for batch in batches {
             let schema = batch.schema();
-            let ncols = schema.fields().len().max(1);
-            let per_stmt = (MAX_PARAMS / ncols).max(1);
-            let cols: Vec<Vec<Value>> = batch
+            let mut cols: Vec<Vec<Value>> = batch
                 .columns()
                 .iter()
                 .map(|c| values(c.as_ref()))
                 .collect::<Result<_>>()?;
-            let mut start = 0;
-            while start < batch.num_rows() {
-                let end = (start + per_stmt).min(batch.num_rows());
-                let mut params = Vec::with_capacity((end - start) * ncols);
+            for (start, end) in statement_ranges(batch.num_rows(), cols.len(), MAX_PARAMS) {
+                // Row-major, each value moved out (not copied) once.
+                let mut params = Vec::with_capacity((end - start) * cols.len());
                 for r in start..end {
-                    for c in &cols {
-                        params.push(c[r].clone());
+                    for c in cols.iter_mut() {
+                        params.push(std::mem::replace(&mut c[r], Value::NULL));
                     }
                 }
                 tx.exec_drop(self.insert_sql(&schema, end - start), params)
                     .await
                     .map_err(|e| self.error("inserting rows", e))?;
-                start = end;
             }
         }
         tx.exec_drop(
@@ -258,18 +254,7 @@ impl Sink for MySqlSink {
                 )
             })
             .collect();
-        let pk = if self.mode == Mode::Upsert {
-            format!(
-                ", PRIMARY KEY ({})",
-                self.key
-                    .iter()
-                    .map(|k| ident(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            String::new()
-        };
+        let pk = primary_key_clause(self.mode, &self.key, ident);
         let mut conn = self.connect().await?;
         conn.query_drop(format!(
             "CREATE TABLE IF NOT EXISTS {} ({}{pk})",

@@ -30,7 +30,7 @@ use flumen_engine::{Error, Result, Sink, Time, WriteKey};
 use parking_lot::Mutex;
 use tokio_postgres::types::ToSql;
 
-use crate::db_sink::{Mode, check_keys};
+use crate::db_sink::{Mode, check_keys, primary_key_clause, statement_ranges};
 use crate::offsets_store::redact;
 
 /// Bound parameters per statement stay under PostgreSQL's 65,535.
@@ -105,21 +105,21 @@ impl Col {
     }
 }
 
-/// Parameter values of one column, row by row (owned, so they can be borrowed as `ToSql`).
-enum Values {
+/// Parameter values of one column, row by row; text is borrowed from the Arrow array.
+enum Values<'a> {
     I(Vec<Option<i64>>),
     F(Vec<Option<f64>>),
-    S(Vec<Option<String>>),
+    S(Vec<Option<&'a str>>),
     B(Vec<Option<bool>>),
-    T(Vec<Option<SystemTime>>),
+    T(&'a [Option<SystemTime>]),
 }
 
-impl Values {
-    fn of(c: Col) -> Values {
+impl<'a> Values<'a> {
+    fn of(c: &'a Col) -> Values<'a> {
         match c {
             Col::I(a) => Values::I(a.iter().collect()),
             Col::F(a) => Values::F(a.iter().collect()),
-            Col::S(a) => Values::S(a.iter().map(|v| v.map(str::to_string)).collect()),
+            Col::S(a) => Values::S(a.iter().collect()),
             Col::B(a) => Values::B(a.iter().collect()),
             Col::T(v) => Values::T(v),
         }
@@ -263,19 +263,16 @@ impl PostgresSink {
         }
         for batch in batches {
             let schema = batch.schema();
-            let ncols = schema.fields().len().max(1);
-            let per_stmt = (MAX_PARAMS / ncols).max(1);
-            let values: Vec<Values> = batch
+            let cols: Vec<Col> = batch
                 .columns()
                 .iter()
-                .map(|c| Col::from_array(c.as_ref()).map(Values::of))
+                .map(|c| Col::from_array(c.as_ref()))
                 .collect::<Result<_>>()?;
-            let mut start = 0;
-            while start < batch.num_rows() {
-                let end = (start + per_stmt).min(batch.num_rows());
+            let values: Vec<Values> = cols.iter().map(Values::of).collect();
+            for (start, end) in statement_ranges(batch.num_rows(), values.len(), MAX_PARAMS) {
                 let sql = self.insert_sql(&schema, end - start);
                 let mut params: Vec<&(dyn ToSql + Sync)> =
-                    Vec::with_capacity((end - start) * ncols);
+                    Vec::with_capacity((end - start) * values.len());
                 for r in start..end {
                     for v in &values {
                         params.push(v.param(r));
@@ -284,7 +281,6 @@ impl PostgresSink {
                 tx.execute(sql.as_str(), &params)
                     .await
                     .map_err(|e| self.error("inserting rows", e))?;
-                start = end;
             }
         }
         tx.execute(
@@ -310,18 +306,7 @@ impl Sink for PostgresSink {
             .iter()
             .map(|f| format!("{} {}", ident(f.name()), Col::sql_type(f.data_type())))
             .collect();
-        let pk = if self.mode == Mode::Upsert {
-            format!(
-                ", PRIMARY KEY ({})",
-                self.key
-                    .iter()
-                    .map(|k| ident(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            String::new()
-        };
+        let pk = primary_key_clause(self.mode, &self.key, ident);
         let client = self.connect().await?;
         client
             .batch_execute(&format!(
