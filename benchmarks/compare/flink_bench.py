@@ -42,8 +42,18 @@ QUERIES = {
                     GROUP BY window_start, window_end) M
               ON B.window_start = M.window_start AND B.window_end = M.window_end
                  AND B.price = M.maxprice"""),
+    "q8": ("people", "id BIGINT, name STRING, starttime TIMESTAMP(3)",
+           """SELECT P.id, P.name, P.starttime FROM
+                (SELECT id, name, window_start AS starttime, window_end AS endtime FROM TABLE(
+                   TUMBLE(TABLE person, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+                 GROUP BY id, name, window_start, window_end) P
+              JOIN (SELECT seller, window_start AS starttime, window_end AS endtime FROM TABLE(
+                      TUMBLE(TABLE auction, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+                    GROUP BY seller, window_start, window_end) A
+              ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime"""),
 }
 
+TIME = """ts AS TO_TIMESTAMP_LTZ(date_time, 3), WATERMARK FOR ts AS ts - INTERVAL '4' SECOND"""
 
 
 def main():
@@ -56,8 +66,19 @@ def main():
             'path' = '{d}/wordcount', 'format' = 'raw')""")
         env.execute_sql(f"""CREATE TABLE bid ({BID_COLUMNS}) WITH ('connector' = 'filesystem',
             'path' = '{d}/nexmark/bid', 'format' = 'csv')""")
+        env.execute_sql(f"""CREATE TABLE person (id BIGINT, name STRING, city STRING, state STRING,
+            date_time BIGINT, {TIME}) WITH ('connector' = 'filesystem',
+            'path' = '{d}/nexmark/person', 'format' = 'csv')""")
+        env.execute_sql(f"""CREATE TABLE auction (id BIGINT, seller BIGINT, category BIGINT,
+            initial_bid BIGINT, date_time BIGINT, {TIME}) WITH ('connector' = 'filesystem',
+            'path' = '{d}/nexmark/auction', 'format' = 'csv')""")
         env.execute_sql(f"CREATE TABLE sink_out ({sink_columns}) WITH ('connector' = 'blackhole')")
-        n = lines_in(f"{d}/wordcount" if unit == "lines" else f"{d}/nexmark/bid")
+        if unit == "lines":
+            n = lines_in(f"{d}/wordcount")
+        elif unit == "people":
+            unit, n = "events", lines_in(f"{d}/nexmark/person") + lines_in(f"{d}/nexmark/auction")
+        else:
+            n = lines_in(f"{d}/nexmark/bid")
         started = time.perf_counter()
         env.execute_sql(f"INSERT INTO sink_out {sql}").wait()
         secs = time.perf_counter() - started

@@ -5,7 +5,7 @@
 #   benchmarks/compare/run.sh              # every workload, results under benchmarks/results/<date>/
 #
 # Settings (environment): RUNS (3; the report takes medians), LINES (word-count lines,
-# 1000000), EVENTS (Nexmark events, 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7"), FLUMEN_BENCH_VENV (the peers'
+# 1000000), EVENTS (Nexmark events, 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7 q8"), FLUMEN_BENCH_VENV (the peers'
 # virtual environment, ~/.cache/flumen-bench-venv), FLUMEN_BENCH_DATA (the shared input,
 # ~/.cache/flumen-bench-data), KAFKA=1 to add Flumen's Kafka -> aggregate run (needs
 # scripts/services.sh start).
@@ -16,7 +16,7 @@ VENV="${FLUMEN_BENCH_VENV:-$HOME/.cache/flumen-bench-venv}"
 DATA="${FLUMEN_BENCH_DATA:-$HOME/.cache/flumen-bench-data}"
 LINES="${LINES:-1000000}"
 EVENTS="${EVENTS:-2000000}"
-WORKLOADS="${WORKLOADS:-wordcount q0 q1 q2 q5 q7}"
+WORKLOADS="${WORKLOADS:-wordcount q0 q1 q2 q5 q7 q8}"
 RUNS="${RUNS:-3}"
 OUT="benchmarks/results/$(date +%Y-%m-%d)"
 

@@ -38,6 +38,8 @@ struct Workload {
     name: &'static str,
     /// What one unit of throughput counts: `lines` or `events`.
     unit: &'static str,
+    /// The input folders read (under `wordcount/` or `nexmark/`); their lines are the units.
+    inputs: &'static [&'static str],
     output_mode: &'static str,
     streaming: &'static str,
     batch: &'static str,
@@ -50,6 +52,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "wordcount",
             unit: "lines",
+            inputs: &["wordcount"],
             output_mode: "update",
             streaming: "SELECT word, count(*) AS n FROM \
                         (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines) GROUP BY word",
@@ -59,6 +62,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "q0",
             unit: "events",
+            inputs: &["bid"],
             output_mode: "append",
             streaming: "SELECT auction, bidder, price, date_time, extra FROM bid",
             batch: "SELECT auction, bidder, price, date_time, extra FROM bid",
@@ -66,6 +70,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "q1",
             unit: "events",
+            inputs: &["bid"],
             output_mode: "append",
             streaming: "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
             batch: "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
@@ -73,6 +78,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "q2",
             unit: "events",
+            inputs: &["bid"],
             output_mode: "append",
             streaming: "SELECT auction, price FROM bid WHERE auction % 123 = 0",
             batch: "SELECT auction, price FROM bid WHERE auction % 123 = 0",
@@ -80,6 +86,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "q5",
             unit: "events",
+            inputs: &["bid"],
             output_mode: "append",
             streaming: "SELECT auction, window(ts, INTERVAL '10' SECOND, INTERVAL '2' SECOND)['start'] AS ws, \
                         count(*) AS num FROM bidt \
@@ -91,6 +98,7 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "q7",
             unit: "events",
+            inputs: &["bid"],
             output_mode: "append",
             streaming: "SELECT b.auction, b.price, b.bidder, b.ts FROM bidt b \
                         JOIN (SELECT max(price) AS maxprice, window(ts, INTERVAL '10' SECOND)['end'] AS window_end \
@@ -100,6 +108,24 @@ fn workloads() -> Vec<Workload> {
             batch: "SELECT b.auction, b.price, b.bidder, b.date_time FROM bid b \
                     JOIN (SELECT max(price) AS maxprice, date_time / 10000 AS w FROM bid GROUP BY date_time / 10000) m \
                     ON b.price = m.maxprice AND b.date_time / 10000 = m.w",
+        },
+        // q8: people who opened an auction in the 10 s window they registered in; the
+        // units are the person and auction rows read.
+        Workload {
+            name: "q8",
+            unit: "events",
+            inputs: &["person", "auction"],
+            output_mode: "append",
+            streaming: "SELECT p.id, p.name, p.starttime FROM \
+                        (SELECT id, name, window(ts, INTERVAL '10' SECOND)['start'] AS starttime \
+                           FROM persont GROUP BY id, name, window(ts, INTERVAL '10' SECOND)) p \
+                        JOIN (SELECT seller, window(ts, INTERVAL '10' SECOND)['start'] AS starttime \
+                           FROM auctiont GROUP BY seller, window(ts, INTERVAL '10' SECOND)) a \
+                        ON p.id = a.seller AND p.starttime = a.starttime",
+            batch: "SELECT p.id, p.name, p.w FROM \
+                    (SELECT id, name, date_time / 10000 AS w FROM person GROUP BY id, name, date_time / 10000) p \
+                    JOIN (SELECT seller, date_time / 10000 AS w FROM auction GROUP BY seller, date_time / 10000) a \
+                    ON p.id = a.seller AND p.w = a.w",
         },
     ]
 }
@@ -174,23 +200,33 @@ fn dir_arg(args: &[String]) -> Result<String> {
         .context("--dir DIR is required")
 }
 
+/// The folder of input `name` (`wordcount`, or a Nexmark table).
+fn input_dir(dir: &str, name: &str) -> std::path::PathBuf {
+    if name == "wordcount" {
+        Path::new(dir).join(name)
+    } else {
+        Path::new(dir).join("nexmark").join(name)
+    }
+}
+
 /// Lines or events in the input of `w`.
 fn units(dir: &str, w: &Workload) -> Result<usize> {
-    let folder = if w.unit == "lines" {
-        Path::new(dir).join("wordcount")
-    } else {
-        Path::new(dir).join("nexmark").join("bid")
-    };
     let mut n = 0;
-    for e in std::fs::read_dir(&folder)? {
-        let bytes = std::fs::read(e?.path())?;
-        n += bytes.iter().filter(|b| **b == b'\n').count();
+    for input in w.inputs {
+        for e in std::fs::read_dir(input_dir(dir, input))? {
+            let bytes = std::fs::read(e?.path())?;
+            n += bytes.iter().filter(|b| **b == b'\n').count();
+        }
     }
     Ok(n)
 }
 
 const BID_COLUMNS: &str = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
      channel TEXT, url TEXT, date_time BIGINT NOT NULL, extra TEXT";
+const PERSON_COLUMNS: &str =
+    "id BIGINT NOT NULL, name TEXT, city TEXT, state TEXT, date_time BIGINT NOT NULL";
+const AUCTION_COLUMNS: &str = "id BIGINT NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL, \
+     initial_bid BIGINT NOT NULL, date_time BIGINT NOT NULL";
 
 /// Runs one workload on Flumen and on DataFusion over the files in `--dir`.
 pub async fn files(args: &[String]) -> Result<()> {
@@ -240,18 +276,21 @@ pub async fn files(args: &[String]) -> Result<()> {
 async fn flumen_run(dir: &str, w: &Workload) -> Result<(f64, u64)> {
     let (registry, rows) = crate::nexmark::blackhole_registry();
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
-    let streams = if w.unit == "lines" {
+    let csv = |name: &str, columns: &str, keep: &str| {
         format!(
+            "CREATE STREAM {name} ({columns}) WITH (connector = 'files', path = '{dir}/nexmark/{name}',
+               format = 'csv', include_existing = 'true', max_files_per_batch = '1');
+             CREATE STREAM {name}t WITH (timestamp = 'ts', watermark_delay = '4 seconds') AS
+               SELECT {keep}, to_timestamp_millis(date_time) AS ts FROM {name};"
+        )
+    };
+    let streams = match w.inputs {
+        ["wordcount"] => format!(
             "CREATE STREAM lines (line TEXT) WITH (connector = 'files', path = '{dir}/wordcount',
                format = 'text', include_existing = 'true', max_files_per_batch = '1');"
-        )
-    } else {
-        format!(
-            "CREATE STREAM bid ({BID_COLUMNS}) WITH (connector = 'files', path = '{dir}/nexmark/bid',
-               format = 'csv', include_existing = 'true', max_files_per_batch = '1');
-             CREATE STREAM bidt WITH (timestamp = 'ts', watermark_delay = '4 seconds') AS
-               SELECT auction, bidder, price, to_timestamp_millis(date_time) AS ts FROM bid;"
-        )
+        ),
+        ["bid"] => csv("bid", BID_COLUMNS, "auction, bidder, price"),
+        _ => csv("person", PERSON_COLUMNS, "id, name") + &csv("auction", AUCTION_COLUMNS, "seller"),
     };
     session
         .execute_script(&format!(
@@ -307,21 +346,41 @@ async fn datafusion_run(dir: &str, w: &Workload) -> Result<f64> {
     } else {
         let int = |n: &str| Field::new(n, DataType::Int64, false);
         let text = |n: &str| Field::new(n, DataType::Utf8, true);
-        let schema = Schema::new(vec![
-            int("auction"),
-            int("bidder"),
-            int("price"),
-            text("channel"),
-            text("url"),
-            int("date_time"),
-            text("extra"),
-        ]);
-        ctx.register_csv(
-            "bid",
-            &format!("{dir}/nexmark/bid/"),
-            CsvReadOptions::new().has_header(false).schema(&schema),
-        )
-        .await?;
+        for table in w.inputs {
+            let fields = match *table {
+                "bid" => vec![
+                    int("auction"),
+                    int("bidder"),
+                    int("price"),
+                    text("channel"),
+                    text("url"),
+                    int("date_time"),
+                    text("extra"),
+                ],
+                "person" => vec![
+                    int("id"),
+                    text("name"),
+                    text("city"),
+                    text("state"),
+                    int("date_time"),
+                ],
+                _ => vec![
+                    int("id"),
+                    int("seller"),
+                    int("category"),
+                    int("initial_bid"),
+                    int("date_time"),
+                ],
+            };
+            ctx.register_csv(
+                *table,
+                &format!("{}/", input_dir(dir, table).display()),
+                CsvReadOptions::new()
+                    .has_header(false)
+                    .schema(&Schema::new(fields)),
+            )
+            .await?;
+        }
     }
     let sql = w.batch.replace("HOPARGS", HOP);
     let started = Instant::now();

@@ -17,7 +17,7 @@
 //! modification time, decides what is new, so a renamed-in file with an old time is
 //! still seen.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,6 +34,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use parking_lot::Mutex;
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 use crate::format::{Decoder, Format, OnError, text_schema};
 use crate::store::{self, Location, STORE_OPTIONS};
@@ -58,21 +59,38 @@ struct Listing {
     /// The newest modification time (ms) of the files taken so far: after a restart
     /// from a checkpoint, files no newer than this count as taken (Spark's rule).
     newest_ms: Option<i64>,
+    /// The files the next batch is expected to take (the backlog the last batch left).
+    next: Vec<String>,
 }
 
 #[derive(Debug)]
 pub struct FilesSource {
     name: String,
     location: Location,
-    schema: SchemaRef,
-    format: FileFormat,
-    decoder: Decoder,
+    reader: Arc<FileLoader>,
     include_existing: bool,
     max_files: Option<u64>,
     listing: Mutex<Listing>,
     /// The commit log of a Flumen `files` sink writing here, as read so far.
     commit_log: tokio::sync::Mutex<crate::files_sink::CommitLog>,
     rejected: Mutex<Vec<Rejected>>,
+    /// Read-ahead: files the next batch will take (those left over when a batch took
+    /// `max_files_per_batch` of a longer backlog), read and decoded while the current
+    /// batch's query runs. Keyed by path; a batch that takes another file reads it itself.
+    ahead: Mutex<HashMap<String, JoinHandle<Result<FileRows>>>>,
+}
+
+/// A file's rows and the records it rejected.
+type FileRows = (Vec<RecordBatch>, Vec<Rejected>);
+
+/// What reading one file needs, shared with the read-ahead tasks.
+#[derive(Debug)]
+struct FileLoader {
+    name: String,
+    location: Location,
+    schema: SchemaRef,
+    format: FileFormat,
+    decoder: Decoder,
 }
 
 fn is_hidden(name: &str) -> bool {
@@ -81,11 +99,7 @@ fn is_hidden(name: &str) -> bool {
 
 impl FilesSource {
     fn error(&self, message: String) -> Error {
-        Error::Source {
-            source_name: self.name.clone(),
-            message,
-            retryable: false,
-        }
+        self.reader.error(message)
     }
 
     /// The readable files directly in the folder, oldest first.
@@ -117,6 +131,26 @@ impl FilesSource {
         Ok(files)
     }
 
+    /// Starts reading the files the next batch is expected to take; drops read-aheads
+    /// that are no longer expected.
+    fn read_ahead(&self) {
+        let next = self.listing.lock().next.clone();
+        let mut ahead = self.ahead.lock();
+        ahead.retain(|path, task| {
+            let keep = next.contains(path);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for path in next {
+            if !ahead.contains_key(&path) {
+                let task = self.reader.spawn_read(path.clone());
+                ahead.insert(path, task);
+            }
+        }
+    }
+
     /// The files not taken yet (within the frozen set under `AvailableNow`).
     async fn new_files(&self) -> Result<Vec<ObjectMeta>> {
         let files = self.list().await?;
@@ -126,6 +160,26 @@ impl FilesSource {
             .filter(|m| !l.known.contains(&m.location))
             .filter(|m| l.frozen.as_ref().is_none_or(|f| f.contains(&m.location)))
             .collect())
+    }
+}
+
+impl FileLoader {
+    fn error(&self, message: String) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            message,
+            retryable: false,
+        }
+    }
+
+    /// Reads a file on a task of its own (the read-ahead).
+    fn spawn_read(self: &Arc<Self>, path: String) -> JoinHandle<Result<FileRows>> {
+        let reader = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut rejected = Vec::new();
+            let batches = reader.read_file(&path, &mut rejected).await?;
+            Ok((batches, rejected))
+        })
     }
 
     fn display(&self, path: &str) -> String {
@@ -362,7 +416,7 @@ impl Source for FilesSource {
     }
 
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(&self.reader.schema)
     }
 
     async fn open(&self) -> Result<()> {
@@ -382,10 +436,19 @@ impl Source for FilesSource {
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
         let mut files = self.new_files().await?;
+        let mut next = Vec::new();
         if let Some(max) = self.max_files {
-            files.truncate(max as usize);
+            let max = max as usize;
+            next = files
+                .iter()
+                .skip(max)
+                .take(max)
+                .map(|m| m.location.to_string())
+                .collect();
+            files.truncate(max);
         }
         let mut l = self.listing.lock();
+        l.next = next;
         let before = l.known.len();
         l.known.extend(files.iter().map(|m| m.location.clone()));
         let _ = batch;
@@ -456,13 +519,21 @@ impl Source for FilesSource {
             let Some(path) = f.get("path").and_then(|p| p.as_str()) else {
                 return plan_err!("files source {}: bad range {range:?}", self.name);
             };
-            for batch in self.read_file(path, &mut rejected).await? {
-                if batch.num_rows() > 0 {
-                    batches.push(batch);
+            let read_ahead = self.ahead.lock().remove(path);
+            let read = match read_ahead {
+                Some(task) => {
+                    let (read, mut bad) = task.await.map_err(|e| {
+                        self.error(format!("reading {}: {e}", self.reader.display(path)))
+                    })??;
+                    rejected.append(&mut bad);
+                    read
                 }
-            }
+                None => self.reader.read_file(path, &mut rejected).await?,
+            };
+            batches.extend(read.into_iter().filter(|b| b.num_rows() > 0));
         }
         *self.rejected.lock() = rejected;
+        self.read_ahead();
         Ok(vec![batches])
     }
 
@@ -555,15 +626,20 @@ impl SourceFactory for FilesFactory {
         let location = store::open(&format!("stream {name}"), path, options)?;
         Ok(Arc::new(FilesSource {
             name: name.to_string(),
+            reader: Arc::new(FileLoader {
+                name: name.to_string(),
+                location: location.clone(),
+                schema,
+                format,
+                decoder,
+            }),
             location,
-            schema,
-            format,
-            decoder,
             include_existing: bool_option("files", options, "include_existing", false)?,
             max_files: positive_option("files", options, "max_files_per_batch")?,
             listing: Mutex::default(),
             commit_log: tokio::sync::Mutex::default(),
             rejected: Mutex::default(),
+            ahead: Mutex::default(),
         }))
     }
 

@@ -86,6 +86,44 @@ async fn new_files_are_read_once_oldest_first_hidden_ones_ignored() {
     s.stop_all().await.unwrap();
 }
 
+/// With a backlog, the next batch's files are read ahead while a batch runs: rows stay
+/// in file order, a file that slipped in before the expected one is read in its turn,
+/// and a bad file fails the batch that takes it, not the one that read it ahead.
+#[tokio::test]
+async fn read_ahead_keeps_order_and_fails_only_the_batch_that_takes_a_bad_file() {
+    let dir = temp_dir("files-ahead");
+    put(&dir, "1.csv", b"1\n2\n", 50);
+    put(&dir, "2.csv", b"3\n", 40);
+    put(&dir, "3.csv", b"4\nfour\n", 30);
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM n (v BIGINT NOT NULL) WITH (connector = 'files', path = '{}', \
+           format = 'csv', include_existing = 'true', max_files_per_batch = '1');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT v FROM n;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    // Batch 1 takes 1.csv and reads 2.csv ahead; 0.csv then appears, older than 2.csv.
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    put(&dir, "0.csv", b"0\n", 45);
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT v FROM out").await,
+        strs(&["1", "2", "0", "3"])
+    );
+    // 3.csv (read ahead during the last batch) has a bad line: the next batch fails.
+    let e = sql_error(&mut s, "ADVANCE 1 BATCHES").await;
+    assert!(
+        e.contains(&format!("{}/3.csv line 2", dir.display())),
+        "{e}"
+    );
+    assert_eq!(
+        sql_rows(&mut s, "SELECT v FROM out").await,
+        strs(&["1", "2", "0", "3"])
+    );
+}
+
 #[tokio::test]
 async fn csv_with_header_parquet_and_arrow_files() {
     let csv = temp_dir("files-csv");
