@@ -9,6 +9,8 @@
 #                          user flumen, database flumen, trust auth on loopback
 #   MariaDB                Debian's mariadb-server, own datadir 127.0.0.1:3306
 #                          user flumen, password flumen, database flumen
+#   Headless browser       Debian's chromium and chromium-driver (the web UI's test;
+#                          chromedriver is started by that test on a free loopback port)
 #
 # Each is installed once (skipped when already on PATH) and started only when its port
 # is not already served, so a second run is quick. State and logs live in
@@ -53,6 +55,11 @@ apt_install() { # packages...
     DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >> "$DIR/apt.log" 2>&1
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >> "$DIR/apt.log" 2>&1
   } || { echo "apt-get install $* failed; see $DIR/apt.log" >&2; exit 1; }
+}
+
+install_chromium() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return
+  apt_install chromium chromium-driver
 }
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -151,6 +158,7 @@ case "${1:-start}" in
     install_moto
     install_postgres
     install_mariadb
+    install_chromium
     start_tansu
     start_moto
     start_postgres

@@ -205,3 +205,84 @@ fn repl_in_a_terminal() {
         "{history}"
     );
 }
+
+/// `flumen -f` serves the web UI where `--ui` says; `/metrics` counts its batches.
+#[tokio::test]
+async fn a_script_serves_the_web_ui_on_the_address_given() {
+    let f = script(
+        "ui.sql",
+        "SET batch_interval = '100 ms';\n\
+         CREATE STREAM ticks WITH (connector = 'rate', rows_per_second = '50');\n\
+         CREATE SINK out WITH (connector = 'memory') AS SELECT value FROM ticks;\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--ui", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("Web UI: http://{addr}/"));
+    // Batches run every 100 ms; wait for the metrics to count two.
+    let mut batches = 0;
+    for _ in 0..100 {
+        let (status, metrics) = crate::ui::http(addr, "GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        batches = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("flumen_batches_total{query=\"out\"} "))
+            .map_or(0, |n| n.parse().unwrap());
+        if batches >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(batches >= 2, "batches counted: {batches}");
+    let (_, queries) = crate::ui::http(addr, "GET", "/api/queries", None).await;
+    assert!(queries.contains("\"name\":\"out\""), "{queries}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // A bad address, or one taken, is an error naming it; --no-ui serves nothing.
+    let out = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--ui", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--ui 'localhost': not an address like 127.0.0.1:4040"),
+        "{out:?}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--ui", &taken_addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("--ui {taken_addr}: cannot listen there")),
+        "{out:?}"
+    );
+    let out = Command::new(flumen())
+        .args(["-c", "SELECT 1", "--no-ui", "--ui", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give either --ui ADDR or --no-ui"),
+        "{out:?}"
+    );
+}

@@ -8,3 +8,4 @@ mod crash;
 mod engine;
 mod sql_api;
 mod sql_logic;
+mod ui;

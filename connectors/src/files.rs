@@ -61,6 +61,8 @@ struct Listing {
     newest_ms: Option<i64>,
     /// The files the next batch is expected to take (the backlog the last batch left).
     next: Vec<String>,
+    /// Files the last batch left waiting.
+    lag: u64,
 }
 
 #[derive(Debug)]
@@ -144,9 +146,9 @@ impl FilesSource {
             keep
         });
         for path in next {
-            if !ahead.contains_key(&path) {
-                let task = self.reader.spawn_read(path.clone());
-                ahead.insert(path, task);
+            if let std::collections::hash_map::Entry::Vacant(e) = ahead.entry(path) {
+                let task = self.reader.spawn_read(e.key().clone());
+                e.insert(task);
             }
         }
     }
@@ -436,6 +438,7 @@ impl Source for FilesSource {
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
         let mut files = self.new_files().await?;
+        let waiting = files.len();
         let mut next = Vec::new();
         if let Some(max) = self.max_files {
             let max = max as usize;
@@ -449,6 +452,7 @@ impl Source for FilesSource {
         }
         let mut l = self.listing.lock();
         l.next = next;
+        l.lag = (waiting - files.len()) as u64;
         let before = l.known.len();
         l.known.extend(files.iter().map(|m| m.location.clone()));
         let _ = batch;
@@ -539,6 +543,10 @@ impl Source for FilesSource {
 
     fn record_limit_hint(&self) -> String {
         "; a batch takes whole files: use max_files_per_batch".into()
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(self.listing.lock().lag)
     }
 
     async fn is_drained(&self) -> Result<bool> {

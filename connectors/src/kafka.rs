@@ -86,6 +86,8 @@ struct Offsets {
     frozen: Option<BTreeMap<Tp, i64>>,
     /// After the first listing, partitions that appear start at earliest (Spark).
     opened: bool,
+    /// Records the last planned batch left behind the partitions' ends.
+    lag: u64,
 }
 
 pub struct KafkaSource {
@@ -454,6 +456,10 @@ impl Source for KafkaSource {
                 }
             }
         }
+        o.lag = until
+            .iter()
+            .map(|(tp, e)| (ends.get(tp).copied().unwrap_or(*e) - e).max(0) as u64)
+            .sum();
         o.next = until.clone();
         Ok(SourceRange {
             start: to_json(&start),
@@ -489,6 +495,10 @@ impl Source for KafkaSource {
 
     fn honours_record_limit(&self) -> bool {
         true
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(self.offsets.lock().lag)
     }
 
     async fn is_drained(&self) -> Result<bool> {

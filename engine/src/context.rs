@@ -607,11 +607,10 @@ impl StreamingContext {
             if let Some(e) = &error {
                 log::error!("streaming query failed: {e}");
             }
-            let message = error.as_ref().map(|e| e.to_string());
-            *task_shared.failure.lock() = error;
             for l in task_shared.listeners.lock().iter() {
-                l.on_terminated(message.as_deref());
+                l.on_terminated(error.as_deref());
             }
+            *task_shared.failure.lock() = error;
             task_shared
                 .status
                 .send_replace(StreamingContextState::Stopped);
@@ -673,6 +672,11 @@ impl StreamingContext {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),
         }
+    }
+
+    /// The error that stopped the query, if it failed.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.inner.shared.failure.lock().clone()
     }
 
     fn termination_result(&self) -> Result<()> {

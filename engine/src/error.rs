@@ -66,6 +66,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error's kind, as metrics label it: `plan`, `lifecycle`, `schema`, `source`,
+    /// `sink`, `user`, `execution` (DataFusion, Arrow), `io`, `checkpoint`, `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Plan(_) => "plan",
+            Error::Lifecycle(_) => "lifecycle",
+            Error::Schema { .. } => "schema",
+            Error::Source { .. } => "source",
+            Error::Sink { .. } => "sink",
+            Error::User { .. } => "user",
+            Error::DataFusion(_) | Error::Arrow(_) => "execution",
+            Error::Io(_) => "io",
+            Error::Batch { source, .. } => source.kind(),
+            Error::QueryFailed(e) => e.kind(),
+            Error::Checkpoint(_) => "checkpoint",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// Whether running the same batch again may succeed (a server down, a full disk
     /// being cleaned up). Plan, schema and lifecycle errors never are.
     pub fn is_retryable(&self) -> bool {

@@ -27,6 +27,7 @@ pub mod context;
 pub mod error;
 mod graph;
 pub mod listener;
+pub mod metrics;
 pub mod ops;
 pub mod print;
 pub mod rate;
@@ -47,6 +48,7 @@ pub use context::{
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;
 pub use listener::{BatchInfo, ProgressLog, StreamingListener};
+pub use metrics::QueryMetrics;
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use rate::{PidRateEstimator, RateLimit};
 pub use registry::ConnectorRegistry;

@@ -14,6 +14,8 @@ pub struct BatchInfo {
     pub input_rows: Vec<(String, u64)>,
     /// What each source's part of the batch covered.
     pub source_ranges: Vec<(String, SourceRange)>,
+    /// How far each source that can tell ended behind what it held ([`crate::Source::lag`]).
+    pub source_lag: Vec<(String, u64)>,
     /// From the batch time to the start of processing.
     pub scheduling_delay: Duration,
     /// From the start to the end of processing.
@@ -24,10 +26,16 @@ pub struct BatchInfo {
     pub output_rows: u64,
     /// Rows held by stateful operators after the batch.
     pub state_rows: u64,
+    /// Memory those rows take, in bytes (an estimate).
+    pub state_bytes: u64,
+    /// The query's event-time watermark after the batch (the lowest of its operators').
+    pub watermark: Option<Time>,
     /// Rows dropped because they were older than the watermark.
     pub late_rows: u64,
     /// Input records the sources could not decode (skipped or dead-lettered).
     pub rejected_rows: u64,
+    /// Sink writes of this batch that failed and were tried again.
+    pub sink_retries: u64,
 }
 
 impl BatchInfo {
@@ -42,7 +50,7 @@ pub trait StreamingListener: Send + Sync {
     fn on_batch_started(&self, _batch_id: u64, _batch_time: Time) {}
     fn on_batch_completed(&self, _info: &BatchInfo) {}
     /// The query stopped; `error` says why if it failed.
-    fn on_terminated(&self, _error: Option<&str>) {}
+    fn on_terminated(&self, _error: Option<&crate::Error>) {}
 }
 
 impl BatchInfo {
@@ -68,20 +76,27 @@ impl BatchInfo {
                 "processing": ms(self.processing_time),
                 "total": ms(self.total_delay),
             },
-            "stateOperators": { "numRowsTotal": self.state_rows },
+            "stateOperators": {
+                "numRowsTotal": self.state_rows,
+                "memoryUsedBytes": self.state_bytes,
+            },
+            "eventTime": { "watermark": self.watermark.map(|w| w.as_millis()) },
             "lateRows": self.late_rows,
             "rejectedRows": self.rejected_rows,
+            "sinkRetries": self.sink_retries,
             "sources": self.input_rows.iter().map(|(name, rows)| {
                 let range = self
                     .source_ranges
                     .iter()
                     .find(|(n, _)| n == name)
                     .map(|(_, r)| r);
+                let lag = self.source_lag.iter().find(|(n, _)| n == name).map(|(_, l)| *l);
                 serde_json::json!({
                     "description": name,
                     "startOffset": range.map(|r| r.start.clone()),
                     "endOffset": range.map(|r| r.end.clone()),
                     "numInputRows": rows,
+                    "lag": lag,
                 })
             }).collect::<Vec<_>>(),
             "sink": { "numOutputRows": self.output_rows },

@@ -361,7 +361,9 @@ impl Pipeline {
             batch_interval: self.interval,
         };
         let mut state_rows = 0;
+        let mut state_bytes = 0;
         let mut late_rows = 0;
+        let mut watermark: Option<i64> = None;
         for (node, plan) in &mut self.operators {
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
                 let input = execute(plan, &self.task_ctx).await?;
@@ -377,10 +379,16 @@ impl Pipeline {
                 node.slot.clear();
             }
             state_rows += node.op.state_rows() as u64;
+            state_bytes += node.op.state_bytes() as u64;
             late_rows += node.op.late_rows();
+            // The query's watermark is its slowest operator's (Spark's global minimum).
+            if let Some(w) = node.op.watermark() {
+                watermark = Some(watermark.map_or(w, |m| m.min(w)));
+            }
         }
         // 3 (outputs) and 4. write
         let mut output_rows = 0u64;
+        let mut sink_retries = 0u64;
         for (i, (node, plan)) in self.outputs.iter().enumerate() {
             if replay.committed || !batch_time.is_multiple_of(zero_time, node.slide) {
                 continue;
@@ -402,7 +410,8 @@ impl Pipeline {
                     f(batch_time, df).await?;
                 }
                 OutputKind::Sink(sink) => {
-                    write_with_retries(sink, &self.output_id(i), batch_time, parts).await?;
+                    sink_retries +=
+                        write_with_retries(sink, &self.output_id(i), batch_time, parts).await?;
                 }
             }
         }
@@ -458,10 +467,18 @@ impl Pipeline {
             scheduling_delay,
             processing_time,
             total_delay: scheduling_delay + processing_time,
+            source_lag: self
+                .sources
+                .iter()
+                .filter_map(|s| Some((s.source.name().to_string(), s.source.lag()?)))
+                .collect(),
             output_rows,
             state_rows,
+            state_bytes,
+            watermark: watermark.map(Time::from_millis),
             late_rows,
             rejected_rows,
+            sink_retries,
         })
     }
 }
@@ -475,13 +492,13 @@ const SINK_BACKOFF: Duration = Duration::from_millis(100);
 /// down, disk full) writes the whole batch again after a growing wait — the keys are
 /// the same, so the sink overwrites or skips what the failed attempt left — and
 /// nothing after this batch runs until it succeeds; after [`SINK_ATTEMPTS`] the batch
-/// fails with the last error.
+/// fails with the last error. Returns the number of retries it took.
 async fn write_with_retries(
     sink: &Arc<dyn crate::sink::Sink>,
     query_id: &str,
     batch_time: Time,
     parts: Vec<Vec<RecordBatch>>,
-) -> Result<()> {
+) -> Result<u64> {
     let mut wait = SINK_BACKOFF;
     let mut attempt = 1;
     loop {
@@ -498,7 +515,7 @@ async fn write_with_retries(
         }
         .await;
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(u64::from(attempt - 1)),
             Err(e) if e.is_retryable() && attempt < SINK_ATTEMPTS => {
                 log::warn!(
                     "sink '{}': batch {batch_time} failed (attempt {attempt} of {SINK_ATTEMPTS}), trying again in {:?}: {e}",

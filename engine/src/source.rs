@@ -145,6 +145,13 @@ pub trait Source: Debug + Send + Sync {
         String::new()
     }
 
+    /// How far the last planned batch ended behind what the source held then, in the
+    /// source's own unit (Kafka: records, summed over partitions; files: files not yet
+    /// taken), or `None` when the source cannot tell. A metric.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+
     /// The records the last [`Source::read_batch`] rejected (bad input under
     /// `on_error = 'skip' | 'dead_letter'`). The scheduler counts them and writes them
     /// to the stream's dead-letter sink, if it has one.

@@ -41,6 +41,9 @@ OPTIONS:
                                  checkpoint_interval)
         --progress-log FILE      append each batch's progress (JSON lines, as Spark's
                                  StreamingQueryProgress) to FILE (SET progress_log)
+        --ui ADDR                serve the web UI and /metrics on ADDR (default
+                                 127.0.0.1:4040, or the next free port after it)
+        --no-ui                  no web UI
         --format F               print (default: Spark's layout for continuous
                                  queries, tables otherwise), table, csv or json
     -h, --help                   this help
@@ -60,6 +63,8 @@ struct Args {
     checkpoint: Option<String>,
     checkpoint_interval: Option<String>,
     progress_log: Option<String>,
+    ui: Option<String>,
+    no_ui: bool,
     format: Option<Format>,
 }
 
@@ -80,6 +85,12 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--checkpoint" => a.checkpoint = Some(value(i)?),
             "--checkpoint-interval" => a.checkpoint_interval = Some(value(i)?),
             "--progress-log" => a.progress_log = Some(value(i)?),
+            "--ui" => a.ui = Some(value(i)?),
+            "--no-ui" => {
+                a.no_ui = true;
+                i += 1;
+                continue;
+            }
             "--format" => a.format = Some(value(i)?.parse().map_err(|e: String| anyhow!(e))?),
             other => bail!("unknown option '{other}'; run `flumen --help` for the options"),
         }
@@ -177,7 +188,18 @@ async fn run(args: &[String]) -> Result<()> {
         (None, Some(c)) => Some(c.clone()),
         (None, None) => None,
     };
+    if args.no_ui && args.ui.is_some() {
+        bail!("give either --ui ADDR or --no-ui, not both");
+    }
+    // The web UI, for the REPL and scripts (not -c, which exits when it is done); a
+    // script's once its statements ran, so a script with an error prints only that.
+    let serve_ui = !args.no_ui && args.command.is_none();
     let Some(script) = script else {
+        let _ui = if serve_ui {
+            start_ui(args.ui.as_deref(), &session).await?
+        } else {
+            None
+        };
         return repl::run(&mut session, options).await;
     };
     let outcome = run_script(&mut session, &script, options, &mut printers).await;
@@ -185,6 +207,17 @@ async fn run(args: &[String]) -> Result<()> {
         session.stop_all().await.ok();
         return Err(e);
     }
+    let _ui = if serve_ui {
+        match start_ui(args.ui.as_deref(), &session).await {
+            Ok(ui) => ui,
+            Err(e) => {
+                session.stop_all().await.ok();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     if session.active_queries() > 0 {
         if available_now {
             let r = session.await_all().await;
@@ -201,6 +234,42 @@ async fn run(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Serves the web UI on `addr`, or on the default address (the next free port when
+/// another process holds it; a warning, not an error, when none is free).
+async fn start_ui(
+    addr: Option<&str>,
+    session: &FlumenSession,
+) -> Result<Option<flumen_sql::ui::UiServer>> {
+    let server = match addr {
+        Some(a) => {
+            let parsed: std::net::SocketAddr = a
+                .parse()
+                .map_err(|e| anyhow!("--ui '{a}': not an address like 127.0.0.1:4040 ({e})"))?;
+            let server = flumen_sql::ui::serve(parsed, session.view())
+                .await
+                .map_err(|e| anyhow!("--ui {a}: cannot listen there: {e}"))?;
+            if !parsed.ip().is_loopback() {
+                eprintln!(
+                    "warning: the web UI on {a} can be reached from other machines; it has no authentication"
+                );
+            }
+            server
+        }
+        None => match flumen_sql::ui::serve_default(session.view()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "warning: no web UI: cannot listen on {} or the 15 ports after it ({e}); use --ui ADDR",
+                    flumen_sql::ui::DEFAULT_ADDR
+                );
+                return Ok(None);
+            }
+        },
+    };
+    eprintln!("Web UI: http://{}/", server.addr());
+    Ok(Some(server))
 }
 
 async fn drain(mut printers: JoinSet<()>) {

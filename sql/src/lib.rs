@@ -22,8 +22,9 @@ pub mod planner;
 pub mod session;
 pub mod statement;
 pub mod tvf;
+pub mod ui;
 pub mod window;
 
 pub use flumen_engine as engine;
 pub use planner::OutputMode;
-pub use session::{FlumenSession, QueryInfo, Settings, StatementResult};
+pub use session::{FlumenSession, QueryInfo, SessionView, Settings, StatementResult};

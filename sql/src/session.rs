@@ -21,8 +21,9 @@ use datafusion::logical_expr::{LogicalPlanBuilder, ScalarUDF};
 use flumen_engine::registry::{ConnectorOptions, bool_option};
 use flumen_engine::stream::replace_default_schema;
 use flumen_engine::{
-    Clock, ConnectorRegistry, Error, MemorySink, QueueSource, Result, Sink, SourceOptions,
-    StreamingContext, StreamingContextState, SystemClock, Time, Trigger, lifecycle_err, plan_err,
+    Clock, ConnectorRegistry, Error, MemorySink, QueryMetrics, QueueSource, Result, Sink,
+    SourceOptions, StreamingContext, StreamingContextState, SystemClock, Time, Trigger,
+    lifecycle_err, plan_err,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -82,6 +83,7 @@ pub enum StatementResult {
 }
 
 /// A query the session started.
+#[derive(Clone)]
 pub struct QueryInfo {
     pub id: u64,
     pub sql: String,
@@ -90,6 +92,8 @@ pub struct QueryInfo {
     pub ctx: StreamingContext,
     pub streams: HashSet<String>,
     pub explain: Vec<String>,
+    /// Its totals since it started (the web UI's `/metrics`).
+    pub metrics: Arc<QueryMetrics>,
 }
 
 /// Executes Flumen SQL.
@@ -100,7 +104,69 @@ pub struct FlumenSession {
     settings: Settings,
     catalog: Arc<Mutex<Catalog>>,
     queries: BTreeMap<u64, QueryInfo>,
+    /// The same queries, readable from other tasks (the web UI) while the session runs.
+    shared_queries: Arc<Mutex<BTreeMap<u64, QueryInfo>>>,
     next_query: u64,
+}
+
+/// What a session holds — its queries, streams and sinks — readable from another task
+/// while the session goes on (the web UI's view). Cheap to clone.
+#[derive(Clone)]
+pub struct SessionView {
+    catalog: Arc<Mutex<Catalog>>,
+    queries: Arc<Mutex<BTreeMap<u64, QueryInfo>>>,
+}
+
+impl SessionView {
+    /// Every query the session started, running or stopped, by id.
+    pub fn queries(&self) -> Vec<QueryInfo> {
+        self.queries.lock().values().cloned().collect()
+    }
+
+    /// One query, by id or by the sink/table it writes.
+    pub fn query(&self, key: &str) -> Option<QueryInfo> {
+        self.queries
+            .lock()
+            .values()
+            .find(|q| q.id.to_string() == key || q.target.eq_ignore_ascii_case(key))
+            .cloned()
+    }
+
+    /// Streams: name, kind (`source` with its connector, or `derived`), columns.
+    pub fn streams(&self) -> Vec<(String, String, SchemaRef)> {
+        self.catalog
+            .lock()
+            .streams
+            .values()
+            .map(|s| {
+                let kind = match &s.kind {
+                    StreamKind::Source { connector } => format!("source ({connector})"),
+                    StreamKind::Derived { .. } => "derived".to_string(),
+                };
+                (s.name.clone(), kind, Arc::clone(&s.schema))
+            })
+            .collect()
+    }
+
+    /// Sinks and tables: name, connector (`table` for a table), the query writing it.
+    pub fn sinks(&self) -> Vec<(String, String, Option<u64>)> {
+        self.catalog
+            .lock()
+            .sinks
+            .values()
+            .map(|s| {
+                let connector = if s.is_table {
+                    "table".to_string()
+                } else {
+                    s.options
+                        .get("connector")
+                        .cloned()
+                        .unwrap_or_else(|| "memory".into())
+                };
+                (s.name.clone(), connector, s.query)
+            })
+            .collect()
+    }
 }
 
 impl Default for FlumenSession {
@@ -132,7 +198,16 @@ impl FlumenSession {
             settings: Settings::default(),
             catalog: Arc::new(Mutex::new(Catalog::default())),
             queries: BTreeMap::new(),
+            shared_queries: Arc::default(),
             next_query: 1,
+        }
+    }
+
+    /// A view of the session's queries, streams and sinks for another task.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            catalog: Arc::clone(&self.catalog),
+            queries: Arc::clone(&self.shared_queries),
         }
     }
 
@@ -755,12 +830,18 @@ impl FlumenSession {
         }
         let ctx = builder.build()?;
         ctx.add_listener(cell);
+        let metrics = Arc::new(QueryMetrics::default());
+        ctx.add_listener(Arc::clone(&metrics) as Arc<dyn flumen_engine::StreamingListener>);
         if let Some(path) = &self.settings.progress_log {
             let query = name.map_or_else(|| format!("query-{id}"), str::to_string);
             ctx.add_listener(Arc::new(flumen_engine::ProgressLog::open(path, &query)?));
         }
         let _ = schema.ctx.set(ctx.clone());
-        Ok(QueryContext { ctx, schema })
+        Ok(QueryContext {
+            ctx,
+            schema,
+            metrics,
+        })
     }
 
     /// Starts the query of a `CREATE SINK/TABLE ... AS`; if it cannot start, the
@@ -852,17 +933,17 @@ impl FlumenSession {
         };
         qc.ctx.start().await?;
         self.next_query += 1;
-        self.queries.insert(
+        let info = QueryInfo {
             id,
-            QueryInfo {
-                id,
-                sql,
-                target: target_name,
-                ctx: qc.ctx,
-                streams,
-                explain: planned.explain,
-            },
-        );
+            sql,
+            target: target_name,
+            ctx: qc.ctx,
+            streams,
+            explain: planned.explain,
+            metrics: qc.metrics,
+        };
+        self.shared_queries.lock().insert(id, info.clone());
+        self.queries.insert(id, info);
         Ok((id, schema))
     }
 
@@ -1324,6 +1405,7 @@ impl FlumenSession {
 struct QueryContext {
     ctx: StreamingContext,
     schema: Arc<QuerySchema>,
+    metrics: Arc<QueryMetrics>,
 }
 
 /// `schema` plus the `_batch_time` column every source stream has.

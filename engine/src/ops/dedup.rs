@@ -122,6 +122,17 @@ impl StreamOperator for DedupExec {
         self.seen.len()
     }
 
+    fn state_bytes(&self) -> usize {
+        let keys: usize = self.seen.iter().map(|k| k.len()).sum();
+        let table = self.seen.capacity() * (std::mem::size_of::<Box<[u8]>>() + 1);
+        let distinct: usize = self
+            .distinct
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum();
+        keys + table + distinct
+    }
+
     /// The rows (or keys) seen, as Arrow columns (the row format is converted back, so
     /// a checkpoint does not depend on it), then in complete mode the distinct rows.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {

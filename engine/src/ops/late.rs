@@ -164,4 +164,8 @@ impl StreamOperator for LateRowsExec {
     fn late_rows(&self) -> u64 {
         self.late_last_batch
     }
+
+    fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
 }

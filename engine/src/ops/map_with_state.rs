@@ -358,6 +358,12 @@ impl StreamOperator for MapWithStateExec {
         self.keys.num_rows()
     }
 
+    fn state_bytes(&self) -> usize {
+        self.keys.get_array_memory_size()
+            + self.state.get_array_memory_size()
+            + self.last_seen.capacity() * std::mem::size_of::<i64>()
+    }
+
     /// Three batches: the keys, their state, and when each key last had rows.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         let last_seen = RecordBatch::try_new(

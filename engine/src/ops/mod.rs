@@ -126,4 +126,15 @@ pub trait StreamOperator: Send + Sync {
     fn late_rows(&self) -> u64 {
         0
     }
+
+    /// The operator's event-time watermark (epoch ms), once it has one.
+    fn watermark(&self) -> Option<i64> {
+        None
+    }
+
+    /// Memory the operator's state takes, in bytes (an estimate: the Arrow buffers,
+    /// hash tables and accumulators it holds; a metric).
+    fn state_bytes(&self) -> usize {
+        0
+    }
 }

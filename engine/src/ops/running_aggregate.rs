@@ -698,4 +698,15 @@ impl StreamOperator for RunningAggregateExec {
     fn late_rows(&self) -> u64 {
         self.late_rows_last_batch
     }
+
+    fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    fn state_bytes(&self) -> usize {
+        match &self.windows {
+            Some(w) => w.lock().unwrap_or_else(|e| e.into_inner()).bytes(),
+            None => self.state.as_ref().map_or(0, |s| s.get_array_memory_size()),
+        }
+    }
 }

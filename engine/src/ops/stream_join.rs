@@ -341,6 +341,23 @@ impl StreamOperator for StreamJoinExec {
         self.late_rows_last_batch
     }
 
+    /// The lower of the two sides' watermarks (the join's event time advances as its
+    /// slower input does).
+    fn watermark(&self) -> Option<i64> {
+        match (self.left.watermark, self.right.watermark) {
+            (Some(l), Some(r)) => Some(l.min(r)),
+            (l, r) => l.or(r),
+        }
+    }
+
+    fn state_bytes(&self) -> usize {
+        [&self.left, &self.right]
+            .iter()
+            .flat_map(|s| &s.rows)
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
+
     /// Both sides' rows (left first) and watermarks.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         let mut batches = self.left.rows.clone();

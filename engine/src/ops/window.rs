@@ -85,4 +85,12 @@ impl StreamOperator for WindowExec {
             .map(|b| b.num_rows())
             .sum()
     }
+
+    fn state_bytes(&self) -> usize {
+        self.buffer
+            .iter()
+            .flat_map(|(_, b)| b.iter())
+            .map(|b| b.get_array_memory_size())
+            .sum()
+    }
 }

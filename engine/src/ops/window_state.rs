@@ -113,6 +113,18 @@ impl WindowState {
         self.tables.values().map(|t| t.len).sum()
     }
 
+    /// Memory of the open windows' group tables and accumulators.
+    pub(crate) fn bytes(&self) -> usize {
+        self.tables
+            .values()
+            .map(|t| {
+                t.window.get_array_memory_size()
+                    + t.groups.as_ref().map_or(0, |g| g.size())
+                    + t.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            })
+            .sum()
+    }
+
     fn new_table(&self, window: ArrayRef) -> Result<WindowTable> {
         let groups = if self.other_schema.fields().is_empty() {
             None
