@@ -72,7 +72,7 @@ impl BatchSlot {
             let mut offset = 0;
             while offset < rows {
                 let len = per_piece.min(rows - offset);
-                parts[next % self.partitions].push(b.slice(offset, len));
+                push_chunks(&mut parts[next % self.partitions], b.slice(offset, len));
                 next += 1;
                 offset += len;
             }
@@ -85,7 +85,9 @@ impl BatchSlot {
     pub fn fill_partitioned(&self, partitioned: Vec<Vec<RecordBatch>>) {
         let mut parts = vec![Vec::new(); self.partitions];
         for (i, p) in partitioned.into_iter().enumerate() {
-            parts[i % self.partitions].extend(p.into_iter().filter(|b| b.num_rows() > 0));
+            for b in p {
+                push_chunks(&mut parts[i % self.partitions], b);
+            }
         }
         *self.data.write() = Arc::new(parts);
     }
@@ -114,6 +116,27 @@ impl BatchSlot {
             Arc::clone(&self.schema),
             parts,
         )?))
+    }
+}
+
+/// Rows per batch a scan of a slot yields at most: DataFusion's default `batch_size`.
+/// A source's batch of 100,000 rows becomes zero-copy slices of this size, so every
+/// kernel downstream allocates batch-sized buffers that the allocator reuses from one
+/// batch to the next (whole-file buffers are fresh, zeroed pages each time: 30 % of
+/// the word count's time was the kernel clearing them).
+pub const MAX_SCAN_ROWS: usize = 8192;
+
+fn push_chunks(part: &mut Vec<RecordBatch>, b: RecordBatch) {
+    let rows = b.num_rows();
+    let mut offset = 0;
+    while offset < rows {
+        let len = MAX_SCAN_ROWS.min(rows - offset);
+        part.push(if len == rows {
+            b.clone()
+        } else {
+            b.slice(offset, len)
+        });
+        offset += len;
     }
 }
 
@@ -156,6 +179,32 @@ mod tests {
             })
             .sum();
         assert_eq!(all, (0..10_000).sum::<i64>() + (0..10).sum::<i64>());
+    }
+
+    #[test]
+    fn a_scan_yields_batches_of_at_most_max_scan_rows() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let big = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..20_000))],
+        )
+        .unwrap();
+        let slot = BatchSlot::new(schema.clone(), 1);
+        slot.fill(vec![big.clone()]);
+        let sizes: Vec<usize> = slot.batches().iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, vec![8192, 8192, 3616]);
+        slot.fill_partitioned(vec![vec![big]]);
+        let sizes: Vec<usize> = slot.batches().iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, vec![8192, 8192, 3616]);
+        assert_eq!(
+            slot.batches()[1]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            8192
+        );
     }
 }
 
