@@ -549,6 +549,13 @@ impl Source for FilesSource {
         Some(self.listing.lock().lag)
     }
 
+    async fn close(&self) -> Result<()> {
+        for (_, task) in self.ahead.lock().drain() {
+            task.abort();
+        }
+        Ok(())
+    }
+
     async fn is_drained(&self) -> Result<bool> {
         Ok(self.new_files().await?.is_empty())
     }

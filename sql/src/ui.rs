@@ -15,6 +15,7 @@
 //! The pages are static; their script fetches the API once a second and draws the
 //! charts as SVG (no library, nothing loaded from outside).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -283,8 +284,10 @@ fn catalog_json(view: &SessionView) -> Value {
     })
 }
 
-/// Reads a counter from a query's totals.
-type Counter = fn(&MetricsSnapshot) -> u64;
+/// Reads a counter or gauge from a query's totals.
+type Value64 = fn(&MetricsSnapshot) -> u64;
+/// Reads values by a second label (source, error kind) from a query's totals.
+type Labelled = fn(&MetricsSnapshot) -> &BTreeMap<String, u64>;
 /// Reads a duration histogram from a query's totals.
 type Durations = fn(&MetricsSnapshot) -> &Histogram;
 
@@ -311,60 +314,79 @@ pub fn metrics_text(view: &SessionView) -> String {
             active,
         );
     }
-    let counters: [(&str, &str, Counter); 4] = [
-        ("flumen_batches_total", "Batches completed.", |m| m.batches),
+    let per_query: [(&str, &str, &str, Value64); 6] = [
+        (
+            "flumen_batches_total",
+            "counter",
+            "Batches completed.",
+            |m| m.batches,
+        ),
         (
             "flumen_output_rows_total",
+            "counter",
             "Rows written to the query's sink.",
             |m| m.output_rows,
         ),
         (
             "flumen_late_rows_total",
+            "counter",
             "Rows dropped as older than the watermark.",
             |m| m.late_rows,
         ),
         (
             "flumen_rejected_rows_total",
+            "counter",
             "Input records the sources could not decode.",
             |m| m.rejected_rows,
         ),
+        (
+            "flumen_state_rows",
+            "gauge",
+            "Rows held by the query's stateful operators.",
+            |m| m.state_rows,
+        ),
+        (
+            "flumen_state_bytes",
+            "gauge",
+            "Memory of that state, estimated.",
+            |m| m.state_bytes,
+        ),
     ];
-    for (name, help, get) in counters {
-        family(&mut out, name, "counter", help);
+    for (name, kind, help, get) in per_query {
+        family(&mut out, name, kind, help);
         for (q, m) in &snapshots {
             sample(&mut out, name, &[("query", &q.target)], get(m));
         }
     }
-    family(
-        &mut out,
-        "flumen_input_rows_total",
-        "counter",
-        "Rows read, per source.",
-    );
-    for (q, m) in &snapshots {
-        for (source, rows) in &m.input_rows {
-            sample(
-                &mut out,
-                "flumen_input_rows_total",
-                &[("query", &q.target), ("source", source)],
-                rows,
-            );
-        }
-    }
-    family(
-        &mut out,
-        "flumen_errors_total",
-        "counter",
-        "Errors by kind: rejected_record, sink_retry, or the kind of error that stopped the query.",
-    );
-    for (q, m) in &snapshots {
-        for (kind, n) in &m.errors {
-            sample(
-                &mut out,
-                "flumen_errors_total",
-                &[("query", &q.target), ("kind", kind)],
-                n,
-            );
+    let per_label: [(&str, &str, &str, &str, Labelled); 3] = [
+        (
+            "flumen_input_rows_total",
+            "counter",
+            "Rows read, per source.",
+            "source",
+            |m| &m.input_rows,
+        ),
+        (
+            "flumen_errors_total",
+            "counter",
+            "Errors by kind: rejected_record, sink_retry, or the kind of error that stopped the query.",
+            "kind",
+            |m| &m.errors,
+        ),
+        (
+            "flumen_source_lag",
+            "gauge",
+            "How far the newest batch ended behind what the source held (Kafka: records; files: files).",
+            "source",
+            |m| &m.lag,
+        ),
+    ];
+    for (name, kind, help, label, get) in per_label {
+        family(&mut out, name, kind, help);
+        for (q, m) in &snapshots {
+            for (value, n) in get(m) {
+                sample(&mut out, name, &[("query", &q.target), (label, value)], n);
+            }
         }
     }
     let histograms: [(&str, &str, Durations); 3] = [
@@ -392,34 +414,6 @@ pub fn metrics_text(view: &SessionView) -> String {
     }
     family(
         &mut out,
-        "flumen_state_rows",
-        "gauge",
-        "Rows held by the query's stateful operators.",
-    );
-    for (q, m) in &snapshots {
-        sample(
-            &mut out,
-            "flumen_state_rows",
-            &[("query", &q.target)],
-            m.state_rows,
-        );
-    }
-    family(
-        &mut out,
-        "flumen_state_bytes",
-        "gauge",
-        "Memory of that state, estimated.",
-    );
-    for (q, m) in &snapshots {
-        sample(
-            &mut out,
-            "flumen_state_bytes",
-            &[("query", &q.target)],
-            m.state_bytes,
-        );
-    }
-    family(
-        &mut out,
         "flumen_watermark_seconds",
         "gauge",
         "The query's event-time watermark (Unix time).",
@@ -431,22 +425,6 @@ pub fn metrics_text(view: &SessionView) -> String {
                 "flumen_watermark_seconds",
                 &[("query", &q.target)],
                 w as f64 / 1000.0,
-            );
-        }
-    }
-    family(
-        &mut out,
-        "flumen_source_lag",
-        "gauge",
-        "How far the newest batch ended behind what the source held (Kafka: records; files: files).",
-    );
-    for (q, m) in &snapshots {
-        for (source, lag) in &m.lag {
-            sample(
-                &mut out,
-                "flumen_source_lag",
-                &[("query", &q.target), ("source", source)],
-                lag,
             );
         }
     }
