@@ -7,8 +7,8 @@
 # Settings (environment): RUNS (3; the report takes medians), LINES (word-count lines,
 # 1000000), EVENTS (Nexmark events, 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7 q8"), FLUMEN_BENCH_VENV (the peers'
 # virtual environment, ~/.cache/flumen-bench-venv), FLUMEN_BENCH_DATA (the shared input,
-# ~/.cache/flumen-bench-data), KAFKA=1 to add Flumen's Kafka -> aggregate run (needs
-# scripts/services.sh start).
+# ~/.cache/flumen-bench-data), KAFKA=0 to leave out Flumen's Kafka -> aggregate run
+# (which starts the broker with scripts/services.sh start).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen-target}"
@@ -67,8 +67,9 @@ step "Flumen: peak RSS of q5 over 1, 3 and 10 million events"
 for n in 1000000 3000000 10000000; do
   "$B" memory --events "$n" | grep '^{' | tee -a "$RESULTS" >&2
 done
-if [ "${KAFKA:-0}" = 1 ]; then
-  step "Flumen: Kafka -> aggregate"
+if [ "${KAFKA:-1}" = 1 ]; then
+  step "Flumen: Kafka -> aggregate (the broker from scripts/services.sh)"
+  scripts/services.sh start >&2
   "$B" kafka --records 200000 | grep '^{' | tee -a "$RESULTS" >&2
 fi
 
