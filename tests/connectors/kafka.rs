@@ -98,6 +98,12 @@ async fn offset_ranges_per_partition_with_metadata_columns_and_bad_records() {
     .unwrap();
     // At most 2 records per partition per 1 s batch.
     s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    // The lag (the UI's and /metrics'): partition 1 holds a third record.
+    let lag = |s: &flumen::sql::FlumenSession| {
+        let q = s.queries().next().unwrap();
+        q.ctx.recent_batches().last().unwrap().source_lag.clone()
+    };
+    assert_eq!(lag(&s), vec![("people".to_string(), 1)]);
     assert_eq!(
         sql_rows(&mut s, "SELECT * FROM out").await,
         strs(&["1|ann|0|0|k0|true", "2|bo|0|1|k1|true", "3|cy|1|0|k0|true"])
@@ -107,6 +113,7 @@ async fn offset_ranges_per_partition_with_metadata_columns_and_bad_records() {
         vec![format!("{t}/1@1|not json")]
     );
     s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(lag(&s), vec![("people".to_string(), 0)]);
     // Records produced while the query runs are read by later batches.
     produce(&c, &t, 0, &[r#"{"id": 6, "name": "di"}"#]).await;
     s.execute("ADVANCE 1 BATCHES").await.unwrap();
