@@ -156,6 +156,15 @@ async fn the_json_api_and_prometheus_metrics_report_every_batch() {
             .starts_with("WindowAggregateExec (tumbling"),
         "the plan is shown: {detail}"
     );
+    // The newest batches only.
+    let last = get_json(addr, "/api/queries/counts?last=2").await;
+    let ids: Vec<u64> = last["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batchId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
     // By id as well as by name.
     assert_eq!(get_json(addr, "/api/queries/1").await["name"], "counts");
 

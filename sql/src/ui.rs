@@ -137,7 +137,7 @@ fn route(view: &SessionView, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         p => {
             if let Some(key) = p.strip_prefix("/api/queries/") {
                 match view.query(&percent_decode(key)) {
-                    Some(q) => json_response(StatusCode::OK, &query_detail(&q)),
+                    Some(q) => json_response(StatusCode::OK, &query_detail(&q, last(req))),
                     None => not_found(view, key),
                 }
             } else if let Some(key) = p.strip_prefix("/query/") {
@@ -252,12 +252,24 @@ fn queries_json(view: &SessionView) -> Value {
     Value::Array(view.queries().iter().map(query_summary).collect())
 }
 
-/// A query's summary with its recent batches (oldest first) and its plan.
-fn query_detail(q: &QueryInfo) -> Value {
+/// `?last=N`: how many of the recent batches to return (all that are kept if absent).
+fn last(req: &Request<Incoming>) -> Option<usize> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("last="))?
+        .parse()
+        .ok()
+}
+
+/// A query's summary with its recent batches (oldest first; the newest `last` of
+/// them) and its plan.
+fn query_detail(q: &QueryInfo, last: Option<usize>) -> Value {
     let mut v = query_summary(q);
+    let recent = q.ctx.recent_batches();
+    let from = recent.len() - last.unwrap_or(recent.len()).min(recent.len());
     v["recent"] = Value::Array(
-        q.ctx
-            .recent_batches()
+        recent[from..]
             .iter()
             .map(|b| b.progress(&q.target))
             .collect(),
