@@ -447,20 +447,7 @@ async fn a_checkpoint_on_s3_survives_a_stop_and_a_kill() {
         "{refused}"
     );
     // The operator deletes the dead run's lease; the query resumes and drains.
-    let location = flumen::connectors::store::open(
-        "test",
-        &checkpoint,
-        &[
-            ("endpoint", "http://127.0.0.1:9000"),
-            ("region", "us-east-1"),
-            ("access_key_id", "test"),
-            ("secret_access_key", "test"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    )
-    .unwrap();
+    let location = crate::connectors::files::moto_location(&checkpoint);
     use flumen::connectors::object_store::ObjectStoreExt;
     location
         .store

@@ -185,8 +185,8 @@ impl FileLoader {
     }
 
     fn display(&self, path: &str) -> String {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        format!("{}/{name}", self.location.url.trim_end_matches('/'))
+        self.location
+            .url_of(path.rsplit('/').next().unwrap_or(path))
     }
 
     async fn read_file(

@@ -174,12 +174,7 @@ impl FilesSink {
             .store
             .put(&path, PutPayload::from(Bytes::from(bytes)))
             .await
-            .map_err(|e| {
-                self.error(format!(
-                    "writing {}/{name}: {e}",
-                    self.location.url.trim_end_matches('/')
-                ))
-            })?;
+            .map_err(|e| self.error(format!("writing {}: {e}", self.location.url_of(name))))?;
         Ok(())
     }
 

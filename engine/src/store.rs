@@ -35,6 +35,20 @@ impl Location {
             .filter(|p| !p.is_empty())
             .fold(self.prefix.clone(), |path, part| path.join(part))
     }
+
+    /// The URL of `name` inside this folder, as the user would write it (messages).
+    pub fn url_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.url.trim_end_matches('/'))
+    }
+
+    /// The folder `name` inside this one, on the same store.
+    pub fn sub(&self, name: &str) -> Location {
+        Location {
+            store: Arc::clone(&self.store),
+            prefix: self.child(name),
+            url: self.url_of(name),
+        }
+    }
 }
 
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> =

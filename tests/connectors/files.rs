@@ -261,16 +261,11 @@ pub(crate) async fn create_bucket(name: &str) {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
-#[tokio::test]
-async fn an_s3_bucket_on_a_real_s3_server() {
-    let bucket = format!("flumen-files-{}", std::process::id());
-    create_bucket(&bucket).await;
-    let opts = "endpoint = 'http://127.0.0.1:9000', region = 'us-east-1', \
-                access_key_id = 'test', secret_access_key = 'test'";
-    let url = format!("s3://{bucket}/in");
-    let store = flumen::connectors::store::open(
+/// `url` (`s3://bucket/folder`) on the S3 server of scripts/services.sh.
+pub(crate) fn moto_location(url: &str) -> flumen::connectors::store::Location {
+    flumen::connectors::store::open(
         "test",
-        &url,
+        url,
         &[
             ("endpoint", "http://127.0.0.1:9000"),
             ("region", "us-east-1"),
@@ -281,7 +276,17 @@ async fn an_s3_bucket_on_a_real_s3_server() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_s3_bucket_on_a_real_s3_server() {
+    let bucket = format!("flumen-files-{}", std::process::id());
+    create_bucket(&bucket).await;
+    let opts = "endpoint = 'http://127.0.0.1:9000', region = 'us-east-1', \
+                access_key_id = 'test', secret_access_key = 'test'";
+    let url = format!("s3://{bucket}/in");
+    let store = moto_location(&url);
     let put = |name: &str, body: &'static str| {
         let store = store.clone();
         let path = store.child(name);
