@@ -16,15 +16,15 @@
 //! is reported, never used. The newest [`RETAINED`] entries are kept, older ones deleted.
 //!
 //! One running query per checkpoint: locally an exclusive lock on `<dir>/lock`; on an
-//! object store a lease, `<dir>/lock` naming its owner and renewed every
-//! [`LEASE_RENEW`]; another query is refused while the lease is younger than
-//! [`LEASE`], and a graceful stop deletes it.
+//! object store a lease, `<dir>/lock` naming its owner, renewed every [`LEASE_RENEW`]
+//! by a task of its own (whatever the batch interval); another query is refused while
+//! the lease is younger than [`LEASE`], and a graceful stop deletes it.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -116,11 +116,7 @@ impl CheckpointLocation {
     pub fn child(&self, name: &str) -> Self {
         match self {
             Self::Local(dir) => Self::Local(dir.join(name)),
-            Self::Store(l) => Self::Store(crate::store::Location {
-                store: Arc::clone(&l.store),
-                prefix: l.child(name),
-                url: format!("{}/{name}", l.url.trim_end_matches('/')),
-            }),
+            Self::Store(l) => Self::Store(l.sub(name)),
         }
     }
 
@@ -162,13 +158,23 @@ enum Storage {
         location: crate::store::Location,
         /// Who holds the lease: this process and this open.
         owner: String,
-        renewed: parking_lot::Mutex<Instant>,
     },
 }
 
 #[derive(Debug)]
 pub struct Checkpoint {
-    storage: Storage,
+    storage: Arc<Storage>,
+    /// Object stores: renews the lease every [`LEASE_RENEW`], whatever the batch
+    /// interval (a batch longer than [`LEASE`] must not lose it); stopped on drop.
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        if let Some(r) = &self.renewer {
+            r.abort();
+        }
+    }
 }
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -188,9 +194,7 @@ impl Storage {
             Storage::Local { dir, .. } if rel.is_empty() => dir.display().to_string(),
             Storage::Local { dir, .. } => dir.join(rel).display().to_string(),
             Storage::Object { location, .. } if rel.is_empty() => location.url.clone(),
-            Storage::Object { location, .. } => {
-                format!("{}/{rel}", location.url.trim_end_matches('/'))
-            }
+            Storage::Object { location, .. } => location.url_of(rel),
         }
     }
 
@@ -279,34 +283,55 @@ impl Storage {
         Ok(out)
     }
 
-    /// Deletes file `rel`; one that is already gone is fine.
+    /// Deletes file `rel` (old entries past [`RETAINED`], the lease); one that is
+    /// already gone is fine, another failure only leaves a file behind: a warning.
     async fn delete(&self, rel: &str) {
-        match self {
-            Storage::Local { dir, .. } => {
-                let _ = fs::remove_file(dir.join(rel));
-            }
+        let failed = match self {
+            Storage::Local { dir, .. } => fs::remove_file(dir.join(rel))
+                .err()
+                .filter(|e| e.kind() != std::io::ErrorKind::NotFound)
+                .map(|e| e.to_string()),
             Storage::Object { location, .. } => {
-                let _ = location.store.delete(&location.child(rel)).await;
+                match location.store.delete(&location.child(rel)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => Some(e.to_string()),
+                }
             }
+        };
+        if let Some(e) = failed {
+            log::warn!("checkpoint: cannot delete {}: {e}", self.display(rel));
         }
     }
 
-    /// Deletes folder `rel` and everything in it.
+    /// Deletes folder `rel` and everything in it (old state snapshots), as
+    /// [`Storage::delete`] does a file.
     async fn delete_folder(&self, rel: &str) {
         match self {
             Storage::Local { dir, .. } => {
-                let _ = fs::remove_dir_all(dir.join(rel));
+                if let Err(e) = fs::remove_dir_all(dir.join(rel))
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    log::warn!("checkpoint: cannot delete {}: {e}", self.display(rel));
+                }
             }
             Storage::Object { location, .. } => {
                 use futures::TryStreamExt;
-                let listed: Vec<_> = location
+                let listed: Vec<_> = match location
                     .store
                     .list(Some(&location.child(rel)))
                     .try_collect()
                     .await
-                    .unwrap_or_default();
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::warn!("checkpoint: cannot list {}: {e}", self.display(rel));
+                        Vec::new()
+                    }
+                };
                 for o in listed {
-                    let _ = location.store.delete(&o.location).await;
+                    if let Err(e) = location.store.delete(&o.location).await {
+                        log::warn!("checkpoint: cannot delete {}: {e}", o.location);
+                    }
                 }
             }
         }
@@ -344,17 +369,14 @@ impl Storage {
                     OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     wall_ms()
                 );
-                let storage = Storage::Object {
-                    location,
-                    owner,
-                    renewed: parking_lot::Mutex::new(Instant::now()),
-                };
+                let storage = Storage::Object { location, owner };
                 if let Some(bytes) = storage.get("lock").await? {
                     let lease: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     let age = wall_ms() - lease["renewed_ms"].as_i64().unwrap_or(0);
                     if age < LEASE.as_millis() as i64 {
                         return Err(Error::Checkpoint(format!(
-                            "checkpoint {} is in use by another running query ({}, lease renewed {} ms ago);                              stop it first, or use another checkpoint location; a killed query's lease expires {} s after its last renewal \
+                            "checkpoint {} is in use by another running query ({}, lease renewed {} ms ago); \
+                             stop it first, or use another checkpoint location; a killed query's lease expires {} s after its last renewal \
                              (or delete {} once sure it is gone)",
                             storage.display(""),
                             lease["owner"].as_str().unwrap_or("unknown owner"),
@@ -372,13 +394,26 @@ impl Storage {
 
     /// Writes the lease (object stores).
     async fn renew(&self) -> Result<()> {
-        if let Storage::Object { owner, renewed, .. } = self {
+        if let Storage::Object { owner, .. } = self {
             let lease = serde_json::json!({ "owner": owner, "renewed_ms": wall_ms() });
             self.put("lock", serde_json::to_vec(&lease).expect("json"))
                 .await?;
-            *renewed.lock() = Instant::now();
         }
         Ok(())
+    }
+
+    /// Whether `rel` exists, without reading it.
+    async fn exists(&self, rel: &str) -> Result<bool> {
+        match self {
+            Storage::Local { dir, .. } => Ok(dir.join(rel).exists()),
+            Storage::Object { location, .. } => {
+                match location.store.head(&location.child(rel)).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(self.object_error("reading", rel, e)),
+                }
+            }
+        }
     }
 }
 
@@ -451,12 +486,23 @@ fn unseal(shown: &str, bytes: &[u8]) -> Result<Vec<u8>> {
 
 impl Checkpoint {
     async fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
-        let shown = self.storage.display(rel);
+        self.read_json_if_there(rel)
+            .await?
+            .ok_or_else(|| Error::Checkpoint(format!("{} is missing", self.storage.display(rel))))
+    }
+
+    /// [`Checkpoint::read_json`], `None` when `rel` does not exist.
+    async fn read_json_if_there<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+    ) -> Result<Option<T>> {
         let Some(bytes) = self.storage.get(rel).await? else {
-            return Err(Error::Checkpoint(format!("{shown} is missing")));
+            return Ok(None);
         };
+        let shown = self.storage.display(rel);
         let body = unseal(&shown, &bytes)?;
         serde_json::from_slice(&body)
+            .map(Some)
             .map_err(|e| Error::Checkpoint(format!("{shown} is not a checkpoint entry: {e}")))
     }
 
@@ -474,12 +520,23 @@ impl Checkpoint {
         description: Vec<String>,
         interval: Duration,
     ) -> Result<(Self, Recovered)> {
-        let cp = Self {
-            storage: Storage::open(location.into()).await?,
-        };
+        let storage = Arc::new(Storage::open(location.into()).await?);
+        let renewer = matches!(*storage, Storage::Object { .. }).then(|| {
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEW).await;
+                    if let Err(e) = storage.renew().await {
+                        log::warn!(
+                            "checkpoint: renewing the lease: {e}; trying again in {LEASE_RENEW:?}"
+                        );
+                    }
+                }
+            })
+        });
+        let cp = Self { storage, renewer };
         let mut recovered = Recovered::default();
-        if cp.storage.get("metadata").await?.is_some() {
-            let meta: Metadata = cp.read_json("metadata").await?;
+        if let Some(meta) = cp.read_json_if_there::<Metadata>("metadata").await? {
             let interval_ms = interval.as_millis() as u64;
             if meta.interval_ms != interval_ms {
                 return Err(Error::Checkpoint(format!(
@@ -538,7 +595,7 @@ impl Checkpoint {
         interval: Duration,
         zero_time: Time,
     ) -> Result<()> {
-        if self.storage.get("metadata").await?.is_some() {
+        if self.storage.exists("metadata").await? {
             return Ok(());
         }
         self.write_json(
@@ -572,11 +629,6 @@ impl Checkpoint {
             &serde_json::json!({"batch_id": batch_id, "batch_time_ms": batch_time.as_millis()}),
         )
         .await?;
-        if let Storage::Object { renewed, .. } = &self.storage
-            && renewed.lock().elapsed() >= LEASE_RENEW
-        {
-            self.storage.renew().await?;
-        }
         self.purge(batch_id).await
     }
 
@@ -635,11 +687,10 @@ impl Checkpoint {
             }
             let dir = format!("state/{}", entry_name(id));
             let manifest_rel = format!("{dir}/manifest");
-            if self.storage.get(&manifest_rel).await?.is_none() {
+            let Some(manifest) = self.read_json_if_there::<Vec<Value>>(&manifest_rel).await? else {
                 // Killed while writing it: an older one will do.
                 continue;
-            }
-            let manifest: Vec<Value> = self.read_json(&manifest_rel).await?;
+            };
             let not_manifest = || {
                 Error::Checkpoint(format!(
                     "{} is not a snapshot manifest",
@@ -714,9 +765,8 @@ impl Checkpoint {
         for id in ids.iter().rev() {
             if self
                 .storage
-                .get(&format!("state/{}/manifest", entry_name(*id)))
+                .exists(&format!("state/{}/manifest", entry_name(*id)))
                 .await?
-                .is_some()
             {
                 newest = Some(*id);
                 break;
@@ -740,7 +790,10 @@ impl Checkpoint {
     /// Gives up the lease (object stores) at a graceful stop; a local lock goes
     /// with the process.
     pub async fn close(&self) {
-        if let Storage::Object { owner, .. } = &self.storage
+        if let Some(r) = &self.renewer {
+            r.abort();
+        }
+        if let Storage::Object { owner, .. } = &*self.storage
             && let Ok(Some(bytes)) = self.storage.get("lock").await
             && serde_json::from_slice::<Value>(&bytes)
                 .is_ok_and(|l| l["owner"].as_str() == Some(owner.as_str()))
