@@ -193,10 +193,8 @@ fn millis_as_int(b: &RecordBatch) -> Result<RecordBatch> {
 }
 
 fn dir_arg(args: &[String]) -> Result<String> {
-    args.iter()
-        .position(|a| a == "--dir")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+    crate::text_flag(args, "--dir")
+        .map(str::to_string)
         .context("--dir DIR is required")
 }
 
@@ -231,29 +229,21 @@ const AUCTION_COLUMNS: &str = "id BIGINT NOT NULL, seller BIGINT NOT NULL, categ
 /// Runs one workload on Flumen and on DataFusion over the files in `--dir`.
 pub async fn files(args: &[String]) -> Result<()> {
     let dir = dir_arg(args)?;
-    let only = args
-        .iter()
-        .position(|a| a == "--workload")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let system = args
-        .iter()
-        .position(|a| a == "--system")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let only = crate::text_flag(args, "--workload");
+    let system = crate::text_flag(args, "--system");
     for w in workloads() {
-        if only.as_deref().is_some_and(|o| o != w.name) {
+        if only.is_some_and(|o| o != w.name) {
             continue;
         }
         let n = units(&dir, &w)?;
         let mut results = Vec::new();
         // Each system in its own process when asked (`--system`), so neither runs on
         // memory the other's run already faulted in.
-        if system.as_deref() != Some("datafusion") {
+        if system != Some("datafusion") {
             let (secs, out_rows) = flumen_run(&dir, &w).await?;
             results.push(("flumen", secs, out_rows));
         }
-        if system.as_deref() != Some("flumen") {
+        if system != Some("flumen") {
             results.push(("datafusion", datafusion_run(&dir, &w).await?, 0));
         }
         for (system, secs, out_rows) in results {

@@ -19,11 +19,7 @@ pub async fn run(args: &[String]) -> Result<()> {
     let rate = flag(args, "--rate", 50_000)?;
     let interval_ms = flag(args, "--interval-ms", 100)?;
     let seconds = flag(args, "--seconds", 10)?;
-    let workload = args
-        .iter()
-        .position(|a| a == "--workload")
-        .and_then(|i| args.get(i + 1))
-        .map_or("wordcount", String::as_str);
+    let workload = crate::text_flag(args, "--workload").unwrap_or("wordcount");
     let (registry, _rows) = crate::nexmark::blackhole_registry();
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
     let setup = match workload {

@@ -71,14 +71,18 @@ fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     }
 }
 
+/// The value after `name`, if given.
+fn text_flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
 async fn nexmark_suite(args: &[String]) -> Result<()> {
     let events = flag(args, "--events", 10_000_000)?;
     let per_batch = flag(args, "--events-per-batch", 1_000_000)?;
-    let only = args
-        .iter()
-        .position(|a| a == "--query")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let only = text_flag(args, "--query").map(str::to_string);
     let batch_rows = 8192;
     let bids = Arc::new(nexmark::generate(Table::Bid, events, batch_rows));
     let persons = nexmark::generate(Table::Person, events, batch_rows);
