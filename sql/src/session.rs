@@ -96,6 +96,22 @@ pub struct QueryInfo {
     pub metrics: Arc<QueryMetrics>,
 }
 
+impl QueryInfo {
+    /// Whether `key` names this query: its id, or the sink/table it writes.
+    pub fn answers_to(&self, key: &str) -> bool {
+        self.id.to_string() == key || self.target.eq_ignore_ascii_case(key)
+    }
+}
+
+/// `1 (out), 2 (totals)`: the queries, for messages that name the ones there are.
+pub fn list_queries(queries: &[QueryInfo]) -> String {
+    queries
+        .iter()
+        .map(|q| format!("{} ({})", q.id, q.target))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Executes Flumen SQL.
 pub struct FlumenSession {
     base: SessionContext,
@@ -103,9 +119,8 @@ pub struct FlumenSession {
     clock: Arc<dyn Clock>,
     settings: Settings,
     catalog: Arc<Mutex<Catalog>>,
-    queries: BTreeMap<u64, QueryInfo>,
-    /// The same queries, readable from other tasks (the web UI) while the session runs.
-    shared_queries: Arc<Mutex<BTreeMap<u64, QueryInfo>>>,
+    /// Shared with [`SessionView`]s (the web UI reads them while the session runs).
+    queries: Arc<Mutex<BTreeMap<u64, QueryInfo>>>,
     next_query: u64,
 }
 
@@ -128,7 +143,7 @@ impl SessionView {
         self.queries
             .lock()
             .values()
-            .find(|q| q.id.to_string() == key || q.target.eq_ignore_ascii_case(key))
+            .find(|q| q.answers_to(key))
             .cloned()
     }
 
@@ -197,8 +212,7 @@ impl FlumenSession {
             clock,
             settings: Settings::default(),
             catalog: Arc::new(Mutex::new(Catalog::default())),
-            queries: BTreeMap::new(),
-            shared_queries: Arc::default(),
+            queries: Arc::default(),
             next_query: 1,
         }
     }
@@ -207,7 +221,7 @@ impl FlumenSession {
     pub fn view(&self) -> SessionView {
         SessionView {
             catalog: Arc::clone(&self.catalog),
-            queries: Arc::clone(&self.shared_queries),
+            queries: Arc::clone(&self.queries),
         }
     }
 
@@ -220,13 +234,20 @@ impl FlumenSession {
         &self.settings
     }
 
-    pub fn queries(&self) -> impl Iterator<Item = &QueryInfo> {
-        self.queries.values()
+    /// Every query the session started, by id (cheap clones: the contexts are shared).
+    pub fn queries(&self) -> impl Iterator<Item = QueryInfo> + use<> {
+        self.queries
+            .lock()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// How many queries are running.
     pub fn active_queries(&self) -> usize {
         self.queries
+            .lock()
             .values()
             .filter(|q| q.ctx.state() == StreamingContextState::Active)
             .count()
@@ -234,7 +255,8 @@ impl FlumenSession {
 
     /// Stop one query; with `graceful`, its batch in flight finishes first.
     pub async fn stop_query(&self, id: u64, graceful: bool) -> Result<()> {
-        match self.queries.get(&id) {
+        let query = self.queries.lock().get(&id).cloned();
+        match query {
             Some(q) => q.ctx.stop(graceful).await,
             None => plan_err!("no query {id}; SHOW QUERIES lists them"),
         }
@@ -242,7 +264,7 @@ impl FlumenSession {
 
     /// Stop every query gracefully (the batch in flight finishes and commits).
     pub async fn stop_all(&self) -> Result<()> {
-        for q in self.queries.values() {
+        for q in self.queries() {
             q.ctx.stop(true).await?;
         }
         Ok(())
@@ -252,7 +274,7 @@ impl FlumenSession {
     /// `available_now`); the first failure, naming its query.
     pub async fn await_all(&self) -> Result<()> {
         let mut first_error = None;
-        for q in self.queries.values() {
+        for q in self.queries() {
             if let Err(e) = q.ctx.await_termination().await
                 && first_error.is_none()
             {
@@ -354,10 +376,7 @@ impl FlumenSession {
             Statement::Describe(name) => self.describe(&name).await,
             Statement::Explain(query) => self.explain(&query).await,
             Statement::StopQuery(id) => {
-                let Some(q) = self.queries.get(&id) else {
-                    return plan_err!("no query {id}; SHOW QUERIES lists them");
-                };
-                q.ctx.stop(true).await?;
+                self.stop_query(id, true).await?;
                 Ok(StatementResult::Done(format!("Query {id} stopped")))
             }
             Statement::Drop {
@@ -895,6 +914,7 @@ impl FlumenSession {
                     if let Some(q) = def.query
                         && self
                             .queries
+                            .lock()
                             .get(&q)
                             .is_some_and(|q| q.ctx.state() == StreamingContextState::Active)
                     {
@@ -942,8 +962,7 @@ impl FlumenSession {
             explain: planned.explain,
             metrics: qc.metrics,
         };
-        self.shared_queries.lock().insert(id, info.clone());
-        self.queries.insert(id, info);
+        self.queries.lock().insert(id, info);
         Ok((id, schema))
     }
 
@@ -1013,6 +1032,7 @@ impl FlumenSession {
         let live = feeds;
         let readers = self
             .queries
+            .lock()
             .values()
             .filter(|q| q.streams.contains(name) && q.ctx.state() == StreamingContextState::Active)
             .count();
@@ -1122,8 +1142,7 @@ impl FlumenSession {
                     "rejected_rows",
                     "sql",
                 ],
-                self.queries
-                    .values()
+                self.queries()
                     .map(|q| {
                         let recent = q.ctx.recent_batches();
                         let last = recent.last();
@@ -1168,22 +1187,15 @@ impl FlumenSession {
             "late_rows",
             "rejected_rows",
         ];
+        let all: Vec<QueryInfo> = self.queries().collect();
         let chosen: Vec<&QueryInfo> = match query {
-            None => self.queries.values().collect(),
+            None => all.iter().collect(),
             Some(q) => {
-                let found: Vec<&QueryInfo> = self
-                    .queries
-                    .values()
-                    .filter(|i| i.id.to_string() == q || i.target.eq_ignore_ascii_case(q))
-                    .collect();
+                let found: Vec<&QueryInfo> = all.iter().filter(|i| i.answers_to(q)).collect();
                 if found.is_empty() {
                     return plan_err!(
                         "SHOW PROGRESS {q}: no such query; running: {}",
-                        self.queries
-                            .values()
-                            .map(|i| format!("{} ({})", i.id, i.target))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        list_queries(&all)
                     );
                 }
                 found
@@ -1341,6 +1353,7 @@ impl FlumenSession {
         if kind == ObjectKind::Stream {
             let users: Vec<String> = self
                 .queries
+                .lock()
                 .values()
                 .filter(|q| {
                     q.streams.contains(name) && q.ctx.state() == StreamingContextState::Active
@@ -1356,8 +1369,8 @@ impl FlumenSession {
             self.catalog.lock().streams.remove(name);
         } else {
             let query = self.catalog.lock().sinks.remove(name).and_then(|s| s.query);
-            if let Some(q) = query.and_then(|q| self.queries.get(&q)) {
-                q.ctx.stop(true).await?;
+            if let Some(q) = query {
+                self.stop_query(q, true).await?;
             }
         }
         let _ = self.base.deregister_table(name);
@@ -1374,9 +1387,9 @@ impl FlumenSession {
                 "ADVANCE needs the manual clock (tests); this session runs on the system clock"
             );
         };
-        let step = self
-            .queries
-            .values()
+        let queries: Vec<QueryInfo> = self.queries().collect();
+        let step = queries
+            .iter()
             .filter(|q| q.ctx.state() == StreamingContextState::Active)
             .map(|q| q.ctx.batch_interval())
             .min()
@@ -1384,7 +1397,7 @@ impl FlumenSession {
         for _ in 0..n {
             clock.advance(step);
             let now = clock.now().as_millis();
-            for q in self.queries.values() {
+            for q in &queries {
                 if q.ctx.state() != StreamingContextState::Active {
                     continue;
                 }

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::session::{QueryInfo, SessionView};
+use crate::session::{QueryInfo, SessionView, list_queries};
 
 const OVERVIEW_HTML: &str = include_str!("ui/overview.html");
 const QUERY_HTML: &str = include_str!("ui/query.html");
@@ -163,14 +163,9 @@ fn route(view: &SessionView, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn not_found(view: &SessionView, key: &str) -> Response<Full<Bytes>> {
-    let running: Vec<String> = view
-        .queries()
-        .iter()
-        .map(|q| format!("{} ({})", q.id, q.target))
-        .collect();
     json_response(
         StatusCode::NOT_FOUND,
-        &json!({"error": format!("no query '{key}'; queries: {}", running.join(", "))}),
+        &json!({"error": format!("no query '{key}'; queries: {}", list_queries(&view.queries()))}),
     )
 }
 
