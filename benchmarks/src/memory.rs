@@ -58,7 +58,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(q) = session.queries().next()
-            && let Some(b) = q.ctx.recent_batches().last()
+            && let Some(b) = q.ctx.last_batches(1).pop()
         {
             state_rows.push(b.state_rows);
         }

@@ -477,7 +477,18 @@ impl StreamingContext {
 
     /// The most recent batches' information, oldest first.
     pub fn recent_batches(&self) -> Vec<BatchInfo> {
-        self.inner.shared.recent.lock().iter().cloned().collect()
+        self.last_batches(usize::MAX)
+    }
+
+    /// The newest `n` of [`StreamingContext::recent_batches`], oldest first (copies
+    /// only those).
+    pub fn last_batches(&self, n: usize) -> Vec<BatchInfo> {
+        let recent = self.inner.shared.recent.lock();
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Plan every query and start running batches.

@@ -1144,21 +1144,18 @@ impl FlumenSession {
                 ],
                 self.queries()
                     .map(|q| {
-                        let recent = q.ctx.recent_batches();
-                        let last = recent.last();
+                        // Totals since the start (the kept batches are only the last 1,000).
+                        let m = q.metrics.snapshot();
+                        let last = q.ctx.last_batches(1).pop();
                         vec![
                             q.id.to_string(),
                             format!("{:?}", q.ctx.state()).to_lowercase(),
                             q.target.clone(),
-                            recent.len().to_string(),
+                            m.batches.to_string(),
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
-                            recent.iter().map(|b| b.late_rows).sum::<u64>().to_string(),
-                            recent
-                                .iter()
-                                .map(|b| b.rejected_rows)
-                                .sum::<u64>()
-                                .to_string(),
+                            m.late_rows.to_string(),
+                            m.rejected_rows.to_string(),
                             // One line, whatever the script's layout.
                             q.sql.split_whitespace().collect::<Vec<_>>().join(" "),
                         ]
@@ -1203,13 +1200,10 @@ impl FlumenSession {
         };
         let mut rows = Vec::new();
         for q in chosen {
-            let recent = q.ctx.recent_batches();
-            let batches: Vec<_> = if query.is_some() {
-                recent.iter().collect()
-            } else {
-                recent.last().into_iter().collect()
-            };
-            for b in batches {
+            let batches = q
+                .ctx
+                .last_batches(if query.is_some() { usize::MAX } else { 1 });
+            for b in &batches {
                 let p = b.progress(&q.target);
                 let ms = |d: std::time::Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
                 rows.push(vec![

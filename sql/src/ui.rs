@@ -218,7 +218,7 @@ fn status(q: &QueryInfo) -> &'static str {
 /// One query's summary: totals, the newest batch's gauges, and its progress record.
 fn query_summary(q: &QueryInfo) -> Value {
     let m = q.metrics.snapshot();
-    let latest = q.ctx.recent_batches().pop();
+    let latest = q.ctx.last_batches(1).pop();
     let mut streams: Vec<&String> = q.streams.iter().collect();
     streams.sort();
     json!({
@@ -261,10 +261,9 @@ fn last(req: &Request<Incoming>) -> Option<usize> {
 /// them) and its plan.
 fn query_detail(q: &QueryInfo, last: Option<usize>) -> Value {
     let mut v = query_summary(q);
-    let recent = q.ctx.recent_batches();
-    let from = recent.len() - last.unwrap_or(recent.len()).min(recent.len());
     v["recent"] = Value::Array(
-        recent[from..]
+        q.ctx
+            .last_batches(last.unwrap_or(usize::MAX))
             .iter()
             .map(|b| b.progress(&q.target))
             .collect(),
