@@ -209,6 +209,13 @@ impl FileLoader {
             FileFormat::Lines { header } => {
                 let mut bad = Vec::new();
                 let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                if self.decoder.format() == Format::Text
+                    && !bytes.is_empty()
+                    && let Some(batches) =
+                        self.text_lines(&bytes, body.len(), header, &shown).await?
+                {
+                    return Ok(batches);
+                }
                 let skip_blank = self.decoder.format() != Format::Text;
                 fn keep<'a>(
                     kept: &mut (Vec<&'a str>, Vec<usize>),
@@ -322,6 +329,53 @@ impl FileLoader {
                 }
             }
         }
+    }
+
+    /// A text file's lines as one column, straight from the file's bytes: each part
+    /// of a large file on a blocking thread of its own, each part's column sized before
+    /// it is filled. `body` is the file without its last newline. `None` when the file
+    /// is not UTF-8 (the caller then finds the bad lines).
+    async fn text_lines(
+        &self,
+        bytes: &bytes::Bytes,
+        body: usize,
+        header: bool,
+        shown: &str,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let parts = if body >= PARALLEL_DECODE_BYTES {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        } else {
+            1
+        };
+        // Cut at the first newline after each even share of the bytes.
+        let mut cuts = vec![0];
+        for k in 1..parts {
+            let from = (body * k / parts).max(*cuts.last().unwrap_or(&0));
+            match memchr::memchr(b'\n', &bytes[from..body]) {
+                Some(at) => cuts.push(from + at + 1),
+                None => break,
+            }
+        }
+        cuts.push(body + 1);
+        let schema = Arc::clone(self.decoder.schema());
+        let mut tasks = Vec::with_capacity(cuts.len() - 1);
+        for (i, w) in cuts.windows(2).enumerate() {
+            let (bytes, schema) = (bytes.clone(), Arc::clone(&schema));
+            let (start, end) = (w[0], w[1] - 1);
+            let skip_first = header && i == 0;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                text_column(&bytes[start..end], skip_first, schema)
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await {
+                Ok(Some(batch)) => out.push(batch),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.error(format!("decoding {shown}: {e}"))),
+            }
+        }
+        Ok(Some(out))
     }
 
     fn reject(
@@ -567,6 +621,23 @@ impl Source for FilesSource {
 
 /// Files with at least this many lines are decoded on several threads.
 const PARALLEL_DECODE_LINES: usize = 65_536;
+/// Text files of at least this many bytes are split into lines on several threads.
+const PARALLEL_DECODE_BYTES: usize = 4 << 20;
+
+/// The lines of `text` (without its last newline) as a batch of one `Utf8` column, or
+/// `None` when it is not UTF-8: a line's `\r\n` ending loses its `\r`; the first
+/// line is left out when it is a header.
+fn text_column(text: &[u8], skip_first: bool, schema: SchemaRef) -> Option<RecordBatch> {
+    let text = std::str::from_utf8(text).ok()?;
+    let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
+    let mut column = datafusion::arrow::array::StringBuilder::with_capacity(lines, text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if !(skip_first && i == 0) {
+            column.append_value(line.strip_suffix('\r').unwrap_or(line));
+        }
+    }
+    RecordBatch::try_new(schema, vec![Arc::new(column.finish()) as ArrayRef]).ok()
+}
 
 /// `connector = 'files'`.
 #[derive(Debug)]

@@ -37,6 +37,7 @@ pub mod sink;
 pub mod slot;
 pub mod source;
 pub mod sources;
+pub mod split;
 pub mod store;
 pub mod stream;
 pub mod time;

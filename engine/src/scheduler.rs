@@ -75,12 +75,13 @@ impl Pipeline {
     ) -> Result<Self> {
         let mut operators = Vec::new();
         for mut node in graph.operators {
-            let plan = node.op.plan_input(&node.input).await?;
+            let plan = crate::split::fuse_split_unnest(node.op.plan_input(&node.input).await?)?;
             operators.push((node, plan));
         }
         let mut outputs = Vec::new();
         for node in graph.outputs {
-            let plan = node.df.clone().create_physical_plan().await?;
+            let plan =
+                crate::split::fuse_split_unnest(node.df.clone().create_physical_plan().await?)?;
             outputs.push((node, plan));
         }
         Ok(Self {

@@ -385,3 +385,59 @@ async fn a_large_file_is_decoded_in_parallel_slices_in_order() {
         "{err}"
     );
 }
+
+/// A text file of over 4 MiB is cut into lines on several threads straight from its
+/// bytes: every line once and whole (blank lines kept, `\r\n` endings lose the `\r`,
+/// multi-byte characters intact, the last line without a newline).
+#[tokio::test]
+async fn a_large_text_file_is_split_into_lines_on_every_core() {
+    let dir = temp_dir("files-large-text");
+    let lines: Vec<String> = (0..300_000u64)
+        .map(|i| match i % 1000 {
+            500 => String::new(),
+            _ => format!("{i} héllo wörld"),
+        })
+        .collect();
+    let mut body = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        body.push_str(l);
+        if i + 1 < lines.len() {
+            body.push_str(if i % 7 == 0 { "\r\n" } else { "\n" });
+        }
+    }
+    assert!(body.len() > 4 << 20);
+    put(&dir, "big.txt", body.as_bytes(), 10);
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM big (line TEXT) WITH (connector = 'files', path = '{}',
+           format = 'text', include_existing = 'true');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT line FROM big;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    let chars: usize = lines.iter().map(|l| l.chars().count()).sum();
+    assert_eq!(
+        sql_rows(
+            &mut s,
+            "SELECT count(*), sum(character_length(line)), count(*) FILTER (WHERE line = ''),
+                    count(*) FILTER (WHERE strpos(line, chr(13)) > 0)
+             FROM out"
+        )
+        .await,
+        vec![format!("300000|{chars}|300|0")]
+    );
+    let numbered: u64 = (0..300_000u64).filter(|i| i % 1000 != 500).sum();
+    assert_eq!(
+        sql_rows(
+            &mut s,
+            "SELECT count(DISTINCT line), sum(CAST(split_part(line, ' ', 1) AS BIGINT)),
+                    min(line), max(line)
+             FROM out WHERE line <> ''"
+        )
+        .await,
+        vec![format!("299700|{numbered}|0 héllo wörld|99999 héllo wörld")]
+    );
+    s.stop_all().await.unwrap();
+}
