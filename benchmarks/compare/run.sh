@@ -4,7 +4,9 @@
 #
 #   benchmarks/compare/run.sh              # every workload, results under benchmarks/results/<date>/
 #
-# Settings (environment): RUNS (3; the report takes medians), LINES (word-count lines,
+# Settings (environment): RUNS (3; the report takes medians), REPEAT (3: Flumen's and
+# DataFusion's runs last well under a second, so each round runs them REPEAT times,
+# alternating, for as many more samples of the noisier short runs), LINES (word-count lines,
 # 1000000), EVENTS (Nexmark events, 2000000), WORKLOADS ("wordcount q0 q1 q2 q5 q7 q8"), FLUMEN_BENCH_VENV (the peers'
 # virtual environment, ~/.cache/flumen-bench-venv), FLUMEN_BENCH_DATA (the shared input,
 # ~/.cache/flumen-bench-data), KAFKA=0 to leave out Flumen's Kafka -> aggregate run
@@ -18,6 +20,7 @@ LINES="${LINES:-1000000}"
 EVENTS="${EVENTS:-2000000}"
 WORKLOADS="${WORKLOADS:-wordcount q0 q1 q2 q5 q7 q8}"
 RUNS="${RUNS:-3}"
+REPEAT="${REPEAT:-3}"
 OUT="benchmarks/results/$(date +%Y-%m-%d)"
 
 step() { echo "== $*" >&2; }
@@ -46,8 +49,10 @@ RESULTS="$OUT/results.jsonl"
 for run in $(seq "$RUNS"); do
   for w in $WORKLOADS; do
     step "run $run/$RUNS, Flumen and DataFusion (each in its own process): $w"
-    for system in flumen datafusion; do
-      "$B" files --dir "$DATA" --workload "$w" --system "$system" | grep '^{' | tee -a "$RESULTS" >&2
+    for _ in $(seq "$REPEAT"); do
+      for system in flumen datafusion; do
+        "$B" files --dir "$DATA" --workload "$w" --system "$system" | grep '^{' | tee -a "$RESULTS" >&2
+      done
     done
   done
   step "run $run/$RUNS, Spark Structured Streaming (local[2], noop sink, availableNow): $WORKLOADS"
@@ -82,7 +87,7 @@ step "machine"
   echo "rust: $(rustc --version)"
   echo "java: $(java -version 2>&1 | head -1)"
   echo "peers: $("$VENV/bin/pip" freeze | grep -E '^(pyspark|apache-flink)==' | tr '\n' ' ')"
-  echo "input: $LINES lines, $EVENTS Nexmark events (CSV, 10 files each); $RUNS runs, medians"
+  echo "input: $LINES lines, $EVENTS Nexmark events (CSV, 10 files each); $RUNS runs (Flumen and DataFusion $REPEAT times each per run), medians"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 

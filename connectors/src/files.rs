@@ -471,6 +471,10 @@ impl Source for FilesSource {
         &self.name
     }
 
+    fn project(&self, columns: &[usize]) {
+        self.reader.decoder.project(columns);
+    }
+
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.reader.schema)
     }

@@ -11,10 +11,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, StringBuilder, new_null_array};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
 use flumen_engine::registry::ConnectorOptions;
 use flumen_engine::{Error, Rejected, Result, plan_err};
 
@@ -62,6 +63,9 @@ pub struct Decoder {
     schema: SchemaRef,
     format: Format,
     on_error: OnError,
+    /// CSV: the only columns parsed (ascending); the others are placeholders. Shared
+    /// by the clones that decode a file's slices.
+    projection: Arc<parking_lot::RwLock<Option<Arc<[usize]>>>>,
 }
 
 impl Decoder {
@@ -111,7 +115,17 @@ impl Decoder {
             schema,
             format,
             on_error,
+            projection: Arc::default(),
         })
+    }
+
+    /// Parse only `columns` (CSV; other formats decode every column): the others get
+    /// placeholder values (null, or the type's default where the column is NOT NULL),
+    /// and bad values in them are no longer seen — Spark's CSV column pruning.
+    pub fn project(&self, columns: &[usize]) {
+        if self.format == Format::Csv && !columns.is_empty() {
+            *self.projection.write() = Some(columns.into());
+        }
     }
 
     pub fn format(&self) -> Format {
@@ -235,6 +249,7 @@ impl Decoder {
     }
 
     fn decode_lines(&self, lines: &[&str]) -> Result<RecordBatch> {
+        let projection = self.projection.read().clone();
         let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
             text.push_str(l);
@@ -246,21 +261,52 @@ impl Decoder {
                 .with_strict_mode(true)
                 .build(std::io::Cursor::new(text.as_bytes()))?
                 .collect::<Result<_, _>>()?,
-            Format::Csv => datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
-                .with_header(false)
-                .with_batch_size(lines.len().max(1))
-                .build(std::io::Cursor::new(text.as_bytes()))?
-                .collect::<Result<_, _>>()?,
+            Format::Csv => {
+                let mut reader =
+                    datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                        .with_header(false)
+                        .with_batch_size(lines.len().max(1));
+                if let Some(p) = &projection {
+                    reader = reader.with_projection(p.to_vec());
+                }
+                reader
+                    .build(std::io::Cursor::new(text.as_bytes()))?
+                    .collect::<Result<_, _>>()?
+            }
             Format::Text => return plan_err!("text lines are not decoded"),
         };
-        let batch = concat_batches(&self.schema, &batches)?;
+        let schema = match &projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        let batch = concat_batches(&schema, &batches)?;
         // Declared NOT NULL columns must have a value.
-        for (i, f) in self.schema.fields().iter().enumerate() {
+        for (i, f) in schema.fields().iter().enumerate() {
             if !f.is_nullable() && batch.column(i).null_count() > 0 {
                 return plan_err!("column {} is NOT NULL but has no value", f.name());
             }
         }
-        Ok(batch)
+        match &projection {
+            Some(p) => self.widen(batch, p),
+            None => Ok(batch),
+        }
+    }
+
+    /// A batch of the projected columns `p` as one of the whole schema, with
+    /// placeholders in the columns not parsed.
+    fn widen(&self, batch: RecordBatch, p: &[usize]) -> Result<RecordBatch> {
+        let rows = batch.num_rows();
+        let mut parsed = batch.columns().iter();
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (i, f) in self.schema.fields().iter().enumerate() {
+            let column = match p.contains(&i).then(|| parsed.next()).flatten() {
+                Some(c) => Arc::clone(c),
+                None if f.is_nullable() => new_null_array(f.data_type(), rows),
+                None => ScalarValue::new_default(f.data_type())?.to_array_of_size(rows)?,
+            };
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 

@@ -84,6 +84,18 @@ impl Pipeline {
                 crate::split::fuse_split_unnest(node.df.clone().create_physical_plan().await?)?;
             outputs.push((node, plan));
         }
+        // Tell each source which of its columns the plans read (it may skip the rest).
+        let plans: Vec<&Arc<dyn ExecutionPlan>> = operators
+            .iter()
+            .map(|(_, p)| p)
+            .chain(outputs.iter().map(|(_, p)| p))
+            .collect();
+        for s in &graph.sources {
+            let read = s.slot.columns_read(&plans)?;
+            if read.len() < s.slot.schema().fields().len() {
+                s.source.project(&read);
+            }
+        }
         Ok(Self {
             query_id,
             task_ctx: session.task_ctx(),

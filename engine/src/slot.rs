@@ -15,9 +15,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use parking_lot::RwLock;
 
 use crate::Result;
@@ -116,6 +118,29 @@ impl BatchSlot {
             Arc::clone(&self.schema),
             parts,
         )?))
+    }
+}
+
+impl BatchSlot {
+    /// The columns of this slot that `plans` read: the union of the projections of
+    /// their scans of it (every column when a scan has no projection), ascending.
+    pub(crate) fn columns_read(&self, plans: &[&Arc<dyn ExecutionPlan>]) -> Result<Vec<usize>> {
+        let width = self.schema.fields().len();
+        let mut read = vec![false; width];
+        for plan in plans {
+            plan.apply(|node| {
+                if let Some(scan) = node.downcast_ref::<StreamingTableExec>()
+                    && Arc::ptr_eq(scan.partition_schema(), &self.schema)
+                {
+                    match scan.projection() {
+                        Some(p) => p.iter().for_each(|i| read[*i] = true),
+                        None => read.iter_mut().for_each(|r| *r = true),
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok((0..width).filter(|i| read[*i]).collect())
     }
 }
 

@@ -92,6 +92,13 @@ pub trait Source: Debug + Send + Sync {
         1
     }
 
+    /// The columns of [`Source::schema`] the query reads (indices, ascending), known
+    /// once its plans are built, before [`Source::open`]; called only when some column
+    /// goes unread. A source may then skip decoding the others and fill them with any
+    /// value of their type (as Spark's CSV reader prunes columns): the plans never
+    /// look at them.
+    fn project(&self, _columns: &[usize]) {}
+
     /// Called once when the query starts, before the first batch.
     async fn open(&self) -> Result<()> {
         Ok(())
