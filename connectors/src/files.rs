@@ -209,10 +209,11 @@ impl FileLoader {
             FileFormat::Lines { header } => {
                 let mut bad = Vec::new();
                 let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-                if self.decoder.format() == Format::Text
+                if self.decoder.format() != Format::Json
                     && !bytes.is_empty()
-                    && let Some(batches) =
-                        self.text_lines(&bytes, body.len(), header, &shown).await?
+                    && let Some(batches) = self
+                        .decode_in_parts(&bytes, body.len(), header, &shown)
+                        .await?
                 {
                     return Ok(batches);
                 }
@@ -331,11 +332,12 @@ impl FileLoader {
         }
     }
 
-    /// A text file's lines as one column, straight from the file's bytes: each part
-    /// of a large file on a blocking thread of its own, each part's column sized before
-    /// it is filled. `body` is the file without its last newline. `None` when the file
-    /// is not UTF-8 (the caller then finds the bad lines).
-    async fn text_lines(
+    /// A text or CSV file decoded straight from its bytes (`Decoder::decode_part`):
+    /// each part of a large file on a blocking thread of its own. `body` is the file
+    /// without its last newline. `None` when some part does not decode cleanly (not
+    /// UTF-8, a bad record, a shape the fast path leaves alone): the caller then goes
+    /// line by line, finding and naming the bad lines.
+    async fn decode_in_parts(
         &self,
         bytes: &bytes::Bytes,
         body: usize,
@@ -357,20 +359,19 @@ impl FileLoader {
             }
         }
         cuts.push(body + 1);
-        let schema = Arc::clone(self.decoder.schema());
         let mut tasks = Vec::with_capacity(cuts.len() - 1);
         for (i, w) in cuts.windows(2).enumerate() {
-            let (bytes, schema) = (bytes.clone(), Arc::clone(&schema));
+            let (bytes, decoder) = (bytes.clone(), self.decoder.clone());
             let (start, end) = (w[0], w[1] - 1);
             let skip_first = header && i == 0;
             tasks.push(tokio::task::spawn_blocking(move || {
-                text_column(&bytes[start..end], skip_first, schema)
+                decoder.decode_part(&bytes[start..end], skip_first)
             }));
         }
-        let mut out = Vec::with_capacity(tasks.len());
+        let mut out = Vec::new();
         for t in tasks {
             match t.await {
-                Ok(Some(batch)) => out.push(batch),
+                Ok(Some(mut batches)) => out.append(&mut batches),
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.error(format!("decoding {shown}: {e}"))),
             }
@@ -625,23 +626,8 @@ impl Source for FilesSource {
 
 /// Files with at least this many lines are decoded on several threads.
 const PARALLEL_DECODE_LINES: usize = 65_536;
-/// Text files of at least this many bytes are split into lines on several threads.
+/// Text and CSV files of at least this many bytes are decoded on several threads.
 const PARALLEL_DECODE_BYTES: usize = 4 << 20;
-
-/// The lines of `text` (without its last newline) as a batch of one `Utf8` column, or
-/// `None` when it is not UTF-8: a line's `\r\n` ending loses its `\r`; the first
-/// line is left out when it is a header.
-fn text_column(text: &[u8], skip_first: bool, schema: SchemaRef) -> Option<RecordBatch> {
-    let text = std::str::from_utf8(text).ok()?;
-    let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
-    let mut column = datafusion::arrow::array::StringBuilder::with_capacity(lines, text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if !(skip_first && i == 0) {
-            column.append_value(line.strip_suffix('\r').unwrap_or(line));
-        }
-    }
-    RecordBatch::try_new(schema, vec![Arc::new(column.finish()) as ArrayRef]).ok()
-}
 
 /// `connector = 'files'`.
 #[derive(Debug)]

@@ -211,6 +211,65 @@ impl Decoder {
         })
     }
 
+    /// Part of a file (lines without the last newline) decoded straight from its
+    /// bytes, in batches of at most 8,192 rows, without copying the lines first: text
+    /// and CSV (when the part has no `\r`, no quote, no blank line — shapes the
+    /// line-by-line path treats specially). `None` when the part is not UTF-8, a record
+    /// does not decode, or the shape is not one of those: the caller then decodes
+    /// line by line. `skip_first` leaves out the first line (a header).
+    pub fn decode_part(&self, text: &[u8], skip_first: bool) -> Option<Vec<RecordBatch>> {
+        let text = std::str::from_utf8(text).ok()?;
+        match self.format {
+            Format::Text => {
+                text_column(text, skip_first, Arc::clone(&self.schema)).map(|b| vec![b])
+            }
+            Format::Csv => {
+                let text = match (skip_first, text.find('\n')) {
+                    (false, _) => text,
+                    (true, Some(at)) => &text[at + 1..],
+                    (true, None) => "",
+                };
+                self.decode_csv(text.as_bytes())
+            }
+            Format::Json => None,
+        }
+    }
+
+    fn decode_csv(&self, text: &[u8]) -> Option<Vec<RecordBatch>> {
+        if text.is_empty() {
+            return Some(Vec::new());
+        }
+        if memchr::memchr2(b'\r', b'"', text).is_some()
+            || memchr::memmem::find(text, b"\n\n").is_some()
+            || text[0] == b'\n'
+            || text[text.len() - 1] == b'\n'
+        {
+            return None;
+        }
+        let lines = memchr::memchr_iter(b'\n', text).count() + 1;
+        let projection = self.projection.read().clone();
+        let mut reader = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_header(false)
+            .with_batch_size(CSV_BATCH_ROWS);
+        if let Some(p) = &projection {
+            reader = reader.with_projection(p.to_vec());
+        }
+        let mut out = Vec::with_capacity(lines.div_ceil(CSV_BATCH_ROWS));
+        let mut rows = 0;
+        for batch in reader.build(std::io::Cursor::new(text)).ok()? {
+            let batch = batch.ok()?;
+            if !has_required_values(&batch) {
+                return None;
+            }
+            rows += batch.num_rows();
+            out.push(match &projection {
+                Some(p) => self.widen(batch, p).ok()?,
+                None => batch,
+            });
+        }
+        (rows == lines).then_some(out)
+    }
+
     /// Under the stream's policy, a record that could not be read before decoding
     /// (e.g. not UTF-8): an error under `fail`, else added to `out`.
     pub fn reject_raw(
@@ -310,6 +369,33 @@ impl Decoder {
     }
 }
 
+/// Rows per batch of a CSV part decoded straight from a file's bytes (DataFusion's
+/// `batch_size`: the reader's buffers stay small and are reused from batch to batch).
+const CSV_BATCH_ROWS: usize = 8192;
+
+/// Whether every NOT NULL column of `batch` has a value in every row.
+fn has_required_values(batch: &RecordBatch) -> bool {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .all(|(f, c)| f.is_nullable() || c.null_count() == 0)
+}
+
+/// The lines of `text` (without its last newline) as a batch of one `Utf8` column: a
+/// line's `\r\n` ending loses its `\r`; the first line is left out when it is a header.
+fn text_column(text: &str, skip_first: bool, schema: SchemaRef) -> Option<RecordBatch> {
+    let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
+    let mut column = StringBuilder::with_capacity(lines, text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if !(skip_first && i == 0) {
+            column.append_value(line.strip_suffix('\r').unwrap_or(line));
+        }
+    }
+    RecordBatch::try_new(schema, vec![Arc::new(column.finish()) as ArrayRef]).ok()
+}
+
 /// A record shortened for an error message.
 fn clip(line: &str) -> String {
     const MAX: usize = 200;
@@ -326,7 +412,7 @@ fn clip(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{Int64Array, StringArray};
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -402,6 +488,73 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "stream s: unknown on_error 'ignore'; accepted: fail, skip, dead_letter"
+        );
+    }
+
+    /// The fast path gives what the line-by-line path gives, in batches of at most
+    /// 8,192 rows, with and without a projection, and leaves every shape the
+    /// line-by-line path treats specially (or a bad record) to it.
+    #[test]
+    fn csv_parts_decode_as_lines_do_or_are_left_to_them() {
+        let d = Decoder::from_options("s", schema(), &opts(&[("format", "csv")])).unwrap();
+        let text: String = (0..20_000)
+            .map(|i| format!("{i},n{}", i % 5))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let lines: Vec<&str> = text.split('\n').collect();
+        let show = |b: &[RecordBatch]| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b)
+                .unwrap()
+                .to_string()
+        };
+        let whole = d.decode(&lines, at).unwrap().0;
+        let parts = d.decode_part(text.as_bytes(), false).unwrap();
+        assert_eq!(
+            parts.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![8192, 8192, 3616]
+        );
+        assert_eq!(show(&parts), show(&[whole]));
+        // A header line is left out; a part that is only the header has no rows.
+        let headed = format!("id,name\n{text}");
+        let parts = d.decode_part(headed.as_bytes(), true).unwrap();
+        assert_eq!(parts.iter().map(|b| b.num_rows()).sum::<usize>(), 20_000);
+        assert!(d.decode_part(b"id,name", true).unwrap().is_empty());
+        // Projected: `name` only; `id` (NOT NULL) gets placeholders, never nulls.
+        d.project(&[1]);
+        let parts = d.decode_part(b"1,a\n2,b", false).unwrap();
+        assert_eq!(parts[0].column(0).null_count(), 0);
+        assert_eq!(
+            parts[0]
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap(),
+            &StringArray::from(vec!["a", "b"])
+        );
+        // A bad `id` is no longer parsed; a line with a field too many still fails.
+        assert_eq!(d.decode_part(b"x,a\n2,b", false).unwrap()[0].num_rows(), 2);
+        assert!(d.decode_part(b"1,a,extra\n2,b", false).is_none());
+        // Shapes left to the line-by-line path: \r\n endings, quotes, blank lines,
+        // not UTF-8.
+        for text in [
+            &b"1,a\r\n2,b"[..],
+            b"1,\"a\"\n2,b",
+            b"1,a\n\n2,b",
+            b"\n1,a",
+            b"1,a\n",
+            b"1,\xff",
+        ] {
+            assert!(d.decode_part(text, false).is_none(), "{text:?}");
+        }
+        let text = Decoder::from_options("s", text_schema(), &opts(&[])).unwrap();
+        let parts = text.decode_part("a\r\n\nb é".as_bytes(), false).unwrap();
+        assert_eq!(
+            parts[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap(),
+            &StringArray::from(vec!["a", "", "b é"])
         );
     }
 }

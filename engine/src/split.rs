@@ -18,9 +18,9 @@
 //! (`preserve_nulls`, empty lists expanded as null) and row order are `UnnestExec`'s,
 //! and it yields batches of at most `batch_size` rows, as `UnnestExec` does. It is
 //! applied by [`fuse_split_unnest`] to every plan a query builds; any other shape
-//! (a delimiter that is not a non-empty literal, a third `null_str` argument,
+//! (a delimiter that is not a non-empty literal, a third `null_str` argument that is not NULL,
 //! `Utf8View` text, several unnested columns, recursive unnest) stays as DataFusion
-//! planned it.
+//! planned it. (A third argument that is a `NULL` literal is the two-argument form.)
 
 use std::fmt;
 use std::sync::Arc;
@@ -115,8 +115,17 @@ impl SplitUnnestExec {
         else {
             return Ok(None);
         };
-        let [text, delimiter] = call.args() else {
-            return Ok(None);
+        // string_to_array(text, delimiter[, NULL]): a NULL `null_str` changes nothing.
+        let (text, delimiter) = match call.args() {
+            [text, delimiter] => (text, delimiter),
+            [text, delimiter, null_str]
+                if null_str
+                    .downcast_ref::<Literal>()
+                    .is_some_and(|l| l.value().is_null()) =>
+            {
+                (text, delimiter)
+            }
+            _ => return Ok(None),
         };
         if !call.fun().inner().is::<StringToArray>() {
             return Ok(None);
@@ -485,13 +494,12 @@ mod tests {
                     datafusion::functions_nested::expr_fn::string_to_array(
                         col("t"),
                         lit(" "),
-                        lit(ScalarValue::Utf8(None)),
+                        lit("lead"),
                     )
                     .alias("w"),
                 ])
                 .unwrap();
-            // string_to_array(t, ' ', NULL) has a third argument: not fused. The
-            // two-argument call is what SQL writes; build that one too.
+            // string_to_array(t, ' ', 'lead') turns 'lead' parts into nulls: not fused.
             let (expected, actual, plan, _) = both(
                 df.clone()
                     .unnest_columns_with_options(
@@ -523,6 +531,15 @@ mod tests {
             };
             assert_eq!(nulls, want, "{handling:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_null_third_argument_is_the_two_argument_form() {
+        let ctx = context(false);
+        let sql = "SELECT id, unnest(string_to_array(t, ' ', NULL)) AS w FROM texts";
+        let (expected, actual, plan, _) = both(ctx.sql(sql).await.unwrap()).await;
+        assert!(plan.contains("SplitUnnestExec"), "{plan}");
+        assert_eq!(actual, expected);
     }
 
     #[tokio::test]
