@@ -850,6 +850,10 @@ pub fn plan_query(
     if !stateful && explain.is_empty() {
         explain.push("Stateless: the whole plan runs on each batch".into());
     }
+    let explain = explain
+        .iter()
+        .map(|l| crate::duration::readable_intervals(l))
+        .collect();
     let df = DataFrame::new(state, new_plan);
     let stream = ctx.stream_from(df, slide)?;
     Ok(PlannedQuery {

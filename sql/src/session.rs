@@ -1307,7 +1307,7 @@ impl FlumenSession {
             plan.display_indent()
                 .to_string()
                 .lines()
-                .map(|l| format!("  {l}")),
+                .map(|l| format!("  {}", crate::duration::readable_intervals(l))),
         );
         string_table(&["plan"], lines.into_iter().map(|l| vec![l]).collect())
     }
