@@ -209,8 +209,7 @@ impl FileLoader {
             FileFormat::Lines { header } => {
                 let mut bad = Vec::new();
                 let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-                if self.decoder.format() != Format::Json
-                    && !bytes.is_empty()
+                if !bytes.is_empty()
                     && let Some(batches) = self
                         .decode_in_parts(&bytes, body.len(), header, &shown)
                         .await?
@@ -332,7 +331,8 @@ impl FileLoader {
         }
     }
 
-    /// A text or CSV file decoded straight from its bytes (`Decoder::decode_part`):
+    /// A text, CSV or JSON-lines file decoded straight from its bytes
+    /// (`Decoder::decode_part`):
     /// each part of a large file on a blocking thread of its own. `body` is the file
     /// without its last newline. `None` when some part does not decode cleanly (not
     /// UTF-8, a bad record, a shape the fast path leaves alone): the caller then goes
@@ -626,7 +626,7 @@ impl Source for FilesSource {
 
 /// Files with at least this many lines are decoded on several threads.
 const PARALLEL_DECODE_LINES: usize = 65_536;
-/// Text and CSV files of at least this many bytes are decoded on several threads.
+/// Text, CSV and JSON files of at least this many bytes are decoded on several threads.
 const PARALLEL_DECODE_BYTES: usize = 4 << 20;
 
 /// `connector = 'files'`.

@@ -212,9 +212,10 @@ impl Decoder {
     }
 
     /// Part of a file (lines without the last newline) decoded straight from its
-    /// bytes, in batches of at most 8,192 rows, without copying the lines first: text
-    /// and CSV (when the part has no `\r`, no quote, no blank line — shapes the
-    /// line-by-line path treats specially). `None` when the part is not UTF-8, a record
+    /// bytes, in batches of at most 8,192 rows, without copying the lines first: text,
+    /// CSV (when the part has no `\r`, no quote, no blank line — shapes the
+    /// line-by-line path treats specially) and JSON lines (no blank line, one object
+    /// per line). `None` when the part is not UTF-8, a record
     /// does not decode, or the shape is not one of those: the caller then decodes
     /// line by line. `skip_first` leaves out the first line (a header).
     pub fn decode_part(&self, text: &[u8], skip_first: bool) -> Option<Vec<RecordBatch>> {
@@ -231,19 +232,44 @@ impl Decoder {
                 };
                 self.decode_csv(text.as_bytes())
             }
-            Format::Json => None,
+            Format::Json if skip_first => None,
+            Format::Json => self.decode_json(text.as_bytes()),
         }
+    }
+
+    /// JSON lines straight from the bytes: one object per line, no blank line (the
+    /// line-by-line path skips those), every line one row — else `None`.
+    fn decode_json(&self, text: &[u8]) -> Option<Vec<RecordBatch>> {
+        if text.is_empty() {
+            return Some(Vec::new());
+        }
+        if blank_line(text) {
+            return None;
+        }
+        let lines = memchr::memchr_iter(b'\n', text).count() + 1;
+        let reader = datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_batch_size(CSV_BATCH_ROWS)
+            .with_strict_mode(true)
+            .build(std::io::Cursor::new(text))
+            .ok()?;
+        let mut out = Vec::with_capacity(lines.div_ceil(CSV_BATCH_ROWS));
+        let mut rows = 0;
+        for batch in reader {
+            let batch = batch.ok()?;
+            if !has_required_values(&batch) {
+                return None;
+            }
+            rows += batch.num_rows();
+            out.push(batch);
+        }
+        (rows == lines).then_some(out)
     }
 
     fn decode_csv(&self, text: &[u8]) -> Option<Vec<RecordBatch>> {
         if text.is_empty() {
             return Some(Vec::new());
         }
-        if memchr::memchr2(b'\r', b'"', text).is_some()
-            || memchr::memmem::find(text, b"\n\n").is_some()
-            || text[0] == b'\n'
-            || text[text.len() - 1] == b'\n'
-        {
+        if memchr::memchr2(b'\r', b'"', text).is_some() || blank_line(text) {
             return None;
         }
         let lines = memchr::memchr_iter(b'\n', text).count() + 1;
@@ -369,9 +395,16 @@ impl Decoder {
     }
 }
 
-/// Rows per batch of a CSV part decoded straight from a file's bytes (DataFusion's
+/// Rows per batch of a CSV or JSON part decoded straight from a file's bytes (DataFusion's
 /// `batch_size`: the reader's buffers stay small and are reused from batch to batch).
 const CSV_BATCH_ROWS: usize = 8192;
+
+/// Whether `text` (lines without the last newline) has an empty line.
+fn blank_line(text: &[u8]) -> bool {
+    text.first() == Some(&b'\n')
+        || text.last() == Some(&b'\n')
+        || memchr::memmem::find(text, b"\n\n").is_some()
+}
 
 /// Whether every NOT NULL column of `batch` has a value in every row.
 fn has_required_values(batch: &RecordBatch) -> bool {
@@ -545,6 +578,28 @@ mod tests {
             b"1,\xff",
         ] {
             assert!(d.decode_part(text, false).is_none(), "{text:?}");
+        }
+        // JSON lines: as line by line; two objects on a line, a blank line, a bad
+        // record go line by line.
+        let j = Decoder::from_options("s", schema(), &opts(&[("format", "json")])).unwrap();
+        let json: Vec<String> = (0..9000)
+            .map(|i| format!("{{\"id\": {i}, \"name\": \"n{}\"}}", i % 3))
+            .collect();
+        let lines: Vec<&str> = json.iter().map(|l| l.as_str()).collect();
+        let parts = j.decode_part(json.join("\n").as_bytes(), false).unwrap();
+        assert_eq!(
+            parts.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![8192, 808]
+        );
+        assert_eq!(show(&parts), show(&[j.decode(&lines, at).unwrap().0]));
+        for text in [
+            &br#"{"id": 1} {"id": 2}"#[..],
+            b"{\"id\": 1}\n\n{\"id\": 2}",
+            b"{\"id\": \"x\"}",
+            b"{\"id\": 1, \"other\": 2}",
+            b"{\"name\": \"no id\"}",
+        ] {
+            assert!(j.decode_part(text, false).is_none(), "{text:?}");
         }
         let text = Decoder::from_options("s", text_schema(), &opts(&[])).unwrap();
         let parts = text.decode_part("a\r\n\nb é".as_bytes(), false).unwrap();
