@@ -13,6 +13,23 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# The shared target directory keeps every test binary ever linked (~570 MB each, one
+# per source change): keep the newest and drop the rest, so a long-lived cache
+# does not fill the disk.
+prune_test_binaries() {
+  local deps="$CARGO_TARGET_DIR/debug/deps" name keep
+  [ -d "$deps" ] || return 0
+  # `flumen-*` is both the CLI binary and the root crate's unit tests: keep two.
+  for name in main:1 flumen:2 flumen_engine:1 flumen_sql:1 flumen_connectors:1 flumen_benchmarks:1; do
+    keep=${name#*:}
+    name=${name%:*}
+    find "$deps" -maxdepth 1 -type f -regextype posix-extended \
+      -regex ".*/${name}-[0-9a-f]{16}" -printf '%T@ %p\n' \
+      | sort -rn | tail -n +$((keep + 1)) | cut -d' ' -f2- | xargs -r rm -f
+  done
+}
+prune_test_binaries
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
