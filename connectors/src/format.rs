@@ -168,18 +168,9 @@ impl Decoder {
             return Ok(all(RecordBatch::new_empty(Arc::clone(&self.schema))));
         }
         if self.format == Format::Text {
-            // Sized up front: growing the values buffer line by line copies it again
-            // at every doubling.
             let bytes = lines.iter().map(|l| l.len()).sum();
-            let mut b = StringBuilder::with_capacity(lines.len(), bytes);
-            for l in lines {
-                b.append_value(l);
-            }
-            let col: ArrayRef = Arc::new(b.finish());
-            return Ok(all(RecordBatch::try_new(
-                Arc::clone(&self.schema),
-                vec![col],
-            )?));
+            let batch = text_batch(&self.schema, lines.iter().copied(), lines.len(), bytes)?;
+            return Ok(all(batch));
         }
         // Fast path: every line at once.
         if let Ok(batch) = self.decode_lines(lines)
@@ -212,88 +203,42 @@ impl Decoder {
     }
 
     /// Part of a file (lines without the last newline) decoded straight from its
-    /// bytes, in batches of at most 8,192 rows, without copying the lines first: text,
-    /// CSV (when the part has no `\r`, no quote, no blank line — shapes the
-    /// line-by-line path treats specially) and JSON lines (no blank line, one object
-    /// per line). `None` when the part is not UTF-8, a record
-    /// does not decode, or the shape is not one of those: the caller then decodes
+    /// bytes, in batches of at most 8,192 rows, without copying the lines first. `None`
+    /// when the part is not UTF-8, a record does not decode, or it has a shape the
+    /// line-by-line path treats on its own (a blank line, which it skips; `\r`, which
+    /// it strips; for CSV a quote, which may hold a newline): the caller then decodes
     /// line by line. `skip_first` leaves out the first line (a header).
     pub fn decode_part(&self, text: &[u8], skip_first: bool) -> Option<Vec<RecordBatch>> {
         let text = std::str::from_utf8(text).ok()?;
-        match self.format {
-            Format::Text => {
-                text_column(text, skip_first, Arc::clone(&self.schema)).map(|b| vec![b])
-            }
-            Format::Csv => {
-                let text = match (skip_first, text.find('\n')) {
-                    (false, _) => text,
-                    (true, Some(at)) => &text[at + 1..],
-                    (true, None) => "",
-                };
-                self.decode_csv(text.as_bytes())
-            }
-            Format::Json if skip_first => None,
-            Format::Json => self.decode_json(text.as_bytes()),
+        if self.format == Format::Text {
+            let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
+            let kept = text
+                .split('\n')
+                .skip(usize::from(skip_first))
+                .map(|l| l.strip_suffix('\r').unwrap_or(l));
+            return text_batch(&self.schema, kept, lines, text.len())
+                .ok()
+                .map(|b| vec![b]);
         }
-    }
-
-    /// JSON lines straight from the bytes: one object per line, no blank line (the
-    /// line-by-line path skips those), every line one row — else `None`.
-    fn decode_json(&self, text: &[u8]) -> Option<Vec<RecordBatch>> {
+        let text = match (skip_first, text.find('\n')) {
+            (false, _) => text,
+            (true, Some(at)) => &text[at + 1..],
+            (true, None) => "",
+        }
+        .as_bytes();
         if text.is_empty() {
             return Some(Vec::new());
         }
-        if blank_line(text) {
+        let special = match self.format {
+            Format::Csv => memchr::memchr2(b'\r', b'"', text),
+            _ => memchr::memchr(b'\r', text),
+        };
+        if special.is_some() || blank_line(text) {
             return None;
         }
         let lines = memchr::memchr_iter(b'\n', text).count() + 1;
-        let reader = datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
-            .with_batch_size(CSV_BATCH_ROWS)
-            .with_strict_mode(true)
-            .build(std::io::Cursor::new(text))
-            .ok()?;
-        let mut out = Vec::with_capacity(lines.div_ceil(CSV_BATCH_ROWS));
-        let mut rows = 0;
-        for batch in reader {
-            let batch = batch.ok()?;
-            if !has_required_values(&batch) {
-                return None;
-            }
-            rows += batch.num_rows();
-            out.push(batch);
-        }
-        (rows == lines).then_some(out)
-    }
-
-    fn decode_csv(&self, text: &[u8]) -> Option<Vec<RecordBatch>> {
-        if text.is_empty() {
-            return Some(Vec::new());
-        }
-        if memchr::memchr2(b'\r', b'"', text).is_some() || blank_line(text) {
-            return None;
-        }
-        let lines = memchr::memchr_iter(b'\n', text).count() + 1;
-        let projection = self.projection.read().clone();
-        let mut reader = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
-            .with_header(false)
-            .with_batch_size(CSV_BATCH_ROWS);
-        if let Some(p) = &projection {
-            reader = reader.with_projection(p.to_vec());
-        }
-        let mut out = Vec::with_capacity(lines.div_ceil(CSV_BATCH_ROWS));
-        let mut rows = 0;
-        for batch in reader.build(std::io::Cursor::new(text)).ok()? {
-            let batch = batch.ok()?;
-            if !has_required_values(&batch) {
-                return None;
-            }
-            rows += batch.num_rows();
-            out.push(match &projection {
-                Some(p) => self.widen(batch, p).ok()?,
-                None => batch,
-            });
-        }
-        (rows == lines).then_some(out)
+        let batches = self.read(text, PART_BATCH_ROWS).ok()?;
+        (batches.iter().map(|b| b.num_rows()).sum::<usize>() == lines).then_some(batches)
     }
 
     /// Under the stream's policy, a record that could not be read before decoding
@@ -334,47 +279,55 @@ impl Decoder {
     }
 
     fn decode_lines(&self, lines: &[&str]) -> Result<RecordBatch> {
-        let projection = self.projection.read().clone();
         let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
             text.push_str(l);
             text.push('\n');
         }
+        let batches = self.read(text.as_bytes(), lines.len().max(1))?;
+        Ok(concat_batches(&self.schema, &batches)?)
+    }
+
+    /// CSV or JSON `text` in batches of `batch_size` rows of the stream's schema (only
+    /// the projected columns parsed, placeholders in the rest); an error names a
+    /// declared NOT NULL column left without a value.
+    fn read(&self, text: &[u8], batch_size: usize) -> Result<Vec<RecordBatch>> {
+        let projection = self.projection.read().clone();
+        let input = std::io::Cursor::new(text);
         let batches: Vec<RecordBatch> = match self.format {
             Format::Json => datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
-                .with_batch_size(lines.len().max(1))
+                .with_batch_size(batch_size)
                 .with_strict_mode(true)
-                .build(std::io::Cursor::new(text.as_bytes()))?
+                .build(input)?
                 .collect::<Result<_, _>>()?,
             Format::Csv => {
                 let mut reader =
                     datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
                         .with_header(false)
-                        .with_batch_size(lines.len().max(1));
+                        .with_batch_size(batch_size);
                 if let Some(p) = &projection {
                     reader = reader.with_projection(p.to_vec());
                 }
-                reader
-                    .build(std::io::Cursor::new(text.as_bytes()))?
-                    .collect::<Result<_, _>>()?
+                reader.build(input)?.collect::<Result<_, _>>()?
             }
             Format::Text => return plan_err!("text lines are not decoded"),
         };
-        let schema = match &projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => Arc::clone(&self.schema),
-        };
-        let batch = concat_batches(&schema, &batches)?;
-        // Declared NOT NULL columns must have a value.
-        for (i, f) in schema.fields().iter().enumerate() {
-            if !f.is_nullable() && batch.column(i).null_count() > 0 {
-                return plan_err!("column {} is NOT NULL but has no value", f.name());
-            }
-        }
-        match &projection {
-            Some(p) => self.widen(batch, p),
-            None => Ok(batch),
-        }
+        batches
+            .into_iter()
+            .map(|batch| {
+                // Declared NOT NULL columns must have a value.
+                let schema = batch.schema();
+                for (f, c) in schema.fields().iter().zip(batch.columns()) {
+                    if !f.is_nullable() && c.null_count() > 0 {
+                        return plan_err!("column {} is NOT NULL but has no value", f.name());
+                    }
+                }
+                match &projection {
+                    Some(p) => self.widen(batch, p),
+                    None => Ok(batch),
+                }
+            })
+            .collect()
     }
 
     /// A batch of the projected columns `p` as one of the whole schema, with
@@ -395,9 +348,9 @@ impl Decoder {
     }
 }
 
-/// Rows per batch of a CSV or JSON part decoded straight from a file's bytes (DataFusion's
+/// Rows per batch of a part decoded straight from a file's bytes (DataFusion's
 /// `batch_size`: the reader's buffers stay small and are reused from batch to batch).
-const CSV_BATCH_ROWS: usize = 8192;
+const PART_BATCH_ROWS: usize = 8192;
 
 /// Whether `text` (lines without the last newline) has an empty line.
 fn blank_line(text: &[u8]) -> bool {
@@ -406,27 +359,22 @@ fn blank_line(text: &[u8]) -> bool {
         || memchr::memmem::find(text, b"\n\n").is_some()
 }
 
-/// Whether every NOT NULL column of `batch` has a value in every row.
-fn has_required_values(batch: &RecordBatch) -> bool {
-    batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .all(|(f, c)| f.is_nullable() || c.null_count() == 0)
-}
-
-/// The lines of `text` (without its last newline) as a batch of one `Utf8` column: a
-/// line's `\r\n` ending loses its `\r`; the first line is left out when it is a header.
-fn text_column(text: &str, skip_first: bool, schema: SchemaRef) -> Option<RecordBatch> {
-    let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
-    let mut column = StringBuilder::with_capacity(lines, text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if !(skip_first && i == 0) {
-            column.append_value(line.strip_suffix('\r').unwrap_or(line));
-        }
+/// `lines` (`count` of them, `bytes` long in all) as a batch of one `Utf8` column,
+/// sized up front: growing the values buffer line by line copies it at every doubling.
+fn text_batch<'a>(
+    schema: &SchemaRef,
+    lines: impl Iterator<Item = &'a str>,
+    count: usize,
+    bytes: usize,
+) -> Result<RecordBatch> {
+    let mut column = StringBuilder::with_capacity(count, bytes);
+    for line in lines {
+        column.append_value(line);
     }
-    RecordBatch::try_new(schema, vec![Arc::new(column.finish()) as ArrayRef]).ok()
+    Ok(RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![Arc::new(column.finish()) as ArrayRef],
+    )?)
 }
 
 /// A record shortened for an error message.

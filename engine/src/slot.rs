@@ -152,17 +152,19 @@ impl BatchSlot {
 pub const MAX_SCAN_ROWS: usize = 8192;
 
 fn push_chunks(part: &mut Vec<RecordBatch>, b: RecordBatch) {
-    let rows = b.num_rows();
-    let mut offset = 0;
-    while offset < rows {
-        let len = MAX_SCAN_ROWS.min(rows - offset);
-        part.push(if len == rows {
+    part.extend(slices(&b, MAX_SCAN_ROWS));
+}
+
+/// `b` as zero-copy slices of at most `max_rows` rows (itself when it is no longer).
+pub(crate) fn slices(b: &RecordBatch, max_rows: usize) -> impl Iterator<Item = RecordBatch> + '_ {
+    let (rows, max) = (b.num_rows(), max_rows.max(1));
+    (0..rows).step_by(max).map(move |offset| {
+        if rows <= max {
             b.clone()
         } else {
-            b.slice(offset, len)
-        });
-        offset += len;
-    }
+            b.slice(offset, max.min(rows - offset))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -193,17 +193,12 @@ impl Split {
                 columns.push(take(&values, &rows, None)?);
             }
         }
-        let n = parts.len();
         let out = RecordBatch::try_new_with_options(
             Arc::clone(&self.schema),
             columns,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
+            &RecordBatchOptions::new().with_row_count(Some(parts.len())),
         )?;
-        let size = batch_size.max(1);
-        Ok((0..n)
-            .step_by(size)
-            .map(|start| out.slice(start, size.min(n - start)))
-            .collect())
+        Ok(crate::slot::slices(&out, batch_size).collect())
     }
 
     /// The parts of every text, and for each part the input row it came from.
