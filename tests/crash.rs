@@ -468,3 +468,213 @@ async fn socket_with_wal_to_parquet_survives_20_kills() {
         vec![format!("{n}|{n}|0|{}|{v_sum}", n - 1)]
     );
 }
+
+/// Sends SIGTERM (a graceful stop) and waits for the process to end.
+fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("flumen did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes file `i` of the live input: three numbered lines, written elsewhere and
+/// renamed in; its modification time is set to one of a few instants (files share
+/// them, as files written within the same millisecond do), and every 7th file gets an
+/// older time than files already there (a file moved in from elsewhere).
+fn write_input_file(dir: &Path, staging: &Path, i: u64) {
+    let tmp = staging.join(format!("f{i:05}.txt"));
+    let body: String = (0..3).map(|j| format!("{}\n", i * 3 + j)).collect();
+    std::fs::write(&tmp, body).unwrap();
+    let base = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mtime = if i % 7 == 3 {
+        base
+    } else {
+        base + Duration::from_millis(i / 15)
+    };
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&tmp, dir.join(format!("f{i:05}.txt"))).unwrap();
+}
+
+/// The files source across 25 restarts — graceful (SIGTERM) and SIGKILL, alternating —
+/// while files arrive: every file that arrived after the query first started is read
+/// exactly once, whatever the modification times (ties, older ones), with
+/// `include_existing` false and true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_arriving_live_survive_25_restarts() {
+    for include_existing in [false, true] {
+        let work = temp_dir("crash-files");
+        let (input, staging, out) = (work.join("in"), work.join("staging"), work.join("out"));
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::create_dir_all(&staging).unwrap();
+        // Five files there before the query's first start.
+        const BEFORE: u64 = 5;
+        const LIVE: u64 = 300;
+        for i in 0..BEFORE {
+            write_input_file(&input, &staging, i);
+        }
+        let script = write_script(
+            &work,
+            &format!(
+                "CREATE STREAM lines (line TEXT) WITH (connector = 'files', path = '{}',
+                   include_existing = '{include_existing}', max_files_per_batch = '7');
+                 CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+                   SELECT CAST(line AS BIGINT) AS n FROM lines;",
+                input.display(),
+                out.display()
+            ),
+        );
+        let checkpoint = work.join("checkpoint");
+        let seen_log = checkpoint
+            .join("queries")
+            .join("pq")
+            .join("sources")
+            .join("lines");
+        let (input2, staging2, cp) = (input.clone(), staging.clone(), checkpoint.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut state = 97u64;
+            let mut next = || {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) % 1200
+            };
+            let mut writer = None;
+            for run in 0..25u64 {
+                let mut child = Command::new(crate::cli::flumen())
+                    .args(["--batch-interval", "200 ms", "--checkpoint"])
+                    .arg(&cp)
+                    .arg("-f")
+                    .arg(&script)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                if run == 0 {
+                    // The live files start once the query has decided what existed.
+                    let started = std::time::Instant::now();
+                    while !seen_log.join("existing").exists() {
+                        assert!(
+                            started.elapsed() < Duration::from_secs(60),
+                            "no seen-files log"
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let (input, staging) = (input2.clone(), staging2.clone());
+                    writer = Some(std::thread::spawn(move || {
+                        for i in BEFORE..BEFORE + LIVE {
+                            write_input_file(&input, &staging, i);
+                            std::thread::sleep(Duration::from_millis(60));
+                        }
+                    }));
+                }
+                std::thread::sleep(Duration::from_millis(300 + next()));
+                if run % 2 == 0 {
+                    child.kill().unwrap(); // SIGKILL
+                    child.wait().unwrap();
+                } else {
+                    terminate(&mut child);
+                }
+            }
+            writer.unwrap().join().unwrap();
+            let last = Command::new(crate::cli::flumen())
+                .args([
+                    "--batch-interval",
+                    "200 ms",
+                    "--trigger",
+                    "available-now",
+                    "--checkpoint",
+                ])
+                .arg(&cp)
+                .arg("-f")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                last.status.success(),
+                "the last run failed: {}",
+                String::from_utf8_lossy(&last.stderr)
+            );
+        })
+        .await
+        .unwrap();
+        let first = if include_existing { 0 } else { BEFORE };
+        let n = (BEFORE + LIVE - first) * 3;
+        let sum: u64 = (first * 3..(BEFORE + LIVE) * 3).sum();
+        assert_eq!(
+            query(
+                &out,
+                "SELECT count(*), count(DISTINCT n), min(n), max(n), sum(n) FROM output"
+            )
+            .await,
+            vec![format!(
+                "{n}|{n}|{}|{}|{sum}",
+                first * 3,
+                (BEFORE + LIVE) * 3 - 1
+            )],
+            "include_existing = {include_existing}"
+        );
+    }
+}
+
+/// Two unrelated pipelines with the same sink name, each with its own checkpoint,
+/// writing two tables of one PostgreSQL database at the same batch times, both killed
+/// 20 times: each table gets every row exactly once (their commit records are keyed by
+/// the pipeline and the table, so neither skips the other's batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_with_one_sink_name_in_one_database_survive_20_kills() {
+    let url = crate::connectors::kafka::POSTGRES;
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut runs = Vec::new();
+    for (k, rows) in [("a", 6000u64), ("b", 6500)] {
+        let work = temp_dir(&format!("crash-two-{k}"));
+        let table = format!("two_{k}_{suffix}");
+        let script = write_script(
+            &work,
+            &format!(
+                "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000', rows = '{rows}');
+                 CREATE SINK o WITH (connector = 'postgres', url = '{url}', table = '{table}') AS
+                   SELECT value FROM r;"
+            ),
+        );
+        let cp = work.join("checkpoint");
+        runs.push((
+            table,
+            rows,
+            tokio::task::spawn_blocking(move || run_with_kills(&script, &cp, 5 + rows)),
+        ));
+    }
+    for (table, rows, run) in runs {
+        run.await.unwrap();
+        assert_eq!(
+            pg_rows(&format!(
+                "SELECT count(*), count(DISTINCT value), min(value), max(value) FROM {table}"
+            ))
+            .await,
+            vec![format!("{rows}|{rows}|0|{}", rows - 1)],
+            "{table}"
+        );
+    }
+}

@@ -8,4 +8,5 @@ mod crash;
 mod engine;
 mod sql_api;
 mod sql_logic;
+mod stream_vs_batch;
 mod ui;

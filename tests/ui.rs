@@ -404,3 +404,45 @@ async fn the_query_page_charts_batches_live_in_headless_chromium() {
     webdriver(&driver, "DELETE", &format!("/session/{id}"), None).await;
     s.stop_all().await.unwrap();
 }
+
+/// One GET with the given `Host` header: the status code.
+async fn status_for_host(addr: SocketAddr, host: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/queries HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await.unwrap();
+    let head = String::from_utf8_lossy(&response);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// On a loopback address the UI answers only to loopback host names: a page whose DNS
+/// name was rebound to 127.0.0.1 (its own name in `Host`) cannot read the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_the_ui_answers_only_to_loopback_host_names() {
+    let (s, _dir) = running_session().await;
+    let server = ui::serve("127.0.0.1:0".parse().unwrap(), s.view())
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let port = addr.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(status_for_host(addr, &host).await, 200, "{host}");
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "attacker.test".to_string(),
+        format!("127.0.0.1.nip.io:{port}"),
+    ] {
+        assert_eq!(status_for_host(addr, &host).await, 403, "{host}");
+    }
+}

@@ -26,6 +26,7 @@ use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use flumen_engine::checkpoint::SourceStore;
 use flumen_engine::registry::{
     ConnectorOptions, SourceFactory, bool_option, check_options, positive_option,
 };
@@ -52,18 +53,24 @@ enum FileFormat {
 
 #[derive(Debug, Default)]
 struct Listing {
-    /// Files taken by a batch, or there before the query started and left alone.
+    /// Files taken by a batch, or there before the query first started and left alone.
     known: HashSet<Path>,
+    /// Files taken since the seen-files log last recorded them.
+    unlogged: Vec<String>,
     /// Under `AvailableNow`: the files there when the query started.
     frozen: Option<HashSet<Path>>,
-    /// The newest modification time (ms) of the files taken so far: after a restart
-    /// from a checkpoint, files no newer than this count as taken (Spark's rule).
-    newest_ms: Option<i64>,
     /// The files the next batch is expected to take (the backlog the last batch left).
     next: Vec<String>,
     /// Files the last batch left waiting.
     lag: u64,
 }
+
+/// Entries of the seen-files log: `existing` (the files there when the query first
+/// started, left alone unless `include_existing`), one per commit naming the files
+/// taken since the last (`<batch id>`), folded every [`LOG_COMPACT_EVERY`] into
+/// `compact-<batch id>`.
+const LOG_EXISTING: &str = "existing";
+const LOG_COMPACT_EVERY: usize = 10;
 
 #[derive(Debug)]
 pub struct FilesSource {
@@ -73,6 +80,9 @@ pub struct FilesSource {
     include_existing: bool,
     max_files: Option<u64>,
     listing: Mutex<Listing>,
+    /// With a checkpoint: the seen-files log (Spark's source log), which remembers
+    /// every file taken across restarts.
+    seen_log: Mutex<Option<SourceStore>>,
     /// The commit log of a Flumen `files` sink writing here, as read so far.
     commit_log: tokio::sync::Mutex<crate::files_sink::CommitLog>,
     rejected: Mutex<Vec<Rejected>>,
@@ -196,15 +206,27 @@ impl FileLoader {
     ) -> Result<Vec<RecordBatch>> {
         let shown = self.display(path);
         let location = Path::parse(path).map_err(|e| self.error(format!("{shown}: {e}")))?;
-        let bytes = self
-            .location
-            .store
-            .get(&location)
-            .await
-            .map_err(|e| self.error(format!("reading {shown}: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| self.error(format!("reading {shown}: {e}")))?;
+        let got = match self.location.store.get(&location).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match got {
+            Ok(bytes) => bytes,
+            // Taken by a batch, then deleted or moved before that batch read it (a
+            // replay after a restart): a bad record, as on_error says.
+            Err(object_store::Error::NotFound { .. }) => {
+                self.reject(
+                    shown,
+                    String::new(),
+                    "the file is gone: it was deleted or moved after a batch took it, before \
+                     it was read"
+                        .into(),
+                    rejected,
+                )?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.error(format!("reading {shown}: {e}"))),
+        };
         match self.format {
             FileFormat::Lines { header } => {
                 let mut bad = Vec::new();
@@ -320,12 +342,13 @@ impl FileLoader {
                 } else {
                     read_arrow(bytes)
                 };
-                match read.and_then(|batches| self.conform(&batches)) {
+                match read.and_then(|batches| self.conform(&batches, &shown, rejected)) {
                     Ok(batch) => Ok(vec![batch]),
-                    Err(e) => {
+                    Err(e) if e.kind() == "plan" => {
                         self.reject(shown, format!("<{size} bytes>"), e.to_string(), rejected)?;
                         Ok(Vec::new())
                     }
+                    Err(e) => Err(e),
                 }
             }
         }
@@ -399,23 +422,60 @@ impl FileLoader {
         Ok(())
     }
 
-    /// A file's batches as the declared schema: columns by name, cast where the types
-    /// differ, a missing nullable column all nulls.
-    fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    /// A file's batches as the declared schema: columns by name, converted exactly
+    /// where the types differ (a value that does not fit makes its row a bad record,
+    /// named by its row number), a missing nullable column all nulls. A file whose
+    /// columns cannot be the declared ones at all is an `Error::Plan`: the whole file
+    /// is a bad record.
+    fn conform(
+        &self,
+        batches: &[RecordBatch],
+        shown: &str,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RecordBatch> {
         let mut out = Vec::with_capacity(batches.len());
+        let mut row0 = 0usize;
         for b in batches {
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+            // Rows with a value that does not fit, and why.
+            let mut bad: std::collections::BTreeMap<usize, String> = Default::default();
             for f in self.schema.fields() {
                 let col = match b.column_by_name(f.name()) {
                     Some(c) if c.data_type() == f.data_type() => Arc::clone(c),
-                    Some(c) => cast(c, f.data_type()).map_err(|e| {
-                        Error::Plan(format!(
-                            "column {} is {} in the file, declared {}: {e}",
-                            f.name(),
-                            c.data_type(),
-                            f.data_type()
-                        ))
-                    })?,
+                    Some(c) => match crate::exact::cast_exact(c, f.data_type()) {
+                        Ok(c) => c,
+                        Err(e)
+                            if e.rows.len() == c.len() - c.null_count() && !e.rows.is_empty() =>
+                        {
+                            return plan_err!(
+                                "column {} is {} in the file, declared {}: {}",
+                                f.name(),
+                                c.data_type(),
+                                f.data_type(),
+                                e.message
+                            );
+                        }
+                        Err(e) => {
+                            for r in &e.rows {
+                                bad.entry(*r).or_insert_with(|| {
+                                    format!(
+                                        "column {} ({} in the file): {}",
+                                        f.name(),
+                                        c.data_type(),
+                                        row_message(c, *r, f.data_type())
+                                    )
+                                });
+                            }
+                            // Those rows are dropped below; the rest convert.
+                            let keep: datafusion::arrow::array::BooleanArray =
+                                (0..c.len()).map(|i| Some(!e.rows.contains(&i))).collect();
+                            let masked = datafusion::arrow::compute::nullif(
+                                c,
+                                &datafusion::arrow::compute::not(&keep)?,
+                            )?;
+                            cast(&masked, f.data_type())?
+                        }
+                    },
                     None if f.is_nullable() => new_null_array(f.data_type(), b.num_rows()),
                     None => {
                         return plan_err!(
@@ -430,15 +490,75 @@ impl FileLoader {
                         );
                     }
                 };
-                if !f.is_nullable() && col.null_count() > 0 {
-                    return plan_err!("column {} is NOT NULL but has nulls", f.name());
+                if !f.is_nullable() {
+                    for i in 0..col.len() {
+                        if col.is_null(i) {
+                            bad.entry(i).or_insert_with(|| {
+                                format!("column {} is NOT NULL but has no value", f.name())
+                            });
+                        }
+                    }
                 }
                 cols.push(col);
             }
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), cols)?);
+            // Built with every column nullable: rows breaking NOT NULL are among the
+            // bad ones, and the declared schema checks the rest once they are gone.
+            let nullable = Arc::new(datafusion::arrow::datatypes::Schema::new(
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            ));
+            let mut batch = RecordBatch::try_new(nullable, cols)?;
+            if !bad.is_empty() {
+                for (r, error) in &bad {
+                    self.reject(
+                        format!("{shown} row {}", row0 + r + 1),
+                        render_row(b, *r),
+                        error.clone(),
+                        rejected,
+                    )?;
+                }
+                let keep: datafusion::arrow::array::BooleanArray = (0..b.num_rows())
+                    .map(|i| Some(!bad.contains_key(&i)))
+                    .collect();
+                batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)?;
+            }
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())?;
+            row0 += b.num_rows();
+            out.push(batch);
         }
         Ok(concat_batches(&self.schema, &out)?)
     }
+}
+
+/// Why row `r` of `column` does not convert to `to`.
+fn row_message(column: &ArrayRef, r: usize, to: &datafusion::arrow::datatypes::DataType) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let shown = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(r).to_string())
+        .unwrap_or_default();
+    format!("{shown} is not a {to} value (it does not convert exactly)")
+}
+
+/// Row `r` of a file's batch, `name=value, ...`, for a dead-letter record.
+fn render_row(batch: &RecordBatch, r: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| {
+            let v = ArrayFormatter::try_new(c.as_ref(), &options)
+                .map(|fmt| fmt.value(r).to_string())
+                .unwrap_or_default();
+            format!("{}={v}", f.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
@@ -480,12 +600,57 @@ impl Source for FilesSource {
         Arc::clone(&self.reader.schema)
     }
 
+    fn use_checkpoint(&self, store: SourceStore) {
+        *self.seen_log.lock() = Some(store);
+    }
+
     async fn open(&self) -> Result<()> {
-        let existing = self.list().await?;
-        if !self.include_existing {
-            let mut l = self.listing.lock();
-            l.known.extend(existing.into_iter().map(|m| m.location));
+        let Some(log) = self.seen_log.lock().clone() else {
+            // No checkpoint: every start is a first start.
+            if !self.include_existing {
+                let existing = self.list().await?;
+                self.listing
+                    .lock()
+                    .known
+                    .extend(existing.into_iter().map(|m| m.location));
+            }
+            return Ok(());
+        };
+        let names = log.names().await?;
+        if names.is_empty() {
+            // The query's first start: what is "existing" is decided once, here.
+            let existing: Vec<String> = if self.include_existing {
+                Vec::new()
+            } else {
+                self.list()
+                    .await?
+                    .into_iter()
+                    .map(|m| m.location.to_string())
+                    .collect()
+            };
+            log.write(LOG_EXISTING, &json!({ "files": existing }))
+                .await?;
+            self.listing
+                .lock()
+                .known
+                .extend(existing.iter().map(|p| Path::from(p.as_str())));
+            return Ok(());
         }
+        // A restart: every file the log names was taken (or left alone) before.
+        let mut known = HashSet::new();
+        for name in names {
+            let Some(entry) = log.read(&name).await? else {
+                continue;
+            };
+            let Some(files) = entry["files"].as_array() else {
+                return Err(self.error(format!(
+                    "{} is not a seen-files log entry; restore it or delete the checkpoint",
+                    log.display(&name)
+                )));
+            };
+            known.extend(files.iter().filter_map(|f| f.as_str()).map(Path::from));
+        }
+        self.listing.lock().known.extend(known);
         Ok(())
     }
 
@@ -514,56 +679,68 @@ impl Source for FilesSource {
         l.lag = (waiting - files.len()) as u64;
         let before = l.known.len();
         l.known.extend(files.iter().map(|m| m.location.clone()));
-        let _ = batch;
+        l.unlogged
+            .extend(files.iter().map(|m| m.location.to_string()));
         if files.is_empty() {
-            let at = match l.newest_ms {
-                Some(n) => json!({"known": before, "newest_ms": n}),
-                None => json!(before),
-            };
             return Ok(SourceRange {
-                start: at.clone(),
-                end: at,
+                start: json!(before),
+                end: json!(before),
             });
         }
-        let newest = files
-            .iter()
-            .map(|m| m.last_modified.timestamp_millis())
-            .max();
-        l.newest_ms = l.newest_ms.max(newest);
         let list: Vec<serde_json::Value> = files
             .iter()
             .map(|m| json!({"path": m.location.as_ref(), "size": m.size}))
             .collect();
         Ok(SourceRange {
             start: json!(before),
-            end: json!({"known": l.known.len(), "files": list, "newest_ms": l.newest_ms}),
+            end: json!({"known": l.known.len(), "files": list, "batch": batch.batch_id}),
         })
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
-        // The newest time taken is in the last range that took files; a range that
-        // took none carries no time, and then the files open() saw stay as they are.
-        let newest = last.end.get("newest_ms").and_then(|v| v.as_i64());
-        let files = self.list().await?;
+        // Which files were taken comes from the seen-files log (read by open) and
+        // the batches recovery ran again (read_batch); the last one is one of those.
         let mut l = self.listing.lock();
-        if let Some(newest) = newest {
-            l.newest_ms = Some(newest);
-            l.known.extend(
-                files
-                    .into_iter()
-                    .filter(|m| m.last_modified.timestamp_millis() <= newest)
-                    .map(|m| m.location),
-            );
+        for path in range_files(last) {
+            l.known.insert(Path::from(path));
         }
-        for f in last
-            .end
-            .get("files")
-            .and_then(|f| f.as_array())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(p) = f.get("path").and_then(|p| p.as_str()) {
-                l.known.insert(Path::from(p));
+        Ok(())
+    }
+
+    /// The files taken since the last commit go into the seen-files log: everything
+    /// planned so far is covered by the checkpoint's commit and snapshot.
+    async fn commit(&self, range: &SourceRange) -> Result<()> {
+        let Some(log) = self.seen_log.lock().clone() else {
+            return Ok(());
+        };
+        let taken = std::mem::take(&mut self.listing.lock().unlogged);
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let batch = range.end["batch"].as_u64().unwrap_or(0);
+        let name = format!("{batch:020}");
+        if let Err(e) = log.write(&name, &json!({ "files": taken })).await {
+            // Written again at the next commit.
+            let mut l = self.listing.lock();
+            let later = std::mem::take(&mut l.unlogged);
+            l.unlogged = taken;
+            l.unlogged.extend(later);
+            return Err(e);
+        }
+        // Fold the log once it has grown: one entry with every file known.
+        let names = log.names().await?;
+        if names.len() > LOG_COMPACT_EVERY {
+            let all: Vec<String> = self
+                .listing
+                .lock()
+                .known
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            let compact = format!("compact-{batch:020}");
+            log.write(&compact, &json!({ "files": all })).await?;
+            for old in names.iter().filter(|n| **n != compact) {
+                log.delete(old).await;
             }
         }
         Ok(())
@@ -576,6 +753,15 @@ impl Source for FilesSource {
             .and_then(|f| f.as_array())
             .cloned()
             .unwrap_or_default();
+        {
+            // A batch run again after a restart took these files before.
+            let mut l = self.listing.lock();
+            for path in range_files(range) {
+                if l.known.insert(Path::from(path)) {
+                    l.unlogged.push(path.to_string());
+                }
+            }
+        }
         let mut rejected = Vec::new();
         let mut batches = Vec::with_capacity(files.len());
         for f in &files {
@@ -624,6 +810,17 @@ impl Source for FilesSource {
     }
 }
 
+/// The paths a range took.
+fn range_files(range: &SourceRange) -> impl Iterator<Item = &str> {
+    range
+        .end
+        .get("files")
+        .and_then(|f| f.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get("path").and_then(|p| p.as_str()))
+}
+
 /// Files with at least this many lines are decoded on several threads.
 const PARALLEL_DECODE_LINES: usize = 65_536;
 /// Text, CSV and JSON files of at least this many bytes are decoded on several threads.
@@ -633,10 +830,11 @@ const PARALLEL_DECODE_BYTES: usize = 4 << 20;
 #[derive(Debug)]
 pub struct FilesFactory;
 
-const FILES_OPTIONS: [&str; 10] = [
+const FILES_OPTIONS: [&str; 11] = [
     "path",
     "format",
     "on_error",
+    "strict",
     "header",
     "include_existing",
     "max_files_per_batch",
@@ -713,6 +911,7 @@ impl SourceFactory for FilesFactory {
             include_existing: bool_option("files", options, "include_existing", false)?,
             max_files: positive_option("files", options, "max_files_per_batch")?,
             listing: Mutex::default(),
+            seen_log: Mutex::default(),
             commit_log: tokio::sync::Mutex::default(),
             rejected: Mutex::default(),
             ahead: Mutex::default(),

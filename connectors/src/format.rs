@@ -40,7 +40,7 @@ pub enum OnError {
 }
 
 /// The options every text-based source takes.
-pub const FORMAT_OPTIONS: [&str; 2] = ["format", "on_error"];
+pub const FORMAT_OPTIONS: [&str; 3] = ["format", "on_error", "strict"];
 
 /// The default schema of a `text` stream: one column, `line`.
 pub fn text_schema() -> SchemaRef {
@@ -63,6 +63,13 @@ pub struct Decoder {
     schema: SchemaRef,
     format: Format,
     on_error: OnError,
+    /// JSON: a field the schema does not declare makes the record bad (by default it
+    /// is ignored, as Spark and Flink do).
+    strict: bool,
+    /// The schema the reader parses into: the declared one, except that columns whose
+    /// values are checked for an exact conversion (JSON numbers, CSV floats) are read
+    /// as text first.
+    raw_schema: SchemaRef,
     /// CSV: the only columns parsed (ascending); the others are placeholders. Shared
     /// by the clones that decode a file's slices.
     projection: Arc<parking_lot::RwLock<Option<Arc<[usize]>>>>,
@@ -110,11 +117,46 @@ impl Decoder {
                 "stream {source}: format 'text' gives one TEXT column (e.g. (line TEXT)); for more columns use format = 'csv' or 'json'"
             );
         }
+        let strict = flumen_engine::registry::bool_option(
+            &format!("stream {source}"),
+            options,
+            "strict",
+            false,
+        )?;
+        if strict && format != Format::Json {
+            return plan_err!("stream {source}: strict = 'true' applies to format = 'json' only");
+        }
+        // Read as text, then converted exactly (crate::exact): Arrow's JSON reader
+        // truncates 1.5 into an integer and its readers overflow text into infinity.
+        let checked = |t: &DataType| match format {
+            Format::Json => crate::exact::is_number(t),
+            Format::Csv => t.is_floating(),
+            Format::Text => false,
+        };
+        let raw_schema = if !schema.fields().iter().any(|f| checked(f.data_type())) {
+            Arc::clone(&schema)
+        } else {
+            Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        if checked(f.data_type()) {
+                            f.as_ref().clone().with_data_type(DataType::Utf8)
+                        } else {
+                            f.as_ref().clone()
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ))
+        };
         Ok(Self {
             source: source.to_string(),
             schema,
             format,
             on_error,
+            strict,
+            raw_schema,
             projection: Arc::default(),
         })
     }
@@ -295,14 +337,17 @@ impl Decoder {
         let projection = self.projection.read().clone();
         let input = std::io::Cursor::new(text);
         let batches: Vec<RecordBatch> = match self.format {
-            Format::Json => datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
-                .with_batch_size(batch_size)
-                .with_strict_mode(true)
-                .build(input)?
-                .collect::<Result<_, _>>()?,
+            Format::Json => {
+                datafusion::arrow::json::ReaderBuilder::new(Arc::clone(&self.raw_schema))
+                    .with_batch_size(batch_size)
+                    .with_strict_mode(self.strict)
+                    .with_coerce_primitive(true)
+                    .build(input)?
+                    .collect::<Result<_, _>>()?
+            }
             Format::Csv => {
                 let mut reader =
-                    datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                    datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.raw_schema))
                         .with_header(false)
                         .with_batch_size(batch_size);
                 if let Some(p) = &projection {
@@ -314,7 +359,9 @@ impl Decoder {
         };
         batches
             .into_iter()
+            .map(|batch| self.convert(batch))
             .map(|batch| {
+                let batch = batch?;
                 // Declared NOT NULL columns must have a value.
                 let schema = batch.schema();
                 for (f, c) in schema.fields().iter().zip(batch.columns()) {
@@ -328,6 +375,29 @@ impl Decoder {
                 }
             })
             .collect()
+    }
+
+    /// A batch read into [`Decoder::raw_schema`] (or its projection) in the declared
+    /// types: the columns read as text converted exactly, or an error naming the
+    /// column and the value.
+    fn convert(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if Arc::ptr_eq(&self.raw_schema, &self.schema) {
+            return Ok(batch);
+        }
+        let raw = batch.schema();
+        let mut fields = Vec::with_capacity(raw.fields().len());
+        let mut columns = Vec::with_capacity(raw.fields().len());
+        for (f, c) in raw.fields().iter().zip(batch.columns()) {
+            let declared = self.schema.field_with_name(f.name())?;
+            let column = crate::exact::cast_exact(c, declared.data_type())
+                .map_err(|e| Error::Plan(format!("column {}: {}", f.name(), e.message)))?;
+            fields.push(declared.clone());
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 
     /// A batch of the projected columns `p` as one of the whole schema, with
@@ -544,11 +614,21 @@ mod tests {
             &br#"{"id": 1} {"id": 2}"#[..],
             b"{\"id\": 1}\n\n{\"id\": 2}",
             b"{\"id\": \"x\"}",
-            b"{\"id\": 1, \"other\": 2}",
+            b"{\"id\": 1.5}",
             b"{\"name\": \"no id\"}",
         ] {
             assert!(j.decode_part(text, false).is_none(), "{text:?}");
         }
+        // A field the schema does not declare: ignored, unless strict.
+        let other = b"{\"id\": 1, \"other\": 2}";
+        assert_eq!(j.decode_part(other, false).unwrap()[0].num_rows(), 1);
+        let strict = Decoder::from_options(
+            "s",
+            schema(),
+            &opts(&[("format", "json"), ("strict", "true")]),
+        )
+        .unwrap();
+        assert!(strict.decode_part(other, false).is_none());
         let text = Decoder::from_options("s", text_schema(), &opts(&[])).unwrap();
         let parts = text.decode_part("a\r\n\nb é".as_bytes(), false).unwrap();
         assert_eq!(

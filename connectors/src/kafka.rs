@@ -522,13 +522,14 @@ impl Source for KafkaSource {
 #[derive(Debug)]
 pub struct KafkaFactory;
 
-const KAFKA_OPTIONS: [&str; 10] = [
+const KAFKA_OPTIONS: [&str; 11] = [
     "bootstrap_servers",
     "topic",
     "starting_offsets",
     "max_rate_per_partition",
     "format",
     "on_error",
+    "strict",
     "timeout",
     "partitions",
     "offsets_store",
@@ -599,7 +600,7 @@ impl SourceFactory for KafkaFactory {
             .cloned()
             .collect();
         let mut decoder_options = ConnectorOptions::new();
-        for k in ["format", "on_error"] {
+        for k in crate::format::FORMAT_OPTIONS {
             if let Some(v) = options.get(k) {
                 decoder_options.insert(k.into(), v.clone());
             }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use flumen_engine::ConnectorRegistry;
 
 mod db_sink;
+pub mod exact;
 pub mod files;
 pub mod files_sink;
 pub mod format;

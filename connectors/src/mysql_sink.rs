@@ -270,7 +270,9 @@ impl Sink for MySqlSink {
         .await
         .map_err(|e| self.error("creating flumen_commits", e))?;
         self.pool.lock().push(conn);
-        *self.query.lock() = format!("{query_id}/{}", self.name);
+        // The pipeline (its checkpoint's id, in `query_id`) and the target table: two
+        // pipelines never skip each other's batches, a replay of one does.
+        *self.query.lock() = format!("{query_id}/{}", self.table);
         Ok(())
     }
 

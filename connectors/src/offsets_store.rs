@@ -40,18 +40,41 @@ impl std::fmt::Debug for OffsetsStore {
     }
 }
 
-/// The URL with its password replaced by `***`, for messages.
+/// The URL with every credential replaced by `***`, for messages: the password of
+/// `user:password@`, and the value of any query parameter whose name holds `pass`,
+/// `pwd`, `secret`, `token` or `key` (`?password=...`, `?sslpassword=...`).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+    let Some(query) = query else {
+        return base;
+    };
+    let secret = |name: &str| {
+        let n = name.to_ascii_lowercase();
+        ["pass", "pwd", "secret", "token", "key"]
+            .iter()
+            .any(|s| n.contains(s))
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 const PG_CREATE: &str = "CREATE TABLE IF NOT EXISTS flumen_offsets (\
@@ -243,6 +266,14 @@ mod tests {
         assert_eq!(
             redact("postgres://flumen@127.0.0.1/flumen"),
             "postgres://flumen@127.0.0.1/flumen"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=disable&password=hunter2&PWD=x&sslkey=/k&user=u"),
+            "postgres://u@h/db?sslmode=disable&password=***&PWD=***&sslkey=***&user=u"
+        );
+        assert_eq!(
+            redact("mysql://u:p@h/db?password=q"),
+            "mysql://u:***@h/db?password=***"
         );
         assert!(check_url("s", "redis://x").is_err());
         assert!(check_url("s", "postgresql://x@y/z").is_ok());

@@ -319,7 +319,9 @@ impl Sink for PostgresSink {
             .await
             .map_err(|e| self.error("creating the tables", e))?;
         self.give_back(client);
-        *self.query.lock() = format!("{query_id}/{}", self.name);
+        // The pipeline (its checkpoint's id, in `query_id`) and the target table: two
+        // pipelines never skip each other's batches, a replay of one does.
+        *self.query.lock() = format!("{query_id}/{}", self.table);
         Ok(())
     }
 

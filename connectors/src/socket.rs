@@ -35,12 +35,24 @@ use tokio::task::JoinHandle;
 
 use crate::format::{Decoder, FORMAT_OPTIONS, text_schema};
 
+/// A line that is not a record: longer than `max_line_bytes`, or not UTF-8. It keeps
+/// its place (its line number) and goes to `on_error` when its batch is read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct BadLine {
+    /// Its index in the block.
+    index: u32,
+    error: String,
+    /// The start of what was received, for the dead-letter record.
+    preview: String,
+}
+
 /// Consecutive lines of the connection's input, the first of them at index `first`
-/// (line `first + 1`).
+/// (line `first + 1`); a bad line is an empty string here and listed in `bad`.
 #[derive(Debug)]
 struct Block {
     first: u64,
     lines: Vec<String>,
+    bad: Vec<BadLine>,
 }
 
 impl Block {
@@ -54,6 +66,8 @@ impl Block {
 struct Received {
     /// Lines since the last cut.
     current: Vec<String>,
+    /// The bad ones among them.
+    current_bad: Vec<BadLine>,
     /// Blocks by their first line index.
     blocks: BTreeMap<u64, Arc<Block>>,
     /// Lines below this index are in blocks (received, and logged with a WAL).
@@ -75,12 +89,14 @@ impl Received {
         let block = Block {
             first: self.lines - self.current.len() as u64,
             lines: std::mem::take(&mut self.current),
+            bad: std::mem::take(&mut self.current_bad),
         };
         if let Some(wal) = &self.wal
             && let Err(e) = wal.append(&block)
         {
             // Not received until logged: keep the lines for the next attempt.
             self.current = block.lines;
+            self.current_bad = block.bad;
             return Err(e);
         }
         self.cut_until = block.end();
@@ -98,8 +114,13 @@ struct Wal {
 }
 
 impl Wal {
-    fn block_path(&self, first: u64) -> std::path::PathBuf {
-        self.dir.join(format!("{first:020}.block"))
+    /// A block file: `<first>.block` holds its lines; `<first>.block2` starts with one
+    /// line of JSON listing its bad lines.
+    fn block_paths(&self, first: u64) -> [std::path::PathBuf; 2] {
+        [
+            self.dir.join(format!("{first:020}.block")),
+            self.dir.join(format!("{first:020}.block2")),
+        ]
     }
 
     fn write_atomic(&self, name: &str, body: &[u8]) -> std::io::Result<()> {
@@ -114,20 +135,28 @@ impl Wal {
 
     fn append(&self, block: &Block) -> std::io::Result<()> {
         let mut body = String::with_capacity(block.lines.iter().map(|l| l.len() + 1).sum());
+        let mut name = format!("{:020}.block", block.first);
+        if !block.bad.is_empty() {
+            body.push_str(&serde_json::to_string(&block.bad).map_err(std::io::Error::other)?);
+            body.push('\n');
+            name.push('2');
+        }
         for l in &block.lines {
             body.push_str(l);
             body.push('\n');
         }
-        self.write_atomic(&format!("{:020}.block", block.first), body.as_bytes())
+        self.write_atomic(&name, body.as_bytes())
     }
 
     /// Lines below `end` are committed: record it, then drop the blocks wholly below.
     fn commit(&self, end: u64, dropped: &[u64]) -> std::io::Result<()> {
         self.write_atomic("committed", end.to_string().as_bytes())?;
         for first in dropped {
-            match std::fs::remove_file(self.block_path(*first)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+            for path in self.block_paths(*first) {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -156,9 +185,12 @@ impl Wal {
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            let Some(first) = name.strip_suffix(".block") else {
-                continue;
-            };
+            let (first, with_bad) =
+                match (name.strip_suffix(".block"), name.strip_suffix(".block2")) {
+                    (Some(first), _) => (first, false),
+                    (_, Some(first)) => (first, true),
+                    _ => continue,
+                };
             let first: u64 = first.parse().map_err(|_| {
                 std::io::Error::other(format!("unexpected file {} in the WAL", path.display()))
             })?;
@@ -171,8 +203,16 @@ impl Wal {
                     path.display()
                 )));
             }
-            let lines: Vec<String> = text.lines().map(str::to_string).collect();
-            let block = Block { first, lines };
+            let mut lines = text.lines();
+            let bad: Vec<BadLine> = if with_bad {
+                serde_json::from_str(lines.next().unwrap_or_default()).map_err(|e| {
+                    std::io::Error::other(format!("{} is corrupt: {e}", path.display()))
+                })?
+            } else {
+                Vec::new()
+            };
+            let lines: Vec<String> = lines.map(str::to_string).collect();
+            let block = Block { first, lines, bad };
             if block.end() <= committed {
                 std::fs::remove_file(&path)?;
                 continue;
@@ -197,6 +237,8 @@ pub struct SocketSource {
     decoder: Decoder,
     block_interval: Duration,
     wal_dir: Option<std::path::PathBuf>,
+    /// A longer line is a bad record; memory stays bounded by it.
+    max_line_bytes: usize,
     received: Arc<Mutex<Received>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rejected: Mutex<Vec<Rejected>>,
@@ -209,6 +251,7 @@ impl SocketSource {
         decoder: Decoder,
         block_interval: Duration,
         wal_dir: Option<std::path::PathBuf>,
+        max_line_bytes: usize,
     ) -> Self {
         Self {
             name: name.to_string(),
@@ -216,6 +259,7 @@ impl SocketSource {
             decoder,
             block_interval,
             wal_dir,
+            max_line_bytes,
             received: Arc::default(),
             tasks: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
@@ -247,8 +291,86 @@ impl SocketSource {
     }
 }
 
-/// Reads lines from `addr` for ever, reconnecting with backoff.
-async fn receive(name: String, addr: String, received: Arc<Mutex<Received>>) {
+/// How much of a bad line is kept for its dead-letter record.
+const PREVIEW_BYTES: usize = 1024;
+
+/// One line being received: its bytes up to `max` (then only their count).
+struct LineBuffer {
+    bytes: Vec<u8>,
+    /// Bytes received past `max` (the line is too long; only a preview is kept).
+    over: Option<u64>,
+    max: usize,
+}
+
+impl LineBuffer {
+    fn push(&mut self, part: &[u8]) {
+        if let Some(n) = &mut self.over {
+            *n += part.len() as u64;
+        } else if self.bytes.len() + part.len() > self.max {
+            self.over = Some((self.bytes.len() + part.len()) as u64);
+            let room = PREVIEW_BYTES.saturating_sub(self.bytes.len());
+            self.bytes.extend_from_slice(&part[..room.min(part.len())]);
+            self.bytes.truncate(PREVIEW_BYTES);
+            self.bytes.shrink_to_fit();
+        } else {
+            self.bytes.extend_from_slice(part);
+        }
+    }
+
+    /// The line received, or why it is not a record.
+    fn take(&mut self) -> std::result::Result<String, (String, String)> {
+        let over = self.over.take();
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if over.is_none() && bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if let Some(len) = over {
+            return Err((
+                format!(
+                    "the line is {len} bytes, longer than max_line_bytes ({})",
+                    self.max
+                ),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            let error = format!("not UTF-8: {}", e.utf8_error());
+            let raw = e.into_bytes();
+            (
+                error,
+                String::from_utf8_lossy(&raw[..raw.len().min(PREVIEW_BYTES)]).into_owned(),
+            )
+        })
+    }
+}
+
+impl Received {
+    fn push_line(&mut self, line: std::result::Result<String, (String, String)>) {
+        let index = self.current.len() as u32;
+        match line {
+            Ok(l) => self.current.push(l),
+            Err((error, preview)) => {
+                self.current.push(String::new());
+                self.current_bad.push(BadLine {
+                    index,
+                    error,
+                    preview,
+                });
+            }
+        }
+        self.lines += 1;
+    }
+}
+
+/// Reads lines from `addr` for ever, reconnecting with backoff. A line that is not
+/// UTF-8 or longer than `max_line_bytes` is kept as a bad line (the connection and
+/// the lines after it go on); memory per connection stays within `max_line_bytes`.
+async fn receive(
+    name: String,
+    addr: String,
+    max_line_bytes: usize,
+    received: Arc<Mutex<Received>>,
+) {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
     let mut backoff = FIRST;
@@ -258,20 +380,39 @@ async fn receive(name: String, addr: String, received: Arc<Mutex<Received>>) {
                 log::info!("socket source {name}: connected to {addr}");
                 received.lock().connected = true;
                 backoff = FIRST;
-                let mut lines = BufReader::new(stream).lines();
+                let mut reader = BufReader::with_capacity(64 * 1024, stream);
+                let mut line = LineBuffer {
+                    bytes: Vec::new(),
+                    over: None,
+                    max: max_line_bytes,
+                };
                 let why = loop {
-                    match lines.next_line().await {
-                        Ok(Some(line)) => {
-                            let mut line = line;
-                            if line.ends_with('\r') {
-                                line.pop();
-                            }
-                            let mut r = received.lock();
-                            r.lines += 1;
-                            r.current.push(line);
-                        }
-                        Ok(None) => break "the server closed the connection".to_string(),
+                    let buf = match reader.fill_buf().await {
+                        Ok(buf) => buf,
                         Err(e) => break e.to_string(),
+                    };
+                    if buf.is_empty() {
+                        // A last line without a newline still counts.
+                        if !line.bytes.is_empty() || line.over.is_some() {
+                            received.lock().push_line(line.take());
+                        }
+                        break "the server closed the connection".to_string();
+                    }
+                    let n = buf.len();
+                    let mut start = 0;
+                    let mut ended = Vec::new();
+                    for at in memchr::memchr_iter(b'\n', buf) {
+                        line.push(&buf[start..at]);
+                        ended.push(line.take());
+                        start = at + 1;
+                    }
+                    line.push(&buf[start..]);
+                    reader.consume(n);
+                    if !ended.is_empty() {
+                        let mut r = received.lock();
+                        for l in ended {
+                            r.push_line(l);
+                        }
                     }
                 };
                 received.lock().connected = false;
@@ -330,6 +471,7 @@ impl Source for SocketSource {
         tasks.push(tokio::spawn(receive(
             self.name.clone(),
             self.addr.clone(),
+            self.max_line_bytes,
             Arc::clone(&self.received),
         )));
         let received = Arc::clone(&self.received);
@@ -381,12 +523,41 @@ impl Source for SocketSource {
                 .collect()
         };
         let mut lines: Vec<&str> = Vec::with_capacity((end - start) as usize);
+        // Line indexes of `lines` when some lines of the range are bad.
+        let mut numbers: Option<Vec<u64>> = None;
+        let mut held = 0u64;
+        let mut rejected = Vec::new();
         for b in &blocks {
             let lo = start.saturating_sub(b.first) as usize;
             let hi = (end.min(b.end()) - b.first) as usize;
-            lines.extend(b.lines[lo..hi].iter().map(String::as_str));
+            held += (hi - lo) as u64;
+            let bad: Vec<&BadLine> = b
+                .bad
+                .iter()
+                .filter(|l| (lo..hi).contains(&(l.index as usize)))
+                .collect();
+            if bad.is_empty() && numbers.is_none() {
+                lines.extend(b.lines[lo..hi].iter().map(String::as_str));
+                continue;
+            }
+            let numbers = numbers
+                .get_or_insert_with(|| (start..start + lines.len() as u64).collect::<Vec<u64>>());
+            for (i, line) in b.lines.iter().enumerate().take(hi).skip(lo) {
+                let at = b.first + i as u64;
+                if let Some(badline) = bad.iter().find(|l| l.index as usize == i) {
+                    self.decoder.reject_raw(
+                        &format!("{} line {}", self.addr, at + 1),
+                        &badline.preview,
+                        badline.error.clone(),
+                        &mut rejected,
+                    )?;
+                } else {
+                    lines.push(line);
+                    numbers.push(at);
+                }
+            }
         }
-        if lines.len() as u64 != end - start {
+        if held != end - start {
             return Err(flumen_engine::Error::Source {
                 source_name: self.name.clone(),
                 message: format!(
@@ -394,14 +565,16 @@ impl Source for SocketSource {
                     start + 1,
                     end + 1,
                     self.addr,
-                    lines.len()
+                    held
                 ),
                 retryable: false,
             });
         }
-        let (batch, rejected) = self.decoder.decode(&lines, |i| {
-            format!("{} line {}", self.addr, start + i as u64 + 1)
+        let (batch, mut bad) = self.decoder.decode(&lines, |i| {
+            let at = numbers.as_ref().map_or(start + i as u64, |n| n[i]);
+            format!("{} line {}", self.addr, at + 1)
         })?;
+        rejected.append(&mut bad);
         *self.rejected.lock() = rejected;
         Ok(vec![vec![batch]])
     }
@@ -466,15 +639,20 @@ impl Source for SocketSource {
 #[derive(Debug)]
 pub struct SocketFactory;
 
-const SOCKET_OPTIONS: [&str; 7] = [
+const SOCKET_OPTIONS: [&str; 9] = [
     "host",
     "port",
     "block_interval",
     "wal",
     "wal_dir",
+    "max_line_bytes",
     "format",
     "on_error",
+    "strict",
 ];
+
+/// The longest line a socket source takes by default (16 MiB).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 
 impl SourceFactory for SocketFactory {
     fn options(&self) -> &[&'static str] {
@@ -522,6 +700,17 @@ impl SourceFactory for SocketFactory {
             })?,
             None => Duration::from_millis(200),
         };
+        let max_line_bytes = match options.get("max_line_bytes") {
+            Some(v) => match parse_bytes(v) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    return plan_err!(
+                        "stream {name}: max_line_bytes '{v}' is not a size; give bytes, e.g. '1048576' or '16 MiB'"
+                    );
+                }
+            },
+            None => DEFAULT_MAX_LINE_BYTES,
+        };
         let decoder = Decoder::from_options(name, schema, options)?;
         Ok(Arc::new(SocketSource::new(
             name,
@@ -529,6 +718,7 @@ impl SourceFactory for SocketFactory {
             decoder,
             block_interval,
             wal_dir,
+            max_line_bytes,
         )))
     }
 
@@ -541,5 +731,67 @@ impl SourceFactory for SocketFactory {
             None | Some("text") => Some(text_schema()),
             _ => None,
         }
+    }
+}
+
+/// A size in bytes: `1048576`, `64 KiB`, `16 MiB`, `1 GiB` (also KB/MB/GB as powers
+/// of 1024, and a bare K/M/G).
+fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("16 MiB"), Some(16 << 20));
+        assert_eq!(parse_bytes("64kb"), Some(64 << 10));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("5 parsecs"), None);
+    }
+
+    #[test]
+    fn a_long_line_keeps_only_a_preview_and_a_bad_line_its_place() {
+        let mut r = Received::default();
+        let mut line = LineBuffer {
+            bytes: Vec::new(),
+            over: None,
+            max: 10,
+        };
+        line.push(b"0123456789");
+        line.push(b"abc");
+        assert!(line.bytes.len() <= PREVIEW_BYTES);
+        r.push_line(line.take());
+        line.push(b"ok\r");
+        r.push_line(line.take());
+        line.push(&[0xff, 0xfe]);
+        r.push_line(line.take());
+        assert_eq!(r.current, vec!["", "ok", ""]);
+        assert_eq!(r.lines, 3);
+        let errors: Vec<(u32, &str)> = r
+            .current_bad
+            .iter()
+            .map(|b| (b.index, b.error.as_str()))
+            .collect();
+        assert_eq!(
+            errors[0],
+            (0, "the line is 13 bytes, longer than max_line_bytes (10)")
+        );
+        assert_eq!(errors[1].0, 2);
+        assert!(errors[1].1.starts_with("not UTF-8"), "{errors:?}");
     }
 }

@@ -60,6 +60,10 @@ struct Metadata {
     interval_ms: u64,
     /// The batch grid: batch times are `zero + k * interval`.
     zero_time_ms: i64,
+    /// Made when the checkpoint is created: what tells this pipeline's writes from
+    /// another's (database sinks key their commit records by it).
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// A state snapshot of every stateful operator after one batch.
@@ -164,6 +168,8 @@ enum Storage {
 #[derive(Debug)]
 pub struct Checkpoint {
     storage: Arc<Storage>,
+    /// The checkpoint's id (see [`Checkpoint::id`]).
+    id: String,
     /// Object stores: renews the lease every [`LEASE_RENEW`], whatever the batch
     /// interval (a batch longer than [`LEASE`] must not lose it); stopped on drop.
     renewer: Option<tokio::task::JoinHandle<()>>,
@@ -241,9 +247,9 @@ impl Storage {
         }
     }
 
-    /// Batch ids named by the children of folder `rel`, ascending (temporary files
-    /// ignored).
-    async fn ids(&self, rel: &str) -> Result<Vec<u64>> {
+    /// The names of the children of folder `rel`, sorted (temporary files, which
+    /// start with `.`, left out).
+    async fn names(&self, rel: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         match self {
             Storage::Local { dir, .. } => {
@@ -255,8 +261,8 @@ impl Storage {
                 };
                 for e in read {
                     let e = e.map_err(|e| io(&dir, "listing", e))?;
-                    if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
-                        out.push(id);
+                    if let Some(name) = e.file_name().to_str() {
+                        out.push(name.to_string());
                     }
                 }
             }
@@ -272,14 +278,35 @@ impl Storage {
                     .map(|o| &o.location)
                     .chain(&listed.common_prefixes);
                 for p in names {
-                    if let Some(id) = p.filename().and_then(|n| n.parse::<u64>().ok()) {
-                        out.push(id);
+                    if let Some(name) = p.filename() {
+                        out.push(name.to_string());
                     }
                 }
             }
         }
+        out.retain(|n| !n.starts_with('.'));
         out.sort_unstable();
         out.dedup();
+        Ok(out)
+    }
+
+    /// Batch ids named by the children of folder `rel`, ascending; a child that is
+    /// not a batch id is an error naming it (a checkpoint holds nothing else there).
+    async fn ids(&self, rel: &str) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for name in self.names(rel).await? {
+            match name.parse::<u64>() {
+                Ok(id) => out.push(id),
+                Err(_) => {
+                    return Err(Error::Checkpoint(format!(
+                        "{} is not a checkpoint entry (entries are named by batch id); \
+                         remove it, or delete the checkpoint to start over",
+                        self.display(&format!("{rel}/{name}"))
+                    )));
+                }
+            }
+        }
+        out.sort_unstable();
         Ok(out)
     }
 
@@ -417,6 +444,70 @@ impl Storage {
     }
 }
 
+/// A new checkpoint's id: 128 bits from the process's randomly keyed hasher, the
+/// time and a counter.
+pub(crate) fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u64(n);
+        h.write_i64(wall_ms());
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
+}
+
+/// A folder of a query's checkpoint where one source keeps what it must remember
+/// across restarts (the `files` source: the files it took). Entries are small JSON
+/// values, each written whole (sealed with a CRC-32 like every checkpoint file).
+#[derive(Debug, Clone)]
+pub struct SourceStore {
+    storage: Arc<Storage>,
+    dir: String,
+}
+
+impl SourceStore {
+    /// Writes entry `name` whole or not at all.
+    pub async fn write(&self, name: &str, value: &Value) -> Result<()> {
+        let body = serde_json::to_vec(value).expect("json values serialize");
+        self.storage
+            .put(&format!("{}/{name}", self.dir), seal(&body))
+            .await
+    }
+
+    /// Entry `name`, `None` if it does not exist; a corrupt entry is an error naming it.
+    pub async fn read(&self, name: &str) -> Result<Option<Value>> {
+        let rel = format!("{}/{name}", self.dir);
+        let Some(bytes) = self.storage.get(&rel).await? else {
+            return Ok(None);
+        };
+        let shown = self.storage.display(&rel);
+        let body = unseal(&shown, &bytes)?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| Error::Checkpoint(format!("{shown} is not a checkpoint entry: {e}")))
+    }
+
+    /// The names of the entries, sorted.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        self.storage.names(&self.dir).await
+    }
+
+    /// Deletes entry `name` (a failure only leaves it behind, with a warning).
+    pub async fn delete(&self, name: &str) {
+        self.storage.delete(&format!("{}/{name}", self.dir)).await
+    }
+
+    /// Entry `name` as the user would find it.
+    pub fn display(&self, name: &str) -> String {
+        self.storage.display(&format!("{}/{name}", self.dir))
+    }
+}
+
 fn entry_name(batch_id: u64) -> String {
     format!("{batch_id:020}")
 }
@@ -534,9 +625,26 @@ impl Checkpoint {
                 }
             })
         });
-        let cp = Self { storage, renewer };
+        let mut cp = Self {
+            storage,
+            renewer,
+            id: new_id(),
+        };
         let mut recovered = Recovered::default();
-        if let Some(meta) = cp.read_json_if_there::<Metadata>("metadata").await? {
+        let meta = cp.read_json_if_there::<Metadata>("metadata").await?;
+        if meta.is_none() {
+            cp.check_empty().await?;
+        }
+        if let Some(meta) = meta {
+            // Checkpoints made before ids existed: one derived from where it lives and
+            // its batch grid, the same at every restart.
+            cp.id = meta.id.clone().unwrap_or_else(|| {
+                format!(
+                    "{:08x}{:016x}",
+                    crc32fast::hash(cp.storage.display("").as_bytes()),
+                    meta.zero_time_ms
+                )
+            });
             let interval_ms = interval.as_millis() as u64;
             if meta.interval_ms != interval_ms {
                 return Err(Error::Checkpoint(format!(
@@ -575,14 +683,59 @@ impl Checkpoint {
                 )));
             }
             recovered.zero_time = Some(Time::from_millis(meta.zero_time_ms));
-            recovered.last_planned = match cp.storage.ids("offsets").await?.last() {
+            let offsets = cp.storage.ids("offsets").await?;
+            let commits = cp.storage.ids("commits").await?;
+            cp.check_consecutive("offsets", &offsets)?;
+            cp.check_consecutive("commits", &commits)?;
+            // Every commit entry is read: a torn or foreign one is reported.
+            for id in &commits {
+                let rel = format!("commits/{}", entry_name(*id));
+                let entry: Value = cp.read_json(&rel).await?;
+                if entry["batch_id"].as_u64() != Some(*id) {
+                    return Err(Error::Checkpoint(format!(
+                        "{} records batch {} under the name of batch {id}; restore it or \
+                         delete the checkpoint to start over",
+                        cp.storage.display(&rel),
+                        entry["batch_id"]
+                    )));
+                }
+            }
+            recovered.last_planned = match offsets.last() {
                 Some(id) => Some(
                     cp.read_json(&format!("offsets/{}", entry_name(*id)))
                         .await?,
                 ),
                 None => None,
             };
-            recovered.last_committed = cp.storage.ids("commits").await?.last().copied();
+            recovered.last_committed = commits.last().copied();
+            if let Some(c) = recovered.last_committed {
+                // A batch is planned (offsets) before it commits; a commit without its
+                // offsets means the offset log lost entries, and starting over would
+                // write every committed batch again.
+                let planned = recovered.last_planned.as_ref().map(|p| p.batch_id);
+                if planned.is_none_or(|p| p < c) {
+                    return Err(Error::Checkpoint(format!(
+                        "{} has batch {c} committed but {}; the offset log is incomplete, so \
+                         the query cannot tell where its sources stood; restore it or delete \
+                         the checkpoint to start over",
+                        cp.storage.display(""),
+                        match planned {
+                            Some(p) => format!("offsets/ ends at batch {p}"),
+                            None => "offsets/ is empty or missing".into(),
+                        }
+                    )));
+                }
+                if offsets.first().is_some_and(|first| *first > commits[0]) {
+                    return Err(Error::Checkpoint(format!(
+                        "{} is missing: commits/ starts at batch {} but offsets/ at batch {}; \
+                         restore it or delete the checkpoint to start over",
+                        cp.storage
+                            .display(&format!("offsets/{}", entry_name(commits[0]))),
+                        commits[0],
+                        offsets[0]
+                    )));
+                }
+            }
             recovered.snapshot = cp.newest_snapshot(recovered.last_committed).await?;
         }
         Ok((cp, recovered))
@@ -605,9 +758,57 @@ impl Checkpoint {
                 description,
                 interval_ms: interval.as_millis() as u64,
                 zero_time_ms: zero_time.as_millis(),
+                id: Some(self.id.clone()),
             },
         )
         .await
+    }
+
+    /// What tells this pipeline from any other: made when the checkpoint is created,
+    /// the same at every restart.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The folder of the checkpoint where source `name` keeps what it must remember
+    /// across restarts.
+    pub fn source_store(&self, name: &str) -> SourceStore {
+        SourceStore {
+            storage: Arc::clone(&self.storage),
+            dir: format!("sources/{name}"),
+        }
+    }
+
+    /// A checkpoint without `metadata` must hold nothing else: offsets, commits or
+    /// state without it are a damaged checkpoint, not a new one.
+    async fn check_empty(&self) -> Result<()> {
+        for sub in ["offsets", "commits", "state"] {
+            if !self.storage.names(sub).await?.is_empty() {
+                return Err(Error::Checkpoint(format!(
+                    "{} is missing but {} holds entries: the checkpoint is damaged; restore \
+                     it or delete the checkpoint to start over",
+                    self.storage.display("metadata"),
+                    self.storage.display(sub)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries are written one batch after another and purged oldest first, so their
+    /// ids have no gap; a gap is a lost entry, named.
+    fn check_consecutive(&self, sub: &str, ids: &[u64]) -> Result<()> {
+        for w in ids.windows(2) {
+            if w[1] != w[0] + 1 {
+                return Err(Error::Checkpoint(format!(
+                    "{} is missing (the entries before and after it are there); restore it \
+                     or delete the checkpoint to start over",
+                    self.storage
+                        .display(&format!("{sub}/{}", entry_name(w[0] + 1)))
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Step 1: the batch's ranges, durable before the batch reads anything.
@@ -750,7 +951,9 @@ impl Checkpoint {
     /// newest complete one.
     async fn purge(&self, committed: u64) -> Result<()> {
         let keep_from = committed.saturating_sub(RETAINED - 1);
-        for sub in ["offsets", "commits"] {
+        // Commits first: a purge cut short leaves offsets older than every commit,
+        // never commits without their offsets.
+        for sub in ["commits", "offsets"] {
             for id in self.storage.ids(sub).await? {
                 if id >= keep_from {
                     break;
@@ -874,5 +1077,115 @@ mod tests {
             "{err}"
         );
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A checkpoint with batches 0..4 planned and committed.
+    async fn four_batches(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flumen-cp-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let interval = std::time::Duration::from_secs(1);
+        let (cp, _) = Checkpoint::open(dir.as_path(), vec!["a".into()], interval)
+            .await
+            .unwrap();
+        cp.write_metadata(vec!["a".into()], interval, Time::from_millis(0))
+            .await
+            .unwrap();
+        for id in 0..4 {
+            cp.write_offsets(&OffsetEntry {
+                batch_id: id,
+                batch_time_ms: id as i64 * 1000,
+                ranges: vec![],
+            })
+            .await
+            .unwrap();
+            cp.write_commit(id, Time::from_millis(id as i64 * 1000))
+                .await
+                .unwrap();
+        }
+        dir
+    }
+
+    async fn open_error(dir: &Path) -> String {
+        Checkpoint::open(dir, vec!["a".into()], std::time::Duration::from_secs(1))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_with_holes_is_refused_naming_the_file() {
+        // Sound: it opens, with its id kept.
+        let dir = four_batches("sound").await;
+        let (cp, rec) = Checkpoint::open(
+            dir.as_path(),
+            vec!["a".into()],
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rec.last_committed, Some(3));
+        let id = cp.id().to_string();
+        drop(cp);
+        let (cp, _) = Checkpoint::open(
+            dir.as_path(),
+            vec!["a".into()],
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cp.id(), id);
+        drop(cp);
+
+        let dir = four_batches("no-offsets").await;
+        fs::remove_dir_all(dir.join("offsets")).unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains("has batch 3 committed but offsets/ is empty or missing"),
+            "{err}"
+        );
+
+        let dir = four_batches("gap").await;
+        fs::remove_file(dir.join("offsets").join(entry_name(1))).unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains(&format!("offsets/{} is missing", entry_name(1))),
+            "{err}"
+        );
+
+        let dir = four_batches("torn-commit").await;
+        let c = dir.join("commits").join(entry_name(2));
+        let bytes = fs::read(&c).unwrap();
+        fs::write(&c, &bytes[..bytes.len() - 4]).unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains(&format!("commits/{} is corrupt", entry_name(2))),
+            "{err}"
+        );
+
+        let dir = four_batches("garbage").await;
+        fs::write(dir.join("commits").join("notes.txt"), b"hello").unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains("commits/notes.txt is not a checkpoint entry"),
+            "{err}"
+        );
+
+        let dir = four_batches("moved-commit").await;
+        fs::copy(
+            dir.join("commits").join(entry_name(1)),
+            dir.join("commits").join(entry_name(3)),
+        )
+        .unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains("records batch 1 under the name of batch 3"),
+            "{err}"
+        );
+
+        let dir = four_batches("no-metadata").await;
+        fs::remove_file(dir.join("metadata")).unwrap();
+        let err = open_error(&dir).await;
+        assert!(err.contains("metadata is missing but"), "{err}");
     }
 }

@@ -43,6 +43,9 @@ use crate::time::Time;
 /// A query's graph with every physical plan built.
 pub(crate) struct Pipeline {
     query_id: String,
+    /// What tells this pipeline's writes from another's: the checkpoint's id, or one
+    /// made for this run without a checkpoint (nothing is replayed then).
+    pipeline_id: String,
     session: SessionContext,
     task_ctx: Arc<TaskContext>,
     interval: Duration,
@@ -54,6 +57,9 @@ pub(crate) struct Pipeline {
     snapshot_every: u64,
     /// The batch of the newest snapshot written or restored.
     last_snapshot: Option<u64>,
+    /// Records rejected while recovery ran batches again (not committed before the
+    /// restart): counted with the first batch after it.
+    carried_rejected: u64,
 }
 
 /// How a batch runs.
@@ -98,6 +104,7 @@ impl Pipeline {
         }
         Ok(Self {
             query_id,
+            pipeline_id: crate::checkpoint::new_id(),
             task_ctx: session.task_ctx(),
             session,
             interval,
@@ -107,6 +114,7 @@ impl Pipeline {
             checkpoint: None,
             snapshot_every: 1,
             last_snapshot: None,
+            carried_rejected: 0,
         })
     }
 
@@ -165,6 +173,10 @@ impl Pipeline {
         let description = self.description();
         let (cp, recovered) =
             Checkpoint::open(location, description.clone(), self.interval).await?;
+        self.pipeline_id = cp.id().to_string();
+        for s in &self.sources {
+            s.source.use_checkpoint(cp.source_store(s.source.name()));
+        }
         cp.write_metadata(
             description,
             self.interval,
@@ -227,12 +239,14 @@ impl Pipeline {
                 committed: recovered.last_committed.is_some_and(|c| id <= c),
             };
             let t = Time::from_millis(entry.batch_time_ms);
-            self.run_batch(id, t, zero_time, clock, replay)
+            let info = self
+                .run_batch(id, t, zero_time, clock, replay)
                 .await
                 .map_err(|e| crate::Error::Batch {
                     batch_time: t,
                     source: Box::new(e),
                 })?;
+            self.carried_rejected += info.rejected_rows;
         }
         for (s, (name, range)) in self.sources.iter().zip(&last.ranges) {
             if s.source.name() != name {
@@ -295,8 +309,10 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// The query id sinks see: the query's name, its output, and the pipeline's id —
+    /// the same at every restart on one checkpoint, different for any other pipeline.
     fn output_id(&self, i: usize) -> String {
-        format!("{}-output-{i}", self.query_id)
+        format!("{}-output-{i}@{}", self.query_id, self.pipeline_id)
     }
 
     /// Run the five steps for one batch.
@@ -342,7 +358,11 @@ impl Pipeline {
         }
         // 2. read
         let mut input_rows = Vec::with_capacity(self.sources.len());
-        let mut rejected_rows = 0u64;
+        let mut rejected_rows = if replay.recorded.is_none() {
+            std::mem::take(&mut self.carried_rejected)
+        } else {
+            0
+        };
         for (s, range) in self.sources.iter().zip(&ranges) {
             let data = s.source.read_batch(range).await?;
             let rejected = s.source.take_rejected();
@@ -368,16 +388,23 @@ impl Pipeline {
             }
         }
         // 3. run
-        let op_ctx = OperatorContext {
+        let mut op_ctx = OperatorContext {
             batch_time,
             zero_time,
             batch_interval: self.interval,
+            input_watermark: None,
         };
         let mut state_rows = 0;
         let mut state_bytes = 0;
         let mut late_rows = 0;
         let mut watermark: Option<i64> = None;
-        for (node, plan) in &mut self.operators {
+        for i in 0..self.operators.len() {
+            let (done, rest) = self.operators.split_at_mut(i);
+            let (node, plan) = &mut rest[0];
+            op_ctx.input_watermark = node.op.watermark_source().and_then(|(source, column)| {
+                done.get(source)
+                    .and_then(|(upstream, _)| upstream.op.output_watermark(column))
+            });
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
                 let input = execute(plan, &self.task_ctx).await?;
                 match node

@@ -99,6 +99,11 @@ pub trait Source: Debug + Send + Sync {
     /// look at them.
     fn project(&self, _columns: &[usize]) {}
 
+    /// When the query keeps a checkpoint: the folder of it where this source keeps
+    /// what it must remember across restarts (the `files` source: which files it
+    /// took). Called once, before [`Source::open`].
+    fn use_checkpoint(&self, _store: crate::checkpoint::SourceStore) {}
+
     /// Called once when the query starts, before the first batch.
     async fn open(&self) -> Result<()> {
         Ok(())

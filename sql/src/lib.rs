@@ -16,6 +16,7 @@
 pub mod batch_time;
 pub mod catalog;
 pub mod duration;
+pub mod functions;
 mod join;
 pub mod ksql;
 pub mod planner;

@@ -32,7 +32,7 @@ use flumen_engine::checkpoint::CheckpointLocation;
 
 use crate::batch_time::{BATCH_TIME_COLUMN, BatchTimeCell, batch_time_udf};
 use crate::catalog::{Catalog, MemorySinkTable, SinkDef, StreamDef, StreamKind, StreamPlaceholder};
-use crate::planner::{OutputMode, plan_query, reads_stream};
+use crate::planner::{OperatorOutputs, OutputMode, QueryScope, plan_query, reads_stream};
 use crate::statement::{
     ObjectKind, Options, ShowKind, Statement, parse_setting_duration, parse_statement,
     split_statements,
@@ -206,6 +206,10 @@ impl FlumenSession {
         base.register_udf(crate::window::hop_window_ends_udf());
         base.register_udf(crate::window::window_end_udf());
         base.register_udf(crate::window::session_window_udf());
+        // `date_format` is Flumen's (Flink's patterns), not DataFusion's alias of to_char.
+        base.deregister_udf("date_format");
+        base.register_udf(crate::functions::to_char_udf());
+        base.register_udf(crate::functions::date_format_udf());
         Self {
             base,
             registry,
@@ -816,6 +820,8 @@ impl FlumenSession {
             ctx: OnceLock::new(),
             created: Mutex::new(HashMap::new()),
             read: Mutex::new(HashSet::new()),
+            outputs: OperatorOutputs::default(),
+            derived_explain: Mutex::new(Vec::new()),
             mode: self.settings.output_mode,
             checkpoint: self.settings.checkpoint_location.clone(),
             name: name.map(str::to_string),
@@ -902,7 +908,17 @@ impl FlumenSession {
         if streams.is_empty() {
             return plan_err!("this query reads no stream; run it as an ordinary SELECT");
         }
-        let planned = plan_query(&qc.ctx, df, &streams, &self.watermarks(), mode)?;
+        let planned = plan_query(
+            &qc.ctx,
+            df,
+            &QueryScope {
+                streams: &streams,
+                watermarks: &self.watermarks(),
+                mode,
+                outputs: &qc.schema.outputs,
+                derived: false,
+            },
+        )?;
         let schema = planned.stream.schema();
         let target_name = match target {
             Target::Sink(name) => {
@@ -931,7 +947,14 @@ impl FlumenSession {
                     } else {
                         def.mode = mode;
                     }
-                    (Arc::clone(&def.sink), def.memory.clone(), def.mode)
+                    // How the rows written are read back (memory sinks and tables): the
+                    // newest batch when each holds the whole result, every row otherwise.
+                    let read = match planned.emits {
+                        flumen_engine::ops::Emits::WholeResult => OutputMode::Complete,
+                        flumen_engine::ops::Emits::Appends => OutputMode::Append,
+                        flumen_engine::ops::Emits::Changes { .. } => OutputMode::Update,
+                    };
+                    (Arc::clone(&def.sink), def.memory.clone(), read)
                 };
                 if let Some(memory) = memory {
                     self.register_memory_table(&name, memory, schema.clone(), sink_mode)?;
@@ -959,7 +982,11 @@ impl FlumenSession {
             target: target_name,
             ctx: qc.ctx,
             streams,
-            explain: planned.explain,
+            explain: {
+                let mut lines: Vec<String> = qc.schema.derived_explain.lock().drain(..).collect();
+                lines.extend(planned.explain);
+                lines
+            },
             metrics: qc.metrics,
         };
         self.queries.lock().insert(id, info);
@@ -1271,7 +1298,17 @@ impl FlumenSession {
         let qc = self.build_query_context(0, None, Trigger::ProcessingTime)?;
         let df = qc.ctx.session().sql(&query).await?;
         let streams = qc.schema.read.lock().clone();
-        let planned = plan_query(&qc.ctx, df.clone(), &streams, &self.watermarks(), mode)?;
+        let planned = plan_query(
+            &qc.ctx,
+            df.clone(),
+            &QueryScope {
+                streams: &streams,
+                watermarks: &self.watermarks(),
+                mode,
+                outputs: &qc.schema.outputs,
+                derived: false,
+            },
+        )?;
         let mut lines = vec![format!(
             "Streaming query: batch interval {}, output mode {mode}",
             flumen_engine::time::format_duration(self.settings.batch_interval)
@@ -1300,6 +1337,7 @@ impl FlumenSession {
                 }
             }
         }
+        lines.extend(qc.schema.derived_explain.lock().drain(..));
         lines.extend(planned.explain);
         lines.push("Per-batch plan:".into());
         let plan = planned.stream.dataframe().clone().into_optimized_plan()?;
@@ -1585,6 +1623,10 @@ struct QuerySchema {
     created: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
     /// Streams this query reads.
     read: Mutex<HashSet<String>>,
+    /// The stateful operators planned into this query's context so far.
+    outputs: OperatorOutputs,
+    /// EXPLAIN lines of the derived streams planned into this query.
+    derived_explain: Mutex<Vec<String>>,
     mode: OutputMode,
     /// `checkpoint_location` when the query started (receivers' write-ahead logs).
     checkpoint: Option<String>,
@@ -1742,7 +1784,23 @@ impl QuerySchema {
                 let df = ctx.session().sql(query).await?;
                 let streams = self.read.lock().clone();
                 let watermarks = watermarks_of(&self.catalog.lock());
-                let planned = plan_query(ctx, df, &streams, &watermarks, self.mode)?;
+                let planned = plan_query(
+                    ctx,
+                    df,
+                    &QueryScope {
+                        streams: &streams,
+                        watermarks: &watermarks,
+                        mode: self.mode,
+                        outputs: &self.outputs,
+                        derived: true,
+                    },
+                )?;
+                self.derived_explain.lock().extend(
+                    planned
+                        .explain
+                        .into_iter()
+                        .filter(|l| !l.starts_with("Stateless")),
+                );
                 planned.stream.dataframe().clone().into_view()
             }
         };

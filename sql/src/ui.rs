@@ -76,10 +76,16 @@ pub async fn serve(addr: SocketAddr, view: SessionView) -> std::io::Result<UiSer
                 }
             };
             let view = view.clone();
+            let loopback = addr.ip().is_loopback();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let view = view.clone();
-                    async move { Ok::<_, Infallible>(route(&view, &req)) }
+                    async move {
+                        Ok::<_, Infallible>(match foreign_host(loopback, &req) {
+                            Some(refused) => refused,
+                            None => route(&view, &req),
+                        })
+                    }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -109,6 +115,38 @@ pub async fn serve_default(view: SessionView) -> std::io::Result<UiServer> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+/// On a loopback address the UI answers only requests for a loopback host name: a
+/// page elsewhere whose DNS name is rebound to 127.0.0.1 sends its own name in `Host`,
+/// and must not read the API. `None`: the request may be served.
+fn foreign_host(loopback: bool, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if !loopback {
+        return None;
+    }
+    let host = req.headers().get(hyper::header::HOST)?;
+    let host = host.to_str().unwrap_or("");
+    // Without the port: `name:port`, `[v6]:port`, `[v6]`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    let local = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return None;
+    }
+    Some(text(
+        StatusCode::FORBIDDEN,
+        "text/plain",
+        format!(
+            "Host '{host}' is not served: on a loopback address the web UI answers only to \
+             localhost, 127.0.0.1 and [::1] (a page served under another name cannot read it); \
+             start flumen with --ui <address> to serve other names\n"
+        ),
+    ))
 }
 
 fn route(view: &SessionView, req: &Request<Incoming>) -> Response<Full<Bytes>> {

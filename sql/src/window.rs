@@ -134,13 +134,43 @@ impl ScalarUDFImpl for WindowFunction {
 }
 
 /// Every window start that is a multiple of `slide` with `start <= t < start + size`.
+/// With `slide > size` windows leave gaps: a time in a gap is in no window (as in
+/// Spark and Flink), and the iterator is empty.
 fn hop_starts(t: i64, size: i64, slide: i64) -> impl Iterator<Item = i64> {
-    let last = t - t.rem_euclid(slide);
-    let mut first = last;
+    let latest = t - t.rem_euclid(slide);
+    let mut first = latest;
     while first - slide + size > t {
         first -= slide;
     }
+    let last = if latest + size > t {
+        latest
+    } else {
+        latest - slide
+    };
     (first..=last).step_by(slide as usize)
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::hop_starts;
+
+    #[test]
+    fn a_time_between_windows_is_in_none() {
+        // 1 s windows every 10 s: [0, 1000), [10000, 11000), ...
+        assert_eq!(hop_starts(500, 1000, 10_000).collect::<Vec<_>>(), vec![0]);
+        assert!(hop_starts(5000, 1000, 10_000).next().is_none());
+        assert!(hop_starts(9999, 1000, 10_000).next().is_none());
+        assert!(hop_starts(1000, 1000, 10_000).next().is_none());
+        assert_eq!(
+            hop_starts(10_000, 1000, 10_000).collect::<Vec<_>>(),
+            vec![10_000]
+        );
+        // Overlapping windows: 10 s every 2 s.
+        assert_eq!(
+            hop_starts(5000, 10_000, 2000).collect::<Vec<_>>(),
+            vec![-4000, -2000, 0, 2000, 4000]
+        );
+    }
 }
 
 /// The name of [`hop_windows_udf`].

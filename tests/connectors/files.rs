@@ -497,3 +497,232 @@ async fn csv_columns_no_query_reads_are_not_parsed() {
     );
     s.stop_all().await.unwrap();
 }
+
+/// A session on `clock`: a restarted query goes on on the same batch grid.
+fn clocked_session(clock: &Arc<flumen::engine::ManualClock>) -> flumen::sql::FlumenSession {
+    flumen::sql::FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::clone(clock) as Arc<dyn flumen::engine::Clock>,
+    )
+}
+
+fn parquet_bytes(batch: &RecordBatch) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w =
+        flumen::datafusion::parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None)
+            .unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
+/// A value that does not convert exactly into its declared type is a bad record in
+/// every format — never a NULL, a truncated number or an infinity. JSON fields the
+/// stream does not declare are ignored unless `strict = 'true'`.
+#[tokio::test]
+async fn values_that_do_not_fit_their_type_are_bad_records() {
+    let json = temp_dir("files-exact-json");
+    let strict = temp_dir("files-exact-strict");
+    let csv = temp_dir("files-exact-csv");
+    let pq = temp_dir("files-exact-parquet");
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM j (id BIGINT, x DOUBLE) WITH (connector = 'files', path = '{}',
+           format = 'json', on_error = 'dead_letter');
+         CREATE STREAM js (id BIGINT) WITH (connector = 'files', path = '{}',
+           format = 'json', strict = 'true', on_error = 'dead_letter');
+         CREATE STREAM c (id INT, x DOUBLE) WITH (connector = 'files', path = '{}',
+           format = 'csv', on_error = 'dead_letter');
+         CREATE STREAM p (id BIGINT, small INT) WITH (connector = 'files', path = '{}',
+           format = 'parquet', on_error = 'dead_letter');
+         CREATE SINK out WITH (connector = 'memory') AS
+           SELECT 'j' AS s, id, x FROM j UNION ALL SELECT 'js', id, NULL FROM js
+           UNION ALL SELECT 'c', CAST(id AS BIGINT), x FROM c
+           UNION ALL SELECT 'p', id, CAST(small AS DOUBLE) FROM p;",
+        json.display(),
+        strict.display(),
+        csv.display(),
+        pq.display()
+    ))
+    .await
+    .unwrap();
+    put(
+        &json,
+        "a.json",
+        b"{\"id\": 1, \"x\": 0.5, \"extra\": \"ignored\"}\n{\"id\": 1.5, \"x\": 1}\n{\"id\": 3, \"x\": 1e400}\n{\"id\": \"4\", \"x\": \"2.5\"}\n",
+        5,
+    );
+    put(
+        &strict,
+        "a.json",
+        b"{\"id\": 1}\n{\"id\": 2, \"extra\": 0}\n",
+        5,
+    );
+    put(&csv, "a.csv", b"1,0.25\n2,1e999\n3000000000,1\n4,-4\n", 5);
+    // Parquet: one BIGINT column declared INT with a value that overflows it.
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("small", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(Int64Array::from(vec![7, 5_000_000_000, 9])),
+        ],
+    )
+    .unwrap();
+    put(&pq, "a.parquet", &parquet_bytes(&batch), 5);
+    // A string column declared BIGINT: the whole file.
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(vec!["x", "y"]))],
+    )
+    .unwrap();
+    put(&pq, "b.parquet", &parquet_bytes(&batch), 4);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM out").await,
+        strs(&[
+            "j|1|0.5",
+            "j|4|2.5",
+            "js|1|NULL",
+            "c|1|0.25",
+            "c|4|-4.0",
+            "p|1|7.0",
+            "p|3|9.0"
+        ])
+    );
+    let errors: Vec<String> = sql_rows(
+        &mut s,
+        "SELECT source, error FROM j_errors UNION ALL SELECT source, error FROM js_errors
+         UNION ALL SELECT source, error FROM c_errors UNION ALL SELECT source, error FROM p_errors",
+    )
+    .await;
+    assert_eq!(errors.len(), 7, "{errors:?}");
+    for expected in [
+        "j|column id: 1.5 is not a Int64 value",
+        "j|column x: 1e400 is not a Float64 value",
+        "js|",
+        "c|column x: 1e999 is not a Float64 value",
+        "p|column small (Int64 in the file): 5000000000 is not a Int32 value",
+        "p|column id is Utf8 in the file, declared Int64",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "no error starting {expected:?} in {errors:?}"
+        );
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("c|") && e.contains("3000000000")),
+        "{errors:?}"
+    );
+}
+
+/// A batch takes a file; the query stops before it is committed; the file is deleted;
+/// the restart runs the batch again and finds the file gone: under `on_error = 'skip'`
+/// it is counted and the query goes on, under `fail` the restart fails naming it.
+#[tokio::test]
+async fn a_file_gone_before_a_replay_follows_on_error() {
+    for on_error in ["skip", "fail"] {
+        let dir = temp_dir("files-gone");
+        let cp = temp_dir("files-gone-cp");
+        let script = format!(
+            "SET checkpoint_location = '{}';
+             CREATE STREAM l (line TEXT) WITH (connector = 'files', path = '{}', on_error = '{on_error}');
+             CREATE SINK out WITH (connector = 'memory') AS SELECT line FROM l;",
+            cp.display(),
+            dir.display()
+        );
+        let clock = Arc::new(flumen::engine::ManualClock::default());
+        let mut s = clocked_session(&clock);
+        s.execute_script(&script).await.unwrap();
+        put(&dir, "a.txt", b"a\n", 5);
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        s.stop_all().await.unwrap();
+        // As if killed after batch 0 was planned, before it committed.
+        let q = cp.join("queries").join("out");
+        fs::remove_dir_all(q.join("commits")).unwrap();
+        fs::remove_dir_all(q.join("state")).ok();
+        fs::remove_file(dir.join("a.txt")).unwrap();
+        put(&dir, "b.txt", b"b\n", 1);
+        let mut s = clocked_session(&clock);
+        let started = s.execute_script(&script).await;
+        if on_error == "fail" {
+            let err = started.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{}/a.txt", dir.display()))
+                    && err.contains("the file is gone"),
+                "{err}"
+            );
+            continue;
+        }
+        started.unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        assert_eq!(sql_rows(&mut s, "SELECT * FROM out").await, strs(&["b"]));
+        // Counted as rejected (column rejected_rows of SHOW QUERIES).
+        let shown = sql_rows(&mut s, "SHOW QUERIES").await;
+        assert_eq!(shown[0].split('|').nth(6), Some("1"), "{shown:?}");
+        s.stop_all().await.unwrap();
+    }
+}
+
+/// Files that arrive while a checkpointed query runs and while it is stopped are all
+/// read once after a graceful restart, whatever their modification times — the
+/// query remembers which files it took, not the newest time (the restart used to
+/// treat everything in the folder as "existing").
+#[tokio::test]
+async fn after_a_graceful_restart_every_file_not_taken_is_read() {
+    for include_existing in [false, true] {
+        let dir = temp_dir("files-restart");
+        let cp = temp_dir("files-restart-cp");
+        put(&dir, "old.txt", b"old\n", 1000);
+        let script = format!(
+            "SET checkpoint_location = '{}';
+             CREATE STREAM l (line TEXT) WITH (connector = 'files', path = '{}',
+               include_existing = '{include_existing}', max_files_per_batch = '2');
+             CREATE SINK out WITH (connector = 'files', path = '{}', format = 'json') AS SELECT line FROM l;",
+            cp.display(),
+            dir.display(),
+            dir.parent().unwrap().join(format!("{}-out", dir.file_name().unwrap().to_string_lossy())).display()
+        );
+        let out = dir.parent().unwrap().join(format!(
+            "{}-out",
+            dir.file_name().unwrap().to_string_lossy()
+        ));
+        let clock = Arc::new(flumen::engine::ManualClock::default());
+        let mut s = clocked_session(&clock);
+        s.execute_script(&script).await.unwrap();
+        // Ten files, all with the same modification time, while the query runs.
+        for i in 0..10 {
+            put(&dir, &format!("f{i}.txt"), format!("f{i}\n").as_bytes(), 50);
+        }
+        s.execute("ADVANCE 2 BATCHES").await.unwrap();
+        s.stop_all().await.unwrap();
+        // While stopped: one more, older than every file taken.
+        put(&dir, "late.txt", b"late\n", 500);
+        let mut s = clocked_session(&clock);
+        s.execute_script(&script).await.unwrap();
+        s.execute("ADVANCE 8 BATCHES").await.unwrap();
+        s.stop_all().await.unwrap();
+        let mut lines = Vec::new();
+        for e in fs::read_dir(&out).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                for l in fs::read_to_string(&p).unwrap().lines() {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    lines.push(v["line"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        lines.sort();
+        let mut expected: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        expected.push("late".into());
+        if include_existing {
+            expected.push("old".into());
+        }
+        expected.sort();
+        assert_eq!(lines, expected, "include_existing = {include_existing}");
+    }
+}

@@ -184,7 +184,7 @@ async fn socket_options_are_checked_at_create() {
         err(s
             .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', colour = 'red')")
             .await),
-        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, wal_dir, format, on_error"
+        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, wal_dir, max_line_bytes, format, on_error, strict"
     );
     assert_eq!(
         err(s
@@ -321,4 +321,111 @@ async fn max_records_per_batch_caps_each_batch_and_the_rest_follows() {
         vec![1, 2, 3, 4, 5]
     );
     s.stop_all().await.unwrap();
+}
+
+/// A line longer than `max_line_bytes` and a line that is not UTF-8 are bad records
+/// (dead-lettered with their line numbers); the connection stays up and the lines
+/// after them arrive. A WAL replay keeps them bad, in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_non_utf8_lines_are_bad_records_and_the_connection_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let wal = crate::common::temp_dir("socket-bad-lines").join("wal");
+    let mut s = session();
+    s.execute_script(&format!(
+        "CREATE STREAM t (line TEXT) WITH (connector = 'socket', host = '127.0.0.1',
+           port = '{port}', on_error = 'dead_letter', max_line_bytes = '64 KiB', wal = 'true',
+           wal_dir = '{}');
+         CREATE SINK out WITH (connector = 'memory') AS SELECT line FROM t;",
+        wal.display()
+    ))
+    .await
+    .unwrap();
+    let mut conn = accept(&listener).await;
+    // Line 2: 200 KiB, sent in pieces; line 4: not UTF-8.
+    conn.write_all(b"one\n").await.unwrap();
+    for _ in 0..200 {
+        conn.write_all(&[b'x'; 1024]).await.unwrap();
+    }
+    conn.write_all(b"\nthree\n\xff\xfebad\nfive\n")
+        .await
+        .unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 3).await;
+    advance_until(&mut s, "SELECT * FROM t_errors", 2).await;
+    let text = |batches: &[RecordBatch], col: usize| -> Vec<String> {
+        let mut v: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let a = b
+                    .column(col)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap();
+                (0..a.len())
+                    .map(|i| a.value(i).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Three good lines; the sink holds every line of a text stream but the bad ones.
+    assert_eq!(
+        text(&rows(&mut s, "SELECT * FROM out").await, 0),
+        vec!["five", "one", "three"]
+    );
+    let errors = rows(
+        &mut s,
+        "SELECT position, error, length(record) FROM t_errors",
+    )
+    .await;
+    let positions = text(&errors, 0);
+    assert_eq!(
+        positions,
+        vec![
+            format!("127.0.0.1:{port} line 2"),
+            format!("127.0.0.1:{port} line 4")
+        ]
+    );
+    let why = text(&errors, 1);
+    assert!(
+        why.iter()
+            .any(|e| e == "the line is 204800 bytes, longer than max_line_bytes (65536)"),
+        "{why:?}"
+    );
+    assert!(why.iter().any(|e| e.starts_with("not UTF-8")), "{why:?}");
+    // Only a preview of the long line was kept.
+    let lengths: Vec<i32> = errors
+        .iter()
+        .flat_map(|b| {
+            b.column(2)
+                .as_any()
+                .downcast_ref::<flumen::datafusion::arrow::array::Int32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert!(lengths.iter().all(|l| *l <= 1024), "{lengths:?}");
+    // The same connection goes on.
+    conn.write_all(b"six\n").await.unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM out", 4).await;
+    s.stop_all().await.unwrap();
+    let err = sql_error_text(
+        &mut session(),
+        &format!(
+            "CREATE STREAM u (line TEXT) WITH (connector = 'socket', port = '{port}', max_line_bytes = 'huge')"
+        ),
+    )
+    .await;
+    assert!(err.contains("max_line_bytes 'huge' is not a size"), "{err}");
+}
+
+async fn sql_error_text(s: &mut FlumenSession, sql: &str) -> String {
+    match s.execute(sql).await {
+        Ok(r) => panic!("{sql} should fail, gave {r:?}"),
+        Err(e) => e.to_string(),
+    }
 }

@@ -82,6 +82,14 @@ impl StreamOperator for DedupExec {
         Arc::clone(&self.output_schema)
     }
 
+    fn emits(&self) -> super::Emits {
+        if self.emit_all {
+            super::Emits::WholeResult
+        } else {
+            super::Emits::Appends
+        }
+    }
+
     async fn process(
         &mut self,
         _ctx: &OperatorContext,

@@ -18,20 +18,39 @@ use std::sync::Arc;
 use crate::Result;
 use crate::time::Time;
 
+pub mod changes;
 pub mod dedup;
 pub mod late;
 pub mod map_with_state;
+pub mod materialize;
 pub mod running_aggregate;
 pub mod stream_join;
+pub mod top_n;
 pub mod window;
 mod window_state;
 
+pub use changes::ChangesExec;
 pub use dedup::DedupExec;
 pub use late::LateRowsExec;
 pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
+pub use materialize::MaterializeExec;
 pub use running_aggregate::{EventTimeWindow, RunningAggregateExec, window_struct_type};
 pub use stream_join::{JoinTime, StreamJoinExec};
+pub use top_n::{OrderColumn, TopNExec};
 pub use window::WindowExec;
+
+/// What the batches an operator emits hold — how the plan above must read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emits {
+    /// New rows that never change once emitted: each batch adds to the result
+    /// (a join's matches, the first row of each key, a window the watermark closed).
+    Appends,
+    /// The whole current result, every batch (complete mode).
+    WholeResult,
+    /// The rows of the result that changed this batch, each replacing the row with the
+    /// same values in `keys` (column indexes): upserts (update mode).
+    Changes { keys: Vec<usize> },
+}
 
 /// `schema` with its columns named `c0, c1, ...`: SQL planners map an operator's
 /// output back by position, and neutral names cannot clash with the names the plan
@@ -76,6 +95,10 @@ pub struct OperatorContext {
     /// The time before the first batch: window slides are counted from here.
     pub zero_time: Time,
     pub batch_interval: Duration,
+    /// The watermark (epoch ms) of the column an operator takes its event time from,
+    /// when that column comes out of another operator
+    /// ([`StreamOperator::watermark_source`]).
+    pub input_watermark: Option<i64>,
 }
 
 /// A stateful operator. The scheduler calls [`StreamOperator::plan_input`] once when
@@ -101,6 +124,11 @@ pub trait StreamOperator: Send + Sync {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>>;
+
+    /// What its output batches hold (see [`Emits`]). By default new rows only.
+    fn emits(&self) -> Emits {
+        Emits::Appends
+    }
 
     /// Rows of state the operator holds (a metric).
     fn state_rows(&self) -> usize;
@@ -129,6 +157,25 @@ pub trait StreamOperator: Send + Sync {
 
     /// The operator's event-time watermark (epoch ms), once it has one.
     fn watermark(&self) -> Option<i64> {
+        None
+    }
+
+    /// Output columns (timestamps) no future output row will be older than some
+    /// time, known after each batch: [`StreamOperator::output_watermark`].
+    fn watermarked_columns(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// The time (epoch ms) no future output row's `column` will be older than, after
+    /// the batch just processed; `None` while unknown.
+    fn output_watermark(&self, _column: usize) -> Option<i64> {
+        None
+    }
+
+    /// The operator (graph index) and its output column this operator's watermark
+    /// follows; the scheduler passes that column's [`StreamOperator::output_watermark`]
+    /// as [`OperatorContext::input_watermark`] before each `process`.
+    fn watermark_source(&self) -> Option<(usize, usize)> {
         None
     }
 

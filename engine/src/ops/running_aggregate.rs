@@ -140,6 +140,10 @@ pub struct EventTimeWindow {
     /// The window key is the window's end (a timestamp) and the windows are this
     /// long; the output shows the `{start, end}` struct. `None`: the key is the struct.
     pub keyed_by_end: Option<std::time::Duration>,
+    /// The event time comes out of another operator (graph index, output column) —
+    /// a stream join's matches: the watermark is that column's output watermark
+    /// ([`StreamOperator::output_watermark`]) instead of max event time - `delay`.
+    pub watermark_from: Option<(usize, usize)>,
 }
 
 /// The `{start, end}` session column of `batch`.
@@ -326,6 +330,10 @@ impl RunningAggregateExec {
     ) {
         if w.watermark_is_batch_time {
             self.watermark = Some(ctx.batch_time.as_millis());
+        } else if w.watermark_from.is_some() {
+            if let Some(candidate) = ctx.input_watermark {
+                self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
+            }
         } else if let (Some(m), Some(delay)) = (max_event_time, w.delay) {
             let candidate = m - delay.as_millis() as i64;
             self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
@@ -404,6 +412,16 @@ impl StreamOperator for RunningAggregateExec {
 
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.output_schema)
+    }
+
+    fn emits(&self) -> super::Emits {
+        match self.window {
+            Some(w) if w.emit_closed_only => super::Emits::Appends,
+            _ if self.changed_only => super::Emits::Changes {
+                keys: (0..self.group_exprs.len()).collect(),
+            },
+            _ => super::Emits::WholeResult,
+        }
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
@@ -701,6 +719,10 @@ impl StreamOperator for RunningAggregateExec {
 
     fn watermark(&self) -> Option<i64> {
         self.watermark
+    }
+
+    fn watermark_source(&self) -> Option<(usize, usize)> {
+        self.window.and_then(|w| w.watermark_from)
     }
 
     fn state_bytes(&self) -> usize {

@@ -341,6 +341,38 @@ impl StreamOperator for StreamJoinExec {
         self.late_rows_last_batch
     }
 
+    /// The left side's time column when the condition bounds how much later a right
+    /// row may be (`lo`), the right side's when it bounds how much later a left row
+    /// may be (`hi`), each once both sides have a watermark.
+    fn watermarked_columns(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        if self.left.time.delay.is_some() && self.right.time.delay.is_some() {
+            if self.lo.is_some() {
+                out.push(self.left.time.index);
+            }
+            if self.hi.is_some() {
+                out.push(self.left.schema.fields().len() + self.right.time.index);
+            }
+        }
+        out
+    }
+
+    /// A future match has a new row on one side at or after that side's watermark;
+    /// with `left.time - right.time` in `[lo, hi]`, its left time is at least
+    /// `min(wm_left, wm_right + lo)` and its right time at least
+    /// `min(wm_right, wm_left - hi)`.
+    fn output_watermark(&self, column: usize) -> Option<i64> {
+        let (l, r) = (self.left.watermark?, self.right.watermark?);
+        let nl = self.left.schema.fields().len();
+        if column == self.left.time.index {
+            Some(l.min(r.saturating_add(self.lo?)))
+        } else if column == nl + self.right.time.index {
+            Some(r.min(l.saturating_sub(self.hi?)))
+        } else {
+            None
+        }
+    }
+
     /// The lower of the two sides' watermarks (the join's event time advances as its
     /// slower input does).
     fn watermark(&self) -> Option<i64> {

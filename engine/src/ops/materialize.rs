@@ -1,0 +1,137 @@
+//! `MaterializeExec`: turns a stream of changed rows (upserts by key, update mode)
+//! back into the whole result, for a plan above it that must see all of it — an
+//! aggregate, a window function, a sort or a join over a running aggregate's result.
+//!
+//! ```text
+//!  changed rows ─┐
+//!  stored table ─┴▶ the last row of each key wins ─▶ stored table ─▶ output (all of it)
+//! ```
+//!
+//! It costs O(result) per batch: the plan above recomputes over the whole result.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+
+use super::{Emits, OperatorContext, StreamOperator};
+use crate::Result;
+
+pub struct MaterializeExec {
+    schema: SchemaRef,
+    keys: Vec<usize>,
+    converter: RowConverter,
+    table: RecordBatch,
+}
+
+impl MaterializeExec {
+    /// A table of `schema` whose rows are replaced by key (`keys`: column indexes).
+    pub fn try_new(schema: SchemaRef, keys: Vec<usize>) -> Result<Self> {
+        let converter = RowConverter::new(
+            keys.iter()
+                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            table: RecordBatch::new_empty(Arc::clone(&schema)),
+            schema,
+            keys,
+            converter,
+        })
+    }
+
+    /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
+    pub fn with_positional_names(mut self) -> Self {
+        self.schema = super::positional_schema(&self.schema);
+        self.table = RecordBatch::new_empty(Arc::clone(&self.schema));
+        self
+    }
+}
+
+#[async_trait]
+impl StreamOperator for MaterializeExec {
+    fn name(&self) -> String {
+        "MaterializeExec".into()
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn emits(&self) -> Emits {
+        Emits::WholeResult
+    }
+
+    async fn process(
+        &mut self,
+        _ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let mut parts = vec![self.table.clone()];
+        for b in input {
+            if b.num_rows() > 0 {
+                parts.push(RecordBatch::try_new(
+                    Arc::clone(&self.schema),
+                    b.columns().to_vec(),
+                )?);
+            }
+        }
+        if parts.len() > 1 {
+            let all = concat_batches(&self.schema, &parts)?;
+            let keys: Vec<ArrayRef> = self
+                .keys
+                .iter()
+                .map(|&i| Arc::clone(all.column(i)))
+                .collect();
+            let rows = self.converter.convert_columns(&keys)?;
+            // The newest row of each key: scan from the end, keep the first seen.
+            let mut seen = HashSet::with_capacity(all.num_rows());
+            let mut keep: Vec<u32> = (0..all.num_rows())
+                .rev()
+                .filter(|&i| seen.insert(rows.row(i)))
+                .map(|i| i as u32)
+                .collect();
+            keep.reverse();
+            let indices = UInt32Array::from(keep);
+            let columns = all
+                .columns()
+                .iter()
+                .map(|c| Ok(take(c.as_ref(), &indices, None)?))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            self.table = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        }
+        Ok(Some(vec![self.table.clone()]))
+    }
+
+    fn state_rows(&self) -> usize {
+        self.table.num_rows()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.table.get_array_memory_size()
+    }
+
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        Ok(crate::checkpoint::OperatorState {
+            batches: vec![self.table.clone()],
+            meta: serde_json::json!({}),
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        let mut rows = Vec::with_capacity(state.batches.len());
+        for b in state.batches {
+            rows.push(RecordBatch::try_new(
+                Arc::clone(&self.schema),
+                b.columns().to_vec(),
+            )?);
+        }
+        self.table = concat_batches(&self.schema, &rows)?;
+        Ok(())
+    }
+}

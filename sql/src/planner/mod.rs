@@ -1,0 +1,797 @@
+//! The streaming planner: from DataFusion's logical plan of a query over streams to
+//! an engine pipeline.
+//!
+//! ```text
+//!  SELECT ... ─▶ DataFusion LogicalPlan ─▶ rewritten bottom-up, one node at a time:
+//!     what do the node's inputs hold?  (classify::rows_of)
+//!        Appends  new rows that never change (sources, a join's matches, ...)
+//!        Whole    a stateful operator's whole result, every batch (complete mode)
+//!        Changes  a stateful operator's changed rows (update mode)
+//!     ─▶ the node's role:
+//!        per batch       stateless nodes; anything over a Whole result; aggregates
+//!                        grouped by _batch_time or by a closed window
+//!        stateful        an Aggregate, DISTINCT, ROW_NUMBER() <= N or a join of two
+//!                        streams over Appends is cut out: its input feeds an engine
+//!                        operator, and the node becomes a projection over that
+//!                        operator's output, re-qualified so the plan above is unchanged
+//!        materialized    a node that needs a whole result over Changes gets a
+//!                        MaterializeExec below it (the result kept whole), and in update
+//!                        mode the query ends in a ChangesExec (new or changed rows)
+//!        refused         with the reason, as a plan error
+//! ```
+
+mod classify;
+mod rank;
+mod window_agg;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion, TreeNodeRewriter};
+use datafusion::common::{Column, DFSchemaRef};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
+};
+use flumen_engine::ops::{
+    ChangesExec, DedupExec, Emits, MaterializeExec, RunningAggregateExec, StreamOperator, TopNExec,
+};
+use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
+
+pub use classify::{OperatorOutputs, reads_operator_output, reads_stream};
+use classify::{
+    OutputInfo, Rows, groups_by_batch_time, is_window_of_operator, joins_on_batch_time,
+    operator_column, operator_table, rows_of, window_length,
+};
+use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
+
+use crate::batch_time::BATCH_TIME_COLUMN;
+use crate::window::{SESSION_WINDOW_FUNCTION, WINDOW_FUNCTION};
+
+/// How a query emits its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputMode {
+    /// Rows are emitted once and never change.
+    Append,
+    /// Changed rows every batch (the default; ksqlDB's `EMIT CHANGES`).
+    #[default]
+    Update,
+    /// The whole result every batch.
+    Complete,
+}
+
+impl OutputMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "update" => Ok(Self::Update),
+            "complete" => Ok(Self::Complete),
+            other => plan_err!("unknown output_mode '{other}'; accepted: append, update, complete"),
+        }
+    }
+}
+
+impl fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Append => "append",
+            Self::Update => "update",
+            Self::Complete => "complete",
+        })
+    }
+}
+
+/// What a query reads and how it must emit, for [`plan_query`].
+pub struct QueryScope<'a> {
+    /// The source streams the query reads (names its plan scans).
+    pub streams: &'a HashSet<String>,
+    /// `stream.column` -> watermark delay.
+    pub watermarks: &'a HashMap<String, Duration>,
+    pub mode: OutputMode,
+    /// The stateful operators of this query's context, shared with the plans of the
+    /// derived streams it reads.
+    pub outputs: &'a OperatorOutputs,
+    /// A derived stream's defining query: planned for the query that reads it, which
+    /// decides how the result is emitted.
+    pub derived: bool,
+}
+
+/// A planned streaming query.
+pub struct PlannedQuery {
+    pub stream: Stream,
+    /// Whether it keeps state across batches.
+    pub stateful: bool,
+    /// What each batch of its output holds.
+    pub emits: Emits,
+    /// Lines describing the pipeline, for EXPLAIN.
+    pub explain: Vec<String>,
+}
+
+fn join_exprs(exprs: &[Expr]) -> String {
+    exprs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// DataFusion's filter push-down alone: moves WHERE conditions over a join into the
+/// join, where the planner reads its time bounds.
+fn push_down_filters(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::optimizer::push_down_filter::PushDownFilter;
+    use datafusion::optimizer::{Optimizer, OptimizerContext};
+    let optimizer = Optimizer::with_rules(vec![Arc::new(PushDownFilter::new())]);
+    let config = OptimizerContext::new().with_max_passes(1);
+    Ok(optimizer.optimize(plan, &config, |_, _| {})?)
+}
+
+/// A refusal, carried through DataFusion's tree rewrite.
+fn refuse<T>(message: impl Into<String>) -> datafusion::error::Result<T> {
+    Err(DataFusionError::External(Box::new(Error::Plan(
+        message.into(),
+    ))))
+}
+
+fn external(e: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The planner's state while it rewrites one query's plan.
+struct StreamPlanner<'a> {
+    ctx: &'a StreamingContext,
+    state: SessionState,
+    scope: &'a QueryScope<'a>,
+    slide: Duration,
+    explain: Vec<String>,
+    stateful: bool,
+    /// `ROW_NUMBER()` windows over streams seen, and those a filter turned into an
+    /// operator (a window not filtered by its own rank is refused at the end).
+    rank_windows: usize,
+    rank_filters: usize,
+    /// An identical stateful subquery that appears twice (Nexmark q5 joins an
+    /// aggregate with an aggregate over the same aggregate) runs once: its
+    /// replacement is reused.
+    shared: HashMap<LogicalPlan, LogicalPlan>,
+    /// Operator output tables of changed rows -> their materialized scan.
+    materialized: HashMap<String, LogicalPlan>,
+}
+
+impl TreeNodeRewriter for StreamPlanner<'_> {
+    type Node = LogicalPlan;
+
+    fn f_up(&mut self, node: LogicalPlan) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let cacheable = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_));
+        if cacheable && let Some(replacement) = self.shared.get(&node) {
+            return Ok(Transformed::yes(replacement.clone()));
+        }
+        let key = cacheable.then(|| node.clone());
+        let t = self.plan_node(node)?;
+        if let (Some(k), true) = (key, t.transformed) {
+            self.shared.insert(k, t.data.clone());
+        }
+        Ok(t)
+    }
+}
+
+impl StreamPlanner<'_> {
+    fn rows(&self, plan: &LogicalPlan) -> Rows {
+        rows_of(plan, self.scope.streams, self.scope.outputs)
+    }
+
+    fn mode(&self) -> OutputMode {
+        self.scope.mode
+    }
+
+    /// The role of one node, by what its inputs hold.
+    fn plan_node(
+        &mut self,
+        node: LogicalPlan,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        // A node that needs a whole result gets its inputs' changed rows materialized.
+        let needs_whole = matches!(
+            node,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Union(_)
+        );
+        if needs_whole && self.rows(&node) == Rows::Changes {
+            let node = self.materialize_inputs(node)?;
+            return Ok(Transformed::yes(self.plan_node(node)?.data));
+        }
+        match &node {
+            LogicalPlan::Aggregate(agg) => self.aggregate(&node, agg),
+            LogicalPlan::Distinct(Distinct::All(input)) => match self.rows(input) {
+                Rows::Appends => self.distinct(&node, input),
+                Rows::Whole => {
+                    self.explain.push(
+                        "Per-batch DISTINCT over the whole result of a stateful operator".into(),
+                    );
+                    Ok(Transformed::no(node))
+                }
+                Rows::Mixed => refuse(mixed("DISTINCT")),
+                _ => Ok(Transformed::no(node)),
+            },
+            LogicalPlan::Distinct(Distinct::On(_)) if self.rows(&node) != Rows::Static => {
+                refuse("DISTINCT ON over a stream is not supported yet; use GROUP BY")
+            }
+            LogicalPlan::Join(j) => self.join(&node, j),
+            LogicalPlan::Window(w) => self.window(&node, w),
+            LogicalPlan::Filter(f) if self.rank_windows > self.rank_filters => {
+                self.rank_filter(&node, f)
+            }
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+                let input = node.inputs()[0];
+                match self.rows(input) {
+                    Rows::Whole => {
+                        self.explain.push(format!(
+                            "Per-batch {} over the whole result of a stateful operator",
+                            if matches!(node, LogicalPlan::Sort(_)) {
+                                "ORDER BY"
+                            } else {
+                                "LIMIT"
+                            }
+                        ));
+                        Ok(Transformed::no(node))
+                    }
+                    Rows::Appends if matches!(node, LogicalPlan::Limit(_)) => refuse(
+                        "LIMIT over a stream would keep the first rows of every batch, not of \
+                         the stream; aggregate first (LIMIT then runs over the whole result in \
+                         complete mode), or use ROW_NUMBER() OVER (ORDER BY ...) <= N for the \
+                         top rows",
+                    ),
+                    Rows::Mixed => refuse(mixed("ORDER BY / LIMIT")),
+                    _ => Ok(Transformed::no(node)),
+                }
+            }
+            LogicalPlan::Union(_) => match self.rows(&node) {
+                Rows::Mixed => refuse(mixed("UNION")),
+                _ => Ok(Transformed::no(node)),
+            },
+            _ => Ok(Transformed::no(node)),
+        }
+    }
+
+    fn aggregate(
+        &mut self,
+        node: &LogicalPlan,
+        agg: &Aggregate,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let over_operator = reads_operator_output(&agg.input);
+        match self.rows(&agg.input) {
+            Rows::Static | Rows::Changes => Ok(Transformed::no(node.clone())),
+            Rows::Mixed => refuse(mixed("an aggregate")),
+            Rows::Whole => {
+                // Each batch of the input holds its whole result: an aggregate over
+                // it, per batch, is exact.
+                self.explain.push(format!(
+                    "Per-batch aggregate over the whole result of a stateful operator: \
+                     group by [{}], recomputed each batch",
+                    join_exprs(&agg.group_expr)
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Appends if groups_by_batch_time(agg) && !over_operator => {
+                // Every row of a batch has the same _batch_time: a per-batch
+                // aggregate, Spark's reduceByKey on each batch. No state.
+                self.explain.push(format!(
+                    "Per-batch aggregate (GROUP BY {BATCH_TIME_COLUMN}): group by [{}], no state",
+                    join_exprs(&agg.group_expr)
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Appends
+                if self.mode() == OutputMode::Append
+                    && !reads_stream(&agg.input, self.scope.streams)
+                    && agg.group_expr.iter().any(|e| {
+                        is_window_of_operator(&agg.input, e, &self.scope.outputs.window_keys())
+                    }) =>
+            {
+                // In append mode a windowed aggregate emits all rows of a window
+                // in the batch whose watermark closes it: grouped by that window,
+                // an aggregate over them, per batch, is exact.
+                self.explain.push(format!(
+                    "Per-batch aggregate over the closed windows of a streaming aggregate: \
+                     group by [{}], no state",
+                    join_exprs(&agg.group_expr)
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Appends => {
+                let window_key = agg.group_expr.iter().position(|e| {
+                    matches!(e, Expr::ScalarFunction(f)
+                            if f.name() == WINDOW_FUNCTION || f.name() == SESSION_WINDOW_FUNCTION)
+                });
+                if let Some(k) = window_key {
+                    let watermark_from = self.watermark_from(agg, k);
+                    let (op, line, input) = window_agg::windowed(
+                        self.ctx,
+                        &self.state,
+                        agg,
+                        k,
+                        self.scope.streams,
+                        self.scope.watermarks,
+                        self.mode(),
+                        over_operator,
+                        watermark_from,
+                    )
+                    .map_err(external)?;
+                    self.explain.push(line);
+                    let window = match (window_length(&agg.group_expr[k]), self.mode()) {
+                        (Some(len), OutputMode::Append) => Some((k, len)),
+                        _ => None,
+                    };
+                    return self.replace(input, &agg.schema, Box::new(op), window);
+                }
+                if self.mode() == OutputMode::Append {
+                    return refuse(format!(
+                        "output mode append cannot run a running aggregate (GROUP BY {}): its \
+                         rows change with every batch; use SET output_mode = 'update' or \
+                         'complete'",
+                        join_exprs(&agg.group_expr)
+                    ));
+                }
+                let input = DataFrame::new(self.state.clone(), agg.input.as_ref().clone());
+                let op = RunningAggregateExec::try_new(
+                    &input,
+                    agg.group_expr.clone(),
+                    agg.aggr_expr.clone(),
+                )
+                .map_err(external)?
+                .with_changed_only(self.mode() == OutputMode::Update)
+                .with_positional_names();
+                self.explain.push(format!(
+                    "RunningAggregateExec: group by [{}], aggregates [{}], output {}; \
+                     state: one row per group, kept for the life of the query (grows with \
+                     the number of distinct keys; no watermark bounds it)",
+                    join_exprs(&agg.group_expr),
+                    join_exprs(&agg.aggr_expr),
+                    self.mode(),
+                ));
+                self.replace(input, &agg.schema, Box::new(op), None)
+            }
+        }
+    }
+
+    /// For a window whose time column comes out of an operator that carries a
+    /// watermark for it (a stream join): that operator's graph index and column.
+    fn watermark_from(&self, agg: &Aggregate, k: usize) -> Option<(usize, usize)> {
+        let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
+            return None;
+        };
+        let (table, column) = operator_column(&agg.input, f.args.first()?)?;
+        let info = self.scope.outputs.get(&table)?;
+        let index = table.strip_prefix(OPERATOR_OUTPUT_PREFIX)?.parse().ok()?;
+        info.watermarked
+            .contains(&column)
+            .then_some((index, column))
+    }
+
+    fn distinct(
+        &mut self,
+        node: &LogicalPlan,
+        input: &Arc<LogicalPlan>,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let df = DataFrame::new(self.state.clone(), input.as_ref().clone());
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let op = DedupExec::try_new(schema, self.mode() == OutputMode::Complete)
+            .map_err(external)?
+            .with_positional_names();
+        self.explain.push(
+            "DedupExec (DISTINCT): emits each distinct row once; state: every distinct \
+             row seen, kept for the life of the query (grows without bound)"
+                .into(),
+        );
+        let replaced = node.schema().clone();
+        self.replace(df, &replaced, Box::new(op), None)
+    }
+
+    fn join(
+        &mut self,
+        node: &LogicalPlan,
+        j: &datafusion::logical_expr::Join,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let (left, right) = (self.rows(&j.left), self.rows(&j.right));
+        let only_sources =
+            |p: &LogicalPlan| reads_stream(p, self.scope.streams) && !reads_operator_output(p);
+        match (left, right) {
+            (Rows::Static, _) | (_, Rows::Static) => {
+                if self.rows(node) == Rows::Whole {
+                    self.explain.push(
+                        "Per-batch join of the whole result of a stateful operator with a table"
+                            .into(),
+                    );
+                }
+                Ok(Transformed::no(node.clone()))
+            }
+            (Rows::Appends, Rows::Appends)
+                if joins_on_batch_time(j) && only_sources(&j.left) && only_sources(&j.right) =>
+            {
+                // Rows of different batches never match: a join within each
+                // batch is the whole answer (DStream join semantics).
+                self.explain.push(format!(
+                    "Same-batch join ({BATCH_TIME_COLUMN} = {BATCH_TIME_COLUMN}): runs per batch, no state"
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            (Rows::Appends, Rows::Appends) => {
+                // Two streams of rows that never change: a join over event time with
+                // state on both sides; its matches never change either.
+                let window_outputs = self.scope.outputs.window_lengths();
+                let times = crate::join::SideTimes {
+                    streams: self.scope.streams,
+                    watermarks: self.scope.watermarks,
+                    window_outputs: &window_outputs,
+                };
+                let (op, line, input) =
+                    crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
+                self.explain.push(line);
+                let schema = node.schema().clone();
+                self.replace(input, &schema, Box::new(op), None)
+            }
+            (Rows::Whole, Rows::Whole) => {
+                self.explain
+                    .push("Per-batch join of the whole results of two stateful operators".into());
+                Ok(Transformed::no(node.clone()))
+            }
+            _ => refuse(
+                "a join of a stream's new rows with the whole result of a streaming aggregate \
+                 would match each batch's rows against a result that keeps changing; use SET \
+                 output_mode = 'append' (a windowed aggregate then emits each window once, \
+                 when the watermark closes it) or join two aggregates",
+            ),
+        }
+    }
+
+    fn window(
+        &mut self,
+        node: &LogicalPlan,
+        w: &datafusion::logical_expr::Window,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        match self.rows(&w.input) {
+            Rows::Static | Rows::Changes => Ok(Transformed::no(node.clone())),
+            Rows::Whole => {
+                self.explain.push(format!(
+                    "Per-batch window functions over the whole result of a stateful operator: \
+                     [{}], recomputed each batch",
+                    join_exprs(&w.window_expr)
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Mixed => refuse(mixed("a window function")),
+            Rows::Appends
+                if self.mode() == OutputMode::Append
+                    && !reads_stream(&w.input, self.scope.streams)
+                    && w.window_expr.iter().all(|e| match e.clone().unalias() {
+                        Expr::WindowFunction(f) => f.params.partition_by.iter().any(|p| {
+                            is_window_of_operator(&w.input, p, &self.scope.outputs.window_keys())
+                        }),
+                        _ => false,
+                    }) =>
+            {
+                // Top-N per window: a window's rows all arrive in the batch that
+                // closes it, so a window function partitioned by it runs per batch.
+                self.explain.push(format!(
+                    "Per-batch window functions over the closed windows of a streaming \
+                     aggregate (partitioned by the window): [{}], no state",
+                    join_exprs(&w.window_expr)
+                ));
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Appends if rank::row_number(w).is_some() => {
+                // ROW_NUMBER(): runs under a filter on its own rank (checked there).
+                self.rank_windows += 1;
+                Ok(Transformed::no(node.clone()))
+            }
+            Rows::Appends => refuse(
+                "window functions (OVER ...) over a stream would need every row it ever had; \
+                 only ROW_NUMBER() filtered by itself runs over a stream — deduplication \
+                 (WHERE rn = 1) or the top N rows per key (WHERE rn <= N): SELECT * FROM \
+                 (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY x) AS rn FROM s) \
+                 WHERE rn <= 3; over an aggregate's result they run in every output mode",
+            ),
+        }
+    }
+
+    /// `WHERE rn <= N` over a `ROW_NUMBER()` window of a stream: deduplication or a
+    /// top-N.
+    fn rank_filter(
+        &mut self,
+        node: &LogicalPlan,
+        f: &datafusion::logical_expr::Filter,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        if self.rows(&f.input) != Rows::Appends {
+            return Ok(Transformed::no(node.clone()));
+        }
+        let Some(pattern) = rank::rank_filter(f).map_err(external)? else {
+            return Ok(Transformed::no(node.clone()));
+        };
+        self.rank_filters += 1;
+        // The filter's own plan runs per batch (each batch's first rows per key); the
+        // operator carries the ranking across batches.
+        let df = DataFrame::new(self.state.clone(), node.clone());
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let key_names = || {
+            pattern
+                .keys
+                .iter()
+                .map(|&i| node.schema().qualified_field(i).1.name().clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let replaced = node.schema().clone();
+        if pattern.by_arrival && pattern.limit == 1 {
+            let op = DedupExec::try_new(schema, self.mode() == OutputMode::Complete)
+                .and_then(|op| op.with_key_columns(pattern.keys.clone()))
+                .map_err(external)?
+                .with_positional_names();
+            self.explain.push(format!(
+                "DedupExec (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] \
+                 and drops the key's later rows; state: every key seen, kept for the life of \
+                 the query (grows without bound)",
+                key_names()
+            ));
+            return self.replace(df, &replaced, Box::new(op), None);
+        }
+        if self.mode() == OutputMode::Append {
+            return refuse(format!(
+                "output mode append cannot run ROW_NUMBER() <= {} ordered by a column: a row \
+                 arriving later can take the place of one already emitted; use SET \
+                 output_mode = 'update' (rows are replaced by key and rank) or 'complete', or \
+                 ORDER BY _batch_time to keep the first rows to arrive",
+                pattern.limit
+            ));
+        }
+        let op = TopNExec::try_new(
+            schema,
+            pattern.keys.clone(),
+            pattern.order.clone(),
+            pattern.rank,
+            pattern.limit,
+            self.mode() == OutputMode::Complete,
+        )
+        .map_err(external)?
+        .with_positional_names();
+        self.explain.push(format!(
+            "TopNExec (ROW_NUMBER() <= {}): keeps the first {} rows of each key [{}] by ORDER \
+             BY across all batches, output {}{}; state: at most {} rows per key, kept for the \
+             life of the query (grows with the number of keys)",
+            pattern.limit,
+            pattern.limit,
+            key_names(),
+            self.mode(),
+            if self.mode() == OutputMode::Update {
+                " (the rows whose rank changed)"
+            } else {
+                ""
+            },
+            pattern.limit,
+        ));
+        self.replace(df, &replaced, Box::new(op), None)
+    }
+
+    /// Feed `input` into `op` and return the projection over the operator's output
+    /// that stands in for the node of schema `replaced` in the plan.
+    fn replace(
+        &mut self,
+        input: DataFrame,
+        replaced: &DFSchemaRef,
+        op: Box<dyn StreamOperator>,
+        window: Option<(usize, Duration)>,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let emits = op.emits();
+        let watermarked = op.watermarked_columns();
+        let out = self.add_operator(input, op)?;
+        let out_plan = out.dataframe().logical_plan().clone();
+        let out_schema = out_plan.schema().clone();
+        let exprs: Vec<Expr> = replaced
+            .iter()
+            .enumerate()
+            .map(|(i, (qualifier, field))| {
+                let (q, f) = out_schema.qualified_field(i);
+                Expr::Column(Column::new(q.cloned(), f.name()))
+                    .alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        let projection = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(out_plan))?);
+        if let Some(table) = operator_table(&projection) {
+            self.scope.outputs.insert(
+                table,
+                OutputInfo {
+                    emits,
+                    window,
+                    watermarked,
+                },
+            );
+        }
+        Ok(Transformed::new(
+            projection,
+            true,
+            TreeNodeRecursion::Continue,
+        ))
+    }
+
+    fn add_operator(
+        &mut self,
+        input: DataFrame,
+        op: Box<dyn StreamOperator>,
+    ) -> datafusion::error::Result<Stream> {
+        let input_stream = self.ctx.stream_from(input, self.slide).map_err(external)?;
+        self.stateful = true;
+        input_stream.with_operator(op, self.slide).map_err(external)
+    }
+
+    /// `node` with every scan of an operator's changed rows under it replaced by a
+    /// scan of that operator's whole result, kept by a `MaterializeExec`.
+    fn materialize_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+        let inputs = node.inputs().into_iter().cloned().collect::<Vec<_>>();
+        let mut rewritten = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let input = input
+                .transform_up(|n| {
+                    let LogicalPlan::TableScan(s) = &n else {
+                        return Ok(Transformed::no(n));
+                    };
+                    let table = s.table_name.table().to_string();
+                    let Some(OutputInfo {
+                        emits: Emits::Changes { keys },
+                        ..
+                    }) = self.scope.outputs.get(&table)
+                    else {
+                        return Ok(Transformed::no(n));
+                    };
+                    if let Some(done) = self.materialized.get(&table) {
+                        return Ok(Transformed::yes(done.clone()));
+                    }
+                    if keys.is_empty() {
+                        return refuse(format!(
+                            "the changed rows of {table} have no key to keep them by"
+                        ));
+                    }
+                    // The whole scan, not its projection: the operator keeps every column.
+                    let full =
+                        LogicalPlanBuilder::scan(table.clone(), Arc::clone(&s.source), None)?
+                            .build()?;
+                    let df = DataFrame::new(self.state.clone(), full);
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let op = MaterializeExec::try_new(schema, keys).map_err(external)?;
+                    let out = self.add_operator(df, Box::new(op))?;
+                    let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
+                        return refuse("internal: an operator's output is not a scan");
+                    };
+                    self.scope.outputs.insert(
+                        scan.table_name.table().to_string(),
+                        OutputInfo {
+                            emits: Emits::WholeResult,
+                            window: None,
+                            watermarked: Vec::new(),
+                        },
+                    );
+                    // Scanned under the old name, so the plan above reads it unchanged.
+                    let mut replacement =
+                        LogicalPlanBuilder::from(out.dataframe().logical_plan().clone());
+                    if let Some(p) = &s.projection {
+                        replacement = replacement.project(
+                            p.iter()
+                                .map(|&i| {
+                                    Expr::Column(Column::new(
+                                        Some(scan.table_name.clone()),
+                                        scan.projected_schema.field(i).name(),
+                                    ))
+                                })
+                                .collect::<Vec<_>>(),
+                        )?;
+                    }
+                    let replacement = replacement.alias(table.clone())?.build()?;
+                    self.explain.push(
+                        "MaterializeExec: keeps the whole result of the stateful operator \
+                         below (one row per key, replaced as it changes) for the plan above, \
+                         which is recomputed over all of it each batch; state: one row per key"
+                            .into(),
+                    );
+                    self.materialized.insert(table, replacement.clone());
+                    Ok(Transformed::yes(replacement))
+                })?
+                .data;
+            rewritten.push(input);
+        }
+        node.with_new_exprs(node.expressions(), rewritten)
+    }
+}
+
+/// The refusal for a node over new rows of one input and a whole result of another.
+fn mixed(what: &str) -> String {
+    format!(
+        "{what} over a stream's new rows together with the whole result of a streaming \
+         aggregate cannot be computed: one side adds rows each batch, the other is replaced \
+         each batch; use SET output_mode = 'append' (windowed aggregates then emit each \
+         window once) or read the same kind of input on both sides"
+    )
+}
+
+/// Plans `df` (a query over the context's streams) as a stream.
+pub fn plan_query(
+    ctx: &StreamingContext,
+    df: DataFrame,
+    scope: &QueryScope<'_>,
+) -> Result<PlannedQuery> {
+    let (state, plan) = df.into_parts();
+    // Conditions in WHERE that relate two joined streams belong to the join: it is
+    // there that they bound the join's state.
+    let plan = push_down_filters(plan)?;
+    let mut planner = StreamPlanner {
+        ctx,
+        state: state.clone(),
+        scope,
+        slide: ctx.batch_interval(),
+        explain: Vec::new(),
+        stateful: false,
+        rank_windows: 0,
+        rank_filters: 0,
+        shared: HashMap::new(),
+        materialized: HashMap::new(),
+    };
+    let plan = match plan.rewrite(&mut planner) {
+        Ok(t) => t.data,
+        Err(DataFusionError::External(e)) => match e.downcast::<Error>() {
+            Ok(e) => return Err(*e),
+            Err(e) => return Err(Error::DataFusion(DataFusionError::External(e))),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if planner.rank_windows > planner.rank_filters {
+        return plan_err!(
+            "ROW_NUMBER() over a stream runs only filtered by itself, as deduplication or \
+             top-N: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) \
+             AS rn FROM s) WHERE rn = 1 (or rn <= N), with the PARTITION BY columns \
+             selected; filter other conditions in an outer query"
+        );
+    }
+    let mut emits = match rows_of(&plan, scope.streams, scope.outputs) {
+        Rows::Whole => Emits::WholeResult,
+        Rows::Changes => Emits::Changes { keys: Vec::new() },
+        _ => Emits::Appends,
+    };
+    let mut plan = plan;
+    if emits == Emits::WholeResult && scope.mode == OutputMode::Update && !scope.derived {
+        // Update mode over a result recomputed whole each batch: emit what changed.
+        let df = DataFrame::new(state.clone(), plan.clone());
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let op = ChangesExec::try_new(schema)?.with_positional_names();
+        let replaced = plan.schema().clone();
+        planner.explain.push(
+            "ChangesExec (update mode over a result recomputed each batch): emits the rows \
+             that are new or changed since the previous batch; state: the previous result"
+                .into(),
+        );
+        plan = planner
+            .replace(df, &replaced, Box::new(op), None)
+            .map_err(Error::DataFusion)?
+            .data;
+        emits = Emits::Changes { keys: Vec::new() };
+    }
+    let stateful = planner.stateful;
+    let mut explain = planner.explain;
+    if !stateful && explain.is_empty() {
+        explain.push("Stateless: the whole plan runs on each batch".into());
+    }
+    let explain = explain
+        .iter()
+        .map(|l| crate::duration::readable_intervals(l))
+        .collect();
+    let df = DataFrame::new(state, plan);
+    let stream = ctx.stream_from(df, ctx.batch_interval())?;
+    Ok(PlannedQuery {
+        stream,
+        stateful,
+        emits,
+        explain,
+    })
+}

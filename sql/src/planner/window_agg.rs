@@ -1,0 +1,204 @@
+//! Windowed aggregates: `GROUP BY ..., window(ts, size [, slide]), ...` and
+//! `session_window(ts, gap)` as one [`RunningAggregateExec`] over event time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionState;
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::logical_expr::{Aggregate, Expr, lit};
+use flumen_engine::ops::{EventTimeWindow, RunningAggregateExec};
+use flumen_engine::time::format_duration;
+use flumen_engine::{Error, Result, StreamingContext, plan_err};
+
+use super::OutputMode;
+use crate::batch_time::BATCH_TIME_COLUMN;
+use crate::window::SESSION_WINDOW_FUNCTION;
+
+/// The column a hopping window's rows are expanded into.
+const HOP_COLUMN: &str = "__flumen_window";
+
+/// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn windowed(
+    ctx: &StreamingContext,
+    state: &SessionState,
+    agg: &Aggregate,
+    k: usize,
+    streams: &HashSet<String>,
+    watermarks: &HashMap<String, Duration>,
+    mode: OutputMode,
+    over_operator: bool,
+    watermark_from: Option<(usize, usize)>,
+) -> Result<(RunningAggregateExec, String, DataFrame)> {
+    let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
+        return plan_err!("window() group key expected");
+    };
+    let sessions = f.name() == SESSION_WINDOW_FUNCTION;
+    if sessions && f.args.len() != 2 {
+        return plan_err!(
+            "session_window(ts, gap) takes 2 arguments, got {}",
+            f.args.len()
+        );
+    }
+    if !(2..=3).contains(&f.args.len()) {
+        return plan_err!(
+            "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
+            f.args.len()
+        );
+    }
+    let mut f = f.clone();
+    let ts = f.args[0].clone();
+    let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+    if over_batch_time {
+        // Spark's windows over batch time: the window ending at T holds the batches in
+        // (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end)
+        // windows gives exactly that; the watermark is the batch time.
+        let interval = ctx.batch_interval();
+        let sizes = f.args[1..]
+            .iter()
+            .map(|a| match a {
+                Expr::Literal(v, _) => crate::window::interval_millis(v)
+                    .map(|ms| Duration::from_millis(ms as u64))
+                    .map_err(Error::DataFusion),
+                other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        flumen_engine::time::check_multiple("window length", sizes[0], "batch interval", interval)?;
+        if let Some(slide) = sizes.get(1) {
+            flumen_engine::time::check_multiple(
+                "window slide",
+                *slide,
+                "batch interval",
+                interval,
+            )?;
+        }
+        f.args[0] = ts.clone()
+            - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
+                0, 0, 1_000_000,
+            ));
+    }
+    let f = &f;
+    // Watermarks are keyed `stream.column`; an alias in the query falls back to the
+    // one stream read here that declares a watermark on a column of that name. Rows
+    // that come out of a stateful operator (a join's matches) carry no watermark.
+    let delay = match &ts {
+        _ if over_batch_time => Some(Duration::ZERO),
+        // A join's matches: the join carries its inputs' watermarks to the column.
+        _ if over_operator => watermark_from.map(|_| Duration::ZERO),
+        Expr::Column(c) => c
+            .relation
+            .as_ref()
+            .and_then(|r| watermarks.get(&format!("{}.{}", r.table(), c.name)))
+            .or_else(|| {
+                let found: Vec<&Duration> = streams
+                    .iter()
+                    .filter_map(|s| watermarks.get(&format!("{s}.{}", c.name)))
+                    .collect();
+                (found.len() == 1).then(|| found[0])
+            })
+            .copied(),
+        _ => None,
+    };
+    if mode == OutputMode::Append && delay.is_none() {
+        if over_operator {
+            return plan_err!(
+                "output mode append cannot close windows on {ts}: it comes out of a stream join \
+                 or another stateful operator that carries no watermark for it (a join carries \
+                 one to a side's time column when both sides declare a watermark and its \
+                 condition bounds the other side's time from that side: for the right side's \
+                 column, left.ts <= right.ts + INTERVAL ...); use SET output_mode = 'update' or \
+                 'complete'"
+            );
+        }
+        return plan_err!(
+            "output mode append needs a watermark on {ts} to know when a window is complete; \
+             declare WATERMARK FOR {ts} AS {ts} - INTERVAL '<n>' SECOND on the stream, or use \
+             SET output_mode = 'update'"
+        );
+    }
+    let mut aggr = agg.aggr_expr.clone();
+    aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
+    aggr.push(count(lit(1)).alias("__flumen_rows"));
+    let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    let mut group_expr = agg.group_expr.clone();
+    let mut kind = if sessions { "session" } else { "tumbling" };
+    let key_name = agg.group_expr[k].schema_name().to_string();
+    let mut keyed_by_end = None;
+    if sessions {
+        if over_batch_time {
+            group_expr[k] = Expr::ScalarFunction(f.clone()).alias(key_name);
+        }
+    } else {
+        // Tumbling and hopping windows are grouped by their end (a timestamp hashes
+        // faster than a `{start, end}` struct); the operator rebuilds the struct.
+        let millis = |a: &Expr| match a {
+            Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
+            other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+        };
+        let size = millis(&f.args[1])?;
+        keyed_by_end = Some(Duration::from_millis(size as u64));
+        if f.args.len() == 3 && f.args[1] != f.args[2] {
+            // A hopping window: a row belongs to size/slide windows. Expand each row
+            // into one per window, then group by that window.
+            kind = "hopping";
+            millis(&f.args[2])?;
+            let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
+            input = input
+                .with_column(HOP_COLUMN, hop)?
+                .unnest_columns(&[HOP_COLUMN])?;
+            group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
+        } else {
+            group_expr[k] = crate::window::window_end_udf()
+                .call(f.args[..2].to_vec())
+                .alias(key_name);
+        }
+    }
+    let op = RunningAggregateExec::try_new(&input, group_expr, aggr)?
+        .with_changed_only(mode == OutputMode::Update)
+        .with_event_time_window(EventTimeWindow {
+            key_index: k,
+            delay,
+            emit_closed_only: mode == OutputMode::Append,
+            evict_closed: mode != OutputMode::Complete && delay.is_some(),
+            watermark_is_batch_time: over_batch_time,
+            sessions,
+            keyed_by_end,
+            watermark_from,
+        })
+        .with_positional_names();
+    let bound = match (delay, mode) {
+        (Some(_), OutputMode::Complete) if watermark_from.is_some() => format!(
+            "watermark on {ts} carried through the join; complete mode keeps every window (state grows without bound)"
+        ),
+        (Some(_), _) if watermark_from.is_some() => format!(
+            "watermark on {ts} carried through the join (no future match is older); a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted"
+        ),
+        (Some(d), OutputMode::Complete) => format!(
+            "watermark {ts} - {}; complete mode keeps every window (state grows without bound)",
+            format_duration(d)
+        ),
+        (Some(d), _) => format!(
+            "watermark {ts} - {}; a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted",
+            format_duration(d)
+        ),
+        (None, _) => {
+            format!("WARNING: no watermark on {ts}: windows never close, state grows without bound")
+        }
+    };
+    let line = format!(
+        "WindowAggregateExec ({kind}, RunningAggregateExec over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
+        agg.group_expr
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        agg.aggr_expr
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    Ok((op, line, input))
+}
