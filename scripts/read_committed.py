@@ -35,9 +35,19 @@ def committed_files(folder):
 
 
 def main():
+    if len(sys.argv) < 2:
+        sys.exit("usage: scripts/read_committed.py DIR [SQL]")
     folder = sys.argv[1]
     sql = sys.argv[2] if len(sys.argv) > 2 else "SELECT count(*) AS n FROM output"
+    if not os.path.isdir(folder):
+        sys.exit(f"{folder}: no such folder")
+    if not os.path.isdir(os.path.join(folder, "_flumen_log")):
+        print(f"{folder}: no committed batch yet (no _flumen_log)")
+        return
     files = committed_files(folder)
+    if not files:
+        print(f"{folder}: no committed batch yet")
+        return
     table = ds.dataset(files, format="parquet").to_table()
     print(f"pyarrow: {table.num_rows} rows in {len(files)} committed files")
     con = duckdb.connect()

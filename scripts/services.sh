@@ -11,6 +11,10 @@
 #                          user flumen, password flumen, database flumen
 #   Headless browser       Debian's chromium and chromium-driver (the web UI's test;
 #                          chromedriver is started by that test on a free loopback port)
+#   TLS                    a test CA and a certificate for 127.0.0.1 (openssl), in
+#                          $FLUMEN_SERVICES_DIR/tls; PostgreSQL and MariaDB accept TLS
+#                          on their ports; a second Tansu broker behind socat's TLS
+#                          listener on 127.0.0.1:9093 (Tansu has no TLS of its own)
 #
 # Each is installed once (skipped when already on PATH) and started only when its port
 # is not already served, so a second run is quick. State and logs live in
@@ -40,6 +44,12 @@ install_tansu() {
     cargo install tansu --locked --features libsql
 }
 
+install_readers() {
+  python3 -c 'import duckdb, pyarrow' 2>/dev/null && return
+  echo "installing duckdb and pyarrow (scripts/read_committed.py) from PyPI"
+  python3 -m pip install --quiet 'duckdb==2.0.1' 'pyarrow==26.0.1'
+}
+
 install_moto() {
   command -v moto_server >/dev/null && return
   echo "installing moto[server] (S3-compatible server) from PyPI"
@@ -55,6 +65,29 @@ apt_install() { # packages...
     DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >> "$DIR/apt.log" 2>&1
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >> "$DIR/apt.log" 2>&1
   } || { echo "apt-get install $* failed; see $DIR/apt.log" >&2; exit 1; }
+}
+
+install_tls_tools() {
+  command -v openssl >/dev/null && command -v socat >/dev/null && return
+  apt_install openssl socat
+}
+
+# A test CA and a server certificate valid for the IP address 127.0.0.1 only (not for
+# the name localhost: the tests tell verify-ca from verify-full by it).
+make_certs() {
+  local t="$DIR/tls"
+  [ -f "$t/server.pem" ] && [ -f "$t/ca.pem" ] && return
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=flumen test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" > "$t/openssl.log" 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$t/server.key" -out "$t/server.csr" >> "$t/openssl.log" 2>&1
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$t/ext.cnf" -out "$t/server.pem" >> "$t/openssl.log" 2>&1
+  chmod 644 "$t/ca.pem" "$t/server.pem"
+  chmod 600 "$t/server.key" "$t/ca.key"
+  echo "tls: test CA $t/ca.pem"
 }
 
 install_chromium() {
@@ -78,17 +111,29 @@ install_mariadb() {
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start_postgres() {
-  if listening 5432; then echo "postgresql: already on 127.0.0.1:5432"; return; fi
   local bin data="$DIR/postgres/data"
   bin="$(pg_bin)"
+  if listening 5432; then
+    if [ "$(as_pg "$bin/psql" -h 127.0.0.1 -U flumen -d postgres -tAc 'SHOW ssl' 2>/dev/null)" = on ]; then
+      echo "postgresql: already on 127.0.0.1:5432"; return
+    fi
+    echo "postgresql: running without TLS; restarting it"
+    as_pg "$bin/pg_ctl" -D "$data" -m fast stop > /dev/null
+  fi
   mkdir -p "$DIR/postgres"
   [ "$(id -u)" -eq 0 ] && chown postgres "$DIR/postgres"
   if [ ! -f "$data/PG_VERSION" ]; then
     as_pg "$bin/initdb" -D "$data" -U flumen --auth=trust -E UTF8 > "$DIR/postgres-init.log" 2>&1 \
       || { echo "initdb failed; see $DIR/postgres-init.log" >&2; exit 1; }
   fi
+  # The server's key must belong to the server's user and be private.
+  cp "$DIR/tls/server.pem" "$DIR/tls/server.key" "$DIR/postgres/"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$DIR/postgres/server.pem" "$DIR/postgres/server.key"
+  chmod 600 "$DIR/postgres/server.key"
   as_pg "$bin/pg_ctl" -D "$data" -l "$DIR/postgres/postgres.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p 5432 -k $DIR/postgres -c fsync=off" start > /dev/null
+    -o "-c listen_addresses=127.0.0.1 -p 5432 -k $DIR/postgres -c fsync=off -c ssl=on \
+        -c ssl_cert_file=$DIR/postgres/server.pem -c ssl_key_file=$DIR/postgres/server.key" \
+    start > /dev/null
   wait_port postgresql 5432 "$DIR/postgres/postgres.log"
   as_pg "$bin/psql" -h 127.0.0.1 -U flumen -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'flumen'" | grep -q 1 \
@@ -96,9 +141,30 @@ start_postgres() {
   echo "postgresql: on 127.0.0.1:5432 (log $DIR/postgres/postgres.log)"
 }
 
+# The database and users (idempotent): flumen, and flumen_tls, which only TLS admits.
+mariadb_setup() { # socket
+  mariadb --no-defaults --socket="$1" -uroot -e \
+    "CREATE DATABASE IF NOT EXISTS flumen;
+     CREATE USER IF NOT EXISTS 'flumen'@'%' IDENTIFIED BY 'flumen';
+     CREATE USER IF NOT EXISTS 'flumen'@'localhost' IDENTIFIED BY 'flumen';
+     GRANT ALL ON flumen.* TO 'flumen'@'%';
+     GRANT ALL ON flumen.* TO 'flumen'@'localhost';
+     CREATE USER IF NOT EXISTS 'flumen_tls'@'%' IDENTIFIED BY 'flumen' REQUIRE SSL;
+     CREATE USER IF NOT EXISTS 'flumen_tls'@'localhost' IDENTIFIED BY 'flumen' REQUIRE SSL;
+     GRANT ALL ON flumen.* TO 'flumen_tls'@'%';
+     GRANT ALL ON flumen.* TO 'flumen_tls'@'localhost';"
+}
+
 start_mariadb() {
-  if listening 3306; then echo "mariadb: already on 127.0.0.1:3306"; return; fi
   local data="$DIR/mariadb/data" sock="$DIR/mariadb/mysqld.sock"
+  if listening 3306; then
+    if mariadb --no-defaults --socket="$sock" -uroot -N -e "SHOW VARIABLES LIKE 'have_ssl'" 2>/dev/null | grep -q YES; then
+      mariadb_setup "$sock"
+      echo "mariadb: already on 127.0.0.1:3306"; return
+    fi
+    echo "mariadb: running without TLS; restarting it"
+    stop_pid mariadb
+  fi
   mkdir -p "$DIR/mariadb"
   if [ ! -d "$data/mysql" ]; then
     mariadb-install-db --datadir="$data" --user="$(id -un)" --auth-root-authentication-method=socket \
@@ -107,14 +173,11 @@ start_mariadb() {
   fi
   (nohup mariadbd --no-defaults --datadir="$data" --user="$(id -un)" --bind-address=127.0.0.1 \
       --port=3306 --socket="$sock" --pid-file="$DIR/mariadb/mariadbd.pid" \
-      --innodb-flush-log-at-trx-commit=2 > "$DIR/mariadb.log" 2>&1 & echo $! > "$DIR/mariadb.pid")
+      --innodb-flush-log-at-trx-commit=2 --ssl-cert="$DIR/tls/server.pem" \
+      --ssl-key="$DIR/tls/server.key" --ssl-ca="$DIR/tls/ca.pem" \
+      > "$DIR/mariadb.log" 2>&1 & echo $! > "$DIR/mariadb.pid")
   wait_port mariadb 3306 "$DIR/mariadb.log"
-  mariadb --no-defaults --socket="$sock" -uroot -e \
-    "CREATE DATABASE IF NOT EXISTS flumen;
-     CREATE USER IF NOT EXISTS 'flumen'@'%' IDENTIFIED BY 'flumen';
-     CREATE USER IF NOT EXISTS 'flumen'@'localhost' IDENTIFIED BY 'flumen';
-     GRANT ALL ON flumen.* TO 'flumen'@'%';
-     GRANT ALL ON flumen.* TO 'flumen'@'localhost';"
+  mariadb_setup "$sock"
   echo "mariadb: on 127.0.0.1:3306 (log $DIR/mariadb.log)"
 }
 
@@ -130,6 +193,24 @@ start_tansu() {
   echo "kafka broker: tansu on 127.0.0.1:9092 (log $DIR/tansu.log)"
 }
 
+# Tansu has no TLS: a second broker (its own storage) advertises 127.0.0.1:9093, where
+# socat terminates TLS with the test certificate and forwards to it.
+start_kafka_tls() {
+  if listening 9093; then echo "kafka broker (TLS): already on 127.0.0.1:9093"; return; fi
+  mkdir -p "$DIR/tansu-tls"
+  if ! listening 9094; then
+    (cd "$DIR/tansu-tls" && rm -f tansu.db* && nohup tansu broker \
+        --listener-url tcp://127.0.0.1:9094 \
+        --advertised-listener-url tcp://127.0.0.1:9093 \
+        --storage-engine sqlite://tansu.db > "$DIR/tansu-tls.log" 2>&1 & echo $! > "$DIR/tansu-tls.pid")
+    wait_port tansu-tls 9094 "$DIR/tansu-tls.log"
+  fi
+  (nohup socat "OPENSSL-LISTEN:9093,bind=127.0.0.1,reuseaddr,fork,cert=$DIR/tls/server.pem,key=$DIR/tls/server.key,verify=0" \
+      TCP:127.0.0.1:9094 > "$DIR/socat-tls.log" 2>&1 & echo $! > "$DIR/socat-tls.pid")
+  wait_port socat-tls 9093 "$DIR/socat-tls.log"
+  echo "kafka broker (TLS): socat on 127.0.0.1:9093 in front of tansu on 127.0.0.1:9094"
+}
+
 start_moto() {
   if listening 9000; then echo "s3 server: already on 127.0.0.1:9000"; return; fi
   (nohup moto_server -H 127.0.0.1 -p 9000 > "$DIR/moto.log" 2>&1 & echo $! > "$DIR/moto.pid")
@@ -137,18 +218,23 @@ start_moto() {
   echo "s3 server: moto on 127.0.0.1:9000 (log $DIR/moto.log)"
 }
 
+stop_pid() { # name
+  if [ -f "$DIR/$1.pid" ]; then
+    local pid
+    pid="$(cat "$DIR/$1.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$DIR/$1.pid"
+  fi
+}
+
 stop() {
   if [ -f "$DIR/postgres/data/postmaster.pid" ]; then
     as_pg "$(pg_bin)/pg_ctl" -D "$DIR/postgres/data" -m fast stop > /dev/null || true
   fi
-  for name in tansu moto mariadb; do
-    if [ -f "$DIR/$name.pid" ]; then
-      pid="$(cat "$DIR/$name.pid")"
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$DIR/$name.pid"
-    fi
+  for name in tansu tansu-tls socat-tls moto mariadb; do
+    stop_pid "$name"
   done
 }
 
@@ -156,10 +242,14 @@ case "${1:-start}" in
   start)
     install_tansu
     install_moto
+    install_readers
     install_postgres
     install_mariadb
     install_chromium
+    install_tls_tools
+    make_certs
     start_tansu
+    start_kafka_tls
     start_moto
     start_postgres
     start_mariadb
@@ -170,6 +260,7 @@ case "${1:-start}" in
     listening 9000 && echo "s3 127.0.0.1:9000 up" || echo "s3 127.0.0.1:9000 down"
     listening 5432 && echo "postgresql 127.0.0.1:5432 up" || echo "postgresql 127.0.0.1:5432 down"
     listening 3306 && echo "mariadb 127.0.0.1:3306 up" || echo "mariadb 127.0.0.1:3306 down"
+    listening 9093 && echo "kafka (TLS) 127.0.0.1:9093 up" || echo "kafka (TLS) 127.0.0.1:9093 down"
     ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

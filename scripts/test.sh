@@ -40,8 +40,10 @@ step "servers for the tests"
 scripts/services.sh start
 
 step "cargo test"
-# The CLI tests drive the real binary.
-cargo build -p flumen-cli --locked
+# The CLI tests drive the real binary: built with the whole workspace (the same build
+# scripts/demo.sh makes; `-p flumen-cli` alone would compile DataFusion again with
+# another feature set).
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 
 step "examples"

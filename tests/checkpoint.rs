@@ -491,3 +491,96 @@ async fn a_checkpoint_on_s3_survives_a_stop_and_a_kill() {
         );
     }
 }
+
+/// A checkpoint is resumed only by the query that wrote it: a changed group key,
+/// aggregate, filter before the state, or source option that changes what is read is
+/// refused with what differs; options that change only how fast it is read are not.
+#[tokio::test]
+async fn a_changed_query_or_source_is_refused_naming_what_differs() {
+    let base = "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+                CREATE TABLE t AS SELECT value % 3 AS k, sum(value) AS s FROM r GROUP BY value % 3;";
+    let files = |path: &str| {
+        format!(
+            "CREATE STREAM f (line TEXT) WITH (connector = 'files', path = '{path}');
+             CREATE TABLE t AS SELECT line, count(*) AS n FROM f GROUP BY line;"
+        )
+    };
+    let (a, b) = (temp_dir("changed-files-a"), temp_dir("changed-files-b"));
+    let cases: Vec<(String, String, &str)> = vec![
+        (
+            base.into(),
+            base.replace("value % 3", "value % 5"),
+            "r.value % Int64(5)",
+        ),
+        (
+            base.into(),
+            base.replace("sum(value)", "max(value)"),
+            "max(r.value)",
+        ),
+        (
+            base.into(),
+            base.replace("FROM r GROUP BY", "FROM r WHERE value > 2 GROUP BY"),
+            "r.value > Int64(2)",
+        ),
+        (
+            base.into(),
+            base.replace("rows_per_second = '10'", "rows_per_second = '20'"),
+            "rate 20 per second",
+        ),
+        (
+            files(&a.display().to_string()),
+            files(&b.display().to_string()),
+            "changed-files-b",
+        ),
+    ];
+    for (first, second, differs) in cases {
+        let dir = temp_dir("checkpoint-changed");
+        let with_dir = |q: &str| {
+            format!(
+                "SET batch_interval = '1 second'; SET checkpoint_location = '{}'; {q}",
+                dir.display()
+            )
+        };
+        let (mut s, clock) = session_at(Time::from_millis(0));
+        s.execute_script(&with_dir(&first)).await.unwrap();
+        s.execute("ADVANCE 2 BATCHES").await.unwrap();
+        s.stop_all().await.unwrap();
+        let (mut s, _) = session_at(clock.now());
+        let err = s
+            .execute_script(&with_dir(&second))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("belongs to a different query") && err.contains(differs),
+            "{second}\n{err}"
+        );
+        // The same query goes on.
+        let (mut s, _) = session_at(clock.now());
+        s.execute_script(&with_dir(&first)).await.unwrap();
+        s.stop_all().await.unwrap();
+    }
+    // Safe to change: rate limits, back pressure.
+    let dir = temp_dir("checkpoint-safe");
+    let script = |extra: &str| {
+        format!(
+            "SET batch_interval = '1 second'; SET checkpoint_location = '{}';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10'{extra});
+             CREATE TABLE t AS SELECT count(*) AS n FROM r;",
+            dir.display()
+        )
+    };
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script("")).await.unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&script(
+        ", max_records_per_batch = '5', backpressure = 'true'",
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(sql_rows(&mut s, "SELECT * FROM t").await, strs(&["25"]));
+    s.stop_all().await.unwrap();
+}

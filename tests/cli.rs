@@ -89,17 +89,19 @@ fn script_errors_name_the_line_and_exit_non_zero() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // What ran before the error (stderr, as every status line), then the error.
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: line 3: unknown source connector 'kafak'; available: files, kafka, memory, nexmark, queue, rate, socket\n"
+        "Stream 'a' created\nerror: line 3: unknown source connector 'kafak'; available: files, kafka, memory, nexmark, queue, rate, socket\n"
     );
+    assert!(out.stdout.is_empty(), "{out:?}");
     let out = Command::new(flumen())
         .args(["-c", "SELEC 1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: line 1: "),
+        String::from_utf8_lossy(&out.stderr).starts_with("error: statement 1: "),
         "{out:?}"
     );
     let out = Command::new(flumen())
@@ -181,8 +183,26 @@ fn repl_in_a_terminal() {
     p.send_control('c').unwrap();
     p.exp_string("Query 1 stopped").unwrap();
     p.exp_string("flumen> ").unwrap();
+    // History is saved after each statement, not only at \q.
+    let history = std::fs::read_to_string(home.join(".flumen_history")).unwrap();
+    assert!(
+        history.contains("SELECT value FROM ticks WHERE value < 3;"),
+        "{history}"
+    );
     p.send_line("\\d").unwrap();
+    p.exp_string("Streams").unwrap();
     p.exp_string("ticks").unwrap();
+    p.exp_string("Sinks").unwrap();
+    p.exp_string("Tables").unwrap();
+    p.exp_string("flumen> ").unwrap();
+    // \timing prints each statement's time; an empty result prints its header.
+    p.send_line("\\timing").unwrap();
+    p.exp_string("Timing is on").unwrap();
+    p.exp_string("flumen> ").unwrap();
+    p.send_line("SELECT 1 AS one_column WHERE false;").unwrap();
+    p.exp_string("one_column").unwrap();
+    p.exp_string("Time: ").unwrap();
+    p.exp_string(" ms").unwrap();
     p.exp_string("flumen> ").unwrap();
     p.send_line("\\d ticks").unwrap();
     p.exp_string("Timestamp(ms)").unwrap();
@@ -227,10 +247,14 @@ async fn a_script_serves_the_web_ui_on_the_address_given() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("Web UI: http://{addr}/"));
+    // What the statements did comes first on stderr, then the UI's address.
+    // (The reader stays alive until flumen exits: it still writes to stderr.)
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = stderr
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("Web UI: "));
+    assert_eq!(line, Some(format!("Web UI: http://{addr}/")));
     // Batches run every 100 ms; wait for the metrics to count two.
     let mut batches = 0;
     for _ in 0..100 {
@@ -285,4 +309,285 @@ async fn a_script_serves_the_web_ui_on_the_address_given() {
         String::from_utf8_lossy(&out.stderr).contains("give either --ui ADDR or --no-ui"),
         "{out:?}"
     );
+}
+
+/// A failing query is not silent: `flumen -f` exits with code 2 as soon as one fails,
+/// naming it and its error; with `--keep-going` the others run on and the exit code
+/// is still 2.
+#[test]
+fn a_query_that_fails_ends_the_script_with_exit_code_2() {
+    let dir = crate::common::temp_dir("cli-fails");
+    std::fs::write(dir.join("bad.csv"), "1\nnot a number\n").unwrap();
+    let f = script(
+        "fails.sql",
+        &format!(
+            "SET batch_interval = '100 ms';\n\
+             CREATE STREAM ticks WITH (connector = 'rate', rows_per_second = '50');\n\
+             CREATE SINK fine WITH (connector = 'memory') AS SELECT value FROM ticks;\n\
+             CREATE STREAM nums (n BIGINT) WITH (connector = 'files', path = '{}', format = 'csv',\n\
+               include_existing = 'true');\n\
+             CREATE SINK broken WITH (connector = 'memory') AS SELECT n FROM nums;\n",
+            dir.display()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--no-ui"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: query 2 (broken) failed: ") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    // --keep-going: the other query runs on until SIGTERM; still exit code 2.
+    let mut child = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--no-ui", "--keep-going"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let reported = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("the other queries go on (--keep-going)"));
+    assert!(reported.is_some(), "no failure reported");
+    assert!(child.try_wait().unwrap().is_none(), "flumen exited");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(2));
+}
+
+/// `SET restart = 'on-failure'`: a query that fails (a bad record under `on_error =
+/// 'fail'`) restarts from its checkpoint after the delay, counted in /metrics; the
+/// file fixed meanwhile, the batch runs again and every row is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_query_restarts_from_its_checkpoint() {
+    let dir = crate::common::temp_dir("cli-restart");
+    let (input, out) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.csv"), "1\nnot a number\n").unwrap();
+    let f = script(
+        "restart.sql",
+        &format!(
+            "SET batch_interval = '200 ms';\n\
+             SET checkpoint_location = '{}';\n\
+             SET restart_delay = '3 seconds';\n\
+             SET restart = 'on-failure';\n\
+             CREATE STREAM nums (n BIGINT) WITH (connector = 'files', path = '{}', format = 'csv',\n\
+               include_existing = 'true');\n\
+             CREATE SINK out WITH (connector = 'files', path = '{}', format = 'json') AS SELECT n FROM nums;\n",
+            dir.join("checkpoint").display(),
+            input.display(),
+            out.display()
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(flumen())
+        .args([
+            "-f",
+            f.to_str().unwrap(),
+            "--ui",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let restarting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("restart 1 of 3 from its checkpoint"));
+    assert!(restarting.is_some(), "no restart announced");
+    // Fixed before the restart: the batch that failed reads it again.
+    std::fs::write(input.join("a.csv"), "1\n2\n").unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = std::fs::read_dir(&out)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .flat_map(|e| {
+                        std::fs::read_to_string(e.path())
+                            .unwrap()
+                            .lines()
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if rows.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    rows.sort();
+    assert_eq!(rows, vec![r#"{"n":1}"#, r#"{"n":2}"#]);
+    let (_, metrics) = crate::ui::http(addr, "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("flumen_query_restarts_total{query=\"out\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flumen_query_failed{query=\"out\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flumen_query_active{query=\"out\"} 1"),
+        "{metrics}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// `flumen -c` with a continuous SELECT prints its batches until SIGTERM, as `-f`
+/// does; errors under `-c` name the statement.
+#[test]
+fn dash_c_prints_a_continuous_select_until_stopped() {
+    let mut child = Command::new(flumen())
+        .args([
+            "--batch-interval",
+            "100 ms",
+            "-c",
+            "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '30'); SELECT value FROM r;",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let batches = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with("Time: "))
+        .take(2)
+        .count();
+    assert_eq!(batches, 2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let out = Command::new(flumen())
+        .args(["-c", "SELECT 1; SELEC 2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: statement 2: "), "{stderr}");
+}
+
+/// `--trigger available-now` on a files stream reads the files the folder holds (Spark's
+/// availableNow), unless `include_existing = 'false'` says otherwise.
+#[test]
+fn available_now_reads_the_files_already_there() {
+    let dir = crate::common::temp_dir("cli-available-now");
+    std::fs::write(dir.join("a.txt"), "one\ntwo\n").unwrap();
+    let f = script(
+        "files-now.sql",
+        &format!(
+            "CREATE STREAM l (line TEXT) WITH (connector = 'files', path = '{}');\n\
+             CREATE SINK out WITH (connector = 'console') AS SELECT line FROM l;\n",
+            dir.display()
+        ),
+    );
+    let out = Command::new(flumen())
+        .args([
+            "-f",
+            f.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("one") && stdout.contains("two"), "{stdout}");
+}
+
+/// REPL: a continuous SELECT whose query fails shows the error and returns to the
+/// prompt.
+#[test]
+fn repl_returns_to_the_prompt_when_a_continuous_select_fails() {
+    let dir = crate::common::temp_dir("repl-fails");
+    std::fs::write(dir.join("bad.csv"), "x\n").unwrap();
+    let home = std::env::temp_dir().join(format!("flumen-repl-home2-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = Command::new(flumen());
+    cmd.env("HOME", &home).arg("--no-ui");
+    let mut p = rexpect::session::spawn_command(cmd, Some(20_000)).unwrap();
+    p.exp_string("flumen> ").unwrap();
+    p.send_line(&format!(
+        "CREATE STREAM nums (n BIGINT) WITH (connector = 'files', path = '{}', format = 'csv', include_existing = 'true');",
+        dir.display()
+    ))
+    .unwrap();
+    p.exp_string("Stream 'nums' created").unwrap();
+    p.exp_string("flumen> ").unwrap();
+    p.send_line("SELECT n FROM nums;").unwrap();
+    p.exp_string("error: query 1 failed: ").unwrap();
+    p.exp_string("flumen> ").unwrap();
+    p.send_line("SELECT 41 + 1 AS answer;").unwrap();
+    p.exp_string("| 42").unwrap();
+    p.exp_string("flumen> ").unwrap();
+    p.send_line("\\q").unwrap();
+    p.exp_eof().unwrap();
+}
+
+/// `--format csv` writes only data rows to stdout — console sinks included — so the
+/// output can be piped; what statements did goes to stderr. In the print layout each
+/// batch names its sink.
+#[test]
+fn with_format_csv_stdout_holds_only_rows() {
+    let f = script(
+        "csv-out.sql",
+        "SET batch_interval = '200 ms';\n\
+         CREATE STREAM ticks WITH (connector = 'rate', rows_per_second = '4', rows = '6');\n\
+         CREATE SINK evens WITH (connector = 'console') AS\n\
+           SELECT value, value * value AS square FROM ticks WHERE value % 2 = 0;\n",
+    );
+    let out = Command::new(flumen())
+        .args([
+            "-f",
+            f.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "value,square\n0,0\n2,4\n4,16\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Sink 'evens' created; query 1 writes to it"),
+        "{stderr}"
+    );
+    let out = Command::new(flumen())
+        .args(["-f", f.to_str().unwrap(), "--trigger", "available-now"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(" (sink evens)\n"), "{stdout}");
 }

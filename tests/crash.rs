@@ -347,12 +347,18 @@ fn logged_lines(wal: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(wal) else {
         return 0;
     };
-    let mut logged = std::fs::read_to_string(wal.join("committed"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let mut logged = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("committed") && !name.ends_with(".tmp") {
+            if let Some(n) = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
+                logged = logged.max(n);
+            }
+            continue;
+        }
         if let Some(first) = name.strip_suffix(".block")
             && let (Ok(first), Ok(text)) = (first.parse::<u64>(), std::fs::read_to_string(e.path()))
         {
@@ -386,6 +392,7 @@ async fn socket_with_wal_to_parquet_survives_20_kills() {
     });
     let work = temp_dir("crash-socket");
     let out = work.join("out");
+    let out2 = work.join("out2");
     let checkpoint = work.join("checkpoint");
     let wal = checkpoint.join("sources").join("lines").join("wal");
     let script = write_script(
@@ -395,8 +402,11 @@ async fn socket_with_wal_to_parquet_survives_20_kills() {
                host = '127.0.0.1', port = '{port}', format = 'json', wal = 'true',
                block_interval = '50 ms');
              CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+               SELECT id, v FROM lines;
+             CREATE SINK pq2 WITH (connector = 'files', path = '{}', format = 'parquet') AS
                SELECT id, v FROM lines;",
-            out.display()
+            out.display(),
+            out2.display()
         ),
     );
     let cp = checkpoint.clone();
@@ -459,14 +469,19 @@ async fn socket_with_wal_to_parquet_survives_20_kills() {
     server.join().unwrap();
     let n = KILLS as u64 * BURST;
     let v_sum: u64 = (0..n).map(|i| i % 7).sum();
-    assert_eq!(
-        query(
-            &out,
-            "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(v) FROM output"
-        )
-        .await,
-        vec![format!("{n}|{n}|0|{}|{v_sum}", n - 1)]
-    );
+    // Both sinks read the one receiver (one connection per run): each gets every line.
+    for dir in [&out, &out2] {
+        assert_eq!(
+            query(
+                dir,
+                "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(v) FROM output"
+            )
+            .await,
+            vec![format!("{n}|{n}|0|{}|{v_sum}", n - 1)],
+            "{}",
+            dir.display()
+        );
+    }
 }
 
 /// Sends SIGTERM (a graceful stop) and waits for the process to end.

@@ -331,3 +331,60 @@ async fn show_progress_and_the_progress_log() {
         "{text}"
     );
 }
+
+/// A query whose state grows without bound says so when it starts, not only in EXPLAIN.
+#[tokio::test]
+async fn unbounded_state_is_warned_about_when_the_query_starts() {
+    let mut s = session();
+    s.execute("CREATE STREAM ev (k BIGINT, ts TIMESTAMP) WITH (connector = 'memory')")
+        .await
+        .unwrap();
+    let StatementResult::Done(msg) = s
+        .execute(
+            "CREATE SINK w WITH (connector = 'memory') AS \
+             SELECT k, count(*) FROM ev GROUP BY k, window(ts, INTERVAL '10' SECOND)",
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a message expected");
+    };
+    assert!(
+        msg.contains("\nwarning: WindowAggregateExec")
+            && msg
+                .contains("no watermark on ev.ts: windows never close, state grows without bound"),
+        "{msg}"
+    );
+    let StatementResult::Done(msg) = s
+        .execute(
+            "CREATE SINK c WITH (connector = 'memory') AS SELECT k, count(*) FROM ev GROUP BY k",
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a message expected");
+    };
+    assert!(!msg.contains("warning"), "{msg}");
+}
+
+/// A statement nested too deep to plan is refused, not a stack overflow that aborts
+/// the process: 20,000 operators in a row.
+#[tokio::test]
+async fn a_statement_nested_too_deep_is_refused() {
+    let mut s = session();
+    let deep = format!("SELECT {}", vec!["1"; 20_000].join(" + "));
+    let err = s.execute(&deep).await.unwrap_err().to_string();
+    assert!(
+        err.contains("the statement holds 19999 operators; at most 2000 are allowed"),
+        "{err}"
+    );
+    // Parentheses nested too deep: the parser's own limit.
+    let parens = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    let err = s.execute(&parens).await.unwrap_err().to_string();
+    assert!(err.contains("RecursionLimitExceeded"), "{err}");
+    // The session goes on.
+    assert!(matches!(
+        s.execute("SELECT 1 + 1").await.unwrap(),
+        StatementResult::Rows { .. }
+    ));
+}

@@ -592,6 +592,21 @@ impl Source for FilesSource {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        let format = match self.reader.format {
+            FileFormat::Lines { header } => {
+                format!(
+                    "{}{}",
+                    self.reader.decoder.describe(),
+                    if header { " with header" } else { "" }
+                )
+            }
+            FileFormat::Parquet => "format parquet".into(),
+            FileFormat::Arrow => "format arrow".into(),
+        };
+        format!("files {}, {format}", self.location.url)
+    }
+
     fn project(&self, columns: &[usize]) {
         self.reader.decoder.project(columns);
     }
@@ -678,10 +693,14 @@ impl Source for FilesSource {
         l.next = next;
         l.lag = (waiting - files.len()) as u64;
         let before = l.known.len();
+        // Files earlier batches took that the seen-files log does not hold yet (a
+        // restart between a batch's commit and its log entry) ride along in this
+        // batch's offsets, so that whichever batch is last committed, restore finds them.
+        let carried = l.unlogged.clone();
         l.known.extend(files.iter().map(|m| m.location.clone()));
         l.unlogged
             .extend(files.iter().map(|m| m.location.to_string()));
-        if files.is_empty() {
+        if files.is_empty() && carried.is_empty() {
             return Ok(SourceRange {
                 start: json!(before),
                 end: json!(before),
@@ -691,18 +710,28 @@ impl Source for FilesSource {
             .iter()
             .map(|m| json!({"path": m.location.as_ref(), "size": m.size}))
             .collect();
+        let mut end = json!({"known": l.known.len(), "files": list, "batch": batch.batch_id});
+        if !carried.is_empty() {
+            end["carried"] = json!(carried);
+        }
         Ok(SourceRange {
             start: json!(before),
-            end: json!({"known": l.known.len(), "files": list, "batch": batch.batch_id}),
+            end,
         })
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
-        // Which files were taken comes from the seen-files log (read by open) and
-        // the batches recovery ran again (read_batch); the last one is one of those.
+        // Which files were taken comes from the seen-files log (read by open), the
+        // batches recovery ran again (read_batch) and the last batch: committed, but
+        // perhaps killed before its files reached the log — so they go in at the
+        // next commit, or a later restart would take them again.
         let mut l = self.listing.lock();
-        for path in range_files(last) {
-            l.known.insert(Path::from(path));
+        let carried = last.end.get("carried").and_then(|c| c.as_array());
+        let carried = carried.into_iter().flatten().filter_map(|p| p.as_str());
+        for path in range_files(last).chain(carried) {
+            if l.known.insert(Path::from(path)) {
+                l.unlogged.push(path.to_string());
+            }
         }
         Ok(())
     }
@@ -717,7 +746,12 @@ impl Source for FilesSource {
         if taken.is_empty() {
             return Ok(());
         }
-        let batch = range.end["batch"].as_u64().unwrap_or(0);
+        let Some(batch) = range.end.get("batch").and_then(|b| b.as_u64()) else {
+            // Cannot happen: a range with files to log names its batch.
+            return Err(
+                self.error("a batch with files to log has no batch id in its offsets".into())
+            );
+        };
         let name = format!("{batch:020}");
         if let Err(e) = log.write(&name, &json!({ "files": taken })).await {
             // Written again at the next commit.
@@ -803,6 +837,10 @@ impl Source for FilesSource {
 
     async fn is_drained(&self) -> Result<bool> {
         Ok(self.new_files().await?.is_empty())
+    }
+
+    fn sets_aside_bad_rows(&self) -> bool {
+        self.reader.decoder.on_error() != OnError::Fail
     }
 
     fn take_rejected(&self) -> Vec<Rejected> {

@@ -174,6 +174,18 @@ impl Decoder {
         self.format
     }
 
+    /// The format, for a source's [`flumen_engine::Source::describe`].
+    pub fn describe(&self) -> String {
+        format!(
+            "format {}",
+            match self.format {
+                Format::Text => "text",
+                Format::Csv => "csv",
+                Format::Json => "json",
+            }
+        )
+    }
+
     pub fn on_error(&self) -> OnError {
         self.on_error
     }
@@ -639,5 +651,40 @@ mod tests {
                 .unwrap(),
             &StringArray::from(vec!["a", "", "b é"])
         );
+    }
+}
+
+#[cfg(test)]
+mod nesting {
+    use super::*;
+
+    /// A line nested 100,000 deep is a bad record, not a stack overflow (runs on a
+    /// thread with a 2 MiB stack, as the runtime's).
+    #[test]
+    fn deeply_nested_json_is_a_bad_record() {
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+                let opts: ConnectorOptions = [
+                    ("format".to_string(), "json".to_string()),
+                    ("on_error".to_string(), "skip".to_string()),
+                ]
+                .into_iter()
+                .collect();
+                let d = Decoder::from_options("s", schema, &opts).unwrap();
+                let bare = "[".repeat(100_000);
+                let in_field = format!("{{\"a\": {}", "[".repeat(100_000));
+                let objects = "{\"a\": ".repeat(50_000);
+                d.decode(&[&bare, &in_field, &objects, "{\"a\": 1}"], |i| {
+                    i.to_string()
+                })
+                .map(|(b, rejected)| (b.num_rows(), rejected.len()))
+                .unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(decoded, (1, 3));
     }
 }

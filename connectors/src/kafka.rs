@@ -38,7 +38,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use rskafka::client::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
-use crate::format::Decoder;
+use crate::format::{Decoder, OnError};
 use crate::offsets_store::OffsetsStore;
 
 /// The metadata columns a Kafka stream may declare beside the value's.
@@ -100,6 +100,8 @@ pub struct KafkaSource {
     starting: Starting,
     max_rate: Option<u64>,
     timeout: Duration,
+    /// `security_protocol = 'ssl'`: the TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
     partitions_hint: usize,
     /// `offsets_store`: committed offsets also kept in a database table, under
     /// `offsets_query`, and the stream resumes from them.
@@ -144,10 +146,13 @@ impl KafkaSource {
                     deadline: Some(self.timeout),
                     ..BackoffConfig::default()
                 };
-                let build = ClientBuilder::new(self.servers.clone())
+                let mut build = ClientBuilder::new(self.servers.clone())
                     .client_id("flumen")
-                    .backoff_config(backoff)
-                    .build();
+                    .backoff_config(backoff);
+                if let Some(tls) = &self.tls {
+                    build = build.tls_config(Arc::clone(tls));
+                }
+                let build = build.build();
                 match tokio::time::timeout(self.timeout, build).await {
                     Ok(Ok(c)) => Ok(c),
                     Ok(Err(e)) => Err(self.broker_error("cannot connect", e)),
@@ -372,6 +377,14 @@ impl Source for KafkaSource {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "kafka topics {}, {}",
+            self.topics.join(","),
+            self.decoder.describe()
+        )
+    }
+
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -513,6 +526,10 @@ impl Source for KafkaSource {
             .all(|(tp, end)| o.next.get(tp).is_some_and(|n| n >= end)))
     }
 
+    fn sets_aside_bad_rows(&self) -> bool {
+        self.decoder.on_error() != OnError::Fail
+    }
+
     fn take_rejected(&self) -> Vec<Rejected> {
         std::mem::take(&mut *self.rejected.lock())
     }
@@ -522,7 +539,9 @@ impl Source for KafkaSource {
 #[derive(Debug)]
 pub struct KafkaFactory;
 
-const KAFKA_OPTIONS: [&str; 11] = [
+const KAFKA_OPTIONS: [&str; 13] = [
+    "security_protocol",
+    "ssl_ca_location",
     "bootstrap_servers",
     "topic",
     "starting_offsets",
@@ -631,6 +650,7 @@ impl SourceFactory for KafkaFactory {
             starting,
             max_rate: positive_option("kafka", options, "max_rate_per_partition")?,
             timeout,
+            tls: crate::tls::kafka_tls(&format!("stream {name}"), options)?,
             partitions_hint: positive_option("kafka", options, "partitions")?.unwrap_or(1) as usize,
             store: match options.get("offsets_store") {
                 Some(url) => Some((

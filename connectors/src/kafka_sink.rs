@@ -34,6 +34,8 @@ pub struct KafkaSink {
     topic: String,
     format: Format,
     key: Option<String>,
+    /// `security_protocol = 'ssl'`: the TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
     client: tokio::sync::OnceCell<Client>,
     partitions: tokio::sync::Mutex<Vec<Arc<PartitionClient>>>,
 }
@@ -63,15 +65,14 @@ impl KafkaSink {
     async fn client(&self) -> Result<&Client> {
         self.client
             .get_or_try_init(|| async {
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    ClientBuilder::new(self.servers.clone())
-                        .client_id("flumen")
-                        .build(),
-                )
-                .await
-                .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
-                .map_err(|e| self.error("cannot connect", e))
+                let mut build = ClientBuilder::new(self.servers.clone()).client_id("flumen");
+                if let Some(tls) = &self.tls {
+                    build = build.tls_config(Arc::clone(tls));
+                }
+                tokio::time::timeout(Duration::from_secs(10), build.build())
+                    .await
+                    .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
+                    .map_err(|e| self.error("cannot connect", e))
             })
             .await
     }
@@ -198,7 +199,14 @@ impl Sink for KafkaSink {
 #[derive(Debug)]
 pub struct KafkaSinkFactory;
 
-const OPTIONS: [&str; 4] = ["bootstrap_servers", "topic", "format", "key"];
+const OPTIONS: [&str; 6] = [
+    "bootstrap_servers",
+    "topic",
+    "format",
+    "key",
+    "security_protocol",
+    "ssl_ca_location",
+];
 
 impl SinkFactory for KafkaSinkFactory {
     fn options(&self) -> &[&'static str] {
@@ -232,6 +240,7 @@ impl SinkFactory for KafkaSinkFactory {
             topic: topic.clone(),
             format,
             key: options.get("key").cloned(),
+            tls: crate::tls::kafka_tls(&format!("sink {name}"), options)?,
             client: tokio::sync::OnceCell::new(),
             partitions: tokio::sync::Mutex::default(),
         }))

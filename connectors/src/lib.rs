@@ -20,7 +20,7 @@ use std::sync::Arc;
 use flumen_engine::ConnectorRegistry;
 
 mod db_sink;
-pub mod exact;
+pub use flumen_engine::exact;
 pub mod files;
 pub mod files_sink;
 pub mod format;
@@ -32,6 +32,7 @@ pub mod offsets_store;
 pub mod postgres_sink;
 pub mod rate;
 pub mod socket;
+pub mod tls;
 pub use flumen_engine::store;
 
 /// The client crates (object store, Kafka, PostgreSQL, MySQL), for tests and embedders

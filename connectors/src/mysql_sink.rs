@@ -147,8 +147,8 @@ impl MySqlSink {
         if let Some(c) = pooled {
             return Ok(c);
         }
-        let url = self.url.replacen("mariadb://", "mysql://", 1);
-        let opts = mysql_async::Opts::from_url(&url).map_err(|e| self.error("bad URL", e))?;
+        let opts =
+            crate::tls::mysql_opts(&self.url).map_err(|e| self.error("cannot connect", e))?;
         tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
             .await
             .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?

@@ -197,6 +197,10 @@ impl Source for NexmarkSource {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        format!("nexmark {:?} events {}", self.table, self.pacer.describe())
+    }
+
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }

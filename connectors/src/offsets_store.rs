@@ -131,25 +131,20 @@ impl OffsetsStore {
     async fn connect(&self) -> Result<Conn> {
         let connect = async {
             if self.is_postgres() {
-                let (client, connection) =
-                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| self.error("cannot connect", e))?;
-                let stream = self.stream.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        log::warn!("stream {stream}: offsets_store connection closed: {e}");
-                    }
-                });
+                let client = crate::tls::pg_connect(
+                    &self.url,
+                    format!("stream {}: offsets_store", self.stream),
+                )
+                .await
+                .map_err(|e| self.error("cannot connect", e))?;
                 client
                     .batch_execute(PG_CREATE)
                     .await
                     .map_err(|e| self.error("creating table flumen_offsets", e))?;
                 Ok(Conn::Postgres(client))
             } else {
-                let url = self.url.replacen("mariadb://", "mysql://", 1);
-                let opts =
-                    mysql_async::Opts::from_url(&url).map_err(|e| self.error("bad URL", e))?;
+                let opts = crate::tls::mysql_opts(&self.url)
+                    .map_err(|e| self.error("cannot connect", e))?;
                 let mut conn = mysql_async::Conn::new(opts)
                     .await
                     .map_err(|e| self.error("cannot connect", e))?;

@@ -181,18 +181,11 @@ impl PostgresSink {
         {
             return Ok(c);
         }
-        let connect = tokio_postgres::connect(&self.url, tokio_postgres::NoTls);
-        let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
+        let connect = crate::tls::pg_connect(&self.url, format!("sink {}", self.name));
+        tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
-            .map_err(|e| self.error("cannot connect", e))?;
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                log::warn!("sink {name}: connection closed: {e}");
-            }
-        });
-        Ok(client)
+            .map_err(|e| self.error("cannot connect", e))
     }
 
     fn give_back(&self, c: tokio_postgres::Client) {

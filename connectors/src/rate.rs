@@ -33,6 +33,16 @@ pub struct RateSource {
     pacer: Pacer,
 }
 
+impl Pacer {
+    /// The rate and limit: what rows a position stands for.
+    pub(crate) fn describe(&self) -> String {
+        match self.limit {
+            Some(n) => format!("{} per second, {n} in all", self.rate),
+            None => format!("{} per second", self.rate),
+        }
+    }
+}
+
 /// The pacing both generators share: rows (events) numbered from 0, row `n` due at
 /// `start + n / rate` with `start` one second before the first batch, at most `limit`
 /// of them. A position is `{n, start_ms}`, so a range read again after a restart
@@ -159,6 +169,10 @@ impl RateSource {
 impl Source for RateSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!("rate {}", self.pacer.describe())
     }
 
     fn schema(&self) -> SchemaRef {

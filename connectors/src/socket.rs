@@ -18,7 +18,7 @@
 //! are lost if the process dies. With it, they are replayed after a restart (the
 //! log lives in `wal_dir`, by default under the session's `checkpoint_location`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::format::{Decoder, FORMAT_OPTIONS, text_schema};
+use crate::format::{Decoder, FORMAT_OPTIONS, OnError, text_schema};
 
 /// A line that is not a record: longer than `max_line_bytes`, or not UTF-8. It keeps
 /// its place (its line number) and goes to `on_error` when its batch is read.
@@ -72,8 +72,6 @@ struct Received {
     blocks: BTreeMap<u64, Arc<Block>>,
     /// Lines below this index are in blocks (received, and logged with a WAL).
     cut_until: u64,
-    /// Lines below this index have been planned into a batch.
-    planned_until: u64,
     /// Lines received (index of the next one).
     lines: u64,
     connected: bool,
@@ -106,8 +104,11 @@ impl Received {
 }
 
 /// The write-ahead log of a reliable receiver: one file per block, written to a
-/// temporary name, fsynced and renamed (so a block file is whole or absent), plus a
-/// `committed` file holding the index of the first line not yet committed.
+/// temporary name, fsynced and renamed (so a block file is whole or absent), plus,
+/// per query reading the stream, a `committed.<query>` file holding the index of the
+/// first line that query has not committed (`committed`, from before queries shared a
+/// receiver, counts for any query without its own). A block is deleted once every
+/// query committed past it.
 #[derive(Debug)]
 struct Wal {
     dir: std::path::PathBuf,
@@ -148,9 +149,28 @@ impl Wal {
         self.write_atomic(&name, body.as_bytes())
     }
 
-    /// Lines below `end` are committed: record it, then drop the blocks wholly below.
-    fn commit(&self, end: u64, dropped: &[u64]) -> std::io::Result<()> {
-        self.write_atomic("committed", end.to_string().as_bytes())?;
+    /// The file of `consumer`'s committed mark.
+    fn mark_name(consumer: &str) -> String {
+        let safe: String = consumer
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("committed.{safe}")
+    }
+
+    /// `consumer` has committed the lines below `end`.
+    fn mark(&self, consumer: &str, end: u64) -> std::io::Result<()> {
+        self.write_atomic(&Self::mark_name(consumer), end.to_string().as_bytes())
+    }
+
+    /// Drops the blocks every consumer committed past.
+    fn drop_blocks(&self, dropped: &[u64]) -> std::io::Result<()> {
         for first in dropped {
             for path in self.block_paths(*first) {
                 match std::fs::remove_file(path) {
@@ -162,17 +182,39 @@ impl Wal {
         Ok(())
     }
 
-    /// Opens (creating) the log in `dir`: the blocks not yet committed, and the index
-    /// of the first uncommitted line.
-    fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Block>, u64)> {
+    /// Opens (creating) the log in `dir`: the blocks some query has not committed, the
+    /// committed mark of each query that has one, and the mark from before queries
+    /// shared a receiver (`committed`).
+    #[allow(clippy::type_complexity)]
+    fn open(
+        dir: &std::path::Path,
+    ) -> std::io::Result<(Wal, Vec<Block>, HashMap<String, u64>, Option<u64>)> {
         std::fs::create_dir_all(dir)?;
-        let committed = match std::fs::read_to_string(dir.join("committed")) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
-                std::io::Error::other(format!("{}/committed is corrupt: {e}", dir.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
+        let read_mark = |path: &std::path::Path| -> std::io::Result<u64> {
+            std::fs::read_to_string(path)?
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| std::io::Error::other(format!("{} is corrupt: {e}", path.display())))
         };
+        let mut marks = HashMap::new();
+        let mut legacy = None;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name == "committed" {
+                legacy = Some(read_mark(&path)?);
+            } else if let Some(consumer) = name.strip_prefix("committed.")
+                && !consumer.ends_with(".tmp")
+            {
+                marks.insert(consumer.to_string(), read_mark(&path)?);
+            }
+        }
+        // Lines below every mark are committed by every query that ever read here.
+        let committed = marks.values().copied().chain(legacy).min().unwrap_or(0);
         let mut blocks = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -225,55 +267,77 @@ impl Wal {
                 dir: dir.to_path_buf(),
             },
             blocks,
-            committed,
+            marks,
+            legacy,
         ))
     }
 }
 
+/// One receiver per socket stream, shared by every query that reads it (Spark's one
+/// receiver per input DStream): the connection, the received lines cut into blocks,
+/// the write-ahead log, and each reading query's committed position. Blocks are
+/// freed (and their log files deleted) once every query committed past them.
+/// Each consumer's committed line in a write-ahead log, and the mark of a log written
+/// before consumers had names.
+type LogMarks = (HashMap<String, u64>, Option<u64>);
+
 #[derive(Debug)]
-pub struct SocketSource {
+struct Hub {
     name: String,
     addr: String,
-    decoder: Decoder,
     block_interval: Duration,
     wal_dir: Option<std::path::PathBuf>,
-    /// A longer line is a bad record; memory stays bounded by it.
     max_line_bytes: usize,
     received: Arc<Mutex<Received>>,
+    /// Reading queries (open now, or known from their marks in the log): the first
+    /// line each has not committed.
+    committed: Mutex<HashMap<String, u64>>,
+    /// The first query to open starts the receiver; the last to close stops it.
+    open_consumers: Mutex<usize>,
+    /// Marks found in the log when it was opened (the queries that read before).
+    marks: Mutex<Option<LogMarks>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    rejected: Mutex<Vec<Rejected>>,
 }
 
-impl SocketSource {
-    pub fn new(
+/// The receivers of the process, by stream, address and log: queries over one stream
+/// share one.
+static HUBS: std::sync::LazyLock<Mutex<HashMap<String, std::sync::Weak<Hub>>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+impl Hub {
+    fn shared(
         name: &str,
         addr: String,
-        decoder: Decoder,
         block_interval: Duration,
         wal_dir: Option<std::path::PathBuf>,
         max_line_bytes: usize,
-    ) -> Self {
-        Self {
+    ) -> Arc<Hub> {
+        let key = format!(
+            "{name}|{addr}|{}",
+            wal_dir
+                .as_deref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+        let mut hubs = HUBS.lock();
+        hubs.retain(|_, h| h.strong_count() > 0);
+        if let Some(hub) = hubs.get(&key).and_then(std::sync::Weak::upgrade) {
+            return hub;
+        }
+        let hub = Arc::new(Hub {
             name: name.to_string(),
             addr,
-            decoder,
             block_interval,
             wal_dir,
             max_line_bytes,
             received: Arc::default(),
+            committed: Mutex::default(),
+            open_consumers: Mutex::new(0),
+            marks: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
-            rejected: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Lines received since the query started (a metric; tests wait on it).
-    pub fn lines_received(&self) -> u64 {
-        self.received.lock().lines
-    }
-
-    /// Whether the receiver is connected now.
-    pub fn is_connected(&self) -> bool {
-        self.received.lock().connected
+        });
+        hubs.insert(key, Arc::downgrade(&hub));
+        hub
     }
 
     fn wal_error(&self, e: std::io::Error) -> flumen_engine::Error {
@@ -288,6 +352,166 @@ impl SocketSource {
             ),
             retryable: true,
         }
+    }
+
+    /// Opens the hub for `consumer` (the first opening replays the log and starts the
+    /// receiver); returns the first line `consumer` has not committed.
+    fn open(&self, consumer: &str) -> Result<u64> {
+        let mut open = self.open_consumers.lock();
+        if *open == 0 {
+            if let Some(dir) = &self.wal_dir {
+                let (wal, blocks, marks, legacy) = Wal::open(dir).map_err(|e| self.wal_error(e))?;
+                let mut r = self.received.lock();
+                let committed = marks.values().copied().chain(legacy).min().unwrap_or(0);
+                if !blocks.is_empty() {
+                    log::info!(
+                        "socket source {}: replaying {} lines not committed before the restart",
+                        self.name,
+                        blocks
+                            .iter()
+                            .map(|b| b.end() - b.first.max(committed))
+                            .sum::<u64>()
+                    );
+                }
+                r.cut_until = committed;
+                r.lines = committed;
+                for b in blocks {
+                    r.cut_until = r.cut_until.max(b.end());
+                    r.lines = r.cut_until;
+                    r.blocks.insert(b.first, Arc::new(b));
+                }
+                r.wal = Some(wal);
+                self.committed.lock().extend(marks.clone());
+                *self.marks.lock() = Some((marks, legacy));
+            }
+            let mut tasks = self.tasks.lock();
+            tasks.push(tokio::spawn(receive(
+                self.name.clone(),
+                self.addr.clone(),
+                self.max_line_bytes,
+                Arc::clone(&self.received),
+            )));
+            let received = Arc::clone(&self.received);
+            let every = self.block_interval;
+            let name = self.name.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = received.lock().cut() {
+                        log::error!("socket source {name}: write-ahead log: {e}; will retry");
+                    }
+                }
+            }));
+        }
+        *open += 1;
+        // Where this query starts: its own mark in the log, the mark from before
+        // queries shared a receiver, or — a query new to the stream — the first line
+        // the receiver still holds (queries started together see the same lines).
+        let known = self.marks.lock().as_ref().and_then(|(marks, legacy)| {
+            marks
+                .get(&Wal::mark_name(consumer)["committed.".len()..])
+                .copied()
+                .or(*legacy)
+        });
+        let start = match known {
+            Some(mark) => mark,
+            None => {
+                let r = self.received.lock();
+                r.blocks.keys().next().copied().unwrap_or(r.cut_until)
+            }
+        };
+        self.committed.lock().insert(consumer.to_string(), start);
+        if let Some(wal) = &self.received.lock().wal {
+            // Held for this query from now on, even before its first commit.
+            wal.mark(consumer, start).map_err(|e| self.wal_error(e))?;
+        }
+        Ok(start)
+    }
+
+    /// `consumer` committed the lines below `end`: blocks every query committed past
+    /// are freed.
+    fn commit(&self, consumer: &str, end: u64) -> Result<()> {
+        let lowest = {
+            let mut committed = self.committed.lock();
+            committed.insert(consumer.to_string(), end);
+            committed.values().copied().min().unwrap_or(end)
+        };
+        let mut r = self.received.lock();
+        let dropped: Vec<u64> = r
+            .blocks
+            .values()
+            .take_while(|b| b.end() <= lowest)
+            .map(|b| b.first)
+            .collect();
+        for first in &dropped {
+            r.blocks.remove(first);
+        }
+        if let Some(wal) = &r.wal {
+            wal.mark(consumer, end).map_err(|e| self.wal_error(e))?;
+            wal.drop_blocks(&dropped).map_err(|e| self.wal_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// One query stopped reading; the last stops the receiver.
+    fn close(&self) {
+        let mut open = self.open_consumers.lock();
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            for t in self.tasks.lock().drain(..) {
+                t.abort();
+            }
+            // Reopened later (a restart): the log is read again.
+            *self.received.lock() = Received::default();
+            self.committed.lock().clear();
+            *self.marks.lock() = None;
+        }
+    }
+}
+
+/// One query's reading of a socket stream: a cursor over the stream's shared
+/// receiver ([`Hub`]).
+#[derive(Debug)]
+pub struct SocketSource {
+    name: String,
+    decoder: Decoder,
+    hub: Arc<Hub>,
+    /// The reading query (its sink's name): its position is kept under this name.
+    consumer: String,
+    /// Lines below this index are planned into this query's batches.
+    planned: Mutex<u64>,
+    rejected: Mutex<Vec<Rejected>>,
+}
+
+impl SocketSource {
+    pub fn new(
+        name: &str,
+        addr: String,
+        decoder: Decoder,
+        block_interval: Duration,
+        wal_dir: Option<std::path::PathBuf>,
+        max_line_bytes: usize,
+        consumer: String,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            decoder,
+            hub: Hub::shared(name, addr, block_interval, wal_dir, max_line_bytes),
+            consumer,
+            planned: Mutex::new(0),
+            rejected: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Lines the stream's receiver got since it started (a metric; tests wait on it).
+    pub fn lines_received(&self) -> u64 {
+        self.hub.received.lock().lines
+    }
+
+    /// Whether the receiver is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.hub.received.lock().connected
     }
 }
 
@@ -439,65 +663,35 @@ impl Source for SocketSource {
         &self.name
     }
 
+    fn describe(&self) -> String {
+        // Positions count lines of the stream's write-ahead log, wherever its server
+        // is: the address may change across restarts.
+        format!("socket, {}", self.decoder.describe())
+    }
+
     fn schema(&self) -> SchemaRef {
         self.decoder.schema().clone()
     }
 
     async fn open(&self) -> Result<()> {
-        if let Some(dir) = &self.wal_dir {
-            let (wal, blocks, committed) = Wal::open(dir).map_err(|e| self.wal_error(e))?;
-            let mut r = self.received.lock();
-            if !blocks.is_empty() {
-                log::info!(
-                    "socket source {}: replaying {} lines not committed before the restart",
-                    self.name,
-                    blocks
-                        .iter()
-                        .map(|b| b.end() - b.first.max(committed))
-                        .sum::<u64>()
-                );
-            }
-            r.planned_until = committed;
-            r.cut_until = committed;
-            r.lines = committed;
-            for b in blocks {
-                r.cut_until = r.cut_until.max(b.end());
-                r.lines = r.cut_until;
-                r.blocks.insert(b.first, Arc::new(b));
-            }
-            r.wal = Some(wal);
-        }
-        let mut tasks = self.tasks.lock();
-        tasks.push(tokio::spawn(receive(
-            self.name.clone(),
-            self.addr.clone(),
-            self.max_line_bytes,
-            Arc::clone(&self.received),
-        )));
-        let received = Arc::clone(&self.received);
-        let every = self.block_interval;
-        let name = self.name.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = received.lock().cut() {
-                    log::error!("socket source {name}: write-ahead log: {e}; will retry");
-                }
-            }
-        }));
+        let start = self.hub.open(&self.consumer)?;
+        *self.planned.lock() = start;
         Ok(())
     }
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
-        let mut r = self.received.lock();
-        r.cut().map_err(|e| self.wal_error(e))?;
-        let start = r.planned_until;
-        let mut end = r.cut_until;
+        let cut_until = {
+            let mut r = self.hub.received.lock();
+            r.cut().map_err(|e| self.hub.wal_error(e))?;
+            r.cut_until
+        };
+        let mut planned = self.planned.lock();
+        let start = *planned;
+        let mut end = cut_until.max(start);
         if let Some(max) = batch.max_records {
             end = end.min(start + max);
         }
-        r.planned_until = end;
+        *planned = end;
         Ok(SourceRange {
             start: json!(start),
             end: json!(end),
@@ -510,7 +704,7 @@ impl Source for SocketSource {
         };
         // The blocks are shared, not copied.
         let blocks: Vec<Arc<Block>> = {
-            let r = self.received.lock();
+            let r = self.hub.received.lock();
             let from = r
                 .blocks
                 .range(..=start)
@@ -546,7 +740,7 @@ impl Source for SocketSource {
                 let at = b.first + i as u64;
                 if let Some(badline) = bad.iter().find(|l| l.index as usize == i) {
                     self.decoder.reject_raw(
-                        &format!("{} line {}", self.addr, at + 1),
+                        &format!("{} line {}", self.hub.addr, at + 1),
                         &badline.preview,
                         badline.error.clone(),
                         &mut rejected,
@@ -564,7 +758,7 @@ impl Source for SocketSource {
                     "lines {}..{} of {} are no longer held (received {} of them)",
                     start + 1,
                     end + 1,
-                    self.addr,
+                    self.hub.addr,
                     held
                 ),
                 retryable: false,
@@ -572,7 +766,7 @@ impl Source for SocketSource {
         }
         let (batch, mut bad) = self.decoder.decode(&lines, |i| {
             let at = numbers.as_ref().map_or(start + i as u64, |n| n[i]);
-            format!("{} line {}", self.addr, at + 1)
+            format!("{} line {}", self.hub.addr, at + 1)
         })?;
         rejected.append(&mut bad);
         *self.rejected.lock() = rejected;
@@ -580,7 +774,7 @@ impl Source for SocketSource {
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
-        if self.wal_dir.is_none() {
+        if self.hub.wal_dir.is_none() {
             return plan_err!(
                 "stream {}: a socket source keeps received lines only in memory, so a query cannot resume from a checkpoint; \
                  set wal = 'true' or delete the checkpoint",
@@ -590,26 +784,14 @@ impl Source for SocketSource {
         let Some(end) = last.end.as_u64() else {
             return plan_err!("socket source {}: bad range {last:?}", self.name);
         };
-        let mut r = self.received.lock();
-        r.planned_until = r.planned_until.max(end);
+        let mut planned = self.planned.lock();
+        *planned = (*planned).max(end);
         Ok(())
     }
 
     async fn commit(&self, range: &SourceRange) -> Result<()> {
         if let Some(end) = range.end.as_u64() {
-            let mut r = self.received.lock();
-            let dropped: Vec<u64> = r
-                .blocks
-                .values()
-                .take_while(|b| b.end() <= end)
-                .map(|b| b.first)
-                .collect();
-            for first in &dropped {
-                r.blocks.remove(first);
-            }
-            if let Some(wal) = &r.wal {
-                wal.commit(end, &dropped).map_err(|e| self.wal_error(e))?;
-            }
+            self.hub.commit(&self.consumer, end)?;
         }
         Ok(())
     }
@@ -619,15 +801,17 @@ impl Source for SocketSource {
     }
 
     async fn is_drained(&self) -> Result<bool> {
-        let r = self.received.lock();
-        Ok(r.current.is_empty() && r.planned_until == r.cut_until)
+        let r = self.hub.received.lock();
+        Ok(r.current.is_empty() && *self.planned.lock() >= r.cut_until)
     }
 
     async fn close(&self) -> Result<()> {
-        for t in self.tasks.lock().drain(..) {
-            t.abort();
-        }
+        self.hub.close();
         Ok(())
+    }
+
+    fn sets_aside_bad_rows(&self) -> bool {
+        self.decoder.on_error() != OnError::Fail
     }
 
     fn take_rejected(&self) -> Vec<Rejected> {
@@ -639,7 +823,7 @@ impl Source for SocketSource {
 #[derive(Debug)]
 pub struct SocketFactory;
 
-const SOCKET_OPTIONS: [&str; 9] = [
+const SOCKET_OPTIONS: [&str; 10] = [
     "host",
     "port",
     "block_interval",
@@ -649,6 +833,7 @@ const SOCKET_OPTIONS: [&str; 9] = [
     "format",
     "on_error",
     "strict",
+    "consumer",
 ];
 
 /// The longest line a socket source takes by default (16 MiB).
@@ -712,6 +897,12 @@ impl SourceFactory for SocketFactory {
             None => DEFAULT_MAX_LINE_BYTES,
         };
         let decoder = Decoder::from_options(name, schema, options)?;
+        // The reading query: its position in a shared receiver is kept under this
+        // name (the SQL layer gives the query's sink; one reader by default).
+        let consumer = options
+            .get("consumer")
+            .cloned()
+            .unwrap_or_else(|| "default".into());
         Ok(Arc::new(SocketSource::new(
             name,
             format!("{host}:{port}"),
@@ -719,6 +910,7 @@ impl SourceFactory for SocketFactory {
             block_interval,
             wal_dir,
             max_line_bytes,
+            consumer,
         )))
     }
 

@@ -155,8 +155,9 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 enum Storage {
     Local {
         dir: PathBuf,
-        /// `<dir>/lock`, locked while the query runs.
-        _lock: fs::File,
+        /// `<dir>/lock`, locked while the query runs: released when the
+        /// [`Checkpoint`] goes, even while sources still hold this storage.
+        lock: parking_lot::Mutex<Option<fs::File>>,
     },
     Object {
         location: crate::store::Location,
@@ -179,6 +180,9 @@ impl Drop for Checkpoint {
     fn drop(&mut self) {
         if let Some(r) = &self.renewer {
             r.abort();
+        }
+        if let Storage::Local { lock, .. } = &*self.storage {
+            lock.lock().take();
         }
     }
 }
@@ -386,7 +390,10 @@ impl Storage {
                     }
                     Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking", e)),
                 }
-                Ok(Storage::Local { dir, _lock: lock })
+                Ok(Storage::Local {
+                    dir,
+                    lock: parking_lot::Mutex::new(Some(lock)),
+                })
             }
             CheckpointLocation::Store(location) => {
                 static OPENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -48,6 +48,20 @@ pub enum Trigger {
     AvailableNow,
 }
 
+/// What happens when a batch fails: the query stops (the default), or, as Flink's
+/// restart strategies, it starts again from its checkpoint after a delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// At most this many restarts over the query's life; the next failure stops it.
+    pub max_restarts: u32,
+    /// The wait before the first restart; it doubles for each one after, up to a
+    /// minute.
+    pub delay: Duration,
+}
+
+/// The longest wait between restarts.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
 /// Builds a [`StreamingContext`].
 pub struct StreamingContextBuilder {
     interval: Duration,
@@ -59,9 +73,18 @@ pub struct StreamingContextBuilder {
     exclusive: bool,
     checkpoint: Option<crate::checkpoint::CheckpointLocation>,
     checkpoint_interval: u64,
+    restart: Option<RestartPolicy>,
 }
 
 impl StreamingContextBuilder {
+    /// Restart the query from its checkpoint when a batch fails (needs a
+    /// checkpoint), at most `policy.max_restarts` times; each restart is told to the
+    /// listeners ([`StreamingListener::on_restarted`]).
+    pub fn with_restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = Some(policy);
+        self
+    }
+
     /// Use an existing DataFusion session (its tables, functions and settings).
     pub fn with_session(mut self, session: SessionContext) -> Self {
         self.session = Some(session);
@@ -154,6 +177,7 @@ impl StreamingContextBuilder {
                     exclusive: self.exclusive,
                     checkpoint: Mutex::new(self.checkpoint),
                     checkpoint_interval: self.checkpoint_interval,
+                    restart: self.restart,
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -186,6 +210,7 @@ pub(crate) struct Shared {
     /// Set by the builder, or by [`StreamingContext::get_or_create`] before start.
     checkpoint: Mutex<Option<crate::checkpoint::CheckpointLocation>>,
     checkpoint_interval: u64,
+    restart: Option<RestartPolicy>,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -274,6 +299,7 @@ impl StreamingContext {
             exclusive: true,
             checkpoint: None,
             checkpoint_interval: 1,
+            restart: None,
         }
     }
 
@@ -430,8 +456,31 @@ impl StreamingContext {
             source,
             slot,
             errors: options.dead_letter,
+            errors_slot: None,
             limit,
         });
+        Ok(Stream::new(self.clone(), df, self.batch_interval()))
+    }
+
+    /// The records the source named `source` rejects (columns of
+    /// [`crate::source::rejected_schema`]), as a stream of this context: every batch
+    /// holds the records of that batch's range that did not decode, so they can be
+    /// archived by any sink. The source must have been added first.
+    pub fn rejected_stream(&self, source: &str) -> Result<Stream> {
+        let slot = {
+            let mut graph = self.inner.shared.graph.lock();
+            let Some(graph) = graph.as_mut() else {
+                return internal_err!("graph missing in an initialized context");
+            };
+            let Some(node) = graph.sources.iter_mut().find(|s| s.source.name() == source) else {
+                return plan_err!("no source named '{source}' in this query");
+            };
+            Arc::clone(
+                node.errors_slot
+                    .get_or_insert_with(|| BatchSlot::new(crate::source::rejected_schema(), 1)),
+            )
+        };
+        let df = self.session().read_table(slot.table()?)?;
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
     }
 
@@ -539,6 +588,14 @@ impl StreamingContext {
         // Fixed here, not in the task, so the clock moving before the task first runs
         // cannot shift the batch grid.
         let first = now.next_multiple_of(shared.interval);
+        if shared.restart.is_some() && shared.checkpoint.lock().is_none() {
+            shared.graph.lock().replace(graph);
+            return plan_err!(
+                "a restart policy restarts a failed query from its checkpoint: set a \
+                 checkpoint location (SET checkpoint_location, --checkpoint, \
+                 with_checkpoint) or no restart policy"
+            );
+        }
         let opened = async {
             let mut pipeline = Pipeline::plan(
                 format!("{}-{}", shared.name, 0),
@@ -547,43 +604,7 @@ impl StreamingContext {
                 shared.interval,
             )
             .await?;
-            let mut start = Start {
-                zero: first.minus(shared.interval),
-                first,
-                batch_id: 0,
-            };
-            let checkpoint = shared.checkpoint.lock().clone();
-            let recovered = match checkpoint {
-                Some(location) => Some(
-                    pipeline
-                        .open_checkpoint(location, start.zero, shared.checkpoint_interval)
-                        .await?,
-                ),
-                None => None,
-            };
-            pipeline.open().await?;
-            if let Some(recovered) = recovered {
-                // Replayed here, so a checkpoint that cannot be used fails start().
-                if let Some(z) = recovered.zero_time {
-                    start.zero = z;
-                }
-                let resumed = pipeline
-                    .recover(recovered, start.zero, shared.clock.as_ref())
-                    .await;
-                let resumed = match resumed {
-                    Ok(r) => r,
-                    Err(e) => {
-                        pipeline.close().await;
-                        return Err(e);
-                    }
-                };
-                if let Some((last_id, last_time)) = resumed {
-                    start.batch_id = last_id + 1;
-                    // On the same grid; batches missed while the query was down are
-                    // not run (their data goes to the next batch).
-                    start.first = last_time.plus(shared.interval).max(first);
-                }
-            }
+            let start = open_pipeline(&shared, &mut pipeline, first).await?;
             Ok::<_, Error>((pipeline, start))
         }
         .await;
@@ -758,6 +779,49 @@ pub struct SourceOptions {
     pub backpressure: bool,
 }
 
+/// Opens the pipeline's checkpoint (if any), its sources and sinks, and recovers what
+/// an earlier run left: where the scheduler loop starts, on or after `first`.
+async fn open_pipeline(shared: &Shared, pipeline: &mut Pipeline, first: Time) -> Result<Start> {
+    let mut start = Start {
+        zero: first.minus(shared.interval),
+        first,
+        batch_id: 0,
+    };
+    let checkpoint = shared.checkpoint.lock().clone();
+    let recovered = match checkpoint {
+        Some(location) => Some(
+            pipeline
+                .open_checkpoint(location, start.zero, shared.checkpoint_interval)
+                .await?,
+        ),
+        None => None,
+    };
+    pipeline.open().await?;
+    if let Some(recovered) = recovered {
+        // Replayed here, so a checkpoint that cannot be used fails start().
+        if let Some(z) = recovered.zero_time {
+            start.zero = z;
+        }
+        let resumed = pipeline
+            .recover(recovered, start.zero, shared.clock.as_ref())
+            .await;
+        let resumed = match resumed {
+            Ok(r) => r,
+            Err(e) => {
+                pipeline.close().await;
+                return Err(e);
+            }
+        };
+        if let Some((last_id, last_time)) = resumed {
+            start.batch_id = last_id + 1;
+            // On the same grid; batches missed while the query was down are
+            // not run (their data goes to the next batch).
+            start.first = last_time.plus(shared.interval).max(first);
+        }
+    }
+    Ok(start)
+}
+
 /// The scheduler loop: one batch per interval, never overlapping.
 /// Where the scheduler loop starts: the batch grid, the first batch time and id.
 struct Start {
@@ -766,7 +830,59 @@ struct Start {
     batch_id: u64,
 }
 
+/// The scheduler loop, and the restart policy around it: a failed run is closed,
+/// waits, and starts again from the checkpoint, until the policy's restarts are spent.
 async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, start: Start) -> Result<()> {
+    let mut start = start;
+    let mut restarts = 0u32;
+    loop {
+        let result = run_batches(&shared, &mut pipeline, start).await;
+        pipeline.close().await;
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(policy) = shared.restart else {
+            return Err(error);
+        };
+        if restarts >= policy.max_restarts || *shared.stop.borrow() {
+            return Err(error);
+        }
+        restarts += 1;
+        let delay = policy
+            .delay
+            .saturating_mul(1 << (restarts - 1).min(16))
+            .min(MAX_RESTART_DELAY);
+        log::warn!(
+            "query {}: failed ({error}); restart {restarts} of {} from its checkpoint in {}",
+            shared.name,
+            policy.max_restarts,
+            format_duration(delay)
+        );
+        for l in shared.listeners.lock().iter() {
+            l.on_restarted(restarts, &error);
+        }
+        let mut stop = shared.stop.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Err(error),
+        }
+        let now = shared.clock.now();
+        start = match open_pipeline(
+            &shared,
+            &mut pipeline,
+            now.next_multiple_of(shared.interval),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
+    }
+}
+
+/// Batches until stopped, drained (`AvailableNow`) or failed.
+async fn run_batches(shared: &Shared, pipeline: &mut Pipeline, start: Start) -> Result<()> {
     let interval = shared.interval;
     let mut stop = shared.stop.subscribe();
     let zero = start.zero;
@@ -775,7 +891,7 @@ async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, start: Start) -> Resul
     if shared.trigger == Trigger::AvailableNow {
         pipeline.freeze_available_now().await?;
     }
-    let result = loop {
+    loop {
         if *stop.borrow() {
             break Ok(());
         }
@@ -833,7 +949,5 @@ async fn run(shared: Arc<Shared>, mut pipeline: Pipeline, start: Start) -> Resul
         shared.completed.send_replace(Some(t));
         batch_id += 1;
         t = t.plus(interval);
-    };
-    pipeline.close().await;
-    result
+    }
 }

@@ -24,6 +24,9 @@ pub(crate) struct SourceNode {
     pub slot: Arc<BatchSlot>,
     /// Where the source's rejected records go (`on_error = 'dead_letter'`).
     pub errors: Option<Arc<dyn Sink>>,
+    /// The source's rejected records as a stream (`<stream>_errors` read by a query),
+    /// filled every batch (empty when there were none).
+    pub errors_slot: Option<Arc<BatchSlot>>,
     /// `max_records_per_batch` and back pressure.
     pub limit: crate::rate::RateLimit,
 }

@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod context;
 pub mod error;
+pub mod exact;
 mod graph;
 pub mod listener;
 pub mod metrics;
@@ -44,7 +45,8 @@ pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{
-    SourceOptions, StreamingContext, StreamingContextBuilder, StreamingContextState, Trigger,
+    RestartPolicy, SourceOptions, StreamingContext, StreamingContextBuilder, StreamingContextState,
+    Trigger,
 };
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;

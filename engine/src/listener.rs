@@ -51,6 +51,10 @@ pub trait StreamingListener: Send + Sync {
     fn on_batch_completed(&self, _info: &BatchInfo) {}
     /// The query stopped; `error` says why if it failed.
     fn on_terminated(&self, _error: Option<&crate::Error>) {}
+
+    /// The query failed and starts again from its checkpoint (its restart policy);
+    /// `attempt` counts from 1.
+    fn on_restarted(&self, _attempt: u32, _error: &crate::Error) {}
 }
 
 impl BatchInfo {

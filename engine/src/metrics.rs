@@ -7,6 +7,7 @@
 //!                                   rejected, sink retries
 //!                       ─▶ histograms scheduling delay, processing time, total delay
 //!                       ─▶ gauges     state rows/bytes, watermark, lag per source
+//!  on_restarted       ─▶ restarts, the error's kind counted
 //!  on_terminated      ─▶ the error's kind (source, sink, plan, ...), counted
 //! ```
 
@@ -67,6 +68,9 @@ pub struct MetricsSnapshot {
     pub state_bytes: u64,
     pub watermark_ms: Option<i64>,
     pub lag: BTreeMap<String, u64>,
+    /// Restarts after a failure (the restart policy), and the error of the latest.
+    pub restarts: u64,
+    pub last_restart_error: Option<String>,
 }
 
 /// Keeps a [`MetricsSnapshot`] up to date; add it with
@@ -107,6 +111,13 @@ impl StreamingListener for QueryMetrics {
         for (source, lag) in &info.source_lag {
             m.lag.insert(source.clone(), *lag);
         }
+    }
+
+    fn on_restarted(&self, _attempt: u32, error: &Error) {
+        let mut m = self.inner.lock();
+        m.restarts += 1;
+        m.last_restart_error = Some(error.to_string());
+        *m.errors.entry(error.kind().to_string()).or_default() += 1;
     }
 
     fn on_terminated(&self, error: Option<&Error>) {

@@ -20,9 +20,23 @@ use crate::time::Time;
 /// A row of one column prints its value; a row of several, `(v1,v2,...)`. `...`
 /// follows when rows were left out.
 pub fn format_print(t: Time, batches: &[RecordBatch], n: usize) -> Result<String> {
+    format_print_named(t, batches, n, None)
+}
+
+/// [`format_print`] with the name of what prints in the header (`Time: 1000 ms
+/// (sink evens)`), so the output of several sinks can be told apart.
+pub fn format_print_named(
+    t: Time,
+    batches: &[RecordBatch],
+    n: usize,
+    name: Option<&str>,
+) -> Result<String> {
     let mut out = String::new();
     out.push_str("-------------------------------------------\n");
-    out.push_str(&format!("Time: {t}\n"));
+    match name {
+        Some(name) => out.push_str(&format!("Time: {t} ({name})\n")),
+        None => out.push_str(&format!("Time: {t}\n")),
+    }
     out.push_str("-------------------------------------------\n");
     let options = FormatOptions::default().with_null("null");
     let mut printed = 0;

@@ -198,13 +198,32 @@ struct ConsoleFactory;
 
 impl SinkFactory for ConsoleFactory {
     fn options(&self) -> &[&'static str] {
-        &["num_rows"]
+        &["num_rows", "format"]
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        use crate::sink::ConsoleFormat;
         check_options("console", options, self.options())?;
         let rows = positive_option("console", options, "num_rows")?.unwrap_or(20);
-        Ok(crate::sink::ConsoleSink::new(name, rows as usize))
+        let format = match options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("print") => ConsoleFormat::Print,
+            Some("csv") => ConsoleFormat::Csv,
+            Some("json") => ConsoleFormat::Json,
+            Some(other) => {
+                return crate::plan_err!(
+                    "sink {name}: unknown console format '{other}'; accepted: print, csv, json"
+                );
+            }
+        };
+        Ok(crate::sink::ConsoleSink::with_format(
+            name,
+            rows as usize,
+            format,
+        ))
     }
 }
 

@@ -60,6 +60,9 @@ pub(crate) struct Pipeline {
     /// Records rejected while recovery ran batches again (not committed before the
     /// restart): counted with the first batch after it.
     carried_rejected: u64,
+    /// Every operator's state before the first batch: what a restart after a failure
+    /// goes back to when the checkpoint holds no snapshot yet.
+    initial_state: Option<Vec<crate::checkpoint::OperatorState>>,
 }
 
 /// How a batch runs.
@@ -115,10 +118,14 @@ impl Pipeline {
             snapshot_every: 1,
             last_snapshot: None,
             carried_rejected: 0,
+            initial_state: None,
         })
     }
 
-    /// One line per source, operator and output: what a checkpoint must match.
+    /// What a checkpoint must match: one line per source (its schema and what it
+    /// reads), per operator (what it computes, then its input's logical plan, one line
+    /// per node — the filters and projections its state is built from) and per
+    /// output (its schema).
     pub fn description(&self) -> Vec<String> {
         let fields = |s: &datafusion::arrow::datatypes::Schema| {
             s.fields()
@@ -129,18 +136,33 @@ impl Pipeline {
         };
         let mut out = Vec::new();
         for s in &self.sources {
+            let reads = s.source.describe();
             out.push(format!(
-                "source {} ({})",
+                "source {} ({}){}",
                 s.source.name(),
-                fields(&s.source.schema())
+                fields(&s.source.schema()),
+                if reads.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reads}")
+                }
             ));
         }
         for (i, (node, _)) in self.operators.iter().enumerate() {
             out.push(format!(
                 "operator {i} {} ({})",
-                node.op.name(),
+                node.op.describe(),
                 fields(&node.op.output_schema())
             ));
+            for line in node
+                .input
+                .logical_plan()
+                .display_indent()
+                .to_string()
+                .lines()
+            {
+                out.push(format!("operator {i} input: {}", line.trim_end()));
+            }
         }
         for (i, (node, plan)) in self.outputs.iter().enumerate() {
             out.push(format!(
@@ -167,9 +189,17 @@ impl Pipeline {
             );
         }
         self.snapshot_every = snapshot_every;
+        // Each operator can keep its state in a checkpoint; the state before the first
+        // batch is kept for a restart before the first snapshot.
+        let mut initial = Vec::with_capacity(self.operators.len());
         for (node, _) in &mut self.operators {
-            node.op.snapshot()?;
+            initial.push(node.op.snapshot()?);
         }
+        if self.initial_state.is_none() {
+            self.initial_state = Some(initial);
+        }
+        // Reopened after a failure: the earlier run's lock goes first.
+        self.checkpoint = None;
         let description = self.description();
         let (cp, recovered) =
             Checkpoint::open(location, description.clone(), self.interval).await?;
@@ -201,6 +231,15 @@ impl Pipeline {
             return Ok(None);
         };
         let stateful = !self.operators.is_empty();
+        self.last_snapshot = None;
+        if recovered.snapshot.is_none()
+            && let Some(initial) = &self.initial_state
+        {
+            // No snapshot yet: batches run again from the first, on fresh state.
+            for ((node, _), state) in self.operators.iter_mut().zip(initial.clone()) {
+                node.op.restore(state)?;
+            }
+        }
         let first = match (&recovered.snapshot, recovered.last_committed) {
             (Some(s), _) if stateful => s.batch_id + 1,
             (None, _) if stateful => 0,
@@ -366,11 +405,19 @@ impl Pipeline {
         for (s, range) in self.sources.iter().zip(&ranges) {
             let data = s.source.read_batch(range).await?;
             let rejected = s.source.take_rejected();
+            if let Some(slot) = &s.errors_slot {
+                slot.fill(if rejected.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![rejected_batch(s.source.name(), &rejected)?]
+                });
+            }
             if !rejected.is_empty() && !replay.committed {
                 rejected_rows += rejected.len() as u64;
                 match &s.errors {
                     Some(sink) => {
-                        write_rejected(sink, s.source.name(), batch_time, rejected).await?
+                        write_rejected(sink, &self.query_id, s.source.name(), batch_time, rejected)
+                            .await?
                     }
                     None => log::warn!(
                         "{}: skipped {} bad records in batch {batch_time}",
@@ -398,6 +445,9 @@ impl Pipeline {
         let mut state_bytes = 0;
         let mut late_rows = 0;
         let mut watermark: Option<i64> = None;
+        // Source rows a query's expression failed on, set aside by their stream's
+        // on_error (source index, rows).
+        let mut set_aside: Vec<(usize, Vec<crate::source::Rejected>)> = Vec::new();
         for i in 0..self.operators.len() {
             let (done, rest) = self.operators.split_at_mut(i);
             let (node, plan) = &mut rest[0];
@@ -406,7 +456,9 @@ impl Pipeline {
                     .and_then(|(upstream, _)| upstream.op.output_watermark(column))
             });
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
-                let input = execute(plan, &self.task_ctx).await?;
+                let (input, aside) =
+                    execute_setting_aside(plan, &self.task_ctx, &self.sources, batch_time).await?;
+                set_aside.extend(aside);
                 match node
                     .op
                     .process(&op_ctx, input.into_iter().flatten().collect())
@@ -433,7 +485,10 @@ impl Pipeline {
             if replay.committed || !batch_time.is_multiple_of(zero_time, node.slide) {
                 continue;
             }
-            let parts = relabel(execute(plan, &self.task_ctx).await?, &plan.schema())?;
+            let (parts, aside) =
+                execute_setting_aside(plan, &self.task_ctx, &self.sources, batch_time).await?;
+            set_aside.extend(aside);
+            let parts = relabel(parts, &plan.schema())?;
             output_rows += parts
                 .iter()
                 .flatten()
@@ -452,6 +507,31 @@ impl Pipeline {
                 OutputKind::Sink(sink) => {
                     sink_retries +=
                         write_with_retries(sink, &self.output_id(i), batch_time, parts).await?;
+                }
+            }
+        }
+        if !replay.committed {
+            for (part, (si, rows)) in set_aside.into_iter().enumerate() {
+                let s = &self.sources[si];
+                rejected_rows += rows.len() as u64;
+                match &s.errors {
+                    // After the decoder's rejects (partition 0) of the same batch.
+                    Some(sink) => {
+                        write_rejected_part(
+                            sink,
+                            &self.query_id,
+                            s.source.name(),
+                            batch_time,
+                            part + 1,
+                            rows,
+                        )
+                        .await?
+                    }
+                    None => log::warn!(
+                        "{}: skipped {} rows a query's expression failed on in batch {batch_time}",
+                        s.source.name(),
+                        rows.len()
+                    ),
                 }
             }
         }
@@ -582,16 +662,202 @@ async fn write_with_retries(
 /// batch time (a replay writes the same key again).
 async fn write_rejected(
     sink: &Arc<dyn crate::sink::Sink>,
+    query_id: &str,
     source: &str,
     batch_time: Time,
     rejected: Vec<crate::source::Rejected>,
 ) -> Result<()> {
+    write_rejected_part(sink, query_id, source, batch_time, 0, rejected).await
+}
+
+/// [`write_rejected`] under write key partition `partition` (0: the decoder's rejects;
+/// 1 and up: rows set aside while the batch's plans ran).
+async fn write_rejected_part(
+    sink: &Arc<dyn crate::sink::Sink>,
+    query_id: &str,
+    source: &str,
+    batch_time: Time,
+    partition: usize,
+    rejected: Vec<crate::source::Rejected>,
+) -> Result<()> {
+    let batch = rejected_batch(source, &rejected)?;
+    // Keyed by the query that read the records: each query reading the stream writes
+    // its own, and a replay rewrites the same key.
+    let key = WriteKey {
+        query_id: format!("{source}@{query_id}"),
+        batch_time,
+        partition,
+    };
+    sink.write(&key, vec![batch]).await?;
+    sink.commit(&key.query_id, batch_time, partition + 1).await
+}
+
+/// Most plan executions that may be spent finding the rows a failing expression
+/// fails on (each halves a set of rows); past it the batch fails.
+const MAX_ISOLATION_RUNS: usize = 4096;
+
+/// Whether `e` is an expression failing on a value (a cast, an overflow, a division
+/// by zero, a function's bad argument) rather than a failure of the engine or a sink.
+fn is_row_error(e: &crate::Error) -> bool {
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::error::DataFusionError;
+    let arrow = |a: &ArrowError| {
+        matches!(
+            a,
+            ArrowError::CastError(_)
+                | ArrowError::ComputeError(_)
+                | ArrowError::DivideByZero
+                | ArrowError::ArithmeticOverflow(_)
+                | ArrowError::ParseError(_)
+                | ArrowError::InvalidArgumentError(_)
+        )
+    };
+    match e {
+        crate::Error::Arrow(a) => arrow(a),
+        crate::Error::DataFusion(d) => match d.find_root() {
+            DataFusionError::ArrowError(a, _) => arrow(a),
+            DataFusionError::Execution(_) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Runs `plan`. When it fails evaluating an expression on source rows, the rows at
+/// fault are found by halving each source's batch (the plan has no side effects: its
+/// stateful operators run after it); the rows of a source whose `on_error` sets bad
+/// rows aside leave the batch and are returned, and the plan runs without them.
+/// Otherwise the error names the stream, the batch and the row.
+async fn execute_setting_aside(
+    plan: &Arc<dyn ExecutionPlan>,
+    task_ctx: &Arc<TaskContext>,
+    sources: &[SourceNode],
+    batch_time: Time,
+) -> Result<(
+    Vec<Vec<RecordBatch>>,
+    Vec<(usize, Vec<crate::source::Rejected>)>,
+)> {
+    let mut error = match execute(plan, task_ctx).await {
+        Ok(parts) => return Ok((parts, Vec::new())),
+        Err(e) => e,
+    };
+    let mut aside = Vec::new();
+    let mut runs = 0usize;
+    for (si, s) in sources.iter().enumerate() {
+        if !is_row_error(&error) {
+            break;
+        }
+        let saved = s.slot.saved();
+        let batches: Vec<RecordBatch> = saved.iter().flatten().cloned().collect();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            continue;
+        }
+        // Without this source's rows, does the plan still fail? Then they are not at fault.
+        s.slot.fill(Vec::new());
+        runs += 1;
+        if execute(plan, task_ctx).await.is_err() {
+            s.slot.put(saved);
+            continue;
+        }
+        let all = datafusion::arrow::compute::concat_batches(s.slot.schema(), &batches)?;
+        let mut bad: Vec<(usize, String)> = Vec::new();
+        let mut pending = vec![(0usize, rows)];
+        while let Some((lo, hi)) = pending.pop() {
+            if runs >= MAX_ISOLATION_RUNS {
+                s.slot.put(saved);
+                return Err(crate::Error::Plan(format!(
+                    "stream {}: the query fails on too many rows of batch {batch_time} to set them aside one by one (more than {MAX_ISOLATION_RUNS} runs); the first error: {error}",
+                    s.source.name()
+                )));
+            }
+            s.slot.fill(vec![all.slice(lo, hi - lo)]);
+            runs += 1;
+            match execute(plan, task_ctx).await {
+                Ok(_) => {}
+                Err(e) if is_row_error(&e) => {
+                    if hi - lo == 1 {
+                        bad.push((lo, e.to_string()));
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        pending.push((mid, hi));
+                        pending.push((lo, mid));
+                    }
+                }
+                Err(e) => {
+                    s.slot.put(saved);
+                    return Err(e);
+                }
+            }
+        }
+        if bad.is_empty() {
+            // Only the rows together fail (an aggregate overflowing): no row to blame.
+            s.slot.put(saved);
+            continue;
+        }
+        if !s.source.sets_aside_bad_rows() {
+            s.slot.put(saved);
+            let (row, e) = &bad[0];
+            return Err(crate::Error::Plan(format!(
+                "stream {}: the query failed on row {row} of batch {batch_time}: {e}; the row: {}; on_error = 'skip' or 'dead_letter' on a stream that decodes records (socket, files, \
+                 kafka) sets such rows aside",
+                s.source.name(),
+                row_json(&all, *row)
+            )));
+        }
+        let mut keep = vec![true; rows];
+        for (row, _) in &bad {
+            keep[*row] = false;
+        }
+        let good = datafusion::arrow::compute::filter_record_batch(
+            &all,
+            &datafusion::arrow::array::BooleanArray::from(keep),
+        )?;
+        s.slot.fill(vec![good]);
+        aside.push((
+            si,
+            bad.into_iter()
+                .map(|(row, e)| crate::source::Rejected {
+                    position: format!("batch {batch_time} row {row}"),
+                    record: row_json(&all, row),
+                    error: e,
+                })
+                .collect(),
+        ));
+        match execute(plan, task_ctx).await {
+            Ok(parts) => return Ok((parts, aside)),
+            Err(e) => error = e,
+        }
+    }
+    Err(error)
+}
+
+/// Row `row` of `batch` as a JSON object, cut at 1 KiB.
+fn row_json(batch: &RecordBatch, row: usize) -> String {
+    let mut out = Vec::new();
+    let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+    if w.write(&batch.slice(row, 1)).is_err() || w.finish().is_err() {
+        return format!("(row {row})");
+    }
+    let mut text = String::from_utf8_lossy(&out).trim_end().to_string();
+    if text.len() > 1024 {
+        let mut cut = 1024;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+/// A source's rejected records as rows of [`crate::source::rejected_schema`].
+fn rejected_batch(source: &str, rejected: &[crate::source::Rejected]) -> Result<RecordBatch> {
     use datafusion::arrow::array::StringArray;
-    let n = rejected.len();
-    let batch = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         crate::source::rejected_schema(),
         vec![
-            Arc::new(StringArray::from(vec![source; n])),
+            Arc::new(StringArray::from(vec![source; rejected.len()])),
             Arc::new(StringArray::from_iter_values(
                 rejected.iter().map(|r| &r.position),
             )),
@@ -602,14 +868,7 @@ async fn write_rejected(
                 rejected.iter().map(|r| &r.error),
             )),
         ],
-    )?;
-    let key = WriteKey {
-        query_id: source.to_string(),
-        batch_time,
-        partition: 0,
-    };
-    sink.write(&key, vec![batch]).await?;
-    sink.commit(source, batch_time, 1).await
+    )?)
 }
 
 /// Batches as the plan's output schema: a `UNION ALL` passes each input's batches on

@@ -60,7 +60,9 @@ pub struct MemorySink {
 
 #[derive(Debug, Default)]
 struct MemoryInner {
-    written: BTreeMap<(Time, usize), Vec<RecordBatch>>,
+    /// By batch time, writing query and partition: queries writing one sink (the
+    /// dead letters of a stream several queries read) keep their own rows.
+    written: BTreeMap<(Time, String, usize), Vec<RecordBatch>>,
     committed: BTreeSet<Time>,
     schema: Option<SchemaRef>,
 }
@@ -86,7 +88,8 @@ impl MemorySink {
         }
         inner
             .written
-            .range((t, 0)..=(t, usize::MAX))
+            .range((t, String::new(), 0)..)
+            .take_while(|((time, _, _), _)| *time == t)
             .flat_map(|(_, b)| b.iter().cloned())
             .collect()
     }
@@ -125,10 +128,10 @@ impl Sink for MemorySink {
     }
 
     async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
-        self.inner
-            .lock()
-            .written
-            .insert((key.batch_time, key.partition), batches);
+        self.inner.lock().written.insert(
+            (key.batch_time, key.query_id.clone(), key.partition),
+            batches,
+        );
         Ok(())
     }
 
@@ -138,22 +141,84 @@ impl Sink for MemorySink {
     }
 }
 
-/// Prints every batch to stdout in Spark's `print()` layout (`connector = 'console'`).
+/// How a [`ConsoleSink`] prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// Spark's `print()` layout, its header naming the sink.
+    Print,
+    /// Data rows only, as CSV (one header line, before the first row).
+    Csv,
+    /// Data rows only, one JSON object per line.
+    Json,
+}
+
+/// Prints every batch to stdout (`connector = 'console'`): Spark's `print()` layout, or
+/// data rows only as CSV or JSON lines, so the output can be piped.
 #[derive(Debug)]
 pub struct ConsoleSink {
     name: String,
     max_rows: usize,
+    format: ConsoleFormat,
+    header_written: std::sync::atomic::AtomicBool,
     pending: Mutex<BTreeMap<(Time, usize), Vec<RecordBatch>>>,
 }
 
 impl ConsoleSink {
-    /// Prints at most `max_rows` rows per batch.
+    /// Prints at most `max_rows` rows per batch (Spark's layout).
     pub fn new(name: impl Into<String>, max_rows: usize) -> Arc<Self> {
+        Self::with_format(name, max_rows, ConsoleFormat::Print)
+    }
+
+    /// Prints in `format` (`max_rows` applies to Spark's layout).
+    pub fn with_format(
+        name: impl Into<String>,
+        max_rows: usize,
+        format: ConsoleFormat,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             max_rows,
+            format,
+            header_written: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::default(),
         })
+    }
+
+    fn render(&self, batch_time: Time, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.format {
+            ConsoleFormat::Print => {
+                let label = format!("sink {}", self.name);
+                out = crate::print::format_print_named(
+                    batch_time,
+                    batches,
+                    self.max_rows,
+                    Some(&label),
+                )?
+                .into_bytes();
+            }
+            ConsoleFormat::Csv => {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let header = rows > 0
+                    && !self
+                        .header_written
+                        .swap(true, std::sync::atomic::Ordering::Relaxed);
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(header)
+                    .build(&mut out);
+                for b in batches.iter().filter(|b| b.num_rows() > 0) {
+                    w.write(b)?;
+                }
+            }
+            ConsoleFormat::Json => {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -182,10 +247,10 @@ impl Sink for ConsoleSink {
                 .flatten()
                 .collect()
         };
-        let text = crate::print::format_print(batch_time, &batches, self.max_rows)?;
+        let text = self.render(batch_time, &batches)?;
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
+        out.write_all(&text)?;
         out.flush()?;
         Ok(())
     }

@@ -99,6 +99,16 @@ impl BatchSlot {
         *self.data.write() = Arc::new(vec![Vec::new(); self.partitions]);
     }
 
+    /// The slot's content as it is, partitions and all, to put back with [`Self::put`].
+    pub fn saved(&self) -> Arc<Vec<Vec<RecordBatch>>> {
+        Arc::clone(&self.data.read())
+    }
+
+    /// Puts back what [`Self::saved`] returned.
+    pub fn put(&self, saved: Arc<Vec<Vec<RecordBatch>>>) {
+        *self.data.write() = saved;
+    }
+
     /// All batches currently in the slot.
     pub fn batches(&self) -> Vec<RecordBatch> {
         self.data.read().iter().flatten().cloned().collect()

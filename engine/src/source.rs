@@ -92,6 +92,15 @@ pub trait Source: Debug + Send + Sync {
         1
     }
 
+    /// What the source reads, as far as a checkpoint's offsets and the state built
+    /// from them depend on it (a topic, a folder, a generator's rate): part of the
+    /// query's fingerprint, so a checkpoint is not resumed by a source reading other
+    /// data. Options that do not change what is read (rate limits, `on_error`) are
+    /// left out, so they may change across restarts.
+    fn describe(&self) -> String {
+        String::new()
+    }
+
     /// The columns of [`Source::schema`] the query reads (indices, ascending), known
     /// once its plans are built, before [`Source::open`]; called only when some column
     /// goes unread. A source may then skip decoding the others and fill them with any
@@ -128,7 +137,8 @@ pub trait Source: Debug + Send + Sync {
     /// after a restart refuse.
     async fn restore(&self, _last: &SourceRange) -> Result<()> {
         Err(Error::Plan(format!(
-            "stream {}: its data cannot be read again after a restart, so a query cannot resume from a checkpoint;              use a replayable source (kafka, files, socket with wal = 'true', rate, nexmark) or delete the checkpoint",
+            "stream {}: its data cannot be read again after a restart, so a query cannot resume from a checkpoint; \
+             use a replayable source (kafka, files, socket with wal = 'true', rate, nexmark) or delete the checkpoint",
             self.name()
         )))
     }
@@ -162,6 +172,13 @@ pub trait Source: Debug + Send + Sync {
     /// taken), or `None` when the source cannot tell. A metric.
     fn lag(&self) -> Option<u64> {
         None
+    }
+
+    /// Whether rows this source produced that make a query's expression fail (a cast,
+    /// a division by zero) are set aside as bad records (`on_error = 'skip' |
+    /// 'dead_letter'`) rather than failing the query.
+    fn sets_aside_bad_rows(&self) -> bool {
+        false
     }
 
     /// The records the last [`Source::read_batch`] rejected (bad input under

@@ -49,6 +49,10 @@ impl fmt::Display for Time {
 
 /// Parses `'<number> <unit>'` or `'<number><unit>'`; the unit defaults to seconds.
 /// The duration must be positive.
+/// The longest duration accepted (366 days, in ms): anything longer is a typo, and
+/// batch times must stay far from the edges of their range.
+pub const MAX_DURATION_MS: u64 = 366 * 86_400_000;
+
 pub fn parse_duration(text: &str) -> Result<Duration> {
     parse_duration_text(text, false)
 }
@@ -66,8 +70,14 @@ pub fn parse_duration_text(text: &str, allow_zero: bool) -> Result<Duration> {
         );
     };
     let ms = match unit.trim() {
+        "" if n != 0.0 => {
+            return plan_err!(
+                "'{text}' has no time unit; write e.g. '{num} seconds' or '{num} ms'"
+            );
+        }
+        "" => 1.0,
         "ms" | "millisecond" | "milliseconds" | "msec" | "msecs" => 1.0,
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
         "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
         "h" | "hour" | "hours" => 3_600_000.0,
         "d" | "day" | "days" => 86_400_000.0,
@@ -83,6 +93,9 @@ pub fn parse_duration_text(text: &str, allow_zero: bool) -> Result<Duration> {
     }
     if total <= 0.0 || total.fract() != 0.0 {
         return plan_err!("duration '{text}' must be a positive whole number of milliseconds");
+    }
+    if total > MAX_DURATION_MS as f64 {
+        return plan_err!("duration '{text}' is longer than 366 days, the longest Flumen takes");
     }
     Ok(Duration::from_millis(total as u64))
 }

@@ -20,19 +20,36 @@ pub struct PrintOptions {
     pub timing: bool,
 }
 
-/// A continuous query's batches, printed as they arrive: Spark's layout, or the
-/// chosen format with a header line per batch.
+/// A continuous query's batches, printed as they arrive: Spark's layout, a table per
+/// batch, or — for piping — data rows only (CSV with one header line, JSON lines).
 pub async fn print_batches(
     mut rx: UnboundedReceiver<(Time, Vec<datafusion::arrow::record_batch::RecordBatch>)>,
     format: Format,
 ) {
+    let mut header_done = false;
     while let Some((t, batches)) = rx.recv().await {
+        let empty = batches.iter().all(|b| b.num_rows() == 0);
         let text = match format {
             Format::Print => {
                 flumen_engine::print::format_print(t, &batches, 20).map_err(|e| anyhow!(e))
             }
-            _ if batches.iter().all(|b| b.num_rows() == 0) => Ok(format!("Batch: {t} (no rows)\n")),
-            other => render(other, &batches).map(|s| format!("Batch: {t}\n{s}")),
+            Format::Csv | Format::Json if empty => Ok(String::new()),
+            Format::Csv => {
+                let text = render(Format::Csv, &batches);
+                if header_done {
+                    // The header line once, before the first row.
+                    text.map(|s| {
+                        s.split_once('\n')
+                            .map_or(String::new(), |(_, rows)| rows.to_string())
+                    })
+                } else {
+                    header_done = true;
+                    text
+                }
+            }
+            Format::Json => render(Format::Json, &batches),
+            Format::Table if empty => Ok(format!("Batch: {t} (no rows)\n")),
+            Format::Table => render(Format::Table, &batches).map(|s| format!("Batch: {t}\n{s}")),
         };
         match text {
             Ok(text) => {
@@ -47,17 +64,26 @@ pub async fn print_batches(
 
 /// Runs a script's statements in order. Continuous queries print in the background
 /// (their tasks go to `printers`). Stops at the first error, naming its line.
+/// Errors name the line (`-f`), or with `by_statement` the statement's place in the
+/// command (`-c`, where statements often share one line).
 pub async fn run_script(
     session: &mut FlumenSession,
     script: &str,
     options: PrintOptions,
     printers: &mut JoinSet<()>,
+    by_statement: bool,
 ) -> Result<()> {
     let statements = split_statements(script).map_err(|e| anyhow!("{e}"))?;
-    for st in statements {
+    for (n, st) in statements.into_iter().enumerate() {
         run_statement(session, &st.sql, options, printers)
             .await
-            .map_err(|e| anyhow!("line {}: {e}", st.line))?;
+            .map_err(|e| {
+                if by_statement {
+                    anyhow!("statement {}: {e}", n + 1)
+                } else {
+                    anyhow!("line {}: {e}", st.line)
+                }
+            })?;
     }
     Ok(())
 }
@@ -71,23 +97,27 @@ pub async fn run_statement(
 ) -> Result<()> {
     let started = Instant::now();
     match session.execute(sql).await? {
+        // What a statement did goes to stderr: stdout holds only rows.
         StatementResult::Done(msg) => {
             if !msg.is_empty() {
-                println!("{msg}");
+                eprintln!("{msg}");
             }
         }
-        StatementResult::Rows { batches, .. } => {
-            print!("{}", render(options.format, &batches)?);
+        StatementResult::Rows { schema, batches } => {
+            print!(
+                "{}",
+                crate::print::render_with_schema(options.format, &schema, &batches)?
+            );
         }
         StatementResult::Continuous {
             query_id, batches, ..
         } => {
-            println!("Query {query_id} started; its batches print as they arrive");
+            eprintln!("Query {query_id} started; its batches print as they arrive");
             printers.spawn(print_batches(batches, options.format));
         }
     }
     if options.timing {
-        println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(())
 }

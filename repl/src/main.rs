@@ -31,7 +31,10 @@ USAGE:
 
 OPTIONS:
     -f, --file FILE              SQL script to run
-    -c, --command SQL            statements to run
+    -c, --command SQL            statements to run (continuous queries print until
+                                 Ctrl-C/SIGTERM, as with -f)
+        --keep-going             when a query fails, keep the others running (the exit
+                                 code is still 2 at the end)
         --trigger MODE           available-now: process what the sources hold, then
                                  exit; processing-time (default): run until Ctrl-C/SIGTERM
         --batch-interval D       e.g. '1 second' (default), '500 ms'
@@ -51,7 +54,11 @@ OPTIONS:
 
 A script's queries run until SIGINT or SIGTERM, which stops them gracefully (the batch
 in flight finishes); with --trigger available-now, until their sources are drained.
-Errors go to stderr as `error: line N: ...` and the exit code is 1.
+
+Exit codes: 0 when every query ended well (stopped by a signal, or drained); 1 for a
+statement that fails (`error: line N: ...` on stderr) or a bad option; 2 when a query
+fails while it runs (`error: query N (sink) failed: ...`): the other queries are
+stopped gracefully and flumen exits at once, unless --keep-going.
 ";
 
 #[derive(Default)]
@@ -65,6 +72,7 @@ struct Args {
     progress_log: Option<String>,
     ui: Option<String>,
     no_ui: bool,
+    keep_going: bool,
     format: Option<Format>,
 }
 
@@ -88,6 +96,11 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--ui" => a.ui = Some(value(i)?),
             "--no-ui" => {
                 a.no_ui = true;
+                i += 1;
+                continue;
+            }
+            "--keep-going" => {
+                a.keep_going = true;
                 i += 1;
                 continue;
             }
@@ -141,11 +154,45 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<QueriesFailed>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Queries failed while they ran (exit code 2).
+#[derive(Debug)]
+struct QueriesFailed(String);
+
+impl std::fmt::Display for QueriesFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QueriesFailed {}
+
+/// The next query to stop with an error: its id, target and error. Pending while
+/// every query runs or ended well.
+async fn next_failure(
+    session: &FlumenSession,
+    seen: &std::collections::HashSet<u64>,
+) -> (u64, String, String) {
+    let mut ends = JoinSet::new();
+    for q in session.queries().filter(|q| !seen.contains(&q.id)) {
+        ends.spawn(async move { (q.id, q.target, q.ctx.await_termination().await) });
+    }
+    while let Some(ended) = ends.join_next().await {
+        if let Ok((id, target, Err(e))) = ended {
+            return (id, target, e.to_string());
+        }
+    }
+    std::future::pending().await
 }
 
 async fn run(args: &[String]) -> Result<()> {
@@ -163,6 +210,12 @@ async fn run(args: &[String]) -> Result<()> {
     };
     if available_now {
         setup.push("SET trigger = 'available_now'".to_string());
+    }
+    // Data only on stdout with --format csv|json: console sinks print rows alone.
+    match args.format {
+        Some(Format::Csv) => setup.push("SET console_format = 'csv'".into()),
+        Some(Format::Json) => setup.push("SET console_format = 'json'".into()),
+        _ => {}
     }
     if let Some(d) = &args.batch_interval {
         setup.push(format!("SET batch_interval = '{d}'"));
@@ -202,7 +255,14 @@ async fn run(args: &[String]) -> Result<()> {
         };
         return repl::run(&mut session, options).await;
     };
-    let outcome = run_script(&mut session, &script, options, &mut printers).await;
+    let outcome = run_script(
+        &mut session,
+        &script,
+        options,
+        &mut printers,
+        args.command.is_some(),
+    )
+    .await;
     if let Err(e) = outcome {
         session.stop_all().await.ok();
         return Err(e);
@@ -218,22 +278,53 @@ async fn run(args: &[String]) -> Result<()> {
     } else {
         None
     };
-    if session.active_queries() > 0 {
-        if available_now {
-            let r = session.await_all().await;
-            drain(printers).await;
-            r?;
-        } else if args.command.is_some() {
-            session.stop_all().await?;
-            drain(printers).await;
-        } else {
-            wait_for_shutdown_signal().await;
-            eprintln!("stopping: the batch in flight finishes and commits");
-            session.stop_all().await?;
-            drain(printers).await;
+    if session.active_queries() == 0 {
+        return Ok(());
+    }
+    // Until a signal (or, under available-now, until every query is drained); a
+    // query that fails ends the run with exit code 2, unless --keep-going.
+    let mut failed: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let done = async {
+            if available_now {
+                let _ = session.await_all().await;
+            } else {
+                wait_for_shutdown_signal().await;
+                eprintln!("stopping: the batch in flight finishes and commits");
+            }
+        };
+        tokio::select! {
+            (id, target, error) = next_failure(&session, &seen) => {
+                let line = format!("query {id} ({target}) failed: {error}");
+                seen.insert(id);
+                if args.keep_going {
+                    eprintln!("error: {line}; the other queries go on (--keep-going)");
+                    failed.push(line);
+                    continue;
+                }
+                failed.push(line);
+                eprintln!("stopping the other queries: the batch in flight finishes and commits");
+            }
+            () = done => {}
+        }
+        break;
+    }
+    session.stop_all().await?;
+    drain(printers).await;
+    // Failures while stopping or draining count too.
+    for q in session.queries() {
+        if let Some(e) = q.ctx.failure()
+            && !seen.contains(&q.id)
+        {
+            failed.push(format!("query {} ({}) failed: {e}", q.id, q.target));
         }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(QueriesFailed(failed.join("; ")).into())
+    }
 }
 
 /// Serves the web UI on `addr`, or on the default address (the next free port when

@@ -33,6 +33,38 @@ impl FromStr for Format {
 
 /// Renders `batches` in `format`.
 pub fn render(format: Format, batches: &[RecordBatch]) -> anyhow::Result<String> {
+    match batches.first() {
+        Some(b) => render_with_schema(format, &b.schema(), batches),
+        None => Ok(String::new()),
+    }
+}
+
+/// [`render`], with the columns of `schema` shown even when there is no row (a table's
+/// header, a CSV header line).
+pub fn render_with_schema(
+    format: Format,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> anyhow::Result<String> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
+        let empty = RecordBatch::new_empty(schema.clone());
+        return Ok(match format {
+            Format::Print | Format::Table => {
+                format!("{}\n", pretty_format_batches(&[empty])?)
+            }
+            Format::Csv => format!(
+                "{}\n",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Format::Json => String::new(),
+        });
+    }
     Ok(match format {
         Format::Print | Format::Table => format!("{}\n", pretty_format_batches(batches)?),
         Format::Csv => {

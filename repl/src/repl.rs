@@ -14,7 +14,7 @@ use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Editor, Helper, history::DefaultHistory};
 
 use crate::exec::{PrintOptions, print_batches};
-use crate::print::{Format, render};
+use crate::print::{Format, render_with_schema};
 
 const KEYWORDS: &[&str] = &[
     "SELECT",
@@ -180,25 +180,27 @@ impl Completer for FlumenHelper {
             return Ok((pos, Vec::new()));
         }
         let upper = prefix.to_ascii_uppercase();
-        let mut out: Vec<Pair> = KEYWORDS
-            .iter()
-            .filter(|k| k.starts_with(&upper))
-            .map(|k| Pair {
-                display: k.to_string(),
-                replacement: k.to_string(),
-            })
-            .collect();
-        if let Ok(names) = self.names.0.lock() {
-            out.extend(
-                names
-                    .iter()
-                    .filter(|n| n.starts_with(prefix))
-                    .map(|n| Pair {
-                        display: n.clone(),
-                        replacement: n.clone(),
-                    }),
-            );
-        }
+        // Names of streams, sinks, tables and columns first: what is typed most.
+        let mut out: Vec<Pair> = match self.names.0.lock() {
+            Ok(names) => names
+                .iter()
+                .filter(|n| n.starts_with(prefix))
+                .map(|n| Pair {
+                    display: n.clone(),
+                    replacement: n.clone(),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        out.extend(
+            KEYWORDS
+                .iter()
+                .filter(|k| k.starts_with(&upper))
+                .map(|k| Pair {
+                    display: k.to_string(),
+                    replacement: k.to_string(),
+                }),
+        );
         Ok((start, out))
     }
 }
@@ -235,6 +237,10 @@ pub async fn run(session: &mut FlumenSession, mut options: PrintOptions) -> Resu
             continue;
         }
         let _ = editor.add_history_entry(text);
+        // Saved after every statement: a killed REPL keeps its history.
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
         if let Some(meta) = text.strip_prefix('\\') {
             let mut parts = meta.split_whitespace();
             match (parts.next(), parts.next()) {
@@ -252,7 +258,12 @@ pub async fn run(session: &mut FlumenSession, mut options: PrintOptions) -> Resu
                     Err(e) => eprintln!("error: {e}"),
                 },
                 (Some("d"), None) => {
-                    for stmt in ["SHOW STREAMS", "SHOW SINKS", "SHOW TABLES"] {
+                    for (title, stmt) in [
+                        ("Streams", "SHOW STREAMS"),
+                        ("Sinks", "SHOW SINKS"),
+                        ("Tables", "SHOW TABLES"),
+                    ] {
+                        println!("{title}");
                         print_rows(session, stmt, options.format).await;
                     }
                 }
@@ -263,25 +274,53 @@ pub async fn run(session: &mut FlumenSession, mut options: PrintOptions) -> Resu
             }
             continue;
         }
-        match session.execute(text).await {
+        let started = std::time::Instant::now();
+        let result = session.execute(text).await;
+        let took = started.elapsed();
+        let print_time = |options: &PrintOptions| {
+            if options.timing {
+                println!("Time: {:.3} ms", took.as_secs_f64() * 1000.0);
+            }
+        };
+        match result {
             Ok(StatementResult::Continuous {
                 query_id, batches, ..
             }) => {
                 println!("Query {query_id} running; press Ctrl-C to stop it");
                 let printer = tokio::spawn(print_batches(batches, options.format));
-                let _ = tokio::signal::ctrl_c().await;
+                let ctx = session.queries().find(|q| q.id == query_id).map(|q| q.ctx);
+                // Until Ctrl-C, or until the query ends by itself (it failed, or its
+                // sources are drained): then its error, and the prompt again.
+                let ended = async {
+                    match &ctx {
+                        Some(ctx) => ctx.await_termination().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let outcome = tokio::select! {
+                    _ = tokio::signal::ctrl_c() => None,
+                    r = ended => Some(r),
+                };
                 if let Err(e) = session.stop_query(query_id, false).await {
                     eprintln!("error: {e}");
                 }
                 let _ = printer.await;
-                println!("\nQuery {query_id} stopped");
+                match outcome {
+                    None => println!("\nQuery {query_id} stopped"),
+                    Some(Ok(())) => println!("Query {query_id} finished"),
+                    Some(Err(e)) => eprintln!("error: query {query_id} failed: {e}"),
+                }
             }
             Ok(other) => {
                 if let Err(e) = print_result(other, options) {
                     eprintln!("error: {e:#}");
                 }
+                print_time(&options);
             }
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                print_time(&options);
+            }
         }
         if let Ok(mut n) = names.0.lock() {
             *n = session.object_names();
@@ -297,7 +336,9 @@ pub async fn run(session: &mut FlumenSession, mut options: PrintOptions) -> Resu
 fn print_result(result: StatementResult, options: PrintOptions) -> Result<()> {
     match result {
         StatementResult::Done(msg) => println!("{msg}"),
-        StatementResult::Rows { batches, .. } => print!("{}", render(options.format, &batches)?),
+        StatementResult::Rows { schema, batches } => {
+            print!("{}", render_with_schema(options.format, &schema, &batches)?)
+        }
         StatementResult::Continuous { query_id, .. } => println!("Query {query_id} started"),
     }
     Ok(())
@@ -305,10 +346,12 @@ fn print_result(result: StatementResult, options: PrintOptions) -> Result<()> {
 
 async fn print_rows(session: &mut FlumenSession, sql: &str, format: Format) {
     match session.execute(sql).await {
-        Ok(StatementResult::Rows { batches, .. }) => match render(format, &batches) {
-            Ok(s) => print!("{s}"),
-            Err(e) => eprintln!("error: {e:#}"),
-        },
+        Ok(StatementResult::Rows { schema, batches }) => {
+            match render_with_schema(format, &schema, &batches) {
+                Ok(s) => print!("{s}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+        }
         Ok(_) => {}
         Err(e) => eprintln!("error: {e}"),
     }

@@ -17,6 +17,7 @@ pub mod batch_time;
 pub mod catalog;
 pub mod duration;
 pub mod functions;
+pub mod hidden;
 mod join;
 pub mod ksql;
 pub mod planner;

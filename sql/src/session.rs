@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, StringArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::view::ViewTable;
@@ -49,6 +48,13 @@ pub struct Settings {
     /// Append each batch's progress record (JSON lines) to this file.
     pub progress_log: Option<String>,
     pub trigger: Trigger,
+    /// `SET restart = 'on-failure'`: a failed query starts again from its checkpoint
+    /// (`restart_attempts` times at most, after `restart_delay`, doubling).
+    pub restart: Option<flumen_engine::RestartPolicy>,
+    pub restart_attempts: u32,
+    pub restart_delay: Duration,
+    /// How console sinks print when they do not say (`SET console_format`).
+    pub console_format: Option<String>,
 }
 
 impl Default for Settings {
@@ -60,6 +66,10 @@ impl Default for Settings {
             checkpoint_interval: 1,
             progress_log: None,
             trigger: Trigger::ProcessingTime,
+            restart: None,
+            restart_attempts: 3,
+            restart_delay: Duration::from_secs(1),
+            console_format: None,
         }
     }
 }
@@ -353,7 +363,8 @@ impl FlumenSession {
                     Some(q) => {
                         let id = self.start_query_or_forget(&q, &name).await?;
                         Ok(StatementResult::Done(format!(
-                            "Sink '{name}' created; query {id} writes to it"
+                            "Sink '{name}' created; query {id} writes to it{}",
+                            self.state_warnings(id)
                         )))
                     }
                     None => Ok(StatementResult::Done(format!("Sink '{name}' created"))),
@@ -368,7 +379,8 @@ impl FlumenSession {
                 self.create_sink(&name, options, true)?;
                 let id = self.start_query_or_forget(&query, &name).await?;
                 Ok(StatementResult::Done(format!(
-                    "Table '{name}' created; query {id} maintains it"
+                    "Table '{name}' created; query {id} maintains it{}",
+                    self.state_warnings(id)
                 )))
             }
             Statement::InsertInto { target, sql, query } => {
@@ -403,6 +415,20 @@ impl FlumenSession {
                 }
             }
         }
+    }
+
+    /// EXPLAIN's warnings about state that grows without bound, for the message that
+    /// says query `id` started (one `warning: ...` line each).
+    fn state_warnings(&self, id: u64) -> String {
+        let queries = self.queries.lock();
+        let Some(q) = queries.get(&id) else {
+            return String::new();
+        };
+        q.explain
+            .iter()
+            .filter(|l| l.contains("WARNING") || l.contains("grows without bound"))
+            .map(|l| format!("\nwarning: {}", l.replace("WARNING: ", "")))
+            .collect()
     }
 
     fn watermarks(&self) -> HashMap<String, Duration> {
@@ -779,10 +805,19 @@ impl FlumenSession {
                 let m = MemorySink::new(name);
                 (m.clone(), Some(m))
             } else {
+                let mut sink_options = connector_options(&options);
+                // `SET console_format` (the command's --format): how console sinks print.
+                if connector.eq_ignore_ascii_case("console")
+                    && let Some(f) = &self.settings.console_format
+                {
+                    sink_options
+                        .entry("format".into())
+                        .or_insert_with(|| f.clone());
+                }
                 (
                     self.registry
                         .sink(&connector)?
-                        .create(name, &connector_options(&options))?,
+                        .create(name, &sink_options)?,
                     None,
                 )
             };
@@ -822,6 +857,8 @@ impl FlumenSession {
             read: Mutex::new(HashSet::new()),
             outputs: OperatorOutputs::default(),
             derived_explain: Mutex::new(Vec::new()),
+            trigger,
+            query_id: id,
             mode: self.settings.output_mode,
             checkpoint: self.settings.checkpoint_location.clone(),
             name: name.map(str::to_string),
@@ -852,6 +889,11 @@ impl FlumenSession {
             builder = builder
                 .with_checkpoint_location(checkpoint_dir(location, name)?)
                 .with_checkpoint_interval(self.settings.checkpoint_interval);
+        }
+        // Queries writing a sink or table restart (from their checkpoint); a console
+        // query has no checkpoint to restart from.
+        if let (Some(policy), Some(_)) = (self.settings.restart, name) {
+            builder = builder.with_restart(policy);
         }
         let ctx = builder.build()?;
         ctx.add_listener(cell);
@@ -904,6 +946,7 @@ impl FlumenSession {
         };
         let qc = self.build_query_context(id, target_name, self.settings.trigger)?;
         let df = qc.ctx.session().sql(&sql).await?;
+        let df = crate::hidden::drop_hidden_columns(df, &sql)?;
         let streams = qc.schema.read.lock().clone();
         if streams.is_empty() {
             return plan_err!("this query reads no stream; run it as an ordinary SELECT");
@@ -1001,7 +1044,8 @@ impl FlumenSession {
                     .start_query(query, Target::Sink(target.to_string()))
                     .await?;
                 Ok(StatementResult::Done(format!(
-                    "Query {id} writes to sink '{target}'"
+                    "Query {id} writes to sink '{target}'{}",
+                    self.state_warnings(id)
                 )))
             }
             Some("table") => {
@@ -1025,7 +1069,13 @@ impl FlumenSession {
                 "INSERT INTO {name}: only memory streams take rows from SQL; this one reads its connector"
             );
         }
-        let batches = self.base.sql(query).await?.collect().await?;
+        let rows_of = async { self.base.sql(query).await?.collect().await };
+        let batches = rows_of.await.map_err(|e| {
+            Error::Plan(format!(
+                "INSERT INTO {name}: {}; nothing of this INSERT was accepted",
+                e.find_root()
+            ))
+        })?;
         let mut rows = 0;
         let mut converted = Vec::new();
         for b in batches {
@@ -1041,8 +1091,13 @@ impl FlumenSession {
                 .iter()
                 .zip(schema.fields())
                 .map(|(c, f)| {
-                    cast(c, f.data_type()).map_err(|e| {
-                        Error::Plan(format!("INSERT INTO {name}: column '{}': {e}", f.name()))
+                    // Exactly or not at all: 'x' is not a BIGINT, 1.5 not an INT.
+                    flumen_engine::exact::cast_exact(c, f.data_type()).map_err(|e| {
+                        Error::Plan(format!(
+                            "INSERT INTO {name}: column '{}': {}; nothing of this INSERT was accepted",
+                            f.name(),
+                            e.message
+                        ))
                     })
                 })
                 .collect::<Result<Vec<ArrayRef>>>()?;
@@ -1091,6 +1146,46 @@ impl FlumenSession {
                             "checkpoint_interval '{value}': give a number of batches from 1 to 100 (state is snapshotted every that many batches)"
                         );
                     }
+                }
+            }
+            "restart" => {
+                self.settings.restart = match value.to_ascii_lowercase().as_str() {
+                    "on-failure" | "on_failure" => Some(flumen_engine::RestartPolicy {
+                        max_restarts: self.settings.restart_attempts,
+                        delay: self.settings.restart_delay,
+                    }),
+                    "never" | "no" => None,
+                    other => {
+                        return plan_err!("unknown restart '{other}'; accepted: on-failure, never");
+                    }
+                }
+            }
+            "restart_attempts" => {
+                self.settings.restart_attempts = match value.trim().parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => {
+                        return plan_err!(
+                            "restart_attempts '{value}': give the number of restarts allowed, from 1 to 1000"
+                        );
+                    }
+                };
+                if let Some(p) = &mut self.settings.restart {
+                    p.max_restarts = self.settings.restart_attempts;
+                }
+            }
+            "console_format" => {
+                let f = value.to_ascii_lowercase();
+                if !matches!(f.as_str(), "print" | "csv" | "json") {
+                    return plan_err!(
+                        "unknown console_format '{value}'; accepted: print, csv, json"
+                    );
+                }
+                self.settings.console_format = Some(f);
+            }
+            "restart_delay" => {
+                self.settings.restart_delay = parse_setting_duration(key, value)?;
+                if let Some(p) = &mut self.settings.restart {
+                    p.delay = self.settings.restart_delay;
                 }
             }
             "trigger" => {
@@ -1167,6 +1262,8 @@ impl FlumenSession {
                     "last_input_rows",
                     "late_rows",
                     "rejected_rows",
+                    "restarts",
+                    "error",
                     "sql",
                 ],
                 self.queries()
@@ -1174,15 +1271,22 @@ impl FlumenSession {
                         // Totals since the start (the kept batches are only the last 1,000).
                         let m = q.metrics.snapshot();
                         let last = q.ctx.last_batches(1).pop();
+                        let failure = q.ctx.failure();
                         vec![
                             q.id.to_string(),
-                            format!("{:?}", q.ctx.state()).to_lowercase(),
+                            if failure.is_some() {
+                                "failed".to_string()
+                            } else {
+                                format!("{:?}", q.ctx.state()).to_lowercase()
+                            },
                             q.target.clone(),
                             m.batches.to_string(),
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
                             m.late_rows.to_string(),
                             m.rejected_rows.to_string(),
+                            m.restarts.to_string(),
+                            failure.map(|e| e.to_string()).unwrap_or_default(),
                             // One line, whatever the script's layout.
                             q.sql.split_whitespace().collect::<Vec<_>>().join(" "),
                         ]
@@ -1297,6 +1401,7 @@ impl FlumenSession {
         let query = self.rewrite_ksql(&query)?;
         let qc = self.build_query_context(0, None, Trigger::ProcessingTime)?;
         let df = qc.ctx.session().sql(&query).await?;
+        let df = crate::hidden::drop_hidden_columns(df, &query)?;
         let streams = qc.schema.read.lock().clone();
         let planned = plan_query(
             &qc.ctx,
@@ -1627,6 +1732,10 @@ struct QuerySchema {
     outputs: OperatorOutputs,
     /// EXPLAIN lines of the derived streams planned into this query.
     derived_explain: Mutex<Vec<String>>,
+    /// When the query's batches run.
+    trigger: Trigger,
+    /// The query's id (a socket consumer's name when it writes no sink).
+    query_id: u64,
     mode: OutputMode,
     /// `checkpoint_location` when the query started (receivers' write-ahead logs).
     checkpoint: Option<String>,
@@ -1684,13 +1793,68 @@ impl QuerySchema {
         stream.with_operator(Box::new(op), ctx.batch_interval())
     }
 
+    /// `<stream>_errors` read by a query: the records `<stream>` rejects, as a stream
+    /// (so that bad records can be archived by any sink). Outside queries the same
+    /// name is the dead-letter table, read with an ordinary SELECT.
+    async fn resolve_errors(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(of) = name.strip_suffix("_errors") else {
+            return Ok(None);
+        };
+        let def = self.catalog.lock().streams.get(of).cloned();
+        let Some(def) = def else {
+            return Ok(None);
+        };
+        let dead_letter = def
+            .options
+            .get("on_error")
+            .is_some_and(|p| p.eq_ignore_ascii_case("dead_letter"));
+        if !dead_letter || !matches!(def.kind, StreamKind::Source { .. }) {
+            return Ok(None);
+        }
+        // The source itself runs in this query (once, however many names read it).
+        if self.resolve(of).await?.is_none() {
+            return Ok(None);
+        }
+        let Some(ctx) = self.ctx.get() else {
+            return Err(Error::Internal("query context not set".into()));
+        };
+        let stream = ctx.rejected_stream(of)?;
+        let provider = match stream.dataframe().logical_plan() {
+            LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)?,
+            other => {
+                return Err(Error::Internal(format!(
+                    "an errors stream's plan should be a scan, got {}",
+                    other.display()
+                )));
+            }
+        };
+        let mut columns: Vec<datafusion::logical_expr::Expr> =
+            flumen_engine::source::rejected_schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    datafusion::prelude::col(datafusion::common::Column::new(Some(name), f.name()))
+                })
+                .collect();
+        columns.push(self.batch_time.call(vec![]).alias(BATCH_TIME_COLUMN));
+        let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
+            .project(columns)?
+            .build()?;
+        let provider: Arc<dyn TableProvider> = Arc::new(ViewTable::new(plan, None));
+        self.read.lock().insert(name.to_string());
+        self.created
+            .lock()
+            .insert(name.to_string(), Arc::clone(&provider));
+        Ok(Some(provider))
+    }
+
     async fn resolve(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(t) = self.created.lock().get(name) {
             return Ok(Some(Arc::clone(t)));
         }
         let def = self.catalog.lock().streams.get(name).cloned();
         let Some(def) = def else {
-            return Ok(None);
+            return Box::pin(self.resolve_errors(name)).await;
         };
         let Some(ctx) = self.ctx.get() else {
             return Err(Error::Internal("query context not set".into()));
@@ -1717,6 +1881,24 @@ impl QuerySchema {
                 } else {
                     let checkpoint = self.checkpoint.clone();
                     let mut options = receiver_options(name, &def.options, checkpoint.as_deref());
+                    // Queries over one socket stream share its receiver, each reading
+                    // every line from its own position, kept under its sink's name.
+                    if connector == "socket" && !options.contains_key("consumer") {
+                        options.insert(
+                            "consumer".into(),
+                            self.name
+                                .clone()
+                                .unwrap_or_else(|| format!("query-{}", self.query_id)),
+                        );
+                    }
+                    // Under available-now a files stream reads what the folder holds
+                    // (Spark's availableNow), unless told otherwise.
+                    if connector == "files"
+                        && self.trigger == Trigger::AvailableNow
+                        && !options.contains_key("include_existing")
+                    {
+                        options.insert("include_existing".into(), "true".into());
+                    }
                     // Offsets kept in a database are keyed by the query's sink.
                     if options.contains_key("offsets_store")
                         && !options.contains_key("offsets_query")

@@ -215,7 +215,49 @@ fn rest(sql: &str, p: &Parser) -> String {
 }
 
 /// Parses one statement (without its `;`).
+/// The most operators one statement may hold: a chain of them nests as deep as it is
+/// long in the plan (`1+1+...+1`), and planning walks it recursively.
+pub const MAX_OPERATORS: usize = 2000;
+
+/// Refuses a statement nested so deep that planning it would overflow the stack: more
+/// than [`MAX_OPERATORS`] operators (parentheses are limited by the parser itself).
+/// Counted on the tokens, without recursion.
+pub fn check_nesting(sql: &str) -> Result<()> {
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return Ok(()); // the parser reports it
+    };
+    let operators = tokens
+        .iter()
+        .filter(|t| {
+            matches!(
+                t,
+                Token::Plus
+                    | Token::Minus
+                    | Token::Mul
+                    | Token::Div
+                    | Token::Mod
+                    | Token::StringConcat
+                    | Token::Eq
+                    | Token::Neq
+                    | Token::Lt
+                    | Token::Gt
+                    | Token::LtEq
+                    | Token::GtEq
+            ) || matches!(t, Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR))
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return plan_err!(
+            "the statement holds {operators} operators; at most {MAX_OPERATORS} are allowed \
+             (a chain that long nests too deep to plan): split it, or use a table"
+        );
+    }
+    Ok(())
+}
+
 pub fn parse_statement(sql: &str) -> Result<Statement> {
+    check_nesting(sql)?;
     let dialect = GenericDialect {};
     let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
     let first = peek_word(&p).unwrap_or_default();
@@ -400,6 +442,14 @@ fn parse_create_stream(sql: &str, p: &mut Parser) -> Result<Statement> {
                         break;
                     }
                 }
+                if columns
+                    .iter()
+                    .any(|c: &ColumnDef| c.name.eq_ignore_ascii_case(&col_name))
+                {
+                    return plan_err!(
+                        "CREATE STREAM {name}: column {col_name} is declared twice; column names must differ"
+                    );
+                }
                 columns.push(ColumnDef {
                     name: col_name,
                     data_type,
@@ -500,7 +550,13 @@ fn parse_with(p: &mut Parser) -> Result<Options> {
             SqlExpr::Identifier(id) => id.value,
             other => other.to_string(),
         };
-        options.insert(key.value.to_ascii_lowercase(), value);
+        let key = key.value.to_ascii_lowercase();
+        if let Some(first) = options.get(&key) {
+            return plan_err!(
+                "option {key} is given twice ('{first}' and '{value}'); give it once"
+            );
+        }
+        options.insert(key, value);
     }
     Ok(options)
 }

@@ -272,6 +272,7 @@ fn query_summary(q: &QueryInfo) -> Value {
         "outputRows": m.output_rows,
         "lateRows": m.late_rows,
         "rejectedRows": m.rejected_rows,
+        "restarts": m.restarts,
         "errors": m.errors,
         "stateRows": m.state_rows,
         "stateBytes": m.state_bytes,
@@ -358,7 +359,27 @@ pub fn metrics_text(view: &SessionView) -> String {
             active,
         );
     }
-    let per_query: [(&str, &str, &str, Value64); 6] = [
+    family(
+        &mut out,
+        "flumen_query_failed",
+        "gauge",
+        "1 once the query stopped with an error, else 0.",
+    );
+    for (q, _) in &snapshots {
+        sample(
+            &mut out,
+            "flumen_query_failed",
+            &[("query", &q.target)],
+            u8::from(q.ctx.failure().is_some()),
+        );
+    }
+    let per_query: [(&str, &str, &str, Value64); 7] = [
+        (
+            "flumen_query_restarts_total",
+            "counter",
+            "Restarts from the checkpoint after a failure (SET restart = 'on-failure').",
+            |m| m.restarts,
+        ),
         (
             "flumen_batches_total",
             "counter",

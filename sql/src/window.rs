@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, StructArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -133,6 +133,24 @@ impl ScalarUDFImpl for WindowFunction {
     }
 }
 
+/// The most windows one row may fall in (`size / slide` of a hopping window).
+pub const MAX_WINDOWS_PER_ROW: i64 = 1000;
+
+/// A hopping window puts each row in `size / slide` windows: refused past
+/// [`MAX_WINDOWS_PER_ROW`], where a batch would grow without bound.
+pub fn check_windows_per_row(size: i64, slide: i64) -> flumen_engine::Result<()> {
+    let per_row = (size + slide.max(1) - 1) / slide.max(1);
+    if per_row > MAX_WINDOWS_PER_ROW {
+        return flumen_engine::plan_err!(
+            "a hopping window of {} sliding every {} puts each row in {per_row} windows; at \
+             most {MAX_WINDOWS_PER_ROW} are allowed: use a longer slide or a shorter window",
+            flumen_engine::time::format_duration(std::time::Duration::from_millis(size as u64)),
+            flumen_engine::time::format_duration(std::time::Duration::from_millis(slide as u64))
+        );
+    }
+    Ok(())
+}
+
 /// Every window start that is a multiple of `slide` with `start <= t < start + size`.
 /// With `slide > size` windows leave gaps: a time in a gap is in no window (as in
 /// Spark and Flink), and the iterator is empty.
@@ -220,6 +238,7 @@ impl ScalarUDFImpl for HopWindows {
             return exec_err!("flumen_hop_windows(ts, size, slide) needs a slide");
         };
         let slide = constant_millis(slide, "window slide")?;
+        check_windows_per_row(size, slide).map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let ts = timestamps_ms(&args.args[0], args.number_rows)?;
         let mut starts = Vec::new();
         let mut offsets = vec![0i32];
@@ -292,6 +311,7 @@ impl ScalarUDFImpl for HopWindowEnds {
             Some(slide) => constant_millis(slide, "window slide")?,
             None => size,
         };
+        check_windows_per_row(size, slide).map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let ts = timestamps_ms(&args.args[0], args.number_rows)?;
         let per_row = (size + slide - 1) / slide;
         let mut ends = Vec::with_capacity(ts.len() * per_row.max(1) as usize);

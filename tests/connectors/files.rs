@@ -726,3 +726,219 @@ async fn after_a_graceful_restart_every_file_not_taken_is_read() {
         assert_eq!(lines, expected, "include_existing = {include_existing}");
     }
 }
+
+/// A kill between a batch's commit and its seen-files log entry, twice in a row (the
+/// second time after an empty batch): the file that batch took is still never read
+/// again — the batch after a restart carries the unlogged files in its offsets.
+#[tokio::test]
+async fn a_file_whose_log_entry_was_lost_to_two_kills_is_read_once() {
+    let dir = temp_dir("files-unlogged");
+    let cp = temp_dir("files-unlogged-cp");
+    let out = temp_dir("files-unlogged-out");
+    let script = format!(
+        "SET checkpoint_location = '{}';
+         CREATE STREAM l (line TEXT) WITH (connector = 'files', path = '{}');
+         CREATE SINK out WITH (connector = 'files', path = '{}', format = 'json') AS SELECT line FROM l;",
+        cp.display(),
+        dir.display(),
+        out.display()
+    );
+    let seen = cp.join("queries").join("out").join("sources").join("l");
+    // As if killed after the checkpoint's commit, before the seen-files log entry.
+    let lose_log_entries = || {
+        for e in fs::read_dir(&seen).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap() != "existing" {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    };
+    let clock = Arc::new(flumen::engine::ManualClock::default());
+    let mut s = clocked_session(&clock);
+    s.execute_script(&script).await.unwrap();
+    put(&dir, "a.txt", b"a\n", 5);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    lose_log_entries();
+    // A restart that runs one empty batch, and loses its log entry too.
+    let mut s = clocked_session(&clock);
+    s.execute_script(&script).await.unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    lose_log_entries();
+    let mut s = clocked_session(&clock);
+    s.execute_script(&script).await.unwrap();
+    put(&dir, "b.txt", b"b\n", 1);
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    let mut lines = Vec::new();
+    for e in fs::read_dir(&out).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            for l in fs::read_to_string(&p).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                lines.push(v["line"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    lines.sort();
+    assert_eq!(lines, strs(&["a", "b"]));
+}
+
+/// `<stream>_errors` is a stream: a sink archives a stream's bad records to files (and
+/// a query may join them with anything else), while `SELECT` outside a query still
+/// reads the dead-letter table. A stream without `on_error = 'dead_letter'` has none.
+#[tokio::test]
+async fn bad_records_are_a_stream_a_sink_can_archive() {
+    let dir = temp_dir("files-errors-stream");
+    let archive = temp_dir("files-errors-archive");
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM people (id BIGINT, name TEXT) WITH (connector = 'files', path = '{}',
+           format = 'csv', on_error = 'dead_letter');
+         CREATE SINK good WITH (connector = 'memory') AS SELECT id, name FROM people;
+         CREATE SINK bad WITH (connector = 'files', path = '{}', format = 'json') AS
+           SELECT position, record, error, _batch_time FROM people_errors;
+         CREATE SINK per_file WITH (connector = 'memory') AS
+           SELECT split_part(position, ' ', 1) AS file, count(*) AS n FROM people_errors
+           GROUP BY split_part(position, ' ', 1);",
+        dir.display(),
+        archive.display()
+    ))
+    .await
+    .unwrap();
+    put(&dir, "a.csv", b"1,ann\nx,bob\n3,cy\n4\n", 5);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    put(&dir, "b.csv", b"5,dee\n", 1);
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT id FROM good ORDER BY id").await,
+        strs(&["1", "3", "5"])
+    );
+    let mut archived = Vec::new();
+    for e in fs::read_dir(&archive).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            for l in fs::read_to_string(&p).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                archived.push(format!(
+                    "{}|{}|{}",
+                    v["position"].as_str().unwrap(),
+                    v["record"].as_str().unwrap(),
+                    v["_batch_time"].is_string() || v["_batch_time"].is_number()
+                ));
+            }
+        }
+    }
+    archived.sort();
+    assert_eq!(
+        archived,
+        vec![
+            format!("{}/a.csv line 2|x,bob|true", dir.display()),
+            format!("{}/a.csv line 4|4|true", dir.display()),
+        ]
+    );
+    // A running count over the errors stream, and the dead-letter table as before.
+    assert_eq!(
+        sql_rows(&mut s, "SELECT * FROM per_file").await,
+        vec![format!("{}/a.csv|2", dir.display())]
+    );
+    // Each of the three queries reading `people` reports the bad records it read.
+    assert_eq!(
+        sql_rows(
+            &mut s,
+            "SELECT count(*), count(DISTINCT position) FROM people_errors"
+        )
+        .await,
+        strs(&["6|2"])
+    );
+    s.stop_all().await.unwrap();
+
+    let mut s = sql_session();
+    s.execute(&format!(
+        "CREATE STREAM quiet (id BIGINT) WITH (connector = 'files', path = '{}', format = 'csv')",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    let err = sql_error(
+        &mut s,
+        "CREATE SINK x WITH (connector = 'memory') AS SELECT * FROM quiet_errors",
+    )
+    .await;
+    assert!(err.contains("quiet_errors"), "{err}");
+}
+
+/// A row a query's expression fails on (`CAST('x0' AS BIGINT)`) follows its stream's
+/// `on_error`: set aside (counted, and written to `<stream>_errors` under
+/// `dead_letter`) while the batch's other rows go on, into a running sum too; under
+/// `fail` the query fails naming the stream, the batch, the row and the error.
+#[tokio::test]
+async fn rows_a_query_expression_fails_on_follow_on_error() {
+    for on_error in ["dead_letter", "skip", "fail"] {
+        let dir = temp_dir("files-row-errors");
+        let mut s = sql_session();
+        s.execute_script(&format!(
+            "CREATE STREAM l (line TEXT) WITH (connector = 'files', path = '{}',
+               on_error = '{on_error}');
+             CREATE SINK out WITH (connector = 'memory') AS
+               SELECT CAST(line AS BIGINT) AS n FROM l WHERE line <> 'skipped';
+             CREATE TABLE total AS SELECT sum(CAST(line AS BIGINT)) AS s FROM l;",
+            dir.display()
+        ))
+        .await
+        .unwrap();
+        put(
+            &dir,
+            "a.txt",
+            b"1\nx0\n3\nskipped\n40\n9999999999999999999999\n",
+            5,
+        );
+        let advanced = s.execute("ADVANCE 1 BATCHES").await;
+        if on_error == "fail" {
+            let err = advanced.unwrap_err().to_string();
+            assert!(err.contains("on_error = 'skip' or 'dead_letter'"), "{err}");
+            // ADVANCE answers at the first failure; the other query fails on its own.
+            for q in s.queries() {
+                assert!(q.ctx.await_termination().await.is_err(), "query {}", q.id);
+            }
+            let shown = sql_rows(&mut s, "SHOW QUERIES").await;
+            let failed: Vec<&String> = shown.iter().filter(|r| r.contains("|failed|")).collect();
+            assert_eq!(failed.len(), 2, "{shown:?}");
+            assert!(
+                failed[0].contains(
+                    "stream l: the query failed on row 1 of batch 1000 ms: Arrow error: Cast error: Cannot cast string 'x0' to value of Int64 type; the row: {\"line\":\"x0\"}"
+                ),
+                "{failed:?}"
+            );
+            continue;
+        }
+        advanced.unwrap();
+        assert_eq!(
+            sql_rows(&mut s, "SELECT n FROM out ORDER BY n").await,
+            strs(&["1", "3", "40"])
+        );
+        assert_eq!(sql_rows(&mut s, "SELECT s FROM total").await, strs(&["44"]));
+        // Each query sets aside the rows it fails on ('skipped' only fails the
+        // query that does not filter it out): rejected_rows counts them per query.
+        let shown = sql_rows(&mut s, "SHOW QUERIES").await;
+        let rejected: Vec<Option<&str>> = shown.iter().map(|r| r.split('|').nth(6)).collect();
+        assert_eq!(rejected, vec![Some("2"), Some("3")], "{shown:?}");
+        if on_error == "dead_letter" {
+            let errors = sql_rows(
+                &mut s,
+                "SELECT DISTINCT position, record FROM l_errors ORDER BY position",
+            )
+            .await;
+            assert_eq!(
+                errors,
+                strs(&[
+                    "batch 1000 ms row 1|{\"line\":\"x0\"}",
+                    "batch 1000 ms row 3|{\"line\":\"skipped\"}",
+                    "batch 1000 ms row 5|{\"line\":\"9999999999999999999999\"}"
+                ])
+            );
+        }
+        s.stop_all().await.unwrap();
+    }
+}

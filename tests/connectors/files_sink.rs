@@ -99,6 +99,30 @@ async fn parquet_files_with_a_commit_log_and_a_replay_that_rewrites_the_same_byt
         sql_rows(&mut s, "SELECT * FROM got").await,
         strs(&["12|12|66"])
     );
+    // And by pyarrow and DuckDB, through scripts/read_committed.py (the README's recipe).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_committed.py");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python3 (scripts/services.sh installs duckdb and pyarrow)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = out.display().to_string();
+    assert_eq!(
+        run(&[&dir, "SELECT count(*), sum(value) FROM output"]),
+        "pyarrow: 12 rows in 3 committed files\nduckdb: 12 66\n"
+    );
+    let empty = temp_dir("files-sink-empty");
+    assert_eq!(
+        run(&[&empty.display().to_string()]),
+        format!(
+            "{}: no committed batch yet (no _flumen_log)\n",
+            empty.display()
+        )
+    );
 }
 
 #[tokio::test]

@@ -4,3 +4,4 @@ pub(crate) mod files;
 mod files_sink;
 pub(crate) mod kafka;
 mod socket;
+mod tls;

@@ -184,7 +184,7 @@ async fn socket_options_are_checked_at_create() {
         err(s
             .execute("CREATE STREAM a WITH (connector = 'socket', port = '9', colour = 'red')")
             .await),
-        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, wal_dir, max_line_bytes, format, on_error, strict"
+        "unknown option 'colour' for connector 'socket'; accepted: host, port, block_interval, wal, wal_dir, max_line_bytes, format, on_error, strict, consumer"
     );
     assert_eq!(
         err(s
@@ -282,7 +282,10 @@ async fn with_a_wal_lines_received_but_not_committed_are_replayed_after_a_restar
     assert_eq!(lines, vec!["four", "three"]);
     // Committed blocks leave the log.
     wal_holds(&wal, 0).await;
-    assert_eq!(std::fs::read_to_string(wal.join("committed")).unwrap(), "4");
+    assert_eq!(
+        std::fs::read_to_string(wal.join("committed.out")).unwrap(),
+        "4"
+    );
     conn.write_all(b"five\n").await.unwrap();
     advance_until(&mut s, "SELECT * FROM out", 3).await;
     s.stop_all().await.unwrap();
@@ -428,4 +431,43 @@ async fn sql_error_text(s: &mut FlumenSession, sql: &str) -> String {
         Ok(r) => panic!("{sql} should fail, gave {r:?}"),
         Err(e) => e.to_string(),
     }
+}
+
+/// Two queries over one socket stream share its receiver: one connection, and each
+/// query gets every line (not half each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_on_one_socket_stream_get_every_line_over_one_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = session();
+    s.execute_script(&format!(
+        "CREATE STREAM nums (n BIGINT) WITH (connector = 'socket', port = '{port}', format = 'csv',
+           block_interval = '10 ms');
+         CREATE SINK a WITH (connector = 'memory') AS SELECT n FROM nums;
+         CREATE SINK b WITH (connector = 'memory') AS SELECT n * 10 AS n FROM nums WHERE n % 2 = 0;"
+    ))
+    .await
+    .unwrap();
+    let mut conn = accept(&listener).await;
+    let body: String = (1..=100).map(|i| format!("{i}\n")).collect();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    conn.flush().await.unwrap();
+    advance_until(&mut s, "SELECT * FROM a", 100).await;
+    advance_until(&mut s, "SELECT * FROM b", 50).await;
+    assert_eq!(
+        ids(&rows(&mut s, "SELECT n FROM a").await),
+        (1..=100).collect::<Vec<i64>>()
+    );
+    assert_eq!(
+        ids(&rows(&mut s, "SELECT n FROM b").await),
+        (1..=50).map(|i| i * 20).collect::<Vec<i64>>()
+    );
+    // No second connection was opened.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.accept())
+            .await
+            .is_err(),
+        "a second connection was opened"
+    );
+    s.stop_all().await.unwrap();
 }

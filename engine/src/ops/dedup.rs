@@ -82,6 +82,13 @@ impl StreamOperator for DedupExec {
         Arc::clone(&self.output_schema)
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "DedupExec keys {:?} emit all {}",
+            self.key_columns, self.emit_all
+        )
+    }
+
     fn emits(&self) -> super::Emits {
         if self.emit_all {
             super::Emits::WholeResult

@@ -67,6 +67,10 @@ impl StreamOperator for MaterializeExec {
         Emits::WholeResult
     }
 
+    fn describe(&self) -> String {
+        format!("MaterializeExec keys {:?}", self.keys)
+    }
+
     async fn process(
         &mut self,
         _ctx: &OperatorContext,

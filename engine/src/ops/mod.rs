@@ -112,6 +112,13 @@ pub trait StreamOperator: Send + Sync {
     /// The schema of every batch `process` returns.
     fn output_schema(&self) -> SchemaRef;
 
+    /// What the operator computes, as far as its state depends on it (group keys,
+    /// aggregates, window, order, bounds): part of the query's fingerprint, so a
+    /// checkpoint's state is never resumed by an operator computing something else.
+    fn describe(&self) -> String {
+        self.name()
+    }
+
     /// The physical plan whose output feeds `process`. By default, `input`'s own plan.
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(input.clone().create_physical_plan().await?)

@@ -414,6 +414,29 @@ impl StreamOperator for RunningAggregateExec {
         Arc::clone(&self.output_schema)
     }
 
+    fn describe(&self) -> String {
+        let list = |e: &[Expr]| {
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "RunningAggregateExec group by [{}] aggregates [{}]{}{}",
+            list(&self.group_exprs),
+            list(&self.aggr_exprs),
+            match &self.window {
+                Some(w) => format!(" window {w:?}"),
+                None => String::new(),
+            },
+            if self.changed_only {
+                " changed only"
+            } else {
+                ""
+            }
+        )
+    }
+
     fn emits(&self) -> super::Emits {
         match self.window {
             Some(w) if w.emit_closed_only => super::Emits::Appends,
@@ -689,6 +712,8 @@ impl StreamOperator for RunningAggregateExec {
         self.watermark = state.meta["watermark"].as_i64();
         let window = self.window;
         if let (Some(windows), Some(w)) = (self.windows_mut(), window) {
+            // A restore replaces the state (a restart after a failure restores again).
+            windows.clear();
             for batch in &state.batches {
                 if batch.schema().fields() != windows.snapshot_schema().fields() {
                     return Err(crate::error::Error::Checkpoint(format!(

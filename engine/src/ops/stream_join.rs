@@ -294,6 +294,17 @@ impl StreamOperator for StreamJoinExec {
         Arc::clone(&self.output_schema)
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "StreamJoinExec {} left time {:?} right time {:?} bounds [{:?}, {:?}]",
+            self.template.display(),
+            self.left.time,
+            self.right.time,
+            self.lo,
+            self.hi
+        )
+    }
+
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let (state, _) = input.clone().into_parts();
         self.plan = Some(state.create_physical_plan(&self.template).await?);

@@ -110,6 +110,13 @@ impl StreamOperator for TopNExec {
         Arc::clone(&self.schema)
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "TopNExec keys {:?} order {:?} rank {} limit {} emit all {}",
+            self.keys, self.order, self.rank, self.limit, self.emit_all
+        )
+    }
+
     fn emits(&self) -> Emits {
         if self.emit_all {
             Emits::WholeResult

@@ -108,6 +108,11 @@ impl WindowState {
         })
     }
 
+    /// Drops every window (before a restore replaces them).
+    pub(crate) fn clear(&mut self) {
+        self.tables.clear();
+    }
+
     /// Groups held, over all open windows.
     pub(crate) fn rows(&self) -> usize {
         self.tables.values().map(|t| t.len).sum()

@@ -143,7 +143,8 @@ pub(super) fn windowed(
             // A hopping window: a row belongs to size/slide windows. Expand each row
             // into one per window, then group by that window.
             kind = "hopping";
-            millis(&f.args[2])?;
+            let slide = millis(&f.args[2])?;
+            crate::window::check_windows_per_row(size, slide)?;
             let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
             input = input
                 .with_column(HOP_COLUMN, hop)?
