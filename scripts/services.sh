@@ -14,7 +14,8 @@
 #   TLS                    a test CA and a certificate for 127.0.0.1 (openssl), in
 #                          $FLUMEN_SERVICES_DIR/tls; PostgreSQL and MariaDB accept TLS
 #                          on their ports; a second Tansu broker behind socat's TLS
-#                          listener on 127.0.0.1:9093 (Tansu has no TLS of its own)
+#                          listener on 127.0.0.1:9093; a third Tansu broker with SASL
+#                          (SCRAM users) on 127.0.0.1:9095
 #
 # Each is installed once (skipped when already on PATH) and started only when its port
 # is not already served, so a second run is quick. State and logs live in
@@ -185,7 +186,7 @@ start_tansu() {
   if listening 9092; then echo "kafka broker: already on 127.0.0.1:9092"; return; fi
   mkdir -p "$DIR/tansu"
   # sqlite storage: the memory engine answers ListOffsets(latest) wrongly.
-  (cd "$DIR/tansu" && rm -f tansu.db* && nohup tansu broker \
+  (cd "$DIR/tansu" && rm -f tansu.db* && exec nohup tansu broker \
       --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 \
       --storage-engine sqlite://tansu.db > "$DIR/tansu.log" 2>&1 & echo $! > "$DIR/tansu.pid")
@@ -193,13 +194,13 @@ start_tansu() {
   echo "kafka broker: tansu on 127.0.0.1:9092 (log $DIR/tansu.log)"
 }
 
-# Tansu has no TLS: a second broker (its own storage) advertises 127.0.0.1:9093, where
+# TLS in front of Kafka: a second broker (its own storage) advertises 127.0.0.1:9093, where
 # socat terminates TLS with the test certificate and forwards to it.
 start_kafka_tls() {
   if listening 9093; then echo "kafka broker (TLS): already on 127.0.0.1:9093"; return; fi
   mkdir -p "$DIR/tansu-tls"
   if ! listening 9094; then
-    (cd "$DIR/tansu-tls" && rm -f tansu.db* && nohup tansu broker \
+    (cd "$DIR/tansu-tls" && rm -f tansu.db* && exec nohup tansu broker \
         --listener-url tcp://127.0.0.1:9094 \
         --advertised-listener-url tcp://127.0.0.1:9093 \
         --storage-engine sqlite://tansu.db > "$DIR/tansu-tls.log" 2>&1 & echo $! > "$DIR/tansu-tls.pid")
@@ -209,6 +210,32 @@ start_kafka_tls() {
       TCP:127.0.0.1:9094 > "$DIR/socat-tls.log" 2>&1 & echo $! > "$DIR/socat-tls.pid")
   wait_port socat-tls 9093 "$DIR/socat-tls.log"
   echo "kafka broker (TLS): socat on 127.0.0.1:9093 in front of tansu on 127.0.0.1:9094"
+}
+
+# A third broker that admits only SASL-authenticated clients (SCRAM users alice, with
+# SHA-256, and bob, with SHA-512, password s3cret). Tansu keeps its users in its
+# storage and creates them only through an open broker: the first start creates them
+# with authentication off, then the broker starts again with it on.
+start_kafka_sasl() {
+  if listening 9095; then echo "kafka broker (SASL): already on 127.0.0.1:9095"; return; fi
+  local d="$DIR/tansu-sasl"
+  mkdir -p "$d"
+  local args=(--listener-url tcp://127.0.0.1:9095 --advertised-listener-url tcp://127.0.0.1:9095
+              --storage-engine sqlite://tansu.db)
+  if [ ! -f "$d/users-created" ]; then
+    (cd "$d" && rm -f tansu.db* && exec nohup tansu broker "${args[@]}" > "$DIR/tansu-sasl-setup.log" 2>&1) &
+    echo $! > "$DIR/tansu-sasl.pid"
+    wait_port tansu-sasl 9095 "$DIR/tansu-sasl-setup.log"
+    tansu user create --broker tcp://127.0.0.1:9095 --mechanism scram256 alice s3cret >> "$DIR/tansu-sasl-setup.log" 2>&1
+    tansu user create --broker tcp://127.0.0.1:9095 --mechanism scram512 bob s3cret >> "$DIR/tansu-sasl-setup.log" 2>&1
+    stop_pid tansu-sasl
+    for _ in $(seq 1 50); do listening 9095 || break; sleep 0.1; done
+    touch "$d/users-created"
+  fi
+  (cd "$d" && exec nohup tansu broker "${args[@]}" --authentication > "$DIR/tansu-sasl.log" 2>&1) &
+  echo $! > "$DIR/tansu-sasl.pid"
+  wait_port tansu-sasl 9095 "$DIR/tansu-sasl.log"
+  echo "kafka broker (SASL): tansu on 127.0.0.1:9095 (log $DIR/tansu-sasl.log)"
 }
 
 start_moto() {
@@ -233,7 +260,7 @@ stop() {
   if [ -f "$DIR/postgres/data/postmaster.pid" ]; then
     as_pg "$(pg_bin)/pg_ctl" -D "$DIR/postgres/data" -m fast stop > /dev/null || true
   fi
-  for name in tansu tansu-tls socat-tls moto mariadb; do
+  for name in tansu tansu-tls socat-tls tansu-sasl moto mariadb; do
     stop_pid "$name"
   done
 }
@@ -250,6 +277,7 @@ case "${1:-start}" in
     make_certs
     start_tansu
     start_kafka_tls
+    start_kafka_sasl
     start_moto
     start_postgres
     start_mariadb
@@ -261,6 +289,7 @@ case "${1:-start}" in
     listening 5432 && echo "postgresql 127.0.0.1:5432 up" || echo "postgresql 127.0.0.1:5432 down"
     listening 3306 && echo "mariadb 127.0.0.1:3306 up" || echo "mariadb 127.0.0.1:3306 down"
     listening 9093 && echo "kafka (TLS) 127.0.0.1:9093 up" || echo "kafka (TLS) 127.0.0.1:9093 down"
+    listening 9095 && echo "kafka (SASL) 127.0.0.1:9095 up" || echo "kafka (SASL) 127.0.0.1:9095 down"
     ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

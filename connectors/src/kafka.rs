@@ -100,8 +100,8 @@ pub struct KafkaSource {
     starting: Starting,
     max_rate: Option<u64>,
     timeout: Duration,
-    /// `security_protocol = 'ssl'`: the TLS configuration.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS and SASL (`security_protocol`).
+    security: crate::tls::KafkaSecurity,
     partitions_hint: usize,
     /// `offsets_store`: committed offsets also kept in a database table, under
     /// `offsets_query`, and the stream resumes from them.
@@ -149,9 +149,7 @@ impl KafkaSource {
                 let mut build = ClientBuilder::new(self.servers.clone())
                     .client_id("flumen")
                     .backoff_config(backoff);
-                if let Some(tls) = &self.tls {
-                    build = build.tls_config(Arc::clone(tls));
-                }
+                build = self.security.apply(build);
                 let build = build.build();
                 match tokio::time::timeout(self.timeout, build).await {
                     Ok(Ok(c)) => Ok(c),
@@ -539,9 +537,12 @@ impl Source for KafkaSource {
 #[derive(Debug)]
 pub struct KafkaFactory;
 
-const KAFKA_OPTIONS: [&str; 13] = [
+const KAFKA_OPTIONS: [&str; 16] = [
     "security_protocol",
     "ssl_ca_location",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
     "bootstrap_servers",
     "topic",
     "starting_offsets",
@@ -650,7 +651,7 @@ impl SourceFactory for KafkaFactory {
             starting,
             max_rate: positive_option("kafka", options, "max_rate_per_partition")?,
             timeout,
-            tls: crate::tls::kafka_tls(&format!("stream {name}"), options)?,
+            security: crate::tls::kafka_security(&format!("stream {name}"), options)?,
             partitions_hint: positive_option("kafka", options, "partitions")?.unwrap_or(1) as usize,
             store: match options.get("offsets_store") {
                 Some(url) => Some((

@@ -34,8 +34,8 @@ pub struct KafkaSink {
     topic: String,
     format: Format,
     key: Option<String>,
-    /// `security_protocol = 'ssl'`: the TLS configuration.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS and SASL (`security_protocol`).
+    security: crate::tls::KafkaSecurity,
     client: tokio::sync::OnceCell<Client>,
     partitions: tokio::sync::Mutex<Vec<Arc<PartitionClient>>>,
 }
@@ -66,9 +66,7 @@ impl KafkaSink {
         self.client
             .get_or_try_init(|| async {
                 let mut build = ClientBuilder::new(self.servers.clone()).client_id("flumen");
-                if let Some(tls) = &self.tls {
-                    build = build.tls_config(Arc::clone(tls));
-                }
+                build = self.security.apply(build);
                 tokio::time::timeout(Duration::from_secs(10), build.build())
                     .await
                     .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
@@ -199,13 +197,16 @@ impl Sink for KafkaSink {
 #[derive(Debug)]
 pub struct KafkaSinkFactory;
 
-const OPTIONS: [&str; 6] = [
+const OPTIONS: [&str; 9] = [
     "bootstrap_servers",
     "topic",
     "format",
     "key",
     "security_protocol",
     "ssl_ca_location",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
 ];
 
 impl SinkFactory for KafkaSinkFactory {
@@ -240,7 +241,7 @@ impl SinkFactory for KafkaSinkFactory {
             topic: topic.clone(),
             format,
             key: options.get("key").cloned(),
-            tls: crate::tls::kafka_tls(&format!("sink {name}"), options)?,
+            security: crate::tls::kafka_security(&format!("sink {name}"), options)?,
             client: tokio::sync::OnceCell::new(),
             partitions: tokio::sync::Mutex::default(),
         }))

@@ -379,36 +379,121 @@ pub fn mysql_opts(url: &str) -> Result<mysql_async::Opts, String> {
     Ok(builder.into())
 }
 
-/// Kafka's TLS options: `security_protocol` (`plaintext`, the default, or `ssl`) and
-/// `ssl_ca_location` (a CA file; else the system's roots). The broker's certificate is
-/// checked, its host name too (Kafka's default `ssl.endpoint.identification.algorithm`).
-pub const KAFKA_TLS_OPTIONS: [&str; 2] = ["security_protocol", "ssl_ca_location"];
+/// Kafka's security options: `security_protocol` (`plaintext`, the default, `ssl`,
+/// `sasl_plaintext`, `sasl_ssl`), `ssl_ca_location` (a CA file; else the system's
+/// roots; the broker's host name is checked too, Kafka's default
+/// `ssl.endpoint.identification.algorithm`), and for SASL `sasl_mechanism` (`PLAIN`,
+/// `SCRAM-SHA-256`, `SCRAM-SHA-512`), `sasl_username`, `sasl_password`.
+pub const KAFKA_SECURITY_OPTIONS: [&str; 5] = [
+    "security_protocol",
+    "ssl_ca_location",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+];
 
-/// The TLS configuration the Kafka options ask for, `None` for plaintext.
-pub fn kafka_tls(
+/// How a Kafka client connects: TLS and SASL, each if asked for.
+#[derive(Clone, Default)]
+pub struct KafkaSecurity {
+    pub tls: Option<Arc<ClientConfig>>,
+    pub sasl: Option<rskafka::client::SaslConfig>,
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("sasl", &self.sasl.is_some())
+            .finish()
+    }
+}
+
+impl KafkaSecurity {
+    /// `builder` with this security.
+    pub fn apply(
+        &self,
+        mut builder: rskafka::client::ClientBuilder,
+    ) -> rskafka::client::ClientBuilder {
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(Arc::clone(tls));
+        }
+        if let Some(sasl) = &self.sasl {
+            builder = builder.sasl_config(sasl.clone());
+        }
+        builder
+    }
+}
+
+/// The security the Kafka options of `what` (a stream or sink) ask for.
+pub fn kafka_security(
     what: &str,
     options: &flumen_engine::registry::ConnectorOptions,
-) -> flumen_engine::Result<Option<Arc<ClientConfig>>> {
+) -> flumen_engine::Result<KafkaSecurity> {
+    use rskafka::client::{Credentials, SaslConfig};
+    let err = |m: String| flumen_engine::Error::Plan(format!("{what}: {m}"));
     let protocol = options
         .get("security_protocol")
         .map(|p| p.to_ascii_lowercase())
         .unwrap_or_else(|| "plaintext".into());
+    let (tls, sasl) = match protocol.as_str() {
+        "plaintext" => (false, false),
+        "ssl" => (true, false),
+        "sasl_plaintext" => (false, true),
+        "sasl_ssl" => (true, true),
+        other => {
+            return Err(err(format!(
+                "security_protocol '{other}': accepted: plaintext, ssl, sasl_plaintext, sasl_ssl"
+            )));
+        }
+    };
     let ca = options.get("ssl_ca_location").map(String::as_str);
-    match protocol.as_str() {
-        "plaintext" if ca.is_none() => Ok(None),
-        "plaintext" => flumen_engine::plan_err!(
-            "{what}: ssl_ca_location is given but security_protocol is plaintext; set security_protocol = 'ssl'"
-        ),
-        "ssl" => client_config(TlsMode::VerifyFull, ca)
-            .map(Some)
-            .map_err(|e| flumen_engine::Error::Plan(format!("{what}: {e}"))),
-        "sasl_plaintext" | "sasl_ssl" => flumen_engine::plan_err!(
-            "{what}: security_protocol '{protocol}': SASL is not supported yet; accepted: plaintext, ssl"
-        ),
-        other => flumen_engine::plan_err!(
-            "{what}: security_protocol '{other}': accepted: plaintext, ssl"
-        ),
+    if ca.is_some() && !tls {
+        return Err(err(format!(
+            "ssl_ca_location is given but security_protocol is {protocol}; set security_protocol = 'ssl' or 'sasl_ssl'"
+        )));
     }
+    let sasl_given: Vec<&str> = ["sasl_mechanism", "sasl_username", "sasl_password"]
+        .into_iter()
+        .filter(|k| options.contains_key(*k))
+        .collect();
+    if !sasl && !sasl_given.is_empty() {
+        return Err(err(format!(
+            "{} given but security_protocol is {protocol}; set security_protocol = 'sasl_plaintext' or 'sasl_ssl'",
+            sasl_given.join(", ")
+        )));
+    }
+    let tls = if tls {
+        Some(client_config(TlsMode::VerifyFull, ca).map_err(err)?)
+    } else {
+        None
+    };
+    let sasl = if sasl {
+        let (Some(user), Some(password)) =
+            (options.get("sasl_username"), options.get("sasl_password"))
+        else {
+            return Err(err(format!(
+                "security_protocol '{protocol}' needs sasl_username and sasl_password"
+            )));
+        };
+        let credentials = Credentials::new(user.clone(), password.clone());
+        let mechanism = options
+            .get("sasl_mechanism")
+            .map(|m| m.to_ascii_uppercase().replace('_', "-"))
+            .unwrap_or_else(|| "PLAIN".into());
+        Some(match mechanism.as_str() {
+            "PLAIN" => SaslConfig::Plain(credentials),
+            "SCRAM-SHA-256" => SaslConfig::ScramSha256(credentials),
+            "SCRAM-SHA-512" => SaslConfig::ScramSha512(credentials),
+            other => {
+                return Err(err(format!(
+                    "sasl_mechanism '{other}': accepted: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+                )));
+            }
+        })
+    } else {
+        None
+    };
+    Ok(KafkaSecurity { tls, sasl })
 }
 
 #[cfg(test)]

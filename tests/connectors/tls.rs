@@ -1,6 +1,7 @@
-//! TLS against the real servers scripts/services.sh starts: PostgreSQL and MariaDB
-//! with a certificate of the test CA (valid for 127.0.0.1, not for `localhost`), and a
-//! Tansu broker behind socat's TLS listener on 127.0.0.1:9093 (Tansu has no TLS).
+//! TLS and SASL against the real servers scripts/services.sh starts: PostgreSQL and
+//! MariaDB with a certificate of the test CA (valid for 127.0.0.1, not for
+//! `localhost`), a Tansu broker behind socat's TLS listener on 127.0.0.1:9093, and a
+//! Tansu broker that admits only SASL (SCRAM) users on 127.0.0.1:9095.
 
 use std::time::Duration;
 
@@ -206,7 +207,7 @@ async fn mysql_sinks_speak_tls() {
 
 /// `security_protocol = 'ssl'` with `ssl_ca_location`: the Kafka sink writes and the
 /// Kafka source reads through a TLS listener; plaintext against it, or TLS with the
-/// system's roots, is an error naming the broker; SASL is refused as not supported.
+/// system's roots, is an error naming the broker.
 #[tokio::test]
 async fn kafka_sinks_and_sources_speak_tls() {
     use flumen::connectors::rskafka::client::ClientBuilder;
@@ -256,8 +257,8 @@ async fn kafka_sinks_and_sources_speak_tls() {
             "cannot connect (broker 127.0.0.1:9093)",
         ),
         (
-            ", security_protocol = 'sasl_ssl'",
-            "stream k: security_protocol 'sasl_ssl': SASL is not supported yet; accepted: plaintext, ssl",
+            ", security_protocol = 'tls'",
+            "stream k: security_protocol 'tls': accepted: plaintext, ssl, sasl_plaintext, sasl_ssl",
         ),
         (
             &format!(", ssl_ca_location = '{ca}'") as &str,
@@ -269,6 +270,103 @@ async fn kafka_sinks_and_sources_speak_tls() {
             s.execute(&format!(
                 "CREATE STREAM k (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{broker}',
                    topic = '{topic}', format = 'raw', timeout = '2 seconds'{options})"
+            ))
+            .await?;
+            s.execute("CREATE SINK x WITH (connector = 'memory') AS SELECT v FROM k")
+                .await?;
+            s.execute("ADVANCE 1 BATCHES").await
+        }
+        .await
+        .err()
+        .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains(expected)),
+            "{options}: {err:?}"
+        );
+    }
+}
+
+/// `security_protocol = 'sasl_plaintext'` with SCRAM-SHA-256 and SCRAM-SHA-512 users:
+/// the sink writes and the source reads back; a wrong password, a mechanism the broker
+/// does not speak (PLAIN), no SASL, or a SASL option without a SASL protocol are errors
+/// naming the broker or the option.
+#[tokio::test]
+async fn kafka_over_sasl_scram() {
+    use flumen::connectors::rskafka::client::{ClientBuilder, Credentials, SaslConfig};
+    let broker = "127.0.0.1:9095";
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        ClientBuilder::new(vec![broker.to_string()])
+            .sasl_config(SaslConfig::ScramSha512(Credentials::new(
+                "bob".into(),
+                "s3cret".into(),
+            )))
+            .build(),
+    )
+    .await
+    .expect("no SASL Kafka broker on 127.0.0.1:9095: run scripts/services.sh start")
+    .unwrap();
+    let topic = crate::connectors::kafka::topic("sasl");
+    crate::connectors::kafka::create_topic(&client, &topic, 1).await;
+    let sasl = |user: &str, mechanism: &str, password: &str| {
+        format!(
+            "security_protocol = 'sasl_plaintext', sasl_mechanism = '{mechanism}',
+             sasl_username = '{user}', sasl_password = '{password}'"
+        )
+    };
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM m (k BIGINT) WITH (connector = 'memory');
+         CREATE SINK out WITH (connector = 'kafka', bootstrap_servers = '{broker}',
+           topic = '{topic}', {}) AS SELECT k FROM m;
+         CREATE STREAM back (k BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{broker}',
+           topic = '{topic}', starting_offsets = 'earliest', {});
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT k FROM back;
+         INSERT INTO m VALUES (7), (8);",
+        sasl("alice", "SCRAM-SHA-256", "s3cret"),
+        sasl("bob", "scram-sha-512", "s3cret")
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(
+        sql_rows(&mut s, "SELECT k FROM seen ORDER BY k").await,
+        vec!["7", "8"]
+    );
+    s.stop_all().await.unwrap();
+
+    for (options, expected) in [
+        (
+            sasl("alice", "SCRAM-SHA-256", "wrong"),
+            "cannot connect (broker 127.0.0.1:9095)",
+        ),
+        // Tansu speaks SCRAM only: PLAIN is refused by the broker, and said so.
+        (
+            sasl("alice", "PLAIN", "s3cret"),
+            "cannot connect (broker 127.0.0.1:9095)",
+        ),
+        (
+            "format = 'raw'".to_string(),
+            "cannot connect (broker 127.0.0.1:9095)",
+        ),
+        (
+            "sasl_username = 'alice', sasl_password = 's3cret'".to_string(),
+            "stream k: sasl_username, sasl_password given but security_protocol is plaintext",
+        ),
+        (
+            "security_protocol = 'sasl_plaintext'".to_string(),
+            "stream k: security_protocol 'sasl_plaintext' needs sasl_username and sasl_password",
+        ),
+        (
+            sasl("alice", "GSSAPI", "s3cret"),
+            "stream k: sasl_mechanism 'GSSAPI': accepted: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+        ),
+    ] {
+        let mut s = sql_session();
+        let err = async {
+            s.execute(&format!(
+                "CREATE STREAM k (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{broker}',
+                   topic = '{topic}', timeout = '2 seconds', {options})"
             ))
             .await?;
             s.execute("CREATE SINK x WITH (connector = 'memory') AS SELECT v FROM k")
