@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs `flumen demo` (no server needed), sharing the build directory and
-# the build that scripts/test.sh uses: both build the whole workspace with one feature
-# set, so running both compiles DataFusion once (`cargo run -p flumen-cli` would
-# resolve features for that package alone and compile it again).
+# Builds and runs `flumen demo` (no server needed) in the build directory
+# scripts/test.sh uses, with the whole workspace's feature set (`cargo run -p
+# flumen-cli` would resolve features for that package alone). `cargo test` still builds
+# its dependencies once more on a fresh machine (another profile hash; see README).
 #
 # Usage: scripts/demo.sh [--seconds N]
 set -euo pipefail
