@@ -43,7 +43,7 @@ step "cargo test"
 # The CLI tests drive the real binary: built with the whole workspace (the same build
 # scripts/demo.sh makes; `-p flumen-cli` alone would compile DataFusion again with
 # another feature set).
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --tests --locked
 cargo test --workspace --locked
 
 step "examples"
