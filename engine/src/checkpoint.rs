@@ -81,6 +81,33 @@ pub struct OperatorState {
     pub meta: Value,
 }
 
+impl OperatorState {
+    /// An operator whose state is one table of `schema`: its batches as that table (the
+    /// columns relabelled to the query's names), or an error naming `what` when the
+    /// checkpoint holds another number of columns.
+    pub fn into_table(
+        self,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        what: &str,
+    ) -> Result<RecordBatch> {
+        let mut rows = Vec::with_capacity(self.batches.len());
+        for b in self.batches {
+            if b.num_columns() != schema.fields().len() {
+                return Err(Error::Checkpoint(format!(
+                    "the {what} state in the checkpoint has {} columns, this query keeps {}",
+                    b.num_columns(),
+                    schema.fields().len()
+                )));
+            }
+            rows.push(RecordBatch::try_new(
+                Arc::clone(schema),
+                b.columns().to_vec(),
+            )?);
+        }
+        Ok(datafusion::arrow::compute::concat_batches(schema, &rows)?)
+    }
+}
+
 /// What a restarted query finds.
 #[derive(Debug, Default)]
 pub struct Recovered {

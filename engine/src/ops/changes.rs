@@ -126,14 +126,7 @@ impl StreamOperator for ChangesExec {
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        let mut rows = Vec::with_capacity(state.batches.len());
-        for b in state.batches {
-            rows.push(RecordBatch::try_new(
-                Arc::clone(&self.schema),
-                b.columns().to_vec(),
-            )?);
-        }
-        let all = concat_batches(&self.schema, &rows)?;
+        let all = state.into_table(&self.schema, "previous output")?;
         self.remember(all)
     }
 }

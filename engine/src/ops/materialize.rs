@@ -128,14 +128,7 @@ impl StreamOperator for MaterializeExec {
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        let mut rows = Vec::with_capacity(state.batches.len());
-        for b in state.batches {
-            rows.push(RecordBatch::try_new(
-                Arc::clone(&self.schema),
-                b.columns().to_vec(),
-            )?);
-        }
-        self.table = concat_batches(&self.schema, &rows)?;
+        self.table = state.into_table(&self.schema, "kept result")?;
         Ok(())
     }
 }

@@ -236,21 +236,7 @@ impl StreamOperator for TopNExec {
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        let mut rows = Vec::with_capacity(state.batches.len());
-        for b in state.batches {
-            if b.num_columns() != self.schema.fields().len() {
-                return Err(crate::Error::Checkpoint(format!(
-                    "the top-N state in the checkpoint has {} columns, this query keeps {}",
-                    b.num_columns(),
-                    self.schema.fields().len()
-                )));
-            }
-            rows.push(RecordBatch::try_new(
-                Arc::clone(&self.schema),
-                b.columns().to_vec(),
-            )?);
-        }
-        self.state = concat_batches(&self.schema, &rows)?;
+        self.state = state.into_table(&self.schema, "top-N")?;
         Ok(())
     }
 }
