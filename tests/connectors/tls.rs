@@ -133,6 +133,23 @@ async fn postgres_sinks_speak_tls_as_libpq_does() {
     }
 }
 
+/// The error a query over a Kafka stream with `options` ends in (2 s timeout), if any.
+async fn kafka_stream_error(options: &str) -> Option<String> {
+    let mut s = sql_session();
+    async {
+        s.execute(&format!(
+            "CREATE STREAM k (v TEXT) WITH (connector = 'kafka', timeout = '2 seconds', {options})"
+        ))
+        .await?;
+        s.execute("CREATE SINK x WITH (connector = 'memory') AS SELECT v FROM k")
+            .await?;
+        s.execute("ADVANCE 1 BATCHES").await
+    }
+    .await
+    .err()
+    .map(|e| e.to_string())
+}
+
 async fn mysql_count(table: &str) -> String {
     use flumen::connectors::mysql_async::prelude::Queryable;
     let mut c = flumen::connectors::mysql_async::Conn::from_url(crate::connectors::kafka::MYSQL)
@@ -265,20 +282,10 @@ async fn kafka_sinks_and_sources_speak_tls() {
             "stream k: ssl_ca_location is given but security_protocol is plaintext",
         ),
     ] {
-        let mut s = sql_session();
-        let err = async {
-            s.execute(&format!(
-                "CREATE STREAM k (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{broker}',
-                   topic = '{topic}', format = 'raw', timeout = '2 seconds'{options})"
-            ))
-            .await?;
-            s.execute("CREATE SINK x WITH (connector = 'memory') AS SELECT v FROM k")
-                .await?;
-            s.execute("ADVANCE 1 BATCHES").await
-        }
-        .await
-        .err()
-        .map(|e| e.to_string());
+        let err = kafka_stream_error(&format!(
+            "bootstrap_servers = '{broker}', topic = '{topic}', format = 'raw'{options}"
+        ))
+        .await;
         assert!(
             err.as_deref().is_some_and(|e| e.contains(expected)),
             "{options}: {err:?}"
@@ -362,20 +369,10 @@ async fn kafka_over_sasl_scram() {
             "stream k: sasl_mechanism 'GSSAPI': accepted: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
         ),
     ] {
-        let mut s = sql_session();
-        let err = async {
-            s.execute(&format!(
-                "CREATE STREAM k (v TEXT) WITH (connector = 'kafka', bootstrap_servers = '{broker}',
-                   topic = '{topic}', timeout = '2 seconds', {options})"
-            ))
-            .await?;
-            s.execute("CREATE SINK x WITH (connector = 'memory') AS SELECT v FROM k")
-                .await?;
-            s.execute("ADVANCE 1 BATCHES").await
-        }
-        .await
-        .err()
-        .map(|e| e.to_string());
+        let err = kafka_stream_error(&format!(
+            "bootstrap_servers = '{broker}', topic = '{topic}', {options}"
+        ))
+        .await;
         assert!(
             err.as_deref().is_some_and(|e| e.contains(expected)),
             "{options}: {err:?}"
