@@ -591,3 +591,72 @@ fn with_format_csv_stdout_holds_only_rows() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(" (sink evens)\n"), "{stdout}");
 }
+
+/// The options are clap's: `--help` lists them and the subcommands and exits 0; an
+/// unknown option or a bad value is exit code 1 naming it; settings given on the
+/// command line reach the session typed, so a quote in a path is just a character.
+#[test]
+fn options_are_parsed_typed_and_explained() {
+    let out = Command::new(flumen()).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--checkpoint <DIR>",
+        "--trigger <MODE>",
+        "demo",
+        "Exit codes: 0",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+
+    let out = Command::new(flumen()).arg("--chekpoint").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--chekpoint'"),
+        "{out:?}"
+    );
+    let out = Command::new(flumen())
+        .args(["-c", "SELECT 1", "--batch-interval", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'--batch-interval <D>'"),
+        "{out:?}"
+    );
+    let out = Command::new(flumen())
+        .args(["-c", "SELECT 1", "--checkpoint-interval", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: checkpoint_interval '0': give a number of batches from 1 to 100 (state is snapshotted every that many batches)\n"
+    );
+
+    // `--checkpoint "…/o'neil"`: once formatted into `SET ... = '...'`, now a path.
+    let dir = crate::common::temp_dir("cli-typed-settings").join("o'neil");
+    let f = script(
+        "typed.sql",
+        "CREATE STREAM ticks WITH (connector = 'rate', rows_per_second = '5', rows = '5');\n\
+         CREATE SINK out WITH (connector = 'console') AS SELECT count(*) AS n FROM ticks;\n",
+    );
+    let out = Command::new(flumen())
+        .args([
+            "-f",
+            f.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--no-ui",
+        ])
+        .arg("--checkpoint")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        dir.join("queries").join("out").is_dir(),
+        "no checkpoint under {}: {out:?}",
+        dir.display()
+    );
+}

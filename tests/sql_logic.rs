@@ -2,6 +2,7 @@
 //! clock. `INSERT INTO <memory stream> VALUES ...` queues rows for the next batch and
 //! `ADVANCE n BATCHES` runs batches, so streaming semantics are testable as SQL.
 //!
+//! Each file is its own test (`cargo test --test main windows` runs `windows.slt`).
 //! Regenerate expected output with `FLUMEN_SLT_COMPLETE=1 cargo test --test main sql_logic`.
 
 use std::path::PathBuf;
@@ -80,34 +81,58 @@ fn new_db() -> FlumenDb {
     }
 }
 
-#[tokio::test]
-async fn sql_logic_files() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
-    let complete = std::env::var_os("FLUMEN_SLT_COMPLETE").is_some();
-    let mut failures = Vec::new();
-    for file in &files {
-        let mut runner = sqllogictest::Runner::new(|| async { Ok(new_db()) });
-        if complete {
-            runner
-                .update_test_file(
-                    file,
-                    " ",
-                    sqllogictest::default_validator,
-                    sqllogictest::default_normalizer,
-                    sqllogictest::default_column_validator,
-                )
-                .await
-                .unwrap();
-        } else if let Err(e) = runner.run_file_async(file).await {
-            failures.push(format!("{}:\n{e}", file.display()));
-        }
+/// Runs `tests/sql/<name>.slt`, or rewrites its expected output under
+/// `FLUMEN_SLT_COMPLETE`.
+async fn run_slt(name: &str) {
+    let file = slt_dir().join(format!("{name}.slt"));
+    let mut runner = sqllogictest::Runner::new(|| async { Ok(new_db()) });
+    if std::env::var_os("FLUMEN_SLT_COMPLETE").is_some() {
+        runner
+            .update_test_file(
+                &file,
+                " ",
+                sqllogictest::default_validator,
+                sqllogictest::default_normalizer,
+                sqllogictest::default_column_validator,
+            )
+            .await
+            .unwrap();
+    } else if let Err(e) = runner.run_file_async(&file).await {
+        panic!("{}:\n{e}", file.display());
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+fn slt_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql")
+}
+
+/// One test per file, named after it: `cargo test windows` runs `windows.slt`.
+macro_rules! slt_files {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                run_slt(stringify!($name)).await;
+            }
+        )*
+
+        /// Every `.slt` file has its test above (a new file cannot be skipped).
+        #[test]
+        fn every_slt_file_has_a_test() {
+            let listed = [$(stringify!($name)),*];
+            let mut on_disk: Vec<String> = std::fs::read_dir(slt_dir())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+                .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+                .collect();
+            on_disk.sort();
+            assert_eq!(on_disk, listed, "tests/sql/*.slt and the slt_files! list differ");
+        }
+    };
+}
+
+slt_files!(
+    batch_time, ddl, decisions, dedup, errors, functions, generators, joins, ksql, nexmark,
+    silence, tvf, windows, wordcount,
+);

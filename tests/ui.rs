@@ -153,7 +153,7 @@ async fn the_json_api_and_prometheus_metrics_report_every_batch() {
         detail["plan"][0]
             .as_str()
             .unwrap()
-            .starts_with("WindowAggregateExec (tumbling"),
+            .starts_with("WindowAggregate (tumbling"),
         "the plan is shown: {detail}"
     );
     // The newest batches only.

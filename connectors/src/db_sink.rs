@@ -1,7 +1,7 @@
 //! What the `postgres` and `mysql` sinks share: their options and checks.
 
 use datafusion::arrow::datatypes::Schema;
-use flumen_engine::registry::{ConnectorOptions, check_options};
+use flumen_engine::registry::ConnectorOptions;
 use flumen_engine::{Result, plan_err};
 
 use crate::offsets_store::redact;
@@ -32,7 +32,6 @@ pub(crate) fn parse(
     schemes: &[&str],
     example: &str,
 ) -> Result<DbOptions> {
-    check_options(connector, options, &OPTIONS)?;
     let (Some(url), Some(table)) = (options.get("url"), options.get("table")) else {
         return plan_err!(
             "sink {name}: connector '{connector}' needs url = '{example}' and table = '...'"

@@ -27,9 +27,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use flumen_engine::checkpoint::SourceStore;
-use flumen_engine::registry::{
-    ConnectorOptions, SourceFactory, bool_option, check_options, positive_option,
-};
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, bool_option, positive_option};
+use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Error, Rejected, Result, Source, SourceRange, plan_err};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -85,7 +84,6 @@ pub struct FilesSource {
     seen_log: Mutex<Option<SourceStore>>,
     /// The commit log of a Flumen `files` sink writing here, as read so far.
     commit_log: tokio::sync::Mutex<crate::files_sink::CommitLog>,
-    rejected: Mutex<Vec<Rejected>>,
     /// Read-ahead: files the next batch will take (those left over when a batch took
     /// `max_files_per_batch` of a longer backlog), read and decoded while the current
     /// batch's query runs. Keyed by path; a batch that takes another file reads it itself.
@@ -607,10 +605,6 @@ impl Source for FilesSource {
         format!("files {}, {format}", self.location.url)
     }
 
-    fn project(&self, columns: &[usize]) {
-        self.reader.decoder.project(columns);
-    }
-
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.reader.schema)
     }
@@ -619,7 +613,10 @@ impl Source for FilesSource {
         *self.seen_log.lock() = Some(store);
     }
 
-    async fn open(&self) -> Result<()> {
+    async fn open(&self, projection: Option<&[usize]>) -> Result<()> {
+        if let Some(columns) = projection {
+            self.reader.decoder.project(columns);
+        }
         let Some(log) = self.seen_log.lock().clone() else {
             // No checkpoint: every start is a first start.
             if !self.include_existing {
@@ -780,7 +777,7 @@ impl Source for FilesSource {
         Ok(())
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let files = range
             .end
             .get("files")
@@ -815,13 +812,17 @@ impl Source for FilesSource {
             };
             batches.extend(read.into_iter().filter(|b| b.num_rows() > 0));
         }
-        *self.rejected.lock() = rejected;
         self.read_ahead();
-        Ok(vec![batches])
+        Ok(SourceBatch {
+            partitions: vec![batches],
+            rejected,
+        })
     }
 
-    fn record_limit_hint(&self) -> String {
-        "; a batch takes whole files: use max_files_per_batch".into()
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Unsupported {
+            hint: "; a batch takes whole files: use max_files_per_batch".into(),
+        }
     }
 
     fn lag(&self) -> Option<u64> {
@@ -841,10 +842,6 @@ impl Source for FilesSource {
 
     fn sets_aside_bad_rows(&self) -> bool {
         self.reader.decoder.on_error() != OnError::Fail
-    }
-
-    fn take_rejected(&self) -> Vec<Rejected> {
-        std::mem::take(&mut *self.rejected.lock())
     }
 }
 
@@ -893,7 +890,6 @@ impl SourceFactory for FilesFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options("files", options, &FILES_OPTIONS)?;
         let Some(path) = options.get("path") else {
             return plan_err!(
                 "stream {name}: connector 'files' needs path = '<directory or s3:// / memory:// URL>'"
@@ -951,7 +947,6 @@ impl SourceFactory for FilesFactory {
             listing: Mutex::default(),
             seen_log: Mutex::default(),
             commit_log: tokio::sync::Mutex::default(),
-            rejected: Mutex::default(),
             ahead: Mutex::default(),
         }))
     }

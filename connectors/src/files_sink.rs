@@ -25,7 +25,7 @@ use datafusion::arrow::array::{Array, StringArray, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
+use flumen_engine::registry::{ConnectorOptions, SinkFactory};
 use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
 use object_store::{ObjectStoreExt, PutPayload};
 use parking_lot::Mutex;
@@ -469,7 +469,6 @@ impl SinkFactory for FilesSinkFactory {
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        check_options("files", options, &SINK_OPTIONS)?;
         let Some(path) = options.get("path") else {
             return plan_err!("sink {name}: connector 'files' needs path = '<directory or URL>'");
         };

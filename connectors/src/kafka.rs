@@ -30,7 +30,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
+use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Error, Rejected, Result, Source, SourceRange, plan_err};
 use parking_lot::Mutex;
 use rskafka::BackoffConfig;
@@ -109,7 +110,6 @@ pub struct KafkaSource {
     client: tokio::sync::OnceCell<Client>,
     partitions: tokio::sync::Mutex<HashMap<Tp, Arc<PartitionClient>>>,
     offsets: Mutex<Offsets>,
-    rejected: Mutex<Vec<Rejected>>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -391,7 +391,7 @@ impl Source for KafkaSource {
         self.partitions_hint
     }
 
-    async fn open(&self) -> Result<()> {
+    async fn open(&self, _projection: Option<&[usize]>) -> Result<()> {
         if let Some((store, query)) = &self.store {
             let stored = store.load(query, &self.topics).await?;
             if !stored.is_empty() {
@@ -478,7 +478,7 @@ impl Source for KafkaSource {
         })
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (Some(start), Some(end)) = (from_json(&range.start), from_json(&range.end)) else {
             return plan_err!("kafka source {}: bad range {range:?}", self.name);
         };
@@ -500,12 +500,14 @@ impl Source for KafkaSource {
             }
             out.push(vec![self.to_batch(tp, records, &mut rejected)?]);
         }
-        *self.rejected.lock() = rejected;
-        Ok(out)
+        Ok(SourceBatch {
+            partitions: out,
+            rejected,
+        })
     }
 
-    fn honours_record_limit(&self) -> bool {
-        true
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Honoured
     }
 
     fn lag(&self) -> Option<u64> {
@@ -526,10 +528,6 @@ impl Source for KafkaSource {
 
     fn sets_aside_bad_rows(&self) -> bool {
         self.decoder.on_error() != OnError::Fail
-    }
-
-    fn take_rejected(&self) -> Vec<Rejected> {
-        std::mem::take(&mut *self.rejected.lock())
     }
 }
 
@@ -567,7 +565,6 @@ impl SourceFactory for KafkaFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options("kafka", options, &KAFKA_OPTIONS)?;
         let Some(servers) = options.get("bootstrap_servers") else {
             return plan_err!(
                 "stream {name}: connector 'kafka' needs bootstrap_servers = 'host:port[,...]' and topic = '...'"
@@ -666,7 +663,6 @@ impl SourceFactory for KafkaFactory {
             client: tokio::sync::OnceCell::new(),
             partitions: tokio::sync::Mutex::default(),
             offsets: Mutex::default(),
-            rejected: Mutex::default(),
         }))
     }
 

@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory, check_options};
+use flumen_engine::registry::{ConnectorOptions, SinkFactory};
 use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
@@ -215,7 +215,6 @@ impl SinkFactory for KafkaSinkFactory {
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        check_options("kafka", options, &OPTIONS)?;
         let (Some(servers), Some(topic)) = (options.get("bootstrap_servers"), options.get("topic"))
         else {
             return plan_err!(

@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
+use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
 
 /// Which of the three Nexmark streams.
@@ -217,7 +218,7 @@ impl Source for NexmarkSource {
         self.pacer.restore(last)
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (from, to, start_ms) = self.pacer.range(range)?;
         // Generated in slices, so a large batch is several moderate RecordBatches.
         const SLICE: u64 = 64 * 1024;
@@ -231,11 +232,11 @@ impl Source for NexmarkSource {
             }
             i = j;
         }
-        Ok(vec![out])
+        Ok(SourceBatch::rows(vec![out]))
     }
 
-    fn honours_record_limit(&self) -> bool {
-        true
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Honoured
     }
 
     async fn is_drained(&self) -> Result<bool> {
@@ -273,7 +274,6 @@ impl SourceFactory for NexmarkFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options("nexmark", options, self.options())?;
         let table = table_option(options)?;
         let expected = table.schema();
         if schema.fields() != expected.fields() {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SourceFactory, check_options, positive_option};
-use flumen_engine::source::check_schema;
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
+use flumen_engine::source::{RecordLimit, SourceBatch, check_schema};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -191,7 +191,7 @@ impl Source for RateSource {
         self.pacer.restore(last)
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (from, to, start_ms) = self.pacer.range(range)?;
         let rate = self.pacer.rate() as i64;
         let values = Int64Array::from_iter_values(from as i64..to as i64);
@@ -203,11 +203,11 @@ impl Source for RateSource {
             vec![Arc::new(stamps), Arc::new(values)],
         )?;
         check_schema(&self.name, &self.schema, &batch)?;
-        Ok(vec![vec![batch]])
+        Ok(SourceBatch::rows(vec![vec![batch]]))
     }
 
-    fn honours_record_limit(&self) -> bool {
-        true
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Honoured
     }
 
     async fn is_drained(&self) -> Result<bool> {
@@ -230,7 +230,6 @@ impl SourceFactory for RateFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options("rate", options, self.options())?;
         let number = |key: &str| positive_option("rate", options, key);
         let expected = rate_schema();
         if schema.fields() != expected.fields() {

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SourceFactory, bool_option, check_options};
-use flumen_engine::{BatchContext, Rejected, Result, Source, SourceRange, plan_err};
+use flumen_engine::registry::{ConnectorOptions, SourceFactory, bool_option};
+use flumen_engine::source::{RecordLimit, SourceBatch};
+use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -48,7 +48,7 @@ struct BadLine {
 
 /// Consecutive lines of the connection's input, the first of them at index `first`
 /// (line `first + 1`); a bad line is an empty string here and listed in `bad`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Block {
     first: u64,
     lines: Vec<String>,
@@ -79,28 +79,70 @@ struct Received {
 }
 
 impl Received {
-    /// Makes the lines since the last cut a block; with a WAL, only once it is on disk.
-    fn cut(&mut self) -> std::io::Result<()> {
+    /// The lines since the last cut as a block (not yet received until it is added).
+    fn take_block(&mut self) -> Option<Block> {
         if self.current.is_empty() {
-            return Ok(());
+            return None;
         }
-        let block = Block {
+        Some(Block {
             first: self.lines - self.current.len() as u64,
             lines: std::mem::take(&mut self.current),
             bad: std::mem::take(&mut self.current_bad),
-        };
-        if let Some(wal) = &self.wal
-            && let Err(e) = wal.append(&block)
-        {
-            // Not received until logged: keep the lines for the next attempt.
-            self.current = block.lines;
-            self.current_bad = block.bad;
+        })
+    }
+
+    /// A block the log could not take goes back in front of the lines received since.
+    fn put_back(&mut self, block: Block) {
+        let shift = block.lines.len() as u32;
+        let mut lines = block.lines;
+        lines.append(&mut self.current);
+        self.current = lines;
+        let mut bad = block.bad;
+        bad.extend(
+            std::mem::take(&mut self.current_bad)
+                .into_iter()
+                .map(|mut b| {
+                    b.index += shift;
+                    b
+                }),
+        );
+        self.current_bad = bad;
+    }
+
+    fn add_block(&mut self, block: Arc<Block>) {
+        self.cut_until = block.end();
+        self.blocks.insert(block.first, block);
+    }
+}
+
+/// Makes the lines since the last cut a block; with a WAL, only once it is on disk
+/// (written on a blocking thread: an fsync never stalls the runtime). `cutting` keeps
+/// to one cut at a time, so blocks are added in order.
+async fn cut(received: &Mutex<Received>, cutting: &tokio::sync::Mutex<()>) -> std::io::Result<()> {
+    let _one = cutting.lock().await;
+    let (block, wal) = {
+        let mut r = received.lock();
+        match r.take_block() {
+            Some(b) => (b, r.wal.clone()),
+            None => return Ok(()),
+        }
+    };
+    let block = Arc::new(block);
+    if let Some(wal) = wal {
+        let logged = Arc::clone(&block);
+        let written = tokio::task::spawn_blocking(move || wal.append(&logged))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = written {
+            // Not received until logged: kept for the next attempt.
+            let block = Arc::try_unwrap(block).unwrap_or_else(|b| (*b).clone());
+            received.lock().put_back(block);
             return Err(e);
         }
-        self.cut_until = block.end();
-        self.blocks.insert(block.first, Arc::new(block));
-        Ok(())
     }
+    received.lock().add_block(block);
+    Ok(())
 }
 
 /// The write-ahead log of a reliable receiver: one file per block, written to a
@@ -109,7 +151,7 @@ impl Received {
 /// first line that query has not committed (`committed`, from before queries shared a
 /// receiver, counts for any query without its own). A block is deleted once every
 /// query committed past it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Wal {
     dir: std::path::PathBuf,
 }
@@ -125,13 +167,7 @@ impl Wal {
     }
 
     fn write_atomic(&self, name: &str, body: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        flumen_engine::durable::write_atomic(&self.dir.join(name), body)
     }
 
     fn append(&self, block: &Block) -> std::io::Result<()> {
@@ -289,11 +325,13 @@ struct Hub {
     wal_dir: Option<std::path::PathBuf>,
     max_line_bytes: usize,
     received: Arc<Mutex<Received>>,
+    /// One cut at a time (see [`cut`]).
+    cutting: Arc<tokio::sync::Mutex<()>>,
     /// Reading queries (open now, or known from their marks in the log): the first
     /// line each has not committed.
     committed: Mutex<HashMap<String, u64>>,
     /// The first query to open starts the receiver; the last to close stops it.
-    open_consumers: Mutex<usize>,
+    open_consumers: tokio::sync::Mutex<usize>,
     /// Marks found in the log when it was opened (the queries that read before).
     marks: Mutex<Option<LogMarks>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -331,8 +369,9 @@ impl Hub {
             wal_dir,
             max_line_bytes,
             received: Arc::default(),
+            cutting: Arc::default(),
             committed: Mutex::default(),
-            open_consumers: Mutex::new(0),
+            open_consumers: tokio::sync::Mutex::new(0),
             marks: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         });
@@ -356,11 +395,16 @@ impl Hub {
 
     /// Opens the hub for `consumer` (the first opening replays the log and starts the
     /// receiver); returns the first line `consumer` has not committed.
-    fn open(&self, consumer: &str) -> Result<u64> {
-        let mut open = self.open_consumers.lock();
+    async fn open(&self, consumer: &str) -> Result<u64> {
+        let mut open = self.open_consumers.lock().await;
         if *open == 0 {
-            if let Some(dir) = &self.wal_dir {
-                let (wal, blocks, marks, legacy) = Wal::open(dir).map_err(|e| self.wal_error(e))?;
+            if let Some(dir) = self.wal_dir.clone() {
+                let (wal, blocks, marks, legacy) =
+                    tokio::task::spawn_blocking(move || Wal::open(&dir))
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r)
+                        .map_err(|e| self.wal_error(e))?;
                 let mut r = self.received.lock();
                 let committed = marks.values().copied().chain(legacy).min().unwrap_or(0);
                 if !blocks.is_empty() {
@@ -392,13 +436,14 @@ impl Hub {
                 Arc::clone(&self.received),
             )));
             let received = Arc::clone(&self.received);
+            let cutting = Arc::clone(&self.cutting);
             let every = self.block_interval;
             let name = self.name.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    if let Err(e) = received.lock().cut() {
+                    if let Err(e) = cut(&received, &cutting).await {
                         log::error!("socket source {name}: write-ahead log: {e}; will retry");
                     }
                 }
@@ -422,41 +467,57 @@ impl Hub {
             }
         };
         self.committed.lock().insert(consumer.to_string(), start);
-        if let Some(wal) = &self.received.lock().wal {
+        let wal = self.received.lock().wal.clone();
+        if let Some(wal) = wal {
             // Held for this query from now on, even before its first commit.
-            wal.mark(consumer, start).map_err(|e| self.wal_error(e))?;
+            let consumer = consumer.to_string();
+            tokio::task::spawn_blocking(move || wal.mark(&consumer, start))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| self.wal_error(e))?;
         }
         Ok(start)
     }
 
     /// `consumer` committed the lines below `end`: blocks every query committed past
     /// are freed.
-    fn commit(&self, consumer: &str, end: u64) -> Result<()> {
+    async fn commit(&self, consumer: &str, end: u64) -> Result<()> {
         let lowest = {
             let mut committed = self.committed.lock();
             committed.insert(consumer.to_string(), end);
             committed.values().copied().min().unwrap_or(end)
         };
-        let mut r = self.received.lock();
-        let dropped: Vec<u64> = r
-            .blocks
-            .values()
-            .take_while(|b| b.end() <= lowest)
-            .map(|b| b.first)
-            .collect();
-        for first in &dropped {
-            r.blocks.remove(first);
-        }
-        if let Some(wal) = &r.wal {
-            wal.mark(consumer, end).map_err(|e| self.wal_error(e))?;
-            wal.drop_blocks(&dropped).map_err(|e| self.wal_error(e))?;
+        let (dropped, wal) = {
+            let mut r = self.received.lock();
+            let dropped: Vec<u64> = r
+                .blocks
+                .values()
+                .take_while(|b| b.end() <= lowest)
+                .map(|b| b.first)
+                .collect();
+            for first in &dropped {
+                r.blocks.remove(first);
+            }
+            (dropped, r.wal.clone())
+        };
+        if let Some(wal) = wal {
+            let consumer = consumer.to_string();
+            tokio::task::spawn_blocking(move || {
+                wal.mark(&consumer, end)?;
+                wal.drop_blocks(&dropped)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| self.wal_error(e))?;
         }
         Ok(())
     }
 
     /// One query stopped reading; the last stops the receiver.
-    fn close(&self) {
-        let mut open = self.open_consumers.lock();
+    async fn close(&self) {
+        let mut open = self.open_consumers.lock().await;
         *open = open.saturating_sub(1);
         if *open == 0 {
             for t in self.tasks.lock().drain(..) {
@@ -481,7 +542,6 @@ pub struct SocketSource {
     consumer: String,
     /// Lines below this index are planned into this query's batches.
     planned: Mutex<u64>,
-    rejected: Mutex<Vec<Rejected>>,
 }
 
 impl SocketSource {
@@ -500,7 +560,6 @@ impl SocketSource {
             hub: Hub::shared(name, addr, block_interval, wal_dir, max_line_bytes),
             consumer,
             planned: Mutex::new(0),
-            rejected: Mutex::new(Vec::new()),
         }
     }
 
@@ -673,18 +732,17 @@ impl Source for SocketSource {
         self.decoder.schema().clone()
     }
 
-    async fn open(&self) -> Result<()> {
-        let start = self.hub.open(&self.consumer)?;
+    async fn open(&self, _projection: Option<&[usize]>) -> Result<()> {
+        let start = self.hub.open(&self.consumer).await?;
         *self.planned.lock() = start;
         Ok(())
     }
 
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange> {
-        let cut_until = {
-            let mut r = self.hub.received.lock();
-            r.cut().map_err(|e| self.hub.wal_error(e))?;
-            r.cut_until
-        };
+        cut(&self.hub.received, &self.hub.cutting)
+            .await
+            .map_err(|e| self.hub.wal_error(e))?;
+        let cut_until = self.hub.received.lock().cut_until;
         let mut planned = self.planned.lock();
         let start = *planned;
         let mut end = cut_until.max(start);
@@ -698,7 +756,7 @@ impl Source for SocketSource {
         })
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (Some(start), Some(end)) = (range.start.as_u64(), range.end.as_u64()) else {
             return plan_err!("socket source {}: bad range {range:?}", self.name);
         };
@@ -769,8 +827,10 @@ impl Source for SocketSource {
             format!("{} line {}", self.hub.addr, at + 1)
         })?;
         rejected.append(&mut bad);
-        *self.rejected.lock() = rejected;
-        Ok(vec![vec![batch]])
+        Ok(SourceBatch {
+            partitions: vec![vec![batch]],
+            rejected,
+        })
     }
 
     async fn restore(&self, last: &SourceRange) -> Result<()> {
@@ -791,13 +851,13 @@ impl Source for SocketSource {
 
     async fn commit(&self, range: &SourceRange) -> Result<()> {
         if let Some(end) = range.end.as_u64() {
-            self.hub.commit(&self.consumer, end)?;
+            self.hub.commit(&self.consumer, end).await?;
         }
         Ok(())
     }
 
-    fn honours_record_limit(&self) -> bool {
-        true
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Honoured
     }
 
     async fn is_drained(&self) -> Result<bool> {
@@ -806,16 +866,12 @@ impl Source for SocketSource {
     }
 
     async fn close(&self) -> Result<()> {
-        self.hub.close();
+        self.hub.close().await;
         Ok(())
     }
 
     fn sets_aside_bad_rows(&self) -> bool {
         self.decoder.on_error() != OnError::Fail
-    }
-
-    fn take_rejected(&self) -> Vec<Rejected> {
-        std::mem::take(&mut *self.rejected.lock())
     }
 }
 
@@ -851,7 +907,6 @@ impl SourceFactory for SocketFactory {
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
         debug_assert!(FORMAT_OPTIONS.iter().all(|o| SOCKET_OPTIONS.contains(o)));
-        check_options("socket", options, &SOCKET_OPTIONS)?;
         let host = options
             .get("host")
             .map(String::as_str)

@@ -156,6 +156,21 @@ impl StreamingContextBuilder {
             Some(s) => s,
             None => SessionContext::new_with_config(default_session_config()),
         };
+        // Every plan of the context's session fuses `unnest(string_to_array(...))`.
+        let fused = session
+            .state()
+            .physical_optimizers()
+            .iter()
+            .any(|r| r.name() == crate::split::FuseSplitUnnest::NAME);
+        let session = if fused {
+            session
+        } else {
+            SessionContext::new_with_state(
+                datafusion::execution::SessionStateBuilder::new_from_existing(session.state())
+                    .with_physical_optimizer_rule(Arc::new(crate::split::FuseSplitUnnest))
+                    .build(),
+            )
+        };
         // Plans are executed again every batch: dynamic filters, which carry values
         // from one execution into the next, must stay off.
         session
@@ -426,12 +441,11 @@ impl StreamingContext {
     pub fn source_with(&self, source: Arc<dyn Source>, options: SourceOptions) -> Result<Stream> {
         self.check_initialized("add a stream")?;
         if (options.max_records_per_batch.is_some() || options.backpressure)
-            && !source.honours_record_limit()
+            && let crate::source::RecordLimit::Unsupported { hint } = source.record_limit()
         {
             return plan_err!(
-                "stream {}: this source cannot cap the records of a batch (max_records_per_batch, backpressure){}",
+                "stream {}: this source cannot cap the records of a batch (max_records_per_batch, backpressure){hint}",
                 source.name(),
-                source.record_limit_hint()
             );
         }
         let limit = crate::rate::RateLimit {
@@ -458,6 +472,7 @@ impl StreamingContext {
             errors: options.dead_letter,
             errors_slot: None,
             limit,
+            projection: None,
         });
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
     }

@@ -63,6 +63,10 @@ pub enum Error {
     /// A bug in Flumen: please report it.
     #[error("internal error (a bug in Flumen): {0}")]
     Internal(String),
+    /// `source` with where it happened (`line 3`, `query 2`): its kind and whether a
+    /// retry can help stay those of `source` (DataFusion's `Context`).
+    #[error("{context}: {source}")]
+    Context { context: String, source: Box<Error> },
 }
 
 impl Error {
@@ -82,6 +86,16 @@ impl Error {
             Error::QueryFailed(e) => e.kind(),
             Error::Checkpoint(_) => "checkpoint",
             Error::Internal(_) => "internal",
+            Error::Context { source, .. } => source.kind(),
+        }
+    }
+
+    /// This error with where it happened in front of it (`line 3: ...`), of the same
+    /// kind and as retryable as before.
+    pub fn context(self, context: impl Into<String>) -> Error {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
         }
     }
 
@@ -91,7 +105,7 @@ impl Error {
         match self {
             Error::Source { retryable, .. } | Error::Sink { retryable, .. } => *retryable,
             Error::Io(_) => true,
-            Error::Batch { source, .. } => source.is_retryable(),
+            Error::Batch { source, .. } | Error::Context { source, .. } => source.is_retryable(),
             _ => false,
         }
     }
@@ -119,4 +133,29 @@ macro_rules! internal_err {
     ($($arg:tt)*) => {
         Err($crate::error::Error::Internal(format!($($arg)*)))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_keeps_the_kind_and_retryability_of_what_it_wraps() {
+        let outage = Error::Source {
+            source_name: "clicks".into(),
+            message: "broker 127.0.0.1:9092 unreachable".into(),
+            retryable: true,
+        };
+        let e = outage.context("query 2").context("line 7");
+        assert_eq!(
+            e.to_string(),
+            "line 7: query 2: source 'clicks': broker 127.0.0.1:9092 unreachable"
+        );
+        assert_eq!(e.kind(), "source");
+        assert!(e.is_retryable());
+
+        let wrong = Error::Plan("no column 'x'".into()).context("line 1");
+        assert_eq!(wrong.kind(), "plan");
+        assert!(!wrong.is_retryable());
+    }
 }

@@ -29,6 +29,9 @@ pub(crate) struct SourceNode {
     pub errors_slot: Option<Arc<BatchSlot>>,
     /// `max_records_per_batch` and back pressure.
     pub limit: crate::rate::RateLimit,
+    /// The columns the query reads, when some go unread (set once the plans are
+    /// built; given to the source when it opens).
+    pub projection: Option<Vec<usize>>,
 }
 
 pub(crate) struct OperatorNode {

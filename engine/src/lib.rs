@@ -24,6 +24,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod context;
+pub mod durable;
 pub mod error;
 pub mod exact;
 mod graph;

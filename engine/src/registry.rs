@@ -20,7 +20,8 @@ pub type ConnectorOptions = HashMap<String, String>;
 pub trait SourceFactory: Debug + Send + Sync {
     /// The options the connector accepts (for error messages and completion).
     fn options(&self) -> &[&'static str];
-    /// A source named `name` producing `schema`.
+    /// A source named `name` producing `schema`. The registry has checked `options`
+    /// against [`SourceFactory::options`] ([`ConnectorRegistry::create_source`]).
     fn create(
         &self,
         name: &str,
@@ -36,6 +37,7 @@ pub trait SourceFactory: Debug + Send + Sync {
 /// Creates sinks of one connector.
 pub trait SinkFactory: Debug + Send + Sync {
     fn options(&self) -> &[&'static str];
+    /// A sink named `name`; `options` checked by the registry as for sources.
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>>;
 }
 
@@ -91,6 +93,32 @@ impl ConnectorRegistry {
                 self.sink_names().join(", ")
             ),
         }
+    }
+
+    /// A source of `connector` named `name`: its options checked against those the
+    /// connector accepts, then the connector's own checks.
+    pub fn create_source(
+        &self,
+        connector: &str,
+        name: &str,
+        schema: SchemaRef,
+        options: &ConnectorOptions,
+    ) -> Result<Arc<dyn Source>> {
+        let factory = self.source(connector)?;
+        check_options(connector, options, factory.options())?;
+        factory.create(name, schema, options)
+    }
+
+    /// A sink of `connector` named `name`, its options checked as for sources.
+    pub fn create_sink(
+        &self,
+        connector: &str,
+        name: &str,
+        options: &ConnectorOptions,
+    ) -> Result<Arc<dyn Sink>> {
+        let factory = self.sink(connector)?;
+        check_options(connector, options, factory.options())?;
+        factory.create(name, options)
     }
 
     pub fn source_names(&self) -> Vec<&str> {
@@ -165,7 +193,6 @@ impl SourceFactory for QueueFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        check_options(self.connector, options, self.options())?;
         let one = bool_option(self.connector, options, "one_at_a_time", true)?;
         Ok(QueueSource::new(name, schema, one))
     }
@@ -187,8 +214,7 @@ impl SinkFactory for MemoryFactory {
         &[]
     }
 
-    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        check_options("memory", options, self.options())?;
+    fn create(&self, name: &str, _options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
         Ok(MemorySink::new(name))
     }
 }
@@ -203,7 +229,6 @@ impl SinkFactory for ConsoleFactory {
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
         use crate::sink::ConsoleFormat;
-        check_options("console", options, self.options())?;
         let rows = positive_option("console", options, "num_rows")?.unwrap_or(20);
         let format = match options
             .get("format")
@@ -242,14 +267,20 @@ mod tests {
         let mut opts = ConnectorOptions::new();
         opts.insert("one_at_a_tme".into(), "true".into());
         let err = r
-            .source("queue")
-            .unwrap()
-            .create("q", Arc::new(Schema::empty()), &opts)
+            .create_source("queue", "q", Arc::new(Schema::empty()), &opts)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "unknown option 'one_at_a_tme' for connector 'queue'; accepted: one_at_a_time"
+        );
+        let err = r
+            .create_sink("console", "out", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unknown option 'one_at_a_tme' for connector 'console'; accepted: "),
+            "{err}"
         );
     }
 }

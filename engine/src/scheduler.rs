@@ -84,13 +84,14 @@ impl Pipeline {
     ) -> Result<Self> {
         let mut operators = Vec::new();
         for mut node in graph.operators {
-            let plan = crate::split::fuse_split_unnest(node.op.plan_input(&node.input).await?)?;
+            // Plans of the context's session are fused by its optimizer rule
+            // (`split::FuseSplitUnnest`); an operator may build its own around them.
+            let plan = node.op.plan_input(&node.input).await?;
             operators.push((node, plan));
         }
         let mut outputs = Vec::new();
         for node in graph.outputs {
-            let plan =
-                crate::split::fuse_split_unnest(node.df.clone().create_physical_plan().await?)?;
+            let plan = node.df.clone().create_physical_plan().await?;
             outputs.push((node, plan));
         }
         // Tell each source which of its columns the plans read (it may skip the rest).
@@ -99,10 +100,11 @@ impl Pipeline {
             .map(|(_, p)| p)
             .chain(outputs.iter().map(|(_, p)| p))
             .collect();
-        for s in &graph.sources {
+        let mut sources = graph.sources;
+        for s in &mut sources {
             let read = s.slot.columns_read(&plans)?;
             if read.len() < s.slot.schema().fields().len() {
-                s.source.project(&read);
+                s.projection = Some(read);
             }
         }
         Ok(Self {
@@ -111,7 +113,7 @@ impl Pipeline {
             task_ctx: session.task_ctx(),
             session,
             interval,
-            sources: graph.sources,
+            sources,
             operators,
             outputs,
             checkpoint: None,
@@ -302,7 +304,7 @@ impl Pipeline {
     /// Open sources and sinks.
     pub async fn open(&self) -> Result<()> {
         for s in &self.sources {
-            s.source.open().await?;
+            s.source.open(s.projection.as_deref()).await?;
         }
         for (i, (node, plan)) in self.outputs.iter().enumerate() {
             if let OutputKind::Sink(sink) = &node.kind {
@@ -403,8 +405,10 @@ impl Pipeline {
             0
         };
         for (s, range) in self.sources.iter().zip(&ranges) {
-            let data = s.source.read_batch(range).await?;
-            let rejected = s.source.take_rejected();
+            let crate::source::SourceBatch {
+                partitions: data,
+                rejected,
+            } = s.source.read_batch(range).await?;
             if let Some(slot) = &s.errors_slot {
                 slot.fill(if rejected.is_empty() {
                     Vec::new()

@@ -54,6 +54,38 @@ pub struct Rejected {
     pub error: String,
 }
 
+/// What [`Source::read_batch`] returns: the rows, and the records set aside.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// The rows, one `Vec` per source partition.
+    pub partitions: Vec<Vec<RecordBatch>>,
+    /// Records that could not be decoded, set aside under `on_error = 'skip' |
+    /// 'dead_letter'`. The scheduler counts them and writes them to the stream's
+    /// dead-letter sink, if it has one.
+    pub rejected: Vec<Rejected>,
+}
+
+impl SourceBatch {
+    /// Rows, with nothing set aside.
+    pub fn rows(partitions: Vec<Vec<RecordBatch>>) -> Self {
+        SourceBatch {
+            partitions,
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// Whether a source keeps a batch to [`BatchContext::max_records`]
+/// (`max_records_per_batch`, `backpressure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordLimit {
+    Honoured,
+    /// It cannot; `hint` says what to use instead (shown in the error, may be empty).
+    Unsupported {
+        hint: String,
+    },
+}
+
 /// The columns a dead-letter sink of rejected records receives.
 pub fn rejected_schema() -> SchemaRef {
     use datafusion::arrow::datatypes::{DataType, Field};
@@ -72,8 +104,9 @@ pub fn rejected_schema() -> SchemaRef {
 /// 1. [`Source::plan_batch`] — decide what the batch covers and return it as a
 ///    [`SourceRange`]; nothing is read yet. The range is made durable before step 2.
 /// 2. [`Source::read_batch`] — read exactly that range as `RecordBatch`es of
-///    [`Source::schema`], one `Vec` per source partition. A replayable source must
-///    return the same data when called again with the same range.
+///    [`Source::schema`], one `Vec` per source partition, with the records it set
+///    aside. A replayable source must return the same data when called again with
+///    the same range.
 /// 3. [`Source::commit`] — after every sink committed the batch; the source may free
 ///    what the range covered (a receiver's write-ahead log, for instance).
 ///
@@ -101,20 +134,17 @@ pub trait Source: Debug + Send + Sync {
         String::new()
     }
 
-    /// The columns of [`Source::schema`] the query reads (indices, ascending), known
-    /// once its plans are built, before [`Source::open`]; called only when some column
-    /// goes unread. A source may then skip decoding the others and fill them with any
-    /// value of their type (as Spark's CSV reader prunes columns): the plans never
-    /// look at them.
-    fn project(&self, _columns: &[usize]) {}
-
     /// When the query keeps a checkpoint: the folder of it where this source keeps
     /// what it must remember across restarts (the `files` source: which files it
     /// took). Called once, before [`Source::open`].
     fn use_checkpoint(&self, _store: crate::checkpoint::SourceStore) {}
 
-    /// Called once when the query starts, before the first batch.
-    async fn open(&self) -> Result<()> {
+    /// Called once when the query starts, before the first batch. `projection`: the
+    /// columns of [`Source::schema`] the query reads (indices, ascending), when some
+    /// go unread. A source may skip decoding the others and fill them with any value
+    /// of their type (as Spark's CSV reader prunes columns): the plans never look at
+    /// them.
+    async fn open(&self, _projection: Option<&[usize]>) -> Result<()> {
         Ok(())
     }
 
@@ -128,8 +158,9 @@ pub trait Source: Debug + Send + Sync {
     /// Step 1: what the batch covers.
     async fn plan_batch(&self, batch: &BatchContext) -> Result<SourceRange>;
 
-    /// Step 2: the data of `range`, one `Vec` per partition.
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>>;
+    /// Step 2: the data of `range`, one `Vec` per partition, with the records set
+    /// aside as bad input.
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch>;
 
     /// After a restart from a checkpoint: the last planned batch covered `last`; the
     /// next [`Source::plan_batch`] starts where it ended, and [`Source::read_batch`]
@@ -158,13 +189,10 @@ pub trait Source: Debug + Send + Sync {
     }
 
     /// Whether [`Source::plan_batch`] keeps to [`BatchContext::max_records`].
-    fn honours_record_limit(&self) -> bool {
-        false
-    }
-
-    /// What to use instead when the source cannot cap records (shown in the error).
-    fn record_limit_hint(&self) -> String {
-        String::new()
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Unsupported {
+            hint: String::new(),
+        }
     }
 
     /// How far the last planned batch ended behind what the source held then, in the
@@ -179,13 +207,6 @@ pub trait Source: Debug + Send + Sync {
     /// 'dead_letter'`) rather than failing the query.
     fn sets_aside_bad_rows(&self) -> bool {
         false
-    }
-
-    /// The records the last [`Source::read_batch`] rejected (bad input under
-    /// `on_error = 'skip' | 'dead_letter'`). The scheduler counts them and writes them
-    /// to the stream's dead-letter sink, if it has one.
-    fn take_rejected(&self) -> Vec<Rejected> {
-        Vec::new()
     }
 }
 

@@ -61,6 +61,36 @@ pub fn fuse_split_unnest(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
         .data)
 }
 
+/// [`fuse_split_unnest`] as a physical optimizer rule: a streaming context's session
+/// has it, so every plan the context builds is fused.
+#[derive(Debug, Default)]
+pub struct FuseSplitUnnest;
+
+impl FuseSplitUnnest {
+    pub const NAME: &'static str = "fuse_split_unnest";
+}
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for FuseSplitUnnest {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        fuse_split_unnest(plan).map_err(|e| match e {
+            crate::Error::DataFusion(e) => e,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        })
+    }
+
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
 /// Splits a text column on a delimiter, one output row per part (see the module).
 #[derive(Debug)]
 pub struct SplitUnnestExec {
@@ -439,6 +469,35 @@ mod tests {
             lines.join("\n")
         };
         (show(&expected), show(&actual), text, actual)
+    }
+
+    #[tokio::test]
+    async fn a_streaming_context_fuses_every_plan_its_session_builds() {
+        let ctx = crate::StreamingContext::builder(std::time::Duration::from_secs(1))
+            .with_session(context(false))
+            .with_exclusive(false)
+            .build()
+            .unwrap();
+        let df = ctx
+            .session()
+            .sql("SELECT unnest(string_to_array(t, ' ')) AS w FROM texts")
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
+        let unfused = |t: &str| t.lines().any(|l| l.trim_start().starts_with("UnnestExec"));
+        assert!(
+            text.contains("SplitUnnestExec") && !unfused(&text),
+            "{text}"
+        );
+        // A plain DataFusion session does not.
+        let df = context(false)
+            .sql("SELECT unnest(string_to_array(t, ' ')) AS w FROM texts")
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
+        assert!(unfused(&text), "{text}");
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use futures::FutureExt;
 use crate::context::StreamingContext;
 use crate::error::Result;
 use crate::graph::{OperatorNode, OutputKind, OutputNode};
-use crate::ops::{MapWithStateExec, RunningAggregateExec, StateSpec, StreamOperator, WindowExec};
+use crate::ops::{BatchWindow, MapWithState, RunningAggregate, StateSpec, StreamOperator};
 use crate::sink::Sink;
 use crate::slot::BatchSlot;
 use crate::time::{Time, check_multiple, format_duration};
@@ -303,13 +303,13 @@ impl Stream {
     /// DataFusion can merge works (count, sum, avg, min, max, count(distinct),
     /// approx_distinct, stddev, user-defined).
     pub fn update_state_by_key(&self, keys: Vec<Expr>, aggrs: Vec<Expr>) -> Result<Stream> {
-        let op = RunningAggregateExec::try_new(&self.df, keys, aggrs)?;
+        let op = RunningAggregate::try_new(&self.df, keys, aggrs)?;
         self.add_operator("update_state_by_key", Box::new(op), self.slide)
     }
 
     /// Spark's `mapWithState`: see [`StateSpec`].
     pub fn map_with_state(&self, keys: &[&str], spec: StateSpec) -> Result<Stream> {
-        let op = MapWithStateExec::try_new(
+        let op = MapWithState::try_new(
             self.schema(),
             keys.iter().map(|k| k.to_string()).collect(),
             spec,
@@ -335,7 +335,7 @@ impl Stream {
                 format_duration(length)
             );
         }
-        let op = WindowExec::new(self.schema(), length, slide);
+        let op = BatchWindow::new(self.schema(), length, slide);
         self.add_operator("window", Box::new(op), slide)
     }
 

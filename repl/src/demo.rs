@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -18,15 +18,7 @@ const WORDS: [&str; 8] = [
     "arrow", "batch", "stream", "window", "state", "flumen", "query", "sink",
 ];
 
-pub async fn run(args: &[String]) -> Result<()> {
-    let seconds: u64 = match args.iter().position(|a| a == "--seconds") {
-        Some(i) => args
-            .get(i + 1)
-            .context("--seconds needs a value")?
-            .parse()
-            .context("--seconds takes a whole number")?,
-        None => 5,
-    };
+pub async fn run(seconds: u64) -> Result<()> {
     let interval = Duration::from_secs(1);
     let ctx = StreamingContext::new(interval)?;
     let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));

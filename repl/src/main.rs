@@ -13,103 +13,90 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use flumen_engine::SystemClock;
-use flumen_sql::FlumenSession;
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand, ValueEnum};
+use flumen_engine::{SystemClock, Trigger};
+use flumen_sql::{ConsoleFormat, FlumenSession, Setting};
 use tokio::task::JoinSet;
 
 use crate::exec::{PrintOptions, run_script};
 use crate::print::Format;
 
-const HELP: &str = "\
-flumen — a SQL-first micro-batch stream processing engine
-
-USAGE:
-    flumen [OPTIONS]                 interactive SQL REPL
-    flumen -f FILE [OPTIONS]         run a script, then keep its queries running
-    flumen -c 'SQL; SQL' [OPTIONS]   run statements and exit
-    flumen demo [--seconds N]        a self-contained streaming demo (no server needed)
-
-OPTIONS:
-    -f, --file FILE              SQL script to run
-    -c, --command SQL            statements to run (continuous queries print until
-                                 Ctrl-C/SIGTERM, as with -f)
-        --keep-going             when a query fails, keep the others running (the exit
-                                 code is still 2 at the end)
-        --trigger MODE           available-now: process what the sources hold, then
-                                 exit; processing-time (default): run until Ctrl-C/SIGTERM
-        --batch-interval D       e.g. '1 second' (default), '500 ms'
-        --checkpoint DIR         checkpoint location (SET checkpoint_location): each
-                                 query resumes where it stopped
-        --checkpoint-interval N  snapshot state every N batches (default 1; SET
-                                 checkpoint_interval)
-        --progress-log FILE      append each batch's progress (JSON lines, as Spark's
-                                 StreamingQueryProgress) to FILE (SET progress_log)
-        --ui ADDR                serve the web UI and /metrics on ADDR (default
-                                 127.0.0.1:4040, or the next free port after it)
-        --no-ui                  no web UI
-        --format F               print (default: Spark's layout for continuous
-                                 queries, tables otherwise), table, csv or json
-    -h, --help                   this help
-    -V, --version                the version
-
+/// What follows the options in `flumen --help`.
+const AFTER_HELP: &str = "\
 A script's queries run until SIGINT or SIGTERM, which stops them gracefully (the batch
 in flight finishes); with --trigger available-now, until their sources are drained.
 
 Exit codes: 0 when every query ended well (stopped by a signal, or drained); 1 for a
 statement that fails (`error: line N: ...` on stderr) or a bad option; 2 when a query
 fails while it runs (`error: query N (sink) failed: ...`): the other queries are
-stopped gracefully and flumen exits at once, unless --keep-going.
-";
+stopped gracefully and flumen exits at once, unless --keep-going.";
 
-#[derive(Default)]
-struct Args {
+/// flumen — a SQL-first micro-batch stream processing engine.
+///
+/// Without -f, -c or a subcommand: the interactive SQL REPL.
+#[derive(Debug, Parser)]
+#[command(name = "flumen", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// SQL script to run, then keep its queries running
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<String>,
-    command: Option<String>,
-    trigger: Option<String>,
-    batch_interval: Option<String>,
-    checkpoint: Option<String>,
-    checkpoint_interval: Option<String>,
-    progress_log: Option<String>,
-    ui: Option<String>,
-    no_ui: bool,
+    /// Statements to run (continuous queries print until Ctrl-C/SIGTERM, as with -f)
+    #[arg(short = 'c', long = "command", value_name = "SQL")]
+    sql: Option<String>,
+    /// When a query fails, keep the others running (the exit code is still 2 at the end)
+    #[arg(long)]
     keep_going: bool,
+    /// available-now: process what the sources hold, then exit; processing-time
+    /// (default): run until Ctrl-C/SIGTERM
+    #[arg(long, value_enum, value_name = "MODE")]
+    trigger: Option<TriggerArg>,
+    /// Batch interval, e.g. '1 second' (default), '500 ms'
+    #[arg(long, value_name = "D", value_parser = parse_interval)]
+    batch_interval: Option<std::time::Duration>,
+    /// Checkpoint location (SET checkpoint_location): each query resumes where it stopped
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<String>,
+    /// Snapshot state every N batches (default 1; SET checkpoint_interval)
+    #[arg(long, value_name = "N")]
+    checkpoint_interval: Option<u64>,
+    /// Append each batch's progress (JSON lines, as Spark's StreamingQueryProgress) to
+    /// FILE (SET progress_log)
+    #[arg(long, value_name = "FILE")]
+    progress_log: Option<String>,
+    /// Serve the web UI and /metrics on ADDR (default 127.0.0.1:4040, or the next free
+    /// port after it)
+    #[arg(long, value_name = "ADDR")]
+    ui: Option<String>,
+    /// No web UI
+    #[arg(long)]
+    no_ui: bool,
+    /// print (default: Spark's layout for continuous queries, tables otherwise),
+    /// table, csv or json
+    #[arg(long, value_name = "F")]
     format: Option<Format>,
 }
 
-fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args::default();
-    let mut i = 0;
-    while i < args.len() {
-        let value = |i: usize| -> Result<String> {
-            args.get(i + 1)
-                .cloned()
-                .ok_or_else(|| anyhow!("{} needs a value", args[i]))
-        };
-        match args[i].as_str() {
-            "-f" | "--file" => a.file = Some(value(i)?),
-            "-c" | "--command" => a.command = Some(value(i)?),
-            "--trigger" => a.trigger = Some(value(i)?),
-            "--batch-interval" => a.batch_interval = Some(value(i)?),
-            "--checkpoint" => a.checkpoint = Some(value(i)?),
-            "--checkpoint-interval" => a.checkpoint_interval = Some(value(i)?),
-            "--progress-log" => a.progress_log = Some(value(i)?),
-            "--ui" => a.ui = Some(value(i)?),
-            "--no-ui" => {
-                a.no_ui = true;
-                i += 1;
-                continue;
-            }
-            "--keep-going" => {
-                a.keep_going = true;
-                i += 1;
-                continue;
-            }
-            "--format" => a.format = Some(value(i)?.parse().map_err(|e: String| anyhow!(e))?),
-            other => bail!("unknown option '{other}'; run `flumen --help` for the options"),
-        }
-        i += 2;
-    }
-    Ok(a)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A self-contained streaming demo (no server needed)
+    Demo {
+        /// How long it runs, in seconds
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TriggerArg {
+    AvailableNow,
+    ProcessingTime,
+}
+
+fn parse_interval(s: &str) -> std::result::Result<std::time::Duration, String> {
+    flumen_sql::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Logs (warnings by default) to stderr through `tracing`; the level and per-module
@@ -139,18 +126,21 @@ async fn main() -> ExitCode {
         eprintln!("error: internal error (a bug in Flumen, please report it): {info}");
     }));
     init_logging();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("demo") => demo::run(&args[1..]).await,
-        Some("--version" | "-V") => {
-            println!("flumen {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` print and succeed; a bad option is exit code 1
+            // (2 is a query failing while it runs).
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            };
         }
-        Some("--help" | "-h") => {
-            print!("{HELP}");
-            Ok(())
-        }
-        _ => run(&args).await,
+    };
+    let result = match cli.command {
+        Some(Command::Demo { seconds }) => demo::run(seconds).await,
+        None => run(cli).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,45 +185,40 @@ async fn next_failure(
     std::future::pending().await
 }
 
-async fn run(args: &[String]) -> Result<()> {
-    let args = parse_args(args)?;
+async fn run(args: Cli) -> Result<()> {
     let mut session = FlumenSession::new(flumen_connectors::registry(), Arc::new(SystemClock));
     let options = PrintOptions {
         format: args.format.unwrap_or(Format::Print),
         timing: false,
     };
-    let mut setup = Vec::new();
-    let available_now = match args.trigger.as_deref() {
-        None | Some("processing-time") => false,
-        Some("available-now") => true,
-        Some(other) => bail!("unknown trigger '{other}'; accepted: available-now, processing-time"),
-    };
+    let available_now = matches!(args.trigger, Some(TriggerArg::AvailableNow));
+    let mut settings = Vec::new();
     if available_now {
-        setup.push("SET trigger = 'available_now'".to_string());
+        settings.push(Setting::Trigger(Trigger::AvailableNow));
     }
     // Data only on stdout with --format csv|json: console sinks print rows alone.
     match args.format {
-        Some(Format::Csv) => setup.push("SET console_format = 'csv'".into()),
-        Some(Format::Json) => setup.push("SET console_format = 'json'".into()),
+        Some(Format::Csv) => settings.push(Setting::ConsoleFormat(ConsoleFormat::Csv)),
+        Some(Format::Json) => settings.push(Setting::ConsoleFormat(ConsoleFormat::Json)),
         _ => {}
     }
-    if let Some(d) = &args.batch_interval {
-        setup.push(format!("SET batch_interval = '{d}'"));
+    if let Some(d) = args.batch_interval {
+        settings.push(Setting::BatchInterval(d));
     }
     if let Some(c) = &args.checkpoint {
-        setup.push(format!("SET checkpoint_location = '{c}'"));
+        settings.push(Setting::CheckpointLocation(c.clone()));
     }
-    if let Some(n) = &args.checkpoint_interval {
-        setup.push(format!("SET checkpoint_interval = '{n}'"));
+    if let Some(n) = args.checkpoint_interval {
+        settings.push(Setting::CheckpointInterval(n));
     }
     if let Some(f) = &args.progress_log {
-        setup.push(format!("SET progress_log = '{f}'"));
+        settings.push(Setting::ProgressLog(f.clone()));
     }
-    for s in setup {
-        session.execute(&s).await?;
+    for s in settings {
+        session.set(s)?;
     }
     let mut printers = JoinSet::new();
-    let script = match (&args.file, &args.command) {
+    let script = match (&args.file, &args.sql) {
         (Some(_), Some(_)) => bail!("give either -f FILE or -c SQL, not both"),
         (Some(f), None) => {
             Some(std::fs::read_to_string(f).with_context(|| format!("cannot read script {f}"))?)
@@ -246,7 +231,7 @@ async fn run(args: &[String]) -> Result<()> {
     }
     // The web UI, for the REPL and scripts (not -c, which exits when it is done); a
     // script's once its statements ran, so a script with an error prints only that.
-    let serve_ui = !args.no_ui && args.command.is_none();
+    let serve_ui = !args.no_ui && args.sql.is_none();
     let Some(script) = script else {
         let _ui = if serve_ui {
             start_ui(args.ui.as_deref(), &session).await?
@@ -260,7 +245,7 @@ async fn run(args: &[String]) -> Result<()> {
         &script,
         options,
         &mut printers,
-        args.command.is_some(),
+        args.sql.is_some(),
     )
     .await;
     if let Err(e) = outcome {

@@ -1,7 +1,8 @@
 //! What the SQL layer knows: streams, sinks, continuously maintained tables.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -11,9 +12,12 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use flumen_engine::{MemorySink, QueueSource, Sink};
+use parking_lot::Mutex;
 
 use crate::planner::OutputMode;
-use crate::statement::{Options, Watermark};
+use crate::policy::{LateRows, StreamPolicy};
+use crate::query::ParsedQuery;
+use crate::statement::{ObjectKind, Options, Watermark};
 
 /// A stream: read from a connector, or derived by a query over other streams.
 #[derive(Debug, Clone)]
@@ -23,12 +27,24 @@ pub struct StreamDef {
     pub watermark: Option<Watermark>,
     pub options: Options,
     pub kind: StreamKind,
+    /// Flumen's own options (late rows, bad records, rate), resolved at CREATE.
+    pub policy: StreamPolicy,
 }
 
 #[derive(Debug, Clone)]
 pub enum StreamKind {
     Source { connector: String },
-    Derived { query: String },
+    Derived { query: ParsedQuery },
+}
+
+impl StreamDef {
+    /// `kafka`, `files`, ... for a source stream; `derived` for one defined by a query.
+    pub fn connector(&self) -> &str {
+        match &self.kind {
+            StreamKind::Source { connector } => connector,
+            StreamKind::Derived { .. } => "derived",
+        }
+    }
 }
 
 /// A sink: where a query's rows go.
@@ -47,24 +63,141 @@ pub struct SinkDef {
     pub is_table: bool,
 }
 
-#[derive(Debug, Default)]
+/// An object taken out of the catalog.
+#[derive(Debug)]
+pub enum Removed {
+    Stream(StreamDef),
+    Sink(SinkDef),
+}
+
+/// The session's streams, sinks and tables. A cheap handle: clones share one
+/// catalog, which only its methods lock (the web UI reads it while queries plan).
+#[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    pub streams: BTreeMap<String, StreamDef>,
-    pub sinks: BTreeMap<String, SinkDef>,
+    objects: Arc<Mutex<Objects>>,
+}
+
+#[derive(Debug, Default)]
+struct Objects {
+    streams: BTreeMap<String, StreamDef>,
+    sinks: BTreeMap<String, SinkDef>,
     /// Memory streams: the queue of every running query reading them.
-    pub feeds: HashMap<String, Vec<Weak<QueueSource>>>,
+    feeds: HashMap<String, Vec<Weak<QueueSource>>>,
 }
 
 impl Catalog {
-    /// Whether `name` is taken by a stream, sink or table.
-    pub fn kind_of(&self, name: &str) -> Option<&'static str> {
-        if self.streams.contains_key(name) {
-            Some("stream")
-        } else if let Some(s) = self.sinks.get(name) {
-            Some(if s.is_table { "table" } else { "sink" })
+    /// What `name` is, if a stream, sink or table has it.
+    pub fn kind_of(&self, name: &str) -> Option<ObjectKind> {
+        let o = self.objects.lock();
+        if o.streams.contains_key(name) {
+            Some(ObjectKind::Stream)
         } else {
-            None
+            o.sinks.get(name).map(|s| {
+                if s.is_table {
+                    ObjectKind::Table
+                } else {
+                    ObjectKind::Sink
+                }
+            })
         }
+    }
+
+    pub fn add_stream(&self, def: StreamDef) {
+        self.objects.lock().streams.insert(def.name.clone(), def);
+    }
+
+    pub fn add_sink(&self, def: SinkDef) {
+        self.objects.lock().sinks.insert(def.name.clone(), def);
+    }
+
+    /// Takes the stream, sink or table `name` out of the catalog.
+    pub fn remove(&self, name: &str) -> Option<Removed> {
+        let mut o = self.objects.lock();
+        if let Some(s) = o.streams.remove(name) {
+            o.feeds.remove(name);
+            return Some(Removed::Stream(s));
+        }
+        o.sinks.remove(name).map(Removed::Sink)
+    }
+
+    pub fn stream(&self, name: &str) -> Option<StreamDef> {
+        self.objects.lock().streams.get(name).cloned()
+    }
+
+    pub fn sink(&self, name: &str) -> Option<SinkDef> {
+        self.objects.lock().sinks.get(name).cloned()
+    }
+
+    /// Every stream, by name.
+    pub fn streams(&self) -> Vec<StreamDef> {
+        self.objects.lock().streams.values().cloned().collect()
+    }
+
+    /// Every sink and table, by name.
+    pub fn sinks(&self) -> Vec<SinkDef> {
+        self.objects.lock().sinks.values().cloned().collect()
+    }
+
+    pub fn stream_names(&self) -> HashSet<String> {
+        self.objects.lock().streams.keys().cloned().collect()
+    }
+
+    pub fn has_stream(&self, name: &str) -> bool {
+        self.objects.lock().streams.contains_key(name)
+    }
+
+    /// Changes the sink or table `name` in place; `None` if there is none.
+    pub fn update_sink<R>(&self, name: &str, f: impl FnOnce(&mut SinkDef) -> R) -> Option<R> {
+        self.objects.lock().sinks.get_mut(name).map(f)
+    }
+
+    /// Event-time columns with their watermark delay, keyed `stream.column`.
+    pub fn watermarks(&self) -> HashMap<String, Duration> {
+        self.objects
+            .lock()
+            .streams
+            .values()
+            .filter_map(|s| {
+                s.watermark
+                    .as_ref()
+                    .map(|w| (format!("{}.{}", s.name, w.column), w.delay))
+            })
+            .collect()
+    }
+
+    /// The event-time column of `stream` (its watermark's), if it has one.
+    pub fn event_time(&self, stream: &str) -> Option<String> {
+        let o = self.objects.lock();
+        let w = o.streams.get(stream)?.watermark.as_ref()?;
+        Some(w.column.clone())
+    }
+
+    /// The stream whose late rows go to sink `sink`, if one's do.
+    pub fn late_rows_of(&self, sink: &str) -> Option<String> {
+        self.objects
+            .lock()
+            .streams
+            .values()
+            .find(|s| matches!(&s.policy.late_rows, LateRows::DeadLetter { sink: d, .. } if d == sink))
+            .map(|s| s.name.clone())
+    }
+
+    /// Registers the queue of a query reading memory stream `stream`.
+    pub fn add_feed(&self, stream: &str, queue: &Arc<QueueSource>) {
+        self.objects
+            .lock()
+            .feeds
+            .entry(stream.to_string())
+            .or_default()
+            .push(Arc::downgrade(queue));
+    }
+
+    /// The queues of the running queries reading memory stream `stream`.
+    pub fn feeds(&self, stream: &str) -> Vec<Arc<QueueSource>> {
+        let mut o = self.objects.lock();
+        let feeds = o.feeds.entry(stream.to_string()).or_default();
+        feeds.retain(|w| w.strong_count() > 0);
+        feeds.iter().filter_map(Weak::upgrade).collect()
     }
 }
 

@@ -2,9 +2,7 @@
 //! only a query that names it gets it (as Spark's and Flink's metadata columns).
 
 use datafusion::dataframe::DataFrame;
-use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr};
 use flumen_engine::Result;
 
 use crate::batch_time::BATCH_TIME_COLUMN;
@@ -55,14 +53,8 @@ fn names_batch_time(e: &Expr) -> bool {
     }
 }
 
-/// `df` (the plan of `sql`) without the `_batch_time` columns a wildcard brought in.
-pub fn drop_hidden_columns(df: DataFrame, sql: &str) -> Result<DataFrame> {
-    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
-        return Ok(df);
-    };
-    let Some(Statement::Query(query)) = statements.pop() else {
-        return Ok(df);
-    };
+/// `df` (the plan of `query`) without the `_batch_time` columns a wildcard brought in.
+pub fn drop_hidden_columns(df: DataFrame, query: &Query) -> Result<DataFrame> {
     let hidden: Vec<usize> = df
         .schema()
         .fields()
@@ -71,8 +63,7 @@ pub fn drop_hidden_columns(df: DataFrame, sql: &str) -> Result<DataFrame> {
         .filter(|(_, f)| f.name() == BATCH_TIME_COLUMN)
         .map(|(i, _)| i)
         .collect();
-    if hidden.is_empty() || !hides_batch_time(&query) || hidden.len() == df.schema().fields().len()
-    {
+    if hidden.is_empty() || !hides_batch_time(query) || hidden.len() == df.schema().fields().len() {
         return Ok(df);
     }
     let keep: Vec<datafusion::prelude::Expr> = df
@@ -88,6 +79,10 @@ pub fn drop_hidden_columns(df: DataFrame, sql: &str) -> Result<DataFrame> {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::sql::sqlparser::ast::Statement;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
     use super::*;
 
     fn hides(sql: &str) -> bool {

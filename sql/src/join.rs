@@ -1,12 +1,12 @@
 //! Joins of two streams over event time: the planner's side of
-//! [`StreamJoinExec`]. The join condition must bound how far apart in time two
+//! [`StreamJoin`]. The join condition must bound how far apart in time two
 //! matching rows can be — an interval (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND
 //! b.ts`) or equal window times (`a.window_start = b.window_start`) — so that each
 //! side's watermark tells when a row can no longer match and is dropped from state.
 //!
 //! ```text
 //!  Join(L, R, on, filter) ─▶ input = (true, L.*, NULLs) UNION ALL (false, NULLs, R.*)
-//!                          ─▶ StreamJoinExec(join of two slots, time bound [lo, hi])
+//!                          ─▶ StreamJoin(join of two slots, time bound [lo, hi])
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,7 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, Projection, lit,
 };
-use flumen_engine::ops::{JoinTime, StreamJoinExec};
+use flumen_engine::ops::{JoinTime, StreamJoin};
 use flumen_engine::time::format_duration;
 use flumen_engine::{Result, plan_err};
 
@@ -255,14 +255,14 @@ fn nulls(schema: &DFSchemaRef, prefix: &str) -> Result<Vec<Expr>> {
         .collect()
 }
 
-/// Plans `join` (whose inputs both read streams) as a [`StreamJoinExec`]. Returns the
+/// Plans `join` (whose inputs both read streams) as a [`StreamJoin`]. Returns the
 /// operator, its EXPLAIN line and its input.
 pub(crate) fn stream_join(
     state: &SessionState,
     node: &LogicalPlan,
     j: &Join,
     times: &SideTimes<'_>,
-) -> Result<(StreamJoinExec, String, DataFrame)> {
+) -> Result<(StreamJoin, String, DataFrame)> {
     if j.join_type != JoinType::Inner {
         return plan_err!(
             "a {} join of two streams is not supported: only inner joins of two streams run \
@@ -328,7 +328,7 @@ pub(crate) fn stream_join(
             Arc::new(scan),
         )?))
     };
-    let op = StreamJoinExec::try_new(
+    let op = StreamJoin::try_new(
         &input,
         Arc::new(ls.as_arrow().clone()),
         Arc::new(rs.as_arrow().clone()),
@@ -371,7 +371,7 @@ pub(crate) fn stream_join(
         ),
     };
     let line = format!(
-        "StreamJoinExec (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
+        "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
         range(bound.lo),
         range(bound.hi),
         keep("left", "the right side", &right_time, bound.lo),

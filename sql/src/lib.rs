@@ -21,6 +21,8 @@ pub mod hidden;
 mod join;
 pub mod ksql;
 pub mod planner;
+pub mod policy;
+pub mod query;
 pub mod session;
 pub mod statement;
 pub mod tvf;
@@ -29,4 +31,6 @@ pub mod window;
 
 pub use flumen_engine as engine;
 pub use planner::OutputMode;
-pub use session::{FlumenSession, QueryInfo, SessionView, Settings, StatementResult};
+pub use session::{
+    ConsoleFormat, FlumenSession, QueryInfo, SessionView, Setting, Settings, StatementResult,
+};

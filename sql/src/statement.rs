@@ -14,6 +14,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use flumen_engine::{Error, Result, plan_err};
 
 use crate::duration::{interval_duration, parse_duration};
+use crate::query::{ParsedQuery, starts_a_query};
 
 /// `WITH (...)` options: keys lower-cased, values as text.
 pub type Options = BTreeMap<String, String>;
@@ -70,26 +71,28 @@ pub enum Statement {
     CreateStreamAs {
         name: String,
         options: Options,
-        query: String,
+        query: ParsedQuery,
     },
     CreateSink {
         name: String,
         options: Options,
-        query: Option<String>,
+        query: Option<ParsedQuery>,
     },
     /// `CREATE TABLE name AS SELECT ...`: a continuously maintained result when the
     /// query reads streams, an ordinary DataFusion table otherwise.
     CreateTableAs {
         name: String,
         sql: String,
-        query: String,
+        query: ParsedQuery,
     },
     /// `INSERT INTO name ...`: into a sink (starts a query) or a memory stream
     /// (rows for the next batch); otherwise DataFusion's.
     InsertInto {
         target: String,
         sql: String,
-        query: String,
+        /// The rows: a query, or why it is not one (then only DataFusion's tables
+        /// take the statement, e.g. with a column list).
+        query: std::result::Result<ParsedQuery, String>,
     },
     Set {
         key: String,
@@ -110,6 +113,8 @@ pub enum Statement {
     },
     /// `ADVANCE n BATCHES`: with a manual clock, run the next `n` batches.
     Advance(u64),
+    /// A query: over streams, a continuous query; otherwise DataFusion's.
+    Query(ParsedQuery),
     /// Anything else: DataFusion's SQL.
     Other(String),
 }
@@ -275,7 +280,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                     let name = ident(&mut p)?;
                     let options = parse_with(&mut p)?;
                     let query = if p.parse_keyword(Keyword::AS) {
-                        Some(rest(sql, &p))
+                        Some(ParsedQuery::parse(&rest(sql, &p))?)
                     } else {
                         expect_end(&mut p)?;
                         None
@@ -289,14 +294,18 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 Some("TABLE") => {
                     p.next_token();
                     let name = ident(&mut p)?;
-                    if p.parse_keyword(Keyword::AS) {
-                        Ok(Statement::CreateTableAs {
+                    // Not a query we can parse: DataFusion's CREATE TABLE, and its error.
+                    match p
+                        .parse_keyword(Keyword::AS)
+                        .then(|| ParsedQuery::parse(&rest(sql, &p)).ok())
+                        .flatten()
+                    {
+                        Some(query) => Ok(Statement::CreateTableAs {
                             name,
-                            query: rest(sql, &p),
+                            query,
                             sql: sql.to_string(),
-                        })
-                    } else {
-                        Ok(Statement::Other(sql.to_string()))
+                        }),
+                        None => Ok(Statement::Other(sql.to_string())),
                     }
                 }
                 _ => Ok(Statement::Other(sql.to_string())),
@@ -310,7 +319,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             let target = ident(&mut p)?;
             Ok(Statement::InsertInto {
                 target,
-                query: rest(sql, &p),
+                query: ParsedQuery::parse(&rest(sql, &p)).map_err(|e| e.to_string()),
                 sql: sql.to_string(),
             })
         }
@@ -398,6 +407,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             expect_end(&mut p)?;
             Ok(Statement::Advance(n))
         }
+        _ if starts_a_query(sql) => Ok(Statement::Query(ParsedQuery::parse(sql)?)),
         _ => Ok(Statement::Other(sql.to_string())),
     }
 }
@@ -475,7 +485,7 @@ fn parse_create_stream(sql: &str, p: &mut Parser) -> Result<Statement> {
         return Ok(Statement::CreateStreamAs {
             name,
             options,
-            query: rest(sql, p),
+            query: ParsedQuery::parse(&rest(sql, p))?,
         });
     }
     normalize_ksql_options(&mut options, &mut watermark);
@@ -670,17 +680,26 @@ mod tests {
     }
 
     #[test]
-    fn statements_with_queries_keep_the_query_text() {
-        let st = parse_statement("CREATE SINK out WITH (connector = 'memory') AS SELECT a FROM s")
-            .unwrap();
+    fn statements_with_queries_keep_the_query_parsed() {
+        let st = parse_statement(
+            "CREATE SINK out WITH (connector = 'memory') AS SELECT a FROM s EMIT CHANGES",
+        )
+        .unwrap();
+        let Statement::CreateSink {
+            name,
+            options,
+            query: Some(query),
+        } = st
+        else {
+            panic!("a CREATE SINK with a query: {st:?}");
+        };
         assert_eq!(
-            st,
-            Statement::CreateSink {
-                name: "out".into(),
-                options: [("connector".to_string(), "memory".to_string())].into(),
-                query: Some("SELECT a FROM s".into())
-            }
+            (name.as_str(), options["connector"].as_str()),
+            ("out", "memory")
         );
+        assert_eq!(query.text, "SELECT a FROM s");
+        assert_eq!(query.query.to_string(), "SELECT a FROM s");
+        assert_eq!(query.emit, Some(crate::OutputMode::Update));
         assert_eq!(
             parse_statement("ADVANCE 3 BATCHES").unwrap(),
             Statement::Advance(3)
@@ -691,6 +710,10 @@ mod tests {
         );
         assert!(matches!(
             parse_statement("SELECT 1").unwrap(),
+            Statement::Query(_)
+        ));
+        assert!(matches!(
+            parse_statement("CREATE VIEW v AS SELECT 1").unwrap(),
             Statement::Other(_)
         ));
         let err = parse_statement("CREATE STREAM s (a BLOB2)")

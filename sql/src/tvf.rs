@@ -27,19 +27,9 @@ use flumen_engine::{Error, Result, plan_err};
 
 const FUNCTIONS: [&str; 3] = ["TUMBLE", "HOP", "SESSION"];
 
-/// Rewrites the window table functions in `sql`; returns `sql` unchanged when it has
-/// none (or does not parse: DataFusion then reports the error).
-pub fn rewrite_table_functions(sql: &str) -> Result<String> {
-    let upper = sql.to_ascii_uppercase();
-    if !FUNCTIONS.iter().any(|f| upper.contains(f)) {
-        return Ok(sql.to_string());
-    }
-    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
-        return Ok(sql.to_string());
-    };
-    let [statement] = statements.as_mut_slice() else {
-        return Ok(sql.to_string());
-    };
+/// Rewrites the window table functions in `statement`, a pass over its tree;
+/// whether it had any.
+pub fn rewrite_statement(statement: &mut Statement) -> Result<bool> {
     let mut rewriter = Rewriter {
         changed: false,
         error: None,
@@ -48,10 +38,7 @@ pub fn rewrite_table_functions(sql: &str) -> Result<String> {
     if let Some(e) = rewriter.error {
         return Err(e);
     }
-    if !rewriter.changed {
-        return Ok(sql.to_string());
-    }
-    Ok(statement.to_string())
+    Ok(rewriter.changed)
 }
 
 struct Rewriter {
@@ -286,13 +273,21 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::ParsedQuery;
+
+    fn rewrite(sql: &str) -> String {
+        ParsedQuery::parse(sql)
+            .unwrap()
+            .bind(|_| None)
+            .unwrap()
+            .to_string()
+    }
 
     #[test]
     fn grouped_tumble_becomes_a_window_group_key() {
-        let out = rewrite_table_functions(
+        let out = rewrite(
             "SELECT window_start, k, count(*) FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, k",
-        )
-        .unwrap();
+        );
         assert_eq!(
             out,
             "SELECT window(ts, INTERVAL '10' SECOND)['start'] AS window_start, k, count(*) FROM s GROUP BY k, window(ts, INTERVAL '10' SECOND)"
@@ -301,7 +296,14 @@ mod tests {
 
     #[test]
     fn queries_without_window_functions_are_untouched() {
-        let sql = "SELECT  hop  FROM t";
-        assert_eq!(rewrite_table_functions(sql).unwrap(), sql);
+        let mut statement =
+            Statement::Query(ParsedQuery::parse("SELECT hop FROM t").unwrap().query);
+        assert!(!rewrite_statement(&mut statement).unwrap());
+        assert_eq!(statement.to_string(), "SELECT hop FROM t");
+        // A name in a string literal is not a call.
+        assert_eq!(
+            rewrite("SELECT 'TUMBLE(s, ts, x)' AS t FROM s"),
+            "SELECT 'TUMBLE(s, ts, x)' AS t FROM s"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `ChangesExec`: from the whole result every batch to the rows that are new or
+//! `Changes`: from the whole result every batch to the rows that are new or
 //! changed since the previous batch — update mode for a query whose result is
 //! recomputed whole each batch (an aggregate over an aggregate, a top-N over a join).
 //!
@@ -21,7 +21,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use super::{Emits, OperatorContext, StreamOperator};
 use crate::Result;
 
-pub struct ChangesExec {
+pub struct Changes {
     schema: SchemaRef,
     converter: RowConverter,
     /// The previous batch's result, in the row format, with how often each row occurs.
@@ -30,7 +30,7 @@ pub struct ChangesExec {
     previous_rows: RecordBatch,
 }
 
-impl ChangesExec {
+impl Changes {
     pub fn try_new(schema: SchemaRef) -> Result<Self> {
         let converter = RowConverter::new(
             schema
@@ -66,8 +66,13 @@ impl ChangesExec {
 }
 
 #[async_trait]
-impl StreamOperator for ChangesExec {
+impl StreamOperator for Changes {
     fn name(&self) -> String {
+        "Changes".into()
+    }
+
+    /// The name checkpoints were fingerprinted under before the rename.
+    fn describe(&self) -> String {
         "ChangesExec".into()
     }
 
@@ -175,7 +180,7 @@ mod tests {
             batch_interval: Duration::from_secs(1),
             input_watermark: None,
         };
-        let mut op = ChangesExec::try_new(batch(&[]).schema()).unwrap();
+        let mut op = Changes::try_new(batch(&[]).schema()).unwrap();
         let out = op
             .process(&ctx, vec![batch(&[("a", 1), ("b", 1)])])
             .await
@@ -190,7 +195,7 @@ mod tests {
         assert_eq!(keys(&out), vec!["b=2", "c=1"]);
         // Duplicates count: a second identical row is new.
         let snapshot = op.snapshot().unwrap();
-        let mut op = ChangesExec::try_new(batch(&[]).schema()).unwrap();
+        let mut op = Changes::try_new(batch(&[]).schema()).unwrap();
         op.restore(snapshot).unwrap();
         let out = op
             .process(&ctx, vec![batch(&[("a", 1), ("a", 1), ("b", 2), ("c", 1)])])

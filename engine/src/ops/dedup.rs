@@ -1,4 +1,4 @@
-//! `DedupExec`: `SELECT DISTINCT` over a stream. Emits each distinct row the first
+//! `Dedup`: `SELECT DISTINCT` over a stream. Emits each distinct row the first
 //! time it is seen, across all batches (or, in complete mode, every distinct row each
 //! batch). Rows are compared in Arrow's row format.
 //!
@@ -19,7 +19,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use super::{OperatorContext, StreamOperator};
 use crate::Result;
 
-pub struct DedupExec {
+pub struct Dedup {
     input_schema: SchemaRef,
     output_schema: SchemaRef,
     converter: RowConverter,
@@ -32,7 +32,7 @@ pub struct DedupExec {
     key_columns: Option<Vec<usize>>,
 }
 
-impl DedupExec {
+impl Dedup {
     pub fn try_new(input_schema: SchemaRef, emit_all: bool) -> Result<Self> {
         let converter = RowConverter::new(
             input_schema
@@ -73,9 +73,9 @@ impl DedupExec {
 }
 
 #[async_trait]
-impl StreamOperator for DedupExec {
+impl StreamOperator for Dedup {
     fn name(&self) -> String {
-        "DedupExec".into()
+        "Dedup".into()
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -167,7 +167,7 @@ impl StreamOperator for DedupExec {
         let mut batches = state.batches.into_iter();
         let Some(seen) = batches.next() else {
             return Err(crate::error::Error::Checkpoint(
-                "a DedupExec snapshot without its rows seen".into(),
+                "a Dedup snapshot without its rows seen".into(),
             ));
         };
         let seen = RecordBatch::try_new(self.key_schema(), seen.columns().to_vec())?;
@@ -180,7 +180,7 @@ impl StreamOperator for DedupExec {
     }
 }
 
-impl DedupExec {
+impl Dedup {
     /// The columns rows are compared on.
     fn key_schema(&self) -> SchemaRef {
         match &self.key_columns {

@@ -1,4 +1,4 @@
-//! `LateRowsExec`: a stream's watermark applied where the stream enters a query.
+//! `LateRowFilter`: a stream's watermark applied where the stream enters a query.
 //! Rows older than the watermark are late: they leave the pipeline, are counted, and
 //! are written to a dead-letter sink — never dropped silently. Used for streams
 //! declared with `late_rows = 'dead_letter'`.
@@ -25,7 +25,7 @@ use super::{OperatorContext, StreamOperator};
 use crate::sink::{Sink, WriteKey};
 use crate::{Result, plan_err};
 
-pub struct LateRowsExec {
+pub struct LateRowFilter {
     stream: String,
     schema: SchemaRef,
     time_index: usize,
@@ -35,7 +35,7 @@ pub struct LateRowsExec {
     late_last_batch: u64,
 }
 
-impl LateRowsExec {
+impl LateRowFilter {
     /// Late rows of `stream` (by its column `time_index` and watermark `delay`) go to
     /// `dead_letter`.
     pub fn try_new(
@@ -70,8 +70,13 @@ impl LateRowsExec {
 }
 
 #[async_trait]
-impl StreamOperator for LateRowsExec {
+impl StreamOperator for LateRowFilter {
     fn name(&self) -> String {
+        format!("LateRowFilter({})", self.stream)
+    }
+
+    /// The name checkpoints were fingerprinted under before the rename.
+    fn describe(&self) -> String {
         format!("LateRowsExec({})", self.stream)
     }
 

@@ -1,4 +1,4 @@
-//! `MapWithStateExec`: Spark's `mapWithState`, vectorised. Per batch, the user's
+//! `MapWithState`: Spark's `mapWithState`, vectorised. Per batch, the user's
 //! function is called once with every key that has new rows or times out, the rows of
 //! those keys grouped by key, and their previous state, all as Arrow arrays; it returns
 //! the new state per key and any output rows.
@@ -117,7 +117,7 @@ pub struct StateUpdate {
 }
 
 /// The operator behind `Stream::map_with_state`.
-pub struct MapWithStateExec {
+pub struct MapWithState {
     key_columns: Vec<String>,
     spec: StateSpec,
     input_schema: SchemaRef,
@@ -131,7 +131,7 @@ pub struct MapWithStateExec {
     index: HashMap<Box<[u8]>, usize>,
 }
 
-impl MapWithStateExec {
+impl MapWithState {
     pub fn try_new(
         input_schema: SchemaRef,
         key_columns: Vec<String>,
@@ -194,8 +194,13 @@ impl MapWithStateExec {
 }
 
 #[async_trait]
-impl StreamOperator for MapWithStateExec {
+impl StreamOperator for MapWithState {
     fn name(&self) -> String {
+        format!("MapWithState(keys=[{}])", self.key_columns.join(", "))
+    }
+
+    /// The name checkpoints were fingerprinted under before the rename.
+    fn describe(&self) -> String {
         format!("MapWithStateExec(keys=[{}])", self.key_columns.join(", "))
     }
 

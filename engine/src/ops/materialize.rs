@@ -1,4 +1,4 @@
-//! `MaterializeExec`: turns a stream of changed rows (upserts by key, update mode)
+//! `Materialize`: turns a stream of changed rows (upserts by key, update mode)
 //! back into the whole result, for a plan above it that must see all of it — an
 //! aggregate, a window function, a sort or a join over a running aggregate's result.
 //!
@@ -22,14 +22,14 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use super::{Emits, OperatorContext, StreamOperator};
 use crate::Result;
 
-pub struct MaterializeExec {
+pub struct Materialize {
     schema: SchemaRef,
     keys: Vec<usize>,
     converter: RowConverter,
     table: RecordBatch,
 }
 
-impl MaterializeExec {
+impl Materialize {
     /// A table of `schema` whose rows are replaced by key (`keys`: column indexes).
     pub fn try_new(schema: SchemaRef, keys: Vec<usize>) -> Result<Self> {
         let converter = RowConverter::new(
@@ -54,9 +54,9 @@ impl MaterializeExec {
 }
 
 #[async_trait]
-impl StreamOperator for MaterializeExec {
+impl StreamOperator for Materialize {
     fn name(&self) -> String {
-        "MaterializeExec".into()
+        "Materialize".into()
     }
 
     fn output_schema(&self) -> SchemaRef {

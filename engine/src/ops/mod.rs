@@ -18,26 +18,30 @@ use std::sync::Arc;
 use crate::Result;
 use crate::time::Time;
 
+pub mod aggregate;
 pub mod changes;
 pub mod dedup;
 pub mod late;
 pub mod map_with_state;
 pub mod materialize;
-pub mod running_aggregate;
 pub mod stream_join;
+#[cfg(test)]
+mod test_input;
 pub mod top_n;
 pub mod window;
 mod window_state;
 
-pub use changes::ChangesExec;
-pub use dedup::DedupExec;
-pub use late::LateRowsExec;
-pub use map_with_state::{KeyedBatch, MapWithStateExec, StateSpec, StateUpdate};
-pub use materialize::MaterializeExec;
-pub use running_aggregate::{EventTimeWindow, RunningAggregateExec, window_struct_type};
-pub use stream_join::{JoinTime, StreamJoinExec};
-pub use top_n::{OrderColumn, TopNExec};
-pub use window::WindowExec;
+pub use aggregate::{
+    EventTimeWindow, RunningAggregate, SessionAggregate, WindowAggregate, window_struct_type,
+};
+pub use changes::Changes;
+pub use dedup::Dedup;
+pub use late::LateRowFilter;
+pub use map_with_state::{KeyedBatch, MapWithState, StateSpec, StateUpdate};
+pub use materialize::Materialize;
+pub use stream_join::{JoinTime, StreamJoin};
+pub use top_n::{OrderColumn, TopN};
+pub use window::BatchWindow;
 
 /// What the batches an operator emits hold — how the plan above must read them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `StreamJoinExec`: an inner join of two streams over event time — an interval join
+//! `StreamJoin`: an inner join of two streams over event time — an interval join
 //! (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`) or a join of rows in the same
 //! window (`a.window_start = b.window_start`). Both sides' rows are kept as state
 //! until the other side's watermark proves that no future row can match them.
@@ -31,7 +31,7 @@ use super::{OperatorContext, StreamOperator, positional_schema};
 use crate::slot::BatchSlot;
 use crate::{Result, internal_err};
 
-/// The event-time column of one side of a [`StreamJoinExec`].
+/// The event-time column of one side of a [`StreamJoin`].
 #[derive(Debug, Clone, Copy)]
 pub struct JoinTime {
     /// The column's index in the side's schema (a timestamp).
@@ -125,7 +125,7 @@ impl Side {
 /// An inner join of two streams whose rows match only within a bounded distance in
 /// event time: `left.time - right.time` lies in `[lo, hi]` (milliseconds; an open
 /// end is `None`).
-pub struct StreamJoinExec {
+pub struct StreamJoin {
     left: Side,
     right: Side,
     lo: Option<i64>,
@@ -137,7 +137,7 @@ pub struct StreamJoinExec {
     late_rows_last_batch: u64,
 }
 
-impl StreamJoinExec {
+impl StreamJoin {
     /// The operator's input must be `[side: Boolean (true = left), left columns...,
     /// right columns...]`. `join` builds the join over two scans that produce the
     /// left and right columns (named `c0, c1, ...`).
@@ -285,9 +285,9 @@ fn compact(rows: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch
 }
 
 #[async_trait]
-impl StreamOperator for StreamJoinExec {
+impl StreamOperator for StreamJoin {
     fn name(&self) -> String {
-        "StreamJoinExec".into()
+        "StreamJoin".into()
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -418,13 +418,13 @@ impl StreamOperator for StreamJoinExec {
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
         let Some(n) = state.meta["left_batches"].as_u64() else {
             return Err(crate::error::Error::Checkpoint(
-                "a StreamJoinExec snapshot without left_batches".into(),
+                "a StreamJoin snapshot without left_batches".into(),
             ));
         };
         let mut batches = state.batches;
         if n as usize > batches.len() {
             return Err(crate::error::Error::Checkpoint(format!(
-                "a StreamJoinExec snapshot lists {n} left batches of {}",
+                "a StreamJoin snapshot lists {n} left batches of {}",
                 batches.len()
             )));
         }

@@ -1,4 +1,4 @@
-//! `TopNExec`: the first `N` rows of each key by an order, across all batches —
+//! `TopN`: the first `N` rows of each key by an order, across all batches —
 //! `ROW_NUMBER() OVER (PARTITION BY k ORDER BY o) <= N` over a stream (Flink's Top-N;
 //! with `N = 1` and an order other than arrival, its deduplication).
 //!
@@ -34,7 +34,7 @@ pub struct OrderColumn {
     pub options: SortOptions,
 }
 
-pub struct TopNExec {
+pub struct TopN {
     schema: SchemaRef,
     keys: Vec<usize>,
     order: Vec<OrderColumn>,
@@ -48,7 +48,7 @@ pub struct TopNExec {
     state: RecordBatch,
 }
 
-impl TopNExec {
+impl TopN {
     /// Rows of `schema`, ranked per `keys` by `order`; the rank goes in column `rank`
     /// (which must be `UInt64`, as `ROW_NUMBER()` is); at most `limit` rows per key.
     pub fn try_new(
@@ -101,9 +101,9 @@ impl TopNExec {
 }
 
 #[async_trait]
-impl StreamOperator for TopNExec {
+impl StreamOperator for TopN {
     fn name(&self) -> String {
-        "TopNExec".into()
+        "TopN".into()
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -292,12 +292,12 @@ mod tests {
         }
     }
 
-    fn top2(emit_all: bool) -> TopNExec {
+    fn top2(emit_all: bool) -> TopN {
         let desc = SortOptions {
             descending: true,
             nulls_first: false,
         };
-        TopNExec::try_new(
+        TopN::try_new(
             schema(),
             vec![0],
             vec![OrderColumn {

@@ -1,4 +1,4 @@
-//! `WindowExec`: Spark's `window(length, slide)` over batch time. Keeps the input of
+//! `BatchWindow`: Spark's `window(length, slide)` over batch time. Keeps the input of
 //! the last `length / interval` batches and, at every slide, emits all of it.
 //!
 //! ```text
@@ -19,14 +19,14 @@ use crate::time::{Time, format_duration};
 
 /// A sliding window over batch time: the rows of the batches in `(t - length, t]`,
 /// emitted at every `slide`.
-pub struct WindowExec {
+pub struct BatchWindow {
     schema: SchemaRef,
     length: Duration,
     slide: Duration,
     buffer: VecDeque<(Time, Vec<RecordBatch>)>,
 }
 
-impl WindowExec {
+impl BatchWindow {
     /// Lengths and slides must already be checked against the batch interval.
     pub fn new(schema: SchemaRef, length: Duration, slide: Duration) -> Self {
         Self {
@@ -39,8 +39,17 @@ impl WindowExec {
 }
 
 #[async_trait]
-impl StreamOperator for WindowExec {
+impl StreamOperator for BatchWindow {
     fn name(&self) -> String {
+        format!(
+            "BatchWindow(length={}, slide={})",
+            format_duration(self.length),
+            format_duration(self.slide)
+        )
+    }
+
+    /// The name checkpoints were fingerprinted under before the rename.
+    fn describe(&self) -> String {
         format!(
             "WindowExec(length={}, slide={})",
             format_duration(self.length),

@@ -11,7 +11,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::error::Result;
-use crate::source::{BatchContext, Source, SourceRange, check_schema, with_declared_schema};
+use crate::source::{
+    BatchContext, RecordLimit, Source, SourceBatch, SourceRange, check_schema, with_declared_schema,
+};
 
 /// A queue of batch sets. Elements may be pushed before or while the query runs.
 ///
@@ -117,14 +119,14 @@ impl Source for QueueSource {
         })
     }
 
-    async fn read_batch(&self, range: &SourceRange) -> Result<Vec<Vec<RecordBatch>>> {
+    async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         if range.is_empty() {
-            return Ok(vec![Vec::new()]);
+            return Ok(SourceBatch::rows(vec![Vec::new()]));
         }
         let end = range.end.as_u64().unwrap_or_default();
         let mut st = self.state.lock();
         match st.in_flight.remove(&end) {
-            Some(data) => Ok(data),
+            Some(data) => Ok(SourceBatch::rows(data)),
             None => Err(crate::Error::Source {
                 source_name: self.name.clone(),
                 message: format!(
@@ -136,8 +138,10 @@ impl Source for QueueSource {
         }
     }
 
-    fn record_limit_hint(&self) -> String {
-        "; a batch takes whole queued elements".into()
+    fn record_limit(&self) -> RecordLimit {
+        RecordLimit::Unsupported {
+            hint: "; a batch takes whole queued elements".into(),
+        }
     }
 
     async fn is_drained(&self) -> Result<bool> {

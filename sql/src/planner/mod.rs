@@ -15,8 +15,8 @@
 //!                        operator, and the node becomes a projection over that
 //!                        operator's output, re-qualified so the plan above is unchanged
 //!        materialized    a node that needs a whole result over Changes gets a
-//!                        MaterializeExec below it (the result kept whole), and in update
-//!                        mode the query ends in a ChangesExec (new or changed rows)
+//!                        Materialize below it (the result kept whole), and in update
+//!                        mode the query ends in a Changes (new or changed rows)
 //!        refused         with the reason, as a plan error
 //! ```
 
@@ -38,7 +38,7 @@ use datafusion::logical_expr::{
     Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
 };
 use flumen_engine::ops::{
-    ChangesExec, DedupExec, Emits, MaterializeExec, RunningAggregateExec, StreamOperator, TopNExec,
+    Changes, Dedup, Emits, Materialize, RunningAggregate, StreamOperator, TopN,
 };
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
 
@@ -311,24 +311,21 @@ impl StreamPlanner<'_> {
                 });
                 if let Some(k) = window_key {
                     let watermark_from = self.watermark_from(agg, k);
-                    let (op, line, input) = window_agg::windowed(
-                        self.ctx,
-                        &self.state,
-                        agg,
-                        k,
-                        self.scope.streams,
-                        self.scope.watermarks,
-                        self.mode(),
+                    let time = window_agg::EventTimeSource {
+                        streams: self.scope.streams,
+                        watermarks: self.scope.watermarks,
                         over_operator,
                         watermark_from,
-                    )
-                    .map_err(external)?;
+                    };
+                    let (op, line, input) =
+                        window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
+                            .map_err(external)?;
                     self.explain.push(line);
                     let window = match (window_length(&agg.group_expr[k]), self.mode()) {
                         (Some(len), OutputMode::Append) => Some((k, len)),
                         _ => None,
                     };
-                    return self.replace(input, &agg.schema, Box::new(op), window);
+                    return self.replace(input, &agg.schema, op, window);
                 }
                 if self.mode() == OutputMode::Append {
                     return refuse(format!(
@@ -339,7 +336,7 @@ impl StreamPlanner<'_> {
                     ));
                 }
                 let input = DataFrame::new(self.state.clone(), agg.input.as_ref().clone());
-                let op = RunningAggregateExec::try_new(
+                let op = RunningAggregate::try_new(
                     &input,
                     agg.group_expr.clone(),
                     agg.aggr_expr.clone(),
@@ -348,7 +345,7 @@ impl StreamPlanner<'_> {
                 .with_changed_only(self.mode() == OutputMode::Update)
                 .with_positional_names();
                 self.explain.push(format!(
-                    "RunningAggregateExec: group by [{}], aggregates [{}], output {}; \
+                    "RunningAggregate: group by [{}], aggregates [{}], output {}; \
                      state: one row per group, kept for the life of the query (grows with \
                      the number of distinct keys; no watermark bounds it)",
                     join_exprs(&agg.group_expr),
@@ -381,11 +378,11 @@ impl StreamPlanner<'_> {
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
         let df = DataFrame::new(self.state.clone(), input.as_ref().clone());
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let op = DedupExec::try_new(schema, self.mode() == OutputMode::Complete)
+        let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
             .map_err(external)?
             .with_positional_names();
         self.explain.push(
-            "DedupExec (DISTINCT): emits each distinct row once; state: every distinct \
+            "Dedup (DISTINCT): emits each distinct row once; state: every distinct \
              row seen, kept for the life of the query (grows without bound)"
                 .into(),
         );
@@ -528,12 +525,12 @@ impl StreamPlanner<'_> {
         };
         let replaced = node.schema().clone();
         if pattern.by_arrival && pattern.limit == 1 {
-            let op = DedupExec::try_new(schema, self.mode() == OutputMode::Complete)
+            let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
                 .and_then(|op| op.with_key_columns(pattern.keys.clone()))
                 .map_err(external)?
                 .with_positional_names();
             self.explain.push(format!(
-                "DedupExec (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] \
+                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] \
                  and drops the key's later rows; state: every key seen, kept for the life of \
                  the query (grows without bound)",
                 key_names()
@@ -549,7 +546,7 @@ impl StreamPlanner<'_> {
                 pattern.limit
             ));
         }
-        let op = TopNExec::try_new(
+        let op = TopN::try_new(
             schema,
             pattern.keys.clone(),
             pattern.order.clone(),
@@ -560,7 +557,7 @@ impl StreamPlanner<'_> {
         .map_err(external)?
         .with_positional_names();
         self.explain.push(format!(
-            "TopNExec (ROW_NUMBER() <= {}): keeps the first {} rows of each key [{}] by ORDER \
+            "TopN (ROW_NUMBER() <= {}): keeps the first {} rows of each key [{}] by ORDER \
              BY across all batches, output {}{}; state: at most {} rows per key, kept for the \
              life of the query (grows with the number of keys)",
             pattern.limit,
@@ -629,7 +626,7 @@ impl StreamPlanner<'_> {
     }
 
     /// `node` with every scan of an operator's changed rows under it replaced by a
-    /// scan of that operator's whole result, kept by a `MaterializeExec`.
+    /// scan of that operator's whole result, kept by a `Materialize`.
     fn materialize_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
         let inputs = node.inputs().into_iter().cloned().collect::<Vec<_>>();
         let mut rewritten = Vec::with_capacity(inputs.len());
@@ -661,7 +658,7 @@ impl StreamPlanner<'_> {
                             .build()?;
                     let df = DataFrame::new(self.state.clone(), full);
                     let schema = Arc::new(df.schema().as_arrow().clone());
-                    let op = MaterializeExec::try_new(schema, keys).map_err(external)?;
+                    let op = Materialize::try_new(schema, keys).map_err(external)?;
                     let out = self.add_operator(df, Box::new(op))?;
                     let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
                         return refuse("internal: an operator's output is not a scan");
@@ -691,7 +688,7 @@ impl StreamPlanner<'_> {
                     }
                     let replacement = replacement.alias(table.clone())?.build()?;
                     self.explain.push(
-                        "MaterializeExec: keeps the whole result of the stateful operator \
+                        "Materialize: keeps the whole result of the stateful operator \
                          below (one row per key, replaced as it changes) for the plan above, \
                          which is recomputed over all of it each batch; state: one row per key"
                             .into(),
@@ -764,10 +761,10 @@ pub fn plan_query(
         // Update mode over a result recomputed whole each batch: emit what changed.
         let df = DataFrame::new(state.clone(), plan.clone());
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let op = ChangesExec::try_new(schema)?.with_positional_names();
+        let op = Changes::try_new(schema)?.with_positional_names();
         let replaced = plan.schema().clone();
         planner.explain.push(
-            "ChangesExec (update mode over a result recomputed each batch): emits the rows \
+            "Changes (update mode over a result recomputed each batch): emits the rows \
              that are new or changed since the previous batch; state: the previous result"
                 .into(),
         );

@@ -1,5 +1,6 @@
 //! Windowed aggregates: `GROUP BY ..., window(ts, size [, slide]), ...` and
-//! `session_window(ts, gap)` as one [`RunningAggregateExec`] over event time.
+//! `session_window(ts, gap)` as a [`WindowAggregate`] or a [`SessionAggregate`] over
+//! event time.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -7,8 +8,9 @@ use std::time::Duration;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Aggregate, Expr, lit};
-use flumen_engine::ops::{EventTimeWindow, RunningAggregateExec};
+use flumen_engine::ops::{EventTimeWindow, SessionAggregate, StreamOperator, WindowAggregate};
 use flumen_engine::time::format_duration;
 use flumen_engine::{Error, Result, StreamingContext, plan_err};
 
@@ -19,19 +21,69 @@ use crate::window::SESSION_WINDOW_FUNCTION;
 /// The column a hopping window's rows are expanded into.
 const HOP_COLUMN: &str = "__flumen_window";
 
-/// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`).
-#[allow(clippy::too_many_arguments)]
+/// Where a windowed aggregate's watermark comes from.
+pub(super) struct EventTimeSource<'a> {
+    pub streams: &'a HashSet<String>,
+    /// `stream.column` -> watermark delay.
+    pub watermarks: &'a HashMap<String, Duration>,
+    /// The time column comes out of a stateful operator (a join's matches).
+    pub over_operator: bool,
+    /// That operator (graph index, column), when it carries a watermark for it.
+    pub watermark_from: Option<(usize, usize)>,
+}
+
+/// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`): a
+/// [`WindowAggregate`] or a [`SessionAggregate`], its EXPLAIN line, and its input.
 pub(super) fn windowed(
     ctx: &StreamingContext,
     state: &SessionState,
     agg: &Aggregate,
     k: usize,
-    streams: &HashSet<String>,
-    watermarks: &HashMap<String, Duration>,
+    time: &EventTimeSource<'_>,
     mode: OutputMode,
-    over_operator: bool,
-    watermark_from: Option<(usize, usize)>,
-) -> Result<(RunningAggregateExec, String, DataFrame)> {
+) -> Result<(Box<dyn StreamOperator>, String, DataFrame)> {
+    let (mut f, sessions) = window_call(agg, k)?;
+    let ts = f.args[0].clone();
+    let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+    if over_batch_time {
+        assign_batches_to_windows(ctx, &mut f)?;
+    }
+    let delay = watermark_delay(&ts, over_batch_time, time, mode)?;
+    let mut aggr = agg.aggr_expr.clone();
+    aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
+    aggr.push(count(lit(1)).alias("__flumen_rows"));
+    let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    let keys = window_keys(agg, k, &f, sessions, over_batch_time, input)?;
+    let window = EventTimeWindow {
+        key_index: k,
+        delay,
+        emit_closed_only: mode == OutputMode::Append,
+        evict_closed: mode != OutputMode::Complete && delay.is_some(),
+        watermark_is_batch_time: over_batch_time,
+        keyed_by_end: keys.keyed_by_end,
+        watermark_from: time.watermark_from,
+    };
+    let changed_only = mode == OutputMode::Update;
+    let op: Box<dyn StreamOperator> = if sessions {
+        Box::new(
+            SessionAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
+                .with_changed_only(changed_only)
+                .with_positional_names(),
+        )
+    } else {
+        Box::new(
+            WindowAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
+                .with_changed_only(changed_only)
+                .with_positional_names(),
+        )
+    };
+    let line = explain_line(agg, keys.kind, &ts, delay, time.watermark_from, mode);
+    Ok((op, line, keys.input))
+}
+
+/// The `window(...)` / `session_window(...)` call of group key `k`, its arguments
+/// checked; whether it is a session window.
+fn window_call(agg: &Aggregate, k: usize) -> Result<(ScalarFunction, bool)> {
     let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
         return plan_err!("window() group key expected");
     };
@@ -48,53 +100,58 @@ pub(super) fn windowed(
             f.args.len()
         );
     }
-    let mut f = f.clone();
-    let ts = f.args[0].clone();
-    let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
-    if over_batch_time {
-        // Spark's windows over batch time: the window ending at T holds the batches in
-        // (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end)
-        // windows gives exactly that; the watermark is the batch time.
-        let interval = ctx.batch_interval();
-        let sizes = f.args[1..]
-            .iter()
-            .map(|a| match a {
-                Expr::Literal(v, _) => crate::window::interval_millis(v)
-                    .map(|ms| Duration::from_millis(ms as u64))
-                    .map_err(Error::DataFusion),
-                other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        flumen_engine::time::check_multiple("window length", sizes[0], "batch interval", interval)?;
-        if let Some(slide) = sizes.get(1) {
-            flumen_engine::time::check_multiple(
-                "window slide",
-                *slide,
-                "batch interval",
-                interval,
-            )?;
-        }
-        f.args[0] = ts.clone()
-            - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
-                0, 0, 1_000_000,
-            ));
+    Ok((f.clone(), sessions))
+}
+
+/// Spark's windows over batch time: the window ending at T holds the batches in
+/// (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end) windows
+/// gives exactly that; the watermark is the batch time. Sizes must be multiples of
+/// the batch interval.
+fn assign_batches_to_windows(ctx: &StreamingContext, f: &mut ScalarFunction) -> Result<()> {
+    let interval = ctx.batch_interval();
+    let sizes = f.args[1..]
+        .iter()
+        .map(|a| match a {
+            Expr::Literal(v, _) => crate::window::interval_millis(v)
+                .map(|ms| Duration::from_millis(ms as u64))
+                .map_err(Error::DataFusion),
+            other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    flumen_engine::time::check_multiple("window length", sizes[0], "batch interval", interval)?;
+    if let Some(slide) = sizes.get(1) {
+        flumen_engine::time::check_multiple("window slide", *slide, "batch interval", interval)?;
     }
-    let f = &f;
-    // Watermarks are keyed `stream.column`; an alias in the query falls back to the
-    // one stream read here that declares a watermark on a column of that name. Rows
-    // that come out of a stateful operator (a join's matches) carry no watermark.
-    let delay = match &ts {
+    f.args[0] = f.args[0].clone()
+        - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
+            0, 0, 1_000_000,
+        ));
+    Ok(())
+}
+
+/// The watermark delay of time column `ts`. Watermarks are keyed `stream.column`; an
+/// alias in the query falls back to the one stream read here that declares a
+/// watermark on a column of that name. Rows that come out of a stateful operator (a
+/// join's matches) carry one only when that operator does. Append mode needs one.
+fn watermark_delay(
+    ts: &Expr,
+    over_batch_time: bool,
+    time: &EventTimeSource<'_>,
+    mode: OutputMode,
+) -> Result<Option<Duration>> {
+    let delay = match ts {
         _ if over_batch_time => Some(Duration::ZERO),
         // A join's matches: the join carries its inputs' watermarks to the column.
-        _ if over_operator => watermark_from.map(|_| Duration::ZERO),
+        _ if time.over_operator => time.watermark_from.map(|_| Duration::ZERO),
         Expr::Column(c) => c
             .relation
             .as_ref()
-            .and_then(|r| watermarks.get(&format!("{}.{}", r.table(), c.name)))
+            .and_then(|r| time.watermarks.get(&format!("{}.{}", r.table(), c.name)))
             .or_else(|| {
-                let found: Vec<&Duration> = streams
+                let found: Vec<&Duration> = time
+                    .streams
                     .iter()
-                    .filter_map(|s| watermarks.get(&format!("{s}.{}", c.name)))
+                    .filter_map(|s| time.watermarks.get(&format!("{s}.{}", c.name)))
                     .collect();
                 (found.len() == 1).then(|| found[0])
             })
@@ -102,7 +159,7 @@ pub(super) fn windowed(
         _ => None,
     };
     if mode == OutputMode::Append && delay.is_none() {
-        if over_operator {
+        if time.over_operator {
             return plan_err!(
                 "output mode append cannot close windows on {ts}: it comes out of a stream join \
                  or another stateful operator that carries no watermark for it (a join carries \
@@ -118,57 +175,85 @@ pub(super) fn windowed(
              SET output_mode = 'update'"
         );
     }
-    let mut aggr = agg.aggr_expr.clone();
-    aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
-    aggr.push(count(lit(1)).alias("__flumen_rows"));
-    let mut input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
+    Ok(delay)
+}
+
+/// The group keys a windowed aggregate runs with, over which input.
+struct WindowKeys {
+    group_expr: Vec<Expr>,
+    input: DataFrame,
+    /// `tumbling`, `hopping` or `session`, for EXPLAIN.
+    kind: &'static str,
+    keyed_by_end: Option<Duration>,
+}
+
+/// Tumbling and hopping windows are grouped by their end (a timestamp hashes faster
+/// than a `{start, end}` struct; the operator rebuilds the struct); a hopping window's
+/// rows are first expanded into one per window. Sessions keep their `{start, end}`.
+fn window_keys(
+    agg: &Aggregate,
+    k: usize,
+    f: &ScalarFunction,
+    sessions: bool,
+    over_batch_time: bool,
+    input: DataFrame,
+) -> Result<WindowKeys> {
     let mut group_expr = agg.group_expr.clone();
-    let mut kind = if sessions { "session" } else { "tumbling" };
     let key_name = agg.group_expr[k].schema_name().to_string();
-    let mut keyed_by_end = None;
     if sessions {
         if over_batch_time {
             group_expr[k] = Expr::ScalarFunction(f.clone()).alias(key_name);
         }
-    } else {
-        // Tumbling and hopping windows are grouped by their end (a timestamp hashes
-        // faster than a `{start, end}` struct); the operator rebuilds the struct.
-        let millis = |a: &Expr| match a {
-            Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
-            other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
-        };
-        let size = millis(&f.args[1])?;
-        keyed_by_end = Some(Duration::from_millis(size as u64));
-        if f.args.len() == 3 && f.args[1] != f.args[2] {
-            // A hopping window: a row belongs to size/slide windows. Expand each row
-            // into one per window, then group by that window.
-            kind = "hopping";
-            let slide = millis(&f.args[2])?;
-            crate::window::check_windows_per_row(size, slide)?;
-            let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
-            input = input
-                .with_column(HOP_COLUMN, hop)?
-                .unnest_columns(&[HOP_COLUMN])?;
-            group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
-        } else {
-            group_expr[k] = crate::window::window_end_udf()
-                .call(f.args[..2].to_vec())
-                .alias(key_name);
-        }
+        return Ok(WindowKeys {
+            group_expr,
+            input,
+            kind: "session",
+            keyed_by_end: None,
+        });
     }
-    let op = RunningAggregateExec::try_new(&input, group_expr, aggr)?
-        .with_changed_only(mode == OutputMode::Update)
-        .with_event_time_window(EventTimeWindow {
-            key_index: k,
-            delay,
-            emit_closed_only: mode == OutputMode::Append,
-            evict_closed: mode != OutputMode::Complete && delay.is_some(),
-            watermark_is_batch_time: over_batch_time,
-            sessions,
+    let millis = |a: &Expr| match a {
+        Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
+        other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+    };
+    let size = millis(&f.args[1])?;
+    let keyed_by_end = Some(Duration::from_millis(size as u64));
+    if f.args.len() == 3 && f.args[1] != f.args[2] {
+        // A hopping window: a row belongs to size/slide windows.
+        let slide = millis(&f.args[2])?;
+        crate::window::check_windows_per_row(size, slide)?;
+        let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
+        let input = input
+            .with_column(HOP_COLUMN, hop)?
+            .unnest_columns(&[HOP_COLUMN])?;
+        group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
+        return Ok(WindowKeys {
+            group_expr,
+            input,
+            kind: "hopping",
             keyed_by_end,
-            watermark_from,
-        })
-        .with_positional_names();
+        });
+    }
+    group_expr[k] = crate::window::window_end_udf()
+        .call(f.args[..2].to_vec())
+        .alias(key_name);
+    Ok(WindowKeys {
+        group_expr,
+        input,
+        kind: "tumbling",
+        keyed_by_end,
+    })
+}
+
+/// The EXPLAIN line of a windowed aggregate: what it groups and computes, and what
+/// bounds its state.
+fn explain_line(
+    agg: &Aggregate,
+    kind: &str,
+    ts: &Expr,
+    delay: Option<Duration>,
+    watermark_from: Option<(usize, usize)>,
+    mode: OutputMode,
+) -> String {
     let bound = match (delay, mode) {
         (Some(_), OutputMode::Complete) if watermark_from.is_some() => format!(
             "watermark on {ts} carried through the join; complete mode keeps every window (state grows without bound)"
@@ -188,18 +273,14 @@ pub(super) fn windowed(
             format!("WARNING: no watermark on {ts}: windows never close, state grows without bound")
         }
     };
-    let line = format!(
-        "WindowAggregateExec ({kind}, RunningAggregateExec over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
-        agg.group_expr
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        agg.aggr_expr
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    Ok((op, line, input))
+    let operator = if kind == "session" {
+        "SessionAggregate"
+    } else {
+        "WindowAggregate"
+    };
+    format!(
+        "{operator} ({kind}, over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
+        super::join_exprs(&agg.group_expr),
+        super::join_exprs(&agg.aggr_expr),
+    )
 }

@@ -20,13 +20,11 @@
 //! by a task of its own (whatever the batch interval); another query is refused while
 //! the lease is younger than [`LEASE`], and a graceful stop deletes it.
 
-use std::fs;
-use std::io::Write;
+mod storage;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -37,6 +35,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::source::SourceRange;
 use crate::time::Time;
+use storage::Storage;
 
 /// How many batches of offsets and commits are kept (Spark keeps 100).
 pub const RETAINED: u64 = 100;
@@ -177,22 +176,6 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// How often a running query renews its lease.
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 
-/// The files of a checkpoint, by path relative to its root (`offsets/000…3`).
-#[derive(Debug)]
-enum Storage {
-    Local {
-        dir: PathBuf,
-        /// `<dir>/lock`, locked while the query runs: released when the
-        /// [`Checkpoint`] goes, even while sources still hold this storage.
-        lock: parking_lot::Mutex<Option<fs::File>>,
-    },
-    Object {
-        location: crate::store::Location,
-        /// Who holds the lease: this process and this open.
-        owner: String,
-    },
-}
-
 #[derive(Debug)]
 pub struct Checkpoint {
     storage: Arc<Storage>,
@@ -208,274 +191,14 @@ impl Drop for Checkpoint {
         if let Some(r) = &self.renewer {
             r.abort();
         }
-        if let Storage::Local { lock, .. } = &*self.storage {
-            lock.lock().take();
-        }
+        self.storage.unlock();
     }
-}
-
-fn io(path: &Path, what: &str, e: std::io::Error) -> Error {
-    Error::Checkpoint(format!("{what} {}: {e}", path.display()))
 }
 
 fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-impl Storage {
-    /// `rel` as the user would find it, for messages.
-    fn display(&self, rel: &str) -> String {
-        match self {
-            Storage::Local { dir, .. } if rel.is_empty() => dir.display().to_string(),
-            Storage::Local { dir, .. } => dir.join(rel).display().to_string(),
-            Storage::Object { location, .. } if rel.is_empty() => location.url.clone(),
-            Storage::Object { location, .. } => location.url_of(rel),
-        }
-    }
-
-    fn object_error(&self, what: &str, rel: &str, e: object_store::Error) -> Error {
-        Error::Checkpoint(format!("{what} {}: {e}", self.display(rel)))
-    }
-
-    /// Writes `rel` whole or not at all.
-    async fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
-        match self {
-            Storage::Local { dir, .. } => write_atomic(&dir.join(rel), &bytes),
-            Storage::Object { location, .. } => location
-                .store
-                .put(&location.child(rel), PutPayload::from(bytes))
-                .await
-                .map(|_| ())
-                .map_err(|e| self.object_error("writing", rel, e)),
-        }
-    }
-
-    /// The bytes of `rel`, `None` if it does not exist.
-    async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        match self {
-            Storage::Local { dir, .. } => {
-                let path = dir.join(rel);
-                match fs::read(&path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(io(&path, "reading", e)),
-                }
-            }
-            Storage::Object { location, .. } => {
-                match location.store.get(&location.child(rel)).await {
-                    Ok(r) => Ok(Some(
-                        r.bytes()
-                            .await
-                            .map_err(|e| self.object_error("reading", rel, e))?
-                            .to_vec(),
-                    )),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(self.object_error("reading", rel, e)),
-                }
-            }
-        }
-    }
-
-    /// The names of the children of folder `rel`, sorted (temporary files, which
-    /// start with `.`, left out).
-    async fn names(&self, rel: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        match self {
-            Storage::Local { dir, .. } => {
-                let dir = dir.join(rel);
-                let read = match fs::read_dir(&dir) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-                    Err(e) => return Err(io(&dir, "listing", e)),
-                };
-                for e in read {
-                    let e = e.map_err(|e| io(&dir, "listing", e))?;
-                    if let Some(name) = e.file_name().to_str() {
-                        out.push(name.to_string());
-                    }
-                }
-            }
-            Storage::Object { location, .. } => {
-                let listed = location
-                    .store
-                    .list_with_delimiter(Some(&location.child(rel)))
-                    .await
-                    .map_err(|e| self.object_error("listing", rel, e))?;
-                let names = listed
-                    .objects
-                    .iter()
-                    .map(|o| &o.location)
-                    .chain(&listed.common_prefixes);
-                for p in names {
-                    if let Some(name) = p.filename() {
-                        out.push(name.to_string());
-                    }
-                }
-            }
-        }
-        out.retain(|n| !n.starts_with('.'));
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
-    }
-
-    /// Batch ids named by the children of folder `rel`, ascending; a child that is
-    /// not a batch id is an error naming it (a checkpoint holds nothing else there).
-    async fn ids(&self, rel: &str) -> Result<Vec<u64>> {
-        let mut out = Vec::new();
-        for name in self.names(rel).await? {
-            match name.parse::<u64>() {
-                Ok(id) => out.push(id),
-                Err(_) => {
-                    return Err(Error::Checkpoint(format!(
-                        "{} is not a checkpoint entry (entries are named by batch id); \
-                         remove it, or delete the checkpoint to start over",
-                        self.display(&format!("{rel}/{name}"))
-                    )));
-                }
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    /// Deletes file `rel` (old entries past [`RETAINED`], the lease); one that is
-    /// already gone is fine, another failure only leaves a file behind: a warning.
-    async fn delete(&self, rel: &str) {
-        let failed = match self {
-            Storage::Local { dir, .. } => fs::remove_file(dir.join(rel))
-                .err()
-                .filter(|e| e.kind() != std::io::ErrorKind::NotFound)
-                .map(|e| e.to_string()),
-            Storage::Object { location, .. } => {
-                match location.store.delete(&location.child(rel)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => None,
-                    Err(e) => Some(e.to_string()),
-                }
-            }
-        };
-        if let Some(e) = failed {
-            log::warn!("checkpoint: cannot delete {}: {e}", self.display(rel));
-        }
-    }
-
-    /// Deletes folder `rel` and everything in it (old state snapshots), as
-    /// [`Storage::delete`] does a file.
-    async fn delete_folder(&self, rel: &str) {
-        match self {
-            Storage::Local { dir, .. } => {
-                if let Err(e) = fs::remove_dir_all(dir.join(rel))
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    log::warn!("checkpoint: cannot delete {}: {e}", self.display(rel));
-                }
-            }
-            Storage::Object { location, .. } => {
-                use futures::TryStreamExt;
-                let listed: Vec<_> = match location
-                    .store
-                    .list(Some(&location.child(rel)))
-                    .try_collect()
-                    .await
-                {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::warn!("checkpoint: cannot list {}: {e}", self.display(rel));
-                        Vec::new()
-                    }
-                };
-                for o in listed {
-                    if let Err(e) = location.store.delete(&o.location).await {
-                        log::warn!("checkpoint: cannot delete {}: {e}", o.location);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Takes the one-query-per-checkpoint lock or lease of `location`.
-    async fn open(location: CheckpointLocation) -> Result<Storage> {
-        match location {
-            CheckpointLocation::Local(dir) => {
-                fs::create_dir_all(&dir).map_err(|e| io(&dir, "creating", e))?;
-                let lock_path = dir.join("lock");
-                let lock = fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .map_err(|e| io(&lock_path, "opening", e))?;
-                match lock.try_lock() {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => {
-                        return Err(Error::Checkpoint(format!(
-                            "checkpoint {} is in use by another running query; stop it first, or use another checkpoint location",
-                            dir.display()
-                        )));
-                    }
-                    Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, "locking", e)),
-                }
-                Ok(Storage::Local {
-                    dir,
-                    lock: parking_lot::Mutex::new(Some(lock)),
-                })
-            }
-            CheckpointLocation::Store(location) => {
-                static OPENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let owner = format!(
-                    "pid {} open {} at {}",
-                    std::process::id(),
-                    OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    wall_ms()
-                );
-                let storage = Storage::Object { location, owner };
-                if let Some(bytes) = storage.get("lock").await? {
-                    let lease: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    let age = wall_ms() - lease["renewed_ms"].as_i64().unwrap_or(0);
-                    if age < LEASE.as_millis() as i64 {
-                        return Err(Error::Checkpoint(format!(
-                            "checkpoint {} is in use by another running query ({}, lease renewed {} ms ago); \
-                             stop it first, or use another checkpoint location; a killed query's lease expires {} s after its last renewal \
-                             (or delete {} once sure it is gone)",
-                            storage.display(""),
-                            lease["owner"].as_str().unwrap_or("unknown owner"),
-                            age.max(0),
-                            LEASE.as_secs(),
-                            storage.display("lock")
-                        )));
-                    }
-                }
-                storage.renew().await?;
-                Ok(storage)
-            }
-        }
-    }
-
-    /// Writes the lease (object stores).
-    async fn renew(&self) -> Result<()> {
-        if let Storage::Object { owner, .. } = self {
-            let lease = serde_json::json!({ "owner": owner, "renewed_ms": wall_ms() });
-            self.put("lock", serde_json::to_vec(&lease).expect("json"))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Whether `rel` exists, without reading it.
-    async fn exists(&self, rel: &str) -> Result<bool> {
-        match self {
-            Storage::Local { dir, .. } => Ok(dir.join(rel).exists()),
-            Storage::Object { location, .. } => {
-                match location.store.head(&location.child(rel)).await {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::NotFound { .. }) => Ok(false),
-                    Err(e) => Err(self.object_error("reading", rel, e)),
-                }
-            }
-        }
-    }
 }
 
 /// A new checkpoint's id: 128 bits from the process's randomly keyed hasher, the
@@ -544,26 +267,6 @@ impl SourceStore {
 
 fn entry_name(batch_id: u64) -> String {
     format!("{batch_id:020}")
-}
-
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("checkpoint files live in a directory");
-    fs::create_dir_all(dir).map_err(|e| io(dir, "creating", e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut f = fs::File::create(&tmp).map_err(|e| io(&tmp, "writing", e))?;
-        f.write_all(bytes).map_err(|e| io(&tmp, "writing", e))?;
-        f.sync_all().map_err(|e| io(&tmp, "syncing", e))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| io(path, "renaming into place", e))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// `flumen-checkpoint 1 <crc32> <length>\n<body>`.
@@ -646,7 +349,7 @@ impl Checkpoint {
         interval: Duration,
     ) -> Result<(Self, Recovered)> {
         let storage = Arc::new(Storage::open(location.into()).await?);
-        let renewer = matches!(*storage, Storage::Object { .. }).then(|| {
+        let renewer = storage.leased().then(|| {
             let storage = Arc::clone(&storage);
             tokio::spawn(async move {
                 loop {
@@ -1030,18 +733,14 @@ impl Checkpoint {
         if let Some(r) = &self.renewer {
             r.abort();
         }
-        if let Storage::Object { owner, .. } = &*self.storage
-            && let Ok(Some(bytes)) = self.storage.get("lock").await
-            && serde_json::from_slice::<Value>(&bytes)
-                .is_ok_and(|l| l["owner"].as_str() == Some(owner.as_str()))
-        {
-            self.storage.delete("lock").await;
-        }
+        self.storage.release().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[tokio::test]

@@ -1,0 +1,202 @@
+//! A query, parsed once. Flumen's additions to a `SELECT` are taken off its tokens —
+//! ksqlDB's `EMIT CHANGES | FINAL` at the end and its `WINDOW TUMBLING | HOPPING |
+//! SESSION (...)` clause — so that a string literal or a subquery never looks like
+//! one; the rest is parsed into a syntax tree, kept with the statement. Before
+//! planning, [`ParsedQuery::bind`] rewrites the tree: the ksqlDB window onto
+//! `window()` (ksql.rs) and the window table functions (tvf.rs), both as passes over
+//! the tree. DataFusion then plans the tree, never the text again.
+
+use datafusion::sql::sqlparser::ast::{self, Query};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use flumen_engine::{Error, Result, plan_err};
+
+use crate::ksql::KsqlWindow;
+use crate::planner::OutputMode;
+
+/// A query as a statement carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedQuery {
+    /// The query as written, without a trailing `EMIT` (SHOW QUERIES shows it).
+    pub text: String,
+    /// Its syntax tree, without the ksqlDB window clause.
+    pub query: Box<Query>,
+    /// `EMIT CHANGES` (update) or `EMIT FINAL` (append), if written.
+    pub emit: Option<OutputMode>,
+    /// ksqlDB's `WINDOW ... (...)` clause, applied by [`ParsedQuery::bind`].
+    pub window: Option<KsqlWindow>,
+}
+
+impl ParsedQuery {
+    /// Parses `text` as a query (`SELECT`, `WITH`, `VALUES`, ...), with Flumen's
+    /// additions.
+    pub fn parse(text: &str) -> Result<ParsedQuery> {
+        let dialect = GenericDialect {};
+        let mut tokens = Tokenizer::new(&dialect, text)
+            .tokenize_with_location()
+            .map_err(|e| Error::Plan(format!("syntax error: {e}")))?;
+        trim_end(&mut tokens);
+        let emit = take_emit(&mut tokens);
+        trim_end(&mut tokens);
+        let window = KsqlWindow::take(&mut tokens)?;
+        let end = tokens.last().map(|t| t.span.end);
+        let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let query = parser
+            .parse_query()
+            .map_err(|e| Error::Plan(format!("syntax error: {e}")))?;
+        match parser.peek_token().token {
+            Token::EOF => {}
+            other => {
+                return plan_err!("syntax error: unexpected '{other}' after the query");
+            }
+        }
+        let text = match end {
+            Some(end) => text_until(text, end.line, end.column),
+            None => String::new(),
+        };
+        Ok(ParsedQuery {
+            text,
+            query,
+            emit,
+            window,
+        })
+    }
+
+    /// The output mode: the query's `EMIT`, else `default` (the session's).
+    pub fn mode(&self, default: OutputMode) -> OutputMode {
+        self.emit.unwrap_or(default)
+    }
+
+    /// The statement DataFusion plans: the ksqlDB window onto `window()` (its time
+    /// column from `event_time_of(stream)`) and the window table functions rewritten.
+    pub fn bind(
+        &self,
+        event_time_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<datafusion::sql::parser::Statement> {
+        let mut query = self.query.clone();
+        if let Some(w) = &self.window {
+            w.apply(&mut query, event_time_of)?;
+        }
+        let mut statement = ast::Statement::Query(query);
+        crate::tvf::rewrite_statement(&mut statement)?;
+        Ok(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
+    }
+}
+
+/// Whether `text` begins like a query (so a statement that does is parsed as one).
+pub fn starts_a_query(text: &str) -> bool {
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
+        return false;
+    };
+    let first = tokens
+        .iter()
+        .find(|t| !matches!(t, Token::Whitespace(_) | Token::LParen));
+    matches!(first, Some(Token::Word(w))
+        if w.quote_style.is_none()
+            && matches!(w.keyword, Keyword::SELECT | Keyword::WITH | Keyword::VALUES))
+}
+
+/// Drops trailing whitespace and `;`.
+fn trim_end(tokens: &mut Vec<TokenWithSpan>) {
+    while tokens.last().is_some_and(|t| {
+        matches!(
+            t.token,
+            Token::Whitespace(_) | Token::SemiColon | Token::EOF
+        )
+    }) {
+        tokens.pop();
+    }
+}
+
+/// An unquoted word's value, upper-cased.
+pub(crate) fn word(t: &TokenWithSpan) -> Option<String> {
+    match &t.token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+/// Takes a final `EMIT CHANGES` / `EMIT FINAL` off `tokens`.
+fn take_emit(tokens: &mut Vec<TokenWithSpan>) -> Option<OutputMode> {
+    let mut words = tokens
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)));
+    let (_, last) = words.next()?;
+    let (at, before) = words.next()?;
+    let mode = match word(last)?.as_str() {
+        "CHANGES" => OutputMode::Update,
+        "FINAL" => OutputMode::Append,
+        _ => return None,
+    };
+    if word(before).as_deref() != Some("EMIT") {
+        return None;
+    }
+    tokens.truncate(at);
+    Some(mode)
+}
+
+/// `text` up to (and including) the character at 1-based `line`/`column`.
+fn text_until(text: &str, line: u64, column: u64) -> String {
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i as u64 + 1 == line {
+            let chars = l.char_indices().nth(column.saturating_sub(1) as usize);
+            let end = chars.map_or(l.len(), |(b, _)| b);
+            return text[..offset + end].trim().to_string();
+        }
+        offset += l.len();
+    }
+    text.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_is_taken_off_the_tokens_not_the_text() {
+        let q = ParsedQuery::parse("SELECT k, count(*) FROM s GROUP BY k emit changes;").unwrap();
+        assert_eq!(q.emit, Some(OutputMode::Update));
+        assert_eq!(q.text, "SELECT k, count(*) FROM s GROUP BY k");
+        let q = ParsedQuery::parse("SELECT 'EMIT FINAL' AS t FROM s").unwrap();
+        assert_eq!(q.emit, None);
+        assert_eq!(q.text, "SELECT 'EMIT FINAL' AS t FROM s");
+        let q = ParsedQuery::parse("SELECT k FROM s EMIT FINAL").unwrap();
+        assert_eq!(
+            (q.emit, q.text.as_str()),
+            (Some(OutputMode::Append), "SELECT k FROM s")
+        );
+    }
+
+    #[test]
+    fn text_keeps_the_lines_as_written() {
+        let q = ParsedQuery::parse("SELECT a,\n  b  -- two\nFROM s\nEMIT CHANGES\n").unwrap();
+        assert_eq!(q.text, "SELECT a,\n  b  -- two\nFROM s");
+    }
+
+    #[test]
+    fn queries_are_recognised_by_their_first_word() {
+        assert!(starts_a_query("select 1"));
+        assert!(starts_a_query("(SELECT 1)"));
+        assert!(starts_a_query("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(!starts_a_query("CREATE VIEW v AS SELECT 1"));
+        assert!(!starts_a_query("\"select\""));
+    }
+
+    #[test]
+    fn a_syntax_error_says_so() {
+        let e = ParsedQuery::parse("SELECT (1 + ").unwrap_err().to_string();
+        assert!(e.starts_with("syntax error: "), "{e}");
+        let e = ParsedQuery::parse("SELECT 1 garbage garbage")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("syntax error: "), "{e}");
+    }
+}

@@ -1,0 +1,325 @@
+//! [`FlumenSession`]: executes SQL scripts — Flumen's statements, and DataFusion's for
+//! everything else. This file dispatches; each kind of statement lives in its own
+//! module: `ddl` (CREATE, DROP), `queries` (the running queries), `show` (SHOW,
+//! DESCRIBE, EXPLAIN), `insert`, `settings`, and `resolve` (stream names inside one
+//! query).
+
+mod ddl;
+mod insert;
+mod queries;
+mod resolve;
+mod settings;
+mod show;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement as DfStatement;
+use flumen_engine::{Clock, ConnectorRegistry, Result, SystemClock, Time, plan_err};
+use tokio::sync::mpsc;
+
+pub use queries::{QueryInfo, QueryRegistry, SessionView, list_queries};
+pub use settings::{ConsoleFormat, Setting, Settings};
+
+use crate::catalog::Catalog;
+use crate::planner::reads_stream;
+use crate::query::ParsedQuery;
+use crate::statement::{Options, Statement, parse_statement, split_statements};
+use queries::Target;
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum StatementResult {
+    /// A statement without rows, with a message for the user.
+    Done(String),
+    /// Rows.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// A continuous query was started; its batches arrive on `batches`.
+    Continuous {
+        query_id: u64,
+        schema: SchemaRef,
+        batches: mpsc::UnboundedReceiver<(Time, Vec<RecordBatch>)>,
+    },
+}
+
+/// Executes Flumen SQL.
+pub struct FlumenSession {
+    base: SessionContext,
+    registry: ConnectorRegistry,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    catalog: Catalog,
+    queries: QueryRegistry,
+}
+
+impl Default for FlumenSession {
+    fn default() -> Self {
+        Self::new(ConnectorRegistry::with_builtins(), Arc::new(SystemClock))
+    }
+}
+
+impl FlumenSession {
+    /// A session with the connectors of `registry`, on `clock`.
+    pub fn new(registry: ConnectorRegistry, clock: Arc<dyn Clock>) -> Self {
+        let base =
+            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+        base.register_udf(crate::window::window_udf());
+        base.register_udf(crate::window::hop_windows_udf());
+        base.register_udf(crate::window::hop_window_ends_udf());
+        base.register_udf(crate::window::window_end_udf());
+        base.register_udf(crate::window::session_window_udf());
+        // `date_format` is Flumen's (Flink's patterns), not DataFusion's alias of to_char.
+        base.deregister_udf("date_format");
+        base.register_udf(crate::functions::to_char_udf());
+        base.register_udf(crate::functions::date_format_udf());
+        Self {
+            base,
+            registry,
+            clock,
+            settings: Settings::default(),
+            catalog: Catalog::default(),
+            queries: QueryRegistry::default(),
+        }
+    }
+
+    /// A view of the session's queries, streams and sinks for another task.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            catalog: self.catalog.clone(),
+            queries: self.queries.clone(),
+        }
+    }
+
+    /// The DataFusion session holding static tables.
+    pub fn session(&self) -> &SessionContext {
+        &self.base
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Changes a setting for the queries started from now on (what `SET` does, typed).
+    pub fn set(&mut self, setting: Setting) -> Result<()> {
+        self.settings.apply(setting)
+    }
+
+    /// Every query the session started, by id (cheap clones: the contexts are shared).
+    pub fn queries(&self) -> impl Iterator<Item = QueryInfo> + use<> {
+        self.queries.all().into_iter()
+    }
+
+    /// How many queries are running.
+    pub fn active_queries(&self) -> usize {
+        self.queries.active()
+    }
+
+    /// Names of streams, sinks and tables, and of their columns (for completion).
+    pub fn object_names(&self) -> Vec<String> {
+        let streams = self.catalog.streams();
+        let sinks = self.catalog.sinks();
+        let mut names: Vec<String> = streams
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(sinks.iter().map(|s| s.name.clone()))
+            .collect();
+        let columns = streams
+            .iter()
+            .map(|s| s.schema.clone())
+            .chain(sinks.iter().filter_map(|s| s.schema.clone()));
+        for schema in columns {
+            names.extend(schema.fields().iter().map(|f| f.name().clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Runs every statement of `script`, stopping at the first error, which names the
+    /// line where the failing statement starts.
+    pub async fn execute_script(&mut self, script: &str) -> Result<Vec<StatementResult>> {
+        let mut out = Vec::new();
+        for st in split_statements(script)? {
+            match self.execute(&st.sql).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    return Err(e.context(format!("line {}", st.line)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one statement (a trailing `;` is allowed).
+    pub async fn execute(&mut self, sql: &str) -> Result<StatementResult> {
+        let statements = split_statements(sql)?;
+        let sql = match statements.as_slice() {
+            [one] => one.sql.as_str(),
+            [] => return Ok(StatementResult::Done(String::new())),
+            _ => return plan_err!("execute() takes one statement; use execute_script for several"),
+        };
+        match parse_statement(sql)? {
+            Statement::CreateStream {
+                name,
+                columns,
+                watermark,
+                options,
+            } => self.create_stream(name, columns, watermark, options),
+            Statement::CreateStreamAs {
+                name,
+                options,
+                query,
+            } => self.create_derived_stream(name, options, query).await,
+            Statement::CreateSink {
+                name,
+                options,
+                query,
+            } => {
+                self.create_sink(&name, options, false)?;
+                match query {
+                    Some(q) => {
+                        let id = self.start_query_or_forget(&q, &name).await?;
+                        Ok(StatementResult::Done(format!(
+                            "Sink '{name}' created; query {id} writes to it{}",
+                            self.queries.state_warnings(id)
+                        )))
+                    }
+                    None => Ok(StatementResult::Done(format!("Sink '{name}' created"))),
+                }
+            }
+            Statement::CreateTableAs { name, sql, query } => {
+                if !self.reads_streams(&query).await? {
+                    return self.datafusion(&sql).await;
+                }
+                let mut options = Options::new();
+                options.insert("connector".into(), "memory".into());
+                self.create_sink(&name, options, true)?;
+                let id = self.start_query_or_forget(&query, &name).await?;
+                Ok(StatementResult::Done(format!(
+                    "Table '{name}' created; query {id} maintains it{}",
+                    self.queries.state_warnings(id)
+                )))
+            }
+            Statement::InsertInto { target, sql, query } => {
+                self.insert(&target, &sql, &query).await
+            }
+            Statement::Set { key, value, sql } => self.set_sql(&key, &value, &sql).await,
+            Statement::Show(kind) => self.show(kind),
+            Statement::ShowProgress(query) => self.show_progress(query.as_deref()),
+            Statement::Describe(name) => self.describe(&name).await,
+            Statement::Explain(query) => self.explain(&query).await,
+            Statement::StopQuery(id) => {
+                self.stop_query(id, true).await?;
+                Ok(StatementResult::Done(format!("Query {id} stopped")))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop(kind, &name, if_exists).await,
+            Statement::Advance(n) => self.advance(n).await,
+            Statement::Query(query) => {
+                if self.reads_streams(&query).await? {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (id, schema) = self.start_query(&query, Target::Console(tx)).await?;
+                    Ok(StatementResult::Continuous {
+                        query_id: id,
+                        schema,
+                        batches: rx,
+                    })
+                } else {
+                    self.batch_query(&query).await
+                }
+            }
+            Statement::Other(sql) => self.datafusion(&sql).await,
+        }
+    }
+
+    pub(super) async fn datafusion(&self, sql: &str) -> Result<StatementResult> {
+        let df = self.base.sql(sql).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        if schema.fields().is_empty() {
+            return Ok(StatementResult::Done("OK".into()));
+        }
+        Ok(StatementResult::Rows { schema, batches })
+    }
+
+    /// A query over tables only: DataFusion runs it.
+    async fn batch_query(&self, query: &ParsedQuery) -> Result<StatementResult> {
+        if query.emit.is_some() {
+            return plan_err!(
+                "EMIT CHANGES / EMIT FINAL apply to a query over streams; this one reads only tables"
+            );
+        }
+        let df = plan_dataframe(&self.base, self.bind(query)?).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(StatementResult::Rows { schema, batches })
+    }
+
+    /// The statement DataFusion plans for `query`: the ksqlDB window on the event
+    /// time of its stream, the window table functions rewritten.
+    pub(super) fn bind(&self, query: &ParsedQuery) -> Result<DfStatement> {
+        query.bind(|stream| self.catalog.event_time(stream))
+    }
+
+    /// Whether `query` reads one of the session's streams.
+    pub(super) async fn reads_streams(&self, query: &ParsedQuery) -> Result<bool> {
+        let streams = self.catalog.stream_names();
+        if streams.is_empty() {
+            return Ok(false);
+        }
+        let Ok(statement) = self.bind(query) else {
+            // Not a query Flumen can rewrite: as an ordinary one, DataFusion reports it.
+            return Ok(false);
+        };
+        let plan = match self.base.state().statement_to_plan(statement).await {
+            Ok(p) => p,
+            // Not a query DataFusion can plan: let DataFusion report it.
+            Err(_) => return Ok(false),
+        };
+        Ok(plan_reads(&plan, &streams))
+    }
+
+    /// `SET key = 'value'`: one of Flumen's settings, or DataFusion's.
+    async fn set_sql(&mut self, key: &str, value: &str, sql: &str) -> Result<StatementResult> {
+        match Setting::parse(key, value)? {
+            Some(setting) => {
+                self.settings.apply(setting)?;
+                Ok(StatementResult::Done(format!("{key} = {value}")))
+            }
+            None => self.datafusion(sql).await,
+        }
+    }
+}
+
+fn plan_reads(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
+    if reads_stream(plan, streams) {
+        return true;
+    }
+    // Subqueries too.
+    let mut found = false;
+    let _ = plan.apply_subqueries(|sub| {
+        found |= plan_reads(sub, streams);
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// `statement` planned by `session` (DataFusion's `SessionContext::sql` after parsing).
+pub(crate) async fn plan_dataframe(
+    session: &SessionContext,
+    statement: DfStatement,
+) -> Result<DataFrame> {
+    let plan = session.state().statement_to_plan(statement).await?;
+    Ok(session.execute_logical_plan(plan).await?)
+}

@@ -1,0 +1,232 @@
+//! Session settings: `SET key = 'value'` parsed into a typed [`Setting`], which the
+//! command line's flags give directly.
+
+use std::time::Duration;
+
+use flumen_engine::{RestartPolicy, Result, Trigger, plan_err};
+
+use crate::planner::OutputMode;
+use crate::statement::parse_setting_duration;
+
+/// The session's settings, as the queries it starts see them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_interval: Duration,
+    pub output_mode: OutputMode,
+    pub checkpoint_location: Option<String>,
+    /// Snapshot state every this many batches.
+    pub checkpoint_interval: u64,
+    /// Append each batch's progress record (JSON lines) to this file.
+    pub progress_log: Option<String>,
+    pub trigger: Trigger,
+    /// `SET restart = 'on-failure'`: a failed query starts again from its checkpoint
+    /// (`restart_attempts` times at most, after `restart_delay`, doubling).
+    pub restart: Option<RestartPolicy>,
+    pub restart_attempts: u32,
+    pub restart_delay: Duration,
+    /// How console sinks print when they do not say (`SET console_format`).
+    pub console_format: Option<ConsoleFormat>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            batch_interval: Duration::from_secs(1),
+            output_mode: OutputMode::default(),
+            checkpoint_location: None,
+            checkpoint_interval: 1,
+            progress_log: None,
+            trigger: Trigger::ProcessingTime,
+            restart: None,
+            restart_attempts: 3,
+            restart_delay: Duration::from_secs(1),
+            console_format: None,
+        }
+    }
+}
+
+/// How a console sink prints its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// A table per batch, with a header naming the batch.
+    Print,
+    /// Data rows only, comma-separated.
+    Csv,
+    /// Data rows only, one JSON object a line.
+    Json,
+}
+
+impl ConsoleFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleFormat::Print => "print",
+            ConsoleFormat::Csv => "csv",
+            ConsoleFormat::Json => "json",
+        }
+    }
+}
+
+/// One setting with its value.
+#[derive(Debug, Clone)]
+pub enum Setting {
+    BatchInterval(Duration),
+    OutputMode(OutputMode),
+    CheckpointLocation(String),
+    CheckpointInterval(u64),
+    ProgressLog(String),
+    Trigger(Trigger),
+    /// `restart = 'on-failure'` (true) or `'never'`.
+    Restart(bool),
+    RestartAttempts(u32),
+    RestartDelay(Duration),
+    ConsoleFormat(ConsoleFormat),
+}
+
+impl Setting {
+    /// `SET key = value` as a setting; `None` when `key` is not one of Flumen's (the
+    /// statement then goes to DataFusion, e.g. `datafusion.execution.batch_size`).
+    pub fn parse(key: &str, value: &str) -> Result<Option<Setting>> {
+        Ok(Some(match key {
+            "batch_interval" => Setting::BatchInterval(parse_setting_duration(key, value)?),
+            "output_mode" => Setting::OutputMode(OutputMode::parse(value)?),
+            "checkpoint_location" => Setting::CheckpointLocation(value.to_string()),
+            "progress_log" => Setting::ProgressLog(value.to_string()),
+            "checkpoint_interval" => match value.trim().parse::<u64>() {
+                Ok(n) => Setting::CheckpointInterval(n),
+                Err(_) => return checkpoint_interval_err(value),
+            },
+            "restart" => Setting::Restart(match value.to_ascii_lowercase().as_str() {
+                "on-failure" | "on_failure" => true,
+                "never" | "no" => false,
+                other => {
+                    return plan_err!("unknown restart '{other}'; accepted: on-failure, never");
+                }
+            }),
+            "restart_attempts" => match value.trim().parse::<u32>() {
+                Ok(n) => Setting::RestartAttempts(n),
+                Err(_) => return restart_attempts_err(value),
+            },
+            "restart_delay" => Setting::RestartDelay(parse_setting_duration(key, value)?),
+            "console_format" => Setting::ConsoleFormat(match value.to_ascii_lowercase().as_str() {
+                "print" => ConsoleFormat::Print,
+                "csv" => ConsoleFormat::Csv,
+                "json" => ConsoleFormat::Json,
+                _ => {
+                    return plan_err!(
+                        "unknown console_format '{value}'; accepted: print, csv, json"
+                    );
+                }
+            }),
+            "trigger" => Setting::Trigger(match value.to_ascii_lowercase().as_str() {
+                "available_now" | "availablenow" => Trigger::AvailableNow,
+                "processing_time" | "processingtime" => Trigger::ProcessingTime,
+                other => {
+                    return plan_err!(
+                        "unknown trigger '{other}'; accepted: available_now, processing_time"
+                    );
+                }
+            }),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+fn checkpoint_interval_err<T>(value: impl std::fmt::Display) -> Result<T> {
+    plan_err!(
+        "checkpoint_interval '{value}': give a number of batches from 1 to 100 (state is snapshotted every that many batches)"
+    )
+}
+
+fn restart_attempts_err<T>(value: impl std::fmt::Display) -> Result<T> {
+    plan_err!("restart_attempts '{value}': give the number of restarts allowed, from 1 to 1000")
+}
+
+impl Settings {
+    /// Applies `setting`, or says why its value is out of range.
+    pub fn apply(&mut self, setting: Setting) -> Result<()> {
+        match setting {
+            Setting::BatchInterval(d) => self.batch_interval = d,
+            Setting::OutputMode(m) => self.output_mode = m,
+            Setting::CheckpointLocation(l) => self.checkpoint_location = Some(l),
+            Setting::ProgressLog(p) => self.progress_log = Some(p),
+            Setting::CheckpointInterval(n) => {
+                if !(1..=100).contains(&n) {
+                    return checkpoint_interval_err(n);
+                }
+                self.checkpoint_interval = n;
+            }
+            Setting::Restart(on) => {
+                self.restart = on.then_some(RestartPolicy {
+                    max_restarts: self.restart_attempts,
+                    delay: self.restart_delay,
+                });
+            }
+            Setting::RestartAttempts(n) => {
+                if !(1..=1000).contains(&n) {
+                    return restart_attempts_err(n);
+                }
+                self.restart_attempts = n;
+                if let Some(p) = &mut self.restart {
+                    p.max_restarts = n;
+                }
+            }
+            Setting::RestartDelay(d) => {
+                self.restart_delay = d;
+                if let Some(p) = &mut self.restart {
+                    p.delay = d;
+                }
+            }
+            Setting::ConsoleFormat(f) => self.console_format = Some(f),
+            Setting::Trigger(t) => self.trigger = t,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &mut Settings, key: &str, value: &str) -> Result<()> {
+        let setting = Setting::parse(key, value)?.expect("a Flumen setting");
+        s.apply(setting)
+    }
+
+    #[test]
+    fn text_and_typed_settings_meet_in_one_place() {
+        let mut s = Settings::default();
+        set(&mut s, "restart", "on-failure").unwrap();
+        set(&mut s, "restart_attempts", "7").unwrap();
+        s.apply(Setting::RestartDelay(Duration::from_millis(250)))
+            .unwrap();
+        let p = s.restart.unwrap();
+        assert_eq!((p.max_restarts, p.delay), (7, Duration::from_millis(250)));
+        set(&mut s, "checkpoint_location", "ckpt/o'neil").unwrap();
+        assert_eq!(s.checkpoint_location.as_deref(), Some("ckpt/o'neil"));
+        set(&mut s, "console_format", "JSON").unwrap();
+        assert_eq!(s.console_format, Some(ConsoleFormat::Json));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_both_ways() {
+        let mut s = Settings::default();
+        assert_eq!(
+            set(&mut s, "checkpoint_interval", "0")
+                .unwrap_err()
+                .to_string(),
+            "checkpoint_interval '0': give a number of batches from 1 to 100 (state is snapshotted every that many batches)"
+        );
+        assert_eq!(
+            s.apply(Setting::RestartAttempts(5000))
+                .unwrap_err()
+                .to_string(),
+            "restart_attempts '5000': give the number of restarts allowed, from 1 to 1000"
+        );
+        assert_eq!(s.checkpoint_interval, 1);
+        assert!(
+            Setting::parse("datafusion.execution.batch_size", "10")
+                .unwrap()
+                .is_none()
+        );
+    }
+}
