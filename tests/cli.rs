@@ -609,28 +609,18 @@ fn options_are_parsed_typed_and_explained() {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
 
-    let out = Command::new(flumen()).arg("--chekpoint").output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--chekpoint'"),
-        "{out:?}"
-    );
-    let out = Command::new(flumen())
-        .args(["-c", "SELECT 1", "--batch-interval", "5"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("'--batch-interval <D>'"),
-        "{out:?}"
-    );
-    let out = Command::new(flumen())
-        .args(["-c", "SELECT 1", "--checkpoint-interval", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Exit code 1 and what stderr says.
+    let refused = |args: &[&str]| {
+        let out = Command::new(flumen()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["--chekpoint"]);
+    assert!(err.contains("unexpected argument '--chekpoint'"), "{err}");
+    let err = refused(&["-c", "SELECT 1", "--batch-interval", "5"]);
+    assert!(err.contains("'--batch-interval <D>'"), "{err}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        refused(&["-c", "SELECT 1", "--checkpoint-interval", "0"]),
         "error: checkpoint_interval '0': give a number of batches from 1 to 100 (state is snapshotted every that many batches)\n"
     );
 

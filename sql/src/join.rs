@@ -340,6 +340,21 @@ pub(crate) fn stream_join(
             Ok(node.with_new_exprs(node.expressions(), inputs)?)
         },
     )?;
+    let line = explain_line(
+        (&ls, li, &left_time),
+        (&rs, ri, &right_time),
+        (bound.lo, bound.hi),
+    );
+    Ok((op, line, input))
+}
+
+/// The EXPLAIN line of a stream join: its time bound, and what keeps each side's
+/// state bounded. A side is (schema, time column, time).
+fn explain_line(
+    (ls, li, left_time): (&DFSchemaRef, usize, &JoinTime),
+    (rs, ri, right_time): (&DFSchemaRef, usize, &JoinTime),
+    (lo, hi): (Option<i64>, Option<i64>),
+) -> String {
     let name = |schema: &DFSchemaRef, i: usize| {
         let (q, f) = schema.qualified_field(i);
         match q {
@@ -347,7 +362,7 @@ pub(crate) fn stream_join(
             None => f.name().to_string(),
         }
     };
-    let (lt, rt) = (name(&ls, li), name(&rs, ri));
+    let (lt, rt) = (name(ls, li), name(rs, ri));
     let range = |v: Option<i64>| match v {
         Some(ms) if ms < 0 => format!(
             "-{}",
@@ -370,12 +385,11 @@ pub(crate) fn stream_join(
             "WARNING: the condition does not bound {side} rows in time, they are kept for ever (state grows without bound)"
         ),
     };
-    let line = format!(
+    format!(
         "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
-        range(bound.lo),
-        range(bound.hi),
-        keep("left", "the right side", &right_time, bound.lo),
-        keep("right", "the left side", &left_time, bound.hi),
-    );
-    Ok((op, line, input))
+        range(lo),
+        range(hi),
+        keep("left", "the right side", right_time, lo),
+        keep("right", "the left side", left_time, hi),
+    )
 }

@@ -267,100 +267,10 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
     let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
     let first = peek_word(&p).unwrap_or_default();
     match first.as_str() {
-        "CREATE" => {
-            p.next_token();
-            let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
-            match peek_word(&p).as_deref() {
-                Some("STREAM") if !or_replace => {
-                    p.next_token();
-                    parse_create_stream(sql, &mut p)
-                }
-                Some("SINK") if !or_replace => {
-                    p.next_token();
-                    let name = ident(&mut p)?;
-                    let options = parse_with(&mut p)?;
-                    let query = if p.parse_keyword(Keyword::AS) {
-                        Some(ParsedQuery::parse(&rest(sql, &p))?)
-                    } else {
-                        expect_end(&mut p)?;
-                        None
-                    };
-                    Ok(Statement::CreateSink {
-                        name,
-                        options,
-                        query,
-                    })
-                }
-                Some("TABLE") => {
-                    p.next_token();
-                    let name = ident(&mut p)?;
-                    // Not a query we can parse: DataFusion's CREATE TABLE, and its error.
-                    match p
-                        .parse_keyword(Keyword::AS)
-                        .then(|| ParsedQuery::parse(&rest(sql, &p)).ok())
-                        .flatten()
-                    {
-                        Some(query) => Ok(Statement::CreateTableAs {
-                            name,
-                            query,
-                            sql: sql.to_string(),
-                        }),
-                        None => Ok(Statement::Other(sql.to_string())),
-                    }
-                }
-                _ => Ok(Statement::Other(sql.to_string())),
-            }
-        }
-        "INSERT" => {
-            p.next_token();
-            if !p.parse_keyword(Keyword::INTO) {
-                return Ok(Statement::Other(sql.to_string()));
-            }
-            let target = ident(&mut p)?;
-            Ok(Statement::InsertInto {
-                target,
-                query: ParsedQuery::parse(&rest(sql, &p)).map_err(|e| e.to_string()),
-                sql: sql.to_string(),
-            })
-        }
-        "SET" => {
-            p.next_token();
-            let key = ident(&mut p)?;
-            if !(p.consume_token(&Token::Eq) || p.parse_keyword(Keyword::TO)) {
-                return Ok(Statement::Other(sql.to_string()));
-            }
-            let value = rest(sql, &p);
-            let value = value.trim().trim_matches('\'').to_string();
-            Ok(Statement::Set {
-                key,
-                value,
-                sql: sql.to_string(),
-            })
-        }
-        "SHOW" => {
-            p.next_token();
-            if peek_word(&p).as_deref() == Some("PROGRESS") {
-                p.next_token();
-                let query = match p.next_token().token {
-                    Token::EOF | Token::SemiColon => None,
-                    Token::Word(w) => Some(w.value),
-                    Token::Number(n, _) => Some(n),
-                    other => return plan_err!("SHOW PROGRESS [query id or name], got {other}"),
-                };
-                expect_end(&mut p)?;
-                return Ok(Statement::ShowProgress(query));
-            }
-            let kind = match peek_word(&p).as_deref() {
-                Some("STREAMS") => ShowKind::Streams,
-                Some("TABLES") => ShowKind::Tables,
-                Some("SINKS") => ShowKind::Sinks,
-                Some("QUERIES") => ShowKind::Queries,
-                _ => return Ok(Statement::Other(sql.to_string())),
-            };
-            p.next_token();
-            expect_end(&mut p)?;
-            Ok(Statement::Show(kind))
-        }
+        "CREATE" => parse_create(sql, &mut p),
+        "INSERT" => parse_insert(sql, &mut p),
+        "SET" => parse_set(sql, &mut p),
+        "SHOW" => parse_show(sql, &mut p),
         "DESCRIBE" | "DESC" => {
             p.next_token();
             let name = ident(&mut p)?;
@@ -410,6 +320,108 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         _ if starts_a_query(sql) => Ok(Statement::Query(ParsedQuery::parse(sql)?)),
         _ => Ok(Statement::Other(sql.to_string())),
     }
+}
+
+/// `CREATE STREAM | SINK | TABLE ... AS`, else DataFusion's CREATE.
+fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
+    p.next_token();
+    let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+    match peek_word(p).as_deref() {
+        Some("STREAM") if !or_replace => {
+            p.next_token();
+            parse_create_stream(sql, p)
+        }
+        Some("SINK") if !or_replace => {
+            p.next_token();
+            let name = ident(p)?;
+            let options = parse_with(p)?;
+            let query = if p.parse_keyword(Keyword::AS) {
+                Some(ParsedQuery::parse(&rest(sql, p))?)
+            } else {
+                expect_end(p)?;
+                None
+            };
+            Ok(Statement::CreateSink {
+                name,
+                options,
+                query,
+            })
+        }
+        Some("TABLE") => {
+            p.next_token();
+            let name = ident(p)?;
+            // Not a query we can parse: DataFusion's CREATE TABLE, and its error.
+            match p
+                .parse_keyword(Keyword::AS)
+                .then(|| ParsedQuery::parse(&rest(sql, p)).ok())
+                .flatten()
+            {
+                Some(query) => Ok(Statement::CreateTableAs {
+                    name,
+                    query,
+                    sql: sql.to_string(),
+                }),
+                None => Ok(Statement::Other(sql.to_string())),
+            }
+        }
+        _ => Ok(Statement::Other(sql.to_string())),
+    }
+}
+
+/// `INSERT INTO name <query>`.
+fn parse_insert(sql: &str, p: &mut Parser) -> Result<Statement> {
+    p.next_token();
+    if !p.parse_keyword(Keyword::INTO) {
+        return Ok(Statement::Other(sql.to_string()));
+    }
+    let target = ident(p)?;
+    Ok(Statement::InsertInto {
+        target,
+        query: ParsedQuery::parse(&rest(sql, p)).map_err(|e| e.to_string()),
+        sql: sql.to_string(),
+    })
+}
+
+/// `SET key = value` / `SET key TO value`.
+fn parse_set(sql: &str, p: &mut Parser) -> Result<Statement> {
+    p.next_token();
+    let key = ident(p)?;
+    if !(p.consume_token(&Token::Eq) || p.parse_keyword(Keyword::TO)) {
+        return Ok(Statement::Other(sql.to_string()));
+    }
+    let value = rest(sql, p);
+    let value = value.trim().trim_matches('\'').to_string();
+    Ok(Statement::Set {
+        key,
+        value,
+        sql: sql.to_string(),
+    })
+}
+
+/// `SHOW STREAMS | SINKS | TABLES | QUERIES`, `SHOW PROGRESS [query]`.
+fn parse_show(sql: &str, p: &mut Parser) -> Result<Statement> {
+    p.next_token();
+    if peek_word(p).as_deref() == Some("PROGRESS") {
+        p.next_token();
+        let query = match p.next_token().token {
+            Token::EOF | Token::SemiColon => None,
+            Token::Word(w) => Some(w.value),
+            Token::Number(n, _) => Some(n),
+            other => return plan_err!("SHOW PROGRESS [query id or name], got {other}"),
+        };
+        expect_end(p)?;
+        return Ok(Statement::ShowProgress(query));
+    }
+    let kind = match peek_word(p).as_deref() {
+        Some("STREAMS") => ShowKind::Streams,
+        Some("TABLES") => ShowKind::Tables,
+        Some("SINKS") => ShowKind::Sinks,
+        Some("QUERIES") => ShowKind::Queries,
+        _ => return Ok(Statement::Other(sql.to_string())),
+    };
+    p.next_token();
+    expect_end(p)?;
+    Ok(Statement::Show(kind))
 }
 
 fn expect_end(p: &mut Parser) -> Result<()> {

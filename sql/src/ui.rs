@@ -341,38 +341,52 @@ pub fn metrics_text(view: &SessionView) -> String {
     let queries = view.queries();
     let snapshots: Vec<_> = queries.iter().map(|q| (q, q.metrics.snapshot())).collect();
     let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    };
+    status_gauges(&mut out, &snapshots);
+    counters_and_gauges(&mut out, &snapshots);
+    labelled(&mut out, &snapshots);
+    histograms(&mut out, &snapshots);
+    watermarks(&mut out, &snapshots);
+    out
+}
+
+/// Each query with its totals.
+type Snapshots<'a> = [(&'a QueryInfo, MetricsSnapshot)];
+
+/// `# HELP` and `# TYPE` of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// `flumen_query_active` and `flumen_query_failed`.
+fn status_gauges(out: &mut String, snapshots: &Snapshots<'_>) {
     family(
-        &mut out,
+        out,
         "flumen_query_active",
         "gauge",
         "1 while the query runs, else 0.",
     );
-    for (q, _) in &snapshots {
+    for (q, _) in snapshots {
         let active = u8::from(q.ctx.state() == StreamingContextState::Active);
-        sample(
-            &mut out,
-            "flumen_query_active",
-            &[("query", &q.target)],
-            active,
-        );
+        sample(out, "flumen_query_active", &[("query", &q.target)], active);
     }
     family(
-        &mut out,
+        out,
         "flumen_query_failed",
         "gauge",
         "1 once the query stopped with an error, else 0.",
     );
-    for (q, _) in &snapshots {
+    for (q, _) in snapshots {
         sample(
-            &mut out,
+            out,
             "flumen_query_failed",
             &[("query", &q.target)],
             u8::from(q.ctx.failure().is_some()),
         );
     }
+}
+
+/// The per-query counters and gauges.
+fn counters_and_gauges(out: &mut String, snapshots: &Snapshots<'_>) {
     let per_query: [(&str, &str, &str, Value64); 7] = [
         (
             "flumen_query_restarts_total",
@@ -418,11 +432,15 @@ pub fn metrics_text(view: &SessionView) -> String {
         ),
     ];
     for (name, kind, help, get) in per_query {
-        family(&mut out, name, kind, help);
-        for (q, m) in &snapshots {
-            sample(&mut out, name, &[("query", &q.target)], get(m));
+        family(out, name, kind, help);
+        for (q, m) in snapshots {
+            sample(out, name, &[("query", &q.target)], get(m));
         }
     }
+}
+
+/// The metrics with a second label (a source, an error kind).
+fn labelled(out: &mut String, snapshots: &Snapshots<'_>) {
     let per_label: [(&str, &str, &str, &str, Labelled); 3] = [
         (
             "flumen_input_rows_total",
@@ -447,13 +465,17 @@ pub fn metrics_text(view: &SessionView) -> String {
         ),
     ];
     for (name, kind, help, label, get) in per_label {
-        family(&mut out, name, kind, help);
-        for (q, m) in &snapshots {
+        family(out, name, kind, help);
+        for (q, m) in snapshots {
             for (value, n) in get(m) {
-                sample(&mut out, name, &[("query", &q.target), (label, value)], n);
+                sample(out, name, &[("query", &q.target), (label, value)], n);
             }
         }
     }
+}
+
+/// The batch duration histograms.
+fn histograms(out: &mut String, snapshots: &Snapshots<'_>) {
     let histograms: [(&str, &str, Durations); 3] = [
         (
             "flumen_batch_processing_seconds",
@@ -472,26 +494,29 @@ pub fn metrics_text(view: &SessionView) -> String {
         ),
     ];
     for (name, help, get) in histograms {
-        family(&mut out, name, "histogram", help);
-        for (q, m) in &snapshots {
-            histogram(&mut out, name, &[("query", &q.target)], get(m));
+        family(out, name, "histogram", help);
+        for (q, m) in snapshots {
+            histogram(out, name, &[("query", &q.target)], get(m));
         }
     }
+}
+
+/// `flumen_watermark_seconds`, for queries that have one.
+fn watermarks(out: &mut String, snapshots: &Snapshots<'_>) {
     family(
-        &mut out,
+        out,
         "flumen_watermark_seconds",
         "gauge",
         "The query's event-time watermark (Unix time).",
     );
-    for (q, m) in &snapshots {
+    for (q, m) in snapshots {
         if let Some(w) = m.watermark_ms {
             sample(
-                &mut out,
+                out,
                 "flumen_watermark_seconds",
                 &[("query", &q.target)],
                 w as f64 / 1000.0,
             );
         }
     }
-    out
 }

@@ -185,6 +185,55 @@ impl MapWithState {
             .collect()
     }
 
+    /// The batch's rows sorted by key, and the range of each key's rows.
+    fn group_by_key(
+        &self,
+        input: RecordBatch,
+    ) -> Result<(RecordBatch, Vec<std::ops::Range<usize>>)> {
+        if input.num_rows() == 0 {
+            return Ok((input, Vec::new()));
+        }
+        let keys = self.key_arrays(&input)?;
+        let sort: Vec<SortColumn> = keys
+            .iter()
+            .map(|values| SortColumn {
+                values: Arc::clone(values),
+                options: None,
+            })
+            .collect();
+        let order = lexsort_to_indices(&sort, None)?;
+        let sorted = take_record_batch(&input, &order)?;
+        let sorted_keys = self.key_arrays(&sorted)?;
+        let ranges = partition(&sorted_keys)?.ranges();
+        Ok((sorted, ranges))
+    }
+
+    /// What the user's function returned, checked against the spec and the keys.
+    fn check_update(&self, update: &StateUpdate, called: &KeyedBatch) -> Result<()> {
+        if update.state.num_rows() != called.num_keys() {
+            return Err(self.user_err(format!(
+                "returned {} state rows for {} keys",
+                update.state.num_rows(),
+                called.num_keys()
+            )));
+        }
+        if update.state.schema().fields() != self.spec.state_schema.fields() {
+            return Err(self.user_err(format!(
+                "returned state of schema {:?}, the spec declares {:?}",
+                update.state.schema(),
+                self.spec.state_schema
+            )));
+        }
+        if update.output.schema().fields() != self.spec.output_schema.fields() {
+            return Err(self.user_err(format!(
+                "returned output of schema {:?}, the spec declares {:?}",
+                update.output.schema(),
+                self.spec.output_schema
+            )));
+        }
+        Ok(())
+    }
+
     fn user_err(&self, message: String) -> Error {
         Error::User {
             context: "map_with_state function".into(),
@@ -215,24 +264,7 @@ impl StreamOperator for MapWithState {
     ) -> Result<Option<Vec<RecordBatch>>> {
         let t = ctx.batch_time;
         let input = concat_batches(&self.input_schema, &input)?;
-        // Group the batch's rows by key.
-        let (values, ranges) = if input.num_rows() > 0 {
-            let keys = self.key_arrays(&input)?;
-            let sort: Vec<SortColumn> = keys
-                .iter()
-                .map(|values| SortColumn {
-                    values: Arc::clone(values),
-                    options: None,
-                })
-                .collect();
-            let order = lexsort_to_indices(&sort, None)?;
-            let sorted = take_record_batch(&input, &order)?;
-            let sorted_keys = self.key_arrays(&sorted)?;
-            let ranges = partition(&sorted_keys)?.ranges();
-            (sorted, ranges)
-        } else {
-            (input, Vec::new())
-        };
+        let (values, ranges) = self.group_by_key(input)?;
         let firsts = UInt32Array::from_iter_values(ranges.iter().map(|r| r.start as u32));
         let new_keys = take_record_batch(
             &RecordBatch::try_new(Arc::clone(&self.key_schema), self.key_arrays(&values)?)?,
@@ -281,27 +313,7 @@ impl StreamOperator for MapWithState {
             timing_out,
         };
         let update = (self.spec.func)(&called)?;
-        if update.state.num_rows() != called.num_keys() {
-            return Err(self.user_err(format!(
-                "returned {} state rows for {} keys",
-                update.state.num_rows(),
-                called.num_keys()
-            )));
-        }
-        if update.state.schema().fields() != self.spec.state_schema.fields() {
-            return Err(self.user_err(format!(
-                "returned state of schema {:?}, the spec declares {:?}",
-                update.state.schema(),
-                self.spec.state_schema
-            )));
-        }
-        if update.output.schema().fields() != self.spec.output_schema.fields() {
-            return Err(self.user_err(format!(
-                "returned output of schema {:?}, the spec declares {:?}",
-                update.output.schema(),
-                self.spec.output_schema
-            )));
-        }
+        self.check_update(&update, &called)?;
         // Keep the state of keys not called; replace the called ones.
         let mut keep_old = vec![true; self.keys.num_rows()];
         for i in called_state.iter().flatten() {

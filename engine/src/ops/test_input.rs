@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::dataframe::DataFrame;
@@ -40,6 +40,22 @@ impl TestInput {
             ctx: SessionContext::new(),
             plan: Mutex::new(None),
         }
+    }
+
+    /// Events: a text key `k` and a millisecond timestamp `ts`.
+    pub fn keyed_events() -> Self {
+        Self::new(&[
+            ("k", DataType::Utf8),
+            ("ts", DataType::Timestamp(TimeUnit::Millisecond, None)),
+        ])
+    }
+
+    /// A batch of [`TestInput::keyed_events`]: `keys[i]` at `ms[i]`.
+    pub fn events(&self, keys: &[&str], ms: &[i64]) -> RecordBatch {
+        self.batch(vec![
+            Arc::new(StringArray::from(keys.to_vec())),
+            Arc::new(TimestampMillisecondArray::from(ms.to_vec())),
+        ])
     }
 
     /// A batch of the input's columns.

@@ -13,7 +13,6 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::FINGERPRINT_NAME;
 use super::partial::{PartialAggregate, restored_state};
 use crate::Result;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
@@ -21,11 +20,11 @@ use crate::ops::{Emits, OperatorContext, StreamOperator};
 /// Running aggregate over all batches so far.
 pub struct RunningAggregate {
     agg: PartialAggregate,
-    output_schema: SchemaRef,
+    pub(super) output_schema: SchemaRef,
     /// Keys + state columns of every group, in the partial aggregate's layout.
     state: Option<RecordBatch>,
     /// Emit only the groups this batch changed (update mode) instead of all.
-    changed_only: bool,
+    pub(super) changed_only: bool,
 }
 
 impl RunningAggregate {
@@ -43,19 +42,6 @@ impl RunningAggregate {
             changed_only: false,
         })
     }
-
-    /// Emit only the groups each batch changed (the `update` output mode); by
-    /// default every group is emitted (`complete`, Spark's `updateStateByKey`).
-    pub fn with_changed_only(mut self, changed_only: bool) -> Self {
-        self.changed_only = changed_only;
-        self
-    }
-
-    /// Name the output columns `c0, c1, ...` (see [`crate::ops::positional_schema`]).
-    pub fn with_positional_names(mut self) -> Self {
-        self.output_schema = crate::ops::positional_schema(&self.output_schema);
-        self
-    }
 }
 
 #[async_trait]
@@ -69,25 +55,11 @@ impl StreamOperator for RunningAggregate {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{FINGERPRINT_NAME} {}{}",
-            self.agg.describe(),
-            if self.changed_only {
-                " changed only"
-            } else {
-                ""
-            }
-        )
+        super::fingerprint(&self.agg, None, self.changed_only)
     }
 
     fn emits(&self) -> Emits {
-        if self.changed_only {
-            Emits::Changes {
-                keys: (0..self.agg.keys()).collect(),
-            }
-        } else {
-            Emits::WholeResult
-        }
+        super::emits(None, self.changed_only, &self.agg)
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {

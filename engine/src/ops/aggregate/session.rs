@@ -15,7 +15,6 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::FINGERPRINT_NAME;
 use super::event_time::{EventTime, EventTimeWindow};
 use super::partial::{PartialAggregate, restored_state};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
@@ -24,10 +23,10 @@ use crate::{Result, internal_err};
 /// An aggregate over session windows.
 pub struct SessionAggregate {
     agg: PartialAggregate,
-    output_schema: SchemaRef,
+    pub(super) output_schema: SchemaRef,
     time: EventTime,
     /// Emit only the sessions each batch changed (update mode).
-    changed_only: bool,
+    pub(super) changed_only: bool,
     /// Keys + state columns of every session.
     state: Option<RecordBatch>,
 }
@@ -51,18 +50,6 @@ impl SessionAggregate {
             state: None,
         })
     }
-
-    /// Emit only the sessions each batch changed (the `update` output mode).
-    pub fn with_changed_only(mut self, changed_only: bool) -> Self {
-        self.changed_only = changed_only;
-        self
-    }
-
-    /// Name the output columns `c0, c1, ...` (see [`crate::ops::positional_schema`]).
-    pub fn with_positional_names(mut self) -> Self {
-        self.output_schema = crate::ops::positional_schema(&self.output_schema);
-        self
-    }
 }
 
 #[async_trait]
@@ -76,28 +63,12 @@ impl StreamOperator for SessionAggregate {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{FINGERPRINT_NAME} {} window {}{}",
-            self.agg.describe(),
-            self.time.window.fingerprint(true),
-            if self.changed_only {
-                " changed only"
-            } else {
-                ""
-            }
-        )
+        let window = self.time.window.fingerprint(true);
+        super::fingerprint(&self.agg, Some(window), self.changed_only)
     }
 
     fn emits(&self) -> Emits {
-        if self.time.window.emit_closed_only {
-            Emits::Appends
-        } else if self.changed_only {
-            Emits::Changes {
-                keys: (0..self.agg.keys()).collect(),
-            }
-        } else {
-            Emits::WholeResult
-        }
+        super::emits(Some(&self.time.window), self.changed_only, &self.agg)
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
@@ -264,7 +235,6 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
 mod tests {
     use std::time::Duration;
 
-    use datafusion::arrow::array::StringArray;
     use datafusion::functions_aggregate::expr_fn::{count, max};
     use datafusion::prelude::{col, lit};
 
@@ -272,17 +242,11 @@ mod tests {
     use crate::ops::test_input::{TestInput, rows};
 
     fn input() -> TestInput {
-        TestInput::new(&[
-            ("k", DataType::Utf8),
-            ("ts", DataType::Timestamp(TimeUnit::Millisecond, None)),
-        ])
+        TestInput::keyed_events()
     }
 
     fn rows_at(keys: &[&str], ms: &[i64]) -> RecordBatch {
-        input().batch(vec![
-            Arc::new(StringArray::from(keys.to_vec())),
-            Arc::new(TimestampMillisecondArray::from(ms.to_vec())),
-        ])
+        input().events(keys, ms)
     }
 
     /// Sessions with a 5 s gap per key, counted; watermark 1 s, update mode.

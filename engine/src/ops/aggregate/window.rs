@@ -13,7 +13,6 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::FINGERPRINT_NAME;
 use super::event_time::{EventTime, EventTimeWindow, window_ends, window_structs_from_ends};
 use super::partial::{PartialAggregate, restored_state};
 use crate::Result;
@@ -23,10 +22,10 @@ use crate::ops::{Emits, OperatorContext, StreamOperator};
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
     agg: PartialAggregate,
-    output_schema: SchemaRef,
+    pub(super) output_schema: SchemaRef,
     time: EventTime,
     /// Emit only the groups each batch changed (update mode).
-    changed_only: bool,
+    pub(super) changed_only: bool,
     /// Keys + state columns of every group (when not kept per window).
     state: Option<RecordBatch>,
     /// Append-mode windows whose state the watermark evicts: kept per window in
@@ -55,18 +54,6 @@ impl WindowAggregate {
             state: None,
             windows: None,
         })
-    }
-
-    /// Emit only the groups each batch changed (the `update` output mode).
-    pub fn with_changed_only(mut self, changed_only: bool) -> Self {
-        self.changed_only = changed_only;
-        self
-    }
-
-    /// Name the output columns `c0, c1, ...` (see [`crate::ops::positional_schema`]).
-    pub fn with_positional_names(mut self) -> Self {
-        self.output_schema = crate::ops::positional_schema(&self.output_schema);
-        self
     }
 
     fn windows_mut(&mut self) -> Option<&mut WindowState> {
@@ -121,28 +108,12 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{FINGERPRINT_NAME} {} window {}{}",
-            self.agg.describe(),
-            self.time.window.fingerprint(false),
-            if self.changed_only {
-                " changed only"
-            } else {
-                ""
-            }
-        )
+        let window = self.time.window.fingerprint(false);
+        super::fingerprint(&self.agg, Some(window), self.changed_only)
     }
 
     fn emits(&self) -> Emits {
-        if self.time.window.emit_closed_only {
-            Emits::Appends
-        } else if self.changed_only {
-            Emits::Changes {
-                keys: (0..self.agg.keys()).collect(),
-            }
-        } else {
-            Emits::WholeResult
-        }
+        super::emits(Some(&self.time.window), self.changed_only, &self.agg)
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
@@ -246,8 +217,6 @@ impl StreamOperator for WindowAggregate {
 mod tests {
     use std::time::Duration;
 
-    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
-    use datafusion::arrow::datatypes::{DataType, TimeUnit};
     use datafusion::functions::expr_fn::{to_timestamp_millis, to_unixtime};
     use datafusion::functions_aggregate::expr_fn::{count, max};
     use datafusion::prelude::{col, lit};
@@ -256,17 +225,11 @@ mod tests {
     use crate::ops::test_input::{TestInput, rows};
 
     fn input() -> TestInput {
-        TestInput::new(&[
-            ("k", DataType::Utf8),
-            ("ts", DataType::Timestamp(TimeUnit::Millisecond, None)),
-        ])
+        TestInput::keyed_events()
     }
 
     fn rows_at(keys: &[&str], ms: &[i64]) -> RecordBatch {
-        input().batch(vec![
-            Arc::new(StringArray::from(keys.to_vec())),
-            Arc::new(TimestampMillisecondArray::from(ms.to_vec())),
-        ])
+        input().events(keys, ms)
     }
 
     /// Counts per key in 10 s tumbling windows keyed by their end, watermark 1 s.
