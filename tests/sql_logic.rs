@@ -2,7 +2,7 @@
 //! clock. `INSERT INTO <memory stream> VALUES ...` queues rows for the next batch and
 //! `ADVANCE n BATCHES` runs batches, so streaming semantics are testable as SQL.
 //!
-//! Each file is its own test (`cargo test --test main windows` runs `windows.slt`).
+//! Each file is its own test (`cargo test --test main sql_logic::windows` runs `windows.slt`).
 //! Regenerate expected output with `FLUMEN_SLT_COMPLETE=1 cargo test --test main sql_logic`.
 
 use std::path::PathBuf;

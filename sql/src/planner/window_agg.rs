@@ -8,7 +8,6 @@ use std::time::Duration;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Aggregate, Expr, lit};
 use flumen_engine::ops::{EventTimeWindow, SessionAggregate, StreamOperator, WindowAggregate};
 use flumen_engine::time::format_duration;
@@ -42,29 +41,25 @@ pub(super) fn windowed(
     time: &EventTimeSource<'_>,
     mode: OutputMode,
 ) -> Result<(Box<dyn StreamOperator>, String, DataFrame)> {
-    let (mut f, sessions) = window_call(agg, k)?;
-    let ts = f.args[0].clone();
-    let over_batch_time = matches!(&ts, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
-    if over_batch_time {
-        assign_batches_to_windows(ctx, &mut f)?;
-    }
-    let delay = watermark_delay(&ts, over_batch_time, time, mode)?;
+    let spec = WindowSpec::parse(ctx, agg, k)?;
+    let ts = spec.written_time.clone();
+    let delay = watermark_delay(&ts, spec.over_batch_time, time, mode)?;
     let mut aggr = agg.aggr_expr.clone();
     aggr.push(max(ts.clone()).alias("__flumen_max_event_time"));
     aggr.push(count(lit(1)).alias("__flumen_rows"));
     let input = DataFrame::new(state.clone(), agg.input.as_ref().clone());
-    let keys = window_keys(agg, k, &f, sessions, over_batch_time, input)?;
+    let keys = window_keys(agg, k, &spec, input)?;
     let window = EventTimeWindow {
         key_index: k,
         delay,
         emit_closed_only: mode == OutputMode::Append,
         evict_closed: mode != OutputMode::Complete && delay.is_some(),
-        watermark_is_batch_time: over_batch_time,
+        watermark_is_batch_time: spec.over_batch_time,
         keyed_by_end: keys.keyed_by_end,
         watermark_from: time.watermark_from,
     };
     let changed_only = mode == OutputMode::Update;
-    let op: Box<dyn StreamOperator> = if sessions {
+    let op: Box<dyn StreamOperator> = if spec.is_session() {
         Box::new(
             SessionAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
                 .with_changed_only(changed_only)
@@ -77,55 +72,131 @@ pub(super) fn windowed(
                 .with_positional_names(),
         )
     };
-    let line = explain_line(agg, keys.kind, &ts, delay, time.watermark_from, mode);
+    let line = explain_line(agg, spec.kind_name(), &ts, delay, time.watermark_from, mode);
     Ok((op, line, keys.input))
 }
 
-/// The `window(...)` / `session_window(...)` call of group key `k`, its arguments
-/// checked; whether it is a session window.
-fn window_call(agg: &Aggregate, k: usize) -> Result<(ScalarFunction, bool)> {
-    let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
-        return plan_err!("window() group key expected");
-    };
-    let sessions = f.name() == SESSION_WINDOW_FUNCTION;
-    if sessions && f.args.len() != 2 {
-        return plan_err!(
-            "session_window(ts, gap) takes 2 arguments, got {}",
-            f.args.len()
-        );
-    }
-    if !(2..=3).contains(&f.args.len()) {
-        return plan_err!(
-            "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
-            f.args.len()
-        );
-    }
-    Ok((f.clone(), sessions))
+/// A window as the planner reads it. Every way to write one — `window(ts, size [,
+/// slide])`, `session_window(ts, gap)`, the `TUMBLE` / `HOP` / `SESSION` table
+/// functions and ksqlDB's `WINDOW` clause (the last two rewritten onto those calls on
+/// the syntax tree) — is parsed here, once.
+struct WindowSpec {
+    /// The time column as written (its watermark is looked up by it).
+    written_time: Expr,
+    /// The time rows are assigned to windows by: over `_batch_time`, 1 ms before it.
+    time: Expr,
+    over_batch_time: bool,
+    kind: WindowKind,
 }
 
-/// Spark's windows over batch time: the window ending at T holds the batches in
-/// (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end) windows
-/// gives exactly that; the watermark is the batch time. Sizes must be multiples of
-/// the batch interval.
-fn assign_batches_to_windows(ctx: &StreamingContext, f: &mut ScalarFunction) -> Result<()> {
-    let interval = ctx.batch_interval();
-    let sizes = f.args[1..]
-        .iter()
-        .map(|a| match a {
-            Expr::Literal(v, _) => crate::window::interval_millis(v)
-                .map(|ms| Duration::from_millis(ms as u64))
-                .map_err(Error::DataFusion),
-            other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+enum WindowKind {
+    Tumbling {
+        size: Expr,
+        size_ms: i64,
+    },
+    Hopping {
+        size: Expr,
+        slide: Expr,
+        size_ms: i64,
+    },
+    Session {
+        gap: Expr,
+    },
+}
+
+impl WindowSpec {
+    /// The window of group key `k`, its arguments checked.
+    fn parse(ctx: &StreamingContext, agg: &Aggregate, k: usize) -> Result<WindowSpec> {
+        let Expr::ScalarFunction(f) = &agg.group_expr[k] else {
+            return plan_err!("window() group key expected");
+        };
+        let sessions = f.name() == SESSION_WINDOW_FUNCTION;
+        if sessions && f.args.len() != 2 {
+            return plan_err!(
+                "session_window(ts, gap) takes 2 arguments, got {}",
+                f.args.len()
+            );
+        }
+        if !(2..=3).contains(&f.args.len()) {
+            return plan_err!(
+                "window(ts, size [, slide]) takes 2 or 3 arguments, got {}",
+                f.args.len()
+            );
+        }
+        let written_time = f.args[0].clone();
+        let over_batch_time =
+            matches!(&written_time, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+        let mut time = written_time.clone();
+        if over_batch_time {
+            check_batch_multiples(ctx, &f.args[1..])?;
+            // Spark's windows over batch time: the window ending at T holds the batches
+            // in (T - length, T]. Assigning each batch's rows at T - 1 ms to [start, end)
+            // windows gives exactly that; the watermark is the batch time.
+            time = time
+                - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
+                    0, 0, 1_000_000,
+                ));
+        }
+        let kind = if sessions {
+            WindowKind::Session {
+                gap: f.args[1].clone(),
+            }
+        } else if f.args.len() == 3 && f.args[1] != f.args[2] {
+            let (size_ms, slide_ms) = (millis(&f.args[1])?, millis(&f.args[2])?);
+            crate::window::check_windows_per_row(size_ms, slide_ms)?;
+            WindowKind::Hopping {
+                size: f.args[1].clone(),
+                slide: f.args[2].clone(),
+                size_ms,
+            }
+        } else {
+            WindowKind::Tumbling {
+                size: f.args[1].clone(),
+                size_ms: millis(&f.args[1])?,
+            }
+        };
+        Ok(WindowSpec {
+            written_time,
+            time,
+            over_batch_time,
+            kind,
         })
+    }
+
+    fn is_session(&self) -> bool {
+        matches!(self.kind, WindowKind::Session { .. })
+    }
+
+    /// `tumbling`, `hopping` or `session`, for EXPLAIN.
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            WindowKind::Tumbling { .. } => "tumbling",
+            WindowKind::Hopping { .. } => "hopping",
+            WindowKind::Session { .. } => "session",
+        }
+    }
+}
+
+/// A window size as milliseconds; sizes must be `INTERVAL` literals.
+fn millis(size: &Expr) -> Result<i64> {
+    match size {
+        Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
+        other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
+    }
+}
+
+/// Windows over batch time: their length and slide must be multiples of the batch
+/// interval.
+fn check_batch_multiples(ctx: &StreamingContext, sizes: &[Expr]) -> Result<()> {
+    let interval = ctx.batch_interval();
+    let sizes = sizes
+        .iter()
+        .map(|a| millis(a).map(|ms| Duration::from_millis(ms as u64)))
         .collect::<Result<Vec<_>>>()?;
     flumen_engine::time::check_multiple("window length", sizes[0], "batch interval", interval)?;
     if let Some(slide) = sizes.get(1) {
         flumen_engine::time::check_multiple("window slide", *slide, "batch interval", interval)?;
     }
-    f.args[0] = f.args[0].clone()
-        - lit(datafusion::scalar::ScalarValue::new_interval_mdn(
-            0, 0, 1_000_000,
-        ));
     Ok(())
 }
 
@@ -182,8 +253,6 @@ fn watermark_delay(
 struct WindowKeys {
     group_expr: Vec<Expr>,
     input: DataFrame,
-    /// `tumbling`, `hopping` or `session`, for EXPLAIN.
-    kind: &'static str,
     keyed_by_end: Option<Duration>,
 }
 
@@ -193,55 +262,53 @@ struct WindowKeys {
 fn window_keys(
     agg: &Aggregate,
     k: usize,
-    f: &ScalarFunction,
-    sessions: bool,
-    over_batch_time: bool,
+    spec: &WindowSpec,
     input: DataFrame,
 ) -> Result<WindowKeys> {
     let mut group_expr = agg.group_expr.clone();
     let key_name = agg.group_expr[k].schema_name().to_string();
-    if sessions {
-        if over_batch_time {
-            group_expr[k] = Expr::ScalarFunction(f.clone()).alias(key_name);
+    let time = spec.time.clone();
+    match &spec.kind {
+        WindowKind::Session { gap } => {
+            if spec.over_batch_time {
+                group_expr[k] = crate::window::session_window_udf()
+                    .call(vec![time, gap.clone()])
+                    .alias(key_name);
+            }
+            Ok(WindowKeys {
+                group_expr,
+                input,
+                keyed_by_end: None,
+            })
         }
-        return Ok(WindowKeys {
-            group_expr,
-            input,
-            kind: "session",
-            keyed_by_end: None,
-        });
+        WindowKind::Hopping {
+            size,
+            slide,
+            size_ms,
+        } => {
+            let hop =
+                crate::window::hop_window_ends_udf().call(vec![time, size.clone(), slide.clone()]);
+            let input = input
+                .with_column(HOP_COLUMN, hop)?
+                .unnest_columns(&[HOP_COLUMN])?;
+            group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
+            Ok(WindowKeys {
+                group_expr,
+                input,
+                keyed_by_end: Some(Duration::from_millis(*size_ms as u64)),
+            })
+        }
+        WindowKind::Tumbling { size, size_ms } => {
+            group_expr[k] = crate::window::window_end_udf()
+                .call(vec![time, size.clone()])
+                .alias(key_name);
+            Ok(WindowKeys {
+                group_expr,
+                input,
+                keyed_by_end: Some(Duration::from_millis(*size_ms as u64)),
+            })
+        }
     }
-    let millis = |a: &Expr| match a {
-        Expr::Literal(v, _) => crate::window::interval_millis(v).map_err(Error::DataFusion),
-        other => plan_err!("window sizes must be INTERVAL literals, got {other}"),
-    };
-    let size = millis(&f.args[1])?;
-    let keyed_by_end = Some(Duration::from_millis(size as u64));
-    if f.args.len() == 3 && f.args[1] != f.args[2] {
-        // A hopping window: a row belongs to size/slide windows.
-        let slide = millis(&f.args[2])?;
-        crate::window::check_windows_per_row(size, slide)?;
-        let hop = crate::window::hop_window_ends_udf().call(f.args.clone());
-        let input = input
-            .with_column(HOP_COLUMN, hop)?
-            .unnest_columns(&[HOP_COLUMN])?;
-        group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
-        return Ok(WindowKeys {
-            group_expr,
-            input,
-            kind: "hopping",
-            keyed_by_end,
-        });
-    }
-    group_expr[k] = crate::window::window_end_udf()
-        .call(f.args[..2].to_vec())
-        .alias(key_name);
-    Ok(WindowKeys {
-        group_expr,
-        input,
-        kind: "tumbling",
-        keyed_by_end,
-    })
 }
 
 /// The EXPLAIN line of a windowed aggregate: what it groups and computes, and what
