@@ -76,6 +76,10 @@ impl StreamOperator for Changes {
         "ChangesExec".into()
     }
 
+    fn explain(&self) -> String {
+        "Changes (update mode over a result recomputed each batch): emits the rows that are new or changed since the previous batch; state: the previous result".into()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }

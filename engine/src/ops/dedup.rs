@@ -78,6 +78,19 @@ impl StreamOperator for Dedup {
         "Dedup".into()
     }
 
+    fn explain(&self) -> String {
+        match &self.key_columns {
+            None => "Dedup (DISTINCT): emits each distinct row once; state: every distinct row seen, kept for the life of the query (grows without bound)".into(),
+            Some(keys) => format!(
+                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] and drops the key's later rows; state: every key seen, kept for the life of the query (grows without bound)",
+                keys.iter()
+                    .map(|&i| self.input_schema.field(i).name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.output_schema)
     }

@@ -59,6 +59,10 @@ impl StreamOperator for Materialize {
         "Materialize".into()
     }
 
+    fn explain(&self) -> String {
+        "Materialize: keeps the whole result of the stateful operator below (one row per key, replaced as it changes) for the plan above, which is recomputed over all of it each batch; state: one row per key".into()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }

@@ -123,6 +123,12 @@ pub trait StreamOperator: Send + Sync {
         self.name()
     }
 
+    /// The operator's line in EXPLAIN: what it computes and what bounds its state
+    /// (DataFusion's `DisplayAs`). By default its name.
+    fn explain(&self) -> String {
+        self.name()
+    }
+
     /// The physical plan whose output feeds `process`. By default, `input`'s own plan.
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(input.clone().create_physical_plan().await?)

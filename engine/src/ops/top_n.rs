@@ -43,6 +43,8 @@ pub struct TopN {
     limit: usize,
     /// Complete mode: every kept row each batch; otherwise the rows whose rank changed.
     emit_all: bool,
+    /// The names of the key columns (EXPLAIN).
+    key_names: Vec<String>,
     converter: RowConverter,
     /// The kept rows of every key, ranks included.
     state: RecordBatch,
@@ -73,7 +75,12 @@ impl TopN {
                 .map(|&i| SortField::new(schema.field(i).data_type().clone()))
                 .collect(),
         )?;
+        let key_names = keys
+            .iter()
+            .map(|&i| schema.field(i).name().clone())
+            .collect();
         Ok(Self {
+            key_names,
             state: RecordBatch::new_empty(Arc::clone(&schema)),
             schema,
             keys,
@@ -104,6 +111,19 @@ impl TopN {
 impl StreamOperator for TopN {
     fn name(&self) -> String {
         "TopN".into()
+    }
+
+    fn explain(&self) -> String {
+        let limit = self.limit;
+        format!(
+            "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, kept for the life of the query (grows with the number of keys)",
+            self.key_names.join(", "),
+            if self.emit_all {
+                "complete"
+            } else {
+                "update (the rows whose rank changed)"
+            },
+        )
     }
 
     fn output_schema(&self) -> SchemaRef {

@@ -158,6 +158,8 @@ struct StreamPlanner<'a> {
     shared: HashMap<LogicalPlan, LogicalPlan>,
     /// Operator output tables of changed rows -> their materialized scan.
     materialized: HashMap<String, LogicalPlan>,
+    /// The next operator's EXPLAIN line was pushed by the planner.
+    explained_by_planner: bool,
 }
 
 impl TreeNodeRewriter for StreamPlanner<'_> {
@@ -321,6 +323,7 @@ impl StreamPlanner<'_> {
                         window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
                             .map_err(external)?;
                     self.explain.push(line);
+                    self.explained_by_planner = true;
                     let window = match (window_length(&agg.group_expr[k]), self.mode()) {
                         (Some(len), OutputMode::Append) => Some((k, len)),
                         _ => None,
@@ -344,14 +347,6 @@ impl StreamPlanner<'_> {
                 .map_err(external)?
                 .with_changed_only(self.mode() == OutputMode::Update)
                 .with_positional_names();
-                self.explain.push(format!(
-                    "RunningAggregate: group by [{}], aggregates [{}], output {}; \
-                     state: one row per group, kept for the life of the query (grows with \
-                     the number of distinct keys; no watermark bounds it)",
-                    join_exprs(&agg.group_expr),
-                    join_exprs(&agg.aggr_expr),
-                    self.mode(),
-                ));
                 self.replace(input, &agg.schema, Box::new(op), None)
             }
         }
@@ -381,11 +376,6 @@ impl StreamPlanner<'_> {
         let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
             .map_err(external)?
             .with_positional_names();
-        self.explain.push(
-            "Dedup (DISTINCT): emits each distinct row once; state: every distinct \
-             row seen, kept for the life of the query (grows without bound)"
-                .into(),
-        );
         let replaced = node.schema().clone();
         self.replace(df, &replaced, Box::new(op), None)
     }
@@ -430,6 +420,7 @@ impl StreamPlanner<'_> {
                 let (op, line, input) =
                     crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
                 self.explain.push(line);
+                self.explained_by_planner = true;
                 let schema = node.schema().clone();
                 self.replace(input, &schema, Box::new(op), None)
             }
@@ -515,26 +506,12 @@ impl StreamPlanner<'_> {
         // operator carries the ranking across batches.
         let df = DataFrame::new(self.state.clone(), node.clone());
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let key_names = || {
-            pattern
-                .keys
-                .iter()
-                .map(|&i| node.schema().qualified_field(i).1.name().clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let replaced = node.schema().clone();
         if pattern.by_arrival && pattern.limit == 1 {
             let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
                 .and_then(|op| op.with_key_columns(pattern.keys.clone()))
                 .map_err(external)?
                 .with_positional_names();
-            self.explain.push(format!(
-                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] \
-                 and drops the key's later rows; state: every key seen, kept for the life of \
-                 the query (grows without bound)",
-                key_names()
-            ));
             return self.replace(df, &replaced, Box::new(op), None);
         }
         if self.mode() == OutputMode::Append {
@@ -556,21 +533,6 @@ impl StreamPlanner<'_> {
         )
         .map_err(external)?
         .with_positional_names();
-        self.explain.push(format!(
-            "TopN (ROW_NUMBER() <= {}): keeps the first {} rows of each key [{}] by ORDER \
-             BY across all batches, output {}{}; state: at most {} rows per key, kept for the \
-             life of the query (grows with the number of keys)",
-            pattern.limit,
-            pattern.limit,
-            key_names(),
-            self.mode(),
-            if self.mode() == OutputMode::Update {
-                " (the rows whose rank changed)"
-            } else {
-                ""
-            },
-            pattern.limit,
-        ));
         self.replace(df, &replaced, Box::new(op), None)
     }
 
@@ -585,6 +547,11 @@ impl StreamPlanner<'_> {
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
         let emits = op.emits();
         let watermarked = op.watermarked_columns();
+        // The operator describes itself, unless the planner said more (windows, joins).
+        if !self.explained_by_planner {
+            self.explain.push(op.explain());
+        }
+        self.explained_by_planner = false;
         let out = self.add_operator(input, op)?;
         let out_plan = out.dataframe().logical_plan().clone();
         let out_schema = out_plan.schema().clone();
@@ -659,6 +626,7 @@ impl StreamPlanner<'_> {
                     let df = DataFrame::new(self.state.clone(), full);
                     let schema = Arc::new(df.schema().as_arrow().clone());
                     let op = Materialize::try_new(schema, keys).map_err(external)?;
+                    self.explain.push(op.explain());
                     let out = self.add_operator(df, Box::new(op))?;
                     let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
                         return refuse("internal: an operator's output is not a scan");
@@ -687,12 +655,6 @@ impl StreamPlanner<'_> {
                         )?;
                     }
                     let replacement = replacement.alias(table.clone())?.build()?;
-                    self.explain.push(
-                        "Materialize: keeps the whole result of the stateful operator \
-                         below (one row per key, replaced as it changes) for the plan above, \
-                         which is recomputed over all of it each batch; state: one row per key"
-                            .into(),
-                    );
                     self.materialized.insert(table, replacement.clone());
                     Ok(Transformed::yes(replacement))
                 })?
@@ -734,6 +696,7 @@ pub fn plan_query(
         rank_filters: 0,
         shared: HashMap::new(),
         materialized: HashMap::new(),
+        explained_by_planner: false,
     };
     let plan = match plan.rewrite(&mut planner) {
         Ok(t) => t.data,
@@ -763,11 +726,6 @@ pub fn plan_query(
         let schema = Arc::new(df.schema().as_arrow().clone());
         let op = Changes::try_new(schema)?.with_positional_names();
         let replaced = plan.schema().clone();
-        planner.explain.push(
-            "Changes (update mode over a result recomputed each batch): emits the rows \
-             that are new or changed since the previous batch; state: the previous result"
-                .into(),
-        );
         plan = planner
             .replace(df, &replaced, Box::new(op), None)
             .map_err(Error::DataFusion)?

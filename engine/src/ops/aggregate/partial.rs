@@ -82,6 +82,21 @@ impl PartialAggregate {
         )
     }
 
+    /// `group by [k], aggregates [a]`, for EXPLAIN.
+    pub fn display(&self) -> String {
+        let list = |e: &[Expr]| {
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "group by [{}], aggregates [{}]",
+            list(&self.group_exprs),
+            list(&self.aggr_exprs)
+        )
+    }
+
     pub fn planned(&self) -> Result<&Planned> {
         match &self.planned {
             Some(p) => Ok(p),

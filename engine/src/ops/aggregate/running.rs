@@ -58,6 +58,18 @@ impl StreamOperator for RunningAggregate {
         super::fingerprint(&self.agg, None, self.changed_only)
     }
 
+    fn explain(&self) -> String {
+        format!(
+            "RunningAggregate: {}, output {}; state: one row per group, kept for the life of the query (grows with the number of distinct keys; no watermark bounds it)",
+            self.agg.display(),
+            if self.changed_only {
+                "update"
+            } else {
+                "complete"
+            }
+        )
+    }
+
     fn emits(&self) -> Emits {
         super::emits(None, self.changed_only, &self.agg)
     }
