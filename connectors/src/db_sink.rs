@@ -1,10 +1,157 @@
-//! What the `postgres` and `mysql` sinks share: their options and checks.
+//! What the `postgres` and `mysql` sinks share: their options and checks, and one
+//! [`DbSink`] — the connection pool, the tables created at open, one transaction per
+//! (batch time, partition) — over a [`Dialect`] that holds what differs (the driver,
+//! quoting, column types, the statements).
 
-use datafusion::arrow::datatypes::Schema;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::ConnectorOptions;
-use flumen_engine::{Result, plan_err};
+use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
+use parking_lot::Mutex;
 
 use crate::offsets_store::redact;
+
+/// What tells one database sink from another.
+#[async_trait]
+pub trait Dialect: Send + Sync + Sized + 'static {
+    /// The connector's name, first in every message (`postgres`, `mysql`).
+    const CONNECTOR: &'static str;
+    /// A connection of the driver.
+    type Conn: Send + 'static;
+
+    /// A new connection to the sink's URL (TLS as the URL says); errors made with
+    /// `sink.error("cannot connect", ..)`.
+    async fn connect(sink: &DbSink<Self>) -> Result<Self::Conn>;
+
+    /// Whether a pooled connection can still be used.
+    fn usable(_conn: &Self::Conn) -> bool {
+        true
+    }
+
+    /// Creates the sink's table (typed from `schema`) and `flumen_commits` when
+    /// missing.
+    async fn create_tables(
+        sink: &DbSink<Self>,
+        conn: &mut Self::Conn,
+        schema: &SchemaRef,
+    ) -> Result<()>;
+
+    /// In one transaction: when `flumen_commits` has no record of (query, batch time,
+    /// partition), the rows of `batches` and that record; otherwise nothing (a replay).
+    async fn write_partition(
+        sink: &DbSink<Self>,
+        conn: &mut Self::Conn,
+        key: &WriteKey,
+        batches: &[RecordBatch],
+    ) -> Result<()>;
+}
+
+/// A database sink: each partition of a batch is one transaction holding its rows
+/// and its commit record, so a replayed batch writes nothing twice.
+pub struct DbSink<D: Dialect> {
+    pub(crate) name: String,
+    pub(crate) url: String,
+    pub(crate) table: String,
+    pub(crate) mode: Mode,
+    pub(crate) key: Vec<String>,
+    /// The pipeline and the table, as `flumen_commits` records them (set at open).
+    query: Mutex<String>,
+    pool: Mutex<Vec<D::Conn>>,
+}
+
+impl<D: Dialect> std::fmt::Debug for DbSink<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSink")
+            .field("connector", &D::CONNECTOR)
+            .field("name", &self.name)
+            .field("url", &redact(&self.url))
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Dialect> DbSink<D> {
+    pub(crate) fn create(name: &str, options: DbOptions) -> Arc<dyn Sink> {
+        Arc::new(DbSink::<D> {
+            name: name.to_string(),
+            url: options.url,
+            table: options.table,
+            mode: options.mode,
+            key: options.key,
+            query: Mutex::default(),
+            pool: Mutex::default(),
+        })
+    }
+
+    /// An error of this sink: `<connector> <url> table <t>: <what>: <e>`, retryable.
+    pub(crate) fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Sink {
+            sink_name: self.name.clone(),
+            message: format!(
+                "{} {} table {}: {what}: {e}",
+                D::CONNECTOR,
+                redact(&self.url),
+                self.table
+            ),
+            retryable: true,
+        }
+    }
+
+    /// The pipeline and the table, as `flumen_commits` records them.
+    pub(crate) fn query(&self) -> String {
+        self.query.lock().clone()
+    }
+
+    /// A pooled connection, or a new one (within 10 s).
+    async fn connect(&self) -> Result<D::Conn> {
+        let pooled = self.pool.lock().pop();
+        if let Some(c) = pooled
+            && D::usable(&c)
+        {
+            return Ok(c);
+        }
+        tokio::time::timeout(Duration::from_secs(10), D::connect(self))
+            .await
+            .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Sink for DbSink<D> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
+        check_keys(&self.name, &self.key, &schema)?;
+        let mut conn = self.connect().await?;
+        D::create_tables(self, &mut conn, &schema).await?;
+        self.pool.lock().push(conn);
+        // The pipeline (its checkpoint's id, in `query_id`) and the target table: two
+        // pipelines never skip each other's batches, a replay of one does.
+        *self.query.lock() = format!("{query_id}/{}", self.table);
+        Ok(())
+    }
+
+    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let mut conn = self.connect().await?;
+        let result = D::write_partition(self, &mut conn, key, &batches).await;
+        if result.is_ok() {
+            self.pool.lock().push(conn);
+        }
+        result
+    }
+
+    async fn commit(&self, _query_id: &str, _batch_time: Time, _partitions: usize) -> Result<()> {
+        // Each partition committed in its own transaction with its commit record.
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Mode {

@@ -6,7 +6,6 @@
 //! `VARCHAR(255)`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
@@ -14,13 +13,11 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::{ConnectorOptions, SinkFactory};
-use flumen_engine::{Error, Result, Sink, Time, WriteKey};
+use flumen_engine::{Result, Sink, WriteKey};
 use mysql_async::Value;
 use mysql_async::prelude::Queryable;
-use parking_lot::Mutex;
 
-use crate::db_sink::{Mode, check_keys, primary_key_clause, statement_ranges};
-use crate::offsets_store::redact;
+use crate::db_sink::{DbSink, Dialect, Mode, primary_key_clause, statement_ranges};
 
 /// Placeholders per statement stay under MySQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
@@ -109,63 +106,25 @@ fn values(a: &dyn Array) -> Result<Vec<Value>> {
     })
 }
 
-pub struct MySqlSink {
-    name: String,
-    url: String,
-    table: String,
-    mode: Mode,
-    key: Vec<String>,
-    query: Mutex<String>,
-    pool: Mutex<Vec<mysql_async::Conn>>,
-}
+/// MySQL and MariaDB, through pooled `mysql_async` connections.
+#[derive(Debug)]
+pub struct MySql;
 
-impl std::fmt::Debug for MySqlSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MySqlSink")
-            .field("name", &self.name)
-            .field("url", &redact(&self.url))
-            .field("table", &self.table)
-            .finish_non_exhaustive()
-    }
-}
+/// The `mysql` sink.
+pub type MySqlSink = DbSink<MySql>;
 
-impl MySqlSink {
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        Error::Sink {
-            sink_name: self.name.clone(),
-            message: format!(
-                "mysql {} table {}: {what}: {e}",
-                redact(&self.url),
-                self.table
-            ),
-            retryable: true,
-        }
-    }
-
-    async fn connect(&self) -> Result<mysql_async::Conn> {
-        let pooled = self.pool.lock().pop();
-        if let Some(c) = pooled {
-            return Ok(c);
-        }
-        let opts =
-            crate::tls::mysql_opts(&self.url).map_err(|e| self.error("cannot connect", e))?;
-        tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
-            .await
-            .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
-            .map_err(|e| self.error("cannot connect", e))
-    }
-
-    fn insert_sql(&self, schema: &SchemaRef, rows: usize) -> String {
+impl MySql {
+    fn insert_sql(sink: &MySqlSink, schema: &SchemaRef, rows: usize) -> String {
         let cols: Vec<String> = schema.fields().iter().map(|f| ident(f.name())).collect();
         let one = format!("({})", vec!["?"; cols.len()].join(", "));
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES {}",
-            ident(&self.table),
+            ident(&sink.table),
             cols.join(", "),
             vec![one.as_str(); rows].join(", ")
         );
-        if self.mode == Mode::Upsert {
-            let keys: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        if sink.mode == Mode::Upsert {
+            let keys: Vec<String> = sink.key.iter().map(|k| ident(k)).collect();
             let updates: Vec<String> = cols
                 .iter()
                 .filter(|c| !keys.contains(c))
@@ -179,30 +138,76 @@ impl MySqlSink {
         }
         sql
     }
+}
 
-    async fn write_in(
-        &self,
+#[async_trait]
+impl Dialect for MySql {
+    const CONNECTOR: &'static str = "mysql";
+    type Conn = mysql_async::Conn;
+
+    async fn connect(sink: &MySqlSink) -> Result<mysql_async::Conn> {
+        let opts =
+            crate::tls::mysql_opts(&sink.url).map_err(|e| sink.error("cannot connect", e))?;
+        mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| sink.error("cannot connect", e))
+    }
+
+    async fn create_tables(
+        sink: &MySqlSink,
+        conn: &mut mysql_async::Conn,
+        schema: &SchemaRef,
+    ) -> Result<()> {
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    ident(f.name()),
+                    sql_type(f.data_type(), sink.key.contains(f.name()))
+                )
+            })
+            .collect();
+        let pk = primary_key_clause(sink.mode, &sink.key, ident);
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}{pk})",
+            ident(&sink.table),
+            cols.join(", ")
+        ))
+        .await
+        .map_err(|e| sink.error("creating the table", e))?;
+        conn.query_drop(
+            "CREATE TABLE IF NOT EXISTS flumen_commits (query VARCHAR(255) NOT NULL, batch_time BIGINT NOT NULL, \
+             `partition` INT NOT NULL, PRIMARY KEY (query, batch_time, `partition`))",
+        )
+        .await
+        .map_err(|e| sink.error("creating flumen_commits", e))
+    }
+
+    async fn write_partition(
+        sink: &MySqlSink,
         conn: &mut mysql_async::Conn,
         key: &WriteKey,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let query = self.query.lock().clone();
+        let query = sink.query();
         let t = key.batch_time.as_millis();
         let p = key.partition as i64;
         let mut tx = conn
             .start_transaction(mysql_async::TxOpts::default())
             .await
-            .map_err(|e| self.error("BEGIN", e))?;
+            .map_err(|e| sink.error("BEGIN", e))?;
         let done: Option<i64> = tx
             .exec_first(
                 "SELECT 1 FROM flumen_commits WHERE query = ? AND batch_time = ? AND `partition` = ?",
                 (query.as_str(), t, p),
             )
             .await
-            .map_err(|e| self.error("reading flumen_commits", e))?;
+            .map_err(|e| sink.error("reading flumen_commits", e))?;
         if done.is_some() {
             // Written before a restart: the replay writes nothing.
-            tx.rollback().await.map_err(|e| self.error("ROLLBACK", e))?;
+            tx.rollback().await.map_err(|e| sink.error("ROLLBACK", e))?;
             return Ok(());
         }
         for batch in batches {
@@ -220,9 +225,9 @@ impl MySqlSink {
                         params.push(std::mem::replace(&mut c[r], Value::NULL));
                     }
                 }
-                tx.exec_drop(self.insert_sql(&schema, end - start), params)
+                tx.exec_drop(MySql::insert_sql(sink, &schema, end - start), params)
                     .await
-                    .map_err(|e| self.error("inserting rows", e))?;
+                    .map_err(|e| sink.error("inserting rows", e))?;
             }
         }
         tx.exec_drop(
@@ -230,64 +235,8 @@ impl MySqlSink {
             (query.as_str(), t, p),
         )
         .await
-        .map_err(|e| self.error("writing flumen_commits", e))?;
-        tx.commit().await.map_err(|e| self.error("COMMIT", e))
-    }
-}
-
-#[async_trait]
-impl Sink for MySqlSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
-        check_keys(&self.name, &self.key, &schema)?;
-        let cols: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {}",
-                    ident(f.name()),
-                    sql_type(f.data_type(), self.key.contains(f.name()))
-                )
-            })
-            .collect();
-        let pk = primary_key_clause(self.mode, &self.key, ident);
-        let mut conn = self.connect().await?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} ({}{pk})",
-            ident(&self.table),
-            cols.join(", ")
-        ))
-        .await
-        .map_err(|e| self.error("creating the table", e))?;
-        conn.query_drop(
-            "CREATE TABLE IF NOT EXISTS flumen_commits (query VARCHAR(255) NOT NULL, batch_time BIGINT NOT NULL, \
-             `partition` INT NOT NULL, PRIMARY KEY (query, batch_time, `partition`))",
-        )
-        .await
-        .map_err(|e| self.error("creating flumen_commits", e))?;
-        self.pool.lock().push(conn);
-        // The pipeline (its checkpoint's id, in `query_id`) and the target table: two
-        // pipelines never skip each other's batches, a replay of one does.
-        *self.query.lock() = format!("{query_id}/{}", self.table);
-        Ok(())
-    }
-
-    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
-        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        let mut conn = self.connect().await?;
-        let result = self.write_in(&mut conn, key, &batches).await;
-        if result.is_ok() {
-            self.pool.lock().push(conn);
-        }
-        result
-    }
-
-    async fn commit(&self, _query_id: &str, _batch_time: Time, _partitions: usize) -> Result<()> {
-        Ok(())
+        .map_err(|e| sink.error("writing flumen_commits", e))?;
+        tx.commit().await.map_err(|e| sink.error("COMMIT", e))
     }
 }
 
@@ -308,14 +257,6 @@ impl SinkFactory for MySqlSinkFactory {
             &["mysql", "mariadb"],
             "mysql://user:password@host:port/db",
         )?;
-        Ok(Arc::new(MySqlSink {
-            name: name.to_string(),
-            url: o.url,
-            table: o.table,
-            mode: o.mode,
-            key: o.key,
-            query: Mutex::default(),
-            pool: Mutex::default(),
-        }))
+        Ok(DbSink::<MySql>::create(name, o))
     }
 }

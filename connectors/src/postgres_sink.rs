@@ -26,12 +26,10 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::registry::{ConnectorOptions, SinkFactory};
-use flumen_engine::{Error, Result, Sink, Time, WriteKey};
-use parking_lot::Mutex;
+use flumen_engine::{Result, Sink, WriteKey};
 use tokio_postgres::types::ToSql;
 
-use crate::db_sink::{Mode, check_keys, primary_key_clause, statement_ranges};
-use crate::offsets_store::redact;
+use crate::db_sink::{DbSink, Dialect, Mode, primary_key_clause, statement_ranges};
 
 /// Bound parameters per statement stay under PostgreSQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
@@ -141,63 +139,20 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub struct PostgresSink {
-    name: String,
-    url: String,
-    table: String,
-    mode: Mode,
-    key: Vec<String>,
-    query: Mutex<String>,
-    pool: Mutex<Vec<tokio_postgres::Client>>,
-}
+/// PostgreSQL, through pooled `tokio-postgres` clients.
+#[derive(Debug)]
+pub struct Postgres;
 
-impl std::fmt::Debug for PostgresSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSink")
-            .field("name", &self.name)
-            .field("url", &redact(&self.url))
-            .field("table", &self.table)
-            .finish_non_exhaustive()
-    }
-}
+/// The `postgres` sink.
+pub type PostgresSink = DbSink<Postgres>;
 
-impl PostgresSink {
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        Error::Sink {
-            sink_name: self.name.clone(),
-            message: format!(
-                "postgres {} table {}: {what}: {e}",
-                redact(&self.url),
-                self.table
-            ),
-            retryable: true,
-        }
-    }
-
-    async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let pooled = self.pool.lock().pop();
-        if let Some(c) = pooled
-            && !c.is_closed()
-        {
-            return Ok(c);
-        }
-        let connect = crate::tls::pg_connect(&self.url, format!("sink {}", self.name));
-        tokio::time::timeout(Duration::from_secs(10), connect)
-            .await
-            .map_err(|_| self.error("cannot connect", "no answer within 10 s"))?
-            .map_err(|e| self.error("cannot connect", e))
-    }
-
-    fn give_back(&self, c: tokio_postgres::Client) {
-        self.pool.lock().push(c);
-    }
-
-    fn insert_sql(&self, schema: &SchemaRef, rows: usize) -> String {
+impl Postgres {
+    fn insert_sql(sink: &PostgresSink, schema: &SchemaRef, rows: usize) -> String {
         let cols: Vec<String> = schema.fields().iter().map(|f| ident(f.name())).collect();
         let n = cols.len();
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES ",
-            ident(&self.table),
+            ident(&sink.table),
             cols.join(", ")
         );
         for r in 0..rows {
@@ -213,8 +168,8 @@ impl PostgresSink {
             }
             sql.push(')');
         }
-        if self.mode == Mode::Upsert {
-            let keys: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        if sink.mode == Mode::Upsert {
+            let keys: Vec<String> = sink.key.iter().map(|k| ident(k)).collect();
             let updates: Vec<String> = cols
                 .iter()
                 .filter(|c| !keys.contains(c))
@@ -229,27 +184,66 @@ impl PostgresSink {
         }
         sql
     }
+}
 
-    async fn write_in(
-        &self,
+#[async_trait]
+impl Dialect for Postgres {
+    const CONNECTOR: &'static str = "postgres";
+    type Conn = tokio_postgres::Client;
+
+    async fn connect(sink: &PostgresSink) -> Result<tokio_postgres::Client> {
+        crate::tls::pg_connect(&sink.url, format!("sink {}", sink.name))
+            .await
+            .map_err(|e| sink.error("cannot connect", e))
+    }
+
+    fn usable(client: &tokio_postgres::Client) -> bool {
+        !client.is_closed()
+    }
+
+    async fn create_tables(
+        sink: &PostgresSink,
+        client: &mut tokio_postgres::Client,
+        schema: &SchemaRef,
+    ) -> Result<()> {
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", ident(f.name()), Col::sql_type(f.data_type())))
+            .collect();
+        let pk = primary_key_clause(sink.mode, &sink.key, ident);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}{pk});
+                 CREATE TABLE IF NOT EXISTS flumen_commits (query TEXT NOT NULL, batch_time BIGINT NOT NULL,
+                   \"partition\" INTEGER NOT NULL, PRIMARY KEY (query, batch_time, \"partition\"))",
+                ident(&sink.table),
+                cols.join(", ")
+            ))
+            .await
+            .map_err(|e| sink.error("creating the tables", e))
+    }
+
+    async fn write_partition(
+        sink: &PostgresSink,
         client: &mut tokio_postgres::Client,
         key: &WriteKey,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let query = self.query.lock().clone();
+        let query = sink.query();
         let t = key.batch_time.as_millis();
         let p = key.partition as i32;
         let tx = client
             .transaction()
             .await
-            .map_err(|e| self.error("BEGIN", e))?;
+            .map_err(|e| sink.error("BEGIN", e))?;
         let done = tx
             .query_opt(
                 "SELECT 1 FROM flumen_commits WHERE query = $1 AND batch_time = $2 AND \"partition\" = $3",
                 &[&query, &t, &p],
             )
             .await
-            .map_err(|e| self.error("reading flumen_commits", e))?;
+            .map_err(|e| sink.error("reading flumen_commits", e))?;
         if done.is_some() {
             // Written before a restart: the replay writes nothing.
             return Ok(());
@@ -263,7 +257,7 @@ impl PostgresSink {
                 .collect::<Result<_>>()?;
             let values: Vec<Values> = cols.iter().map(Values::of).collect();
             for (start, end) in statement_ranges(batch.num_rows(), values.len(), MAX_PARAMS) {
-                let sql = self.insert_sql(&schema, end - start);
+                let sql = Postgres::insert_sql(sink, &schema, end - start);
                 let mut params: Vec<&(dyn ToSql + Sync)> =
                     Vec::with_capacity((end - start) * values.len());
                 for r in start..end {
@@ -273,7 +267,7 @@ impl PostgresSink {
                 }
                 tx.execute(sql.as_str(), &params)
                     .await
-                    .map_err(|e| self.error("inserting rows", e))?;
+                    .map_err(|e| sink.error("inserting rows", e))?;
             }
         }
         tx.execute(
@@ -281,56 +275,8 @@ impl PostgresSink {
             &[&query, &t, &p],
         )
         .await
-        .map_err(|e| self.error("writing flumen_commits", e))?;
-        tx.commit().await.map_err(|e| self.error("COMMIT", e))
-    }
-}
-
-#[async_trait]
-impl Sink for PostgresSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
-        check_keys(&self.name, &self.key, &schema)?;
-        let cols: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", ident(f.name()), Col::sql_type(f.data_type())))
-            .collect();
-        let pk = primary_key_clause(self.mode, &self.key, ident);
-        let client = self.connect().await?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} ({}{pk});
-                 CREATE TABLE IF NOT EXISTS flumen_commits (query TEXT NOT NULL, batch_time BIGINT NOT NULL,
-                   \"partition\" INTEGER NOT NULL, PRIMARY KEY (query, batch_time, \"partition\"))",
-                ident(&self.table),
-                cols.join(", ")
-            ))
-            .await
-            .map_err(|e| self.error("creating the tables", e))?;
-        self.give_back(client);
-        // The pipeline (its checkpoint's id, in `query_id`) and the target table: two
-        // pipelines never skip each other's batches, a replay of one does.
-        *self.query.lock() = format!("{query_id}/{}", self.table);
-        Ok(())
-    }
-
-    async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
-        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        let mut client = self.connect().await?;
-        let result = self.write_in(&mut client, key, &batches).await;
-        if result.is_ok() {
-            self.give_back(client);
-        }
-        result
-    }
-
-    async fn commit(&self, _query_id: &str, _batch_time: Time, _partitions: usize) -> Result<()> {
-        // Each partition committed in its own transaction with its commit record.
-        Ok(())
+        .map_err(|e| sink.error("writing flumen_commits", e))?;
+        tx.commit().await.map_err(|e| sink.error("COMMIT", e))
     }
 }
 
@@ -351,14 +297,6 @@ impl SinkFactory for PostgresSinkFactory {
             &["postgres", "postgresql"],
             "postgres://user@host:port/db",
         )?;
-        Ok(Arc::new(PostgresSink {
-            name: name.to_string(),
-            url: o.url,
-            table: o.table,
-            mode: o.mode,
-            key: o.key,
-            query: Mutex::default(),
-            pool: Mutex::default(),
-        }))
+        Ok(DbSink::<Postgres>::create(name, o))
     }
 }
