@@ -206,3 +206,50 @@ impl Dedup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_input::{TestInput, rows};
+
+    #[tokio::test]
+    async fn a_distinct_row_is_emitted_once_across_batches() {
+        let input = TestInput::keyed_events();
+        let mut op = Dedup::try_new(Arc::clone(&input.schema), false).unwrap();
+        let batch = input.events(&["a", "a", "b"], &[1, 1, 2]);
+        let out = input.run(&mut op, 1, vec![batch]).await;
+        assert_eq!(
+            rows(&out),
+            ["a,1970-01-01T00:00:00.001", "b,1970-01-01T00:00:00.002"]
+        );
+        let out = input
+            .run(&mut op, 2, vec![input.events(&["a", "c"], &[1, 3])])
+            .await;
+        assert_eq!(rows(&out), ["c,1970-01-01T00:00:00.003"]);
+        assert_eq!(op.state_rows(), 3);
+    }
+
+    #[tokio::test]
+    async fn by_key_the_first_row_wins_and_complete_mode_emits_every_one() {
+        let input = TestInput::keyed_events();
+        let mut op = Dedup::try_new(Arc::clone(&input.schema), true)
+            .unwrap()
+            .with_key_columns(vec![0])
+            .unwrap();
+        input
+            .run(&mut op, 1, vec![input.events(&["a", "b"], &[1, 2])])
+            .await;
+        let out = input
+            .run(&mut op, 2, vec![input.events(&["a", "c"], &[9, 3])])
+            .await;
+        assert_eq!(
+            rows(&out),
+            [
+                "a,1970-01-01T00:00:00.001",
+                "b,1970-01-01T00:00:00.002",
+                "c,1970-01-01T00:00:00.003"
+            ]
+        );
+        assert!(op.explain().contains("the first row of each key [k]"));
+    }
+}

@@ -174,3 +174,48 @@ impl StreamOperator for LateRowFilter {
         self.watermark
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemorySink;
+    use crate::ops::test_input::{TestInput, rows};
+
+    #[tokio::test]
+    async fn rows_older_than_the_watermark_go_to_the_dead_letter_counted() {
+        let input = TestInput::keyed_events();
+        let dead = MemorySink::new("late");
+        let mut op = LateRowFilter::try_new(
+            "ev",
+            Arc::clone(&input.schema),
+            1,
+            Duration::from_secs(1),
+            Arc::clone(&dead) as Arc<dyn Sink>,
+        )
+        .unwrap();
+        let out = input
+            .run(
+                &mut op,
+                1,
+                vec![input.events(&["a", "b"], &[5_000, 10_000])],
+            )
+            .await;
+        assert_eq!(rows(&out).len(), 2, "no watermark yet: nothing is late");
+        // Watermark 9 s: 8 s is late, 12 s is not.
+        let out = input
+            .run(
+                &mut op,
+                2,
+                vec![input.events(&["c", "d"], &[8_000, 12_000])],
+            )
+            .await;
+        assert_eq!(rows(&out), ["d,1970-01-01T00:00:12"]);
+        assert_eq!(op.late_rows(), 1);
+        assert_eq!(rows(&dead.all()), ["c,1970-01-01T00:00:08"]);
+        assert!(
+            LateRowFilter::try_new("ev", Arc::clone(&input.schema), 0, Duration::ZERO, dead)
+                .is_err(),
+            "the watermark column must be a timestamp"
+        );
+    }
+}

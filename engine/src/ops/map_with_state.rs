@@ -154,6 +154,12 @@ impl MapWithState {
                 }
             }
         }
+        if let Some(f) = spec.state_schema.fields().iter().find(|f| !f.is_nullable()) {
+            return crate::plan_err!(
+                "map_with_state: state column '{}' must be nullable: a key without state yet is called with a null state row",
+                f.name()
+            );
+        }
         let key_schema = Arc::new(Schema::new(key_fields));
         let converter = RowConverter::new(
             key_schema
@@ -442,4 +448,80 @@ fn last_seen_schema() -> SchemaRef {
         datafusion::arrow::datatypes::DataType::Int64,
         false,
     )]))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+
+    use super::*;
+    use crate::ops::test_input::{TestInput, rows};
+
+    /// A running count per key; a key idle for 2 s is called once more and removed.
+    fn counts(input: &TestInput) -> MapWithState {
+        let state_schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let output_schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let out_schema = Arc::clone(&output_schema);
+        let spec = StateSpec::new(Arc::clone(&state_schema), output_schema, move |b| {
+            let previous = b.state.column(0).as_primitive::<Int64Type>();
+            let n: Int64Array = (0..b.num_keys())
+                .map(|i| {
+                    let before = if b.has_state.value(i) {
+                        previous.value(i)
+                    } else {
+                        0
+                    };
+                    Some(before + b.values_of(i).num_rows() as i64)
+                })
+                .collect();
+            let n: ArrayRef = Arc::new(n);
+            Ok(StateUpdate {
+                state: RecordBatch::try_new(Arc::clone(&state_schema), vec![Arc::clone(&n)])?,
+                remove: Some(b.timing_out.clone()),
+                output: RecordBatch::try_new(
+                    Arc::clone(&out_schema),
+                    vec![Arc::clone(b.keys.column(0)), n],
+                )?,
+            })
+        })
+        .with_timeout(Duration::from_secs(2));
+        MapWithState::try_new(Arc::clone(&input.schema), vec!["k".into()], spec).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_key_is_called_with_its_rows_and_state_and_removed_when_idle() {
+        let input = TestInput::keyed_events();
+        let mut op = counts(&input);
+        let out = input
+            .run(&mut op, 1, vec![input.events(&["a", "b", "a"], &[1, 2, 3])])
+            .await;
+        assert_eq!(rows(&out), ["a,2", "b,1"]);
+        let out = input
+            .run(&mut op, 2, vec![input.events(&["a"], &[4])])
+            .await;
+        assert_eq!(rows(&out), ["a,3"]);
+        assert_eq!(op.state_rows(), 2);
+        // At 3 s, b has been idle 2 s: called once more (no rows), then removed.
+        let out = input.run(&mut op, 3, vec![]).await;
+        assert_eq!(rows(&out), ["b,1"]);
+        assert_eq!(op.state_rows(), 1);
+    }
+
+    #[test]
+    fn a_state_column_that_cannot_be_null_is_refused_up_front() {
+        let strict = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let spec = StateSpec::new(Arc::clone(&strict), strict, |_| unreachable!());
+        let err = MapWithState::try_new(TestInput::keyed_events().schema, vec!["k".into()], spec)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "map_with_state: state column 'n' must be nullable: a key without state yet is called with a null state row"
+        );
+    }
 }

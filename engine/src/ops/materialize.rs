@@ -136,3 +136,37 @@ impl StreamOperator for Materialize {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::ops::test_input::{TestInput, rows};
+
+    #[tokio::test]
+    async fn changed_rows_replace_their_key_and_every_row_is_emitted() {
+        let input = TestInput::new(&[("k", DataType::Utf8), ("n", DataType::Int64)]);
+        let batch = |k: &[&str], n: &[i64]| {
+            input.batch(vec![
+                Arc::new(StringArray::from(k.to_vec())),
+                Arc::new(Int64Array::from(n.to_vec())),
+            ])
+        };
+        let mut op = Materialize::try_new(Arc::clone(&input.schema), vec![0]).unwrap();
+        let out = input
+            .run(&mut op, 1, vec![batch(&["a", "b"], &[1, 1])])
+            .await;
+        assert_eq!(rows(&out), ["a,1", "b,1"]);
+        let out = input.run(&mut op, 2, vec![batch(&["a"], &[2])]).await;
+        assert_eq!(rows(&out), ["a,2", "b,1"]);
+        let out = input.run(&mut op, 3, vec![]).await;
+        assert_eq!(
+            rows(&out),
+            ["a,2", "b,1"],
+            "no change: the same whole result"
+        );
+        assert_eq!(op.state_rows(), 2);
+    }
+}

@@ -103,3 +103,34 @@ impl StreamOperator for BatchWindow {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_input::{TestInput, rows};
+
+    #[tokio::test]
+    async fn the_last_length_of_batches_every_slide() {
+        let input = TestInput::keyed_events();
+        let mut op = BatchWindow::new(
+            Arc::clone(&input.schema),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        );
+        let at = |k: &str, ms: i64| input.events(&[k], &[ms]);
+        let out = input.run(&mut op, 1, vec![at("a", 1)]).await;
+        assert!(out.is_empty(), "1 s is not a slide time");
+        let out = input.run(&mut op, 2, vec![at("b", 2)]).await;
+        assert_eq!(
+            rows(&out),
+            ["a,1970-01-01T00:00:00.001", "b,1970-01-01T00:00:00.002"]
+        );
+        input.run(&mut op, 3, vec![at("c", 3)]).await;
+        let out = input.run(&mut op, 4, vec![at("d", 4)]).await;
+        assert_eq!(
+            rows(&out),
+            ["c,1970-01-01T00:00:00.003", "d,1970-01-01T00:00:00.004"],
+            "the batches of (2 s, 4 s]"
+        );
+    }
+}
