@@ -22,7 +22,10 @@
 
 mod classify;
 mod rank;
+mod role;
 mod window_agg;
+
+use role::Role;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -43,14 +46,8 @@ use flumen_engine::ops::{
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
 
 pub use classify::{OperatorOutputs, reads_operator_output, reads_stream};
-use classify::{
-    OutputInfo, Rows, groups_by_batch_time, is_window_of_operator, joins_on_batch_time,
-    operator_column, operator_table, rows_of, window_length,
-};
+use classify::{OutputInfo, Rows, operator_column, operator_table, rows_of, window_length};
 use flumen_engine::stream::OPERATOR_OUTPUT_PREFIX;
-
-use crate::batch_time::BATCH_TIME_COLUMN;
-use crate::window::{SESSION_WINDOW_FUNCTION, WINDOW_FUNCTION};
 
 /// How a query emits its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -188,168 +185,77 @@ impl StreamPlanner<'_> {
         self.scope.mode
     }
 
-    /// The role of one node, by what its inputs hold.
+    /// Acts on the role of one node ([`Role`], decided by `role.rs`).
     fn plan_node(
         &mut self,
         node: LogicalPlan,
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
-        // A node that needs a whole result gets its inputs' changed rows materialized.
-        let needs_whole = matches!(
-            node,
-            LogicalPlan::Aggregate(_)
-                | LogicalPlan::Distinct(_)
-                | LogicalPlan::Window(_)
-                | LogicalPlan::Sort(_)
-                | LogicalPlan::Limit(_)
-                | LogicalPlan::Join(_)
-                | LogicalPlan::Union(_)
-        );
-        if needs_whole && self.rows(&node) == Rows::Changes {
-            let node = self.materialize_inputs(node)?;
-            return Ok(Transformed::yes(self.plan_node(node)?.data));
-        }
-        match &node {
-            LogicalPlan::Aggregate(agg) => self.aggregate(&node, agg),
-            LogicalPlan::Distinct(Distinct::All(input)) => match self.rows(input) {
-                Rows::Appends => self.distinct(&node, input),
-                Rows::Whole => {
-                    self.explain.push(
-                        "Per-batch DISTINCT over the whole result of a stateful operator".into(),
-                    );
-                    Ok(Transformed::no(node))
-                }
-                Rows::Mixed => refuse(mixed("DISTINCT")),
-                _ => Ok(Transformed::no(node)),
-            },
-            LogicalPlan::Distinct(Distinct::On(_)) if self.rows(&node) != Rows::Static => {
-                refuse("DISTINCT ON over a stream is not supported yet; use GROUP BY")
+        match (self.classify(&node)?, &node) {
+            (Role::PerBatch(line), _) => {
+                self.explain.extend(line);
+                Ok(Transformed::no(node))
             }
-            LogicalPlan::Join(j) => self.join(&node, j),
-            LogicalPlan::Window(w) => self.window(&node, w),
-            LogicalPlan::Filter(f) if self.rank_windows > self.rank_filters => {
-                self.rank_filter(&node, f)
+            (Role::MaterializeInputs, _) => {
+                let node = self.materialize_inputs(node)?;
+                Ok(Transformed::yes(self.plan_node(node)?.data))
             }
-            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-                let input = node.inputs()[0];
-                match self.rows(input) {
-                    Rows::Whole => {
-                        self.explain.push(format!(
-                            "Per-batch {} over the whole result of a stateful operator",
-                            if matches!(node, LogicalPlan::Sort(_)) {
-                                "ORDER BY"
-                            } else {
-                                "LIMIT"
-                            }
-                        ));
-                        Ok(Transformed::no(node))
-                    }
-                    Rows::Appends if matches!(node, LogicalPlan::Limit(_)) => refuse(
-                        "LIMIT over a stream would keep the first rows of every batch, not of \
-                         the stream; aggregate first (LIMIT then runs over the whole result in \
-                         complete mode), or use ROW_NUMBER() OVER (ORDER BY ...) <= N for the \
-                         top rows",
-                    ),
-                    Rows::Mixed => refuse(mixed("ORDER BY / LIMIT")),
-                    _ => Ok(Transformed::no(node)),
-                }
+            (Role::RunningAggregate, LogicalPlan::Aggregate(agg)) => self.running_aggregate(agg),
+            (Role::WindowAggregate(k), LogicalPlan::Aggregate(agg)) => {
+                self.window_aggregate(agg, k)
             }
-            LogicalPlan::Union(_) => match self.rows(&node) {
-                Rows::Mixed => refuse(mixed("UNION")),
-                _ => Ok(Transformed::no(node)),
-            },
-            _ => Ok(Transformed::no(node)),
+            (Role::Distinct, LogicalPlan::Distinct(Distinct::All(input))) => {
+                self.distinct(&node, input)
+            }
+            (Role::RankWindow, _) => {
+                self.rank_windows += 1;
+                Ok(Transformed::no(node))
+            }
+            (Role::RankFilter, LogicalPlan::Filter(f)) => self.rank_filter(&node, f),
+            (Role::StreamJoin, LogicalPlan::Join(j)) => self.stream_join(&node, j),
+            (role, _) => Err(DataFusionError::Internal(format!(
+                "role {role:?} for a {} node",
+                node.display()
+            ))),
         }
     }
 
-    fn aggregate(
+    /// A `GROUP BY` over appended rows, kept across batches.
+    fn running_aggregate(
         &mut self,
-        node: &LogicalPlan,
         agg: &Aggregate,
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let input = DataFrame::new(self.state.clone(), agg.input.as_ref().clone());
+        let op = RunningAggregate::try_new(&input, agg.group_expr.clone(), agg.aggr_expr.clone())
+            .map_err(external)?
+            .with_changed_only(self.mode() == OutputMode::Update)
+            .with_positional_names();
+        self.replace(input, &agg.schema, Box::new(op), None)
+    }
+
+    /// A `GROUP BY` with window key `k`: a windowed or session aggregate.
+    fn window_aggregate(
+        &mut self,
+        agg: &Aggregate,
+        k: usize,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
         let over_operator = reads_operator_output(&agg.input);
-        match self.rows(&agg.input) {
-            Rows::Static | Rows::Changes => Ok(Transformed::no(node.clone())),
-            Rows::Mixed => refuse(mixed("an aggregate")),
-            Rows::Whole => {
-                // Each batch of the input holds its whole result: an aggregate over
-                // it, per batch, is exact.
-                self.explain.push(format!(
-                    "Per-batch aggregate over the whole result of a stateful operator: \
-                     group by [{}], recomputed each batch",
-                    join_exprs(&agg.group_expr)
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Appends if groups_by_batch_time(agg) && !over_operator => {
-                // Every row of a batch has the same _batch_time: a per-batch
-                // aggregate, Spark's reduceByKey on each batch. No state.
-                self.explain.push(format!(
-                    "Per-batch aggregate (GROUP BY {BATCH_TIME_COLUMN}): group by [{}], no state",
-                    join_exprs(&agg.group_expr)
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Appends
-                if self.mode() == OutputMode::Append
-                    && !reads_stream(&agg.input, self.scope.streams)
-                    && agg.group_expr.iter().any(|e| {
-                        is_window_of_operator(&agg.input, e, &self.scope.outputs.window_keys())
-                    }) =>
-            {
-                // In append mode a windowed aggregate emits all rows of a window
-                // in the batch whose watermark closes it: grouped by that window,
-                // an aggregate over them, per batch, is exact.
-                self.explain.push(format!(
-                    "Per-batch aggregate over the closed windows of a streaming aggregate: \
-                     group by [{}], no state",
-                    join_exprs(&agg.group_expr)
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Appends => {
-                let window_key = agg.group_expr.iter().position(|e| {
-                    matches!(e, Expr::ScalarFunction(f)
-                            if f.name() == WINDOW_FUNCTION || f.name() == SESSION_WINDOW_FUNCTION)
-                });
-                if let Some(k) = window_key {
-                    let watermark_from = self.watermark_from(agg, k);
-                    let time = window_agg::EventTimeSource {
-                        streams: self.scope.streams,
-                        watermarks: self.scope.watermarks,
-                        over_operator,
-                        watermark_from,
-                    };
-                    let (op, line, input) =
-                        window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
-                            .map_err(external)?;
-                    self.explain.push(line);
-                    self.explained_by_planner = true;
-                    let window = match (window_length(&agg.group_expr[k]), self.mode()) {
-                        (Some(len), OutputMode::Append) => Some((k, len)),
-                        _ => None,
-                    };
-                    return self.replace(input, &agg.schema, op, window);
-                }
-                if self.mode() == OutputMode::Append {
-                    return refuse(format!(
-                        "output mode append cannot run a running aggregate (GROUP BY {}): its \
-                         rows change with every batch; use SET output_mode = 'update' or \
-                         'complete'",
-                        join_exprs(&agg.group_expr)
-                    ));
-                }
-                let input = DataFrame::new(self.state.clone(), agg.input.as_ref().clone());
-                let op = RunningAggregate::try_new(
-                    &input,
-                    agg.group_expr.clone(),
-                    agg.aggr_expr.clone(),
-                )
-                .map_err(external)?
-                .with_changed_only(self.mode() == OutputMode::Update)
-                .with_positional_names();
-                self.replace(input, &agg.schema, Box::new(op), None)
-            }
-        }
+        let watermark_from = self.watermark_from(agg, k);
+        let time = window_agg::EventTimeSource {
+            streams: self.scope.streams,
+            watermarks: self.scope.watermarks,
+            over_operator,
+            watermark_from,
+        };
+        let (op, line, input) =
+            window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
+                .map_err(external)?;
+        self.explain.push(line);
+        self.explained_by_planner = true;
+        let window = match (window_length(&agg.group_expr[k]), self.mode()) {
+            (Some(len), OutputMode::Append) => Some((k, len)),
+            _ => None,
+        };
+        self.replace(input, &agg.schema, op, window)
     }
 
     /// For a window whose time column comes out of an operator that carries a
@@ -380,112 +286,24 @@ impl StreamPlanner<'_> {
         self.replace(df, &replaced, Box::new(op), None)
     }
 
-    fn join(
+    /// A join of two streams' appended rows over event time.
+    fn stream_join(
         &mut self,
         node: &LogicalPlan,
         j: &datafusion::logical_expr::Join,
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
-        let (left, right) = (self.rows(&j.left), self.rows(&j.right));
-        let only_sources =
-            |p: &LogicalPlan| reads_stream(p, self.scope.streams) && !reads_operator_output(p);
-        match (left, right) {
-            (Rows::Static, _) | (_, Rows::Static) => {
-                if self.rows(node) == Rows::Whole {
-                    self.explain.push(
-                        "Per-batch join of the whole result of a stateful operator with a table"
-                            .into(),
-                    );
-                }
-                Ok(Transformed::no(node.clone()))
-            }
-            (Rows::Appends, Rows::Appends)
-                if joins_on_batch_time(j) && only_sources(&j.left) && only_sources(&j.right) =>
-            {
-                // Rows of different batches never match: a join within each
-                // batch is the whole answer (DStream join semantics).
-                self.explain.push(format!(
-                    "Same-batch join ({BATCH_TIME_COLUMN} = {BATCH_TIME_COLUMN}): runs per batch, no state"
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            (Rows::Appends, Rows::Appends) => {
-                // Two streams of rows that never change: a join over event time with
-                // state on both sides; its matches never change either.
-                let window_outputs = self.scope.outputs.window_lengths();
-                let times = crate::join::SideTimes {
-                    streams: self.scope.streams,
-                    watermarks: self.scope.watermarks,
-                    window_outputs: &window_outputs,
-                };
-                let (op, line, input) =
-                    crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
-                self.explain.push(line);
-                self.explained_by_planner = true;
-                let schema = node.schema().clone();
-                self.replace(input, &schema, Box::new(op), None)
-            }
-            (Rows::Whole, Rows::Whole) => {
-                self.explain
-                    .push("Per-batch join of the whole results of two stateful operators".into());
-                Ok(Transformed::no(node.clone()))
-            }
-            _ => refuse(
-                "a join of a stream's new rows with the whole result of a streaming aggregate \
-                 would match each batch's rows against a result that keeps changing; use SET \
-                 output_mode = 'append' (a windowed aggregate then emits each window once, \
-                 when the watermark closes it) or join two aggregates",
-            ),
-        }
-    }
-
-    fn window(
-        &mut self,
-        node: &LogicalPlan,
-        w: &datafusion::logical_expr::Window,
-    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
-        match self.rows(&w.input) {
-            Rows::Static | Rows::Changes => Ok(Transformed::no(node.clone())),
-            Rows::Whole => {
-                self.explain.push(format!(
-                    "Per-batch window functions over the whole result of a stateful operator: \
-                     [{}], recomputed each batch",
-                    join_exprs(&w.window_expr)
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Mixed => refuse(mixed("a window function")),
-            Rows::Appends
-                if self.mode() == OutputMode::Append
-                    && !reads_stream(&w.input, self.scope.streams)
-                    && w.window_expr.iter().all(|e| match e.clone().unalias() {
-                        Expr::WindowFunction(f) => f.params.partition_by.iter().any(|p| {
-                            is_window_of_operator(&w.input, p, &self.scope.outputs.window_keys())
-                        }),
-                        _ => false,
-                    }) =>
-            {
-                // Top-N per window: a window's rows all arrive in the batch that
-                // closes it, so a window function partitioned by it runs per batch.
-                self.explain.push(format!(
-                    "Per-batch window functions over the closed windows of a streaming \
-                     aggregate (partitioned by the window): [{}], no state",
-                    join_exprs(&w.window_expr)
-                ));
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Appends if rank::row_number(w).is_some() => {
-                // ROW_NUMBER(): runs under a filter on its own rank (checked there).
-                self.rank_windows += 1;
-                Ok(Transformed::no(node.clone()))
-            }
-            Rows::Appends => refuse(
-                "window functions (OVER ...) over a stream would need every row it ever had; \
-                 only ROW_NUMBER() filtered by itself runs over a stream — deduplication \
-                 (WHERE rn = 1) or the top N rows per key (WHERE rn <= N): SELECT * FROM \
-                 (SELECT *, ROW_NUMBER() OVER (PARTITION BY key ORDER BY x) AS rn FROM s) \
-                 WHERE rn <= 3; over an aggregate's result they run in every output mode",
-            ),
-        }
+        let window_outputs = self.scope.outputs.window_lengths();
+        let times = crate::join::SideTimes {
+            streams: self.scope.streams,
+            watermarks: self.scope.watermarks,
+            window_outputs: &window_outputs,
+        };
+        let (op, line, input) =
+            crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
+        self.explain.push(line);
+        self.explained_by_planner = true;
+        let schema = node.schema().clone();
+        self.replace(input, &schema, Box::new(op), None)
     }
 
     /// `WHERE rn <= N` over a `ROW_NUMBER()` window of a stream: deduplication or a
