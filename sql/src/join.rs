@@ -21,7 +21,6 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, Projection, lit,
 };
 use flumen_engine::ops::{JoinTime, StreamJoin};
-use flumen_engine::time::format_duration;
 use flumen_engine::{Result, plan_err};
 
 /// One side of a time comparison: `column + offset_ms`.
@@ -262,7 +261,7 @@ pub(crate) fn stream_join(
     node: &LogicalPlan,
     j: &Join,
     times: &SideTimes<'_>,
-) -> Result<(StreamJoin, String, DataFrame)> {
+) -> Result<(StreamJoin, DataFrame)> {
     if j.join_type != JoinType::Inner {
         return plan_err!(
             "a {} join of two streams is not supported: only inner joins of two streams run \
@@ -339,57 +338,16 @@ pub(crate) fn stream_join(
             let inputs = vec![restore(l, &ls)?, restore(r, &rs)?];
             Ok(node.with_new_exprs(node.expressions(), inputs)?)
         },
-    )?;
-    let line = explain_line(
-        (&ls, li, &left_time),
-        (&rs, ri, &right_time),
-        (bound.lo, bound.hi),
-    );
-    Ok((op, line, input))
+    )?
+    .with_time_names(qualified(&ls, li), qualified(&rs, ri));
+    Ok((op, input))
 }
 
-/// The EXPLAIN line of a stream join: its time bound, and what keeps each side's
-/// state bounded. A side is (schema, time column, time).
-fn explain_line(
-    (ls, li, left_time): (&DFSchemaRef, usize, &JoinTime),
-    (rs, ri, right_time): (&DFSchemaRef, usize, &JoinTime),
-    (lo, hi): (Option<i64>, Option<i64>),
-) -> String {
-    let name = |schema: &DFSchemaRef, i: usize| {
-        let (q, f) = schema.qualified_field(i);
-        match q {
-            Some(q) => format!("{q}.{}", f.name()),
-            None => f.name().to_string(),
-        }
-    };
-    let (lt, rt) = (name(ls, li), name(rs, ri));
-    let range = |v: Option<i64>| match v {
-        Some(ms) if ms < 0 => format!(
-            "-{}",
-            format_duration(Duration::from_millis(ms.unsigned_abs()))
-        ),
-        Some(ms) => format_duration(Duration::from_millis(ms as u64)),
-        None => "unbounded".into(),
-    };
-    let keep = |side: &str, other: &str, time: &JoinTime, bound: Option<i64>| match (
-        time.delay, bound,
-    ) {
-        (Some(d), Some(_)) => format!(
-            "{side} rows are kept until the watermark of {other} (latest - {}) passes them",
-            format_duration(d)
-        ),
-        (None, _) => format!(
-            "WARNING: {other} has no watermark, {side} rows are kept for ever (state grows without bound)"
-        ),
-        (_, None) => format!(
-            "WARNING: the condition does not bound {side} rows in time, they are kept for ever (state grows without bound)"
-        ),
-    };
-    format!(
-        "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
-        range(lo),
-        range(hi),
-        keep("left", "the right side", right_time, lo),
-        keep("right", "the left side", left_time, hi),
-    )
+/// Column `i` of `schema` as the query names it (`b.ts`).
+fn qualified(schema: &DFSchemaRef, i: usize) -> String {
+    let (q, f) = schema.qualified_field(i);
+    match q {
+        Some(q) => format!("{q}.{}", f.name()),
+        None => f.name().to_string(),
+    }
 }

@@ -32,7 +32,8 @@ pub mod window;
 mod window_state;
 
 pub use aggregate::{
-    EventTimeWindow, RunningAggregate, SessionAggregate, WindowAggregate, window_struct_type,
+    EventTimeWindow, RunningAggregate, SessionAggregate, WindowAggregate, WindowDisplay,
+    window_struct_type,
 };
 pub use changes::Changes;
 pub use dedup::Dedup;

@@ -29,6 +29,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::{OperatorContext, StreamOperator, positional_schema};
 use crate::slot::BatchSlot;
+use crate::time::format_duration;
 use crate::{Result, internal_err};
 
 /// The event-time column of one side of a [`StreamJoin`].
@@ -135,9 +136,17 @@ pub struct StreamJoin {
     task_ctx: Option<Arc<TaskContext>>,
     output_schema: SchemaRef,
     late_rows_last_batch: u64,
+    /// The two time columns as the query names them (EXPLAIN).
+    time_names: (String, String),
 }
 
 impl StreamJoin {
+    /// The two time columns as the query names them (`a.ts`, `b.ts`), for EXPLAIN.
+    pub fn with_time_names(mut self, left: String, right: String) -> Self {
+        self.time_names = (left, right);
+        self
+    }
+
     /// The operator's input must be `[side: Boolean (true = left), left columns...,
     /// right columns...]`. `join` builds the join over two scans that produce the
     /// left and right columns (named `c0, c1, ...`).
@@ -159,6 +168,10 @@ impl StreamJoin {
                 right.fields().len()
             );
         }
+        let time_names = (
+            left.field(left_time.index).name().clone(),
+            right.field(right_time.index).name().clone(),
+        );
         let partitions = input.task_ctx().session_config().target_partitions();
         let left = Side::new(positional_schema(&left), left_time, partitions);
         let right = Side::new(positional_schema(&right), right_time, partitions);
@@ -183,6 +196,7 @@ impl StreamJoin {
             task_ctx: None,
             output_schema,
             late_rows_last_batch: 0,
+            time_names,
         })
     }
 
@@ -292,6 +306,39 @@ impl StreamOperator for StreamJoin {
 
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.output_schema)
+    }
+
+    fn explain(&self) -> String {
+        let range = |v: Option<i64>| match v {
+            Some(ms) if ms < 0 => format!(
+                "-{}",
+                format_duration(Duration::from_millis(ms.unsigned_abs()))
+            ),
+            Some(ms) => format_duration(Duration::from_millis(ms as u64)),
+            None => "unbounded".into(),
+        };
+        let keep = |side: &str, other: &str, time: &JoinTime, bound: Option<i64>| match (
+            time.delay, bound,
+        ) {
+            (Some(d), Some(_)) => format!(
+                "{side} rows are kept until the watermark of {other} (latest - {}) passes them",
+                format_duration(d)
+            ),
+            (None, _) => format!(
+                "WARNING: {other} has no watermark, {side} rows are kept for ever (state grows without bound)"
+            ),
+            (_, None) => format!(
+                "WARNING: the condition does not bound {side} rows in time, they are kept for ever (state grows without bound)"
+            ),
+        };
+        let (lt, rt) = &self.time_names;
+        format!(
+            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
+            range(self.lo),
+            range(self.hi),
+            keep("left", "the right side", &self.right.time, self.lo),
+            keep("right", "the left side", &self.left.time, self.hi),
+        )
     }
 
     fn describe(&self) -> String {

@@ -155,8 +155,6 @@ struct StreamPlanner<'a> {
     shared: HashMap<LogicalPlan, LogicalPlan>,
     /// Operator output tables of changed rows -> their materialized scan.
     materialized: HashMap<String, LogicalPlan>,
-    /// The next operator's EXPLAIN line was pushed by the planner.
-    explained_by_planner: bool,
 }
 
 impl TreeNodeRewriter for StreamPlanner<'_> {
@@ -246,11 +244,8 @@ impl StreamPlanner<'_> {
             over_operator,
             watermark_from,
         };
-        let (op, line, input) =
-            window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
-                .map_err(external)?;
-        self.explain.push(line);
-        self.explained_by_planner = true;
+        let (op, input) = window_agg::windowed(self.ctx, &self.state, agg, k, &time, self.mode())
+            .map_err(external)?;
         let window = match (window_length(&agg.group_expr[k]), self.mode()) {
             (Some(len), OutputMode::Append) => Some((k, len)),
             _ => None,
@@ -298,10 +293,8 @@ impl StreamPlanner<'_> {
             watermarks: self.scope.watermarks,
             window_outputs: &window_outputs,
         };
-        let (op, line, input) =
+        let (op, input) =
             crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
-        self.explain.push(line);
-        self.explained_by_planner = true;
         let schema = node.schema().clone();
         self.replace(input, &schema, Box::new(op), None)
     }
@@ -365,11 +358,8 @@ impl StreamPlanner<'_> {
     ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
         let emits = op.emits();
         let watermarked = op.watermarked_columns();
-        // The operator describes itself, unless the planner said more (windows, joins).
-        if !self.explained_by_planner {
-            self.explain.push(op.explain());
-        }
-        self.explained_by_planner = false;
+        // The operator describes itself (DataFusion's `DisplayAs`).
+        self.explain.push(op.explain());
         let out = self.add_operator(input, op)?;
         let out_plan = out.dataframe().logical_plan().clone();
         let out_schema = out_plan.schema().clone();
@@ -514,7 +504,6 @@ pub fn plan_query(
         rank_filters: 0,
         shared: HashMap::new(),
         materialized: HashMap::new(),
-        explained_by_planner: false,
     };
     let plan = match plan.rewrite(&mut planner) {
         Ok(t) => t.data,

@@ -9,8 +9,9 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::logical_expr::{Aggregate, Expr, lit};
-use flumen_engine::ops::{EventTimeWindow, SessionAggregate, StreamOperator, WindowAggregate};
-use flumen_engine::time::format_duration;
+use flumen_engine::ops::{
+    EventTimeWindow, SessionAggregate, StreamOperator, WindowAggregate, WindowDisplay,
+};
 use flumen_engine::{Error, Result, StreamingContext, plan_err};
 
 use super::OutputMode;
@@ -32,7 +33,8 @@ pub(super) struct EventTimeSource<'a> {
 }
 
 /// The operator for `GROUP BY ..., window(ts, size), ...` (group key `k`): a
-/// [`WindowAggregate`] or a [`SessionAggregate`], its EXPLAIN line, and its input.
+/// [`WindowAggregate`] or a [`SessionAggregate`] (which describes itself for EXPLAIN),
+/// and its input.
 pub(super) fn windowed(
     ctx: &StreamingContext,
     state: &SessionState,
@@ -40,7 +42,7 @@ pub(super) fn windowed(
     k: usize,
     time: &EventTimeSource<'_>,
     mode: OutputMode,
-) -> Result<(Box<dyn StreamOperator>, String, DataFrame)> {
+) -> Result<(Box<dyn StreamOperator>, DataFrame)> {
     let spec = WindowSpec::parse(ctx, agg, k)?;
     let ts = spec.written_time.clone();
     let delay = watermark_delay(&ts, spec.over_batch_time, time, mode)?;
@@ -59,21 +61,28 @@ pub(super) fn windowed(
         watermark_from: time.watermark_from,
     };
     let changed_only = mode == OutputMode::Update;
+    let display = WindowDisplay {
+        kind: spec.kind_name().into(),
+        group_by: super::join_exprs(&agg.group_expr),
+        aggregates: super::join_exprs(&agg.aggr_expr),
+        time: ts.to_string(),
+    };
     let op: Box<dyn StreamOperator> = if spec.is_session() {
         Box::new(
             SessionAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
                 .with_changed_only(changed_only)
-                .with_positional_names(),
+                .with_positional_names()
+                .with_display(display),
         )
     } else {
         Box::new(
             WindowAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
                 .with_changed_only(changed_only)
-                .with_positional_names(),
+                .with_positional_names()
+                .with_display(display),
         )
     };
-    let line = explain_line(agg, spec.kind_name(), &ts, delay, time.watermark_from, mode);
-    Ok((op, line, keys.input))
+    Ok((op, keys.input))
 }
 
 /// A window as the planner reads it. Every way to write one — `window(ts, size [,
@@ -309,45 +318,4 @@ fn window_keys(
             })
         }
     }
-}
-
-/// The EXPLAIN line of a windowed aggregate: what it groups and computes, and what
-/// bounds its state.
-fn explain_line(
-    agg: &Aggregate,
-    kind: &str,
-    ts: &Expr,
-    delay: Option<Duration>,
-    watermark_from: Option<(usize, usize)>,
-    mode: OutputMode,
-) -> String {
-    let bound = match (delay, mode) {
-        (Some(_), OutputMode::Complete) if watermark_from.is_some() => format!(
-            "watermark on {ts} carried through the join; complete mode keeps every window (state grows without bound)"
-        ),
-        (Some(_), _) if watermark_from.is_some() => format!(
-            "watermark on {ts} carried through the join (no future match is older); a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted"
-        ),
-        (Some(d), OutputMode::Complete) => format!(
-            "watermark {ts} - {}; complete mode keeps every window (state grows without bound)",
-            format_duration(d)
-        ),
-        (Some(d), _) => format!(
-            "watermark {ts} - {}; a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted",
-            format_duration(d)
-        ),
-        (None, _) => {
-            format!("WARNING: no watermark on {ts}: windows never close, state grows without bound")
-        }
-    };
-    let operator = if kind == "session" {
-        "SessionAggregate"
-    } else {
-        "WindowAggregate"
-    };
-    format!(
-        "{operator} ({kind}, over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
-        super::join_exprs(&agg.group_expr),
-        super::join_exprs(&agg.aggr_expr),
-    )
 }

@@ -74,6 +74,60 @@ impl EventTimeWindow {
     }
 }
 
+/// How EXPLAIN shows a windowed aggregate: the window's kind and the query's own
+/// expressions (the operator runs rewritten ones: the window's end, hidden aggregates).
+#[derive(Debug, Clone, Default)]
+pub struct WindowDisplay {
+    /// `tumbling`, `hopping` or `session`.
+    pub kind: String,
+    pub group_by: String,
+    pub aggregates: String,
+    /// The event-time column, as the query names it.
+    pub time: String,
+}
+
+/// The EXPLAIN line of a windowed aggregate: what it computes and what bounds its
+/// state (the watermark, or nothing: a warning).
+pub(super) fn explain(
+    operator: &str,
+    d: &WindowDisplay,
+    w: &EventTimeWindow,
+    changed_only: bool,
+) -> String {
+    let mode = if w.emit_closed_only {
+        "append"
+    } else if changed_only {
+        "update"
+    } else {
+        "complete"
+    };
+    let ts = &d.time;
+    let through_join = w.watermark_from.is_some();
+    let bound = match w.delay {
+        Some(_) if through_join && mode == "complete" => format!(
+            "watermark on {ts} carried through the join; complete mode keeps every window (state grows without bound)"
+        ),
+        Some(_) if through_join => format!(
+            "watermark on {ts} carried through the join (no future match is older); a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted"
+        ),
+        Some(delay) if mode == "complete" => format!(
+            "watermark {ts} - {}; complete mode keeps every window (state grows without bound)",
+            crate::time::format_duration(delay)
+        ),
+        Some(delay) => format!(
+            "watermark {ts} - {}; a window's state is dropped once the watermark passes its end, rows older than the watermark are dropped and counted",
+            crate::time::format_duration(delay)
+        ),
+        None => {
+            format!("WARNING: no watermark on {ts}: windows never close, state grows without bound")
+        }
+    };
+    format!(
+        "{operator} ({}, over event time): group by [{}], aggregates [{}], output {mode}; {bound}",
+        d.kind, d.group_by, d.aggregates
+    )
+}
+
 /// The `{start, end}` struct of timestamps (ms) a window column holds.
 pub fn window_struct_type() -> DataType {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, None);

@@ -22,7 +22,7 @@ mod running;
 mod session;
 mod window;
 
-pub use event_time::{EventTimeWindow, window_struct_type};
+pub use event_time::{EventTimeWindow, WindowDisplay, window_struct_type};
 pub use running::RunningAggregate;
 pub use session::SessionAggregate;
 pub use window::WindowAggregate;

@@ -15,7 +15,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::event_time::{EventTime, EventTimeWindow};
+use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay};
 use super::partial::{PartialAggregate, restored_state};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::{Result, internal_err};
@@ -27,6 +27,8 @@ pub struct SessionAggregate {
     time: EventTime,
     /// Emit only the sessions each batch changed (update mode).
     pub(super) changed_only: bool,
+    /// How EXPLAIN shows it.
+    display: WindowDisplay,
     /// Keys + state columns of every session.
     state: Option<RecordBatch>,
 }
@@ -47,8 +49,17 @@ impl SessionAggregate {
             agg,
             time: EventTime::new(window),
             changed_only: false,
+            display: WindowDisplay::default(),
             state: None,
         })
+    }
+}
+
+impl SessionAggregate {
+    /// The query's own expressions and the window's kind, for EXPLAIN.
+    pub fn with_display(mut self, display: WindowDisplay) -> Self {
+        self.display = display;
+        self
     }
 }
 
@@ -65,6 +76,15 @@ impl StreamOperator for SessionAggregate {
     fn describe(&self) -> String {
         let window = self.time.window.fingerprint(true);
         super::fingerprint(&self.agg, Some(window), self.changed_only)
+    }
+
+    fn explain(&self) -> String {
+        event_time::explain(
+            "SessionAggregate",
+            &self.display,
+            &self.time.window,
+            self.changed_only,
+        )
     }
 
     fn emits(&self) -> Emits {

@@ -13,7 +13,9 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::event_time::{EventTime, EventTimeWindow, window_ends, window_structs_from_ends};
+use super::event_time::{
+    self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
+};
 use super::partial::{PartialAggregate, restored_state};
 use crate::Result;
 use crate::ops::window_state::WindowState;
@@ -26,6 +28,8 @@ pub struct WindowAggregate {
     time: EventTime,
     /// Emit only the groups each batch changed (update mode).
     pub(super) changed_only: bool,
+    /// How EXPLAIN shows it.
+    display: WindowDisplay,
     /// Keys + state columns of every group (when not kept per window).
     state: Option<RecordBatch>,
     /// Append-mode windows whose state the watermark evicts: kept per window in
@@ -51,6 +55,7 @@ impl WindowAggregate {
             agg,
             time: EventTime::new(window),
             changed_only: false,
+            display: WindowDisplay::default(),
             state: None,
             windows: None,
         })
@@ -97,6 +102,14 @@ impl WindowAggregate {
     }
 }
 
+impl WindowAggregate {
+    /// The query's own expressions and the window's kind, for EXPLAIN.
+    pub fn with_display(mut self, display: WindowDisplay) -> Self {
+        self.display = display;
+        self
+    }
+}
+
 #[async_trait]
 impl StreamOperator for WindowAggregate {
     fn name(&self) -> String {
@@ -110,6 +123,15 @@ impl StreamOperator for WindowAggregate {
     fn describe(&self) -> String {
         let window = self.time.window.fingerprint(false);
         super::fingerprint(&self.agg, Some(window), self.changed_only)
+    }
+
+    fn explain(&self) -> String {
+        event_time::explain(
+            "WindowAggregate",
+            &self.display,
+            &self.time.window,
+            self.changed_only,
+        )
     }
 
     fn emits(&self) -> Emits {
