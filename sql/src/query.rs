@@ -6,7 +6,10 @@
 //! `window()` (ksql.rs) and the window table functions (tvf.rs), both as passes over
 //! the tree. DataFusion then plans the tree, never the text again.
 
-use datafusion::sql::sqlparser::ast::{self, Query};
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{self, Query, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -85,6 +88,45 @@ impl ParsedQuery {
             statement,
         )))
     }
+}
+
+/// The tables and streams `statement` reads, by their last name (unquoted names
+/// lower-cased, as DataFusion resolves them); the names of its own `WITH` tables are
+/// left out. Subqueries count.
+pub fn relations_read(statement: &ast::Statement) -> HashSet<String> {
+    #[derive(Default)]
+    struct Names {
+        read: HashSet<String>,
+        ctes: HashSet<String>,
+    }
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                for cte in &with.cte_tables {
+                    self.ctes.insert(name_of(&cte.alias.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_relation(&mut self, relation: &ast::ObjectName) -> ControlFlow<()> {
+            if let Some(ident) = relation.0.last().and_then(|p| p.as_ident()) {
+                self.read.insert(name_of(ident));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    fn name_of(ident: &ast::Ident) -> String {
+        if ident.quote_style.is_some() {
+            ident.value.clone()
+        } else {
+            ident.value.to_ascii_lowercase()
+        }
+    }
+    let mut names = Names::default();
+    let _ = statement.visit(&mut names);
+    names.read.retain(|n| !names.ctes.contains(n));
+    names.read
 }
 
 /// Whether `text` begins like a query (so a statement that does is parsed as one).
@@ -188,6 +230,29 @@ mod tests {
         assert!(starts_a_query("WITH x AS (SELECT 1) SELECT * FROM x"));
         assert!(!starts_a_query("CREATE VIEW v AS SELECT 1"));
         assert!(!starts_a_query("\"select\""));
+    }
+
+    #[test]
+    fn relations_read_count_subqueries_and_leave_out_with_tables() {
+        let read = |sql: &str| {
+            let q = ParsedQuery::parse(sql).unwrap();
+            let mut names: Vec<String> = relations_read(&ast::Statement::Query(q.query))
+                .into_iter()
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            read("SELECT * FROM Clicks c JOIN (SELECT * FROM public.views) v ON c.k = v.k"),
+            ["clicks", "views"]
+        );
+        assert_eq!(
+            read(
+                "WITH clicks AS (SELECT 1 AS k) SELECT * FROM clicks WHERE k IN (SELECT k FROM \"Pages\")"
+            ),
+            ["Pages"]
+        );
+        assert!(read("SELECT 'FROM clicks' AS t").is_empty());
     }
 
     #[test]

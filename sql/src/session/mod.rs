@@ -11,14 +11,12 @@ mod resolve;
 mod settings;
 mod show;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use flumen_engine::{Clock, ConnectorRegistry, Result, SystemClock, Time, plan_err};
 use tokio::sync::mpsc;
@@ -27,7 +25,6 @@ pub use queries::{QueryInfo, QueryRegistry, SessionView, list_queries};
 pub use settings::{ConsoleFormat, Setting, Settings};
 
 use crate::catalog::Catalog;
-use crate::planner::reads_stream;
 use crate::query::ParsedQuery;
 use crate::statement::{Options, Statement, parse_statement, split_statements};
 use queries::Target;
@@ -196,7 +193,7 @@ impl FlumenSession {
                 }
             }
             Statement::CreateTableAs { name, sql, query } => {
-                if !self.reads_streams(&query).await? {
+                if !self.reads_streams(&query) {
                     return self.datafusion(&sql).await;
                 }
                 let mut options = Options::new();
@@ -227,7 +224,7 @@ impl FlumenSession {
             } => self.drop(kind, &name, if_exists).await,
             Statement::Advance(n) => self.advance(n).await,
             Statement::Query(query) => {
-                if self.reads_streams(&query).await? {
+                if self.reads_streams(&query) {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let (id, schema) = self.start_query(&query, Target::Console(tx)).await?;
                     Ok(StatementResult::Continuous {
@@ -272,22 +269,18 @@ impl FlumenSession {
         query.bind(|stream| self.catalog.event_time(stream))
     }
 
-    /// Whether `query` reads one of the session's streams.
-    pub(super) async fn reads_streams(&self, query: &ParsedQuery) -> Result<bool> {
-        let streams = self.catalog.stream_names();
-        if streams.is_empty() {
-            return Ok(false);
-        }
-        let Ok(statement) = self.bind(query) else {
+    /// Whether `query` reads one of the session's streams: a relation of its bound
+    /// tree names one (no planning: the query is planned once, by `plan_streaming` or
+    /// by DataFusion as a batch query).
+    pub(super) fn reads_streams(&self, query: &ParsedQuery) -> bool {
+        let Ok(DfStatement::Statement(statement)) = self.bind(query) else {
             // Not a query Flumen can rewrite: as an ordinary one, DataFusion reports it.
-            return Ok(false);
+            return false;
         };
-        let plan = match self.base.state().statement_to_plan(statement).await {
-            Ok(p) => p,
-            // Not a query DataFusion can plan: let DataFusion report it.
-            Err(_) => return Ok(false),
-        };
-        Ok(plan_reads(&plan, &streams))
+        let streams = self.catalog.stream_names();
+        crate::query::relations_read(&statement)
+            .iter()
+            .any(|name| streams.contains(name))
     }
 
     /// `SET key = 'value'`: one of Flumen's settings, or DataFusion's.
@@ -300,19 +293,6 @@ impl FlumenSession {
             None => self.datafusion(sql).await,
         }
     }
-}
-
-fn plan_reads(plan: &LogicalPlan, streams: &HashSet<String>) -> bool {
-    if reads_stream(plan, streams) {
-        return true;
-    }
-    // Subqueries too.
-    let mut found = false;
-    let _ = plan.apply_subqueries(|sub| {
-        found |= plan_reads(sub, streams);
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    found
 }
 
 /// `statement` planned by `session` (DataFusion's `SessionContext::sql` after parsing).

@@ -203,7 +203,7 @@ impl FlumenSession {
             false => None,
         };
         let query = match query {
-            Some(q) if self.reads_streams(&q).await? => q,
+            Some(q) if self.reads_streams(&q) => q,
             _ => return self.datafusion(&format!("EXPLAIN {text}")).await,
         };
         let mode = query.mode(self.settings.output_mode);
