@@ -493,3 +493,133 @@ impl StreamOperator for StreamJoin {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{BooleanArray, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::common::{Column, JoinType};
+
+    use super::*;
+    use crate::ops::test_input::{TestInput, rows};
+
+    fn ts() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, None)
+    }
+
+    /// Both sides in one tagged union, as the SQL planner feeds a stream join.
+    fn input() -> TestInput {
+        TestInput::new(&[
+            ("__flumen_side", DataType::Boolean),
+            ("lk", DataType::Utf8),
+            ("lts", ts()),
+            ("rk", DataType::Utf8),
+            ("rts", ts()),
+        ])
+    }
+
+    /// `left` rows (key, ms) and `right` rows, in one batch.
+    fn rows_of(input: &TestInput, left: &[(&str, i64)], right: &[(&str, i64)]) -> RecordBatch {
+        let n = left.len() + right.len();
+        let side: BooleanArray = (0..n).map(|i| Some(i < left.len())).collect();
+        let key = |on_left: bool| -> StringArray {
+            left.iter()
+                .map(|(k, _)| on_left.then_some(*k))
+                .chain(right.iter().map(|(k, _)| (!on_left).then_some(*k)))
+                .collect()
+        };
+        let time = |on_left: bool| -> TimestampMillisecondArray {
+            left.iter()
+                .map(|(_, t)| on_left.then_some(*t))
+                .chain(right.iter().map(|(_, t)| (!on_left).then_some(*t)))
+                .collect()
+        };
+        input.batch(vec![
+            Arc::new(side),
+            Arc::new(key(true)),
+            Arc::new(time(true)),
+            Arc::new(key(false)),
+            Arc::new(time(false)),
+        ])
+    }
+
+    /// `left.k = right.k`, `left.ts - right.ts` in [-2 s, 2 s], watermarks 1 s behind.
+    fn join(input: &TestInput) -> StreamJoin {
+        let side = |k: &str, t: &str| {
+            Arc::new(Schema::new(vec![
+                Field::new(k, DataType::Utf8, true),
+                Field::new(t, ts(), true),
+            ]))
+        };
+        let time = JoinTime {
+            index: 1,
+            delay: Some(Duration::from_secs(1)),
+        };
+        StreamJoin::try_new(
+            &input.frame(),
+            side("lk", "lts"),
+            side("rk", "rts"),
+            time,
+            time,
+            (Some(-2_000), Some(2_000)),
+            |l, r| {
+                Ok(LogicalPlanBuilder::from(l)
+                    .join(
+                        r,
+                        JoinType::Inner,
+                        (
+                            vec![Column::from_qualified_name("__flumen_join_left.c0")],
+                            vec![Column::from_qualified_name("__flumen_join_right.c0")],
+                        ),
+                        None,
+                    )?
+                    .build()?)
+            },
+        )
+        .unwrap()
+        .with_time_names("a.ts".into(), "b.ts".into())
+    }
+
+    #[tokio::test]
+    async fn rows_match_across_batches_and_leave_once_the_other_side_s_watermark_passes() {
+        let input = input();
+        let mut op = join(&input);
+        let out = input
+            .run(
+                &mut op,
+                1,
+                vec![rows_of(&input, &[("a", 1_000)], &[("b", 1_000)])],
+            )
+            .await;
+        assert!(rows(&out).is_empty());
+        // A right row meets the left row of an earlier batch, and the other way round.
+        let out = input
+            .run(&mut op, 2, vec![rows_of(&input, &[], &[("a", 2_000)])])
+            .await;
+        assert_eq!(rows(&out), ["a,1970-01-01T00:00:01,a,1970-01-01T00:00:02"]);
+        let out = input
+            .run(&mut op, 3, vec![rows_of(&input, &[("a", 2_500)], &[])])
+            .await;
+        assert_eq!(
+            rows(&out),
+            ["a,1970-01-01T00:00:02.500,a,1970-01-01T00:00:02"]
+        );
+        // Both watermarks reach 9 s: every row before 7 s can match nothing more.
+        let out = input
+            .run(
+                &mut op,
+                4,
+                vec![rows_of(&input, &[("z", 10_000)], &[("z", 10_000)])],
+            )
+            .await;
+        assert_eq!(rows(&out), ["z,1970-01-01T00:00:10,z,1970-01-01T00:00:10"]);
+        assert_eq!(op.state_rows(), 2, "only the z rows are kept");
+        assert!(
+            op.explain().starts_with(
+                "StreamJoin (inner join of two streams over event time): a.ts - b.ts in [-2s, 2s]"
+            ),
+            "{}",
+            op.explain()
+        );
+    }
+}
