@@ -20,6 +20,10 @@ use crate::offsets_store::redact;
 pub trait Dialect: Send + Sync + Sized + 'static {
     /// The connector's name, first in every message (`postgres`, `mysql`).
     const CONNECTOR: &'static str;
+    /// The URL schemes it takes (`postgres`, `postgresql`).
+    const SCHEMES: &'static [&'static str];
+    /// A URL to show in messages.
+    const EXAMPLE_URL: &'static str;
     /// A connection of the driver.
     type Conn: Send + 'static;
 
@@ -48,6 +52,27 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         key: &WriteKey,
         batches: &[RecordBatch],
     ) -> Result<()>;
+}
+
+/// The factory of a database sink (`connector = 'postgres' | 'mysql'`).
+#[derive(Debug)]
+pub struct DbSinkFactory<D: Dialect>(std::marker::PhantomData<D>);
+
+impl<D: Dialect> Default for DbSinkFactory<D> {
+    fn default() -> Self {
+        DbSinkFactory(std::marker::PhantomData)
+    }
+}
+
+impl<D: Dialect + std::fmt::Debug> flumen_engine::registry::SinkFactory for DbSinkFactory<D> {
+    fn options(&self) -> &[&'static str] {
+        &OPTIONS
+    }
+
+    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        let o = parse(D::CONNECTOR, name, options, D::SCHEMES, D::EXAMPLE_URL)?;
+        Ok(DbSink::<D>::create(name, o))
+    }
 }
 
 /// A database sink: each partition of a batch is one transaction holding its rows

@@ -51,8 +51,11 @@ pub fn registry() -> ConnectorRegistry {
     r.register_source("kafka", Arc::new(kafka::KafkaFactory));
     r.register_source("nexmark", Arc::new(nexmark::NexmarkFactory));
     r.register_sink("files", Arc::new(files_sink::FilesSinkFactory));
-    r.register_sink("postgres", Arc::new(postgres_sink::PostgresSinkFactory));
-    r.register_sink("mysql", Arc::new(mysql_sink::MySqlSinkFactory));
+    r.register_sink(
+        "postgres",
+        Arc::new(postgres_sink::PostgresSinkFactory::default()),
+    );
+    r.register_sink("mysql", Arc::new(mysql_sink::MySqlSinkFactory::default()));
     r.register_sink("kafka", Arc::new(kafka_sink::KafkaSinkFactory));
     r
 }

@@ -5,19 +5,16 @@
 //! backticks; tables are created when missing (upsert: primary key `key`, text keys as
 //! `VARCHAR(255)`).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory};
-use flumen_engine::{Result, Sink, WriteKey};
+use flumen_engine::{Result, WriteKey};
 use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 
-use crate::db_sink::{DbSink, Dialect, Mode, primary_key_clause, statement_ranges};
+use crate::db_sink::{DbSink, DbSinkFactory, Dialect, Mode, primary_key_clause, statement_ranges};
 
 /// Placeholders per statement stay under MySQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
@@ -143,6 +140,8 @@ impl MySql {
 #[async_trait]
 impl Dialect for MySql {
     const CONNECTOR: &'static str = "mysql";
+    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+    const EXAMPLE_URL: &'static str = "mysql://user:password@host:port/db";
     type Conn = mysql_async::Conn;
 
     async fn connect(sink: &MySqlSink) -> Result<mysql_async::Conn> {
@@ -241,22 +240,4 @@ impl Dialect for MySql {
 }
 
 /// `connector = 'mysql'`.
-#[derive(Debug)]
-pub struct MySqlSinkFactory;
-
-impl SinkFactory for MySqlSinkFactory {
-    fn options(&self) -> &[&'static str] {
-        &crate::db_sink::OPTIONS
-    }
-
-    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        let o = crate::db_sink::parse(
-            "mysql",
-            name,
-            options,
-            &["mysql", "mariadb"],
-            "mysql://user:password@host:port/db",
-        )?;
-        Ok(DbSink::<MySql>::create(name, o))
-    }
-}
+pub type MySqlSinkFactory = DbSinkFactory<MySql>;

@@ -15,7 +15,6 @@
 //! concurrently written partition at most. Tables are created when missing, typed from
 //! the query's schema (upsert: primary key `key`).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -25,11 +24,10 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use flumen_engine::registry::{ConnectorOptions, SinkFactory};
-use flumen_engine::{Result, Sink, WriteKey};
+use flumen_engine::{Result, WriteKey};
 use tokio_postgres::types::ToSql;
 
-use crate::db_sink::{DbSink, Dialect, Mode, primary_key_clause, statement_ranges};
+use crate::db_sink::{DbSink, DbSinkFactory, Dialect, Mode, primary_key_clause, statement_ranges};
 
 /// Bound parameters per statement stay under PostgreSQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
@@ -189,6 +187,8 @@ impl Postgres {
 #[async_trait]
 impl Dialect for Postgres {
     const CONNECTOR: &'static str = "postgres";
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    const EXAMPLE_URL: &'static str = "postgres://user@host:port/db";
     type Conn = tokio_postgres::Client;
 
     async fn connect(sink: &PostgresSink) -> Result<tokio_postgres::Client> {
@@ -281,22 +281,4 @@ impl Dialect for Postgres {
 }
 
 /// `connector = 'postgres'`.
-#[derive(Debug)]
-pub struct PostgresSinkFactory;
-
-impl SinkFactory for PostgresSinkFactory {
-    fn options(&self) -> &[&'static str] {
-        &crate::db_sink::OPTIONS
-    }
-
-    fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
-        let o = crate::db_sink::parse(
-            "postgres",
-            name,
-            options,
-            &["postgres", "postgresql"],
-            "postgres://user@host:port/db",
-        )?;
-        Ok(DbSink::<Postgres>::create(name, o))
-    }
-}
+pub type PostgresSinkFactory = DbSinkFactory<Postgres>;
