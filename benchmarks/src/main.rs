@@ -33,6 +33,7 @@ mod latency;
 mod memory;
 mod nexmark;
 mod sink;
+mod state;
 
 const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
        flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8]
@@ -41,7 +42,8 @@ const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N
        flumen-benchmarks export --dir DIR [--lines N] [--events N] [--files N]
        flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7] [--system flumen|datafusion]
        flumen-benchmarks memory [--events N] [--event-rate N]
-       flumen-benchmarks latency [--workload wordcount|q5] [--rate N] [--interval-ms N] [--seconds N]";
+       flumen-benchmarks latency [--workload wordcount|q5] [--rate N] [--interval-ms N] [--seconds N]
+       flumen-benchmarks state [--keys N] [--rows-per-batch N] [--batches N] [--checkpoint DIR]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -55,6 +57,7 @@ async fn main() -> Result<()> {
         Some("files") => compare::files(&args[1..]).await,
         Some("memory") => memory::run(&args[1..]).await,
         Some("latency") => latency::run(&args[1..]).await,
+        Some("state") => state::run(&args[1..]).await,
         _ => bail!("{USAGE}"),
     }
 }

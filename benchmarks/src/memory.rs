@@ -13,7 +13,7 @@ use flumen_sql::FlumenSession;
 use crate::flag;
 
 /// The process's peak resident set size in MiB.
-fn peak_rss_mib() -> Result<f64> {
+pub(crate) fn peak_rss_mib() -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kb: f64 = status
         .lines()
