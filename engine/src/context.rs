@@ -85,7 +85,11 @@ impl StreamingContextBuilder {
         self
     }
 
-    /// Use an existing DataFusion session (its tables, functions and settings).
+    /// Use an existing DataFusion session (its tables, functions and settings). The
+    /// context runs on a session made from this one's state plus Flumen's physical
+    /// optimizer rule ([`crate::split::FuseSplitUnnest`]); it shares the catalogs, so
+    /// tables registered later on `session` are seen, but register functions and change
+    /// settings before building — or on [`StreamingContext::session`].
     pub fn with_session(mut self, session: SessionContext) -> Self {
         self.session = Some(session);
         self

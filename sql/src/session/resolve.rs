@@ -99,7 +99,7 @@ impl QueryContext {
         }
         // Queries writing a sink or table restart (from their checkpoint); a console
         // query has no checkpoint to restart from.
-        if let (Some(policy), Some(_)) = (settings.restart, name) {
+        if let (Some(policy), Some(_)) = (settings.restart_policy(), name) {
             builder = builder.with_restart(policy);
         }
         let ctx = builder.build()?;

@@ -21,7 +21,7 @@ pub struct Settings {
     pub trigger: Trigger,
     /// `SET restart = 'on-failure'`: a failed query starts again from its checkpoint
     /// (`restart_attempts` times at most, after `restart_delay`, doubling).
-    pub restart: Option<RestartPolicy>,
+    pub restart: bool,
     pub restart_attempts: u32,
     pub restart_delay: Duration,
     /// How console sinks print when they do not say (`SET console_format`).
@@ -37,7 +37,7 @@ impl Default for Settings {
             checkpoint_interval: 1,
             progress_log: None,
             trigger: Trigger::ProcessingTime,
-            restart: None,
+            restart: false,
             restart_attempts: 3,
             restart_delay: Duration::from_secs(1),
             console_format: None,
@@ -142,6 +142,14 @@ fn restart_attempts_err<T>(value: impl std::fmt::Display) -> Result<T> {
 }
 
 impl Settings {
+    /// The restart policy queries start with, if `restart = 'on-failure'`.
+    pub fn restart_policy(&self) -> Option<RestartPolicy> {
+        self.restart.then_some(RestartPolicy {
+            max_restarts: self.restart_attempts,
+            delay: self.restart_delay,
+        })
+    }
+
     /// Applies `setting`, or says why its value is out of range.
     pub fn apply(&mut self, setting: Setting) -> Result<()> {
         match setting {
@@ -155,27 +163,14 @@ impl Settings {
                 }
                 self.checkpoint_interval = n;
             }
-            Setting::Restart(on) => {
-                self.restart = on.then_some(RestartPolicy {
-                    max_restarts: self.restart_attempts,
-                    delay: self.restart_delay,
-                });
-            }
+            Setting::Restart(on) => self.restart = on,
             Setting::RestartAttempts(n) => {
                 if !(1..=1000).contains(&n) {
                     return restart_attempts_err(n);
                 }
                 self.restart_attempts = n;
-                if let Some(p) = &mut self.restart {
-                    p.max_restarts = n;
-                }
             }
-            Setting::RestartDelay(d) => {
-                self.restart_delay = d;
-                if let Some(p) = &mut self.restart {
-                    p.delay = d;
-                }
-            }
+            Setting::RestartDelay(d) => self.restart_delay = d,
             Setting::ConsoleFormat(f) => self.console_format = Some(f),
             Setting::Trigger(t) => self.trigger = t,
         }
@@ -199,7 +194,7 @@ mod tests {
         set(&mut s, "restart_attempts", "7").unwrap();
         s.apply(Setting::RestartDelay(Duration::from_millis(250)))
             .unwrap();
-        let p = s.restart.unwrap();
+        let p = s.restart_policy().unwrap();
         assert_eq!((p.max_restarts, p.delay), (7, Duration::from_millis(250)));
         set(&mut s, "checkpoint_location", "ckpt/o'neil").unwrap();
         assert_eq!(s.checkpoint_location.as_deref(), Some("ckpt/o'neil"));

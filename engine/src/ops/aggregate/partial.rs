@@ -67,23 +67,17 @@ impl PartialAggregate {
         Ok(Arc::new(agg.schema().as_arrow().clone()))
     }
 
-    /// `group by [k] aggregates [a]`: what the state depends on (fingerprints, EXPLAIN).
+    /// `group by [k] aggregates [a]`: what the state depends on (the fingerprint).
     pub fn describe(&self) -> String {
-        let list = |e: &[Expr]| {
-            e.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        format!(
-            "group by [{}] aggregates [{}]",
-            list(&self.group_exprs),
-            list(&self.aggr_exprs)
-        )
+        self.listed(" ")
     }
 
     /// `group by [k], aggregates [a]`, for EXPLAIN.
     pub fn display(&self) -> String {
+        self.listed(", ")
+    }
+
+    fn listed(&self, between: &str) -> String {
         let list = |e: &[Expr]| {
             e.iter()
                 .map(|e| e.to_string())
@@ -91,7 +85,7 @@ impl PartialAggregate {
                 .join(", ")
         };
         format!(
-            "group by [{}], aggregates [{}]",
+            "group by [{}]{between}aggregates [{}]",
             list(&self.group_exprs),
             list(&self.aggr_exprs)
         )
