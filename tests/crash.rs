@@ -133,6 +133,47 @@ async fn rate_to_parquet_survives_20_kills() {
     );
 }
 
+/// The keyed state store under SIGKILL: a running count and sum over 1,000,000 keys
+/// (each key twice), 4 state partitions, incremental checkpoints (deltas, then a full
+/// snapshot once they outgrow the state), update mode into Parquet. Each key's final
+/// row must hold exactly its two values: a batch lost or applied twice on restore
+/// would show as a count of 1 or 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_aggregate_over_a_million_keys_survives_20_kills() {
+    const KEYS: i64 = 1_000_000;
+    let work = temp_dir("crash-state");
+    let out = work.join("out");
+    let script = write_script(
+        &work,
+        &format!(
+            "SET output_mode = 'update';
+             SET state_partitions = '4';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '200000', rows = '{}');
+             CREATE SINK pq WITH (connector = 'files', path = '{}', format = 'parquet') AS
+               SELECT value % {KEYS} AS k, count(*) AS n, sum(value) AS s FROM r
+               GROUP BY value % {KEYS};",
+            2 * KEYS,
+            out.display()
+        ),
+    );
+    let (script2, cp) = (script.clone(), work.join("checkpoint"));
+    tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 41))
+        .await
+        .unwrap();
+    // Each key's newest row (count and sum only grow): n = 2, s = k + (k + KEYS).
+    assert_eq!(
+        query(
+            &out,
+            &format!(
+                "SELECT count(*), sum(CASE WHEN n = 2 AND s = 2 * k + {KEYS} THEN 1 ELSE 0 END)
+                 FROM (SELECT k, max(n) AS n, max(s) AS s FROM output GROUP BY k)"
+            )
+        )
+        .await,
+        vec![format!("{KEYS}|{KEYS}")]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_windowed_aggregate_to_parquet_survives_20_kills() {
     let c = client().await;

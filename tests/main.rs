@@ -8,5 +8,6 @@ mod crash;
 mod engine;
 mod sql_api;
 mod sql_logic;
+mod state;
 mod stream_vs_batch;
 mod ui;

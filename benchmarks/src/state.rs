@@ -3,8 +3,11 @@
 //! micro-batch, `--batches` batches, `--keys` distinct keys; pre-generated, so only the
 //! query is timed. Reports each batch's processing time (the first and the last ones
 //! are what tell whether a batch costs what it reads or what the state holds), the
-//! process's peak RSS, and, with `--checkpoint`, the bytes of the newest state snapshot
-//! (what each checkpoint of this operator writes today: all of its state).
+//! process's peak RSS, the state's bytes spilled to disk, and, with `--checkpoint`, the
+//! checkpoint bytes each batch wrote (deltas of the keys it touched, and the occasional
+//! full snapshot) against the bytes of the keys it touched (`k` and the count: 16 bytes
+//! a key). `--partitions N` and `--memory SIZE` set `state_partitions` and
+//! `state_memory`.
 
 use std::sync::Arc;
 
@@ -25,6 +28,8 @@ pub async fn run(args: &[String]) -> Result<()> {
     let rows_per_batch = flag(args, "--rows-per-batch", 1_000_000)?;
     let batches = flag(args, "--batches", 20)?;
     let checkpoint = text_flag(args, "--checkpoint");
+    let partitions = text_flag(args, "--partitions");
+    let memory = text_flag(args, "--memory");
     let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
     let mut rng = SmallRng::seed_from_u64(42);
     // 8,192-row batches, `rows_per_batch / 8192` of them per micro-batch.
@@ -49,6 +54,12 @@ pub async fn run(args: &[String]) -> Result<()> {
     let mut script = String::from(
         "SET trigger = 'available_now'; SET batch_interval = '100 ms'; SET output_mode = 'update';",
     );
+    if let Some(n) = partitions {
+        script.push_str(&format!("SET state_partitions = '{n}';"));
+    }
+    if let Some(m) = memory {
+        script.push_str(&format!("SET state_memory = '{m}';"));
+    }
     if let Some(dir) = checkpoint {
         std::fs::create_dir_all(dir)?;
         script.push_str(&format!("SET checkpoint_location = '{dir}';"));
@@ -67,51 +78,58 @@ pub async fn run(args: &[String]) -> Result<()> {
         .queries()
         .next()
         .ok_or_else(|| anyhow!("no query"))?;
-    let times: Vec<f64> = q
+    let batches: Vec<_> = q
         .ctx
         .recent_batches()
-        .iter()
+        .into_iter()
         .filter(|b| b.num_input_rows() > 0)
+        .collect();
+    let times: Vec<f64> = batches
+        .iter()
         .map(|b| b.processing_time.as_secs_f64() * 1000.0)
         .collect();
     let (Some(first), Some(last)) = (times.first(), times.last()) else {
         return Err(anyhow!("no batch ran"));
     };
     let state_rows = q.metrics.snapshot().state_rows;
-    let snapshot_bytes = match checkpoint {
-        Some(dir) => newest_snapshot_bytes(&format!("{dir}/queries/out/state"))?,
-        None => 0,
-    };
+    let spilled = batches
+        .iter()
+        .filter_map(|b| b.operators.first().map(|o| o.spilled_bytes))
+        .max()
+        .unwrap_or(0);
+    // Checkpoint bytes per batch against the bytes of the keys it touched (the rows it
+    // emitted in update mode, 16 bytes each).
+    let ratios: Vec<f64> = batches
+        .iter()
+        .filter_map(|b| {
+            let written = b.operators.first()?.checkpoint_bytes as f64;
+            (b.output_rows > 0).then(|| written / (b.output_rows as f64 * 16.0))
+        })
+        .collect();
+    let mean_ratio = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    let max_ratio = ratios.iter().cloned().fold(0.0, f64::max);
+    let checkpoint_bytes: u64 = batches
+        .iter()
+        .filter_map(|b| b.operators.first().map(|o| o.checkpoint_bytes))
+        .sum();
     let peak = crate::memory::peak_rss_mib()?;
     println!(
-        "state: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows{}",
+        "state: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows, {spilled} bytes spilled{}",
         last / first,
         (rows_per_batch * times.len()) as f64 / (times.iter().sum::<f64>() / 1000.0),
         if checkpoint.is_some() {
-            format!(", newest state snapshot {snapshot_bytes} bytes")
+            format!(
+                ", checkpoints {:.0} bytes/batch: {mean_ratio:.2}x the touched keys' bytes on average, {max_ratio:.2}x at most",
+                checkpoint_bytes as f64 / times.len() as f64
+            )
         } else {
             String::new()
-        }
+        },
+        batches = times.len(),
     );
     println!(
-        "{{\"suite\":\"state\",\"keys\":{keys},\"rows_per_batch\":{rows_per_batch},\"batches\":{},\"first_batch_ms\":{first:.1},\"last_batch_ms\":{last:.1},\"peak_rss_mib\":{peak:.0},\"state_rows\":{state_rows},\"snapshot_bytes\":{snapshot_bytes}}}",
+        "{{\"suite\":\"state\",\"keys\":{keys},\"rows_per_batch\":{rows_per_batch},\"batches\":{},\"first_batch_ms\":{first:.1},\"last_batch_ms\":{last:.1},\"peak_rss_mib\":{peak:.0},\"state_rows\":{state_rows},\"spilled_bytes\":{spilled},\"checkpoint_bytes\":{checkpoint_bytes},\"checkpoint_ratio_mean\":{mean_ratio:.2},\"checkpoint_ratio_max\":{max_ratio:.2}}}",
         times.len()
     );
     Ok(())
-}
-
-/// The bytes of the newest snapshot under `dir` (`state/<batch id>/`).
-fn newest_snapshot_bytes(dir: &str) -> Result<u64> {
-    let newest = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .max_by_key(|e| e.file_name());
-    let Some(newest) = newest else {
-        return Ok(0);
-    };
-    let mut bytes = 0;
-    for f in std::fs::read_dir(newest.path())? {
-        bytes += f?.metadata()?.len();
-    }
-    Ok(bytes)
 }

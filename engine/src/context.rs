@@ -74,9 +74,18 @@ pub struct StreamingContextBuilder {
     checkpoint: Option<crate::checkpoint::CheckpointLocation>,
     checkpoint_interval: u64,
     restart: Option<RestartPolicy>,
+    state: crate::state::StateConfig,
 }
 
 impl StreamingContextBuilder {
+    /// How stateful operators keep their keyed state: hash partitions (the unit of
+    /// parallelism), the memory budget past which partitions spill to disk, and the
+    /// time-to-live of idle keys ([`crate::state::StateConfig`]).
+    pub fn with_state_config(mut self, config: crate::state::StateConfig) -> Self {
+        self.state = config;
+        self
+    }
+
     /// Restart the query from its checkpoint when a batch fails (needs a
     /// checkpoint), at most `policy.max_restarts` times; each restart is told to the
     /// listeners ([`StreamingListener::on_restarted`]).
@@ -197,6 +206,7 @@ impl StreamingContextBuilder {
                     checkpoint: Mutex::new(self.checkpoint),
                     checkpoint_interval: self.checkpoint_interval,
                     restart: self.restart,
+                    state: self.state,
                     interval: self.interval,
                     session,
                     clock: self.clock,
@@ -230,6 +240,7 @@ pub(crate) struct Shared {
     checkpoint: Mutex<Option<crate::checkpoint::CheckpointLocation>>,
     checkpoint_interval: u64,
     restart: Option<RestartPolicy>,
+    pub(crate) state: crate::state::StateConfig,
     pub(crate) interval: Duration,
     pub(crate) session: SessionContext,
     clock: Arc<dyn Clock>,
@@ -319,7 +330,13 @@ impl StreamingContext {
             checkpoint: None,
             checkpoint_interval: 1,
             restart: None,
+            state: crate::state::StateConfig::default(),
         }
+    }
+
+    /// How this context's stateful operators keep their keyed state.
+    pub fn state_config(&self) -> &crate::state::StateConfig {
+        &self.inner.shared.state
     }
 
     /// The active context of this process, if one is running.

@@ -40,6 +40,7 @@ pub mod slot;
 pub mod source;
 pub mod sources;
 pub mod split;
+pub mod state;
 pub mod store;
 pub mod stream;
 pub mod time;
@@ -51,7 +52,7 @@ pub use context::{
 };
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;
-pub use listener::{BatchInfo, ProgressLog, StreamingListener};
+pub use listener::{BatchInfo, OperatorStateInfo, ProgressLog, StreamingListener};
 pub use metrics::QueryMetrics;
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use rate::{PidRateEstimator, RateLimit};

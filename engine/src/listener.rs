@@ -36,6 +36,24 @@ pub struct BatchInfo {
     pub rejected_rows: u64,
     /// Sink writes of this batch that failed and were tried again.
     pub sink_retries: u64,
+    /// Each stateful operator's state after the batch, in the query's operator order.
+    pub operators: Vec<OperatorStateInfo>,
+}
+
+/// One stateful operator's state after a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperatorStateInfo {
+    /// The operator's name (`RunningAggregate`, `WindowAggregate`, ...).
+    pub name: String,
+    pub rows: u64,
+    /// Memory its state takes (an estimate).
+    pub memory_bytes: u64,
+    /// Bytes of its state spilled to local disk (`state_memory`).
+    pub spilled_bytes: u64,
+    /// Keys evicted by `state_ttl` since the query started.
+    pub evicted_rows: u64,
+    /// Bytes the batch's checkpoint wrote for it (0 when the batch wrote none).
+    pub checkpoint_bytes: u64,
 }
 
 impl BatchInfo {
@@ -83,6 +101,14 @@ impl BatchInfo {
             "stateOperators": {
                 "numRowsTotal": self.state_rows,
                 "memoryUsedBytes": self.state_bytes,
+                "operators": self.operators.iter().map(|o| serde_json::json!({
+                    "name": o.name,
+                    "numRowsTotal": o.rows,
+                    "memoryUsedBytes": o.memory_bytes,
+                    "spilledBytes": o.spilled_bytes,
+                    "numRowsEvicted": o.evicted_rows,
+                    "checkpointBytes": o.checkpoint_bytes,
+                })).collect::<Vec<_>>(),
             },
             "eventTime": { "watermark": self.watermark.map(|w| w.as_millis()) },
             "lateRows": self.late_rows,

@@ -447,6 +447,7 @@ impl Pipeline {
         };
         let mut state_rows = 0;
         let mut state_bytes = 0;
+        let mut operators = Vec::with_capacity(self.operators.len());
         let mut late_rows = 0;
         let mut watermark: Option<i64> = None;
         // Source rows a query's expression failed on, set aside by their stream's
@@ -474,8 +475,17 @@ impl Pipeline {
             } else {
                 node.slot.clear();
             }
-            state_rows += node.op.state_rows() as u64;
-            state_bytes += node.op.state_bytes() as u64;
+            let stats = node.op.state_stats();
+            state_rows += stats.rows;
+            state_bytes += stats.memory_bytes;
+            operators.push(crate::listener::OperatorStateInfo {
+                name: node.op.name(),
+                rows: stats.rows,
+                memory_bytes: stats.memory_bytes,
+                spilled_bytes: stats.spilled_bytes,
+                evicted_rows: stats.evicted,
+                checkpoint_bytes: 0,
+            });
             late_rows += node.op.late_rows();
             // The query's watermark is its slowest operator's (Spark's global minimum).
             if let Some(w) = node.op.watermark() {
@@ -552,15 +562,21 @@ impl Pipeline {
                 .is_none_or(|last| batch_id >= last + self.snapshot_every);
             if !self.operators.is_empty() {
                 if due {
-                    let mut operators = Vec::with_capacity(self.operators.len());
+                    let mut states = Vec::with_capacity(self.operators.len());
                     for (i, (node, _)) in self.operators.iter_mut().enumerate() {
-                        operators.push((i, node.op.snapshot()?));
+                        states.push((i, node.op.snapshot()?));
                     }
-                    cp.write_snapshot(&crate::checkpoint::Snapshot {
-                        batch_id,
-                        operators,
-                    })
-                    .await?;
+                    let written = cp
+                        .write_snapshot(&crate::checkpoint::Snapshot {
+                            batch_id,
+                            operators: states,
+                        })
+                        .await?;
+                    for (i, bytes) in written {
+                        if let Some(o) = operators.get_mut(i) {
+                            o.checkpoint_bytes = bytes;
+                        }
+                    }
                     self.last_snapshot = Some(batch_id);
                 } else {
                     free = false;
@@ -597,6 +613,7 @@ impl Pipeline {
                 .filter_map(|s| Some((s.source.name().to_string(), s.source.lag()?)))
                 .collect(),
             output_rows,
+            operators,
             state_rows,
             state_bytes,
             watermark: watermark.map(Time::from_millis),

@@ -303,7 +303,8 @@ impl Stream {
     /// DataFusion can merge works (count, sum, avg, min, max, count(distinct),
     /// approx_distinct, stddev, user-defined).
     pub fn update_state_by_key(&self, keys: Vec<Expr>, aggrs: Vec<Expr>) -> Result<Stream> {
-        let op = RunningAggregate::try_new(&self.df, keys, aggrs)?;
+        let op = RunningAggregate::try_new(&self.df, keys, aggrs)?
+            .with_state_config(self.ctx.state_config().clone());
         self.add_operator("update_state_by_key", Box::new(op), self.slide)
     }
 

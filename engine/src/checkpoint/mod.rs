@@ -22,6 +22,7 @@
 
 mod storage;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -184,6 +185,9 @@ pub struct Checkpoint {
     /// Object stores: renews the lease every [`LEASE_RENEW`], whatever the batch
     /// interval (a batch longer than [`LEASE`] must not lose it); stopped on drop.
     renewer: Option<tokio::task::JoinHandle<()>>,
+    /// Per operator: the snapshots (batch ids, oldest first) its newest state is read
+    /// from — a full snapshot, then deltas. Purging keeps them.
+    chains: parking_lot::Mutex<BTreeMap<usize, Vec<u64>>>,
 }
 
 impl Drop for Checkpoint {
@@ -263,6 +267,20 @@ impl SourceStore {
     pub fn display(&self, name: &str) -> String {
         self.storage.display(&format!("{}/{name}", self.dir))
     }
+}
+
+/// Runs of batches sharing a schema (a join keeps two sides, map_with_state keys and
+/// state): one Arrow IPC file each, read back in order.
+fn runs_by_schema(batches: &[RecordBatch]) -> Vec<&[RecordBatch]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=batches.len() {
+        if i == batches.len() || batches[i].schema() != batches[start].schema() {
+            runs.push(&batches[start..i]);
+            start = i;
+        }
+    }
+    runs
 }
 
 fn entry_name(batch_id: u64) -> String {
@@ -366,6 +384,7 @@ impl Checkpoint {
             storage,
             renewer,
             id: new_id(),
+            chains: Default::default(),
         };
         let mut recovered = Recovered::default();
         let meta = cp.read_json_if_there::<Metadata>("metadata").await?;
@@ -570,25 +589,19 @@ impl Checkpoint {
         self.purge(batch_id).await
     }
 
-    /// Writes the state of every stateful operator after batch `snapshot.batch_id`.
-    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+    /// Writes the state of every stateful operator after batch `snapshot.batch_id`;
+    /// per operator, the bytes written. An operator whose meta says `"state": "delta"`
+    /// gave the rows changed since its previous snapshot: the manifest names that one
+    /// (`prev`), and a restore reads the chain back to a full snapshot.
+    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<Vec<(usize, u64)>> {
         let dir = format!("state/{}", entry_name(snapshot.batch_id));
         let mut manifest = Vec::new();
+        let mut written = Vec::new();
+        let mut chains = self.chains.lock().clone();
         for (index, state) in &snapshot.operators {
-            // One Arrow IPC file per run of batches sharing a schema (a join keeps
-            // two sides, map_with_state keys and state); read back in order.
             let mut parts = Vec::new();
-            let mut runs: Vec<&[RecordBatch]> = Vec::new();
-            let mut start = 0;
-            for i in 1..=state.batches.len() {
-                if i == state.batches.len()
-                    || state.batches[i].schema() != state.batches[start].schema()
-                {
-                    runs.push(&state.batches[start..i]);
-                    start = i;
-                }
-            }
-            for (k, run) in runs.into_iter().enumerate() {
+            let mut bytes_written = 0;
+            for (k, run) in runs_by_schema(&state.batches).into_iter().enumerate() {
                 let file = format!("op-{index}-{k}.arrow");
                 let mut bytes = Vec::new();
                 let mut w = FileWriter::try_new(&mut bytes, &run[0].schema())?;
@@ -602,16 +615,114 @@ impl Checkpoint {
                     "crc32": format!("{:08x}", crc32fast::hash(&bytes)),
                     "len": bytes.len(),
                 }));
+                bytes_written += bytes.len() as u64;
                 self.storage.put(&format!("{dir}/{file}"), bytes).await?;
             }
-            manifest.push(serde_json::json!({
+            let mut entry = serde_json::json!({
                 "operator": index,
                 "parts": parts,
                 "meta": state.meta,
-            }));
+            });
+            let chain = chains.entry(*index).or_default();
+            if state.meta["state"] == "delta" {
+                entry["prev"] = serde_json::json!(chain.last());
+            } else {
+                chain.clear();
+            }
+            chain.push(snapshot.batch_id);
+            manifest.push(entry);
+            written.push((*index, bytes_written));
         }
         // The manifest last: a snapshot without one is incomplete and never read.
-        self.write_json(&format!("{dir}/manifest"), &manifest).await
+        self.write_json(&format!("{dir}/manifest"), &manifest)
+            .await?;
+        *self.chains.lock() = chains;
+        Ok(written)
+    }
+
+    /// The manifest of the snapshot of batch `id`, if it is complete.
+    async fn manifest(&self, id: u64) -> Result<Option<Vec<Value>>> {
+        let rel = format!("state/{}/manifest", entry_name(id));
+        self.read_json_if_there::<Vec<Value>>(&rel).await
+    }
+
+    /// The batches of one operator's manifest entry, checked.
+    async fn read_parts(&self, dir: &str, entry: &Value) -> Result<Vec<RecordBatch>> {
+        let manifest_rel = format!("{dir}/manifest");
+        let Some(parts) = entry["parts"].as_array() else {
+            return Err(Error::Checkpoint(format!(
+                "{} is not a snapshot manifest",
+                self.storage.display(&manifest_rel)
+            )));
+        };
+        let mut batches = Vec::new();
+        for part in parts {
+            let (Some(file), Some(crc), Some(len)) = (
+                part["file"].as_str(),
+                part["crc32"].as_str(),
+                part["len"].as_u64(),
+            ) else {
+                return Err(Error::Checkpoint(format!(
+                    "{} is not a snapshot manifest",
+                    self.storage.display(&manifest_rel)
+                )));
+            };
+            let rel = format!("{dir}/{file}");
+            let shown = self.storage.display(&rel);
+            let Some(bytes) = self.storage.get(&rel).await? else {
+                return Err(Error::Checkpoint(format!(
+                    "{shown} is missing; restore it or delete the checkpoint to start over"
+                )));
+            };
+            if bytes.len() as u64 != len || format!("{:08x}", crc32fast::hash(&bytes)) != crc {
+                return Err(Error::Checkpoint(format!(
+                    "{shown} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over"
+                )));
+            }
+            for b in FileReader::try_new(std::io::Cursor::new(bytes), None)? {
+                batches.push(b?);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// One operator's state as of snapshot `id` (entry `entry` of its manifest): its
+    /// batches, preceded by those of the snapshots a delta builds on; the chain's ids.
+    async fn read_chain(
+        &self,
+        id: u64,
+        index: u64,
+        entry: &Value,
+    ) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
+        let mut chain = vec![(id, entry.clone())];
+        while let Some(prev) = chain.last().and_then(|(_, e)| e["prev"].as_u64()) {
+            let missing = || {
+                Error::Checkpoint(format!(
+                    "{}, which the state snapshot of batch {id} builds on, is missing or                      incomplete; restore it or delete the checkpoint to start over",
+                    self.storage
+                        .display(&format!("state/{}/manifest", entry_name(prev)))
+                ))
+            };
+            if prev >= chain.last().map_or(0, |(i, _)| *i) {
+                return Err(missing());
+            }
+            let manifest = self.manifest(prev).await?.ok_or_else(missing)?;
+            let e = manifest
+                .into_iter()
+                .find(|m| m["operator"].as_u64() == Some(index))
+                .ok_or_else(missing)?;
+            chain.push((prev, e));
+        }
+        let mut batches = Vec::new();
+        let mut ids = Vec::with_capacity(chain.len());
+        for (id, e) in chain.iter().rev() {
+            batches.extend(
+                self.read_parts(&format!("state/{}", entry_name(*id)), e)
+                    .await?,
+            );
+            ids.push(*id);
+        }
+        Ok((batches, ids))
     }
 
     /// The newest complete snapshot at or before `upto`.
@@ -623,51 +734,22 @@ impl Checkpoint {
             if id > upto {
                 continue;
             }
-            let dir = format!("state/{}", entry_name(id));
-            let manifest_rel = format!("{dir}/manifest");
-            let Some(manifest) = self.read_json_if_there::<Vec<Value>>(&manifest_rel).await? else {
+            let Some(manifest) = self.manifest(id).await? else {
                 // Killed while writing it: an older one will do.
                 continue;
             };
-            let not_manifest = || {
-                Error::Checkpoint(format!(
-                    "{} is not a snapshot manifest",
-                    self.storage.display(&manifest_rel)
-                ))
-            };
             let mut operators = Vec::new();
+            let mut chains = BTreeMap::new();
             for m in manifest {
-                let (Some(index), Some(parts)) = (m["operator"].as_u64(), m["parts"].as_array())
-                else {
-                    return Err(not_manifest());
+                let Some(index) = m["operator"].as_u64() else {
+                    return Err(Error::Checkpoint(format!(
+                        "{} is not a snapshot manifest",
+                        self.storage
+                            .display(&format!("state/{}/manifest", entry_name(id)))
+                    )));
                 };
-                let mut batches = Vec::new();
-                for part in parts {
-                    let (Some(file), Some(crc), Some(len)) = (
-                        part["file"].as_str(),
-                        part["crc32"].as_str(),
-                        part["len"].as_u64(),
-                    ) else {
-                        return Err(not_manifest());
-                    };
-                    let rel = format!("{dir}/{file}");
-                    let shown = self.storage.display(&rel);
-                    let Some(bytes) = self.storage.get(&rel).await? else {
-                        return Err(Error::Checkpoint(format!(
-                            "{shown} is missing; restore it or delete the checkpoint to start over"
-                        )));
-                    };
-                    if bytes.len() as u64 != len
-                        || format!("{:08x}", crc32fast::hash(&bytes)) != crc
-                    {
-                        return Err(Error::Checkpoint(format!(
-                            "{shown} is corrupt (checksum or length mismatch); restore it or delete the checkpoint to start over"
-                        )));
-                    }
-                    for b in FileReader::try_new(std::io::Cursor::new(bytes), None)? {
-                        batches.push(b?);
-                    }
-                }
+                let (batches, chain) = self.read_chain(id, index, &m).await?;
+                chains.insert(index as usize, chain);
                 operators.push((
                     index as usize,
                     OperatorState {
@@ -676,6 +758,7 @@ impl Checkpoint {
                     },
                 ));
             }
+            *self.chains.lock() = chains;
             return Ok(Some(Snapshot {
                 batch_id: id,
                 operators,
@@ -713,7 +796,10 @@ impl Checkpoint {
             }
         }
         if let Some(newest) = newest {
-            for id in ids.iter().filter(|id| **id < newest) {
+            // What the newest snapshot's deltas build on stays.
+            let kept: std::collections::HashSet<u64> =
+                self.chains.lock().values().flatten().copied().collect();
+            for id in ids.iter().filter(|id| **id < newest && !kept.contains(id)) {
                 self.storage
                     .delete_folder(&format!("state/{}", entry_name(*id)))
                     .await;
@@ -920,5 +1006,122 @@ mod tests {
         fs::remove_file(dir.join("metadata")).unwrap();
         let err = open_error(&dir).await;
         assert!(err.contains("metadata is missing but"), "{err}");
+    }
+
+    fn one_column(values: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![(
+            "v",
+            Arc::new(datafusion::arrow::array::Int64Array::from(values.to_vec()))
+                as datafusion::arrow::array::ArrayRef,
+        )])
+        .unwrap()
+    }
+
+    fn state(kind: &str, values: &[i64]) -> OperatorState {
+        OperatorState {
+            batches: vec![one_column(values)],
+            meta: serde_json::json!({ "state": kind }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delta_is_read_back_after_the_snapshots_it_builds_on_which_the_purge_keeps() {
+        let dir = four_batches("deltas").await;
+        let interval = std::time::Duration::from_secs(1);
+        let (cp, _) = Checkpoint::open(dir.as_path(), vec!["a".into()], interval)
+            .await
+            .unwrap();
+        // Batch 0: a full snapshot; 1 and 2: deltas on it; 3: a delta on 2.
+        for (id, kind, values) in [
+            (0, "full", vec![1, 2]),
+            (1, "delta", vec![3]),
+            (2, "delta", vec![4]),
+            (3, "delta", vec![5]),
+        ] {
+            let written = cp
+                .write_snapshot(&Snapshot {
+                    batch_id: id,
+                    operators: vec![(0, state(kind, &values))],
+                })
+                .await
+                .unwrap();
+            assert_eq!(written.len(), 1);
+            assert!(written[0].1 > 0);
+            cp.write_commit(id, Time::from_millis(id as i64 * 1000))
+                .await
+                .unwrap();
+        }
+        // The purge at commit 3 kept the chain 0..=3.
+        for id in 0..4 {
+            assert!(
+                dir.join("state")
+                    .join(entry_name(id))
+                    .join("manifest")
+                    .exists()
+            );
+        }
+        drop(cp);
+        let (cp, rec) = Checkpoint::open(dir.as_path(), vec!["a".into()], interval)
+            .await
+            .unwrap();
+        let snapshot = rec.snapshot.unwrap();
+        assert_eq!(snapshot.batch_id, 3);
+        let (_, op) = &snapshot.operators[0];
+        let values: Vec<i64> = op
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(
+            values,
+            [1, 2, 3, 4, 5],
+            "the full snapshot, then each delta"
+        );
+        // A full snapshot ends the chain: the purge drops what came before it.
+        cp.write_offsets(&OffsetEntry {
+            batch_id: 4,
+            batch_time_ms: 4000,
+            ranges: vec![],
+        })
+        .await
+        .unwrap();
+        cp.write_snapshot(&Snapshot {
+            batch_id: 4,
+            operators: vec![(0, state("full", &[9]))],
+        })
+        .await
+        .unwrap();
+        cp.write_commit(4, Time::from_millis(4000)).await.unwrap();
+        assert!(!dir.join("state").join(entry_name(0)).exists());
+        assert!(dir.join("state").join(entry_name(4)).exists());
+        drop(cp);
+
+        // A link of the chain lost: named, not silently skipped.
+        let dir = four_batches("lost-delta").await;
+        let (cp, _) = Checkpoint::open(dir.as_path(), vec!["a".into()], interval)
+            .await
+            .unwrap();
+        for (id, kind) in [(2, "full"), (3, "delta")] {
+            cp.write_snapshot(&Snapshot {
+                batch_id: id,
+                operators: vec![(0, state(kind, &[id as i64]))],
+            })
+            .await
+            .unwrap();
+        }
+        drop(cp);
+        fs::remove_dir_all(dir.join("state").join(entry_name(2))).unwrap();
+        let err = open_error(&dir).await;
+        assert!(
+            err.contains("which the state snapshot of batch 3 builds on, is missing"),
+            "{err}"
+        );
     }
 }

@@ -202,4 +202,14 @@ pub trait StreamOperator: Send + Sync {
     fn state_bytes(&self) -> usize {
         0
     }
+
+    /// Rows, memory, bytes spilled to disk and keys evicted by `state_ttl` (metrics);
+    /// by default the rows and bytes above, nothing spilled or evicted.
+    fn state_stats(&self) -> crate::state::StateStats {
+        crate::state::StateStats {
+            rows: self.state_rows() as u64,
+            memory_bytes: self.state_bytes() as u64,
+            ..Default::default()
+        }
+    }
 }

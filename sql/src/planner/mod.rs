@@ -226,6 +226,7 @@ impl StreamPlanner<'_> {
         let op = RunningAggregate::try_new(&input, agg.group_expr.clone(), agg.aggr_expr.clone())
             .map_err(external)?
             .with_changed_only(self.mode() == OutputMode::Update)
+            .with_state_config(self.ctx.state_config().clone())
             .with_positional_names();
         self.replace(input, &agg.schema, Box::new(op), None)
     }

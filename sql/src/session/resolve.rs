@@ -89,6 +89,7 @@ impl QueryContext {
             .with_clock(Arc::clone(clock))
             .with_exclusive(false)
             .with_trigger(trigger)
+            .with_state_config(settings.state.clone())
             // The sink's name keys the query's writes, so a restarted query rewrites
             // the same keys.
             .with_name(query_name.clone());

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use flumen_engine::state::StateConfig;
 use flumen_engine::{RestartPolicy, Result, Trigger, plan_err};
 
 use crate::planner::OutputMode;
@@ -26,6 +27,8 @@ pub struct Settings {
     pub restart_delay: Duration,
     /// How console sinks print when they do not say (`SET console_format`).
     pub console_format: Option<ConsoleFormat>,
+    /// `state_partitions`, `state_memory`, `state_ttl`.
+    pub state: StateConfig,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             restart_attempts: 3,
             restart_delay: Duration::from_secs(1),
             console_format: None,
+            state: StateConfig::default(),
         }
     }
 }
@@ -80,6 +84,12 @@ pub enum Setting {
     RestartAttempts(u32),
     RestartDelay(Duration),
     ConsoleFormat(ConsoleFormat),
+    /// Hash partitions of keyed state.
+    StatePartitions(usize),
+    /// The state's memory budget, in bytes.
+    StateMemory(usize),
+    /// Idle keys' time-to-live; `None` keeps them.
+    StateTtl(Option<Duration>),
 }
 
 impl Setting {
@@ -126,8 +136,44 @@ impl Setting {
                     );
                 }
             }),
+            "state_partitions" => match value.trim().parse::<usize>() {
+                Ok(n) if (1..=4096).contains(&n) => Setting::StatePartitions(n),
+                _ => {
+                    return plan_err!(
+                        "state_partitions '{value}': give a number of partitions from 1 to 4096"
+                    );
+                }
+            },
+            "state_memory" => Setting::StateMemory(parse_bytes(key, value)?),
+            "state_ttl" => Setting::StateTtl(match value.trim().to_ascii_lowercase().as_str() {
+                "none" | "off" | "0" => None,
+                _ => Some(parse_setting_duration(key, value)?),
+            }),
             _ => return Ok(None),
         }))
+    }
+}
+
+/// `512 MB`, `1 GB`, `2GiB`, `65536` (bytes): a size in bytes (units of 1024).
+fn parse_bytes(key: &str, value: &str) -> Result<usize> {
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>() {
+        Ok(n) if scale.is_finite() && n * scale >= 1.0 => Ok((n * scale) as usize),
+        _ => plan_err!(
+            "{key} '{value}': give a size such as '512 MB' or '2 GB' (units: B, KB, MB, GB, TB)"
+        ),
     }
 }
 
@@ -173,6 +219,9 @@ impl Settings {
             Setting::RestartDelay(d) => self.restart_delay = d,
             Setting::ConsoleFormat(f) => self.console_format = Some(f),
             Setting::Trigger(t) => self.trigger = t,
+            Setting::StatePartitions(n) => self.state.partitions = n,
+            Setting::StateMemory(n) => self.state.memory = n,
+            Setting::StateTtl(t) => self.state.ttl = t,
         }
         Ok(())
     }
@@ -185,6 +234,31 @@ mod tests {
     fn set(s: &mut Settings, key: &str, value: &str) -> Result<()> {
         let setting = Setting::parse(key, value)?.expect("a Flumen setting");
         s.apply(setting)
+    }
+
+    #[test]
+    fn state_settings_parse_sizes_partitions_and_ttl() {
+        let mut s = Settings::default();
+        set(&mut s, "state_memory", "512 MB").unwrap();
+        set(&mut s, "state_partitions", "7").unwrap();
+        set(&mut s, "state_ttl", "1 day").unwrap();
+        assert_eq!(s.state.memory, 512 << 20);
+        assert_eq!(s.state.partitions, 7);
+        assert_eq!(s.state.ttl, Some(Duration::from_secs(86_400)));
+        set(&mut s, "state_memory", "1.5gb").unwrap();
+        assert_eq!(s.state.memory, 3 << 29);
+        set(&mut s, "state_ttl", "none").unwrap();
+        assert_eq!(s.state.ttl, None);
+        assert_eq!(
+            set(&mut s, "state_memory", "lots").unwrap_err().to_string(),
+            "state_memory 'lots': give a size such as '512 MB' or '2 GB' (units: B, KB, MB, GB, TB)"
+        );
+        assert_eq!(
+            set(&mut s, "state_partitions", "0")
+                .unwrap_err()
+                .to_string(),
+            "state_partitions '0': give a number of partitions from 1 to 4096"
+        );
     }
 
     #[test]

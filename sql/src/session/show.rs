@@ -119,6 +119,7 @@ impl FlumenSession {
             "state_rows",
             "late_rows",
             "rejected_rows",
+            "state_operators",
         ];
         let all: Vec<QueryInfo> = self.queries.all();
         let chosen: Vec<&QueryInfo> = match query {
@@ -156,6 +157,7 @@ impl FlumenSession {
                     b.state_rows.to_string(),
                     b.late_rows.to_string(),
                     b.rejected_rows.to_string(),
+                    state_operators(&b.operators),
                 ]);
             }
         }
@@ -276,4 +278,19 @@ fn string_table(names: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResul
         schema,
         batches: vec![batch],
     })
+}
+
+/// Each stateful operator's state after a batch, one `; `-separated entry each:
+/// `RunningAggregate: 3 rows, 1024 B in memory, 0 B spilled, 0 evicted, 512 B checkpointed`.
+fn state_operators(operators: &[flumen_engine::OperatorStateInfo]) -> String {
+    operators
+        .iter()
+        .map(|o| {
+            format!(
+                "{}: {} rows, {} B in memory, {} B spilled, {} evicted, {} B checkpointed",
+                o.name, o.rows, o.memory_bytes, o.spilled_bytes, o.evicted_rows, o.checkpoint_bytes
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

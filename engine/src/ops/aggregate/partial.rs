@@ -247,6 +247,50 @@ impl PartialAggregate {
         Ok((keys, accs, total))
     }
 
+    /// The new state columns and values of `groups` groups: their `previous` state
+    /// columns (rows of groups `previous_group`) merged with a batch's partial state
+    /// columns (`rows`, of groups `row_group`). Costs what the two inputs hold.
+    pub fn fold_groups(
+        &self,
+        groups: usize,
+        (previous, previous_group): (&[ArrayRef], &[usize]),
+        (rows, row_group): (&[ArrayRef], &[usize]),
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let planned = self.planned()?;
+        let mut accs = self.accumulators()?;
+        let mut col = 0;
+        for (acc, width) in accs.iter_mut().zip(&planned.state_widths) {
+            if !previous_group.is_empty() {
+                acc.merge_batch(&previous[col..col + width], previous_group, groups)?;
+            }
+            // Even when empty: it sizes the accumulator to `groups`.
+            acc.merge_batch(&rows[col..col + width], row_group, groups)?;
+            col += width;
+        }
+        let mut state = Vec::with_capacity(col);
+        for acc in accs.iter_mut() {
+            state.extend(acc.state(EmitTo::All)?);
+        }
+        let output = self.evaluate(&state, groups)?;
+        Ok((state, output))
+    }
+
+    /// Each aggregate's value from `groups` groups' state columns.
+    pub fn evaluate(&self, state: &[ArrayRef], groups: usize) -> Result<Vec<ArrayRef>> {
+        let planned = self.planned()?;
+        let identity: Vec<usize> = (0..groups).collect();
+        let mut out = Vec::with_capacity(planned.state_widths.len());
+        let mut col = 0;
+        for (mut acc, width) in self.accumulators()?.into_iter().zip(&planned.state_widths) {
+            if groups > 0 {
+                acc.merge_batch(&state[col..col + width], &identity, groups)?;
+            }
+            out.push(acc.evaluate(EmitTo::All)?);
+            col += width;
+        }
+        Ok(out)
+    }
+
     /// `previous` and `input` merged: the new state and every group's values.
     pub fn fold(&self, previous: Option<RecordBatch>, input: Vec<RecordBatch>) -> Result<Folded> {
         let mut changed = Vec::new();

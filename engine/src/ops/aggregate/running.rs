@@ -5,24 +5,30 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::BooleanArray;
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::partial::{PartialAggregate, restored_state};
+use super::partial::PartialAggregate;
 use crate::Result;
+use crate::checkpoint::OperatorState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
+use crate::state::{KeyedState, StateConfig, StateStats};
 
-/// Running aggregate over all batches so far.
+/// Running aggregate over all batches so far: its groups live in a [`KeyedState`]
+/// (one row per group: keys + the aggregates' state columns), so a batch costs the
+/// groups it touches, on every core.
 pub struct RunningAggregate {
     agg: PartialAggregate,
     pub(super) output_schema: SchemaRef,
-    /// Keys + state columns of every group, in the partial aggregate's layout.
-    state: Option<RecordBatch>,
+    config: StateConfig,
+    /// Built when the input is planned (its layout is the partial aggregate's).
+    state: Option<KeyedState>,
+    /// A checkpoint's rows given before the input was planned.
+    restored: Option<Vec<RecordBatch>>,
     /// Emit only the groups this batch changed (update mode) instead of all.
     pub(super) changed_only: bool,
 }
@@ -38,9 +44,48 @@ impl RunningAggregate {
         Ok(Self {
             output_schema: agg.output_schema(input)?,
             agg,
+            config: StateConfig::default(),
             state: None,
+            restored: None,
             changed_only: false,
         })
+    }
+
+    /// How the groups are kept: partitions, memory budget, time-to-live.
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Every group's keys and values (complete mode: the one output that reads the
+    /// whole state).
+    fn everything(&mut self, cutoff: Option<i64>) -> Result<Vec<RecordBatch>> {
+        let nk = self.agg.keys();
+        let (agg, schema) = (&self.agg, Arc::clone(&self.output_schema));
+        let Some(state) = self.state.as_mut() else {
+            return crate::internal_err!("RunningAggregate used before plan_input");
+        };
+        let width = state.schema().fields().len() - 1;
+        let mut out = state.all(|p, ()| {
+            let mut batches = Vec::new();
+            for b in p.scan(cutoff)? {
+                let mut columns = b.columns()[..nk].to_vec();
+                columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
+                batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+            }
+            Ok(batches)
+        })?;
+        let mut out: Vec<RecordBatch> = out.drain(..).flatten().collect();
+        if nk == 0 && out.iter().all(|b| b.num_rows() == 0) {
+            // No rows yet: one group all the same (`count(*)` is 0).
+            let empty: Vec<ArrayRef> = state.schema().fields()[..width]
+                .iter()
+                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+                .collect();
+            let (_, values) = agg.fold_groups(1, (&[], &[]), (&empty, &[]))?;
+            out = vec![RecordBatch::try_new(schema, values)?];
+        }
+        Ok(out)
     }
 }
 
@@ -59,13 +104,27 @@ impl StreamOperator for RunningAggregate {
     }
 
     fn explain(&self) -> String {
+        let partitions = match self.config.partitions {
+            _ if self.agg.keys() == 0 => String::new(),
+            n if n == crate::state::default_partitions() => {
+                " (hash-partitioned by key, one partition per core)".into()
+            }
+            n => format!(" (hash-partitioned by key, {n} partitions)"),
+        };
         format!(
-            "RunningAggregate: {}, output {}; state: one row per group, kept for the life of the query (grows with the number of distinct keys; no watermark bounds it)",
+            "RunningAggregate: {}, output {}; state: one row per group{partitions}, {}",
             self.agg.display(),
             if self.changed_only {
                 "update"
             } else {
                 "complete"
+            },
+            match self.config.ttl {
+                Some(ttl) => format!(
+                    "bounded by state_ttl: a group not updated for {} is evicted",
+                    crate::time::format_duration(ttl)
+                ),
+                None => "kept for the life of the query (grows with the number of distinct keys; no watermark bounds it)".into(),
             }
         )
     }
@@ -75,41 +134,92 @@ impl StreamOperator for RunningAggregate {
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
-        self.agg.plan(input).await
+        let plan = self.agg.plan(input).await?;
+        let planned = self.agg.planned()?;
+        let fields = planned.partial_schema.fields();
+        let nk = self.agg.keys();
+        let mut state = KeyedState::try_new(&fields[..nk], &fields[nk..], self.config.clone())?;
+        if let Some(rows) = self.restored.take() {
+            state.restore(rows)?;
+        }
+        self.state = Some(state);
+        Ok(plan)
     }
 
     async fn process(
         &mut self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
-        let folded = self.agg.fold(self.state.take(), input)?;
-        let mut out = RecordBatch::try_new(Arc::clone(&self.output_schema), folded.output)?;
+        let now = ctx.batch_time.as_millis();
+        let nk = self.agg.keys();
+        let partial = Arc::clone(&self.agg.planned()?.partial_schema);
+        let input = concat_batches(&partial, &input)?;
+        let (agg, schema) = (&self.agg, Arc::clone(&self.output_schema));
+        let Some(state) = self.state.as_mut() else {
+            return crate::internal_err!("RunningAggregate used before plan_input");
+        };
+        let cutoff = state.cutoff(now);
+        let routed = state.route(input.columns(), input.num_rows())?;
+        let changed = state.for_each(routed, |p, columns: Vec<ArrayRef>| {
+            let rows = columns.first().map_or(0, |c| c.len());
+            let touched = p.touch(&columns, rows, cutoff)?;
+            let (values, output) = agg.fold_groups(
+                touched.len(),
+                (&touched.previous, &touched.previous_group),
+                (&columns[nk..], &touched.row_group),
+            )?;
+            let mut out = touched.keys.clone();
+            out.extend(output);
+            p.put(touched, values, now, cutoff)?;
+            Ok(RecordBatch::try_new(Arc::clone(&schema), out)?)
+        })?;
         if self.changed_only {
-            out = filter_record_batch(&out, &BooleanArray::from(folded.changed))?;
+            return Ok(Some(changed));
         }
-        self.state = Some(folded.state);
-        Ok(Some(vec![out]))
+        Ok(Some(self.everything(cutoff)?))
     }
 
     fn state_rows(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.num_rows())
+        self.state_stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.get_array_memory_size())
+        self.state_stats().memory_bytes as usize
     }
 
-    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        Ok(crate::checkpoint::OperatorState {
-            batches: self.state.iter().cloned().collect(),
-            meta: serde_json::json!({ "watermark": null }),
+    fn state_stats(&self) -> StateStats {
+        self.state.as_ref().map(|s| s.stats()).unwrap_or_default()
+    }
+
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let partitions = self.config.partitions;
+        let (kind, batches) = match self.state.as_mut() {
+            Some(state) => state.checkpoint(None)?,
+            // Not planned yet: whatever was given back, whole.
+            None => (
+                crate::state::SnapshotKind::Full,
+                self.restored.clone().unwrap_or_default(),
+            ),
+        };
+        Ok(OperatorState {
+            batches,
+            meta: serde_json::json!({
+                "watermark": null,
+                "state": kind.as_str(),
+                "partitions": partitions,
+            }),
         })
     }
 
-    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        self.state = restored_state(&state.batches)?;
-        Ok(())
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        match self.state.as_mut() {
+            Some(s) => s.restore(state.batches),
+            None => {
+                self.restored = Some(state.batches);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -170,5 +280,143 @@ mod tests {
         assert_eq!(rows(&out), ["b,2,12"]);
         let out = input.run(&mut restored, 3, vec![]).await;
         assert!(rows(&out).is_empty(), "an empty batch changes nothing");
+    }
+
+    fn config(partitions: usize, memory: usize, ttl: Option<u64>) -> StateConfig {
+        StateConfig {
+            partitions,
+            memory,
+            ttl: ttl.map(std::time::Duration::from_secs),
+            spill_dir: None,
+        }
+    }
+
+    /// Keys `0..keys` pseudo-randomly, values 0..100, for batch `b`.
+    fn random_batch(b: i64, rows: i64, keys: i64) -> RecordBatch {
+        let k: Vec<String> = (0..rows)
+            .map(|i| ((b * rows + i) * 7919 % keys).to_string())
+            .collect();
+        let v: Vec<i64> = (0..rows).map(|i| (b * 31 + i) % 100).collect();
+        kv(&k.iter().map(String::as_str).collect::<Vec<_>>(), &v)
+    }
+
+    #[tokio::test]
+    async fn partitions_and_spilling_give_the_rows_one_partition_in_memory_gives() {
+        let plain_input = input();
+        let mut plain = counts(false)
+            .await
+            .with_state_config(config(1, usize::MAX, None));
+        let spilled_input = input();
+        let mut spilled = counts(false).await.with_state_config(config(7, 1, None));
+        for b in 0..6 {
+            let batch = random_batch(b, 3_000, 5_000);
+            let want = plain_input.run(&mut plain, b, vec![batch.clone()]).await;
+            let got = spilled_input.run(&mut spilled, b, vec![batch]).await;
+            assert_eq!(rows(&got), rows(&want), "batch {b}");
+        }
+        let stats = spilled.state_stats();
+        assert_eq!(stats.rows, plain.state_stats().rows);
+        assert!(stats.spilled_bytes > 0, "a 1-byte budget spills: {stats:?}");
+        assert_eq!(stats.memory_bytes, 0, "every partition on disk: {stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_key_idle_for_longer_than_state_ttl_starts_again() {
+        let input = input();
+        let mut op = counts(true)
+            .await
+            .with_state_config(config(2, usize::MAX, Some(10)));
+        input.run(&mut op, 0, vec![kv(&["a", "b"], &[1, 2])]).await;
+        input.run(&mut op, 5, vec![kv(&["b"], &[3])]).await;
+        // At 12 s, `a` (last updated at 0 s) has expired; `b` (5 s) has not.
+        let out = input
+            .run(&mut op, 12, vec![kv(&["a", "b"], &[10, 10])])
+            .await;
+        assert_eq!(rows(&out), ["a,1,10", "b,3,15"]);
+        assert_eq!(op.state_stats().evicted, 1);
+        assert!(
+            op.explain().contains("bounded by state_ttl"),
+            "{}",
+            op.explain()
+        );
+    }
+
+    #[tokio::test]
+    async fn checkpoints_hold_the_changes_then_a_full_snapshot_and_restore_repartitions() {
+        let input = input();
+        let mut op = counts(true)
+            .await
+            .with_state_config(config(2, usize::MAX, None));
+        let mut saved = vec![op.snapshot().unwrap()];
+        assert_eq!(saved[0].meta["state"], "full");
+        input
+            .run(&mut op, 1, vec![kv(&["a", "b", "c", "d"], &[1, 1, 1, 1])])
+            .await;
+        saved.push(op.snapshot().unwrap());
+        input.run(&mut op, 2, vec![kv(&["a"], &[5])]).await;
+        saved.push(op.snapshot().unwrap());
+        // A delta holds what the batch touched: one row for `a`.
+        assert_eq!(saved[2].meta["state"], "delta");
+        assert_eq!(
+            saved[2].batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            1
+        );
+        for b in 3..8 {
+            input.run(&mut op, b, vec![kv(&["b"], &[1])]).await;
+            saved.push(op.snapshot().unwrap());
+        }
+        // Deltas since the last full (5 rows of `b`, 1 of `a`) outgrew the state (4 rows).
+        let kinds: Vec<_> = saved.iter().map(|s| s.meta["state"].clone()).collect();
+        assert!(kinds.iter().skip(2).any(|k| k == "full"), "{kinds:?}");
+        // A restore from the delta chain into 7 partitions: the same totals.
+        let chain = saved
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect::<Vec<_>>();
+        let restored_input = self::input();
+        let mut restored = counts(false)
+            .await
+            .with_state_config(config(7, usize::MAX, None));
+        restored
+            .restore(crate::checkpoint::OperatorState {
+                batches: chain,
+                meta: serde_json::json!({}),
+            })
+            .unwrap();
+        let out = restored_input.run(&mut restored, 8, vec![]).await;
+        assert_eq!(rows(&out), ["a,2,6", "b,6,6", "c,1,1", "d,1,1"]);
+    }
+
+    #[tokio::test]
+    async fn a_spill_file_that_cannot_be_written_fails_the_batch_naming_it() {
+        let input = input();
+        let mut op = counts(true).await.with_state_config(StateConfig {
+            spill_dir: Some("/dev/null/state".into()),
+            ..config(1, 1, None)
+        });
+        let plan = op.plan_input(&input.frame()).await.unwrap();
+        drop(plan);
+        let ctx = OperatorContext {
+            batch_time: crate::time::Time::from_millis(0),
+            zero_time: crate::time::Time::from_millis(0),
+            batch_interval: std::time::Duration::from_secs(1),
+            input_watermark: None,
+        };
+        // The partial rows as the input plan gives them: key, count, sum.
+        let partial = Arc::clone(&op.agg.planned().unwrap().partial_schema);
+        let rows = RecordBatch::try_new(
+            partial,
+            vec![
+                Arc::new(StringArray::from(vec!["a"])),
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(Int64Array::from(vec![5])),
+            ],
+        )
+        .unwrap();
+        let err = op.process(&ctx, vec![rows]).await.unwrap_err().to_string();
+        assert!(
+            err.contains("state spill file /dev/null/state/p0.arrow"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,412 @@
+//! Keyed state that scales: hash-partitioned, updated incrementally on every core,
+//! spilled to local disk beyond a memory budget, checkpointed by change.
+//!
+//! ```text
+//!  a batch's rows (keys + values)
+//!      │ hash(keys) ─▶ partition (state_partitions of them)
+//!      ▼
+//!  Partition 0 … Partition N-1       one worker thread per core takes partitions
+//!   touch: previous values of the batch's keys   (O(touched keys))
+//!   caller merges them with the batch's rows      (accumulators over touched keys)
+//!   put: the new values appended as one segment   (the checkpoint's delta)
+//!      │ memory over state_memory ─▶ the partition spills (Arrow IPC, local disk)
+//!      ▼
+//!  checkpoint: the rows written since the previous one (a delta); a full snapshot
+//!  once the deltas since the last one hold as many rows as the state
+//! ```
+//!
+//! Every row carries `__updated`, the batch time it was last written: with
+//! `state_ttl` a key not updated for that long is evicted (read as absent, dropped
+//! when its segment is cleaned, counted).
+
+mod partition;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+pub(crate) use partition::Partition;
+
+/// At most this many deltas follow a full snapshot (a restore reads that many files).
+const MAX_DELTAS: usize = 64;
+
+/// The name of the column holding each row's last update (batch time, ms).
+pub const UPDATED: &str = "__updated";
+
+/// How a query keeps its keyed state (`SET state_partitions`, `state_memory`,
+/// `state_ttl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// Hash partitions of the key space: the unit of parallelism and of spilling.
+    pub partitions: usize,
+    /// Memory the state may take before partitions spill to disk, in bytes.
+    pub memory: usize,
+    /// Keys not updated for this long are evicted.
+    pub ttl: Option<Duration>,
+    /// Where spilled partitions go (a folder of this process's temporary folder by
+    /// default).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            memory: default_memory(),
+            ttl: None,
+            spill_dir: None,
+        }
+    }
+}
+
+/// One per core.
+pub fn default_partitions() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A quarter of the machine's memory (1 GiB when it cannot be read).
+pub fn default_memory() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    });
+    total.map_or(1 << 30, |t| t / 4)
+}
+
+/// What the state holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StateStats {
+    pub rows: u64,
+    pub memory_bytes: u64,
+    pub spilled_bytes: u64,
+    /// Keys evicted by `state_ttl` since the query started.
+    pub evicted: u64,
+}
+
+/// Which kind of snapshot [`KeyedState::checkpoint`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Every live row.
+    Full,
+    /// The rows written since the previous checkpoint.
+    Delta,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Delta => "delta",
+        }
+    }
+}
+
+/// The keyed state of one operator.
+pub struct KeyedState {
+    schema: SchemaRef,
+    keys: usize,
+    config: StateConfig,
+    partitions: Vec<Partition>,
+    hashes: Vec<u64>,
+    /// Rows in the deltas written since the last full snapshot, and how many deltas.
+    since_full: usize,
+    deltas: usize,
+    checkpointed: bool,
+    _spill_dir: Option<Arc<SpillDir>>,
+}
+
+/// A temporary folder removed with the state.
+struct SpillDir(PathBuf);
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+static SPILL_DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// The hash that routes keys to partitions: fixed, so a key's partition is the same
+/// in every run.
+const ROUTE: RandomState = RandomState::with_seed(0x005e_edf1);
+
+impl KeyedState {
+    /// State whose rows are `keys` key columns then `values` columns.
+    pub fn try_new(
+        keys: &[Arc<Field>],
+        values: &[Arc<Field>],
+        config: StateConfig,
+    ) -> Result<Self> {
+        if config.partitions == 0 {
+            return crate::plan_err!("state_partitions must be at least 1");
+        }
+        let mut fields: Vec<Arc<Field>> = keys.to_vec();
+        fields.extend(values.iter().cloned());
+        fields.push(Arc::new(Field::new(UPDATED, DataType::Int64, false)));
+        let schema = Arc::new(Schema::new(fields));
+        let n = if keys.is_empty() {
+            1
+        } else {
+            config.partitions
+        };
+        let dir = match &config.spill_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!(
+                "flumen-state-{}-{}",
+                std::process::id(),
+                SPILL_DIRS.fetch_add(1, Ordering::Relaxed)
+            )),
+        };
+        let partitions = (0..n)
+            .map(|p| {
+                Partition::new(
+                    Arc::clone(&schema),
+                    keys.len(),
+                    dir.join(format!("p{p}.arrow")),
+                )
+            })
+            .collect();
+        Ok(Self {
+            schema,
+            keys: keys.len(),
+            config,
+            partitions,
+            hashes: Vec::new(),
+            since_full: 0,
+            deltas: 0,
+            checkpointed: false,
+            _spill_dir: Some(Arc::new(SpillDir(dir))),
+        })
+    }
+
+    /// The layout of every row: keys, values, `__updated`.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn config(&self) -> &StateConfig {
+        &self.config
+    }
+
+    /// The batch time before which a row has expired, at batch time `now` (ms).
+    pub fn cutoff(&self, now: i64) -> Option<i64> {
+        self.config
+            .ttl
+            .map(|t| now.saturating_sub(t.as_millis() as i64))
+    }
+
+    /// `columns` (keys first) split by partition: per partition, its rows.
+    pub(crate) fn route(
+        &mut self,
+        columns: &[ArrayRef],
+        rows: usize,
+    ) -> Result<Vec<Option<Vec<ArrayRef>>>> {
+        let n = self.partitions.len();
+        if n == 1 {
+            return Ok(vec![(rows > 0).then(|| columns.to_vec())]);
+        }
+        self.hashes.clear();
+        self.hashes.resize(rows, 0);
+        create_hashes(&columns[..self.keys], &ROUTE, &mut self.hashes)?;
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (row, h) in self.hashes.iter().enumerate() {
+            // The high bits: the hash tables inside a partition use the low ones.
+            let p = (((h >> 32) * n as u64) >> 32) as usize;
+            indices[p].push(row as u32);
+        }
+        indices
+            .into_iter()
+            .map(|rows| {
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                let rows = UInt32Array::from(rows);
+                Ok(Some(
+                    columns
+                        .iter()
+                        .map(|c| take(c.as_ref(), &rows, None))
+                        .collect::<Result<Vec<_>, _>>()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Runs `work` on each partition given rows, in parallel (one thread per core),
+    /// spilling a partition after its work while the state is over its memory budget;
+    /// the results in partition order.
+    pub(crate) fn for_each<I, T, F>(&mut self, inputs: Vec<Option<I>>, work: F) -> Result<Vec<T>>
+    where
+        I: Send,
+        T: Send,
+        F: Fn(&mut Partition, I) -> Result<T> + Sync,
+    {
+        let budget = self.config.memory;
+        let resident = AtomicUsize::new(self.partitions.iter().map(|p| p.memory()).sum());
+        let queue: Mutex<Vec<(usize, &mut Partition, I)>> = Mutex::new(
+            self.partitions
+                .iter_mut()
+                .zip(inputs)
+                .enumerate()
+                .filter_map(|(i, (p, input))| input.map(|input| (i, p, input)))
+                .rev()
+                .collect(),
+        );
+        let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let one = |p: &mut Partition, input: I| -> Result<T> {
+            let before = p.memory();
+            let out = work(p, input)?;
+            let after = p.memory();
+            let total = resident.fetch_add(after, Ordering::Relaxed) + after - before;
+            resident.fetch_sub(before, Ordering::Relaxed);
+            if total > budget {
+                p.spill()?;
+                resident.fetch_sub(after, Ordering::Relaxed);
+            }
+            Ok(out)
+        };
+        let drain = || {
+            loop {
+                let Some((i, p, input)) = queue.lock().pop() else {
+                    return;
+                };
+                match one(p, input) {
+                    Ok(t) => results.lock().push((i, t)),
+                    Err(e) => {
+                        *failed.lock() = Some(e);
+                        return;
+                    }
+                }
+            }
+        };
+        let workers = default_partitions().min(queue.lock().len());
+        if workers <= 1 {
+            drain();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(drain);
+                }
+            });
+        }
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
+        let mut results = results.into_inner();
+        results.sort_by_key(|(i, _)| *i);
+        Ok(results.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Every partition, with or without input (complete mode, snapshots).
+    pub(crate) fn all<T, F>(&mut self, work: F) -> Result<Vec<T>>
+    where
+        T: Send,
+        F: Fn(&mut Partition, ()) -> Result<T> + Sync,
+    {
+        let inputs = vec![Some(()); self.partitions.len()];
+        self.for_each(inputs, work)
+    }
+
+    pub fn stats(&self) -> StateStats {
+        StateStats {
+            rows: self.partitions.iter().map(|p| p.rows() as u64).sum(),
+            memory_bytes: self.partitions.iter().map(|p| p.memory() as u64).sum(),
+            spilled_bytes: self.partitions.iter().map(|p| p.spilled_bytes()).sum(),
+            evicted: self.partitions.iter().map(|p| p.evicted).sum(),
+        }
+    }
+
+    /// What a checkpoint writes: the rows written since the previous checkpoint, or
+    /// every live row once the deltas since the last full snapshot hold as many rows
+    /// as the state, or number [`MAX_DELTAS`] (so a restore reads at most about twice
+    /// the state, and a batch's checkpoint bytes follow the keys it touched).
+    pub fn checkpoint(&mut self, now: Option<i64>) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
+        let first = !self.checkpointed;
+        self.checkpointed = true;
+        for p in &mut self.partitions {
+            p.track_changes = true;
+        }
+        let pending: usize = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.pending.iter().map(|b| b.num_rows()))
+            .sum();
+        let live = self.stats().rows as usize;
+        if !first && self.since_full + pending < live.max(1) && self.deltas < MAX_DELTAS {
+            self.since_full += pending;
+            self.deltas += 1;
+            let mut out = Vec::new();
+            for p in &mut self.partitions {
+                out.append(&mut p.pending);
+            }
+            return Ok((SnapshotKind::Delta, out));
+        }
+        self.since_full = 0;
+        self.deltas = 0;
+        let cutoff = now.and_then(|n| self.cutoff(n));
+        let scanned = self.all(|p, ()| {
+            p.pending.clear();
+            p.scan(cutoff)
+        })?;
+        Ok((SnapshotKind::Full, scanned.into_iter().flatten().collect()))
+    }
+
+    /// Replaces the state with `rows` (a full snapshot then its deltas, in order:
+    /// later rows win), re-partitioned by this state's partition count. Rows without
+    /// `__updated` (older checkpoints) count as updated now.
+    pub fn restore(&mut self, rows: Vec<RecordBatch>) -> Result<()> {
+        for p in &mut self.partitions {
+            p.clear();
+        }
+        self.since_full = 0;
+        self.deltas = 0;
+        let n = self.partitions.len();
+        let mut routed: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+        for b in rows {
+            let b = self.conform(b)?;
+            for (p, cols) in self
+                .route(b.columns(), b.num_rows())?
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(cols) = cols {
+                    routed[p].push(RecordBatch::try_new(Arc::clone(&self.schema), cols)?);
+                }
+            }
+        }
+        let inputs = routed.into_iter().map(Some).collect();
+        self.for_each(inputs, |p, batches: Vec<RecordBatch>| {
+            for b in batches {
+                p.ingest(b)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// `batch` in this state's layout (an older checkpoint has no `__updated`).
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let width = self.schema.fields().len();
+        let mut columns = batch.columns().to_vec();
+        if columns.len() + 1 == width {
+            columns.push(Arc::new(Int64Array::from_value(i64::MAX, batch.num_rows())));
+        }
+        if columns.len() != width {
+            return Err(Error::Checkpoint(format!(
+                "the state in the checkpoint has {} columns, this operator keeps {}",
+                batch.num_columns(),
+                width - 1
+            )));
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}

@@ -1,0 +1,549 @@
+//! One state partition: a key index and a log of immutable Arrow segments.
+//!
+//! ```text
+//!  index: GroupValues  key ─▶ slot        loc[slot] ─▶ (segment, row) or none
+//!  segments: BTreeMap<id, Segment>        each: keys + values + __updated, live rows
+//!
+//!  touch(keys)  intern the batch's keys; gather the touched keys' previous values
+//!               from whatever segments hold them (O(touched), never the whole state)
+//!  put(values)  append one segment of the new values; older versions become dead
+//!  clean        copy the oldest segments' live rows forward once half of them are
+//!               dead (or too many segments), dropping expired rows (state_ttl)
+//!  spill/load   live rows to one Arrow IPC file and back (the memory budget)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{filter_record_batch, interleave, take};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+
+const NONE: u64 = u64::MAX;
+
+/// At most this many segments before the oldest are copied forward, live or not.
+const MAX_SEGMENTS: usize = 32;
+
+fn pack(segment: u32, row: usize) -> u64 {
+    ((segment as u64) << 32) | row as u64
+}
+
+fn unpack(loc: u64) -> (u32, usize) {
+    ((loc >> 32) as u32, (loc & 0xffff_ffff) as usize)
+}
+
+/// One immutable run of rows: keys, values, the batch time each was last updated.
+struct Segment {
+    rows: RecordBatch,
+    /// The slot of each row.
+    slots: Vec<u32>,
+    /// Rows still the newest version of their key.
+    live: usize,
+}
+
+/// What the index and segments of a resident partition hold.
+struct Resident {
+    /// `None` for a keyless aggregate: one slot. (A mutex only because DataFusion's
+    /// tables are not `Sync`; every use has `&mut` and takes it with `get_mut`.)
+    index: Option<Mutex<Box<dyn GroupValues>>>,
+    loc: Vec<u64>,
+    live: usize,
+    segments: BTreeMap<u32, Segment>,
+    next_segment: u32,
+    /// Scratch: slot → position among the touched keys.
+    mark: Vec<u32>,
+}
+
+/// The touched keys of one batch, as [`Partition::touch`] found them.
+pub(crate) struct Touched {
+    /// One row per touched key (the first of the batch's rows with it).
+    pub keys: Vec<ArrayRef>,
+    /// Per input row: its touched key's position.
+    pub row_group: Vec<usize>,
+    /// The previous values (value columns) of the touched keys that had any.
+    pub previous: Vec<ArrayRef>,
+    /// Per previous row: its touched key's position.
+    pub previous_group: Vec<usize>,
+    slots: Vec<usize>,
+}
+
+impl Touched {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// A partition written to disk: its live rows, one Arrow IPC file.
+struct Spilled {
+    path: PathBuf,
+    rows: usize,
+    bytes: u64,
+}
+
+pub(crate) struct Partition {
+    /// keys + values + `__updated`.
+    schema: SchemaRef,
+    keys: usize,
+    resident: Option<Resident>,
+    spilled: Option<Spilled>,
+    spill_path: PathBuf,
+    /// Rows written since the last checkpoint took them (when tracked).
+    pub(crate) pending: Vec<RecordBatch>,
+    pub(crate) track_changes: bool,
+    pub(crate) evicted: u64,
+}
+
+impl Partition {
+    pub fn new(schema: SchemaRef, keys: usize, spill_path: PathBuf) -> Self {
+        Self {
+            schema,
+            keys,
+            resident: None,
+            spilled: None,
+            spill_path,
+            pending: Vec::new(),
+            track_changes: false,
+            evicted: 0,
+        }
+    }
+
+    fn values(&self) -> std::ops::Range<usize> {
+        self.keys..self.schema.fields().len() - 1
+    }
+
+    fn empty_resident(&self) -> Result<Resident> {
+        let index = if self.keys == 0 {
+            None
+        } else {
+            let key_schema = Arc::new(self.schema.project(&(0..self.keys).collect::<Vec<_>>())?);
+            Some(Mutex::new(new_group_values(
+                key_schema,
+                &GroupOrdering::None,
+            )?))
+        };
+        Ok(Resident {
+            index,
+            loc: Vec::new(),
+            live: 0,
+            segments: BTreeMap::new(),
+            next_segment: 0,
+            mark: Vec::new(),
+        })
+    }
+
+    /// The resident tables, read back from disk if spilled.
+    fn resident(&mut self) -> Result<&mut Resident> {
+        if self.resident.is_none() {
+            let mut r = self.empty_resident()?;
+            if let Some(s) = self.spilled.take() {
+                let file = std::fs::File::open(&s.path).map_err(|e| spill_error(&s.path, e))?;
+                let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)?;
+                for b in reader {
+                    ingest(&mut r, b?, self.keys)?;
+                }
+                let _ = std::fs::remove_file(&s.path);
+            }
+            self.resident = Some(r);
+        }
+        match self.resident.as_mut() {
+            Some(r) => Ok(r),
+            None => crate::internal_err!("state partition not resident"),
+        }
+    }
+
+    /// Rows of `rows` (the store's layout) become the newest versions of their keys
+    /// (a restore: later rows win).
+    pub fn ingest(&mut self, rows: RecordBatch) -> Result<()> {
+        let keys = self.keys;
+        ingest(self.resident()?, rows, keys)
+    }
+
+    /// Interns `keys` (`rows` rows) and gathers the touched keys' previous values;
+    /// values last updated before `cutoff` are expired: evicted, not returned.
+    pub fn touch(
+        &mut self,
+        keys: &[ArrayRef],
+        rows: usize,
+        cutoff: Option<i64>,
+    ) -> Result<Touched> {
+        let nk = self.keys;
+        let values = self.values();
+        let schema = Arc::clone(&self.schema);
+        let mut evicted = 0;
+        let r = self.resident()?;
+        let mut slots = Vec::with_capacity(rows);
+        match r.index.as_mut() {
+            Some(index) => index.get_mut().intern(&keys[..nk], &mut slots)?,
+            None => slots.resize(rows, 0),
+        }
+        let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
+        r.loc.resize(len, NONE);
+        r.mark.resize(len, u32::MAX);
+        let mut touched = Vec::new();
+        let mut first = Vec::new();
+        let mut row_group = Vec::with_capacity(rows);
+        for (row, s) in slots.iter().enumerate() {
+            let m = &mut r.mark[*s];
+            if *m == u32::MAX {
+                *m = touched.len() as u32;
+                touched.push(*s);
+                first.push(row as u32);
+            }
+            row_group.push(*m as usize);
+        }
+        for s in &touched {
+            r.mark[*s] = u32::MAX;
+        }
+        // The previous versions, wherever they are.
+        let mut sources: Vec<u32> = Vec::new();
+        let mut picks = Vec::new();
+        let mut previous_group = Vec::new();
+        for (i, s) in touched.iter().enumerate() {
+            let l = r.loc[*s];
+            if l == NONE {
+                continue;
+            }
+            let (seg, row) = unpack(l);
+            let segment = &r.segments[&seg];
+            if let Some(cutoff) = cutoff {
+                let updated = segment.rows.columns()[values.end].as_primitive::<Int64Type>();
+                if updated.value(row) < cutoff {
+                    evicted += 1;
+                    r.loc[*s] = NONE;
+                    r.live -= 1;
+                    release(&mut r.segments, seg);
+                    continue;
+                }
+            }
+            let source = match sources.iter().position(|x| *x == seg) {
+                Some(p) => p,
+                None => {
+                    sources.push(seg);
+                    sources.len() - 1
+                }
+            };
+            picks.push((source, row));
+            previous_group.push(i);
+        }
+        let mut previous = Vec::with_capacity(values.len());
+        for c in values.clone() {
+            let arrays: Vec<&dyn Array> = sources
+                .iter()
+                .map(|s| r.segments[s].rows.column(c).as_ref())
+                .collect();
+            previous.push(if picks.is_empty() {
+                datafusion::arrow::array::new_empty_array(schema.field(c).data_type())
+            } else {
+                interleave(&arrays, &picks)?
+            });
+        }
+        let first = UInt32Array::from(first);
+        let keys = keys[..nk]
+            .iter()
+            .map(|k| take(k.as_ref(), &first, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.evicted += evicted;
+        Ok(Touched {
+            keys,
+            row_group,
+            previous,
+            previous_group,
+            slots: touched,
+        })
+    }
+
+    /// The touched keys' new values (one row per touched key, in its order), written
+    /// at `now` (ms); then the oldest segments are cleaned.
+    pub fn put(
+        &mut self,
+        touched: Touched,
+        values: Vec<ArrayRef>,
+        now: i64,
+        cutoff: Option<i64>,
+    ) -> Result<()> {
+        let n = touched.len();
+        let mut columns = touched.keys;
+        columns.extend(values);
+        columns.push(Arc::new(Int64Array::from_value(now, n)));
+        let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        if self.track_changes && n > 0 {
+            self.pending.push(rows.clone());
+        }
+        let r = self.resident()?;
+        let id = r.next_segment;
+        r.next_segment += 1;
+        for (i, s) in touched.slots.iter().enumerate() {
+            let old = std::mem::replace(&mut r.loc[*s], pack(id, i));
+            if old == NONE {
+                r.live += 1;
+            } else {
+                release(&mut r.segments, unpack(old).0);
+            }
+        }
+        let slots = touched.slots.iter().map(|s| *s as u32).collect();
+        if n > 0 {
+            r.segments.insert(
+                id,
+                Segment {
+                    rows,
+                    slots,
+                    live: n,
+                },
+            );
+        }
+        self.clean(n, cutoff)
+    }
+
+    /// Copies the oldest segments' live rows into one new segment when half of them
+    /// are dead, some have expired, or there are too many segments; at most about
+    /// `budget` rows, so a batch's cleaning follows its own size.
+    fn clean(&mut self, budget: usize, cutoff: Option<i64>) -> Result<()> {
+        let updated_col = self.schema.fields().len() - 1;
+        let schema = Arc::clone(&self.schema);
+        let r = self.resident()?;
+        let mut chosen = Vec::new();
+        let mut copied = 0;
+        for (id, seg) in r.segments.iter() {
+            if chosen.len() + 1 >= r.segments.len() {
+                break; // never the newest
+            }
+            let expired = cutoff.is_some_and(|c| {
+                datafusion::arrow::compute::min(
+                    seg.rows.column(updated_col).as_primitive::<Int64Type>(),
+                )
+                .is_some_and(|m| m < c)
+            });
+            let crowded = r.segments.len() - chosen.len() > MAX_SEGMENTS;
+            if !(seg.live * 2 <= seg.rows.num_rows() || expired || crowded) {
+                break;
+            }
+            if copied > 0 && copied + seg.live > budget.max(65_536) {
+                break;
+            }
+            copied += seg.live;
+            chosen.push(*id);
+        }
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        let id = r.next_segment;
+        r.next_segment += 1;
+        let mut parts = Vec::with_capacity(chosen.len());
+        let mut slots = Vec::new();
+        let mut evicted = 0;
+        for seg_id in chosen {
+            let Some(seg) = r.segments.remove(&seg_id) else {
+                continue;
+            };
+            let updated = seg.rows.column(updated_col).as_primitive::<Int64Type>();
+            let mut keep = Vec::with_capacity(seg.rows.num_rows());
+            for (row, slot) in seg.slots.iter().enumerate() {
+                let is_live = r.loc[*slot as usize] == pack(seg_id, row);
+                let is_expired = cutoff.is_some_and(|c| updated.value(row) < c);
+                if is_live && is_expired {
+                    r.loc[*slot as usize] = NONE;
+                    r.live -= 1;
+                    evicted += 1;
+                }
+                let kept = is_live && !is_expired;
+                if kept {
+                    r.loc[*slot as usize] = pack(id, slots.len());
+                    slots.push(*slot);
+                }
+                keep.push(kept);
+            }
+            parts.push(filter_record_batch(&seg.rows, &BooleanArray::from(keep))?);
+        }
+        let rows = datafusion::arrow::compute::concat_batches(&schema, &parts)?;
+        if rows.num_rows() > 0 {
+            let live = rows.num_rows();
+            r.segments.insert(id, Segment { rows, slots, live });
+        }
+        self.evicted += evicted;
+        Ok(())
+    }
+
+    /// Every live row (keys, values, `__updated`), expired ones left out.
+    pub fn scan(&mut self, cutoff: Option<i64>) -> Result<Vec<RecordBatch>> {
+        let updated_col = self.schema.fields().len() - 1;
+        if self.resident.is_none() {
+            let Some(s) = &self.spilled else {
+                return Ok(Vec::new());
+            };
+            let file = std::fs::File::open(&s.path).map_err(|e| spill_error(&s.path, e))?;
+            let mut out = Vec::new();
+            for b in datafusion::arrow::ipc::reader::FileReader::try_new(file, None)? {
+                out.push(unexpired(b?, updated_col, cutoff)?);
+            }
+            return Ok(out);
+        }
+        let r = self.resident()?;
+        let mut out = Vec::with_capacity(r.segments.len());
+        for (id, seg) in &r.segments {
+            let keep: BooleanArray = seg
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(row, slot)| Some(r.loc[*slot as usize] == pack(*id, row)))
+                .collect();
+            out.push(unexpired(
+                filter_record_batch(&seg.rows, &keep)?,
+                updated_col,
+                cutoff,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Writes the live rows to this partition's spill file and frees the memory.
+    pub fn spill(&mut self) -> Result<()> {
+        if self.resident.is_none() {
+            return Ok(());
+        }
+        let rows = self.scan(None)?;
+        let path = self.spill_path.clone();
+        let write = || -> std::io::Result<u64> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::File::create(&path)?;
+            let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(
+                std::io::BufWriter::new(file),
+                &self.schema,
+            )
+            .map_err(std::io::Error::other)?;
+            for b in &rows {
+                w.write(b).map_err(std::io::Error::other)?;
+            }
+            w.finish().map_err(std::io::Error::other)?;
+            Ok(std::fs::metadata(&path)?.len())
+        };
+        let bytes = write().map_err(|e| spill_error(&path, e))?;
+        self.spilled = Some(Spilled {
+            path,
+            rows: rows.iter().map(|b| b.num_rows()).sum(),
+            bytes,
+        });
+        self.resident = None;
+        Ok(())
+    }
+
+    /// Keys held (live, expired ones not yet evicted included).
+    pub fn rows(&self) -> usize {
+        match (&self.resident, &self.spilled) {
+            (Some(r), _) => r.live,
+            (None, Some(s)) => s.rows,
+            (None, None) => 0,
+        }
+    }
+
+    /// Memory the index, locations and segments take.
+    pub fn memory(&self) -> usize {
+        self.resident.as_ref().map_or(0, |r| {
+            r.index.as_ref().map_or(0, |i| i.lock().size())
+                + r.loc.capacity() * 8
+                + r.mark.capacity() * 4
+                + r.segments
+                    .values()
+                    .map(|s| s.rows.get_array_memory_size() + s.slots.capacity() * 4)
+                    .sum::<usize>()
+        })
+    }
+
+    /// Bytes on disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// Forgets everything (a restore follows).
+    pub fn clear(&mut self) {
+        self.resident = None;
+        if let Some(s) = self.spilled.take() {
+            let _ = std::fs::remove_file(&s.path);
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if let Some(s) = &self.spilled {
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+}
+
+fn spill_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("state spill file {}: {e}", path.display()),
+    ))
+}
+
+/// `batch` without the rows updated before `cutoff`.
+fn unexpired(batch: RecordBatch, updated_col: usize, cutoff: Option<i64>) -> Result<RecordBatch> {
+    let Some(cutoff) = cutoff else {
+        return Ok(batch);
+    };
+    let updated = batch.column(updated_col).as_primitive::<Int64Type>();
+    let keep: BooleanArray = updated
+        .iter()
+        .map(|u| Some(u.is_none_or(|u| u >= cutoff)))
+        .collect();
+    Ok(filter_record_batch(&batch, &keep)?)
+}
+
+/// One row of segment `id` is no longer live; an empty segment goes.
+fn release(segments: &mut BTreeMap<u32, Segment>, id: u32) {
+    if let Some(seg) = segments.get_mut(&id) {
+        seg.live -= 1;
+        if seg.live == 0 {
+            segments.remove(&id);
+        }
+    }
+}
+
+/// `rows` become one segment of `r`, each row the newest version of its key.
+fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
+    let n = rows.num_rows();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut slots = Vec::with_capacity(n);
+    match r.index.as_mut() {
+        Some(index) => index
+            .get_mut()
+            .intern(&rows.columns()[..keys], &mut slots)?,
+        None => slots.resize(n, 0),
+    }
+    let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
+    r.loc.resize(len, NONE);
+    let id = r.next_segment;
+    r.next_segment += 1;
+    r.segments.insert(
+        id,
+        Segment {
+            rows,
+            slots: slots.iter().map(|s| *s as u32).collect(),
+            live: n,
+        },
+    );
+    for (row, s) in slots.iter().enumerate() {
+        let old = std::mem::replace(&mut r.loc[*s], pack(id, row));
+        if old == NONE {
+            r.live += 1;
+        } else {
+            release(&mut r.segments, unpack(old).0);
+        }
+    }
+    Ok(())
+}

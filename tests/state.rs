@@ -1,0 +1,178 @@
+//! Keyed state that scales (`state_partitions`, `state_memory`, `state_ttl`): a
+//! running aggregate over 1,000,000 keys streamed through 1, 2 and 7 partitions, one
+//! of them with a budget that forces spilling, ends with the rows one DataFusion batch
+//! query over all the input gives; a checkpoint restarts under another partition
+//! count; the state is visible per operator.
+
+use std::sync::Arc;
+
+use flumen::engine::{Clock, ManualClock, Time};
+
+use crate::common::{sql_rows, sql_session, temp_dir};
+
+const KEYS: i64 = 1_000_000;
+const BATCHES: i64 = 8;
+const ROWS: i64 = 400_000;
+
+/// Input rows `from..to`: keys spread over `0..KEYS` (each about three times over
+/// all batches), a two-column key (`k`, `g`), values 0..1000.
+fn input_rows(from: i64, to: i64) -> String {
+    format!(
+        "SELECT k, 'g' || CAST(k % 3 AS TEXT) AS g, v FROM (
+           SELECT (value * 7919 + value / {ROWS}) % {KEYS} AS k,
+                  (value * 31 + value / {ROWS}) % 1000 AS v
+           FROM range({from}, {to}))"
+    )
+}
+
+const QUERY: &str = "SELECT k, g, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
+                     FROM s GROUP BY k, g";
+
+/// The last row emitted for each key, as count/sum/min/max only grow or shrink one
+/// way: the streamed query's final state.
+fn final_rows(sink: &str) -> String {
+    format!(
+        "SELECT k, g, max(n) AS n, max(s) AS s, min(lo) AS lo, max(hi) AS hi FROM {sink} GROUP BY k, g"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spilled_equals_the_batch_query()
+ {
+    let mut s = sql_session();
+    s.execute_script(
+        "SET output_mode = 'update';
+         CREATE STREAM s (k BIGINT, g TEXT, v BIGINT) WITH (connector = 'memory');",
+    )
+    .await
+    .unwrap();
+    let configs = [("p1", 1, "1 GB"), ("p2", 2, "1 GB"), ("p7", 7, "8 MB")];
+    for (sink, partitions, memory) in configs {
+        s.execute_script(&format!(
+            "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {QUERY};"
+        ))
+        .await
+        .unwrap();
+    }
+    for b in 0..BATCHES {
+        s.execute(&format!(
+            "INSERT INTO s {}",
+            input_rows(b * ROWS, (b + 1) * ROWS)
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    for q in s.queries() {
+        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
+    }
+    let batch = format!(
+        "SELECT k, g, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
+         FROM ({}) GROUP BY k, g",
+        input_rows(0, BATCHES * ROWS)
+    );
+    let groups = sql_rows(&mut s, &format!("SELECT count(*) FROM ({batch})")).await;
+    assert!(
+        groups[0].parse::<i64>().unwrap() > 900_000,
+        "most keys seen: {groups:?}"
+    );
+    for (sink, partitions, _) in configs {
+        let differ = sql_rows(
+            &mut s,
+            &format!(
+                "SELECT count(*) FROM (({} EXCEPT {batch}) UNION ALL ({batch} EXCEPT {}))",
+                final_rows(sink),
+                final_rows(sink)
+            ),
+        )
+        .await;
+        assert_eq!(differ, ["0"], "{partitions} partitions: rows differ");
+        let count = sql_rows(
+            &mut s,
+            &format!("SELECT count(*) FROM ({})", final_rows(sink)),
+        )
+        .await;
+        assert_eq!(count, groups, "{partitions} partitions: groups");
+    }
+    // The spilled one went to disk, and says so per operator.
+    let p7 = s.queries().find(|q| q.target == "p7").unwrap();
+    let last = p7.ctx.last_batches(1).pop().unwrap();
+    let op = &last.operators[0];
+    assert_eq!(op.name, "RunningAggregate");
+    assert!(op.spilled_bytes > 0, "{op:?}");
+    assert_eq!(op.rows, groups[0].parse::<u64>().unwrap());
+    s.stop_all().await.unwrap();
+}
+
+fn session_at(t: Time) -> (flumen::sql::FlumenSession, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t));
+    let s = flumen::sql::FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    (s, clock)
+}
+
+fn checkpointed(dir: &std::path::Path, partitions: usize) -> String {
+    format!(
+        "SET batch_interval = '1 second';
+         SET output_mode = 'update';
+         SET checkpoint_location = '{}';
+         SET state_partitions = '{partitions}';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '1000');
+         CREATE TABLE totals AS SELECT value % 7000 AS k, count(*) AS n, sum(value) AS s
+           FROM r GROUP BY value % 7000;",
+        dir.display()
+    )
+}
+
+/// The totals a batch query over `0..n` gives: key count, summed counts and sums.
+fn expected(n: i64) -> Vec<String> {
+    vec![format!("{}|{n}|{}", n.min(7000), (0..n).sum::<i64>())]
+}
+
+const SUMMARY: &str = "SELECT count(*), sum(n), sum(s) FROM totals";
+
+#[tokio::test]
+async fn a_checkpoint_of_2_partitions_restarts_in_5_and_deltas_follow_the_keys_touched() {
+    let dir = temp_dir("state-repartition");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&checkpointed(&dir, 2)).await.unwrap();
+    s.execute("ADVANCE 6 BATCHES").await.unwrap();
+    assert_eq!(sql_rows(&mut s, SUMMARY).await, expected(6000));
+    let q = s.queries().next().unwrap();
+    // Each batch touches 1,000 new keys: the state grows to 6,000 rows while each
+    // checkpoint after the first writes a delta of the 1,000 rows touched — the first
+    // (a full snapshot of 1,000 rows) is as big as the last.
+    let batches = q.ctx.recent_batches();
+    let written: Vec<u64> = batches
+        .iter()
+        .map(|b| b.operators[0].checkpoint_bytes)
+        .collect();
+    assert_eq!(batches.last().unwrap().operators[0].rows, 6000);
+    assert!(written.iter().all(|b| *b > 0), "{written:?}");
+    assert!(written[5] < 2 * written[0], "{written:?}");
+    // SHOW PROGRESS names the operator and its state.
+    let progress = sql_rows(&mut s, "SHOW PROGRESS totals").await;
+    assert!(
+        progress
+            .last()
+            .unwrap()
+            .contains("RunningAggregate: 6000 rows"),
+        "{progress:?}"
+    );
+    s.stop_all().await.unwrap();
+
+    // Restarted with 5 partitions: the state is re-partitioned, the totals go on.
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&checkpointed(&dir, 5)).await.unwrap();
+    s.execute("ADVANCE 3 BATCHES").await.unwrap();
+    assert_eq!(sql_rows(&mut s, SUMMARY).await, expected(9000));
+    let explain = s.queries().next().unwrap().explain.join("\n");
+    assert!(
+        explain.contains("hash-partitioned by key, 5 partitions"),
+        "{explain}"
+    );
+    s.stop_all().await.unwrap();
+}
