@@ -1,7 +1,7 @@
 //! Keyed state that scales (`state_partitions`, `state_memory`, `state_ttl`): a
-//! running aggregate over 1,000,000 keys streamed through 1, 2 and 7 partitions, one
-//! of them with a budget that forces spilling, ends with the rows one DataFusion batch
-//! query over all the input gives; a checkpoint restarts under another partition
+//! running aggregate and a `DISTINCT` over 1,000,000 keys streamed through 1, 2 and 7
+//! partitions, one of them with a budget that forces spilling, end with the rows one
+//! DataFusion batch query over all the input gives; a checkpoint restarts under another partition
 //! count; the state is visible per operator.
 
 use std::sync::Arc;
@@ -50,7 +50,8 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
     for (sink, partitions, memory) in configs {
         s.execute_script(&format!(
             "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
-             CREATE SINK {sink} WITH (connector = 'memory') AS {QUERY};"
+             CREATE SINK {sink} WITH (connector = 'memory') AS {QUERY};
+             CREATE SINK d{sink} WITH (connector = 'memory') AS SELECT DISTINCT k, g FROM s;"
         ))
         .await
         .unwrap();
@@ -94,6 +95,17 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
         )
         .await;
         assert_eq!(count, groups, "{partitions} partitions: groups");
+        // DISTINCT (the Dedup operator on the same store): every key once.
+        let distinct = sql_rows(
+            &mut s,
+            &format!("SELECT count(*), count(DISTINCT k) FROM d{sink}"),
+        )
+        .await;
+        assert_eq!(
+            distinct,
+            [format!("{}|{}", groups[0], groups[0])],
+            "{partitions} partitions: DISTINCT"
+        );
     }
     // The spilled one went to disk, and says so per operator.
     let p7 = s.queries().find(|q| q.target == "p7").unwrap();

@@ -1,67 +1,64 @@
-//! `Dedup`: `SELECT DISTINCT` over a stream. Emits each distinct row the first
-//! time it is seen, across all batches (or, in complete mode, every distinct row each
-//! batch). Rows are compared in Arrow's row format.
+//! `Dedup`: `SELECT DISTINCT` over a stream, or the first row of each key. Emits each
+//! distinct row (key) the first time it is seen, across all batches (or, in complete
+//! mode, every one kept so far, each batch). The keys seen live in a [`KeyedState`]:
+//! partitioned, spilled past the memory budget, checkpointed by change, evicted after
+//! `state_ttl`.
 //!
 //! ```text
-//!  batch ─▶ RowConverter ─▶ seen.insert(row)? ─▶ filter(new rows) ─▶ output
+//!  batch ─▶ route by key ─▶ per partition: touch(keys), keep the keys not seen ─▶
+//!          their first rows, in input order ─▶ output; put(new keys) into the state
 //! ```
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::BooleanArray;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{OperatorContext, StreamOperator};
 use crate::Result;
+use crate::checkpoint::OperatorState;
+use crate::state::{KeyedState, StateConfig, StateStats};
 
 pub struct Dedup {
     input_schema: SchemaRef,
     output_schema: SchemaRef,
-    converter: RowConverter,
-    /// Rows seen so far, in the row format (bytes compare as the rows do).
-    seen: HashSet<Box<[u8]>>,
-    /// Complete mode: every distinct row so far, each batch.
+    /// Complete mode: every distinct row so far, each batch (the state then keeps the
+    /// whole first row of each key).
     emit_all: bool,
-    distinct: Vec<RecordBatch>,
     /// Compare only these columns (the first row of each key wins); all by default.
     key_columns: Option<Vec<usize>>,
+    config: StateConfig,
+    state: KeyedState,
 }
 
 impl Dedup {
     pub fn try_new(input_schema: SchemaRef, emit_all: bool) -> Result<Self> {
-        let converter = RowConverter::new(
-            input_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let config = StateConfig::default();
         Ok(Self {
             output_schema: Arc::clone(&input_schema),
+            state: Self::new_state(&input_schema, None, emit_all, config.clone())?,
             input_schema,
-            converter,
-            seen: HashSet::new(),
             emit_all,
-            distinct: Vec::new(),
             key_columns: None,
+            config,
         })
     }
 
     /// Deduplicate on `columns` only: the first row seen of each key is emitted, later
     /// rows of that key are dropped (`ROW_NUMBER() OVER (PARTITION BY key ...) = 1`).
     pub fn with_key_columns(mut self, columns: Vec<usize>) -> Result<Self> {
-        self.converter = RowConverter::new(
-            columns
-                .iter()
-                .map(|&i| SortField::new(self.input_schema.field(i).data_type().clone()))
-                .collect(),
-        )?;
         self.key_columns = Some(columns);
+        self.rebuild()?;
+        Ok(self)
+    }
+
+    /// How the keys seen are kept: partitions, memory budget, time-to-live.
+    pub fn with_state_config(mut self, config: StateConfig) -> Result<Self> {
+        self.config = config;
+        self.rebuild()?;
         Ok(self)
     }
 
@@ -69,6 +66,73 @@ impl Dedup {
     pub fn with_positional_names(mut self) -> Self {
         self.output_schema = super::positional_schema(&self.output_schema);
         self
+    }
+
+    fn rebuild(&mut self) -> Result<()> {
+        self.state = Self::new_state(
+            &self.input_schema,
+            self.key_columns.as_deref(),
+            self.emit_all,
+            self.config.clone(),
+        )?;
+        Ok(())
+    }
+
+    /// The key columns' positions, then those of the other columns the state keeps
+    /// (in complete mode the rest of the row, to emit it again).
+    fn layout(
+        schema: &SchemaRef,
+        keys: Option<&[usize]>,
+        emit_all: bool,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        match keys {
+            None => (all, Vec::new()),
+            Some(keys) => {
+                let rest = if emit_all {
+                    all.into_iter().filter(|i| !keys.contains(i)).collect()
+                } else {
+                    Vec::new()
+                };
+                (keys.to_vec(), rest)
+            }
+        }
+    }
+
+    fn new_state(
+        schema: &SchemaRef,
+        keys: Option<&[usize]>,
+        emit_all: bool,
+        config: StateConfig,
+    ) -> Result<KeyedState> {
+        let (keys, values) = Self::layout(schema, keys, emit_all);
+        let field = |i: &usize| Arc::clone(&schema.fields()[*i]);
+        KeyedState::try_new(
+            &keys.iter().map(field).collect::<Vec<_>>(),
+            &values.iter().map(field).collect::<Vec<_>>(),
+            config,
+        )
+    }
+
+    /// Every row the state keeps, in the input's column order (complete mode).
+    fn everything(&mut self) -> Result<Vec<RecordBatch>> {
+        let (keys, values) = Self::layout(
+            &self.input_schema,
+            self.key_columns.as_deref(),
+            self.emit_all,
+        );
+        let schema = Arc::clone(&self.output_schema);
+        let kept = self.state.all(|p, ()| p.scan(None))?;
+        let mut out = Vec::new();
+        for b in kept.into_iter().flatten() {
+            let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.fields().len()];
+            for (pos, i) in keys.iter().chain(&values).enumerate() {
+                columns[*i] = Some(Arc::clone(b.column(pos)));
+            }
+            let columns = columns.into_iter().flatten().collect();
+            out.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+        }
+        Ok(out)
     }
 }
 
@@ -79,10 +143,19 @@ impl StreamOperator for Dedup {
     }
 
     fn explain(&self) -> String {
+        let bound = match self.config.ttl {
+            Some(ttl) => format!(
+                "bounded by state_ttl: a key not seen again for {} is forgotten",
+                crate::time::format_duration(ttl)
+            ),
+            None => "kept for the life of the query (grows without bound)".into(),
+        };
         match &self.key_columns {
-            None => "Dedup (DISTINCT): emits each distinct row once; state: every distinct row seen, kept for the life of the query (grows without bound)".into(),
+            None => format!(
+                "Dedup (DISTINCT): emits each distinct row once; state: every distinct row seen, {bound}"
+            ),
             Some(keys) => format!(
-                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] and drops the key's later rows; state: every key seen, kept for the life of the query (grows without bound)",
+                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] and drops the key's later rows; state: every key seen, {bound}",
                 keys.iter()
                     .map(|&i| self.input_schema.field(i).name().as_str())
                     .collect::<Vec<_>>()
@@ -112,98 +185,113 @@ impl StreamOperator for Dedup {
 
     async fn process(
         &mut self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let batch = concat_batches(&self.input_schema, &input)?;
-        let rows = match &self.key_columns {
-            Some(keys) => {
-                let cols: Vec<_> = keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-                self.converter.convert_columns(&cols)?
-            }
-            None => self.converter.convert_columns(batch.columns())?,
-        };
-        let new: BooleanArray = rows
+        let (keys, values) = Self::layout(
+            &self.input_schema,
+            self.key_columns.as_deref(),
+            self.emit_all,
+        );
+        let (nk, nv) = (keys.len(), values.len());
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = keys
             .iter()
-            .map(|r| {
-                // Look up by borrowed bytes; only a new row is copied.
-                let new = !self.seen.contains(r.as_ref());
-                if new {
-                    self.seen.insert(r.as_ref().into());
-                }
-                Some(new)
-            })
+            .chain(&values)
+            .map(|i| Arc::clone(batch.column(*i)))
             .collect();
-        let fresh = filter_record_batch(&batch, &new)?;
-        let fresh =
-            RecordBatch::try_new(Arc::clone(&self.output_schema), fresh.columns().to_vec())?;
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let now = ctx.batch_time.as_millis();
+        let cutoff = self.state.cutoff(now);
+        let routed = self.state.route(&columns, n)?;
+        let firsts = self.state.for_each(routed, |p, cols: Vec<ArrayRef>| {
+            let mut touched = p.touch(&cols[..nk], cols[0].len(), cutoff)?;
+            touched.retain_new()?;
+            let first = UInt32Array::from(touched.first.clone());
+            let kept = cols[nk..nk + nv]
+                .iter()
+                .map(|c| take(c.as_ref(), &first, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = cols[nk + nv].as_primitive::<UInt32Type>();
+            let global: Vec<u32> = touched
+                .first
+                .iter()
+                .map(|r| rows.value(*r as usize))
+                .collect();
+            p.put(touched, kept, now, cutoff)?;
+            Ok(global)
+        })?;
         if self.emit_all {
-            if fresh.num_rows() > 0 {
-                self.distinct.push(fresh);
-            }
-            return Ok(Some(self.distinct.clone()));
+            return Ok(Some(self.everything()?));
         }
-        Ok(Some(vec![fresh]))
+        // The new rows in the order they came.
+        let mut rows: Vec<u32> = firsts.into_iter().flatten().collect();
+        rows.sort_unstable();
+        let rows = UInt32Array::from(rows);
+        let fresh = batch
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &rows, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(vec![RecordBatch::try_new_with_options(
+            Arc::clone(&self.output_schema),
+            fresh,
+            &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                .with_row_count(Some(rows.len())),
+        )?]))
     }
 
     fn state_rows(&self) -> usize {
-        self.seen.len()
+        self.state.stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        let keys: usize = self.seen.iter().map(|k| k.len()).sum();
-        let table = self.seen.capacity() * (std::mem::size_of::<Box<[u8]>>() + 1);
-        let distinct: usize = self
-            .distinct
-            .iter()
-            .map(|b| b.get_array_memory_size())
-            .sum();
-        keys + table + distinct
+        self.state.stats().memory_bytes as usize
     }
 
-    /// The rows (or keys) seen, as Arrow columns (the row format is converted back, so
-    /// a checkpoint does not depend on it), then in complete mode the distinct rows.
-    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        let parser = self.converter.parser();
-        let columns = self
-            .converter
-            .convert_rows(self.seen.iter().map(|r| parser.parse(r)))?;
-        let mut batches = vec![RecordBatch::try_new(self.key_schema(), columns)?];
-        batches.extend(self.distinct.iter().cloned());
-        Ok(crate::checkpoint::OperatorState {
+    fn state_stats(&self) -> StateStats {
+        self.state.stats()
+    }
+
+    /// The keys seen (and in complete mode the rest of their first rows), as the
+    /// state store's rows: a delta of the keys new since the last checkpoint, or all.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let (kind, batches) = self.state.checkpoint(None)?;
+        Ok(OperatorState {
             batches,
-            meta: serde_json::json!({ "seen_batches": 1 }),
+            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
         })
     }
 
-    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if state.meta.get("seen_batches").is_none() {
+            return self.state.restore(state.batches);
+        }
+        // A checkpoint from before the state store: the keys seen, then (complete
+        // mode) the distinct rows.
         let mut batches = state.batches.into_iter();
         let Some(seen) = batches.next() else {
             return Err(crate::error::Error::Checkpoint(
                 "a Dedup snapshot without its rows seen".into(),
             ));
         };
-        let seen = RecordBatch::try_new(self.key_schema(), seen.columns().to_vec())?;
-        let rows = self.converter.convert_columns(seen.columns())?;
-        self.seen = rows.iter().map(|r| r.as_ref().into()).collect();
-        self.distinct = batches
-            .map(|b| RecordBatch::try_new(Arc::clone(&self.output_schema), b.columns().to_vec()))
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(())
-    }
-}
-
-impl Dedup {
-    /// The columns rows are compared on.
-    fn key_schema(&self) -> SchemaRef {
-        match &self.key_columns {
-            Some(keys) => Arc::new(datafusion::arrow::datatypes::Schema::new(
-                keys.iter()
-                    .map(|&i| self.input_schema.field(i).clone())
-                    .collect::<Vec<_>>(),
-            )),
-            None => Arc::clone(&self.input_schema),
-        }
+        let (keys, values) = Self::layout(
+            &self.input_schema,
+            self.key_columns.as_deref(),
+            self.emit_all,
+        );
+        let rows: Vec<RecordBatch> = if values.is_empty() {
+            vec![seen]
+        } else {
+            batches
+                .map(|b| {
+                    let cols = keys.iter().chain(&values).map(|i| Arc::clone(b.column(*i)));
+                    RecordBatch::try_from_iter(cols.enumerate().map(|(i, c)| (format!("c{i}"), c)))
+                })
+                .collect::<std::result::Result<_, _>>()?
+        };
+        self.state.restore(rows)
     }
 }
 
@@ -251,5 +339,51 @@ mod tests {
             ]
         );
         assert!(op.explain().contains("the first row of each key [k]"));
+    }
+
+    #[tokio::test]
+    async fn seven_spilled_partitions_keep_the_input_order_and_a_ttl_forgets_idle_keys() {
+        let input = TestInput::keyed_events();
+        let config = StateConfig {
+            partitions: 7,
+            memory: 1,
+            ttl: Some(std::time::Duration::from_secs(10)),
+            spill_dir: None,
+        };
+        let mut op = Dedup::try_new(Arc::clone(&input.schema), false)
+            .unwrap()
+            .with_key_columns(vec![0])
+            .unwrap()
+            .with_state_config(config)
+            .unwrap();
+        let keys: Vec<String> = (0..200).map(|i| format!("k{}", (i * 37) % 150)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ms: Vec<i64> = (0..200).collect();
+        let out = input.run(&mut op, 1, vec![input.events(&refs, &ms)]).await;
+        // The first row of each of the 150 keys, in the order they came.
+        let times: Vec<i64> = out[0]
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(times, (0..150).collect::<Vec<i64>>());
+        let stats = op.state_stats();
+        assert_eq!(stats.rows, 150);
+        assert!(stats.spilled_bytes > 0, "{stats:?}");
+        // 5 s later k1 is still known; 20 s later it has been forgotten.
+        let again = input
+            .run(&mut op, 6, vec![input.events(&["k1"], &[500])])
+            .await;
+        assert!(rows(&again).is_empty());
+        let again = input
+            .run(&mut op, 21, vec![input.events(&["k1"], &[600])])
+            .await;
+        assert_eq!(rows(&again), ["k1,1970-01-01T00:00:00.600"]);
+        assert!(op.state_stats().evicted >= 1);
+        assert!(
+            op.explain().contains("bounded by state_ttl"),
+            "{}",
+            op.explain()
+        );
     }
 }

@@ -73,12 +73,38 @@ pub(crate) struct Touched {
     pub previous: Vec<ArrayRef>,
     /// Per previous row: its touched key's position.
     pub previous_group: Vec<usize>,
+    /// Per touched key: the batch row it was first seen in.
+    pub first: Vec<u32>,
     slots: Vec<usize>,
 }
 
 impl Touched {
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Keeps only the keys the state did not hold (their first rows stay in
+    /// [`Touched::first`]); `row_group` and the previous values no longer apply.
+    pub fn retain_new(&mut self) -> Result<()> {
+        let mut old = vec![false; self.slots.len()];
+        for g in &self.previous_group {
+            old[*g] = true;
+        }
+        let keep: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|i| !old[*i as usize])
+            .collect();
+        let indices = UInt32Array::from(keep.clone());
+        self.keys = self
+            .keys
+            .iter()
+            .map(|k| take(k.as_ref(), &indices, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.slots = keep.iter().map(|i| self.slots[*i as usize]).collect();
+        self.first = keep.iter().map(|i| self.first[*i as usize]).collect();
+        self.row_group.clear();
+        self.previous.clear();
+        self.previous_group.clear();
+        Ok(())
     }
 }
 
@@ -246,10 +272,10 @@ impl Partition {
                 interleave(&arrays, &picks)?
             });
         }
-        let first = UInt32Array::from(first);
+        let first_rows = UInt32Array::from(first.clone());
         let keys = keys[..nk]
             .iter()
-            .map(|k| take(k.as_ref(), &first, None))
+            .map(|k| take(k.as_ref(), &first_rows, None))
             .collect::<Result<Vec<_>, _>>()?;
         self.evicted += evicted;
         Ok(Touched {
@@ -257,6 +283,7 @@ impl Partition {
             row_group,
             previous,
             previous_group,
+            first,
             slots: touched,
         })
     }

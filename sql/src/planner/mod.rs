@@ -276,6 +276,7 @@ impl StreamPlanner<'_> {
         let df = DataFrame::new(self.state.clone(), input.as_ref().clone());
         let schema = Arc::new(df.schema().as_arrow().clone());
         let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
+            .and_then(|op| op.with_state_config(self.ctx.state_config().clone()))
             .map_err(external)?
             .with_positional_names();
         let replaced = node.schema().clone();
@@ -322,6 +323,7 @@ impl StreamPlanner<'_> {
         if pattern.by_arrival && pattern.limit == 1 {
             let op = Dedup::try_new(schema, self.mode() == OutputMode::Complete)
                 .and_then(|op| op.with_key_columns(pattern.keys.clone()))
+                .and_then(|op| op.with_state_config(self.ctx.state_config().clone()))
                 .map_err(external)?
                 .with_positional_names();
             return self.replace(df, &replaced, Box::new(op), None);
