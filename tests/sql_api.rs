@@ -302,6 +302,11 @@ async fn show_progress_and_the_progress_log() {
         ("totals", "1", "1", "1", "3"),
         "{rows:?}"
     );
+    assert!(
+        f[13].starts_with("RunningAggregate: 3 rows, ")
+            && f[13].ends_with(" B in memory, 0 B spilled, 0 evicted, 0 B checkpointed"),
+        "{rows:?}"
+    );
     // One query's recent batches, by the sink it writes.
     let rows = crate::common::sql_rows(&mut s, "SHOW PROGRESS totals").await;
     let inputs: Vec<String> = rows.iter().map(|r| fields(r)[4].clone()).collect();
@@ -325,6 +330,23 @@ async fn show_progress_and_the_progress_log() {
     assert_eq!(records[0]["sink"]["numOutputRows"], 2);
     assert_eq!(records[1]["numInputRows"], 1);
     assert_eq!(records[1]["stateOperators"]["numRowsTotal"], 3);
+    // Per operator: its name, rows, memory, nothing spilled or evicted, no checkpoint.
+    let op = &records[1]["stateOperators"]["operators"][0];
+    assert_eq!(op["name"], "RunningAggregate", "{text}");
+    assert_eq!(op["numRowsTotal"], 3);
+    assert!(op["memoryUsedBytes"].as_u64().unwrap() > 0, "{text}");
+    assert_eq!(
+        (
+            &op["spilledBytes"],
+            &op["numRowsEvicted"],
+            &op["checkpointBytes"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        )
+    );
     assert_eq!(records[1]["sources"][0]["description"], "m");
     assert!(
         records[1]["durationMs"]["processing"].as_f64().is_some(),

@@ -130,6 +130,11 @@ async fn the_json_api_and_prometheus_metrics_report_every_batch() {
     // Windows [8, 10) for key 1 and [10, 12) for key 2 are open.
     assert_eq!(counts["stateRows"], 2);
     assert!(counts["stateBytes"].as_u64().unwrap() > 0, "{counts}");
+    // The query page's State table reads each operator's entry of the newest batch.
+    let op = &counts["latest"]["stateOperators"]["operators"][0];
+    assert_eq!(op["name"], "WindowAggregate", "{counts}");
+    assert_eq!(op["numRowsTotal"], 2);
+    assert_eq!(op["spilledBytes"], 0);
     // The files query skipped the bad line; the broken one failed, naming the file.
     let copied = &queries[1];
     assert_eq!(copied["inputRows"], 2);
