@@ -316,6 +316,19 @@ impl KeyedState {
         self.for_each(inputs, work)
     }
 
+    /// Drops, in every partition, the rows whose bound (a window's end, per row from
+    /// `bound`) the watermark `up_to` passed; how many.
+    pub(crate) fn evict_until(
+        &mut self,
+        up_to: i64,
+        bound: &(dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Sync),
+    ) -> Result<usize> {
+        Ok(self
+            .all(|p, ()| p.evict_until(up_to, bound))?
+            .into_iter()
+            .sum())
+    }
+
     pub fn stats(&self) -> StateStats {
         StateStats {
             rows: self.partitions.iter().map(|p| p.rows() as u64).sum(),

@@ -48,6 +48,10 @@ struct Segment {
     slots: Vec<u32>,
     /// Rows still the newest version of their key.
     live: usize,
+    /// The lowest eviction bound (a window's end) among the live rows, once computed
+    /// (`Some(None)`: none has one): [`Partition::evict_until`] skips the segment
+    /// while it is above the watermark.
+    min_bound: Option<Option<i64>>,
 }
 
 /// What the index and segments of a resident partition hold.
@@ -324,6 +328,7 @@ impl Partition {
                     rows,
                     slots,
                     live: n,
+                    min_bound: None,
                 },
             );
         }
@@ -393,9 +398,92 @@ impl Partition {
         let rows = datafusion::arrow::compute::concat_batches(&schema, &parts)?;
         if rows.num_rows() > 0 {
             let live = rows.num_rows();
-            r.segments.insert(id, Segment { rows, slots, live });
+            r.segments.insert(
+                id,
+                Segment {
+                    rows,
+                    slots,
+                    live,
+                    min_bound: None,
+                },
+            );
         }
         self.evicted += evicted;
+        if evicted > 0 {
+            self.compact_index()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the live rows whose bound (`bound` gives it per row: a window's end) is at
+    /// most `up_to` (the watermark); how many. A segment is read again only while it
+    /// may hold such rows.
+    pub fn evict_until(
+        &mut self,
+        up_to: i64,
+        bound: &(dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Sync),
+    ) -> Result<usize> {
+        let r = self.resident()?;
+        let Resident {
+            loc,
+            live,
+            segments,
+            ..
+        } = r;
+        let mut evicted = 0;
+        let ids: Vec<u32> = segments.keys().copied().collect();
+        for id in ids {
+            let Some(seg) = segments.get_mut(&id) else {
+                continue;
+            };
+            match seg.min_bound {
+                Some(None) => continue,
+                Some(Some(m)) if m > up_to => continue,
+                _ => {}
+            }
+            let bounds = bound(&seg.rows)?;
+            let mut min: Option<i64> = None;
+            let mut dead = 0;
+            for (row, slot) in seg.slots.iter().enumerate() {
+                if loc[*slot as usize] != pack(id, row) {
+                    continue;
+                }
+                match bounds.get(row).copied().flatten() {
+                    Some(b) if b <= up_to => {
+                        loc[*slot as usize] = NONE;
+                        dead += 1;
+                    }
+                    Some(b) => min = Some(min.map_or(b, |m| m.min(b))),
+                    None => {}
+                }
+            }
+            seg.live -= dead;
+            seg.min_bound = Some(min);
+            *live -= dead;
+            evicted += dead;
+            if seg.live == 0 {
+                segments.remove(&id);
+            }
+        }
+        self.compact_index()?;
+        Ok(evicted)
+    }
+
+    /// Rebuilds the key index from the live rows once most of its keys are gone
+    /// (closed windows, expired keys): the index never forgets a key by itself.
+    fn compact_index(&mut self) -> Result<()> {
+        let Some(r) = self.resident.as_mut() else {
+            return Ok(());
+        };
+        if r.loc.len() <= 2 * r.live + 4096 {
+            return Ok(());
+        }
+        let rows = self.scan(None)?;
+        let mut fresh = self.empty_resident()?;
+        for b in rows {
+            ingest(&mut fresh, b, self.keys)?;
+        }
+        self.resident = Some(fresh);
         Ok(())
     }
 
@@ -562,6 +650,7 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
             rows,
             slots: slots.iter().map(|s| *s as u32).collect(),
             live: n,
+            min_bound: None,
         },
     );
     for (row, s) in slots.iter().enumerate() {

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
@@ -16,10 +17,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::{
     self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
 };
-use super::partial::{PartialAggregate, restored_state};
+use super::partial::PartialAggregate;
 use crate::Result;
 use crate::ops::window_state::WindowState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
+use crate::state::{KeyedState, StateConfig, StateStats};
 
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
@@ -30,7 +32,14 @@ pub struct WindowAggregate {
     pub(super) changed_only: bool,
     /// How EXPLAIN shows it.
     display: WindowDisplay,
-    /// Keys + state columns of every group (when not kept per window).
+    /// Every group, when not kept per window (update and complete mode): keys + state
+    /// columns in the keyed state store; closed windows are evicted from it.
+    store: Option<KeyedState>,
+    config: StateConfig,
+    /// A checkpoint's rows given before the input was planned.
+    restored: Option<Vec<RecordBatch>>,
+    /// Append mode without eviction (no watermark of its own): keys + state columns
+    /// of every group, re-merged each batch.
     state: Option<RecordBatch>,
     /// Append-mode windows whose state the watermark evicts: kept per window in
     /// persistent tables instead of `state`. (DataFusion's tables are `Send` but not
@@ -56,6 +65,9 @@ impl WindowAggregate {
             time: EventTime::new(window),
             changed_only: false,
             display: WindowDisplay::default(),
+            store: None,
+            config: StateConfig::default(),
+            restored: None,
             state: None,
             windows: None,
         })
@@ -108,6 +120,103 @@ impl WindowAggregate {
         self.display = display;
         self
     }
+
+    /// How the groups are kept in update and complete mode (partitions, memory
+    /// budget, time-to-live).
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Update and complete mode: the batch's groups merged in the store (the groups
+    /// it touched, on every core); then every group (complete) or the touched ones
+    /// (update) emitted, and the windows the watermark closed evicted.
+    fn process_store(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+        max_event_time: Option<i64>,
+    ) -> Result<Vec<RecordBatch>> {
+        let now = ctx.batch_time.as_millis();
+        let nk = self.agg.keys();
+        let partial = Arc::clone(&self.agg.planned()?.partial_schema);
+        let input = datafusion::arrow::compute::concat_batches(&partial, &input)?;
+        let agg = &self.agg;
+        let Some(store) = self.store.as_mut() else {
+            return crate::internal_err!("WindowAggregate used before plan_input");
+        };
+        let cutoff = store.cutoff(now);
+        let routed = store.route(input.columns(), input.num_rows())?;
+        let touched = store.for_each(routed, |p, columns: Vec<ArrayRef>| {
+            let rows = columns.first().map_or(0, |c| c.len());
+            let touched = p.touch(&columns, rows, cutoff)?;
+            let (values, output) = agg.fold_groups(
+                touched.len(),
+                (&touched.previous, &touched.previous_group),
+                (&columns[nk..], &touched.row_group),
+            )?;
+            let mut out = touched.keys.clone();
+            out.extend(output);
+            p.put(touched, values, now, cutoff)?;
+            Ok(out)
+        })?;
+        self.time.advance(ctx, max_event_time);
+        let mut out = Vec::new();
+        if self.changed_only {
+            for columns in touched {
+                out.push(self.output_batch(columns)?);
+            }
+        } else {
+            let width = store.schema().fields().len() - 1;
+            let everything = store.all(|p, ()| {
+                let mut batches = Vec::new();
+                for b in p.scan(cutoff)? {
+                    let mut columns = b.columns()[..nk].to_vec();
+                    columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
+                    batches.push(columns);
+                }
+                Ok(batches)
+            })?;
+            for columns in everything.into_iter().flatten() {
+                out.push(self.output_batch(columns)?);
+            }
+        }
+        self.evict_closed()?;
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+        }
+        Ok(out)
+    }
+
+    /// Keys + every aggregate's value as an output batch: the hidden aggregates
+    /// dropped, windows keyed by their end given their `{start, end}`.
+    fn output_batch(&self, mut columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let w = &self.time.window;
+        columns.truncate(self.output_schema.fields().len());
+        if let Some(size) = w.keyed_by_end {
+            columns[w.key_index] = window_structs_from_ends(&columns[w.key_index], size)?;
+        }
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.output_schema),
+            columns,
+        )?)
+    }
+
+    /// Drops from the store the windows the watermark closed (when the window says
+    /// closed windows go).
+    fn evict_closed(&mut self) -> Result<()> {
+        let w = self.time.window;
+        let (Some(wm), true, Some(store)) =
+            (self.time.watermark, w.evict_closed, self.store.as_mut())
+        else {
+            return Ok(());
+        };
+        let key = w.key_index;
+        store.evict_until(wm, &move |rows: &RecordBatch| {
+            Ok(window_ends(rows.column(key))?.iter().collect())
+        })?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -153,6 +262,16 @@ impl StreamOperator for WindowAggregate {
                 planned.aggregates[..stored].to_vec(),
                 planned.state_widths[..stored].to_vec(),
             )?));
+        } else if !w.emit_closed_only {
+            let planned = self.agg.planned()?;
+            let fields = planned.partial_schema.fields();
+            let nk = self.agg.keys();
+            let mut store = KeyedState::try_new(&fields[..nk], &fields[nk..], self.config.clone())?;
+            if let Some(rows) = self.restored.take() {
+                store.restore(rows)?;
+            }
+            self.store = Some(store);
+            self.evict_closed()?;
         }
         Ok(plan)
     }
@@ -166,6 +285,9 @@ impl StreamOperator for WindowAggregate {
         if self.windows.is_some() {
             return Ok(Some(self.process_windows(ctx, input, max_event_time)?));
         }
+        if self.store.is_some() {
+            return Ok(Some(self.process_store(ctx, input, max_event_time)?));
+        }
         let folded = self.agg.fold(self.state.take(), input)?;
         self.time.advance(ctx, max_event_time);
         let (out, state) = self
@@ -176,28 +298,54 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn state_rows(&self) -> usize {
-        match &self.windows {
-            Some(w) => w.lock().unwrap_or_else(|e| e.into_inner()).rows(),
-            None => self.state.as_ref().map_or(0, |s| s.num_rows()),
-        }
+        self.state_stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        match &self.windows {
-            Some(w) => w.lock().unwrap_or_else(|e| e.into_inner()).bytes(),
-            None => self.state.as_ref().map_or(0, |s| s.get_array_memory_size()),
+        self.state_stats().memory_bytes as usize
+    }
+
+    fn state_stats(&self) -> StateStats {
+        match (&self.windows, &self.store) {
+            (Some(w), _) => {
+                let w = w.lock().unwrap_or_else(|e| e.into_inner());
+                StateStats {
+                    rows: w.rows() as u64,
+                    memory_bytes: w.bytes() as u64,
+                    ..Default::default()
+                }
+            }
+            (None, Some(store)) => store.stats(),
+            (None, None) => StateStats {
+                rows: self.state.as_ref().map_or(0, |s| s.num_rows() as u64),
+                memory_bytes: self
+                    .state
+                    .as_ref()
+                    .map_or(0, |s| s.get_array_memory_size() as u64),
+                ..Default::default()
+            },
         }
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        let batches = match self.windows_mut() {
-            Some(w) => w.snapshot()?,
-            None => self.state.iter().cloned().collect(),
+        let mut meta = serde_json::json!({ "watermark": self.time.watermark });
+        let windows = self
+            .windows
+            .as_mut()
+            .map(|w| w.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let batches = match (windows, self.store.as_mut()) {
+            (Some(w), _) => w.snapshot()?,
+            (None, Some(store)) => {
+                let (kind, batches) = store.checkpoint(None)?;
+                meta["state"] = kind.as_str().into();
+                batches
+            }
+            (None, None) => match &self.state {
+                Some(state) => vec![state.clone()],
+                None => self.restored.clone().unwrap_or_default(),
+            },
         };
-        Ok(crate::checkpoint::OperatorState {
-            batches,
-            meta: serde_json::json!({ "watermark": self.time.watermark }),
-        })
+        Ok(crate::checkpoint::OperatorState { batches, meta })
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
@@ -218,8 +366,20 @@ impl StreamOperator for WindowAggregate {
             }
             return Ok(());
         }
-        self.state = restored_state(&state.batches)?;
-        Ok(())
+        match self.store.as_mut() {
+            Some(store) => {
+                store.restore(state.batches)?;
+                // A delta does not record the windows closed since the full snapshot.
+                self.evict_closed()
+            }
+            None => {
+                // Before planning (the store takes them then), or append mode
+                // without eviction (re-merged each batch).
+                self.state = super::partial::restored_state(&state.batches)?;
+                self.restored = Some(state.batches);
+                Ok(())
+            }
+        }
     }
 
     fn late_rows(&self) -> u64 {
@@ -337,5 +497,34 @@ mod tests {
             "the window the watermark passed is gone"
         );
         assert_eq!(op.watermark(), Some(14_000));
+    }
+
+    #[tokio::test]
+    async fn update_mode_in_seven_spilled_partitions_emits_and_evicts_as_one_partition_does() {
+        let spilled_config = StateConfig {
+            partitions: 7,
+            memory: 1,
+            ttl: None,
+            spill_dir: None,
+        };
+        let (plain_input, mut plain) = (input(), tumbling(false).await);
+        let spilled_input = input();
+        let mut spilled = tumbling(false).await.with_state_config(spilled_config);
+        for b in 0..6i64 {
+            let keys: Vec<String> = (0..300)
+                .map(|i| format!("k{}", (i * 7 + b) % 120))
+                .collect();
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            // Event time moves 4 s a batch: windows close behind the watermark.
+            let ms: Vec<i64> = (0..300).map(|i| b * 4_000 + i * 10).collect();
+            let batch = rows_at(&refs, &ms);
+            let want = plain_input.run(&mut plain, b, vec![batch.clone()]).await;
+            let got = spilled_input.run(&mut spilled, b, vec![batch]).await;
+            assert_eq!(rows(&got), rows(&want), "batch {b}");
+            assert_eq!(spilled.state_rows(), plain.state_rows(), "batch {b}");
+        }
+        assert!(spilled.state_stats().spilled_bytes > 0);
+        // Only the windows the watermark has not passed are kept.
+        assert!(plain.state_rows() <= 2 * 120, "{}", plain.state_rows());
     }
 }
