@@ -113,6 +113,8 @@ pub async fn run(args: &[String]) -> Result<()> {
         .filter_map(|b| b.operators.first().map(|o| o.checkpoint_bytes))
         .sum();
     let peak = crate::memory::peak_rss_mib()?;
+    let each: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
+    println!("batch ms: {}", each.join(" "));
     println!(
         "state: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows, {spilled} bytes spilled{}",
         last / first,

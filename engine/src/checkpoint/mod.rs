@@ -269,6 +269,13 @@ impl SourceStore {
     }
 }
 
+/// How state files are written: Arrow IPC with LZ4 frames (a delta's `__updated`
+/// column, one value repeated, and small counts shrink to little).
+pub(crate) fn ipc_options() -> Result<datafusion::arrow::ipc::writer::IpcWriteOptions> {
+    Ok(datafusion::arrow::ipc::writer::IpcWriteOptions::default()
+        .try_with_compression(Some(datafusion::arrow::ipc::CompressionType::LZ4_FRAME))?)
+}
+
 /// Runs of batches sharing a schema (a join keeps two sides, map_with_state keys and
 /// state): one Arrow IPC file each, read back in order.
 fn runs_by_schema(batches: &[RecordBatch]) -> Vec<&[RecordBatch]> {
@@ -604,7 +611,8 @@ impl Checkpoint {
             for (k, run) in runs_by_schema(&state.batches).into_iter().enumerate() {
                 let file = format!("op-{index}-{k}.arrow");
                 let mut bytes = Vec::new();
-                let mut w = FileWriter::try_new(&mut bytes, &run[0].schema())?;
+                let mut w =
+                    FileWriter::try_new_with_options(&mut bytes, &run[0].schema(), ipc_options()?)?;
                 for b in run {
                     w.write(b)?;
                 }

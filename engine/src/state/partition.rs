@@ -531,9 +531,11 @@ impl Partition {
                 std::fs::create_dir_all(dir)?;
             }
             let file = std::fs::File::create(&path)?;
-            let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(
+            let options = crate::checkpoint::ipc_options().map_err(std::io::Error::other)?;
+            let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new_with_options(
                 std::io::BufWriter::new(file),
                 &self.schema,
+                options,
             )
             .map_err(std::io::Error::other)?;
             for b in &rows {
