@@ -8,7 +8,8 @@ use flumen::engine::{Clock, ManualClock, Time};
 
 use crate::common::{sql_error, sql_rows, strs, temp_dir};
 
-fn session_at(t: Time) -> (flumen::sql::FlumenSession, Arc<ManualClock>) {
+/// A session on a manual clock at `t`, and the clock.
+pub(crate) fn session_at(t: Time) -> (flumen::sql::FlumenSession, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(t));
     let s = flumen::sql::FlumenSession::new(
         flumen::connectors::registry(),

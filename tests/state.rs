@@ -4,10 +4,9 @@
 //! DataFusion batch query over all the input gives; a checkpoint restarts under another partition
 //! count; the state is visible per operator.
 
-use std::sync::Arc;
+use flumen::engine::{Clock, Time};
 
-use flumen::engine::{Clock, ManualClock, Time};
-
+use crate::checkpoint::session_at;
 use crate::common::{sql_rows, sql_session, temp_dir};
 
 const KEYS: i64 = 1_000_000;
@@ -115,15 +114,6 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
     assert!(op.spilled_bytes > 0, "{op:?}");
     assert_eq!(op.rows, groups[0].parse::<u64>().unwrap());
     s.stop_all().await.unwrap();
-}
-
-fn session_at(t: Time) -> (flumen::sql::FlumenSession, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(t));
-    let s = flumen::sql::FlumenSession::new(
-        flumen::connectors::registry(),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
-    (s, clock)
 }
 
 fn checkpointed(dir: &std::path::Path, partitions: usize) -> String {

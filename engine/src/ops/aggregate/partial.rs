@@ -17,6 +17,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 
 use super::super::window_state::new_accumulators;
+use crate::state::KeyedState;
 use crate::{Result, internal_err};
 
 /// A `GROUP BY` split in two: the partial aggregate DataFusion runs over each batch
@@ -320,6 +321,54 @@ impl PartialAggregate {
             groups,
         })
     }
+}
+
+/// A batch's partial rows (`input`, the partial aggregate's layout) merged into
+/// `store` at batch time `now`: only the groups they touch, every partition in
+/// parallel. Per partition, the touched groups' keys then every aggregate's value.
+pub(crate) fn merge_touched(
+    agg: &PartialAggregate,
+    store: &mut KeyedState,
+    input: &RecordBatch,
+    now: i64,
+) -> Result<Vec<Vec<ArrayRef>>> {
+    let nk = agg.keys();
+    let cutoff = store.cutoff(now);
+    let routed = store.route(input.columns(), input.num_rows())?;
+    store.for_each(routed, |p, columns: Vec<ArrayRef>| {
+        let rows = columns.first().map_or(0, |c| c.len());
+        let touched = p.touch(&columns, rows, cutoff)?;
+        let (values, output) = agg.fold_groups(
+            touched.len(),
+            (&touched.previous, &touched.previous_group),
+            (&columns[nk..], &touched.row_group),
+        )?;
+        let mut out = touched.keys.clone();
+        out.extend(output);
+        p.put(touched, values, now, cutoff)?;
+        Ok(out)
+    })
+}
+
+/// Every group in `store` (rows written before `cutoff` left out) as its keys then
+/// every aggregate's value: complete mode, the one output that reads all the state.
+pub(crate) fn evaluate_all(
+    agg: &PartialAggregate,
+    store: &mut KeyedState,
+    cutoff: Option<i64>,
+) -> Result<Vec<Vec<ArrayRef>>> {
+    let nk = agg.keys();
+    let width = store.schema().fields().len() - 1;
+    let per_partition = store.all(|p, ()| {
+        let mut groups = Vec::new();
+        for b in p.scan(cutoff)? {
+            let mut columns = b.columns()[..nk].to_vec();
+            columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
+            groups.push(columns);
+        }
+        Ok(groups)
+    })?;
+    Ok(per_partition.into_iter().flatten().collect())
 }
 
 /// One batch of stored state from what a checkpoint kept (one or more batches).

@@ -12,7 +12,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::partial::PartialAggregate;
+use super::partial::{PartialAggregate, evaluate_all, merge_touched};
 use crate::Result;
 use crate::checkpoint::OperatorState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
@@ -61,29 +61,26 @@ impl RunningAggregate {
     /// whole state).
     fn everything(&mut self, cutoff: Option<i64>) -> Result<Vec<RecordBatch>> {
         let nk = self.agg.keys();
-        let (agg, schema) = (&self.agg, Arc::clone(&self.output_schema));
         let Some(state) = self.state.as_mut() else {
             return crate::internal_err!("RunningAggregate used before plan_input");
         };
-        let width = state.schema().fields().len() - 1;
-        let mut out = state.all(|p, ()| {
-            let mut batches = Vec::new();
-            for b in p.scan(cutoff)? {
-                let mut columns = b.columns()[..nk].to_vec();
-                columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
-                batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
-            }
-            Ok(batches)
-        })?;
-        let mut out: Vec<RecordBatch> = out.drain(..).flatten().collect();
+        let groups = evaluate_all(&self.agg, state, cutoff)?;
+        let mut out = groups
+            .into_iter()
+            .map(|columns| RecordBatch::try_new(Arc::clone(&self.output_schema), columns))
+            .collect::<Result<Vec<_>, _>>()?;
         if nk == 0 && out.iter().all(|b| b.num_rows() == 0) {
             // No rows yet: one group all the same (`count(*)` is 0).
+            let width = state.schema().fields().len() - 1;
             let empty: Vec<ArrayRef> = state.schema().fields()[..width]
                 .iter()
                 .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
                 .collect();
-            let (_, values) = agg.fold_groups(1, (&[], &[]), (&empty, &[]))?;
-            out = vec![RecordBatch::try_new(schema, values)?];
+            let (_, values) = self.agg.fold_groups(1, (&[], &[]), (&empty, &[]))?;
+            out = vec![RecordBatch::try_new(
+                Arc::clone(&self.output_schema),
+                values,
+            )?];
         }
         Ok(out)
     }
@@ -152,28 +149,16 @@ impl StreamOperator for RunningAggregate {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let now = ctx.batch_time.as_millis();
-        let nk = self.agg.keys();
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
         let input = concat_batches(&partial, &input)?;
-        let (agg, schema) = (&self.agg, Arc::clone(&self.output_schema));
         let Some(state) = self.state.as_mut() else {
             return crate::internal_err!("RunningAggregate used before plan_input");
         };
         let cutoff = state.cutoff(now);
-        let routed = state.route(input.columns(), input.num_rows())?;
-        let changed = state.for_each(routed, |p, columns: Vec<ArrayRef>| {
-            let rows = columns.first().map_or(0, |c| c.len());
-            let touched = p.touch(&columns, rows, cutoff)?;
-            let (values, output) = agg.fold_groups(
-                touched.len(),
-                (&touched.previous, &touched.previous_group),
-                (&columns[nk..], &touched.row_group),
-            )?;
-            let mut out = touched.keys.clone();
-            out.extend(output);
-            p.put(touched, values, now, cutoff)?;
-            Ok(RecordBatch::try_new(Arc::clone(&schema), out)?)
-        })?;
+        let changed = merge_touched(&self.agg, state, &input, now)?
+            .into_iter()
+            .map(|columns| RecordBatch::try_new(Arc::clone(&self.output_schema), columns))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.changed_only {
             return Ok(Some(changed));
         }

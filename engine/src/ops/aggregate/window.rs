@@ -17,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::{
     self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
 };
-use super::partial::PartialAggregate;
+use super::partial::{PartialAggregate, evaluate_all, merge_touched};
 use crate::Result;
 use crate::ops::window_state::WindowState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
@@ -138,48 +138,22 @@ impl WindowAggregate {
         max_event_time: Option<i64>,
     ) -> Result<Vec<RecordBatch>> {
         let now = ctx.batch_time.as_millis();
-        let nk = self.agg.keys();
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
         let input = datafusion::arrow::compute::concat_batches(&partial, &input)?;
-        let agg = &self.agg;
         let Some(store) = self.store.as_mut() else {
             return crate::internal_err!("WindowAggregate used before plan_input");
         };
         let cutoff = store.cutoff(now);
-        let routed = store.route(input.columns(), input.num_rows())?;
-        let touched = store.for_each(routed, |p, columns: Vec<ArrayRef>| {
-            let rows = columns.first().map_or(0, |c| c.len());
-            let touched = p.touch(&columns, rows, cutoff)?;
-            let (values, output) = agg.fold_groups(
-                touched.len(),
-                (&touched.previous, &touched.previous_group),
-                (&columns[nk..], &touched.row_group),
-            )?;
-            let mut out = touched.keys.clone();
-            out.extend(output);
-            p.put(touched, values, now, cutoff)?;
-            Ok(out)
-        })?;
+        let touched = merge_touched(&self.agg, store, &input, now)?;
         self.time.advance(ctx, max_event_time);
-        let mut out = Vec::new();
-        if self.changed_only {
-            for columns in touched {
-                out.push(self.output_batch(columns)?);
-            }
+        let groups = if self.changed_only {
+            touched
         } else {
-            let width = store.schema().fields().len() - 1;
-            let everything = store.all(|p, ()| {
-                let mut batches = Vec::new();
-                for b in p.scan(cutoff)? {
-                    let mut columns = b.columns()[..nk].to_vec();
-                    columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
-                    batches.push(columns);
-                }
-                Ok(batches)
-            })?;
-            for columns in everything.into_iter().flatten() {
-                out.push(self.output_batch(columns)?);
-            }
+            evaluate_all(&self.agg, store, cutoff)?
+        };
+        let mut out = Vec::with_capacity(groups.len());
+        for columns in groups {
+            out.push(self.output_batch(columns)?);
         }
         self.evict_closed()?;
         if out.is_empty() {
