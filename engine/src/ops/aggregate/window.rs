@@ -209,12 +209,19 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn explain(&self) -> String {
-        event_time::explain(
+        let line = event_time::explain(
             "WindowAggregate",
             &self.display,
             &self.time.window,
             self.changed_only,
-        )
+        );
+        match self.config.ttl {
+            Some(ttl) if !self.time.window.emit_closed_only => format!(
+                "{line}; bounded by state_ttl too: a group not updated for {} is evicted",
+                crate::time::format_duration(ttl)
+            ),
+            _ => line,
+        }
     }
 
     fn emits(&self) -> Emits {
@@ -498,6 +505,17 @@ mod tests {
             assert_eq!(spilled.state_rows(), plain.state_rows(), "batch {b}");
         }
         assert!(spilled.state_stats().spilled_bytes > 0);
+        let with_ttl = tumbling(false).await.with_state_config(StateConfig {
+            ttl: Some(Duration::from_secs(60)),
+            ..StateConfig::default()
+        });
+        assert!(
+            with_ttl
+                .explain()
+                .ends_with("bounded by state_ttl too: a group not updated for 1m is evicted"),
+            "{}",
+            with_ttl.explain()
+        );
         // Only the windows the watermark has not passed are kept.
         assert!(plain.state_rows() <= 2 * 120, "{}", plain.state_rows());
     }
