@@ -47,6 +47,52 @@ async fn running_word_count() {
     assert_eq!(ctx.recent_batches().last().unwrap().state_rows, 3);
 }
 
+/// The embedded API's state settings: `with_state_config` on the builder reaches
+/// `update_state_by_key` — 3 partitions, a 1-byte budget (every partition spilled), a
+/// time-to-live that forgets `a` after 10 s without an update.
+#[tokio::test]
+async fn update_state_by_key_keeps_its_state_as_the_context_says() {
+    let _g = serial().await;
+    let clock = ManualClock::default();
+    let ctx = StreamingContext::builder(Duration::from_millis(1000))
+        .with_clock(Arc::new(clock.clone()))
+        .with_state_config(flumen::engine::state::StateConfig {
+            partitions: 3,
+            memory: 1,
+            ttl: Some(Duration::from_secs(10)),
+            spill_dir: None,
+        })
+        .build()
+        .unwrap();
+    assert_eq!(ctx.state_config().partitions, 3);
+    let (q, lines_stream) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
+    let sink = MemorySink::new("counts");
+    lines_stream
+        .flat_map(
+            string_to_array(col("line"), lit(" "), lit(ScalarValue::Utf8(None))).alias("word"),
+        )
+        .unwrap()
+        .update_state_by_key(vec![col("word")], vec![count(lit(1)).alias("n")])
+        .unwrap()
+        .write_to(sink.clone())
+        .unwrap();
+    q.push(vec![lines(&["a b a"])]).unwrap();
+    for _ in 0..11 {
+        q.push(vec![lines(&["b"])]).unwrap();
+    }
+    q.push(vec![lines(&["a b"])]).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(13).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    assert_eq!(rows(&sink.batch(t(1000))), strs(&["a|2", "b|1"]));
+    // At 13 s `a` (last updated at 1 s) has expired: it starts again; `b` goes on.
+    assert_eq!(rows(&sink.batch(t(13000))), strs(&["a|1", "b|13"]));
+    let last = ctx.recent_batches().last().unwrap().clone();
+    let op = &last.operators[0];
+    assert!(op.spilled_bytes > 0, "{op:?}");
+    assert_eq!(op.evicted_rows, 1, "{op:?}");
+}
+
 fn kv_schema() -> SchemaRef {
     schema(&[("k", DataType::Utf8), ("v", DataType::Int64)])
 }
