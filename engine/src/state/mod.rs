@@ -135,6 +135,29 @@ impl Drop for SpillDir {
 
 static SPILL_DIRS: AtomicUsize = AtomicUsize::new(0);
 
+/// Spill folders of processes that are gone (killed before they could remove them):
+/// the first state a process makes deletes them, so `kill -9` does not fill the disk.
+fn remove_orphaned_spills() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("flumen-state-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next() else {
+            continue;
+        };
+        let gone = pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The hash that routes keys to partitions: fixed, so a key's partition is the same
 /// in every run.
 const ROUTE: RandomState = RandomState::with_seed(0x005e_edf1);
@@ -160,11 +183,13 @@ impl KeyedState {
         };
         let dir = match &config.spill_dir {
             Some(d) => d.clone(),
-            None => std::env::temp_dir().join(format!(
-                "flumen-state-{}-{}",
-                std::process::id(),
-                SPILL_DIRS.fetch_add(1, Ordering::Relaxed)
-            )),
+            None => {
+                let n = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    remove_orphaned_spills();
+                }
+                std::env::temp_dir().join(format!("flumen-state-{}-{n}", std::process::id()))
+            }
         };
         let partitions = (0..n)
             .map(|p| {
@@ -421,5 +446,25 @@ impl KeyedState {
             )));
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spill_folders_of_processes_that_are_gone_are_removed() {
+        // No process has pid 4,000,000,000; this one's own folders stay.
+        let orphan = std::env::temp_dir().join("flumen-state-4000000000-0");
+        let mine = std::env::temp_dir().join(format!("flumen-state-{}-999", std::process::id()));
+        for d in [&orphan, &mine] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("p0.arrow"), b"x").unwrap();
+        }
+        remove_orphaned_spills();
+        assert!(!orphan.exists());
+        assert!(mine.exists());
+        std::fs::remove_dir_all(&mine).unwrap();
     }
 }
