@@ -98,13 +98,24 @@ fn kv_schema() -> SchemaRef {
 }
 
 /// update_state_by_key over 100 batches and 10,000 keys ends equal to one DataFusion
-/// GROUP BY over all of the input.
+/// GROUP BY over all of the input — with 5 state partitions spilled after every batch,
+/// so list and binary states (count distinct, approx_distinct) go through the spill
+/// files too.
 #[tokio::test]
 async fn running_aggregates_equal_one_batch_query() {
     let _g = serial().await;
     let mut rng = SmallRng::seed_from_u64(42);
     let mut all = Vec::new();
-    let (ctx, _clock) = manual_ctx(1000);
+    let ctx = StreamingContext::builder(Duration::from_millis(1000))
+        .with_clock(Arc::new(ManualClock::default()))
+        .with_state_config(flumen::engine::state::StateConfig {
+            partitions: 5,
+            memory: 1,
+            ttl: None,
+            spill_dir: None,
+        })
+        .build()
+        .unwrap();
     let (q, s) = ctx.queue_stream("kv", kv_schema(), true).unwrap();
     for _ in 0..100 {
         let keys: Vec<String> = (0..1000)

@@ -404,4 +404,21 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn a_null_key_is_one_group_whatever_the_partitions() {
+        let input = input();
+        let mut op = counts(true)
+            .await
+            .with_state_config(config(7, usize::MAX, None));
+        let batch = input.batch(vec![
+            Arc::new(StringArray::from(vec![None, Some("a"), None])),
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+        ]);
+        let out = input.run(&mut op, 1, vec![batch.clone()]).await;
+        assert_eq!(rows(&out), ["NULL,2,4", "a,1,2"]);
+        let out = input.run(&mut op, 2, vec![batch]).await;
+        assert_eq!(rows(&out), ["NULL,4,8", "a,2,4"]);
+        assert_eq!(op.state_rows(), 2);
+    }
 }
