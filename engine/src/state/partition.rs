@@ -234,6 +234,10 @@ impl Partition {
             r.mark[*s] = u32::MAX;
         }
         // The previous versions, wherever they are.
+        // Segment ids run from the oldest kept to `next_segment`: a direct map from id
+        // to its position among the segments this batch reads.
+        let base = r.segments.keys().next().copied().unwrap_or(0);
+        let mut source_of = vec![u32::MAX; (r.next_segment - base) as usize];
         let mut sources: Vec<u32> = Vec::new();
         let mut picks = Vec::new();
         let mut previous_group = Vec::new();
@@ -243,9 +247,9 @@ impl Partition {
                 continue;
             }
             let (seg, row) = unpack(l);
-            let segment = &r.segments[&seg];
             if let Some(cutoff) = cutoff {
-                let updated = segment.rows.columns()[values.end].as_primitive::<Int64Type>();
+                let updated =
+                    r.segments[&seg].rows.columns()[values.end].as_primitive::<Int64Type>();
                 if updated.value(row) < cutoff {
                     evicted += 1;
                     r.loc[*s] = NONE;
@@ -254,14 +258,12 @@ impl Partition {
                     continue;
                 }
             }
-            let source = match sources.iter().position(|x| *x == seg) {
-                Some(p) => p,
-                None => {
-                    sources.push(seg);
-                    sources.len() - 1
-                }
-            };
-            picks.push((source, row));
+            let source = &mut source_of[(seg - base) as usize];
+            if *source == u32::MAX {
+                *source = sources.len() as u32;
+                sources.push(seg);
+            }
+            picks.push((*source as usize, row));
             previous_group.push(i);
         }
         let mut previous = Vec::with_capacity(values.len());
