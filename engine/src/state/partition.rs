@@ -565,9 +565,17 @@ impl Partition {
         }
     }
 
-    /// Memory the index, locations and segments take.
+    /// Memory the index, locations and segments take, and the rows kept for the next
+    /// checkpoint once they are all that holds them (a spilled partition's; while
+    /// resident they share the segments' buffers).
     pub fn memory(&self) -> usize {
-        self.resident.as_ref().map_or(0, |r| {
+        let pending = || {
+            self.pending
+                .iter()
+                .map(|b| b.get_array_memory_size())
+                .sum::<usize>()
+        };
+        self.resident.as_ref().map_or_else(pending, |r| {
             r.index.as_ref().map_or(0, |i| i.lock().size())
                 + r.loc.capacity() * 8
                 + r.mark.capacity() * 4
