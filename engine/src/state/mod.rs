@@ -51,8 +51,9 @@ pub struct StateConfig {
     pub memory: usize,
     /// Keys not updated for this long are evicted.
     pub ttl: Option<Duration>,
-    /// Where spilled partitions go (a folder of this process's temporary folder by
-    /// default).
+    /// The folder spilled partitions go in (each state makes a folder of its own
+    /// there, `flumen-state-<pid>-<n>`, removed with it); the temporary folder by
+    /// default.
     pub spill_dir: Option<PathBuf>,
 }
 
@@ -121,7 +122,7 @@ pub struct KeyedState {
     since_full: usize,
     deltas: usize,
     checkpointed: bool,
-    _spill_dir: Option<Arc<SpillDir>>,
+    _spill_dir: SpillDir,
 }
 
 /// A temporary folder removed with the state.
@@ -181,16 +182,19 @@ impl KeyedState {
         } else {
             config.partitions
         };
-        let dir = match &config.spill_dir {
+        // A folder of its own, inside the one the user named (or the temporary
+        // folder): removing it when the state goes never touches anything else.
+        let n_dir = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
+        let parent = match &config.spill_dir {
             Some(d) => d.clone(),
             None => {
-                let n = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
-                if n == 0 {
+                if n_dir == 0 {
                     remove_orphaned_spills();
                 }
-                std::env::temp_dir().join(format!("flumen-state-{}-{n}", std::process::id()))
+                std::env::temp_dir()
             }
         };
+        let dir = parent.join(format!("flumen-state-{}-{n_dir}", std::process::id()));
         let partitions = (0..n)
             .map(|p| {
                 Partition::new(
@@ -209,17 +213,13 @@ impl KeyedState {
             since_full: 0,
             deltas: 0,
             checkpointed: false,
-            _spill_dir: Some(Arc::new(SpillDir(dir))),
+            _spill_dir: SpillDir(dir),
         })
     }
 
     /// The layout of every row: keys, values, `__updated`.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
-    }
-
-    pub fn config(&self) -> &StateConfig {
-        &self.config
     }
 
     /// The batch time before which a row has expired, at batch time `now` (ms).
@@ -400,7 +400,8 @@ impl KeyedState {
 
     /// Replaces the state with `rows` (a full snapshot then its deltas, in order:
     /// later rows win), re-partitioned by this state's partition count. Rows without
-    /// `__updated` (older checkpoints) count as updated now.
+    /// `__updated` (checkpoints from before the store) get `i64::MAX`: `state_ttl`
+    /// counts them from their next update.
     pub fn restore(&mut self, rows: Vec<RecordBatch>) -> Result<()> {
         for p in &mut self.partitions {
             p.clear();
@@ -452,6 +453,38 @@ impl KeyedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spill_folder_given_keeps_what_else_it_holds() {
+        let given = std::env::temp_dir().join(format!("flumen-given-{}", std::process::id()));
+        std::fs::create_dir_all(&given).unwrap();
+        std::fs::write(given.join("keep.txt"), b"mine").unwrap();
+        let field = Arc::new(Field::new("k", DataType::Int64, false));
+        let config = StateConfig {
+            partitions: 2,
+            memory: 1,
+            ttl: None,
+            spill_dir: Some(given.clone()),
+        };
+        let mut state = KeyedState::try_new(&[field], &[], config).unwrap();
+        let keys: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let routed = state.route(&[keys], 3).unwrap();
+        state
+            .for_each(routed, |p, cols: Vec<ArrayRef>| {
+                let touched = p.touch(&cols, cols[0].len(), None)?;
+                p.put(touched, vec![], 0, None)
+            })
+            .unwrap();
+        assert!(state.stats().spilled_bytes > 0);
+        drop(state);
+        assert_eq!(std::fs::read(given.join("keep.txt")).unwrap(), b"mine");
+        assert_eq!(
+            std::fs::read_dir(&given).unwrap().count(),
+            1,
+            "only keep.txt left"
+        );
+        std::fs::remove_dir_all(&given).unwrap();
+    }
 
     #[test]
     fn spill_folders_of_processes_that_are_gone_are_removed() {

@@ -399,8 +399,10 @@ mod tests {
         )
         .unwrap();
         let err = op.process(&ctx, vec![rows]).await.unwrap_err().to_string();
+        // Inside a folder of the state's own under the one given.
         assert!(
-            err.contains("state spill file /dev/null/state/p0.arrow"),
+            err.contains("state spill file /dev/null/state/flumen-state-")
+                && err.contains("/p0.arrow"),
             "{err}"
         );
     }
