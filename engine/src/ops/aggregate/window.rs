@@ -243,6 +243,10 @@ impl StreamOperator for WindowAggregate {
                 planned.aggregates[..stored].to_vec(),
                 planned.state_widths[..stored].to_vec(),
             )?));
+            if let Some(batches) = self.restored.take() {
+                let meta = serde_json::json!({ "watermark": self.time.watermark });
+                self.restore(crate::checkpoint::OperatorState { batches, meta })?;
+            }
         } else if !w.emit_closed_only {
             let planned = self.agg.planned()?;
             let fields = planned.partial_schema.fields();
@@ -253,6 +257,8 @@ impl StreamOperator for WindowAggregate {
             }
             self.store = Some(store);
             self.evict_closed()?;
+        } else if let Some(rows) = self.restored.take() {
+            self.state = super::partial::restored_state(&rows)?;
         }
         Ok(plan)
     }
@@ -353,10 +359,13 @@ impl StreamOperator for WindowAggregate {
                 // A delta does not record the windows closed since the full snapshot.
                 self.evict_closed()
             }
-            None => {
-                // Before planning (the store takes them then), or append mode
-                // without eviction (re-merged each batch).
+            // Append mode without eviction, planned: re-merged each batch.
+            None if self.agg.planned().is_ok() => {
                 self.state = super::partial::restored_state(&state.batches)?;
+                Ok(())
+            }
+            // Not planned yet: `plan_input` puts them where they belong.
+            None => {
                 self.restored = Some(state.batches);
                 Ok(())
             }
@@ -518,5 +527,31 @@ mod tests {
         );
         // Only the windows the watermark has not passed are kept.
         assert!(plain.state_rows() <= 2 * 120, "{}", plain.state_rows());
+    }
+
+    #[tokio::test]
+    async fn state_given_back_before_planning_is_kept_in_every_mode() {
+        for append in [true, false] {
+            let (input, mut op) = (input(), tumbling(append).await);
+            input
+                .run(&mut op, 1, vec![rows_at(&["a", "a"], &[1_000, 2_000])])
+                .await;
+            let saved = op.snapshot().unwrap();
+            // A restarted query: restored before its input is planned.
+            let (input, mut restored) = (self::input(), tumbling(append).await);
+            restored.restore(saved).unwrap();
+            let out = input
+                .run(&mut restored, 2, vec![rows_at(&["a"], &[12_000])])
+                .await;
+            let want = if append {
+                "{start: 1970-01-01T00:00:00, end: 1970-01-01T00:00:10},a,2"
+            } else {
+                "{start: 1970-01-01T00:00:10, end: 1970-01-01T00:00:20},a,1"
+            };
+            assert!(
+                rows(&out).contains(&want.to_string()),
+                "append {append}: {out:?}"
+            );
+        }
     }
 }
