@@ -18,10 +18,14 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::*;
 
-#[tokio::test]
-async fn running_word_count() {
-    let _g = serial().await;
-    let (ctx, _clock) = manual_ctx(1000);
+/// Lines split into words, counted by `update_state_by_key` into a memory sink: the
+/// queue that feeds it and the sink.
+fn running_counts(
+    ctx: &StreamingContext,
+) -> (
+    Arc<flumen::engine::sources::queue::QueueSource>,
+    Arc<MemorySink>,
+) {
     let (q, lines_stream) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
     let sink = MemorySink::new("counts");
     lines_stream
@@ -33,6 +37,14 @@ async fn running_word_count() {
         .unwrap()
         .write_to(sink.clone())
         .unwrap();
+    (q, sink)
+}
+
+#[tokio::test]
+async fn running_word_count() {
+    let _g = serial().await;
+    let (ctx, _clock) = manual_ctx(1000);
+    let (q, sink) = running_counts(&ctx);
     q.push(vec![lines(&["a b a"])]).unwrap();
     q.push(vec![lines(&["b c"])]).unwrap();
     q.push(vec![]).unwrap();
@@ -65,17 +77,7 @@ async fn update_state_by_key_keeps_its_state_as_the_context_says() {
         .build()
         .unwrap();
     assert_eq!(ctx.state_config().partitions, 3);
-    let (q, lines_stream) = ctx.queue_stream("lines", lines_schema(), true).unwrap();
-    let sink = MemorySink::new("counts");
-    lines_stream
-        .flat_map(
-            string_to_array(col("line"), lit(" "), lit(ScalarValue::Utf8(None))).alias("word"),
-        )
-        .unwrap()
-        .update_state_by_key(vec![col("word")], vec![count(lit(1)).alias("n")])
-        .unwrap()
-        .write_to(sink.clone())
-        .unwrap();
+    let (q, sink) = running_counts(&ctx);
     q.push(vec![lines(&["a b a"])]).unwrap();
     for _ in 0..11 {
         q.push(vec![lines(&["b"])]).unwrap();
