@@ -314,7 +314,8 @@ impl Stream {
             self.schema(),
             keys.iter().map(|k| k.to_string()).collect(),
             spec,
-        )?;
+        )?
+        .with_state_config(self.ctx.state_config().clone())?;
         self.add_operator("map_with_state", Box::new(op), self.slide)
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flumen::datafusion::arrow::compute;
+use flumen::datafusion::arrow::datatypes::Int64Type;
 use flumen::datafusion::datasource::MemTable;
 use flumen::datafusion::functions::math::expr_fn::round;
 use flumen::datafusion::functions_aggregate::expr_fn::{
@@ -428,4 +429,254 @@ async fn map_with_state_resumes_from_the_checkpoint() {
         .map(|k| format!("{k}|{}", (0..40i64).filter(|v| v % 3 == k).sum::<i64>()))
         .collect();
     assert_eq!(got, expected);
+}
+
+fn int_kv_schema() -> SchemaRef {
+    schema(&[("k", DataType::Int64), ("v", DataType::Int64)])
+}
+
+/// A map_with_state spec keeping a running count and sum per key, emitting
+/// `k, n, s` for every key called.
+fn count_and_sum_spec() -> StateSpec {
+    let state = schema(&[("n", DataType::Int64), ("s", DataType::Int64)]);
+    let out = schema(&[
+        ("k", DataType::Int64),
+        ("n", DataType::Int64),
+        ("s", DataType::Int64),
+    ]);
+    let (st, ot) = (state.clone(), out.clone());
+    StateSpec::new(state, out, move |kb: &KeyedBatch| {
+        let prev_n = kb.state.column(0).as_primitive::<Int64Type>();
+        let prev_s = kb.state.column(1).as_primitive::<Int64Type>();
+        let v = kb.values.column(1).as_primitive::<Int64Type>();
+        let mut n = Vec::with_capacity(kb.num_keys());
+        let mut s = Vec::with_capacity(kb.num_keys());
+        for i in 0..kb.num_keys() {
+            let (from, to) = (kb.offsets[i], kb.offsets[i + 1]);
+            let had = kb.has_state.value(i);
+            n.push((to - from) as i64 + if had { prev_n.value(i) } else { 0 });
+            s.push(
+                v.values()[from..to].iter().sum::<i64>() + if had { prev_s.value(i) } else { 0 },
+            );
+        }
+        let n: ArrayRef = Arc::new(Int64Array::from(n));
+        let s: ArrayRef = Arc::new(Int64Array::from(s));
+        Ok(StateUpdate {
+            state: RecordBatch::try_new(st.clone(), vec![n.clone(), s.clone()])?,
+            remove: None,
+            output: RecordBatch::try_new(ot.clone(), vec![kb.keys.column(0).clone(), n, s])?,
+        })
+    })
+}
+
+/// map_with_state over 1,000,000 keys (3,000,000 random rows in 10 batches) in 1, 2
+/// and 7 state partitions, the 7 with a 1-byte budget (every partition spilled after
+/// every batch): each key's last count and sum are what one DataFusion batch query
+/// over all the input gives.
+#[tokio::test]
+async fn map_with_state_over_a_million_keys_in_1_2_and_7_partitions_and_spilled_equals_the_batch_query()
+ {
+    let _g = serial().await;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let input: Vec<RecordBatch> = (0..10)
+        .map(|_| {
+            let k: Int64Array = (0..300_000)
+                .map(|_| Some(rng.random_range(0..1_000_000)))
+                .collect();
+            let v: Int64Array = (0..300_000)
+                .map(|_| Some(rng.random_range(0..1000)))
+                .collect();
+            RecordBatch::try_new(int_kv_schema(), vec![Arc::new(k), Arc::new(v)]).unwrap()
+        })
+        .collect();
+    let batch = SessionContext::new();
+    batch
+        .register_table(
+            "kv",
+            Arc::new(MemTable::try_new(int_kv_schema(), vec![input.clone()]).unwrap()),
+        )
+        .unwrap();
+    let want = batch
+        .sql("SELECT k, count(*) AS n, sum(v) AS s FROM kv GROUP BY k")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let last_per_key = |batches: &[RecordBatch]| {
+        let mut out = std::collections::HashMap::new();
+        for b in batches {
+            let k = b.column(0).as_primitive::<Int64Type>();
+            let n = b.column(1).as_primitive::<Int64Type>();
+            let s = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                let e = out.entry(k.value(i)).or_insert((0, 0));
+                if n.value(i) > e.0 {
+                    *e = (n.value(i), s.value(i));
+                }
+            }
+        }
+        out
+    };
+    let want = last_per_key(&want);
+    assert!(want.len() > 900_000, "most keys drawn: {}", want.len());
+    for (partitions, memory) in [(1, usize::MAX), (2, usize::MAX), (7, 1)] {
+        let ctx = StreamingContext::builder(Duration::from_millis(1000))
+            .with_clock(Arc::new(ManualClock::default()))
+            .with_state_config(flumen::engine::state::StateConfig {
+                partitions,
+                memory,
+                ttl: None,
+                spill_dir: None,
+            })
+            .build()
+            .unwrap();
+        let (q, s) = ctx.queue_stream("kv", int_kv_schema(), true).unwrap();
+        let sink = MemorySink::new("totals");
+        s.map_with_state(&["k"], count_and_sum_spec())
+            .unwrap()
+            .write_to(sink.clone())
+            .unwrap();
+        for b in &input {
+            q.push(vec![b.clone()]).unwrap();
+        }
+        ctx.start().await.unwrap();
+        ctx.advance_batches(10).await.unwrap();
+        ctx.stop(true).await.unwrap();
+        let got = last_per_key(&sink.all());
+        assert_eq!(got.len(), want.len(), "{partitions} partitions");
+        assert!(got == want, "{partitions} partitions: totals differ");
+        let last = ctx.recent_batches().last().unwrap().clone();
+        let op = &last.operators[0];
+        assert_eq!(op.rows as usize, want.len());
+        assert_eq!(op.spilled_bytes > 0, memory == 1, "{op:?}");
+    }
+}
+
+/// What map_with_state with a 4 s timeout, a running total per `value % 300` that is
+/// removed past 2000, gives over the rate source's batches `1..=to` (values
+/// `100(i-1)..100i` at `i` s; keys 0..9 get no rows from 600 on): `k|total|timed out`
+/// per batch.
+fn timeout_model(to: i64) -> Vec<Vec<String>> {
+    let mut state: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    let mut out = Vec::new();
+    for i in 1..=to {
+        let now = i * 1000;
+        let mut rows = Vec::new();
+        let mut sums: std::collections::BTreeMap<i64, i64> = Default::default();
+        for v in 100 * (i - 1)..100 * i {
+            if v < 600 || v % 300 >= 10 {
+                *sums.entry(v % 300).or_default() += v;
+            }
+        }
+        let idle: Vec<i64> = state
+            .iter()
+            .filter(|(k, (_, seen))| !sums.contains_key(k) && now - seen >= 4000)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in idle {
+            let (total, _) = state.remove(&k).unwrap();
+            rows.push(format!("{k}|{total}|true"));
+        }
+        for (k, s) in sums {
+            let total = state.get(&k).map_or(0, |(t, _)| *t) + s;
+            rows.push(format!("{k}|{total}|false"));
+            if total > 2000 {
+                state.remove(&k);
+            } else {
+                state.insert(k, (total, now));
+            }
+        }
+        rows.sort();
+        out.push(rows);
+    }
+    out
+}
+
+/// map_with_state's timeouts and removals survive restarts: the keys that timed out
+/// or were removed before a checkpoint (tombstones in its deltas) do not come back;
+/// restarted after every batch, each batch is what the model of one uninterrupted
+/// run gives.
+#[tokio::test]
+async fn map_with_state_timeouts_and_removals_survive_restarts() {
+    let _g = serial().await;
+    let dir = temp_dir("map-with-state-timeouts");
+    let clock = ManualClock::default();
+    let build = |clock: ManualClock, sink: Arc<MemorySink>| {
+        move || {
+            let ctx = StreamingContext::builder(Duration::from_secs(1))
+                .with_clock(Arc::new(clock))
+                .build()?;
+            let st = schema(&[("total", DataType::Int64)]);
+            let out = schema(&[
+                ("k", DataType::Int64),
+                ("total", DataType::Int64),
+                ("timed_out", DataType::Boolean),
+            ]);
+            let (st2, out2) = (st.clone(), out.clone());
+            let spec = StateSpec::new(st, out, move |kb: &KeyedBatch| {
+                let prev = kb.state.column(0).as_primitive::<Int64Type>();
+                let v = kb.values.column(1).as_primitive::<Int64Type>();
+                let totals: Int64Array = (0..kb.num_keys())
+                    .map(|i| {
+                        let before = if kb.has_state.value(i) {
+                            prev.value(i)
+                        } else {
+                            0
+                        };
+                        let added: i64 = v.values()[kb.offsets[i]..kb.offsets[i + 1]].iter().sum();
+                        Some(before + added)
+                    })
+                    .collect();
+                let remove: BooleanArray = totals.iter().map(|t| t.map(|t| t > 2000)).collect();
+                let totals = Arc::new(totals);
+                Ok(StateUpdate {
+                    state: RecordBatch::try_new(st2.clone(), vec![totals.clone()])?,
+                    remove: Some(remove),
+                    output: RecordBatch::try_new(
+                        out2.clone(),
+                        vec![
+                            kb.keys.column(0).clone(),
+                            totals,
+                            Arc::new(kb.timing_out.clone()),
+                        ],
+                    )?,
+                })
+            })
+            .with_timeout(Duration::from_secs(4));
+            let rate = Arc::new(flumen::connectors::rate::RateSource::new("r", 100, None));
+            ctx.source(rate)?
+                .filter(
+                    col("value")
+                        .lt(lit(600i64))
+                        .or((col("value") % lit(300i64)).gt_eq(lit(10i64))),
+                )?
+                .select(vec![(col("value") % lit(300i64)).alias("k"), col("value")])?
+                .map_with_state(&["k"], spec)?
+                .write_to(sink)?;
+            Ok(ctx)
+        }
+    };
+    let model = timeout_model(16);
+    let mut batch = 0i64;
+    for run in [1; 16] {
+        let sink = MemorySink::new("totals");
+        let ctx =
+            StreamingContext::get_or_create(&dir, build(clock.clone(), sink.clone())).unwrap();
+        ctx.start().await.unwrap();
+        ctx.advance_batches(run).await.unwrap();
+        ctx.stop(true).await.unwrap();
+        for _ in 0..run {
+            batch += 1;
+            let got = rows(&sink.batch(t(batch * 1000)));
+            assert_eq!(got, model[batch as usize - 1], "batch {batch}");
+        }
+    }
+    // The model does time keys out and remove them.
+    let all: Vec<&String> = model.iter().flatten().collect();
+    assert!(all.iter().any(|r| r.ends_with("|true")));
+    assert!(
+        all.iter()
+            .any(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap() > 2000)
+    );
 }

@@ -219,7 +219,7 @@ impl StreamOperator for Dedup {
                 .iter()
                 .map(|r| rows.value(*r as usize))
                 .collect();
-            p.put(touched, kept, now, cutoff)?;
+            p.put(touched, kept, None, now, cutoff)?;
             Ok(global)
         })?;
         if self.emit_all {

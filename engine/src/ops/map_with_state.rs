@@ -1,31 +1,32 @@
 //! `MapWithState`: Spark's `mapWithState`, vectorised. Per batch, the user's
-//! function is called once with every key that has new rows or times out, the rows of
+//! function is called with every key that has new rows or times out, the rows of
 //! those keys grouped by key, and their previous state, all as Arrow arrays; it returns
-//! the new state per key and any output rows.
+//! the new state per key and any output rows. The state lives in a [`KeyedState`]:
+//! the function is called once per state partition that has such keys, the
+//! partitions in parallel, and a batch costs its rows and the keys it touches.
 //!
 //! ```text
-//!  batch ─sort by key─▶ keys, rows grouped ─┬─▶ StateFn ─▶ new state rows ─▶ stored state
-//!  stored state ─take(previous per key)────┘           └─▶ output rows
-//!  stored state ─idle ≥ timeout─▶ called once more with timing_out = true, then removed
+//!  batch ─route by key─▶ per partition: touch(keys) ─▶ rows grouped by key ─┐
+//!                        idle ≥ timeout (segments remember their oldest key) ┴▶ StateFn
+//!  StateFn ─▶ new state: put (timed-out and removed keys: tombstones) ─▶ output rows
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, partition,
-    take_record_batch,
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatchOptions, UInt32Array, new_empty_array,
 };
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{OperatorContext, StreamOperator};
+use crate::checkpoint::OperatorState;
 use crate::error::{Error, Result};
+use crate::state::{KeyedState, Partition, StateConfig, StateStats};
 use crate::time::Time;
 
 /// The user's state function: called once per batch with every affected key.
@@ -119,16 +120,14 @@ pub struct StateUpdate {
 /// The operator behind `Stream::map_with_state`.
 pub struct MapWithState {
     key_columns: Vec<String>,
+    /// Their positions in the input.
+    key_indices: Vec<usize>,
     spec: StateSpec,
     input_schema: SchemaRef,
     key_schema: SchemaRef,
-    converter: RowConverter,
-    /// Key columns of every key with state.
-    keys: RecordBatch,
-    state: RecordBatch,
-    last_seen: Vec<i64>,
-    /// Key (row-format bytes) to its row in `keys`/`state`.
-    index: HashMap<Box<[u8]>, usize>,
+    config: StateConfig,
+    /// Keys, their state columns, `__updated` (when each key last had rows).
+    state: KeyedState,
 }
 
 impl MapWithState {
@@ -138,9 +137,13 @@ impl MapWithState {
         spec: StateSpec,
     ) -> Result<Self> {
         let mut key_fields = Vec::new();
+        let mut key_indices = Vec::new();
         for k in &key_columns {
-            match input_schema.field_with_name(k) {
-                Ok(f) => key_fields.push(f.clone()),
+            match input_schema.index_of(k) {
+                Ok(i) => {
+                    key_fields.push(Arc::new(input_schema.field(i).clone()));
+                    key_indices.push(i);
+                }
                 Err(_) => {
                     return crate::plan_err!(
                         "map_with_state key column '{k}' is not in the stream; it has {}",
@@ -160,92 +163,184 @@ impl MapWithState {
                 f.name()
             );
         }
-        let key_schema = Arc::new(Schema::new(key_fields));
-        let converter = RowConverter::new(
-            key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let config = StateConfig::default();
+        let state = KeyedState::try_new(&key_fields, spec.state_schema.fields(), config.clone())?;
         Ok(Self {
-            keys: RecordBatch::new_empty(Arc::clone(&key_schema)),
-            state: RecordBatch::new_empty(Arc::clone(&spec.state_schema)),
+            key_schema: Arc::new(Schema::new(key_fields)),
             key_columns,
+            key_indices,
             spec,
             input_schema,
-            key_schema,
-            converter,
-            last_seen: Vec::new(),
-            index: HashMap::new(),
+            config,
+            state,
         })
     }
 
-    fn key_arrays(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        self.key_columns
-            .iter()
-            .map(|k| -> Result<ArrayRef> {
-                let i = batch.schema().index_of(k)?;
-                Ok(Arc::clone(batch.column(i)))
-            })
-            .collect()
+    /// How the keys' state is kept: partitions, memory budget, time-to-live.
+    pub fn with_state_config(mut self, config: StateConfig) -> Result<Self> {
+        self.state = KeyedState::try_new(
+            self.key_schema.fields(),
+            self.spec.state_schema.fields(),
+            config.clone(),
+        )?;
+        self.config = config;
+        Ok(self)
     }
+}
 
-    /// The batch's rows sorted by key, and the range of each key's rows.
-    fn group_by_key(
-        &self,
-        input: RecordBatch,
-    ) -> Result<(RecordBatch, Vec<std::ops::Range<usize>>)> {
-        if input.num_rows() == 0 {
-            return Ok((input, Vec::new()));
+/// One call of the user's function: the keys of one state partition.
+struct Call<'a> {
+    spec: &'a StateSpec,
+    key_schema: &'a SchemaRef,
+    input: &'a RecordBatch,
+    batch_time: Time,
+    cutoff: Option<i64>,
+    idle_until: Option<i64>,
+}
+
+impl Call<'_> {
+    /// Calls the function with the partition's keys that have rows in `routed` (key
+    /// columns, then each row's position in the input) or are idle, and puts (or
+    /// removes) their new state; the output rows.
+    fn run(&self, p: &mut Partition, routed: Option<Vec<ArrayRef>>) -> Result<Option<RecordBatch>> {
+        let nk = self.key_schema.fields().len();
+        let routed = match routed {
+            Some(r) => r,
+            None => {
+                let idle = self.idle_until.is_some_and(|up_to| p.may_be_idle(up_to));
+                if !idle {
+                    return Ok(None);
+                }
+                let mut empty: Vec<ArrayRef> = self
+                    .key_schema
+                    .fields()
+                    .iter()
+                    .map(|f| new_empty_array(f.data_type()))
+                    .collect();
+                empty.push(new_empty_array(&DataType::UInt32));
+                empty
+            }
+        };
+        let n = routed[nk].len();
+        let mut touched = p.touch(&routed[..nk], n, self.cutoff)?;
+        let with_rows = touched.len();
+        if let Some(up_to) = self.idle_until {
+            p.touch_idle(&mut touched, up_to)?;
         }
-        let keys = self.key_arrays(&input)?;
-        let sort: Vec<SortColumn> = keys
+        let called = touched.len();
+        if called == 0 {
+            return Ok(None);
+        }
+        // This partition's rows, grouped by key in the order the keys came.
+        let mut offsets = vec![0usize; with_rows + 1];
+        for g in &touched.row_group {
+            offsets[g + 1] += 1;
+        }
+        for i in 0..with_rows {
+            offsets[i + 1] += offsets[i];
+        }
+        let positions = routed[nk].as_primitive::<UInt32Type>();
+        let mut next = offsets.clone();
+        let mut order = vec![0u32; n];
+        for (row, g) in touched.row_group.iter().enumerate() {
+            order[next[*g]] = positions.value(row);
+            next[*g] += 1;
+        }
+        let values = take_record_batch(self.input, &UInt32Array::from(order))?;
+        offsets.extend(std::iter::repeat_n(n, called - with_rows));
+        let keys = RecordBatch::try_new(Arc::clone(self.key_schema), touched.keys.clone())?;
+        // Each key's previous state, a null row where it has none.
+        let mut at: Vec<Option<u32>> = vec![None; called];
+        for (j, g) in touched.previous_group.iter().enumerate() {
+            at[*g] = Some(j as u32);
+        }
+        let at = UInt32Array::from(at);
+        let state_columns = touched
+            .previous
             .iter()
-            .map(|values| SortColumn {
-                values: Arc::clone(values),
-                options: None,
+            .map(|c| take(c.as_ref(), &at, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = RecordBatch::try_new_with_options(
+            Arc::clone(&self.spec.state_schema),
+            state_columns,
+            &RecordBatchOptions::new().with_row_count(Some(called)),
+        )?;
+        let has_state: BooleanArray = at.iter().map(|i| Some(i.is_some())).collect();
+        let timing_out: BooleanArray = (0..called).map(|i| Some(i >= with_rows)).collect();
+        let batch = KeyedBatch {
+            batch_time: self.batch_time,
+            keys,
+            values,
+            offsets,
+            state,
+            has_state,
+            timing_out,
+        };
+        let update = (self.spec.func)(&batch)?;
+        check_update(self.spec, &update, &batch)?;
+        // Keys that timed out go, and those the function removed.
+        let keep: BooleanArray = (0..called)
+            .map(|i| {
+                let removed = update
+                    .remove
+                    .as_ref()
+                    .is_some_and(|r| r.is_valid(i) && r.value(i));
+                Some(i < with_rows && !removed)
             })
             .collect();
-        let order = lexsort_to_indices(&sort, None)?;
-        let sorted = take_record_batch(&input, &order)?;
-        let sorted_keys = self.key_arrays(&sorted)?;
-        let ranges = partition(&sorted_keys)?.ranges();
-        Ok((sorted, ranges))
+        let now = self.batch_time.as_millis();
+        p.put(
+            touched,
+            update.state.columns().to_vec(),
+            Some(&keep),
+            now,
+            self.cutoff,
+        )?;
+        Ok(Some(RecordBatch::try_new_with_options(
+            Arc::clone(&self.spec.output_schema),
+            update.output.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(update.output.num_rows())),
+        )?))
     }
+}
 
-    /// What the user's function returned, checked against the spec and the keys.
-    fn check_update(&self, update: &StateUpdate, called: &KeyedBatch) -> Result<()> {
-        if update.state.num_rows() != called.num_keys() {
-            return Err(self.user_err(format!(
-                "returned {} state rows for {} keys",
-                update.state.num_rows(),
-                called.num_keys()
-            )));
-        }
-        if update.state.schema().fields() != self.spec.state_schema.fields() {
-            return Err(self.user_err(format!(
-                "returned state of schema {:?}, the spec declares {:?}",
-                update.state.schema(),
-                self.spec.state_schema
-            )));
-        }
-        if update.output.schema().fields() != self.spec.output_schema.fields() {
-            return Err(self.user_err(format!(
-                "returned output of schema {:?}, the spec declares {:?}",
-                update.output.schema(),
-                self.spec.output_schema
-            )));
-        }
-        Ok(())
+/// What the user's function returned, checked against the spec and the keys.
+fn check_update(spec: &StateSpec, update: &StateUpdate, called: &KeyedBatch) -> Result<()> {
+    let user_err = |message: String| Error::User {
+        context: "map_with_state function".into(),
+        message,
+    };
+    if update.state.num_rows() != called.num_keys() {
+        return Err(user_err(format!(
+            "returned {} state rows for {} keys",
+            update.state.num_rows(),
+            called.num_keys()
+        )));
     }
-
-    fn user_err(&self, message: String) -> Error {
-        Error::User {
-            context: "map_with_state function".into(),
-            message,
-        }
+    if update.state.schema().fields() != spec.state_schema.fields() {
+        return Err(user_err(format!(
+            "returned state of schema {:?}, the spec declares {:?}",
+            update.state.schema(),
+            spec.state_schema
+        )));
     }
+    if update.output.schema().fields() != spec.output_schema.fields() {
+        return Err(user_err(format!(
+            "returned output of schema {:?}, the spec declares {:?}",
+            update.output.schema(),
+            spec.output_schema
+        )));
+    }
+    if let Some(remove) = &update.remove
+        && remove.len() != called.num_keys()
+    {
+        return Err(user_err(format!(
+            "returned {} remove flags for {} keys",
+            remove.len(),
+            called.num_keys()
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -268,140 +363,66 @@ impl StreamOperator for MapWithState {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
-        let t = ctx.batch_time;
         let input = concat_batches(&self.input_schema, &input)?;
-        let (values, ranges) = self.group_by_key(input)?;
-        let firsts = UInt32Array::from_iter_values(ranges.iter().map(|r| r.start as u32));
-        let new_keys = take_record_batch(
-            &RecordBatch::try_new(Arc::clone(&self.key_schema), self.key_arrays(&values)?)?,
-            &firsts,
-        )?;
-        let rows = self.converter.convert_columns(new_keys.columns())?;
-        let mut called_state: Vec<Option<u32>> = rows
+        let n = input.num_rows();
+        let mut columns: Vec<ArrayRef> = self
+            .key_indices
             .iter()
-            .map(|r| self.index.get(r.as_ref()).map(|i| *i as u32))
+            .map(|i| Arc::clone(input.column(*i)))
             .collect();
-        // Keys idle for the timeout are called once more, with no rows.
-        let mut touched = vec![false; self.keys.num_rows()];
-        for i in called_state.iter().flatten() {
-            touched[*i as usize] = true;
-        }
-        let timed_out: Vec<u32> = match self.spec.timeout {
-            Some(timeout) => (0..self.keys.num_rows())
-                .filter(|i| {
-                    !touched[*i] && t.as_millis() - self.last_seen[*i] >= timeout.as_millis() as i64
-                })
-                .map(|i| i as u32)
-                .collect(),
-            None => Vec::new(),
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let routed = self.state.route(&columns, n)?;
+        let now = ctx.batch_time.as_millis();
+        let call = Call {
+            spec: &self.spec,
+            key_schema: &self.key_schema,
+            input: &input,
+            batch_time: ctx.batch_time,
+            cutoff: self.state.cutoff(now),
+            idle_until: self
+                .spec
+                .timeout
+                .map(|t| now.saturating_sub(t.as_millis() as i64)),
         };
-        let n_new = new_keys.num_rows();
-        let timed_out_keys = take_record_batch(&self.keys, &UInt32Array::from(timed_out.clone()))?;
-        let keys = concat_batches(&self.key_schema, [&new_keys, &timed_out_keys])?;
-        if keys.num_rows() == 0 {
-            return Ok(Some(Vec::new()));
-        }
-        called_state.extend(timed_out.iter().map(|i| Some(*i)));
-        let mut offsets: Vec<usize> = ranges.iter().map(|r| r.start).collect();
-        offsets.push(values.num_rows());
-        offsets.extend(std::iter::repeat_n(values.num_rows(), timed_out.len()));
-        let state_idx = UInt32Array::from(called_state.clone());
-        let state = take_record_batch(&self.state, &state_idx)?;
-        let has_state: BooleanArray = called_state.iter().map(|s| Some(s.is_some())).collect();
-        let timing_out: BooleanArray = (0..keys.num_rows()).map(|i| Some(i >= n_new)).collect();
-        let called = KeyedBatch {
-            batch_time: t,
-            keys,
-            values,
-            offsets,
-            state,
-            has_state,
-            timing_out,
+        // With a timeout every partition may hold idle keys, rows or not.
+        let inputs: Vec<Option<Option<Vec<ArrayRef>>>> = if call.idle_until.is_some() {
+            routed.into_iter().map(Some).collect()
+        } else {
+            routed.into_iter().map(|r| r.map(Some)).collect()
         };
-        let update = (self.spec.func)(&called)?;
-        self.check_update(&update, &called)?;
-        // Keep the state of keys not called; replace the called ones.
-        let mut keep_old = vec![true; self.keys.num_rows()];
-        for i in called_state.iter().flatten() {
-            keep_old[*i as usize] = false;
-        }
-        let keep_old = BooleanArray::from(keep_old);
-        let keep_new: BooleanArray = (0..called.num_keys())
-            .map(|i| {
-                let removed = update
-                    .remove
-                    .as_ref()
-                    .is_some_and(|r| r.is_valid(i) && r.value(i));
-                Some(i < n_new && !removed)
-            })
-            .collect();
-        let old_last_seen: Vec<i64> = self
-            .last_seen
-            .iter()
-            .zip(keep_old.values().iter())
-            .filter(|(_, keep)| *keep)
-            .map(|(t, _)| *t)
-            .collect();
-        let new_count = keep_new.true_count();
-        self.keys = concat_batches(
-            &self.key_schema,
-            [
-                &filter_record_batch(&self.keys, &keep_old)?,
-                &filter_record_batch(&called.keys, &keep_new)?,
-            ],
-        )?;
-        let new_state = RecordBatch::try_new(
-            Arc::clone(&self.spec.state_schema),
-            update.state.columns().to_vec(),
-        )?;
-        self.state = concat_batches(
-            &self.spec.state_schema,
-            [
-                &filter_record_batch(&self.state, &keep_old)?,
-                &filter_record_batch(&new_state, &keep_new)?,
-            ],
-        )?;
-        self.last_seen = old_last_seen;
-        self.last_seen
-            .extend(std::iter::repeat_n(t.as_millis(), new_count));
-        let rows = self.converter.convert_columns(self.keys.columns())?;
-        self.index = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.as_ref().into(), i))
-            .collect();
-        let output = RecordBatch::try_new(
-            Arc::clone(&self.spec.output_schema),
-            update.output.columns().to_vec(),
-        )?;
-        Ok(Some(vec![output]))
+        let outputs = self
+            .state
+            .for_each(inputs, |p, routed| call.run(p, routed))?;
+        Ok(Some(outputs.into_iter().flatten().collect()))
     }
 
     fn state_rows(&self) -> usize {
-        self.keys.num_rows()
+        self.state.stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        self.keys.get_array_memory_size()
-            + self.state.get_array_memory_size()
-            + self.last_seen.capacity() * std::mem::size_of::<i64>()
+        self.state.stats().memory_bytes as usize
     }
 
-    /// Three batches: the keys, their state, and when each key last had rows.
-    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        let last_seen = RecordBatch::try_new(
-            last_seen_schema(),
-            vec![Arc::new(datafusion::arrow::array::Int64Array::from(
-                self.last_seen.clone(),
-            ))],
-        )?;
-        Ok(crate::checkpoint::OperatorState {
-            batches: vec![self.keys.clone(), self.state.clone(), last_seen],
-            meta: serde_json::Value::Null,
+    fn state_stats(&self) -> StateStats {
+        self.state.stats()
+    }
+
+    /// The state store's rows (keys, state, when each key last had rows): a delta of
+    /// the keys changed or removed since the last checkpoint, or all of them.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let (kind, batches) = self.state.checkpoint(None)?;
+        Ok(OperatorState {
+            batches,
+            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
         })
     }
 
-    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if !state.meta.is_null() {
+            return self.state.restore(state.batches);
+        }
+        // A checkpoint from before the state store: keys, state, last seen.
         let [keys, values, last_seen] =
             <[RecordBatch; 3]>::try_from(state.batches).map_err(|b| {
                 Error::Checkpoint(format!(
@@ -417,37 +438,13 @@ impl StreamOperator for MapWithState {
                 last_seen.num_rows()
             )));
         }
-        self.keys = RecordBatch::try_new(Arc::clone(&self.key_schema), keys.columns().to_vec())?;
-        self.state = RecordBatch::try_new(
-            Arc::clone(&self.spec.state_schema),
-            values.columns().to_vec(),
-        )?;
-        let Some(times) = last_seen
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-        else {
-            return Err(Error::Checkpoint(
-                "a map_with_state snapshot's last-seen times are not Int64".into(),
-            ));
-        };
-        self.last_seen = times.values().to_vec();
-        let rows = self.converter.convert_columns(self.keys.columns())?;
-        self.index = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.as_ref().into(), i))
-            .collect();
-        Ok(())
+        let mut columns = keys.columns().to_vec();
+        columns.extend(values.columns().iter().cloned());
+        columns.extend(last_seen.columns().iter().cloned());
+        let rows = RecordBatch::try_new(Arc::clone(self.state.schema()), columns)
+            .map_err(|e| Error::Checkpoint(format!("a map_with_state snapshot: {e}")))?;
+        self.state.restore(vec![rows])
     }
-}
-
-fn last_seen_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-        "last_seen_ms",
-        datafusion::arrow::datatypes::DataType::Int64,
-        false,
-    )]))
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ const MAX_DELTAS: usize = 64;
 /// The name of the column holding each row's last update (batch time, ms).
 pub const UPDATED: &str = "__updated";
 
+/// `__updated` of a checkpoint row that removes its key (written when an operator
+/// removes a key, read back by a restore).
+pub(crate) const TOMBSTONE: i64 = i64::MIN;
+
 /// How a query keeps its keyed state (`SET state_partitions`, `state_memory`,
 /// `state_ttl`).
 #[derive(Debug, Clone, PartialEq)]
@@ -472,7 +476,7 @@ mod tests {
         state
             .for_each(routed, |p, cols: Vec<ArrayRef>| {
                 let touched = p.touch(&cols, cols[0].len(), None)?;
-                p.put(touched, vec![], 0, None)
+                p.put(touched, vec![], None, 0, None)
             })
             .unwrap();
         assert!(state.stats().spilled_bytes > 0);
@@ -484,6 +488,137 @@ mod tests {
             "only keep.txt left"
         );
         std::fs::remove_dir_all(&given).unwrap();
+    }
+
+    /// Keys 0..n put at `now` into `state` (value = key * 10), in one batch.
+    fn put_keys(state: &mut KeyedState, keys: std::ops::Range<i64>, now: i64) {
+        let n = (keys.end - keys.start) as usize;
+        let k: ArrayRef = Arc::new(Int64Array::from_iter_values(keys));
+        let routed = state.route(&[k], n).unwrap();
+        state
+            .for_each(routed, |p, cols: Vec<ArrayRef>| {
+                let touched = p.touch(&cols, cols[0].len(), None)?;
+                let v = datafusion::arrow::compute::kernels::numeric::mul(
+                    &touched.keys[0],
+                    &Int64Array::new_scalar(10),
+                )?;
+                p.put(touched, vec![v], None, now, None)
+            })
+            .unwrap();
+    }
+
+    fn keys_of(batches: &[RecordBatch]) -> Vec<i64> {
+        let mut keys: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn int_state(partitions: usize, memory: usize) -> KeyedState {
+        let config = StateConfig {
+            partitions,
+            memory,
+            ttl: None,
+            spill_dir: None,
+        };
+        KeyedState::try_new(
+            &[Arc::new(Field::new("k", DataType::Int64, false))],
+            &[Arc::new(Field::new("v", DataType::Int64, true))],
+            config,
+        )
+        .unwrap()
+    }
+
+    /// Keys last updated at 1 s are found idle at 3 s (those with rows then aside), in
+    /// memory and spilled; removing them writes tombstones to the delta, and a restore
+    /// of the full snapshot and that delta does not bring them back.
+    #[test]
+    fn idle_keys_are_found_and_removed_keys_stay_removed_after_a_restore() {
+        for memory in [usize::MAX, 1] {
+            let mut state = int_state(3, memory);
+            put_keys(&mut state, 0..50, 1000);
+            put_keys(&mut state, 50..1000, 2000);
+            let (kind, full) = state.checkpoint(None).unwrap();
+            assert_eq!(kind, SnapshotKind::Full);
+            // At 3 s, with a 1.5 s timeout: 0..50 are idle; 10..20 have rows.
+            let k: ArrayRef = Arc::new(Int64Array::from_iter_values(10..20));
+            let routed = state.route(&[k], 10).unwrap();
+            let inputs = routed
+                .into_iter()
+                .map(|r| {
+                    Some(r.unwrap_or_else(|| {
+                        vec![datafusion::arrow::array::new_empty_array(&DataType::Int64)]
+                    }))
+                })
+                .collect();
+            let idle = state
+                .for_each(inputs, |p, cols: Vec<ArrayRef>| {
+                    let mut touched = p.touch(&cols, cols[0].len(), None)?;
+                    let with_rows = touched.len();
+                    p.touch_idle(&mut touched, 1500)?;
+                    let n = touched.len();
+                    let idle: Vec<i64> = touched.keys[0]
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .values()[with_rows..]
+                        .to_vec();
+                    assert!(touched.first[with_rows..].iter().all(|f| *f == u32::MAX));
+                    // The idle keys are removed; those with rows kept.
+                    let keep: datafusion::arrow::array::BooleanArray =
+                        (0..n).map(|i| Some(i < with_rows)).collect();
+                    let values = touched.previous.clone();
+                    let mut ordered = vec![0u32; n];
+                    for (j, g) in touched.previous_group.iter().enumerate() {
+                        ordered[*g] = j as u32;
+                    }
+                    let values = values
+                        .iter()
+                        .map(|c| take(c.as_ref(), &UInt32Array::from(ordered.clone()), None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    p.put(touched, values, Some(&keep), 3000, None)?;
+                    Ok(idle)
+                })
+                .unwrap();
+            let mut idle: Vec<i64> = idle.into_iter().flatten().collect();
+            idle.sort_unstable();
+            let want: Vec<i64> = (0..10).chain(20..50).collect();
+            assert_eq!(idle, want, "memory {memory}");
+            assert_eq!(state.stats().rows, 960);
+            let (kind, delta) = state.checkpoint(None).unwrap();
+            assert_eq!(kind, SnapshotKind::Delta);
+            let tombstones: usize = delta
+                .iter()
+                .map(|b| {
+                    let u = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+                    u.values().iter().filter(|u| **u == TOMBSTONE).count()
+                })
+                .sum();
+            assert_eq!(tombstones, 40);
+            let mut restored = int_state(2, memory);
+            let mut chain = full.clone();
+            chain.extend(delta);
+            restored.restore(chain).unwrap();
+            assert_eq!(restored.stats().rows, 960);
+            let live = restored.all(|p, ()| p.scan(None)).unwrap();
+            let live: Vec<RecordBatch> = live.into_iter().flatten().collect();
+            assert_eq!(keys_of(&live), (10..20).chain(50..1000).collect::<Vec<_>>());
+            // Nothing is idle at 1.5 s any more.
+            let no_input = vec![Some(()); 2];
+            let found = restored
+                .for_each(no_input, |p, ()| Ok(p.may_be_idle(1500)))
+                .unwrap();
+            assert!(found.iter().all(|f| !f), "{found:?}");
+        }
     }
 
     #[test]

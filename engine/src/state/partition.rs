@@ -26,6 +26,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use parking_lot::Mutex;
 
+use super::TOMBSTONE;
 use crate::error::{Error, Result};
 
 const NONE: u64 = u64::MAX;
@@ -52,6 +53,9 @@ struct Segment {
     /// (`Some(None)`: none has one): [`Partition::evict_until`] skips the segment
     /// while it is above the watermark.
     min_bound: Option<Option<i64>>,
+    /// A lower bound of the live rows' `__updated`, once computed:
+    /// [`Partition::touch_idle`] skips the segment while it is above the idle bound.
+    min_updated: Option<i64>,
 }
 
 /// What the index and segments of a resident partition hold.
@@ -117,6 +121,8 @@ struct Spilled {
     path: PathBuf,
     rows: usize,
     bytes: u64,
+    /// The lowest `__updated` among the rows: no key is idle before it.
+    min_updated: i64,
 }
 
 pub(crate) struct Partition {
@@ -295,11 +301,13 @@ impl Partition {
     }
 
     /// The touched keys' new values (one row per touched key, in its order), written
-    /// at `now` (ms); then the oldest segments are cleaned.
+    /// at `now` (ms); where `keep` is false the key is removed instead (its row goes to
+    /// the next checkpoint as a tombstone). Then the oldest segments are cleaned.
     pub fn put(
         &mut self,
         touched: Touched,
         values: Vec<ArrayRef>,
+        keep: Option<&BooleanArray>,
         now: i64,
         cutoff: Option<i64>,
     ) -> Result<()> {
@@ -307,14 +315,48 @@ impl Partition {
         let mut columns = touched.keys;
         columns.extend(values);
         columns.push(Arc::new(Int64Array::from_value(now, n)));
-        let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let mut rows = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let mut slots = touched.slots;
+        let keep = keep.filter(|k| k.true_count() < n);
+        let mut removed = 0;
+        if let Some(keep) = keep {
+            let gone = datafusion::arrow::compute::not(keep)?;
+            let gone = filter_record_batch(&rows, &gone)?;
+            let updated = gone.num_columns() - 1;
+            let mut columns = gone.columns().to_vec();
+            columns[updated] = Arc::new(Int64Array::from_value(TOMBSTONE, gone.num_rows()));
+            if self.track_changes {
+                self.pending
+                    .push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            }
+            let r = self.resident()?;
+            for (i, s) in slots.iter().enumerate() {
+                if keep.is_valid(i) && keep.value(i) {
+                    continue;
+                }
+                let old = std::mem::replace(&mut r.loc[*s], NONE);
+                if old != NONE {
+                    r.live -= 1;
+                    release(&mut r.segments, unpack(old).0);
+                }
+                removed += 1;
+            }
+            rows = filter_record_batch(&rows, keep)?;
+            slots = slots
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
+                .map(|(_, s)| s)
+                .collect();
+        }
+        let n = rows.num_rows();
         if self.track_changes && n > 0 {
             self.pending.push(rows.clone());
         }
         let r = self.resident()?;
         let id = r.next_segment;
         r.next_segment += 1;
-        for (i, s) in touched.slots.iter().enumerate() {
+        for (i, s) in slots.iter().enumerate() {
             let old = std::mem::replace(&mut r.loc[*s], pack(id, i));
             if old == NONE {
                 r.live += 1;
@@ -322,7 +364,7 @@ impl Partition {
                 release(&mut r.segments, unpack(old).0);
             }
         }
-        let slots = touched.slots.iter().map(|s| *s as u32).collect();
+        let slots = slots.iter().map(|s| *s as u32).collect();
         if n > 0 {
             r.segments.insert(
                 id,
@@ -331,10 +373,104 @@ impl Partition {
                     slots,
                     live: n,
                     min_bound: None,
+                    min_updated: Some(now),
                 },
             );
         }
-        self.clean(n, cutoff)
+        self.clean(n, cutoff)?;
+        if removed > 0 {
+            self.compact_index()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a key may have been last updated at or before `up_to` (without reading
+    /// a spilled partition back).
+    pub fn may_be_idle(&self, up_to: i64) -> bool {
+        match (&self.resident, &self.spilled) {
+            (Some(r), _) => {
+                r.live > 0
+                    && r.segments
+                        .values()
+                        .any(|s| s.min_updated.is_none_or(|m| m <= up_to))
+            }
+            (None, Some(s)) => s.min_updated <= up_to,
+            (None, None) => false,
+        }
+    }
+
+    /// Adds to `touched` the live keys last updated at or before `up_to` that it does
+    /// not hold yet (idle keys: no rows, [`Touched::first`] `u32::MAX`). The caller
+    /// puts or removes every touched key, so each segment remembers the lowest update
+    /// among its other live rows and is skipped while that is above `up_to`; a spilled
+    /// partition is read back only when it may hold an idle key.
+    pub fn touch_idle(&mut self, touched: &mut Touched, up_to: i64) -> Result<()> {
+        if self.resident.is_none() && self.spilled.as_ref().is_none_or(|s| s.min_updated > up_to) {
+            return Ok(());
+        }
+        let updated_col = self.schema.fields().len() - 1;
+        let r = self.resident()?;
+        for s in &touched.slots {
+            r.mark[*s] = 0;
+        }
+        let mut sources: Vec<u32> = Vec::new();
+        let mut picks = Vec::new();
+        let mut idle = Vec::new();
+        for (id, seg) in r.segments.iter_mut() {
+            if seg.min_updated.is_some_and(|m| m > up_to) {
+                continue;
+            }
+            let updated = seg.rows.column(updated_col).as_primitive::<Int64Type>();
+            let mut min = i64::MAX;
+            let mut source = None;
+            for (row, slot) in seg.slots.iter().enumerate() {
+                let slot = *slot as usize;
+                if r.loc[slot] != pack(*id, row) || r.mark[slot] == 0 {
+                    continue;
+                }
+                let u = updated.value(row);
+                if u > up_to {
+                    min = min.min(u);
+                    continue;
+                }
+                let s = *source.get_or_insert_with(|| {
+                    sources.push(*id);
+                    sources.len() - 1
+                });
+                picks.push((s, row));
+                idle.push(slot);
+            }
+            seg.min_updated = Some(min);
+        }
+        for s in &touched.slots {
+            r.mark[*s] = u32::MAX;
+        }
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let gathered = (0..updated_col)
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = sources
+                    .iter()
+                    .map(|s| r.segments[s].rows.column(c).as_ref())
+                    .collect();
+                interleave(&arrays, &picks)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (keys, values) = gathered.split_at(self.keys);
+        let start = touched.slots.len();
+        for (mine, more) in touched.keys.iter_mut().zip(keys) {
+            *mine = datafusion::arrow::compute::concat(&[mine.as_ref(), more.as_ref()])?;
+        }
+        for (mine, more) in touched.previous.iter_mut().zip(values) {
+            *mine = datafusion::arrow::compute::concat(&[mine.as_ref(), more.as_ref()])?;
+        }
+        touched.previous_group.extend(start..start + idle.len());
+        touched
+            .first
+            .extend(std::iter::repeat_n(u32::MAX, idle.len()));
+        touched.slots.extend(idle);
+        Ok(())
     }
 
     /// Copies the oldest segments' live rows into one new segment when half of them
@@ -407,6 +543,7 @@ impl Partition {
                     slots,
                     live,
                     min_bound: None,
+                    min_updated: None,
                 },
             );
         }
@@ -547,10 +684,19 @@ impl Partition {
             Ok(std::fs::metadata(&path)?.len())
         };
         let bytes = write().map_err(|e| spill_error(&path, e))?;
+        let updated_col = self.schema.fields().len() - 1;
+        let min_updated = rows
+            .iter()
+            .filter_map(|b| {
+                datafusion::arrow::compute::min(b.column(updated_col).as_primitive::<Int64Type>())
+            })
+            .min()
+            .unwrap_or(i64::MAX);
         self.spilled = Some(Spilled {
             path,
             rows: rows.iter().map(|b| b.num_rows()).sum(),
             bytes,
+            min_updated,
         });
         self.resident = None;
         Ok(())
@@ -639,7 +785,8 @@ fn release(segments: &mut BTreeMap<u32, Segment>, id: u32) {
     }
 }
 
-/// `rows` become one segment of `r`, each row the newest version of its key.
+/// `rows` become one segment of `r`, each row the newest version of its key; a
+/// tombstone row (`__updated` = [`TOMBSTONE`]) removes its key.
 fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
     let n = rows.num_rows();
     if n == 0 {
@@ -656,6 +803,9 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
     r.loc.resize(len, NONE);
     let id = r.next_segment;
     r.next_segment += 1;
+    let updated = Arc::clone(rows.column(rows.num_columns() - 1));
+    let updated = updated.as_primitive::<Int64Type>();
+    let min_updated = updated.values().iter().filter(|u| **u != TOMBSTONE).min();
     r.segments.insert(
         id,
         Segment {
@@ -663,14 +813,27 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
             slots: slots.iter().map(|s| *s as u32).collect(),
             live: n,
             min_bound: None,
+            min_updated: Some(min_updated.copied().unwrap_or(i64::MAX)),
         },
     );
+    // Every row is counted live until superseded or found a tombstone: the segment
+    // goes only once none is left.
     for (row, s) in slots.iter().enumerate() {
-        let old = std::mem::replace(&mut r.loc[*s], pack(id, row));
+        let tombstone = updated.value(row) == TOMBSTONE;
+        let new = if tombstone { NONE } else { pack(id, row) };
+        let old = std::mem::replace(&mut r.loc[*s], new);
         if old == NONE {
-            r.live += 1;
+            if !tombstone {
+                r.live += 1;
+            }
         } else {
+            if tombstone {
+                r.live -= 1;
+            }
             release(&mut r.segments, unpack(old).0);
+        }
+        if tombstone {
+            release(&mut r.segments, id);
         }
     }
     Ok(())

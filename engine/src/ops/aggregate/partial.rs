@@ -345,7 +345,7 @@ pub(crate) fn merge_touched(
         )?;
         let mut out = touched.keys.clone();
         out.extend(output);
-        p.put(touched, values, now, cutoff)?;
+        p.put(touched, values, None, now, cutoff)?;
         Ok(out)
     })
 }
