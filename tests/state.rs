@@ -178,3 +178,116 @@ async fn a_checkpoint_of_2_partitions_restarts_in_5_and_deltas_follow_the_keys_t
     );
     s.stop_all().await.unwrap();
 }
+
+const SESSION_KEYS: i64 = 200_000;
+const SESSION_ROWS: i64 = 100_000;
+
+/// Session input rows `from..to`: keys spread over `0..SESSION_KEYS`, each row's
+/// event time in `[b s, b s + 3 s)` for its batch `b` (out of order, so sessions
+/// of a key merge across batches, never late under a 5 s watermark delay).
+fn session_rows(from: i64, to: i64) -> String {
+    format!(
+        "SELECT (value * 7919 + (value * value) % 997) % {SESSION_KEYS} AS k,
+                to_timestamp_millis(1767225600000 + (value / {SESSION_ROWS}) * 1000 + (value * 37) % 3000) AS ts,
+                value % 100 AS v
+         FROM range({from}, {to})"
+    )
+}
+
+/// Sessions (2 s gap) as one batch query over `rows` finds them: a row more than 2 s
+/// after its key's previous one starts a new session.
+fn batch_sessions(rows: &str) -> String {
+    format!(
+        "SELECT k, CAST(min(ts) AS TIMESTAMP) AS st,
+                CAST(max(ts) + INTERVAL '2' SECOND AS TIMESTAMP) AS en, count(*) AS n, sum(v) AS s
+         FROM (SELECT k, ts, v, SUM(new) OVER (PARTITION BY k ORDER BY ts) AS sid
+               FROM (SELECT k, ts, v,
+                       CASE WHEN ts - LAG(ts) OVER (PARTITION BY k ORDER BY ts) <= INTERVAL '2' SECOND
+                            THEN 0 ELSE 1 END AS new
+                     FROM ({rows})))
+         GROUP BY k, sid"
+    )
+}
+
+/// Session windows over 200,000 keys (1,200,000 out-of-order rows in 12 batches) in 1, 2
+/// and 7 partitions, the 7 spilled: append mode emits each session the watermark
+/// closed exactly once, as the batch query over all the input has it; complete mode's
+/// last batch is every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_query() {
+    let mut s = sql_session();
+    s.execute_script(
+        "CREATE STREAM e (k BIGINT, ts TIMESTAMP, v BIGINT,
+                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = 'memory');",
+    )
+    .await
+    .unwrap();
+    let query =
+        "SELECT k, CAST(session_window(ts, INTERVAL '2' SECOND)['start'] AS TIMESTAMP) AS st,
+                        CAST(session_window(ts, INTERVAL '2' SECOND)['end'] AS TIMESTAMP) AS en,
+                        count(*) AS n, sum(v) AS s
+                 FROM e GROUP BY k, session_window(ts, INTERVAL '2' SECOND)";
+    let configs = [
+        ("a1", "append", 1, "1 GB"),
+        ("a2", "append", 2, "1 GB"),
+        ("a7", "append", 7, "1 MB"),
+        ("c7", "complete", 7, "1 MB"),
+    ];
+    for (sink, mode, partitions, memory) in configs {
+        s.execute_script(&format!(
+            "SET output_mode = '{mode}'; SET state_partitions = '{partitions}';
+             SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {query};"
+        ))
+        .await
+        .unwrap();
+    }
+    const BATCHES: i64 = 12;
+    for b in 0..BATCHES {
+        s.execute(&format!(
+            "INSERT INTO e {}",
+            session_rows(b * SESSION_ROWS, (b + 1) * SESSION_ROWS)
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    for q in s.queries() {
+        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
+    }
+    let all = session_rows(0, BATCHES * SESSION_ROWS);
+    let every = batch_sessions(&all);
+    // The watermark after the last batch: the latest event time less 5 s.
+    let closed = format!(
+        "SELECT * FROM ({every}) WHERE en <= (SELECT CAST(max(ts) - INTERVAL '5' SECOND AS TIMESTAMP) FROM ({all}))"
+    );
+    let differ = |got: String, want: String| {
+        format!(
+            "SELECT count(*) FROM (({got} EXCEPT ALL {want}) UNION ALL ({want} EXCEPT ALL {got}))"
+        )
+    };
+    let n_closed = sql_rows(&mut s, &format!("SELECT count(*) FROM ({closed})")).await;
+    let n_every = sql_rows(&mut s, &format!("SELECT count(*) FROM ({every})")).await;
+    let (n_closed, n_every): (i64, i64) =
+        (n_closed[0].parse().unwrap(), n_every[0].parse().unwrap());
+    assert!(
+        n_closed > 100_000 && n_every > n_closed,
+        "{n_closed} closed of {n_every}"
+    );
+    for (sink, ..) in &configs[..3] {
+        let d = sql_rows(
+            &mut s,
+            &differ(format!("SELECT * FROM {sink}"), closed.clone()),
+        )
+        .await;
+        assert_eq!(d, ["0"], "{sink}: closed sessions differ");
+    }
+    // A memory sink in complete mode holds the last batch's result.
+    let d = sql_rows(&mut s, &differ("SELECT * FROM c7".into(), every.clone())).await;
+    assert_eq!(d, ["0"], "complete mode: sessions differ");
+    let a7 = s.queries().find(|q| q.target == "a7").unwrap();
+    let op = &a7.ctx.last_batches(1).pop().unwrap().operators[0];
+    assert_eq!(op.name, "SessionAggregate");
+    assert!(op.spilled_bytes > 0, "{op:?}");
+    s.stop_all().await.unwrap();
+}

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  batch ─route by key─▶ per partition: touch(keys) ─▶ rows grouped by key ─┐
-//!                        idle ≥ timeout (segments remember their oldest key) ┴▶ StateFn
+//!                        idle ≥ timeout: touch_due (segments remember their oldest) ┴▶ StateFn
 //!  StateFn ─▶ new state: put (timed-out and removed keys: tombstones) ─▶ output rows
 //! ```
 
@@ -207,7 +207,9 @@ impl Call<'_> {
         let routed = match routed {
             Some(r) => r,
             None => {
-                let idle = self.idle_until.is_some_and(|up_to| p.may_be_idle(up_to));
+                let idle = self
+                    .idle_until
+                    .is_some_and(|up_to| p.may_be_due(up_to, false));
                 if !idle {
                     return Ok(None);
                 }
@@ -225,7 +227,7 @@ impl Call<'_> {
         let mut touched = p.touch(&routed[..nk], n, self.cutoff)?;
         let with_rows = touched.len();
         if let Some(up_to) = self.idle_until {
-            p.touch_idle(&mut touched, up_to)?;
+            p.touch_due(&mut touched, up_to, None)?;
         }
         let called = touched.len();
         if called == 0 {

@@ -33,7 +33,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-pub(crate) use partition::Partition;
+pub(crate) use partition::{BoundFn, Partition};
 
 /// At most this many deltas follow a full snapshot (a restore reads that many files).
 const MAX_DELTAS: usize = 64;
@@ -221,6 +221,14 @@ impl KeyedState {
         })
     }
 
+    /// The rows' eviction bound (a window's or session's end), so that each segment
+    /// knows its lowest as it is written.
+    pub(crate) fn set_bound(&mut self, bound: Arc<BoundFn>) {
+        for p in &mut self.partitions {
+            p.bound = Some(Arc::clone(&bound));
+        }
+    }
+
     /// The layout of every row: keys, values, `__updated`.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
@@ -347,11 +355,7 @@ impl KeyedState {
 
     /// Drops, in every partition, the rows whose bound (a window's end, per row from
     /// `bound`) the watermark `up_to` passed; how many.
-    pub(crate) fn evict_until(
-        &mut self,
-        up_to: i64,
-        bound: &(dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Sync),
-    ) -> Result<usize> {
+    pub(crate) fn evict_until(&mut self, up_to: i64, bound: &BoundFn) -> Result<usize> {
         Ok(self
             .all(|p, ()| p.evict_until(up_to, bound))?
             .into_iter()
@@ -564,7 +568,7 @@ mod tests {
                 .for_each(inputs, |p, cols: Vec<ArrayRef>| {
                     let mut touched = p.touch(&cols, cols[0].len(), None)?;
                     let with_rows = touched.len();
-                    p.touch_idle(&mut touched, 1500)?;
+                    p.touch_due(&mut touched, 1500, None)?;
                     let n = touched.len();
                     let idle: Vec<i64> = touched.keys[0]
                         .as_any()
@@ -615,7 +619,7 @@ mod tests {
             // Nothing is idle at 1.5 s any more.
             let no_input = vec![Some(()); 2];
             let found = restored
-                .for_each(no_input, |p, ()| Ok(p.may_be_idle(1500)))
+                .for_each(no_input, |p, ()| Ok(p.may_be_due(1500, false)))
                 .unwrap();
             assert!(found.iter().all(|f| !f), "{found:?}");
         }

@@ -31,6 +31,10 @@ use crate::error::{Error, Result};
 
 const NONE: u64 = u64::MAX;
 
+/// Per row of a batch of the store's rows: the bound it is due at (a window's or a
+/// session's end), if any.
+pub(crate) type BoundFn = dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Send + Sync;
+
 /// At most this many segments before the oldest are copied forward, live or not.
 const MAX_SEGMENTS: usize = 32;
 
@@ -49,12 +53,12 @@ struct Segment {
     slots: Vec<u32>,
     /// Rows still the newest version of their key.
     live: usize,
-    /// The lowest eviction bound (a window's end) among the live rows, once computed
-    /// (`Some(None)`: none has one): [`Partition::evict_until`] skips the segment
-    /// while it is above the watermark.
-    min_bound: Option<Option<i64>>,
+    /// A lower bound of the live rows' eviction bound (a window's or session's end;
+    /// `i64::MAX`: none has one), once computed: [`Partition::evict_until`] and
+    /// [`Partition::touch_due`] skip the segment while it is above the watermark.
+    min_bound: Option<i64>,
     /// A lower bound of the live rows' `__updated`, once computed:
-    /// [`Partition::touch_idle`] skips the segment while it is above the idle bound.
+    /// [`Partition::touch_due`] skips the segment while it is above the idle bound.
     min_updated: Option<i64>,
 }
 
@@ -123,6 +127,8 @@ struct Spilled {
     bytes: u64,
     /// The lowest `__updated` among the rows: no key is idle before it.
     min_updated: i64,
+    /// The lowest eviction bound among the rows, when every segment knew its own.
+    min_bound: Option<i64>,
 }
 
 pub(crate) struct Partition {
@@ -136,6 +142,9 @@ pub(crate) struct Partition {
     pub(crate) pending: Vec<RecordBatch>,
     pub(crate) track_changes: bool,
     pub(crate) evicted: u64,
+    /// The rows' eviction bound, when the operator has one: a segment put knows its
+    /// lowest at once (so a spilled partition need not be read to learn it).
+    pub(crate) bound: Option<Arc<BoundFn>>,
 }
 
 impl Partition {
@@ -149,6 +158,7 @@ impl Partition {
             pending: Vec::new(),
             track_changes: false,
             evicted: 0,
+            bound: None,
         }
     }
 
@@ -353,6 +363,10 @@ impl Partition {
         if self.track_changes && n > 0 {
             self.pending.push(rows.clone());
         }
+        let min_bound = match &self.bound {
+            Some(f) if n > 0 => Some(f(&rows)?.into_iter().flatten().min().unwrap_or(i64::MAX)),
+            _ => None,
+        };
         let r = self.resident()?;
         let id = r.next_segment;
         r.next_segment += 1;
@@ -372,7 +386,7 @@ impl Partition {
                     rows,
                     slots,
                     live: n,
-                    min_bound: None,
+                    min_bound,
                     min_updated: Some(now),
                 },
             );
@@ -384,28 +398,40 @@ impl Partition {
         Ok(())
     }
 
-    /// Whether a key may have been last updated at or before `up_to` (without reading
-    /// a spilled partition back).
-    pub fn may_be_idle(&self, up_to: i64) -> bool {
+    /// Whether a key may be due at `up_to` (last updated then or before, or with
+    /// `by_bound` its eviction bound at or below it) without reading a spilled
+    /// partition back.
+    pub fn may_be_due(&self, up_to: i64, by_bound: bool) -> bool {
+        let due = |m: Option<i64>| m.is_none_or(|m| m <= up_to);
         match (&self.resident, &self.spilled) {
             (Some(r), _) => {
                 r.live > 0
                     && r.segments
                         .values()
-                        .any(|s| s.min_updated.is_none_or(|m| m <= up_to))
+                        .any(|s| due(if by_bound { s.min_bound } else { s.min_updated }))
             }
-            (None, Some(s)) => s.min_updated <= up_to,
+            (None, Some(s)) => due(if by_bound {
+                s.min_bound
+            } else {
+                Some(s.min_updated)
+            }),
             (None, None) => false,
         }
     }
 
-    /// Adds to `touched` the live keys last updated at or before `up_to` that it does
-    /// not hold yet (idle keys: no rows, [`Touched::first`] `u32::MAX`). The caller
-    /// puts or removes every touched key, so each segment remembers the lowest update
-    /// among its other live rows and is skipped while that is above `up_to`; a spilled
-    /// partition is read back only when it may hold an idle key.
-    pub fn touch_idle(&mut self, touched: &mut Touched, up_to: i64) -> Result<()> {
-        if self.resident.is_none() && self.spilled.as_ref().is_none_or(|s| s.min_updated > up_to) {
+    /// Adds to `touched` the live keys due at `up_to` that it does not hold yet (they
+    /// have no rows: [`Touched::first`] `u32::MAX`): those last updated at or before
+    /// it, or with `bound` those whose bound (per row, e.g. a session's end) is. The
+    /// caller puts or removes every touched key, so each segment remembers the lowest
+    /// bound among its other live rows and is skipped while that is above `up_to`; a
+    /// spilled partition is read back only when it may hold a due key.
+    pub fn touch_due(
+        &mut self,
+        touched: &mut Touched,
+        up_to: i64,
+        bound: Option<&BoundFn>,
+    ) -> Result<()> {
+        if !self.may_be_due(up_to, bound.is_some()) {
             return Ok(());
         }
         let updated_col = self.schema.fields().len() - 1;
@@ -415,12 +441,24 @@ impl Partition {
         }
         let mut sources: Vec<u32> = Vec::new();
         let mut picks = Vec::new();
-        let mut idle = Vec::new();
+        let mut due = Vec::new();
         for (id, seg) in r.segments.iter_mut() {
-            if seg.min_updated.is_some_and(|m| m > up_to) {
+            let cached = match bound {
+                Some(_) => &mut seg.min_bound,
+                None => &mut seg.min_updated,
+            };
+            if cached.is_some_and(|m| m > up_to) {
                 continue;
             }
-            let updated = seg.rows.column(updated_col).as_primitive::<Int64Type>();
+            let bounds: Vec<Option<i64>> = match bound {
+                Some(f) => f(&seg.rows)?,
+                None => seg
+                    .rows
+                    .column(updated_col)
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .collect(),
+            };
             let mut min = i64::MAX;
             let mut source = None;
             for (row, slot) in seg.slots.iter().enumerate() {
@@ -428,9 +466,11 @@ impl Partition {
                 if r.loc[slot] != pack(*id, row) || r.mark[slot] == 0 {
                     continue;
                 }
-                let u = updated.value(row);
-                if u > up_to {
-                    min = min.min(u);
+                let Some(b) = bounds.get(row).copied().flatten() else {
+                    continue;
+                };
+                if b > up_to {
+                    min = min.min(b);
                     continue;
                 }
                 let s = *source.get_or_insert_with(|| {
@@ -438,13 +478,17 @@ impl Partition {
                     sources.len() - 1
                 });
                 picks.push((s, row));
-                idle.push(slot);
+                due.push(slot);
             }
-            seg.min_updated = Some(min);
+            match bound {
+                Some(_) => seg.min_bound = Some(min),
+                None => seg.min_updated = Some(min),
+            }
         }
         for s in &touched.slots {
             r.mark[*s] = u32::MAX;
         }
+        let idle = due;
         if idle.is_empty() {
             return Ok(());
         }
@@ -557,11 +601,10 @@ impl Partition {
     /// Drops the live rows whose bound (`bound` gives it per row: a window's end) is at
     /// most `up_to` (the watermark); how many. A segment is read again only while it
     /// may hold such rows.
-    pub fn evict_until(
-        &mut self,
-        up_to: i64,
-        bound: &(dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Sync),
-    ) -> Result<usize> {
+    pub fn evict_until(&mut self, up_to: i64, bound: &BoundFn) -> Result<usize> {
+        if self.resident.is_none() && !self.may_be_due(up_to, true) {
+            return Ok(0);
+        }
         let r = self.resident()?;
         let Resident {
             loc,
@@ -575,13 +618,11 @@ impl Partition {
             let Some(seg) = segments.get_mut(&id) else {
                 continue;
             };
-            match seg.min_bound {
-                Some(None) => continue,
-                Some(Some(m)) if m > up_to => continue,
-                _ => {}
+            if seg.min_bound.is_some_and(|m| m > up_to) {
+                continue;
             }
             let bounds = bound(&seg.rows)?;
-            let mut min: Option<i64> = None;
+            let mut min = i64::MAX;
             let mut dead = 0;
             for (row, slot) in seg.slots.iter().enumerate() {
                 if loc[*slot as usize] != pack(id, row) {
@@ -592,7 +633,7 @@ impl Partition {
                         loc[*slot as usize] = NONE;
                         dead += 1;
                     }
-                    Some(b) => min = Some(min.map_or(b, |m| m.min(b))),
+                    Some(b) => min = min.min(b),
                     None => {}
                 }
             }
@@ -692,11 +733,18 @@ impl Partition {
             })
             .min()
             .unwrap_or(i64::MAX);
+        let min_bound = self.resident.as_ref().and_then(|r| {
+            r.segments
+                .values()
+                .map(|s| s.min_bound)
+                .try_fold(i64::MAX, |m, b| b.map(|b| m.min(b)))
+        });
         self.spilled = Some(Spilled {
             path,
             rows: rows.iter().map(|b| b.num_rows()).sum(),
             bytes,
             min_updated,
+            min_bound,
         });
         self.resident = None;
         Ok(())

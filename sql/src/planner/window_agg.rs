@@ -71,6 +71,7 @@ pub(super) fn windowed(
         Box::new(
             SessionAggregate::try_new(&keys.input, keys.group_expr, aggr, window)?
                 .with_changed_only(changed_only)
+                .with_state_config(ctx.state_config().clone())
                 .with_positional_names()
                 .with_display(display),
         )

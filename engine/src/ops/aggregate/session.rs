@@ -2,22 +2,41 @@
 //! own session `{ts, ts + gap}`; before every merge, the overlapping sessions of a key
 //! (stored and new) are coalesced into their union, so the merge combines their
 //! aggregates. The watermark closes sessions as it closes windows.
+//!
+//! The sessions live in a [`KeyedState`] keyed by the other group keys: one row per
+//! key holding its sessions as lists (`List<{start, end}>`, then one list per state
+//! column). A batch touches the keys it has rows for and, once the watermark moves,
+//! the keys with a session it closed (each segment knows its earliest session end);
+//! only those keys' sessions are exploded, coalesced, merged and nested back.
+//!
+//! ```text
+//!  partials ─route by key─▶ touch(keys) + touch_due(watermark, earliest end)
+//!     ─▶ explode their sessions ─▶ coalesce + fold with the batch ─▶ emit
+//!     ─▶ nest the kept sessions per key ─▶ put (a key left none: removed)
+//! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, StructArray, TimestampMillisecondArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, ListArray, StructArray, TimestampMillisecondArray,
+    UInt32Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::{cast, concat_batches, take, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay};
+use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_ends};
 use super::partial::{PartialAggregate, restored_state};
+use crate::checkpoint::OperatorState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
+use crate::state::{BoundFn, KeyedState, Partition, StateConfig, StateStats};
 use crate::{Result, internal_err};
 
 /// An aggregate over session windows.
@@ -29,8 +48,11 @@ pub struct SessionAggregate {
     pub(super) changed_only: bool,
     /// How EXPLAIN shows it.
     display: WindowDisplay,
-    /// Keys + state columns of every session.
-    state: Option<RecordBatch>,
+    config: StateConfig,
+    /// Per value of the other group keys, its sessions (made by `plan_input`).
+    store: Option<(KeyedState, Layout)>,
+    /// A checkpoint's rows given before the input was planned.
+    restored: Option<OperatorState>,
 }
 
 impl SessionAggregate {
@@ -50,16 +72,345 @@ impl SessionAggregate {
             time: EventTime::new(window),
             changed_only: false,
             display: WindowDisplay::default(),
-            state: None,
+            config: StateConfig::default(),
+            store: None,
+            restored: None,
         })
     }
-}
 
-impl SessionAggregate {
     /// The query's own expressions and the window's kind, for EXPLAIN.
     pub fn with_display(mut self, display: WindowDisplay) -> Self {
         self.display = display;
         self
+    }
+
+    /// How the sessions are kept (partitions, memory budget, time-to-live).
+    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Whether a batch must also visit the keys whose sessions the watermark closed.
+    fn closes(&self) -> Option<i64> {
+        let w = &self.time.window;
+        (w.evict_closed || w.emit_closed_only)
+            .then_some(self.time.watermark)
+            .flatten()
+    }
+}
+
+/// Where the partial aggregate's columns go in the store: the group keys other than
+/// the session are the store's keys; the session and each state column become lists.
+#[derive(Clone)]
+struct Layout {
+    /// The partial aggregate's rows: group keys (the session at `session`), states.
+    partial: SchemaRef,
+    session: usize,
+    /// Positions of the other group keys.
+    others: Vec<usize>,
+    /// The list fields, in the store's value order: the session, then each state.
+    items: Vec<FieldRef>,
+}
+
+impl Layout {
+    fn new(partial: SchemaRef, nk: usize, session: usize) -> Self {
+        let others: Vec<usize> = (0..nk).filter(|i| *i != session).collect();
+        let items = std::iter::once(session)
+            .chain(nk..partial.fields().len())
+            .map(|i| {
+                Arc::new(Field::new(
+                    "item",
+                    partial.field(i).data_type().clone(),
+                    true,
+                ))
+            })
+            .collect();
+        Self {
+            partial,
+            session,
+            others,
+            items,
+        }
+    }
+
+    fn nk(&self) -> usize {
+        self.others.len() + 1
+    }
+
+    fn store(&self, config: StateConfig) -> Result<KeyedState> {
+        let keys: Vec<FieldRef> = self
+            .others
+            .iter()
+            .map(|i| Arc::new(self.partial.field(*i).clone()))
+            .collect();
+        let lists: Vec<FieldRef> = self
+            .items
+            .iter()
+            .zip(std::iter::once(self.session).chain(self.nk()..self.partial.fields().len()))
+            .map(|(item, i)| {
+                Arc::new(Field::new(
+                    self.partial.field(i).name(),
+                    DataType::List(Arc::clone(item)),
+                    true,
+                ))
+            })
+            .collect();
+        let mut store = KeyedState::try_new(&keys, &lists, config)?;
+        // A key is due once the watermark passes the end of its earliest session.
+        let at = keys.len();
+        let bound: Arc<BoundFn> = Arc::new(move |rows: &RecordBatch| earliest_ends(rows, at));
+        store.set_bound(bound);
+        Ok(store)
+    }
+
+    /// The sessions in `lists` (list columns; row `j` belongs to key `owner[j]` of
+    /// `keys`) as the partial aggregate's rows, one per session.
+    fn explode(
+        &self,
+        keys: &[ArrayRef],
+        lists: &[ArrayRef],
+        owner: &[usize],
+    ) -> Result<RecordBatch> {
+        let mut parent = Vec::new();
+        let mut elements = Vec::new();
+        let mut values = Vec::with_capacity(lists.len());
+        for (c, list) in lists.iter().enumerate() {
+            let list = list.as_list::<i32>();
+            if c == 0 {
+                for (j, o) in owner.iter().enumerate() {
+                    let (from, to) = (list.value_offsets()[j], list.value_offsets()[j + 1]);
+                    parent.extend(std::iter::repeat_n(*o as u32, (to - from) as usize));
+                    elements.extend(from as u32..to as u32);
+                }
+            }
+            values.push(take(
+                list.values().as_ref(),
+                &UInt32Array::from(elements.clone()),
+                None,
+            )?);
+        }
+        let parent = UInt32Array::from(parent);
+        let mut key_columns = keys
+            .iter()
+            .map(|k| take(k.as_ref(), &parent, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter();
+        let mut values = values.into_iter();
+        let mut columns = Vec::with_capacity(self.partial.fields().len());
+        for i in 0..self.nk() {
+            let next = if i == self.session {
+                values.next()
+            } else {
+                key_columns.next()
+            };
+            match next {
+                Some(c) => columns.push(c),
+                None => return internal_err!("session state has too few columns"),
+            }
+        }
+        columns.extend(values);
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.partial),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(elements.len())),
+        )?)
+    }
+
+    /// The sessions of `flat` (partial rows) as one list row per key of `keys` (in
+    /// its order), and which keys have any left.
+    fn nest(&self, flat: &RecordBatch, keys: &[ArrayRef]) -> Result<(Vec<ArrayRef>, BooleanArray)> {
+        // Without other group keys, one key holds every session.
+        let (n, owner) = match keys.first() {
+            None => (1, vec![0; flat.num_rows()]),
+            Some(first) => {
+                let converter = RowConverter::new(
+                    keys.iter()
+                        .map(|k| SortField::new(k.data_type().clone()))
+                        .collect(),
+                )?;
+                let key_rows = converter.convert_columns(keys)?;
+                let index: HashMap<_, usize> =
+                    key_rows.iter().enumerate().map(|(i, r)| (r, i)).collect();
+                let flat_keys: Vec<ArrayRef> = self
+                    .others
+                    .iter()
+                    .map(|i| Arc::clone(flat.column(*i)))
+                    .collect();
+                let flat_rows = converter.convert_columns(&flat_keys)?;
+                let mut owner = Vec::with_capacity(flat.num_rows());
+                for r in flat_rows.iter() {
+                    match index.get(&r) {
+                        Some(o) => owner.push(*o),
+                        None => {
+                            return internal_err!("a session's key is not among the keys touched");
+                        }
+                    }
+                }
+                (first.len(), owner)
+            }
+        };
+        let mut offsets = vec![0i32; n + 1];
+        for o in &owner {
+            offsets[o + 1] += 1;
+        }
+        let keep: BooleanArray = offsets[1..].iter().map(|c| Some(*c > 0)).collect();
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut next = offsets.clone();
+        let mut order = vec![0u32; owner.len()];
+        for (row, o) in owner.iter().enumerate() {
+            order[next[*o] as usize] = row as u32;
+            next[*o] += 1;
+        }
+        let order = UInt32Array::from(order);
+        let offsets = OffsetBuffer::new(offsets.into());
+        let lists = std::iter::once(self.session)
+            .chain(self.nk()..self.partial.fields().len())
+            .zip(&self.items)
+            .map(|(c, item)| -> Result<ArrayRef> {
+                let values = take(flat.column(c).as_ref(), &order, None)?;
+                Ok(Arc::new(ListArray::try_new(
+                    Arc::clone(item),
+                    offsets.clone(),
+                    values,
+                    None,
+                )?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((lists, keep))
+    }
+
+    /// Partial rows (a checkpoint from before the store) as the store's rows: each
+    /// key once, its sessions as lists.
+    fn nest_all(&self, flat: &RecordBatch) -> Result<RecordBatch> {
+        if self.others.is_empty() {
+            let (lists, _) = self.nest(flat, &[])?;
+            return Ok(RecordBatch::try_from_iter(
+                lists
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("c{i}"), c)),
+            )?);
+        }
+        let flat_keys: Vec<ArrayRef> = self
+            .others
+            .iter()
+            .map(|i| Arc::clone(flat.column(*i)))
+            .collect();
+        let converter = RowConverter::new(
+            flat_keys
+                .iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect(),
+        )?;
+        let rows = converter.convert_columns(&flat_keys)?;
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<u32> = (0..rows.num_rows())
+            .filter(|i| seen.insert(rows.row(*i)))
+            .map(|i| i as u32)
+            .collect();
+        let firsts = UInt32Array::from(firsts);
+        let keys = flat_keys
+            .iter()
+            .map(|k| take(k.as_ref(), &firsts, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let (lists, _) = self.nest(flat, &keys)?;
+        let mut columns = keys;
+        columns.extend(lists);
+        Ok(RecordBatch::try_from_iter(
+            columns
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (format!("c{i}"), c)),
+        )?)
+    }
+}
+
+/// Per row of the store (keys, then the session lists at `at`): the end of its
+/// earliest session.
+fn earliest_ends(rows: &RecordBatch, at: usize) -> Result<Vec<Option<i64>>> {
+    let lists = rows.column(at).as_list::<i32>();
+    let ends = window_ends(lists.values())?;
+    Ok(lists
+        .offsets()
+        .windows(2)
+        .map(|w| {
+            (w[0] as usize..w[1] as usize)
+                .filter(|i| ends.is_valid(*i))
+                .map(|i| ends.value(i))
+                .min()
+        })
+        .collect())
+}
+
+/// One batch's work on one state partition.
+struct Step<'a> {
+    agg: &'a PartialAggregate,
+    time: &'a EventTime,
+    layout: &'a Layout,
+    output_schema: &'a SchemaRef,
+    changed_only: bool,
+    input: &'a RecordBatch,
+    closes: Option<i64>,
+    now: i64,
+    cutoff: Option<i64>,
+}
+
+impl Step<'_> {
+    /// The partition's keys with rows in `routed` (the other group keys, then each
+    /// row's position in the input) or with a session the watermark closed: their
+    /// sessions merged with the rows, emitted, kept (or removed); the output.
+    fn run(&self, p: &mut Partition, routed: Option<Vec<ArrayRef>>) -> Result<Option<RecordBatch>> {
+        let nk = self.layout.others.len();
+        let routed = match routed {
+            Some(r) => r,
+            None => {
+                if !self.closes.is_some_and(|wm| p.may_be_due(wm, true)) {
+                    return Ok(None);
+                }
+                let mut empty: Vec<ArrayRef> = self
+                    .layout
+                    .others
+                    .iter()
+                    .map(|i| {
+                        datafusion::arrow::array::new_empty_array(
+                            self.layout.partial.field(*i).data_type(),
+                        )
+                    })
+                    .collect();
+                empty.push(datafusion::arrow::array::new_empty_array(&DataType::UInt32));
+                empty
+            }
+        };
+        let rows = routed[nk].len();
+        let mut touched = p.touch(&routed[..nk], rows, self.cutoff)?;
+        if let Some(wm) = self.closes {
+            let at = nk;
+            p.touch_due(
+                &mut touched,
+                wm,
+                Some(&move |r: &RecordBatch| earliest_ends(r, at)),
+            )?;
+        }
+        if touched.len() == 0 {
+            return Ok(None);
+        }
+        let previous =
+            self.layout
+                .explode(&touched.keys, &touched.previous, &touched.previous_group)?;
+        let positions = routed[nk].as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        let mut batches = vec![previous, take_record_batch(self.input, positions)?];
+        coalesce_sessions(&mut batches, self.layout.session, self.layout.nk())?;
+        let input = batches.pop();
+        let folded = self.agg.fold(batches.pop(), input.into_iter().collect())?;
+        let (out, kept) = self
+            .time
+            .emit(folded, self.output_schema, self.changed_only)?;
+        let (lists, keep) = self.layout.nest(&kept, &touched.keys)?;
+        p.put(touched, lists, Some(&keep), self.now, self.cutoff)?;
+        Ok(Some(out))
     }
 }
 
@@ -79,12 +430,19 @@ impl StreamOperator for SessionAggregate {
     }
 
     fn explain(&self) -> String {
-        event_time::explain(
+        let mut text = event_time::explain(
             "SessionAggregate",
             &self.display,
             &self.time.window,
             self.changed_only,
-        )
+        );
+        if let Some(ttl) = self.config.ttl {
+            text.push_str(&format!(
+                "; bounded by state_ttl too: a key without rows for {} is evicted with its sessions",
+                crate::time::format_duration(ttl)
+            ));
+        }
+        text
     }
 
     fn emits(&self) -> Emits {
@@ -92,7 +450,14 @@ impl StreamOperator for SessionAggregate {
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
-        self.agg.plan(input).await
+        let plan = self.agg.plan(input).await?;
+        let partial = Arc::clone(&self.agg.planned()?.partial_schema);
+        let layout = Layout::new(partial, self.agg.keys(), self.time.window.key_index);
+        self.store = Some((layout.store(self.config.clone())?, layout));
+        if let Some(state) = self.restored.take() {
+            self.restore(state)?;
+        }
+        Ok(plan)
     }
 
     async fn process(
@@ -101,44 +466,122 @@ impl StreamOperator for SessionAggregate {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let (input, max_event_time) = self.time.drop_late(&self.agg, input)?;
-        let previous = self.state.take();
-        let had_previous = previous.is_some();
-        let mut all: Vec<RecordBatch> = previous.into_iter().chain(input).collect();
-        coalesce_sessions(&mut all, self.time.window.key_index, self.agg.keys())?;
-        let (previous, input) = if had_previous {
-            let rest = all.split_off(1);
-            (all.pop(), rest)
-        } else {
-            (None, all)
-        };
-        let folded = self.agg.fold(previous, input)?;
         self.time.advance(ctx, max_event_time);
-        let (out, state) = self
-            .time
-            .emit(folded, &self.output_schema, self.changed_only)?;
-        self.state = Some(state);
-        Ok(Some(vec![out]))
+        let closes = self.closes();
+        let Some((store, layout)) = self.store.as_mut() else {
+            return internal_err!("SessionAggregate used before plan_input");
+        };
+        let input = concat_batches(&layout.partial, &input)?;
+        let n = input.num_rows();
+        let mut columns: Vec<ArrayRef> = layout
+            .others
+            .iter()
+            .map(|i| Arc::clone(input.column(*i)))
+            .collect();
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let routed = store.route(&columns, n)?;
+        let now = ctx.batch_time.as_millis();
+        let step = Step {
+            agg: &self.agg,
+            time: &self.time,
+            layout,
+            output_schema: &self.output_schema,
+            changed_only: self.changed_only,
+            input: &input,
+            closes,
+            now,
+            cutoff: store.cutoff(now),
+        };
+        // Once the watermark closes sessions, every partition may hold some.
+        let inputs: Vec<Option<Option<Vec<ArrayRef>>>> = if closes.is_some() {
+            routed.into_iter().map(Some).collect()
+        } else {
+            routed.into_iter().map(|r| r.map(Some)).collect()
+        };
+        let mut out: Vec<RecordBatch> = store
+            .for_each(inputs, |p, routed| step.run(p, routed))?
+            .into_iter()
+            .flatten()
+            .collect();
+        let w = &self.time.window;
+        if !self.changed_only && !w.emit_closed_only {
+            // Complete mode: every session, the one output that reads all the state.
+            let cutoff = store.cutoff(now);
+            let nk = layout.others.len();
+            let stored = store.all(|p, ()| p.scan(cutoff))?;
+            out.clear();
+            for b in stored.into_iter().flatten() {
+                let owner: Vec<usize> = (0..b.num_rows()).collect();
+                let width = b.num_columns() - 1;
+                let flat = layout.explode(&b.columns()[..nk], &b.columns()[nk..width], &owner)?;
+                let mut columns = flat.columns()[..layout.nk()].to_vec();
+                columns.extend(
+                    self.agg
+                        .evaluate(&flat.columns()[layout.nk()..], flat.num_rows())?,
+                );
+                columns.truncate(self.output_schema.fields().len());
+                out.push(RecordBatch::try_new(
+                    Arc::clone(&self.output_schema),
+                    columns,
+                )?);
+            }
+        }
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+        }
+        Ok(Some(out))
     }
 
     fn state_rows(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.num_rows())
+        self.state_stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.get_array_memory_size())
+        self.state_stats().memory_bytes as usize
     }
 
-    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        Ok(crate::checkpoint::OperatorState {
-            batches: self.state.iter().cloned().collect(),
-            meta: serde_json::json!({ "watermark": self.time.watermark }),
-        })
+    /// Keys (each with its sessions), not sessions.
+    fn state_stats(&self) -> StateStats {
+        self.store
+            .as_ref()
+            .map(|(s, _)| s.stats())
+            .unwrap_or_default()
     }
 
-    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+    /// The store's rows (a delta of the keys changed or removed since the last
+    /// checkpoint, or all of them) and the watermark.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let watermark = self.time.watermark;
+        match self.store.as_mut() {
+            Some((store, _)) => {
+                let (kind, batches) = store.checkpoint(None)?;
+                Ok(OperatorState {
+                    batches,
+                    meta: serde_json::json!({ "watermark": watermark, "state": kind.as_str(), "partitions": self.config.partitions }),
+                })
+            }
+            None => Ok(self.restored.clone().unwrap_or_else(|| OperatorState {
+                batches: Vec::new(),
+                meta: serde_json::json!({ "watermark": watermark }),
+            })),
+        }
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
         self.time.watermark = state.meta["watermark"].as_i64();
-        self.state = restored_state(&state.batches)?;
-        Ok(())
+        let Some((store, layout)) = self.store.as_mut() else {
+            // Not planned yet: `plan_input` restores it.
+            self.restored = Some(state);
+            return Ok(());
+        };
+        if state.meta.get("state").is_some() {
+            return store.restore(state.batches);
+        }
+        // A checkpoint from before the store: every session as a partial row.
+        match restored_state(&state.batches)? {
+            Some(flat) => store.restore(vec![layout.nest_all(&flat)?]),
+            None => store.restore(Vec::new()),
+        }
     }
 
     fn late_rows(&self) -> u64 {
@@ -260,6 +703,7 @@ mod tests {
 
     use super::*;
     use crate::ops::test_input::{TestInput, rows};
+    use crate::state::StateConfig;
 
     fn input() -> TestInput {
         TestInput::keyed_events()
@@ -299,6 +743,76 @@ mod tests {
         )
         .unwrap()
         .with_changed_only(true)
+    }
+
+    /// A's sessions, in 2 partitions, come back into B (3 partitions) from a full
+    /// snapshot and a delta given before B is planned, and into C from a checkpoint
+    /// written before the store (every session as a partial row); all three go on
+    /// alike.
+    #[tokio::test]
+    async fn sessions_come_back_in_any_partition_count_and_from_the_old_format() {
+        let config = |partitions| StateConfig {
+            partitions,
+            memory: usize::MAX,
+            ttl: None,
+            spill_dir: None,
+        };
+        let (ia, ib, ic) = (input(), input(), input());
+        let mut a = sessions().await.with_state_config(config(2));
+        let first = rows_at(&["a", "b", "c"], &[1_000, 1_500, 2_000]);
+        ia.run(&mut a, 1, vec![first]).await;
+        let full = a.snapshot().unwrap();
+        assert_eq!(full.meta["state"], "full");
+        ia.run(&mut a, 2, vec![rows_at(&["a", "d"], &[4_000, 2_500])])
+            .await;
+        let delta = a.snapshot().unwrap();
+        assert_eq!(delta.meta["state"], "delta");
+        let mut b = sessions().await.with_state_config(config(3));
+        let mut chain = full.batches.clone();
+        chain.extend(delta.batches.clone());
+        b.restore(OperatorState {
+            batches: chain,
+            meta: delta.meta.clone(),
+        })
+        .unwrap();
+        // The old format: every session as the partial aggregate's row.
+        let flat = {
+            let (store, layout) = a.store.as_mut().unwrap();
+            let nk = layout.others.len();
+            let mut flat = Vec::new();
+            for rows in store
+                .all(|p, ()| p.scan(None))
+                .unwrap()
+                .into_iter()
+                .flatten()
+            {
+                let owner: Vec<usize> = (0..rows.num_rows()).collect();
+                let width = rows.num_columns() - 1;
+                let c = rows.columns();
+                flat.push(layout.explode(&c[..nk], &c[nk..width], &owner).unwrap());
+            }
+            flat
+        };
+        assert_eq!(flat.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        let mut c = sessions().await;
+        c.restore(OperatorState {
+            batches: flat,
+            meta: serde_json::json!({ "watermark": a.time.watermark }),
+        })
+        .unwrap();
+        // Watermark 7 s closes c's and d's sessions; a's and b's grow; e's begins.
+        let third = || rows_at(&["a", "b", "e"], &[8_000, 5_000, 9_000]);
+        let want = [
+            "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:13},3",
+            "b,{start: 1970-01-01T00:00:01.500, end: 1970-01-01T00:00:10},2",
+            "e,{start: 1970-01-01T00:00:09, end: 1970-01-01T00:00:14},1",
+        ];
+        for (op, input) in [(&mut a, &ia), (&mut b, &ib), (&mut c, &ic)] {
+            let mut got = rows(&input.run(op, 3, vec![third()]).await);
+            got.sort();
+            assert_eq!(got, want);
+            assert_eq!(op.state_rows(), 3, "a, b and e keep a session");
+        }
     }
 
     #[tokio::test]
