@@ -291,3 +291,101 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
     assert!(op.spilled_bytes > 0, "{op:?}");
     s.stop_all().await.unwrap();
 }
+
+const JOIN_KEYS: i64 = 100_000;
+const JOIN_ROWS: i64 = 30_000;
+
+/// One side's rows `from..to` of the join test: keys over `0..JOIN_KEYS`, times in
+/// `[b s, b s + 3 s)` for batch `b`: never late under a 3 s delay, and rows the
+/// watermark lets go are only just out of reach of later rows (a state dropped too
+/// early loses matches); `salt` makes the two sides differ.
+fn join_rows(from: i64, to: i64, salt: i64) -> String {
+    format!(
+        "SELECT (value * 7919 + {salt} * (value % 13)) % {JOIN_KEYS} AS k,
+                to_timestamp_millis(1767225600000 + (value / {JOIN_ROWS}) * 1000 + (value * (37 + {salt})) % 3000) AS ts,
+                value AS v
+         FROM range({from}, {to})"
+    )
+}
+
+/// An interval join of two streams over 100,000 keys (300,000 rows a side in 10
+/// batches) in 1, 2 and 7 state partitions, the 7 spilled, and keyed by nothing (an
+/// expression on the key): every match one batch query over all the input finds,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_in_1_2_and_7_partitions_and_spilled_equals_the_batch_join() {
+    let mut s = sql_session();
+    s.execute_script(
+        "CREATE STREAM a (k BIGINT, ts TIMESTAMP, v BIGINT,
+                          WATERMARK FOR ts AS ts - INTERVAL '3' SECOND) WITH (connector = 'memory');
+         CREATE STREAM b (k BIGINT, ts TIMESTAMP, v BIGINT,
+                          WATERMARK FOR ts AS ts - INTERVAL '3' SECOND) WITH (connector = 'memory');
+         SET output_mode = 'append';",
+    )
+    .await
+    .unwrap();
+    let join = |on: &str| {
+        format!(
+            "SELECT a.k AS k, CAST(a.ts AS TIMESTAMP) AS ats, CAST(b.ts AS TIMESTAMP) AS bts, a.v AS av, b.v AS bv
+             FROM a JOIN b ON {on}
+               AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts + INTERVAL '2' SECOND"
+        )
+    };
+    let configs = [
+        ("j1", 1, "1 GB", "a.k = b.k"),
+        ("j2", 2, "1 GB", "a.k = b.k"),
+        ("j7", 7, "1 MB", "a.k = b.k"),
+        ("jx", 2, "1 GB", "a.k + 0 = b.k"),
+    ];
+    for (sink, partitions, memory, on) in configs {
+        s.execute_script(&format!(
+            "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {};",
+            join(on)
+        ))
+        .await
+        .unwrap();
+    }
+    const BATCHES: i64 = 10;
+    for i in 0..BATCHES {
+        let (from, to) = (i * JOIN_ROWS, (i + 1) * JOIN_ROWS);
+        s.execute(&format!("INSERT INTO a {}", join_rows(from, to, 1)))
+            .await
+            .unwrap();
+        s.execute(&format!("INSERT INTO b {}", join_rows(from, to, 2)))
+            .await
+            .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    for q in s.queries() {
+        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
+    }
+    let all = |salt| join_rows(0, BATCHES * JOIN_ROWS, salt);
+    let want = format!(
+        "SELECT a.k AS k, CAST(a.ts AS TIMESTAMP) AS ats, CAST(b.ts AS TIMESTAMP) AS bts, a.v AS av, b.v AS bv
+         FROM ({}) a JOIN ({}) b ON a.k = b.k
+           AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts + INTERVAL '2' SECOND",
+        all(1),
+        all(2)
+    );
+    let n = sql_rows(&mut s, &format!("SELECT count(*) FROM ({want})")).await;
+    let n: i64 = n[0].parse().unwrap();
+    assert!(n > 100_000, "{n} matches");
+    for (sink, ..) in configs {
+        let differ = sql_rows(
+            &mut s,
+            &format!(
+                "SELECT count(*) FROM ((SELECT * FROM {sink} EXCEPT ALL SELECT * FROM ({want}))
+                                       UNION ALL (SELECT * FROM ({want}) EXCEPT ALL SELECT * FROM {sink}))"
+            ),
+        )
+        .await;
+        assert_eq!(differ, ["0"], "{sink}: matches differ");
+    }
+    let j7 = s.queries().find(|q| q.target == "j7").unwrap();
+    let op = &j7.ctx.last_batches(1).pop().unwrap().operators[0];
+    assert_eq!(op.name, "StreamJoin");
+    assert!(op.spilled_bytes > 0, "{op:?}");
+    assert!(op.rows > 0 && op.rows < 2 * JOIN_KEYS as u64, "{op:?}");
+    s.stop_all().await.unwrap();
+}

@@ -19,6 +19,7 @@
 //! `state_ttl` a key not updated for that long is evicted (read as absent, dropped
 //! when its segment is cleaned, counted).
 
+mod nested;
 mod partition;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+pub(crate) use nested::{Nested, min_per_list};
 pub(crate) use partition::{BoundFn, Partition};
 
 /// At most this many deltas follow a full snapshot (a restore reads that many files).
@@ -376,7 +378,29 @@ impl KeyedState {
     /// as the state, or number [`MAX_DELTAS`] (so a restore reads at most about twice
     /// the state, and a batch's checkpoint bytes follow the keys it touched).
     pub fn checkpoint(&mut self, now: Option<i64>) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
-        let first = !self.checkpointed;
+        let full = self.needs_full();
+        self.checkpoint_as(now, full)
+    }
+
+    /// Whether the next checkpoint would be a full snapshot.
+    pub fn needs_full(&self) -> bool {
+        let pending: usize = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.pending.iter().map(|b| b.num_rows()))
+            .sum();
+        let live = self.stats().rows as usize;
+        !self.checkpointed || self.since_full + pending >= live.max(1) || self.deltas >= MAX_DELTAS
+    }
+
+    /// [`KeyedState::checkpoint`], a full snapshot when `full` (an operator with two
+    /// stores keeps them in step: one chain of snapshots for both).
+    pub fn checkpoint_as(
+        &mut self,
+        now: Option<i64>,
+        full: bool,
+    ) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
+        let full = full || !self.checkpointed;
         self.checkpointed = true;
         for p in &mut self.partitions {
             p.track_changes = true;
@@ -386,8 +410,7 @@ impl KeyedState {
             .iter()
             .flat_map(|p| p.pending.iter().map(|b| b.num_rows()))
             .sum();
-        let live = self.stats().rows as usize;
-        if !first && self.since_full + pending < live.max(1) && self.deltas < MAX_DELTAS {
+        if !full {
             self.since_full += pending;
             self.deltas += 1;
             let mut out = Vec::new();

@@ -15,17 +15,14 @@
 //!     ─▶ nest the kept sessions per key ─▶ put (a key left none: removed)
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, ListArray, StructArray, TimestampMillisecondArray,
-    UInt32Array,
+    Array, ArrayRef, AsArray, StructArray, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::compute::{cast, concat_batches, take, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::dataframe::DataFrame;
@@ -36,7 +33,7 @@ use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_
 use super::partial::{PartialAggregate, restored_state};
 use crate::checkpoint::OperatorState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
-use crate::state::{BoundFn, KeyedState, Partition, StateConfig, StateStats};
+use crate::state::{BoundFn, KeyedState, Nested, Partition, StateConfig, StateStats, min_per_list};
 use crate::{Result, internal_err};
 
 /// An aggregate over session windows.
@@ -103,246 +100,45 @@ impl SessionAggregate {
 /// the session are the store's keys; the session and each state column become lists.
 #[derive(Clone)]
 struct Layout {
-    /// The partial aggregate's rows: group keys (the session at `session`), states.
-    partial: SchemaRef,
+    nested: Nested,
+    /// The session's position among the group keys.
     session: usize,
-    /// Positions of the other group keys.
-    others: Vec<usize>,
-    /// The list fields, in the store's value order: the session, then each state.
-    items: Vec<FieldRef>,
 }
 
 impl Layout {
     fn new(partial: SchemaRef, nk: usize, session: usize) -> Self {
         let others: Vec<usize> = (0..nk).filter(|i| *i != session).collect();
-        let items = std::iter::once(session)
+        let lists = std::iter::once(session)
             .chain(nk..partial.fields().len())
-            .map(|i| {
-                Arc::new(Field::new(
-                    "item",
-                    partial.field(i).data_type().clone(),
-                    true,
-                ))
-            })
             .collect();
         Self {
-            partial,
+            nested: Nested::new(partial, others, lists),
             session,
-            others,
-            items,
         }
     }
 
+    /// The group keys, the session among them.
     fn nk(&self) -> usize {
-        self.others.len() + 1
+        self.nested.keys.len() + 1
     }
 
     fn store(&self, config: StateConfig) -> Result<KeyedState> {
-        let keys: Vec<FieldRef> = self
-            .others
-            .iter()
-            .map(|i| Arc::new(self.partial.field(*i).clone()))
-            .collect();
-        let lists: Vec<FieldRef> = self
-            .items
-            .iter()
-            .zip(std::iter::once(self.session).chain(self.nk()..self.partial.fields().len()))
-            .map(|(item, i)| {
-                Arc::new(Field::new(
-                    self.partial.field(i).name(),
-                    DataType::List(Arc::clone(item)),
-                    true,
-                ))
-            })
-            .collect();
-        let mut store = KeyedState::try_new(&keys, &lists, config)?;
+        let keys = self.nested.key_fields();
+        let mut store = KeyedState::try_new(&keys, &self.nested.list_fields(), config)?;
         // A key is due once the watermark passes the end of its earliest session.
         let at = keys.len();
         let bound: Arc<BoundFn> = Arc::new(move |rows: &RecordBatch| earliest_ends(rows, at));
         store.set_bound(bound);
         Ok(store)
     }
-
-    /// The sessions in `lists` (list columns; row `j` belongs to key `owner[j]` of
-    /// `keys`) as the partial aggregate's rows, one per session.
-    fn explode(
-        &self,
-        keys: &[ArrayRef],
-        lists: &[ArrayRef],
-        owner: &[usize],
-    ) -> Result<RecordBatch> {
-        let mut parent = Vec::new();
-        let mut elements = Vec::new();
-        let mut values = Vec::with_capacity(lists.len());
-        for (c, list) in lists.iter().enumerate() {
-            let list = list.as_list::<i32>();
-            if c == 0 {
-                for (j, o) in owner.iter().enumerate() {
-                    let (from, to) = (list.value_offsets()[j], list.value_offsets()[j + 1]);
-                    parent.extend(std::iter::repeat_n(*o as u32, (to - from) as usize));
-                    elements.extend(from as u32..to as u32);
-                }
-            }
-            values.push(take(
-                list.values().as_ref(),
-                &UInt32Array::from(elements.clone()),
-                None,
-            )?);
-        }
-        let parent = UInt32Array::from(parent);
-        let mut key_columns = keys
-            .iter()
-            .map(|k| take(k.as_ref(), &parent, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?
-            .into_iter();
-        let mut values = values.into_iter();
-        let mut columns = Vec::with_capacity(self.partial.fields().len());
-        for i in 0..self.nk() {
-            let next = if i == self.session {
-                values.next()
-            } else {
-                key_columns.next()
-            };
-            match next {
-                Some(c) => columns.push(c),
-                None => return internal_err!("session state has too few columns"),
-            }
-        }
-        columns.extend(values);
-        Ok(RecordBatch::try_new_with_options(
-            Arc::clone(&self.partial),
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new()
-                .with_row_count(Some(elements.len())),
-        )?)
-    }
-
-    /// The sessions of `flat` (partial rows) as one list row per key of `keys` (in
-    /// its order), and which keys have any left.
-    fn nest(&self, flat: &RecordBatch, keys: &[ArrayRef]) -> Result<(Vec<ArrayRef>, BooleanArray)> {
-        // Without other group keys, one key holds every session.
-        let (n, owner) = match keys.first() {
-            None => (1, vec![0; flat.num_rows()]),
-            Some(first) => {
-                let converter = RowConverter::new(
-                    keys.iter()
-                        .map(|k| SortField::new(k.data_type().clone()))
-                        .collect(),
-                )?;
-                let key_rows = converter.convert_columns(keys)?;
-                let index: HashMap<_, usize> =
-                    key_rows.iter().enumerate().map(|(i, r)| (r, i)).collect();
-                let flat_keys: Vec<ArrayRef> = self
-                    .others
-                    .iter()
-                    .map(|i| Arc::clone(flat.column(*i)))
-                    .collect();
-                let flat_rows = converter.convert_columns(&flat_keys)?;
-                let mut owner = Vec::with_capacity(flat.num_rows());
-                for r in flat_rows.iter() {
-                    match index.get(&r) {
-                        Some(o) => owner.push(*o),
-                        None => {
-                            return internal_err!("a session's key is not among the keys touched");
-                        }
-                    }
-                }
-                (first.len(), owner)
-            }
-        };
-        let mut offsets = vec![0i32; n + 1];
-        for o in &owner {
-            offsets[o + 1] += 1;
-        }
-        let keep: BooleanArray = offsets[1..].iter().map(|c| Some(*c > 0)).collect();
-        for i in 0..n {
-            offsets[i + 1] += offsets[i];
-        }
-        let mut next = offsets.clone();
-        let mut order = vec![0u32; owner.len()];
-        for (row, o) in owner.iter().enumerate() {
-            order[next[*o] as usize] = row as u32;
-            next[*o] += 1;
-        }
-        let order = UInt32Array::from(order);
-        let offsets = OffsetBuffer::new(offsets.into());
-        let lists = std::iter::once(self.session)
-            .chain(self.nk()..self.partial.fields().len())
-            .zip(&self.items)
-            .map(|(c, item)| -> Result<ArrayRef> {
-                let values = take(flat.column(c).as_ref(), &order, None)?;
-                Ok(Arc::new(ListArray::try_new(
-                    Arc::clone(item),
-                    offsets.clone(),
-                    values,
-                    None,
-                )?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((lists, keep))
-    }
-
-    /// Partial rows (a checkpoint from before the store) as the store's rows: each
-    /// key once, its sessions as lists.
-    fn nest_all(&self, flat: &RecordBatch) -> Result<RecordBatch> {
-        if self.others.is_empty() {
-            let (lists, _) = self.nest(flat, &[])?;
-            return Ok(RecordBatch::try_from_iter(
-                lists
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("c{i}"), c)),
-            )?);
-        }
-        let flat_keys: Vec<ArrayRef> = self
-            .others
-            .iter()
-            .map(|i| Arc::clone(flat.column(*i)))
-            .collect();
-        let converter = RowConverter::new(
-            flat_keys
-                .iter()
-                .map(|k| SortField::new(k.data_type().clone()))
-                .collect(),
-        )?;
-        let rows = converter.convert_columns(&flat_keys)?;
-        let mut seen = std::collections::HashSet::new();
-        let firsts: Vec<u32> = (0..rows.num_rows())
-            .filter(|i| seen.insert(rows.row(*i)))
-            .map(|i| i as u32)
-            .collect();
-        let firsts = UInt32Array::from(firsts);
-        let keys = flat_keys
-            .iter()
-            .map(|k| take(k.as_ref(), &firsts, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let (lists, _) = self.nest(flat, &keys)?;
-        let mut columns = keys;
-        columns.extend(lists);
-        Ok(RecordBatch::try_from_iter(
-            columns
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| (format!("c{i}"), c)),
-        )?)
-    }
 }
 
 /// Per row of the store (keys, then the session lists at `at`): the end of its
 /// earliest session.
 fn earliest_ends(rows: &RecordBatch, at: usize) -> Result<Vec<Option<i64>>> {
-    let lists = rows.column(at).as_list::<i32>();
-    let ends = window_ends(lists.values())?;
-    Ok(lists
-        .offsets()
-        .windows(2)
-        .map(|w| {
-            (w[0] as usize..w[1] as usize)
-                .filter(|i| ends.is_valid(*i))
-                .map(|i| ends.value(i))
-                .min()
-        })
-        .collect())
+    min_per_list(rows.column(at), |sessions| {
+        Ok(window_ends(sessions)?.reinterpret_cast())
+    })
 }
 
 /// One batch's work on one state partition.
@@ -363,7 +159,7 @@ impl Step<'_> {
     /// row's position in the input) or with a session the watermark closed: their
     /// sessions merged with the rows, emitted, kept (or removed); the output.
     fn run(&self, p: &mut Partition, routed: Option<Vec<ArrayRef>>) -> Result<Option<RecordBatch>> {
-        let nk = self.layout.others.len();
+        let nk = self.layout.nested.keys.len();
         let routed = match routed {
             Some(r) => r,
             None => {
@@ -372,13 +168,10 @@ impl Step<'_> {
                 }
                 let mut empty: Vec<ArrayRef> = self
                     .layout
-                    .others
+                    .nested
+                    .key_fields()
                     .iter()
-                    .map(|i| {
-                        datafusion::arrow::array::new_empty_array(
-                            self.layout.partial.field(*i).data_type(),
-                        )
-                    })
+                    .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
                     .collect();
                 empty.push(datafusion::arrow::array::new_empty_array(&DataType::UInt32));
                 empty
@@ -397,9 +190,11 @@ impl Step<'_> {
         if touched.len() == 0 {
             return Ok(None);
         }
-        let previous =
-            self.layout
-                .explode(&touched.keys, &touched.previous, &touched.previous_group)?;
+        let previous = self.layout.nested.explode(
+            &touched.keys,
+            &touched.previous,
+            &touched.previous_group,
+        )?;
         let positions = routed[nk].as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
         let mut batches = vec![previous, take_record_batch(self.input, positions)?];
         coalesce_sessions(&mut batches, self.layout.session, self.layout.nk())?;
@@ -408,7 +203,7 @@ impl Step<'_> {
         let (out, kept) = self
             .time
             .emit(folded, self.output_schema, self.changed_only)?;
-        let (lists, keep) = self.layout.nest(&kept, &touched.keys)?;
+        let (lists, keep) = self.layout.nested.nest(&kept, &touched.keys)?;
         p.put(touched, lists, Some(&keep), self.now, self.cutoff)?;
         Ok(Some(out))
     }
@@ -471,10 +266,11 @@ impl StreamOperator for SessionAggregate {
         let Some((store, layout)) = self.store.as_mut() else {
             return internal_err!("SessionAggregate used before plan_input");
         };
-        let input = concat_batches(&layout.partial, &input)?;
+        let input = concat_batches(&layout.nested.flat, &input)?;
         let n = input.num_rows();
         let mut columns: Vec<ArrayRef> = layout
-            .others
+            .nested
+            .keys
             .iter()
             .map(|i| Arc::clone(input.column(*i)))
             .collect();
@@ -507,13 +303,10 @@ impl StreamOperator for SessionAggregate {
         if !self.changed_only && !w.emit_closed_only {
             // Complete mode: every session, the one output that reads all the state.
             let cutoff = store.cutoff(now);
-            let nk = layout.others.len();
             let stored = store.all(|p, ()| p.scan(cutoff))?;
             out.clear();
             for b in stored.into_iter().flatten() {
-                let owner: Vec<usize> = (0..b.num_rows()).collect();
-                let width = b.num_columns() - 1;
-                let flat = layout.explode(&b.columns()[..nk], &b.columns()[nk..width], &owner)?;
+                let flat = layout.nested.explode_rows(&b)?;
                 let mut columns = flat.columns()[..layout.nk()].to_vec();
                 columns.extend(
                     self.agg
@@ -579,7 +372,7 @@ impl StreamOperator for SessionAggregate {
         }
         // A checkpoint from before the store: every session as a partial row.
         match restored_state(&state.batches)? {
-            Some(flat) => store.restore(vec![layout.nest_all(&flat)?]),
+            Some(flat) => store.restore(vec![layout.nested.nest_all(&flat)?]),
             None => store.restore(Vec::new()),
         }
     }
@@ -778,19 +571,12 @@ mod tests {
         // The old format: every session as the partial aggregate's row.
         let flat = {
             let (store, layout) = a.store.as_mut().unwrap();
-            let nk = layout.others.len();
-            let mut flat = Vec::new();
-            for rows in store
-                .all(|p, ()| p.scan(None))
-                .unwrap()
+            let stored = store.all(|p, ()| p.scan(None)).unwrap();
+            let flat: Vec<RecordBatch> = stored
                 .into_iter()
                 .flatten()
-            {
-                let owner: Vec<usize> = (0..rows.num_rows()).collect();
-                let width = rows.num_columns() - 1;
-                let c = rows.columns();
-                flat.push(layout.explode(&c[..nk], &c[nk..width], &owner).unwrap());
-            }
+                .map(|rows| layout.nested.explode_rows(&rows).unwrap())
+                .collect();
             flat
         };
         assert_eq!(flat.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
