@@ -389,3 +389,70 @@ async fn an_interval_join_in_1_2_and_7_partitions_and_spilled_equals_the_batch_j
     assert!(op.rows > 0 && op.rows < 2 * JOIN_KEYS as u64, "{op:?}");
     s.stop_all().await.unwrap();
 }
+
+/// Top-3 per key over 200,000 keys (800,000 rows in 8 batches) in 1, 2 and 7
+/// partitions, the 7 spilled: complete mode's last result is what one batch query over
+/// all the input ranks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_n_in_1_2_and_7_partitions_and_spilled_equals_the_batch_query() {
+    const KEYS: i64 = 200_000;
+    const ROWS: i64 = 100_000;
+    const BATCHES: i64 = 8;
+    let rows = |from: i64, to: i64| {
+        format!(
+            "SELECT (value * 7919 + (value * value) % 997) % {KEYS} AS k, (value * 104729) % 1000003 AS v
+             FROM range({from}, {to})"
+        )
+    };
+    let top = |from: &str| {
+        format!(
+            "SELECT k, v, rn FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC) AS rn
+                                   FROM {from}) WHERE rn <= 3"
+        )
+    };
+    let mut s = sql_session();
+    s.execute_script(
+        "CREATE STREAM s (k BIGINT, v BIGINT) WITH (connector = 'memory');
+         SET output_mode = 'complete';",
+    )
+    .await
+    .unwrap();
+    let configs = [("t1", 1, "1 GB"), ("t2", 2, "1 GB"), ("t7", 7, "1 MB")];
+    for (sink, partitions, memory) in configs {
+        s.execute_script(&format!(
+            "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {};",
+            top("s")
+        ))
+        .await
+        .unwrap();
+    }
+    for b in 0..BATCHES {
+        s.execute(&format!("INSERT INTO s {}", rows(b * ROWS, (b + 1) * ROWS)))
+            .await
+            .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    for q in s.queries() {
+        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
+    }
+    let want = top(&format!("({})", rows(0, BATCHES * ROWS)));
+    let n = sql_rows(&mut s, &format!("SELECT count(*) FROM ({want})")).await;
+    assert!(n[0].parse::<i64>().unwrap() > 400_000, "{n:?}");
+    for (sink, ..) in configs {
+        let differ = sql_rows(
+            &mut s,
+            &format!(
+                "SELECT count(*) FROM ((SELECT * FROM {sink} EXCEPT ALL SELECT * FROM ({want}))
+                                       UNION ALL (SELECT * FROM ({want}) EXCEPT ALL SELECT * FROM {sink}))"
+            ),
+        )
+        .await;
+        assert_eq!(differ, ["0"], "{sink}: top rows differ");
+    }
+    let t7 = s.queries().find(|q| q.target == "t7").unwrap();
+    let op = &t7.ctx.last_batches(1).pop().unwrap().operators[0];
+    assert_eq!(op.name, "TopN");
+    assert!(op.spilled_bytes > 0, "{op:?}");
+    s.stop_all().await.unwrap();
+}

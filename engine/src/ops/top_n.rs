@@ -10,21 +10,25 @@
 //! ```
 //!
 //! The rank column is recomputed here: the per-batch plan below ranks a batch's rows
-//! among themselves only. Ties keep the row that arrived first.
+//! among themselves only. Ties keep the row that arrived first. The kept rows live in a
+//! [`KeyedState`], one row per key holding its rows as lists ([`Nested`]): partitioned,
+//! spilled past `state_memory`, checkpointed by change, forgotten after `state_ttl`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{
     SortColumn, SortOptions, cast, concat_batches, filter_record_batch, lexsort_to_indices, take,
+    take_record_batch,
 };
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::{Emits, OperatorContext, StreamOperator};
+use crate::checkpoint::OperatorState;
+use crate::state::{KeyedState, Nested, StateConfig, StateStats};
 use crate::{Result, plan_err};
 
 /// One `ORDER BY` term: a column of the operator's rows and its direction.
@@ -45,9 +49,10 @@ pub struct TopN {
     emit_all: bool,
     /// The names of the key columns (EXPLAIN).
     key_names: Vec<String>,
-    converter: RowConverter,
-    /// The kept rows of every key, ranks included.
-    state: RecordBatch,
+    config: StateConfig,
+    /// The kept rows of every key (ranks included), a store row per key.
+    nested: Nested,
+    state: KeyedState,
 }
 
 impl TopN {
@@ -70,40 +75,147 @@ impl TopN {
                 schema.field(rank).data_type()
             );
         }
-        let converter = RowConverter::new(
-            keys.iter()
-                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                .collect(),
-        )?;
         let key_names = keys
             .iter()
             .map(|&i| schema.field(i).name().clone())
             .collect();
+        let config = StateConfig::default();
+        let (nested, state) = Self::store(&schema, &keys, config.clone())?;
         Ok(Self {
             key_names,
-            state: RecordBatch::new_empty(Arc::clone(&schema)),
             schema,
             keys,
             order,
             rank,
             limit,
             emit_all,
-            converter,
+            config,
+            nested,
+            state,
         })
     }
 
-    /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
-    pub fn with_positional_names(mut self) -> Self {
-        self.schema = super::positional_schema(&self.schema);
-        self.state = RecordBatch::new_empty(Arc::clone(&self.schema));
-        self
+    fn store(
+        schema: &SchemaRef,
+        keys: &[usize],
+        config: StateConfig,
+    ) -> Result<(Nested, KeyedState)> {
+        let lists = (0..schema.fields().len())
+            .filter(|i| !keys.contains(i))
+            .collect();
+        let nested = Nested::new(Arc::clone(schema), keys.to_vec(), lists);
+        let state = KeyedState::try_new(&nested.key_fields(), &nested.list_fields(), config)?;
+        Ok((nested, state))
     }
 
-    fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
-        self.keys
+    /// Name the output columns `c0, c1, ...` (see `RunningAggregateExec`).
+    pub fn with_positional_names(mut self) -> Result<Self> {
+        self.schema = super::positional_schema(&self.schema);
+        (self.nested, self.state) = Self::store(&self.schema, &self.keys, self.config.clone())?;
+        Ok(self)
+    }
+
+    /// How the kept rows are stored: partitions, memory budget, time-to-live.
+    pub fn with_state_config(mut self, config: StateConfig) -> Result<Self> {
+        (self.nested, self.state) = Self::store(&self.schema, &self.keys, config.clone())?;
+        self.config = config;
+        Ok(self)
+    }
+
+    /// Every kept row (complete mode).
+    fn everything(&mut self, cutoff: Option<i64>) -> Result<Vec<RecordBatch>> {
+        let nested = &self.nested;
+        let kept = self.state.all(|p, ()| {
+            p.scan(cutoff)?
+                .iter()
+                .map(|rows| nested.explode_rows(rows))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(kept.into_iter().flatten().collect())
+    }
+}
+
+/// How a key's rows are ranked.
+struct Ranking<'a> {
+    schema: &'a SchemaRef,
+    keys: &'a [usize],
+    order: &'a [OrderColumn],
+    rank: usize,
+    limit: usize,
+}
+
+impl Ranking<'_> {
+    /// `all` (the stored rows of some keys, `old` of them, in rank order, then new
+    /// rows) ranked per key: the first `limit` of each, their ranks set; and which
+    /// of them are new or have a new rank.
+    fn rank(&self, all: &RecordBatch, old: usize) -> Result<(RecordBatch, BooleanArray)> {
+        // Sort by key, then order, then arrival (stored rows first, in rank order).
+        let arrival: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..all.num_rows() as u32));
+        let mut columns: Vec<SortColumn> = self
+            .keys
             .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect()
+            .map(|&i| SortColumn {
+                values: Arc::clone(all.column(i)),
+                options: None,
+            })
+            .collect();
+        columns.extend(self.order.iter().map(|o| SortColumn {
+            values: Arc::clone(all.column(o.index)),
+            options: Some(o.options),
+        }));
+        columns.push(SortColumn {
+            values: arrival,
+            options: None,
+        });
+        let sorted = lexsort_to_indices(&columns, None)?;
+        let key_columns: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|&i| Arc::clone(all.column(i)))
+            .collect();
+        // Without keys every row shares one.
+        let keys = if key_columns.is_empty() {
+            None
+        } else {
+            let converter = RowConverter::new(
+                key_columns
+                    .iter()
+                    .map(|c| SortField::new(c.data_type().clone()))
+                    .collect(),
+            )?;
+            Some(converter.convert_columns(&key_columns)?)
+        };
+        let old_rank = cast(all.column(self.rank), &DataType::UInt64)?;
+        let Some(old_rank) = old_rank.as_any().downcast_ref::<UInt64Array>() else {
+            return crate::internal_err!("a top-N's rank is not UInt64");
+        };
+        let mut kept = Vec::new();
+        let mut ranks = Vec::new();
+        let mut changed = Vec::new();
+        let mut rank = 0u64;
+        for (n, i) in sorted.values().iter().enumerate() {
+            let i = *i as usize;
+            let same_key = n > 0
+                && keys
+                    .as_ref()
+                    .is_none_or(|k| k.row(sorted.value(n - 1) as usize) == k.row(i));
+            rank = if same_key { rank + 1 } else { 1 };
+            if rank as usize > self.limit {
+                continue;
+            }
+            kept.push(i as u32);
+            ranks.push(rank);
+            changed.push(i >= old || old_rank.value(i) != rank);
+        }
+        let indices = UInt32Array::from(kept);
+        let mut columns = all
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c.as_ref(), &indices, None)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        columns[self.rank] = Arc::new(UInt64Array::from(ranks));
+        let ranked = RecordBatch::try_new(Arc::clone(self.schema), columns)?;
+        Ok((ranked, BooleanArray::from(changed)))
     }
 }
 
@@ -115,8 +227,15 @@ impl StreamOperator for TopN {
 
     fn explain(&self) -> String {
         let limit = self.limit;
+        let bound = match self.config.ttl {
+            Some(ttl) => format!(
+                "bounded by state_ttl: a key without a new row for {} is forgotten",
+                crate::time::format_duration(ttl)
+            ),
+            None => "kept for the life of the query (grows with the number of keys)".into(),
+        };
         format!(
-            "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, kept for the life of the query (grows with the number of keys)",
+            "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, {bound}",
             self.key_names.join(", "),
             if self.emit_all {
                 "complete"
@@ -148,116 +267,85 @@ impl StreamOperator for TopN {
         }
     }
 
+    /// Per partition (in parallel): the stored rows of the keys the batch touches and
+    /// the batch's rows, ranked; the first `limit` of each key stored again.
     async fn process(
         &mut self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        let now = ctx.batch_time.as_millis();
+        let cutoff = self.state.cutoff(now);
         let input: Vec<RecordBatch> = input
             .into_iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec()))
             .collect::<std::result::Result<_, _>>()?;
-        if input.is_empty() {
-            return Ok(Some(if self.emit_all {
-                vec![self.state.clone()]
-            } else {
-                vec![]
-            }));
-        }
         let new = concat_batches(&self.schema, &input)?;
-        // The stored rows of the keys this batch touches take part; the rest stay.
-        let new_keys = self.converter.convert_columns(&self.key_columns(&new))?;
-        let touched: HashSet<&[u8]> = new_keys.iter().map(|r| r.data()).collect();
-        let stored_keys = self
-            .converter
-            .convert_columns(&self.key_columns(&self.state))?;
-        let is_touched: BooleanArray = stored_keys
-            .iter()
-            .map(|r| Some(touched.contains(r.data())))
-            .collect();
-        let old = filter_record_batch(&self.state, &is_touched)?;
-        let untouched =
-            filter_record_batch(&self.state, &datafusion::arrow::compute::not(&is_touched)?)?;
-        let old_rows = old.num_rows();
-        let all = concat_batches(&self.schema, [&old, &new])?;
-        // Sort by key, then order, then arrival (stored rows first, in rank order).
-        let arrival: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..all.num_rows() as u32));
-        let mut columns: Vec<SortColumn> = self
+        let n = new.num_rows();
+        let mut columns: Vec<ArrayRef> = self
             .keys
             .iter()
-            .map(|&i| SortColumn {
-                values: Arc::clone(all.column(i)),
-                options: None,
-            })
+            .map(|&i| Arc::clone(new.column(i)))
             .collect();
-        columns.extend(self.order.iter().map(|o| SortColumn {
-            values: Arc::clone(all.column(o.index)),
-            options: Some(o.options),
-        }));
-        columns.push(SortColumn {
-            values: arrival,
-            options: None,
-        });
-        let sorted = lexsort_to_indices(&columns, None)?;
-        let keys = self.converter.convert_columns(&self.key_columns(&all))?;
-        let old_rank = cast(old.column(self.rank), &DataType::UInt64)?;
-        let old_rank = old_rank
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .cloned()
-            .unwrap_or_else(|| UInt64Array::from(Vec::<u64>::new()));
-        let mut kept = Vec::new();
-        let mut ranks = Vec::new();
-        let mut changed = Vec::new();
-        let mut rank = 0u64;
-        for (n, i) in sorted.values().iter().enumerate() {
-            let i = *i as usize;
-            let same_key = n > 0 && keys.row(sorted.value(n - 1) as usize) == keys.row(i);
-            rank = if same_key { rank + 1 } else { 1 };
-            if rank as usize > self.limit {
-                continue;
-            }
-            kept.push(i as u32);
-            ranks.push(rank);
-            changed.push(i >= old_rows || old_rank.value(i) != rank);
-        }
-        let indices = UInt32Array::from(kept);
-        let mut columns = all
-            .columns()
-            .iter()
-            .map(|c| Ok(take(c.as_ref(), &indices, None)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        columns[self.rank] = Arc::new(UInt64Array::from(ranks));
-        let ranked = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        self.state = concat_batches(&self.schema, [&untouched, &ranked])?;
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let nk = self.keys.len();
+        let routed = self.state.route(&columns, n)?;
+        let ranking = Ranking {
+            schema: &self.schema,
+            keys: &self.keys,
+            order: &self.order,
+            rank: self.rank,
+            limit: self.limit,
+        };
+        let nested = &self.nested;
+        let changed = self.state.for_each(routed, |p, routed: Vec<ArrayRef>| {
+            let touched = p.touch(&routed[..nk], routed[nk].len(), cutoff)?;
+            let old = nested.explode(&touched.keys, &touched.previous, &touched.previous_group)?;
+            let positions = routed[nk].as_primitive::<UInt32Type>();
+            let rows = take_record_batch(&new, positions)?;
+            let all = concat_batches(ranking.schema, [&old, &rows])?;
+            let (ranked, changed) = ranking.rank(&all, old.num_rows())?;
+            let (lists, keep) = nested.nest(&ranked, &touched.keys)?;
+            p.put(touched, lists, Some(&keep), now, cutoff)?;
+            Ok(filter_record_batch(&ranked, &changed)?)
+        })?;
         if self.emit_all {
-            return Ok(Some(vec![self.state.clone()]));
+            return Ok(Some(self.everything(cutoff)?));
         }
-        Ok(Some(vec![filter_record_batch(
-            &ranked,
-            &BooleanArray::from(changed),
-        )?]))
+        Ok(Some(changed))
     }
 
+    /// Keys held (each with up to `limit` rows).
     fn state_rows(&self) -> usize {
-        self.state.num_rows()
+        self.state.stats().rows as usize
     }
 
     fn state_bytes(&self) -> usize {
-        self.state.get_array_memory_size()
+        self.state.stats().memory_bytes as usize
     }
 
-    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        Ok(crate::checkpoint::OperatorState {
-            batches: vec![self.state.clone()],
-            meta: serde_json::json!({}),
+    fn state_stats(&self) -> StateStats {
+        self.state.stats()
+    }
+
+    /// The store's rows: a delta of the keys changed since the last checkpoint, or
+    /// all of them.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let (kind, batches) = self.state.checkpoint(None)?;
+        Ok(OperatorState {
+            batches,
+            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
         })
     }
 
-    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        self.state = state.into_table(&self.schema, "top-N")?;
-        Ok(())
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if state.meta.get("state").is_some() {
+            return self.state.restore(state.batches);
+        }
+        // From before the store: every kept row.
+        let rows = state.into_table(&self.schema, "top-N")?;
+        self.state.restore(vec![self.nested.nest_all(&rows)?])
     }
 }
 
@@ -357,7 +445,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rows(&out), vec![]);
-        assert_eq!(op.state_rows(), 3);
+        assert_eq!(op.state_rows(), 2, "keys a and b");
         // A restored copy goes on the same way.
         let snapshot = op.snapshot().unwrap();
         let mut copy = top2(true);

@@ -346,8 +346,9 @@ impl StreamPlanner<'_> {
             pattern.limit,
             self.mode() == OutputMode::Complete,
         )
-        .map_err(external)?
-        .with_positional_names();
+        .and_then(|op| op.with_positional_names())
+        .and_then(|op| op.with_state_config(self.ctx.state_config().clone()))
+        .map_err(external)?;
         self.replace(df, &replaced, Box::new(op), None)
     }
 
