@@ -61,12 +61,16 @@ fn run_with_kills(script: &Path, checkpoint: &Path, seed: u64) {
     );
 }
 
-/// The files the sink's commit log lists.
+/// The files the sink's commit log lists: its entries are `<13 digits>` and
+/// `<13 digits>.compact` (a process killed while writing one leaves the object
+/// store's staging file, `<name>#<n>`, which the sink ignores too).
 fn committed(dir: &Path) -> Vec<String> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir.join("_flumen_log")).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_str().unwrap().starts_with('.') {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        let stem = name.strip_suffix(".compact").unwrap_or(name);
+        if stem.len() != 13 || !stem.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();

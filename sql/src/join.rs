@@ -261,7 +261,6 @@ pub(crate) fn stream_join(
     node: &LogicalPlan,
     j: &Join,
     times: &SideTimes<'_>,
-    state_config: &flumen_engine::state::StateConfig,
 ) -> Result<(StreamJoin, DataFrame)> {
     if j.join_type != JoinType::Inner {
         return plan_err!(
@@ -341,23 +340,6 @@ pub(crate) fn stream_join(
         },
     )?
     .with_time_names(qualified(&ls, li), qualified(&rs, ri));
-    // The state is keyed by the equality conditions on plain columns of one type.
-    let (mut left_keys, mut right_keys) = (Vec::new(), Vec::new());
-    for (l, r) in &j.on {
-        let (Expr::Column(l), Expr::Column(r)) = (l, r) else {
-            continue;
-        };
-        let (Ok(l), Ok(r)) = (ls.index_of_column(l), rs.index_of_column(r)) else {
-            continue;
-        };
-        if ls.field(l).data_type() == rs.field(r).data_type() && !left_keys.contains(&l) {
-            left_keys.push(l);
-            right_keys.push(r);
-        }
-    }
-    let op = op
-        .with_keys(left_keys, right_keys)?
-        .with_state_config(state_config.clone())?;
     Ok((op, input))
 }
 

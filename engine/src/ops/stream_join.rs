@@ -16,14 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array, new_empty_array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{
-    concat_batches, filter_record_batch, is_not_null, max, take_record_batch,
-};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt32Type};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, is_not_null, max};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::dataframe::DataFrame;
@@ -32,9 +28,7 @@ use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::{OperatorContext, StreamOperator, positional_schema};
-use crate::checkpoint::OperatorState;
 use crate::slot::BatchSlot;
-use crate::state::{BoundFn, KeyedState, Nested, StateConfig, StateStats, min_per_list};
 use crate::time::format_duration;
 use crate::{Result, internal_err};
 
@@ -48,77 +42,25 @@ pub struct JoinTime {
     pub delay: Option<Duration>,
 }
 
-/// One side's rows kept across batches: in a keyed store, one row per value of the
-/// equi-join keys holding that key's rows as lists.
+/// One side's rows kept across batches.
 struct Side {
     schema: SchemaRef,
     slot: Arc<BatchSlot>,
     time: JoinTime,
-    nested: Nested,
-    store: KeyedState,
-    /// Per store row: its earliest row time (what eviction waits for).
-    bound: Arc<BoundFn>,
+    rows: Vec<RecordBatch>,
     /// Watermark (ms), once a row was seen on a side with a delay.
     watermark: Option<i64>,
 }
 
 impl Side {
-    fn new(schema: SchemaRef, time: JoinTime, partitions: usize, prefix: &str) -> Result<Self> {
-        let (nested, store, bound) =
-            Self::keyed(&schema, &time, Vec::new(), prefix, StateConfig::default())?;
-        Ok(Self {
+    fn new(schema: SchemaRef, time: JoinTime, partitions: usize) -> Self {
+        Self {
             slot: BatchSlot::new(Arc::clone(&schema), partitions),
             schema,
             time,
-            nested,
-            store,
-            bound,
+            rows: Vec::new(),
             watermark: None,
-        })
-    }
-
-    /// The store keyed by `keys` (equi-join columns), every other column a list.
-    fn key_by(&mut self, keys: Vec<usize>, prefix: &str, config: StateConfig) -> Result<()> {
-        (self.nested, self.store, self.bound) =
-            Self::keyed(&self.schema, &self.time, keys, prefix, config)?;
-        Ok(())
-    }
-
-    fn keyed(
-        schema: &SchemaRef,
-        time: &JoinTime,
-        keys: Vec<usize>,
-        prefix: &str,
-        config: StateConfig,
-    ) -> Result<(Nested, KeyedState, Arc<BoundFn>)> {
-        let lists: Vec<usize> = (0..schema.fields().len())
-            .filter(|i| !keys.contains(i))
-            .collect();
-        let bound: Arc<BoundFn> = match keys.iter().position(|k| *k == time.index) {
-            Some(at) => Arc::new(move |rows: &RecordBatch| {
-                Ok(
-                    super::timestamp_millis(rows.column(at), "a stream join's time column")?
-                        .iter()
-                        .collect(),
-                )
-            }),
-            None => {
-                let at = keys.len()
-                    + lists
-                        .iter()
-                        .position(|c| *c == time.index)
-                        .unwrap_or_default();
-                Arc::new(move |rows: &RecordBatch| {
-                    min_per_list(rows.column(at), |times| {
-                        super::timestamp_millis(times, "a stream join's time column")
-                    })
-                })
-            }
-        };
-        let nested = Nested::new(Arc::clone(schema), keys, lists).with_prefix(prefix);
-        let mut store = KeyedState::try_new(&nested.key_fields(), &nested.list_fields(), config)?;
-        store.set_bound(Arc::clone(&bound));
-        Ok((nested, store, bound))
+        }
     }
 
     /// The time column of `batch` in milliseconds since the epoch.
@@ -176,83 +118,8 @@ impl Side {
         Ok(())
     }
 
-    /// The key columns of `rows` (this side's or the other's, `keys` naming them)
-    /// then each row's position.
-    fn routing(rows: &RecordBatch, keys: &[usize]) -> Vec<ArrayRef> {
-        let mut columns: Vec<ArrayRef> = keys.iter().map(|k| Arc::clone(rows.column(*k))).collect();
-        columns.push(Arc::new(UInt32Array::from_iter_values(
-            0..rows.num_rows() as u32,
-        )));
-        columns
-    }
-
-    /// This side's stored rows whose keys are those of the other side's new `rows`
-    /// (`keys` their key columns): all the rows they can match, read from the
-    /// partitions they hash to, in parallel.
-    fn gather(&mut self, rows: &RecordBatch, keys: &[usize], now: i64) -> Result<Vec<RecordBatch>> {
-        let columns = Self::routing(rows, keys);
-        let routed = self.store.route(&columns, rows.num_rows())?;
-        let cutoff = self.store.cutoff(now);
-        let nk = keys.len();
-        let nested = &self.nested;
-        self.store.for_each(routed, |p, columns: Vec<ArrayRef>| {
-            let touched = p.touch(&columns[..nk], columns[nk].len(), cutoff)?;
-            nested.explode(&touched.keys, &touched.previous, &touched.previous_group)
-        })
-    }
-
-    /// Adds `rows` (new, this side's) to the store and drops the stored rows older
-    /// than `keep_from` (what the other side's watermark proves can match nothing
-    /// more): the keys with new rows and the keys whose earliest row is that old.
-    fn put(&mut self, rows: &RecordBatch, keep_from: Option<i64>, now: i64) -> Result<()> {
-        let keys = self.nested.keys.clone();
-        let nk = keys.len();
-        let columns = Self::routing(rows, &keys);
-        let routed = self.store.route(&columns, rows.num_rows())?;
-        let cutoff = self.store.cutoff(now);
-        let inputs: Vec<Option<Option<Vec<ArrayRef>>>> = if keep_from.is_some() {
-            routed.into_iter().map(Some).collect()
-        } else {
-            routed.into_iter().map(|r| r.map(Some)).collect()
-        };
-        let (nested, bound, time) = (&self.nested, &self.bound, self.time.index);
-        self.store.for_each(inputs, |p, routed| {
-            let routed = match routed {
-                Some(r) => r,
-                None => {
-                    if !keep_from.is_some_and(|k| p.may_be_due(k - 1, true)) {
-                        return Ok(());
-                    }
-                    let mut empty: Vec<ArrayRef> = nested
-                        .key_fields()
-                        .iter()
-                        .map(|f| new_empty_array(f.data_type()))
-                        .collect();
-                    empty.push(new_empty_array(&DataType::UInt32));
-                    empty
-                }
-            };
-            let n = routed[nk].len();
-            let mut touched = p.touch(&routed[..nk], n, cutoff)?;
-            if let Some(k) = keep_from {
-                p.touch_due(&mut touched, k - 1, Some(bound.as_ref()))?;
-            }
-            if touched.len() == 0 {
-                return Ok(());
-            }
-            let previous =
-                nested.explode(&touched.keys, &touched.previous, &touched.previous_group)?;
-            let positions = routed[nk].as_primitive::<UInt32Type>();
-            let new = take_record_batch(rows, positions)?;
-            let mut all = concat_batches(&nested.flat, [&previous, &new])?;
-            if let Some(k) = keep_from {
-                let ms = super::timestamp_millis(all.column(time), "a stream join's time column")?;
-                all = filter_record_batch(&all, &gt_eq(&ms, &Int64Array::new_scalar(k))?)?;
-            }
-            let (lists, keep) = nested.nest(&all, &touched.keys)?;
-            p.put(touched, lists, Some(&keep), now, cutoff)
-        })?;
-        Ok(())
+    fn state_rows(&self) -> usize {
+        self.rows.iter().map(|b| b.num_rows()).sum()
     }
 }
 
@@ -271,52 +138,9 @@ pub struct StreamJoin {
     late_rows_last_batch: u64,
     /// The two time columns as the query names them (EXPLAIN).
     time_names: (String, String),
-    /// The equi-join key columns of each side (pairwise equal), what the state is
-    /// keyed and partitioned by.
-    keys: (Vec<usize>, Vec<usize>),
-    config: StateConfig,
 }
 
 impl StreamJoin {
-    /// Key each side's state by these columns (`left[i] = right[i]` is part of the
-    /// join condition; the same types on both sides): rows are then partitioned by
-    /// key, and a batch reads only the stored rows with its keys.
-    pub fn with_keys(mut self, left: Vec<usize>, right: Vec<usize>) -> Result<Self> {
-        if left.len() != right.len() {
-            return internal_err!(
-                "stream join keys: {} left, {} right",
-                left.len(),
-                right.len()
-            );
-        }
-        for (l, r) in left.iter().zip(&right) {
-            let (lt, rt) = (
-                self.left.schema.field(*l).data_type(),
-                self.right.schema.field(*r).data_type(),
-            );
-            if lt != rt {
-                return internal_err!("stream join key types differ: {lt} and {rt}");
-            }
-        }
-        self.keys = (left, right);
-        self.rekey()?;
-        Ok(self)
-    }
-
-    /// How both sides' rows are kept (partitions, memory budget, time-to-live).
-    pub fn with_state_config(mut self, config: StateConfig) -> Result<Self> {
-        self.config = config;
-        self.rekey()?;
-        Ok(self)
-    }
-
-    fn rekey(&mut self) -> Result<()> {
-        self.left
-            .key_by(self.keys.0.clone(), "l", self.config.clone())?;
-        self.right
-            .key_by(self.keys.1.clone(), "r", self.config.clone())
-    }
-
     /// The two time columns as the query names them (`a.ts`, `b.ts`), for EXPLAIN.
     pub fn with_time_names(mut self, left: String, right: String) -> Self {
         self.time_names = (left, right);
@@ -349,8 +173,8 @@ impl StreamJoin {
             right.field(right_time.index).name().clone(),
         );
         let partitions = input.task_ctx().session_config().target_partitions();
-        let left = Side::new(positional_schema(&left), left_time, partitions, "l")?;
-        let right = Side::new(positional_schema(&right), right_time, partitions, "r")?;
+        let left = Side::new(positional_schema(&left), left_time, partitions);
+        let right = Side::new(positional_schema(&right), right_time, partitions);
         let scan = |name: &str, side: &Side| -> Result<LogicalPlan> {
             Ok(
                 LogicalPlanBuilder::scan(name, provider_as_source(side.slot.table()?), None)?
@@ -373,8 +197,6 @@ impl StreamJoin {
             output_schema,
             late_rows_last_batch: 0,
             time_names,
-            keys: (Vec::new(), Vec::new()),
-            config: StateConfig::default(),
         })
     }
 
@@ -445,6 +267,35 @@ impl StreamJoin {
         }
         Ok((left, right))
     }
+
+    /// Drop the state rows no future row of the other side can match.
+    fn evict(&mut self) -> Result<()> {
+        // A left row matches right rows with time in [t - hi, t - lo]; the right
+        // side's future rows are at or after its watermark.
+        if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
+            let rows = std::mem::take(&mut self.left.rows);
+            self.left.rows = compact(
+                self.left.keep_from(rows, Some(wm.saturating_add(lo)))?.0,
+                &self.left.schema,
+            )?;
+        }
+        if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
+            let rows = std::mem::take(&mut self.right.rows);
+            self.right.rows = compact(
+                self.right.keep_from(rows, Some(wm.saturating_sub(hi)))?.0,
+                &self.right.schema,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Merge many small state batches into one, so state does not fragment.
+fn compact(rows: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    if rows.len() <= 8 {
+        return Ok(rows);
+    }
+    Ok(vec![concat_batches(schema, &rows)?])
 }
 
 #[async_trait]
@@ -481,15 +332,8 @@ impl StreamOperator for StreamJoin {
             ),
         };
         let (lt, rt) = &self.time_names;
-        let ttl = match self.config.ttl {
-            Some(ttl) => format!(
-                "; bounded by state_ttl too: a key without new rows on its side for {} is evicted with its rows",
-                format_duration(ttl)
-            ),
-            None => String::new(),
-        };
         format!(
-            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late{ttl}",
+            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
             range(self.lo),
             range(self.hi),
             keep("left", "the right side", &self.right.time, self.lo),
@@ -517,7 +361,7 @@ impl StreamOperator for StreamJoin {
 
     async fn process(
         &mut self,
-        ctx: &OperatorContext,
+        _ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let (new_left, new_right) = self.split(input)?;
@@ -526,57 +370,29 @@ impl StreamOperator for StreamJoin {
         let (new_left, late_left) = self.left.keep_from(new_left, self.left.watermark)?;
         let (new_right, late_right) = self.right.keep_from(new_right, self.right.watermark)?;
         self.late_rows_last_batch = late_left + late_right;
-        let new_left = concat_batches(&self.left.schema, &new_left)?;
-        let new_right = concat_batches(&self.right.schema, &new_right)?;
-        let now = ctx.batch_time.as_millis();
-        let (left_keys, right_keys) = self.keys.clone();
         let mut out = Vec::new();
-        // New left rows meet the stored right rows of their keys and the new right
-        // rows; new right rows meet the stored left rows of their keys.
-        if new_left.num_rows() > 0 {
-            let mut right = self.right.gather(&new_left, &left_keys, now)?;
-            right.push(new_right.clone());
-            right.retain(|b| b.num_rows() > 0);
-            if !right.is_empty() {
-                out.extend(
-                    self.run_join(std::slice::from_ref(&new_left), &right)
-                        .await?,
-                );
+        if !new_left.is_empty() {
+            let mut all_right = self.right.rows.clone();
+            all_right.extend(new_right.iter().cloned());
+            if !all_right.is_empty() {
+                out.extend(self.run_join(&new_left, &all_right).await?);
             }
         }
-        if new_right.num_rows() > 0 {
-            let mut left = self.left.gather(&new_right, &right_keys, now)?;
-            left.retain(|b| b.num_rows() > 0);
-            if !left.is_empty() {
-                out.extend(
-                    self.run_join(&left, std::slice::from_ref(&new_right))
-                        .await?,
-                );
-            }
+        if !new_right.is_empty() && !self.left.rows.is_empty() {
+            out.extend(self.run_join(&self.left.rows, &new_right).await?);
         }
         self.left.slot.clear();
         self.right.slot.clear();
-        self.left.advance(std::slice::from_ref(&new_left))?;
-        self.right.advance(std::slice::from_ref(&new_right))?;
-        // A left row matches right rows with time in [t - hi, t - lo]; the right
-        // side's future rows are at or after its watermark: left rows before
-        // `wm_right + lo` can match nothing more (and the other way round).
-        let left_from = self
-            .lo
-            .zip(self.right.watermark)
-            .map(|(lo, wm)| wm.saturating_add(lo));
-        let right_from = self
-            .hi
-            .zip(self.left.watermark)
-            .map(|(hi, wm)| wm.saturating_sub(hi));
-        self.left.put(&new_left, left_from, now)?;
-        self.right.put(&new_right, right_from, now)?;
+        self.left.advance(&new_left)?;
+        self.right.advance(&new_right)?;
+        self.left.rows.extend(new_left);
+        self.right.rows.extend(new_right);
+        self.evict()?;
         Ok(Some(out))
     }
 
-    /// Keys held on both sides (each with its rows).
     fn state_rows(&self) -> usize {
-        self.state_stats().rows as usize
+        self.left.state_rows() + self.right.state_rows()
     }
 
     fn late_rows(&self) -> u64 {
@@ -625,52 +441,28 @@ impl StreamOperator for StreamJoin {
     }
 
     fn state_bytes(&self) -> usize {
-        self.state_stats().memory_bytes as usize
+        [&self.left, &self.right]
+            .iter()
+            .flat_map(|s| &s.rows)
+            .map(|b| b.get_array_memory_size())
+            .sum()
     }
 
-    fn state_stats(&self) -> StateStats {
-        let (l, r) = (self.left.store.stats(), self.right.store.stats());
-        StateStats {
-            rows: l.rows + r.rows,
-            memory_bytes: l.memory_bytes + r.memory_bytes,
-            spilled_bytes: l.spilled_bytes + r.spilled_bytes,
-            evicted: l.evicted + r.evicted,
-        }
-    }
-
-    /// Both sides' store rows (left first; a delta of the keys changed since the last
-    /// checkpoint on both, or all of both) and watermarks.
-    fn snapshot(&mut self) -> Result<OperatorState> {
-        let full = self.left.store.needs_full() || self.right.store.needs_full();
-        let (kind, mut batches) = self.left.store.checkpoint_as(None, full)?;
-        let left_batches = batches.len();
-        let (_, right) = self.right.store.checkpoint_as(None, full)?;
-        batches.extend(right);
-        Ok(OperatorState {
+    /// Both sides' rows (left first) and watermarks.
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        let mut batches = self.left.rows.clone();
+        batches.extend(self.right.rows.iter().cloned());
+        Ok(crate::checkpoint::OperatorState {
             batches,
             meta: serde_json::json!({
-                "state": kind.as_str(),
-                "partitions": self.config.partitions,
-                "left_batches": left_batches,
+                "left_batches": self.left.rows.len(),
                 "left_watermark": self.left.watermark,
                 "right_watermark": self.right.watermark,
             }),
         })
     }
 
-    fn restore(&mut self, state: OperatorState) -> Result<()> {
-        self.left.watermark = state.meta["left_watermark"].as_i64();
-        self.right.watermark = state.meta["right_watermark"].as_i64();
-        if state.meta.get("state").is_some() {
-            // A chain of snapshots: each batch names its side.
-            let (left, right): (Vec<RecordBatch>, Vec<RecordBatch>) = state
-                .batches
-                .into_iter()
-                .partition(|b| self.left.nested.names_match(b));
-            self.left.store.restore(left)?;
-            return self.right.store.restore(right);
-        }
-        // From before the store: every buffered row, the left side's first.
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
         let Some(n) = state.meta["left_batches"].as_u64() else {
             return Err(crate::error::Error::Checkpoint(
                 "a StreamJoin snapshot without left_batches".into(),
@@ -684,14 +476,20 @@ impl StreamOperator for StreamJoin {
             )));
         }
         let right = batches.split_off(n as usize);
-        for (side, rows) in [(&mut self.left, batches), (&mut self.right, right)] {
-            let rows = rows
-                .into_iter()
-                .map(|b| RecordBatch::try_new(Arc::clone(&side.schema), b.columns().to_vec()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let flat = concat_batches(&side.schema, &rows)?;
-            side.store.restore(vec![side.nested.nest_all(&flat)?])?;
-        }
+        let retype = |side: &Side, rows: Vec<RecordBatch>| -> Result<Vec<RecordBatch>> {
+            rows.into_iter()
+                .map(|b| {
+                    Ok(RecordBatch::try_new(
+                        Arc::clone(&side.schema),
+                        b.columns().to_vec(),
+                    )?)
+                })
+                .collect()
+        };
+        self.left.rows = retype(&self.left, batches)?;
+        self.right.rows = retype(&self.right, right)?;
+        self.left.watermark = state.meta["left_watermark"].as_i64();
+        self.right.watermark = state.meta["right_watermark"].as_i64();
         Ok(())
     }
 }
@@ -704,7 +502,6 @@ mod tests {
 
     use super::*;
     use crate::ops::test_input::{TestInput, rows};
-    use crate::state::StateConfig;
 
     fn ts() -> DataType {
         DataType::Timestamp(TimeUnit::Millisecond, None)
@@ -783,50 +580,25 @@ mod tests {
         .with_time_names("a.ts".into(), "b.ts".into())
     }
 
-    fn keyed(input: &TestInput, partitions: usize, memory: usize) -> StreamJoin {
-        join(input)
-            .with_keys(vec![0], vec![0])
-            .unwrap()
-            .with_state_config(StateConfig {
-                partitions,
-                memory,
-                ttl: None,
-                spill_dir: None,
-            })
-            .unwrap()
-    }
-
-    /// Keyed by nothing, or by `k` in 3 spilled partitions: the same matches, the
-    /// same rows left.
     #[tokio::test]
     async fn rows_match_across_batches_and_leave_once_the_other_side_s_watermark_passes() {
-        for keyed_by_k in [false, true] {
-            let input = input();
-            let mut op = if keyed_by_k {
-                keyed(&input, 3, 1)
-            } else {
-                join(&input)
-            };
-            matches_and_leaves(&input, &mut op).await;
-        }
-    }
-
-    async fn matches_and_leaves(input: &TestInput, op: &mut StreamJoin) {
+        let input = input();
+        let mut op = join(&input);
         let out = input
             .run(
-                op,
+                &mut op,
                 1,
-                vec![rows_of(input, &[("a", 1_000)], &[("b", 1_000)])],
+                vec![rows_of(&input, &[("a", 1_000)], &[("b", 1_000)])],
             )
             .await;
         assert!(rows(&out).is_empty());
         // A right row meets the left row of an earlier batch, and the other way round.
         let out = input
-            .run(op, 2, vec![rows_of(input, &[], &[("a", 2_000)])])
+            .run(&mut op, 2, vec![rows_of(&input, &[], &[("a", 2_000)])])
             .await;
         assert_eq!(rows(&out), ["a,1970-01-01T00:00:01,a,1970-01-01T00:00:02"]);
         let out = input
-            .run(op, 3, vec![rows_of(input, &[("a", 2_500)], &[])])
+            .run(&mut op, 3, vec![rows_of(&input, &[("a", 2_500)], &[])])
             .await;
         assert_eq!(
             rows(&out),
@@ -835,14 +607,13 @@ mod tests {
         // Both watermarks reach 9 s: every row before 7 s can match nothing more.
         let out = input
             .run(
-                op,
+                &mut op,
                 4,
-                vec![rows_of(input, &[("z", 10_000)], &[("z", 10_000)])],
+                vec![rows_of(&input, &[("z", 10_000)], &[("z", 10_000)])],
             )
             .await;
         assert_eq!(rows(&out), ["z,1970-01-01T00:00:10,z,1970-01-01T00:00:10"]);
         assert_eq!(op.state_rows(), 2, "only the z rows are kept");
-        assert_eq!(op.state_stats().spilled_bytes > 0, !op.keys.0.is_empty());
         assert!(
             op.explain().starts_with(
                 "StreamJoin (inner join of two streams over event time): a.ts - b.ts in [-2s, 2s]"
@@ -850,65 +621,5 @@ mod tests {
             "{}",
             op.explain()
         );
-    }
-
-    /// A's rows (keyed, 2 partitions) come back into B (3 partitions) from a full
-    /// snapshot and a delta of both sides, and into C from a checkpoint written
-    /// before the store (every buffered row); all three then match alike.
-    #[tokio::test]
-    async fn both_sides_come_back_in_any_partition_count_and_from_the_old_format() {
-        let (ia, ib, ic) = (input(), input(), input());
-        let mut a = keyed(&ia, 2, usize::MAX);
-        let first = rows_of(&ia, &[("a", 1_000), ("b", 1_000)], &[("c", 1_000)]);
-        ia.run(&mut a, 1, vec![first]).await;
-        let full = a.snapshot().unwrap();
-        assert_eq!(full.meta["state"], "full");
-        let second = rows_of(&ia, &[("d", 1_500)], &[("e", 1_500)]);
-        ia.run(&mut a, 2, vec![second]).await;
-        let delta = a.snapshot().unwrap();
-        assert_eq!(delta.meta["state"], "delta");
-        let mut b = keyed(&ib, 3, usize::MAX);
-        let mut chain = full.batches.clone();
-        chain.extend(delta.batches.clone());
-        b.restore(OperatorState {
-            batches: chain,
-            meta: delta.meta.clone(),
-        })
-        .unwrap();
-        // The old format: each side's buffered rows, the left's first.
-        let mut old = Vec::new();
-        for side in [&mut a.left, &mut a.right] {
-            let stored = side.store.all(|p, ()| p.scan(None)).unwrap();
-            let flat: Vec<RecordBatch> = stored
-                .into_iter()
-                .flatten()
-                .map(|r| side.nested.explode_rows(&r).unwrap())
-                .collect();
-            old.push(concat_batches(&side.schema, &flat).unwrap());
-        }
-        assert_eq!(old[0].num_rows(), 3);
-        assert_eq!(old[1].num_rows(), 2);
-        let mut c = keyed(&ic, 1, usize::MAX);
-        c.restore(OperatorState {
-            batches: old,
-            meta: serde_json::json!({
-                "left_batches": 1,
-                "left_watermark": a.left.watermark,
-                "right_watermark": a.right.watermark,
-            }),
-        })
-        .unwrap();
-        let want = [
-            "a,1970-01-01T00:00:01,a,1970-01-01T00:00:02",
-            "d,1970-01-01T00:00:01.500,d,1970-01-01T00:00:02",
-            "e,1970-01-01T00:00:02,e,1970-01-01T00:00:01.500",
-        ];
-        for (op, input) in [(&mut a, &ia), (&mut b, &ib), (&mut c, &ic)] {
-            let third = rows_of(input, &[("e", 2_000)], &[("a", 2_000), ("d", 2_000)]);
-            let mut got = rows(&input.run(op, 3, vec![third]).await);
-            got.sort();
-            assert_eq!(got, want);
-            assert_eq!(op.state_rows(), 8, "keys a, b, d, e left; c, e, a, d right");
-        }
     }
 }

@@ -169,6 +169,97 @@ fn remove_orphaned_spills() {
 /// in every run.
 const ROUTE: RandomState = RandomState::with_seed(0x005e_edf1);
 
+/// `columns` (the first `keys` of them the key) split into `n` partitions by the key's
+/// hash: per partition, its rows (`None`: none). `hashes` is scratch.
+pub(crate) fn route(
+    columns: &[ArrayRef],
+    keys: usize,
+    rows: usize,
+    n: usize,
+    hashes: &mut Vec<u64>,
+) -> Result<Vec<Option<Vec<ArrayRef>>>> {
+    if n == 1 || keys == 0 {
+        let mut out = vec![None; n];
+        out[0] = (rows > 0).then(|| columns.to_vec());
+        return Ok(out);
+    }
+    hashes.clear();
+    hashes.resize(rows, 0);
+    create_hashes(&columns[..keys], &ROUTE, hashes)?;
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (row, h) in hashes.iter().enumerate() {
+        // The high bits: the hash tables inside a partition use the low ones.
+        let p = (((h >> 32) * n as u64) >> 32) as usize;
+        indices[p].push(row as u32);
+    }
+    indices
+        .into_iter()
+        .map(|rows| {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let rows = UInt32Array::from(rows);
+            Ok(Some(
+                columns
+                    .iter()
+                    .map(|c| take(c.as_ref(), &rows, None))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ))
+        })
+        .collect()
+}
+
+/// Runs `work` on each item (one thread per core takes them in turn); the results in
+/// the items' order, or the first error.
+pub(crate) fn in_parallel<P, I, T, F>(items: Vec<(&mut P, I)>, work: F) -> Result<Vec<T>>
+where
+    P: Send,
+    I: Send,
+    T: Send,
+    F: Fn(&mut P, I) -> Result<T> + Sync,
+{
+    let queue: Mutex<Vec<(usize, &mut P, I)>> = Mutex::new(
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (p, input))| (i, p, input))
+            .rev()
+            .collect(),
+    );
+    let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let drain = || {
+        loop {
+            let Some((i, p, input)) = queue.lock().pop() else {
+                return;
+            };
+            match work(p, input) {
+                Ok(t) => results.lock().push((i, t)),
+                Err(e) => {
+                    *failed.lock() = Some(e);
+                    return;
+                }
+            }
+        }
+    };
+    let workers = default_partitions().min(queue.lock().len());
+    if workers <= 1 {
+        drain();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(drain);
+            }
+        });
+    }
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
+    }
+    let mut results = results.into_inner();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, t)| t).collect())
+}
+
 impl KeyedState {
     /// State whose rows are `keys` key columns then `values` columns.
     pub fn try_new(
@@ -249,34 +340,13 @@ impl KeyedState {
         columns: &[ArrayRef],
         rows: usize,
     ) -> Result<Vec<Option<Vec<ArrayRef>>>> {
-        let n = self.partitions.len();
-        if n == 1 {
-            return Ok(vec![(rows > 0).then(|| columns.to_vec())]);
-        }
-        self.hashes.clear();
-        self.hashes.resize(rows, 0);
-        create_hashes(&columns[..self.keys], &ROUTE, &mut self.hashes)?;
-        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (row, h) in self.hashes.iter().enumerate() {
-            // The high bits: the hash tables inside a partition use the low ones.
-            let p = (((h >> 32) * n as u64) >> 32) as usize;
-            indices[p].push(row as u32);
-        }
-        indices
-            .into_iter()
-            .map(|rows| {
-                if rows.is_empty() {
-                    return Ok(None);
-                }
-                let rows = UInt32Array::from(rows);
-                Ok(Some(
-                    columns
-                        .iter()
-                        .map(|c| take(c.as_ref(), &rows, None))
-                        .collect::<Result<Vec<_>, _>>()?,
-                ))
-            })
-            .collect()
+        route(
+            columns,
+            self.keys,
+            rows,
+            self.partitions.len(),
+            &mut self.hashes,
+        )
     }
 
     /// Runs `work` on each partition given rows, in parallel (one thread per core),
@@ -290,18 +360,13 @@ impl KeyedState {
     {
         let budget = self.config.memory;
         let resident = AtomicUsize::new(self.partitions.iter().map(|p| p.memory()).sum());
-        let queue: Mutex<Vec<(usize, &mut Partition, I)>> = Mutex::new(
-            self.partitions
-                .iter_mut()
-                .zip(inputs)
-                .enumerate()
-                .filter_map(|(i, (p, input))| input.map(|input| (i, p, input)))
-                .rev()
-                .collect(),
-        );
-        let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
-        let failed: Mutex<Option<Error>> = Mutex::new(None);
-        let one = |p: &mut Partition, input: I| -> Result<T> {
+        let items = self
+            .partitions
+            .iter_mut()
+            .zip(inputs)
+            .filter_map(|(p, input)| input.map(|input| (p, input)))
+            .collect();
+        in_parallel(items, |p: &mut Partition, input| -> Result<T> {
             let before = p.memory();
             let out = work(p, input)?;
             let after = p.memory();
@@ -312,37 +377,7 @@ impl KeyedState {
                 resident.fetch_sub(after, Ordering::Relaxed);
             }
             Ok(out)
-        };
-        let drain = || {
-            loop {
-                let Some((i, p, input)) = queue.lock().pop() else {
-                    return;
-                };
-                match one(p, input) {
-                    Ok(t) => results.lock().push((i, t)),
-                    Err(e) => {
-                        *failed.lock() = Some(e);
-                        return;
-                    }
-                }
-            }
-        };
-        let workers = default_partitions().min(queue.lock().len());
-        if workers <= 1 {
-            drain();
-        } else {
-            std::thread::scope(|s| {
-                for _ in 0..workers {
-                    s.spawn(drain);
-                }
-            });
-        }
-        if let Some(e) = failed.into_inner() {
-            return Err(e);
-        }
-        let mut results = results.into_inner();
-        results.sort_by_key(|(i, _)| *i);
-        Ok(results.into_iter().map(|(_, t)| t).collect())
+        })
     }
 
     /// Every partition, with or without input (complete mode, snapshots).
@@ -378,29 +413,7 @@ impl KeyedState {
     /// as the state, or number [`MAX_DELTAS`] (so a restore reads at most about twice
     /// the state, and a batch's checkpoint bytes follow the keys it touched).
     pub fn checkpoint(&mut self, now: Option<i64>) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
-        let full = self.needs_full();
-        self.checkpoint_as(now, full)
-    }
-
-    /// Whether the next checkpoint would be a full snapshot.
-    pub fn needs_full(&self) -> bool {
-        let pending: usize = self
-            .partitions
-            .iter()
-            .flat_map(|p| p.pending.iter().map(|b| b.num_rows()))
-            .sum();
-        let live = self.stats().rows as usize;
-        !self.checkpointed || self.since_full + pending >= live.max(1) || self.deltas >= MAX_DELTAS
-    }
-
-    /// [`KeyedState::checkpoint`], a full snapshot when `full` (an operator with two
-    /// stores keeps them in step: one chain of snapshots for both).
-    pub fn checkpoint_as(
-        &mut self,
-        now: Option<i64>,
-        full: bool,
-    ) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
-        let full = full || !self.checkpointed;
+        let first = !self.checkpointed;
         self.checkpointed = true;
         for p in &mut self.partitions {
             p.track_changes = true;
@@ -410,7 +423,8 @@ impl KeyedState {
             .iter()
             .flat_map(|p| p.pending.iter().map(|b| b.num_rows()))
             .sum();
-        if !full {
+        let live = self.stats().rows as usize;
+        if !first && self.since_full + pending < live.max(1) && self.deltas < MAX_DELTAS {
             self.since_full += pending;
             self.deltas += 1;
             let mut out = Vec::new();

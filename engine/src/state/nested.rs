@@ -1,6 +1,6 @@
 //! Many rows per key in the keyed store: one store row per key holding that key's rows
 //! as lists (one list column per non-key column). Session windows keep a key's
-//! sessions this way, stream joins a key's buffered rows.
+//! sessions this way, top-N a key's first N rows.
 //!
 //! ```text
 //!  flat rows (k, a, b)      store row per key (k, [a...], [b...])
@@ -33,8 +33,6 @@ pub(crate) struct Nested {
     /// Positions of the columns kept as lists, in the store's value order.
     pub lists: Vec<usize>,
     items: Vec<FieldRef>,
-    /// Put before every store column's name (tells two stores' checkpoint rows apart).
-    prefix: String,
 }
 
 impl Nested {
@@ -48,23 +46,7 @@ impl Nested {
             keys,
             lists,
             items,
-            prefix: String::new(),
         }
-    }
-
-    /// Every store column's name starts with `prefix`.
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Whether `batch` (a store row batch) has this layout's names.
-    pub fn names_match(&self, batch: &RecordBatch) -> bool {
-        batch
-            .schema()
-            .fields()
-            .first()
-            .is_some_and(|f| f.name().starts_with(&self.prefix))
     }
 
     /// The store's key fields.
@@ -73,11 +55,7 @@ impl Nested {
             .iter()
             .map(|i| {
                 let f = self.flat.field(*i);
-                Arc::new(Field::new(
-                    format!("{}{}", self.prefix, f.name()),
-                    f.data_type().clone(),
-                    true,
-                ))
+                Arc::new(Field::new(f.name(), f.data_type().clone(), true))
             })
             .collect()
     }
@@ -89,7 +67,7 @@ impl Nested {
             .zip(&self.items)
             .map(|(i, item)| {
                 Arc::new(Field::new(
-                    format!("{}{}", self.prefix, self.flat.field(*i).name()),
+                    self.flat.field(*i).name(),
                     DataType::List(Arc::clone(item)),
                     true,
                 ))
@@ -190,8 +168,19 @@ impl Nested {
                 (first.len(), owner)
             }
         };
+        self.nest_by(flat, &owner, n)
+    }
+
+    /// The rows of `flat` as one list row per key `0..n`, row `i` belonging to key
+    /// `owner[i]` (kept in their order within a key), and which keys have any row.
+    pub fn nest_by(
+        &self,
+        flat: &RecordBatch,
+        owner: &[usize],
+        n: usize,
+    ) -> Result<(Vec<ArrayRef>, BooleanArray)> {
         let mut offsets = vec![0i32; n + 1];
-        for o in &owner {
+        for o in owner {
             offsets[o + 1] += 1;
         }
         let keep: BooleanArray = offsets[1..].iter().map(|c| Some(*c > 0)).collect();
