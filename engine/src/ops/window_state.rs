@@ -108,14 +108,6 @@ impl WindowState {
         })
     }
 
-    /// Whether the watermark `watermark` closes a window.
-    pub(crate) fn closes(&self, watermark: i64) -> bool {
-        self.tables
-            .keys()
-            .next()
-            .is_some_and(|end| *end <= watermark)
-    }
-
     /// Drops every window (before a restore replaces them).
     pub(crate) fn clear(&mut self) {
         self.tables.clear();

@@ -7,10 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::datatypes::UInt32Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
@@ -23,7 +21,7 @@ use super::partial::{PartialAggregate, evaluate_all, merge_touched};
 use crate::Result;
 use crate::ops::window_state::WindowState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
-use crate::state::{KeyedState, StateConfig, StateStats, in_parallel, route};
+use crate::state::{KeyedState, StateConfig, StateStats};
 
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
@@ -47,95 +45,7 @@ pub struct WindowAggregate {
     /// persistent tables instead of `state`. (DataFusion's tables are `Send` but not
     /// `Sync`; the lock is only ever taken through `&mut self`, uncontended, or by
     /// `state_rows`.)
-    windows: Option<Mutex<Windows>>,
-}
-
-/// Append-mode window tables split by the hash of the group keys other than the
-/// window (`state_partitions` parts): each part merged and closed on a core of its own.
-struct Windows {
-    parts: Vec<WindowState>,
-    /// Positions of the group keys other than the window (what routes a row).
-    others: Vec<usize>,
-    key_index: usize,
-    hashes: Vec<u64>,
-}
-
-impl Windows {
-    /// Merges `batch` (partial rows: keys, then state columns) into the parts.
-    fn merge(&mut self, batch: &RecordBatch) -> Result<()> {
-        let n = batch.num_rows();
-        let key = self.key_index;
-        if n == 0 {
-            return Ok(());
-        }
-        if self.parts.len() == 1 {
-            return self.parts[0].merge(batch, &window_ends(batch.column(key))?);
-        }
-        let nk = self.others.len();
-        let mut columns: Vec<ArrayRef> = self
-            .others
-            .iter()
-            .map(|i| Arc::clone(batch.column(*i)))
-            .collect();
-        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
-        let routed = route(&columns, nk, n, self.parts.len(), &mut self.hashes)?;
-        let items = self
-            .parts
-            .iter_mut()
-            .zip(routed)
-            .filter_map(|(part, rows)| rows.map(|rows| (part, rows)))
-            .collect();
-        in_parallel(items, |part: &mut WindowState, routed: Vec<ArrayRef>| {
-            let rows = take_record_batch(batch, routed[nk].as_primitive::<UInt32Type>())?;
-            part.merge(&rows, &window_ends(rows.column(key))?)
-        })?;
-        Ok(())
-    }
-
-    /// The windows the watermark closed, taken out of every part (in parallel), in
-    /// the order of their ends: per window, its groups' keys and values.
-    fn close(&mut self, watermark: i64) -> Result<Vec<Vec<ArrayRef>>> {
-        let key = self.key_index;
-        let items = self
-            .parts
-            .iter_mut()
-            .filter(|p| p.closes(watermark))
-            .map(|p| (p, ()))
-            .collect();
-        let mut closed = Vec::new();
-        for part in in_parallel(items, |p: &mut WindowState, ()| p.close(watermark))? {
-            for columns in part {
-                let end = window_ends(&columns[key])?.iter().flatten().next();
-                closed.push((end.unwrap_or(i64::MAX), columns));
-            }
-        }
-        closed.sort_by_key(|(end, _)| *end);
-        Ok(closed.into_iter().map(|(_, columns)| columns).collect())
-    }
-
-    fn clear(&mut self) {
-        self.parts.iter_mut().for_each(WindowState::clear);
-    }
-
-    fn rows(&self) -> usize {
-        self.parts.iter().map(WindowState::rows).sum()
-    }
-
-    fn bytes(&self) -> usize {
-        self.parts.iter().map(WindowState::bytes).sum()
-    }
-
-    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        for part in &mut self.parts {
-            out.extend(part.snapshot()?);
-        }
-        Ok(out)
-    }
-
-    fn snapshot_schema(&self) -> &SchemaRef {
-        self.parts[0].snapshot_schema()
-    }
+    windows: Option<Mutex<WindowState>>,
 }
 
 impl WindowAggregate {
@@ -163,7 +73,7 @@ impl WindowAggregate {
         })
     }
 
-    fn windows_mut(&mut self) -> Option<&mut Windows> {
+    fn windows_mut(&mut self) -> Option<&mut WindowState> {
         self.windows
             .as_mut()
             .map(|w| w.get_mut().unwrap_or_else(|e| e.into_inner()))
@@ -179,7 +89,7 @@ impl WindowAggregate {
         let w = self.time.window;
         if let Some(windows) = self.windows_mut() {
             for batch in &input {
-                windows.merge(batch)?;
+                windows.merge(batch, &window_ends(batch.column(w.key_index))?)?;
             }
         }
         self.time.advance(ctx, max_event_time);
@@ -326,30 +236,13 @@ impl StreamOperator for WindowAggregate {
             // partials; the windows need not store them.
             let planned = self.agg.planned()?;
             let stored = planned.aggregates.len() - 2;
-            let nk = self.agg.keys();
-            let others: Vec<usize> = (0..nk).filter(|i| *i != w.key_index).collect();
-            let n = if others.is_empty() {
-                1
-            } else {
-                self.config.partitions.max(1)
-            };
-            let parts = (0..n)
-                .map(|_| {
-                    WindowState::try_new(
-                        &planned.partial_schema,
-                        nk,
-                        w.key_index,
-                        planned.aggregates[..stored].to_vec(),
-                        planned.state_widths[..stored].to_vec(),
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.windows = Some(Mutex::new(Windows {
-                parts,
-                others,
-                key_index: w.key_index,
-                hashes: Vec::new(),
-            }));
+            self.windows = Some(Mutex::new(WindowState::try_new(
+                &planned.partial_schema,
+                self.agg.keys(),
+                w.key_index,
+                planned.aggregates[..stored].to_vec(),
+                planned.state_widths[..stored].to_vec(),
+            )?));
             if let Some(batches) = self.restored.take() {
                 let meta = serde_json::json!({ "watermark": self.time.watermark });
                 self.restore(crate::checkpoint::OperatorState { batches, meta })?;
@@ -444,6 +337,7 @@ impl StreamOperator for WindowAggregate {
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
         self.time.watermark = state.meta["watermark"].as_i64();
+        let key = self.time.window.key_index;
         if let Some(windows) = self.windows_mut() {
             // A restore replaces the state (a restart after a failure restores again).
             windows.clear();
@@ -455,7 +349,7 @@ impl StreamOperator for WindowAggregate {
                         windows.snapshot_schema().fields().len()
                     )));
                 }
-                windows.merge(batch)?;
+                windows.merge(batch, &window_ends(batch.column(key))?)?;
             }
             return Ok(());
         }
@@ -593,50 +487,6 @@ mod tests {
             "the window the watermark passed is gone"
         );
         assert_eq!(op.watermark(), Some(14_000));
-    }
-
-    /// Append mode split into 7 parts (merged and closed in parallel) emits what one
-    /// part does, and its snapshot restores into 3 parts that go on alike.
-    #[tokio::test]
-    async fn append_mode_in_seven_parts_emits_as_one_part_does_and_restores_into_three() {
-        let config = |partitions| StateConfig {
-            partitions,
-            ..StateConfig::default()
-        };
-        let (one_input, seven_input, three_input) = (input(), input(), input());
-        let mut one = tumbling(true).await.with_state_config(config(1));
-        let mut seven = tumbling(true).await.with_state_config(config(7));
-        let mut three = tumbling(true).await.with_state_config(config(3));
-        let sorted = |mut r: Vec<String>| {
-            r.sort();
-            r
-        };
-        let mut emitted = 0;
-        for b in 0..8i64 {
-            let keys: Vec<String> = (0..300)
-                .map(|i| format!("k{}", (i * 7 + b) % 120))
-                .collect();
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let ms: Vec<i64> = (0..300).map(|i| b * 4_000 + i * 10).collect();
-            let batch = rows_at(&refs, &ms);
-            let want = sorted(rows(&one_input.run(&mut one, b, vec![batch.clone()]).await));
-            let got = sorted(rows(
-                &seven_input.run(&mut seven, b, vec![batch.clone()]).await,
-            ));
-            assert_eq!(got, want, "batch {b}");
-            assert_eq!(seven.state_rows(), one.state_rows(), "batch {b}");
-            emitted += want.len();
-            if b == 4 {
-                let snapshot = seven.snapshot().unwrap();
-                // Planned first, then given the seven parts' windows.
-                three_input.run(&mut three, 0, vec![]).await;
-                three.restore(snapshot).unwrap();
-            } else if b > 4 {
-                let got = sorted(rows(&three_input.run(&mut three, b, vec![batch]).await));
-                assert_eq!(got, want, "batch {b} after the restore");
-            }
-        }
-        assert!(emitted > 200, "windows closed: {emitted} groups emitted");
     }
 
     #[tokio::test]
