@@ -257,11 +257,7 @@ impl StreamOperator for Dedup {
     /// The keys seen (and in complete mode the rest of their first rows), as the
     /// state store's rows: a delta of the keys new since the last checkpoint, or all.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let (kind, batches) = self.state.checkpoint(None)?;
-        Ok(OperatorState {
-            batches,
-            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
-        })
+        self.state.snapshot()
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {

@@ -413,11 +413,7 @@ impl StreamOperator for MapWithState {
     /// The state store's rows (keys, state, when each key last had rows): a delta of
     /// the keys changed or removed since the last checkpoint, or all of them.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let (kind, batches) = self.state.checkpoint(None)?;
-        Ok(OperatorState {
-            batches,
-            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
-        })
+        self.state.snapshot()
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {

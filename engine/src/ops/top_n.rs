@@ -332,11 +332,7 @@ impl StreamOperator for TopN {
     /// The store's rows: a delta of the keys changed since the last checkpoint, or
     /// all of them.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let (kind, batches) = self.state.checkpoint(None)?;
-        Ok(OperatorState {
-            batches,
-            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
-        })
+        self.state.snapshot()
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {

@@ -443,6 +443,17 @@ impl KeyedState {
         Ok((SnapshotKind::Full, scanned.into_iter().flatten().collect()))
     }
 
+    /// [`KeyedState::checkpoint`] as an operator's snapshot: the rows, and in the meta
+    /// their kind (`"state"`: a delta is chained to the snapshot before it) and the
+    /// partition count.
+    pub fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        let (kind, batches) = self.checkpoint(None)?;
+        Ok(crate::checkpoint::OperatorState {
+            batches,
+            meta: serde_json::json!({ "state": kind.as_str(), "partitions": self.config.partitions }),
+        })
+    }
+
     /// Replaces the state with `rows` (a full snapshot then its deltas, in order:
     /// later rows win), re-partitioned by this state's partition count. Rows without
     /// `__updated` (checkpoints from before the store) get `i64::MAX`: `state_ttl`
