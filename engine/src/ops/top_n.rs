@@ -348,6 +348,7 @@ impl StreamOperator for TopN {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateConfig;
     use crate::time::Time;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{Field, Schema};
@@ -442,9 +443,14 @@ mod tests {
             .unwrap();
         assert_eq!(rows(&out), vec![]);
         assert_eq!(op.state_rows(), 2, "keys a and b");
-        // A restored copy goes on the same way.
+        // A restored copy, in another number of partitions, goes on the same way.
         let snapshot = op.snapshot().unwrap();
-        let mut copy = top2(true);
+        let mut copy = top2(true)
+            .with_state_config(StateConfig {
+                partitions: 5,
+                ..StateConfig::default()
+            })
+            .unwrap();
         copy.restore(snapshot).unwrap();
         let out = copy
             .process(&ctx(), vec![batch(&[("b", 7)])])
