@@ -118,13 +118,14 @@ impl StreamOperator for Changes {
         Ok(Some(vec![out]))
     }
 
-    fn state_rows(&self) -> usize {
-        self.previous_rows.num_rows()
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.previous_rows.get_array_memory_size()
-            + self.previous.keys().map(|k| k.len() + 16).sum::<usize>()
+    fn state_stats(&self) -> crate::state::StateStats {
+        crate::state::StateStats {
+            rows: self.previous_rows.num_rows() as u64,
+            memory_bytes: (self.previous_rows.get_array_memory_size()
+                + self.previous.keys().map(|k| k.len() + 16).sum::<usize>())
+                as u64,
+            ..Default::default()
+        }
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {

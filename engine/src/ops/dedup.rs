@@ -242,14 +242,6 @@ impl StreamOperator for Dedup {
         )?]))
     }
 
-    fn state_rows(&self) -> usize {
-        self.state.stats().rows as usize
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.state.stats().memory_bytes as usize
-    }
-
     fn state_stats(&self) -> StateStats {
         self.state.stats()
     }

@@ -150,8 +150,9 @@ impl StreamOperator for LateRowFilter {
         Ok(Some(kept))
     }
 
-    fn state_rows(&self) -> usize {
-        0
+    /// Only the watermark.
+    fn state_stats(&self) -> crate::state::StateStats {
+        crate::state::StateStats::default()
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {

@@ -116,12 +116,12 @@ impl StreamOperator for Materialize {
         Ok(Some(vec![self.table.clone()]))
     }
 
-    fn state_rows(&self) -> usize {
-        self.table.num_rows()
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.table.get_array_memory_size()
+    fn state_stats(&self) -> crate::state::StateStats {
+        crate::state::StateStats {
+            rows: self.table.num_rows() as u64,
+            memory_bytes: self.table.get_array_memory_size() as u64,
+            ..Default::default()
+        }
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {

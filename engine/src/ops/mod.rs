@@ -148,8 +148,15 @@ pub trait StreamOperator: Send + Sync {
         Emits::Appends
     }
 
-    /// Rows of state the operator holds (a metric).
-    fn state_rows(&self) -> usize;
+    /// Rows of state, memory, bytes spilled to disk and keys evicted by `state_ttl`
+    /// (metrics; memory an estimate: the Arrow buffers, hash tables and accumulators
+    /// the operator holds).
+    fn state_stats(&self) -> crate::state::StateStats;
+
+    /// Rows of state the operator holds.
+    fn state_rows(&self) -> usize {
+        self.state_stats().rows as usize
+    }
 
     /// The operator's state, for a checkpoint. Operators that cannot checkpoint yet
     /// say so (a query using them with a checkpoint is refused at start).
@@ -195,21 +202,5 @@ pub trait StreamOperator: Send + Sync {
     /// as [`OperatorContext::input_watermark`] before each `process`.
     fn watermark_source(&self) -> Option<(usize, usize)> {
         None
-    }
-
-    /// Memory the operator's state takes, in bytes (an estimate: the Arrow buffers,
-    /// hash tables and accumulators it holds; a metric).
-    fn state_bytes(&self) -> usize {
-        0
-    }
-
-    /// Rows, memory, bytes spilled to disk and keys evicted by `state_ttl` (metrics);
-    /// by default the rows and bytes above, nothing spilled or evicted.
-    fn state_stats(&self) -> crate::state::StateStats {
-        crate::state::StateStats {
-            rows: self.state_rows() as u64,
-            memory_bytes: self.state_bytes() as u64,
-            ..Default::default()
-        }
     }
 }

@@ -117,10 +117,6 @@ impl Side {
         self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
         Ok(())
     }
-
-    fn state_rows(&self) -> usize {
-        self.rows.iter().map(|b| b.num_rows()).sum()
-    }
 }
 
 /// An inner join of two streams whose rows match only within a bounded distance in
@@ -391,10 +387,6 @@ impl StreamOperator for StreamJoin {
         Ok(Some(out))
     }
 
-    fn state_rows(&self) -> usize {
-        self.left.state_rows() + self.right.state_rows()
-    }
-
     fn late_rows(&self) -> u64 {
         self.late_rows_last_batch
     }
@@ -440,12 +432,14 @@ impl StreamOperator for StreamJoin {
         }
     }
 
-    fn state_bytes(&self) -> usize {
-        [&self.left, &self.right]
-            .iter()
-            .flat_map(|s| &s.rows)
-            .map(|b| b.get_array_memory_size())
-            .sum()
+    /// Both sides' buffered rows.
+    fn state_stats(&self) -> crate::state::StateStats {
+        let batches = || [&self.left, &self.right].into_iter().flat_map(|s| &s.rows);
+        crate::state::StateStats {
+            rows: batches().map(|b| b.num_rows() as u64).sum(),
+            memory_bytes: batches().map(|b| b.get_array_memory_size() as u64).sum(),
+            ..Default::default()
+        }
     }
 
     /// Both sides' rows (left first) and watermarks.

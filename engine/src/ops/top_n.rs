@@ -316,15 +316,6 @@ impl StreamOperator for TopN {
         Ok(Some(changed))
     }
 
-    /// Keys held (each with up to `limit` rows).
-    fn state_rows(&self) -> usize {
-        self.state.stats().rows as usize
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.state.stats().memory_bytes as usize
-    }
-
     fn state_stats(&self) -> StateStats {
         self.state.stats()
     }

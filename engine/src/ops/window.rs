@@ -87,20 +87,13 @@ impl StreamOperator for BatchWindow {
         ))
     }
 
-    fn state_rows(&self) -> usize {
-        self.buffer
-            .iter()
-            .flat_map(|(_, b)| b.iter())
-            .map(|b| b.num_rows())
-            .sum()
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.buffer
-            .iter()
-            .flat_map(|(_, b)| b.iter())
-            .map(|b| b.get_array_memory_size())
-            .sum()
+    fn state_stats(&self) -> crate::state::StateStats {
+        let batches = || self.buffer.iter().flat_map(|(_, b)| b.iter());
+        crate::state::StateStats {
+            rows: batches().map(|b| b.num_rows() as u64).sum(),
+            memory_bytes: batches().map(|b| b.get_array_memory_size() as u64).sum(),
+            ..Default::default()
+        }
     }
 }
 

@@ -165,36 +165,22 @@ impl StreamOperator for RunningAggregate {
         Ok(Some(self.everything(cutoff)?))
     }
 
-    fn state_rows(&self) -> usize {
-        self.state_stats().rows as usize
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.state_stats().memory_bytes as usize
-    }
-
     fn state_stats(&self) -> StateStats {
         self.state.as_ref().map(|s| s.stats()).unwrap_or_default()
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let partitions = self.config.partitions;
-        let (kind, batches) = match self.state.as_mut() {
-            Some(state) => state.checkpoint(None)?,
+        match self.state.as_mut() {
+            Some(state) => state.snapshot(),
             // Not planned yet: whatever was given back, whole.
-            None => (
-                crate::state::SnapshotKind::Full,
-                self.restored.clone().unwrap_or_default(),
-            ),
-        };
-        Ok(OperatorState {
-            batches,
-            meta: serde_json::json!({
-                "watermark": null,
-                "state": kind.as_str(),
-                "partitions": partitions,
+            None => Ok(OperatorState {
+                batches: self.restored.clone().unwrap_or_default(),
+                meta: serde_json::json!({
+                    "state": crate::state::SnapshotKind::Full.as_str(),
+                    "partitions": self.config.partitions,
+                }),
             }),
-        })
+        }
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {

@@ -325,14 +325,6 @@ impl StreamOperator for SessionAggregate {
         Ok(Some(out))
     }
 
-    fn state_rows(&self) -> usize {
-        self.state_stats().rows as usize
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.state_stats().memory_bytes as usize
-    }
-
     /// Keys (each with its sessions), not sessions.
     fn state_stats(&self) -> StateStats {
         self.store
@@ -347,11 +339,9 @@ impl StreamOperator for SessionAggregate {
         let watermark = self.time.watermark;
         match self.store.as_mut() {
             Some((store, _)) => {
-                let (kind, batches) = store.checkpoint(None)?;
-                Ok(OperatorState {
-                    batches,
-                    meta: serde_json::json!({ "watermark": watermark, "state": kind.as_str(), "partitions": self.config.partitions }),
-                })
+                let mut snapshot = store.snapshot()?;
+                snapshot.meta["watermark"] = watermark.into();
+                Ok(snapshot)
             }
             None => Ok(self.restored.clone().unwrap_or_else(|| OperatorState {
                 batches: Vec::new(),

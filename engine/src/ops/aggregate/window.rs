@@ -284,14 +284,6 @@ impl StreamOperator for WindowAggregate {
         Ok(Some(vec![out]))
     }
 
-    fn state_rows(&self) -> usize {
-        self.state_stats().rows as usize
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.state_stats().memory_bytes as usize
-    }
-
     fn state_stats(&self) -> StateStats {
         match (&self.windows, &self.store) {
             (Some(w), _) => {
@@ -323,9 +315,10 @@ impl StreamOperator for WindowAggregate {
         let batches = match (windows, self.store.as_mut()) {
             (Some(w), _) => w.snapshot()?,
             (None, Some(store)) => {
-                let (kind, batches) = store.checkpoint(None)?;
-                meta["state"] = kind.as_str().into();
-                batches
+                let snapshot = store.snapshot()?;
+                meta["state"] = snapshot.meta["state"].clone();
+                meta["partitions"] = snapshot.meta["partitions"].clone();
+                snapshot.batches
             }
             (None, None) => match &self.state {
                 Some(state) => vec![state.clone()],
