@@ -8,6 +8,8 @@
 use flumen::engine::{Clock, Time};
 
 use crate::checkpoint::session_at;
+use flumen::sql::FlumenSession;
+
 use crate::common::{sql_rows, sql_session, temp_dir};
 
 const KEYS: i64 = 1_000_000;
@@ -34,6 +36,22 @@ fn final_rows(sink: &str) -> String {
     format!(
         "SELECT k, g, max(n) AS n, max(s) AS s, min(lo) AS lo, max(hi) AS hi FROM {sink} GROUP BY k, g"
     )
+}
+
+/// How many rows one query gives and the other does not, both ways, counted as
+/// multisets: `"0"` when the two give the same rows.
+async fn rows_differ(s: &mut FlumenSession, got: &str, want: &str) -> String {
+    let both = format!(
+        "SELECT count(*) FROM ((SELECT * FROM ({got}) EXCEPT ALL SELECT * FROM ({want}))
+                               UNION ALL (SELECT * FROM ({want}) EXCEPT ALL SELECT * FROM ({got})))"
+    );
+    sql_rows(s, &both).await.remove(0)
+}
+
+fn assert_none_failed(s: &FlumenSession) {
+    for q in s.queries() {
+        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +83,7 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
         .unwrap();
         s.execute("ADVANCE 1 BATCHES").await.unwrap();
     }
-    for q in s.queries() {
-        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
-    }
+    assert_none_failed(&s);
     let batch = format!(
         "SELECT k, g, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
          FROM ({}) GROUP BY k, g",
@@ -79,16 +95,8 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
         "most keys seen: {groups:?}"
     );
     for (sink, partitions, _) in configs {
-        let differ = sql_rows(
-            &mut s,
-            &format!(
-                "SELECT count(*) FROM (({} EXCEPT {batch}) UNION ALL ({batch} EXCEPT {}))",
-                final_rows(sink),
-                final_rows(sink)
-            ),
-        )
-        .await;
-        assert_eq!(differ, ["0"], "{partitions} partitions: rows differ");
+        let differ = rows_differ(&mut s, &final_rows(sink), &batch).await;
+        assert_eq!(differ, "0", "{partitions} partitions: rows differ");
         let count = sql_rows(
             &mut s,
             &format!("SELECT count(*) FROM ({})", final_rows(sink)),
@@ -253,20 +261,13 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
         .unwrap();
         s.execute("ADVANCE 1 BATCHES").await.unwrap();
     }
-    for q in s.queries() {
-        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
-    }
+    assert_none_failed(&s);
     let all = session_rows(0, BATCHES * SESSION_ROWS);
     let every = batch_sessions(&all);
     // The watermark after the last batch: the latest event time less 5 s.
     let closed = format!(
         "SELECT * FROM ({every}) WHERE en <= (SELECT CAST(max(ts) - INTERVAL '5' SECOND AS TIMESTAMP) FROM ({all}))"
     );
-    let differ = |got: String, want: String| {
-        format!(
-            "SELECT count(*) FROM (({got} EXCEPT ALL {want}) UNION ALL ({want} EXCEPT ALL {got}))"
-        )
-    };
     let n_closed = sql_rows(&mut s, &format!("SELECT count(*) FROM ({closed})")).await;
     let n_every = sql_rows(&mut s, &format!("SELECT count(*) FROM ({every})")).await;
     let (n_closed, n_every): (i64, i64) =
@@ -276,16 +277,12 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
         "{n_closed} closed of {n_every}"
     );
     for (sink, ..) in &configs[..3] {
-        let d = sql_rows(
-            &mut s,
-            &differ(format!("SELECT * FROM {sink}"), closed.clone()),
-        )
-        .await;
-        assert_eq!(d, ["0"], "{sink}: closed sessions differ");
+        let d = rows_differ(&mut s, &format!("SELECT * FROM {sink}"), &closed).await;
+        assert_eq!(d, "0", "{sink}: closed sessions differ");
     }
     // A memory sink in complete mode holds the last batch's result.
-    let d = sql_rows(&mut s, &differ("SELECT * FROM c7".into(), every.clone())).await;
-    assert_eq!(d, ["0"], "complete mode: sessions differ");
+    let d = rows_differ(&mut s, "SELECT * FROM c7", &every).await;
+    assert_eq!(d, "0", "complete mode: sessions differ");
     let a7 = s.queries().find(|q| q.target == "a7").unwrap();
     let op = &a7.ctx.last_batches(1).pop().unwrap().operators[0];
     assert_eq!(op.name, "SessionAggregate");
@@ -351,9 +348,7 @@ async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
             .unwrap();
         s.execute("ADVANCE 1 BATCHES").await.unwrap();
     }
-    for q in s.queries() {
-        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
-    }
+    assert_none_failed(&s);
     let all = |salt| join_rows(0, BATCHES * JOIN_ROWS, salt);
     let want = format!(
         "SELECT a.k AS k, CAST(a.ts AS TIMESTAMP) AS ats, CAST(b.ts AS TIMESTAMP) AS bts, a.v AS av, b.v AS bv
@@ -366,15 +361,8 @@ async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
     let n: i64 = n[0].parse().unwrap();
     assert!(n > 100_000, "{n} matches");
     for (sink, ..) in configs {
-        let differ = sql_rows(
-            &mut s,
-            &format!(
-                "SELECT count(*) FROM ((SELECT * FROM {sink} EXCEPT ALL SELECT * FROM ({want}))
-                                       UNION ALL (SELECT * FROM ({want}) EXCEPT ALL SELECT * FROM {sink}))"
-            ),
-        )
-        .await;
-        assert_eq!(differ, ["0"], "{sink}: matches differ");
+        let differ = rows_differ(&mut s, &format!("SELECT * FROM {sink}"), &want).await;
+        assert_eq!(differ, "0", "{sink}: matches differ");
     }
     s.stop_all().await.unwrap();
 }
@@ -422,22 +410,13 @@ async fn a_top_n_in_1_2_and_7_partitions_and_spilled_equals_the_batch_query() {
             .unwrap();
         s.execute("ADVANCE 1 BATCHES").await.unwrap();
     }
-    for q in s.queries() {
-        assert!(q.ctx.failure().is_none(), "query {} failed", q.id);
-    }
+    assert_none_failed(&s);
     let want = top(&format!("({})", rows(0, BATCHES * ROWS)));
     let n = sql_rows(&mut s, &format!("SELECT count(*) FROM ({want})")).await;
     assert!(n[0].parse::<i64>().unwrap() > 400_000, "{n:?}");
     for (sink, ..) in configs {
-        let differ = sql_rows(
-            &mut s,
-            &format!(
-                "SELECT count(*) FROM ((SELECT * FROM {sink} EXCEPT ALL SELECT * FROM ({want}))
-                                       UNION ALL (SELECT * FROM ({want}) EXCEPT ALL SELECT * FROM {sink}))"
-            ),
-        )
-        .await;
-        assert_eq!(differ, ["0"], "{sink}: top rows differ");
+        let differ = rows_differ(&mut s, &format!("SELECT * FROM {sink}"), &want).await;
+        assert_eq!(differ, "0", "{sink}: top rows differ");
     }
     let t7 = s.queries().find(|q| q.target == "t7").unwrap();
     let op = &t7.ctx.last_batches(1).pop().unwrap().operators[0];
