@@ -233,7 +233,20 @@ where
             let Some((i, p, input)) = queue.lock().pop() else {
                 return;
             };
-            match work(p, input) {
+            // A panic (in a user's map_with_state function, say) fails the batch
+            // with its message: the scoped thread's would only say that one panicked.
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(p, input)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(Error::Internal(format!(
+                        "a state partition's work panicked: {what}"
+                    )))
+                });
+            match done {
                 Ok(t) => results.lock().push((i, t)),
                 Err(e) => {
                     *failed.lock() = Some(e);
@@ -671,6 +684,23 @@ mod tests {
                 .unwrap();
             assert!(found.iter().all(|f| !f), "{found:?}");
         }
+    }
+
+    /// Work that panics fails with the panic's message, whichever thread ran it.
+    #[test]
+    fn a_panic_in_a_partition_s_work_is_an_error_naming_it() {
+        let mut parts = [0u32; 4];
+        let items = parts.iter_mut().map(|p| (p, ())).collect();
+        let err = in_parallel(items, |p: &mut u32, ()| -> Result<()> {
+            *p += 1;
+            panic!("boom in a partition")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a state partition's work panicked: boom in a partition"),
+            "{err}"
+        );
     }
 
     #[test]
