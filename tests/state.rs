@@ -2,8 +2,9 @@
 //! running aggregate, a `DISTINCT`, session windows and a top-N streamed through 1, 2
 //! and 7 partitions, one of them with a budget that forces spilling, end with the rows
 //! one DataFusion batch query over all the input gives; so does an interval join that
-//! drops its state as early as the watermarks allow; a checkpoint restarts under
-//! another partition count; the state is visible per operator.
+//! drops its state as early as the watermarks allow, and a keyed join restarted
+//! every two batches under other partition counts with its rows spilled; a checkpoint
+//! restarts under another partition count; the state is visible per operator.
 
 use flumen::engine::{Clock, Time};
 
@@ -307,8 +308,9 @@ fn join_rows(from: i64, to: i64, salt: i64) -> String {
 }
 
 /// An interval join of two streams over 100,000 keys (300,000 rows a side in 10
-/// batches), on the key and on an expression of it, its state dropped as soon as the
-/// watermarks allow: every match one batch query over all the input finds, once.
+/// batches), keyed in 1, 2 and 7 partitions (the 7 spilled) and on an expression of
+/// the key (unkeyed), its state dropped as soon as the watermarks allow: every match
+/// one batch query over all the input finds, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
     let mut s = sql_session();
@@ -328,10 +330,18 @@ async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
                AND a.ts BETWEEN b.ts - INTERVAL '2' SECOND AND b.ts + INTERVAL '2' SECOND"
         )
     };
-    let configs = [("j", "a.k = b.k"), ("jx", "a.k + 0 = b.k")];
-    for (sink, on) in configs {
+    // Keyed by `k` in 1, 2 and 7 partitions (the 7 spilled), and unkeyed (no plain
+    // column equality: every kept row read each batch).
+    let configs = [
+        ("j1", "a.k = b.k", 1, "1 GB"),
+        ("j2", "a.k = b.k", 2, "1 GB"),
+        ("j7", "a.k = b.k", 7, "256 KB"),
+        ("jx", "a.k + 0 = b.k", 2, "1 GB"),
+    ];
+    for (sink, on, partitions, memory) in configs {
         s.execute_script(&format!(
-            "CREATE SINK {sink} WITH (connector = 'memory') AS {};",
+            "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {};",
             join(on)
         ))
         .await
@@ -364,7 +374,133 @@ async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
         let differ = rows_differ(&mut s, &format!("SELECT * FROM {sink}"), &want).await;
         assert_eq!(differ, "0", "{sink}: matches differ");
     }
+    let j7 = s.queries().find(|q| q.target == "j7").unwrap();
+    let last = j7.ctx.last_batches(1).pop().unwrap();
+    assert!(
+        last.operators[0].spilled_bytes > 0,
+        "{:?}",
+        last.operators[0]
+    );
     s.stop_all().await.unwrap();
+}
+
+/// The join of the restart test over two rate streams (3,000 and 2,000 rows a
+/// second, keys `value % 701`), its checkpoint in `dir`, its state in `partitions`
+/// partitions under `memory`.
+fn rate_join(dir: &std::path::Path, partitions: usize, memory: &str) -> String {
+    format!(
+        "SET batch_interval = '1 second';
+         SET checkpoint_location = '{}';
+         SET state_partitions = '{partitions}';
+         SET state_memory = '{memory}';
+         CREATE STREAM r1 WITH (connector = 'rate', rows_per_second = '3000');
+         CREATE STREAM r2 WITH (connector = 'rate', rows_per_second = '2000');
+         CREATE STREAM a WITH (timestamp = 'et', watermark_delay = '1 second') AS
+           SELECT value % 701 AS k, value AS v, timestamp AS et FROM r1;
+         CREATE STREAM b WITH (timestamp = 'et', watermark_delay = '1 second') AS
+           SELECT value % 701 AS k, value AS v, timestamp AS et FROM r2;
+         CREATE SINK m WITH (connector = 'memory') AS
+           SELECT a.k AS k, a.v AS av, b.v AS bv FROM a JOIN b
+           ON a.k = b.k AND a.et BETWEEN b.et - INTERVAL '2' SECOND AND b.et + INTERVAL '1' SECOND;",
+        dir.display()
+    )
+}
+
+/// A keyed interval join stopped and restarted from its checkpoint every two
+/// batches, alternately in 2 and 5 partitions with a budget that spills its rows:
+/// the matches of one uninterrupted run, which are those one batch join over all
+/// the input finds; checkpoints after a run's first are deltas.
+#[tokio::test]
+async fn a_keyed_join_restarted_in_2_and_5_spilled_partitions_equals_the_batch_join() {
+    const RUNS: usize = 5;
+    let dir = temp_dir("state-join-split");
+    let mut now = Time::from_millis(0);
+    let mut split = Vec::new();
+    for run in 0..RUNS {
+        let (mut s, clock) = session_at(now);
+        let partitions = if run % 2 == 0 { 2 } else { 5 };
+        s.execute_script(&rate_join(&dir, partitions, "64 KB"))
+            .await
+            .unwrap();
+        s.execute("ADVANCE 2 BATCHES").await.unwrap();
+        assert_none_failed(&s);
+        split.extend(sql_rows(&mut s, "SELECT k, av, bv FROM m").await);
+        let q = s.queries().next().unwrap();
+        let last = q.ctx.last_batches(1).pop().unwrap();
+        let op = last
+            .operators
+            .iter()
+            .find(|o| o.name == "StreamJoin")
+            .unwrap();
+        assert!(op.spilled_bytes > 0, "run {run}: {op:?}");
+        let shown = if partitions == flumen::engine::state::default_partitions() {
+            "one partition per core".to_string()
+        } else {
+            format!("{partitions} partitions")
+        };
+        assert!(
+            q.explain.join("\n").contains(&format!(
+                "state keyed by a.k = b.k (hash-partitioned, {shown}"
+            )),
+            "{:?}",
+            q.explain
+        );
+        s.stop_all().await.unwrap();
+        now = clock.now();
+    }
+    let deltas = std::fs::read_dir(dir.join("queries/m/state"))
+        .unwrap()
+        .filter(|e| {
+            std::fs::read_to_string(e.as_ref().unwrap().path().join("manifest"))
+                .is_ok_and(|m| m.contains("\"delta\""))
+        })
+        .count();
+    assert!(deltas > 0, "no delta checkpoint among the kept snapshots");
+
+    let whole_dir = temp_dir("state-join-whole");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&rate_join(&whole_dir, 1, "1 GB"))
+        .await
+        .unwrap();
+    s.execute(&format!("ADVANCE {} BATCHES", 2 * RUNS))
+        .await
+        .unwrap();
+    assert_none_failed(&s);
+    let mut whole = sql_rows(&mut s, "SELECT k, av, bv FROM m").await;
+    // The rate streams' rows as a batch: value v at v / rate seconds.
+    let side = |rate: i64| {
+        format!(
+            "SELECT value % 701 AS k, value AS v,
+                    to_timestamp_millis(value * 1000 / {rate}) AS et
+             FROM range(0, {})",
+            rate * 2 * RUNS as i64
+        )
+    };
+    let mut batch = sql_rows(
+        &mut s,
+        &format!(
+            "SELECT a.k, a.v, b.v FROM ({}) a JOIN ({}) b
+             ON a.k = b.k AND a.et BETWEEN b.et - INTERVAL '2' SECOND AND b.et + INTERVAL '1' SECOND",
+            side(3000),
+            side(2000)
+        ),
+    )
+    .await;
+    s.stop_all().await.unwrap();
+    assert!(batch.len() > 30_000, "{} matches", batch.len());
+    whole.sort();
+    split.sort();
+    batch.sort();
+    assert_eq!(whole.len(), batch.len());
+    assert!(
+        whole == batch,
+        "the uninterrupted run differs from the batch join"
+    );
+    assert_eq!(split.len(), batch.len());
+    assert!(
+        split == batch,
+        "the restarted run differs from the batch join"
+    );
 }
 
 /// Top-3 per key over 200,000 keys (800,000 rows in 8 batches) in 1, 2 and 7

@@ -8,12 +8,18 @@
 //! full snapshot) against the bytes of the keys it touched (`k` and the count: 16 bytes
 //! a key). `--partitions N` and `--memory SIZE` set `state_partitions` and
 //! `state_memory`.
+//!
+//! `--query join` runs an interval join instead: two streams `a` and `b` (half the rows
+//! each, keys uniformly random over `--keys`, event times one second apart per batch),
+//! `a.k = b.k AND a.ts BETWEEN b.ts - 1 day AND b.ts + 1 day`, so the state keeps every
+//! row of the run: a batch costs its rows and their matches, or, if it reads the state,
+//! ever more.
 
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use datafusion::arrow::array::Int64Array;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::SystemClock;
 use flumen_sql::FlumenSession;
@@ -30,26 +36,62 @@ pub async fn run(args: &[String]) -> Result<()> {
     let checkpoint = text_flag(args, "--checkpoint");
     let partitions = text_flag(args, "--partitions");
     let memory = text_flag(args, "--memory");
-    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let join = match text_flag(args, "--query").unwrap_or("count") {
+        "count" => false,
+        "join" => true,
+        other => return Err(anyhow!("--query {other}: count or join")),
+    };
     let mut rng = SmallRng::seed_from_u64(42);
-    // 8,192-row batches, `rows_per_batch / 8192` of them per micro-batch.
+    // 8,192-row batches, `rows_per_batch / 8192` of them per micro-batch (per side for
+    // the join, each side half the rows).
     let chunk = 8_192;
-    let data: Vec<RecordBatch> = (0..(rows_per_batch * batches).div_ceil(chunk))
-        .map(|_| {
-            let k: Int64Array = (0..chunk)
-                .map(|_| Some(rng.random_range(0..keys)))
-                .collect();
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(k)]).expect("a batch")
-        })
-        .collect();
+    let per_batch = if join {
+        (rows_per_batch / 2).div_ceil(chunk).max(1)
+    } else {
+        rows_per_batch.div_ceil(chunk).max(1)
+    };
+    let mut generate = |with_time: bool| -> Vec<RecordBatch> {
+        let mut fields = vec![Field::new("k", DataType::Int64, false)];
+        if with_time {
+            fields.push(Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        (0..per_batch * batches)
+            .map(|i| {
+                let k: Int64Array = (0..chunk)
+                    .map(|_| Some(rng.random_range(0..keys)))
+                    .collect();
+                let mut columns: Vec<datafusion::arrow::array::ArrayRef> = vec![Arc::new(k)];
+                if with_time {
+                    let second = 1_767_225_600_000 + (i / per_batch) as i64 * 1000;
+                    let ts: TimestampMillisecondArray = (0..chunk)
+                        .map(|_| Some(second + rng.random_range(0..1000)))
+                        .collect();
+                    columns.push(Arc::new(ts));
+                }
+                RecordBatch::try_new(Arc::clone(&schema), columns).expect("a batch")
+            })
+            .collect()
+    };
     let (mut registry, _rows) = blackhole_registry();
-    registry.register_source(
-        "pregenerated",
-        Arc::new(Pregenerated {
-            batches: Arc::new(data),
-            per_batch: rows_per_batch.div_ceil(chunk).max(1),
-        }),
-    );
+    let sides: &[&str] = if join {
+        &["pregenerated_a", "pregenerated_b"]
+    } else {
+        &["pregenerated"]
+    };
+    for name in sides {
+        registry.register_source(
+            name,
+            Arc::new(Pregenerated {
+                batches: Arc::new(generate(join)),
+                per_batch,
+            }),
+        );
+    }
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
     let mut script = String::from(
         "SET trigger = 'available_now'; SET batch_interval = '100 ms'; SET output_mode = 'update';",
@@ -64,11 +106,22 @@ pub async fn run(args: &[String]) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         script.push_str(&format!("SET checkpoint_location = '{dir}';"));
     }
-    script.push_str(
+    script.push_str(if join {
+        "SET output_mode = 'append';
+         CREATE STREAM a (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
+                          WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH (connector = 'pregenerated_a');
+         CREATE STREAM b (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
+                          WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH (connector = 'pregenerated_b');
+         CREATE SINK out WITH (connector = 'blackhole');
+         INSERT INTO out SELECT a.k, a.ts AS ats, b.ts AS bts FROM a JOIN b
+           ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '1' DAY AND b.ts + INTERVAL '1' DAY;"
+    } else {
         "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
          CREATE SINK out WITH (connector = 'blackhole');
-         INSERT INTO out SELECT k, count(*) AS n FROM s GROUP BY k;",
-    );
+         INSERT INTO out SELECT k, count(*) AS n FROM s GROUP BY k;"
+    });
     session
         .execute_script(&script)
         .await
@@ -98,12 +151,17 @@ pub async fn run(args: &[String]) -> Result<()> {
         .max()
         .unwrap_or(0);
     // Checkpoint bytes per batch against the bytes of the keys it touched (the rows it
-    // emitted in update mode, 16 bytes each).
+    // emitted in update mode, 16 bytes each; the join: the rows it kept, 16 bytes each).
     let ratios: Vec<f64> = batches
         .iter()
         .filter_map(|b| {
             let written = b.operators.first()?.checkpoint_bytes as f64;
-            (b.output_rows > 0).then(|| written / (b.output_rows as f64 * 16.0))
+            let touched = if join {
+                b.num_input_rows()
+            } else {
+                b.output_rows
+            };
+            (touched > 0).then(|| written / (touched as f64 * 16.0))
         })
         .collect();
     let mean_ratio = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
@@ -116,7 +174,8 @@ pub async fn run(args: &[String]) -> Result<()> {
     let each: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
     println!("batch ms: {}", each.join(" "));
     println!(
-        "state: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows, {spilled} bytes spilled{}",
+        "state{}: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows, {spilled} bytes spilled{}",
+        if join { " (join)" } else { "" },
         last / first,
         (rows_per_batch * times.len()) as f64 / (times.iter().sum::<f64>() / 1000.0),
         if checkpoint.is_some() {
@@ -130,7 +189,8 @@ pub async fn run(args: &[String]) -> Result<()> {
         batches = times.len(),
     );
     println!(
-        "{{\"suite\":\"state\",\"keys\":{keys},\"rows_per_batch\":{rows_per_batch},\"batches\":{},\"first_batch_ms\":{first:.1},\"last_batch_ms\":{last:.1},\"peak_rss_mib\":{peak:.0},\"state_rows\":{state_rows},\"spilled_bytes\":{spilled},\"checkpoint_bytes\":{checkpoint_bytes},\"checkpoint_ratio_mean\":{mean_ratio:.2},\"checkpoint_ratio_max\":{max_ratio:.2}}}",
+        "{{\"suite\":\"{}\",\"keys\":{keys},\"rows_per_batch\":{rows_per_batch},\"batches\":{},\"first_batch_ms\":{first:.1},\"last_batch_ms\":{last:.1},\"peak_rss_mib\":{peak:.0},\"state_rows\":{state_rows},\"spilled_bytes\":{spilled},\"checkpoint_bytes\":{checkpoint_bytes},\"checkpoint_ratio_mean\":{mean_ratio:.2},\"checkpoint_ratio_max\":{max_ratio:.2}}}",
+        if join { "state-join" } else { "state" },
         times.len()
     );
     Ok(())

@@ -203,18 +203,38 @@ impl SideTimes<'_> {
     fn delay(&self, side: &LogicalPlan, index: usize) -> Option<Duration> {
         let (_, field) = side.schema().qualified_field(index);
         let mut raw = Vec::new();
+        let mut derived = Vec::new();
         let mut windowed = Vec::new();
         let _ = side.apply(|node| {
-            if let LogicalPlan::TableScan(s) = node {
-                let table = s.table_name.table();
-                if self.streams.contains(table) {
-                    raw.push(table.to_string());
-                } else if let Some(len) = self.window_outputs.get(table) {
-                    windowed.push(*len);
+            match node {
+                LogicalPlan::TableScan(s) => {
+                    let table = s.table_name.table();
+                    if self.streams.contains(table) {
+                        raw.push(table.to_string());
+                    } else if let Some(len) = self.window_outputs.get(table) {
+                        windowed.push(*len);
+                    }
                 }
+                // A derived stream, planned into the query under its own name: its
+                // declared watermark (`timestamp`, `watermark_delay`) is the side's.
+                LogicalPlan::SubqueryAlias(a) if self.streams.contains(a.alias.table()) => {
+                    derived.push(a.alias.table().to_string());
+                }
+                _ => {}
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         });
+        let declared: Vec<Duration> = derived
+            .iter()
+            .filter_map(|s| {
+                self.watermarks
+                    .get(&format!("{s}.{}", field.name()))
+                    .copied()
+            })
+            .collect();
+        if declared.len() == 1 {
+            return Some(declared[0]);
+        }
         if !raw.is_empty() {
             let found: Vec<Duration> = raw
                 .iter()
@@ -261,6 +281,7 @@ pub(crate) fn stream_join(
     node: &LogicalPlan,
     j: &Join,
     times: &SideTimes<'_>,
+    state_config: &flumen_engine::state::StateConfig,
 ) -> Result<(StreamJoin, DataFrame)> {
     if j.join_type != JoinType::Inner {
         return plan_err!(
@@ -340,6 +361,27 @@ pub(crate) fn stream_join(
         },
     )?
     .with_time_names(qualified(&ls, li), qualified(&rs, ri));
+    // Each side's state is keyed by the condition's equalities of plain columns of
+    // one type, in `ON` or the filter (others, `a.k + 1 = b.k`, are left to the
+    // join's condition).
+    let mut keys: Vec<(usize, usize, String, String)> = Vec::new();
+    for (a, op, b) in comparisons(j) {
+        let (Operator::Eq, Expr::Column(a), Expr::Column(b)) = (op, &a, &b) else {
+            continue;
+        };
+        let (l, r) = match (ls.index_of_column(a), rs.index_of_column(b)) {
+            (Ok(l), Ok(r)) => (l, r),
+            _ => match (ls.index_of_column(b), rs.index_of_column(a)) {
+                (Ok(l), Ok(r)) => (l, r),
+                _ => continue,
+            },
+        };
+        let fresh = !keys.iter().any(|(kl, kr, ..)| (*kl, *kr) == (l, r));
+        if fresh && ls.field(l).data_type() == rs.field(r).data_type() {
+            keys.push((l, r, qualified(&ls, l), qualified(&rs, r)));
+        }
+    }
+    let op = op.with_state(keys, state_config.clone())?;
     Ok((op, input))
 }
 

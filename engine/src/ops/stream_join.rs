@@ -5,12 +5,16 @@
 //!
 //! ```text
 //!  input (one tagged union of both sides) ─split─▶ new left L', new right R'
-//!    out = join(L', R ∪ R') ∪ join(L, R')      (L, R: state of earlier batches)
+//!    out = join(L', R[keys of L'] ∪ R') ∪ join(L[keys of R'], R')
 //!    L ∪= L', R ∪= R'; evict rows the other side's watermark has passed
 //! ```
 //!
+//! Each side's rows are a [`KeyedRows`]: hash-partitioned by the join's equality
+//! columns, indexed by key, appended per batch, spilled beyond `state_memory` and
+//! checkpointed by change; a batch reads only the kept rows of the keys it brings.
 //! The join itself is DataFusion's: its plan is made once, over two slots, and run
-//! twice per batch with the slots refilled.
+//! twice per batch with the slots refilled (its condition compares the keys and
+//! times, so the kept rows only narrow what it reads).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, is_not_null, max};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null, max};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::default_table_source::provider_as_source;
@@ -29,6 +33,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::{OperatorContext, StreamOperator, positional_schema};
 use crate::slot::BatchSlot;
+use crate::state::{KeyedRows, SnapshotKind, StateConfig};
 use crate::time::format_duration;
 use crate::{Result, internal_err};
 
@@ -42,25 +47,60 @@ pub struct JoinTime {
     pub delay: Option<Duration>,
 }
 
+/// The schema metadata key that tags a checkpointed batch with its side.
+const SIDE_TAG: &str = "flumen.join_side";
+
 /// One side's rows kept across batches.
 struct Side {
     schema: SchemaRef,
     slot: Arc<BatchSlot>,
     time: JoinTime,
-    rows: Vec<RecordBatch>,
+    /// The columns the join's condition equates with the other side's (same types).
+    keys: Vec<usize>,
+    rows: KeyedRows,
     /// Watermark (ms), once a row was seen on a side with a delay.
     watermark: Option<i64>,
 }
 
 impl Side {
-    fn new(schema: SchemaRef, time: JoinTime, partitions: usize) -> Self {
-        Self {
+    fn new(schema: SchemaRef, time: JoinTime, partitions: usize) -> Result<Self> {
+        Ok(Self {
             slot: BatchSlot::new(Arc::clone(&schema), partitions),
+            rows: KeyedRows::try_new(
+                Arc::clone(&schema),
+                Vec::new(),
+                time.index,
+                &StateConfig::default(),
+                usize::MAX,
+            )?,
             schema,
             time,
-            rows: Vec::new(),
+            keys: Vec::new(),
             watermark: None,
-        }
+        })
+    }
+
+    /// The side's rows keyed by `keys`, under `config` with half its memory.
+    fn keyed(&mut self, keys: Vec<usize>, config: &StateConfig) -> Result<()> {
+        self.rows = KeyedRows::try_new(
+            Arc::clone(&self.schema),
+            keys.clone(),
+            self.time.index,
+            config,
+            config.memory / 2,
+        )?;
+        self.keys = keys;
+        Ok(())
+    }
+
+    /// `batch` tagged as this side's (`name`) for a checkpoint.
+    fn tagged(batch: RecordBatch, name: &str) -> Result<RecordBatch> {
+        let schema = batch.schema().as_ref().clone().with_metadata(
+            [(SIDE_TAG.to_string(), name.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        Ok(batch.with_schema(Arc::new(schema))?)
     }
 
     /// The time column of `batch` in milliseconds since the epoch.
@@ -134,6 +174,9 @@ pub struct StreamJoin {
     late_rows_last_batch: u64,
     /// The two time columns as the query names them (EXPLAIN).
     time_names: (String, String),
+    /// The key columns as the query names them (EXPLAIN), and the state's settings.
+    key_names: Vec<(String, String)>,
+    config: StateConfig,
 }
 
 impl StreamJoin {
@@ -141,6 +184,33 @@ impl StreamJoin {
     pub fn with_time_names(mut self, left: String, right: String) -> Self {
         self.time_names = (left, right);
         self
+    }
+
+    /// Keeps each side's rows keyed by its columns of `keys` (pairs the condition
+    /// equates, left index and right index, of the same type; the query's names for
+    /// them) in `config`'s partitions, memory and TTL. Without keys every kept row is
+    /// read for every batch.
+    pub fn with_state(
+        mut self,
+        keys: Vec<(usize, usize, String, String)>,
+        config: StateConfig,
+    ) -> Result<Self> {
+        for (l, r, ..) in &keys {
+            let (lt, rt) = (
+                self.left.schema.field(*l).data_type(),
+                self.right.schema.field(*r).data_type(),
+            );
+            if lt != rt {
+                return internal_err!("stream join keys of types {lt} and {rt}");
+            }
+        }
+        self.left
+            .keyed(keys.iter().map(|k| k.0).collect(), &config)?;
+        self.right
+            .keyed(keys.iter().map(|k| k.1).collect(), &config)?;
+        self.key_names = keys.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+        self.config = config;
+        Ok(self)
     }
 
     /// The operator's input must be `[side: Boolean (true = left), left columns...,
@@ -169,8 +239,8 @@ impl StreamJoin {
             right.field(right_time.index).name().clone(),
         );
         let partitions = input.task_ctx().session_config().target_partitions();
-        let left = Side::new(positional_schema(&left), left_time, partitions);
-        let right = Side::new(positional_schema(&right), right_time, partitions);
+        let left = Side::new(positional_schema(&left), left_time, partitions)?;
+        let right = Side::new(positional_schema(&right), right_time, partitions)?;
         let scan = |name: &str, side: &Side| -> Result<LogicalPlan> {
             Ok(
                 LogicalPlanBuilder::scan(name, provider_as_source(side.slot.table()?), None)?
@@ -193,6 +263,8 @@ impl StreamJoin {
             output_schema,
             late_rows_last_batch: 0,
             time_names,
+            key_names: Vec::new(),
+            config: StateConfig::default(),
         })
     }
 
@@ -269,29 +341,13 @@ impl StreamJoin {
         // A left row matches right rows with time in [t - hi, t - lo]; the right
         // side's future rows are at or after its watermark.
         if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
-            let rows = std::mem::take(&mut self.left.rows);
-            self.left.rows = compact(
-                self.left.keep_from(rows, Some(wm.saturating_add(lo)))?.0,
-                &self.left.schema,
-            )?;
+            self.left.rows.evict(wm.saturating_add(lo))?;
         }
         if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
-            let rows = std::mem::take(&mut self.right.rows);
-            self.right.rows = compact(
-                self.right.keep_from(rows, Some(wm.saturating_sub(hi)))?.0,
-                &self.right.schema,
-            )?;
+            self.right.rows.evict(wm.saturating_sub(hi))?;
         }
         Ok(())
     }
-}
-
-/// Merge many small state batches into one, so state does not fragment.
-fn compact(rows: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    if rows.len() <= 8 {
-        return Ok(rows);
-    }
-    Ok(vec![concat_batches(schema, &rows)?])
 }
 
 #[async_trait]
@@ -328,8 +384,30 @@ impl StreamOperator for StreamJoin {
             ),
         };
         let (lt, rt) = &self.time_names;
+        let keyed = if self.key_names.is_empty() {
+            "no column equality to key the state by: every batch reads all kept rows".to_string()
+        } else {
+            let partitions = match self.left.rows.partitions() {
+                n if n == crate::state::default_partitions() => "one partition per core".into(),
+                n => format!("{n} partitions"),
+            };
+            format!(
+                "state keyed by {} (hash-partitioned, {partitions}; a batch reads the kept rows of its keys only)",
+                self.key_names
+                    .iter()
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+            )
+        };
+        let ttl = self.config.ttl.map_or(String::new(), |t| {
+            format!(
+                "; state_ttl drops rows kept longer than {}",
+                format_duration(t)
+            )
+        });
         format!(
-            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; rows older than their side's watermark are dropped and counted as late",
+            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; {keyed}{ttl}; rows older than their side's watermark are dropped and counted as late",
             range(self.lo),
             range(self.hi),
             keep("left", "the right side", &self.right.time, self.lo),
@@ -357,9 +435,12 @@ impl StreamOperator for StreamJoin {
 
     async fn process(
         &mut self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        let now = ctx.batch_time.as_millis();
+        self.left.rows.expire(now)?;
+        self.right.rows.expire(now)?;
         let (new_left, new_right) = self.split(input)?;
         // Rows older than their side's watermark are late: dropped and counted. Rows
         // without a time can match nothing.
@@ -368,21 +449,24 @@ impl StreamOperator for StreamJoin {
         self.late_rows_last_batch = late_left + late_right;
         let mut out = Vec::new();
         if !new_left.is_empty() {
-            let mut all_right = self.right.rows.clone();
-            all_right.extend(new_right.iter().cloned());
-            if !all_right.is_empty() {
-                out.extend(self.run_join(&new_left, &all_right).await?);
+            let mut right = self.right.rows.matching(&new_left, &self.left.keys)?;
+            right.extend(new_right.iter().cloned());
+            if !right.is_empty() {
+                out.extend(self.run_join(&new_left, &right).await?);
             }
         }
-        if !new_right.is_empty() && !self.left.rows.is_empty() {
-            out.extend(self.run_join(&self.left.rows, &new_right).await?);
+        if !new_right.is_empty() {
+            let left = self.left.rows.matching(&new_right, &self.right.keys)?;
+            if !left.is_empty() {
+                out.extend(self.run_join(&left, &new_right).await?);
+            }
         }
         self.left.slot.clear();
         self.right.slot.clear();
         self.left.advance(&new_left)?;
         self.right.advance(&new_right)?;
-        self.left.rows.extend(new_left);
-        self.right.rows.extend(new_right);
+        self.left.rows.insert(new_left, now)?;
+        self.right.rows.insert(new_right, now)?;
         self.evict()?;
         Ok(Some(out))
     }
@@ -432,59 +516,103 @@ impl StreamOperator for StreamJoin {
         }
     }
 
-    /// Both sides' buffered rows.
+    /// Both sides' kept rows.
     fn state_stats(&self) -> crate::state::StateStats {
-        let batches = || [&self.left, &self.right].into_iter().flat_map(|s| &s.rows);
+        let (l, r) = (self.left.rows.stats(), self.right.rows.stats());
         crate::state::StateStats {
-            rows: batches().map(|b| b.num_rows() as u64).sum(),
-            memory_bytes: batches().map(|b| b.get_array_memory_size() as u64).sum(),
-            ..Default::default()
+            rows: l.rows + r.rows,
+            memory_bytes: l.memory_bytes + r.memory_bytes,
+            spilled_bytes: l.spilled_bytes + r.spilled_bytes,
+            evicted: l.evicted + r.evicted,
         }
     }
 
-    /// Both sides' rows (left first) and watermarks.
+    /// Both sides' rows kept since the previous snapshot (a delta) or all of them
+    /// (full, when either side's deltas have grown as large as its rows), each batch
+    /// tagged with its side; the watermarks. Rows evicted since are not recorded: a
+    /// restore evicts again by the watermarks.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        let mut batches = self.left.rows.clone();
-        batches.extend(self.right.rows.iter().cloned());
+        let full = self.left.rows.wants_full() || self.right.rows.wants_full();
+        let (kind, left) = self.left.rows.checkpoint(full)?;
+        let (_, right) = self.right.rows.checkpoint(full)?;
+        let mut batches = Vec::with_capacity(left.len() + right.len());
+        for b in left {
+            batches.push(Side::tagged(b, "left")?);
+        }
+        for b in right {
+            batches.push(Side::tagged(b, "right")?);
+        }
         Ok(crate::checkpoint::OperatorState {
             batches,
             meta: serde_json::json!({
-                "left_batches": self.left.rows.len(),
+                "state": kind.as_str(),
+                "partitions": self.config.partitions,
                 "left_watermark": self.left.watermark,
                 "right_watermark": self.right.watermark,
             }),
         })
     }
 
+    /// A snapshot chain (full then deltas, batches tagged by side) or a snapshot
+    /// from before the store (`left_batches` untagged left batches, then the right
+    /// ones), into this join's partitions.
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        let Some(n) = state.meta["left_batches"].as_u64() else {
+        let retype = |side: &Side, b: RecordBatch| -> Result<RecordBatch> {
+            if b.num_columns() != side.schema.fields().len() {
+                return Err(crate::error::Error::Checkpoint(format!(
+                    "a StreamJoin snapshot has {} columns on a side with {}",
+                    b.num_columns(),
+                    side.schema.fields().len()
+                )));
+            }
+            Ok(RecordBatch::try_new(
+                Arc::clone(&side.schema),
+                b.columns().to_vec(),
+            )?)
+        };
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        if let Some(n) = state.meta["left_batches"].as_u64() {
+            let mut batches = state.batches;
+            if n as usize > batches.len() {
+                return Err(crate::error::Error::Checkpoint(format!(
+                    "a StreamJoin snapshot lists {n} left batches of {}",
+                    batches.len()
+                )));
+            }
+            right = batches.split_off(n as usize);
+            left = batches;
+        } else if state.meta["state"] == SnapshotKind::Full.as_str()
+            || state.meta["state"] == SnapshotKind::Delta.as_str()
+        {
+            for b in state.batches {
+                match b.schema().metadata().get(SIDE_TAG).map(String::as_str) {
+                    Some("left") => left.push(b),
+                    Some("right") => right.push(b),
+                    other => {
+                        return Err(crate::error::Error::Checkpoint(format!(
+                            "a StreamJoin snapshot batch tagged {other:?}, not left or right"
+                        )));
+                    }
+                }
+            }
+        } else {
             return Err(crate::error::Error::Checkpoint(
-                "a StreamJoin snapshot without left_batches".into(),
+                "a StreamJoin snapshot without left_batches or state".into(),
             ));
-        };
-        let mut batches = state.batches;
-        if n as usize > batches.len() {
-            return Err(crate::error::Error::Checkpoint(format!(
-                "a StreamJoin snapshot lists {n} left batches of {}",
-                batches.len()
-            )));
         }
-        let right = batches.split_off(n as usize);
-        let retype = |side: &Side, rows: Vec<RecordBatch>| -> Result<Vec<RecordBatch>> {
-            rows.into_iter()
-                .map(|b| {
-                    Ok(RecordBatch::try_new(
-                        Arc::clone(&side.schema),
-                        b.columns().to_vec(),
-                    )?)
-                })
-                .collect()
-        };
-        self.left.rows = retype(&self.left, batches)?;
-        self.right.rows = retype(&self.right, right)?;
+        let left = left
+            .into_iter()
+            .map(|b| retype(&self.left, b))
+            .collect::<Result<Vec<_>>>()?;
+        let right = right
+            .into_iter()
+            .map(|b| retype(&self.right, b))
+            .collect::<Result<Vec<_>>>()?;
+        self.left.rows.restore(left)?;
+        self.right.rows.restore(right)?;
         self.left.watermark = state.meta["left_watermark"].as_i64();
         self.right.watermark = state.meta["right_watermark"].as_i64();
-        Ok(())
+        self.evict()
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod nested;
 mod partition;
+mod rows;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 pub(crate) use nested::{Nested, min_per_list};
 pub(crate) use partition::{BoundFn, Partition};
+pub(crate) use rows::KeyedRows;
 
 /// At most this many deltas follow a full snapshot (a restore reads that many files).
 const MAX_DELTAS: usize = 64;
@@ -133,6 +135,25 @@ pub struct KeyedState {
 
 /// A temporary folder removed with the state.
 struct SpillDir(PathBuf);
+
+impl SpillDir {
+    /// A folder of its own, inside the one the user named (or the temporary folder):
+    /// removing it when the state goes never touches anything else. Not created
+    /// until something spills.
+    fn new(config: &StateConfig) -> Self {
+        let n_dir = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
+        let parent = match &config.spill_dir {
+            Some(d) => d.clone(),
+            None => {
+                if n_dir == 0 {
+                    remove_orphaned_spills();
+                }
+                std::env::temp_dir()
+            }
+        };
+        Self(parent.join(format!("flumen-state-{}-{n_dir}", std::process::id())))
+    }
+}
 
 impl Drop for SpillDir {
     fn drop(&mut self) {
@@ -292,25 +313,13 @@ impl KeyedState {
         } else {
             config.partitions
         };
-        // A folder of its own, inside the one the user named (or the temporary
-        // folder): removing it when the state goes never touches anything else.
-        let n_dir = SPILL_DIRS.fetch_add(1, Ordering::Relaxed);
-        let parent = match &config.spill_dir {
-            Some(d) => d.clone(),
-            None => {
-                if n_dir == 0 {
-                    remove_orphaned_spills();
-                }
-                std::env::temp_dir()
-            }
-        };
-        let dir = parent.join(format!("flumen-state-{}-{n_dir}", std::process::id()));
+        let dir = SpillDir::new(&config);
         let partitions = (0..n)
             .map(|p| {
                 Partition::new(
                     Arc::clone(&schema),
                     keys.len(),
-                    dir.join(format!("p{p}.arrow")),
+                    dir.0.join(format!("p{p}.arrow")),
                 )
             })
             .collect();
@@ -323,7 +332,7 @@ impl KeyedState {
             since_full: 0,
             deltas: 0,
             checkpointed: false,
-            _spill_dir: SpillDir(dir),
+            _spill_dir: dir,
         })
     }
 

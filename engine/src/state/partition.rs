@@ -191,10 +191,8 @@ impl Partition {
         if self.resident.is_none() {
             let mut r = self.empty_resident()?;
             if let Some(s) = self.spilled.take() {
-                let file = std::fs::File::open(&s.path).map_err(|e| spill_error(&s.path, e))?;
-                let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)?;
-                for b in reader {
-                    ingest(&mut r, b?, self.keys)?;
+                for b in read_spill(&s.path)? {
+                    ingest(&mut r, b, self.keys)?;
                 }
                 let _ = std::fs::remove_file(&s.path);
             }
@@ -674,12 +672,10 @@ impl Partition {
             let Some(s) = &self.spilled else {
                 return Ok(Vec::new());
             };
-            let file = std::fs::File::open(&s.path).map_err(|e| spill_error(&s.path, e))?;
-            let mut out = Vec::new();
-            for b in datafusion::arrow::ipc::reader::FileReader::try_new(file, None)? {
-                out.push(unexpired(b?, updated_col, cutoff)?);
-            }
-            return Ok(out);
+            return read_spill(&s.path)?
+                .into_iter()
+                .map(|b| unexpired(b, updated_col, cutoff))
+                .collect();
         }
         let r = self.resident()?;
         let mut out = Vec::with_capacity(r.segments.len());
@@ -706,25 +702,7 @@ impl Partition {
         }
         let rows = self.scan(None)?;
         let path = self.spill_path.clone();
-        let write = || -> std::io::Result<u64> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let file = std::fs::File::create(&path)?;
-            let options = crate::checkpoint::ipc_options().map_err(std::io::Error::other)?;
-            let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new_with_options(
-                std::io::BufWriter::new(file),
-                &self.schema,
-                options,
-            )
-            .map_err(std::io::Error::other)?;
-            for b in &rows {
-                w.write(b).map_err(std::io::Error::other)?;
-            }
-            w.finish().map_err(std::io::Error::other)?;
-            Ok(std::fs::metadata(&path)?.len())
-        };
-        let bytes = write().map_err(|e| spill_error(&path, e))?;
+        let bytes = write_spill(&path, &self.schema, &rows)?;
         let updated_col = self.schema.fields().len() - 1;
         let min_updated = rows
             .iter()
@@ -808,6 +786,42 @@ fn spill_error(path: &std::path::Path, e: std::io::Error) -> Error {
         e.kind(),
         format!("state spill file {}: {e}", path.display()),
     ))
+}
+
+/// Writes `rows` to the spill file `path` (Arrow IPC; its folder made if missing);
+/// the bytes written.
+pub(super) fn write_spill(
+    path: &std::path::Path,
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+) -> Result<u64> {
+    let write = || -> std::io::Result<u64> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(path)?;
+        let options = crate::checkpoint::ipc_options().map_err(std::io::Error::other)?;
+        let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new_with_options(
+            std::io::BufWriter::new(file),
+            schema,
+            options,
+        )
+        .map_err(std::io::Error::other)?;
+        for b in rows {
+            w.write(b).map_err(std::io::Error::other)?;
+        }
+        w.finish().map_err(std::io::Error::other)?;
+        Ok(std::fs::metadata(path)?.len())
+    };
+    write().map_err(|e| spill_error(path, e))
+}
+
+/// The rows of the spill file `path`.
+pub(super) fn read_spill(path: &std::path::Path) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).map_err(|e| spill_error(path, e))?;
+    datafusion::arrow::ipc::reader::FileReader::try_new(file, None)?
+        .map(|b| Ok(b?))
+        .collect()
 }
 
 /// `batch` without the rows updated before `cutoff`.

@@ -296,7 +296,8 @@ impl StreamPlanner<'_> {
             window_outputs: &window_outputs,
         };
         let (op, input) =
-            crate::join::stream_join(&self.state, node, j, &times).map_err(external)?;
+            crate::join::stream_join(&self.state, node, j, &times, self.ctx.state_config())
+                .map_err(external)?;
         let schema = node.schema().clone();
         self.replace(input, &schema, Box::new(op), None)
     }
