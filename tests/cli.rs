@@ -43,6 +43,26 @@ fn dash_c_runs_statements_and_exits() {
 }
 
 #[test]
+fn output_piped_into_a_reader_that_stops_ends_quietly() {
+    // As `flumen -c ... | head -1`: the reader closes the pipe after one line.
+    let mut child = Command::new(flumen())
+        .args(["-c", "SELECT * FROM range(0, 200000)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('+'), "{first:?}");
+    // The pipe closes here (its reader dropped).
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
+}
+
+#[test]
 fn dash_f_with_available_now_drains_and_exits() {
     let f = script(
         "drain.sql",

@@ -433,6 +433,14 @@ async fn a_keyed_join_restarted_in_2_and_5_spilled_partitions_equals_the_batch_j
             .find(|o| o.name == "StreamJoin")
             .unwrap();
         assert!(op.spilled_bytes > 0, "run {run}: {op:?}");
+        // The derived streams' declared watermarks bound both sides.
+        assert!(
+            q.explain.join("\n").contains(
+                "left rows are kept until the watermark of the right side (latest - 1s) passes them; right rows are kept until the watermark of the left side (latest - 1s)"
+            ),
+            "{:?}",
+            q.explain
+        );
         let shown = if partitions == flumen::engine::state::default_partitions() {
             "one partition per core".to_string()
         } else {
