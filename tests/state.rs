@@ -384,9 +384,10 @@ async fn an_interval_join_dropping_its_state_early_equals_the_batch_join() {
     s.stop_all().await.unwrap();
 }
 
-/// The join of the restart test over two rate streams (3,000 and 2,000 rows a
-/// second, keys `value % 701`), its checkpoint in `dir`, its state in `partitions`
-/// partitions under `memory`.
+/// The join of the restart test over two rate streams (3,000 and 100 rows a second,
+/// keys `value % 701`: `a`'s kept rows outnumber `b`'s new ones more than 16 times, so
+/// `b`'s rows look theirs up in the index, while `a`'s read all of `b`'s), its
+/// checkpoint in `dir`, its state in `partitions` partitions under `memory`.
 fn rate_join(dir: &std::path::Path, partitions: usize, memory: &str) -> String {
     format!(
         "SET batch_interval = '1 second';
@@ -394,7 +395,7 @@ fn rate_join(dir: &std::path::Path, partitions: usize, memory: &str) -> String {
          SET state_partitions = '{partitions}';
          SET state_memory = '{memory}';
          CREATE STREAM r1 WITH (connector = 'rate', rows_per_second = '3000');
-         CREATE STREAM r2 WITH (connector = 'rate', rows_per_second = '2000');
+         CREATE STREAM r2 WITH (connector = 'rate', rows_per_second = '100');
          CREATE STREAM a WITH (timestamp = 'et', watermark_delay = '1 second') AS
            SELECT value % 701 AS k, value AS v, timestamp AS et FROM r1;
          CREATE STREAM b WITH (timestamp = 'et', watermark_delay = '1 second') AS
@@ -490,12 +491,12 @@ async fn a_keyed_join_restarted_in_2_and_5_spilled_partitions_equals_the_batch_j
             "SELECT a.k, a.v, b.v FROM ({}) a JOIN ({}) b
              ON a.k = b.k AND a.et BETWEEN b.et - INTERVAL '2' SECOND AND b.et + INTERVAL '1' SECOND",
             side(3000),
-            side(2000)
+            side(100)
         ),
     )
     .await;
     s.stop_all().await.unwrap();
-    assert!(batch.len() > 30_000, "{} matches", batch.len());
+    assert!(batch.len() > 5_000, "{} matches", batch.len());
     whole.sort();
     split.sort();
     batch.sort();

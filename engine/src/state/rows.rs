@@ -5,10 +5,14 @@
 //!  segments   one per batch, immutable, in arrival order: its rows as they came (no
 //!             copy), their key hashes, the newest event time among them
 //!  index      hash-partitioned by key into state_partitions parts, built and read
-//!             in parallel: key hash ─▶ chain of (segment, row), newest first
+//!             in parallel: key hash ─▶ chain of (segment, row), newest first; built
+//!             lazily, the first time a probe needs it, then kept up to date
 //!
-//!  matching(probe)  the rows whose key hash a probe row has, gathered from the
-//!                   segments holding them: O(those rows), never the whole state
+//!  matching(probe)  every kept row while they number at most INDEX_RATIO times the
+//!                   probe's (the join's own hash table over them costs less than
+//!                   random lookups into a large index); beyond, the rows whose key
+//!                   hash a probe row has, gathered from the segments holding them:
+//!                   O(those rows), never the whole state
 //!  evict(bound)     segments whose newest time is before the bound go (their index
 //!                   entries at the next rebuild, once half the entries are dead)
 //!  spill            over the memory budget the oldest segments go to Arrow IPC files
@@ -42,6 +46,12 @@ use crate::error::Result;
 
 /// End of an index chain.
 const NONE: u32 = u32::MAX;
+
+/// A probe reads every kept row while they number at most this many times its own
+/// rows, and looks its keys up in the index beyond: DataFusion's hash join over the
+/// rows, built on the probe and streaming the kept rows, costs a few nanoseconds a
+/// kept row, a lookup into an index larger than the caches about a hundred.
+const INDEX_RATIO: usize = 16;
 
 /// `written` of a segment read back from a checkpoint: `state_ttl` counts it from
 /// the first batch after the restore.
@@ -183,6 +193,8 @@ pub(crate) struct KeyedRows {
     /// Index entries, and how many of them point into segments that went.
     entries: usize,
     dead: usize,
+    /// Segments from this id on are not indexed yet.
+    indexed_upto: u32,
     /// Segments written since the last checkpoint.
     pending: Vec<u32>,
     /// Rows in the deltas written since the last full snapshot, and how many deltas.
@@ -223,6 +235,7 @@ impl KeyedRows {
             shards: (0..shards).map(|_| Shard::default()).collect(),
             entries: 0,
             dead: 0,
+            indexed_upto: 0,
             pending: Vec::new(),
             since_full: 0,
             deltas: 0,
@@ -255,13 +268,23 @@ impl KeyedRows {
     pub fn matching(&mut self, probe: &[RecordBatch], keys: &[usize]) -> Result<Vec<RecordBatch>> {
         let probed: usize = probe.iter().map(RecordBatch::num_rows).sum();
         let kept: usize = self.segments.values().map(|s| s.len).sum();
-        if self.shards.is_empty() || keys.len() != self.keys.len() || kept <= probed {
+        if self.shards.is_empty()
+            || keys.len() != self.keys.len()
+            || kept <= probed.saturating_mul(INDEX_RATIO)
+        {
             return self
                 .segments
                 .values()
                 .map(|s| s.read(&self.schema))
                 .collect();
         }
+        let unindexed: Vec<u32> = self
+            .segments
+            .range(self.indexed_upto..)
+            .map(|(id, _)| *id)
+            .collect();
+        self.indexed_upto = self.next_segment;
+        self.index(&unindexed)?;
         let n = self.shards.len();
         let mut asked: Vec<HashSet<u64, BuildHasherDefault<Remix>>> = vec![HashSet::default(); n];
         for b in probe {
@@ -333,7 +356,6 @@ impl KeyedRows {
     /// Keeps `batches` (rows of this state's schema), written at batch time `now`
     /// (ms); spills the oldest segments while the state is over its budget.
     pub fn insert(&mut self, batches: Vec<RecordBatch>, now: i64) -> Result<()> {
-        let mut ids = Vec::with_capacity(batches.len());
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
@@ -359,9 +381,7 @@ impl KeyedRows {
                 },
             );
             self.pending.push(id);
-            ids.push(id);
         }
-        self.index(&ids)?;
         self.spill_over_budget()
     }
 
@@ -411,19 +431,23 @@ impl KeyedRows {
             if let Some(seg) = self.segments.remove(&id) {
                 seg.remove_file();
                 rows += seg.len;
+                if id < self.indexed_upto {
+                    self.dead += seg.len;
+                }
             }
         }
-        if !self.shards.is_empty() {
-            self.dead += rows;
-            if self.dead > 0 && self.dead * 2 >= self.entries {
-                for shard in &mut self.shards {
-                    *shard = Shard::default();
-                }
-                self.entries = 0;
-                self.dead = 0;
-                let ids: Vec<u32> = self.segments.keys().copied().collect();
-                self.index(&ids)?;
+        if self.dead > 0 && self.dead * 2 >= self.entries {
+            for shard in &mut self.shards {
+                *shard = Shard::default();
             }
+            self.entries = 0;
+            self.dead = 0;
+            let ids: Vec<u32> = self
+                .segments
+                .range(..self.indexed_upto)
+                .map(|(id, _)| *id)
+                .collect();
+            self.index(&ids)?;
         }
         Ok(rows)
     }
@@ -522,6 +546,7 @@ impl KeyedRows {
         }
         self.entries = 0;
         self.dead = 0;
+        self.indexed_upto = self.next_segment;
         self.since_full = 0;
         self.deltas = 0;
         self.insert(batches, RESTORED)?;
@@ -566,6 +591,13 @@ mod tests {
         .unwrap()
     }
 
+    /// 100 rows of keys no probe asks for, newer than any other row: a state large
+    /// enough that small probes use the index.
+    fn filler() -> RecordBatch {
+        let rows: Vec<(i64, i64)> = (0..100).map(|i| (1_000 + i, 100)).collect();
+        batch(&rows)
+    }
+
     fn sorted(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
         let mut out: Vec<(i64, i64)> = batches
             .iter()
@@ -605,10 +637,11 @@ mod tests {
             s.insert(vec![batch(&[(1, 10), (2, 20), (1, 30)])], 0)
                 .unwrap();
             s.insert(vec![batch(&[(3, 40), (2, 50)])], 1).unwrap();
+            s.insert(vec![filler()], 2).unwrap();
             let probe = batch(&[(2, 0), (1, 0), (2, 0), (9, 0)]);
             let got = s.matching(std::slice::from_ref(&probe), &[0]).unwrap();
             assert_eq!(sorted(&got), [(1, 10), (1, 30), (2, 20), (2, 50)]);
-            assert_eq!(s.stats().rows, 5);
+            assert_eq!(s.stats().rows, 105);
             assert_eq!(
                 s.stats().spilled_bytes > 0,
                 memory == 0,
@@ -618,9 +651,9 @@ mod tests {
             assert_eq!(s.evict(45).unwrap(), 3);
             let got = s.matching(&[batch(&[(2, 0)])], &[0]).unwrap();
             assert_eq!(sorted(&got), [(2, 50)]);
-            // A probe as large as the state reads all of it.
-            let got = s.matching(&[batch(&[(9, 0), (9, 0)])], &[0]).unwrap();
-            assert_eq!(sorted(&got), [(2, 50), (3, 40)]);
+            // A probe of more than a sixteenth of the state reads all of it.
+            let got = s.matching(&[batch(&[(9, 0); 7])], &[0]).unwrap();
+            assert_eq!(sorted(&got).len(), 102);
         }
     }
 
@@ -636,11 +669,11 @@ mod tests {
     #[test]
     fn deltas_hold_the_rows_since_the_last_checkpoint_and_a_restore_repartitions() {
         let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, None), usize::MAX).unwrap();
-        s.insert(vec![batch(&[(1, 10), (2, 20), (3, 30)])], 0)
+        s.insert(vec![batch(&[(1, 10), (2, 20), (3, 30)]), filler()], 0)
             .unwrap();
         assert!(s.wants_full());
         let (kind, full) = s.checkpoint(true).unwrap();
-        assert_eq!((kind, sorted(&full).len()), (SnapshotKind::Full, 3));
+        assert_eq!((kind, sorted(&full).len()), (SnapshotKind::Full, 103));
         s.insert(vec![batch(&[(4, 40)])], 1).unwrap();
         assert!(!s.wants_full());
         let (kind, delta) = s.checkpoint(false).unwrap();
@@ -651,7 +684,7 @@ mod tests {
         let mut chain = full;
         chain.extend(delta);
         r.restore(chain).unwrap();
-        assert_eq!(r.stats().rows, 4);
+        assert_eq!(r.stats().rows, 104);
         let got = r.matching(&[batch(&[(4, 0), (1, 0)])], &[0]).unwrap();
         assert_eq!(sorted(&got), [(1, 10), (4, 40)]);
     }
