@@ -392,7 +392,7 @@ impl StreamOperator for StreamJoin {
                 n => format!("{n} partitions"),
             };
             format!(
-                "state keyed by {} (hash-partitioned, {partitions}; a batch reads the kept rows of its keys only)",
+                "state keyed by {} (hash-partitioned, {partitions}; a batch much smaller than the kept rows reads those of its keys only)",
                 self.key_names
                     .iter()
                     .map(|(l, r)| format!("{l} = {r}"))
