@@ -43,7 +43,7 @@ const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N
        flumen-benchmarks files --dir DIR [--workload wordcount|q0|q1|q2|q5|q7] [--system flumen|datafusion]
        flumen-benchmarks memory [--events N] [--event-rate N]
        flumen-benchmarks latency [--workload wordcount|q5] [--rate N] [--interval-ms N] [--seconds N]
-       flumen-benchmarks state [--query count|join] [--keys N] [--rows-per-batch N] [--batches N] [--checkpoint DIR] [--partitions N] [--memory SIZE]";
+       flumen-benchmarks state [--query count|join] [--keys N] [--rows-per-batch N] [--batches N] [--checkpoint DIR] [--partitions N] [--memory SIZE] [--set NAME=VALUE]";
 
 #[tokio::main]
 async fn main() -> Result<()> {

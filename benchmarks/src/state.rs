@@ -102,6 +102,13 @@ pub async fn run(args: &[String]) -> Result<()> {
     if let Some(m) = memory {
         script.push_str(&format!("SET state_memory = '{m}';"));
     }
+    // `--set name=value`: any session setting (`SET name = 'value'`), for experiments.
+    if let Some(set) = text_flag(args, "--set") {
+        let Some((name, value)) = set.split_once('=') else {
+            return Err(anyhow!("--set {set}: give name=value"));
+        };
+        script.push_str(&format!("SET {name} = '{value}';"));
+    }
     if let Some(dir) = checkpoint {
         std::fs::create_dir_all(dir)?;
         script.push_str(&format!("SET checkpoint_location = '{dir}';"));
