@@ -224,19 +224,9 @@ impl SideTimes<'_> {
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         });
-        let declared: Vec<Duration> = derived
-            .iter()
-            .filter_map(|s| {
-                self.watermarks
-                    .get(&format!("{s}.{}", field.name()))
-                    .copied()
-            })
-            .collect();
-        if declared.len() == 1 {
-            return Some(declared[0]);
-        }
-        if !raw.is_empty() {
-            let found: Vec<Duration> = raw
+        // The watermark declared on this column by exactly one of `streams`.
+        let declared = |streams: &[String]| -> Option<Duration> {
+            let found: Vec<Duration> = streams
                 .iter()
                 .filter_map(|s| {
                     self.watermarks
@@ -244,7 +234,13 @@ impl SideTimes<'_> {
                         .copied()
                 })
                 .collect();
-            return (found.len() == 1).then(|| found[0]);
+            (found.len() == 1).then(|| found[0])
+        };
+        if let Some(delay) = declared(&derived) {
+            return Some(delay);
+        }
+        if !raw.is_empty() {
+            return declared(&raw);
         }
         windowed.into_iter().max()
     }
