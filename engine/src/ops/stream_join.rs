@@ -55,8 +55,7 @@ struct Side {
     schema: SchemaRef,
     slot: Arc<BatchSlot>,
     time: JoinTime,
-    /// The columns the join's condition equates with the other side's (same types).
-    keys: Vec<usize>,
+    /// Keyed by the columns the join's condition equates with the other side's.
     rows: KeyedRows,
     /// Watermark (ms), once a row was seen on a side with a delay.
     watermark: Option<i64>,
@@ -75,7 +74,6 @@ impl Side {
             )?,
             schema,
             time,
-            keys: Vec::new(),
             watermark: None,
         })
     }
@@ -84,12 +82,11 @@ impl Side {
     fn keyed(&mut self, keys: Vec<usize>, config: &StateConfig) -> Result<()> {
         self.rows = KeyedRows::try_new(
             Arc::clone(&self.schema),
-            keys.clone(),
+            keys,
             self.time.index,
             config,
             config.memory / 2,
         )?;
-        self.keys = keys;
         Ok(())
     }
 
@@ -458,14 +455,17 @@ impl StreamOperator for StreamJoin {
         self.late_rows_last_batch = late_left + late_right;
         let mut out = Vec::new();
         if !new_left.is_empty() {
-            let mut right = self.right.rows.matching(&new_left, &self.left.keys)?;
+            let mut right = self.right.rows.matching(&new_left, self.left.rows.keys())?;
             right.extend(new_right.iter().cloned());
             if !right.is_empty() {
                 out.extend(self.run_join(&new_left, &right).await?);
             }
         }
         if !new_right.is_empty() {
-            let left = self.left.rows.matching(&new_right, &self.right.keys)?;
+            let left = self
+                .left
+                .rows
+                .matching(&new_right, self.right.rows.keys())?;
             if !left.is_empty() {
                 out.extend(self.run_join(&left, &new_right).await?);
             }
@@ -566,19 +566,6 @@ impl StreamOperator for StreamJoin {
     /// from before the store (`left_batches` untagged left batches, then the right
     /// ones), into this join's partitions.
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        let retype = |side: &Side, b: RecordBatch| -> Result<RecordBatch> {
-            if b.num_columns() != side.schema.fields().len() {
-                return Err(crate::error::Error::Checkpoint(format!(
-                    "a StreamJoin snapshot has {} columns on a side with {}",
-                    b.num_columns(),
-                    side.schema.fields().len()
-                )));
-            }
-            Ok(RecordBatch::try_new(
-                Arc::clone(&side.schema),
-                b.columns().to_vec(),
-            )?)
-        };
         let (mut left, mut right) = (Vec::new(), Vec::new());
         if let Some(n) = state.meta["left_batches"].as_u64() {
             let mut batches = state.batches;
@@ -609,14 +596,6 @@ impl StreamOperator for StreamJoin {
                 "a StreamJoin snapshot without left_batches or state".into(),
             ));
         }
-        let left = left
-            .into_iter()
-            .map(|b| retype(&self.left, b))
-            .collect::<Result<Vec<_>>>()?;
-        let right = right
-            .into_iter()
-            .map(|b| retype(&self.right, b))
-            .collect::<Result<Vec<_>>>()?;
         self.left.rows.restore(left)?;
         self.right.rows.restore(right)?;
         self.left.watermark = state.meta["left_watermark"].as_i64();

@@ -35,9 +35,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{max, take};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{max, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::hash_utils::create_hashes;
 
 use super::partition::{read_spill, write_spill};
@@ -53,9 +53,12 @@ const NONE: u32 = u32::MAX;
 /// kept row, a lookup into an index larger than the caches about a hundred.
 const INDEX_RATIO: usize = 16;
 
-/// `written` of a segment read back from a checkpoint: `state_ttl` counts it from
-/// the first batch after the restore.
+/// `written` of a segment read back from a checkpoint that did not record it:
+/// `state_ttl` counts it from the first batch after the restore.
 const RESTORED: i64 = i64::MAX;
+
+/// The column a checkpoint adds to each segment's rows: when it was written (ms).
+const WRITTEN: &str = "__written";
 
 /// Hashes the already well mixed key hashes once more, so that the hash table's
 /// control bits (the top ones) do not repeat the partition's (also the top ones).
@@ -99,8 +102,10 @@ struct Segment {
     rows: Option<RecordBatch>,
     /// The spill file and its size, once spilled.
     spilled: Option<(PathBuf, u64)>,
-    /// The key hash of each row (the index is rebuilt from them).
-    hashes: Vec<u64>,
+    /// The key hash of each row, once the segment is indexed (the index is rebuilt
+    /// from them); computed only then, so a join that never uses the index never
+    /// hashes its kept rows.
+    hashes: Option<Vec<u64>>,
     len: usize,
     /// The newest event time (ms) among the rows.
     newest: i64,
@@ -110,17 +115,24 @@ struct Segment {
 
 impl Segment {
     fn memory(&self) -> usize {
-        self.rows.as_ref().map_or(0, |b| b.get_array_memory_size()) + self.hashes.capacity() * 8
+        self.rows.as_ref().map_or(0, |b| b.get_array_memory_size())
+            + self.hashes.as_ref().map_or(0, |h| h.capacity() * 8)
     }
 
     /// Its rows, read back from its spill file if spilled (not kept resident).
     fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
         match (&self.rows, &self.spilled) {
             (Some(b), _) => Ok(b.clone()),
-            (None, Some((path, _))) => Ok(datafusion::arrow::compute::concat_batches(
-                schema,
-                &read_spill(path)?,
-            )?),
+            (None, Some((path, _))) => {
+                let mut batches = read_spill(path)?;
+                // Written as one batch, read back as one.
+                match batches.len() {
+                    1 => Ok(batches.remove(0)),
+                    _ => Ok(datafusion::arrow::compute::concat_batches(
+                        schema, &batches,
+                    )?),
+                }
+            }
             (None, None) => Ok(RecordBatch::new_empty(Arc::clone(schema))),
         }
     }
@@ -246,6 +258,11 @@ impl KeyedRows {
         })
     }
 
+    /// The key columns.
+    pub fn keys(&self) -> &[usize] {
+        &self.keys
+    }
+
     /// Partitions of the index (1 without keys).
     pub fn partitions(&self) -> usize {
         self.shards.len().max(1)
@@ -318,13 +335,7 @@ impl KeyedRows {
                 continue;
             }
             picked.sort_unstable();
-            let picked = UInt32Array::from(picked);
-            let columns = batch
-                .columns()
-                .iter()
-                .map(|c| take(c.as_ref(), &picked, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            out.push(take_record_batch(&batch, &UInt32Array::from(picked))?);
         }
         Ok(out)
     }
@@ -337,10 +348,13 @@ impl KeyedRows {
         }
         let mut routed: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
         for id in ids {
-            let Some(seg) = self.segments.get(id) else {
+            let Some(seg) = self.segments.get_mut(id) else {
                 continue;
             };
-            for (row, h) in seg.hashes.iter().enumerate() {
+            if seg.hashes.is_none() {
+                seg.hashes = Some(Self::hash(&seg.read(&self.schema)?, &self.keys)?);
+            }
+            for (row, h) in seg.hashes.iter().flatten().enumerate() {
                 routed[partition_of(*h, n)].push((pack(*id, row), *h));
                 self.entries += 1;
             }
@@ -360,11 +374,6 @@ impl KeyedRows {
             if b.num_rows() == 0 {
                 continue;
             }
-            let hashes = if self.shards.is_empty() {
-                Vec::new()
-            } else {
-                Self::hash(&b, &self.keys)?
-            };
             let times =
                 crate::ops::timestamp_millis(b.column(self.time), "a stream join's time column")?;
             let id = self.next_segment;
@@ -375,7 +384,7 @@ impl KeyedRows {
                     len: b.num_rows(),
                     rows: Some(b),
                     spilled: None,
-                    hashes,
+                    hashes: None,
                     newest: max(&times).unwrap_or(i64::MIN),
                     written: now,
                 },
@@ -509,8 +518,26 @@ impl KeyedRows {
             || self.deltas >= MAX_DELTAS
     }
 
-    /// What a checkpoint writes: the rows kept since the previous one (`full`: every
-    /// row kept).
+    /// A segment as a checkpoint holds it: its rows and a last column, [`WRITTEN`],
+    /// the batch time it was written at (so `state_ttl` goes on counting from there
+    /// after a restart).
+    fn checkpointed(&self, seg: &Segment) -> Result<RecordBatch> {
+        let rows = seg.read(&self.schema)?;
+        let mut fields = self.schema.fields().to_vec();
+        fields.push(Arc::new(Field::new(WRITTEN, DataType::Int64, false)));
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from_value(
+            seg.written,
+            rows.num_rows(),
+        )));
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
+    /// What a checkpoint writes: the segments kept since the previous one (`full`:
+    /// every one), each as [`KeyedRows::checkpointed`] gives it.
     pub fn checkpoint(&mut self, full: bool) -> Result<(SnapshotKind, Vec<RecordBatch>)> {
         self.checkpointed = true;
         let pending = std::mem::take(&mut self.pending);
@@ -520,23 +547,45 @@ impl KeyedRows {
             let rows = self
                 .segments
                 .values()
-                .map(|s| s.read(&self.schema))
+                .map(|s| self.checkpointed(s))
                 .collect::<Result<_>>()?;
             return Ok((SnapshotKind::Full, rows));
         }
         let rows: Vec<RecordBatch> = pending
             .iter()
             .filter_map(|id| self.segments.get(id))
-            .map(|s| s.read(&self.schema))
+            .map(|s| self.checkpointed(s))
             .collect::<Result<_>>()?;
         self.since_full += rows.iter().map(RecordBatch::num_rows).sum::<usize>();
         self.deltas += 1;
         Ok((SnapshotKind::Delta, rows))
     }
 
-    /// Replaces the rows with `batches` (a full snapshot and its deltas), indexed by
-    /// this state's partition count; `state_ttl` counts them from the next batch.
+    /// Replaces the rows with `batches` (a full snapshot and its deltas, each batch a
+    /// segment as [`KeyedRows::checkpointed`] gives it, or without the [`WRITTEN`]
+    /// column from before it was written: `state_ttl` counts those from the next
+    /// batch), indexed by this state's partition count.
     pub fn restore(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let width = self.schema.fields().len();
+        let mut segments = Vec::with_capacity(batches.len());
+        for b in batches {
+            let written = match b.num_columns() {
+                n if n == width => RESTORED,
+                n if n == width + 1 => b
+                    .column(width)
+                    .as_primitive_opt::<Int64Type>()
+                    .and_then(|w| w.iter().flatten().max())
+                    .unwrap_or(RESTORED),
+                n => {
+                    return Err(crate::error::Error::Checkpoint(format!(
+                        "a stream join's snapshot has {n} columns on a side with {width}"
+                    )));
+                }
+            };
+            let rows =
+                RecordBatch::try_new(Arc::clone(&self.schema), b.columns()[..width].to_vec())?;
+            segments.push((rows, written));
+        }
         for seg in self.segments.values() {
             seg.remove_file();
         }
@@ -549,7 +598,9 @@ impl KeyedRows {
         self.indexed_upto = self.next_segment;
         self.since_full = 0;
         self.deltas = 0;
-        self.insert(batches, RESTORED)?;
+        for (rows, written) in segments {
+            self.insert(vec![rows], written)?;
+        }
         self.pending.clear();
         self.restamp = true;
         Ok(())
@@ -699,5 +750,14 @@ mod tests {
         let got = s.matching(&[batch(&[(1, 0), (2, 0)])], &[0]).unwrap();
         assert_eq!(sorted(&got), [(1, 30)]);
         assert_eq!(s.stats().evicted, 2);
+        // Restored from its checkpoint, a row's age goes on from when it was written:
+        // written at 1,050, it goes at 1,151, not 100 ms after the restart.
+        let (_, rows) = s.checkpoint(true).unwrap();
+        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(3, ttl), usize::MAX).unwrap();
+        r.restore(rows).unwrap();
+        r.expire(1_140).unwrap();
+        assert_eq!(r.stats().rows, 1);
+        r.expire(1_151).unwrap();
+        assert_eq!(r.stats().rows, 0);
     }
 }
