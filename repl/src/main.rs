@@ -122,9 +122,9 @@ fn init_logging() {
 #[tokio::main]
 async fn main() -> ExitCode {
     // No raw panic reaches the user: a bug is reported as one, with exit code 101.
-    // Output piped into a reader that stopped (`flumen -c ... | head`) is not a bug:
-    // Rust's printing panics on the broken pipe, where a Unix tool would die of
-    // SIGPIPE; exit quietly with the shell's code for that (128 + 13).
+    // Output (or errors) piped into a reader that stopped (`flumen -c ... | head`) is
+    // not a bug: Rust's printing panics on the broken pipe, where a Unix tool would
+    // die of SIGPIPE; exit quietly with the shell's code for that (128 + 13).
     std::panic::set_hook(Box::new(|info| {
         let message = info
             .payload()
@@ -132,7 +132,7 @@ async fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
             std::process::exit(141);
         }
         let _ = std::io::Write::write_fmt(

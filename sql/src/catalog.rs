@@ -152,6 +152,7 @@ impl Catalog {
     }
 
     /// Event-time columns with their watermark delay, keyed `stream.column`.
+    /// [`declared_watermark`] reads them.
     pub fn watermarks(&self) -> HashMap<String, Duration> {
         self.objects
             .lock()
@@ -271,4 +272,18 @@ impl TableProvider for StreamPlaceholder {
             self.name
         )
     }
+}
+
+/// The watermark delay declared on `column` by exactly one of `streams` (`None` when
+/// none or several do), from [`Catalog::watermarks`].
+pub(crate) fn declared_watermark<'a>(
+    watermarks: &HashMap<String, Duration>,
+    streams: impl IntoIterator<Item = &'a str>,
+    column: &str,
+) -> Option<Duration> {
+    let found: Vec<Duration> = streams
+        .into_iter()
+        .filter_map(|s| watermarks.get(&format!("{s}.{column}")).copied())
+        .collect();
+    (found.len() == 1).then(|| found[0])
 }

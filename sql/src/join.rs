@@ -224,17 +224,12 @@ impl SideTimes<'_> {
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         });
-        // The watermark declared on this column by exactly one of `streams`.
-        let declared = |streams: &[String]| -> Option<Duration> {
-            let found: Vec<Duration> = streams
-                .iter()
-                .filter_map(|s| {
-                    self.watermarks
-                        .get(&format!("{s}.{}", field.name()))
-                        .copied()
-                })
-                .collect();
-            (found.len() == 1).then(|| found[0])
+        let declared = |streams: &[String]| {
+            crate::catalog::declared_watermark(
+                self.watermarks,
+                streams.iter().map(String::as_str),
+                field.name(),
+            )
         };
         if let Some(delay) = declared(&derived) {
             return Some(delay);

@@ -229,15 +229,14 @@ fn watermark_delay(
             .relation
             .as_ref()
             .and_then(|r| time.watermarks.get(&format!("{}.{}", r.table(), c.name)))
+            .copied()
             .or_else(|| {
-                let found: Vec<&Duration> = time
-                    .streams
-                    .iter()
-                    .filter_map(|s| time.watermarks.get(&format!("{s}.{}", c.name)))
-                    .collect();
-                (found.len() == 1).then(|| found[0])
-            })
-            .copied(),
+                crate::catalog::declared_watermark(
+                    time.watermarks,
+                    time.streams.iter().map(String::as_str),
+                    &c.name,
+                )
+            }),
         _ => None,
     };
     if mode == OutputMode::Append && delay.is_none() {
