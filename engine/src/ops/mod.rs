@@ -29,7 +29,6 @@ pub mod stream_join;
 mod test_input;
 pub mod top_n;
 pub mod window;
-mod window_state;
 
 pub use aggregate::{
     EventTimeWindow, RunningAggregate, SessionAggregate, WindowAggregate, WindowDisplay,

@@ -416,9 +416,19 @@ impl KeyedState {
     /// `bound`) the watermark `up_to` passed; how many.
     pub(crate) fn evict_until(&mut self, up_to: i64, bound: &BoundFn) -> Result<usize> {
         Ok(self
-            .all(|p, ()| p.evict_until(up_to, bound))?
+            .all(|p, ()| Ok(p.evict_until(up_to, bound, false)?.0))?
             .into_iter()
             .sum())
+    }
+
+    /// [`KeyedState::evict_until`], returning the rows dropped (keys, values,
+    /// `__updated`): what closed.
+    pub(crate) fn take_until(&mut self, up_to: i64, bound: &BoundFn) -> Result<Vec<RecordBatch>> {
+        Ok(self
+            .all(|p, ()| Ok(p.evict_until(up_to, bound, true)?.1))?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     pub fn stats(&self) -> StateStats {

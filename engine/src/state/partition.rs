@@ -19,7 +19,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
 };
-use datafusion::arrow::compute::{filter_record_batch, interleave, take};
+use datafusion::arrow::compute::{filter_record_batch, interleave, take, take_record_batch};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
@@ -597,11 +597,17 @@ impl Partition {
     }
 
     /// Drops the live rows whose bound (`bound` gives it per row: a window's end) is at
-    /// most `up_to` (the watermark); how many. A segment is read again only while it
-    /// may hold such rows.
-    pub fn evict_until(&mut self, up_to: i64, bound: &BoundFn) -> Result<usize> {
+    /// most `up_to` (the watermark); how many, and the rows themselves when `keep_rows`
+    /// (append-mode windows emit what they drop). A segment is read again only while
+    /// it may hold such rows.
+    pub fn evict_until(
+        &mut self,
+        up_to: i64,
+        bound: &BoundFn,
+        keep_rows: bool,
+    ) -> Result<(usize, Vec<RecordBatch>)> {
         if self.resident.is_none() && !self.may_be_due(up_to, true) {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let r = self.resident()?;
         let Resident {
@@ -611,6 +617,8 @@ impl Partition {
             ..
         } = r;
         let mut evicted = 0;
+        let mut taken = Vec::new();
+        let mut rows_due: Vec<u32> = Vec::new();
         let ids: Vec<u32> = segments.keys().copied().collect();
         for id in ids {
             let Some(seg) = segments.get_mut(&id) else {
@@ -621,7 +629,7 @@ impl Partition {
             }
             let bounds = bound(&seg.rows)?;
             let mut min = i64::MAX;
-            let mut dead = 0;
+            rows_due.clear();
             for (row, slot) in seg.slots.iter().enumerate() {
                 if loc[*slot as usize] != pack(id, row) {
                     continue;
@@ -629,11 +637,19 @@ impl Partition {
                 match bounds.get(row).copied().flatten() {
                     Some(b) if b <= up_to => {
                         loc[*slot as usize] = NONE;
-                        dead += 1;
+                        rows_due.push(row as u32);
                     }
                     Some(b) => min = min.min(b),
                     None => {}
                 }
+            }
+            let dead = rows_due.len();
+            if keep_rows && dead > 0 {
+                taken.push(if dead == seg.rows.num_rows() {
+                    seg.rows.clone()
+                } else {
+                    take_record_batch(&seg.rows, &UInt32Array::from(rows_due.clone()))?
+                });
             }
             seg.live -= dead;
             seg.min_bound = Some(min);
@@ -644,7 +660,7 @@ impl Partition {
             }
         }
         self.compact_index()?;
-        Ok(evicted)
+        Ok((evicted, taken))
     }
 
     /// Rebuilds the key index from the live rows once most of its keys are gone

@@ -9,14 +9,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 
-use super::super::window_state::new_accumulators;
 use crate::state::KeyedState;
 use crate::{Result, internal_err};
 
@@ -254,9 +253,21 @@ impl PartialAggregate {
     pub fn fold_groups(
         &self,
         groups: usize,
+        previous: (&[ArrayRef], &[usize]),
+        rows: (&[ArrayRef], &[usize]),
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let state = self.fold_state(groups, previous, rows)?;
+        let output = self.evaluate(&state, groups)?;
+        Ok((state, output))
+    }
+
+    /// [`PartialAggregate::fold_groups`]'s new state columns only.
+    pub fn fold_state(
+        &self,
+        groups: usize,
         (previous, previous_group): (&[ArrayRef], &[usize]),
         (rows, row_group): (&[ArrayRef], &[usize]),
-    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+    ) -> Result<Vec<ArrayRef>> {
         let planned = self.planned()?;
         let mut accs = self.accumulators()?;
         let mut col = 0;
@@ -272,8 +283,7 @@ impl PartialAggregate {
         for acc in accs.iter_mut() {
             state.extend(acc.state(EmitTo::All)?);
         }
-        let output = self.evaluate(&state, groups)?;
-        Ok((state, output))
+        Ok(state)
     }
 
     /// Each aggregate's value from `groups` groups' state columns.
@@ -323,31 +333,65 @@ impl PartialAggregate {
     }
 }
 
+/// Fresh accumulators for `aggregates`, the vectorised kind where DataFusion has one.
+pub(crate) fn new_accumulators(
+    aggregates: &[Arc<AggregateFunctionExpr>],
+) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+    aggregates
+        .iter()
+        .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+            if a.groups_accumulator_supported() {
+                Ok(a.create_groups_accumulator()?)
+            } else {
+                let a = Arc::clone(a);
+                Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                    a.create_accumulator()
+                })))
+            }
+        })
+        .collect()
+}
+
 /// A batch's partial rows (`input`, the partial aggregate's layout) merged into
 /// `store` at batch time `now`: only the groups they touch, every partition in
-/// parallel. Per partition, the touched groups' keys then every aggregate's value.
+/// parallel. With `emit`, per partition, the touched groups' keys then every
+/// aggregate's value (none otherwise: append mode emits at close).
 pub(crate) fn merge_touched(
     agg: &PartialAggregate,
     store: &mut KeyedState,
     input: &RecordBatch,
     now: i64,
+    emit: bool,
 ) -> Result<Vec<Vec<ArrayRef>>> {
     let nk = agg.keys();
     let cutoff = store.cutoff(now);
     let routed = store.route(input.columns(), input.num_rows())?;
-    store.for_each(routed, |p, columns: Vec<ArrayRef>| {
+    let touched = store.for_each(routed, |p, columns: Vec<ArrayRef>| {
         let rows = columns.first().map_or(0, |c| c.len());
         let touched = p.touch(&columns, rows, cutoff)?;
-        let (values, output) = agg.fold_groups(
-            touched.len(),
-            (&touched.previous, &touched.previous_group),
-            (&columns[nk..], &touched.row_group),
-        )?;
+        let previous = (&touched.previous[..], &touched.previous_group[..]);
+        let batch = (&columns[nk..], &touched.row_group[..]);
+        if !emit {
+            let values = agg.fold_state(touched.len(), previous, batch)?;
+            p.put(touched, values, None, now, cutoff)?;
+            return Ok(None);
+        }
+        let (values, output) = agg.fold_groups(touched.len(), previous, batch)?;
         let mut out = touched.keys.clone();
         out.extend(output);
         p.put(touched, values, None, now, cutoff)?;
-        Ok(out)
-    })
+        Ok(Some(out))
+    })?;
+    Ok(touched.into_iter().flatten().collect())
+}
+
+/// Keys + every aggregate's value of stored rows (keys, state columns, `__updated`).
+pub(crate) fn evaluate_rows(agg: &PartialAggregate, rows: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    let nk = agg.keys();
+    let width = rows.num_columns() - 1;
+    let mut columns = rows.columns()[..nk].to_vec();
+    columns.extend(agg.evaluate(&rows.columns()[nk..width], rows.num_rows())?);
+    Ok(columns)
 }
 
 /// Every group in `store` (rows written before `cutoff` left out) as its keys then
@@ -357,16 +401,11 @@ pub(crate) fn evaluate_all(
     store: &mut KeyedState,
     cutoff: Option<i64>,
 ) -> Result<Vec<Vec<ArrayRef>>> {
-    let nk = agg.keys();
-    let width = store.schema().fields().len() - 1;
     let per_partition = store.all(|p, ()| {
-        let mut groups = Vec::new();
-        for b in p.scan(cutoff)? {
-            let mut columns = b.columns()[..nk].to_vec();
-            columns.extend(agg.evaluate(&b.columns()[nk..width], b.num_rows())?);
-            groups.push(columns);
-        }
-        Ok(groups)
+        p.scan(cutoff)?
+            .iter()
+            .map(|b| evaluate_rows(agg, b))
+            .collect::<Result<Vec<_>>>()
     })?;
     Ok(per_partition.into_iter().flatten().collect())
 }

@@ -155,7 +155,7 @@ impl StreamOperator for RunningAggregate {
             return crate::internal_err!("RunningAggregate used before plan_input");
         };
         let cutoff = state.cutoff(now);
-        let changed = merge_touched(&self.agg, state, &input, now)?
+        let changed = merge_touched(&self.agg, state, &input, now, self.changed_only)?
             .into_iter()
             .map(|columns| RecordBatch::try_new(Arc::clone(&self.output_schema), columns))
             .collect::<Result<Vec<_>, _>>()?;

@@ -1,10 +1,10 @@
 //! [`WindowAggregate`]: a `GROUP BY` over tumbling or hopping event-time windows (or
-//! windows over batch time). In append mode with a watermark, each window's groups
-//! live in a table of their own ([`WindowState`]) that the watermark closes and
-//! drops whole; otherwise the groups are merged as a running aggregate's are, and the
-//! watermark filters what is emitted and kept.
+//! windows over batch time). The groups (window and keys) are merged in the keyed
+//! state store as a running aggregate's are; the watermark evicts the windows it
+//! closed, which append mode emits as it drops them. Append mode without a watermark
+//! re-merges its groups each batch.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::ArrayRef;
@@ -17,9 +17,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::{
     self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
 };
-use super::partial::{PartialAggregate, evaluate_all, merge_touched};
+use super::partial::{PartialAggregate, evaluate_all, evaluate_rows, merge_touched};
 use crate::Result;
-use crate::ops::window_state::WindowState;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
 
@@ -32,8 +31,8 @@ pub struct WindowAggregate {
     pub(super) changed_only: bool,
     /// How EXPLAIN shows it.
     display: WindowDisplay,
-    /// Every group, when not kept per window (update and complete mode): keys + state
-    /// columns in the keyed state store; closed windows are evicted from it.
+    /// Every group (keys + state columns) in the keyed state store, but in append mode
+    /// without a watermark; closed windows are evicted from it.
     store: Option<KeyedState>,
     config: StateConfig,
     /// A checkpoint's rows given before the input was planned.
@@ -41,11 +40,6 @@ pub struct WindowAggregate {
     /// Append mode without eviction (no watermark of its own): keys + state columns
     /// of every group, re-merged each batch.
     state: Option<RecordBatch>,
-    /// Append-mode windows whose state the watermark evicts: kept per window in
-    /// persistent tables instead of `state`. (DataFusion's tables are `Send` but not
-    /// `Sync`; the lock is only ever taken through `&mut self`, uncontended, or by
-    /// `state_rows`.)
-    windows: Option<Mutex<WindowState>>,
 }
 
 impl WindowAggregate {
@@ -69,48 +63,7 @@ impl WindowAggregate {
             config: StateConfig::default(),
             restored: None,
             state: None,
-            windows: None,
         })
-    }
-
-    fn windows_mut(&mut self) -> Option<&mut WindowState> {
-        self.windows
-            .as_mut()
-            .map(|w| w.get_mut().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Append mode with per-window tables: merge, then emit what the watermark closed.
-    fn process_windows(
-        &mut self,
-        ctx: &OperatorContext,
-        input: Vec<RecordBatch>,
-        max_event_time: Option<i64>,
-    ) -> Result<Vec<RecordBatch>> {
-        let w = self.time.window;
-        if let Some(windows) = self.windows_mut() {
-            for batch in &input {
-                windows.merge(batch, &window_ends(batch.column(w.key_index))?)?;
-            }
-        }
-        self.time.advance(ctx, max_event_time);
-        let mut out = Vec::new();
-        if let Some(wm) = self.time.watermark
-            && let Some(windows) = self.windows_mut()
-        {
-            for mut columns in windows.close(wm)? {
-                if let Some(size) = w.keyed_by_end {
-                    columns[w.key_index] = window_structs_from_ends(&columns[w.key_index], size)?;
-                }
-                out.push(RecordBatch::try_new(
-                    Arc::clone(&self.output_schema),
-                    columns,
-                )?);
-            }
-        }
-        if out.is_empty() {
-            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
-        }
-        Ok(out)
     }
 }
 
@@ -128,9 +81,9 @@ impl WindowAggregate {
         self
     }
 
-    /// Update and complete mode: the batch's groups merged in the store (the groups
-    /// it touched, on every core); then every group (complete) or the touched ones
-    /// (update) emitted, and the windows the watermark closed evicted.
+    /// The batch's groups merged in the store (the groups it touched, on every
+    /// core); then every group (complete mode), the touched ones (update) or the
+    /// windows the watermark closed (append) emitted, and the closed windows evicted.
     fn process_store(
         &mut self,
         ctx: &OperatorContext,
@@ -144,9 +97,11 @@ impl WindowAggregate {
             return crate::internal_err!("WindowAggregate used before plan_input");
         };
         let cutoff = store.cutoff(now);
-        let touched = merge_touched(&self.agg, store, &input, now)?;
+        let touched = merge_touched(&self.agg, store, &input, now, self.changed_only)?;
         self.time.advance(ctx, max_event_time);
-        let groups = if self.changed_only {
+        let groups = if self.time.window.emit_closed_only {
+            self.take_closed()?
+        } else if self.changed_only {
             touched
         } else {
             evaluate_all(&self.agg, store, cutoff)?
@@ -160,6 +115,53 @@ impl WindowAggregate {
             out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
         }
         Ok(out)
+    }
+
+    /// Append mode: the groups of the windows the watermark closed, taken out of the
+    /// store, each as its keys then every aggregate's value.
+    fn take_closed(&mut self) -> Result<Vec<Vec<ArrayRef>>> {
+        let (Some(wm), Some(store)) = (self.time.watermark, self.store.as_mut()) else {
+            return Ok(Vec::new());
+        };
+        let key = self.time.window.key_index;
+        store
+            .take_until(wm, &move |rows: &RecordBatch| {
+                Ok(window_ends(rows.column(key))?.iter().collect())
+            })?
+            .iter()
+            .map(|rows| evaluate_rows(&self.agg, rows))
+            .collect()
+    }
+
+    /// Checkpointed rows in the store's layout. Append-mode windows written before
+    /// they moved onto the store kept one table per window without the hidden
+    /// `max(event time)` and `count(*)`: those come back as nulls and zero counts
+    /// (neither is read from stored groups).
+    fn conform(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let planned = self.agg.planned()?;
+        let fields = planned.partial_schema.fields();
+        let stored = planned.aggregates.len().saturating_sub(2);
+        let old_width = self.agg.keys() + planned.state_widths[..stored].iter().sum::<usize>();
+        rows.into_iter()
+            .map(|b| {
+                if b.num_columns() != old_width || old_width == fields.len() {
+                    return Ok(b);
+                }
+                let mut columns = b.columns().to_vec();
+                for f in &fields[old_width..] {
+                    columns.push(if f.is_nullable() {
+                        datafusion::arrow::array::new_null_array(f.data_type(), b.num_rows())
+                    } else {
+                        let zero = datafusion::common::ScalarValue::new_zero(f.data_type())?;
+                        zero.to_array_of_size(b.num_rows())?
+                    });
+                }
+                Ok(RecordBatch::try_new(
+                    Arc::clone(&planned.partial_schema),
+                    columns,
+                )?)
+            })
+            .collect()
     }
 
     /// Keys + every aggregate's value as an output batch: the hidden aggregates
@@ -231,35 +233,27 @@ impl StreamOperator for WindowAggregate {
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
         let w = self.time.window;
-        if w.emit_closed_only && w.evict_closed {
-            // The hidden max(event time) and count(*) are read from each batch's
-            // partials; the windows need not store them.
-            let planned = self.agg.planned()?;
-            let stored = planned.aggregates.len() - 2;
-            self.windows = Some(Mutex::new(WindowState::try_new(
-                &planned.partial_schema,
-                self.agg.keys(),
-                w.key_index,
-                planned.aggregates[..stored].to_vec(),
-                planned.state_widths[..stored].to_vec(),
-            )?));
-            if let Some(batches) = self.restored.take() {
-                let meta = serde_json::json!({ "watermark": self.time.watermark });
-                self.restore(crate::checkpoint::OperatorState { batches, meta })?;
-            }
-        } else if !w.emit_closed_only {
-            let planned = self.agg.planned()?;
-            let fields = planned.partial_schema.fields();
-            let nk = self.agg.keys();
-            let mut store = KeyedState::try_new(&fields[..nk], &fields[nk..], self.config.clone())?;
+        if w.emit_closed_only && !w.evict_closed {
             if let Some(rows) = self.restored.take() {
-                store.restore(rows)?;
+                self.state = super::partial::restored_state(&rows)?;
             }
-            self.store = Some(store);
-            self.evict_closed()?;
-        } else if let Some(rows) = self.restored.take() {
-            self.state = super::partial::restored_state(&rows)?;
+            return Ok(plan);
         }
+        let planned = self.agg.planned()?;
+        let fields = planned.partial_schema.fields();
+        let nk = self.agg.keys();
+        let mut config = self.config.clone();
+        if w.emit_closed_only {
+            // The watermark bounds append-mode windows; a time-to-live would drop a
+            // group before its window closed, and with it the group's only output.
+            config.ttl = None;
+        }
+        let mut store = KeyedState::try_new(&fields[..nk], &fields[nk..], config)?;
+        if let Some(rows) = self.restored.take() {
+            store.restore(self.conform(rows)?)?;
+        }
+        self.store = Some(store);
+        self.evict_closed()?;
         Ok(plan)
     }
 
@@ -269,9 +263,6 @@ impl StreamOperator for WindowAggregate {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let (input, max_event_time) = self.time.drop_late(&self.agg, input)?;
-        if self.windows.is_some() {
-            return Ok(Some(self.process_windows(ctx, input, max_event_time)?));
-        }
         if self.store.is_some() {
             return Ok(Some(self.process_store(ctx, input, max_event_time)?));
         }
@@ -285,17 +276,9 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn state_stats(&self) -> StateStats {
-        match (&self.windows, &self.store) {
-            (Some(w), _) => {
-                let w = w.lock().unwrap_or_else(|e| e.into_inner());
-                StateStats {
-                    rows: w.rows() as u64,
-                    memory_bytes: w.bytes() as u64,
-                    ..Default::default()
-                }
-            }
-            (None, Some(store)) => store.stats(),
-            (None, None) => StateStats {
+        match &self.store {
+            Some(store) => store.stats(),
+            None => StateStats {
                 rows: self.state.as_ref().map_or(0, |s| s.num_rows() as u64),
                 memory_bytes: self
                     .state
@@ -308,19 +291,14 @@ impl StreamOperator for WindowAggregate {
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         let mut meta = serde_json::json!({ "watermark": self.time.watermark });
-        let windows = self
-            .windows
-            .as_mut()
-            .map(|w| w.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let batches = match (windows, self.store.as_mut()) {
-            (Some(w), _) => w.snapshot()?,
-            (None, Some(store)) => {
+        let batches = match self.store.as_mut() {
+            Some(store) => {
                 let snapshot = store.snapshot()?;
                 meta["state"] = snapshot.meta["state"].clone();
                 meta["partitions"] = snapshot.meta["partitions"].clone();
                 snapshot.batches
             }
-            (None, None) => match &self.state {
+            None => match &self.state {
                 Some(state) => vec![state.clone()],
                 None => self.restored.clone().unwrap_or_default(),
             },
@@ -330,39 +308,23 @@ impl StreamOperator for WindowAggregate {
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
         self.time.watermark = state.meta["watermark"].as_i64();
-        let key = self.time.window.key_index;
-        if let Some(windows) = self.windows_mut() {
-            // A restore replaces the state (a restart after a failure restores again).
-            windows.clear();
-            for batch in &state.batches {
-                if batch.schema().fields() != windows.snapshot_schema().fields() {
-                    return Err(crate::error::Error::Checkpoint(format!(
-                        "the window state in the checkpoint has {} columns, this query keeps {}: it was written by another version of the query",
-                        batch.num_columns(),
-                        windows.snapshot_schema().fields().len()
-                    )));
-                }
-                windows.merge(batch, &window_ends(batch.column(key))?)?;
+        if self.store.is_some() {
+            let rows = self.conform(state.batches)?;
+            if let Some(store) = self.store.as_mut() {
+                store.restore(rows)?;
             }
-            return Ok(());
+            // A delta does not record the windows closed since the full snapshot
+            // (append mode emitted them before that checkpoint: they go unemitted).
+            return self.evict_closed();
         }
-        match self.store.as_mut() {
-            Some(store) => {
-                store.restore(state.batches)?;
-                // A delta does not record the windows closed since the full snapshot.
-                self.evict_closed()
-            }
+        if self.agg.planned().is_ok() {
             // Append mode without eviction, planned: re-merged each batch.
-            None if self.agg.planned().is_ok() => {
-                self.state = super::partial::restored_state(&state.batches)?;
-                Ok(())
-            }
+            self.state = super::partial::restored_state(&state.batches)?;
+        } else {
             // Not planned yet: `plan_input` puts them where they belong.
-            None => {
-                self.restored = Some(state.batches);
-                Ok(())
-            }
+            self.restored = Some(state.batches);
         }
+        Ok(())
     }
 
     fn late_rows(&self) -> u64 {
@@ -482,44 +444,103 @@ mod tests {
         assert_eq!(op.watermark(), Some(14_000));
     }
 
+    /// Both modes in 7 spilled partitions (append with a time-to-live far shorter
+    /// than its windows, which it must not apply) emit and keep what one partition in
+    /// memory does; a snapshot and restore in between changes nothing.
     #[tokio::test]
-    async fn update_mode_in_seven_spilled_partitions_emits_and_evicts_as_one_partition_does() {
-        let spilled_config = StateConfig {
-            partitions: 7,
-            memory: 1,
-            ttl: None,
-            spill_dir: None,
-        };
-        let (plain_input, mut plain) = (input(), tumbling(false).await);
-        let spilled_input = input();
-        let mut spilled = tumbling(false).await.with_state_config(spilled_config);
-        for b in 0..6i64 {
-            let keys: Vec<String> = (0..300)
-                .map(|i| format!("k{}", (i * 7 + b) % 120))
-                .collect();
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            // Event time moves 4 s a batch: windows close behind the watermark.
-            let ms: Vec<i64> = (0..300).map(|i| b * 4_000 + i * 10).collect();
-            let batch = rows_at(&refs, &ms);
-            let want = plain_input.run(&mut plain, b, vec![batch.clone()]).await;
-            let got = spilled_input.run(&mut spilled, b, vec![batch]).await;
-            assert_eq!(rows(&got), rows(&want), "batch {b}");
-            assert_eq!(spilled.state_rows(), plain.state_rows(), "batch {b}");
+    async fn seven_spilled_partitions_emit_and_evict_as_one_partition_does() {
+        for append in [false, true] {
+            let spilled_config = StateConfig {
+                partitions: 7,
+                memory: 1,
+                ttl: append.then_some(Duration::from_millis(1)),
+                spill_dir: None,
+            };
+            let (plain_input, mut plain) = (input(), tumbling(append).await);
+            let mut spilled_input = input();
+            let mut spilled = tumbling(append)
+                .await
+                .with_state_config(spilled_config.clone());
+            let mut emitted = 0;
+            for b in 0..6i64 {
+                let keys: Vec<String> = (0..300)
+                    .map(|i| format!("k{}", (i * 7 + b) % 120))
+                    .collect();
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                // Event time moves 4 s a batch: windows close behind the watermark.
+                let ms: Vec<i64> = (0..300).map(|i| b * 4_000 + i * 10).collect();
+                let batch = rows_at(&refs, &ms);
+                let want = plain_input.run(&mut plain, b, vec![batch.clone()]).await;
+                let got = spilled_input.run(&mut spilled, b, vec![batch]).await;
+                assert_eq!(rows(&got), rows(&want), "append {append}, batch {b}");
+                assert_eq!(spilled.state_rows(), plain.state_rows(), "batch {b}");
+                emitted += rows(&got).len();
+                if b == 3 {
+                    let saved = spilled.snapshot().unwrap();
+                    spilled_input = input();
+                    spilled = tumbling(append)
+                        .await
+                        .with_state_config(spilled_config.clone());
+                    spilled.restore(saved).unwrap();
+                }
+            }
+            assert!(emitted > 0);
+            assert!(spilled.state_stats().spilled_bytes > 0);
+            // Only the windows the watermark has not passed are kept.
+            assert!(plain.state_rows() <= 2 * 120, "{}", plain.state_rows());
         }
-        assert!(spilled.state_stats().spilled_bytes > 0);
-        let with_ttl = tumbling(false).await.with_state_config(StateConfig {
-            ttl: Some(Duration::from_secs(60)),
-            ..StateConfig::default()
-        });
+        let with_ttl = |append| async move {
+            tumbling(append).await.with_state_config(StateConfig {
+                ttl: Some(Duration::from_secs(60)),
+                ..StateConfig::default()
+            })
+        };
+        let update = with_ttl(false).await.explain();
         assert!(
-            with_ttl
-                .explain()
-                .ends_with("bounded by state_ttl too: a group not updated for 1m is evicted"),
-            "{}",
-            with_ttl.explain()
+            update.ends_with("bounded by state_ttl too: a group not updated for 1m is evicted"),
+            "{update}"
         );
-        // Only the windows the watermark has not passed are kept.
-        assert!(plain.state_rows() <= 2 * 120, "{}", plain.state_rows());
+        let append = with_ttl(true).await.explain();
+        assert!(!append.contains("state_ttl"), "{append}");
+    }
+
+    /// Append-mode windows checkpointed before they moved onto the store (one table
+    /// per window: keys and the query's own aggregates' state, no `__updated`) come
+    /// back and close as they would have.
+    #[tokio::test]
+    async fn append_windows_come_back_from_the_per_window_format() {
+        let (input, mut op) = (input(), tumbling(true).await);
+        input
+            .run(
+                &mut op,
+                1,
+                vec![rows_at(&["a", "a", "b"], &[1_000, 2_000, 9_000])],
+            )
+            .await;
+        let saved = op.snapshot().unwrap();
+        // The old layout: window end, k, count's state (no hidden aggregates).
+        let old: Vec<RecordBatch> = saved
+            .batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| b.project(&[0, 1, 2]).unwrap())
+            .collect();
+        assert!(!old.is_empty());
+        let meta = serde_json::json!({ "watermark": saved.meta["watermark"] });
+        let (input, mut restored) = (self::input(), tumbling(true).await);
+        restored
+            .restore(crate::checkpoint::OperatorState { batches: old, meta })
+            .unwrap();
+        let out = input
+            .run(&mut restored, 2, vec![rows_at(&["b"], &[25_000])])
+            .await;
+        assert_eq!(
+            rows(&out),
+            [
+                "{start: 1970-01-01T00:00:00, end: 1970-01-01T00:00:10},a,2",
+                "{start: 1970-01-01T00:00:00, end: 1970-01-01T00:00:10},b,1"
+            ]
+        );
     }
 
     #[tokio::test]
