@@ -206,7 +206,12 @@ impl StreamingContextBuilder {
                     checkpoint: Mutex::new(self.checkpoint),
                     checkpoint_interval: self.checkpoint_interval,
                     restart: self.restart,
-                    state: self.state,
+                    // The context's queries count their state together, apart
+                    // from any other context's.
+                    state: crate::state::StateConfig {
+                        ledger: Default::default(),
+                        ..self.state
+                    },
                     interval: self.interval,
                     session,
                     clock: self.clock,

@@ -73,7 +73,7 @@ async fn update_state_by_key_keeps_its_state_as_the_context_says() {
             partitions: 3,
             memory: 1,
             ttl: Some(Duration::from_secs(10)),
-            spill_dir: None,
+            ..Default::default()
         })
         .build()
         .unwrap();
@@ -115,7 +115,7 @@ async fn running_aggregates_equal_one_batch_query() {
             partitions: 5,
             memory: 1,
             ttl: None,
-            spill_dir: None,
+            ..Default::default()
         })
         .build()
         .unwrap();
@@ -527,7 +527,7 @@ async fn map_with_state_over_a_million_keys_in_1_2_and_7_partitions_and_spilled_
                 partitions,
                 memory,
                 ttl: None,
-                spill_dir: None,
+                ..Default::default()
             })
             .build()
             .unwrap();

@@ -336,7 +336,7 @@ mod tests {
             partitions: 7,
             memory: 1,
             ttl: Some(std::time::Duration::from_secs(10)),
-            spill_dir: None,
+            ..StateConfig::default()
         };
         let mut op = Dedup::try_new(Arc::clone(&input.schema), false)
             .unwrap()

@@ -69,8 +69,10 @@ impl Side {
                 Arc::clone(&schema),
                 Vec::new(),
                 time.index,
-                &StateConfig::default(),
-                usize::MAX,
+                &StateConfig {
+                    memory: usize::MAX,
+                    ..StateConfig::default()
+                },
             )?,
             schema,
             time,
@@ -78,15 +80,10 @@ impl Side {
         })
     }
 
-    /// The side's rows keyed by `keys`, under `config` with half its memory.
+    /// The side's rows keyed by `keys`, under `config` (its memory budget shared
+    /// with the query's other stores, the other side's included).
     fn keyed(&mut self, keys: Vec<usize>, config: &StateConfig) -> Result<()> {
-        self.rows = KeyedRows::try_new(
-            Arc::clone(&self.schema),
-            keys,
-            self.time.index,
-            config,
-            config.memory / 2,
-        )?;
+        self.rows = KeyedRows::try_new(Arc::clone(&self.schema), keys, self.time.index, config)?;
         Ok(())
     }
 

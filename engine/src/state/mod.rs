@@ -63,6 +63,71 @@ pub struct StateConfig {
     /// there, `flumen-state-<pid>-<n>`, removed with it); the temporary folder by
     /// default.
     pub spill_dir: Option<PathBuf>,
+    /// What the stores sharing this config hold in memory together: `memory` is
+    /// their budget. A [`crate::StreamingContext`] gives its queries' operators a
+    /// ledger of their own, whatever this holds.
+    pub ledger: MemoryLedger,
+}
+
+/// The bytes a query's stateful operators hold in memory together, which
+/// `state_memory` budgets: each store reports its own ([`Share`]), and spills while
+/// the total is over the budget.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLedger(Arc<AtomicUsize>);
+
+impl MemoryLedger {
+    /// The bytes every store of the query reported, together.
+    pub fn total(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Two configs are alike whatever ledger they count on.
+impl PartialEq for MemoryLedger {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// One store's part of its query's [`MemoryLedger`]: what it last reported, taken
+/// back when the store goes.
+#[derive(Debug)]
+pub(crate) struct Share {
+    ledger: MemoryLedger,
+    mine: usize,
+}
+
+impl Share {
+    pub(crate) fn new(ledger: &MemoryLedger) -> Self {
+        Self {
+            ledger: ledger.clone(),
+            mine: 0,
+        }
+    }
+
+    /// Reports `bytes` as this store's memory; the query's total after.
+    pub(crate) fn report(&mut self, bytes: usize) -> usize {
+        let was = std::mem::replace(&mut self.mine, bytes);
+        if bytes >= was {
+            self.ledger.0.fetch_add(bytes - was, Ordering::Relaxed) + (bytes - was)
+        } else {
+            self.ledger
+                .0
+                .fetch_sub(was - bytes, Ordering::Relaxed)
+                .saturating_sub(was - bytes)
+        }
+    }
+
+    /// The memory of the query's other stores.
+    pub(crate) fn others(&self) -> usize {
+        self.ledger.total().saturating_sub(self.mine)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.report(0);
+    }
 }
 
 impl Default for StateConfig {
@@ -72,6 +137,7 @@ impl Default for StateConfig {
             memory: default_memory(),
             ttl: None,
             spill_dir: None,
+            ledger: MemoryLedger::default(),
         }
     }
 }
@@ -130,6 +196,8 @@ pub struct KeyedState {
     since_full: usize,
     deltas: usize,
     checkpointed: bool,
+    /// This store's part of the query's memory.
+    share: Share,
     _spill_dir: SpillDir,
 }
 
@@ -314,6 +382,7 @@ impl KeyedState {
             config.partitions
         };
         let dir = SpillDir::new(&config);
+        let share = Share::new(&config.ledger);
         let partitions = (0..n)
             .map(|p| {
                 Partition::new(
@@ -332,6 +401,7 @@ impl KeyedState {
             since_full: 0,
             deltas: 0,
             checkpointed: false,
+            share,
             _spill_dir: dir,
         })
     }
@@ -381,14 +451,17 @@ impl KeyedState {
         F: Fn(&mut Partition, I) -> Result<T> + Sync,
     {
         let budget = self.config.memory;
-        let resident = AtomicUsize::new(self.partitions.iter().map(|p| p.memory()).sum());
+        // The query's other stores count against the budget too.
+        let resident = AtomicUsize::new(
+            self.share.others() + self.partitions.iter().map(|p| p.memory()).sum::<usize>(),
+        );
         let items = self
             .partitions
             .iter_mut()
             .zip(inputs)
             .filter_map(|(p, input)| input.map(|input| (p, input)))
             .collect();
-        in_parallel(items, |p: &mut Partition, input| -> Result<T> {
+        let out = in_parallel(items, |p: &mut Partition, input| -> Result<T> {
             let before = p.memory();
             let out = work(p, input)?;
             let after = p.memory();
@@ -399,7 +472,10 @@ impl KeyedState {
                 resident.fetch_sub(after, Ordering::Relaxed);
             }
             Ok(out)
-        })
+        });
+        self.share
+            .report(self.partitions.iter().map(|p| p.memory()).sum());
+        out
     }
 
     /// Every partition, with or without input (complete mode, snapshots).
@@ -551,8 +627,8 @@ mod tests {
         let config = StateConfig {
             partitions: 2,
             memory: 1,
-            ttl: None,
             spill_dir: Some(given.clone()),
+            ..StateConfig::default()
         };
         let mut state = KeyedState::try_new(&[field], &[], config).unwrap();
         let keys: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
@@ -608,12 +684,14 @@ mod tests {
     }
 
     fn int_state(partitions: usize, memory: usize) -> KeyedState {
-        let config = StateConfig {
+        int_state_in(StateConfig {
             partitions,
             memory,
-            ttl: None,
-            spill_dir: None,
-        };
+            ..StateConfig::default()
+        })
+    }
+
+    fn int_state_in(config: StateConfig) -> KeyedState {
         KeyedState::try_new(
             &[Arc::new(Field::new("k", DataType::Int64, false))],
             &[Arc::new(Field::new("v", DataType::Int64, true))],
@@ -703,6 +781,40 @@ mod tests {
                 .unwrap();
             assert!(found.iter().all(|f| !f), "{found:?}");
         }
+    }
+
+    /// `state_memory` is the budget of a query, not of each operator: a store whose
+    /// rows fit the budget alone spills once the query's other store holds the rest
+    /// of it, and a store that goes gives its part back.
+    #[test]
+    fn the_stores_of_a_query_share_its_memory_budget() {
+        let shared = StateConfig {
+            partitions: 2,
+            memory: usize::MAX,
+            ..StateConfig::default()
+        };
+        let mut a = int_state_in(shared.clone());
+        put_keys(&mut a, 0..2000, 1000);
+        let a_bytes = a.stats().memory_bytes as usize;
+        assert_eq!(shared.ledger.total(), a_bytes);
+        let budget = a_bytes + a_bytes / 2;
+        let mut alone = int_state(2, budget);
+        put_keys(&mut alone, 0..2000, 1000);
+        assert_eq!(alone.stats().spilled_bytes, 0, "fits the budget alone");
+        let mut b = int_state_in(StateConfig {
+            memory: budget,
+            ..shared.clone()
+        });
+        put_keys(&mut b, 0..2000, 1000);
+        assert!(b.stats().spilled_bytes > 0, "over the query's budget");
+        assert_eq!(a.stats().spilled_bytes, 0);
+        assert_eq!(
+            shared.ledger.total(),
+            a_bytes + b.stats().memory_bytes as usize
+        );
+        assert!(shared.ledger.total() <= budget);
+        drop(b);
+        assert_eq!(shared.ledger.total(), a_bytes);
     }
 
     /// Work that panics fails with the panic's message, whichever thread ran it.

@@ -41,7 +41,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef
 use datafusion::common::hash_utils::create_hashes;
 
 use super::partition::{read_spill, write_spill};
-use super::{MAX_DELTAS, ROUTE, SnapshotKind, SpillDir, StateConfig, StateStats, in_parallel};
+use super::{
+    MAX_DELTAS, ROUTE, Share, SnapshotKind, SpillDir, StateConfig, StateStats, in_parallel,
+};
 use crate::error::Result;
 
 /// End of an index chain.
@@ -196,7 +198,9 @@ pub(crate) struct KeyedRows {
     keys: Vec<usize>,
     /// The event-time column (a timestamp).
     time: usize,
+    /// The query's state budget (`state_memory`), and this side's part of it.
     memory: usize,
+    share: Share,
     ttl: Option<std::time::Duration>,
     segments: BTreeMap<u32, Segment>,
     next_segment: u32,
@@ -220,13 +224,12 @@ pub(crate) struct KeyedRows {
 
 impl KeyedRows {
     /// Rows of `schema`, keyed by the columns `keys`, their event time in column
-    /// `time`; `memory` the budget before segments spill.
+    /// `time`; spilled while the query's state is over `config.memory`.
     pub fn try_new(
         schema: SchemaRef,
         keys: Vec<usize>,
         time: usize,
         config: &StateConfig,
-        memory: usize,
     ) -> Result<Self> {
         if config.partitions == 0 {
             return crate::plan_err!("state_partitions must be at least 1");
@@ -240,7 +243,8 @@ impl KeyedRows {
             schema,
             keys,
             time,
-            memory,
+            memory: config.memory,
+            share: Share::new(&config.ledger),
             ttl: config.ttl,
             segments: BTreeMap::new(),
             next_segment: 0,
@@ -399,13 +403,12 @@ impl KeyedRows {
             + self.shards.iter().map(Shard::memory).sum::<usize>()
     }
 
-    /// Spills the oldest resident segments until the state fits its budget (or none
-    /// is left to spill: the index stays in memory).
+    /// Spills the oldest resident segments until the query's state (this side and
+    /// its other stores) fits its budget, or none is left to spill (the index stays
+    /// in memory).
     fn spill_over_budget(&mut self) -> Result<()> {
-        let mut total = self.memory_bytes();
-        if total <= self.memory {
-            return Ok(());
-        }
+        let others = self.share.others();
+        let mut total = others + self.memory_bytes();
         for (id, seg) in self.segments.iter_mut() {
             if total <= self.memory {
                 break;
@@ -423,6 +426,7 @@ impl KeyedRows {
             }
             total = total.saturating_sub(rows.get_array_memory_size());
         }
+        self.share.report(total.saturating_sub(others));
         Ok(())
     }
 
@@ -458,6 +462,7 @@ impl KeyedRows {
                 .collect();
             self.index(&ids)?;
         }
+        self.share.report(self.memory_bytes());
         Ok(rows)
     }
 
@@ -673,9 +678,18 @@ mod tests {
     }
 
     fn config(partitions: usize, ttl: Option<std::time::Duration>) -> StateConfig {
+        config_in(partitions, ttl, usize::MAX)
+    }
+
+    fn config_in(
+        partitions: usize,
+        ttl: Option<std::time::Duration>,
+        memory: usize,
+    ) -> StateConfig {
         StateConfig {
             partitions,
             ttl,
+            memory,
             ..Default::default()
         }
     }
@@ -683,8 +697,9 @@ mod tests {
     #[test]
     fn rows_of_the_asked_keys_come_back_from_memory_and_from_spill_files() {
         for (partitions, memory) in [(1, usize::MAX), (3, usize::MAX), (3, 0)] {
-            let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(partitions, None), memory)
-                .unwrap();
+            let mut s =
+                KeyedRows::try_new(schema(), vec![0], 1, &config_in(partitions, None, memory))
+                    .unwrap();
             s.insert(vec![batch(&[(1, 10), (2, 20), (1, 30)])], 0)
                 .unwrap();
             s.insert(vec![batch(&[(3, 40), (2, 50)])], 1).unwrap();
@@ -710,7 +725,7 @@ mod tests {
 
     #[test]
     fn a_state_without_keys_gives_every_row() {
-        let mut s = KeyedRows::try_new(schema(), vec![], 1, &config(4, None), usize::MAX).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![], 1, &config(4, None)).unwrap();
         assert_eq!(s.partitions(), 1);
         s.insert(vec![batch(&[(1, 10), (2, 20)])], 0).unwrap();
         let got = s.matching(&[batch(&[(7, 0)])], &[]).unwrap();
@@ -719,7 +734,7 @@ mod tests {
 
     #[test]
     fn deltas_hold_the_rows_since_the_last_checkpoint_and_a_restore_repartitions() {
-        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, None), usize::MAX).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, None)).unwrap();
         s.insert(vec![batch(&[(1, 10), (2, 20), (3, 30)]), filler()], 0)
             .unwrap();
         assert!(s.wants_full());
@@ -731,7 +746,7 @@ mod tests {
         assert_eq!((kind, sorted(&delta)), (SnapshotKind::Delta, vec![(4, 40)]));
         let (_, empty) = s.checkpoint(false).unwrap();
         assert!(sorted(&empty).is_empty());
-        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(5, None), usize::MAX).unwrap();
+        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(5, None)).unwrap();
         let mut chain = full;
         chain.extend(delta);
         r.restore(chain).unwrap();
@@ -743,7 +758,7 @@ mod tests {
     #[test]
     fn ttl_drops_rows_written_too_long_ago_and_counts_them() {
         let ttl = Some(std::time::Duration::from_millis(100));
-        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, ttl), usize::MAX).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, ttl)).unwrap();
         s.insert(vec![batch(&[(1, 10), (2, 20)])], 1_000).unwrap();
         s.insert(vec![batch(&[(1, 30)])], 1_050).unwrap();
         s.expire(1_120).unwrap();
@@ -753,7 +768,7 @@ mod tests {
         // Restored from its checkpoint, a row's age goes on from when it was written:
         // written at 1,050, it goes at 1,151, not 100 ms after the restart.
         let (_, rows) = s.checkpoint(true).unwrap();
-        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(3, ttl), usize::MAX).unwrap();
+        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(3, ttl)).unwrap();
         r.restore(rows).unwrap();
         r.expire(1_140).unwrap();
         assert_eq!(r.stats().rows, 1);

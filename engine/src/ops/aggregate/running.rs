@@ -258,7 +258,7 @@ mod tests {
             partitions,
             memory,
             ttl: ttl.map(std::time::Duration::from_secs),
-            spill_dir: None,
+            ..StateConfig::default()
         }
     }
 

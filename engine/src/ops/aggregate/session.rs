@@ -538,7 +538,7 @@ mod tests {
             partitions,
             memory: usize::MAX,
             ttl: None,
-            spill_dir: None,
+            ..StateConfig::default()
         };
         let (ia, ib, ic) = (input(), input(), input());
         let mut a = sessions().await.with_state_config(config(2));

@@ -454,7 +454,7 @@ mod tests {
                 partitions: 7,
                 memory: 1,
                 ttl: append.then_some(Duration::from_millis(1)),
-                spill_dir: None,
+                ..StateConfig::default()
             };
             let (plain_input, mut plain) = (input(), tumbling(append).await);
             let mut spilled_input = input();
