@@ -1,6 +1,6 @@
 //! Keyed state that scales (`state_partitions`, `state_memory`, `state_ttl`): a
-//! running aggregate, a `DISTINCT`, session windows and a top-N streamed through 1, 2
-//! and 7 partitions, one of them with a budget that forces spilling, end with the rows
+//! running aggregate, a `DISTINCT`, hopping and session windows and a top-N streamed
+//! through 1, 2 and 7 partitions, one of them with a budget that forces spilling, end with the rows
 //! one DataFusion batch query over all the input gives; so does an interval join that
 //! drops its state as early as the watermarks allow, and a keyed join restarted
 //! every two batches under other partition counts with its rows spilled; a checkpoint
@@ -288,6 +288,84 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
     let op = &a7.ctx.last_batches(1).pop().unwrap().operators[0];
     assert_eq!(op.name, "SessionAggregate");
     assert!(op.spilled_bytes > 0, "{op:?}");
+    s.stop_all().await.unwrap();
+}
+
+/// Hopping windows (4 s every 2 s) over the session test's 200,000 keys in 1, 2 and 7
+/// partitions, the 7 spilled: append mode (`EMIT FINAL`) emits each window the
+/// watermark closed exactly once, as the batch query over all the input has it, and
+/// update mode's last value of every window is the batch query's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_query() {
+    let mut s = sql_session();
+    s.execute_script(
+        "CREATE STREAM e (k BIGINT, ts TIMESTAMP, v BIGINT,
+                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = 'memory');",
+    )
+    .await
+    .unwrap();
+    let query = "SELECT k, CAST(window(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND)['start'] AS TIMESTAMP) AS ws,
+                        count(*) AS n, sum(v) AS s
+                 FROM e GROUP BY k, window(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND)";
+    let configs = [
+        ("a1", "append", 1, "1 GB"),
+        ("a2", "append", 2, "1 GB"),
+        ("a7", "append", 7, "1 MB"),
+        ("u7", "update", 7, "1 MB"),
+    ];
+    for (sink, mode, partitions, memory) in configs {
+        s.execute_script(&format!(
+            "SET output_mode = '{mode}'; SET state_partitions = '{partitions}';
+             SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {query};"
+        ))
+        .await
+        .unwrap();
+    }
+    const BATCHES: i64 = 12;
+    for b in 0..BATCHES {
+        s.execute(&format!(
+            "INSERT INTO e {}",
+            session_rows(b * SESSION_ROWS, (b + 1) * SESSION_ROWS)
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    assert_none_failed(&s);
+    let all = session_rows(0, BATCHES * SESSION_ROWS);
+    // Each row is in the window starting at its 2 s bin and in the one before.
+    let every = format!(
+        "SELECT k, ws, count(*) AS n, sum(v) AS s FROM (
+           SELECT k, v, CAST(date_bin(INTERVAL '2 seconds', ts) AS TIMESTAMP) AS ws FROM ({all})
+           UNION ALL
+           SELECT k, v, CAST(date_bin(INTERVAL '2 seconds', ts) - INTERVAL '2' SECOND AS TIMESTAMP) FROM ({all}))
+         GROUP BY k, ws"
+    );
+    let closed = format!(
+        "SELECT * FROM ({every}) WHERE ws + INTERVAL '4' SECOND <= (SELECT CAST(max(ts) - INTERVAL '5' SECOND AS TIMESTAMP) FROM ({all}))"
+    );
+    let n_closed = sql_rows(&mut s, &format!("SELECT count(*) FROM ({closed})")).await;
+    let n_every = sql_rows(&mut s, &format!("SELECT count(*) FROM ({every})")).await;
+    let (n_closed, n_every): (i64, i64) =
+        (n_closed[0].parse().unwrap(), n_every[0].parse().unwrap());
+    assert!(
+        n_closed > 400_000 && n_every > n_closed,
+        "{n_closed} closed of {n_every}"
+    );
+    for (sink, ..) in &configs[..3] {
+        let d = rows_differ(&mut s, &format!("SELECT * FROM {sink}"), &closed).await;
+        assert_eq!(d, "0", "{sink}: closed windows differ");
+    }
+    let last = "SELECT k, ws, max(n) AS n, max(s) AS s FROM u7 GROUP BY k, ws";
+    let d = rows_differ(&mut s, last, &every).await;
+    assert_eq!(d, "0", "update mode: windows differ");
+    for sink in ["a7", "u7"] {
+        let q = s.queries().find(|q| q.target == sink).unwrap();
+        let op = &q.ctx.last_batches(1).pop().unwrap().operators[0];
+        assert_eq!(op.name, "WindowAggregate");
+        assert!(op.spilled_bytes > 0, "{sink}: {op:?}");
+    }
     s.stop_all().await.unwrap();
 }
 
