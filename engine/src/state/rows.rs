@@ -10,7 +10,8 @@
 //!
 //!  matching(probe)  every kept row while they number at most INDEX_RATIO times the
 //!                   probe's (the join's own hash table over them costs less than
-//!                   random lookups into a large index); beyond, the rows whose key
+//!                   random lookups into a large index; past half that, the index is
+//!                   built ahead, a little each batch); beyond, the rows whose key
 //!                   hash a probe row has, gathered from the segments holding them:
 //!                   O(those rows), never the whole state
 //!  evict(bound)     segments whose newest time is before the bound go (their index
@@ -289,10 +290,14 @@ impl KeyedRows {
     pub fn matching(&mut self, probe: &[RecordBatch], keys: &[usize]) -> Result<Vec<RecordBatch>> {
         let probed: usize = probe.iter().map(RecordBatch::num_rows).sum();
         let kept: usize = self.segments.values().map(|s| s.len).sum();
-        if self.shards.is_empty()
-            || keys.len() != self.keys.len()
-            || kept <= probed.saturating_mul(INDEX_RATIO)
-        {
+        let indexable = !self.shards.is_empty() && keys.len() == self.keys.len();
+        if !indexable || kept <= probed.saturating_mul(INDEX_RATIO) {
+            if indexable && kept > probed.saturating_mul(INDEX_RATIO / 2) {
+                // On the way to needing the index: build it ahead, oldest segments
+                // first, twice the probe's rows a batch, so that no one batch pays
+                // for indexing the whole state.
+                self.index_ahead(probed.saturating_mul(2))?;
+            }
             return self
                 .segments
                 .values()
@@ -345,6 +350,25 @@ impl KeyedRows {
     }
 
     /// Indexes the rows of segments `ids`, each shard its keys, in parallel.
+    /// Indexes the oldest segments not indexed yet, about `rows` rows of them (one
+    /// segment at least).
+    fn index_ahead(&mut self, rows: usize) -> Result<()> {
+        let mut ids = Vec::new();
+        let mut taken = 0;
+        for (id, seg) in self.segments.range(self.indexed_upto..) {
+            if taken > 0 && taken + seg.len > rows {
+                break;
+            }
+            taken += seg.len;
+            ids.push(*id);
+        }
+        let Some(last) = ids.last() else {
+            return Ok(());
+        };
+        self.indexed_upto = last + 1;
+        self.index(&ids)
+    }
+
     fn index(&mut self, ids: &[u32]) -> Result<()> {
         let n = self.shards.len();
         if n == 0 {
@@ -692,6 +716,38 @@ mod tests {
             memory,
             ..Default::default()
         }
+    }
+
+    /// Past half the read-all ratio the index is built ahead, oldest segments first,
+    /// about twice a probe's rows a batch; the lookups it then serves find every row
+    /// of the asked keys, in the segments indexed ahead and in those indexed after.
+    #[test]
+    fn the_index_is_built_ahead_a_little_each_batch() {
+        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(3, None)).unwrap();
+        let mut all = Vec::new();
+        for seg in 0..20i64 {
+            let rows: Vec<(i64, i64)> = (0..10).map(|i| (i % 5, seg * 10 + i)).collect();
+            all.extend(rows.iter().copied());
+            s.insert(vec![batch(&rows)], seg).unwrap();
+        }
+        // 200 kept rows, a 15-row probe: between 8 and 16 times.
+        let probe = batch(&[(7, 0); 15]);
+        for (step, indexed) in [(1, 3), (2, 6), (3, 9)] {
+            let got = s.matching(std::slice::from_ref(&probe), &[0]).unwrap();
+            assert_eq!(sorted(&got).len(), 200, "every kept row is read");
+            assert_eq!(s.indexed_upto, indexed, "after probe {step}");
+        }
+        // A small probe goes through the index.
+        let got = s.matching(&[batch(&[(2, 0)])], &[0]).unwrap();
+        let mut want: Vec<(i64, i64)> = all.iter().copied().filter(|r| r.0 == 2).collect();
+        want.sort_unstable();
+        assert_eq!(sorted(&got), want);
+        assert_eq!(s.indexed_upto, 20);
+        // Under half the ratio nothing is indexed ahead.
+        let mut fresh = KeyedRows::try_new(schema(), vec![0], 1, &config(3, None)).unwrap();
+        fresh.insert(vec![batch(&all)], 0).unwrap();
+        fresh.matching(&[batch(&[(7, 0); 30])], &[0]).unwrap();
+        assert_eq!(fresh.indexed_upto, 0);
     }
 
     #[test]
