@@ -204,6 +204,43 @@ fn session_rows(from: i64, to: i64) -> String {
     )
 }
 
+/// `query` over a stream `e` of [`session_rows`] (watermark 5 s behind), one sink per
+/// config (name, output mode, state partitions, state memory), fed 12 batches; the
+/// session and the batch query's text of all the input.
+async fn event_queries(
+    query: &str,
+    configs: &[(&str, &str, usize, &str)],
+) -> (FlumenSession, String) {
+    const BATCHES: i64 = 12;
+    let mut s = sql_session();
+    s.execute_script(
+        "CREATE STREAM e (k BIGINT, ts TIMESTAMP, v BIGINT,
+                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = 'memory');",
+    )
+    .await
+    .unwrap();
+    for (sink, mode, partitions, memory) in configs {
+        s.execute_script(&format!(
+            "SET output_mode = '{mode}'; SET state_partitions = '{partitions}';
+             SET state_memory = '{memory}';
+             CREATE SINK {sink} WITH (connector = 'memory') AS {query};"
+        ))
+        .await
+        .unwrap();
+    }
+    for b in 0..BATCHES {
+        s.execute(&format!(
+            "INSERT INTO e {}",
+            session_rows(b * SESSION_ROWS, (b + 1) * SESSION_ROWS)
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    }
+    assert_none_failed(&s);
+    (s, session_rows(0, BATCHES * SESSION_ROWS))
+}
+
 /// Sessions (2 s gap) as one batch query over `rows` finds them: a row more than 2 s
 /// after its key's previous one starts a new session.
 fn batch_sessions(rows: &str) -> String {
@@ -225,13 +262,6 @@ fn batch_sessions(rows: &str) -> String {
 /// last batch is every session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_query() {
-    let mut s = sql_session();
-    s.execute_script(
-        "CREATE STREAM e (k BIGINT, ts TIMESTAMP, v BIGINT,
-                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = 'memory');",
-    )
-    .await
-    .unwrap();
     let query =
         "SELECT k, CAST(session_window(ts, INTERVAL '2' SECOND)['start'] AS TIMESTAMP) AS st,
                         CAST(session_window(ts, INTERVAL '2' SECOND)['end'] AS TIMESTAMP) AS en,
@@ -243,27 +273,7 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
         ("a7", "append", 7, "1 MB"),
         ("c7", "complete", 7, "1 MB"),
     ];
-    for (sink, mode, partitions, memory) in configs {
-        s.execute_script(&format!(
-            "SET output_mode = '{mode}'; SET state_partitions = '{partitions}';
-             SET state_memory = '{memory}';
-             CREATE SINK {sink} WITH (connector = 'memory') AS {query};"
-        ))
-        .await
-        .unwrap();
-    }
-    const BATCHES: i64 = 12;
-    for b in 0..BATCHES {
-        s.execute(&format!(
-            "INSERT INTO e {}",
-            session_rows(b * SESSION_ROWS, (b + 1) * SESSION_ROWS)
-        ))
-        .await
-        .unwrap();
-        s.execute("ADVANCE 1 BATCHES").await.unwrap();
-    }
-    assert_none_failed(&s);
-    let all = session_rows(0, BATCHES * SESSION_ROWS);
+    let (mut s, all) = event_queries(query, &configs).await;
     let every = batch_sessions(&all);
     // The watermark after the last batch: the latest event time less 5 s.
     let closed = format!(
@@ -297,13 +307,6 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
 /// update mode's last value of every window is the batch query's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_query() {
-    let mut s = sql_session();
-    s.execute_script(
-        "CREATE STREAM e (k BIGINT, ts TIMESTAMP, v BIGINT,
-                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = 'memory');",
-    )
-    .await
-    .unwrap();
     let query = "SELECT k, CAST(window(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND)['start'] AS TIMESTAMP) AS ws,
                         count(*) AS n, sum(v) AS s
                  FROM e GROUP BY k, window(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND)";
@@ -313,27 +316,7 @@ async fn hopping_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
         ("a7", "append", 7, "1 MB"),
         ("u7", "update", 7, "1 MB"),
     ];
-    for (sink, mode, partitions, memory) in configs {
-        s.execute_script(&format!(
-            "SET output_mode = '{mode}'; SET state_partitions = '{partitions}';
-             SET state_memory = '{memory}';
-             CREATE SINK {sink} WITH (connector = 'memory') AS {query};"
-        ))
-        .await
-        .unwrap();
-    }
-    const BATCHES: i64 = 12;
-    for b in 0..BATCHES {
-        s.execute(&format!(
-            "INSERT INTO e {}",
-            session_rows(b * SESSION_ROWS, (b + 1) * SESSION_ROWS)
-        ))
-        .await
-        .unwrap();
-        s.execute("ADVANCE 1 BATCHES").await.unwrap();
-    }
-    assert_none_failed(&s);
-    let all = session_rows(0, BATCHES * SESSION_ROWS);
+    let (mut s, all) = event_queries(query, &configs).await;
     // Each row is in the window starting at its 2 s bin and in the one before.
     let every = format!(
         "SELECT k, ws, count(*) AS n, sum(v) AS s FROM (
