@@ -66,45 +66,19 @@ struct Segment {
     min_updated: Option<i64>,
 }
 
-/// A key's place: where its newest row is, and the mark of the last batch that
-/// touched it — side by side, so that a touched key costs one cache miss, not two.
-#[derive(Clone, Copy)]
-struct Slot {
-    /// `pack(segment, row)`, or [`NONE`].
-    at: u64,
-    /// `epoch << 32 | position among the touched keys`; stale once the epoch moved.
-    mark: u64,
-}
-
-const FREE: Slot = Slot { at: NONE, mark: 0 };
-
 /// What the index and segments of a resident partition hold.
 struct Resident {
     /// `None` for a keyless aggregate: one slot. (A mutex only because DataFusion's
     /// tables are not `Sync`; every use has `&mut` and takes it with `get_mut`.)
     index: Option<Mutex<Box<dyn GroupValues>>>,
-    loc: Vec<Slot>,
+    loc: Vec<u64>,
     live: usize,
     segments: BTreeMap<u32, Segment>,
     next_segment: u32,
-    /// The current batch's mark epoch (marks of other epochs are stale: no pass
-    /// clears them).
-    epoch: u32,
-}
-
-impl Resident {
-    /// A fresh mark epoch.
-    fn next_epoch(&mut self) -> u64 {
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            // Wrapped: marks of the old epoch 1 could look current again.
-            for slot in &mut self.loc {
-                slot.mark = 0;
-            }
-            self.epoch = 1;
-        }
-        u64::from(self.epoch) << 32
-    }
+    /// Scratch: slot → position among the touched keys. (Kept apart from `loc`: at
+    /// 4 bytes a key it stays in the last-level cache far longer than the two would
+    /// together.)
+    mark: Vec<u32>,
 }
 
 /// The touched keys of one batch, as [`Partition::touch`] found them.
@@ -214,7 +188,7 @@ impl Partition {
             live: 0,
             segments: BTreeMap::new(),
             next_segment: 0,
-            epoch: 0,
+            mark: Vec::new(),
         })
     }
 
@@ -262,21 +236,22 @@ impl Partition {
             None => slots.resize(rows, 0),
         }
         let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
-        r.loc.resize(len, FREE);
-        let epoch = r.next_epoch();
+        r.loc.resize(len, NONE);
+        r.mark.resize(len, u32::MAX);
         let mut touched = Vec::new();
         let mut first = Vec::new();
-        let mut previous_at = Vec::new();
         let mut row_group = Vec::with_capacity(rows);
         for (row, s) in slots.iter().enumerate() {
-            let slot = &mut r.loc[*s];
-            if slot.mark & !0xffff_ffff != epoch {
-                slot.mark = epoch | touched.len() as u64;
+            let m = &mut r.mark[*s];
+            if *m == u32::MAX {
+                *m = touched.len() as u32;
                 touched.push(*s);
                 first.push(row as u32);
-                previous_at.push(slot.at);
             }
-            row_group.push((slot.mark & 0xffff_ffff) as usize);
+            row_group.push(*m as usize);
+        }
+        for s in &touched {
+            r.mark[*s] = u32::MAX;
         }
         // The previous versions, wherever they are.
         // Segment ids run from the oldest kept to `next_segment`: a direct map from id
@@ -286,8 +261,8 @@ impl Partition {
         let mut sources: Vec<u32> = Vec::new();
         let mut picks = Vec::new();
         let mut previous_group = Vec::new();
-        for (i, (s, l)) in touched.iter().zip(&previous_at).enumerate() {
-            let l = *l;
+        for (i, s) in touched.iter().enumerate() {
+            let l = r.loc[*s];
             if l == NONE {
                 continue;
             }
@@ -297,7 +272,7 @@ impl Partition {
                     r.segments[&seg].rows.columns()[values.end].as_primitive::<Int64Type>();
                 if updated.value(row) < cutoff {
                     evicted += 1;
-                    r.loc[*s].at = NONE;
+                    r.loc[*s] = NONE;
                     r.live -= 1;
                     release(&mut r.segments, l);
                     continue;
@@ -373,7 +348,7 @@ impl Partition {
                 if keep.is_valid(i) && keep.value(i) {
                     continue;
                 }
-                let old = std::mem::replace(&mut r.loc[*s].at, NONE);
+                let old = std::mem::replace(&mut r.loc[*s], NONE);
                 if old != NONE {
                     r.live -= 1;
                     release(&mut r.segments, old);
@@ -400,7 +375,7 @@ impl Partition {
         let id = r.next_segment;
         r.next_segment += 1;
         for (i, s) in slots.iter().enumerate() {
-            let old = std::mem::replace(&mut r.loc[*s].at, pack(id, i));
+            let old = std::mem::replace(&mut r.loc[*s], pack(id, i));
             if old == NONE {
                 r.live += 1;
             } else {
@@ -466,9 +441,8 @@ impl Partition {
         }
         let updated_col = self.schema.fields().len() - 1;
         let r = self.resident()?;
-        let epoch = r.next_epoch();
         for s in &touched.slots {
-            r.loc[*s].mark = epoch;
+            r.mark[*s] = 0;
         }
         let mut sources: Vec<u32> = Vec::new();
         let mut picks = Vec::new();
@@ -494,8 +468,7 @@ impl Partition {
             let mut source = None;
             for (row, slot) in seg.slots.iter().enumerate() {
                 let slot = *slot as usize;
-                let place = r.loc[slot];
-                if place.at != pack(*id, row) || place.mark & !0xffff_ffff == epoch {
+                if r.loc[slot] != pack(*id, row) || r.mark[slot] == 0 {
                     continue;
                 }
                 let Some(b) = bounds.get(row).copied().flatten() else {
@@ -516,6 +489,9 @@ impl Partition {
                 Some(_) => seg.min_bound = Some(min),
                 None => seg.min_updated = Some(min),
             }
+        }
+        for s in &touched.slots {
+            r.mark[*s] = u32::MAX;
         }
         let idle = due;
         if idle.is_empty() {
@@ -590,16 +566,16 @@ impl Partition {
             let updated = seg.rows.column(updated_col).as_primitive::<Int64Type>();
             let mut keep = Vec::with_capacity(seg.rows.num_rows());
             for (row, slot) in seg.slots.iter().enumerate() {
-                let is_live = !seg.known_dead(row) && r.loc[*slot as usize].at == pack(seg_id, row);
+                let is_live = !seg.known_dead(row) && r.loc[*slot as usize] == pack(seg_id, row);
                 let is_expired = cutoff.is_some_and(|c| updated.value(row) < c);
                 if is_live && is_expired {
-                    r.loc[*slot as usize].at = NONE;
+                    r.loc[*slot as usize] = NONE;
                     r.live -= 1;
                     evicted += 1;
                 }
                 let kept = is_live && !is_expired;
                 if kept {
-                    r.loc[*slot as usize].at = pack(id, slots.len());
+                    r.loc[*slot as usize] = pack(id, slots.len());
                     slots.push(*slot);
                 }
                 keep.push(kept);
@@ -663,12 +639,12 @@ impl Partition {
             let mut min = i64::MAX;
             rows_due.clear();
             for (row, slot) in seg.slots.iter().enumerate() {
-                if loc[*slot as usize].at != pack(id, row) {
+                if loc[*slot as usize] != pack(id, row) {
                     continue;
                 }
                 match bounds.get(row).copied().flatten() {
                     Some(b) if b <= up_to => {
-                        loc[*slot as usize].at = NONE;
+                        loc[*slot as usize] = NONE;
                         rows_due.push(row as u32);
                     }
                     Some(b) => min = min.min(b),
@@ -735,7 +711,7 @@ impl Partition {
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(row, slot)| Some(r.loc[*slot as usize].at == pack(*id, row)))
+                .map(|(row, slot)| Some(r.loc[*slot as usize] == pack(*id, row)))
                 .collect();
             out.push(unexpired(
                 filter_record_batch(&seg.rows, &keep)?,
@@ -800,10 +776,15 @@ impl Partition {
         };
         self.resident.as_ref().map_or_else(pending, |r| {
             r.index.as_ref().map_or(0, |i| i.lock().size())
-                + r.loc.capacity() * std::mem::size_of::<Slot>()
+                + r.loc.capacity() * 8
+                + r.mark.capacity() * 4
                 + r.segments
                     .values()
-                    .map(|s| s.rows.get_array_memory_size() + s.slots.capacity() * 4)
+                    .map(|s| {
+                        s.rows.get_array_memory_size()
+                            + s.slots.capacity() * 4
+                            + s.dead.capacity() * 8
+                    })
                     .sum::<usize>()
         })
     }
@@ -931,7 +912,7 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
         None => slots.resize(n, 0),
     }
     let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
-    r.loc.resize(len, FREE);
+    r.loc.resize(len, NONE);
     let id = r.next_segment;
     r.next_segment += 1;
     let updated = Arc::clone(rows.column(rows.num_columns() - 1));
@@ -953,7 +934,7 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
     for (row, s) in slots.iter().enumerate() {
         let tombstone = updated.value(row) == TOMBSTONE;
         let new = if tombstone { NONE } else { pack(id, row) };
-        let old = std::mem::replace(&mut r.loc[*s].at, new);
+        let old = std::mem::replace(&mut r.loc[*s], new);
         if old == NONE {
             if !tombstone {
                 r.live += 1;
@@ -1011,18 +992,14 @@ mod tests {
         out
     }
 
-    /// The marks that group a batch's rows by key are tagged with the batch's epoch,
-    /// never cleared: across the epoch counter's wrap-around they still group right,
-    /// and the cleaning pass (which skips rows known dead) keeps every key's newest
-    /// value while copying old segments forward.
+    /// A batch's rows are grouped by key and merged with the key's newest value, and
+    /// the cleaning pass (which skips rows known dead) keeps every key's newest value
+    /// while copying old segments forward.
     #[test]
-    fn keys_are_grouped_and_counted_across_epochs_the_wrap_and_cleaning() {
+    fn keys_are_grouped_and_counted_across_batches_and_cleaning() {
         let mut p = partition();
         let mut want = std::collections::HashMap::new();
         for b in 0..80i64 {
-            if b == 40 {
-                p.resident().unwrap().epoch = u32::MAX - 1;
-            }
             let keys: Vec<i64> = (0..500).map(|i| (i * 7 + b * 13) % 300).collect();
             for k in &keys {
                 *want.entry(*k).or_insert(0i64) += 1;
