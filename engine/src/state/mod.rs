@@ -19,6 +19,7 @@
 //! `state_ttl` a key not updated for that long is evicted (read as absent, dropped
 //! when its segment is cleaned, counted).
 
+mod index;
 mod nested;
 mod partition;
 mod rows;

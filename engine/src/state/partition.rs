@@ -1,7 +1,7 @@
 //! One state partition: a key index and a log of immutable Arrow segments.
 //!
 //! ```text
-//!  index: GroupValues  key ─▶ slot        loc[slot] ─▶ (segment, row) or none
+//!  index: KeyIndex     key ─▶ slot        loc[slot] ─▶ (segment, row) or none
 //!  segments: BTreeMap<id, Segment>        each: keys + values + __updated, live rows
 //!
 //!  touch(keys)  intern the batch's keys; gather the touched keys' previous values
@@ -21,12 +21,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{filter_record_batch, interleave, take, take_record_batch};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
-
-use parking_lot::Mutex;
 
 use super::TOMBSTONE;
+use super::index::KeyIndex;
 use crate::error::{Error, Result};
 
 const NONE: u64 = u64::MAX;
@@ -68,9 +65,8 @@ struct Segment {
 
 /// What the index and segments of a resident partition hold.
 struct Resident {
-    /// `None` for a keyless aggregate: one slot. (A mutex only because DataFusion's
-    /// tables are not `Sync`; every use has `&mut` and takes it with `get_mut`.)
-    index: Option<Mutex<Box<dyn GroupValues>>>,
+    /// `None` for a keyless aggregate: one slot.
+    index: Option<KeyIndex>,
     loc: Vec<u64>,
     live: usize,
     segments: BTreeMap<u32, Segment>,
@@ -177,10 +173,7 @@ impl Partition {
             None
         } else {
             let key_schema = Arc::new(self.schema.project(&(0..self.keys).collect::<Vec<_>>())?);
-            Some(Mutex::new(new_group_values(
-                key_schema,
-                &GroupOrdering::None,
-            )?))
+            Some(KeyIndex::new(key_schema)?)
         };
         Ok(Resident {
             index,
@@ -232,10 +225,10 @@ impl Partition {
         let r = self.resident()?;
         let mut slots = Vec::with_capacity(rows);
         match r.index.as_mut() {
-            Some(index) => index.get_mut().intern(&keys[..nk], &mut slots)?,
+            Some(index) => index.intern(&keys[..nk], &mut slots)?,
             None => slots.resize(rows, 0),
         }
-        let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
+        let len = r.index.as_mut().map_or(1, |i| i.len());
         r.loc.resize(len, NONE);
         r.mark.resize(len, u32::MAX);
         let mut touched = Vec::new();
@@ -775,7 +768,7 @@ impl Partition {
                 .sum::<usize>()
         };
         self.resident.as_ref().map_or_else(pending, |r| {
-            r.index.as_ref().map_or(0, |i| i.lock().size())
+            r.index.as_ref().map_or(0, |i| i.size())
                 + r.loc.capacity() * 8
                 + r.mark.capacity() * 4
                 + r.segments
@@ -906,12 +899,10 @@ fn ingest(r: &mut Resident, rows: RecordBatch, keys: usize) -> Result<()> {
     }
     let mut slots = Vec::with_capacity(n);
     match r.index.as_mut() {
-        Some(index) => index
-            .get_mut()
-            .intern(&rows.columns()[..keys], &mut slots)?,
+        Some(index) => index.intern(&rows.columns()[..keys], &mut slots)?,
         None => slots.resize(n, 0),
     }
-    let len = r.index.as_mut().map_or(1, |i| i.get_mut().len());
+    let len = r.index.as_mut().map_or(1, |i| i.len());
     r.loc.resize(len, NONE);
     let id = r.next_segment;
     r.next_segment += 1;
