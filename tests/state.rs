@@ -31,6 +31,10 @@ fn input_rows(from: i64, to: i64) -> String {
 const QUERY: &str = "SELECT k, g, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
                      FROM s GROUP BY k, g";
 
+/// The same by the one `BIGINT` key (the store's own index for such keys).
+const BY_K: &str = "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
+                    FROM s GROUP BY k";
+
 /// The last row emitted for each key, as count/sum/min/max only grow or shrink one
 /// way: the streamed query's final state.
 fn final_rows(sink: &str) -> String {
@@ -70,6 +74,7 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
         s.execute_script(&format!(
             "SET state_partitions = '{partitions}'; SET state_memory = '{memory}';
              CREATE SINK {sink} WITH (connector = 'memory') AS {QUERY};
+             CREATE SINK k{sink} WITH (connector = 'memory') AS {BY_K};
              CREATE SINK d{sink} WITH (connector = 'memory') AS SELECT DISTINCT k, g FROM s;"
         ))
         .await
@@ -95,9 +100,19 @@ async fn a_running_aggregate_over_a_million_keys_in_1_2_and_7_partitions_and_spi
         groups[0].parse::<i64>().unwrap() > 900_000,
         "most keys seen: {groups:?}"
     );
+    let by_k = format!(
+        "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi
+         FROM ({}) GROUP BY k",
+        input_rows(0, BATCHES * ROWS)
+    );
     for (sink, partitions, _) in configs {
         let differ = rows_differ(&mut s, &final_rows(sink), &batch).await;
         assert_eq!(differ, "0", "{partitions} partitions: rows differ");
+        let last_by_k = format!(
+            "SELECT k, max(n) AS n, max(s) AS s, min(lo) AS lo, max(hi) AS hi FROM k{sink} GROUP BY k"
+        );
+        let differ = rows_differ(&mut s, &last_by_k, &by_k).await;
+        assert_eq!(differ, "0", "{partitions} partitions: rows by k differ");
         let count = sql_rows(
             &mut s,
             &format!("SELECT count(*) FROM ({})", final_rows(sink)),
