@@ -290,7 +290,26 @@ impl FlumenSession {
                 self.settings.apply(setting)?;
                 Ok(StatementResult::Done(format!("{key} = {value}")))
             }
-            None => self.datafusion(sql).await,
+            None => {
+                // DataFusion's keys are `datafusion.<section>.<name>` (a dotted key
+                // never gets here: the statement goes to DataFusion whole, which names
+                // a misspelled one); any other is misspelled or misplaced.
+                let known: Vec<String> = self
+                    .session()
+                    .state()
+                    .config_options()
+                    .entries()
+                    .into_iter()
+                    .map(|e| e.key)
+                    .collect();
+                if !known.iter().any(|k| k == key) {
+                    return Err(settings::unknown_setting(
+                        key,
+                        known.iter().map(String::as_str),
+                    ));
+                }
+                self.datafusion(sql).await
+            }
         }
     }
 }

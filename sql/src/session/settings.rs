@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flumen_engine::state::StateConfig;
-use flumen_engine::{RestartPolicy, Result, Trigger, plan_err};
+use flumen_engine::{Error, RestartPolicy, Result, Trigger, plan_err};
 
 use crate::planner::OutputMode;
 use crate::statement::parse_setting_duration;
@@ -90,6 +90,47 @@ pub enum Setting {
     StateMemory(usize),
     /// Idle keys' time-to-live; `None` keeps them.
     StateTtl(Option<Duration>),
+}
+
+/// The names of Flumen's own settings (what [`Setting::parse`] knows).
+pub const NAMES: [&str; 13] = [
+    "batch_interval",
+    "output_mode",
+    "checkpoint_location",
+    "progress_log",
+    "checkpoint_interval",
+    "restart",
+    "restart_attempts",
+    "restart_delay",
+    "console_format",
+    "trigger",
+    "state_partitions",
+    "state_memory",
+    "state_ttl",
+];
+
+/// The error for `SET key`, a key neither Flumen nor DataFusion (whose keys are
+/// `datafusion_keys`) has: the nearest name when one is close (a DataFusion key
+/// compared by its last part, `batch_size` for `datafusion.execution.batch_size`).
+pub fn unknown_setting<'a>(key: &str, datafusion_keys: impl Iterator<Item = &'a str>) -> Error {
+    let lower = key.to_ascii_lowercase();
+    let near = |name: &'a str, compared: &str| {
+        let d = strsim::levenshtein(&lower, compared);
+        (d <= 2.max(compared.len() / 5)).then_some((d, name))
+    };
+    let nearest = NAMES
+        .iter()
+        .filter_map(|name| near(name, name))
+        .chain(datafusion_keys.filter_map(|k| near(k, k.rsplit('.').next().unwrap_or(k))))
+        .min();
+    let hint = match nearest {
+        Some((_, name)) => format!(" (did you mean '{name}'?)"),
+        None => String::new(),
+    };
+    Error::Plan(format!(
+        "unknown setting '{key}'{hint}. Flumen's settings are {}; DataFusion's are named datafusion.<section>.<name> (SHOW ALL lists them)",
+        NAMES.join(", ")
+    ))
 }
 
 impl Setting {
@@ -297,5 +338,18 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Every name in `NAMES` is one `Setting::parse` knows (a value it refuses is an
+    /// error, never "not mine"), and an unknown key is not.
+    #[test]
+    fn the_names_listed_are_the_settings_parsed() {
+        for name in NAMES {
+            assert!(
+                !matches!(Setting::parse(name, "x"), Ok(None)),
+                "{name} is listed but not parsed"
+            );
+        }
+        assert!(matches!(Setting::parse("state_partiton", "4"), Ok(None)));
     }
 }
