@@ -17,10 +17,12 @@ use crate::common::{sql_error, sql_rows, sql_session, strs, temp_dir};
 /// Writes `name` in `dir` by writing elsewhere and renaming it in (as Spark asks), with
 /// modification time `age_s` seconds in the past.
 fn put(dir: &Path, name: &str, body: &[u8], age_s: u64) {
+    // Named after the folder too: tests running at once write files of one name.
+    let folder = dir.file_name().unwrap().to_string_lossy();
     let tmp = dir
         .parent()
         .unwrap()
-        .join(format!("{name}.{}.tmp", std::process::id()));
+        .join(format!("{folder}-{name}.{}.tmp", std::process::id()));
     fs::write(&tmp, body).unwrap();
     let f = fs::File::options().write(true).open(&tmp).unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
@@ -663,7 +665,7 @@ async fn a_file_gone_before_a_replay_follows_on_error() {
         assert_eq!(sql_rows(&mut s, "SELECT * FROM out").await, strs(&["b"]));
         // Counted as rejected (column rejected_rows of SHOW QUERIES).
         let shown = sql_rows(&mut s, "SHOW QUERIES").await;
-        assert_eq!(shown[0].split('|').nth(6), Some("1"), "{shown:?}");
+        assert_eq!(shown[0].split('|').nth(7), Some("1"), "{shown:?}");
         s.stop_all().await.unwrap();
     }
 }
@@ -922,7 +924,7 @@ async fn rows_a_query_expression_fails_on_follow_on_error() {
         // Each query sets aside the rows it fails on ('skipped' only fails the
         // query that does not filter it out): rejected_rows counts them per query.
         let shown = sql_rows(&mut s, "SHOW QUERIES").await;
-        let rejected: Vec<Option<&str>> = shown.iter().map(|r| r.split('|').nth(6)).collect();
+        let rejected: Vec<Option<&str>> = shown.iter().map(|r| r.split('|').nth(7)).collect();
         assert_eq!(rejected, vec![Some("2"), Some("3")], "{shown:?}");
         if on_error == "dead_letter" {
             let errors = sql_rows(

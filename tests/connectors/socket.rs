@@ -98,7 +98,7 @@ async fn json_lines_with_bad_records_to_the_dead_letter_and_reconnect() {
     assert_eq!(col(2), "oops");
     let shown = rows(&mut s, "SHOW QUERIES").await;
     let rejected = shown[0]
-        .column(6)
+        .column(7)
         .as_any()
         .downcast_ref::<StringArray>()
         .unwrap()

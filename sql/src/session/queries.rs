@@ -27,6 +27,9 @@ pub struct QueryInfo {
     pub sql: String,
     /// The sink or table it writes to, or `console` for a bare SELECT.
     pub target: String,
+    /// How it emits: `EMIT CHANGES`/`FINAL`, the session's `output_mode`, or complete
+    /// for a table.
+    pub mode: OutputMode,
     pub ctx: StreamingContext,
     pub streams: HashSet<String>,
     pub explain: Vec<String>,
@@ -378,6 +381,7 @@ impl FlumenSession {
             id,
             sql: query.text.clone(),
             target: target_name,
+            mode,
             ctx: qc.ctx,
             streams,
             explain,

@@ -61,6 +61,7 @@ impl FlumenSession {
                     "id",
                     "state",
                     "target",
+                    "output_mode",
                     "batches",
                     "last_input_rows",
                     "late_rows",
@@ -85,6 +86,7 @@ impl FlumenSession {
                                 format!("{:?}", q.ctx.state()).to_lowercase()
                             },
                             q.target.clone(),
+                            q.mode.to_string(),
                             m.batches.to_string(),
                             last.map(|b| b.num_input_rows().to_string())
                                 .unwrap_or_default(),
