@@ -87,8 +87,11 @@ impl IntIndex {
     fn intern(&mut self, keys: &datafusion::arrow::array::Int64Array, slots: &mut Vec<usize>) {
         slots.clear();
         slots.reserve(keys.len());
-        if self.entries.is_empty() {
-            self.grow();
+        // Room for every row being a new key, in one move at most (not one doubling
+        // after another while a large first batch fills the table).
+        let need = ((self.used + keys.len()) * 4 / 3 + 1).next_power_of_two();
+        if self.entries.len() < need {
+            self.grow_to(need);
         }
         for (row, key) in keys.values().iter().enumerate() {
             if keys.is_null(row) {
@@ -129,7 +132,13 @@ impl IntIndex {
 
     /// Twice the entries (1,024 at first), every key moved to its new place.
     fn grow(&mut self) {
-        let size = (self.entries.len() * 2).max(1024);
+        self.grow_to((self.entries.len() * 2).max(1024));
+    }
+
+    /// `size` entries (a power of two, more than the keys held), every key moved to
+    /// its new place.
+    fn grow_to(&mut self, size: usize) {
+        let size = size.max(1024);
         let old = std::mem::replace(&mut self.entries, vec![(0, EMPTY); size]);
         let mask = size - 1;
         for (key, slot) in old {
