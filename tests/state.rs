@@ -204,8 +204,8 @@ async fn a_checkpoint_of_2_partitions_restarts_in_5_and_deltas_follow_the_keys_t
     s.stop_all().await.unwrap();
 }
 
-const SESSION_KEYS: i64 = 200_000;
-const SESSION_ROWS: i64 = 100_000;
+const SESSION_KEYS: i64 = 1_000_000;
+const SESSION_ROWS: i64 = 250_000;
 
 /// Session input rows `from..to`: keys spread over `0..SESSION_KEYS`, each row's
 /// event time in `[b s, b s + 3 s)` for its batch `b` (out of order, so sessions
@@ -271,7 +271,7 @@ fn batch_sessions(rows: &str) -> String {
     )
 }
 
-/// Session windows over 200,000 keys (1,200,000 out-of-order rows in 12 batches) in 1, 2
+/// Session windows over 1,000,000 keys (3,000,000 out-of-order rows in 12 batches) in 1, 2
 /// and 7 partitions, the 7 spilled: append mode emits each session the watermark
 /// closed exactly once, as the batch query over all the input has it; complete mode's
 /// last batch is every session.
@@ -316,7 +316,7 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
     s.stop_all().await.unwrap();
 }
 
-/// Hopping windows (4 s every 2 s) over the session test's 200,000 keys in 1, 2 and 7
+/// Hopping windows (4 s every 2 s) over the session test's 1,000,000 keys in 1, 2 and 7
 /// partitions, the 7 spilled: append mode (`EMIT FINAL`) emits each window the
 /// watermark closed exactly once, as the batch query over all the input has it, and
 /// update mode's last value of every window is the batch query's.
@@ -367,8 +367,8 @@ async fn hopping_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
     s.stop_all().await.unwrap();
 }
 
-const JOIN_KEYS: i64 = 100_000;
-const JOIN_ROWS: i64 = 30_000;
+const JOIN_KEYS: i64 = 1_000_000;
+const JOIN_ROWS: i64 = 100_000;
 
 /// One side's rows `from..to` of the join test: keys over `0..JOIN_KEYS`, times in
 /// `[b s, b s + 3 s)` for batch `b`: never late under a 3 s delay, and rows the
@@ -383,7 +383,7 @@ fn join_rows(from: i64, to: i64, salt: i64) -> String {
     )
 }
 
-/// An interval join of two streams over 100,000 keys (300,000 rows a side in 10
+/// An interval join of two streams over 1,000,000 keys (1,000,000 rows a side in 10
 /// batches), keyed in 1, 2 and 7 partitions (the 7 spilled) and on an expression of
 /// the key (unkeyed), its state dropped as soon as the watermarks allow: every match
 /// one batch query over all the input finds, once.
@@ -588,13 +588,13 @@ async fn a_keyed_join_restarted_in_2_and_5_spilled_partitions_equals_the_batch_j
     );
 }
 
-/// Top-3 per key over 200,000 keys (800,000 rows in 8 batches) in 1, 2 and 7
+/// Top-3 per key over 1,000,000 keys (3,200,000 rows in 8 batches) in 1, 2 and 7
 /// partitions, the 7 spilled: complete mode's last result is what one batch query over
 /// all the input ranks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_top_n_in_1_2_and_7_partitions_and_spilled_equals_the_batch_query() {
-    const KEYS: i64 = 200_000;
-    const ROWS: i64 = 100_000;
+    const KEYS: i64 = 1_000_000;
+    const ROWS: i64 = 400_000;
     const BATCHES: i64 = 8;
     let rows = |from: i64, to: i64| {
         format!(
