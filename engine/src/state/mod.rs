@@ -259,6 +259,21 @@ fn remove_orphaned_spills() {
 /// in every run.
 const ROUTE: RandomState = RandomState::with_seed(0x005e_edf1);
 
+/// The partition of a key hash among `n`: its high bits (the hash tables inside a
+/// partition use the low ones).
+fn partition_of(hash: u64, n: usize) -> usize {
+    (((hash >> 32) * n as u64) >> 32) as usize
+}
+
+/// A row's place: segment id in the high half, row in the low one.
+fn pack(segment: u32, row: usize) -> u64 {
+    (u64::from(segment) << 32) | row as u64
+}
+
+fn unpack(loc: u64) -> (u32, usize) {
+    ((loc >> 32) as u32, (loc & 0xffff_ffff) as usize)
+}
+
 /// `columns` (the first `keys` of them the key) split into `n` partitions by the key's
 /// hash: per partition, its rows (`None`: none). `hashes` is scratch.
 pub(crate) fn route(
@@ -278,9 +293,7 @@ pub(crate) fn route(
     create_hashes(&columns[..keys], &ROUTE, hashes)?;
     let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
     for (row, h) in hashes.iter().enumerate() {
-        // The high bits: the hash tables inside a partition use the low ones.
-        let p = (((h >> 32) * n as u64) >> 32) as usize;
-        indices[p].push(row as u32);
+        indices[partition_of(*h, n)].push(row as u32);
     }
     indices
         .into_iter()

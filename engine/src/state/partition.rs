@@ -22,8 +22,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{filter_record_batch, interleave, take, take_record_batch};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 
-use super::TOMBSTONE;
 use super::index::KeyIndex;
+use super::{TOMBSTONE, pack, unpack};
 use crate::error::{Error, Result};
 
 const NONE: u64 = u64::MAX;
@@ -34,14 +34,6 @@ pub(crate) type BoundFn = dyn Fn(&RecordBatch) -> Result<Vec<Option<i64>>> + Sen
 
 /// At most this many segments before the oldest are copied forward, live or not.
 const MAX_SEGMENTS: usize = 32;
-
-fn pack(segment: u32, row: usize) -> u64 {
-    ((segment as u64) << 32) | row as u64
-}
-
-fn unpack(loc: u64) -> (u32, usize) {
-    ((loc >> 32) as u32, (loc & 0xffff_ffff) as usize)
-}
 
 /// One immutable run of rows: keys, values, the batch time each was last updated.
 struct Segment {

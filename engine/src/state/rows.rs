@@ -43,7 +43,8 @@ use datafusion::common::hash_utils::create_hashes;
 
 use super::partition::{read_spill, write_spill};
 use super::{
-    MAX_DELTAS, ROUTE, Share, SnapshotKind, SpillDir, StateConfig, StateStats, in_parallel,
+    MAX_DELTAS, ROUTE, Share, SnapshotKind, SpillDir, StateConfig, StateStats, in_parallel, pack,
+    partition_of, unpack,
 };
 use crate::error::Result;
 
@@ -85,19 +86,6 @@ impl Hasher for Remix {
 }
 
 type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Remix>>;
-
-fn pack(segment: u32, row: usize) -> u64 {
-    (u64::from(segment) << 32) | row as u64
-}
-
-fn unpack(loc: u64) -> (u32, usize) {
-    ((loc >> 32) as u32, (loc & 0xffff_ffff) as usize)
-}
-
-/// The index partition of a key hash among `n` (its high bits, as [`super::route`]).
-fn partition_of(hash: u64, n: usize) -> usize {
-    (((hash >> 32) * n as u64) >> 32) as usize
-}
 
 /// One batch's rows.
 struct Segment {
@@ -286,7 +274,8 @@ impl KeyedRows {
 
     /// The kept rows that may match `probe`'s rows (the other side's, its key columns
     /// `keys`): those with the same key hash; every row when the state has no key, or
-    /// holds no more rows than the probe (reading them costs less than the lookups).
+    /// holds at most [`INDEX_RATIO`] times the probe's rows (reading them costs less
+    /// than the lookups).
     pub fn matching(&mut self, probe: &[RecordBatch], keys: &[usize]) -> Result<Vec<RecordBatch>> {
         let probed: usize = probe.iter().map(RecordBatch::num_rows).sum();
         let kept: usize = self.segments.values().map(|s| s.len).sum();
@@ -349,7 +338,6 @@ impl KeyedRows {
         Ok(out)
     }
 
-    /// Indexes the rows of segments `ids`, each shard its keys, in parallel.
     /// Indexes the oldest segments not indexed yet, about `rows` rows of them (one
     /// segment at least).
     fn index_ahead(&mut self, rows: usize) -> Result<()> {
@@ -369,6 +357,7 @@ impl KeyedRows {
         self.index(&ids)
     }
 
+    /// Indexes the rows of segments `ids`, each shard its keys, in parallel.
     fn index(&mut self, ids: &[u32]) -> Result<()> {
         let n = self.shards.len();
         if n == 0 {
