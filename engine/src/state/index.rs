@@ -87,9 +87,12 @@ impl IntIndex {
     fn intern(&mut self, keys: &datafusion::arrow::array::Int64Array, slots: &mut Vec<usize>) {
         slots.clear();
         slots.reserve(keys.len());
-        // Room for every row being a new key, in one move at most (not one doubling
-        // after another while a large first batch fills the table).
-        let need = ((self.used + keys.len()) * 4 / 3 + 1).next_power_of_two();
+        // Room for every row being a new key while staying at most three quarters
+        // full, made in one move (not one doubling after another while a large first
+        // batch fills the table): no insert below needs to grow it.
+        let need = ((self.used + keys.len()) * 4)
+            .div_ceil(3)
+            .next_power_of_two();
         if self.entries.len() < need {
             self.grow_to(need);
         }
@@ -106,6 +109,7 @@ impl IntIndex {
         }
     }
 
+    /// `key`'s slot, a new one if it is new (the table has room: see `intern`).
     fn find_or_insert(&mut self, key: i64) -> u32 {
         let mask = self.entries.len() - 1;
         let mut at = home(key, self.entries.len());
@@ -119,10 +123,7 @@ impl IntIndex {
             }
             at = (at + 1) & mask;
         }
-        if (self.used + 1) * 4 > self.entries.len() * 3 {
-            self.grow();
-            return self.find_or_insert(key);
-        }
+        debug_assert!((self.used + 1) * 4 <= self.entries.len() * 3);
         let slot = self.len as u32;
         self.entries[at] = (key, slot);
         self.len += 1;
@@ -130,13 +131,8 @@ impl IntIndex {
         slot
     }
 
-    /// Twice the entries (1,024 at first), every key moved to its new place.
-    fn grow(&mut self) {
-        self.grow_to((self.entries.len() * 2).max(1024));
-    }
-
-    /// `size` entries (a power of two, more than the keys held), every key moved to
-    /// its new place.
+    /// `size` entries (a power of two, at least 1,024 and more than the keys held),
+    /// every key moved to its new place.
     fn grow_to(&mut self, size: usize) {
         let size = size.max(1024);
         let old = std::mem::replace(&mut self.entries, vec![(0, EMPTY); size]);

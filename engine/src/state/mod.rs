@@ -106,16 +106,13 @@ impl Share {
         }
     }
 
-    /// Reports `bytes` as this store's memory; the query's total after.
-    pub(crate) fn report(&mut self, bytes: usize) -> usize {
+    /// Reports `bytes` as this store's memory.
+    pub(crate) fn report(&mut self, bytes: usize) {
         let was = std::mem::replace(&mut self.mine, bytes);
         if bytes >= was {
-            self.ledger.0.fetch_add(bytes - was, Ordering::Relaxed) + (bytes - was)
+            self.ledger.0.fetch_add(bytes - was, Ordering::Relaxed);
         } else {
-            self.ledger
-                .0
-                .fetch_sub(was - bytes, Ordering::Relaxed)
-                .saturating_sub(was - bytes)
+            self.ledger.0.fetch_sub(was - bytes, Ordering::Relaxed);
         }
     }
 

@@ -420,8 +420,7 @@ impl KeyedRows {
     /// its other stores) fits its budget, or none is left to spill (the index stays
     /// in memory).
     fn spill_over_budget(&mut self) -> Result<()> {
-        let others = self.share.others();
-        let mut total = others + self.memory_bytes();
+        let mut total = self.share.others() + self.memory_bytes();
         for (id, seg) in self.segments.iter_mut() {
             if total <= self.memory {
                 break;
@@ -439,7 +438,7 @@ impl KeyedRows {
             }
             total = total.saturating_sub(rows.get_array_memory_size());
         }
-        self.share.report(total.saturating_sub(others));
+        self.share.report(self.memory_bytes());
         Ok(())
     }
 
