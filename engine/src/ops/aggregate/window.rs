@@ -100,17 +100,21 @@ impl WindowAggregate {
         let touched = merge_touched(&self.agg, store, &input, now, self.changed_only)?;
         self.time.advance(ctx, max_event_time);
         let groups = if self.time.window.emit_closed_only {
+            // Taking the closed windows out evicts them.
             self.take_closed()?
-        } else if self.changed_only {
-            touched
         } else {
-            evaluate_all(&self.agg, store, cutoff)?
+            let groups = if self.changed_only {
+                touched
+            } else {
+                evaluate_all(&self.agg, store, cutoff)?
+            };
+            self.evict_closed()?;
+            groups
         };
         let mut out = Vec::with_capacity(groups.len());
         for columns in groups {
             out.push(self.output_batch(columns)?);
         }
-        self.evict_closed()?;
         if out.is_empty() {
             out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
         }
