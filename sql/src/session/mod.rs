@@ -291,9 +291,10 @@ impl FlumenSession {
                 Ok(StatementResult::Done(format!("{key} = {value}")))
             }
             None => {
-                // DataFusion's keys are `datafusion.<section>.<name>` (a dotted key
-                // never gets here: the statement goes to DataFusion whole, which names
-                // a misspelled one); any other is misspelled or misplaced.
+                // DataFusion's keys are `datafusion.<section>.<name>`: written as a
+                // dotted name the statement goes to DataFusion whole (which names a
+                // misspelled one) and only a quoted one gets here; any other key is
+                // misspelled or misplaced.
                 let known: Vec<String> = self
                     .session()
                     .state()

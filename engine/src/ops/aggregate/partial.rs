@@ -371,16 +371,16 @@ pub(crate) fn merge_touched(
         let touched = p.touch(&columns, rows, cutoff)?;
         let previous = (&touched.previous[..], &touched.previous_group[..]);
         let batch = (&columns[nk..], &touched.row_group[..]);
-        if !emit {
-            let values = agg.fold_state(touched.len(), previous, batch)?;
-            p.put(touched, values, None, now, cutoff)?;
-            return Ok(None);
-        }
-        let (values, output) = agg.fold_groups(touched.len(), previous, batch)?;
-        let mut out = touched.keys.clone();
-        out.extend(output);
+        let (values, out) = if emit {
+            let (values, output) = agg.fold_groups(touched.len(), previous, batch)?;
+            let mut out = touched.keys.clone();
+            out.extend(output);
+            (values, Some(out))
+        } else {
+            (agg.fold_state(touched.len(), previous, batch)?, None)
+        };
         p.put(touched, values, None, now, cutoff)?;
-        Ok(Some(out))
+        Ok(out)
     })?;
     Ok(touched.into_iter().flatten().collect())
 }
