@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod cli;
+mod cluster;
 mod common;
 mod connectors;
 mod crash;

@@ -84,9 +84,28 @@ fn new_db() -> FlumenDb {
 /// Runs `tests/sql/<name>.slt`, or rewrites its expected output under
 /// `FLUMEN_SLT_COMPLETE`.
 async fn run_slt(name: &str) {
+    run_slt_on(name, None).await
+}
+
+/// Runs `tests/sql/<name>.slt` with its queries' batches on the cluster whose
+/// scheduler is at `cluster` (`SET cluster` before the file), or in this process.
+pub(crate) async fn run_slt_on(name: &str, cluster: Option<String>) {
     let file = slt_dir().join(format!("{name}.slt"));
-    let mut runner = sqllogictest::Runner::new(|| async { Ok(new_db()) });
-    if std::env::var_os("FLUMEN_SLT_COMPLETE").is_some() {
+    // Expected output is written by local runs only: a cluster's must equal it.
+    let local = cluster.is_none();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let cluster = cluster.clone();
+        async move {
+            let mut db = new_db();
+            if let Some(url) = cluster {
+                db.session
+                    .execute(&format!("SET cluster = '{url}'"))
+                    .await?;
+            }
+            Ok(db)
+        }
+    });
+    if std::env::var_os("FLUMEN_SLT_COMPLETE").is_some() && local {
         runner
             .update_test_file(
                 &file,

@@ -35,8 +35,8 @@ mod nexmark;
 mod sink;
 mod state;
 
-const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N]
-       flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8]
+const USAGE: &str = "usage: flumen-benchmarks wordcount [--lines N] [--batches N] [--words-per-line N] [--distinct N] [--cluster df://HOST:PORT]
+       flumen-benchmarks nexmark [--events N] [--events-per-batch N] [--query q0|q1|q2|q5|q7|q8] [--cluster df://HOST:PORT]
        flumen-benchmarks kafka [--records N] [--partitions N] [--max-records-per-batch N]
        flumen-benchmarks parquet-sink [--events N] [--events-per-batch N] [--runs N]
        flumen-benchmarks export --dir DIR [--lines N] [--events N] [--files N]
@@ -86,6 +86,7 @@ async fn nexmark_suite(args: &[String]) -> Result<()> {
     let events = flag(args, "--events", 10_000_000)?;
     let per_batch = flag(args, "--events-per-batch", 1_000_000)?;
     let only = text_flag(args, "--query").map(str::to_string);
+    let cluster = text_flag(args, "--cluster");
     let batch_rows = 8192;
     let bids = Arc::new(nexmark::generate(Table::Bid, events, batch_rows));
     let persons = nexmark::generate(Table::Person, events, batch_rows);
@@ -104,10 +105,10 @@ async fn nexmark_suite(args: &[String]) -> Result<()> {
         if only.as_deref().is_some_and(|q| q != name) {
             continue;
         }
-        let (rate, out_rows, batches) =
-            nexmark::run_query(sql, &data, data.rows_read(name), per_batch).await?;
+        let (rate, out_rows, batches, per_batch_ms) =
+            nexmark::run_query(sql, &data, data.rows_read(name), per_batch, cluster).await?;
         println!(
-            "  {name}: {rate:>12.0} events/s ({:>10.0} per core), {batches} batches, {out_rows} rows out",
+            "  {name}: {rate:>12.0} events/s ({:>10.0} per core), {batches} batches ({per_batch_ms:.1} ms each), {out_rows} rows out",
             rate / 2.0
         );
         println!(
@@ -176,9 +177,13 @@ async fn wordcount(args: &[String]) -> Result<()> {
     let batch_groups: usize = result.iter().map(|b| b.num_rows()).sum();
 
     // Flumen: the same data as `batches` micro-batches with running counts.
-    let ctx = StreamingContext::builder(Duration::from_millis(100))
-        .with_trigger(Trigger::AvailableNow)
-        .build()?;
+    let mut builder =
+        StreamingContext::builder(Duration::from_millis(100)).with_trigger(Trigger::AvailableNow);
+    let cluster = text_flag(args, "--cluster");
+    if let Some(url) = cluster {
+        builder = builder.with_cluster(url);
+    }
+    let ctx = builder.build()?;
     let (queue, stream) = ctx.queue_stream("lines", schema, true)?;
     let sink = MemorySink::new("counts");
     stream
@@ -211,10 +216,18 @@ async fn wordcount(args: &[String]) -> Result<()> {
     }
     let flumen_rate = lines as f64 / stream_secs;
     let df_rate = lines as f64 / batch_secs;
+    let recent = ctx.recent_batches();
+    let per_batch_ms = recent
+        .iter()
+        .map(|b| b.processing_time.as_secs_f64() * 1000.0)
+        .sum::<f64>()
+        / recent.len().max(1) as f64;
     println!(
-        "wordcount: {lines} lines x {words_per_line} words, {distinct} distinct, {} batches",
-        ctx.recent_batches().len()
+        "wordcount: {lines} lines x {words_per_line} words, {distinct} distinct, {} batches, on {}",
+        recent.len(),
+        cluster.unwrap_or("this process")
     );
+    println!("  processing per batch (mean):            {per_batch_ms:>12.1} ms");
     println!(
         "  flumen (micro-batches, running counts): {:>12.0} lines/s  ({stream_secs:.3} s)",
         flumen_rate

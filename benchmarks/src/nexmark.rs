@@ -188,7 +188,8 @@ pub async fn run_query(
     data: &Data,
     events: usize,
     per_batch_events: usize,
-) -> Result<(f64, u64, usize)> {
+    cluster: Option<&str>,
+) -> Result<(f64, u64, usize, f64)> {
     let (mut registry, rows) = blackhole_registry();
     // Each stream is cut into the same number of micro-batches: one per
     // `per_batch_events` events of the Nexmark stream.
@@ -212,7 +213,7 @@ pub async fn run_query(
                 WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND";
     session
         .execute_script(&format!(
-            "SET trigger = 'available_now'; SET batch_interval = '100 ms';
+            "SET trigger = 'available_now'; SET batch_interval = '100 ms'; {}
              CREATE STREAM bid ({cols}) WITH (connector = 'pregenerated');
              CREATE STREAM person (id BIGINT NOT NULL, name TEXT NOT NULL, city TEXT NOT NULL,
                state TEXT NOT NULL, date_time TIMESTAMP NOT NULL,
@@ -222,7 +223,8 @@ pub async fn run_query(
                initial_bid BIGINT NOT NULL, date_time TIMESTAMP NOT NULL,
                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
                WITH (connector = 'pregenerated_auction');
-             CREATE SINK out WITH (connector = 'blackhole');"
+             CREATE SINK out WITH (connector = 'blackhole');",
+            cluster.map_or_else(String::new, |url| format!("SET cluster = '{url}';"))
         ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -236,13 +238,24 @@ pub async fn run_query(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
-    let batches = session
+    let recent = session
         .queries()
         .next()
-        .map(|q| q.ctx.recent_batches().len())
-        .unwrap_or(0);
+        .map(|q| q.ctx.recent_batches())
+        .unwrap_or_default();
+    let batches = recent.len();
     if batches == 0 {
         bail!("no batch ran");
     }
-    Ok((events as f64 / secs, rows.load(Ordering::Relaxed), batches))
+    let per_batch_ms = recent
+        .iter()
+        .map(|b| b.processing_time.as_secs_f64() * 1000.0)
+        .sum::<f64>()
+        / batches as f64;
+    Ok((
+        events as f64 / secs,
+        rows.load(Ordering::Relaxed),
+        batches,
+        per_batch_ms,
+    ))
 }

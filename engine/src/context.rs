@@ -73,6 +73,7 @@ pub struct StreamingContextBuilder {
     exclusive: bool,
     checkpoint: Option<crate::checkpoint::CheckpointLocation>,
     checkpoint_interval: u64,
+    cluster: Option<String>,
     restart: Option<RestartPolicy>,
     state: crate::state::StateConfig,
 }
@@ -156,6 +157,14 @@ impl StreamingContextBuilder {
     /// write big state less often; after a crash, up to `batches - 1` batches are
     /// read again from the sources (which keep their data until a snapshot covers
     /// it) to rebuild the state. At most 100 (the offset log's retention).
+    /// Runs every batch's plans on the Ballista cluster whose scheduler is at `url`
+    /// (`df://host:port`); see [`crate::cluster`]. Without it, batches run in this
+    /// process.
+    pub fn with_cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
+        self
+    }
+
     pub fn with_checkpoint_interval(mut self, batches: u64) -> Self {
         self.checkpoint_interval = batches;
         self
@@ -185,14 +194,23 @@ impl StreamingContextBuilder {
             )
         };
         // Plans are executed again every batch: dynamic filters, which carry values
-        // from one execution into the next, must stay off.
-        session
-            .state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .optimizer
-            .enable_dynamic_filter_pushdown = false;
+        // from one execution into the next, must stay off — every kind of them (the
+        // master switch alone, set as a field, leaves the join's, top-k's and
+        // aggregate's on; a cluster's scheduler then refuses to reorder such a join).
+        {
+            let state = session.state_ref();
+            let mut state = state.write();
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.enable_dynamic_filter_pushdown = false;
+            optimizer.enable_join_dynamic_filter_pushdown = false;
+            optimizer.enable_topk_dynamic_filter_pushdown = false;
+            optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        }
+        let cluster = self
+            .cluster
+            .as_deref()
+            .map(crate::cluster::ClusterUrl::parse)
+            .transpose()?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let (status, _) = watch::channel(StreamingContextState::Initialized);
         let (stop, _) = watch::channel(false);
@@ -205,6 +223,7 @@ impl StreamingContextBuilder {
                     exclusive: self.exclusive,
                     checkpoint: Mutex::new(self.checkpoint),
                     checkpoint_interval: self.checkpoint_interval,
+                    cluster,
                     restart: self.restart,
                     // The context's queries count their state together, apart
                     // from any other context's.
@@ -244,6 +263,8 @@ pub(crate) struct Shared {
     /// Set by the builder, or by [`StreamingContext::get_or_create`] before start.
     checkpoint: Mutex<Option<crate::checkpoint::CheckpointLocation>>,
     checkpoint_interval: u64,
+    /// The cluster every batch's plans run on (`with_cluster`).
+    cluster: Option<crate::cluster::ClusterUrl>,
     restart: Option<RestartPolicy>,
     pub(crate) state: crate::state::StateConfig,
     pub(crate) interval: Duration,
@@ -334,6 +355,7 @@ impl StreamingContext {
             exclusive: true,
             checkpoint: None,
             checkpoint_interval: 1,
+            cluster: None,
             restart: None,
             state: crate::state::StateConfig::default(),
         }
@@ -643,6 +665,7 @@ impl StreamingContext {
                 graph,
                 shared.session.clone(),
                 shared.interval,
+                shared.cluster.clone(),
             )
             .await?;
             let start = open_pipeline(&shared, &mut pipeline, first).await?;

@@ -39,6 +39,14 @@ pub enum Error {
         message: String,
         retryable: bool,
     },
+    /// The cluster a query runs on (its scheduler or an executor) failed or cannot be
+    /// reached.
+    #[error("cluster {url}: {message}")]
+    Cluster {
+        url: String,
+        message: String,
+        retryable: bool,
+    },
     /// A user callback (`foreach_batch`, `map_with_state`, ...) returned an error.
     #[error("{context}: {message}")]
     User { context: String, message: String },
@@ -71,7 +79,7 @@ pub enum Error {
 
 impl Error {
     /// The error's kind, as metrics label it: `plan`, `lifecycle`, `schema`, `source`,
-    /// `sink`, `user`, `execution` (DataFusion, Arrow), `io`, `checkpoint`, `internal`.
+    /// `sink`, `cluster`, `user`, `execution` (DataFusion, Arrow), `io`, `checkpoint`, `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Plan(_) => "plan",
@@ -79,6 +87,7 @@ impl Error {
             Error::Schema { .. } => "schema",
             Error::Source { .. } => "source",
             Error::Sink { .. } => "sink",
+            Error::Cluster { .. } => "cluster",
             Error::User { .. } => "user",
             Error::DataFusion(_) | Error::Arrow(_) => "execution",
             Error::Io(_) => "io",
@@ -103,7 +112,9 @@ impl Error {
     /// being cleaned up). Plan, schema and lifecycle errors never are.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Source { retryable, .. } | Error::Sink { retryable, .. } => *retryable,
+            Error::Source { retryable, .. }
+            | Error::Sink { retryable, .. }
+            | Error::Cluster { retryable, .. } => *retryable,
             Error::Io(_) => true,
             Error::Batch { source, .. } | Error::Context { source, .. } => source.is_retryable(),
             _ => false,

@@ -23,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod clock;
+pub mod cluster;
 pub mod context;
 pub mod durable;
 pub mod error;
@@ -52,7 +53,7 @@ pub use context::{
 };
 pub use error::{Error, Result};
 pub use graph::ForeachBatchFn;
-pub use listener::{BatchInfo, OperatorStateInfo, ProgressLog, StreamingListener};
+pub use listener::{BatchInfo, ClusterInfo, OperatorStateInfo, ProgressLog, StreamingListener};
 pub use metrics::QueryMetrics;
 pub use ops::{KeyedBatch, StateSpec, StateUpdate};
 pub use rate::{PidRateEstimator, RateLimit};

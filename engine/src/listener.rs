@@ -38,6 +38,23 @@ pub struct BatchInfo {
     pub sink_retries: u64,
     /// Each stateful operator's state after the batch, in the query's operator order.
     pub operators: Vec<OperatorStateInfo>,
+    /// Where the batch ran, when its query runs on a cluster (none: in this process).
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// What a cluster did for one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The scheduler, `df://host:port`.
+    pub url: String,
+    /// Ballista jobs the batch ran: one per plan executed there (each output's plan,
+    /// each stateful operator's input plan).
+    pub jobs: u64,
+    /// The tasks those jobs planned: one per partition of each stage (a stage ends at
+    /// each exchange of the plan, and at its root).
+    pub tasks: u64,
+    /// The executors alive after the batch, as the scheduler counts them.
+    pub executors: Option<u64>,
 }
 
 /// One stateful operator's state after a batch.
@@ -130,6 +147,12 @@ impl BatchInfo {
                 })
             }).collect::<Vec<_>>(),
             "sink": { "numOutputRows": self.output_rows },
+            "cluster": self.cluster.as_ref().map(|c| serde_json::json!({
+                "url": c.url,
+                "jobs": c.jobs,
+                "tasks": c.tasks,
+                "executors": c.executors,
+            })),
         })
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct Pipeline {
     /// Every operator's state before the first batch: what a restart after a failure
     /// goes back to when the checkpoint holds no snapshot yet.
     initial_state: Option<Vec<crate::checkpoint::OperatorState>>,
+    /// Where the batch's plans run when not here (`with_cluster`).
+    cluster: Option<crate::cluster::Cluster>,
+    /// Every slot the plans scan: what a plan sent to the cluster carries.
+    slots: Vec<Arc<crate::slot::BatchSlot>>,
 }
 
 /// How a batch runs.
@@ -81,6 +85,7 @@ impl Pipeline {
         graph: Graph,
         session: SessionContext,
         interval: Duration,
+        cluster: Option<crate::cluster::ClusterUrl>,
     ) -> Result<Self> {
         let mut operators = Vec::new();
         for mut node in graph.operators {
@@ -107,10 +112,19 @@ impl Pipeline {
                 s.projection = Some(read);
             }
         }
+        let slots = sources
+            .iter()
+            .flat_map(|s| std::iter::once(&s.slot).chain(s.errors_slot.as_ref()))
+            .chain(operators.iter().map(|(n, _)| &n.slot))
+            .cloned()
+            .collect();
+        let task_ctx = session.task_ctx();
         Ok(Self {
             query_id,
             pipeline_id: crate::checkpoint::new_id(),
-            task_ctx: session.task_ctx(),
+            cluster: cluster.map(|url| crate::cluster::Cluster::new(url, &task_ctx)),
+            slots,
+            task_ctx,
             session,
             interval,
             sources,
@@ -461,8 +475,13 @@ impl Pipeline {
                     .and_then(|(upstream, _)| upstream.op.output_watermark(column))
             });
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
+                let runner = Runner {
+                    task_ctx: &self.task_ctx,
+                    cluster: self.cluster.as_ref(),
+                    slots: &self.slots,
+                };
                 let (input, aside) =
-                    execute_setting_aside(plan, &self.task_ctx, &self.sources, batch_time).await?;
+                    execute_setting_aside(plan, &runner, &self.sources, batch_time).await?;
                 set_aside.extend(aside);
                 match node
                     .op
@@ -499,8 +518,13 @@ impl Pipeline {
             if replay.committed || !batch_time.is_multiple_of(zero_time, node.slide) {
                 continue;
             }
+            let runner = Runner {
+                task_ctx: &self.task_ctx,
+                cluster: self.cluster.as_ref(),
+                slots: &self.slots,
+            };
             let (parts, aside) =
-                execute_setting_aside(plan, &self.task_ctx, &self.sources, batch_time).await?;
+                execute_setting_aside(plan, &runner, &self.sources, batch_time).await?;
             set_aside.extend(aside);
             let parts = relabel(parts, &plan.schema())?;
             output_rows += parts
@@ -588,6 +612,13 @@ impl Pipeline {
                 s.source.commit(range).await?;
             }
         }
+        let cluster = match &self.cluster {
+            Some(c) => Some(crate::listener::ClusterInfo {
+                executors: c.executor_count().await,
+                ..c.take_batch()
+            }),
+            None => None,
+        };
         let processing_time = wall.elapsed();
         for (s, (_, rows)) in self.sources.iter_mut().zip(&input_rows) {
             if let Some(e) = s.limit.estimator.as_mut() {
@@ -620,6 +651,7 @@ impl Pipeline {
             late_rows,
             rejected_rows,
             sink_retries,
+            cluster,
         })
     }
 }
@@ -751,14 +783,14 @@ fn is_row_error(e: &crate::Error) -> bool {
 /// Otherwise the error names the stream, the batch and the row.
 async fn execute_setting_aside(
     plan: &Arc<dyn ExecutionPlan>,
-    task_ctx: &Arc<TaskContext>,
+    runner: &Runner<'_>,
     sources: &[SourceNode],
     batch_time: Time,
 ) -> Result<(
     Vec<Vec<RecordBatch>>,
     Vec<(usize, Vec<crate::source::Rejected>)>,
 )> {
-    let mut error = match execute(plan, task_ctx).await {
+    let mut error = match runner.execute(plan).await {
         Ok(parts) => return Ok((parts, Vec::new())),
         Err(e) => e,
     };
@@ -777,7 +809,7 @@ async fn execute_setting_aside(
         // Without this source's rows, does the plan still fail? Then they are not at fault.
         s.slot.fill(Vec::new());
         runs += 1;
-        if execute(plan, task_ctx).await.is_err() {
+        if runner.execute(plan).await.is_err() {
             s.slot.put(saved);
             continue;
         }
@@ -794,7 +826,7 @@ async fn execute_setting_aside(
             }
             s.slot.fill(vec![all.slice(lo, hi - lo)]);
             runs += 1;
-            match execute(plan, task_ctx).await {
+            match runner.execute(plan).await {
                 Ok(_) => {}
                 Err(e) if is_row_error(&e) => {
                     if hi - lo == 1 {
@@ -845,7 +877,7 @@ async fn execute_setting_aside(
                 })
                 .collect(),
         ));
-        match execute(plan, task_ctx).await {
+        match runner.execute(plan).await {
             Ok(parts) => return Ok((parts, aside)),
             Err(e) => error = e,
         }
@@ -907,6 +939,23 @@ fn relabel(
                 .collect()
         })
         .collect()
+}
+
+/// Where a batch's plans run: here, or on the query's cluster with the rows of the
+/// slots they scan.
+struct Runner<'a> {
+    task_ctx: &'a Arc<TaskContext>,
+    cluster: Option<&'a crate::cluster::Cluster>,
+    slots: &'a [Arc<crate::slot::BatchSlot>],
+}
+
+impl Runner<'_> {
+    async fn execute(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Vec<RecordBatch>>> {
+        match self.cluster {
+            Some(cluster) => cluster.execute(plan, self.slots).await,
+            None => execute(plan, self.task_ctx).await,
+        }
+    }
 }
 
 /// Execute a plan built once, for one more batch.

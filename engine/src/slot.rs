@@ -33,6 +33,9 @@ pub struct BatchSlot {
     schema: SchemaRef,
     partitions: usize,
     data: RwLock<Arc<Vec<Vec<RecordBatch>>>>,
+    /// The addresses of the partition streams [`Self::table`] made: how a plan's scan
+    /// is told to be of this slot ([`Self::scanned_by`]).
+    streams: parking_lot::Mutex<Vec<usize>>,
 }
 
 impl BatchSlot {
@@ -43,6 +46,7 @@ impl BatchSlot {
             schema,
             partitions,
             data: RwLock::new(Arc::new(vec![Vec::new(); partitions])),
+            streams: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -124,6 +128,9 @@ impl BatchSlot {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
+        self.streams
+            .lock()
+            .extend(parts.iter().map(stream_address));
         Ok(Arc::new(StreamingTable::try_new(
             Arc::clone(&self.schema),
             parts,
@@ -131,7 +138,33 @@ impl BatchSlot {
     }
 }
 
+fn stream_address(p: &Arc<dyn PartitionStream>) -> usize {
+    Arc::as_ptr(p) as *const () as usize
+}
+
 impl BatchSlot {
+    /// Whether `scan` reads this slot (a plan built over [`Self::table`]).
+    pub(crate) fn scanned_by(&self, scan: &StreamingTableExec) -> bool {
+        let streams = self.streams.lock();
+        scan.partitions()
+            .first()
+            .is_some_and(|p| streams.contains(&stream_address(p)))
+    }
+
+    /// `scan` with the slot's current rows in it, as a plan that carries them: what a
+    /// batch's plan sends to a cluster in place of the scan.
+    pub(crate) fn rows_for(&self, scan: &StreamingTableExec) -> Result<Arc<dyn ExecutionPlan>> {
+        let data = self.saved();
+        let projection = scan.projection().as_ref().map(|p| p.to_vec());
+        let config = datafusion::datasource::memory::MemorySourceConfig::try_new(
+            &data,
+            Arc::clone(&self.schema),
+            projection,
+        )?
+        .with_limit(scan.limit());
+        Ok(datafusion::datasource::source::DataSourceExec::from_data_source(config))
+    }
+
     /// The columns of this slot that `plans` read: the union of the projections of
     /// their scans of it (every column when a scan has no projection), ascending.
     pub(crate) fn columns_read(&self, plans: &[&Arc<dyn ExecutionPlan>]) -> Result<Vec<usize>> {

@@ -43,7 +43,9 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::unnest::UnnestExec;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use futures::StreamExt;
 
 use crate::Result;
@@ -112,6 +114,72 @@ struct Split {
     /// An empty text (no parts) gives one null row (else none).
     expand_empty: bool,
     schema: SchemaRef,
+}
+
+/// What a [`SplitUnnestExec`] is made of, as the cluster's codec sends it.
+pub(crate) struct SplitParts<'a> {
+    pub exprs: &'a [Arc<dyn PhysicalExpr>],
+    pub split_index: usize,
+    pub delimiter: &'a str,
+    pub preserve_nulls: bool,
+    pub expand_empty: bool,
+    pub schema: &'a SchemaRef,
+}
+
+impl SplitUnnestExec {
+    pub(crate) fn parts(&self) -> SplitParts<'_> {
+        SplitParts {
+            exprs: &self.split.exprs,
+            split_index: self.split.split_index,
+            delimiter: &self.split.delimiter,
+            preserve_nulls: self.split.preserve_nulls,
+            expand_empty: self.split.expand_empty,
+            schema: &self.split.schema,
+        }
+    }
+
+    /// The operator [`Self::parts`] described, over `input` (on an executor). Its
+    /// properties are those `UnnestExec` computes: the input's partitioning,
+    /// emission and boundedness.
+    pub(crate) fn from_parts(
+        input: Arc<dyn ExecutionPlan>,
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        split_index: usize,
+        delimiter: String,
+        preserve_nulls: bool,
+        expand_empty: bool,
+        schema: SchemaRef,
+    ) -> DfResult<Self> {
+        if split_index >= exprs.len()
+            || exprs.len() != schema.fields().len()
+            || delimiter.is_empty()
+        {
+            return internal_err!(
+                "SplitUnnestExec: {} expressions, split at {split_index}, {} output columns",
+                exprs.len(),
+                schema.fields().len()
+            );
+        }
+        let properties = PlanProperties::new(
+            datafusion::physical_expr::EquivalenceProperties::new(Arc::clone(&schema)),
+            input.output_partitioning().clone(),
+            input.pipeline_behavior(),
+            input.boundedness(),
+        );
+        Ok(Self {
+            input,
+            split: Arc::new(Split {
+                exprs,
+                split_index,
+                delimiter,
+                preserve_nulls,
+                expand_empty,
+                schema,
+            }),
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
 }
 
 impl SplitUnnestExec {

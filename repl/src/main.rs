@@ -77,6 +77,10 @@ struct Cli {
     /// table, csv or json
     #[arg(long, value_name = "F")]
     format: Option<Format>,
+    /// Run the queries' batches on the Ballista cluster whose scheduler is at URL,
+    /// e.g. df://127.0.0.1:50050 (SET cluster)
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +90,29 @@ enum Command {
         /// How long it runs, in seconds
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// A cluster's scheduler (Apache Ballista's, with Flumen's plan nodes and functions)
+    Scheduler {
+        /// The address it listens on
+        #[arg(long, default_value = "127.0.0.1:50050", value_name = "ADDR")]
+        bind: String,
+    },
+    /// A cluster's executor: registers with the scheduler and runs its tasks
+    Executor {
+        /// The scheduler, host:port (or df://host:port)
+        #[arg(long, default_value = "127.0.0.1:50050", value_name = "ADDR")]
+        scheduler: String,
+        /// The address it listens on: PORT for task results (Arrow Flight), PORT + 1
+        /// for the tasks the scheduler sends
+        #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+        bind: String,
+        /// Tasks it runs at once (default: the machine's cores)
+        #[arg(long, value_name = "N")]
+        slots: Option<usize>,
+        /// Where its tasks' shuffle files go (default: a folder of the system's
+        /// temporary folder named after the port)
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -155,6 +182,13 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Demo { seconds }) => demo::run(seconds).await,
+        Some(Command::Scheduler { bind }) => scheduler(&bind).await,
+        Some(Command::Executor {
+            scheduler,
+            bind,
+            slots,
+            work_dir,
+        }) => executor(&scheduler, &bind, slots, work_dir).await,
         None => run(cli).await,
     };
     match result {
@@ -167,6 +201,87 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `flumen scheduler`: serves until the process is stopped.
+async fn scheduler(bind: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("scheduler: cannot listen on {bind}"))?;
+    eprintln!(
+        "flumen scheduler listening on {} (SET cluster = 'df://{}')",
+        listener.local_addr()?,
+        listener.local_addr()?
+    );
+    tokio::select! {
+        served = flumen_engine::cluster::node::serve_scheduler(listener, flumen_sql::functions::udfs()) => {
+            Ok(served?)
+        }
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// `flumen executor`: runs tasks until the process is stopped.
+async fn executor(
+    scheduler: &str,
+    bind: &str,
+    slots: Option<usize>,
+    work_dir: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use flumen_engine::cluster::ClusterUrl;
+    let url = if scheduler.starts_with("df://") {
+        scheduler.to_string()
+    } else {
+        format!("df://{scheduler}")
+    };
+    let scheduler = ClusterUrl::parse(&url).map_err(|e| anyhow!("--scheduler: {e}"))?;
+    let (host, port) = bind
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .filter(|(h, p)| !h.is_empty() && *p > 0 && *p < u16::MAX)
+        .ok_or_else(|| anyhow!("--bind '{bind}': give host:port, e.g. 127.0.0.1:50051"))?;
+    let slots = slots.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if slots == 0 {
+        bail!("--slots: give at least 1");
+    }
+    eprintln!(
+        "flumen executor on {host}:{port} (tasks on port {}), {slots} slots, scheduler {scheduler}",
+        port + 1
+    );
+    let options = flumen_engine::cluster::node::ExecutorOptions {
+        scheduler,
+        host,
+        port,
+        grpc_port: port + 1,
+        slots,
+        work_dir,
+    };
+    flumen_engine::cluster::node::run_executor(options, flumen_sql::functions::udfs()).await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -228,6 +343,12 @@ async fn run(args: Cli) -> Result<()> {
     }
     if let Some(f) = &args.progress_log {
         settings.push(Setting::ProgressLog(f.clone()));
+    }
+    if let Some(url) = &args.cluster {
+        match Setting::parse("cluster", url)? {
+            Some(s) => settings.push(s),
+            None => bail!("--cluster: not a setting"),
+        }
     }
     for s in settings {
         session.set(s)?;

@@ -64,7 +64,7 @@ struct BatchTimeFunction {
 
 impl ScalarUDFImpl for BatchTimeFunction {
     fn name(&self) -> &str {
-        "flumen_batch_time"
+        flumen_engine::cluster::codec::BATCH_TIME_FUNCTION
     }
 
     fn signature(&self) -> &Signature {

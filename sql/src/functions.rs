@@ -11,6 +11,24 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
+/// Every SQL function Flumen adds to DataFusion's: what a session registers, and what
+/// a cluster's scheduler and executors must know to run its plans
+/// (`flumen_engine::cluster::node`). `to_char` and `date_format` replace DataFusion's.
+pub fn udfs() -> Vec<std::sync::Arc<ScalarUDF>> {
+    [
+        crate::window::window_udf(),
+        crate::window::hop_windows_udf(),
+        crate::window::hop_window_ends_udf(),
+        crate::window::window_end_udf(),
+        crate::window::session_window_udf(),
+        to_char_udf(),
+        date_format_udf(),
+    ]
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect()
+}
+
 /// `DATE_FORMAT(ts, pattern)`: `ts` (a timestamp, date or time, or text holding a
 /// timestamp) as text. The pattern is Java's `DateTimeFormatter`'s, as Flink takes it
 /// (`yyyy-MM-dd HH:mm:ss.SSS`), or, if it holds a `%`, chrono's strftime (DataFusion's

@@ -68,15 +68,11 @@ impl FlumenSession {
     pub fn new(registry: ConnectorRegistry, clock: Arc<dyn Clock>) -> Self {
         let base =
             SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        base.register_udf(crate::window::window_udf());
-        base.register_udf(crate::window::hop_windows_udf());
-        base.register_udf(crate::window::hop_window_ends_udf());
-        base.register_udf(crate::window::window_end_udf());
-        base.register_udf(crate::window::session_window_udf());
         // `date_format` is Flumen's (Flink's patterns), not DataFusion's alias of to_char.
         base.deregister_udf("date_format");
-        base.register_udf(crate::functions::to_char_udf());
-        base.register_udf(crate::functions::date_format_udf());
+        for f in crate::functions::udfs() {
+            base.register_udf(f.as_ref().clone());
+        }
         Self {
             base,
             registry,

@@ -103,6 +103,9 @@ impl QueryContext {
         if let (Some(policy), Some(_)) = (settings.restart_policy(), name) {
             builder = builder.with_restart(policy);
         }
+        if let Some(url) = &settings.cluster {
+            builder = builder.with_cluster(url);
+        }
         let ctx = builder.build()?;
         ctx.add_listener(cell);
         let metrics = Arc::new(QueryMetrics::default());

@@ -29,6 +29,9 @@ pub struct Settings {
     pub console_format: Option<ConsoleFormat>,
     /// `state_partitions`, `state_memory`, `state_ttl`.
     pub state: StateConfig,
+    /// `SET cluster = 'df://host:port'`: the Ballista cluster queries run their
+    /// batches on (`None`: in this process).
+    pub cluster: Option<String>,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             restart_delay: Duration::from_secs(1),
             console_format: None,
             state: StateConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -90,10 +94,12 @@ pub enum Setting {
     StateMemory(usize),
     /// Idle keys' time-to-live; `None` keeps them.
     StateTtl(Option<Duration>),
+    /// The cluster's scheduler (`df://host:port`); `None` runs batches here.
+    Cluster(Option<String>),
 }
 
 /// The names of Flumen's own settings (what [`Setting::parse`] knows).
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     "batch_interval",
     "output_mode",
     "checkpoint_location",
@@ -107,6 +113,7 @@ pub const NAMES: [&str; 13] = [
     "state_partitions",
     "state_memory",
     "state_ttl",
+    "cluster",
 ];
 
 /// The error for `SET key`, a key neither Flumen nor DataFusion (whose keys are
@@ -190,6 +197,13 @@ impl Setting {
                 "none" | "off" | "0" => None,
                 _ => Some(parse_setting_duration(key, value)?),
             }),
+            "cluster" => Setting::Cluster(match value.trim().to_ascii_lowercase().as_str() {
+                "" | "none" | "local" => None,
+                _ => {
+                    flumen_engine::cluster::ClusterUrl::parse(value)?;
+                    Some(value.trim().to_string())
+                }
+            }),
             _ => return Ok(None),
         }))
     }
@@ -263,6 +277,7 @@ impl Settings {
             Setting::StatePartitions(n) => self.state.partitions = n,
             Setting::StateMemory(n) => self.state.memory = n,
             Setting::StateTtl(t) => self.state.ttl = t,
+            Setting::Cluster(url) => self.cluster = url,
         }
         Ok(())
     }

@@ -122,6 +122,7 @@ impl FlumenSession {
             "late_rows",
             "rejected_rows",
             "state_operators",
+            "ran_on",
         ];
         let all: Vec<QueryInfo> = self.queries.all();
         let chosen: Vec<&QueryInfo> = match query {
@@ -160,6 +161,7 @@ impl FlumenSession {
                     b.late_rows.to_string(),
                     b.rejected_rows.to_string(),
                     state_operators(&b.operators),
+                    ran_on(b.cluster.as_ref()),
                 ]);
             }
         }
@@ -295,4 +297,19 @@ fn state_operators(operators: &[flumen_engine::OperatorStateInfo]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Where a batch ran: `local`, or the cluster with its jobs, tasks and executors.
+fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
+    match cluster {
+        None => "local".into(),
+        Some(c) => format!(
+            "{} ({} jobs, {} tasks, {} executors)",
+            c.url,
+            c.jobs,
+            c.tasks,
+            c.executors
+                .map_or_else(|| "?".to_string(), |n| n.to_string())
+        ),
+    }
 }

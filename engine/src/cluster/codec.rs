@@ -1,0 +1,256 @@
+//! [`FlumenCodec`]: how Flumen's own plan nodes and functions cross the wire to a
+//! Ballista scheduler and its executors.
+//!
+//! Ballista serializes physical plans with DataFusion's protobuf format; a node or a
+//! function DataFusion does not know goes through the extension codec. Ours wraps
+//! Ballista's own (its shuffle nodes) and adds:
+//!
+//! - `SplitUnnestExec` (`split.rs`): its expressions as DataFusion's protobuf
+//!   expressions, its delimiter, null handling and output schema;
+//! - `flumen_batch_time()`: a volatile function reading a per-query cell on the
+//!   driver. It is evaluated on the driver when the plan is encoded and travels as
+//!   its value, so every task of the batch sees the batch's time (Spark evaluates
+//!   `current_timestamp()` on the driver the same way).
+//!
+//! Every other function travels by name and is found in the scheduler's and the
+//! executors' function registry, which `flumen scheduler` / `flumen executor` fill
+//! with Flumen's functions (`node.rs`).
+
+use std::sync::Arc;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::common::{DataFusionError, Result, ScalarValue, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, WindowUDF,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::PhysicalExprNode;
+use prost::Message;
+
+use crate::split::SplitUnnestExec;
+
+/// The name of the function that gives each row its batch's time.
+pub const BATCH_TIME_FUNCTION: &str = "flumen_batch_time";
+
+/// First byte of an encoded node: whose it is.
+const BALLISTA_NODE: u8 = 0;
+const SPLIT_UNNEST_NODE: u8 = 1;
+/// First byte of an encoded function that travels as a value.
+const CONSTANT_TIMESTAMP: u8 = 2;
+
+/// The codec of every Flumen driver, scheduler and executor (see the module).
+#[derive(Debug, Default)]
+pub struct FlumenCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SplitUnnestNode {
+    #[prost(message, repeated, tag = "1")]
+    exprs: Vec<PhysicalExprNode>,
+    #[prost(uint32, tag = "2")]
+    split_index: u32,
+    #[prost(string, tag = "3")]
+    delimiter: String,
+    #[prost(bool, tag = "4")]
+    preserve_nulls: bool,
+    #[prost(bool, tag = "5")]
+    expand_empty: bool,
+    #[prost(message, optional, tag = "6")]
+    schema: Option<datafusion_proto::protobuf::Schema>,
+}
+
+fn decode_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("Flumen codec: cannot decode {what}: {e}"))
+}
+
+impl PhysicalExtensionCodec for FlumenCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match buf.split_first() {
+            Some((&BALLISTA_NODE, rest)) => {
+                self.ballista.try_decode(rest, inputs, ctx, proto_converter)
+            }
+            Some((&SPLIT_UNNEST_NODE, rest)) => {
+                let node = SplitUnnestNode::decode(rest)
+                    .map_err(|e| decode_error("SplitUnnestExec", e))?;
+                let [input] = inputs else {
+                    return internal_err!("SplitUnnestExec has one input, given {}", inputs.len());
+                };
+                let input_schema = input.schema();
+                let exprs = node
+                    .exprs
+                    .iter()
+                    .map(|e| parse_physical_expr(e, ctx, &input_schema, self))
+                    .collect::<Result<Vec<_>>>()?;
+                let schema: Schema = node
+                    .schema
+                    .as_ref()
+                    .ok_or_else(|| decode_error("SplitUnnestExec", "no schema"))?
+                    .try_into()
+                    .map_err(|e| decode_error("SplitUnnestExec's schema", e))?;
+                let exec = SplitUnnestExec::from_parts(
+                    Arc::clone(input),
+                    exprs,
+                    node.split_index as usize,
+                    node.delimiter,
+                    node.preserve_nulls,
+                    node.expand_empty,
+                    Arc::new(schema),
+                )
+                .map_err(|e| decode_error("SplitUnnestExec", e))?;
+                Ok(Arc::new(exec))
+            }
+            _ => internal_err!("Flumen codec: a plan node it did not encode"),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        if let Some(split) = node.downcast_ref::<SplitUnnestExec>() {
+            let parts = split.parts();
+            let message = SplitUnnestNode {
+                exprs: parts
+                    .exprs
+                    .iter()
+                    .map(|e| serialize_physical_expr(e, self))
+                    .collect::<Result<Vec<_>>>()?,
+                split_index: parts.split_index as u32,
+                delimiter: parts.delimiter.to_string(),
+                preserve_nulls: parts.preserve_nulls,
+                expand_empty: parts.expand_empty,
+                schema: Some(
+                    parts
+                        .schema
+                        .as_ref()
+                        .try_into()
+                        .map_err(|e| DataFusionError::Internal(format!("{e}")))?,
+                ),
+            };
+            buf.push(SPLIT_UNNEST_NODE);
+            message
+                .encode(buf)
+                .map_err(|e| DataFusionError::Internal(format!("{e}")))?;
+            return Ok(());
+        }
+        if node.downcast_ref::<StreamingTableExec>().is_some() {
+            // The driver replaces every scan of a stream's slot with the slot's rows
+            // before a plan leaves (`cluster::ship`); one left is a scan it does not own.
+            return internal_err!(
+                "a streaming scan reached the cluster without its rows: {}",
+                datafusion::physical_plan::displayable(node.as_ref()).one_line()
+            );
+        }
+        buf.push(BALLISTA_NODE);
+        self.ballista.try_encode(node, buf, proto_converter).map_err(|e| {
+            DataFusionError::Plan(format!(
+                "this query cannot run on a cluster: its plan has a node Ballista cannot send to \
+                 executors ({e})"
+            ))
+        })
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        match buf.split_first() {
+            Some((&CONSTANT_TIMESTAMP, rest)) => {
+                let bytes: [u8; 8] = rest
+                    .try_into()
+                    .map_err(|_| decode_error(name, "a timestamp of 8 bytes"))?;
+                Ok(Arc::new(ScalarUDF::new_from_impl(ConstantTimestamp {
+                    name: name.to_string(),
+                    millis: i64::from_le_bytes(bytes),
+                    signature: Signature::nullary(Volatility::Immutable),
+                })))
+            }
+            _ => self.ballista.try_decode_udf(name, buf),
+        }
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        if node.name() != BATCH_TIME_FUNCTION {
+            return self.ballista.try_encode_udf(node, buf);
+        }
+        let field = Arc::new(Field::new(
+            BATCH_TIME_FUNCTION,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ));
+        let value = node.invoke_with_args(ScalarFunctionArgs {
+            args: Vec::new(),
+            arg_fields: Vec::new(),
+            number_rows: 1,
+            return_field: field,
+            config_options: Arc::new(Default::default()),
+        })?;
+        let millis = match value {
+            ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(Some(ms), _)) => ms,
+            other => {
+                return internal_err!("{BATCH_TIME_FUNCTION}() gave {other:?}, not a timestamp");
+            }
+        };
+        buf.push(CONSTANT_TIMESTAMP);
+        buf.extend_from_slice(&millis.to_le_bytes());
+        Ok(())
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.ballista.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.ballista.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.ballista.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.ballista.try_encode_udwf(node, buf)
+    }
+}
+
+/// `flumen_batch_time()` as it arrives on an executor: the batch's time.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConstantTimestamp {
+    name: String,
+    millis: i64,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ConstantTimestamp {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+            Some(self.millis),
+            None,
+        )))
+    }
+}

@@ -1,0 +1,310 @@
+//! Running a query's batches on an Apache Ballista cluster.
+//!
+//! The driver (the process that owns the query) keeps what Spark's driver keeps: the
+//! plans, the batch schedule, the sources' offsets, the checkpoint, the operators'
+//! state and the sinks' commits. What a batch computes from its rows — every output's
+//! plan and every stateful operator's input plan (for an aggregate: the batch's
+//! partial aggregate) — is sent to the scheduler as a physical plan, one Ballista job
+//! per plan, split into stages at its exchanges and run as tasks on the executors.
+//!
+//! ```text
+//!   driver: plan built once ──ship──▶ the same plan, each scan of a slot replaced by
+//!           (StreamingTableExec          the batch's rows (MemorySourceConfig)
+//!            over BatchSlots)                  │ FlumenCodec (codec.rs)
+//!                                              ▼
+//!   scheduler ──stages──▶ executors (tasks) ──▶ results fetched by the driver
+//! ```
+//!
+//! The batch's rows travel with the job: sources are read on the driver. Processes:
+//! [`node`] starts a scheduler or an executor with Flumen's codec and functions.
+
+pub mod codec;
+pub mod node;
+
+use std::sync::Arc;
+
+use ballista_core::config::BallistaConfig;
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::TryStreamExt;
+use parking_lot::Mutex;
+
+use crate::listener::ClusterInfo;
+use crate::slot::BatchSlot;
+use crate::{Error, Result};
+
+pub use codec::FlumenCodec;
+
+/// The port a scheduler listens on unless told otherwise (Ballista's).
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// The largest message (a plan with its batch's rows, a result) the driver, the
+/// scheduler and the executors exchange: 1 GiB (Ballista's default is 16 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Where a cluster's scheduler is: `df://host:port` (`df://host` takes port 50050).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ClusterUrl {
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Plan(format!(
+                "cluster '{url}': {why}; write the scheduler's address as df://host:port, \
+                 e.g. df://127.0.0.1:50050"
+            ))
+        };
+        let rest = url
+            .trim()
+            .strip_prefix("df://")
+            .ok_or_else(|| bad("not a df:// URL"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            ),
+            None => (rest, DEFAULT_SCHEDULER_PORT),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("no host"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The scheduler's gRPC endpoint.
+    fn endpoint(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for ClusterUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "df://{}:{}", self.host, self.port)
+    }
+}
+
+/// A query's connection to a cluster: every plan it executes goes to the scheduler.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    url: ClusterUrl,
+    session_id: String,
+    config: BallistaConfig,
+    session_config: SessionConfig,
+    codec: FlumenCodec,
+    batch: Mutex<ClusterInfo>,
+}
+
+impl Cluster {
+    /// A connection for a query whose local plans run with `task_ctx`'s settings.
+    pub fn new(url: ClusterUrl, task_ctx: &TaskContext) -> Self {
+        let session_config = task_ctx
+            .session_config()
+            .clone()
+            .upgrade_for_ballista()
+            .with_ballista_grpc_client_max_message_size(MAX_MESSAGE_BYTES);
+        Self {
+            session_id: format!("flumen-{}", crate::checkpoint::new_id()),
+            config: session_config.ballista_config(),
+            session_config,
+            codec: FlumenCodec::default(),
+            batch: Mutex::new(ClusterInfo {
+                url: url.to_string(),
+                ..Default::default()
+            }),
+            url,
+        }
+    }
+
+    /// What the cluster did since the last call (one batch).
+    pub fn take_batch(&self) -> ClusterInfo {
+        let mut b = self.batch.lock();
+        let out = b.clone();
+        *b = ClusterInfo {
+            url: out.url.clone(),
+            ..Default::default()
+        };
+        out
+    }
+
+    /// The executors alive now, as the scheduler counts them (none when it cannot
+    /// tell: the batch does not fail for that).
+    pub async fn executor_count(&self) -> Option<u64> {
+        node::executor_count(&self.url).await.ok().map(|n| n as u64)
+    }
+
+    /// Runs `plan` on the cluster with the rows `slots` hold now; its result comes
+    /// back as one partition.
+    pub async fn execute(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        slots: &[Arc<BatchSlot>],
+    ) -> Result<Vec<Vec<RecordBatch>>> {
+        let shipped = ship(plan, slots)?;
+        let tasks = stage_tasks(&shipped);
+        let run = async {
+            let stream = execute_physical_plan::<PhysicalPlanNode>(
+                self.url.endpoint(),
+                &self.config,
+                Arc::clone(&shipped),
+                &self.codec,
+                self.session_id.clone(),
+                self.session_config.clone(),
+            )
+            .await?;
+            stream.try_collect::<Vec<RecordBatch>>().await
+        };
+        let batches = run.await.map_err(|e| self.error(e))?;
+        let mut b = self.batch.lock();
+        b.jobs += 1;
+        b.tasks += tasks;
+        Ok(vec![batches])
+    }
+
+    /// A failure to reach the scheduler or an executor is the cluster's (retryable:
+    /// the query recovers from its checkpoint when the cluster is back); a job that
+    /// failed evaluating the query stays an execution error, so that rows a query
+    /// fails on are found and set aside as in local mode.
+    fn error(&self, e: DataFusionError) -> Error {
+        let text = e.to_string();
+        let unreachable = [
+            "transport error",
+            "tcp connect error",
+            "Connection refused",
+            "connection error",
+            "Unavailable",
+            "dns error",
+            "broken pipe",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle));
+        if unreachable {
+            Error::Cluster {
+                url: self.url.to_string(),
+                message: format!(
+                    "the scheduler or an executor cannot be reached ({})",
+                    first_line(&text)
+                ),
+                retryable: true,
+            }
+        } else if text.contains("Fail to execute query") {
+            Error::Cluster {
+                url: self.url.to_string(),
+                message: format!("the scheduler refused the job: {}", first_line(&text)),
+                retryable: true,
+            }
+        } else {
+            Error::DataFusion(e)
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    let line = text.lines().next().unwrap_or(text);
+    match line.char_indices().nth(400) {
+        Some((cut, _)) => &line[..cut],
+        None => line,
+    }
+}
+
+/// `plan` with every scan of one of `slots` replaced by the rows the slot holds now.
+fn ship(plan: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut unknown = None;
+    let shipped = Arc::clone(plan)
+        .transform_up(|node| {
+            let Some(scan) = node.downcast_ref::<StreamingTableExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            match slots.iter().find(|s| s.scanned_by(scan)) {
+                Some(slot) => Ok(Transformed::yes(
+                    slot.rows_for(scan)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                )),
+                None => {
+                    unknown = Some(
+                        datafusion::physical_plan::displayable(node.as_ref())
+                            .one_line()
+                            .to_string(),
+                    );
+                    Ok(Transformed::no(node))
+                }
+            }
+        })?
+        .data;
+    if let Some(scan) = unknown {
+        return Err(Error::Internal(format!(
+            "a plan sent to the cluster scans a stream the query does not hold: {scan}"
+        )));
+    }
+    Ok(shipped)
+}
+
+/// The tasks Ballista runs for `plan`: one per partition of each stage, a stage
+/// ending at each exchange and at the root.
+fn stage_tasks(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+    let mut tasks = plan.output_partitioning().partition_count() as u64;
+    let _ = plan.apply(|node| {
+        if node.downcast_ref::<RepartitionExec>().is_some()
+            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || node.downcast_ref::<SortPreservingMergeExec>().is_some()
+        {
+            for child in node.children() {
+                tasks += child.output_partitioning().partition_count() as u64;
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(
+            ClusterUrl::parse("df://127.0.0.1:50051").unwrap(),
+            ClusterUrl {
+                host: "127.0.0.1".into(),
+                port: 50051
+            }
+        );
+        assert_eq!(ClusterUrl::parse("df://localhost").unwrap().port, 50050);
+        assert_eq!(
+            ClusterUrl::parse(" df://h:1/ ").unwrap().to_string(),
+            "df://h:1"
+        );
+        for bad in [
+            "http://h:1",
+            "df://",
+            "df://h:0",
+            "df://h:x",
+            "df://h:70000",
+        ] {
+            let e = ClusterUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("cluster '{bad}'")), "{e}");
+            assert!(e.contains("df://host:port"), "{e}");
+        }
+    }
+}

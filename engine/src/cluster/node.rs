@@ -1,0 +1,247 @@
+//! A cluster's processes: Ballista's scheduler and executor with Flumen's codec
+//! ([`FlumenCodec`]) and functions installed, so every node decodes every plan a
+//! Flumen driver sends. `flumen scheduler` and `flumen executor` run these; tests run
+//! them in-process ([`LocalCluster`]).
+//!
+//! Tasks are pushed by the scheduler to the executors (Ballista's `push-staged`
+//! policy): an executor listens for them on its gRPC port, and serves its tasks'
+//! results (shuffle files) on its Flight port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+
+use super::{ClusterUrl, FlumenCodec, MAX_MESSAGE_BYTES};
+use crate::{Error, Result};
+
+/// The functions a node must know beyond DataFusion's: those of Flumen's SQL layer
+/// (`flumen_sql::functions::udfs()`), which the engine does not depend on.
+pub type Functions = Vec<Arc<ScalarUDF>>;
+
+fn session_state(config: SessionConfig, functions: &Functions) -> Result<SessionState> {
+    let mut state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .build();
+    for f in functions {
+        datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::clone(f))?;
+    }
+    Ok(state)
+}
+
+fn ballista_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cluster {
+        url: what.to_string(),
+        message: e.to_string(),
+        retryable: false,
+    }
+}
+
+/// Runs a scheduler on `listener` until the process ends.
+pub async fn serve_scheduler(
+    listener: tokio::net::TcpListener,
+    functions: Functions,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    let mut config = SchedulerConfig {
+        bind_host: addr.ip().to_string(),
+        bind_port: addr.port(),
+        external_host: addr.ip().to_string(),
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        grpc_server_max_decoding_message_size: MAX_MESSAGE_BYTES as u32,
+        grpc_server_max_encoding_message_size: MAX_MESSAGE_BYTES as u32,
+        grpc_client_max_message_size: MAX_MESSAGE_BYTES as u32,
+        override_physical_codec: Some(Arc::new(FlumenCodec::default())),
+        // An executor silent for 15 s (its heartbeat is every 5 s) is dead: its
+        // tasks run elsewhere (Ballista's default waits 180 s).
+        executor_timeout_seconds: 15,
+        expire_dead_executor_interval_seconds: 5,
+        ..SchedulerConfig::default()
+    };
+    config.override_session_builder = Some(Arc::new(move |c: SessionConfig| {
+        session_state(c, &functions).map_err(|e| match e {
+            Error::DataFusion(e) => e,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        })
+    }));
+    let what = format!("scheduler on {addr}");
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| ballista_error(&what, e))?;
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
+            .await
+            .map_err(|e| ballista_error(&what, e))?;
+    start_grpc_service_with_listener(listener, scheduler)
+        .await
+        .map_err(|e| ballista_error(&what, e))
+}
+
+/// How an executor runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler it registers with.
+    pub scheduler: ClusterUrl,
+    /// The address it listens on (and tells the scheduler).
+    pub host: String,
+    /// The port its tasks' results are fetched from (Arrow Flight).
+    pub port: u16,
+    /// The port the scheduler pushes tasks to.
+    pub grpc_port: u16,
+    /// Tasks it runs at once.
+    pub slots: usize,
+    /// Where its tasks' shuffle files go (a folder of the system's temporary one
+    /// unless given).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs an executor until the process ends (or Ctrl-C).
+pub async fn run_executor(options: ExecutorOptions, functions: Functions) -> Result<()> {
+    let state = session_state(SessionConfig::new(), &functions)?;
+    let work_dir = options
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("flumen-executor-{}", options.port)));
+    std::fs::create_dir_all(&work_dir).map_err(|e| {
+        Error::Plan(format!(
+            "executor: cannot create its work folder {}: {e}",
+            work_dir.display()
+        ))
+    })?;
+    let config = ExecutorProcessConfig {
+        bind_host: options.host.clone(),
+        external_host: Some(options.host.clone()),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: options.scheduler.host.clone(),
+        scheduler_port: options.scheduler.port,
+        scheduler_connect_timeout_seconds: 30,
+        vcores: options.slots.max(1),
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        work_dir: Some(work_dir.display().to_string()),
+        grpc_max_decoding_message_size: MAX_MESSAGE_BYTES as u32,
+        grpc_max_encoding_message_size: MAX_MESSAGE_BYTES as u32,
+        executor_heartbeat_interval_seconds: 5,
+        override_physical_codec: Some(Arc::new(FlumenCodec::default())),
+        override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&state))),
+        ..ExecutorProcessConfig::default()
+    };
+    let what = format!("executor on {}:{}", options.host, options.port);
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| ballista_error(&what, e))
+}
+
+/// A free TCP port on `host`, for a process that binds it itself.
+pub fn free_port(host: &str) -> Result<u16> {
+    let listener = std::net::TcpListener::bind((host, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A scheduler and executors running inside this process on 127.0.0.1, on the
+/// caller's tokio runtime: what the tests run queries on.
+pub struct LocalCluster {
+    pub url: ClusterUrl,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LocalCluster {
+    /// A scheduler and `executors` executors of `slots` task slots each, once every
+    /// executor has registered.
+    pub async fn start(executors: usize, slots: usize, functions: Functions) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let url = ClusterUrl {
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        };
+        let mut tasks = Vec::new();
+        let f = functions.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve_scheduler(listener, f).await {
+                log::error!("scheduler: {e}");
+            }
+        }));
+        for _ in 0..executors {
+            let options = ExecutorOptions {
+                scheduler: url.clone(),
+                host: "127.0.0.1".into(),
+                port: free_port("127.0.0.1")?,
+                grpc_port: free_port("127.0.0.1")?,
+                slots,
+                work_dir: None,
+            };
+            let f = functions.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_executor(options, f).await {
+                    log::error!("executor: {e}");
+                }
+            }));
+        }
+        let cluster = Self { url, tasks };
+        cluster.wait_for_executors(executors).await?;
+        Ok(cluster)
+    }
+
+    /// Waits (at most 60 s) until `n` executors have registered with the scheduler.
+    async fn wait_for_executors(&self, n: usize) -> Result<()> {
+        for _ in 0..600 {
+            if executor_count(&self.url).await.unwrap_or(0) >= n {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(ballista_error(
+            &self.url.to_string(),
+            format!("{n} executors did not register within 60 s"),
+        ))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The executors registered with the scheduler at `url` and alive (its REST API,
+/// `GET /api/executors`, served on the scheduler's port).
+pub async fn executor_count(url: &ClusterUrl) -> Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let what = url.to_string();
+    let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| ballista_error(&what, e))?;
+    let request = format!(
+        "GET /api/executors HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        url.host, url.port
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or_else(|| {
+        ballista_error(&what, "the scheduler's reply to /api/executors has no body")
+    })?;
+    let executors: Vec<serde_json::Value> = serde_json::from_str(body.trim()).map_err(|e| {
+        ballista_error(
+            &what,
+            format!("the scheduler's list of executors is not JSON: {e}"),
+        )
+    })?;
+    Ok(executors.len())
+}
