@@ -97,7 +97,12 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
         .parse()
         .unwrap();
     // The aggregate's input plan and the output's plan.
-    assert!(jobs >= 1, "{ran_on}");
+    assert_eq!(jobs, 2, "{ran_on}");
+    let q = session.queries().next().unwrap();
+    let progress = q.ctx.recent_batches()[0].progress("counts");
+    assert_eq!(progress["cluster"]["url"], cluster.url.to_string());
+    assert_eq!(progress["cluster"]["jobs"], 2);
+    assert_eq!(progress["cluster"]["executors"], 2);
 }
 
 /// A query whose cluster is not there fails its batch naming the cluster, and is not

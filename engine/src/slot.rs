@@ -128,9 +128,7 @@ impl BatchSlot {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
-        self.streams
-            .lock()
-            .extend(parts.iter().map(stream_address));
+        self.streams.lock().extend(parts.iter().map(stream_address));
         Ok(Arc::new(StreamingTable::try_new(
             Arc::clone(&self.schema),
             parts,
