@@ -405,12 +405,12 @@ impl FlumenSession {
             .min()
             .unwrap_or(self.settings.batch_interval);
         for _ in 0..n {
+            // The queries running before the clock moves: one that fails its batch
+            // before it is awaited below is still awaited, and its error returned.
+            let active: Vec<_> = queries.iter().filter(|q| q.is_active()).collect();
             clock.advance(step);
             let now = clock.now().as_millis();
-            for q in &queries {
-                if !q.is_active() {
-                    continue;
-                }
+            for q in active {
                 let i = q.ctx.batch_interval().as_millis() as i64;
                 let due = Time::from_millis(now - now.rem_euclid(i));
                 if q.ctx.started_at().is_some_and(|s| due > s) {
