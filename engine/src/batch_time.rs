@@ -1,25 +1,32 @@
 //! `_batch_time`: every stream's rows carry the time of the batch they arrive in
 //! (Spark DStream semantics). The value comes from a per-query cell that a listener
 //! sets when each batch starts, read by the volatile `flumen_batch_time()` function.
+//! On a cluster the function travels with the cell's value (`cluster::codec`), and the
+//! executor's copy reads a cell fixed at it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::{StreamingListener, Time};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use flumen_engine::{StreamingListener, Time};
 
-/// The column name.
-pub const BATCH_TIME_COLUMN: &str = "_batch_time";
+/// The function's name.
+pub const BATCH_TIME_FUNCTION: &str = "flumen_batch_time";
 
 /// Holds the time of the batch being processed.
 #[derive(Debug, Default)]
 pub struct BatchTimeCell(AtomicI64);
 
 impl BatchTimeCell {
+    /// A cell holding `millis` (what an executor's copy of the function reads).
+    pub fn fixed(millis: i64) -> Self {
+        Self(AtomicI64::new(millis))
+    }
+
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Acquire)
     }
@@ -37,6 +44,13 @@ pub fn batch_time_udf(cell: Arc<BatchTimeCell>) -> ScalarUDF {
         signature: Signature::nullary(Volatility::Volatile),
         cell: CellRef(cell),
     })
+}
+
+/// The batch time `udf` reads now, when it is `flumen_batch_time()`.
+pub(crate) fn batch_time_of(udf: &ScalarUDF) -> Option<i64> {
+    udf.inner()
+        .downcast_ref::<BatchTimeFunction>()
+        .map(|f| f.cell.0.get())
 }
 
 #[derive(Debug)]
@@ -64,7 +78,7 @@ struct BatchTimeFunction {
 
 impl ScalarUDFImpl for BatchTimeFunction {
     fn name(&self) -> &str {
-        flumen_engine::cluster::codec::BATCH_TIME_FUNCTION
+        BATCH_TIME_FUNCTION
     }
 
     fn signature(&self) -> &Signature {

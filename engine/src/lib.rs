@@ -21,6 +21,7 @@
 //!            └────────────────────────────────────────────────────────────────────┘
 //! ```
 
+pub mod batch_time;
 pub mod checkpoint;
 pub mod clock;
 pub mod cluster;

@@ -7,10 +7,10 @@
 //!
 //! - `SplitUnnestExec` (`split.rs`): its expressions as DataFusion's protobuf
 //!   expressions, its delimiter, null handling and output schema;
-//! - `flumen_batch_time()`: a volatile function reading a per-query cell on the
-//!   driver. It is evaluated on the driver when the plan is encoded and travels as
-//!   its value, so every task of the batch sees the batch's time (Spark evaluates
-//!   `current_timestamp()` on the driver the same way).
+//! - `flumen_batch_time()` (`batch_time.rs`): a volatile function reading a per-query
+//!   cell on the driver. It travels as the cell's value when the plan is encoded and
+//!   arrives reading a cell fixed at it, so every task of the batch sees the batch's
+//!   time (Spark evaluates `current_timestamp()` on the driver the same way).
 //!
 //! Every other function travels by name and is found in the scheduler's and the
 //! executors' function registry, which `flumen scheduler` / `flumen executor` fill
@@ -19,13 +19,10 @@
 use std::sync::Arc;
 
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::common::{DataFusionError, Result, ScalarValue, internal_err};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{
-    AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility, WindowUDF,
-};
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
@@ -34,16 +31,14 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use datafusion_proto::protobuf::PhysicalExprNode;
 use prost::Message;
 
+use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
 use crate::split::SplitUnnestExec;
-
-/// The name of the function that gives each row its batch's time.
-pub const BATCH_TIME_FUNCTION: &str = "flumen_batch_time";
 
 /// First byte of an encoded node: whose it is.
 const BALLISTA_NODE: u8 = 0;
 const SPLIT_UNNEST_NODE: u8 = 1;
 /// First byte of an encoded function that travels as a value.
-const CONSTANT_TIMESTAMP: u8 = 2;
+const BATCH_TIME: u8 = 2;
 
 /// The codec of every Flumen driver, scheduler and executor (see the module).
 #[derive(Debug, Default)]
@@ -168,45 +163,27 @@ impl PhysicalExtensionCodec for FlumenCodec {
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
         match buf.split_first() {
-            Some((&CONSTANT_TIMESTAMP, rest)) => {
+            Some((&BATCH_TIME, rest)) => {
                 let bytes: [u8; 8] = rest
                     .try_into()
                     .map_err(|_| decode_error(name, "a timestamp of 8 bytes"))?;
-                Ok(Arc::new(ScalarUDF::new_from_impl(ConstantTimestamp {
-                    name: name.to_string(),
-                    millis: i64::from_le_bytes(bytes),
-                    signature: Signature::nullary(Volatility::Immutable),
-                })))
+                Ok(Arc::new(batch_time_udf(Arc::new(BatchTimeCell::fixed(
+                    i64::from_le_bytes(bytes),
+                )))))
             }
             _ => self.ballista.try_decode_udf(name, buf),
         }
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-        if node.name() != BATCH_TIME_FUNCTION {
-            return self.ballista.try_encode_udf(node, buf);
-        }
-        let field = Arc::new(Field::new(
-            BATCH_TIME_FUNCTION,
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            true,
-        ));
-        let value = node.invoke_with_args(ScalarFunctionArgs {
-            args: Vec::new(),
-            arg_fields: Vec::new(),
-            number_rows: 1,
-            return_field: field,
-            config_options: Arc::new(Default::default()),
-        })?;
-        let millis = match value {
-            ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(Some(ms), _)) => ms,
-            other => {
-                return internal_err!("{BATCH_TIME_FUNCTION}() gave {other:?}, not a timestamp");
+        match batch_time_of(node) {
+            Some(millis) => {
+                buf.push(BATCH_TIME);
+                buf.extend_from_slice(&millis.to_le_bytes());
+                Ok(())
             }
-        };
-        buf.push(CONSTANT_TIMESTAMP);
-        buf.extend_from_slice(&millis.to_le_bytes());
-        Ok(())
+            None => self.ballista.try_encode_udf(node, buf),
+        }
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
@@ -223,34 +200,5 @@ impl PhysicalExtensionCodec for FlumenCodec {
 
     fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
         self.ballista.try_encode_udwf(node, buf)
-    }
-}
-
-/// `flumen_batch_time()` as it arrives on an executor: the batch's time.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ConstantTimestamp {
-    name: String,
-    millis: i64,
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for ConstantTimestamp {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
-            Some(self.millis),
-            None,
-        )))
     }
 }
