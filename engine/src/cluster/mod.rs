@@ -22,6 +22,7 @@ pub mod codec;
 pub mod node;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
@@ -110,7 +111,12 @@ pub(crate) struct Cluster {
     session_config: SessionConfig,
     codec: FlumenCodec,
     batch: Mutex<ClusterInfo>,
+    /// The executors' count and when the scheduler gave it.
+    executors: Mutex<Option<(Instant, Option<u64>)>>,
 }
+
+/// How long an executors' count is shown before the scheduler is asked again.
+const EXECUTORS_REFRESH: Duration = Duration::from_secs(5);
 
 impl Cluster {
     /// A connection for a query whose local plans run with `task_ctx`'s settings.
@@ -125,6 +131,7 @@ impl Cluster {
             config: session_config.ballista_config(),
             session_config,
             codec: FlumenCodec::default(),
+            executors: Mutex::new(None),
             batch: Mutex::new(ClusterInfo {
                 url: url.to_string(),
                 ..Default::default()
@@ -144,10 +151,23 @@ impl Cluster {
         out
     }
 
-    /// The executors alive now, as the scheduler counts them (none when it cannot
-    /// tell: the batch does not fail for that).
+    /// The executors alive, as the scheduler counted them at most
+    /// [`EXECUTORS_REFRESH`] ago (asked within a second; none when it cannot tell: the
+    /// batch does not fail for that). Not asked every batch: a batch every 10 ms would
+    /// pay a request each.
     pub async fn executor_count(&self) -> Option<u64> {
-        node::executor_count(&self.url).await.ok().map(|n| n as u64)
+        if let Some((at, n)) = *self.executors.lock()
+            && at.elapsed() < EXECUTORS_REFRESH
+        {
+            return n;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(1), node::executor_count(&self.url))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|n| n as u64);
+        *self.executors.lock() = Some((Instant::now(), n));
+        n
     }
 
     /// Runs `plan` on the cluster with the rows `slots` hold now; its result comes
@@ -179,11 +199,19 @@ impl Cluster {
     }
 
     /// A failure to reach the scheduler or an executor is the cluster's (retryable:
-    /// the query recovers from its checkpoint when the cluster is back); a job that
-    /// failed evaluating the query stays an execution error, so that rows a query
-    /// fails on are found and set aside as in local mode.
+    /// the query recovers from its checkpoint when the cluster is back); a job the
+    /// scheduler would not take is the cluster's too, and not retryable (a scheduler
+    /// without Flumen's codec or functions refuses every plan). A job whose task
+    /// failed evaluating the query is an execution error with the task's own message
+    /// (Ballista's `Job <id> failed: DataFusion error: ` taken off), so that rows a
+    /// query fails on are found, set aside or named as in local mode.
     fn error(&self, e: DataFusionError) -> Error {
         let text = e.to_string();
+        let cluster = |message: String, retryable| Error::Cluster {
+            url: self.url.to_string(),
+            message,
+            retryable,
+        };
         let unreachable = [
             "transport error",
             "tcp connect error",
@@ -196,24 +224,58 @@ impl Cluster {
         .iter()
         .any(|needle| text.contains(needle));
         if unreachable {
-            Error::Cluster {
-                url: self.url.to_string(),
-                message: format!(
+            return cluster(
+                format!(
                     "the scheduler or an executor cannot be reached ({})",
                     first_line(&text)
                 ),
-                retryable: true,
-            }
-        } else if text.contains("Fail to execute query") {
-            Error::Cluster {
-                url: self.url.to_string(),
-                message: format!("the scheduler refused the job: {}", first_line(&text)),
-                retryable: true,
-            }
-        } else {
-            Error::DataFusion(e)
+                true,
+            );
+        }
+        if text.contains("Fail to execute query") {
+            return cluster(
+                format!(
+                    "the scheduler refused the job (is it `flumen scheduler`, which knows \
+                     Flumen's plans and functions?): {}",
+                    first_line(&text)
+                ),
+                false,
+            );
+        }
+        match task_error(&text) {
+            Some(task) => Error::DataFusion(DataFusionError::Execution(task)),
+            None => Error::DataFusion(e),
         }
     }
+}
+
+/// The task's error in Ballista's `Execution error: Job <id> failed: <why>`: when a
+/// task failed, Ballista writes its error in Rust's debug form
+/// (`...runtime execution error: DataFusionError(Shared(External(ArrowError(CastError("..")))))`),
+/// given here as `a task failed: CastError: ..`; otherwise `<why>` without
+/// `DataFusion error: `.
+fn task_error(text: &str) -> Option<String> {
+    let rest = text.split_once("Job ")?.1;
+    let (_, why) = rest.split_once(" failed: ")?;
+    let why = why.trim_end();
+    if let Some((_, debug)) = why.split_once("runtime execution error: ")
+        && let (Some(open), Some(close)) = (debug.find("(\""), debug.rfind("\")"))
+        && open < close
+    {
+        let variant = debug[..open]
+            .rsplit(|c: char| !c.is_alphanumeric() && c != '_')
+            .next()
+            .unwrap_or("");
+        let message = debug[open + 2..close]
+            .replace("\\\"", "\"")
+            .replace("\\\\", "\\");
+        return Some(format!("a task failed: {variant}: {message}"));
+    }
+    Some(
+        why.strip_prefix("DataFusion error: ")
+            .unwrap_or(why)
+            .to_string(),
+    )
 }
 
 fn first_line(text: &str) -> &str {
@@ -280,6 +342,29 @@ fn stage_tasks(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_task_keeps_its_own_message() {
+        assert_eq!(
+            task_error(
+                "Execution error: Job 038HSA44Z2000 failed: DataFusion error: Arrow error: Cast error: x"
+            )
+            .as_deref(),
+            Some("Arrow error: Cast error: x")
+        );
+        // A task's error, as Ballista writes it (debug form, escaped quotes).
+        let debug = r#"Execution error: Job 038 failed: Job failed due to stage 1 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(ArrowError(CastError("Cannot cast string 'x0' to \"Int64\"")))))
+"#;
+        assert_eq!(
+            task_error(debug).as_deref(),
+            Some(r#"a task failed: CastError: Cannot cast string 'x0' to "Int64""#)
+        );
+        assert_eq!(
+            task_error("Execution error: Job 1 failed: lost").as_deref(),
+            Some("lost")
+        );
+        assert_eq!(task_error("Arrow error: Cast error: x"), None);
+    }
 
     #[test]
     fn cluster_urls() {
