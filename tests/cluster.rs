@@ -283,3 +283,312 @@ async fn a_query_recovers_from_its_checkpoint_when_the_scheduler_comes_back() {
         "values lost"
     );
 }
+
+fn session_at(t: flumen::engine::Time) -> (FlumenSession, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t));
+    let session = FlumenSession::new(flumen::connectors::registry(), clock.clone());
+    (session, clock)
+}
+
+/// A running aggregate whose state lives in 3 state partitions, with a checkpoint.
+fn counts_script(dir: &std::path::Path, cluster: Option<&str>, partitions: usize) -> String {
+    format!(
+        "{}SET batch_interval = '1 second';
+         SET checkpoint_location = '{}';
+         SET state_partitions = '{partitions}';
+         SET output_mode = 'update';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+         CREATE SINK c WITH (connector = 'memory') AS
+           SELECT value % 4 AS k, count(*) AS n, sum(value) AS s FROM r GROUP BY value % 4;",
+        cluster
+            .map(|u| format!("SET cluster = '{u}';\n"))
+            .unwrap_or_default(),
+        dir.display()
+    )
+}
+
+/// The newest count and sum of each key the sink `c` received.
+async fn latest(session: &mut FlumenSession) -> Vec<String> {
+    rows(
+        session,
+        "SELECT k, max(n), max(s) FROM c GROUP BY k ORDER BY k",
+    )
+    .await
+}
+
+/// On a cluster a running aggregate's groups live in state partitions on the
+/// executors, versioned in files under the checkpoint: a query stopped after two
+/// batches and started again — its executors' caches gone, so every partition is read
+/// back from its files — gives the totals of one uninterrupted local run. A
+/// checkpoint is never resumed under a different placement: local state on a
+/// cluster, cluster state locally, another partition count — each a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn running_totals_resume_from_state_partitions_and_a_changed_placement_is_refused() {
+    use flumen::engine::Time;
+    let cluster = cluster().await;
+    let url = cluster.url.to_string();
+    // Uninterrupted, in this process: 4 batches, values 0..40.
+    let local = crate::common::temp_dir("cluster-state-local");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&counts_script(&local, None, 3))
+        .await
+        .unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    let whole = latest(&mut s).await;
+    s.stop_all().await.unwrap();
+    assert_eq!(whole, ["0|10|180", "1|10|190", "2|10|200", "3|10|210"]);
+
+    // On the cluster: 2 batches, stopped, the executors forget, 2 more.
+    let dir = crate::common::temp_dir("cluster-state-resume");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&counts_script(&dir, Some(&url), 3))
+        .await
+        .unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(
+        latest(&mut s).await,
+        ["0|5|40", "1|5|45", "2|5|50", "3|5|55"]
+    );
+    let explain = rows(&mut s, "SHOW PROGRESS").await;
+    assert!(!explain.is_empty());
+    s.stop_all().await.unwrap();
+    flumen::engine::cluster::state::forget(&dir);
+    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    s.execute_script(&counts_script(&dir, Some(&url), 3))
+        .await
+        .unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(latest(&mut s).await, whole);
+    s.stop_all().await.unwrap();
+    // The versions are files, one folder per state partition.
+    let state = dir.join("queries/c/cluster-state/0");
+    let mut parts: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    parts.sort();
+    assert_eq!(parts, ["p0", "p1", "p2"]);
+
+    // The cluster's checkpoint run locally, or with other partitions; the local one
+    // on the cluster.
+    for (script, want) in [
+        (
+            counts_script(&dir, None, 3),
+            "keeps its groups in state partitions on a cluster's executors",
+        ),
+        (
+            counts_script(&dir, Some(&url), 5),
+            "set state_partitions = 3",
+        ),
+        (
+            counts_script(&local, Some(&url), 3),
+            "holds its groups on the driver",
+        ),
+    ] {
+        let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+        let e = s.execute_script(&script).await.unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+/// A running count over 1,000,000 keys on the cluster: the groups are spread over the
+/// executors' state partitions and none is on the driver — its operator holds no
+/// rows and no bytes, batch after batch, as the keys grow — and the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_keys_live_in_the_executors_state_partitions_not_on_the_driver() {
+    let cluster = cluster().await;
+    let dir = crate::common::temp_dir("cluster-million-keys");
+    let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+    s.execute_script(&format!(
+        "SET cluster = '{}';
+         SET checkpoint_location = '{}';
+         SET state_partitions = '4';
+         SET output_mode = 'update';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '250000');
+         CREATE SINK c WITH (connector = 'memory') AS
+           SELECT value % 1000000 AS k, count(*) AS n FROM r GROUP BY value % 1000000;",
+        cluster.url,
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    for batch in 1..=5 {
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        let q = s.queries().next().unwrap();
+        let info = q.ctx.recent_batches().last().cloned().unwrap();
+        let op = &info.operators[0];
+        assert_eq!(
+            (op.rows, op.memory_bytes),
+            (0, 0),
+            "batch {batch}: the driver holds state"
+        );
+        let keys = (batch * 250_000).min(1_000_000);
+        let (partitions, rows) = flumen::engine::cluster::state::cached(&dir);
+        assert_eq!(
+            (partitions, rows),
+            (4, keys),
+            "batch {batch}: the executors' state partitions"
+        );
+    }
+    // 1,250,000 values: keys 0..250,000 counted twice, the others once.
+    assert_eq!(
+        rows(&mut s, "SELECT n, count(*) FROM (SELECT k, max(n) AS n FROM c GROUP BY k) GROUP BY n ORDER BY n").await,
+        ["1|750000", "2|250000"]
+    );
+}
+
+/// An executor started as a process on free ports (it takes a port and the next).
+fn spawn_executor(scheduler: &str, log: &std::path::Path) -> std::process::Child {
+    let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
+    spawn(
+        &[
+            "executor",
+            "--scheduler",
+            scheduler,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--slots",
+            "1",
+        ],
+        log,
+    )
+}
+
+/// The real processes: `flumen scheduler`, two `flumen executor`s, and a query with a
+/// checkpoint reading CSV files, keeping a running count per key in state partitions
+/// on the executors and writing its changes as Parquet. One executor is SIGKILLed five
+/// times while the query runs (a new one started each time): the batches it was in
+/// fail or are retried, the query restarts from its checkpoint, and the committed
+/// output (read through the sink's commit log) holds exactly the right count for
+/// every key — no batch lost, none counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_counts_stay_exact_while_executors_are_killed() {
+    use flumen::engine::cluster::{ClusterUrl, node};
+    let dir = crate::common::temp_dir("cluster-executor-kills");
+    let input = dir.join("in");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    let (files, lines, keys) = (60, 500, 200);
+    let mut want = std::collections::BTreeMap::<String, u64>::new();
+    for f in 0..files {
+        let mut text = String::new();
+        for i in 0..lines {
+            let k = format!("k{:03}", (f * 31 + i * 7) % keys);
+            text.push_str(&k);
+            text.push('\n');
+            *want.entry(k).or_default() += 1;
+        }
+        std::fs::write(input.join(format!("f{f:03}.csv")), text).unwrap();
+    }
+    let port = node::free_port("127.0.0.1").unwrap();
+    let bind = format!("127.0.0.1:{port}");
+    let url = ClusterUrl::parse(&format!("df://{bind}")).unwrap();
+    let mut scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
+    let mut executors: Vec<_> = (0..2)
+        .map(|i| spawn_executor(&bind, &dir.join(format!("executor-{i}.log"))))
+        .collect();
+    wait_for_executors(&url, 2).await;
+    let query_log = dir.join("query.log");
+    let mut query = spawn(
+        &[
+            "--no-ui",
+            "--cluster",
+            &format!("df://{bind}"),
+            "--checkpoint",
+            dir.join("checkpoint").to_str().unwrap(),
+            "--batch-interval",
+            "200 ms",
+            "-c",
+            &format!(
+                "SET restart = 'on-failure'; SET restart_delay = '200 ms'; SET restart_attempts = '100';
+                 SET output_mode = 'update'; SET state_partitions = '4';
+                 CREATE STREAM t (k TEXT) WITH (connector = 'files', path = '{}', format = 'csv',
+                   include_existing = 'true', max_files_per_batch = '1');
+                 CREATE SINK o WITH (connector = 'files', path = '{}', format = 'parquet') AS
+                   SELECT k, count(*) AS n FROM t GROUP BY k;",
+                input.display(),
+                out.display()
+            ),
+        ],
+        &query_log,
+    );
+    let log = || std::fs::read_to_string(&query_log).unwrap_or_default();
+    // Batches committed, by the times in their files' names (`part-<ms>-<p>`): the
+    // log is compacted, its entries are not a count.
+    let batches = || {
+        if !out.join("_flumen_log").exists() {
+            return 0;
+        }
+        let mut times: Vec<String> = crate::crash::committed(&out)
+            .iter()
+            .filter_map(|f| f.rsplit('/').next()?.split('-').nth(1).map(String::from))
+            .collect();
+        times.sort();
+        times.dedup();
+        times.len()
+    };
+    let total = (files * lines) as u64;
+    let counted = || async {
+        let rows = crate::crash::query(
+            &out,
+            "SELECT CAST(sum(n) AS BIGINT) FROM (SELECT k, max(n) AS n FROM output GROUP BY k)",
+        )
+        .await;
+        rows[0].parse::<u64>().unwrap_or(0)
+    };
+    for kill in 0..5 {
+        wait_for("batches before a kill", || batches() >= 3 + kill * 6).await;
+        let victim = kill % 2;
+        executors[victim].kill().unwrap();
+        executors[victim].wait().unwrap();
+        executors[victim] = spawn_executor(
+            &bind,
+            &dir.join(format!("executor-{victim}-{}.log", kill + 1)),
+        );
+    }
+    assert!(
+        counted().await < total,
+        "the query ended before the executors were killed: {}",
+        log()
+    );
+    for _ in 0..1200 {
+        if batches() > 0 && counted().await == total {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &query.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(query.wait().unwrap().code(), Some(0), "{}", log());
+    for p in executors.iter_mut().chain([&mut scheduler]) {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let got = crate::crash::query(
+        &out,
+        "SELECT k, CAST(max(n) AS BIGINT) FROM output GROUP BY k ORDER BY k",
+    )
+    .await;
+    let want: Vec<String> = want.iter().map(|(k, n)| format!("{k}|{n}")).collect();
+    assert_eq!(got, want, "{}", log());
+    // No batch's changes written twice: a key's count appears once per batch.
+    let dup =
+        crate::crash::query(&out, "SELECT count(*) - count(DISTINCT (k, n)) FROM output").await;
+    assert_eq!(dup, ["0"]);
+}
+
+async fn wait_for_executors(url: &flumen::engine::cluster::ClusterUrl, n: usize) {
+    for _ in 0..600 {
+        if flumen::engine::cluster::node::executor_count(url)
+            .await
+            .unwrap_or(0)
+            == n
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("waited 60 s for {n} executors");
+}

@@ -64,7 +64,7 @@ fn run_with_kills(script: &Path, checkpoint: &Path, seed: u64) {
 /// The files the sink's commit log lists: its entries are `<13 digits>` and
 /// `<13 digits>.compact` (a process killed while writing one leaves the object
 /// store's staging file, `<name>#<n>`, which the sink ignores too).
-fn committed(dir: &Path) -> Vec<String> {
+pub(crate) fn committed(dir: &Path) -> Vec<String> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir.join("_flumen_log")).unwrap() {
         let p = e.unwrap().path();
@@ -83,7 +83,7 @@ fn committed(dir: &Path) -> Vec<String> {
     files
 }
 
-async fn query(dir: &Path, sql: &str) -> Vec<String> {
+pub(crate) async fn query(dir: &Path, sql: &str) -> Vec<String> {
     let ctx = SessionContext::new();
     ctx.register_parquet_files("output", committed(dir)).await;
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();

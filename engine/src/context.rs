@@ -660,12 +660,14 @@ impl StreamingContext {
             );
         }
         let opened = async {
+            let checkpoint = shared.checkpoint.lock().clone();
             let mut pipeline = Pipeline::plan(
                 format!("{}-{}", shared.name, 0),
                 graph,
                 shared.session.clone(),
                 shared.interval,
                 shared.cluster.clone(),
+                checkpoint.as_ref(),
             )
             .await?;
             let start = open_pipeline(&shared, &mut pipeline, first).await?;

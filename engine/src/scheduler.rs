@@ -69,6 +69,49 @@ pub(crate) struct Pipeline {
     slots: Vec<Arc<crate::slot::BatchSlot>>,
 }
 
+/// Where operator `i`'s state partitions live on a cluster: under the checkpoint's
+/// folder, or a temporary one made for the run (`temporary`, shared by the query's
+/// operators, removed with them).
+fn state_placement(
+    i: usize,
+    name: &str,
+    checkpoint: Option<&crate::checkpoint::CheckpointLocation>,
+    temporary: &mut Option<Arc<crate::cluster::state::TemporaryDir>>,
+) -> Result<crate::cluster::state::Placement> {
+    use crate::checkpoint::CheckpointLocation;
+    use crate::cluster::state::{Placement, TemporaryDir};
+    match checkpoint {
+        Some(CheckpointLocation::Local(dir)) => {
+            let dir = std::path::absolute(dir).map_err(|e| {
+                crate::Error::Checkpoint(format!("checkpoint location {}: {e}", dir.display()))
+            })?;
+            Ok(Placement {
+                dir: dir.join("cluster-state").join(i.to_string()),
+                temporary: None,
+            })
+        }
+        Some(CheckpointLocation::Store(location)) => Err(crate::Error::Plan(format!(
+            "{name} on a cluster keeps its state in partitions in a folder the driver and \
+             every executor share, under the checkpoint location; '{}' is an object store, \
+             which state partitions cannot use yet: give a checkpoint folder (a shared \
+             mount), or run the query without SET cluster",
+            location.url
+        ))),
+        None => {
+            let dir = temporary.get_or_insert_with(|| {
+                Arc::new(TemporaryDir(std::env::temp_dir().join(format!(
+                    "flumen-cluster-state-{}",
+                    crate::checkpoint::new_id()
+                ))))
+            });
+            Ok(Placement {
+                dir: dir.0.join(i.to_string()),
+                temporary: Some(Arc::clone(dir)),
+            })
+        }
+    }
+}
+
 /// How a batch runs.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Replay<'a> {
@@ -86,9 +129,15 @@ impl Pipeline {
         session: SessionContext,
         interval: Duration,
         cluster: Option<crate::cluster::ClusterUrl>,
+        checkpoint: Option<&crate::checkpoint::CheckpointLocation>,
     ) -> Result<Self> {
         let mut operators = Vec::new();
-        for mut node in graph.operators {
+        let mut temporary = None;
+        for (i, mut node) in graph.operators.into_iter().enumerate() {
+            if cluster.is_some() && node.op.can_partition_on_cluster() {
+                let placement = state_placement(i, &node.op.name(), checkpoint, &mut temporary)?;
+                node.op.partition_on_cluster(placement);
+            }
             // Plans of the context's session are fused by its optimizer rule
             // (`split::FuseSplitUnnest`); an operator may build its own around them.
             let plan = node.op.plan_input(&node.input).await?;
@@ -475,6 +524,7 @@ impl Pipeline {
                     .and_then(|(upstream, _)| upstream.op.output_watermark(column))
             });
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
+                node.op.begin_batch(&op_ctx);
                 let runner = Runner {
                     task_ctx: &self.task_ctx,
                     cluster: self.cluster.as_ref(),

@@ -7,6 +7,9 @@
 //!
 //! - `SplitUnnestExec` (`split.rs`): its expressions as DataFusion's protobuf
 //!   expressions, its delimiter, null handling and output schema;
+//! - `StatePartitionsExec` (`state.rs`): its partial aggregate as a DataFusion plan
+//!   over an empty input, where its state partitions live, the versions it reads and
+//!   writes;
 //! - `flumen_batch_time()` (`batch_time.rs`): a volatile function reading a per-query
 //!   cell on the driver. It travels as the cell's value when the plan is encoded and
 //!   arrives reading a cell fixed at it, so every task of the batch sees the batch's
@@ -25,18 +28,22 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
 use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use datafusion_proto::protobuf::PhysicalExprNode;
+use datafusion_proto::protobuf::PhysicalPlanNode;
 use prost::Message;
 
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
+use crate::cluster::state::{Spec, StatePartitionsExec, Versions};
 use crate::split::SplitUnnestExec;
 
 /// First byte of an encoded node: whose it is.
 const BALLISTA_NODE: u8 = 0;
 const SPLIT_UNNEST_NODE: u8 = 1;
+const STATE_PARTITIONS_NODE: u8 = 3;
 /// First byte of an encoded function that travels as a value.
 const BATCH_TIME: u8 = 2;
 
@@ -59,6 +66,31 @@ struct SplitUnnestNode {
     #[prost(bool, tag = "5")]
     expand_empty: bool,
     #[prost(message, optional, tag = "6")]
+    schema: Option<datafusion_proto::protobuf::Schema>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StatePartitionsNode {
+    /// The partial aggregate over an empty input, as DataFusion's protobuf plan.
+    #[prost(bytes = "vec", tag = "1")]
+    template: Vec<u8>,
+    #[prost(string, tag = "2")]
+    dir: String,
+    #[prost(uint32, tag = "3")]
+    partitions: u32,
+    #[prost(bool, tag = "4")]
+    changed_only: bool,
+    #[prost(uint64, tag = "5")]
+    memory: u64,
+    #[prost(uint64, optional, tag = "6")]
+    ttl_ms: Option<u64>,
+    #[prost(int64, optional, tag = "7")]
+    prev: Option<i64>,
+    #[prost(int64, tag = "8")]
+    now: i64,
+    #[prost(int64, optional, tag = "9")]
+    keep_from: Option<i64>,
+    #[prost(message, optional, tag = "10")]
     schema: Option<datafusion_proto::protobuf::Schema>,
 }
 
@@ -108,6 +140,44 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 .map_err(|e| decode_error("SplitUnnestExec", e))?;
                 Ok(Arc::new(exec))
             }
+            Some((&STATE_PARTITIONS_NODE, rest)) => {
+                let node = StatePartitionsNode::decode(rest)
+                    .map_err(|e| decode_error("StatePartitionsExec", e))?;
+                let [input] = inputs else {
+                    return internal_err!(
+                        "StatePartitionsExec has one input, given {}",
+                        inputs.len()
+                    );
+                };
+                let template = PhysicalPlanNode::decode(node.template.as_slice())
+                    .map_err(|e| decode_error("StatePartitionsExec's aggregate", e))?
+                    .try_into_physical_plan(ctx, self)?;
+                let schema: Schema = node
+                    .schema
+                    .as_ref()
+                    .ok_or_else(|| decode_error("StatePartitionsExec", "no schema"))?
+                    .try_into()
+                    .map_err(|e| decode_error("StatePartitionsExec's schema", e))?;
+                let spec = Spec {
+                    dir: node.dir.into(),
+                    partitions: node.partitions as usize,
+                    changed_only: node.changed_only,
+                    memory: node.memory as usize,
+                    ttl: node.ttl_ms.map(std::time::Duration::from_millis),
+                };
+                let versions = Versions {
+                    prev: node.prev,
+                    now: node.now,
+                    keep_from: node.keep_from,
+                };
+                Ok(Arc::new(StatePartitionsExec::try_new(
+                    Arc::clone(input),
+                    template,
+                    Arc::new(spec),
+                    Arc::new(parking_lot::Mutex::new(versions)),
+                    Arc::new(schema),
+                )?))
+            }
             _ => internal_err!("Flumen codec: a plan node it did not encode"),
         }
     }
@@ -139,6 +209,34 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 ),
             };
             buf.push(SPLIT_UNNEST_NODE);
+            message
+                .encode(buf)
+                .map_err(|e| DataFusionError::Internal(format!("{e}")))?;
+            return Ok(());
+        }
+        if let Some(exec) = node.downcast_ref::<StatePartitionsExec>() {
+            let template =
+                PhysicalPlanNode::try_from_physical_plan(Arc::clone(exec.template()), self)?;
+            let spec = exec.spec();
+            let versions = exec.versions();
+            let message = StatePartitionsNode {
+                template: template.encode_to_vec(),
+                dir: spec.dir.to_string_lossy().into_owned(),
+                partitions: spec.partitions as u32,
+                changed_only: spec.changed_only,
+                memory: spec.memory as u64,
+                ttl_ms: spec.ttl.map(|t| t.as_millis() as u64),
+                prev: versions.prev,
+                now: versions.now,
+                keep_from: versions.keep_from,
+                schema: Some(
+                    exec.schema()
+                        .as_ref()
+                        .try_into()
+                        .map_err(|e| DataFusionError::Internal(format!("{e}")))?,
+                ),
+            };
+            buf.push(STATE_PARTITIONS_NODE);
             message
                 .encode(buf)
                 .map_err(|e| DataFusionError::Internal(format!("{e}")))?;

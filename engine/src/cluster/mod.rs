@@ -20,6 +20,7 @@
 
 pub mod codec;
 pub mod node;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,7 +126,14 @@ impl Cluster {
             .session_config()
             .clone()
             .upgrade_for_ballista()
-            .with_ballista_grpc_client_max_message_size(MAX_MESSAGE_BYTES);
+            .with_ballista_grpc_client_max_message_size(MAX_MESSAGE_BYTES)
+            // The static planner: Ballista's adaptive one re-plans a stage's shuffle
+            // from its measured input (an empty batch's hash exchange becomes one
+            // partition), and state partitions must keep their count and routing.
+            .set_str(
+                ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED,
+                "false",
+            );
         Self {
             session_id: format!("flumen-{}", crate::checkpoint::new_id()),
             config: session_config.ballista_config(),

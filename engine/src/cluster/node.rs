@@ -135,6 +135,7 @@ pub async fn run_executor(options: ExecutorOptions, functions: Functions) -> Res
         grpc_max_encoding_message_size: MAX_MESSAGE_BYTES as u32,
         executor_heartbeat_interval_seconds: 5,
         override_physical_codec: Some(Arc::new(FlumenCodec::default())),
+        override_execution_engine: Some(Arc::new(super::state::FlumenEngine::default())),
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&state))),
         ..ExecutorProcessConfig::default()
     };

@@ -134,6 +134,20 @@ pub trait StreamOperator: Send + Sync {
         Ok(input.clone().create_physical_plan().await?)
     }
 
+    /// Whether the operator can keep its state in partitions on a cluster's executors
+    /// ([`crate::cluster::state`]) instead of on the driver.
+    fn can_partition_on_cluster(&self) -> bool {
+        false
+    }
+
+    /// Keep the state in partitions on the cluster's executors, in `placement`'s
+    /// folder: called before [`StreamOperator::plan_input`] when the query runs on a
+    /// cluster and [`StreamOperator::can_partition_on_cluster`].
+    fn partition_on_cluster(&mut self, _placement: crate::cluster::state::Placement) {}
+
+    /// Called on the driver before the batch's input plan runs.
+    fn begin_batch(&mut self, _ctx: &OperatorContext) {}
+
     /// Consume one batch's input; return the output for this batch time, or `None`
     /// when the operator emits nothing at this time (a window between slides).
     async fn process(

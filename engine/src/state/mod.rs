@@ -562,6 +562,19 @@ impl KeyedState {
         Ok((SnapshotKind::Full, scanned.into_iter().flatten().collect()))
     }
 
+    /// After a [`KeyedState::restore`] of a full snapshot and `deltas` deltas holding
+    /// `since_full` rows: the next checkpoint writes the rows put from now on (a delta),
+    /// or everything once the chain is as long as the state.
+    pub fn resume_tracking(&mut self, since_full: usize, deltas: usize) {
+        self.checkpointed = true;
+        self.since_full = since_full;
+        self.deltas = deltas;
+        for p in &mut self.partitions {
+            p.track_changes = true;
+            p.pending.clear();
+        }
+    }
+
     /// [`KeyedState::checkpoint`] as an operator's snapshot: the rows, and in the meta
     /// their kind (`"state"`: a delta is chained to the snapshot before it) and the
     /// partition count.

@@ -17,7 +17,7 @@
 //! ones) runs incrementally with no special case.
 
 mod event_time;
-mod partial;
+pub(crate) mod partial;
 mod running;
 mod session;
 mod window;

@@ -91,6 +91,30 @@ impl PartialAggregate {
         )
     }
 
+    /// The merge half of a partial aggregate already planned (`exec`, in `Partial`
+    /// mode): what a task on a cluster's executor folds its state partition with.
+    /// Its logical expressions are not known there; it cannot plan or describe.
+    pub fn from_exec(exec: &AggregateExec) -> Result<Self> {
+        let aggregates = exec.aggr_expr().to_vec();
+        let state_widths = aggregates
+            .iter()
+            .map(|a| a.state_fields().map(|f| f.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let partial_schema = exec.schema();
+        let nk = exec.group_expr().expr().len();
+        let group_schema = Arc::new(Schema::new(partial_schema.fields()[..nk].to_vec()));
+        Ok(Self {
+            group_exprs: Vec::new(),
+            aggr_exprs: Vec::new(),
+            planned: Some(Planned {
+                aggregates,
+                state_widths,
+                group_schema,
+                partial_schema,
+            }),
+        })
+    }
+
     pub fn planned(&self) -> Result<&Planned> {
         match &self.planned {
             Some(p) => Ok(p),
@@ -100,7 +124,10 @@ impl PartialAggregate {
 
     /// How many group keys.
     pub fn keys(&self) -> usize {
-        self.group_exprs.len()
+        match &self.planned {
+            Some(p) => p.group_schema.fields().len(),
+            None => self.group_exprs.len(),
+        }
     }
 
     /// The partial aggregate over `input`, planned once: its rows are what each batch
