@@ -592,3 +592,80 @@ async fn wait_for_executors(url: &flumen::engine::cluster::ClusterUrl, n: usize)
     }
     panic!("waited 60 s for {n} executors");
 }
+
+/// Generators are read by the executors: a batch of a `rate` and a `nexmark` stream
+/// travels as event ranges (SHOW PROGRESS and the progress record say which streams
+/// the executors read), its rows are counted all the same, and the results are the
+/// rows this process computes. A query that fails on a generated row still names the
+/// row: the batch is read here to find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generators_are_read_by_the_executors() {
+    let cluster = cluster().await;
+    let script = |url: Option<&str>| {
+        format!(
+            "{}CREATE STREAM r WITH (connector = 'rate', rows_per_second = '50000');
+             CREATE STREAM bid WITH (connector = 'nexmark', table = 'bid', event_rate = '20000');
+             CREATE SINK a WITH (connector = 'memory') AS
+               SELECT value % 7 AS k, count(*) AS n, sum(value) AS s FROM r GROUP BY value % 7;
+             CREATE SINK b WITH (connector = 'memory') AS
+               SELECT auction % 5 AS k, count(*) AS n, max(price) AS p FROM bid GROUP BY auction % 5;",
+            url.map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default()
+        )
+    };
+    let mut got = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&script(url.as_deref())).await.unwrap();
+        s.execute("ADVANCE 3 BATCHES").await.unwrap();
+        let mut rows_of = Vec::new();
+        for sink in ["a", "b"] {
+            rows_of.push(
+                rows(
+                    &mut s,
+                    &format!("SELECT k, max(n), max(s) FROM (SELECT k, n, {} AS s FROM {sink}) GROUP BY k ORDER BY k", if sink == "a" { "s" } else { "p" }),
+                )
+                .await,
+            );
+        }
+        let q = s.queries().next().unwrap();
+        let batch = q.ctx.recent_batches().last().cloned().unwrap();
+        let progress = batch.progress("a");
+        assert_eq!(progress["sources"][0]["numInputRows"], 50_000, "{progress}");
+        if url.is_some() {
+            assert_eq!(
+                progress["cluster"]["readByExecutors"],
+                serde_json::json!(["r"]),
+                "{progress}"
+            );
+            let shown = rows(&mut s, "SHOW PROGRESS").await;
+            assert!(
+                shown.iter().any(|l| l.ends_with("; read there: r)")),
+                "{shown:?}"
+            );
+        }
+        s.stop_all().await.unwrap();
+        got.push(rows_of);
+    }
+    assert_eq!(got[0], got[1]);
+    assert_eq!(got[0][0].len(), 7);
+    // A generated row the query fails on is found and named.
+    let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+    s.execute_script(&format!(
+        "SET cluster = '{}';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '20000');
+         CREATE SINK o WITH (connector = 'memory') AS SELECT 10 / (value - 12345) AS q FROM r;",
+        cluster.url
+    ))
+    .await
+    .unwrap();
+    let e = s
+        .execute("ADVANCE 1 BATCHES")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stream r: the query failed on row 12345 of batch"),
+        "{e}"
+    );
+}

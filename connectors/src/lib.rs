@@ -44,6 +44,7 @@ pub use tokio_postgres;
 
 /// The registry of every connector this crate provides, plus the engine's own.
 pub fn registry() -> ConnectorRegistry {
+    register_cluster_scans();
     let mut r = ConnectorRegistry::with_builtins();
     r.register_source("rate", Arc::new(rate::RateFactory));
     r.register_source("socket", Arc::new(socket::SocketFactory));
@@ -68,4 +69,17 @@ pub(crate) fn column_list(schema: &datafusion::arrow::datatypes::Schema) -> Stri
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Makes this process read the sources a cluster's executors read themselves
+/// (`flumen_engine::cluster::scan`): `rate` and `nexmark` event ranges. Every
+/// `flumen` process calls it (the driver through [`registry`], `flumen scheduler` and
+/// `flumen executor` directly).
+pub fn register_cluster_scans() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use flumen_engine::cluster::scan::register;
+        register("rate", Arc::new(rate::read_part));
+        register("nexmark", Arc::new(nexmark::read_part));
+    });
 }

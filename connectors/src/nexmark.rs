@@ -23,9 +23,11 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::cluster::scan::ClusterScan;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
 use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
+use serde_json::json;
 
 /// Which of the three Nexmark streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,30 @@ pub enum Table {
 }
 
 impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Person => "person",
+            Table::Auction => "auction",
+            Table::Bid => "bid",
+        }
+    }
+
+    /// How many of events `[from, to)` are of this table.
+    pub fn count_between(self, from: u64, to: u64) -> u64 {
+        let per_cycle = match self {
+            Table::Person => 1,
+            Table::Auction => 3,
+            Table::Bid => 46,
+        };
+        let below = |n: u64| {
+            (n / 50) * per_cycle
+                + (n / 50 * 50..n)
+                    .filter(|i| Table::of_event(*i) == self)
+                    .count() as u64
+        };
+        below(to.max(from)) - below(from)
+    }
+
     fn of_event(i: u64) -> Table {
         match i % 50 {
             0 => Table::Person,
@@ -220,19 +246,29 @@ impl Source for NexmarkSource {
 
     async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (from, to, start_ms) = self.pacer.range(range)?;
-        // Generated in slices, so a large batch is several moderate RecordBatches.
-        const SLICE: u64 = 64 * 1024;
-        let mut out = Vec::new();
-        let mut i = from;
-        while i < to {
-            let j = (i + SLICE).min(to);
-            let b = generate(self.table, i, j, start_ms, self.pacer.rate());
-            if b.num_rows() > 0 {
-                out.push(b);
-            }
-            i = j;
-        }
-        Ok(SourceBatch::rows(vec![out]))
+        Ok(SourceBatch::rows(vec![generate_sliced(
+            self.table,
+            from,
+            to,
+            start_ms,
+            self.pacer.rate(),
+        )]))
+    }
+
+    fn cluster_scan(&self, range: &SourceRange, partitions: usize) -> Result<Option<ClusterScan>> {
+        let (from, to, start_ms) = self.pacer.range(range)?;
+        let rate = self.pacer.rate();
+        let table = self.table.name();
+        Ok(Some(ClusterScan {
+            kind: "nexmark".into(),
+            parts: crate::rate::split_range(from, to, partitions)
+                .into_iter()
+                .map(|(from, to)| {
+                    json!({"table": table, "from": from, "to": to, "start_ms": start_ms, "event_rate": rate})
+                })
+                .collect(),
+            rows: Some(self.table.count_between(from, to)),
+        }))
     }
 
     fn record_limit(&self) -> RecordLimit {
@@ -242,6 +278,42 @@ impl Source for NexmarkSource {
     async fn is_drained(&self) -> Result<bool> {
         Ok(self.pacer.drained())
     }
+}
+
+/// Events `[from, to)` of `table`, generated in slices, so a large batch is several
+/// moderate RecordBatches.
+fn generate_sliced(table: Table, from: u64, to: u64, start_ms: i64, rate: u64) -> Vec<RecordBatch> {
+    const SLICE: u64 = 64 * 1024;
+    let mut out = Vec::new();
+    let mut i = from;
+    while i < to {
+        let j = (i + SLICE).min(to);
+        let b = generate(table, i, j, start_ms, rate);
+        if b.num_rows() > 0 {
+            out.push(b);
+        }
+        i = j;
+    }
+    out
+}
+
+/// A part of a nexmark scan (`cluster_scan`), read on an executor.
+pub(crate) fn read_part(part: &serde_json::Value, _schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let bad = || flumen_engine::Error::Internal(format!("a nexmark scan's bad part: {part}"));
+    let field = |k: &str| part.get(k).and_then(|v| v.as_i64()).ok_or_else(bad);
+    let table = match part.get("table").and_then(|t| t.as_str()) {
+        Some("person") => Table::Person,
+        Some("auction") => Table::Auction,
+        Some("bid") => Table::Bid,
+        _ => return Err(bad()),
+    };
+    Ok(generate_sliced(
+        table,
+        field("from")? as u64,
+        field("to")? as u64,
+        field("start_ms")?,
+        field("event_rate")? as u64,
+    ))
 }
 
 /// `connector = 'nexmark'`.

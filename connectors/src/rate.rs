@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::cluster::scan::ClusterScan;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
 use flumen_engine::source::{RecordLimit, SourceBatch, check_schema};
 use flumen_engine::{BatchContext, Result, Source, SourceRange, plan_err};
@@ -193,17 +194,22 @@ impl Source for RateSource {
 
     async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let (from, to, start_ms) = self.pacer.range(range)?;
-        let rate = self.pacer.rate() as i64;
-        let values = Int64Array::from_iter_values(from as i64..to as i64);
-        let stamps = TimestampMillisecondArray::from_iter_values(
-            (from as i64..to as i64).map(|v| start_ms + v * 1000 / rate),
-        );
-        let batch = RecordBatch::try_new(
-            Arc::clone(&self.schema),
-            vec![Arc::new(stamps), Arc::new(values)],
-        )?;
+        let batch = rate_rows(&self.schema, from, to, start_ms, self.pacer.rate())?;
         check_schema(&self.name, &self.schema, &batch)?;
         Ok(SourceBatch::rows(vec![vec![batch]]))
+    }
+
+    fn cluster_scan(&self, range: &SourceRange, partitions: usize) -> Result<Option<ClusterScan>> {
+        let (from, to, start_ms) = self.pacer.range(range)?;
+        let rate = self.pacer.rate();
+        Ok(Some(ClusterScan {
+            kind: "rate".into(),
+            parts: split_range(from, to, partitions)
+                .into_iter()
+                .map(|(from, to)| json!({"from": from, "to": to, "start_ms": start_ms, "rate": rate}))
+                .collect(),
+            rows: Some(to - from),
+        }))
     }
 
     fn record_limit(&self) -> RecordLimit {
@@ -213,6 +219,62 @@ impl Source for RateSource {
     async fn is_drained(&self) -> Result<bool> {
         Ok(self.pacer.drained())
     }
+}
+
+/// Rows `[from, to)` of a rate stream: value `v` stamped `start_ms + v / rate`.
+fn rate_rows(
+    schema: &SchemaRef,
+    from: u64,
+    to: u64,
+    start_ms: i64,
+    rate: u64,
+) -> Result<RecordBatch> {
+    let rate = rate.max(1) as i64;
+    let values = Int64Array::from_iter_values(from as i64..to as i64);
+    let stamps = TimestampMillisecondArray::from_iter_values(
+        (from as i64..to as i64).map(|v| start_ms + v * 1000 / rate),
+    );
+    Ok(RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![Arc::new(stamps), Arc::new(values)],
+    )?)
+}
+
+/// Event numbers `[from, to)` cut into at most `partitions` ranges of at least
+/// [`MIN_PART`] events (one range, maybe empty, for few).
+pub(crate) fn split_range(from: u64, to: u64, partitions: usize) -> Vec<(u64, u64)> {
+    let n = to.saturating_sub(from);
+    let parts = (partitions.max(1) as u64).min(n / MIN_PART).max(1);
+    let per = n.div_ceil(parts).max(1);
+    let mut out = Vec::new();
+    let mut i = from;
+    loop {
+        let j = (i + per).min(to);
+        out.push((i, j));
+        if j >= to {
+            return out;
+        }
+        i = j;
+    }
+}
+
+/// The fewest events a part of a generator's scan on a cluster holds.
+const MIN_PART: u64 = 8192;
+
+/// A part of a rate scan (`cluster_scan`), read on an executor.
+pub(crate) fn read_part(part: &serde_json::Value, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let field = |k: &str| {
+        part.get(k).and_then(|v| v.as_i64()).ok_or_else(|| {
+            flumen_engine::Error::Internal(format!("a rate scan's part without '{k}': {part}"))
+        })
+    };
+    Ok(vec![rate_rows(
+        schema,
+        field("from")? as u64,
+        field("to")? as u64,
+        field("start_ms")?,
+        field("rate")? as u64,
+    )?])
 }
 
 /// `connector = 'rate'`.
@@ -246,5 +308,22 @@ impl SourceFactory for RateFactory {
 
     fn default_schema(&self, _options: &ConnectorOptions) -> Option<SchemaRef> {
         Some(rate_schema())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ranges_split_into_parts_of_whole_events() {
+        assert_eq!(super::split_range(5, 5, 4), [(5, 5)]);
+        assert_eq!(super::split_range(0, 100, 4), [(0, 100)]);
+        assert_eq!(
+            super::split_range(0, 20_000, 4),
+            [(0, 10_000), (10_000, 20_000)]
+        );
+        let parts = super::split_range(3, 100_003, 4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!((parts[0].0, parts[3].1), (3, 100_003));
+        assert!(parts.windows(2).all(|w| w[0].1 == w[1].0));
     }
 }

@@ -55,6 +55,9 @@ pub struct ClusterInfo {
     pub tasks: u64,
     /// The executors alive after the batch, as the scheduler counts them.
     pub executors: Option<u64>,
+    /// The streams whose batch the executors read themselves (the others' rows were
+    /// read here and shipped with the jobs).
+    pub read_by_executors: Vec<String>,
 }
 
 /// One stateful operator's state after a batch.
@@ -152,6 +155,7 @@ impl BatchInfo {
                 "jobs": c.jobs,
                 "tasks": c.tasks,
                 "executors": c.executors,
+                "readByExecutors": c.read_by_executors,
             })),
         })
     }

@@ -467,7 +467,20 @@ impl Pipeline {
         } else {
             0
         };
+        let mut read_by_executors = Vec::new();
         for (s, range) in self.sources.iter().zip(&ranges) {
+            if self.cluster.is_some()
+                && let Some(scan) = s.source.cluster_scan(range, s.slot.partitions())?
+            {
+                read_by_executors.push(s.source.name().to_string());
+                // Read by the executors: nothing here, and nothing rejected here.
+                input_rows.push((s.source.name().to_string(), scan.rows.unwrap_or(0)));
+                if let Some(slot) = &s.errors_slot {
+                    slot.fill(Vec::new());
+                }
+                s.slot.fill_remote(scan, range.clone());
+                continue;
+            }
             let crate::source::SourceBatch {
                 partitions: data,
                 rejected,
@@ -665,6 +678,7 @@ impl Pipeline {
         let cluster = match &self.cluster {
             Some(c) => Some(crate::listener::ClusterInfo {
                 executors: c.executor_count().await,
+                read_by_executors,
                 ..c.take_batch()
             }),
             None => None,
@@ -846,6 +860,19 @@ async fn execute_setting_aside(
     };
     let mut aside = Vec::new();
     let mut runs = 0usize;
+    if is_row_error(&error) {
+        // The rows are found here: a batch the executors read is read here too.
+        for s in sources {
+            if let Some(remote) = s.slot.remote() {
+                let data = s.source.read_batch(&remote.range).await?.partitions;
+                if data.len() > 1 {
+                    s.slot.fill_partitioned(data);
+                } else {
+                    s.slot.fill(data.into_iter().flatten().collect());
+                }
+            }
+        }
+    }
     for (si, s) in sources.iter().enumerate() {
         if !is_row_error(&error) {
             break;

@@ -36,6 +36,16 @@ pub struct BatchSlot {
     /// The addresses of the partition streams [`Self::table`] made: how a plan's scan
     /// is told to be of this slot ([`Self::scanned_by`]).
     streams: parking_lot::Mutex<Vec<usize>>,
+    /// Set when the batch is read by a cluster's executors instead of held here: what
+    /// they read, and the range it stands for (to read it here after all).
+    remote: parking_lot::Mutex<Option<Remote>>,
+}
+
+/// A batch the executors read ([`BatchSlot::fill_remote`]).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub scan: Arc<crate::cluster::scan::ClusterScan>,
+    pub range: crate::source::SourceRange,
 }
 
 impl BatchSlot {
@@ -47,6 +57,7 @@ impl BatchSlot {
             partitions,
             data: RwLock::new(Arc::new(vec![Vec::new(); partitions])),
             streams: parking_lot::Mutex::new(Vec::new()),
+            remote: parking_lot::Mutex::new(None),
         })
     }
 
@@ -84,6 +95,26 @@ impl BatchSlot {
             }
         }
         *self.data.write() = Arc::new(parts);
+        *self.remote.lock() = None;
+    }
+
+    /// The batch is `scan`, read by a cluster's executors when a plan scans it; the
+    /// slot holds no rows.
+    pub fn fill_remote(
+        &self,
+        scan: crate::cluster::scan::ClusterScan,
+        range: crate::source::SourceRange,
+    ) {
+        *self.data.write() = Arc::new(vec![Vec::new(); self.partitions]);
+        *self.remote.lock() = Some(Remote {
+            scan: Arc::new(scan),
+            range,
+        });
+    }
+
+    /// What the executors read for this batch, when they do.
+    pub fn remote(&self) -> Option<Remote> {
+        self.remote.lock().clone()
     }
 
     /// Replace the slot's content with data already split by partition (e.g. one
@@ -96,11 +127,13 @@ impl BatchSlot {
             }
         }
         *self.data.write() = Arc::new(parts);
+        *self.remote.lock() = None;
     }
 
     /// Empty the slot, so a batch that is not due reads nothing.
     pub fn clear(&self) {
         *self.data.write() = Arc::new(vec![Vec::new(); self.partitions]);
+        *self.remote.lock() = None;
     }
 
     /// The slot's content as it is, partitions and all, to put back with [`Self::put`].
@@ -111,6 +144,7 @@ impl BatchSlot {
     /// Puts back what [`Self::saved`] returned.
     pub fn put(&self, saved: Arc<Vec<Vec<RecordBatch>>>) {
         *self.data.write() = saved;
+        *self.remote.lock() = None;
     }
 
     /// All batches currently in the slot.
@@ -152,8 +186,17 @@ impl BatchSlot {
     /// `scan` with the slot's current rows in it, as a plan that carries them: what a
     /// batch's plan sends to a cluster in place of the scan.
     pub(crate) fn rows_for(&self, scan: &StreamingTableExec) -> Result<Arc<dyn ExecutionPlan>> {
-        let data = self.saved();
         let projection = scan.projection().as_ref().map(|p| p.to_vec());
+        if let Some(remote) = self.remote() {
+            let plan = crate::cluster::scan::plan(&remote.scan, &self.schema, projection)?;
+            return Ok(match scan.limit() {
+                Some(n) => Arc::new(datafusion::physical_plan::limit::LocalLimitExec::new(
+                    plan, n,
+                )),
+                None => plan,
+            });
+        }
+        let data = self.saved();
         let config = datafusion::datasource::memory::MemorySourceConfig::try_new(
             &data,
             Arc::clone(&self.schema),

@@ -162,6 +162,18 @@ pub trait Source: Debug + Send + Sync {
     /// aside as bad input.
     async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch>;
 
+    /// On a cluster: `range` as what the executors read themselves, in about
+    /// `partitions` parts ([`crate::cluster::scan`]), instead of
+    /// [`Source::read_batch`] on the driver. `None` (the default): the driver reads
+    /// it and the rows ship with the plans.
+    fn cluster_scan(
+        &self,
+        _range: &SourceRange,
+        _partitions: usize,
+    ) -> Result<Option<crate::cluster::scan::ClusterScan>> {
+        Ok(None)
+    }
+
     /// After a restart from a checkpoint: the last planned batch covered `last`; the
     /// next [`Source::plan_batch`] starts where it ended, and [`Source::read_batch`]
     /// may be asked for recorded ranges again. Sources whose data cannot be read again

@@ -206,6 +206,7 @@ async fn main() -> ExitCode {
 
 /// `flumen scheduler`: serves until the process is stopped.
 async fn scheduler(bind: &str) -> Result<()> {
+    flumen_connectors::register_cluster_scans();
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("scheduler: cannot listen on {bind}"))?;
@@ -230,6 +231,7 @@ async fn executor(
     work_dir: Option<std::path::PathBuf>,
 ) -> Result<()> {
     use flumen_engine::cluster::ClusterUrl;
+    flumen_connectors::register_cluster_scans();
     let url = if scheduler.starts_with("df://") {
         scheduler.to_string()
     } else {

@@ -10,6 +10,8 @@
 //! - `StatePartitionsExec` (`state.rs`): its partial aggregate as a DataFusion plan
 //!   over an empty input, where its state partitions live, the versions it reads and
 //!   writes;
+//! - `ReadScanExec` (`scan.rs`): the kind of scan, the source's schema, the projection
+//!   (its parts travel in its input, an in-memory table);
 //! - `flumen_batch_time()` (`batch_time.rs`): a volatile function reading a per-query
 //!   cell on the driver. It travels as the cell's value when the plan is encoded and
 //!   arrives reading a cell fixed at it, so every task of the batch sees the batch's
@@ -37,6 +39,7 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use prost::Message;
 
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
+use crate::cluster::scan::ReadScanExec;
 use crate::cluster::state::{Spec, StatePartitionsExec, Versions};
 use crate::split::SplitUnnestExec;
 
@@ -44,6 +47,7 @@ use crate::split::SplitUnnestExec;
 const BALLISTA_NODE: u8 = 0;
 const SPLIT_UNNEST_NODE: u8 = 1;
 const STATE_PARTITIONS_NODE: u8 = 3;
+const READ_SCAN_NODE: u8 = 4;
 /// First byte of an encoded function that travels as a value.
 const BATCH_TIME: u8 = 2;
 
@@ -92,6 +96,18 @@ struct StatePartitionsNode {
     keep_from: Option<i64>,
     #[prost(message, optional, tag = "10")]
     schema: Option<datafusion_proto::protobuf::Schema>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ReadScanNode {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(message, optional, tag = "2")]
+    schema: Option<datafusion_proto::protobuf::Schema>,
+    #[prost(bool, tag = "3")]
+    projected: bool,
+    #[prost(uint32, repeated, tag = "4")]
+    projection: Vec<u32>,
 }
 
 fn decode_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
@@ -178,6 +194,28 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     Arc::new(schema),
                 )?))
             }
+            Some((&READ_SCAN_NODE, rest)) => {
+                let node =
+                    ReadScanNode::decode(rest).map_err(|e| decode_error("ReadScanExec", e))?;
+                let [input] = inputs else {
+                    return internal_err!("ReadScanExec has one input, given {}", inputs.len());
+                };
+                let schema: Schema = node
+                    .schema
+                    .as_ref()
+                    .ok_or_else(|| decode_error("ReadScanExec", "no schema"))?
+                    .try_into()
+                    .map_err(|e| decode_error("ReadScanExec's schema", e))?;
+                let projection = node
+                    .projected
+                    .then(|| node.projection.iter().map(|i| *i as usize).collect());
+                Ok(Arc::new(ReadScanExec::try_new(
+                    Arc::clone(input),
+                    node.kind,
+                    Arc::new(schema),
+                    projection,
+                )?))
+            }
             _ => internal_err!("Flumen codec: a plan node it did not encode"),
         }
     }
@@ -209,6 +247,29 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 ),
             };
             buf.push(SPLIT_UNNEST_NODE);
+            message
+                .encode(buf)
+                .map_err(|e| DataFusionError::Internal(format!("{e}")))?;
+            return Ok(());
+        }
+        if let Some(exec) = node.downcast_ref::<ReadScanExec>() {
+            let message = ReadScanNode {
+                kind: exec.kind().to_string(),
+                schema: Some(
+                    exec.source_schema()
+                        .as_ref()
+                        .try_into()
+                        .map_err(|e| DataFusionError::Internal(format!("{e}")))?,
+                ),
+                projected: exec.projection().is_some(),
+                projection: exec
+                    .projection()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|i| *i as u32)
+                    .collect(),
+            };
+            buf.push(READ_SCAN_NODE);
             message
                 .encode(buf)
                 .map_err(|e| DataFusionError::Internal(format!("{e}")))?;

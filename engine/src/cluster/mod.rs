@@ -20,6 +20,7 @@
 
 pub mod codec;
 pub mod node;
+pub mod scan;
 pub mod state;
 
 use std::sync::Arc;

@@ -304,12 +304,17 @@ fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
     match cluster {
         None => "local".into(),
         Some(c) => format!(
-            "{} ({} jobs, {} tasks, {} executors)",
+            "{} ({} jobs, {} tasks, {} executors{})",
             c.url,
             c.jobs,
             c.tasks,
             c.executors
-                .map_or_else(|| "?".to_string(), |n| n.to_string())
+                .map_or_else(|| "?".to_string(), |n| n.to_string()),
+            if c.read_by_executors.is_empty() {
+                String::new()
+            } else {
+                format!("; read there: {}", c.read_by_executors.join(", "))
+            }
         ),
     }
 }
