@@ -649,6 +649,32 @@ async fn generators_are_read_by_the_executors() {
     }
     assert_eq!(got[0], got[1]);
     assert_eq!(got[0][0].len(), 7);
+    // Files: the executors read the batch's files (their rows are not counted here).
+    let dir = crate::common::temp_dir("cluster-files-scan");
+    std::fs::write(dir.join("a.csv"), "1,x\n2,y\n3,x\n").unwrap();
+    std::fs::write(dir.join("b.csv"), "4,y\n5,x\n").unwrap();
+    let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+    s.execute_script(&format!(
+        "SET cluster = '{}';
+         CREATE STREAM f (v BIGINT, k TEXT) WITH (connector = 'files', path = '{}',
+           format = 'csv', include_existing = 'true');
+         CREATE SINK o WITH (connector = 'memory') AS SELECT k, sum(v) AS s FROM f GROUP BY k;",
+        cluster.url,
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        rows(&mut s, "SELECT k, max(s) FROM o GROUP BY k ORDER BY k").await,
+        ["x|9", "y|6"]
+    );
+    let shown = rows(&mut s, "SHOW PROGRESS").await;
+    assert!(
+        shown[0].ends_with("; read there: f (rows not counted))"),
+        "{shown:?}"
+    );
+    s.stop_all().await.unwrap();
     // A generated row the query fails on is found and named.
     let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
     s.execute_script(&format!(

@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use flumen_engine::checkpoint::SourceStore;
+use flumen_engine::cluster::scan::ClusterScan;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, bool_option, positive_option};
 use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Error, Rejected, Result, Source, SourceRange, plan_err};
@@ -76,6 +77,10 @@ pub struct FilesSource {
     name: String,
     location: Location,
     reader: Arc<FileLoader>,
+    /// The stream's options: what an executor reading its files needs.
+    options: ConnectorOptions,
+    /// The columns the query reads (`open`), when not all.
+    projection: Mutex<Option<Vec<usize>>>,
     include_existing: bool,
     max_files: Option<u64>,
     listing: Mutex<Listing>,
@@ -88,6 +93,107 @@ pub struct FilesSource {
     /// `max_files_per_batch` of a longer backlog), read and decoded while the current
     /// batch's query runs. Keyed by path; a batch that takes another file reads it itself.
     ahead: Mutex<HashMap<String, JoinHandle<Result<FileRows>>>>,
+}
+
+impl FileLoader {
+    /// What reading stream `name`'s files (rows of `schema`) needs, from its options.
+    fn from_options(name: &str, schema: SchemaRef, options: &ConnectorOptions) -> Result<Self> {
+        let Some(path) = options.get("path") else {
+            return plan_err!(
+                "stream {name}: connector 'files' needs path = '<directory or s3:// / memory:// URL>'"
+            );
+        };
+        let fmt = options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .unwrap_or_else(|| "text".into());
+        let header = bool_option("files", options, "header", false)?;
+        let mut line_options = options.clone();
+        let format = match fmt.as_str() {
+            "parquet" | "arrow" => {
+                line_options.remove("format");
+                if fmt == "parquet" {
+                    FileFormat::Parquet
+                } else {
+                    FileFormat::Arrow
+                }
+            }
+            "text" | "csv" | "json" => FileFormat::Lines { header },
+            other => {
+                return plan_err!(
+                    "stream {name}: unknown format '{other}' for connector 'files'; accepted: text, csv, json, parquet, arrow"
+                );
+            }
+        };
+        if header && fmt != "csv" {
+            return plan_err!("stream {name}: header = 'true' applies to format = 'csv' only");
+        }
+        let decoder = if matches!(format, FileFormat::Lines { .. }) {
+            Decoder::from_options(name, Arc::clone(&schema), &line_options)?
+        } else {
+            // Only the on_error policy is used for whole binary files.
+            let mut o = ConnectorOptions::new();
+            if let Some(e) = options.get("on_error") {
+                o.insert("on_error".into(), e.clone());
+            }
+            o.insert("format".into(), "json".into());
+            Decoder::from_options(name, Arc::clone(&schema), &o)?
+        };
+        let location = store::open(&format!("stream {name}"), path, options)?;
+        Ok(FileLoader {
+            name: name.to_string(),
+            location,
+            schema,
+            format,
+            decoder,
+        })
+    }
+}
+
+/// A part of a files scan (`cluster_scan`), read on an executor: some of a batch's
+/// files, with what reading them needs (the stream's name and options, the columns
+/// the query reads).
+pub(crate) fn read_part(part: &serde_json::Value, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let bad = || flumen_engine::Error::Internal(format!("a files scan's bad part: {part}"));
+    let name = part.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
+    let options: ConnectorOptions = part
+        .get("options")
+        .and_then(|o| o.as_object())
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+        .collect::<Result<_>>()?;
+    let loader = FileLoader::from_options(name, Arc::clone(schema), &options)?;
+    if let Some(columns) = part.get("projection").and_then(|p| p.as_array()) {
+        let columns: Vec<usize> = columns
+            .iter()
+            .filter_map(|c| c.as_u64().map(|c| c as usize))
+            .collect();
+        loader.decoder.project(&columns);
+    }
+    let paths = part
+        .get("paths")
+        .and_then(|p| p.as_array())
+        .ok_or_else(bad)?;
+    tokio::runtime::Handle::current().block_on(async {
+        let mut out = Vec::new();
+        let mut rejected = Vec::new();
+        for p in paths {
+            let path = p.as_str().ok_or_else(bad)?;
+            out.extend(
+                loader
+                    .read_file(path, &mut rejected)
+                    .await?
+                    .into_iter()
+                    .filter(|b| b.num_rows() > 0),
+            );
+        }
+        if let Some(r) = rejected.first() {
+            // Scans reach executors only under on_error = 'fail'.
+            return Err(loader.error(format!("{}: {}", r.position, r.error)));
+        }
+        Ok(out)
+    })
 }
 
 /// A file's rows and the records it rejected.
@@ -616,6 +722,7 @@ impl Source for FilesSource {
     async fn open(&self, projection: Option<&[usize]>) -> Result<()> {
         if let Some(columns) = projection {
             self.reader.decoder.project(columns);
+            *self.projection.lock() = Some(columns.to_vec());
         }
         let Some(log) = self.seen_log.lock().clone() else {
             // No checkpoint: every start is a first start.
@@ -777,6 +884,44 @@ impl Source for FilesSource {
         Ok(())
     }
 
+    fn cluster_scan(&self, range: &SourceRange, partitions: usize) -> Result<Option<ClusterScan>> {
+        // Bad records set aside go to the driver's dead letter: such a stream is read here.
+        if self.sets_aside_bad_rows() {
+            return Ok(None);
+        }
+        let paths: Vec<&str> = range_files(range).collect();
+        {
+            let mut l = self.listing.lock();
+            for path in &paths {
+                if l.known.insert(Path::from(*path)) {
+                    l.unlogged.push(path.to_string());
+                }
+            }
+        }
+        let per = paths.len().div_ceil(partitions.max(1)).max(1);
+        let projection = self.projection.lock().clone();
+        let mut parts: Vec<serde_json::Value> = paths
+            .chunks(per)
+            .map(|chunk| {
+                serde_json::json!({
+                    "name": self.name,
+                    "options": self.options,
+                    "projection": projection,
+                    "paths": chunk,
+                })
+            })
+            .collect();
+        if parts.is_empty() {
+            parts
+                .push(serde_json::json!({"name": self.name, "options": self.options, "paths": []}));
+        }
+        Ok(Some(ClusterScan {
+            kind: "files".into(),
+            parts,
+            rows: None,
+        }))
+    }
+
     async fn read_batch(&self, range: &SourceRange) -> Result<SourceBatch> {
         let files = range
             .end
@@ -890,58 +1035,13 @@ impl SourceFactory for FilesFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        let Some(path) = options.get("path") else {
-            return plan_err!(
-                "stream {name}: connector 'files' needs path = '<directory or s3:// / memory:// URL>'"
-            );
-        };
-        let fmt = options
-            .get("format")
-            .map(|f| f.to_ascii_lowercase())
-            .unwrap_or_else(|| "text".into());
-        let header = bool_option("files", options, "header", false)?;
-        let mut line_options = options.clone();
-        let format = match fmt.as_str() {
-            "parquet" | "arrow" => {
-                line_options.remove("format");
-                if fmt == "parquet" {
-                    FileFormat::Parquet
-                } else {
-                    FileFormat::Arrow
-                }
-            }
-            "text" | "csv" | "json" => FileFormat::Lines { header },
-            other => {
-                return plan_err!(
-                    "stream {name}: unknown format '{other}' for connector 'files'; accepted: text, csv, json, parquet, arrow"
-                );
-            }
-        };
-        if header && fmt != "csv" {
-            return plan_err!("stream {name}: header = 'true' applies to format = 'csv' only");
-        }
-        let decoder = if matches!(format, FileFormat::Lines { .. }) {
-            Decoder::from_options(name, Arc::clone(&schema), &line_options)?
-        } else {
-            // Only the on_error policy is used for whole binary files.
-            let mut o = ConnectorOptions::new();
-            if let Some(e) = options.get("on_error") {
-                o.insert("on_error".into(), e.clone());
-            }
-            o.insert("format".into(), "json".into());
-            Decoder::from_options(name, Arc::clone(&schema), &o)?
-        };
-        let location = store::open(&format!("stream {name}"), path, options)?;
+        let reader = FileLoader::from_options(name, schema, options)?;
         Ok(Arc::new(FilesSource {
             name: name.to_string(),
-            reader: Arc::new(FileLoader {
-                name: name.to_string(),
-                location: location.clone(),
-                schema,
-                format,
-                decoder,
-            }),
-            location,
+            location: reader.location.clone(),
+            reader: Arc::new(reader),
+            options: options.clone(),
+            projection: Mutex::default(),
             include_existing: bool_option("files", options, "include_existing", false)?,
             max_files: positive_option("files", options, "max_files_per_batch")?,
             listing: Mutex::default(),

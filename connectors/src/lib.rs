@@ -72,7 +72,7 @@ pub(crate) fn column_list(schema: &datafusion::arrow::datatypes::Schema) -> Stri
 }
 
 /// Makes this process read the sources a cluster's executors read themselves
-/// (`flumen_engine::cluster::scan`): `rate` and `nexmark` event ranges. Every
+/// (`flumen_engine::cluster::scan`): `rate` and `nexmark` event ranges, `files` lists. Every
 /// `flumen` process calls it (the driver through [`registry`], `flumen scheduler` and
 /// `flumen executor` directly).
 pub fn register_cluster_scans() {
@@ -81,5 +81,6 @@ pub fn register_cluster_scans() {
         use flumen_engine::cluster::scan::register;
         register("rate", Arc::new(rate::read_part));
         register("nexmark", Arc::new(nexmark::read_part));
+        register("files", Arc::new(files::read_part));
     });
 }

@@ -58,6 +58,9 @@ pub struct ClusterInfo {
     /// The streams whose batch the executors read themselves (the others' rows were
     /// read here and shipped with the jobs).
     pub read_by_executors: Vec<String>,
+    /// Of those, the streams whose rows are not counted (a files batch is known by
+    /// its files, not its rows): their input rows read 0.
+    pub uncounted: Vec<String>,
 }
 
 /// One stateful operator's state after a batch.
@@ -156,6 +159,7 @@ impl BatchInfo {
                 "tasks": c.tasks,
                 "executors": c.executors,
                 "readByExecutors": c.read_by_executors,
+                "uncountedSources": c.uncounted,
             })),
         })
     }

@@ -468,11 +468,15 @@ impl Pipeline {
             0
         };
         let mut read_by_executors = Vec::new();
+        let mut uncounted = Vec::new();
         for (s, range) in self.sources.iter().zip(&ranges) {
             if self.cluster.is_some()
                 && let Some(scan) = s.source.cluster_scan(range, s.slot.partitions())?
             {
                 read_by_executors.push(s.source.name().to_string());
+                if scan.rows.is_none() {
+                    uncounted.push(s.source.name().to_string());
+                }
                 // Read by the executors: nothing here, and nothing rejected here.
                 input_rows.push((s.source.name().to_string(), scan.rows.unwrap_or(0)));
                 if let Some(slot) = &s.errors_slot {
@@ -679,6 +683,7 @@ impl Pipeline {
             Some(c) => Some(crate::listener::ClusterInfo {
                 executors: c.executor_count().await,
                 read_by_executors,
+                uncounted,
                 ..c.take_batch()
             }),
             None => None,

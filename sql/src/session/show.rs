@@ -313,7 +313,18 @@ fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
             if c.read_by_executors.is_empty() {
                 String::new()
             } else {
-                format!("; read there: {}", c.read_by_executors.join(", "))
+                let streams: Vec<String> = c
+                    .read_by_executors
+                    .iter()
+                    .map(|s| {
+                        if c.uncounted.contains(s) {
+                            format!("{s} (rows not counted)")
+                        } else {
+                            s.clone()
+                        }
+                    })
+                    .collect();
+                format!("; read there: {}", streams.join(", "))
             }
         ),
     }
