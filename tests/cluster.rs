@@ -695,3 +695,61 @@ async fn generators_are_read_by_the_executors() {
         "{e}"
     );
 }
+
+/// A `files` sink on a cluster is written by the tasks — each its own
+/// `part-<batch ms>-<partition>` file, Hive folders with `partition_by` — and the
+/// driver commits the batch once every task has written: the committed files hold the
+/// rows a local run writes, and SHOW PROGRESS says the sink was written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_files_sink_is_written_by_the_tasks() {
+    let cluster = cluster().await;
+    let mut outputs = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let out = crate::common::temp_dir("cluster-files-sink");
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&format!(
+            "{}CREATE STREAM r WITH (connector = 'rate', rows_per_second = '30000');
+             CREATE SINK o WITH (connector = 'files', path = '{}', format = 'parquet',
+               partition_by = 'k') AS SELECT value % 3 AS k, value FROM r WHERE value % 5 <> 0;",
+            url.as_ref()
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            out.display()
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 2 BATCHES").await.unwrap();
+        if url.is_some() {
+            let shown = rows(&mut s, "SHOW PROGRESS").await;
+            assert!(
+                shown[0].ends_with("; read there: r; written there: o)"),
+                "{shown:?}"
+            );
+        }
+        s.stop_all().await.unwrap();
+        let mut files: Vec<String> = crate::crash::committed(&out)
+            .iter()
+            .map(|f| {
+                f.strip_prefix(&format!("{}/", out.display()))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files
+                .iter()
+                .all(|f| f.starts_with("k=") && f.contains("/part-")),
+            "{files:?}"
+        );
+        let counts = crate::crash::query(
+            &out,
+            "SELECT count(*), CAST(sum(value) AS BIGINT) FROM output",
+        )
+        .await;
+        outputs.push(counts);
+    }
+    // Two batches of 30,000 values, those divisible by 5 left out.
+    assert_eq!(outputs[0], ["48000|1440000000"]);
+    assert_eq!(outputs[0], outputs[1]);
+}

@@ -25,6 +25,7 @@ use datafusion::arrow::array::{Array, StringArray, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::cluster::write::ClusterWrite;
 use flumen_engine::registry::{ConnectorOptions, SinkFactory};
 use flumen_engine::{Error, Result, Sink, Time, WriteKey, plan_err};
 use object_store::{ObjectStoreExt, PutPayload};
@@ -59,6 +60,8 @@ impl Format {
 #[derive(Debug)]
 pub struct FilesSink {
     name: String,
+    /// Its options: what a task on an executor writing it needs.
+    options: ConnectorOptions,
     location: Location,
     format: Format,
     partition_by: Option<String>,
@@ -221,6 +224,60 @@ impl FilesSink {
     }
 }
 
+impl FilesSink {
+    /// Writes one partition of one batch; the files written (none for no rows).
+    async fn write_files(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<Vec<String>> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = self.file_name(key);
+        let mut files = Vec::new();
+        match &self.partition_by {
+            None => {
+                let bytes = self.encode(&batches)?;
+                self.put(&name, bytes).await?;
+                files.push(name);
+            }
+            Some(column) => {
+                for (dir, part) in self.split(&batches, column)? {
+                    let path = format!("{dir}/{name}");
+                    let bytes = self.encode(&part)?;
+                    self.put(&path, bytes).await?;
+                    files.push(path);
+                }
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// A partition of a batch written by a task on an executor (the sink's
+/// `write_on_cluster`): the sink made again from its name and options.
+pub(crate) fn write_part(
+    spec: &serde_json::Value,
+    batch_ms: i64,
+    partition: usize,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<String>> {
+    let bad = || Error::Internal(format!("a files sink's bad spec: {spec}"));
+    let name = spec.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
+    let options: ConnectorOptions = spec
+        .get("options")
+        .and_then(|o| o.as_object())
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+        .collect::<Result<_>>()?;
+    let sink = FilesSink::from_options(name, &options)?;
+    let key = WriteKey {
+        query_id: String::new(),
+        batch_time: Time::from_millis(batch_ms),
+        partition,
+    };
+    tokio::runtime::Handle::current().block_on(sink.write_files(&key, batches))
+}
+
 /// A partition value as a path segment: `/` and other awkward characters %-escaped.
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -265,32 +322,28 @@ impl Sink for FilesSink {
     }
 
     async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
-        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let name = self.file_name(key);
-        let mut files = Vec::new();
-        match &self.partition_by {
-            None => {
-                let bytes = self.encode(&batches)?;
-                self.put(&name, bytes).await?;
-                files.push(name);
-            }
-            Some(column) => {
-                for (dir, part) in self.split(&batches, column)? {
-                    let path = format!("{dir}/{name}");
-                    let bytes = self.encode(&part)?;
-                    self.put(&path, bytes).await?;
-                    files.push(path);
-                }
-            }
-        }
+        let files = self.write_files(key, batches).await?;
         self.written
             .lock()
             .entry(key.batch_time)
             .or_default()
             .extend(files);
+        Ok(())
+    }
+
+    fn write_on_cluster(&self) -> Option<ClusterWrite> {
+        Some(ClusterWrite {
+            kind: "files".into(),
+            spec: serde_json::json!({"name": self.name, "options": self.options}),
+        })
+    }
+
+    fn written_by_tasks(&self, batch_time: Time, written: Vec<String>) -> Result<()> {
+        self.written
+            .lock()
+            .entry(batch_time)
+            .or_default()
+            .extend(written);
         Ok(())
     }
 
@@ -469,6 +522,12 @@ impl SinkFactory for FilesSinkFactory {
     }
 
     fn create(&self, name: &str, options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        Ok(Arc::new(FilesSink::from_options(name, options)?))
+    }
+}
+
+impl FilesSink {
+    fn from_options(name: &str, options: &ConnectorOptions) -> Result<Self> {
         let Some(path) = options.get("path") else {
             return plan_err!("sink {name}: connector 'files' needs path = '<directory or URL>'");
         };
@@ -502,8 +561,9 @@ impl SinkFactory for FilesSinkFactory {
                 .map_err(|e| Error::Plan(format!("sink {name}: directory '{dir}': {e}")))?;
         }
         let location = crate::store::open(&format!("sink {name}"), path, options)?;
-        Ok(Arc::new(FilesSink {
+        Ok(FilesSink {
             name: name.to_string(),
+            options: options.clone(),
             location,
             format,
             partition_by: options.get("partition_by").cloned(),
@@ -511,6 +571,6 @@ impl SinkFactory for FilesSinkFactory {
             suffix: options.get("suffix").cloned(),
             written: Mutex::default(),
             since_compaction: tokio::sync::Mutex::new(None),
-        }))
+        })
     }
 }

@@ -61,6 +61,8 @@ pub struct ClusterInfo {
     /// Of those, the streams whose rows are not counted (a files batch is known by
     /// its files, not its rows): their input rows read 0.
     pub uncounted: Vec<String>,
+    /// The sinks the tasks wrote themselves (the driver committed what they wrote).
+    pub written_by_tasks: Vec<String>,
 }
 
 /// One stateful operator's state after a batch.
@@ -160,6 +162,7 @@ impl BatchInfo {
                 "executors": c.executors,
                 "readByExecutors": c.read_by_executors,
                 "uncountedSources": c.uncounted,
+                "writtenByTasks": c.written_by_tasks,
             })),
         })
     }

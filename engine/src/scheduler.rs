@@ -580,6 +580,7 @@ impl Pipeline {
         }
         // 3 (outputs) and 4. write
         let mut output_rows = 0u64;
+        let mut written_by_tasks = Vec::new();
         let mut sink_retries = 0u64;
         for (i, (node, plan)) in self.outputs.iter().enumerate() {
             if replay.committed || !batch_time.is_multiple_of(zero_time, node.slide) {
@@ -590,6 +591,27 @@ impl Pipeline {
                 cluster: self.cluster.as_ref(),
                 slots: &self.slots,
             };
+            // A sink the tasks write: they write, the driver commits what they wrote.
+            if let (Some(_), OutputKind::Sink(sink)) = (&self.cluster, &node.kind)
+                && let Some(write) = sink.write_on_cluster()
+            {
+                let written = Arc::new(crate::cluster::write::WriteExec::try_new(
+                    Arc::clone(plan),
+                    Arc::new(write),
+                    batch_time.as_millis(),
+                )?) as Arc<dyn ExecutionPlan>;
+                let (parts, aside) =
+                    execute_setting_aside(&written, &runner, &self.sources, batch_time).await?;
+                set_aside.extend(aside);
+                let batches: Vec<RecordBatch> = parts.into_iter().flatten().collect();
+                let (files, rows) = crate::cluster::write::written(&batches);
+                output_rows += rows;
+                sink.written_by_tasks(batch_time, files)?;
+                written_by_tasks.push(sink.name().to_string());
+                sink_retries +=
+                    write_with_retries(sink, &self.output_id(i), batch_time, Vec::new()).await?;
+                continue;
+            }
             let (parts, aside) =
                 execute_setting_aside(plan, &runner, &self.sources, batch_time).await?;
             set_aside.extend(aside);
@@ -684,6 +706,7 @@ impl Pipeline {
                 executors: c.executor_count().await,
                 read_by_executors,
                 uncounted,
+                written_by_tasks,
                 ..c.take_batch()
             }),
             None => None,

@@ -45,6 +45,18 @@ pub trait Sink: Debug + Send + Sync {
     /// Make the batch at `batch_time` visible.
     async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
 
+    /// On a cluster: how the tasks write this sink's partitions themselves
+    /// ([`crate::cluster::write`]); `None` (the default): the driver writes them.
+    fn write_on_cluster(&self) -> Option<crate::cluster::write::ClusterWrite> {
+        None
+    }
+
+    /// What the tasks wrote for the batch at `batch_time` (the files their writer
+    /// returned), before [`Sink::commit`] makes it visible.
+    fn written_by_tasks(&self, _batch_time: Time, _written: Vec<String>) -> Result<()> {
+        Ok(())
+    }
+
     async fn close(&self) -> Result<()> {
         Ok(())
     }

@@ -12,6 +12,7 @@
 //!   writes;
 //! - `ReadScanExec` (`scan.rs`): the kind of scan, the source's schema, the projection
 //!   (its parts travel in its input, an in-memory table);
+//! - `WriteExec` (`write.rs`): the kind of sink, its spec (JSON), the batch time;
 //! - `flumen_batch_time()` (`batch_time.rs`): a volatile function reading a per-query
 //!   cell on the driver. It travels as the cell's value when the plan is encoded and
 //!   arrives reading a cell fixed at it, so every task of the batch sees the batch's
@@ -41,6 +42,7 @@ use prost::Message;
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
 use crate::cluster::scan::ReadScanExec;
 use crate::cluster::state::{Spec, StatePartitionsExec, Versions};
+use crate::cluster::write::{ClusterWrite, WriteExec};
 use crate::split::SplitUnnestExec;
 
 /// First byte of an encoded node: whose it is.
@@ -48,6 +50,7 @@ const BALLISTA_NODE: u8 = 0;
 const SPLIT_UNNEST_NODE: u8 = 1;
 const STATE_PARTITIONS_NODE: u8 = 3;
 const READ_SCAN_NODE: u8 = 4;
+const WRITE_NODE: u8 = 5;
 /// First byte of an encoded function that travels as a value.
 const BATCH_TIME: u8 = 2;
 
@@ -108,6 +111,17 @@ struct ReadScanNode {
     projected: bool,
     #[prost(uint32, repeated, tag = "4")]
     projection: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WriteNode {
+    #[prost(string, tag = "1")]
+    kind: String,
+    /// The sink's spec, JSON.
+    #[prost(string, tag = "2")]
+    spec: String,
+    #[prost(int64, tag = "3")]
+    batch_ms: i64,
 }
 
 fn decode_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
@@ -216,6 +230,22 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     projection,
                 )?))
             }
+            Some((&WRITE_NODE, rest)) => {
+                let node = WriteNode::decode(rest).map_err(|e| decode_error("WriteExec", e))?;
+                let [input] = inputs else {
+                    return internal_err!("WriteExec has one input, given {}", inputs.len());
+                };
+                let spec = serde_json::from_str(&node.spec)
+                    .map_err(|e| decode_error("WriteExec's spec", e))?;
+                Ok(Arc::new(WriteExec::try_new(
+                    Arc::clone(input),
+                    Arc::new(ClusterWrite {
+                        kind: node.kind,
+                        spec,
+                    }),
+                    node.batch_ms,
+                )?))
+            }
             _ => internal_err!("Flumen codec: a plan node it did not encode"),
         }
     }
@@ -247,6 +277,18 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 ),
             };
             buf.push(SPLIT_UNNEST_NODE);
+            message
+                .encode(buf)
+                .map_err(|e| DataFusionError::Internal(format!("{e}")))?;
+            return Ok(());
+        }
+        if let Some(exec) = node.downcast_ref::<WriteExec>() {
+            let message = WriteNode {
+                kind: exec.write().kind.clone(),
+                spec: exec.write().spec.to_string(),
+                batch_ms: exec.batch_ms(),
+            };
+            buf.push(WRITE_NODE);
             message
                 .encode(buf)
                 .map_err(|e| DataFusionError::Internal(format!("{e}")))?;

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod node;
 pub mod scan;
 pub mod state;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -302,9 +302,9 @@ impl ExecutionPlan for StatePartitionsExec {
 }
 
 /// An executor's execution engine: Ballista's, after telling each
-/// [`StatePartitionsExec`] of a task's stage which state partitions it runs (the
-/// task's global output partitions: the node is the stage's root below its writer,
-/// and keeps its input's partitioning).
+/// [`StatePartitionsExec`] (and `WriteExec`) of a task's stage which partitions it
+/// runs (the task's global output partitions: the node is the stage's root below its
+/// writer, and keeps its input's partitioning).
 #[derive(Default)]
 pub struct FlumenEngine {
     inner: DefaultExecutionEngine,
@@ -322,12 +322,20 @@ impl ExecutionEngine for FlumenEngine {
         config: &SessionConfig,
     ) -> DfResult<Arc<dyn QueryStageExecutor>> {
         let plan = plan
-            .transform_up(|node| match node.downcast_ref::<StatePartitionsExec>() {
-                Some(state) => Ok(Transformed::yes(Arc::new(
-                    state.with_partitions(global_output_partition_ids.clone())?,
-                )
-                    as Arc<dyn ExecutionPlan>)),
-                None => Ok(Transformed::no(node)),
+            .transform_up(|node| {
+                if let Some(state) = node.downcast_ref::<StatePartitionsExec>() {
+                    return Ok(Transformed::yes(Arc::new(
+                        state.with_partitions(global_output_partition_ids.clone())?,
+                    )
+                        as Arc<dyn ExecutionPlan>));
+                }
+                if let Some(write) = node.downcast_ref::<crate::cluster::write::WriteExec>() {
+                    return Ok(Transformed::yes(Arc::new(
+                        write.with_partitions(global_output_partition_ids.clone())?,
+                    )
+                        as Arc<dyn ExecutionPlan>));
+                }
+                Ok(Transformed::no(node))
             })?
             .data;
         self.inner.create_query_stage_exec(

@@ -304,7 +304,7 @@ fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
     match cluster {
         None => "local".into(),
         Some(c) => format!(
-            "{} ({} jobs, {} tasks, {} executors{})",
+            "{} ({} jobs, {} tasks, {} executors{}{})",
             c.url,
             c.jobs,
             c.tasks,
@@ -325,6 +325,11 @@ fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
                     })
                     .collect();
                 format!("; read there: {}", streams.join(", "))
+            },
+            if c.written_by_tasks.is_empty() {
+                String::new()
+            } else {
+                format!("; written there: {}", c.written_by_tasks.join(", "))
             }
         ),
     }
