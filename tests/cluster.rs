@@ -753,3 +753,65 @@ async fn a_files_sink_is_written_by_the_tasks() {
     assert_eq!(outputs[0], ["48000|1440000000"]);
     assert_eq!(outputs[0], outputs[1]);
 }
+
+/// Kafka on a cluster, as Spark's KafkaRDD: each task reads one topic partition's
+/// offset range of the batch from the broker itself; the rows (metadata columns too)
+/// are those a local run reads, and a record the query cannot decode fails the batch
+/// naming its partition and offset (`on_error = 'fail'`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_partitions_are_read_by_the_executors() {
+    use crate::connectors::kafka::{client, create_topic, produce, topic};
+    let cluster = cluster().await;
+    let c = client().await;
+    let t = topic("cluster-people");
+    create_topic(&c, &t, 2).await;
+    produce(
+        &c,
+        &t,
+        0,
+        &[r#"{"id": 1, "name": "ann"}"#, r#"{"id": 2, "name": "bo"}"#],
+    )
+    .await;
+    produce(&c, &t, 1, &[r#"{"id": 3, "name": "cy"}"#]).await;
+    let script = |url: Option<&str>| {
+        format!(
+            "{}CREATE STREAM people (id BIGINT NOT NULL, name TEXT, _partition INT, _offset BIGINT)
+               WITH (connector = 'kafka', bootstrap_servers = '{}', topic = '{t}',
+                     starting_offsets = 'earliest', format = 'json');
+             CREATE SINK out WITH (connector = 'memory') AS
+               SELECT id, upper(name) AS name, _partition, _offset FROM people;",
+            url.map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            crate::connectors::kafka::BROKER
+        )
+    };
+    let mut got = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&script(url.as_deref())).await.unwrap();
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        if url.is_some() {
+            let shown = rows(&mut s, "SHOW PROGRESS").await;
+            assert!(
+                shown[0].ends_with("; read there: people (rows not counted))"),
+                "{shown:?}"
+            );
+        }
+        got.push(rows(&mut s, "SELECT * FROM out ORDER BY id").await);
+        s.stop_all().await.unwrap();
+    }
+    assert_eq!(got[0], ["1|ANN|0|0", "2|BO|0|1", "3|CY|1|0"]);
+    assert_eq!(got[0], got[1]);
+    // A record that is not JSON fails the batch, named.
+    produce(&c, &t, 1, &["not json"]).await;
+    let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+    s.execute_script(&script(Some(&cluster.url.to_string())))
+        .await
+        .unwrap();
+    let e = s
+        .execute("ADVANCE 1 BATCHES")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("{t}/1@1")), "{e}");
+}

@@ -30,6 +30,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use flumen_engine::cluster::scan::ClusterScan;
 use flumen_engine::registry::{ConnectorOptions, SourceFactory, positive_option};
 use flumen_engine::source::{RecordLimit, SourceBatch};
 use flumen_engine::{BatchContext, Error, Rejected, Result, Source, SourceRange, plan_err};
@@ -93,6 +94,8 @@ struct Offsets {
 
 pub struct KafkaSource {
     name: String,
+    /// Its options: what an executor reading its partitions needs.
+    options: ConnectorOptions,
     servers: Vec<String>,
     topics: Vec<String>,
     schema: SchemaRef,
@@ -110,6 +113,111 @@ pub struct KafkaSource {
     client: tokio::sync::OnceCell<Client>,
     partitions: tokio::sync::Mutex<HashMap<Tp, Arc<PartitionClient>>>,
     offsets: Mutex<Offsets>,
+}
+
+impl KafkaSource {
+    fn from_options(name: &str, schema: SchemaRef, options: &ConnectorOptions) -> Result<Self> {
+        let Some(servers) = options.get("bootstrap_servers") else {
+            return plan_err!(
+                "stream {name}: connector 'kafka' needs bootstrap_servers = 'host:port[,...]' and topic = '...'"
+            );
+        };
+        let Some(topics) = options.get("topic") else {
+            return plan_err!("stream {name}: connector 'kafka' needs topic = '<name>[,...]'");
+        };
+        let topics: Vec<String> = topics
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let starting = match options
+            .get("starting_offsets")
+            .map(|s| s.trim().to_string())
+            .as_deref()
+        {
+            None | Some("latest") | Some("largest") => Starting::Latest,
+            Some("earliest") | Some("smallest") => Starting::Earliest,
+            Some(j) if j.starts_with('{') => {
+                let parsed = serde_json::from_str::<Value>(j)
+                    .ok()
+                    .and_then(|v| from_json(&v));
+                match parsed {
+                    Some(m) => Starting::Given(m),
+                    None => {
+                        return plan_err!(
+                            "stream {name}: starting_offsets JSON must look like {{\"topic\": {{\"0\": 23, \"1\": -2}}}} (-2 earliest, -1 latest), got {j}"
+                        );
+                    }
+                }
+            }
+            Some(other) => {
+                return plan_err!(
+                    "stream {name}: starting_offsets '{other}' is not earliest, latest (or smallest, largest) or a JSON object of offsets per partition"
+                );
+            }
+        };
+        let timeout = match options.get("timeout") {
+            Some(d) => flumen_engine::time::parse_duration(d)
+                .map_err(|e| Error::Plan(format!("stream {name}: timeout: {e}")))?,
+            None => Duration::from_secs(10),
+        };
+        // The value's columns: everything declared but the metadata columns.
+        let value_fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter(|f| !METADATA_COLUMNS.contains(&f.name().as_str()))
+            .cloned()
+            .collect();
+        let mut decoder_options = ConnectorOptions::new();
+        for k in crate::format::FORMAT_OPTIONS {
+            if let Some(v) = options.get(k) {
+                decoder_options.insert(k.into(), v.clone());
+            }
+        }
+        match decoder_options
+            .get("format")
+            .map(|f| f.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("json") => {
+                decoder_options.insert("format".into(), "json".into());
+            }
+            Some("csv") | Some("raw") | Some("text") => {}
+            Some(other) => {
+                return plan_err!(
+                    "stream {name}: unknown format '{other}' for connector 'kafka'; accepted: json, csv, raw"
+                );
+            }
+        }
+        let decoder =
+            Decoder::from_options(name, Arc::new(Schema::new(value_fields)), &decoder_options)?;
+        Ok(KafkaSource {
+            name: name.to_string(),
+            options: options.clone(),
+            servers: servers.split(',').map(|s| s.trim().to_string()).collect(),
+            topics,
+            schema,
+            decoder,
+            starting,
+            max_rate: positive_option("kafka", options, "max_rate_per_partition")?,
+            timeout,
+            security: crate::tls::kafka_security(&format!("stream {name}"), options)?,
+            partitions_hint: positive_option("kafka", options, "partitions")?.unwrap_or(1) as usize,
+            store: match options.get("offsets_store") {
+                Some(url) => Some((
+                    OffsetsStore::new(name, url, timeout)?,
+                    options
+                        .get("offsets_query")
+                        .cloned()
+                        .unwrap_or_else(|| name.to_string()),
+                )),
+                None => None,
+            },
+            client: tokio::sync::OnceCell::new(),
+            partitions: tokio::sync::Mutex::default(),
+            offsets: Mutex::default(),
+        })
+    }
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -506,6 +614,37 @@ impl Source for KafkaSource {
         })
     }
 
+    fn cluster_scan(&self, range: &SourceRange, _partitions: usize) -> Result<Option<ClusterScan>> {
+        // Bad records set aside go to the driver's dead letter: such a stream is read here.
+        if self.sets_aside_bad_rows() {
+            return Ok(None);
+        }
+        let (Some(start), Some(end)) = (from_json(&range.start), from_json(&range.end)) else {
+            return plan_err!("kafka source {}: bad range {range:?}", self.name);
+        };
+        // The executors read the log only: the offsets store is the driver's.
+        let mut options = self.options.clone();
+        options.remove("offsets_store");
+        options.remove("offsets_query");
+        // Spark's KafkaRDD: a part per topic partition, its offsets [from, until).
+        let mut parts: Vec<Value> = end
+            .iter()
+            .map(|(tp, until)| {
+                let from = start.get(tp).copied().unwrap_or(*until);
+                json!({"name": self.name, "options": options, "topic": tp.0,
+                       "partition": tp.1, "from": from, "until": until})
+            })
+            .collect();
+        if parts.is_empty() {
+            parts.push(json!({"name": self.name, "options": options, "topic": "", "partition": 0, "from": 0, "until": 0}));
+        }
+        Ok(Some(ClusterScan {
+            kind: "kafka".into(),
+            parts,
+            rows: None,
+        }))
+    }
+
     fn record_limit(&self) -> RecordLimit {
         RecordLimit::Honoured
     }
@@ -529,6 +668,66 @@ impl Source for KafkaSource {
     fn sets_aside_bad_rows(&self) -> bool {
         self.decoder.on_error() != OnError::Fail
     }
+}
+
+/// The clients of the streams this executor read, by stream name and options: a
+/// partition's client is made once, not every batch.
+static READERS: std::sync::LazyLock<Mutex<HashMap<String, Arc<KafkaSource>>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A part of a kafka scan (`cluster_scan`), read on an executor: one topic partition's
+/// offsets `[from, until)`.
+pub(crate) fn read_part(part: &Value, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let bad = || Error::Internal(format!("a kafka scan's bad part: {part}"));
+    let until = part.get("until").and_then(|v| v.as_i64()).ok_or_else(bad)?;
+    let from = part.get("from").and_then(|v| v.as_i64()).ok_or_else(bad)?;
+    if from >= until {
+        return Ok(Vec::new());
+    }
+    let name = part.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
+    let options = part.get("options").ok_or_else(bad)?;
+    let key = format!("{name} {options}");
+    let source = READERS.lock().get(&key).cloned();
+    let source = match source {
+        Some(s) => s,
+        None => {
+            let options: ConnectorOptions = options
+                .as_object()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+                .collect::<Result<_>>()?;
+            let s = Arc::new(KafkaSource::from_options(
+                name,
+                Arc::clone(schema),
+                &options,
+            )?);
+            READERS.lock().insert(key, Arc::clone(&s));
+            s
+        }
+    };
+    let tp: Tp = (
+        part.get("topic")
+            .and_then(|t| t.as_str())
+            .ok_or_else(bad)?
+            .to_string(),
+        part.get("partition")
+            .and_then(|p| p.as_i64())
+            .ok_or_else(bad)? as i32,
+    );
+    tokio::runtime::Handle::current().block_on(async {
+        let records = source.fetch(&tp, from, until).await?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rejected = Vec::new();
+        let batch = source.to_batch(&tp, &records, &mut rejected)?;
+        if let Some(r) = rejected.first() {
+            // Scans reach executors only under on_error = 'fail'.
+            return Err(source.error(format!("{}: {}", r.position, r.error)));
+        }
+        Ok(vec![batch])
+    })
 }
 
 /// `connector = 'kafka'`.
@@ -565,105 +764,7 @@ impl SourceFactory for KafkaFactory {
         schema: SchemaRef,
         options: &ConnectorOptions,
     ) -> Result<Arc<dyn Source>> {
-        let Some(servers) = options.get("bootstrap_servers") else {
-            return plan_err!(
-                "stream {name}: connector 'kafka' needs bootstrap_servers = 'host:port[,...]' and topic = '...'"
-            );
-        };
-        let Some(topics) = options.get("topic") else {
-            return plan_err!("stream {name}: connector 'kafka' needs topic = '<name>[,...]'");
-        };
-        let topics: Vec<String> = topics
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let starting = match options
-            .get("starting_offsets")
-            .map(|s| s.trim().to_string())
-            .as_deref()
-        {
-            None | Some("latest") | Some("largest") => Starting::Latest,
-            Some("earliest") | Some("smallest") => Starting::Earliest,
-            Some(j) if j.starts_with('{') => {
-                let parsed = serde_json::from_str::<Value>(j)
-                    .ok()
-                    .and_then(|v| from_json(&v));
-                match parsed {
-                    Some(m) => Starting::Given(m),
-                    None => {
-                        return plan_err!(
-                            "stream {name}: starting_offsets JSON must look like {{\"topic\": {{\"0\": 23, \"1\": -2}}}} (-2 earliest, -1 latest), got {j}"
-                        );
-                    }
-                }
-            }
-            Some(other) => {
-                return plan_err!(
-                    "stream {name}: starting_offsets '{other}' is not earliest, latest (or smallest, largest) or a JSON object of offsets per partition"
-                );
-            }
-        };
-        let timeout = match options.get("timeout") {
-            Some(d) => flumen_engine::time::parse_duration(d)
-                .map_err(|e| Error::Plan(format!("stream {name}: timeout: {e}")))?,
-            None => Duration::from_secs(10),
-        };
-        // The value's columns: everything declared but the metadata columns.
-        let value_fields: Vec<_> = schema
-            .fields()
-            .iter()
-            .filter(|f| !METADATA_COLUMNS.contains(&f.name().as_str()))
-            .cloned()
-            .collect();
-        let mut decoder_options = ConnectorOptions::new();
-        for k in crate::format::FORMAT_OPTIONS {
-            if let Some(v) = options.get(k) {
-                decoder_options.insert(k.into(), v.clone());
-            }
-        }
-        match decoder_options
-            .get("format")
-            .map(|f| f.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("json") => {
-                decoder_options.insert("format".into(), "json".into());
-            }
-            Some("csv") | Some("raw") | Some("text") => {}
-            Some(other) => {
-                return plan_err!(
-                    "stream {name}: unknown format '{other}' for connector 'kafka'; accepted: json, csv, raw"
-                );
-            }
-        }
-        let decoder =
-            Decoder::from_options(name, Arc::new(Schema::new(value_fields)), &decoder_options)?;
-        Ok(Arc::new(KafkaSource {
-            name: name.to_string(),
-            servers: servers.split(',').map(|s| s.trim().to_string()).collect(),
-            topics,
-            schema,
-            decoder,
-            starting,
-            max_rate: positive_option("kafka", options, "max_rate_per_partition")?,
-            timeout,
-            security: crate::tls::kafka_security(&format!("stream {name}"), options)?,
-            partitions_hint: positive_option("kafka", options, "partitions")?.unwrap_or(1) as usize,
-            store: match options.get("offsets_store") {
-                Some(url) => Some((
-                    OffsetsStore::new(name, url, timeout)?,
-                    options
-                        .get("offsets_query")
-                        .cloned()
-                        .unwrap_or_else(|| name.to_string()),
-                )),
-                None => None,
-            },
-            client: tokio::sync::OnceCell::new(),
-            partitions: tokio::sync::Mutex::default(),
-            offsets: Mutex::default(),
-        }))
+        Ok(Arc::new(KafkaSource::from_options(name, schema, options)?))
     }
 
     fn default_schema(&self, options: &ConnectorOptions) -> Option<SchemaRef> {

@@ -72,7 +72,7 @@ pub(crate) fn column_list(schema: &datafusion::arrow::datatypes::Schema) -> Stri
 }
 
 /// Makes this process read the sources a cluster's executors read themselves
-/// (`flumen_engine::cluster::scan`): `rate` and `nexmark` event ranges, `files` lists;
+/// (`flumen_engine::cluster::scan`): `rate` and `nexmark` event ranges, `files` lists, `kafka` offset ranges;
 /// and write the sinks their tasks write (`flumen_engine::cluster::write`): `files`. Every
 /// `flumen` process calls it (the driver through [`registry`], `flumen scheduler` and
 /// `flumen executor` directly).
@@ -83,6 +83,7 @@ pub fn register_cluster_scans() {
         register("rate", Arc::new(rate::read_part));
         register("nexmark", Arc::new(nexmark::read_part));
         register("files", Arc::new(files::read_part));
+        register("kafka", Arc::new(kafka::read_part));
         flumen_engine::cluster::write::register("files", Arc::new(files_sink::write_part));
     });
 }
