@@ -55,6 +55,11 @@ pub async fn serve_scheduler(
     functions: Functions,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
+    // Ballista serves a listener given to it with axum, which leaves Nagle's algorithm
+    // on: each small reply (a job's status, pushed to the driver) then waited for the
+    // peer's delayed ACK, ~40 ms a job. Sockets accepted from a listener with
+    // TCP_NODELAY have it too.
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
     let mut config = SchedulerConfig {
         bind_host: addr.ip().to_string(),
         bind_port: addr.port(),
