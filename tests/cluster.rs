@@ -815,3 +815,50 @@ async fn kafka_partitions_are_read_by_the_executors() {
         .to_string();
     assert!(e.contains(&format!("{t}/1@1")), "{e}");
 }
+
+/// A running count written to files is one job a batch on a cluster: the state tasks'
+/// changes go straight to the tasks that write them (the sink's plan fused with the
+/// aggregate's), never through the driver, and the committed files hold what a local
+/// run writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_count_into_files_is_one_job_a_batch() {
+    let cluster = cluster().await;
+    let mut outputs = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let out = crate::common::temp_dir("cluster-fused");
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&format!(
+            "{}SET output_mode = 'update'; SET state_partitions = '3';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '20000');
+             CREATE SINK o WITH (connector = 'files', path = '{}', format = 'parquet') AS
+               SELECT value % 1000 AS k, count(*) AS n, sum(value) AS s FROM r
+               WHERE value % 7 <> 3 GROUP BY value % 1000;",
+            url.as_ref()
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            out.display()
+        ))
+        .await
+        .unwrap();
+        s.execute("ADVANCE 3 BATCHES").await.unwrap();
+        if url.is_some() {
+            let shown = rows(&mut s, "SHOW PROGRESS").await;
+            assert!(shown.iter().all(|l| l.contains(" (1 jobs, ")), "{shown:?}");
+        }
+        s.stop_all().await.unwrap();
+        outputs.push(
+            crate::crash::query(
+                &out,
+                "SELECT count(*), CAST(sum(n) AS BIGINT), CAST(sum(s) AS BIGINT) FROM
+                   (SELECT k, max(n) AS n, max(s) AS s FROM output GROUP BY k)",
+            )
+            .await,
+        );
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    // 60,000 values, those with value % 7 = 3 left out, over 1,000 keys.
+    assert_eq!(
+        outputs[0][0].split('|').take(2).collect::<Vec<_>>(),
+        ["1000", "51429"]
+    );
+}

@@ -67,6 +67,102 @@ pub(crate) struct Pipeline {
     cluster: Option<crate::cluster::Cluster>,
     /// Every slot the plans scan: what a plan sent to the cluster carries.
     slots: Vec<Arc<crate::slot::BatchSlot>>,
+    /// On a cluster: per output, its plan fused with the plan of the operator whose
+    /// output it alone reads (`fuse_on_cluster`), and per operator whether it is.
+    fused_outputs: Vec<Option<Arc<dyn ExecutionPlan>>>,
+    fused_operators: Vec<bool>,
+}
+
+/// On a cluster, one job a batch instead of two where it can: an operator whose
+/// state lives on the executors (its plan is a `StatePartitionsExec`) and whose output
+/// is read by one plan only — an output the tasks write (`Sink::write_on_cluster`), due
+/// at the same batches — has that output's scan of its slot replaced by its own plan.
+/// The state tasks' changes then go to the writing tasks without the driver. Per
+/// output the fused plan, per operator whether it is fused.
+#[allow(clippy::type_complexity)]
+fn fuse_on_cluster(
+    operators: &[(OperatorNode, Arc<dyn ExecutionPlan>)],
+    outputs: &[(OutputNode, Arc<dyn ExecutionPlan>)],
+) -> Result<(Vec<Option<Arc<dyn ExecutionPlan>>>, Vec<bool>)> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    let mut fused_outputs = vec![None; outputs.len()];
+    let mut fused_operators = vec![false; operators.len()];
+    let scans_of = |plan: &Arc<dyn ExecutionPlan>, slot: &crate::slot::BatchSlot| {
+        let mut n = 0;
+        let _ = plan.apply(|node| {
+            if let Some(scan) = node.downcast_ref::<StreamingTableExec>()
+                && slot.scanned_by(scan)
+            {
+                n += 1;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        n
+    };
+    for (i, (node, plan)) in operators.iter().enumerate() {
+        if plan
+            .downcast_ref::<crate::cluster::state::StatePartitionsExec>()
+            .is_none()
+        {
+            continue;
+        }
+        let by_operators: usize = operators.iter().map(|(_, p)| scans_of(p, &node.slot)).sum();
+        let by_outputs: Vec<usize> = outputs
+            .iter()
+            .map(|(_, p)| scans_of(p, &node.slot))
+            .collect();
+        let readers: Vec<usize> = (0..outputs.len()).filter(|j| by_outputs[*j] > 0).collect();
+        let [j] = readers[..] else { continue };
+        let (out, out_plan) = &outputs[j];
+        let writes_there =
+            matches!(&out.kind, OutputKind::Sink(sink) if sink.write_on_cluster().is_some());
+        if by_operators > 0 || by_outputs[j] != 1 || !writes_there || out.slide != node.input_slide
+        {
+            continue;
+        }
+        let fused = Arc::clone(out_plan)
+            .transform_up(|n| {
+                let Some(scan) = n.downcast_ref::<StreamingTableExec>() else {
+                    return Ok(Transformed::no(n));
+                };
+                if !node.slot.scanned_by(scan) {
+                    return Ok(Transformed::no(n));
+                }
+                let mut state: Arc<dyn ExecutionPlan> = Arc::clone(plan);
+                if let Some(p) = scan.projection() {
+                    let schema = state.schema();
+                    let exprs = p
+                        .iter()
+                        .map(|c| {
+                            (
+                                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                    schema.field(*c).name(),
+                                    *c,
+                                ))
+                                    as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                                schema.field(*c).name().to_string(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    state = Arc::new(
+                        datafusion::physical_plan::projection::ProjectionExec::try_new(
+                            exprs, state,
+                        )?,
+                    );
+                }
+                if let Some(limit) = scan.limit() {
+                    state = Arc::new(datafusion::physical_plan::limit::LocalLimitExec::new(
+                        state, limit,
+                    ));
+                }
+                Ok(Transformed::yes(state))
+            })?
+            .data;
+        fused_outputs[j] = Some(fused);
+        fused_operators[i] = true;
+    }
+    Ok((fused_outputs, fused_operators))
 }
 
 /// Where operator `i`'s state partitions live on a cluster: under the checkpoint's
@@ -167,8 +263,15 @@ impl Pipeline {
             .chain(operators.iter().map(|(n, _)| &n.slot))
             .cloned()
             .collect();
+        let (fused_outputs, fused_operators) = if cluster.is_some() {
+            fuse_on_cluster(&operators, &outputs)?
+        } else {
+            (vec![None; outputs.len()], vec![false; operators.len()])
+        };
         let task_ctx = session.task_ctx();
         Ok(Self {
+            fused_outputs,
+            fused_operators,
             query_id,
             pipeline_id: crate::checkpoint::new_id(),
             cluster: cluster.map(|url| crate::cluster::Cluster::new(url, &task_ctx)),
@@ -542,6 +645,19 @@ impl Pipeline {
             });
             if batch_time.is_multiple_of(zero_time, node.input_slide) {
                 node.op.begin_batch(&op_ctx);
+                if self.fused_operators[i] && !replay.committed {
+                    // Its plan runs inside the output it feeds (`fuse_on_cluster`): the
+                    // operator takes note of the batch, its output stays on the cluster.
+                    match node.op.process(&op_ctx, Vec::new()).await? {
+                        Some(out) => node.slot.fill(out),
+                        None => node.slot.clear(),
+                    }
+                    operators.push(crate::listener::OperatorStateInfo {
+                        name: node.op.name(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
                 let runner = Runner {
                     task_ctx: &self.task_ctx,
                     cluster: self.cluster.as_ref(),
@@ -595,6 +711,7 @@ impl Pipeline {
             if let (Some(_), OutputKind::Sink(sink)) = (&self.cluster, &node.kind)
                 && let Some(write) = sink.write_on_cluster()
             {
+                let plan = self.fused_outputs[i].as_ref().unwrap_or(plan);
                 let written = Arc::new(crate::cluster::write::WriteExec::try_new(
                     Arc::clone(plan),
                     Arc::new(write),
