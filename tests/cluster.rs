@@ -454,13 +454,15 @@ fn spawn_executor(scheduler: &str, log: &std::path::Path) -> std::process::Child
     )
 }
 
-/// The real processes: `flumen scheduler`, two `flumen executor`s, and a query with a
-/// checkpoint reading CSV files, keeping a running count per key in state partitions
-/// on the executors and writing its changes as Parquet. One executor is SIGKILLed five
-/// times while the query runs (a new one started each time): the batches it was in
-/// fail or are retried, the query restarts from its checkpoint, and the committed
-/// output (read through the sink's commit log) holds exactly the right count for
-/// every key — no batch lost, none counted twice.
+/// The real processes: `flumen scheduler`, two `flumen executor`s, and two queries
+/// with a checkpoint reading CSV files, keeping a running count per key in state
+/// partitions on the executors, one writing its changes as Parquet (by the tasks), the
+/// other upserting them into PostgreSQL (by the driver). One executor is SIGKILLed five
+/// times while the queries run (a new one started each time): the tasks it ran are
+/// retried elsewhere, or a batch fails and its query restarts from its checkpoint, and
+/// the committed output — the Parquet files through the sink's commit log, the
+/// PostgreSQL table — holds exactly the right count for every key: no batch lost, none
+/// counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_counts_stay_exact_while_executors_are_killed() {
     use flumen::engine::cluster::{ClusterUrl, node};
@@ -483,6 +485,7 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
     let port = node::free_port("127.0.0.1").unwrap();
     let bind = format!("127.0.0.1:{port}");
     let url = ClusterUrl::parse(&format!("df://{bind}")).unwrap();
+    let table = format!("cluster_counts_{port}_{}", std::process::id());
     let mut scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
     let mut executors: Vec<_> = (0..2)
         .map(|i| spawn_executor(&bind, &dir.join(format!("executor-{i}.log"))))
@@ -505,9 +508,13 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
                  CREATE STREAM t (k TEXT) WITH (connector = 'files', path = '{}', format = 'csv',
                    include_existing = 'true', max_files_per_batch = '1');
                  CREATE SINK o WITH (connector = 'files', path = '{}', format = 'parquet') AS
+                   SELECT k, count(*) AS n FROM t GROUP BY k;
+                 CREATE SINK p WITH (connector = 'postgres', url = '{}', table = '{table}',
+                   mode = 'upsert', key = 'k') AS
                    SELECT k, count(*) AS n FROM t GROUP BY k;",
                 input.display(),
-                out.display()
+                out.display(),
+                crate::connectors::kafka::POSTGRES,
             ),
         ],
         &query_log,
@@ -551,8 +558,16 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
         "the query ended before the executors were killed: {}",
         log()
     );
+    let in_postgres = || async {
+        crate::crash::pg_rows(&format!(
+            "SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM {table}"
+        ))
+        .await[0]
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
     for _ in 0..1200 {
-        if batches() > 0 && counted().await == total {
+        if batches() > 0 && counted().await == total && in_postgres().await == total {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -573,6 +588,28 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
     .await;
     let want: Vec<String> = want.iter().map(|(k, n)| format!("{k}|{n}")).collect();
     assert_eq!(got, want, "{}", log());
+    // The PostgreSQL sink (written by the driver, a transaction per batch and
+    // partition with its commit record): the same counts.
+    let upserted = crate::crash::pg_rows(&format!(
+        "SELECT CAST(substr(k, 2) AS BIGINT), n FROM {table} ORDER BY k"
+    ))
+    .await;
+    let want_pg: Vec<String> = want
+        .iter()
+        .map(|l| {
+            l.trim_start_matches('k')
+                .trim_start_matches('0')
+                .to_string()
+        })
+        .map(|l| {
+            if l.starts_with('|') {
+                format!("0{l}")
+            } else {
+                l
+            }
+        })
+        .collect();
+    assert_eq!(upserted, want_pg, "{}", log());
     // No batch's changes written twice: a key's count appears once per batch.
     let dup =
         crate::crash::query(&out, "SELECT count(*) - count(DISTINCT (k, n)) FROM output").await;
