@@ -195,22 +195,7 @@ async fn a_query_recovers_from_its_checkpoint_when_the_scheduler_comes_back() {
     let url = ClusterUrl::parse(&format!("df://{bind}")).unwrap();
     let mut scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
     let mut executors: Vec<_> = (0..2)
-        .map(|i| {
-            // An executor takes its port and the next.
-            let p = node::free_port("127.0.0.1").unwrap();
-            spawn(
-                &[
-                    "executor",
-                    "--scheduler",
-                    &bind,
-                    "--bind",
-                    &format!("127.0.0.1:{p}"),
-                    "--slots",
-                    "1",
-                ],
-                &dir.join(format!("executor-{i}.log")),
-            )
-        })
+        .map(|i| spawn_executor(&bind, &dir.join(format!("executor-{i}.log"))))
         .collect();
     for _ in 0..600 {
         if node::executor_count(&url).await.unwrap_or(0) == 2 {
@@ -437,21 +422,40 @@ async fn a_million_keys_live_in_the_executors_state_partitions_not_on_the_driver
     );
 }
 
-/// An executor started as a process on free ports (it takes a port and the next).
+/// An executor started as a process on free ports (it takes a port and the next). A
+/// port found free can be taken by another test before the executor binds it: one that
+/// exits at once is started again on other ports.
 fn spawn_executor(scheduler: &str, log: &std::path::Path) -> std::process::Child {
-    let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
-    spawn(
-        &[
-            "executor",
-            "--scheduler",
-            scheduler,
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--slots",
-            "1",
-        ],
-        log,
-    )
+    for _ in 0..10 {
+        let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
+        let mut child = spawn(
+            &[
+                "executor",
+                "--scheduler",
+                scheduler,
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--slots",
+                "1",
+            ],
+            log,
+        );
+        let mut exited = false;
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+        }
+        if !exited {
+            return child;
+        }
+    }
+    panic!(
+        "no executor would start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 /// The real processes: `flumen scheduler`, two `flumen executor`s, and two queries
@@ -898,4 +902,69 @@ async fn a_running_count_into_files_is_one_job_a_batch() {
         outputs[0][0].split('|').take(2).collect::<Vec<_>>(),
         ["1000", "51429"]
     );
+}
+
+/// Windowed aggregates in update mode keep their groups in state partitions on the
+/// executors too: the tasks drop the rows of windows the watermark closed (counted as
+/// late) and evict those windows, the driver advances the watermark from the groups
+/// they emit — the same rows, late counts and watermarks as a local run, batch by
+/// batch, and no group on the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windowed_counts_keep_their_groups_on_the_executors() {
+    let cluster = cluster().await;
+    let batches = [
+        "(1, '2026-01-01T00:00:01'), (1, '2026-01-01T00:00:05'), (2, '2026-01-01T00:00:12')",
+        "(2, '2026-01-01T00:00:15')",
+        // 3 s: its window [0, 10) ended before the watermark (11 s): late.
+        "(1, '2026-01-01T00:00:03'), (3, '2026-01-01T00:00:25')",
+        // 13 s: [10, 20) ended before the watermark (21 s): late.
+        "(3, '2026-01-01T00:00:26'), (2, '2026-01-01T00:00:13'), (4, '2026-01-01T00:00:40')",
+    ];
+    let mut runs = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&format!(
+            "{}SET output_mode = 'update'; SET state_partitions = '3';
+             CREATE STREAM bids (auction BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '4' SECOND) WITH (connector = 'memory');
+             CREATE SINK c WITH (connector = 'memory') AS
+               SELECT window(ts, INTERVAL '10' SECOND)['start'] AS ws, auction, count(*) AS n
+               FROM bids GROUP BY window(ts, INTERVAL '10' SECOND), auction;",
+            url.as_ref()
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default()
+        ))
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for rows_in in batches {
+            s.execute(&format!("INSERT INTO bids VALUES {rows_in}"))
+                .await
+                .unwrap();
+            s.execute("ADVANCE 1 BATCHES").await.unwrap();
+            let q = s.queries().next().unwrap();
+            let b = q.ctx.recent_batches().last().cloned().unwrap();
+            assert_eq!(
+                b.operators[0].rows,
+                if url.is_some() {
+                    0
+                } else {
+                    b.operators[0].rows
+                }
+            );
+            seen.push(format!("late {} watermark {:?}", b.late_rows, b.watermark));
+        }
+        seen.extend(
+            rows(
+                &mut s,
+                "SELECT ws, auction, n FROM c ORDER BY ws, auction, n",
+            )
+            .await,
+        );
+        s.stop_all().await.unwrap();
+        runs.push(seen);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
+    assert!(runs[0][3].starts_with("late 1 "), "{:?}", runs[0]);
 }

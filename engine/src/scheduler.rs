@@ -101,10 +101,12 @@ fn fuse_on_cluster(
         n
     };
     for (i, (node, plan)) in operators.iter().enumerate() {
-        if plan
+        // A windowed aggregate's tasks emit what its `process` turns into output (the
+        // watermark, late rows): not fused.
+        let fusable = plan
             .downcast_ref::<crate::cluster::state::StatePartitionsExec>()
-            .is_none()
-        {
+            .is_some_and(|s| s.spec().window.is_none());
+        if !fusable {
             continue;
         }
         let by_operators: usize = operators.iter().map(|(_, p)| scans_of(p, &node.slot)).sum();

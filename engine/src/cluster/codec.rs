@@ -41,7 +41,7 @@ use prost::Message;
 
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
 use crate::cluster::scan::ReadScanExec;
-use crate::cluster::state::{Spec, StatePartitionsExec, Versions};
+use crate::cluster::state::{Spec, StatePartitionsExec, Versions, WindowSpec};
 use crate::cluster::write::{ClusterWrite, WriteExec};
 use crate::split::SplitUnnestExec;
 
@@ -99,6 +99,13 @@ struct StatePartitionsNode {
     keep_from: Option<i64>,
     #[prost(message, optional, tag = "10")]
     schema: Option<datafusion_proto::protobuf::Schema>,
+    /// A windowed aggregate: the window's key index (absent otherwise).
+    #[prost(uint32, optional, tag = "11")]
+    window_key: Option<u32>,
+    #[prost(bool, tag = "12")]
+    evict_closed: bool,
+    #[prost(int64, optional, tag = "13")]
+    watermark: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -194,11 +201,16 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     changed_only: node.changed_only,
                     memory: node.memory as usize,
                     ttl: node.ttl_ms.map(std::time::Duration::from_millis),
+                    window: node.window_key.map(|k| WindowSpec {
+                        key_index: k as usize,
+                        evict_closed: node.evict_closed,
+                    }),
                 };
                 let versions = Versions {
                     prev: node.prev,
                     now: node.now,
                     keep_from: node.keep_from,
+                    watermark: node.watermark,
                 };
                 Ok(Arc::new(StatePartitionsExec::try_new(
                     Arc::clone(input),
@@ -332,6 +344,9 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 prev: versions.prev,
                 now: versions.now,
                 keep_from: versions.keep_from,
+                window_key: spec.window.map(|w| w.key_index as u32),
+                evict_closed: spec.window.is_some_and(|w| w.evict_closed),
+                watermark: versions.watermark,
                 schema: Some(
                     exec.schema()
                         .as_ref()

@@ -36,9 +36,12 @@ use ballista_core::JobId;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, new_null_array,
+};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -53,6 +56,7 @@ use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
 use crate::Result;
+use crate::ops::aggregate::event_time::window_ends;
 use crate::ops::aggregate::partial::{PartialAggregate, evaluate_all, merge_touched};
 use crate::state::{KeyedState, MemoryLedger, SnapshotKind, StateConfig};
 
@@ -86,6 +90,10 @@ pub struct Versions {
     /// The oldest version a recovery may still start from: files older than the full
     /// snapshot it needs are deleted when a task writes a full snapshot.
     pub keep_from: Option<i64>,
+    /// Windows: the watermark before this batch. The tasks drop the rows of windows it
+    /// closed, and evict those windows first (the driver learns the batch's new
+    /// watermark from the groups they emit; windows it closes go at the next batch).
+    pub watermark: Option<i64>,
 }
 
 /// What a state partition's task keeps and how.
@@ -98,7 +106,21 @@ pub struct Spec {
     /// The memory the executor's state may take before partitions spill.
     pub memory: usize,
     pub ttl: Option<Duration>,
+    /// Set for a windowed aggregate (update or complete mode).
+    pub window: Option<WindowSpec>,
 }
+
+/// A windowed aggregate's state partitions: which key is the window (its end, or its
+/// `{start, end}`), and whether closed windows leave the state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowSpec {
+    pub key_index: usize,
+    pub evict_closed: bool,
+}
+
+/// The column a windowed aggregate's tasks add to what they emit: null on group rows;
+/// on one extra row (every other column null), the rows they dropped as late.
+pub const LATE_COLUMN: &str = "__late_rows";
 
 /// The plan node whose task `p` updates state partition `p` (see the module).
 pub struct StatePartitionsExec {
@@ -210,7 +232,11 @@ impl DisplayAs for StatePartitionsExec {
             } else {
                 "complete"
             }
-        )
+        )?;
+        if let Some(w) = &self.spec.window {
+            write!(f, ", window key {}", w.key_index)?;
+        }
+        Ok(())
     }
 }
 
@@ -406,9 +432,42 @@ fn update(
         Some(c) if Some(c.version) == versions.prev => c.state,
         _ => load(spec, &agg, partition, versions.prev)?,
     };
-    let partial = Arc::clone(&agg.planned()?.partial_schema);
-    let input = concat_batches(&partial, &batches)?;
+    let planned = agg.planned()?;
+    let partial = Arc::clone(&planned.partial_schema);
+    let mut input = concat_batches(&partial, &batches)?;
     let now = versions.now;
+    let mut late = 0;
+    if let (Some(w), Some(wm)) = (&spec.window, versions.watermark) {
+        let key = w.key_index;
+        if w.evict_closed {
+            state.evict_until(wm, &move |rows: &RecordBatch| {
+                Ok(window_ends(rows.column(key))?.iter().collect())
+            })?;
+        }
+        // The rows of windows the watermark closed, as `drop_late` drops them locally:
+        // counted by the hidden `count(*)`, the last state column.
+        let ends = window_ends(input.column(key))?;
+        let closed: BooleanArray = ends
+            .iter()
+            .map(|e| Some(e.is_some_and(|e| e <= wm)))
+            .collect();
+        let widths = &planned.state_widths;
+        let count_col = agg.keys() + widths[..widths.len() - 1].iter().sum::<usize>();
+        if let Some(counts) = input
+            .column(count_col)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+        {
+            late = closed
+                .values()
+                .iter()
+                .zip(counts.values())
+                .filter(|(c, _)| *c)
+                .map(|(_, n)| *n as u64)
+                .sum();
+        }
+        input = filter_record_batch(&input, &not(&closed)?)?;
+    }
     let changed = merge_touched(&agg, &mut state, &input, now, spec.changed_only)?;
     let columns = if spec.changed_only {
         changed
@@ -416,10 +475,24 @@ fn update(
         let cutoff = state.cutoff(now);
         evaluate_all(&agg, &mut state, cutoff)?
     };
-    let out = columns
+    let mut out = columns
         .into_iter()
-        .map(|c| RecordBatch::try_new(Arc::clone(schema), c))
+        .map(|mut c| {
+            if spec.window.is_some() {
+                let rows = c.first().map_or(0, |a| a.len());
+                c.push(new_null_array(&DataType::Int64, rows));
+            }
+            RecordBatch::try_new(Arc::clone(schema), c)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    if late > 0 {
+        let mut c: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
+            .iter()
+            .map(|f| new_null_array(f.data_type(), 1))
+            .collect();
+        c.push(Arc::new(Int64Array::from(vec![late as i64])));
+        out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
+    }
     let (kind, rows) = state.checkpoint(Some(now))?;
     let dir = partition_dir(&spec.dir, partition);
     write_version(&dir, now, kind, state.schema(), &rows)?;

@@ -155,7 +155,7 @@ pub(super) fn window_structs_from_ends(ends: &ArrayRef, size: Duration) -> Resul
 
 /// Window ends as ms: a window column is either its end (tumbling and hopping windows
 /// are keyed by it) or a `{start, end}` struct (sessions).
-pub(super) fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
+pub(crate) fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
     if let DataType::Timestamp(_, _) = column.data_type() {
         let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
         return match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
@@ -177,7 +177,7 @@ pub(super) fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray
 }
 
 /// The largest value of a timestamp column, in ms.
-fn max_of(column: &ArrayRef) -> Result<Option<i64>> {
+pub(super) fn max_of(column: &ArrayRef) -> Result<Option<i64>> {
     let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
     match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
         Some(a) => Ok(datafusion::arrow::compute::max(a)),

@@ -16,7 +16,8 @@
 //! (count, sum, avg, min, max, stddev, count(distinct), approx_distinct, user-defined
 //! ones) runs incrementally with no special case.
 
-mod event_time;
+pub(crate) mod event_time;
+mod on_cluster;
 pub(crate) mod partial;
 mod running;
 mod session;

@@ -12,18 +12,11 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_plan::Partitioning;
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::repartition::RepartitionExec;
-use parking_lot::Mutex;
-
+use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, evaluate_all, merge_touched};
 use crate::Result;
 use crate::checkpoint::OperatorState;
-use crate::cluster::state::{Placement, Spec, StatePartitionsExec, Versions};
+use crate::cluster::state::Placement;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
 
@@ -44,60 +37,7 @@ pub struct RunningAggregate {
     cluster: Option<OnCluster>,
 }
 
-/// What the driver keeps of groups that live on a cluster: where, and their version.
-struct OnCluster {
-    placement: Placement,
-    /// Sent with the plan; set before each batch.
-    versions: Arc<Mutex<Versions>>,
-    /// The last batch processed (the version the next one starts from).
-    version: Option<i64>,
-    /// The versions at the last two snapshots: a recovery may start from the older.
-    snapshots: (Option<i64>, Option<i64>),
-}
-
-/// `"state"` in the meta of a checkpoint whose groups live on a cluster.
-const ON_CLUSTER: &str = "cluster";
-
 impl RunningAggregate {
-    /// The plan whose tasks keep the groups on the cluster: the partial aggregate's
-    /// rows hash-partitioned by key into the state partitions, each folded by one task.
-    fn on_cluster(
-        &self,
-        partial: Arc<dyn ExecutionPlan>,
-        c: &OnCluster,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let nk = self.agg.keys();
-        let schema = partial.schema();
-        let keys = (0..nk)
-            .map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
-            .collect();
-        let shuffled = Arc::new(RepartitionExec::try_new(
-            Arc::clone(&partial),
-            Partitioning::Hash(keys, self.config.partitions),
-        )?);
-        let Some(input) = partial.children().first().map(|c| c.schema()) else {
-            return crate::internal_err!("a partial aggregate without an input");
-        };
-        let template = partial.replace_children(
-            vec![Arc::new(EmptyExec::new(input))],
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )?;
-        let spec = Spec {
-            dir: c.placement.dir.clone(),
-            partitions: self.config.partitions,
-            changed_only: self.changed_only,
-            memory: self.config.memory,
-            ttl: self.config.ttl,
-        };
-        Ok(Arc::new(StatePartitionsExec::try_new(
-            shuffled,
-            template,
-            Arc::new(spec),
-            Arc::clone(&c.versions),
-            Arc::clone(&self.output_schema),
-        )?))
-    }
-
     /// A running `GROUP BY group_exprs` computing `aggr_exprs` over `input`.
     pub fn try_new(
         input: &DataFrame,
@@ -214,28 +154,26 @@ impl StreamOperator for RunningAggregate {
     }
 
     fn partition_on_cluster(&mut self, placement: Placement) {
-        self.cluster = Some(OnCluster {
-            placement,
-            versions: Arc::default(),
-            version: None,
-            snapshots: (None, None),
-        });
+        self.cluster = Some(OnCluster::new(placement));
     }
 
     fn begin_batch(&mut self, ctx: &OperatorContext) {
         if let Some(c) = &self.cluster {
-            *c.versions.lock() = Versions {
-                prev: c.version,
-                now: ctx.batch_time.as_millis(),
-                keep_from: c.snapshots.0.or(c.version),
-            };
+            c.begin(ctx.batch_time.as_millis(), None);
         }
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
         if let Some(c) = &self.cluster {
-            return self.on_cluster(plan, c);
+            return c.plan(
+                plan,
+                self.agg.keys(),
+                &self.config,
+                self.changed_only,
+                None,
+                Arc::clone(&self.output_schema),
+            );
         }
         let planned = self.agg.planned()?;
         let fields = planned.partial_schema.fields();
@@ -256,7 +194,7 @@ impl StreamOperator for RunningAggregate {
         let now = ctx.batch_time.as_millis();
         if let Some(c) = &mut self.cluster {
             // The tasks folded the batch into version `now` and emitted the groups.
-            c.version = Some(now);
+            c.processed(now);
             return Ok(Some(input));
         }
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
@@ -281,14 +219,9 @@ impl StreamOperator for RunningAggregate {
 
     fn snapshot(&mut self) -> Result<OperatorState> {
         if let Some(c) = &mut self.cluster {
-            c.snapshots = (c.snapshots.1, c.version);
             return Ok(OperatorState {
                 batches: Vec::new(),
-                meta: serde_json::json!({
-                    "state": ON_CLUSTER,
-                    "partitions": self.config.partitions,
-                    "version": c.version,
-                }),
+                meta: c.snapshot(self.config.partitions),
             });
         }
         match self.state.as_mut() {
@@ -305,41 +238,13 @@ impl StreamOperator for RunningAggregate {
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
-        let on_cluster = state.meta["state"] == ON_CLUSTER;
-        let partitions = self.config.partitions;
-        match (&mut self.cluster, on_cluster) {
-            (Some(c), true) => {
-                let kept = state.meta["partitions"].as_u64().unwrap_or(0) as usize;
-                if kept != partitions {
-                    return Err(crate::Error::Checkpoint(format!(
-                        "RunningAggregate: the checkpoint keeps its groups in {kept} state \
-                         partitions on the cluster, this run has state_partitions = \
-                         {partitions}: set state_partitions = {kept}, or start from a new \
-                         checkpoint"
-                    )));
-                }
-                c.version = state.meta["version"].as_i64();
-                c.snapshots = (c.version, c.version);
-                return Ok(());
-            }
-            (Some(_), false) if state.batches.iter().any(|b| b.num_rows() > 0) => {
-                return Err(crate::Error::Checkpoint(
-                    "RunningAggregate: the checkpoint holds its groups on the driver (the query \
-                     ran without a cluster); on a cluster they live in state partitions on the \
-                     executors: run it without SET cluster, or start from a new checkpoint"
-                        .into(),
-                ));
-            }
-            (Some(_), false) => return Ok(()),
-            (None, true) => {
-                return Err(crate::Error::Checkpoint(
-                    "RunningAggregate: the checkpoint keeps its groups in state partitions on a \
-                     cluster's executors (the query ran with SET cluster); run it on the \
-                     cluster again, or start from a new checkpoint"
-                        .into(),
-                ));
-            }
-            (None, false) => {}
+        if super::on_cluster::restore_placement(
+            "RunningAggregate",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            return Ok(());
         }
         match self.state.as_mut() {
             Some(s) => s.restore(state.batches),

@@ -17,10 +17,14 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::event_time::{
     self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
 };
+use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, evaluate_all, evaluate_rows, merge_touched};
 use crate::Result;
+use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
@@ -40,6 +44,9 @@ pub struct WindowAggregate {
     /// Append mode without eviction (no watermark of its own): keys + state columns
     /// of every group, re-merged each batch.
     state: Option<RecordBatch>,
+    /// Set when the groups live in state partitions on a cluster's executors (update
+    /// and complete mode).
+    cluster: Option<OnCluster>,
 }
 
 impl WindowAggregate {
@@ -63,6 +70,7 @@ impl WindowAggregate {
             config: StateConfig::default(),
             restored: None,
             state: None,
+            cluster: None,
         })
     }
 }
@@ -182,6 +190,50 @@ impl WindowAggregate {
         )?)
     }
 
+    /// On a cluster: the tasks' rows (every aggregate's value, hidden ones too, and a
+    /// row of late-row counts) as output; the watermark advanced from the groups'
+    /// newest event times (a group's `max(event time)` covers this batch's rows of it,
+    /// and any older value is one the watermark already counted).
+    fn process_from_cluster(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let planned = self.agg.planned()?;
+        let widths = &planned.state_widths;
+        let nk = self.agg.keys();
+        // The values after the keys: one per aggregate; the hidden max is next to last.
+        let max_col = nk + widths.len() - 2;
+        let mut late = 0u64;
+        let mut max_event_time: Option<i64> = None;
+        let mut out = Vec::with_capacity(input.len());
+        for b in input {
+            let late_col = b.num_columns() - 1;
+            let lates = b.column(late_col).as_primitive::<Int64Type>();
+            let is_group = datafusion::arrow::compute::is_null(lates)?;
+            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
+            let groups = datafusion::arrow::compute::filter_record_batch(&b, &is_group)?;
+            if groups.num_rows() == 0 {
+                continue;
+            }
+            if let Some(m) = event_time::max_of(groups.column(max_col))? {
+                max_event_time = Some(max_event_time.map_or(m, |x| x.max(m)));
+            }
+            let mut columns = groups.columns().to_vec();
+            columns.truncate(late_col);
+            out.push(self.output_batch(columns)?);
+        }
+        self.time.late_rows_last_batch = late;
+        self.time.advance(ctx, max_event_time);
+        if let Some(c) = &mut self.cluster {
+            c.processed(ctx.batch_time.as_millis());
+        }
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+        }
+        Ok(out)
+    }
+
     /// Drops from the store the windows the watermark closed (when the window says
     /// closed windows go).
     fn evict_closed(&mut self) -> Result<()> {
@@ -221,6 +273,13 @@ impl StreamOperator for WindowAggregate {
             &self.time.window,
             self.changed_only,
         );
+        if let Some(c) = &self.cluster {
+            return format!(
+                "{line}; state: {} partitions on the cluster's executors, versions in {}",
+                self.config.partitions,
+                c.placement.dir.display()
+            );
+        }
         match self.config.ttl {
             Some(ttl) if !self.time.window.emit_closed_only => format!(
                 "{line}; bounded by state_ttl too: a group not updated for {} is evicted",
@@ -234,8 +293,48 @@ impl StreamOperator for WindowAggregate {
         super::emits(Some(&self.time.window), self.changed_only, &self.agg)
     }
 
+    fn can_partition_on_cluster(&self) -> bool {
+        // Update and complete mode, watermarked by its own event time (or none): what
+        // they emit does not wait for this batch's watermark.
+        let w = &self.time.window;
+        !w.emit_closed_only && w.watermark_from.is_none()
+    }
+
+    fn partition_on_cluster(&mut self, placement: Placement) {
+        self.cluster = Some(OnCluster::new(placement));
+    }
+
+    fn begin_batch(&mut self, ctx: &OperatorContext) {
+        if let Some(c) = &self.cluster {
+            c.begin(ctx.batch_time.as_millis(), self.time.watermark);
+        }
+    }
+
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
+        if let Some(c) = &self.cluster {
+            // Every aggregate's value (the hidden ones give the watermark), the window
+            // key as grouped, and the late-row count: what `process_from_cluster` reads.
+            let wide = self.agg.output_schema(input)?;
+            let mut fields: Vec<Field> = wide
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
+            let w = self.time.window;
+            return c.plan(
+                plan,
+                self.agg.keys(),
+                &self.config,
+                self.changed_only,
+                Some(WindowSpec {
+                    key_index: w.key_index,
+                    evict_closed: w.evict_closed,
+                }),
+                Arc::new(Schema::new(fields)),
+            );
+        }
         let w = self.time.window;
         if w.emit_closed_only && !w.evict_closed {
             if let Some(rows) = self.restored.take() {
@@ -266,6 +365,9 @@ impl StreamOperator for WindowAggregate {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        if self.cluster.is_some() {
+            return Ok(Some(self.process_from_cluster(ctx, input)?));
+        }
         let (input, max_event_time) = self.time.drop_late(&self.agg, input)?;
         if self.store.is_some() {
             return Ok(Some(self.process_store(ctx, input, max_event_time)?));
@@ -294,6 +396,14 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        if let Some(c) = &mut self.cluster {
+            let mut meta = c.snapshot(self.config.partitions);
+            meta["watermark"] = serde_json::json!(self.time.watermark);
+            return Ok(crate::checkpoint::OperatorState {
+                batches: Vec::new(),
+                meta,
+            });
+        }
         let mut meta = serde_json::json!({ "watermark": self.time.watermark });
         let batches = match self.store.as_mut() {
             Some(store) => {
@@ -312,6 +422,14 @@ impl StreamOperator for WindowAggregate {
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
         self.time.watermark = state.meta["watermark"].as_i64();
+        if super::on_cluster::restore_placement(
+            "WindowAggregate",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            return Ok(());
+        }
         if self.store.is_some() {
             let rows = self.conform(state.batches)?;
             if let Some(store) = self.store.as_mut() {

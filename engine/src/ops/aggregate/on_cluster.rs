@@ -1,0 +1,158 @@
+//! What the aggregates share when their groups live in state partitions on a
+//! cluster's executors (`crate::cluster::state`): the plan, the versions the driver
+//! keeps, and the checkpoint's record of where the groups are.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use parking_lot::Mutex;
+
+use crate::Result;
+use crate::checkpoint::OperatorState;
+use crate::cluster::state::{Placement, Spec, StatePartitionsExec, Versions, WindowSpec};
+use crate::state::StateConfig;
+
+/// `"state"` in the meta of a checkpoint whose groups live on a cluster.
+pub(super) const ON_CLUSTER: &str = "cluster";
+
+/// What the driver keeps of groups that live on a cluster: where, and their version.
+pub(super) struct OnCluster {
+    pub placement: Placement,
+    /// Sent with the plan; set before each batch.
+    pub versions: Arc<Mutex<Versions>>,
+    /// The last batch processed (the version the next one starts from).
+    pub version: Option<i64>,
+    /// The versions at the last two snapshots: a recovery may start from the older.
+    pub snapshots: (Option<i64>, Option<i64>),
+}
+
+impl OnCluster {
+    pub fn new(placement: Placement) -> Self {
+        Self {
+            placement,
+            versions: Arc::default(),
+            version: None,
+            snapshots: (None, None),
+        }
+    }
+
+    /// Before a batch at `now` (ms): the versions its tasks read and write, and the
+    /// watermark before it (windows).
+    pub fn begin(&self, now: i64, watermark: Option<i64>) {
+        *self.versions.lock() = Versions {
+            prev: self.version,
+            now,
+            keep_from: self.snapshots.0.or(self.version),
+            watermark,
+        };
+    }
+
+    /// The tasks folded the batch at `now` in.
+    pub fn processed(&mut self, now: i64) {
+        self.version = Some(now);
+    }
+
+    /// A checkpoint's record: no rows, where the groups are and their version.
+    pub fn snapshot(&mut self, partitions: usize) -> serde_json::Value {
+        self.snapshots = (self.snapshots.1, self.version);
+        serde_json::json!({
+            "state": ON_CLUSTER,
+            "partitions": partitions,
+            "version": self.version,
+        })
+    }
+
+    /// The plan whose tasks keep the groups: `partial`'s rows hash-partitioned by
+    /// their `keys` into `config.partitions` state partitions, each folded by one task
+    /// emitting rows of `schema`.
+    pub fn plan(
+        &self,
+        partial: Arc<dyn ExecutionPlan>,
+        keys: usize,
+        config: &StateConfig,
+        changed_only: bool,
+        window: Option<WindowSpec>,
+        schema: SchemaRef,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partial_schema = partial.schema();
+        let exprs = (0..keys)
+            .map(|i| {
+                Arc::new(Column::new(partial_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+            })
+            .collect();
+        let shuffled = Arc::new(RepartitionExec::try_new(
+            Arc::clone(&partial),
+            Partitioning::Hash(exprs, config.partitions),
+        )?);
+        let Some(input) = partial.children().first().map(|c| c.schema()) else {
+            return crate::internal_err!("a partial aggregate without an input");
+        };
+        let template = partial.replace_children(
+            vec![Arc::new(EmptyExec::new(input))],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?;
+        let spec = Spec {
+            dir: self.placement.dir.clone(),
+            partitions: config.partitions,
+            changed_only,
+            memory: config.memory,
+            ttl: config.ttl,
+            window,
+        };
+        Ok(Arc::new(StatePartitionsExec::try_new(
+            shuffled,
+            template,
+            Arc::new(spec),
+            Arc::clone(&self.versions),
+            schema,
+        )?))
+    }
+}
+
+/// Checks a checkpoint's `state` against where this run keeps the groups: on a
+/// cluster (`cluster`) or here. On the cluster, takes the version back and returns
+/// `true` (nothing more to restore); here, returns `false` (the rows are restored as
+/// usual). Any other pairing is a clear error, never a silent empty state.
+pub(super) fn restore_placement(
+    name: &str,
+    cluster: Option<&mut OnCluster>,
+    state: &OperatorState,
+    partitions: usize,
+) -> Result<bool> {
+    let on_cluster = state.meta["state"] == ON_CLUSTER;
+    match (cluster, on_cluster) {
+        (Some(c), true) => {
+            let kept = state.meta["partitions"].as_u64().unwrap_or(0) as usize;
+            if kept != partitions {
+                return Err(crate::Error::Checkpoint(format!(
+                    "{name}: the checkpoint keeps its groups in {kept} state partitions on \
+                     the cluster, this run has state_partitions = {partitions}: set \
+                     state_partitions = {kept}, or start from a new checkpoint"
+                )));
+            }
+            c.version = state.meta["version"].as_i64();
+            c.snapshots = (c.version, c.version);
+            Ok(true)
+        }
+        (Some(_), false) if state.batches.iter().any(|b| b.num_rows() > 0) => {
+            Err(crate::Error::Checkpoint(format!(
+                "{name}: the checkpoint holds its groups on the driver (the query ran \
+                 without a cluster); on a cluster they live in state partitions on the \
+                 executors: run it without SET cluster, or start from a new checkpoint"
+            )))
+        }
+        (Some(_), false) => Ok(true),
+        (None, true) => Err(crate::Error::Checkpoint(format!(
+            "{name}: the checkpoint keeps its groups in state partitions on a cluster's \
+             executors (the query ran with SET cluster); run it on the cluster again, or \
+             start from a new checkpoint"
+        ))),
+        (None, false) => Ok(false),
+    }
+}
