@@ -585,3 +585,36 @@ async fn a_changed_query_or_source_is_refused_naming_what_differs() {
     assert_eq!(sql_rows(&mut s, "SELECT * FROM t").await, strs(&["25"]));
     s.stop_all().await.unwrap();
 }
+
+/// A query restarted from its checkpoint on a manual clock that is behind the
+/// checkpoint's last batch: ADVANCE over batch times the checkpoint already holds
+/// returns (those batches will never run again) instead of waiting forever, and the
+/// batches after them run as usual.
+#[tokio::test]
+async fn advance_on_a_clock_behind_the_checkpoint_returns() {
+    let dir = temp_dir("checkpoint-clock-behind");
+    let script = format!(
+        "SET batch_interval = '1 second';
+         SET checkpoint_location = '{}';
+         SET output_mode = 'update';
+         CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+         CREATE SINK c WITH (connector = 'memory') AS SELECT count(*) AS n FROM r;",
+        dir.display()
+    );
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&script).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    // Started again at 1 s: batches 2..=4 s are in the checkpoint.
+    let (mut s, _) = session_at(Time::from_millis(1000));
+    s.execute_script(&script).await.unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        s.execute("ADVANCE 3 BATCHES"),
+    )
+    .await
+    .expect("ADVANCE waited for batches the checkpoint already holds")
+    .unwrap();
+    s.execute("ADVANCE 2 BATCHES").await.unwrap();
+    assert_eq!(sql_rows(&mut s, "SELECT max(n) FROM c").await, ["60"]);
+}

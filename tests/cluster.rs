@@ -338,7 +338,7 @@ async fn running_totals_resume_from_state_partitions_and_a_changed_placement_is_
     assert!(!explain.is_empty());
     s.stop_all().await.unwrap();
     flumen::engine::cluster::state::forget(&dir);
-    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    let (mut s, clock) = session_at(flumen::engine::Clock::now(clock.as_ref()));
     s.execute_script(&counts_script(&dir, Some(&url), 3))
         .await
         .unwrap();
@@ -353,6 +353,27 @@ async fn running_totals_resume_from_state_partitions_and_a_changed_placement_is_
         .collect();
     parts.sort();
     assert_eq!(parts, ["p0", "p1", "p2"]);
+
+    // A state partition's files gone (a folder the executors do not share, or deleted):
+    // the next batch fails naming the partition and the folder, never an empty state.
+    std::fs::remove_dir_all(state.join("p1")).unwrap();
+    flumen::engine::cluster::state::forget(&dir);
+    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    s.execute_script(&counts_script(&dir, Some(&url), 3))
+        .await
+        .unwrap();
+    let e = s
+        .execute("ADVANCE 1 BATCHES")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("state partition 1: no full snapshot at or before version")
+            && e.contains(&format!("{}", state.join("p1").display()))
+            && e.contains("must share this folder"),
+        "{e}"
+    );
+    s.stop_all().await.unwrap();
 
     // The cluster's checkpoint run locally, or with other partitions; the local one
     // on the cluster.

@@ -880,6 +880,10 @@ async fn open_pipeline(shared: &Shared, pipeline: &mut Pipeline, first: Time) ->
         };
         if let Some((last_id, last_time)) = resumed {
             start.batch_id = last_id + 1;
+            // The batches up to the checkpoint's last are done: a wait for one of them
+            // (`await_batch`, ADVANCE on a clock behind the checkpoint) returns, and
+            // does not wait for a batch that will never run again.
+            shared.completed.send_replace(Some(last_time));
             // On the same grid; batches missed while the query was down are
             // not run (their data goes to the next batch).
             start.first = last_time.plus(shared.interval).max(first);
