@@ -155,15 +155,8 @@ impl FileLoader {
 /// the query reads).
 pub(crate) fn read_part(part: &serde_json::Value, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let bad = || flumen_engine::Error::Internal(format!("a files scan's bad part: {part}"));
-    let name = part.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
-    let options: ConnectorOptions = part
-        .get("options")
-        .and_then(|o| o.as_object())
-        .ok_or_else(bad)?
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
-        .collect::<Result<_>>()?;
-    let loader = FileLoader::from_options(name, Arc::clone(schema), &options)?;
+    let (name, options) = crate::named_options(part, "a files scan")?;
+    let loader = FileLoader::from_options(&name, Arc::clone(schema), &options)?;
     if let Some(columns) = part.get("projection").and_then(|p| p.as_array()) {
         let columns: Vec<usize> = columns
             .iter()

@@ -260,16 +260,8 @@ pub(crate) fn write_part(
     partition: usize,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<String>> {
-    let bad = || Error::Internal(format!("a files sink's bad spec: {spec}"));
-    let name = spec.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
-    let options: ConnectorOptions = spec
-        .get("options")
-        .and_then(|o| o.as_object())
-        .ok_or_else(bad)?
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
-        .collect::<Result<_>>()?;
-    let sink = FilesSink::from_options(name, &options)?;
+    let (name, options) = crate::named_options(spec, "a files sink's task")?;
+    let sink = FilesSink::from_options(&name, &options)?;
     let key = WriteKey {
         query_id: String::new(),
         batch_time: Time::from_millis(batch_ms),

@@ -691,14 +691,9 @@ pub(crate) fn read_part(part: &Value, schema: &SchemaRef) -> Result<Vec<RecordBa
     let source = match source {
         Some(s) => s,
         None => {
-            let options: ConnectorOptions = options
-                .as_object()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
-                .collect::<Result<_>>()?;
+            let (name, options) = crate::named_options(part, "a kafka scan")?;
             let s = Arc::new(KafkaSource::from_options(
-                name,
+                &name,
                 Arc::clone(schema),
                 &options,
             )?);

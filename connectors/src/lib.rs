@@ -87,3 +87,21 @@ pub fn register_cluster_scans() {
         flumen_engine::cluster::write::register("files", Arc::new(files_sink::write_part));
     });
 }
+
+/// The name and options of a stream or sink in the part or spec a task on an executor
+/// was given (`{"name": .., "options": {..}}`); `what` names it in the error.
+pub(crate) fn named_options(
+    spec: &serde_json::Value,
+    what: &str,
+) -> flumen_engine::Result<(String, flumen_engine::registry::ConnectorOptions)> {
+    let bad = || flumen_engine::Error::Internal(format!("{what}: a bad spec: {spec}"));
+    let name = spec.get("name").and_then(|n| n.as_str()).ok_or_else(bad)?;
+    let options = spec
+        .get("options")
+        .and_then(|o| o.as_object())
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+        .collect::<flumen_engine::Result<_>>()?;
+    Ok((name.to_string(), options))
+}
