@@ -143,14 +143,42 @@ async fn rows_a_query_fails_on_are_set_aside_on_a_cluster() {
     crate::connectors::files::row_errors_follow_on_error(Some(&cluster.url.to_string())).await;
 }
 
+/// A `flumen` process a test started: killed when the test ends, failed or not, so a
+/// failing test leaves no scheduler or executor behind.
+struct Process(std::process::Child);
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `flumen <args>` with its stderr kept in `log`.
-fn spawn(args: &[&str], log: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(crate::cli::flumen())
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn spawn(args: &[&str], log: &std::path::Path) -> Process {
+    Process(
+        std::process::Command::new(crate::cli::flumen())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Every value the files sink at `out` holds (CSV, one column, header).
@@ -446,7 +474,7 @@ async fn a_million_keys_live_in_the_executors_state_partitions_not_on_the_driver
 /// An executor started as a process on free ports (it takes a port and the next). A
 /// port found free can be taken by another test before the executor binds it: one that
 /// exits at once is started again on other ports.
-fn spawn_executor(scheduler: &str, log: &std::path::Path) -> std::process::Child {
+fn spawn_executor(scheduler: &str, log: &std::path::Path) -> Process {
     for _ in 0..10 {
         let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
         let mut child = spawn(
