@@ -208,32 +208,24 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     panic!("waited 60 s for {what}");
 }
 
-/// The real processes: `flumen scheduler`, two `flumen executor`s and a query with a
-/// checkpoint and `restart = 'on-failure'` writing files. The scheduler is SIGKILLed
-/// while the query runs: the batch fails naming the cluster, and once a scheduler is
-/// back on the same address the query restarts from its checkpoint — every generated
-/// value is written exactly once, none lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_recovers_from_its_checkpoint_when_the_scheduler_comes_back() {
-    use flumen::engine::cluster::{ClusterUrl, node};
-    let dir = crate::common::temp_dir("cluster-scheduler-back");
-    let out = dir.join("out");
-    let port = node::free_port("127.0.0.1").unwrap();
+/// A real cluster in `dir`: `flumen scheduler` on a free port and two `flumen
+/// executor`s of one slot, both registered. Its address (`host:port`) and processes.
+async fn start_cluster(dir: &std::path::Path) -> (String, Process, Vec<Process>) {
+    let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
     let bind = format!("127.0.0.1:{port}");
-    let url = ClusterUrl::parse(&format!("df://{bind}")).unwrap();
-    let mut scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
-    let mut executors: Vec<_> = (0..2)
+    let url = flumen::engine::cluster::ClusterUrl::parse(&format!("df://{bind}")).unwrap();
+    let scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
+    let executors: Vec<_> = (0..2)
         .map(|i| spawn_executor(&bind, &dir.join(format!("executor-{i}.log"))))
         .collect();
-    for _ in 0..600 {
-        if node::executor_count(&url).await.unwrap_or(0) == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(node::executor_count(&url).await.unwrap(), 2);
-    let query_log = dir.join("query.log");
-    let mut query = spawn(
+    wait_for_executors(&url, 2).await;
+    (bind, scheduler, executors)
+}
+
+/// `flumen -c sql` on the cluster at `bind`, with a checkpoint in `dir` and 200 ms
+/// batches, its stderr in `dir/query.log`.
+fn spawn_query(dir: &std::path::Path, bind: &str, sql: &str) -> Process {
+    spawn(
         &[
             "--no-ui",
             "--cluster",
@@ -243,14 +235,32 @@ async fn a_query_recovers_from_its_checkpoint_when_the_scheduler_comes_back() {
             "--batch-interval",
             "200 ms",
             "-c",
-            &format!(
-                "SET restart = 'on-failure'; SET restart_delay = '1 s'; SET restart_attempts = '10';
-                 CREATE STREAM t WITH (connector = 'rate', rows_per_second = '1000');
-                 CREATE SINK o WITH (connector = 'files', path = '{}', format = 'csv') AS SELECT value FROM t;",
-                out.display()
-            ),
+            sql,
         ],
-        &query_log,
+        &dir.join("query.log"),
+    )
+}
+
+/// The real processes: `flumen scheduler`, two `flumen executor`s and a query with a
+/// checkpoint and `restart = 'on-failure'` writing files. The scheduler is SIGKILLed
+/// while the query runs: the batch fails naming the cluster, and once a scheduler is
+/// back on the same address the query restarts from its checkpoint — every generated
+/// value is written exactly once, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_recovers_from_its_checkpoint_when_the_scheduler_comes_back() {
+    let dir = crate::common::temp_dir("cluster-scheduler-back");
+    let out = dir.join("out");
+    let (bind, mut scheduler, mut executors) = start_cluster(&dir).await;
+    let query_log = dir.join("query.log");
+    let mut query = spawn_query(
+        &dir,
+        &bind,
+        &format!(
+            "SET restart = 'on-failure'; SET restart_delay = '1 s'; SET restart_attempts = '10';
+             CREATE STREAM t WITH (connector = 'rate', rows_per_second = '1000');
+             CREATE SINK o WITH (connector = 'files', path = '{}', format = 'csv') AS SELECT value FROM t;",
+            out.display()
+        ),
     );
     wait_for("rows before the kill", || {
         values_written(&out).len() >= 1000
@@ -518,7 +528,6 @@ fn spawn_executor(scheduler: &str, log: &std::path::Path) -> Process {
 /// counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_counts_stay_exact_while_executors_are_killed() {
-    use flumen::engine::cluster::{ClusterUrl, node};
     let dir = crate::common::temp_dir("cluster-executor-kills");
     let input = dir.join("in");
     let out = dir.join("out");
@@ -535,26 +544,16 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
         }
         std::fs::write(input.join(format!("f{f:03}.csv")), text).unwrap();
     }
-    let port = node::free_port("127.0.0.1").unwrap();
-    let bind = format!("127.0.0.1:{port}");
-    let url = ClusterUrl::parse(&format!("df://{bind}")).unwrap();
-    let table = format!("cluster_counts_{port}_{}", std::process::id());
-    let mut scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
-    let mut executors: Vec<_> = (0..2)
-        .map(|i| spawn_executor(&bind, &dir.join(format!("executor-{i}.log"))))
-        .collect();
-    wait_for_executors(&url, 2).await;
+    let (bind, mut scheduler, mut executors) = start_cluster(&dir).await;
+    let table = format!(
+        "cluster_counts_{}_{}",
+        bind.rsplit(':').next().unwrap(),
+        std::process::id()
+    );
     let query_log = dir.join("query.log");
-    let mut query = spawn(
-        &[
-            "--no-ui",
-            "--cluster",
-            &format!("df://{bind}"),
-            "--checkpoint",
-            dir.join("checkpoint").to_str().unwrap(),
-            "--batch-interval",
-            "200 ms",
-            "-c",
+    let mut query = spawn_query(
+        &dir,
+        &bind,
             &format!(
                 "SET restart = 'on-failure'; SET restart_delay = '200 ms'; SET restart_attempts = '100';
                  SET output_mode = 'update'; SET state_partitions = '4';
@@ -569,8 +568,6 @@ async fn running_counts_stay_exact_while_executors_are_killed() {
                 out.display(),
                 crate::connectors::kafka::POSTGRES,
             ),
-        ],
-        &query_log,
     );
     let log = || std::fs::read_to_string(&query_log).unwrap_or_default();
     // Batches committed, by the times in their files' names (`part-<ms>-<p>`): the

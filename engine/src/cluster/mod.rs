@@ -288,6 +288,31 @@ fn task_error(text: &str) -> Option<String> {
     )
 }
 
+/// What a task of one of Flumen's cluster nodes runs for its partition: `input`
+/// collected, then `work` on a blocking thread (it folds state, generates or reads
+/// rows, writes files), its batches streamed out with `schema`. `what` names the task
+/// in the error of a task that could not finish.
+pub(crate) fn blocking_task(
+    input: datafusion::execution::SendableRecordBatchStream,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    what: &'static str,
+    work: impl FnOnce(Vec<RecordBatch>) -> datafusion::error::Result<Vec<RecordBatch>> + Send + 'static,
+) -> datafusion::execution::SendableRecordBatchStream {
+    use futures::StreamExt;
+    let run = async move {
+        let batches: Vec<RecordBatch> = input.try_collect().await?;
+        tokio::task::spawn_blocking(move || work(batches))
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("{what}: {e}")))?
+    };
+    let stream = futures::stream::once(run)
+        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_flatten();
+    Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream.boxed()),
+    )
+}
+
 fn first_line(text: &str) -> &str {
     let line = text.lines().next().unwrap_or(text);
     match line.char_indices().nth(400) {

@@ -27,11 +27,9 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt};
 use parking_lot::RwLock;
 
 use crate::Result;
@@ -212,10 +210,11 @@ impl ExecutionPlan for ReadScanExec {
         let schema = Arc::clone(&self.schema);
         let projection = self.projection.clone();
         let kind = self.kind.clone();
-        let what = format!("a '{kind}' scan");
-        let work = async move {
-            let descriptors: Vec<RecordBatch> = input.try_collect().await?;
-            tokio::task::spawn_blocking(move || -> DfResult<Vec<RecordBatch>> {
+        Ok(super::blocking_task(
+            input,
+            Arc::clone(&self.projected),
+            "a scan's task",
+            move |descriptors| {
                 let mut out = Vec::new();
                 for d in &descriptors {
                     for text in d.column(0).as_string::<i32>().iter().flatten() {
@@ -233,16 +232,7 @@ impl ExecutionPlan for ReadScanExec {
                     }
                 }
                 Ok(out)
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("{what}: {e}")))?
-        };
-        let stream = futures::stream::once(work)
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.projected),
-            stream.boxed(),
-        )))
+            },
+        ))
     }
 }

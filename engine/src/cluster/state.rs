@@ -47,12 +47,10 @@ use datafusion::common::{DataFusionError, Result as DfResult, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::AggregateExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use datafusion::prelude::SessionConfig;
-use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
 use crate::Result;
@@ -304,9 +302,11 @@ impl ExecutionPlan for StatePartitionsExec {
         let template = Arc::clone(&self.template);
         let schema = Arc::clone(&self.schema);
         let out_schema = Arc::clone(&schema);
-        let work = async move {
-            let batches: Vec<RecordBatch> = input.try_collect().await?;
-            tokio::task::spawn_blocking(move || {
+        Ok(super::blocking_task(
+            input,
+            out_schema,
+            "a state partition's task",
+            move |batches| {
                 update(
                     &spec,
                     &template,
@@ -315,15 +315,10 @@ impl ExecutionPlan for StatePartitionsExec {
                     batches,
                     versions,
                 )
+                .map(|b| vec![b])
                 .map_err(|e| DataFusionError::External(Box::new(e)))
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("a state partition's task: {e}")))?
-        };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            out_schema,
-            futures::stream::once(work).boxed(),
-        )))
+            },
+        ))
     }
 }
 

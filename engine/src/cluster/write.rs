@@ -25,11 +25,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt};
 use parking_lot::RwLock;
 
 use crate::Result;
@@ -209,29 +207,26 @@ impl ExecutionPlan for WriteExec {
         let input = self.input.execute(partition, context)?;
         let spec = Arc::clone(&self.write);
         let batch_ms = self.batch_ms;
-        let work = async move {
-            let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-            let files = tokio::task::spawn_blocking(move || {
-                write(&spec.spec, batch_ms, global, batches)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("a sink's task: {e}")))??;
-            let n = files.len();
-            // The rows go with the first file (a partition split by value writes several).
-            let counts: Vec<u64> = (0..n).map(|i| if i == 0 { rows } else { 0 }).collect();
-            Ok(RecordBatch::try_new(
-                written_schema(),
-                vec![
-                    Arc::new(StringArray::from(files)),
-                    Arc::new(UInt64Array::from(counts)),
-                ],
-            )?)
-        };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(super::blocking_task(
+            input,
             written_schema(),
-            futures::stream::once(work).boxed(),
-        )))
+            "a sink's task",
+            move |batches| {
+                let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+                let files = write(&spec.spec, batch_ms, global, batches)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                // The rows go with the first file (a partition split by value writes several).
+                let counts: Vec<u64> = (0..files.len())
+                    .map(|i| if i == 0 { rows } else { 0 })
+                    .collect();
+                Ok(vec![RecordBatch::try_new(
+                    written_schema(),
+                    vec![
+                        Arc::new(StringArray::from(files)),
+                        Arc::new(UInt64Array::from(counts)),
+                    ],
+                )?])
+            },
+        ))
     }
 }
