@@ -435,6 +435,74 @@ async fn running_totals_resume_from_state_partitions_and_a_changed_placement_is_
     }
 }
 
+/// Append-mode windows on a cluster resume too: stopped after four batches, their
+/// executors' caches gone, the query emits each window once, as one uninterrupted
+/// local run does (the windows emitted before the stop are not emitted again, the
+/// open ones come back from the state files with the watermark from the checkpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn append_windows_resume_from_state_partitions() {
+    use flumen::engine::Time;
+    let cluster = cluster().await;
+    let url = cluster.url.to_string();
+    let script = |dir: &std::path::Path, cluster: Option<&str>| {
+        format!(
+            "{}SET batch_interval = '1 second';
+             SET checkpoint_location = '{}';
+             SET state_partitions = '3';
+             SET output_mode = 'append';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+             CREATE STREAM ev WITH (timestamp = 'timestamp', watermark_delay = '1 second') AS
+               SELECT timestamp, value FROM r;
+             CREATE SINK c WITH (connector = 'memory') AS
+               SELECT window(timestamp, INTERVAL '2' SECOND)['start'] AS ws, value % 3 AS k,
+                      count(*) AS n, sum(value) AS s
+               FROM ev GROUP BY window(timestamp, INTERVAL '2' SECOND), value % 3;",
+            cluster
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            dir.display()
+        )
+    };
+    let all = "SELECT ws, k, n, s FROM c ORDER BY ws, k";
+    let local = crate::common::temp_dir("cluster-append-local");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&local, None)).await.unwrap();
+    s.execute("ADVANCE 8 BATCHES").await.unwrap();
+    let whole = rows(&mut s, all).await;
+    s.stop_all().await.unwrap();
+    // Events up to 7.9 s, watermark 6.9 s: windows [0, 2), [2, 4) and [4, 6) closed.
+    assert_eq!(whole.len(), 9, "{whole:?}");
+
+    let dir = crate::common::temp_dir("cluster-append-resume");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    let mut got = rows(&mut s, all).await;
+    assert!(!got.is_empty() && got.len() < whole.len(), "{got:?}");
+    let b = s
+        .queries()
+        .next()
+        .unwrap()
+        .ctx
+        .recent_batches()
+        .last()
+        .cloned();
+    let b = b.unwrap();
+    assert_eq!(
+        (b.operators[0].rows, b.cluster.map(|c| c.jobs)),
+        (0, Some(3))
+    );
+    s.stop_all().await.unwrap();
+    flumen::engine::cluster::state::forget(&dir);
+    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    got.extend(rows(&mut s, all).await);
+    s.stop_all().await.unwrap();
+    got.sort();
+    assert_eq!(got, whole);
+}
+
 /// A running count over 1,000,000 keys on the cluster: the groups are spread over the
 /// executors' state partitions and none is on the driver — its operator holds no
 /// rows and no bytes, batch after batch, as the keys grow — and the counts are exact.
@@ -950,11 +1018,12 @@ async fn a_running_count_into_files_is_one_job_a_batch() {
     );
 }
 
-/// Windowed aggregates in update mode keep their groups in state partitions on the
-/// executors too: the tasks drop the rows of windows the watermark closed (counted as
-/// late) and evict those windows, the driver advances the watermark from the groups
-/// they emit — the same rows, late counts and watermarks as a local run, batch by
-/// batch, and no group on the driver.
+/// Windowed aggregates keep their groups in state partitions on the executors: the
+/// tasks drop the rows of windows the watermark closed (counted as late) and evict
+/// those windows; in update mode the driver advances the watermark from the groups
+/// they emit, in append mode from each task's summary, then a second job emits the
+/// windows the new watermark closed. The same rows, late counts and watermarks as a
+/// local run, batch by batch, and no group on the driver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn windowed_counts_keep_their_groups_on_the_executors() {
     let cluster = cluster().await;
@@ -966,51 +1035,80 @@ async fn windowed_counts_keep_their_groups_on_the_executors() {
         // 13 s: [10, 20) ended before the watermark (21 s): late.
         "(3, '2026-01-01T00:00:26'), (2, '2026-01-01T00:00:13'), (4, '2026-01-01T00:00:40')",
     ];
-    let mut runs = Vec::new();
-    for url in [None, Some(cluster.url.to_string())] {
-        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
-        s.execute_script(&format!(
-            "{}SET output_mode = 'update'; SET state_partitions = '3';
+    for mode in ["update", "append"] {
+        let mut runs = Vec::new();
+        for url in [None, Some(cluster.url.to_string())] {
+            let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+            s.execute_script(&format!(
+                "{}SET output_mode = '{mode}'; SET state_partitions = '3';
              CREATE STREAM bids (auction BIGINT, ts TIMESTAMP,
                WATERMARK FOR ts AS ts - INTERVAL '4' SECOND) WITH (connector = 'memory');
              CREATE SINK c WITH (connector = 'memory') AS
                SELECT window(ts, INTERVAL '10' SECOND)['start'] AS ws, auction, count(*) AS n
                FROM bids GROUP BY window(ts, INTERVAL '10' SECOND), auction;",
-            url.as_ref()
-                .map(|u| format!("SET cluster = '{u}';\n"))
-                .unwrap_or_default()
-        ))
-        .await
-        .unwrap();
-        let mut seen = Vec::new();
-        for rows_in in batches {
-            s.execute(&format!("INSERT INTO bids VALUES {rows_in}"))
-                .await
-                .unwrap();
-            s.execute("ADVANCE 1 BATCHES").await.unwrap();
-            let q = s.queries().next().unwrap();
-            let b = q.ctx.recent_batches().last().cloned().unwrap();
-            assert_eq!(
-                b.operators[0].rows,
+                url.as_ref()
+                    .map(|u| format!("SET cluster = '{u}';\n"))
+                    .unwrap_or_default()
+            ))
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            for rows_in in batches {
+                s.execute(&format!("INSERT INTO bids VALUES {rows_in}"))
+                    .await
+                    .unwrap();
+                s.execute("ADVANCE 1 BATCHES").await.unwrap();
+                let q = s.queries().next().unwrap();
+                let b = q.ctx.recent_batches().last().cloned().unwrap();
+                assert_eq!(
+                    b.operators[0].rows,
+                    if url.is_some() {
+                        0
+                    } else {
+                        b.operators[0].rows
+                    }
+                );
                 if url.is_some() {
-                    0
-                } else {
-                    b.operators[0].rows
+                    // Update mode: the tasks' job, then the sink's. Append mode: a second
+                    // job emits once the watermark moved (every batch here).
+                    let jobs = b.cluster.as_ref().map(|c| c.jobs);
+                    assert_eq!(jobs, Some(if mode == "append" { 3 } else { 2 }), "{mode}");
                 }
+                let emitted = rows(&mut s, "SELECT ws, auction, n FROM c ORDER BY ws, auction")
+                    .await
+                    .join(" ");
+                seen.push(format!(
+                    "late {} watermark {:?} emitted {emitted}",
+                    b.late_rows, b.watermark
+                ));
+            }
+            seen.extend(
+                rows(
+                    &mut s,
+                    "SELECT ws, auction, n FROM c ORDER BY ws, auction, n",
+                )
+                .await,
             );
-            seen.push(format!("late {} watermark {:?}", b.late_rows, b.watermark));
+            s.stop_all().await.unwrap();
+            runs.push(seen);
         }
-        seen.extend(
-            rows(
-                &mut s,
-                "SELECT ws, auction, n FROM c ORDER BY ws, auction, n",
-            )
-            .await,
-        );
-        s.stop_all().await.unwrap();
-        runs.push(seen);
+        assert_eq!(runs[0], runs[1], "{mode}");
+        assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
+        assert!(runs[0][3].starts_with("late 1 "), "{:?}", runs[0]);
+        if mode == "append" {
+            // [0, 10) closes when the watermark passes 10 s (batch 2: 15 - 4 = 11 s),
+            // [10, 20) and [20, 30) at batch 4 (40 - 4 = 36 s): each once, final.
+            assert!(!runs[0][0].contains("emitted 2026"), "{:?}", runs[0]);
+            assert_eq!(
+                &runs[0][4..],
+                [
+                    "2026-01-01T00:00:00|1|2",
+                    "2026-01-01T00:00:10|2|2",
+                    "2026-01-01T00:00:20|3|2"
+                ],
+                "{:?}",
+                runs[0]
+            );
+        }
     }
-    assert_eq!(runs[0], runs[1]);
-    assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
-    assert!(runs[0][3].starts_with("late 1 "), "{:?}", runs[0]);
 }

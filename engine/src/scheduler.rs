@@ -668,11 +668,23 @@ impl Pipeline {
                 let (input, aside) =
                     execute_setting_aside(plan, &runner, &self.sources, batch_time).await?;
                 set_aside.extend(aside);
-                match node
+                let out = node
                     .op
                     .process(&op_ctx, input.into_iter().flatten().collect())
-                    .await?
-                {
+                    .await?;
+                // On a cluster, an operator may emit with a plan of its own, run after
+                // the batch was folded in (append-mode windows).
+                let out = match node.op.emit_plan() {
+                    Some(emit) => {
+                        let rows = runner.execute(&emit).await?;
+                        Some(
+                            node.op
+                                .process_emitted(rows.into_iter().flatten().collect())?,
+                        )
+                    }
+                    None => out,
+                };
+                match out {
                     Some(out) => node.slot.fill(out),
                     None => node.slot.clear(),
                 }

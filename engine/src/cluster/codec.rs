@@ -106,6 +106,10 @@ struct StatePartitionsNode {
     evict_closed: bool,
     #[prost(int64, optional, tag = "13")]
     watermark: Option<i64>,
+    #[prost(bool, tag = "14")]
+    append: bool,
+    #[prost(bool, tag = "15")]
+    close: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -204,6 +208,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     window: node.window_key.map(|k| WindowSpec {
                         key_index: k as usize,
                         evict_closed: node.evict_closed,
+                        append: node.append,
                     }),
                 };
                 let versions = Versions {
@@ -211,6 +216,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     now: node.now,
                     keep_from: node.keep_from,
                     watermark: node.watermark,
+                    close: node.close,
                 };
                 Ok(Arc::new(StatePartitionsExec::try_new(
                     Arc::clone(input),
@@ -347,6 +353,8 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 window_key: spec.window.map(|w| w.key_index as u32),
                 evict_closed: spec.window.is_some_and(|w| w.evict_closed),
                 watermark: versions.watermark,
+                append: spec.window.is_some_and(|w| w.append),
+                close: versions.close,
                 schema: Some(
                     exec.schema()
                         .as_ref()

@@ -55,7 +55,9 @@ use parking_lot::Mutex;
 
 use crate::Result;
 use crate::ops::aggregate::event_time::window_ends;
-use crate::ops::aggregate::partial::{PartialAggregate, evaluate_all, merge_touched};
+use crate::ops::aggregate::partial::{
+    PartialAggregate, evaluate_all, evaluate_rows, merge_touched,
+};
 use crate::state::{KeyedState, MemoryLedger, SnapshotKind, StateConfig};
 
 /// Where an operator's state partitions live, given by the pipeline.
@@ -91,7 +93,11 @@ pub struct Versions {
     /// Windows: the watermark before this batch. The tasks drop the rows of windows it
     /// closed, and evict those windows first (the driver learns the batch's new
     /// watermark from the groups they emit; windows it closes go at the next batch).
+    /// When closing: the batch's new watermark.
     pub watermark: Option<i64>,
+    /// Append-mode windows' second job of a batch: emit the windows `watermark`
+    /// closed, from version `prev` (the one the batch just wrote); no input, no write.
+    pub close: bool,
 }
 
 /// What a state partition's task keeps and how.
@@ -104,7 +110,7 @@ pub struct Spec {
     /// The memory the executor's state may take before partitions spill.
     pub memory: usize,
     pub ttl: Option<Duration>,
-    /// Set for a windowed aggregate (update or complete mode).
+    /// Set for a windowed aggregate.
     pub window: Option<WindowSpec>,
 }
 
@@ -114,6 +120,24 @@ pub struct Spec {
 pub struct WindowSpec {
     pub key_index: usize,
     pub evict_closed: bool,
+    /// Append mode: a batch's tasks emit one summary row each ([`SUMMARY_COLUMNS`]);
+    /// the windows the batch's watermark closed are emitted by a second job
+    /// ([`Versions::close`]).
+    pub append: bool,
+}
+
+/// What each task of an append-mode windowed aggregate's batch emits, one row: the
+/// rows it dropped as late and the newest event time (ms) it folded in.
+pub const SUMMARY_COLUMNS: [&str; 2] = ["__late_rows", "__max_event_time"];
+
+/// The schema of an append-mode task's summary row.
+pub fn summary_schema() -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(
+        SUMMARY_COLUMNS
+            .iter()
+            .map(|n| datafusion::arrow::datatypes::Field::new(*n, DataType::Int64, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The column a windowed aggregate's tasks add to what they emit: null on group rows;
@@ -233,6 +257,12 @@ impl DisplayAs for StatePartitionsExec {
         )?;
         if let Some(w) = &self.spec.window {
             write!(f, ", window key {}", w.key_index)?;
+            if w.append {
+                write!(f, ", append")?;
+            }
+        }
+        if self.versions.lock().close {
+            write!(f, ", emitting closed windows")?;
         }
         Ok(())
     }
@@ -427,6 +457,9 @@ fn update(
         Some(c) if Some(c.version) == versions.prev => c.state,
         _ => load(spec, &agg, partition, versions.prev)?,
     };
+    if versions.close {
+        return close(spec, &agg, schema, key, state, versions);
+    }
     let planned = agg.planned()?;
     let partial = Arc::clone(&planned.partial_schema);
     let mut input = concat_batches(&partial, &batches)?;
@@ -463,8 +496,11 @@ fn update(
         }
         input = filter_record_batch(&input, &not(&closed)?)?;
     }
-    let changed = merge_touched(&agg, &mut state, &input, now, spec.changed_only)?;
-    let columns = if spec.changed_only {
+    let append = spec.window.is_some_and(|w| w.append);
+    let changed = merge_touched(&agg, &mut state, &input, now, spec.changed_only && !append)?;
+    let columns = if append {
+        Vec::new()
+    } else if spec.changed_only {
         changed
     } else {
         let cutoff = state.cutoff(now);
@@ -480,7 +516,19 @@ fn update(
             RecordBatch::try_new(Arc::clone(schema), c)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if late > 0 {
+    if append {
+        // The newest event time folded in: the hidden `max(event time)`, next to last.
+        let widths = &planned.state_widths;
+        let max_col = agg.keys() + widths[..widths.len() - 2].iter().sum::<usize>();
+        let max = crate::ops::aggregate::event_time::max_of(input.column(max_col))?;
+        out.push(RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![late as i64])),
+                Arc::new(Int64Array::from(vec![max])),
+            ],
+        )?);
+    } else if late > 0 {
         let mut c: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
             .iter()
             .map(|f| new_null_array(f.data_type(), 1))
@@ -496,17 +544,56 @@ fn update(
     {
         purge(&dir, keep)?;
     }
+    cache(key, now, state);
+    Ok(concat_batches(schema, &out)?)
+}
+
+/// Append mode's second job: the windows `versions.watermark` closed, taken out of
+/// the state partition at version `prev` and emitted (keys, then every aggregate's
+/// value). Nothing is written: the next batch's tasks evict the same windows from
+/// the files' version before folding.
+fn close(
+    spec: &Spec,
+    agg: &PartialAggregate,
+    schema: &SchemaRef,
+    key: (PathBuf, usize),
+    mut state: KeyedState,
+    versions: Versions,
+) -> Result<RecordBatch> {
+    let (Some(w), Some(wm)) = (&spec.window, versions.watermark) else {
+        return crate::internal_err!("closing windows without a window or a watermark");
+    };
+    let k = w.key_index;
+    let closed = state.take_until(wm, &move |rows: &RecordBatch| {
+        Ok(window_ends(rows.column(k))?.iter().collect())
+    })?;
+    let out = closed
+        .iter()
+        .map(|rows| {
+            Ok(RecordBatch::try_new(
+                Arc::clone(schema),
+                evaluate_rows(agg, rows)?,
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(version) = versions.prev {
+        cache(key, version, state);
+    }
+    Ok(concat_batches(schema, &out)?)
+}
+
+/// Keeps `state` (at `version`) for the partition's next task on this executor.
+fn cache(key: (PathBuf, usize), version: i64, state: KeyedState) {
     let mut cache = CACHE.lock();
     cache.retain(|_, c| c.used.elapsed() < IDLE);
     cache.insert(
         key,
         Cached {
-            version: now,
+            version,
             state,
             used: Instant::now(),
         },
     );
-    Ok(concat_batches(schema, &out)?)
 }
 
 fn partition_dir(dir: &Path, partition: usize) -> PathBuf {

@@ -148,6 +148,20 @@ pub trait StreamOperator: Send + Sync {
     /// Called on the driver before the batch's input plan runs.
     fn begin_batch(&mut self, _ctx: &OperatorContext) {}
 
+    /// On a cluster, after [`StreamOperator::process`]: a plan to run there whose rows
+    /// [`StreamOperator::process_emitted`] turns into the batch's output, or `None`
+    /// when `process` gave it. Append-mode windows keep their groups on the
+    /// executors, and which windows a batch closes is known only once every task
+    /// folded the batch in: a second job emits them.
+    fn emit_plan(&mut self) -> Option<Arc<dyn ExecutionPlan>> {
+        None
+    }
+
+    /// The batch's output from the rows of [`StreamOperator::emit_plan`]'s plan.
+    fn process_emitted(&mut self, _rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        crate::internal_err!("{} has no plan of its own to emit with", self.name())
+    }
+
     /// Consume one batch's input; return the output for this batch time, or `None`
     /// when the operator emits nothing at this time (a window between slides).
     async fn process(

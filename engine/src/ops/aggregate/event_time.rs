@@ -177,7 +177,7 @@ pub(crate) fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray
 }
 
 /// The largest value of a timestamp column, in ms.
-pub(super) fn max_of(column: &ArrayRef) -> Result<Option<i64>> {
+pub(crate) fn max_of(column: &ArrayRef) -> Result<Option<i64>> {
     let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
     match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
         Some(a) => Ok(datafusion::arrow::compute::max(a)),

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -30,6 +31,10 @@ pub(super) struct OnCluster {
     pub version: Option<i64>,
     /// The versions at the last two snapshots: a recovery may start from the older.
     pub snapshots: (Option<i64>, Option<i64>),
+    /// Append-mode windows: the second job of a batch, whose tasks emit the windows
+    /// the batch's watermark closed (`Versions::close`), and its versions.
+    pub close_plan: Option<Arc<dyn ExecutionPlan>>,
+    close_versions: Arc<Mutex<Versions>>,
 }
 
 impl OnCluster {
@@ -39,6 +44,8 @@ impl OnCluster {
             versions: Arc::default(),
             version: None,
             snapshots: (None, None),
+            close_plan: None,
+            close_versions: Arc::default(),
         }
     }
 
@@ -50,7 +57,21 @@ impl OnCluster {
             now,
             keep_from: self.snapshots.0.or(self.version),
             watermark,
+            close: false,
         };
+    }
+
+    /// After the batch at `now` was folded in: the close plan (append mode) emits the
+    /// windows `watermark` closes, from the version the batch wrote.
+    pub fn closing(&self, now: i64, watermark: i64) -> Option<Arc<dyn ExecutionPlan>> {
+        *self.close_versions.lock() = Versions {
+            prev: Some(now),
+            now,
+            keep_from: None,
+            watermark: Some(watermark),
+            close: true,
+        };
+        self.close_plan.clone()
     }
 
     /// The tasks folded the batch at `now` in.
@@ -70,15 +91,18 @@ impl OnCluster {
 
     /// The plan whose tasks keep the groups: `partial`'s rows hash-partitioned by
     /// their `keys` into `config.partitions` state partitions, each folded by one task
-    /// emitting rows of `schema`.
+    /// emitting rows of `schema`. Append-mode windows: also the close plan, one task
+    /// per state partition with no input, emitting rows of `closed_schema`.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
-        &self,
+        &mut self,
         partial: Arc<dyn ExecutionPlan>,
         keys: usize,
         config: &StateConfig,
         changed_only: bool,
         window: Option<WindowSpec>,
         schema: SchemaRef,
+        closed_schema: Option<SchemaRef>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let partial_schema = partial.schema();
         let exprs = (0..keys)
@@ -105,10 +129,26 @@ impl OnCluster {
             ttl: config.ttl,
             window,
         };
+        let spec = Arc::new(spec);
+        if let Some(closed_schema) = closed_schema {
+            // One empty partition per state partition: Ballista runs a task for each.
+            let empty = MemorySourceConfig::try_new_exec(
+                &vec![Vec::new(); config.partitions],
+                Arc::clone(&partial_schema),
+                None,
+            )?;
+            self.close_plan = Some(Arc::new(StatePartitionsExec::try_new(
+                empty,
+                Arc::clone(&template),
+                Arc::clone(&spec),
+                Arc::clone(&self.close_versions),
+                closed_schema,
+            )?));
+        }
         Ok(Arc::new(StatePartitionsExec::try_new(
             shuffled,
             template,
-            Arc::new(spec),
+            spec,
             Arc::clone(&self.versions),
             schema,
         )?))

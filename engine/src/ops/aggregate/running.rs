@@ -165,7 +165,7 @@ impl StreamOperator for RunningAggregate {
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &mut self.cluster {
             return c.plan(
                 plan,
                 self.agg.keys(),
@@ -173,6 +173,7 @@ impl StreamOperator for RunningAggregate {
                 self.changed_only,
                 None,
                 Arc::clone(&self.output_schema),
+                None,
             );
         }
         let planned = self.agg.planned()?;

@@ -20,7 +20,7 @@ use super::event_time::{
 use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, evaluate_all, evaluate_rows, merge_touched};
 use crate::Result;
-use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec};
+use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec, summary_schema};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
 use datafusion::arrow::array::AsArray;
@@ -44,9 +44,11 @@ pub struct WindowAggregate {
     /// Append mode without eviction (no watermark of its own): keys + state columns
     /// of every group, re-merged each batch.
     state: Option<RecordBatch>,
-    /// Set when the groups live in state partitions on a cluster's executors (update
-    /// and complete mode).
+    /// Set when the groups live in state partitions on a cluster's executors.
     cluster: Option<OnCluster>,
+    /// On a cluster, append mode: the plan emitting the windows this batch's
+    /// watermark closed, set by `process` when the watermark moved.
+    closing: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl WindowAggregate {
@@ -71,6 +73,7 @@ impl WindowAggregate {
             restored: None,
             state: None,
             cluster: None,
+            closing: None,
         })
     }
 }
@@ -199,6 +202,9 @@ impl WindowAggregate {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
+        if self.time.window.emit_closed_only {
+            return self.summaries_from_cluster(ctx, input);
+        }
         let planned = self.agg.planned()?;
         let widths = &planned.state_widths;
         let nk = self.agg.keys();
@@ -232,6 +238,41 @@ impl WindowAggregate {
             out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
         }
         Ok(out)
+    }
+
+    /// On a cluster, append mode: each task's summary (late rows, newest event time)
+    /// advances the watermark; when it moved, the close plan is due (`emit_plan`).
+    /// Nothing is emitted yet.
+    fn summaries_from_cluster(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut late = 0u64;
+        let mut max_event_time: Option<i64> = None;
+        for b in &input {
+            let lates = b.column(0).as_primitive::<Int64Type>();
+            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
+            for m in b.column(1).as_primitive::<Int64Type>().iter().flatten() {
+                max_event_time = Some(max_event_time.map_or(m, |x| x.max(m)));
+            }
+        }
+        self.time.late_rows_last_batch = late;
+        let before = self.time.watermark;
+        self.time.advance(ctx, max_event_time);
+        let now = ctx.batch_time.as_millis();
+        self.closing = None;
+        if let Some(c) = &mut self.cluster {
+            c.processed(now);
+            if let Some(wm) = self.time.watermark
+                && before.is_none_or(|b| wm > b)
+            {
+                self.closing = c.closing(now, wm);
+            }
+        }
+        Ok(vec![RecordBatch::new_empty(Arc::clone(
+            &self.output_schema,
+        ))])
     }
 
     /// Drops from the store the windows the watermark closed (when the window says
@@ -294,10 +335,11 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn can_partition_on_cluster(&self) -> bool {
-        // Update and complete mode, watermarked by its own event time (or none): what
-        // they emit does not wait for this batch's watermark.
+        // Watermarked by its own event time (or none, but not in append mode, whose
+        // groups are then re-merged each batch). Append mode emits what this batch's
+        // watermark closed with a second job (`emit_plan`).
         let w = &self.time.window;
-        !w.emit_closed_only && w.watermark_from.is_none()
+        (!w.emit_closed_only || w.evict_closed) && w.watermark_from.is_none()
     }
 
     fn partition_on_cluster(&mut self, placement: Placement) {
@@ -312,17 +354,23 @@ impl StreamOperator for WindowAggregate {
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &mut self.cluster {
             // Every aggregate's value (the hidden ones give the watermark), the window
             // key as grouped, and the late-row count: what `process_from_cluster` reads.
+            // Append mode: each task's summary, then the closed windows' groups.
             let wide = self.agg.output_schema(input)?;
             let mut fields: Vec<Field> = wide
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect();
-            fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
             let w = self.time.window;
+            let (schema, closed_schema) = if w.emit_closed_only {
+                (summary_schema(), Some(Arc::new(Schema::new(fields))))
+            } else {
+                fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
+                (Arc::new(Schema::new(fields)), None)
+            };
             return c.plan(
                 plan,
                 self.agg.keys(),
@@ -331,8 +379,10 @@ impl StreamOperator for WindowAggregate {
                 Some(WindowSpec {
                     key_index: w.key_index,
                     evict_closed: w.evict_closed,
+                    append: w.emit_closed_only,
                 }),
-                Arc::new(Schema::new(fields)),
+                schema,
+                closed_schema,
             );
         }
         let w = self.time.window;
@@ -379,6 +429,22 @@ impl StreamOperator for WindowAggregate {
             .emit(folded, &self.output_schema, self.changed_only)?;
         self.state = Some(state);
         Ok(Some(vec![out]))
+    }
+
+    fn emit_plan(&mut self) -> Option<Arc<dyn ExecutionPlan>> {
+        self.closing.take()
+    }
+
+    fn process_emitted(&mut self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let mut out = rows
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| self.output_batch(b.columns().to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+        }
+        Ok(out)
     }
 
     fn state_stats(&self) -> StateStats {
