@@ -503,6 +503,91 @@ async fn append_windows_resume_from_state_partitions() {
     assert_eq!(got, whole);
 }
 
+/// Dedup keeps the keys it has seen in state partitions on the executors: `DISTINCT`
+/// (every row many times a batch, from several partitions) and the first row of
+/// each key by arrival, over rows the executors generate — the rows of a local run,
+/// batch by batch; no key on the driver; the same after a restart from the
+/// checkpoint with the executors' caches gone (the keys come back from the files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedup_keeps_its_keys_on_the_executors_and_the_first_row_of_each() {
+    use flumen::engine::Time;
+    let cluster = cluster().await;
+    let script = |dir: &std::path::Path, url: Option<&str>| {
+        format!(
+            "{}SET batch_interval = '1 second';
+             SET checkpoint_location = '{}';
+             SET state_partitions = '3';
+             SET output_mode = 'append';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '400');
+             CREATE STREAM kv AS SELECT value % 500 AS k, value, _batch_time FROM r;
+             CREATE SINK firsts WITH (connector = 'memory') AS
+               SELECT k, value FROM
+                 (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY _batch_time) AS rn FROM kv)
+               WHERE rn = 1;
+             CREATE SINK distinct_keys WITH (connector = 'memory') AS
+               SELECT DISTINCT value % 11 AS m, value % 3 AS t FROM r;",
+            url.map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            dir.display()
+        )
+    };
+    // The first row of each key, the distinct rows.
+    async fn seen(s: &mut FlumenSession) -> (Vec<String>, Vec<String>) {
+        (
+            rows(s, "SELECT k, value FROM firsts ORDER BY k, value").await,
+            rows(s, "SELECT m, t FROM distinct_keys ORDER BY m, t").await,
+        )
+    }
+    let local = crate::common::temp_dir("cluster-dedup-local");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&local, None)).await.unwrap();
+    let mut want = Vec::new();
+    for _ in 0..4 {
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        want.push(seen(&mut s).await);
+    }
+    s.stop_all().await.unwrap();
+    // 400 values a batch, keys value % 500: a key's first row is value = key, seen
+    // in the first two batches; later batches bring only keys seen.
+    let (firsts, distinct) = &want[3];
+    let mut expected: Vec<String> = (0..500).map(|k| format!("{k}|{k}")).collect();
+    expected.sort();
+    assert_eq!(firsts, &expected);
+    assert_eq!(want[1].0, expected);
+    assert_eq!(distinct.len(), 33);
+
+    let dir = crate::common::temp_dir("cluster-dedup");
+    let url = cluster.url.to_string();
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        got.push(seen(&mut s).await);
+        let q = s.queries().next().unwrap();
+        let b = q.ctx.recent_batches().last().cloned().unwrap();
+        assert!(b.operators.iter().all(|o| o.rows == 0), "{:?}", b.operators);
+        assert!(b.cluster.is_some());
+    }
+    s.stop_all().await.unwrap();
+    flumen::engine::cluster::state::forget(&dir);
+    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    for _ in 0..2 {
+        s.execute("ADVANCE 1 BATCHES").await.unwrap();
+        // The memory sinks start empty again: what the first run kept, then this.
+        let (f, d) = seen(&mut s).await;
+        let (f0, d0) = &got[1];
+        let mut firsts: Vec<String> = f0.iter().cloned().chain(f).collect();
+        let mut distinct: Vec<String> = d0.iter().cloned().chain(d).collect();
+        firsts.sort();
+        distinct.sort();
+        got.push((firsts, distinct));
+    }
+    s.stop_all().await.unwrap();
+    assert_eq!(got, want);
+}
+
 /// A running count over 1,000,000 keys on the cluster: the groups are spread over the
 /// executors' state partitions and none is on the driver — its operator holds no
 /// rows and no bytes, batch after batch, as the keys grow — and the counts are exact.

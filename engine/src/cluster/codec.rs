@@ -8,8 +8,8 @@
 //! - `SplitUnnestExec` (`split.rs`): its expressions as DataFusion's protobuf
 //!   expressions, its delimiter, null handling and output schema;
 //! - `StatePartitionsExec` (`state.rs`): its partial aggregate as a DataFusion plan
-//!   over an empty input, where its state partitions live, the versions it reads and
-//!   writes;
+//!   over an empty input (or a dedup's key and kept columns), where its state
+//!   partitions live, the versions it reads and writes;
 //! - `ReadScanExec` (`scan.rs`): the kind of scan, the source's schema, the projection
 //!   (its parts travel in its input, an in-memory table);
 //! - `WriteExec` (`write.rs`): the kind of sink, its spec (JSON), the batch time;
@@ -41,7 +41,7 @@ use prost::Message;
 
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
 use crate::cluster::scan::ReadScanExec;
-use crate::cluster::state::{Spec, StatePartitionsExec, Versions, WindowSpec};
+use crate::cluster::state::{FirstRows, Fold, Spec, StatePartitionsExec, Versions, WindowSpec};
 use crate::cluster::write::{ClusterWrite, WriteExec};
 use crate::split::SplitUnnestExec;
 
@@ -78,7 +78,8 @@ struct SplitUnnestNode {
 
 #[derive(Clone, PartialEq, Message)]
 struct StatePartitionsNode {
-    /// The partial aggregate over an empty input, as DataFusion's protobuf plan.
+    /// The partial aggregate over an empty input, as DataFusion's protobuf plan
+    /// (an aggregate's state partitions).
     #[prost(bytes = "vec", tag = "1")]
     template: Vec<u8>,
     #[prost(string, tag = "2")]
@@ -110,6 +111,15 @@ struct StatePartitionsNode {
     append: bool,
     #[prost(bool, tag = "15")]
     close: bool,
+    /// A dedup's state partitions (no aggregate `template` then).
+    #[prost(bool, tag = "16")]
+    first_rows: bool,
+    #[prost(uint32, repeated, tag = "17")]
+    keys: Vec<u32>,
+    #[prost(uint32, repeated, tag = "18")]
+    values: Vec<u32>,
+    #[prost(bool, tag = "19")]
+    emit_all: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -190,9 +200,20 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         inputs.len()
                     );
                 };
-                let template = PhysicalPlanNode::decode(node.template.as_slice())
-                    .map_err(|e| decode_error("StatePartitionsExec's aggregate", e))?
-                    .try_into_physical_plan(ctx, self)?;
+                let fold = if node.first_rows {
+                    let ids = |v: &[u32]| v.iter().map(|i| *i as usize).collect();
+                    Fold::FirstRows(FirstRows {
+                        keys: ids(&node.keys),
+                        values: ids(&node.values),
+                        emit_all: node.emit_all,
+                    })
+                } else {
+                    Fold::Aggregate(
+                        PhysicalPlanNode::decode(node.template.as_slice())
+                            .map_err(|e| decode_error("StatePartitionsExec's aggregate", e))?
+                            .try_into_physical_plan(ctx, self)?,
+                    )
+                };
                 let schema: Schema = node
                     .schema
                     .as_ref()
@@ -220,7 +241,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 };
                 Ok(Arc::new(StatePartitionsExec::try_new(
                     Arc::clone(input),
-                    template,
+                    fold,
                     Arc::new(spec),
                     Arc::new(parking_lot::Mutex::new(versions)),
                     Arc::new(schema),
@@ -336,12 +357,22 @@ impl PhysicalExtensionCodec for FlumenCodec {
             return Ok(());
         }
         if let Some(exec) = node.downcast_ref::<StatePartitionsExec>() {
-            let template =
-                PhysicalPlanNode::try_from_physical_plan(Arc::clone(exec.template()), self)?;
+            let (template, first_rows) = match exec.fold() {
+                Fold::Aggregate(t) => (
+                    PhysicalPlanNode::try_from_physical_plan(Arc::clone(t), self)?.encode_to_vec(),
+                    None,
+                ),
+                Fold::FirstRows(f) => (Vec::new(), Some(f)),
+            };
+            let ids = |v: &[usize]| v.iter().map(|i| *i as u32).collect();
             let spec = exec.spec();
             let versions = exec.versions();
             let message = StatePartitionsNode {
-                template: template.encode_to_vec(),
+                template,
+                first_rows: first_rows.is_some(),
+                keys: first_rows.map(|f| ids(&f.keys)).unwrap_or_default(),
+                values: first_rows.map(|f| ids(&f.values)).unwrap_or_default(),
+                emit_all: first_rows.is_some_and(|f| f.emit_all),
                 dir: spec.dir.to_string_lossy().into_owned(),
                 partitions: spec.partitions as u32,
                 changed_only: spec.changed_only,

@@ -41,7 +41,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -144,11 +144,34 @@ pub fn summary_schema() -> SchemaRef {
 /// on one extra row (every other column null), the rows they dropped as late.
 pub const LATE_COLUMN: &str = "__late_rows";
 
+/// How a state partition's task folds the batch's rows into its state.
+#[derive(Debug, Clone)]
+pub enum Fold {
+    /// Merge partial aggregates: the partial `AggregateExec` (over an empty input)
+    /// whose accumulators the tasks merge with.
+    Aggregate(Arc<dyn ExecutionPlan>),
+    /// Keep the first row of each key (`Dedup`).
+    FirstRows(FirstRows),
+}
+
+/// A dedup's state partitions: its input's columns that are the key and those the
+/// state keeps besides (complete mode). A batch brings at most one row of a key (a
+/// `DISTINCT`'s rows of a key are equal; `ROW_NUMBER() = 1`'s batch plan keeps one per
+/// key), so the order the shuffle gives the rows changes nothing but the order
+/// they are emitted in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstRows {
+    pub keys: Vec<usize>,
+    pub values: Vec<usize>,
+    /// Complete mode: every task emits every row it keeps.
+    pub emit_all: bool,
+}
+
 /// The plan node whose task `p` updates state partition `p` (see the module).
 pub struct StatePartitionsExec {
     input: Arc<dyn ExecutionPlan>,
-    /// The partial aggregate (over an empty input): what the tasks fold with.
-    template: Arc<dyn ExecutionPlan>,
+    /// What the tasks fold the batch's rows into their state with.
+    fold: Fold,
     spec: Arc<Spec>,
     /// Shared with the operator on the driver; fixed in a decoded plan.
     versions: Arc<Mutex<Versions>>,
@@ -168,17 +191,19 @@ impl fmt::Debug for StatePartitionsExec {
 }
 
 impl StatePartitionsExec {
-    /// Over `input` (hash-partitioned by the keys into `spec.partitions`), folding with
-    /// `template`'s aggregates, emitting rows of `schema` (keys, then each aggregate's
-    /// value).
+    /// Over `input` (hash-partitioned by the keys into `spec.partitions`), folding as
+    /// `fold` says, emitting rows of `schema` (an aggregate's: keys, then each
+    /// aggregate's value).
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
-        template: Arc<dyn ExecutionPlan>,
+        fold: Fold,
         spec: Arc<Spec>,
         versions: Arc<Mutex<Versions>>,
         schema: SchemaRef,
     ) -> DfResult<Self> {
-        if template.downcast_ref::<AggregateExec>().is_none() {
+        if let Fold::Aggregate(template) = &fold
+            && template.downcast_ref::<AggregateExec>().is_none()
+        {
             return internal_err!("StatePartitionsExec folds with an AggregateExec");
         }
         let partitions = input.output_partitioning().partition_count();
@@ -199,7 +224,7 @@ impl StatePartitionsExec {
         ));
         Ok(Self {
             input,
-            template,
+            fold,
             spec,
             versions,
             schema,
@@ -220,7 +245,7 @@ impl StatePartitionsExec {
         }
         let mut node = Self::try_new(
             Arc::clone(&self.input),
-            Arc::clone(&self.template),
+            self.fold.clone(),
             Arc::clone(&self.spec),
             Arc::clone(&self.versions),
             Arc::clone(&self.schema),
@@ -229,8 +254,8 @@ impl StatePartitionsExec {
         Ok(node)
     }
 
-    pub fn template(&self) -> &Arc<dyn ExecutionPlan> {
-        &self.template
+    pub fn fold(&self) -> &Fold {
+        &self.fold
     }
 
     pub fn spec(&self) -> &Spec {
@@ -300,7 +325,7 @@ impl ExecutionPlan for StatePartitionsExec {
         }
         let mut node = Self::try_new(
             children.swap_remove(0),
-            Arc::clone(&self.template),
+            self.fold.clone(),
             Arc::clone(&self.spec),
             Arc::clone(&self.versions),
             Arc::clone(&self.schema),
@@ -329,7 +354,8 @@ impl ExecutionPlan for StatePartitionsExec {
         let input = self.input.execute(partition, context)?;
         let versions = *self.versions.lock();
         let spec = Arc::clone(&self.spec);
-        let template = Arc::clone(&self.template);
+        let fold = self.fold.clone();
+        let input_schema = self.input.schema();
         let schema = Arc::clone(&self.schema);
         let out_schema = Arc::clone(&schema);
         Ok(super::blocking_task(
@@ -337,14 +363,16 @@ impl ExecutionPlan for StatePartitionsExec {
             out_schema,
             "a state partition's task",
             move |batches| {
-                update(
-                    &spec,
-                    &template,
-                    &schema,
-                    state_partition,
-                    batches,
+                let task = Task {
+                    spec: &spec,
+                    schema: &schema,
+                    partition: state_partition,
                     versions,
-                )
+                };
+                match &fold {
+                    Fold::Aggregate(template) => update(&task, template, batches),
+                    Fold::FirstRows(f) => first_rows(&task, f, &input_schema, batches),
+                }
                 .map(|b| vec![b])
                 .map_err(|e| DataFusionError::External(Box::new(e)))
             },
@@ -438,29 +466,89 @@ pub fn forget(dir: &Path) {
     CACHE.lock().retain(|(d, _), _| !d.starts_with(dir));
 }
 
-/// One state partition's work for one batch (see the module).
-fn update(
-    spec: &Spec,
-    template: &Arc<dyn ExecutionPlan>,
-    schema: &SchemaRef,
+/// One task of one state partition for one batch.
+struct Task<'a> {
+    spec: &'a Spec,
+    /// What the task emits.
+    schema: &'a SchemaRef,
     partition: usize,
-    batches: Vec<RecordBatch>,
     versions: Versions,
+}
+
+impl Task<'_> {
+    /// The partition's state at version `prev`: from this executor's cache when it
+    /// holds that version, else from the files (a state with these key and value
+    /// columns).
+    fn state(&self, keys: &[FieldRef], values: &[FieldRef]) -> Result<KeyedState> {
+        let cached = CACHE.lock().remove(&self.cache_key());
+        match cached {
+            Some(c) if Some(c.version) == self.versions.prev => Ok(c.state),
+            _ => load(self.spec, keys, values, self.partition, self.versions.prev),
+        }
+    }
+
+    fn cache_key(&self) -> (PathBuf, usize) {
+        (self.spec.dir.clone(), self.partition)
+    }
+
+    /// Writes the state as version `now` (a delta, or a full snapshot once the
+    /// deltas outgrow it; then purging what no recovery needs) and caches it.
+    fn commit(&self, mut state: KeyedState) -> Result<()> {
+        let now = self.versions.now;
+        let (kind, rows) = state.checkpoint(Some(now))?;
+        let dir = partition_dir(&self.spec.dir, self.partition);
+        write_version(&dir, now, kind, state.schema(), &rows)?;
+        if kind == SnapshotKind::Full
+            && let Some(keep) = self.versions.keep_from
+        {
+            purge(&dir, keep)?;
+        }
+        cache(self.cache_key(), now, state);
+        Ok(())
+    }
+}
+
+/// A dedup's task: the batch's rows of this partition whose key was not seen before
+/// kept and emitted (the first of each); complete mode emits every row kept.
+fn first_rows(
+    task: &Task,
+    f: &FirstRows,
+    input_schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<RecordBatch> {
+    let field = |i: &usize| Arc::clone(&input_schema.fields()[*i]);
+    let keys: Vec<FieldRef> = f.keys.iter().map(field).collect();
+    let values: Vec<FieldRef> = f.values.iter().map(field).collect();
+    let mut state = task.state(&keys, &values)?;
+    let batch = concat_batches(input_schema, &batches)?;
+    let now = task.versions.now;
+    let rows = crate::ops::dedup::keep_first(&mut state, &batch, &f.keys, &f.values, now)?;
+    let out = if f.emit_all {
+        crate::ops::dedup::kept_rows(&mut state, task.schema, &f.keys, &f.values)?
+    } else {
+        vec![crate::ops::dedup::take_rows(&batch, &rows, task.schema)?]
+    };
+    task.commit(state)?;
+    Ok(concat_batches(task.schema, &out)?)
+}
+
+/// An aggregate's task for one batch (see the module).
+fn update(
+    task: &Task,
+    template: &Arc<dyn ExecutionPlan>,
+    batches: Vec<RecordBatch>,
 ) -> Result<RecordBatch> {
     let Some(template) = template.downcast_ref::<AggregateExec>() else {
         return crate::internal_err!("StatePartitionsExec folds with an AggregateExec");
     };
     let agg = PartialAggregate::from_exec(template)?;
-    let key = (spec.dir.clone(), partition);
-    let cached = CACHE.lock().remove(&key);
-    let mut state = match cached {
-        Some(c) if Some(c.version) == versions.prev => c.state,
-        _ => load(spec, &agg, partition, versions.prev)?,
-    };
-    if versions.close {
-        return close(spec, &agg, schema, key, state, versions);
-    }
+    let (spec, schema, versions) = (task.spec, task.schema, task.versions);
     let planned = agg.planned()?;
+    let fields = planned.partial_schema.fields();
+    let mut state = task.state(&fields[..agg.keys()], &fields[agg.keys()..])?;
+    if versions.close {
+        return close(task, &agg, state);
+    }
     let partial = Arc::clone(&planned.partial_schema);
     let mut input = concat_batches(&partial, &batches)?;
     let now = versions.now;
@@ -536,15 +624,7 @@ fn update(
         c.push(Arc::new(Int64Array::from(vec![late as i64])));
         out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
     }
-    let (kind, rows) = state.checkpoint(Some(now))?;
-    let dir = partition_dir(&spec.dir, partition);
-    write_version(&dir, now, kind, state.schema(), &rows)?;
-    if kind == SnapshotKind::Full
-        && let Some(keep) = versions.keep_from
-    {
-        purge(&dir, keep)?;
-    }
-    cache(key, now, state);
+    task.commit(state)?;
     Ok(concat_batches(schema, &out)?)
 }
 
@@ -552,15 +632,9 @@ fn update(
 /// the state partition at version `prev` and emitted (keys, then every aggregate's
 /// value). Nothing is written: the next batch's tasks evict the same windows from
 /// the files' version before folding.
-fn close(
-    spec: &Spec,
-    agg: &PartialAggregate,
-    schema: &SchemaRef,
-    key: (PathBuf, usize),
-    mut state: KeyedState,
-    versions: Versions,
-) -> Result<RecordBatch> {
-    let (Some(w), Some(wm)) = (&spec.window, versions.watermark) else {
+fn close(task: &Task, agg: &PartialAggregate, mut state: KeyedState) -> Result<RecordBatch> {
+    let (schema, versions) = (task.schema, task.versions);
+    let (Some(w), Some(wm)) = (&task.spec.window, versions.watermark) else {
         return crate::internal_err!("closing windows without a window or a watermark");
     };
     let k = w.key_index;
@@ -577,7 +651,7 @@ fn close(
         })
         .collect::<Result<Vec<_>>>()?;
     if let Some(version) = versions.prev {
-        cache(key, version, state);
+        cache(task.cache_key(), version, state);
     }
     Ok(concat_batches(schema, &out)?)
 }
@@ -642,13 +716,11 @@ fn io_error(path: &Path, what: &str, e: impl fmt::Display) -> crate::Error {
 /// State partition `partition` as it was at version `prev` (empty without one).
 fn load(
     spec: &Spec,
-    agg: &PartialAggregate,
+    keys: &[FieldRef],
+    values: &[FieldRef],
     partition: usize,
     prev: Option<i64>,
 ) -> Result<KeyedState> {
-    let planned = agg.planned()?;
-    let nk = agg.keys();
-    let fields = planned.partial_schema.fields();
     let config = StateConfig {
         partitions: 1,
         memory: spec.memory,
@@ -656,7 +728,7 @@ fn load(
         spill_dir: None,
         ledger: LEDGER.clone(),
     };
-    let mut state = KeyedState::try_new(&fields[..nk], &fields[nk..], config)?;
+    let mut state = KeyedState::try_new(keys, values, config)?;
     let Some(prev) = prev else {
         return Ok(state);
     };

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, UInt32Array, new_null_array};
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -20,6 +20,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::{OperatorContext, StreamOperator};
 use crate::Result;
 use crate::checkpoint::OperatorState;
+use crate::cluster::state::{FirstRows, Placement};
+use crate::ops::aggregate::on_cluster::{OnCluster, restore_placement};
 use crate::state::{KeyedState, StateConfig, StateStats};
 
 pub struct Dedup {
@@ -32,6 +34,8 @@ pub struct Dedup {
     key_columns: Option<Vec<usize>>,
     config: StateConfig,
     state: KeyedState,
+    /// Set when the keys seen live in state partitions on a cluster's executors.
+    cluster: Option<OnCluster>,
 }
 
 impl Dedup {
@@ -44,6 +48,7 @@ impl Dedup {
             emit_all,
             key_columns: None,
             config,
+            cluster: None,
         })
     }
 
@@ -121,19 +126,94 @@ impl Dedup {
             self.key_columns.as_deref(),
             self.emit_all,
         );
-        let schema = Arc::clone(&self.output_schema);
-        let kept = self.state.all(|p, ()| p.scan(None))?;
-        let mut out = Vec::new();
-        for b in kept.into_iter().flatten() {
-            let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.fields().len()];
-            for (pos, i) in keys.iter().chain(&values).enumerate() {
-                columns[*i] = Some(Arc::clone(b.column(pos)));
-            }
-            let columns = columns.into_iter().flatten().collect();
-            out.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
-        }
-        Ok(out)
+        kept_rows(&mut self.state, &self.output_schema, &keys, &values)
     }
+}
+
+/// Folds `batch` into `state` (keyed by its columns `keys`, keeping `values` too):
+/// the rows of `batch` whose key was not seen before, the first of each key, in the
+/// batch's order.
+pub(crate) fn keep_first(
+    state: &mut KeyedState,
+    batch: &RecordBatch,
+    keys: &[usize],
+    values: &[usize],
+    now: i64,
+) -> Result<UInt32Array> {
+    let (nk, nv) = (keys.len(), values.len());
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = keys
+        .iter()
+        .chain(values)
+        .map(|i| Arc::clone(batch.column(*i)))
+        .collect();
+    columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+    let cutoff = state.cutoff(now);
+    let routed = state.route(&columns, n)?;
+    let firsts = state.for_each(routed, |p, cols: Vec<ArrayRef>| {
+        let mut touched = p.touch(&cols[..nk], cols[0].len(), cutoff)?;
+        touched.retain_new()?;
+        let first = UInt32Array::from(touched.first.clone());
+        let kept = cols[nk..nk + nv]
+            .iter()
+            .map(|c| take(c.as_ref(), &first, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = cols[nk + nv].as_primitive::<UInt32Type>();
+        let global: Vec<u32> = touched
+            .first
+            .iter()
+            .map(|r| rows.value(*r as usize))
+            .collect();
+        p.put(touched, kept, None, now, cutoff)?;
+        Ok(global)
+    })?;
+    let mut rows: Vec<u32> = firsts.into_iter().flatten().collect();
+    rows.sort_unstable();
+    Ok(UInt32Array::from(rows))
+}
+
+/// `rows` of `batch`, as a batch of `schema` (the same columns, maybe renamed).
+pub(crate) fn take_rows(
+    batch: &RecordBatch,
+    rows: &UInt32Array,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), rows, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &datafusion::arrow::record_batch::RecordBatchOptions::new()
+            .with_row_count(Some(rows.len())),
+    )?)
+}
+
+/// Every row `state` keeps as rows of `schema`: its key columns at `keys`, its other
+/// columns at `values`, any other column of `schema` null.
+pub(crate) fn kept_rows(
+    state: &mut KeyedState,
+    schema: &SchemaRef,
+    keys: &[usize],
+    values: &[usize],
+) -> Result<Vec<RecordBatch>> {
+    let kept = state.all(|p, ()| p.scan(None))?;
+    let mut out = Vec::new();
+    for b in kept.into_iter().flatten() {
+        let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.fields().len()];
+        for (pos, i) in keys.iter().chain(values).enumerate() {
+            columns[*i] = Some(Arc::clone(b.column(pos)));
+        }
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| c.unwrap_or_else(|| new_null_array(f.data_type(), b.num_rows())))
+            .collect();
+        out.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -150,17 +230,14 @@ impl StreamOperator for Dedup {
             ),
             None => "kept for the life of the query (grows without bound)".into(),
         };
-        match &self.key_columns {
-            None => format!(
-                "Dedup (DISTINCT): emits each distinct row once; state: every distinct row seen, {bound}"
+        let line = self.explain_here(&bound);
+        match &self.cluster {
+            Some(c) => format!(
+                "{line}; state: {} partitions on the cluster's executors, versions in {}",
+                self.config.partitions,
+                c.placement.dir.display()
             ),
-            Some(keys) => format!(
-                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] and drops the key's later rows; state: every key seen, {bound}",
-                keys.iter()
-                    .map(|&i| self.input_schema.field(i).name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            None => line,
         }
     }
 
@@ -183,76 +260,128 @@ impl StreamOperator for Dedup {
         }
     }
 
+    fn can_partition_on_cluster(&self) -> bool {
+        true
+    }
+
+    fn partition_on_cluster(&mut self, placement: Placement) {
+        self.cluster = Some(OnCluster::new(placement));
+    }
+
+    fn begin_batch(&mut self, ctx: &OperatorContext) {
+        if let Some(c) = &self.cluster {
+            c.begin(ctx.batch_time.as_millis(), None);
+        }
+    }
+
+    async fn plan_input(
+        &mut self,
+        input: &datafusion::dataframe::DataFrame,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = input.clone().create_physical_plan().await?;
+        let Some(c) = &mut self.cluster else {
+            return Ok(plan);
+        };
+        let (keys, values) = Self::layout(
+            &self.input_schema,
+            self.key_columns.as_deref(),
+            self.emit_all,
+        );
+        let first_rows = FirstRows {
+            keys,
+            values,
+            emit_all: self.emit_all,
+        };
+        c.plan_first_rows(plan, first_rows, &self.config)
+    }
+
     async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        if let Some(c) = &mut self.cluster {
+            c.processed(ctx.batch_time.as_millis());
+            return Ok(Some(vec![self.emitted_on_cluster(input)?]));
+        }
         let batch = concat_batches(&self.input_schema, &input)?;
         let (keys, values) = Self::layout(
             &self.input_schema,
             self.key_columns.as_deref(),
             self.emit_all,
         );
-        let (nk, nv) = (keys.len(), values.len());
-        let n = batch.num_rows();
-        let mut columns: Vec<ArrayRef> = keys
-            .iter()
-            .chain(&values)
-            .map(|i| Arc::clone(batch.column(*i)))
-            .collect();
-        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
         let now = ctx.batch_time.as_millis();
-        let cutoff = self.state.cutoff(now);
-        let routed = self.state.route(&columns, n)?;
-        let firsts = self.state.for_each(routed, |p, cols: Vec<ArrayRef>| {
-            let mut touched = p.touch(&cols[..nk], cols[0].len(), cutoff)?;
-            touched.retain_new()?;
-            let first = UInt32Array::from(touched.first.clone());
-            let kept = cols[nk..nk + nv]
-                .iter()
-                .map(|c| take(c.as_ref(), &first, None))
-                .collect::<Result<Vec<_>, _>>()?;
-            let rows = cols[nk + nv].as_primitive::<UInt32Type>();
-            let global: Vec<u32> = touched
-                .first
-                .iter()
-                .map(|r| rows.value(*r as usize))
-                .collect();
-            p.put(touched, kept, None, now, cutoff)?;
-            Ok(global)
-        })?;
+        let rows = keep_first(&mut self.state, &batch, &keys, &values, now)?;
         if self.emit_all {
             return Ok(Some(self.everything()?));
         }
         // The new rows in the order they came.
-        let mut rows: Vec<u32> = firsts.into_iter().flatten().collect();
-        rows.sort_unstable();
-        let rows = UInt32Array::from(rows);
-        let fresh = batch
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), &rows, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(vec![RecordBatch::try_new_with_options(
-            Arc::clone(&self.output_schema),
-            fresh,
-            &datafusion::arrow::record_batch::RecordBatchOptions::new()
-                .with_row_count(Some(rows.len())),
-        )?]))
+        Ok(Some(vec![take_rows(&batch, &rows, &self.output_schema)?]))
     }
 
     fn state_stats(&self) -> StateStats {
-        self.state.stats()
+        match &self.cluster {
+            Some(_) => StateStats::default(),
+            None => self.state.stats(),
+        }
     }
 
     /// The keys seen (and in complete mode the rest of their first rows), as the
     /// state store's rows: a delta of the keys new since the last checkpoint, or all.
+    /// On a cluster: where they are and their version.
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if let Some(c) = &mut self.cluster {
+            return Ok(OperatorState {
+                batches: Vec::new(),
+                meta: c.snapshot(self.config.partitions),
+            });
+        }
         self.state.snapshot()
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if restore_placement(
+            "Dedup",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            return Ok(());
+        }
+        self.restore_here(state)
+    }
+}
+
+impl Dedup {
+    /// The rows the state partitions' tasks emitted, under this operator's names.
+    fn emitted_on_cluster(&self, input: Vec<RecordBatch>) -> Result<RecordBatch> {
+        let batch = concat_batches(&self.input_schema, &input)?;
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.output_schema),
+            batch.columns().to_vec(),
+            &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+
+    /// EXPLAIN's line for the state here: what it emits and what bounds it.
+    fn explain_here(&self, bound: &str) -> String {
+        match &self.key_columns {
+            None => format!(
+                "Dedup (DISTINCT): emits each distinct row once; state: every distinct row seen, {bound}"
+            ),
+            Some(keys) => format!(
+                "Dedup (ROW_NUMBER() = 1 by arrival): emits the first row of each key [{}] and drops the key's later rows; state: every key seen, {bound}",
+                keys.iter()
+                    .map(|&i| self.input_schema.field(i).name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Puts back a checkpoint of the state held here.
+    fn restore_here(&mut self, state: OperatorState) -> Result<()> {
         if state.meta.get("seen_batches").is_none() {
             return self.state.restore(state.batches);
         }

@@ -17,7 +17,7 @@
 //! ones) runs incrementally with no special case.
 
 pub(crate) mod event_time;
-mod on_cluster;
+pub(crate) mod on_cluster;
 pub(crate) mod partial;
 mod running;
 mod session;

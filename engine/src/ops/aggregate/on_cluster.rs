@@ -16,14 +16,16 @@ use parking_lot::Mutex;
 
 use crate::Result;
 use crate::checkpoint::OperatorState;
-use crate::cluster::state::{Placement, Spec, StatePartitionsExec, Versions, WindowSpec};
+use crate::cluster::state::{
+    FirstRows, Fold, Placement, Spec, StatePartitionsExec, Versions, WindowSpec,
+};
 use crate::state::StateConfig;
 
 /// `"state"` in the meta of a checkpoint whose groups live on a cluster.
-pub(super) const ON_CLUSTER: &str = "cluster";
+pub(crate) const ON_CLUSTER: &str = "cluster";
 
 /// What the driver keeps of groups that live on a cluster: where, and their version.
-pub(super) struct OnCluster {
+pub(crate) struct OnCluster {
     pub placement: Placement,
     /// Sent with the plan; set before each batch.
     pub versions: Arc<Mutex<Versions>>,
@@ -105,15 +107,7 @@ impl OnCluster {
         closed_schema: Option<SchemaRef>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let partial_schema = partial.schema();
-        let exprs = (0..keys)
-            .map(|i| {
-                Arc::new(Column::new(partial_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
-            })
-            .collect();
-        let shuffled = Arc::new(RepartitionExec::try_new(
-            Arc::clone(&partial),
-            Partitioning::Hash(exprs, config.partitions),
-        )?);
+        let shuffled = shuffle(Arc::clone(&partial), &(0..keys).collect::<Vec<_>>(), config)?;
         let Some(input) = partial.children().first().map(|c| c.schema()) else {
             return crate::internal_err!("a partial aggregate without an input");
         };
@@ -121,15 +115,7 @@ impl OnCluster {
             vec![Arc::new(EmptyExec::new(input))],
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )?;
-        let spec = Spec {
-            dir: self.placement.dir.clone(),
-            partitions: config.partitions,
-            changed_only,
-            memory: config.memory,
-            ttl: config.ttl,
-            window,
-        };
-        let spec = Arc::new(spec);
+        let spec = Arc::new(self.spec(config, changed_only, window));
         if let Some(closed_schema) = closed_schema {
             // One empty partition per state partition: Ballista runs a task for each.
             let empty = MemorySourceConfig::try_new_exec(
@@ -139,7 +125,7 @@ impl OnCluster {
             )?;
             self.close_plan = Some(Arc::new(StatePartitionsExec::try_new(
                 empty,
-                Arc::clone(&template),
+                Fold::Aggregate(Arc::clone(&template)),
                 Arc::clone(&spec),
                 Arc::clone(&self.close_versions),
                 closed_schema,
@@ -147,7 +133,7 @@ impl OnCluster {
         }
         Ok(Arc::new(StatePartitionsExec::try_new(
             shuffled,
-            template,
+            Fold::Aggregate(template),
             spec,
             Arc::clone(&self.versions),
             schema,
@@ -155,11 +141,62 @@ impl OnCluster {
     }
 }
 
+impl OnCluster {
+    fn spec(&self, config: &StateConfig, changed_only: bool, window: Option<WindowSpec>) -> Spec {
+        Spec {
+            dir: self.placement.dir.clone(),
+            partitions: config.partitions,
+            changed_only,
+            memory: config.memory,
+            ttl: config.ttl,
+            window,
+        }
+    }
+
+    /// A dedup's plan: `input`'s rows hash-partitioned by their `first_rows.keys` into
+    /// `config.partitions` state partitions, each task keeping the first row of each
+    /// key it has not seen and emitting those rows (or every row it keeps).
+    pub fn plan_first_rows(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        first_rows: FirstRows,
+        config: &StateConfig,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = input.schema();
+        let shuffled = shuffle(input, &first_rows.keys, config)?;
+        let spec = Arc::new(self.spec(config, first_rows.emit_all, None));
+        Ok(Arc::new(StatePartitionsExec::try_new(
+            shuffled,
+            Fold::FirstRows(first_rows),
+            spec,
+            Arc::clone(&self.versions),
+            schema,
+        )?))
+    }
+}
+
+/// `input`'s rows hash-partitioned by its columns `keys` into the state partitions.
+fn shuffle(
+    input: Arc<dyn ExecutionPlan>,
+    keys: &[usize],
+    config: &StateConfig,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = input.schema();
+    let exprs = keys
+        .iter()
+        .map(|&i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+        .collect();
+    Ok(Arc::new(RepartitionExec::try_new(
+        input,
+        Partitioning::Hash(exprs, config.partitions),
+    )?))
+}
+
 /// Checks a checkpoint's `state` against where this run keeps the groups: on a
 /// cluster (`cluster`) or here. On the cluster, takes the version back and returns
 /// `true` (nothing more to restore); here, returns `false` (the rows are restored as
 /// usual). Any other pairing is a clear error, never a silent empty state.
-pub(super) fn restore_placement(
+pub(crate) fn restore_placement(
     name: &str,
     cluster: Option<&mut OnCluster>,
     state: &OperatorState,
