@@ -1188,7 +1188,7 @@ struct Runner<'a> {
 impl Runner<'_> {
     async fn execute(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Vec<RecordBatch>>> {
         match self.cluster {
-            Some(cluster) => cluster.execute(plan, self.slots).await,
+            Some(cluster) => cluster.execute(plan, self.slots, self.task_ctx).await,
             None => execute(plan, self.task_ctx).await,
         }
     }

@@ -180,14 +180,57 @@ impl Cluster {
         n
     }
 
+    /// An error unless the scheduler answered within [`EXECUTORS_REFRESH`] or answers
+    /// now (within a second): a batch that needs no job still fails, retryably, when
+    /// the query's cluster is not there.
+    async fn ensure_reachable(&self) -> Result<()> {
+        if let Some((at, Some(_))) = *self.executors.lock()
+            && at.elapsed() < EXECUTORS_REFRESH
+        {
+            return Ok(());
+        }
+        let asked = tokio::time::timeout(Duration::from_secs(1), node::executor_count(&self.url))
+            .await
+            .map_err(|_| "no answer within 1 s".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match asked {
+            Ok(n) => {
+                *self.executors.lock() = Some((Instant::now(), Some(n as u64)));
+                Ok(())
+            }
+            Err(why) => Err(Error::Cluster {
+                url: self.url.to_string(),
+                message: format!(
+                    "the scheduler or an executor cannot be reached ({})",
+                    first_line(&why)
+                ),
+                retryable: true,
+            }),
+        }
+    }
+
     /// Runs `plan` on the cluster with the rows `slots` hold now; its result comes
     /// back as one partition.
+    ///
+    /// What the driver holds stays here: a plan that needs nothing of the cluster
+    /// (no stream the executors read, no state partition, no sink the tasks write)
+    /// runs here whole, with no job; otherwise each part of it over rows the driver
+    /// holds, up to the first exchange (a projection, a filter, a partial aggregate),
+    /// runs here and its result ships in its place — a word count sends its partial
+    /// counts, not its lines.
     pub async fn execute(
         &self,
         plan: &Arc<dyn ExecutionPlan>,
         slots: &[Arc<BatchSlot>],
+        task_ctx: &Arc<TaskContext>,
     ) -> Result<Vec<Vec<RecordBatch>>> {
-        let shipped = ship(plan, slots)?;
+        if !needs_cluster(plan, slots) {
+            // Not a silent local run: the cluster the query names must be there.
+            self.ensure_reachable().await?;
+            return crate::scheduler::execute(plan, task_ctx).await;
+        }
+        let local = run_here(Arc::clone(plan), slots, task_ctx).await?;
+        let shipped = ship(&local, slots)?;
         let tasks = stage_tasks(&shipped);
         let run = async {
             let stream = execute_physical_plan::<PhysicalPlanNode>(
@@ -319,6 +362,97 @@ fn first_line(text: &str) -> &str {
         Some((cut, _)) => &line[..cut],
         None => line,
     }
+}
+
+/// Whether `plan` reads a stream the executors read, keeps state partitions there or
+/// writes a sink from the tasks.
+fn needs_cluster(plan: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
+    let mut needs = false;
+    let _ = plan.apply(|node| {
+        needs = node.downcast_ref::<state::StatePartitionsExec>().is_some()
+            || node.downcast_ref::<write::WriteExec>().is_some()
+            || node.downcast_ref::<scan::ReadScanExec>().is_some()
+            || node
+                .downcast_ref::<StreamingTableExec>()
+                .is_some_and(|scan| {
+                    !slots
+                        .iter()
+                        .any(|s| s.scanned_by(scan) && s.remote().is_none())
+                });
+        Ok(if needs {
+            datafusion::common::tree_node::TreeNodeRecursion::Stop
+        } else {
+            datafusion::common::tree_node::TreeNodeRecursion::Continue
+        })
+    });
+    needs
+}
+
+/// Whether `node` and everything under it can run here: no exchange, none of
+/// Flumen's cluster nodes, and every leaf rows the driver holds (a stream's slot the
+/// driver filled, an in-memory table, an empty or one-row leaf).
+fn runs_here(node: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+    if node.downcast_ref::<RepartitionExec>().is_some()
+        || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || node.downcast_ref::<SortPreservingMergeExec>().is_some()
+        || needs_cluster(node, slots)
+    {
+        return false;
+    }
+    let children = node.children();
+    if children.is_empty() {
+        return node.downcast_ref::<StreamingTableExec>().is_some()
+            || node.downcast_ref::<EmptyExec>().is_some()
+            || node.downcast_ref::<PlaceholderRowExec>().is_some()
+            || node.downcast_ref::<DataSourceExec>().is_some_and(|d| {
+                d.data_source()
+                    .downcast_ref::<MemorySourceConfig>()
+                    .is_some()
+            });
+    }
+    children.iter().all(|c| runs_here(c, slots))
+}
+
+/// `plan` with each largest part that [`runs_here`] run here, for this batch, and
+/// replaced by its result (partition for partition).
+fn run_here<'a>(
+    plan: Arc<dyn ExecutionPlan>,
+    slots: &'a [Arc<BatchSlot>],
+    task_ctx: &'a Arc<TaskContext>,
+) -> futures::future::BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+    Box::pin(async move {
+        if runs_here(&plan, slots) {
+            let parts = crate::scheduler::execute(&plan, task_ctx).await?;
+            let rows = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &parts,
+                plan.schema(),
+                None,
+            )?;
+            return Ok(rows as Arc<dyn ExecutionPlan>);
+        }
+        let children = plan.children();
+        if children.is_empty() {
+            return Ok(plan);
+        }
+        let mut local = Vec::with_capacity(children.len());
+        for c in children {
+            local.push(run_here(Arc::clone(c), slots, task_ctx).await?);
+        }
+        use datafusion::physical_plan::execution_plan::{
+            ChildrenPropertiesMode, ReplaceChildrenOptions,
+        };
+        Ok(plan.replace_children(
+            local,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?)
+    })
 }
 
 /// `plan` with every scan of one of `slots` replaced by the rows the slot holds now.
