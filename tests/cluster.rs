@@ -173,7 +173,7 @@ impl Drop for Process {
 /// Starts `flumen <args>` with its stderr kept in `log`.
 fn spawn(args: &[&str], log: &std::path::Path) -> Process {
     Process(
-        std::process::Command::new(crate::cli::flumen())
+        flumen_command()
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -211,6 +211,17 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A real cluster in `dir`: `flumen scheduler` on a free port and two `flumen
 /// executor`s of one slot, both registered. Its address (`host:port`) and processes.
+/// The `flumen` binary, told where the S3 server of scripts/services.sh is (an
+/// executor opens an `s3://` checkpoint's state partitions itself).
+fn flumen_command() -> std::process::Command {
+    let mut c = std::process::Command::new(crate::cli::flumen());
+    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1");
+    c
+}
+
 async fn start_cluster(dir: &std::path::Path) -> (String, Process, Vec<Process>) {
     let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
     let bind = format!("127.0.0.1:{port}");
@@ -588,6 +599,99 @@ async fn dedup_keeps_its_keys_on_the_executors_and_the_first_row_of_each() {
     }
     s.stop_all().await.unwrap();
     assert_eq!(got, want);
+}
+
+/// With the checkpoint on an object store (the S3 server), the state partitions'
+/// versions are objects under it, which every executor opens itself: a running count
+/// over files read by the executors, run to the end of its input, then — on a new
+/// scheduler and new executors, their caches empty — again over more files, gives
+/// exact totals, the groups read back from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_partitions_live_in_an_s3_checkpoint() {
+    let dir = crate::common::temp_dir("cluster-s3-state");
+    let (input, out) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let bucket = format!("flumen-cluster-state-{}", std::process::id());
+    crate::connectors::files::create_bucket(&bucket).await;
+    let checkpoint = format!("s3://{bucket}/app");
+    let mut want = std::collections::BTreeMap::<String, u64>::new();
+    let add_files = |want: &mut std::collections::BTreeMap<String, u64>, from: usize, to: usize| {
+        for f in from..to {
+            let mut text = String::new();
+            for i in 0..300 {
+                let k = format!("k{:02}", (f * 7 + i) % 40);
+                text.push_str(&k);
+                text.push('\n');
+                *want.entry(k).or_default() += 1;
+            }
+            std::fs::write(input.join(format!("f{f:02}.csv")), text).unwrap();
+        }
+    };
+    let sql = format!(
+        "SET output_mode = 'update'; SET state_partitions = '3';
+         CREATE STREAM t (k TEXT) WITH (connector = 'files', path = '{}', format = 'csv',
+           include_existing = 'true', max_files_per_batch = '2');
+         CREATE SINK o WITH (connector = 'files', path = '{}', format = 'parquet') AS
+           SELECT k, count(*) AS n FROM t GROUP BY k;",
+        input.display(),
+        out.display()
+    );
+    let totals = || async {
+        crate::crash::query(&out, "SELECT k, max(n) FROM output GROUP BY k ORDER BY k").await
+    };
+    for (run, files) in [(0, (0, 6)), (1, (6, 10))] {
+        add_files(&mut want, files.0, files.1);
+        let logs = dir.join(format!("run{run}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let (bind, _scheduler, _executors) = start_cluster(&logs).await;
+        let (sql, checkpoint) = (sql.clone(), checkpoint.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            flumen_command()
+                .args([
+                    "--no-ui",
+                    "--cluster",
+                    &format!("df://{bind}"),
+                    "--checkpoint",
+                ])
+                .args([
+                    &checkpoint,
+                    "--batch-interval",
+                    "200 ms",
+                    "--trigger",
+                    "available-now",
+                ])
+                .args(["-c", &sql])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let expected: Vec<String> = want.iter().map(|(k, n)| format!("{k}|{n}")).collect();
+        assert_eq!(totals().await, expected, "run {run}");
+    }
+    // The versions are objects: one folder per state partition under the checkpoint.
+    use futures::TryStreamExt;
+    let store = crate::connectors::files::moto_location(&checkpoint);
+    let listed: Vec<String> = store
+        .store
+        .list(Some(&store.prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    for p in 0..3 {
+        assert!(
+            listed
+                .iter()
+                .any(|o| o.contains(&format!("/cluster-state/0/p{p}/")) && o.ends_with(".arrow")),
+            "{listed:?}"
+        );
+    }
 }
 
 /// A running count over 1,000,000 keys on the cluster: the groups are spread over the

@@ -172,7 +172,6 @@ fn fuse_on_cluster(
 /// operators, removed with them).
 fn state_placement(
     i: usize,
-    name: &str,
     checkpoint: Option<&crate::checkpoint::CheckpointLocation>,
     temporary: &mut Option<Arc<crate::cluster::state::TemporaryDir>>,
 ) -> Result<crate::cluster::state::Placement> {
@@ -188,13 +187,11 @@ fn state_placement(
                 temporary: None,
             })
         }
-        Some(CheckpointLocation::Store(location)) => Err(crate::Error::Plan(format!(
-            "{name} on a cluster keeps its state in partitions in a folder the driver and \
-             every executor share, under the checkpoint location; '{}' is an object store, \
-             which state partitions cannot use yet: give a checkpoint folder (a shared \
-             mount), or run the query without SET cluster",
-            location.url
-        ))),
+        // The store's URL as the folder: each executor opens it (its own credentials).
+        Some(CheckpointLocation::Store(location)) => Ok(Placement {
+            dir: location.url_of(&format!("cluster-state/{i}")).into(),
+            temporary: None,
+        }),
         None => {
             let dir = temporary.get_or_insert_with(|| {
                 Arc::new(TemporaryDir(std::env::temp_dir().join(format!(
@@ -233,7 +230,7 @@ impl Pipeline {
         let mut temporary = None;
         for (i, mut node) in graph.operators.into_iter().enumerate() {
             if cluster.is_some() && node.op.can_partition_on_cluster() {
-                let placement = state_placement(i, &node.op.name(), checkpoint, &mut temporary)?;
+                let placement = state_placement(i, checkpoint, &mut temporary)?;
                 node.op.partition_on_cluster(placement);
             }
             // Plans of the context's session are fused by its optimizer rule

@@ -15,8 +15,12 @@
 //!   scheduler ──stages──▶ executors (tasks) ──▶ results fetched by the driver
 //! ```
 //!
-//! The batch's rows travel with the job: sources are read on the driver. Processes:
-//! [`node`] starts a scheduler or an executor with Flumen's codec and functions.
+//! Sources the executors can read (`scan.rs`) travel as a description of the batch
+//! (event ranges, files, offsets). What the driver holds stays here as far as it can:
+//! a plan needing nothing of the cluster runs here, and each part of a plan over
+//! driver-held rows up to its first exchange runs here, its result shipped in its
+//! place (`run_here`). Processes: [`node`] starts a scheduler or an executor with
+//! Flumen's codec and functions.
 
 pub mod codec;
 pub mod node;

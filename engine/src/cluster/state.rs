@@ -51,6 +51,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use datafusion::prelude::SessionConfig;
+use object_store::ObjectStoreExt;
 use parking_lot::Mutex;
 
 use crate::Result;
@@ -63,7 +64,9 @@ use crate::state::{KeyedState, MemoryLedger, SnapshotKind, StateConfig};
 /// Where an operator's state partitions live, given by the pipeline.
 #[derive(Debug, Clone)]
 pub struct Placement {
-    /// The operator's folder (one sub-folder per state partition).
+    /// The operator's folder (one sub-folder per state partition): a path every
+    /// process shares, or an object store's URL (`s3://bucket/...`) which each
+    /// process opens with its own `AWS_*` variables.
     pub dir: PathBuf,
     /// Removed when the last holder goes (a query without a checkpoint).
     pub temporary: Option<Arc<TemporaryDir>>,
@@ -678,39 +681,157 @@ fn file_name(version: i64, kind: SnapshotKind) -> String {
     format!("{version:020}.{}.arrow", kind.as_str())
 }
 
-/// The versions in a partition's folder: (version, kind, path), oldest first.
-fn versions_in(dir: &Path) -> Result<Vec<(i64, SnapshotKind, PathBuf)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error(dir, "read", e)),
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e.map_err(|e| io_error(dir, "read", e))?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some((version, rest)) = name.split_once('.') else {
-            continue;
-        };
-        let kind = match rest {
-            "full.arrow" => SnapshotKind::Full,
-            "delta.arrow" => SnapshotKind::Delta,
-            _ => continue,
-        };
-        if let Ok(v) = version.parse::<i64>() {
-            out.push((v, kind, e.path()));
-        }
-    }
-    out.sort_by_key(|(v, k, _)| (*v, *k == SnapshotKind::Delta));
-    Ok(out)
+/// A partition's folder: on a file system every process shares, or in an object
+/// store (`s3://`, `memory://`: its URL as the path), which each process opens
+/// itself (the endpoint and credentials from its own `AWS_*` variables).
+enum Folder {
+    Dir(PathBuf),
+    Store(crate::store::Location),
 }
 
-fn io_error(path: &Path, what: &str, e: impl fmt::Display) -> crate::Error {
-    crate::Error::Checkpoint(format!(
-        "state partition files: cannot {what} {}: {e}",
-        path.display()
-    ))
+/// The object stores this process opened for state partitions, by URL.
+static STORES: LazyLock<Mutex<HashMap<String, crate::store::Location>>> =
+    LazyLock::new(Mutex::default);
+
+impl Folder {
+    fn of(dir: &Path) -> Result<Self> {
+        let text = dir.to_string_lossy();
+        if !text.contains("://") {
+            return Ok(Self::Dir(dir.to_path_buf()));
+        }
+        if let Some(l) = STORES.lock().get(text.as_ref()) {
+            return Ok(Self::Store(l.clone()));
+        }
+        let l = crate::store::open("state partitions", &text, &Default::default())?;
+        STORES.lock().insert(text.into_owned(), l.clone());
+        Ok(Self::Store(l))
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Self::Dir(d) => d.display().to_string(),
+            Self::Store(l) => l.url.clone(),
+        }
+    }
+
+    fn error(&self, name: &str, what: &str, e: impl fmt::Display) -> crate::Error {
+        crate::Error::Checkpoint(format!(
+            "state partition files: cannot {what} {}/{name}: {e}",
+            self.shown()
+        ))
+    }
+
+    /// Runs an object-store call from a task's blocking thread.
+    fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Handle::current().block_on(f)
+    }
+
+    /// The names in the folder (none when it does not exist).
+    fn names(&self) -> Result<Vec<String>> {
+        match self {
+            Self::Dir(dir) => {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(self.error("", "read", e)),
+                };
+                let mut out = Vec::new();
+                for e in entries {
+                    let e = e.map_err(|e| self.error("", "read", e))?;
+                    if let Some(name) = e.file_name().to_str() {
+                        out.push(name.to_string());
+                    }
+                }
+                Ok(out)
+            }
+            Self::Store(l) => {
+                use futures::TryStreamExt;
+                let listed: Vec<_> = Self::wait(l.store.list(Some(&l.prefix)).try_collect())
+                    .map_err(|e| self.error("", "list", e))?;
+                Ok(listed
+                    .into_iter()
+                    .filter_map(|m| m.location.filename().map(str::to_string))
+                    .collect())
+            }
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let bytes = match self {
+            Self::Dir(dir) => {
+                std::fs::read(dir.join(name)).map_err(|e| self.error(name, "open", e))?
+            }
+            Self::Store(l) => {
+                Self::wait(async { l.store.get(&l.child(name)).await?.bytes().await })
+                    .map_err(|e| self.error(name, "read", e))?
+                    .to_vec()
+            }
+        };
+        let reader =
+            datafusion::arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+                .map_err(|e| self.error(name, "read", e))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(name, "read", e))
+    }
+
+    /// Writes `name` whole or not at all: a file under a temporary name renamed, or
+    /// one object put.
+    fn write(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Self::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| self.error("", "create", e))?;
+                let tmp = dir.join(format!(
+                    ".tmp-{}-{}",
+                    std::process::id(),
+                    crate::checkpoint::new_id()
+                ));
+                if let Err(e) = std::fs::write(&tmp, bytes) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(self.error(name, "write", e));
+                }
+                std::fs::rename(&tmp, dir.join(name)).map_err(|e| self.error(name, "write", e))
+            }
+            Self::Store(l) => Self::wait(l.store.put(&l.child(name), bytes.into()))
+                .map(|_| ())
+                .map_err(|e| self.error(name, "write", e)),
+        }
+    }
+
+    /// Removes `name`; one already gone is no error.
+    fn remove(&self, name: &str) -> Result<()> {
+        let gone = match self {
+            Self::Dir(dir) => match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r.map_err(|e| e.to_string()),
+            },
+            Self::Store(l) => match Self::wait(l.store.delete(&l.child(name))) {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                r => r.map_err(|e| e.to_string()),
+            },
+        };
+        gone.map_err(|e| self.error(name, "remove", e))
+    }
+
+    /// The versions in the folder: (version, kind, name), oldest first.
+    fn versions(&self) -> Result<Vec<(i64, SnapshotKind, String)>> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            let Some((version, rest)) = name.split_once('.') else {
+                continue;
+            };
+            let kind = match rest {
+                "full.arrow" => SnapshotKind::Full,
+                "delta.arrow" => SnapshotKind::Delta,
+                _ => continue,
+            };
+            if let Ok(v) = version.parse::<i64>() {
+                out.push((v, kind, name));
+            }
+        }
+        out.sort_by_key(|(v, k, _)| (*v, *k == SnapshotKind::Delta));
+        Ok(out)
+    }
 }
 
 /// State partition `partition` as it was at version `prev` (empty without one).
@@ -732,8 +853,9 @@ fn load(
     let Some(prev) = prev else {
         return Ok(state);
     };
-    let dir = partition_dir(&spec.dir, partition);
-    let files: Vec<_> = versions_in(&dir)?
+    let folder = Folder::of(&partition_dir(&spec.dir, partition))?;
+    let files: Vec<_> = folder
+        .versions()?
         .into_iter()
         .filter(|(v, _, _)| *v <= prev)
         .collect();
@@ -741,13 +863,13 @@ fn load(
         return Err(crate::Error::Checkpoint(format!(
             "state partition {partition}: no full snapshot at or before version {prev} in {} \
              (the driver and every executor must share this folder)",
-            dir.display()
+            folder.shown()
         )));
     };
     let mut rows = Vec::new();
     let mut delta_rows = 0;
-    for (i, (_, _, path)) in files[start..].iter().enumerate() {
-        let batches = read_file(path)?;
+    for (i, (_, _, name)) in files[start..].iter().enumerate() {
+        let batches = folder.read(name)?;
         if i > 0 {
             delta_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
         }
@@ -759,17 +881,8 @@ fn load(
     Ok(state)
 }
 
-fn read_file(path: &Path) -> Result<Vec<RecordBatch>> {
-    let file = std::fs::File::open(path).map_err(|e| io_error(path, "open", e))?;
-    let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
-        .map_err(|e| io_error(path, "read", e))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io_error(path, "read", e))
-}
-
-/// Writes one version of a partition: under a temporary name, then renamed, and the
-/// other kind of the same version (an earlier attempt's) removed.
+/// Writes one version of a partition (whole or not at all), and removes the other
+/// kind of the same version (an earlier attempt's).
 fn write_version(
     dir: &Path,
     version: i64,
@@ -777,39 +890,29 @@ fn write_version(
     schema: &SchemaRef,
     rows: &[RecordBatch],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create", e))?;
-    let path = dir.join(file_name(version, kind));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        crate::checkpoint::new_id()
-    ));
-    let write = || -> Result<()> {
-        let file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, "create", e))?;
-        let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(file, schema)?;
+    let folder = Folder::of(dir)?;
+    let name = file_name(version, kind);
+    let mut bytes = Vec::new();
+    {
+        let mut w = datafusion::arrow::ipc::writer::FileWriter::try_new(&mut bytes, schema)?;
         for b in rows {
             w.write(b)?;
         }
         w.finish()?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, "write", e))?;
+    folder.write(&name, bytes)?;
     let other = match kind {
         SnapshotKind::Full => SnapshotKind::Delta,
         SnapshotKind::Delta => SnapshotKind::Full,
     };
-    let _ = std::fs::remove_file(dir.join(file_name(version, other)));
-    Ok(())
+    folder.remove(&file_name(version, other))
 }
 
 /// Deletes the versions no recovery needs: those older than the newest full snapshot
 /// at or before `keep_from`.
 fn purge(dir: &Path, keep_from: i64) -> Result<()> {
-    let files = versions_in(dir)?;
+    let folder = Folder::of(dir)?;
+    let files = folder.versions()?;
     let Some(base) = files
         .iter()
         .filter(|(v, k, _)| *v <= keep_from && *k == SnapshotKind::Full)
@@ -818,9 +921,9 @@ fn purge(dir: &Path, keep_from: i64) -> Result<()> {
     else {
         return Ok(());
     };
-    for (v, _, path) in files {
+    for (v, _, name) in files {
         if v < base {
-            std::fs::remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
+            folder.remove(&name)?;
         }
     }
     Ok(())
@@ -845,7 +948,9 @@ mod tests {
         }
         // An attempt that wrote a delta where the replay writes a full: one file left.
         write_version(&dir, 4, SnapshotKind::Full, &schema, &[]).unwrap();
-        let listed: Vec<_> = versions_in(&dir)
+        let listed: Vec<_> = Folder::of(&dir)
+            .unwrap()
+            .versions()
             .unwrap()
             .into_iter()
             .map(|(v, k, _)| (v, k.as_str()))
@@ -862,7 +967,13 @@ mod tests {
         );
         // A recovery may start from version 3: it needs 3's full, not 1 or 2.
         purge(&dir, 3).unwrap();
-        let left: Vec<i64> = versions_in(&dir).unwrap().iter().map(|f| f.0).collect();
+        let left: Vec<i64> = Folder::of(&dir)
+            .unwrap()
+            .versions()
+            .unwrap()
+            .iter()
+            .map(|f| f.0)
+            .collect();
         assert_eq!(left, [3, 4, 5]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
