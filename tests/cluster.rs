@@ -86,6 +86,30 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
     assert_eq!(progress["cluster"]["url"], cluster.url.to_string());
     assert_eq!(progress["cluster"]["jobs"], 1);
     assert_eq!(progress["cluster"]["executors"], 2);
+    // EXPLAIN says where each operator's state goes.
+    let explain = rows(
+        &mut session,
+        "EXPLAIN SELECT word, count(*) FROM words GROUP BY word",
+    )
+    .await;
+    let want = format!(
+        "Cluster {}: each batch's plans run as Ballista jobs; state in {} partitions on the executors: RunningAggregate",
+        cluster.url,
+        flumen::engine::state::default_partitions()
+    );
+    assert!(explain.contains(&want), "{explain:?}");
+    let explain = rows(
+        &mut session,
+        "EXPLAIN SELECT word, n FROM (SELECT word, n, ROW_NUMBER() OVER (PARTITION BY word \
+         ORDER BY n DESC) AS rn FROM (SELECT word, length(word) AS n FROM words)) WHERE rn <= 2",
+    )
+    .await;
+    assert!(
+        explain
+            .iter()
+            .any(|l| l.contains("; state on the driver (input plans on the executors): TopN")),
+        "{explain:?}"
+    );
 }
 
 /// A query whose cluster is not there fails its batch naming the cluster, and is not

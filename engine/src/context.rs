@@ -430,6 +430,25 @@ impl StreamingContext {
     }
 
     /// Where the context keeps its checkpoint, if it keeps one.
+    /// On a cluster (`with_cluster`): its URL, and for each stateful operator planned
+    /// so far, its name and whether its state goes to state partitions on the
+    /// executors (else it stays on the driver, its input plan running there). EXPLAIN
+    /// says so.
+    pub fn cluster_placement(&self) -> Option<(String, Vec<(String, bool)>)> {
+        let url = self.shared().cluster.as_ref()?.to_string();
+        let graph = self.shared().graph.lock();
+        let operators = graph
+            .as_ref()
+            .map(|g| {
+                g.operators
+                    .iter()
+                    .map(|n| (n.op.name(), n.op.can_partition_on_cluster()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((url, operators))
+    }
+
     pub fn checkpoint_location(&self) -> Option<crate::checkpoint::CheckpointLocation> {
         self.inner.shared.checkpoint.lock().clone()
     }

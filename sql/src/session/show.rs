@@ -249,6 +249,27 @@ impl FlumenSession {
         }
         lines.extend(qc.schema.take_derived_explain());
         lines.extend(planned.explain);
+        if let Some((url, operators)) = planned.stream.context().cluster_placement() {
+            let (there, here): (Vec<_>, Vec<_>) = operators.into_iter().partition(|o| o.1);
+            let names = |ops: Vec<(String, bool)>| {
+                ops.into_iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
+            };
+            let mut line = format!("Cluster {url}: each batch's plans run as Ballista jobs");
+            if !there.is_empty() {
+                line.push_str(&format!(
+                    "; state in {} partitions on the executors: {}",
+                    self.settings.state.partitions,
+                    names(there)
+                ));
+            }
+            if !here.is_empty() {
+                line.push_str(&format!(
+                    "; state on the driver (input plans on the executors): {}",
+                    names(here)
+                ));
+            }
+            lines.push(line);
+        }
         lines.push("Per-batch plan:".into());
         let plan = planned.stream.dataframe().clone().into_optimized_plan()?;
         lines.extend(
