@@ -43,6 +43,11 @@ for where in "" "--cluster $URL"; do
   $B wordcount --lines 200000 --batches 4 $where | grep -E "^wordcount|processing|flumen \("
   # shellcheck disable=SC2086
   $B nexmark --events 200000 --events-per-batch 50000 --query q5 $where | grep -E "q5|batch"
+  # Batches ten times larger: nearer what one core does in a 1 s batch.
+  # shellcheck disable=SC2086
+  $B wordcount --lines 2000000 --batches 4 $where | grep -E "^wordcount|processing|flumen \("
+  # shellcheck disable=SC2086
+  $B nexmark --events 2000000 --events-per-batch 500000 --query q5 $where | grep -E "q5|batch"
 done
 
 echo "== generators read by the executors (flumen CLI, available-now)"
