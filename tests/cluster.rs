@@ -718,6 +718,130 @@ async fn state_partitions_live_in_an_s3_checkpoint() {
     }
 }
 
+/// A stream join keeps both sides' rows in state partitions on the executors, by
+/// the key it equates: the same matches, late rows and watermarks as a local run
+/// batch by batch (rows of a side older than its watermark dropped and counted, rows
+/// the other side's watermark passed evicted), none of them on the driver; and
+/// stopped, its executors' caches gone, it resumes from the rows in the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_joins_keep_both_sides_on_the_executors() {
+    use flumen::engine::Time;
+    let cluster = cluster().await;
+    let url = cluster.url.to_string();
+    let script = |dir: &std::path::Path, url: Option<&str>| {
+        format!(
+            "{}SET state_partitions = '3'; SET checkpoint_location = '{}';
+             CREATE STREAM impressions (ad_id BIGINT, imp_time TIMESTAMP,
+               WATERMARK FOR imp_time AS imp_time - INTERVAL '2' SECOND)
+               WITH (connector = 'files', path = '{imps}', format = 'csv', max_files_per_batch = '1');
+             CREATE STREAM clicks (click_ad BIGINT, click_time TIMESTAMP,
+               WATERMARK FOR click_time AS click_time - INTERVAL '3' SECOND)
+               WITH (connector = 'files', path = '{clicks}', format = 'csv', max_files_per_batch = '1');
+             CREATE SINK m WITH (connector = 'memory') AS
+               SELECT i.ad_id, i.imp_time, c.click_time FROM impressions i JOIN clicks c
+               ON i.ad_id = c.click_ad AND c.click_time BETWEEN i.imp_time AND i.imp_time + INTERVAL '10' SECOND;",
+            url.map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            dir.join("checkpoint").display(),
+            imps = dir.join("imps").display(),
+            clicks = dir.join("clicks").display(),
+        )
+    };
+    // One CSV file a batch on each side.
+    let csv = |rows: &str| -> String {
+        rows.split("), (")
+            .map(|r| {
+                r.trim_matches(|c| c == '(' || c == ')')
+                    .replace(", ", ",")
+                    .replace('\'', "")
+            })
+            .map(|r| format!("{r}\n"))
+            .collect()
+    };
+    let batches = [
+        (
+            "(1, '2026-01-01T00:00:01'), (2, '2026-01-01T00:00:02'), (3, '2026-01-01T00:00:03')",
+            "(1, '2026-01-01T00:00:04'), (9, '2026-01-01T00:00:04')",
+        ),
+        (
+            "(4, '2026-01-01T00:00:12'), (1, '2026-01-01T00:00:13')",
+            "(2, '2026-01-01T00:00:09'), (3, '2026-01-01T00:00:15'), (4, '2026-01-01T00:00:14')",
+        ),
+        (
+            // 2 s: older than the impressions' watermark (11 s): late.
+            "(5, '2026-01-01T00:00:02'), (5, '2026-01-01T00:00:20')",
+            "(1, '2026-01-01T00:00:20'), (5, '2026-01-01T00:00:21'), (4, '2026-01-01T00:00:22')",
+        ),
+        (
+            "(6, '2026-01-01T00:00:30')",
+            // 10 s: older than the clicks' watermark (18 s): late.
+            "(4, '2026-01-01T00:00:10'), (6, '2026-01-01T00:00:31'), (1, '2026-01-01T00:00:23')",
+        ),
+    ];
+    let mut runs = Vec::new();
+    for url in [None, Some(url.as_str())] {
+        let dir = crate::common::temp_dir("cluster-join");
+        std::fs::create_dir_all(dir.join("imps")).unwrap();
+        std::fs::create_dir_all(dir.join("clicks")).unwrap();
+        let (mut s, clock) = session_at(Time::from_millis(0));
+        s.execute_script(&script(&dir, url)).await.unwrap();
+        let mut seen = Vec::new();
+        for (i, (imps, clicks)) in batches.iter().enumerate() {
+            if i == 2 && url.is_some() {
+                // Stopped and started again, the executors' caches gone.
+                s.stop_all().await.unwrap();
+                flumen::engine::cluster::state::forget(&dir);
+                let (again, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+                s = again;
+                s.execute_script(&script(&dir, url)).await.unwrap();
+            }
+            std::fs::write(dir.join(format!("imps/f{i}.csv")), csv(imps)).unwrap();
+            std::fs::write(dir.join(format!("clicks/f{i}.csv")), csv(clicks)).unwrap();
+            s.execute("ADVANCE 1 BATCHES").await.unwrap();
+            let q = s.queries().next().unwrap();
+            let b = q.ctx.recent_batches().last().cloned().unwrap();
+            if url.is_some() {
+                assert_eq!(b.operators[0].rows, 0, "batch {i}");
+            }
+            let mut got = rows(&mut s, "SELECT ad_id, imp_time, click_time FROM m").await;
+            got.sort();
+            seen.push(format!(
+                "late {} watermark {:?} matches {}",
+                b.late_rows,
+                b.watermark,
+                got.join(" ")
+            ));
+        }
+        s.stop_all().await.unwrap();
+        runs.push(seen);
+    }
+    // The cluster's sink restarted empty at batch 2: compare what each batch added.
+    let added = |run: &Vec<String>| -> Vec<String> {
+        run.iter()
+            .map(|l| l.split(" matches ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(added(&runs[0]), added(&runs[1]));
+    let matches = |l: &String| -> Vec<String> {
+        l.split(" matches ")
+            .nth(1)
+            .unwrap_or("")
+            .split(' ')
+            .filter(|m| !m.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let mut local: Vec<String> = matches(&runs[0][3]);
+    let mut cluster: Vec<String> = matches(&runs[1][1]);
+    cluster.extend(matches(&runs[1][3]));
+    local.sort();
+    cluster.sort();
+    assert_eq!(cluster, local);
+    assert!(local.len() >= 5, "{local:?}");
+    assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
+    assert!(runs[0][3].starts_with("late 1 "), "{:?}", runs[0]);
+}
+
 /// A running count over 1,000,000 keys on the cluster: the groups are spread over the
 /// executors' state partitions and none is on the driver — its operator holds no
 /// rows and no bytes, batch after batch, as the keys grow — and the counts are exact.

@@ -17,6 +17,9 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 
 struct FlumenDb {
     session: FlumenSession,
+    /// Its queries run on a cluster: EXPLAIN's line naming it (which a local run,
+    /// whose output the files hold, does not print) is left out.
+    on_cluster: bool,
 }
 
 #[async_trait]
@@ -43,6 +46,9 @@ impl sqllogictest::AsyncDB for FlumenDb {
                     .collect();
                 let options = FormatOptions::default().with_null("NULL");
                 let mut rows = Vec::new();
+                let cluster_line = |row: &Vec<String>| {
+                    self.on_cluster && row.first().is_some_and(|c| c.starts_with("Cluster df://"))
+                };
                 for b in &batches {
                     let fmts = b
                         .columns()
@@ -60,6 +66,7 @@ impl sqllogictest::AsyncDB for FlumenDb {
                         );
                     }
                 }
+                rows.retain(|r| !cluster_line(r));
                 Ok(DBOutput::Rows { types, rows })
             }
         }
@@ -78,6 +85,7 @@ fn new_db() -> FlumenDb {
             flumen::connectors::registry(),
             Arc::new(ManualClock::default()),
         ),
+        on_cluster: false,
     }
 }
 
@@ -97,6 +105,7 @@ pub(crate) async fn run_slt_on(name: &str, cluster: Option<String>) {
         let cluster = cluster.clone();
         async move {
             let mut db = new_db();
+            db.on_cluster = cluster.is_some();
             if let Some(url) = cluster {
                 db.session
                     .execute(&format!("SET cluster = '{url}'"))

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
@@ -40,6 +40,7 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use prost::Message;
 
 use crate::batch_time::{BatchTimeCell, batch_time_of, batch_time_udf};
+use crate::cluster::join::JoinFold;
 use crate::cluster::scan::ReadScanExec;
 use crate::cluster::state::{FirstRows, Fold, Spec, StatePartitionsExec, Versions, WindowSpec};
 use crate::cluster::write::{ClusterWrite, WriteExec};
@@ -120,6 +121,36 @@ struct StatePartitionsNode {
     values: Vec<u32>,
     #[prost(bool, tag = "19")]
     emit_all: bool,
+    #[prost(int64, optional, tag = "20")]
+    watermark_right: Option<i64>,
+    /// A stream join's state partitions.
+    #[prost(message, optional, tag = "21")]
+    join: Option<JoinNode>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct JoinNode {
+    /// The join over two in-memory leaves, as DataFusion's protobuf plan.
+    #[prost(bytes = "vec", tag = "1")]
+    plan: Vec<u8>,
+    #[prost(bool, repeated, tag = "2")]
+    leaf_sides: Vec<bool>,
+    #[prost(message, optional, tag = "3")]
+    left: Option<datafusion_proto::protobuf::Schema>,
+    #[prost(message, optional, tag = "4")]
+    right: Option<datafusion_proto::protobuf::Schema>,
+    #[prost(uint32, repeated, tag = "5")]
+    left_keys: Vec<u32>,
+    #[prost(uint32, repeated, tag = "6")]
+    right_keys: Vec<u32>,
+    #[prost(uint32, tag = "7")]
+    left_time: u32,
+    #[prost(uint32, tag = "8")]
+    right_time: u32,
+    #[prost(int64, optional, tag = "9")]
+    lo: Option<i64>,
+    #[prost(int64, optional, tag = "10")]
+    hi: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -200,7 +231,32 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         inputs.len()
                     );
                 };
-                let fold = if node.first_rows {
+                let fold = if let Some(j) = &node.join {
+                    let schema =
+                        |s: &Option<datafusion_proto::protobuf::Schema>| -> Result<SchemaRef> {
+                            let s: Schema = s
+                                .as_ref()
+                                .ok_or_else(|| decode_error("a stream join's side", "no schema"))?
+                                .try_into()
+                                .map_err(|e| decode_error("a stream join's side", e))?;
+                            Ok(Arc::new(s))
+                        };
+                    let ids = |v: &[u32]| v.iter().map(|i| *i as usize).collect();
+                    Fold::Join(Box::new(JoinFold {
+                        plan: PhysicalPlanNode::decode(j.plan.as_slice())
+                            .map_err(|e| decode_error("a stream join's plan", e))?
+                            .try_into_physical_plan(ctx, self)?,
+                        leaf_sides: j.leaf_sides.clone(),
+                        left: schema(&j.left)?,
+                        right: schema(&j.right)?,
+                        left_keys: ids(&j.left_keys),
+                        right_keys: ids(&j.right_keys),
+                        left_time: j.left_time as usize,
+                        right_time: j.right_time as usize,
+                        lo: j.lo,
+                        hi: j.hi,
+                    }))
+                } else if node.first_rows {
                     let ids = |v: &[u32]| v.iter().map(|i| *i as usize).collect();
                     Fold::FirstRows(FirstRows {
                         keys: ids(&node.keys),
@@ -238,6 +294,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     keep_from: node.keep_from,
                     watermark: node.watermark,
                     close: node.close,
+                    watermark_right: node.watermark_right,
                 };
                 Ok(Arc::new(StatePartitionsExec::try_new(
                     Arc::clone(input),
@@ -357,18 +414,43 @@ impl PhysicalExtensionCodec for FlumenCodec {
             return Ok(());
         }
         if let Some(exec) = node.downcast_ref::<StatePartitionsExec>() {
-            let (template, first_rows) = match exec.fold() {
+            let ids = |v: &[usize]| v.iter().map(|i| *i as u32).collect();
+            let proto_schema = |s: &SchemaRef| -> Result<datafusion_proto::protobuf::Schema> {
+                s.as_ref()
+                    .try_into()
+                    .map_err(|e| DataFusionError::Internal(format!("{e}")))
+            };
+            let (template, first_rows, join) = match exec.fold() {
                 Fold::Aggregate(t) => (
                     PhysicalPlanNode::try_from_physical_plan(Arc::clone(t), self)?.encode_to_vec(),
                     None,
+                    None,
                 ),
-                Fold::FirstRows(f) => (Vec::new(), Some(f)),
+                Fold::FirstRows(f) => (Vec::new(), Some(f), None),
+                Fold::Join(j) => (
+                    Vec::new(),
+                    None,
+                    Some(JoinNode {
+                        plan: PhysicalPlanNode::try_from_physical_plan(Arc::clone(&j.plan), self)?
+                            .encode_to_vec(),
+                        leaf_sides: j.leaf_sides.clone(),
+                        left: Some(proto_schema(&j.left)?),
+                        right: Some(proto_schema(&j.right)?),
+                        left_keys: ids(&j.left_keys),
+                        right_keys: ids(&j.right_keys),
+                        left_time: j.left_time as u32,
+                        right_time: j.right_time as u32,
+                        lo: j.lo,
+                        hi: j.hi,
+                    }),
+                ),
             };
-            let ids = |v: &[usize]| v.iter().map(|i| *i as u32).collect();
             let spec = exec.spec();
             let versions = exec.versions();
             let message = StatePartitionsNode {
                 template,
+                join,
+                watermark_right: versions.watermark_right,
                 first_rows: first_rows.is_some(),
                 keys: first_rows.map(|f| ids(&f.keys)).unwrap_or_default(),
                 values: first_rows.map(|f| ids(&f.values)).unwrap_or_default(),

@@ -23,6 +23,7 @@
 //! Flumen's codec and functions.
 
 pub mod codec;
+pub mod join;
 pub mod node;
 pub mod scan;
 pub mod state;

@@ -101,6 +101,8 @@ pub struct Versions {
     /// Append-mode windows' second job of a batch: emit the windows `watermark`
     /// closed, from version `prev` (the one the batch just wrote); no input, no write.
     pub close: bool,
+    /// A stream join: `watermark` is its left side's, this its right side's.
+    pub watermark_right: Option<i64>,
 }
 
 /// What a state partition's task keeps and how.
@@ -155,6 +157,8 @@ pub enum Fold {
     Aggregate(Arc<dyn ExecutionPlan>),
     /// Keep the first row of each key (`Dedup`).
     FirstRows(FirstRows),
+    /// Join both sides' new rows with the kept ones (`StreamJoin`).
+    Join(Box<super::join::JoinFold>),
 }
 
 /// A dedup's state partitions: its input's columns that are the key and those the
@@ -375,6 +379,7 @@ impl ExecutionPlan for StatePartitionsExec {
                 match &fold {
                     Fold::Aggregate(template) => update(&task, template, batches),
                     Fold::FirstRows(f) => first_rows(&task, f, &input_schema, batches),
+                    Fold::Join(f) => super::join::fold_join(&task, f, batches),
                 }
                 .map(|b| vec![b])
                 .map_err(|e| DataFusionError::External(Box::new(e)))
@@ -435,8 +440,24 @@ impl ExecutionEngine for FlumenEngine {
 /// A state partition an executor holds after running one of its versions.
 struct Cached {
     version: i64,
-    state: KeyedState,
+    state: Held,
     used: Instant,
+}
+
+/// A state partition as a task holds it: keyed groups or rows (aggregates, dedup),
+/// or a stream join's two sides.
+pub(crate) enum Held {
+    Keyed(KeyedState),
+    Join(Box<super::join::JoinState>),
+}
+
+impl Held {
+    fn rows(&self) -> u64 {
+        match self {
+            Self::Keyed(s) => s.stats().rows,
+            Self::Join(j) => j.rows(),
+        }
+    }
 }
 
 /// Every state partition this process ran last, by folder and partition.
@@ -444,7 +465,7 @@ static CACHE: LazyLock<Mutex<HashMap<(PathBuf, usize), Cached>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// What this process's cached state partitions hold in memory together.
-static LEDGER: LazyLock<MemoryLedger> = LazyLock::new(MemoryLedger::default);
+pub(crate) static LEDGER: LazyLock<MemoryLedger> = LazyLock::new(MemoryLedger::default);
 
 /// A cached partition not used for this long is dropped (its query ended or moved).
 const IDLE: Duration = Duration::from_secs(600);
@@ -457,10 +478,7 @@ pub fn cached(dir: &Path) -> (usize, u64) {
         .iter()
         .filter(|((d, _), _)| d.starts_with(dir))
         .collect();
-    (
-        under.len(),
-        under.iter().map(|(_, c)| c.state.stats().rows).sum(),
-    )
+    (under.len(), under.iter().map(|(_, c)| c.state.rows()).sum())
 }
 
 /// Drops the cached state partitions in folders under `dir`: the next task of each
@@ -470,12 +488,12 @@ pub fn forget(dir: &Path) {
 }
 
 /// One task of one state partition for one batch.
-struct Task<'a> {
-    spec: &'a Spec,
+pub(crate) struct Task<'a> {
+    pub spec: &'a Spec,
     /// What the task emits.
-    schema: &'a SchemaRef,
-    partition: usize,
-    versions: Versions,
+    pub schema: &'a SchemaRef,
+    pub partition: usize,
+    pub versions: Versions,
 }
 
 impl Task<'_> {
@@ -483,15 +501,32 @@ impl Task<'_> {
     /// holds that version, else from the files (a state with these key and value
     /// columns).
     fn state(&self, keys: &[FieldRef], values: &[FieldRef]) -> Result<KeyedState> {
-        let cached = CACHE.lock().remove(&self.cache_key());
-        match cached {
-            Some(c) if Some(c.version) == self.versions.prev => Ok(c.state),
+        match self.cached() {
+            Some(Held::Keyed(state)) => Ok(state),
             _ => load(self.spec, keys, values, self.partition, self.versions.prev),
         }
     }
 
-    fn cache_key(&self) -> (PathBuf, usize) {
+    /// What this executor's cache holds of the partition at version `prev`, taken
+    /// out (the task puts back what it leaves).
+    pub(crate) fn cached(&self) -> Option<Held> {
+        match CACHE.lock().remove(&self.cache_key()) {
+            Some(c) if Some(c.version) == self.versions.prev => Some(c.state),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn cache_key(&self) -> (PathBuf, usize) {
         (self.spec.dir.clone(), self.partition)
+    }
+
+    /// The partition's folder (`sub`: one of its sub-folders).
+    pub(crate) fn dir(&self, sub: Option<&str>) -> PathBuf {
+        let dir = partition_dir(&self.spec.dir, self.partition);
+        match sub {
+            Some(s) => dir.join(s),
+            None => dir,
+        }
     }
 
     /// Writes the state as version `now` (a delta, or a full snapshot once the
@@ -506,7 +541,7 @@ impl Task<'_> {
         {
             purge(&dir, keep)?;
         }
-        cache(self.cache_key(), now, state);
+        cache(self.cache_key(), now, Held::Keyed(state));
         Ok(())
     }
 }
@@ -654,13 +689,13 @@ fn close(task: &Task, agg: &PartialAggregate, mut state: KeyedState) -> Result<R
         })
         .collect::<Result<Vec<_>>>()?;
     if let Some(version) = versions.prev {
-        cache(task.cache_key(), version, state);
+        cache(task.cache_key(), version, Held::Keyed(state));
     }
     Ok(concat_batches(schema, &out)?)
 }
 
 /// Keeps `state` (at `version`) for the partition's next task on this executor.
-fn cache(key: (PathBuf, usize), version: i64, state: KeyedState) {
+pub(crate) fn cache(key: (PathBuf, usize), version: i64, state: Held) {
     let mut cache = CACHE.lock();
     cache.retain(|_, c| c.used.elapsed() < IDLE);
     cache.insert(
@@ -853,7 +888,22 @@ fn load(
     let Some(prev) = prev else {
         return Ok(state);
     };
-    let folder = Folder::of(&partition_dir(&spec.dir, partition))?;
+    let (rows, delta_rows, deltas) =
+        read_chain(&partition_dir(&spec.dir, partition), partition, prev)?;
+    state.restore(rows)?;
+    state.resume_tracking(delta_rows, deltas);
+    Ok(state)
+}
+
+/// The rows of version `prev` in `dir` (state partition `partition`): the newest
+/// full snapshot at or before it, then the deltas after that; with the rows the
+/// deltas hold and how many there are.
+pub(crate) fn read_chain(
+    dir: &Path,
+    partition: usize,
+    prev: i64,
+) -> Result<(Vec<RecordBatch>, usize, usize)> {
+    let folder = Folder::of(dir)?;
     let files: Vec<_> = folder
         .versions()?
         .into_iter()
@@ -875,15 +925,12 @@ fn load(
         }
         rows.extend(batches);
     }
-    let deltas = files.len() - start - 1;
-    state.restore(rows)?;
-    state.resume_tracking(delta_rows, deltas);
-    Ok(state)
+    Ok((rows, delta_rows, files.len() - start - 1))
 }
 
 /// Writes one version of a partition (whole or not at all), and removes the other
 /// kind of the same version (an earlier attempt's).
-fn write_version(
+pub(crate) fn write_version(
     dir: &Path,
     version: i64,
     kind: SnapshotKind,
@@ -910,7 +957,7 @@ fn write_version(
 
 /// Deletes the versions no recovery needs: those older than the newest full snapshot
 /// at or before `keep_from`.
-fn purge(dir: &Path, keep_from: i64) -> Result<()> {
+pub(crate) fn purge(dir: &Path, keep_from: i64) -> Result<()> {
     let folder = Folder::of(dir)?;
     let files = folder.versions()?;
     let Some(base) = files

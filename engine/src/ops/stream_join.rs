@@ -31,7 +31,13 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+
+use super::aggregate::on_cluster::{OnCluster, restore_placement};
 use super::{OperatorContext, StreamOperator, positional_schema};
+use crate::cluster::join::JoinFold;
 use crate::slot::BatchSlot;
 use crate::state::{KeyedRows, SnapshotKind, StateConfig};
 use crate::time::format_duration;
@@ -97,60 +103,123 @@ impl Side {
         Ok(batch.with_schema(Arc::new(schema))?)
     }
 
-    /// The time column of `batch` in milliseconds since the epoch.
-    fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
-        super::timestamp_millis(batch.column(self.time.index), "a stream join's time column")
-    }
-
-    /// Keep the rows of `batches` at or after `min_ms` (all rows but null times when
-    /// `min_ms` is `None`); returns the kept rows and how many were older.
     fn keep_from(
         &self,
         batches: Vec<RecordBatch>,
         min_ms: Option<i64>,
     ) -> Result<(Vec<RecordBatch>, u64)> {
-        let mut kept = Vec::with_capacity(batches.len());
-        let mut older = 0u64;
-        for b in batches {
-            let ms = self.millis(&b)?;
-            let keep: BooleanArray = match min_ms {
-                Some(min) => gt_eq(&ms, &Int64Array::new_scalar(min))?,
-                None => is_not_null(&ms)?,
-            };
-            if let Some(min) = min_ms {
-                older += lt(&ms, &Int64Array::new_scalar(min))?.true_count() as u64;
-            }
-            if keep.true_count() == b.num_rows() && keep.null_count() == 0 {
-                kept.push(b);
-            } else {
-                let f = filter_record_batch(&b, &keep)?;
-                if f.num_rows() > 0 {
-                    kept.push(f);
-                }
-            }
-        }
-        Ok((kept, older))
-    }
-
-    fn latest(&self, batches: &[RecordBatch]) -> Result<Option<i64>> {
-        let mut latest = None;
-        for b in batches {
-            if let Some(m) = max(&self.millis(b)?) {
-                latest = Some(latest.map_or(m, |l: i64| l.max(m)));
-            }
-        }
-        Ok(latest)
+        keep_from(self.time.index, batches, min_ms)
     }
 
     /// Advance the watermark past `batches`' latest time.
     fn advance(&mut self, batches: &[RecordBatch]) -> Result<()> {
-        let (Some(delay), Some(latest)) = (self.time.delay, self.latest(batches)?) else {
-            return Ok(());
+        self.advance_to(latest(self.time.index, batches)?);
+        Ok(())
+    }
+
+    /// Advance the watermark past a latest time of `latest` (ms).
+    fn advance_to(&mut self, latest: Option<i64>) {
+        let (Some(delay), Some(latest)) = (self.time.delay, latest) else {
+            return;
         };
         let candidate = latest.saturating_sub(delay.as_millis() as i64);
         self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
-        Ok(())
     }
+}
+
+/// Column `time` of `batch` (a side's time) in milliseconds since the epoch.
+fn millis(time: usize, batch: &RecordBatch) -> Result<Int64Array> {
+    super::timestamp_millis(batch.column(time), "a stream join's time column")
+}
+
+/// The rows of `batches` whose time (column `time`) is at or after `min_ms` (all
+/// rows but null times when `min_ms` is `None`), and how many were older.
+pub(crate) fn keep_from(
+    time: usize,
+    batches: Vec<RecordBatch>,
+    min_ms: Option<i64>,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let mut kept = Vec::with_capacity(batches.len());
+    let mut older = 0u64;
+    for b in batches {
+        let ms = millis(time, &b)?;
+        let keep: BooleanArray = match min_ms {
+            Some(min) => gt_eq(&ms, &Int64Array::new_scalar(min))?,
+            None => is_not_null(&ms)?,
+        };
+        if let Some(min) = min_ms {
+            older += lt(&ms, &Int64Array::new_scalar(min))?.true_count() as u64;
+        }
+        if keep.true_count() == b.num_rows() && keep.null_count() == 0 {
+            kept.push(b);
+        } else {
+            let f = filter_record_batch(&b, &keep)?;
+            if f.num_rows() > 0 {
+                kept.push(f);
+            }
+        }
+    }
+    Ok((kept, older))
+}
+
+/// The latest time (column `time`, ms) of `batches`.
+pub(crate) fn latest(time: usize, batches: &[RecordBatch]) -> Result<Option<i64>> {
+    let mut latest = None;
+    for b in batches {
+        if let Some(m) = max(&millis(time, b)?) {
+            latest = Some(latest.map_or(m, |l: i64| l.max(m)));
+        }
+    }
+    Ok(latest)
+}
+
+/// The tagged union `[side, left columns..., right columns...]` split into the new
+/// left rows and the new right rows.
+pub(crate) fn split_sides(
+    input: Vec<RecordBatch>,
+    left_schema: &SchemaRef,
+    right_schema: &SchemaRef,
+) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let nl = left_schema.fields().len();
+    let mut left = Vec::new();
+    let mut right = Vec::new();
+    for b in input {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let Some(tag) = b.column(0).as_boolean_opt() else {
+            return internal_err!("stream join input's first column is not the side tag");
+        };
+        let is_left = tag.clone();
+        let is_right = datafusion::arrow::compute::not(tag)?;
+        let pick = |mask: &BooleanArray,
+                    cols: &[ArrayRef],
+                    schema: &SchemaRef|
+         -> Result<Option<RecordBatch>> {
+            if mask.true_count() == 0 {
+                return Ok(None);
+            }
+            let cols = cols
+                .iter()
+                .map(|c| {
+                    if mask.true_count() == mask.len() {
+                        Ok(Arc::clone(c))
+                    } else {
+                        Ok(datafusion::arrow::compute::filter(c.as_ref(), mask)?)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(RecordBatch::try_new(Arc::clone(schema), cols)?))
+        };
+        let cols = b.columns();
+        if let Some(l) = pick(&is_left, &cols[1..1 + nl], left_schema)? {
+            left.push(l);
+        }
+        if let Some(r) = pick(&is_right, &cols[1 + nl..], right_schema)? {
+            right.push(r);
+        }
+    }
+    Ok((left, right))
 }
 
 /// An inner join of two streams whose rows match only within a bounded distance in
@@ -171,6 +240,8 @@ pub struct StreamJoin {
     /// The key columns as the query names them (EXPLAIN), and the state's settings.
     key_names: Vec<(String, String)>,
     config: StateConfig,
+    /// Set when both sides' rows live in state partitions on a cluster's executors.
+    cluster: Option<OnCluster>,
 }
 
 impl StreamJoin {
@@ -259,6 +330,7 @@ impl StreamJoin {
             time_names,
             key_names: Vec::new(),
             config: StateConfig::default(),
+            cluster: None,
         })
     }
 
@@ -288,46 +360,45 @@ impl StreamJoin {
 
     /// Split the tagged input into the new left and right rows.
     fn split(&self, input: Vec<RecordBatch>) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
-        let nl = self.left.schema.fields().len();
-        let mut left = Vec::new();
-        let mut right = Vec::new();
+        split_sides(input, &self.left.schema, &self.right.schema)
+    }
+
+    /// On a cluster: the tasks' matches as output; their summaries' late rows and
+    /// latest times advance the watermarks.
+    fn matches_from_tasks(
+        &mut self,
+        now: i64,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        use datafusion::arrow::datatypes::Int64Type;
+        if let Some(c) = &mut self.cluster {
+            c.processed(now);
+        }
+        let width = self.output_schema.fields().len();
+        let (mut late, mut left_max, mut right_max) = (0u64, None, None);
+        let newest = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let mut out = Vec::new();
         for b in input {
-            if b.num_rows() == 0 {
-                continue;
-            }
-            let Some(tag) = b.column(0).as_boolean_opt() else {
-                return internal_err!("stream join input's first column is not the side tag");
-            };
-            let is_left = tag.clone();
-            let is_right = datafusion::arrow::compute::not(tag)?;
-            let pick = |mask: &BooleanArray,
-                        cols: &[ArrayRef],
-                        schema: &SchemaRef|
-             -> Result<Option<RecordBatch>> {
-                if mask.true_count() == 0 {
-                    return Ok(None);
-                }
-                let cols = cols
-                    .iter()
-                    .map(|c| {
-                        if mask.true_count() == mask.len() {
-                            Ok(Arc::clone(c))
-                        } else {
-                            Ok(datafusion::arrow::compute::filter(c.as_ref(), mask)?)
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Some(RecordBatch::try_new(Arc::clone(schema), cols)?))
-            };
-            let cols = b.columns();
-            if let Some(l) = pick(&is_left, &cols[1..1 + nl], &self.left.schema)? {
-                left.push(l);
-            }
-            if let Some(r) = pick(&is_right, &cols[1 + nl..], &self.right.schema)? {
-                right.push(r);
+            let lates = b.column(width).as_primitive::<Int64Type>();
+            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
+            left_max = newest(left_max, crate::cluster::join::max_of(b.column(width + 1)));
+            right_max = newest(right_max, crate::cluster::join::max_of(b.column(width + 2)));
+            let is_match = datafusion::arrow::compute::is_null(lates)?;
+            let matches = filter_record_batch(&b, &is_match)?;
+            if matches.num_rows() > 0 {
+                out.push(RecordBatch::try_new(
+                    Arc::clone(&self.output_schema),
+                    matches.columns()[..width].to_vec(),
+                )?);
             }
         }
-        Ok((left, right))
+        self.late_rows_last_batch = late;
+        self.left.advance_to(left_max);
+        self.right.advance_to(right_max);
+        Ok(out)
     }
 
     /// Drop the state rows no future row of the other side can match.
@@ -400,13 +471,21 @@ impl StreamOperator for StreamJoin {
                 format_duration(t)
             )
         });
-        format!(
+        let line = format!(
             "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; {keyed}{ttl}; rows older than their side's watermark are dropped and counted as late",
             range(self.lo),
             range(self.hi),
             keep("left", "the right side", &self.right.time, self.lo),
             keep("right", "the left side", &self.left.time, self.hi),
-        )
+        );
+        match &self.cluster {
+            Some(c) => format!(
+                "{line}; state: {} partitions on the cluster's executors, versions in {}",
+                self.config.partitions,
+                c.placement.dir.display()
+            ),
+            None => line,
+        }
     }
 
     fn describe(&self) -> String {
@@ -431,9 +510,66 @@ impl StreamOperator for StreamJoin {
             .options_mut()
             .execution
             .perfect_hash_join_min_key_density = 1.0;
-        self.plan = Some(state.create_physical_plan(&self.template).await?);
+        let join = state.create_physical_plan(&self.template).await?;
+        self.plan = Some(Arc::clone(&join));
         self.task_ctx = Some(Arc::new(TaskContext::from(&state)));
-        Ok(input.clone().create_physical_plan().await?)
+        let input_plan = input.clone().create_physical_plan().await?;
+        if self.cluster.is_none() {
+            return Ok(input_plan);
+        }
+        // The join as the state partitions' tasks run it: each side's scan an
+        // in-memory leaf they fill, noted in the order a walk meets them.
+        let mut leaf_sides = Vec::new();
+        let placeholder = join
+            .transform_up(|node| {
+                let Some(scan) = node.downcast_ref::<StreamingTableExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let is_left = self.left.slot.scanned_by(scan);
+                leaf_sides.push(is_left);
+                let side = if is_left { &self.left } else { &self.right };
+                let projection = scan.projection().as_ref().map(|p| p.to_vec());
+                Ok(Transformed::yes(MemorySourceConfig::try_new_exec(
+                    &[Vec::new()],
+                    Arc::clone(&side.schema),
+                    projection,
+                )?
+                    as Arc<dyn ExecutionPlan>))
+            })?
+            .data;
+        let fold = JoinFold {
+            plan: placeholder,
+            leaf_sides,
+            left: Arc::clone(&self.left.schema),
+            right: Arc::clone(&self.right.schema),
+            left_keys: self.left.rows.keys().to_vec(),
+            right_keys: self.right.rows.keys().to_vec(),
+            left_time: self.left.time.index,
+            right_time: self.right.time.index,
+            lo: self.lo,
+            hi: self.hi,
+        };
+        let schema = crate::cluster::join::task_schema(&self.output_schema);
+        let Some(c) = &mut self.cluster else {
+            return Ok(input_plan);
+        };
+        c.plan_join(input_plan, fold, &self.config, schema)
+    }
+
+    fn can_partition_on_cluster(&self) -> bool {
+        // Rows are routed to state partitions by the key the condition equates.
+        !self.left.rows.keys().is_empty()
+    }
+
+    fn partition_on_cluster(&mut self, placement: crate::cluster::state::Placement) {
+        self.cluster = Some(OnCluster::new(placement));
+    }
+
+    fn begin_batch(&mut self, ctx: &OperatorContext) {
+        if let Some(c) = &self.cluster {
+            c.begin(ctx.batch_time.as_millis(), self.left.watermark);
+            c.versions.lock().watermark_right = self.right.watermark;
+        }
     }
 
     async fn process(
@@ -442,6 +578,9 @@ impl StreamOperator for StreamJoin {
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let now = ctx.batch_time.as_millis();
+        if self.cluster.is_some() {
+            return Ok(Some(self.matches_from_tasks(now, input)?));
+        }
         self.left.rows.expire(now)?;
         self.right.rows.expire(now)?;
         let (new_left, new_right) = self.split(input)?;
@@ -538,6 +677,15 @@ impl StreamOperator for StreamJoin {
     /// tagged with its side; the watermarks. Rows evicted since are not recorded: a
     /// restore evicts again by the watermarks.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        if let Some(c) = &mut self.cluster {
+            let mut meta = c.snapshot(self.config.partitions);
+            meta["left_watermark"] = serde_json::json!(self.left.watermark);
+            meta["right_watermark"] = serde_json::json!(self.right.watermark);
+            return Ok(crate::checkpoint::OperatorState {
+                batches: Vec::new(),
+                meta,
+            });
+        }
         let full = self.left.rows.wants_full() || self.right.rows.wants_full();
         let (kind, left) = self.left.rows.checkpoint(full)?;
         let (_, right) = self.right.rows.checkpoint(full)?;
@@ -563,6 +711,16 @@ impl StreamOperator for StreamJoin {
     /// from before the store (`left_batches` untagged left batches, then the right
     /// ones), into this join's partitions.
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        if restore_placement(
+            "StreamJoin",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            self.left.watermark = state.meta["left_watermark"].as_i64();
+            self.right.watermark = state.meta["right_watermark"].as_i64();
+            return Ok(());
+        }
         let (mut left, mut right) = (Vec::new(), Vec::new());
         if let Some(n) = state.meta["left_batches"].as_u64() {
             let mut batches = state.batches;

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 
 use crate::Result;
 use crate::checkpoint::OperatorState;
+use crate::cluster::join::JoinFold;
 use crate::cluster::state::{
     FirstRows, Fold, Placement, Spec, StatePartitionsExec, Versions, WindowSpec,
 };
@@ -60,6 +61,7 @@ impl OnCluster {
             keep_from: self.snapshots.0.or(self.version),
             watermark,
             close: false,
+            watermark_right: None,
         };
     }
 
@@ -72,6 +74,7 @@ impl OnCluster {
             keep_from: None,
             watermark: Some(watermark),
             close: true,
+            watermark_right: None,
         };
         self.close_plan.clone()
     }
@@ -168,6 +171,52 @@ impl OnCluster {
         Ok(Arc::new(StatePartitionsExec::try_new(
             shuffled,
             Fold::FirstRows(first_rows),
+            spec,
+            Arc::clone(&self.versions),
+            schema,
+        )?))
+    }
+}
+
+impl OnCluster {
+    /// A stream join's plan: the tagged union of both sides' rows (`[side, left
+    /// columns..., right columns...]`) hash-partitioned by each row's own side's key
+    /// columns into `config.partitions` state partitions, each task joining and
+    /// keeping its keys' rows and emitting rows of `schema`
+    /// (`crate::cluster::join::task_schema`).
+    pub fn plan_join(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        fold: JoinFold,
+        config: &StateConfig,
+        schema: SchemaRef,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::physical_expr::expressions::CaseExpr;
+        let input_schema = input.schema();
+        let col = |i: usize| {
+            Arc::new(Column::new(input_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+        };
+        let nl = fold.left.fields().len();
+        let exprs = fold
+            .left_keys
+            .iter()
+            .zip(&fold.right_keys)
+            .map(|(l, r)| {
+                Ok(Arc::new(CaseExpr::try_new(
+                    None,
+                    vec![(col(0), col(1 + l))],
+                    Some(col(1 + nl + r)),
+                )?) as Arc<dyn PhysicalExpr>)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shuffled = Arc::new(RepartitionExec::try_new(
+            input,
+            Partitioning::Hash(exprs, config.partitions),
+        )?);
+        let spec = Arc::new(self.spec(config, false, None));
+        Ok(Arc::new(StatePartitionsExec::try_new(
+            shuffled,
+            Fold::Join(Box::new(fold)),
             spec,
             Arc::clone(&self.versions),
             schema,
