@@ -87,6 +87,13 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
     assert_eq!(progress["cluster"]["jobs"], 1);
     assert_eq!(progress["cluster"]["executors"], 2);
     // EXPLAIN says where each operator's state goes.
+    session
+        .execute(
+            "CREATE STREAM acts (user_id BIGINT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'memory')",
+        )
+        .await
+        .unwrap();
     let explain = rows(
         &mut session,
         "EXPLAIN SELECT word, count(*) FROM words GROUP BY word",
@@ -100,14 +107,13 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
     assert!(explain.contains(&want), "{explain:?}");
     let explain = rows(
         &mut session,
-        "EXPLAIN SELECT word, n FROM (SELECT word, n, ROW_NUMBER() OVER (PARTITION BY word \
-         ORDER BY n DESC) AS rn FROM (SELECT word, length(word) AS n FROM words)) WHERE rn <= 2",
+        "EXPLAIN SELECT user_id, count(*) FROM acts \
+         GROUP BY user_id, session_window(ts, INTERVAL '5' SECOND)",
     )
     .await;
     assert!(
-        explain
-            .iter()
-            .any(|l| l.contains("; state on the driver (input plans on the executors): TopN")),
+        explain.iter().any(|l| l
+            .contains("; state on the driver (input plans on the executors): SessionAggregate")),
         "{explain:?}"
     );
 }
@@ -840,6 +846,58 @@ async fn stream_joins_keep_both_sides_on_the_executors() {
     assert!(local.len() >= 5, "{local:?}");
     assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
     assert!(runs[0][3].starts_with("late 1 "), "{:?}", runs[0]);
+}
+
+/// A top-N keeps each key's first N rows in state partitions on the executors: the
+/// rows whose rank changed each batch (update mode) and every kept row (complete
+/// mode) are those of a local run, batch by batch, and none is on the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn top_n_keeps_its_rows_on_the_executors() {
+    let cluster = cluster().await;
+    let batches = [
+        "('a', 5), ('a', 3), ('b', 1), ('c', 7)",
+        "('a', 9), ('b', 2), ('b', 8), ('c', 1)",
+        "('a', 4), ('c', 10), ('d', 6), ('b', 8)",
+    ];
+    for mode in ["update", "complete"] {
+        let mut runs = Vec::new();
+        for url in [None, Some(cluster.url.to_string())] {
+            let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+            s.execute_script(&format!(
+                "{}SET output_mode = '{mode}'; SET state_partitions = '3';
+                 CREATE STREAM s (k TEXT, v BIGINT) WITH (connector = 'memory');
+                 CREATE SINK top WITH (connector = 'memory') AS
+                   SELECT k, v, rn FROM (SELECT k, v, ROW_NUMBER() OVER
+                     (PARTITION BY k ORDER BY v DESC) AS rn FROM s) WHERE rn <= 2;",
+                url.as_ref()
+                    .map(|u| format!("SET cluster = '{u}';\n"))
+                    .unwrap_or_default()
+            ))
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            for rows_in in batches {
+                s.execute(&format!("INSERT INTO s VALUES {rows_in}"))
+                    .await
+                    .unwrap();
+                s.execute("ADVANCE 1 BATCHES").await.unwrap();
+                let q = s.queries().next().unwrap();
+                let b = q.ctx.recent_batches().last().cloned().unwrap();
+                if url.is_some() {
+                    assert_eq!(b.operators[0].rows, 0, "{mode}");
+                } else {
+                    assert!(b.operators[0].rows > 0, "{mode}");
+                }
+                let mut got = rows(&mut s, "SELECT k, v, rn FROM top").await;
+                got.sort();
+                seen.push(got.join(" "));
+            }
+            s.stop_all().await.unwrap();
+            runs.push(seen);
+        }
+        assert_eq!(runs[0], runs[1], "{mode}");
+        assert!(runs[0][2].contains("c|10|1"), "{mode}: {:?}", runs[0]);
+    }
 }
 
 /// A running count over 1,000,000 keys on the cluster: the groups are spread over the

@@ -126,6 +126,27 @@ struct StatePartitionsNode {
     /// A stream join's state partitions.
     #[prost(message, optional, tag = "21")]
     join: Option<JoinNode>,
+    /// A top-N's state partitions.
+    #[prost(message, optional, tag = "22")]
+    top_n: Option<TopNNode>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TopNNode {
+    #[prost(uint32, repeated, tag = "1")]
+    keys: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    order: Vec<u32>,
+    #[prost(bool, repeated, tag = "3")]
+    descending: Vec<bool>,
+    #[prost(bool, repeated, tag = "4")]
+    nulls_first: Vec<bool>,
+    #[prost(uint32, tag = "5")]
+    rank: u32,
+    #[prost(uint64, tag = "6")]
+    limit: u64,
+    #[prost(bool, tag = "7")]
+    emit_all: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -231,7 +252,28 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         inputs.len()
                     );
                 };
-                let fold = if let Some(j) = &node.join {
+                let fold = if let Some(t) = &node.top_n {
+                    use datafusion::arrow::compute::SortOptions;
+                    Fold::TopN(crate::ops::top_n::Ranked {
+                        keys: t.keys.iter().map(|i| *i as usize).collect(),
+                        order: t
+                            .order
+                            .iter()
+                            .zip(&t.descending)
+                            .zip(&t.nulls_first)
+                            .map(|((i, d), n)| crate::ops::top_n::OrderColumn {
+                                index: *i as usize,
+                                options: SortOptions {
+                                    descending: *d,
+                                    nulls_first: *n,
+                                },
+                            })
+                            .collect(),
+                        rank: t.rank as usize,
+                        limit: t.limit as usize,
+                        emit_all: t.emit_all,
+                    })
+                } else if let Some(j) = &node.join {
                     let schema =
                         |s: &Option<datafusion_proto::protobuf::Schema>| -> Result<SchemaRef> {
                             let s: Schema = s
@@ -420,7 +462,20 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     .try_into()
                     .map_err(|e| DataFusionError::Internal(format!("{e}")))
             };
+            let top_n = match exec.fold() {
+                Fold::TopN(r) => Some(TopNNode {
+                    keys: ids(&r.keys),
+                    order: r.order.iter().map(|o| o.index as u32).collect(),
+                    descending: r.order.iter().map(|o| o.options.descending).collect(),
+                    nulls_first: r.order.iter().map(|o| o.options.nulls_first).collect(),
+                    rank: r.rank as u32,
+                    limit: r.limit as u64,
+                    emit_all: r.emit_all,
+                }),
+                _ => None,
+            };
             let (template, first_rows, join) = match exec.fold() {
+                Fold::TopN(_) => (Vec::new(), None, None),
                 Fold::Aggregate(t) => (
                     PhysicalPlanNode::try_from_physical_plan(Arc::clone(t), self)?.encode_to_vec(),
                     None,
@@ -450,6 +505,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
             let message = StatePartitionsNode {
                 template,
                 join,
+                top_n,
                 watermark_right: versions.watermark_right,
                 first_rows: first_rows.is_some(),
                 keys: first_rows.map(|f| ids(&f.keys)).unwrap_or_default(),

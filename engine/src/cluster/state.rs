@@ -159,6 +159,8 @@ pub enum Fold {
     FirstRows(FirstRows),
     /// Join both sides' new rows with the kept ones (`StreamJoin`).
     Join(Box<super::join::JoinFold>),
+    /// Keep the first N rows of each key by an order (`TopN`).
+    TopN(crate::ops::top_n::Ranked),
 }
 
 /// A dedup's state partitions: its input's columns that are the key and those the
@@ -380,6 +382,7 @@ impl ExecutionPlan for StatePartitionsExec {
                     Fold::Aggregate(template) => update(&task, template, batches),
                     Fold::FirstRows(f) => first_rows(&task, f, &input_schema, batches),
                     Fold::Join(f) => super::join::fold_join(&task, f, batches),
+                    Fold::TopN(r) => top_n(&task, r, &input_schema, batches),
                 }
                 .map(|b| vec![b])
                 .map_err(|e| DataFusionError::External(Box::new(e)))
@@ -566,6 +569,30 @@ fn first_rows(
     } else {
         vec![crate::ops::dedup::take_rows(&batch, &rows, task.schema)?]
     };
+    task.commit(state)?;
+    Ok(concat_batches(task.schema, &out)?)
+}
+
+/// A top-N's task: the batch's rows of this partition (each batch's own top N per
+/// key) ranked with the kept rows of their keys; the rows whose rank changed, or
+/// every kept row (complete mode).
+fn top_n(
+    task: &Task,
+    r: &crate::ops::top_n::Ranked,
+    input_schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<RecordBatch> {
+    let nested = crate::ops::top_n::nested_layout(input_schema, &r.keys);
+    let mut state = task.state(&nested.key_fields(), &nested.list_fields())?;
+    let batch = concat_batches(input_schema, &batches)?;
+    let out = crate::ops::top_n::fold_top_n(
+        &mut state,
+        &nested,
+        r,
+        input_schema,
+        &batch,
+        task.versions.now,
+    )?;
     task.commit(state)?;
     Ok(concat_batches(task.schema, &out)?)
 }

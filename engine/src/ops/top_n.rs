@@ -26,13 +26,14 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
+use super::aggregate::on_cluster::{OnCluster, restore_placement};
 use super::{Emits, OperatorContext, StreamOperator};
 use crate::checkpoint::OperatorState;
 use crate::state::{KeyedState, Nested, StateConfig, StateStats};
 use crate::{Result, plan_err};
 
 /// One `ORDER BY` term: a column of the operator's rows and its direction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OrderColumn {
     pub index: usize,
     pub options: SortOptions,
@@ -53,6 +54,75 @@ pub struct TopN {
     /// The kept rows of every key (ranks included), a store row per key.
     nested: Nested,
     state: KeyedState,
+    /// Set when the kept rows live in state partitions on a cluster's executors.
+    cluster: Option<OnCluster>,
+}
+
+/// What ranks a top-N's rows, which its state partitions' tasks need too: per key
+/// (`keys`), by `order`, the first `limit` rows kept, their rank in column `rank`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub keys: Vec<usize>,
+    pub order: Vec<OrderColumn>,
+    pub rank: usize,
+    pub limit: usize,
+    /// Complete mode: every kept row each batch; otherwise the rows whose rank changed.
+    pub emit_all: bool,
+}
+
+/// The layout a top-N keeps its rows in: one store row per key, its rows as lists.
+pub(crate) fn nested_layout(schema: &SchemaRef, keys: &[usize]) -> Nested {
+    let lists = (0..schema.fields().len())
+        .filter(|i| !keys.contains(i))
+        .collect();
+    Nested::new(Arc::clone(schema), keys.to_vec(), lists)
+}
+
+/// `new` (rows of `schema`) folded into `state` (in `nested`'s layout): per key it
+/// touches, the kept rows and the new ones ranked and the first `limit` kept; the
+/// rows whose rank changed, or every kept row (`emit_all`).
+pub(crate) fn fold_top_n(
+    state: &mut KeyedState,
+    nested: &Nested,
+    r: &Ranked,
+    schema: &SchemaRef,
+    new: &RecordBatch,
+    now: i64,
+) -> Result<Vec<RecordBatch>> {
+    let cutoff = state.cutoff(now);
+    let n = new.num_rows();
+    let mut columns: Vec<ArrayRef> = r.keys.iter().map(|&i| Arc::clone(new.column(i))).collect();
+    columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+    let nk = r.keys.len();
+    let routed = state.route(&columns, n)?;
+    let ranking = Ranking {
+        schema,
+        keys: &r.keys,
+        order: &r.order,
+        rank: r.rank,
+        limit: r.limit,
+    };
+    let changed = state.for_each(routed, |p, routed: Vec<ArrayRef>| {
+        let touched = p.touch(&routed[..nk], routed[nk].len(), cutoff)?;
+        let old = nested.explode(&touched.keys, &touched.previous, &touched.previous_group)?;
+        let positions = routed[nk].as_primitive::<UInt32Type>();
+        let rows = take_record_batch(new, positions)?;
+        let all = concat_batches(ranking.schema, [&old, &rows])?;
+        let (ranked, changed) = ranking.rank(&all, old.num_rows())?;
+        let (lists, keep) = nested.nest(&ranked, &touched.keys)?;
+        p.put(touched, lists, Some(&keep), now, cutoff)?;
+        Ok(filter_record_batch(&ranked, &changed)?)
+    })?;
+    if !r.emit_all {
+        return Ok(changed);
+    }
+    let kept = state.all(|p, ()| {
+        p.scan(cutoff)?
+            .iter()
+            .map(|rows| nested.explode_rows(rows))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(kept.into_iter().flatten().collect())
 }
 
 impl TopN {
@@ -92,7 +162,18 @@ impl TopN {
             config,
             nested,
             state,
+            cluster: None,
         })
+    }
+
+    fn ranked(&self) -> Ranked {
+        Ranked {
+            keys: self.keys.clone(),
+            order: self.order.clone(),
+            rank: self.rank,
+            limit: self.limit,
+            emit_all: self.emit_all,
+        }
     }
 
     fn store(
@@ -100,10 +181,7 @@ impl TopN {
         keys: &[usize],
         config: StateConfig,
     ) -> Result<(Nested, KeyedState)> {
-        let lists = (0..schema.fields().len())
-            .filter(|i| !keys.contains(i))
-            .collect();
-        let nested = Nested::new(Arc::clone(schema), keys.to_vec(), lists);
+        let nested = nested_layout(schema, keys);
         let state = KeyedState::try_new(&nested.key_fields(), &nested.list_fields(), config)?;
         Ok((nested, state))
     }
@@ -120,18 +198,6 @@ impl TopN {
         (self.nested, self.state) = Self::store(&self.schema, &self.keys, config.clone())?;
         self.config = config;
         Ok(self)
-    }
-
-    /// Every kept row (complete mode).
-    fn everything(&mut self, cutoff: Option<i64>) -> Result<Vec<RecordBatch>> {
-        let nested = &self.nested;
-        let kept = self.state.all(|p, ()| {
-            p.scan(cutoff)?
-                .iter()
-                .map(|rows| nested.explode_rows(rows))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Ok(kept.into_iter().flatten().collect())
     }
 }
 
@@ -234,7 +300,7 @@ impl StreamOperator for TopN {
             ),
             None => "kept for the life of the query (grows with the number of keys)".into(),
         };
-        format!(
+        let line = format!(
             "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, {bound}",
             self.key_names.join(", "),
             if self.emit_all {
@@ -242,7 +308,15 @@ impl StreamOperator for TopN {
             } else {
                 "update (the rows whose rank changed)"
             },
-        )
+        );
+        match &self.cluster {
+            Some(c) => format!(
+                "{line}; state: {} partitions on the cluster's executors, versions in {}",
+                self.config.partitions,
+                c.placement.dir.display()
+            ),
+            None => line,
+        }
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -267,53 +341,62 @@ impl StreamOperator for TopN {
         }
     }
 
+    fn can_partition_on_cluster(&self) -> bool {
+        // Rows are routed to state partitions by their key: a top-N without keys
+        // ranks all rows together.
+        !self.keys.is_empty()
+    }
+
+    fn partition_on_cluster(&mut self, placement: crate::cluster::state::Placement) {
+        self.cluster = Some(OnCluster::new(placement));
+    }
+
+    fn begin_batch(&mut self, ctx: &OperatorContext) {
+        if let Some(c) = &self.cluster {
+            c.begin(ctx.batch_time.as_millis(), None);
+        }
+    }
+
+    async fn plan_input(
+        &mut self,
+        input: &datafusion::dataframe::DataFrame,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = input.clone().create_physical_plan().await?;
+        let ranked = self.ranked();
+        match &mut self.cluster {
+            Some(c) => c.plan_top_n(plan, ranked, &self.config),
+            None => Ok(plan),
+        }
+    }
+
     /// Per partition (in parallel): the stored rows of the keys the batch touches and
-    /// the batch's rows, ranked; the first `limit` of each key stored again.
+    /// the batch's rows, ranked; the first `limit` of each key stored again. On a
+    /// cluster the state partitions' tasks did that: their rows are the output.
     async fn process(
         &mut self,
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let now = ctx.batch_time.as_millis();
-        let cutoff = self.state.cutoff(now);
         let input: Vec<RecordBatch> = input
             .into_iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec()))
             .collect::<std::result::Result<_, _>>()?;
-        let new = concat_batches(&self.schema, &input)?;
-        let n = new.num_rows();
-        let mut columns: Vec<ArrayRef> = self
-            .keys
-            .iter()
-            .map(|&i| Arc::clone(new.column(i)))
-            .collect();
-        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
-        let nk = self.keys.len();
-        let routed = self.state.route(&columns, n)?;
-        let ranking = Ranking {
-            schema: &self.schema,
-            keys: &self.keys,
-            order: &self.order,
-            rank: self.rank,
-            limit: self.limit,
-        };
-        let nested = &self.nested;
-        let changed = self.state.for_each(routed, |p, routed: Vec<ArrayRef>| {
-            let touched = p.touch(&routed[..nk], routed[nk].len(), cutoff)?;
-            let old = nested.explode(&touched.keys, &touched.previous, &touched.previous_group)?;
-            let positions = routed[nk].as_primitive::<UInt32Type>();
-            let rows = take_record_batch(&new, positions)?;
-            let all = concat_batches(ranking.schema, [&old, &rows])?;
-            let (ranked, changed) = ranking.rank(&all, old.num_rows())?;
-            let (lists, keep) = nested.nest(&ranked, &touched.keys)?;
-            p.put(touched, lists, Some(&keep), now, cutoff)?;
-            Ok(filter_record_batch(&ranked, &changed)?)
-        })?;
-        if self.emit_all {
-            return Ok(Some(self.everything(cutoff)?));
+        if let Some(c) = &mut self.cluster {
+            c.processed(now);
+            return Ok(Some(input));
         }
-        Ok(Some(changed))
+        let new = concat_batches(&self.schema, &input)?;
+        let ranked = self.ranked();
+        Ok(Some(fold_top_n(
+            &mut self.state,
+            &self.nested,
+            &ranked,
+            &self.schema,
+            &new,
+            now,
+        )?))
     }
 
     fn state_stats(&self) -> StateStats {
@@ -321,12 +404,26 @@ impl StreamOperator for TopN {
     }
 
     /// The store's rows: a delta of the keys changed since the last checkpoint, or
-    /// all of them.
+    /// all of them. On a cluster: where they are and their version.
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if let Some(c) = &mut self.cluster {
+            return Ok(OperatorState {
+                batches: Vec::new(),
+                meta: c.snapshot(self.config.partitions),
+            });
+        }
         self.state.snapshot()
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if restore_placement(
+            "TopN",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            return Ok(());
+        }
         if state.meta.get("state").is_some() {
             return self.state.restore(state.batches);
         }

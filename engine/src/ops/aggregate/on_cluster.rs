@@ -165,12 +165,39 @@ impl OnCluster {
         first_rows: FirstRows,
         config: &StateConfig,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let keys = first_rows.keys.clone();
+        self.plan_by_keys(input, &keys, Fold::FirstRows(first_rows), config)
+    }
+
+    /// A top-N's plan: `input`'s rows (each batch's own top N per key)
+    /// hash-partitioned by the keys, each task ranking them with the kept rows of
+    /// their keys and emitting the rows whose rank changed (or every kept row).
+    pub fn plan_top_n(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        ranked: crate::ops::top_n::Ranked,
+        config: &StateConfig,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let keys = ranked.keys.clone();
+        self.plan_by_keys(input, &keys, Fold::TopN(ranked), config)
+    }
+
+    /// `input`'s rows hash-partitioned by its columns `keys`, each state
+    /// partition's task folding them as `fold` says and emitting rows of `input`'s
+    /// schema.
+    fn plan_by_keys(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        keys: &[usize],
+        fold: Fold,
+        config: &StateConfig,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = input.schema();
-        let shuffled = shuffle(input, &first_rows.keys, config)?;
-        let spec = Arc::new(self.spec(config, first_rows.emit_all, None));
+        let shuffled = shuffle(input, keys, config)?;
+        let spec = Arc::new(self.spec(config, false, None));
         Ok(Arc::new(StatePartitionsExec::try_new(
             shuffled,
-            Fold::FirstRows(first_rows),
+            fold,
             spec,
             Arc::clone(&self.versions),
             schema,
