@@ -479,11 +479,7 @@ impl StreamOperator for StreamJoin {
             keep("right", "the left side", &self.left.time, self.hi),
         );
         match &self.cluster {
-            Some(c) => format!(
-                "{line}; state: {} partitions on the cluster's executors, versions in {}",
-                self.config.partitions,
-                c.placement.dir.display()
-            ),
+            Some(c) => c.explained(&line, self.config.partitions),
             None => line,
         }
     }
@@ -678,13 +674,10 @@ impl StreamOperator for StreamJoin {
     /// restore evicts again by the watermarks.
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         if let Some(c) = &mut self.cluster {
-            let mut meta = c.snapshot(self.config.partitions);
-            meta["left_watermark"] = serde_json::json!(self.left.watermark);
-            meta["right_watermark"] = serde_json::json!(self.right.watermark);
-            return Ok(crate::checkpoint::OperatorState {
-                batches: Vec::new(),
-                meta,
-            });
+            let mut state = c.operator_state(self.config.partitions);
+            state.meta["left_watermark"] = serde_json::json!(self.left.watermark);
+            state.meta["right_watermark"] = serde_json::json!(self.right.watermark);
+            return Ok(state);
         }
         let full = self.left.rows.wants_full() || self.right.rows.wants_full();
         let (kind, left) = self.left.rows.checkpoint(full)?;

@@ -310,11 +310,7 @@ impl StreamOperator for TopN {
             },
         );
         match &self.cluster {
-            Some(c) => format!(
-                "{line}; state: {} partitions on the cluster's executors, versions in {}",
-                self.config.partitions,
-                c.placement.dir.display()
-            ),
+            Some(c) => c.explained(&line, self.config.partitions),
             None => line,
         }
     }
@@ -407,10 +403,7 @@ impl StreamOperator for TopN {
     /// all of them. On a cluster: where they are and their version.
     fn snapshot(&mut self) -> Result<OperatorState> {
         if let Some(c) = &mut self.cluster {
-            return Ok(OperatorState {
-                batches: Vec::new(),
-                meta: c.snapshot(self.config.partitions),
-            });
+            return Ok(c.operator_state(self.config.partitions));
         }
         self.state.snapshot()
     }

@@ -84,6 +84,23 @@ impl OnCluster {
         self.version = Some(now);
     }
 
+    /// An operator's EXPLAIN `line` with where its state lives on the cluster.
+    pub fn explained(&self, line: &str, partitions: usize) -> String {
+        format!(
+            "{line}; state: {partitions} partitions on the cluster's executors, versions in {}",
+            self.placement.dir.display()
+        )
+    }
+
+    /// The checkpoint's state of an operator whose state is here: no rows, the
+    /// record of [`OnCluster::snapshot`].
+    pub fn operator_state(&mut self, partitions: usize) -> OperatorState {
+        OperatorState {
+            batches: Vec::new(),
+            meta: self.snapshot(partitions),
+        }
+    }
+
     /// A checkpoint's record: no rows, where the groups are and their version.
     pub fn snapshot(&mut self, partitions: usize) -> serde_json::Value {
         self.snapshots = (self.snapshots.1, self.version);

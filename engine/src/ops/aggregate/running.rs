@@ -107,18 +107,16 @@ impl StreamOperator for RunningAggregate {
 
     fn explain(&self) -> String {
         if let Some(c) = &self.cluster {
-            return format!(
-                "RunningAggregate: {}, output {}; state: {} partitions on the cluster's executors, \
-                 versions in {}",
+            let line = format!(
+                "RunningAggregate: {}, output {}",
                 self.agg.display(),
                 if self.changed_only {
                     "update"
                 } else {
                     "complete"
-                },
-                self.config.partitions,
-                c.placement.dir.display()
+                }
             );
+            return c.explained(&line, self.config.partitions);
         }
         let partitions = match self.config.partitions {
             _ if self.agg.keys() == 0 => String::new(),
@@ -220,10 +218,7 @@ impl StreamOperator for RunningAggregate {
 
     fn snapshot(&mut self) -> Result<OperatorState> {
         if let Some(c) = &mut self.cluster {
-            return Ok(OperatorState {
-                batches: Vec::new(),
-                meta: c.snapshot(self.config.partitions),
-            });
+            return Ok(c.operator_state(self.config.partitions));
         }
         match self.state.as_mut() {
             Some(state) => state.snapshot(),

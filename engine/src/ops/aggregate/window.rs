@@ -315,11 +315,7 @@ impl StreamOperator for WindowAggregate {
             self.changed_only,
         );
         if let Some(c) = &self.cluster {
-            return format!(
-                "{line}; state: {} partitions on the cluster's executors, versions in {}",
-                self.config.partitions,
-                c.placement.dir.display()
-            );
+            return c.explained(&line, self.config.partitions);
         }
         match self.config.ttl {
             Some(ttl) if !self.time.window.emit_closed_only => format!(
@@ -463,12 +459,9 @@ impl StreamOperator for WindowAggregate {
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
         if let Some(c) = &mut self.cluster {
-            let mut meta = c.snapshot(self.config.partitions);
-            meta["watermark"] = serde_json::json!(self.time.watermark);
-            return Ok(crate::checkpoint::OperatorState {
-                batches: Vec::new(),
-                meta,
-            });
+            let mut state = c.operator_state(self.config.partitions);
+            state.meta["watermark"] = serde_json::json!(self.time.watermark);
+            return Ok(state);
         }
         let mut meta = serde_json::json!({ "watermark": self.time.watermark });
         let batches = match self.store.as_mut() {
