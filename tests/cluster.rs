@@ -241,6 +241,24 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A real cluster in `dir`: `flumen scheduler` on a free port and two `flumen
 /// executor`s of one slot, both registered. Its address (`host:port`) and processes.
+/// A port for a `flumen` process a test starts (it and the next one free now),
+/// below Linux's ephemeral range (32768 up): the in-process clusters of other tests
+/// bind port 0, and the OS must not hand them the port of a scheduler a test killed
+/// and is about to restart (its executors would register with theirs meanwhile).
+fn process_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = (std::process::id() % 500) as u16 * 20;
+    for _ in 0..1000 {
+        let port = 20_000 + (base + NEXT.fetch_add(2, Ordering::Relaxed) % 12_000) % 12_000;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+    panic!("no free port pair from 20000 to 32000 on 127.0.0.1");
+}
+
 /// The `flumen` binary, told where the S3 server of scripts/services.sh is (an
 /// executor opens an `s3://` checkpoint's state partitions itself).
 fn flumen_command() -> std::process::Command {
@@ -253,7 +271,7 @@ fn flumen_command() -> std::process::Command {
 }
 
 async fn start_cluster(dir: &std::path::Path) -> (String, Process, Vec<Process>) {
-    let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
+    let port = process_port();
     let bind = format!("127.0.0.1:{port}");
     let url = flumen::engine::cluster::ClusterUrl::parse(&format!("df://{bind}")).unwrap();
     let scheduler = spawn(&["scheduler", "--bind", &bind], &dir.join("scheduler.log"));
@@ -951,7 +969,7 @@ async fn a_million_keys_live_in_the_executors_state_partitions_not_on_the_driver
 /// exits at once is started again on other ports.
 fn spawn_executor(scheduler: &str, log: &std::path::Path) -> Process {
     for _ in 0..10 {
-        let port = flumen::engine::cluster::node::free_port("127.0.0.1").unwrap();
+        let port = process_port();
         let mut child = spawn(
             &[
                 "executor",
