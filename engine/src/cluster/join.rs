@@ -98,22 +98,16 @@ fn load(task: &Task, f: &JoinFold) -> Result<JoinState> {
         spill_dir: None,
         ledger: LEDGER.clone(),
     };
-    let mut left = KeyedRows::try_new(
-        Arc::clone(&f.left),
-        f.left_keys.clone(),
-        f.left_time,
-        &config,
-    )?;
-    let mut right = KeyedRows::try_new(
-        Arc::clone(&f.right),
-        f.right_keys.clone(),
-        f.right_time,
-        &config,
-    )?;
-    if let Some(prev) = task.versions.prev {
-        left.restore(read_chain(&task.dir(Some("left")), task.partition, prev)?.0)?;
-        right.restore(read_chain(&task.dir(Some("right")), task.partition, prev)?.0)?;
-    }
+    let side =
+        |schema: &SchemaRef, keys: &[usize], time: usize, folder: &str| -> Result<KeyedRows> {
+            let mut rows = KeyedRows::try_new(Arc::clone(schema), keys.to_vec(), time, &config)?;
+            if let Some(prev) = task.versions.prev {
+                rows.restore(read_chain(&task.dir(Some(folder)), task.partition, prev)?.0)?;
+            }
+            Ok(rows)
+        };
+    let left = side(&f.left, &f.left_keys, f.left_time, "left")?;
+    let right = side(&f.right, &f.right_keys, f.right_time, "right")?;
     Ok(JoinState { left, right })
 }
 

@@ -374,16 +374,7 @@ fn first_line(text: &str) -> &str {
 fn needs_cluster(plan: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
     let mut needs = false;
     let _ = plan.apply(|node| {
-        needs = node.downcast_ref::<state::StatePartitionsExec>().is_some()
-            || node.downcast_ref::<write::WriteExec>().is_some()
-            || node.downcast_ref::<scan::ReadScanExec>().is_some()
-            || node
-                .downcast_ref::<StreamingTableExec>()
-                .is_some_and(|scan| {
-                    !slots
-                        .iter()
-                        .any(|s| s.scanned_by(scan) && s.remote().is_none())
-                });
+        needs = is_for_cluster(node, slots);
         Ok(if needs {
             datafusion::common::tree_node::TreeNodeRecursion::Stop
         } else {
@@ -393,22 +384,40 @@ fn needs_cluster(plan: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> boo
     needs
 }
 
+/// Whether `node` itself is work for the cluster: one of Flumen's cluster nodes, or
+/// a scan of a slot the driver did not fill (the executors read it).
+fn is_for_cluster(node: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
+    node.downcast_ref::<state::StatePartitionsExec>().is_some()
+        || node.downcast_ref::<write::WriteExec>().is_some()
+        || node.downcast_ref::<scan::ReadScanExec>().is_some()
+        || node
+            .downcast_ref::<StreamingTableExec>()
+            .is_some_and(|scan| {
+                !slots
+                    .iter()
+                    .any(|s| s.scanned_by(scan) && s.remote().is_none())
+            })
+}
+
+/// Whether `node` ends a Ballista stage: its input is shuffled or gathered.
+fn is_exchange(node: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+    node.downcast_ref::<RepartitionExec>().is_some()
+        || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || node.downcast_ref::<SortPreservingMergeExec>().is_some()
+}
+
 /// Whether `node` and everything under it can run here: no exchange, none of
 /// Flumen's cluster nodes, and every leaf rows the driver holds (a stream's slot the
 /// driver filled, an in-memory table, an empty or one-row leaf).
 fn runs_here(node: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::datasource::source::DataSourceExec;
-    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::empty::EmptyExec;
     use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
-    use datafusion::physical_plan::repartition::RepartitionExec;
-    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-    if node.downcast_ref::<RepartitionExec>().is_some()
-        || node.downcast_ref::<CoalescePartitionsExec>().is_some()
-        || node.downcast_ref::<SortPreservingMergeExec>().is_some()
-        || needs_cluster(node, slots)
-    {
+    if is_exchange(node) || is_for_cluster(node, slots) {
         return false;
     }
     let children = node.children();
@@ -495,15 +504,9 @@ fn ship(plan: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> Result<Arc<d
 /// The tasks Ballista runs for `plan`: one per partition of each stage, a stage
 /// ending at each exchange and at the root.
 fn stage_tasks(plan: &Arc<dyn ExecutionPlan>) -> u64 {
-    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-    use datafusion::physical_plan::repartition::RepartitionExec;
-    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
     let mut tasks = plan.output_partitioning().partition_count() as u64;
     let _ = plan.apply(|node| {
-        if node.downcast_ref::<RepartitionExec>().is_some()
-            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
-            || node.downcast_ref::<SortPreservingMergeExec>().is_some()
-        {
+        if is_exchange(node) {
             for child in node.children() {
                 tasks += child.output_partitioning().partition_count() as u64;
             }
