@@ -9,7 +9,8 @@
 # then runs, each locally and on the cluster:
 #   1. flumen-benchmarks wordcount / nexmark q5: rows held by the driver (a queue, a
 #      pregenerated stream), shipped with every job;
-#   2. the CLI examples with generators read by the executors (rate, nexmark), running
+#   2. the CLI examples (examples/cluster/wordcount.sql, q5.sql) and running counts
+#      with generators read by the executors (rate, nexmark), running
 #      counts in state partitions, Parquet written by the tasks;
 #   3. the driver's peak memory (GNU time's maximum resident set) for a running count
 #      over 10 K, 1 M and 8 M keys.
@@ -76,6 +77,8 @@ for where in local cluster; do
     run "$where: running count, 8 M rows (1 M a batch), $keys keys" \
       "$(wc_sql 1000000 8000000 $keys)" "${flags[@]}"
   done
+  sed "s|/tmp/flumen-cluster/wordcount|$WORK/wc-$where|" examples/cluster/wordcount.sql >"$WORK/wc.sql"
+  run "$where: examples/cluster/wordcount.sql (1 M lines)" "$(cat "$WORK/wc.sql")" "${flags[@]}"
   sed "s|/tmp/flumen-cluster/q5|$WORK/q5-$where|" examples/cluster/q5.sql >"$WORK/q5.sql"
   run "$where: examples/cluster/q5.sql (1 M events)" "$(cat "$WORK/q5.sql")" "${flags[@]}"
 done

@@ -86,6 +86,18 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
     assert_eq!(progress["cluster"]["url"], cluster.url.to_string());
     assert_eq!(progress["cluster"]["jobs"], 1);
     assert_eq!(progress["cluster"]["executors"], 2);
+    // The attempts the scheduler launched, as it reported them: at least one task per
+    // state partition, none retried.
+    assert_eq!(progress["cluster"]["retries"], 0, "{progress}");
+    assert!(
+        progress["cluster"]["tasks"].as_u64().unwrap()
+            >= flumen::engine::state::default_partitions() as u64,
+        "{progress}"
+    );
+    assert!(
+        ran_on.contains(" tasks, 0 retries, 2 executors"),
+        "{ran_on}"
+    );
     // EXPLAIN says where each operator's state goes.
     session
         .execute(
@@ -1219,7 +1231,7 @@ async fn generators_are_read_by_the_executors() {
     }
     assert_eq!(got[0], got[1]);
     assert_eq!(got[0][0].len(), 7);
-    // Files: the executors read the batch's files (their rows are not counted here).
+    // Files: the executors read the batch's files, and count their rows.
     let dir = crate::common::temp_dir("cluster-files-scan");
     std::fs::write(dir.join("a.csv"), "1,x\n2,y\n3,x\n").unwrap();
     std::fs::write(dir.join("b.csv"), "4,y\n5,x\n").unwrap();
@@ -1240,9 +1252,14 @@ async fn generators_are_read_by_the_executors() {
         ["x|9", "y|6"]
     );
     let shown = rows(&mut s, "SHOW PROGRESS").await;
-    assert!(
-        shown[0].ends_with("; read there: f (rows not counted))"),
-        "{shown:?}"
+    assert!(shown[0].ends_with("; read there: f)"), "{shown:?}");
+    let q = s.queries().next().unwrap();
+    let progress = q.ctx.recent_batches()[0].progress("o");
+    assert_eq!(progress["sources"][0]["numInputRows"], 5, "{progress}");
+    assert_eq!(
+        progress["cluster"]["uncountedSources"],
+        serde_json::json!([]),
+        "{progress}"
     );
     s.stop_all().await.unwrap();
     // A generated row the query fails on is found and named.
@@ -1264,6 +1281,74 @@ async fn generators_are_read_by_the_executors() {
         e.contains("stream r: the query failed on row 12345 of batch"),
         "{e}"
     );
+}
+
+/// A task that fails with an I/O error (a retryable failure for Ballista) runs again,
+/// and the batch's report counts it: the rows are all there once, and the batch that
+/// needed the retry says `1` retry — the scheduler's account of the job's attempts,
+/// which Ballista does not give its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_task_is_counted_in_its_batch() {
+    use flumen::datafusion::arrow::array::AsArray;
+    use flumen::datafusion::arrow::datatypes::{DataType, Int64Type};
+    use flumen::datafusion::error::DataFusionError;
+    use flumen::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    use flumen::datafusion::prelude::{SessionContext, col};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Fails the first time any task calls it, on whichever executor runs that task.
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    let fail_once = create_udf(
+        "fail_once",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Volatile,
+        Arc::new(|args: &[ColumnarValue]| {
+            if !FAILED.swap(true, Ordering::SeqCst) {
+                return Err(DataFusionError::IoError(std::io::Error::other(
+                    "the disk hiccuped",
+                )));
+            }
+            Ok(args[0].clone())
+        }),
+    );
+    let mut functions = flumen::sql::functions::udfs();
+    functions.push(Arc::new(fail_once.clone()));
+    let cluster = LocalCluster::start(2, 1, functions).await.unwrap();
+    let session = SessionContext::new();
+    session.register_udf(fail_once.clone());
+    let ctx = flumen::engine::StreamingContext::builder(std::time::Duration::from_secs(1))
+        .with_session(session)
+        .with_clock(Arc::new(ManualClock::default()))
+        .with_cluster(cluster.url.to_string())
+        .build()
+        .unwrap();
+    let r = ctx
+        .source(Arc::new(flumen::connectors::rate::RateSource::new(
+            "r", 1000, None,
+        )))
+        .unwrap();
+    let out = r
+        .transform(|df| Ok(df.select(vec![fail_once.call(vec![col("value")]).alias("v")])?))
+        .unwrap();
+    let sink = flumen::engine::sink::MemorySink::new("o");
+    out.write_to(sink.clone()).unwrap();
+    ctx.start().await.unwrap();
+    ctx.advance_batches(2).await.unwrap();
+    ctx.stop(true).await.unwrap();
+    assert!(FAILED.load(Ordering::SeqCst));
+    let mut values: Vec<i64> = sink
+        .all()
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    values.sort();
+    assert_eq!(values, (0..2000).collect::<Vec<i64>>());
+    let retries: Vec<Option<u64>> = ctx
+        .recent_batches()
+        .iter()
+        .map(|b| b.cluster.as_ref().unwrap().retries)
+        .collect();
+    assert_eq!(retries, [Some(1), Some(0)]);
 }
 
 /// A `files` sink on a cluster is written by the tasks — each its own
@@ -1362,11 +1447,12 @@ async fn kafka_partitions_are_read_by_the_executors() {
         s.execute("ADVANCE 1 BATCHES").await.unwrap();
         if url.is_some() {
             let shown = rows(&mut s, "SHOW PROGRESS").await;
-            assert!(
-                shown[0].ends_with("; read there: people (rows not counted))"),
-                "{shown:?}"
-            );
+            assert!(shown[0].ends_with("; read there: people)"), "{shown:?}");
         }
+        // The records the tasks read, counted as the driver counts them locally.
+        let q = s.queries().next().unwrap();
+        let progress = q.ctx.recent_batches()[0].progress("out");
+        assert_eq!(progress["sources"][0]["numInputRows"], 3, "{progress}");
         got.push(rows(&mut s, "SELECT * FROM out ORDER BY id").await);
         s.stop_all().await.unwrap();
     }

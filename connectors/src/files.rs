@@ -912,6 +912,7 @@ impl Source for FilesSource {
             kind: "files".into(),
             parts,
             rows: None,
+            ..Default::default()
         }))
     }
 

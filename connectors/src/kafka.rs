@@ -642,6 +642,7 @@ impl Source for KafkaSource {
             kind: "kafka".into(),
             parts,
             rows: None,
+            ..Default::default()
         }))
     }
 

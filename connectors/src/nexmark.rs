@@ -268,6 +268,7 @@ impl Source for NexmarkSource {
                 })
                 .collect(),
             rows: Some(self.table.count_between(from, to)),
+            ..Default::default()
         }))
     }
 

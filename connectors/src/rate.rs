@@ -209,6 +209,7 @@ impl Source for RateSource {
                 .map(|(from, to)| json!({"from": from, "to": to, "start_ms": start_ms, "rate": rate}))
                 .collect(),
             rows: Some(to - from),
+            ..Default::default()
         }))
     }
 

@@ -50,16 +50,20 @@ pub struct ClusterInfo {
     /// Ballista jobs the batch ran: one per plan executed there (each output's plan,
     /// each stateful operator's input plan).
     pub jobs: u64,
-    /// The tasks those jobs planned: one per partition of each stage (a stage ends at
-    /// each exchange of the plan, and at its root).
+    /// The task attempts those jobs launched, retries included, as the scheduler
+    /// reported them; without its report, the tasks they planned (one per partition
+    /// of each stage: a stage ends at each exchange of the plan, and at its root).
     pub tasks: u64,
+    /// Task attempts that failed or were lost with their executor and ran again (none
+    /// when the scheduler's report of the batch's jobs did not come).
+    pub retries: Option<u64>,
     /// The executors alive after the batch, as the scheduler counts them.
     pub executors: Option<u64>,
     /// The streams whose batch the executors read themselves (the others' rows were
     /// read here and shipped with the jobs).
     pub read_by_executors: Vec<String>,
-    /// Of those, the streams whose rows are not counted (a files batch is known by
-    /// its files, not its rows): their input rows read 0.
+    /// Of those, the streams whose rows are not counted (the scheduler's report of the
+    /// batch's jobs did not come, or no job read them): their input rows read 0.
     pub uncounted: Vec<String>,
     /// The sinks the tasks wrote themselves (the driver committed what they wrote).
     pub written_by_tasks: Vec<String>,
@@ -159,6 +163,7 @@ impl BatchInfo {
                 "url": c.url,
                 "jobs": c.jobs,
                 "tasks": c.tasks,
+                "retries": c.retries,
                 "executors": c.executors,
                 "readByExecutors": c.read_by_executors,
                 "uncountedSources": c.uncounted,

@@ -573,8 +573,9 @@ impl Pipeline {
         let mut uncounted = Vec::new();
         for (s, range) in self.sources.iter().zip(&ranges) {
             if self.cluster.is_some()
-                && let Some(scan) = s.source.cluster_scan(range, s.slot.partitions())?
+                && let Some(mut scan) = s.source.cluster_scan(range, s.slot.partitions())?
             {
+                scan.stream = s.source.name().to_string();
                 read_by_executors.push(s.source.name().to_string());
                 if scan.rows.is_none() {
                     uncounted.push(s.source.name().to_string());
@@ -830,13 +831,28 @@ impl Pipeline {
             }
         }
         let cluster = match &self.cluster {
-            Some(c) => Some(crate::listener::ClusterInfo {
-                executors: c.executor_count().await,
-                read_by_executors,
-                uncounted,
-                written_by_tasks,
-                ..c.take_batch()
-            }),
+            Some(c) => {
+                let (info, rows_read) = c.take_batch().await;
+                // The rows of a batch the executors read, as their tasks counted them.
+                uncounted.retain(|stream| match rows_read.get(stream) {
+                    Some(n) => {
+                        for (name, rows) in input_rows.iter_mut() {
+                            if name == stream {
+                                *rows = *n;
+                            }
+                        }
+                        false
+                    }
+                    None => true,
+                });
+                Some(crate::listener::ClusterInfo {
+                    executors: c.executor_count().await,
+                    read_by_executors,
+                    uncounted,
+                    written_by_tasks,
+                    ..info
+                })
+            }
             None => None,
         };
         let processing_time = wall.elapsed();

@@ -184,6 +184,8 @@ struct ReadScanNode {
     projected: bool,
     #[prost(uint32, repeated, tag = "4")]
     projection: Vec<u32>,
+    #[prost(string, tag = "5")]
+    stream: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -364,6 +366,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 Ok(Arc::new(ReadScanExec::try_new(
                     Arc::clone(input),
                     node.kind,
+                    node.stream,
                     Arc::new(schema),
                     projection,
                 )?))
@@ -448,6 +451,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     .iter()
                     .map(|i| *i as u32)
                     .collect(),
+                stream: exec.stream().to_string(),
             };
             buf.push(READ_SCAN_NODE);
             message

@@ -25,6 +25,7 @@
 pub mod codec;
 pub mod join;
 pub mod node;
+pub mod report;
 pub mod scan;
 pub mod state;
 pub mod write;
@@ -119,6 +120,10 @@ pub(crate) struct Cluster {
     session_config: SessionConfig,
     codec: FlumenCodec,
     batch: Mutex<ClusterInfo>,
+    /// The names of the jobs the batch ran, for their reports (`report.rs`).
+    job_names: Mutex<Vec<String>>,
+    /// Jobs named so far.
+    named: std::sync::atomic::AtomicU64,
     /// The executors' count and when the scheduler gave it.
     executors: Mutex<Option<(Instant, Option<u64>)>>,
 }
@@ -147,6 +152,8 @@ impl Cluster {
             session_config,
             codec: FlumenCodec::default(),
             executors: Mutex::new(None),
+            job_names: Mutex::new(Vec::new()),
+            named: std::sync::atomic::AtomicU64::new(0),
             batch: Mutex::new(ClusterInfo {
                 url: url.to_string(),
                 ..Default::default()
@@ -155,15 +162,63 @@ impl Cluster {
         }
     }
 
-    /// What the cluster did since the last call (one batch).
-    pub fn take_batch(&self) -> ClusterInfo {
-        let mut b = self.batch.lock();
-        let out = b.clone();
-        *b = ClusterInfo {
-            url: out.url.clone(),
-            ..Default::default()
+    /// What the cluster did since the last call (one batch), with the rows its scans
+    /// read by stream, as the scheduler reports the batch's jobs (`report.rs`). When
+    /// the reports do not come (a scheduler that is not `flumen scheduler`, or one that
+    /// did not answer within its wait), the tasks are those the jobs planned, the
+    /// retries unknown and the rows not counted — and a warning says so.
+    pub async fn take_batch(&self) -> (ClusterInfo, std::collections::BTreeMap<String, u64>) {
+        let mut info = {
+            let mut b = self.batch.lock();
+            let out = b.clone();
+            *b = ClusterInfo {
+                url: out.url.clone(),
+                ..Default::default()
+            };
+            out
         };
-        out
+        let names = std::mem::take(&mut *self.job_names.lock());
+        let mut rows = std::collections::BTreeMap::new();
+        if names.is_empty() {
+            info.retries = Some(0);
+            return (info, rows);
+        }
+        match self.reports(&names).await {
+            Ok(reply) if reply.missing.is_empty() => {
+                info.tasks = reply.jobs.values().map(|j| j.tasks).sum();
+                info.retries = Some(reply.jobs.values().map(|j| j.retries).sum());
+                for job in reply.jobs.into_values() {
+                    for (stream, n) in job.rows_read {
+                        let seen: &mut u64 = rows.entry(stream).or_default();
+                        *seen = (*seen).max(n);
+                    }
+                }
+            }
+            Ok(reply) => log::warn!(
+                "cluster {}: no report of jobs {} within {:?}: this batch's retries and \
+                 rows read there are not counted",
+                self.url,
+                reply.missing.join(", "),
+                report::REPORT_WAIT
+            ),
+            Err(e) => log::warn!(
+                "cluster {}: no report of this batch's jobs ({e}): its retries and rows \
+                 read there are not counted",
+                self.url
+            ),
+        }
+        (info, rows)
+    }
+
+    /// The scheduler's reports of jobs `names` of this session.
+    async fn reports(&self, names: &[String]) -> Result<report::Reply> {
+        let path = format!("/flumen/jobs?names={}", names.join(","));
+        let body = node::http_get(&self.url, &path).await?;
+        serde_json::from_str(&body).map_err(|e| Error::Cluster {
+            url: self.url.to_string(),
+            message: format!("the scheduler's job reports are not JSON: {e}"),
+            retryable: false,
+        })
     }
 
     /// The executors alive, as the scheduler counted them at most
@@ -237,6 +292,17 @@ impl Cluster {
         let local = run_here(Arc::clone(plan), slots, task_ctx).await?;
         let shipped = ship(&local, slots)?;
         let tasks = stage_tasks(&shipped);
+        let name = format!(
+            "{}{}:{}",
+            report::JOB_NAME_PREFIX,
+            self.session_id,
+            self.named
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let session_config = self
+            .session_config
+            .clone()
+            .set_str(ballista_core::config::BALLISTA_JOB_NAME, &name);
         let run = async {
             let stream = execute_physical_plan::<PhysicalPlanNode>(
                 self.url.endpoint(),
@@ -244,12 +310,13 @@ impl Cluster {
                 Arc::clone(&shipped),
                 &self.codec,
                 self.session_id.clone(),
-                self.session_config.clone(),
+                session_config,
             )
             .await?;
             stream.try_collect::<Vec<RecordBatch>>().await
         };
         let batches = run.await.map_err(|e| self.error(e))?;
+        self.job_names.lock().push(name);
         let mut b = self.batch.lock();
         b.jobs += 1;
         b.tasks += tasks;

@@ -13,17 +13,18 @@ use std::sync::Arc;
 
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
-use super::{ClusterUrl, FlumenCodec, MAX_MESSAGE_BYTES};
+use super::{ClusterUrl, FlumenCodec, MAX_MESSAGE_BYTES, report};
 use crate::{Error, Result};
 
 /// The functions a node must know beyond DataFusion's: those of Flumen's SQL layer
@@ -73,6 +74,12 @@ pub async fn serve_scheduler(
         // tasks run elsewhere (Ballista's default waits 180 s).
         executor_timeout_seconds: 15,
         expire_dead_executor_interval_seconds: 5,
+        // A stream runs a job or two a batch: Ballista's defaults (a finished job's
+        // graph kept an hour, its shuffle files five minutes) would keep 360,000
+        // graphs at 10 ms batches. A driver has its results and job reports within
+        // seconds of a job's end.
+        finished_job_state_clean_up_interval_seconds: 60,
+        finished_job_data_clean_up_interval_seconds: 60,
         ..SchedulerConfig::default()
     };
     config.override_session_builder = Some(Arc::new(move |c: SessionConfig| {
@@ -85,13 +92,30 @@ pub async fn serve_scheduler(
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| ballista_error(&what, e))?;
+    let reports = Arc::new(report::Reports::default());
+    reports.follow(cluster.job_state());
+    let config = Arc::new(config);
     let scheduler =
-        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config))
             .await
             .map_err(|e| ballista_error(&what, e))?;
-    start_grpc_service_with_listener(listener, scheduler)
-        .await
-        .map_err(|e| ballista_error(&what, e))
+    // Ballista's `start_grpc_service_with_listener` serves its gRPC service and REST
+    // API on one port; Flumen's scheduler serves the same two and its job reports
+    // (`report.rs`), which a router of Ballista's cannot be given.
+    let grpc = SchedulerGrpcServer::new(scheduler.clone())
+        .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+        .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
+    let mut services = tonic::service::RoutesBuilder::default();
+    services.add_service(grpc);
+    let router = ballista_scheduler::api::get_routes(Arc::new(scheduler))
+        .merge(services.routes().into_axum_router())
+        .merge(report::routes(reports));
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| ballista_error(&what, e))
 }
 
 /// How an executor runs.
@@ -224,28 +248,47 @@ impl Drop for LocalCluster {
     }
 }
 
-/// The executors registered with the scheduler at `url` and alive (its REST API,
-/// `GET /api/executors`, served on the scheduler's port).
-pub async fn executor_count(url: &ClusterUrl) -> Result<usize> {
+/// The body of the scheduler's reply to `GET path` on its port (its REST API, and
+/// Flumen's job reports): both answer with a `Content-Length` body, read to the end
+/// of the connection.
+pub(crate) async fn http_get(url: &ClusterUrl, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let what = url.to_string();
     let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|e| ballista_error(&what, e))?;
+    stream.set_nodelay(true)?;
     let request = format!(
-        "GET /api/executors HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
         url.host, url.port
     );
     stream.write_all(request.as_bytes()).await?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await?;
     let text = String::from_utf8_lossy(&reply);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or_else(|| {
-        ballista_error(&what, "the scheduler's reply to /api/executors has no body")
-    })?;
-    let executors: Vec<serde_json::Value> = serde_json::from_str(body.trim()).map_err(|e| {
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
         ballista_error(
             &what,
+            format!("the scheduler's reply to {path} has no body"),
+        )
+    })?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(ballista_error(
+            &what,
+            format!("the scheduler answered {path} with '{status}' (is it `flumen scheduler`?)"),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// The executors registered with the scheduler at `url` and alive (its REST API,
+/// `GET /api/executors`, served on the scheduler's port).
+pub async fn executor_count(url: &ClusterUrl) -> Result<usize> {
+    let body = http_get(url, "/api/executors").await?;
+    let executors: Vec<serde_json::Value> = serde_json::from_str(body.trim()).map_err(|e| {
+        ballista_error(
+            &url.to_string(),
             format!("the scheduler's list of executors is not JSON: {e}"),
         )
     })?;

@@ -27,6 +27,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
@@ -35,13 +36,26 @@ use parking_lot::RwLock;
 use crate::Result;
 
 /// What a batch of a source is, for executors to read: one part per partition.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterScan {
     pub kind: String,
     pub parts: Vec<serde_json::Value>,
     /// The rows the parts hold, when known without reading them (the batch's metrics).
     pub rows: Option<u64>,
+    /// The stream it is a batch of (set by the driver): the tasks count the rows they
+    /// read under this name ([`rows_read_metric`]), which the scheduler reports back.
+    pub stream: String,
 }
+
+/// The name of the count a scan's tasks keep of the rows they read of `stream`: a
+/// metric of their task, which Ballista sends to the scheduler with the task's status
+/// and `report.rs` sums per job.
+pub fn rows_read_metric(stream: &str) -> String {
+    format!("{ROWS_READ_PREFIX}{stream}")
+}
+
+/// What every [`rows_read_metric`] name begins with.
+pub const ROWS_READ_PREFIX: &str = "flumen_rows_read:";
 
 /// Reads one part of a kind of scan as rows of `schema` (the source's).
 pub type ScanReader =
@@ -93,6 +107,7 @@ pub fn plan(
     Ok(Arc::new(ReadScanExec::try_new(
         descriptors,
         scan.kind.clone(),
+        scan.stream.clone(),
         Arc::clone(schema),
         projection,
     )?))
@@ -102,11 +117,14 @@ pub fn plan(
 pub struct ReadScanExec {
     input: Arc<dyn ExecutionPlan>,
     kind: String,
+    /// The stream whose batch it reads (the rows it read are counted under its name).
+    stream: String,
     /// The source's rows.
     schema: SchemaRef,
     projection: Option<Vec<usize>>,
     projected: SchemaRef,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl fmt::Debug for ReadScanExec {
@@ -119,6 +137,7 @@ impl ReadScanExec {
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         kind: String,
+        stream: String,
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> DfResult<Self> {
@@ -135,15 +154,21 @@ impl ReadScanExec {
         Ok(Self {
             input,
             kind,
+            stream,
             schema,
             projection,
             projected,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     pub fn source_schema(&self) -> &SchemaRef {
@@ -185,6 +210,10 @@ impl ExecutionPlan for ReadScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
@@ -195,6 +224,7 @@ impl ExecutionPlan for ReadScanExec {
         Ok(Arc::new(Self::try_new(
             children.swap_remove(0),
             self.kind.clone(),
+            self.stream.clone(),
             Arc::clone(&self.schema),
             self.projection.clone(),
         )?))
@@ -210,6 +240,8 @@ impl ExecutionPlan for ReadScanExec {
         let schema = Arc::clone(&self.schema);
         let projection = self.projection.clone();
         let kind = self.kind.clone();
+        let rows_read =
+            MetricBuilder::new(&self.metrics).counter(rows_read_metric(&self.stream), partition);
         Ok(super::blocking_task(
             input,
             Arc::clone(&self.projected),
@@ -224,6 +256,7 @@ impl ExecutionPlan for ReadScanExec {
                         let batches = read(&part, &schema)
                             .map_err(|e| DataFusionError::External(Box::new(e)))?;
                         for b in batches {
+                            rows_read.add(b.num_rows());
                             out.push(match &projection {
                                 Some(p) => b.project(p)?,
                                 None => b,

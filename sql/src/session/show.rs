@@ -325,10 +325,11 @@ fn ran_on(cluster: Option<&flumen_engine::ClusterInfo>) -> String {
     match cluster {
         None => "local".into(),
         Some(c) => format!(
-            "{} ({} jobs, {} tasks, {} executors{}{})",
+            "{} ({} jobs, {} tasks, {} retries, {} executors{}{})",
             c.url,
             c.jobs,
             c.tasks,
+            c.retries.map_or_else(|| "?".to_string(), |n| n.to_string()),
             c.executors
                 .map_or_else(|| "?".to_string(), |n| n.to_string()),
             if c.read_by_executors.is_empty() {
