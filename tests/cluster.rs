@@ -117,10 +117,23 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
         flumen::engine::state::default_partitions()
     );
     assert!(explain.contains(&want), "{explain:?}");
+    // Sessions per user live on the executors, partitioned by user; sessions with no
+    // other key (one key for the whole stream) stay on the driver.
     let explain = rows(
         &mut session,
         "EXPLAIN SELECT user_id, count(*) FROM acts \
          GROUP BY user_id, session_window(ts, INTERVAL '5' SECOND)",
+    )
+    .await;
+    assert!(
+        explain
+            .iter()
+            .any(|l| l.contains("on the executors: SessionAggregate")),
+        "{explain:?}"
+    );
+    let explain = rows(
+        &mut session,
+        "EXPLAIN SELECT count(*) FROM acts GROUP BY session_window(ts, INTERVAL '5' SECOND)",
     )
     .await;
     assert!(
@@ -573,6 +586,144 @@ async fn append_windows_resume_from_state_partitions() {
     got.extend(rows(&mut s, all).await);
     s.stop_all().await.unwrap();
     got.sort();
+    assert_eq!(got, whole);
+}
+
+/// Session windows keep each user's sessions in state partitions on the executors,
+/// partitioned by user: batch by batch the same late rows, watermarks and emitted
+/// sessions as a local run, in update, append and complete mode. Batch 3 brings a row
+/// at 8 s for user 1, whose session [1 s, 8 s) the watermark (9 s) closed in batch 2:
+/// locally that session left the state at the end of batch 2, so the row starts a new
+/// one (merged with [10 s, 15 s)); on the executors it leaves before batch 3 folds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_windows_keep_their_sessions_on_the_executors() {
+    let cluster = cluster().await;
+    let batches = [
+        "(1, '2026-01-01T00:00:01'), (2, '2026-01-01T00:00:02'), (1, '2026-01-01T00:00:03')",
+        "(1, '2026-01-01T00:00:10')",
+        // 4 s: its session [4 s, 9 s) ends at the watermark (9 s): late.
+        "(2, '2026-01-01T00:00:04'), (1, '2026-01-01T00:00:08'), (1, '2026-01-01T00:00:12'), \
+         (3, '2026-01-01T00:00:20')",
+        "(3, '2026-01-01T00:00:22'), (4, '2026-01-01T00:00:40')",
+    ];
+    for mode in ["update", "append", "complete"] {
+        let mut runs = Vec::new();
+        for url in [None, Some(cluster.url.to_string())] {
+            let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+            s.execute_script(&format!(
+                "{}SET output_mode = '{mode}'; SET state_partitions = '3';
+                 CREATE STREAM acts (user_id BIGINT, ts TIMESTAMP,
+                   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'memory');
+                 CREATE SINK c WITH (connector = 'memory') AS
+                   SELECT user_id, session_window(ts, INTERVAL '5' SECOND)['start'] AS s,
+                          session_window(ts, INTERVAL '5' SECOND)['end'] AS e, count(*) AS n
+                   FROM acts GROUP BY user_id, session_window(ts, INTERVAL '5' SECOND);",
+                url.as_ref()
+                    .map(|u| format!("SET cluster = '{u}';\n"))
+                    .unwrap_or_default()
+            ))
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            for rows_in in batches {
+                s.execute(&format!("INSERT INTO acts VALUES {rows_in}"))
+                    .await
+                    .unwrap();
+                s.execute("ADVANCE 1 BATCHES").await.unwrap();
+                let q = s.queries().next().unwrap();
+                let b = q.ctx.recent_batches().last().cloned().unwrap();
+                if url.is_some() {
+                    // No session on the driver; append mode's second job emits what the
+                    // watermark closed (it moves every batch here).
+                    assert_eq!(b.operators[0].rows, 0, "{mode}");
+                    let jobs = b.cluster.as_ref().map(|c| c.jobs);
+                    assert_eq!(jobs, Some(if mode == "append" { 2 } else { 1 }), "{mode}");
+                }
+                let emitted = rows(
+                    &mut s,
+                    "SELECT user_id, s, e, n FROM c ORDER BY user_id, s, n",
+                )
+                .await
+                .join(" ");
+                seen.push(format!(
+                    "late {} watermark {:?} emitted {emitted}",
+                    b.late_rows, b.watermark
+                ));
+            }
+            s.stop_all().await.unwrap();
+            runs.push(seen);
+        }
+        assert_eq!(runs[0], runs[1], "{mode}");
+        assert!(runs[0][2].starts_with("late 1 "), "{:?}", runs[0]);
+        if mode == "append" {
+            // Each closed session once, final: the row at 8 s did not reopen [1, 8).
+            assert!(
+                runs[0][3].ends_with(
+                    "emitted 1|2026-01-01T00:00:01|2026-01-01T00:00:08|2 \
+                     1|2026-01-01T00:00:08|2026-01-01T00:00:17|3 \
+                     2|2026-01-01T00:00:02|2026-01-01T00:00:07|1 \
+                     3|2026-01-01T00:00:20|2026-01-01T00:00:27|2"
+                ),
+                "{:?}",
+                runs[0]
+            );
+        }
+    }
+}
+
+/// Append-mode session windows resume from their state partitions: a run stopped
+/// after 4 batches and started again from the checkpoint with the executors' caches
+/// gone (the sessions come back from the files) emits, with the first part, the
+/// sessions a local run of 8 batches emits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_windows_resume_from_state_partitions() {
+    use flumen::engine::Time;
+    let cluster = cluster().await;
+    let url = cluster.url.to_string();
+    let script = |dir: &std::path::Path, cluster: Option<&str>| {
+        format!(
+            "{}SET batch_interval = '1 second';
+             SET checkpoint_location = '{}';
+             SET state_partitions = '3';
+             SET output_mode = 'append';
+             CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+             CREATE STREAM ev WITH (timestamp = 'timestamp', watermark_delay = '1 second') AS
+               SELECT timestamp, value FROM r WHERE value % 7 <> 3 AND value % 11 <> 5;
+             CREATE SINK c WITH (connector = 'memory') AS
+               SELECT value % 4 AS k, session_window(timestamp, INTERVAL '300' MILLISECOND)['start'] AS ss,
+                      count(*) AS n, sum(value) AS s
+               FROM ev GROUP BY value % 4, session_window(timestamp, INTERVAL '300' MILLISECOND);",
+            cluster
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default(),
+            dir.display()
+        )
+    };
+    let all = "SELECT k, ss, n, s FROM c ORDER BY k, ss";
+    let local = crate::common::temp_dir("cluster-sessions-local");
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&local, None)).await.unwrap();
+    s.execute("ADVANCE 8 BATCHES").await.unwrap();
+    let whole = rows(&mut s, all).await;
+    s.stop_all().await.unwrap();
+    assert!(whole.len() > 8, "{whole:?}");
+
+    let dir = crate::common::temp_dir("cluster-sessions-resume");
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    let mut got = rows(&mut s, all).await;
+    assert!(!got.is_empty() && got.len() < whole.len(), "{got:?}");
+    s.stop_all().await.unwrap();
+    flumen::engine::cluster::state::forget(&dir);
+    let (mut s, _) = session_at(flumen::engine::Clock::now(clock.as_ref()));
+    s.execute_script(&script(&dir, Some(&url))).await.unwrap();
+    s.execute("ADVANCE 4 BATCHES").await.unwrap();
+    got.extend(rows(&mut s, all).await);
+    s.stop_all().await.unwrap();
+    got.sort();
+    let mut whole = whole;
+    whole.sort();
     assert_eq!(got, whole);
 }
 

@@ -129,6 +129,9 @@ struct StatePartitionsNode {
     /// A top-N's state partitions.
     #[prost(message, optional, tag = "22")]
     top_n: Option<TopNNode>,
+    /// A windowed aggregate over session windows.
+    #[prost(bool, tag = "23")]
+    sessions: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -330,6 +333,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         key_index: k as usize,
                         evict_closed: node.evict_closed,
                         append: node.append,
+                        sessions: node.sessions,
                     }),
                 };
                 let versions = Versions {
@@ -527,6 +531,7 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 evict_closed: spec.window.is_some_and(|w| w.evict_closed),
                 watermark: versions.watermark,
                 append: spec.window.is_some_and(|w| w.append),
+                sessions: spec.window.is_some_and(|w| w.sessions),
                 close: versions.close,
                 schema: Some(
                     exec.schema()

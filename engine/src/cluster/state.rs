@@ -129,6 +129,10 @@ pub struct WindowSpec {
     /// the windows the batch's watermark closed are emitted by a second job
     /// ([`Versions::close`]).
     pub append: bool,
+    /// Session windows: the key is each row's session `{start, end}`, the state keeps
+    /// each value of the other keys with its sessions (`ops::aggregate::session`), and
+    /// the rows are partitioned by those other keys.
+    pub sessions: bool,
 }
 
 /// What each task of an append-mode windowed aggregate's batch emits, one row: the
@@ -504,9 +508,27 @@ impl Task<'_> {
     /// holds that version, else from the files (a state with these key and value
     /// columns).
     fn state(&self, keys: &[FieldRef], values: &[FieldRef]) -> Result<KeyedState> {
+        self.state_bounded(keys, values, None)
+    }
+
+    /// [`Task::state`], its rows' eviction bound set (before its files are read, so
+    /// that each segment knows its lowest).
+    fn state_bounded(
+        &self,
+        keys: &[FieldRef],
+        values: &[FieldRef],
+        bound: Option<Arc<crate::state::BoundFn>>,
+    ) -> Result<KeyedState> {
         match self.cached() {
             Some(Held::Keyed(state)) => Ok(state),
-            _ => load(self.spec, keys, values, self.partition, self.versions.prev),
+            _ => load(
+                self.spec,
+                keys,
+                values,
+                self.partition,
+                self.versions.prev,
+                bound,
+            ),
         }
     }
 
@@ -608,6 +630,9 @@ fn update(
     };
     let agg = PartialAggregate::from_exec(template)?;
     let (spec, schema, versions) = (task.spec, task.schema, task.versions);
+    if let Some(w) = spec.window.filter(|w| w.sessions) {
+        return sessions(task, &agg, &w, batches);
+    }
     let planned = agg.planned()?;
     let fields = planned.partial_schema.fields();
     let mut state = task.state(&fields[..agg.keys()], &fields[agg.keys()..])?;
@@ -689,6 +714,88 @@ fn update(
         c.push(Arc::new(Int64Array::from(vec![late as i64])));
         out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
     }
+    task.commit(state)?;
+    Ok(concat_batches(schema, &out)?)
+}
+
+/// A session-window aggregate's task (`SessionTask`): the rows it emits end with the
+/// late-row column as a windowed aggregate's do (update, complete), or are one summary
+/// row (append); the close job's are the closed sessions.
+fn sessions(
+    task: &Task,
+    agg: &PartialAggregate,
+    w: &WindowSpec,
+    batches: Vec<RecordBatch>,
+) -> Result<RecordBatch> {
+    use crate::ops::aggregate::session::{Layout, SessionTask};
+    let (spec, schema, versions) = (task.spec, task.schema, task.versions);
+    let planned = agg.planned()?;
+    let layout = Layout::new(Arc::clone(&planned.partial_schema), agg.keys(), w.key_index);
+    let (keys, lists) = layout.fields();
+    let mut state = task.state_bounded(&keys, &lists, Some(layout.bound()))?;
+    // Keys and every aggregate's value: the close job's rows; the fold job's without
+    // their late column (update, complete) — in append mode it emits none of them.
+    let wide: SchemaRef = if versions.close {
+        Arc::clone(schema)
+    } else if w.append {
+        let fields: Vec<FieldRef> = planned
+            .group_schema
+            .fields()
+            .iter()
+            .cloned()
+            .chain(planned.aggregates.iter().map(|a| a.field()))
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect();
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    } else {
+        Arc::new(schema.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>())?)
+    };
+    let session_task = SessionTask {
+        agg,
+        layout: &layout,
+        key_index: w.key_index,
+        evict_closed: w.evict_closed,
+        append: w.append,
+        changed_only: spec.changed_only,
+        wide: &wide,
+        watermark: versions.watermark,
+        now: versions.now,
+    };
+    if versions.close {
+        let out = session_task.close(&mut state)?;
+        if let Some(version) = versions.prev {
+            cache(task.cache_key(), version, Held::Keyed(state));
+        }
+        return Ok(concat_batches(schema, &out)?);
+    }
+    let (rows, late, max) = session_task.fold(&mut state, batches)?;
+    let out = if w.append {
+        vec![RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![late as i64])),
+                Arc::new(Int64Array::from(vec![max])),
+            ],
+        )?]
+    } else {
+        let mut out = rows
+            .into_iter()
+            .map(|b| {
+                let mut c = b.columns().to_vec();
+                c.push(new_null_array(&DataType::Int64, b.num_rows()));
+                RecordBatch::try_new(Arc::clone(schema), c)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if late > 0 {
+            let mut c: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
+                .iter()
+                .map(|f| new_null_array(f.data_type(), 1))
+                .collect();
+            c.push(Arc::new(Int64Array::from(vec![late as i64])));
+            out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
+        }
+        out
+    };
     task.commit(state)?;
     Ok(concat_batches(schema, &out)?)
 }
@@ -903,6 +1010,7 @@ fn load(
     values: &[FieldRef],
     partition: usize,
     prev: Option<i64>,
+    bound: Option<Arc<crate::state::BoundFn>>,
 ) -> Result<KeyedState> {
     let config = StateConfig {
         partitions: 1,
@@ -912,6 +1020,9 @@ fn load(
         ledger: LEDGER.clone(),
     };
     let mut state = KeyedState::try_new(keys, values, config)?;
+    if let Some(bound) = bound {
+        state.set_bound(bound);
+    }
     let Some(prev) = prev else {
         return Ok(state);
     };

@@ -155,6 +155,21 @@ pub(super) fn window_structs_from_ends(ends: &ArrayRef, size: Duration) -> Resul
 
 /// Window ends as ms: a window column is either its end (tumbling and hopping windows
 /// are keyed by it) or a `{start, end}` struct (sessions).
+/// Keys + every aggregate's value (hidden ones too) as an output batch of `schema`:
+/// the hidden aggregates dropped, windows keyed by their end given their
+/// `{start, end}`.
+pub(super) fn output_batch(
+    window: &EventTimeWindow,
+    schema: &SchemaRef,
+    mut columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    columns.truncate(schema.fields().len());
+    if let Some(size) = window.keyed_by_end {
+        columns[window.key_index] = window_structs_from_ends(&columns[window.key_index], size)?;
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
 pub(crate) fn window_ends(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
     if let DataType::Timestamp(_, _) = column.data_type() {
         let ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;

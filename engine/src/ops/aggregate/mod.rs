@@ -20,7 +20,7 @@ pub(crate) mod event_time;
 pub(crate) mod on_cluster;
 pub(crate) mod partial;
 mod running;
-mod session;
+pub(crate) mod session;
 mod window;
 
 pub use event_time::{EventTimeWindow, WindowDisplay, window_struct_type};

@@ -14,12 +14,19 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use parking_lot::Mutex;
 
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::event_time::{self, EventTime};
+use super::partial::PartialAggregate;
 use crate::Result;
 use crate::checkpoint::OperatorState;
 use crate::cluster::join::JoinFold;
 use crate::cluster::state::{
     FirstRows, Fold, Placement, Spec, StatePartitionsExec, Versions, WindowSpec,
 };
+use crate::ops::OperatorContext;
 use crate::state::StateConfig;
 
 /// `"state"` in the meta of a checkpoint whose groups live on a cluster.
@@ -112,14 +119,15 @@ impl OnCluster {
     }
 
     /// The plan whose tasks keep the groups: `partial`'s rows hash-partitioned by
-    /// their `keys` into `config.partitions` state partitions, each folded by one task
+    /// their columns `keys` (the group keys; a session aggregate's other than the
+    /// session) into `config.partitions` state partitions, each folded by one task
     /// emitting rows of `schema`. Append-mode windows: also the close plan, one task
     /// per state partition with no input, emitting rows of `closed_schema`.
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &mut self,
         partial: Arc<dyn ExecutionPlan>,
-        keys: usize,
+        keys: &[usize],
         config: &StateConfig,
         changed_only: bool,
         window: Option<WindowSpec>,
@@ -127,7 +135,7 @@ impl OnCluster {
         closed_schema: Option<SchemaRef>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let partial_schema = partial.schema();
-        let shuffled = shuffle(Arc::clone(&partial), &(0..keys).collect::<Vec<_>>(), config)?;
+        let shuffled = shuffle(Arc::clone(&partial), keys, config)?;
         let Some(input) = partial.children().first().map(|c| c.schema()) else {
             return crate::internal_err!("a partial aggregate without an input");
         };
@@ -325,4 +333,78 @@ pub(crate) fn restore_placement(
         ))),
         (None, false) => Ok(false),
     }
+}
+
+/// On a cluster: what a windowed aggregate's tasks (windows or sessions) emitted for
+/// the batch, as its output; `closing` becomes the plan of its second job when there
+/// is one.
+///
+/// Update and complete mode: the tasks' rows (every aggregate's value, hidden ones
+/// too, and a row of late-row counts) are the output; the watermark advances from the
+/// groups' newest event times (a group's `max(event time)` covers this batch's rows
+/// of it, and any older value is one the watermark already counted). Append mode:
+/// each task's summary (late rows, newest event time) advances the watermark, nothing
+/// is emitted yet, and when the watermark moved the close plan is due
+/// (`StreamOperator::emit_plan`).
+pub(super) fn windows_from_tasks(
+    time: &mut EventTime,
+    agg: &PartialAggregate,
+    cluster: &mut OnCluster,
+    ctx: &OperatorContext,
+    input: Vec<RecordBatch>,
+    output_schema: &SchemaRef,
+    closing: &mut Option<Arc<dyn ExecutionPlan>>,
+) -> Result<Vec<RecordBatch>> {
+    let now = ctx.batch_time.as_millis();
+    let mut late = 0u64;
+    let mut max_event_time: Option<i64> = None;
+    let mut newest = |m: i64| max_event_time = Some(max_event_time.map_or(m, |x: i64| x.max(m)));
+    let mut out = Vec::with_capacity(input.len());
+    let append = time.window.emit_closed_only;
+    if append {
+        for b in &input {
+            let lates = b.column(0).as_primitive::<Int64Type>();
+            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
+            b.column(1)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .for_each(&mut newest);
+        }
+    } else {
+        // The values after the keys: one per aggregate; the hidden max is next to last.
+        let max_col = agg.keys() + agg.planned()?.state_widths.len() - 2;
+        for b in input {
+            let late_col = b.num_columns() - 1;
+            let lates = b.column(late_col).as_primitive::<Int64Type>();
+            let is_group = datafusion::arrow::compute::is_null(lates)?;
+            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
+            let groups = datafusion::arrow::compute::filter_record_batch(&b, &is_group)?;
+            if groups.num_rows() == 0 {
+                continue;
+            }
+            if let Some(m) = event_time::max_of(groups.column(max_col))? {
+                newest(m);
+            }
+            let mut columns = groups.columns().to_vec();
+            columns.truncate(late_col);
+            out.push(event_time::output_batch(
+                &time.window,
+                output_schema,
+                columns,
+            )?);
+        }
+    }
+    time.late_rows_last_batch = late;
+    let before = time.watermark;
+    time.advance(ctx, max_event_time);
+    cluster.processed(now);
+    *closing = match time.watermark {
+        Some(wm) if append && before.is_none_or(|b| wm > b) => cluster.closing(now, wm),
+        _ => None,
+    };
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(Arc::clone(output_schema)));
+    }
+    Ok(out)
 }

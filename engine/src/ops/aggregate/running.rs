@@ -166,7 +166,7 @@ impl StreamOperator for RunningAggregate {
         if let Some(c) = &mut self.cluster {
             return c.plan(
                 plan,
-                self.agg.keys(),
+                &(0..self.agg.keys()).collect::<Vec<_>>(),
                 &self.config,
                 self.changed_only,
                 None,

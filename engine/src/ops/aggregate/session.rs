@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, StructArray, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::dataframe::DataFrame;
@@ -30,8 +30,10 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_ends};
+use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, restored_state};
 use crate::checkpoint::OperatorState;
+use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec, summary_schema};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{BoundFn, KeyedState, Nested, Partition, StateConfig, StateStats, min_per_list};
 use crate::{Result, internal_err};
@@ -50,6 +52,11 @@ pub struct SessionAggregate {
     store: Option<(KeyedState, Layout)>,
     /// A checkpoint's rows given before the input was planned.
     restored: Option<OperatorState>,
+    /// Set when the sessions live in state partitions on a cluster's executors.
+    cluster: Option<OnCluster>,
+    /// On a cluster, append mode: the plan emitting the sessions this batch's
+    /// watermark closed, due after the batch (`emit_plan`).
+    closing: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl SessionAggregate {
@@ -72,6 +79,8 @@ impl SessionAggregate {
             config: StateConfig::default(),
             store: None,
             restored: None,
+            cluster: None,
+            closing: None,
         })
     }
 
@@ -99,14 +108,14 @@ impl SessionAggregate {
 /// Where the partial aggregate's columns go in the store: the group keys other than
 /// the session are the store's keys; the session and each state column become lists.
 #[derive(Clone)]
-struct Layout {
+pub(crate) struct Layout {
     nested: Nested,
     /// The session's position among the group keys.
     session: usize,
 }
 
 impl Layout {
-    fn new(partial: SchemaRef, nk: usize, session: usize) -> Self {
+    pub(crate) fn new(partial: SchemaRef, nk: usize, session: usize) -> Self {
         let others: Vec<usize> = (0..nk).filter(|i| *i != session).collect();
         let lists = std::iter::once(session)
             .chain(nk..partial.fields().len())
@@ -123,13 +132,30 @@ impl Layout {
     }
 
     fn store(&self, config: StateConfig) -> Result<KeyedState> {
-        let keys = self.nested.key_fields();
-        let mut store = KeyedState::try_new(&keys, &self.nested.list_fields(), config)?;
-        // A key is due once the watermark passes the end of its earliest session.
-        let at = keys.len();
-        let bound: Arc<BoundFn> = Arc::new(move |rows: &RecordBatch| earliest_ends(rows, at));
-        store.set_bound(bound);
+        let mut store = KeyedState::try_new(
+            &self.nested.key_fields(),
+            &self.nested.list_fields(),
+            config,
+        )?;
+        store.set_bound(self.bound());
         Ok(store)
+    }
+
+    /// The store's key and value (list) columns.
+    pub(crate) fn fields(&self) -> (Vec<FieldRef>, Vec<FieldRef>) {
+        (self.nested.key_fields(), self.nested.list_fields())
+    }
+
+    /// A key is due once the watermark passes the end of its earliest session.
+    pub(crate) fn bound(&self) -> Arc<BoundFn> {
+        let at = self.nested.keys.len();
+        Arc::new(move |rows: &RecordBatch| earliest_ends(rows, at))
+    }
+
+    /// The other group keys' positions: what the store is keyed (and a cluster's
+    /// rows partitioned) by.
+    pub(crate) fn keys(&self) -> &[usize] {
+        &self.nested.keys
     }
 }
 
@@ -209,6 +235,182 @@ impl Step<'_> {
     }
 }
 
+/// A batch's fold of session windows into a store: what a `SessionAggregate` does
+/// here and what a state partition's task does on a cluster (`SessionTask`).
+struct Sessions<'a> {
+    agg: &'a PartialAggregate,
+    time: &'a EventTime,
+    layout: &'a Layout,
+    /// The rows emitted: keys and aggregates' values, truncated to its width.
+    output_schema: &'a SchemaRef,
+    changed_only: bool,
+}
+
+impl Sessions<'_> {
+    /// `input` (partial rows, the store's flat layout) folded into the keys it has
+    /// rows for and, with `closes`, the keys with a session that watermark closed;
+    /// what the batch emits of them.
+    fn fold(
+        &self,
+        store: &mut KeyedState,
+        input: &RecordBatch,
+        closes: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<RecordBatch>> {
+        let n = input.num_rows();
+        let mut columns: Vec<ArrayRef> = self
+            .layout
+            .nested
+            .keys
+            .iter()
+            .map(|i| Arc::clone(input.column(*i)))
+            .collect();
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let routed = store.route(&columns, n)?;
+        let step = Step {
+            agg: self.agg,
+            time: self.time,
+            layout: self.layout,
+            output_schema: self.output_schema,
+            changed_only: self.changed_only,
+            input,
+            closes,
+            now,
+            cutoff: store.cutoff(now),
+        };
+        // Once the watermark closes sessions, every partition may hold some.
+        let inputs: Vec<Option<Option<Vec<ArrayRef>>>> = if closes.is_some() {
+            routed.into_iter().map(Some).collect()
+        } else {
+            routed.into_iter().map(|r| r.map(Some)).collect()
+        };
+        Ok(store
+            .for_each(inputs, |p, routed| step.run(p, routed))?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Every session the store keeps (complete mode).
+    fn all(&self, store: &mut KeyedState, now: i64) -> Result<Vec<RecordBatch>> {
+        let layout = self.layout;
+        let cutoff = store.cutoff(now);
+        let stored = store.all(|p, ()| p.scan(cutoff))?;
+        let mut out = Vec::new();
+        for b in stored.into_iter().flatten() {
+            let flat = layout.nested.explode_rows(&b)?;
+            let mut columns = flat.columns()[..layout.nk()].to_vec();
+            columns.extend(
+                self.agg
+                    .evaluate(&flat.columns()[layout.nk()..], flat.num_rows())?,
+            );
+            columns.truncate(self.output_schema.fields().len());
+            out.push(RecordBatch::try_new(
+                Arc::clone(self.output_schema),
+                columns,
+            )?);
+        }
+        Ok(out)
+    }
+}
+
+/// A state partition's task of a session-window aggregate on a cluster
+/// (`cluster::state`): the partial rows of the keys hashed to it, folded into its
+/// store as [`SessionAggregate::process`] folds them, with the watermark the driver
+/// had before the batch (the batch's own is known once every task has folded).
+///
+/// The sessions that watermark closed leave the store first (locally they left at
+/// the end of the batch that closed them; a row of this batch must not merge with
+/// them), and the rows they would have taken are dropped as late. What it emits:
+/// the changed sessions (update) or all of them (complete) with every aggregate's
+/// value, hidden ones too; in append mode nothing — a second job
+/// ([`SessionTask::close`]) emits what the batch's new watermark closed.
+pub(crate) struct SessionTask<'a> {
+    pub agg: &'a PartialAggregate,
+    pub layout: &'a Layout,
+    pub key_index: usize,
+    pub evict_closed: bool,
+    pub append: bool,
+    pub changed_only: bool,
+    /// Keys and every aggregate's value.
+    pub wide: &'a SchemaRef,
+    pub watermark: Option<i64>,
+    pub now: i64,
+}
+
+impl SessionTask<'_> {
+    fn time(
+        &self,
+        emit_closed_only: bool,
+        evict_closed: bool,
+        watermark: Option<i64>,
+    ) -> EventTime {
+        let mut time = EventTime::new(EventTimeWindow {
+            key_index: self.key_index,
+            delay: None,
+            emit_closed_only,
+            evict_closed,
+            watermark_is_batch_time: false,
+            keyed_by_end: None,
+            watermark_from: None,
+        });
+        time.watermark = watermark;
+        time
+    }
+
+    fn sessions<'a>(&'a self, time: &'a EventTime, changed_only: bool) -> Sessions<'a> {
+        Sessions {
+            agg: self.agg,
+            time,
+            layout: self.layout,
+            output_schema: self.wide,
+            changed_only,
+        }
+    }
+
+    /// The batch's partial rows folded in: what it emits, the rows dropped as late
+    /// and the newest event time folded in.
+    pub fn fold(
+        &self,
+        store: &mut KeyedState,
+        input: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, u64, Option<i64>)> {
+        let mut time = self.time(false, self.evict_closed, self.watermark);
+        let (input, max_event_time) = time.drop_late(self.agg, input)?;
+        let late = time.late_rows_last_batch;
+        if let (Some(wm), true) = (self.watermark, self.evict_closed || self.append) {
+            // The sessions the watermark before the batch closed: emitted already (by
+            // the batch that closed them, or its close job), they go.
+            let evict = self.time(false, true, Some(wm));
+            let empty = RecordBatch::new_empty(Arc::clone(&self.layout.nested.flat));
+            self.sessions(&evict, true)
+                .fold(store, &empty, Some(wm), self.now)?;
+        }
+        let input = concat_batches(&self.layout.nested.flat, &input)?;
+        let changed_only = self.changed_only || self.append;
+        let sessions = self.sessions(&time, changed_only);
+        let mut out = sessions.fold(store, &input, None, self.now)?;
+        if self.append {
+            out.clear();
+        } else if !self.changed_only {
+            out = sessions.all(store, self.now)?;
+        }
+        Ok((out, late, max_event_time))
+    }
+
+    /// Append mode's second job: the sessions `watermark` (the batch's new one)
+    /// closed, taken out of the store and emitted.
+    pub fn close(&self, store: &mut KeyedState) -> Result<Vec<RecordBatch>> {
+        let Some(wm) = self.watermark else {
+            return internal_err!("closing sessions without a watermark");
+        };
+        let time = self.time(true, true, Some(wm));
+        let empty = RecordBatch::new_empty(Arc::clone(&self.layout.nested.flat));
+        self.sessions(&time, false)
+            .fold(store, &empty, Some(wm), self.now)
+    }
+}
+
 #[async_trait]
 impl StreamOperator for SessionAggregate {
     fn name(&self) -> String {
@@ -231,6 +433,9 @@ impl StreamOperator for SessionAggregate {
             &self.time.window,
             self.changed_only,
         );
+        if let Some(c) = &self.cluster {
+            return c.explained(&text, self.config.partitions);
+        }
         if let Some(ttl) = self.config.ttl {
             text.push_str(&format!(
                 "; bounded by state_ttl too: a key without rows for {} is evicted with its sessions",
@@ -244,10 +449,60 @@ impl StreamOperator for SessionAggregate {
         super::emits(Some(&self.time.window), self.changed_only, &self.agg)
     }
 
+    fn can_partition_on_cluster(&self) -> bool {
+        // As a windowed aggregate's (its own event-time watermark; append mode only
+        // when closed sessions leave), and keyed by something besides the session:
+        // the rows are partitioned by the other keys, a key's sessions in one task.
+        let w = &self.time.window;
+        (!w.emit_closed_only || w.evict_closed) && w.watermark_from.is_none() && self.agg.keys() > 1
+    }
+
+    fn partition_on_cluster(&mut self, placement: Placement) {
+        self.cluster = Some(OnCluster::new(placement));
+    }
+
+    fn begin_batch(&mut self, ctx: &OperatorContext) {
+        if let Some(c) = &self.cluster {
+            c.begin(ctx.batch_time.as_millis(), self.time.watermark);
+        }
+    }
+
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
         let layout = Layout::new(partial, self.agg.keys(), self.time.window.key_index);
+        if let Some(c) = &mut self.cluster {
+            // What `on_cluster::windows_from_tasks` reads, as for windows: every
+            // aggregate's value and the late-row count; append mode: each task's
+            // summary, then the closed sessions.
+            let wide = self.agg.output_schema(input)?;
+            let mut fields: Vec<Field> = wide
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            let w = self.time.window;
+            let (schema, closed_schema) = if w.emit_closed_only {
+                (summary_schema(), Some(Arc::new(Schema::new(fields))))
+            } else {
+                fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
+                (Arc::new(Schema::new(fields)), None)
+            };
+            return c.plan(
+                plan,
+                layout.keys(),
+                &self.config,
+                self.changed_only,
+                Some(WindowSpec {
+                    key_index: w.key_index,
+                    evict_closed: w.evict_closed,
+                    append: w.emit_closed_only,
+                    sessions: true,
+                }),
+                schema,
+                closed_schema,
+            );
+        }
         self.store = Some((layout.store(self.config.clone())?, layout));
         if let Some(state) = self.restored.take() {
             self.restore(state)?;
@@ -260,6 +515,17 @@ impl StreamOperator for SessionAggregate {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        if let Some(c) = &mut self.cluster {
+            return Ok(Some(super::on_cluster::windows_from_tasks(
+                &mut self.time,
+                &self.agg,
+                c,
+                ctx,
+                input,
+                &self.output_schema,
+                &mut self.closing,
+            )?));
+        }
         let (input, max_event_time) = self.time.drop_late(&self.agg, input)?;
         self.time.advance(ctx, max_event_time);
         let closes = self.closes();
@@ -267,62 +533,46 @@ impl StreamOperator for SessionAggregate {
             return internal_err!("SessionAggregate used before plan_input");
         };
         let input = concat_batches(&layout.nested.flat, &input)?;
-        let n = input.num_rows();
-        let mut columns: Vec<ArrayRef> = layout
-            .nested
-            .keys
-            .iter()
-            .map(|i| Arc::clone(input.column(*i)))
-            .collect();
-        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
-        let routed = store.route(&columns, n)?;
         let now = ctx.batch_time.as_millis();
-        let step = Step {
+        let sessions = Sessions {
             agg: &self.agg,
             time: &self.time,
             layout,
             output_schema: &self.output_schema,
             changed_only: self.changed_only,
-            input: &input,
-            closes,
-            now,
-            cutoff: store.cutoff(now),
         };
-        // Once the watermark closes sessions, every partition may hold some.
-        let inputs: Vec<Option<Option<Vec<ArrayRef>>>> = if closes.is_some() {
-            routed.into_iter().map(Some).collect()
-        } else {
-            routed.into_iter().map(|r| r.map(Some)).collect()
-        };
-        let mut out: Vec<RecordBatch> = store
-            .for_each(inputs, |p, routed| step.run(p, routed))?
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut out = sessions.fold(store, &input, closes, now)?;
         let w = &self.time.window;
         if !self.changed_only && !w.emit_closed_only {
             // Complete mode: every session, the one output that reads all the state.
-            let cutoff = store.cutoff(now);
-            let stored = store.all(|p, ()| p.scan(cutoff))?;
-            out.clear();
-            for b in stored.into_iter().flatten() {
-                let flat = layout.nested.explode_rows(&b)?;
-                let mut columns = flat.columns()[..layout.nk()].to_vec();
-                columns.extend(
-                    self.agg
-                        .evaluate(&flat.columns()[layout.nk()..], flat.num_rows())?,
-                );
-                columns.truncate(self.output_schema.fields().len());
-                out.push(RecordBatch::try_new(
-                    Arc::clone(&self.output_schema),
-                    columns,
-                )?);
-            }
+            out = sessions.all(store, now)?;
         }
         if out.is_empty() {
             out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
         }
         Ok(Some(out))
+    }
+
+    fn emit_plan(&mut self) -> Option<Arc<dyn ExecutionPlan>> {
+        self.closing.take()
+    }
+
+    fn process_emitted(&mut self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let mut out = rows
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| {
+                event_time::output_batch(
+                    &self.time.window,
+                    &self.output_schema,
+                    b.columns().to_vec(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+        }
+        Ok(out)
     }
 
     /// Keys (each with its sessions), not sessions.
@@ -337,6 +587,11 @@ impl StreamOperator for SessionAggregate {
     /// checkpoint, or all of them) and the watermark.
     fn snapshot(&mut self) -> Result<OperatorState> {
         let watermark = self.time.watermark;
+        if let Some(c) = &mut self.cluster {
+            let mut state = c.operator_state(self.config.partitions);
+            state.meta["watermark"] = watermark.into();
+            return Ok(state);
+        }
         match self.store.as_mut() {
             Some((store, _)) => {
                 let mut snapshot = store.snapshot()?;
@@ -352,6 +607,14 @@ impl StreamOperator for SessionAggregate {
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         self.time.watermark = state.meta["watermark"].as_i64();
+        if super::on_cluster::restore_placement(
+            "SessionAggregate",
+            self.cluster.as_mut(),
+            &state,
+            self.config.partitions,
+        )? {
+            return Ok(());
+        }
         let Some((store, layout)) = self.store.as_mut() else {
             // Not planned yet: `plan_input` restores it.
             self.restored = Some(state);

@@ -14,17 +14,14 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::event_time::{
-    self, EventTime, EventTimeWindow, WindowDisplay, window_ends, window_structs_from_ends,
-};
+use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_ends};
 use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, evaluate_all, evaluate_rows, merge_touched};
 use crate::Result;
 use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec, summary_schema};
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
@@ -181,98 +178,8 @@ impl WindowAggregate {
 
     /// Keys + every aggregate's value as an output batch: the hidden aggregates
     /// dropped, windows keyed by their end given their `{start, end}`.
-    fn output_batch(&self, mut columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-        let w = &self.time.window;
-        columns.truncate(self.output_schema.fields().len());
-        if let Some(size) = w.keyed_by_end {
-            columns[w.key_index] = window_structs_from_ends(&columns[w.key_index], size)?;
-        }
-        Ok(RecordBatch::try_new(
-            Arc::clone(&self.output_schema),
-            columns,
-        )?)
-    }
-
-    /// On a cluster: the tasks' rows (every aggregate's value, hidden ones too, and a
-    /// row of late-row counts) as output; the watermark advanced from the groups'
-    /// newest event times (a group's `max(event time)` covers this batch's rows of it,
-    /// and any older value is one the watermark already counted).
-    fn process_from_cluster(
-        &mut self,
-        ctx: &OperatorContext,
-        input: Vec<RecordBatch>,
-    ) -> Result<Vec<RecordBatch>> {
-        if self.time.window.emit_closed_only {
-            return self.summaries_from_cluster(ctx, input);
-        }
-        let planned = self.agg.planned()?;
-        let widths = &planned.state_widths;
-        let nk = self.agg.keys();
-        // The values after the keys: one per aggregate; the hidden max is next to last.
-        let max_col = nk + widths.len() - 2;
-        let mut late = 0u64;
-        let mut max_event_time: Option<i64> = None;
-        let mut out = Vec::with_capacity(input.len());
-        for b in input {
-            let late_col = b.num_columns() - 1;
-            let lates = b.column(late_col).as_primitive::<Int64Type>();
-            let is_group = datafusion::arrow::compute::is_null(lates)?;
-            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
-            let groups = datafusion::arrow::compute::filter_record_batch(&b, &is_group)?;
-            if groups.num_rows() == 0 {
-                continue;
-            }
-            if let Some(m) = event_time::max_of(groups.column(max_col))? {
-                max_event_time = Some(max_event_time.map_or(m, |x| x.max(m)));
-            }
-            let mut columns = groups.columns().to_vec();
-            columns.truncate(late_col);
-            out.push(self.output_batch(columns)?);
-        }
-        self.time.late_rows_last_batch = late;
-        self.time.advance(ctx, max_event_time);
-        if let Some(c) = &mut self.cluster {
-            c.processed(ctx.batch_time.as_millis());
-        }
-        if out.is_empty() {
-            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
-        }
-        Ok(out)
-    }
-
-    /// On a cluster, append mode: each task's summary (late rows, newest event time)
-    /// advances the watermark; when it moved, the close plan is due (`emit_plan`).
-    /// Nothing is emitted yet.
-    fn summaries_from_cluster(
-        &mut self,
-        ctx: &OperatorContext,
-        input: Vec<RecordBatch>,
-    ) -> Result<Vec<RecordBatch>> {
-        let mut late = 0u64;
-        let mut max_event_time: Option<i64> = None;
-        for b in &input {
-            let lates = b.column(0).as_primitive::<Int64Type>();
-            late += lates.iter().flatten().map(|n| n as u64).sum::<u64>();
-            for m in b.column(1).as_primitive::<Int64Type>().iter().flatten() {
-                max_event_time = Some(max_event_time.map_or(m, |x| x.max(m)));
-            }
-        }
-        self.time.late_rows_last_batch = late;
-        let before = self.time.watermark;
-        self.time.advance(ctx, max_event_time);
-        let now = ctx.batch_time.as_millis();
-        self.closing = None;
-        if let Some(c) = &mut self.cluster {
-            c.processed(now);
-            if let Some(wm) = self.time.watermark
-                && before.is_none_or(|b| wm > b)
-            {
-                self.closing = c.closing(now, wm);
-            }
-        }
-        Ok(vec![RecordBatch::new_empty(Arc::clone(
-            &self.output_schema,
-        ))])
+    fn output_batch(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        event_time::output_batch(&self.time.window, &self.output_schema, columns)
     }
 
     /// Drops from the store the windows the watermark closed (when the window says
@@ -369,13 +276,14 @@ impl StreamOperator for WindowAggregate {
             };
             return c.plan(
                 plan,
-                self.agg.keys(),
+                &(0..self.agg.keys()).collect::<Vec<_>>(),
                 &self.config,
                 self.changed_only,
                 Some(WindowSpec {
                     key_index: w.key_index,
                     evict_closed: w.evict_closed,
                     append: w.emit_closed_only,
+                    sessions: false,
                 }),
                 schema,
                 closed_schema,
@@ -411,8 +319,16 @@ impl StreamOperator for WindowAggregate {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
-        if self.cluster.is_some() {
-            return Ok(Some(self.process_from_cluster(ctx, input)?));
+        if let Some(c) = &mut self.cluster {
+            return Ok(Some(super::on_cluster::windows_from_tasks(
+                &mut self.time,
+                &self.agg,
+                c,
+                ctx,
+                input,
+                &self.output_schema,
+                &mut self.closing,
+            )?));
         }
         let (input, max_event_time) = self.time.drop_late(&self.agg, input)?;
         if self.store.is_some() {
