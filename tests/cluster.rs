@@ -86,12 +86,12 @@ async fn a_batch_on_a_cluster_says_where_it_ran() {
     assert_eq!(progress["cluster"]["url"], cluster.url.to_string());
     assert_eq!(progress["cluster"]["jobs"], 1);
     assert_eq!(progress["cluster"]["executors"], 2);
-    // The attempts the scheduler launched, as it reported them: at least one task per
-    // state partition, none retried.
+    // The attempts the scheduler launched, as it reported them (a task may run several
+    // partitions of a stage: Ballista gives it as many as its executor has free
+    // slots), none retried.
     assert_eq!(progress["cluster"]["retries"], 0, "{progress}");
     assert!(
-        progress["cluster"]["tasks"].as_u64().unwrap()
-            >= flumen::engine::state::default_partitions() as u64,
+        progress["cluster"]["tasks"].as_u64().unwrap() >= 1,
         "{progress}"
     );
     assert!(

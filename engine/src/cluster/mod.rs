@@ -501,6 +501,26 @@ fn runs_here(node: &Arc<dyn ExecutionPlan>, slots: &[Arc<BatchSlot>]) -> bool {
     children.iter().all(|c| runs_here(c, slots))
 }
 
+/// Whether `child` of `parent` is the hash exchange into a `StatePartitionsExec` of
+/// rows that all run here: then the exchange runs here too (the state partitions' own
+/// routing, DataFusion's hash, wherever it runs), and its output partitions are the
+/// state partitions' inputs.
+fn shuffled_here(
+    parent: &Arc<dyn ExecutionPlan>,
+    child: &Arc<dyn ExecutionPlan>,
+    slots: &[Arc<BatchSlot>],
+) -> bool {
+    use datafusion::physical_plan::Partitioning;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    parent
+        .downcast_ref::<state::StatePartitionsExec>()
+        .is_some()
+        && child.downcast_ref::<RepartitionExec>().is_some_and(|r| {
+            matches!(r.partitioning(), Partitioning::Hash(..))
+                && r.children().iter().all(|c| runs_here(c, slots))
+        })
+}
+
 /// `plan` with each largest part that [`runs_here`] run here, for this batch, and
 /// replaced by its result (partition for partition).
 fn run_here<'a>(
@@ -524,7 +544,20 @@ fn run_here<'a>(
         }
         let mut local = Vec::with_capacity(children.len());
         for c in children {
-            local.push(run_here(Arc::clone(c), slots, task_ctx).await?);
+            local.push(match shuffled_here(&plan, c, slots) {
+                // A state partition's rows the driver holds: hash-partitioned here,
+                // each state partition's share shipped to its task — one stage, no
+                // shuffle files on the executors.
+                true => {
+                    let parts = crate::scheduler::execute(c, task_ctx).await?;
+                    datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                        &parts,
+                        c.schema(),
+                        None,
+                    )? as Arc<dyn ExecutionPlan>
+                }
+                false => run_here(Arc::clone(c), slots, task_ctx).await?,
+            });
         }
         use datafusion::physical_plan::execution_plan::{
             ChildrenPropertiesMode, ReplaceChildrenOptions,
