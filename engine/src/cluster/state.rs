@@ -684,29 +684,50 @@ fn update(
         let cutoff = state.cutoff(now);
         evaluate_all(&agg, &mut state, cutoff)?
     };
-    let mut out = columns
+    let max = if append {
+        // The newest event time folded in: the hidden `max(event time)`, next to last.
+        let widths = &planned.state_widths;
+        let max_col = agg.keys() + widths[..widths.len() - 2].iter().sum::<usize>();
+        crate::ops::aggregate::event_time::max_of(input.column(max_col))?
+    } else {
+        None
+    };
+    let out = task_rows(schema, columns, spec.window.as_ref(), late, max)?;
+    task.commit(state)?;
+    Ok(concat_batches(schema, &out)?)
+}
+
+/// What an aggregate's task returns, rows of `schema`: its `groups` (keys and every
+/// aggregate's value); a windowed aggregate's with the late-row column, null, and one
+/// more row with its `late` count when it dropped any; in append mode only its summary
+/// row (`late`, the newest event time `max` folded in).
+fn task_rows(
+    schema: &SchemaRef,
+    groups: Vec<Vec<ArrayRef>>,
+    window: Option<&WindowSpec>,
+    late: u64,
+    max: Option<i64>,
+) -> Result<Vec<RecordBatch>> {
+    if window.is_some_and(|w| w.append) {
+        return Ok(vec![RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![late as i64])),
+                Arc::new(Int64Array::from(vec![max])),
+            ],
+        )?]);
+    }
+    let mut out = groups
         .into_iter()
         .map(|mut c| {
-            if spec.window.is_some() {
+            if window.is_some() {
                 let rows = c.first().map_or(0, |a| a.len());
                 c.push(new_null_array(&DataType::Int64, rows));
             }
             RecordBatch::try_new(Arc::clone(schema), c)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if append {
-        // The newest event time folded in: the hidden `max(event time)`, next to last.
-        let widths = &planned.state_widths;
-        let max_col = agg.keys() + widths[..widths.len() - 2].iter().sum::<usize>();
-        let max = crate::ops::aggregate::event_time::max_of(input.column(max_col))?;
-        out.push(RecordBatch::try_new(
-            Arc::clone(schema),
-            vec![
-                Arc::new(Int64Array::from(vec![late as i64])),
-                Arc::new(Int64Array::from(vec![max])),
-            ],
-        )?);
-    } else if late > 0 {
+    if late > 0 {
         let mut c: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
             .iter()
             .map(|f| new_null_array(f.data_type(), 1))
@@ -714,8 +735,7 @@ fn update(
         c.push(Arc::new(Int64Array::from(vec![late as i64])));
         out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
     }
-    task.commit(state)?;
-    Ok(concat_batches(schema, &out)?)
+    Ok(out)
 }
 
 /// A session-window aggregate's task (`SessionTask`): the rows it emits end with the
@@ -769,33 +789,8 @@ fn sessions(
         return Ok(concat_batches(schema, &out)?);
     }
     let (rows, late, max) = session_task.fold(&mut state, batches)?;
-    let out = if w.append {
-        vec![RecordBatch::try_new(
-            Arc::clone(schema),
-            vec![
-                Arc::new(Int64Array::from(vec![late as i64])),
-                Arc::new(Int64Array::from(vec![max])),
-            ],
-        )?]
-    } else {
-        let mut out = rows
-            .into_iter()
-            .map(|b| {
-                let mut c = b.columns().to_vec();
-                c.push(new_null_array(&DataType::Int64, b.num_rows()));
-                RecordBatch::try_new(Arc::clone(schema), c)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if late > 0 {
-            let mut c: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
-                .iter()
-                .map(|f| new_null_array(f.data_type(), 1))
-                .collect();
-            c.push(Arc::new(Int64Array::from(vec![late as i64])));
-            out.push(RecordBatch::try_new(Arc::clone(schema), c)?);
-        }
-        out
-    };
+    let groups = rows.iter().map(|b| b.columns().to_vec()).collect();
+    let out = task_rows(schema, groups, Some(w), late, max)?;
     task.commit(state)?;
     Ok(concat_batches(schema, &out)?)
 }

@@ -18,16 +18,18 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::event_time::{self, EventTime};
+use super::event_time::{self, EventTime, EventTimeWindow};
 use super::partial::PartialAggregate;
 use crate::Result;
 use crate::checkpoint::OperatorState;
 use crate::cluster::join::JoinFold;
 use crate::cluster::state::{
-    FirstRows, Fold, Placement, Spec, StatePartitionsExec, Versions, WindowSpec,
+    FirstRows, Fold, LATE_COLUMN, Placement, Spec, StatePartitionsExec, Versions, WindowSpec,
+    summary_schema,
 };
 use crate::ops::OperatorContext;
 use crate::state::StateConfig;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 /// `"state"` in the meta of a checkpoint whose groups live on a cluster.
 pub(crate) const ON_CLUSTER: &str = "cluster";
@@ -170,6 +172,49 @@ impl OnCluster {
 }
 
 impl OnCluster {
+    /// A windowed aggregate's plan (windows, or sessions partitioned by their other
+    /// keys `keys`): its tasks emit every aggregate's value of `wide` (the hidden ones
+    /// give the watermark) and the late-row count — what [`windows_from_tasks`]
+    /// reads; in append mode each task's summary, then the close plan the closed
+    /// groups.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_window(
+        &mut self,
+        partial: Arc<dyn ExecutionPlan>,
+        keys: &[usize],
+        wide: &SchemaRef,
+        config: &StateConfig,
+        changed_only: bool,
+        window: &EventTimeWindow,
+        sessions: bool,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut fields: Vec<Field> = wide
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let (schema, closed_schema) = if window.emit_closed_only {
+            (summary_schema(), Some(Arc::new(Schema::new(fields))))
+        } else {
+            fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
+            (Arc::new(Schema::new(fields)), None)
+        };
+        self.plan(
+            partial,
+            keys,
+            config,
+            changed_only,
+            Some(WindowSpec {
+                key_index: window.key_index,
+                evict_closed: window.evict_closed,
+                append: window.emit_closed_only,
+                sessions,
+            }),
+            schema,
+            closed_schema,
+        )
+    }
+
     fn spec(&self, config: &StateConfig, changed_only: bool, window: Option<WindowSpec>) -> Spec {
         Spec {
             dir: self.placement.dir.clone(),

@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, StructArray, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::dataframe::DataFrame;
@@ -33,7 +33,7 @@ use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_
 use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, restored_state};
 use crate::checkpoint::OperatorState;
-use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec, summary_schema};
+use crate::cluster::state::Placement;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{BoundFn, KeyedState, Nested, Partition, StateConfig, StateStats, min_per_list};
 use crate::{Result, internal_err};
@@ -472,35 +472,15 @@ impl StreamOperator for SessionAggregate {
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
         let layout = Layout::new(partial, self.agg.keys(), self.time.window.key_index);
         if let Some(c) = &mut self.cluster {
-            // What `on_cluster::windows_from_tasks` reads, as for windows: every
-            // aggregate's value and the late-row count; append mode: each task's
-            // summary, then the closed sessions.
             let wide = self.agg.output_schema(input)?;
-            let mut fields: Vec<Field> = wide
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect();
-            let w = self.time.window;
-            let (schema, closed_schema) = if w.emit_closed_only {
-                (summary_schema(), Some(Arc::new(Schema::new(fields))))
-            } else {
-                fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
-                (Arc::new(Schema::new(fields)), None)
-            };
-            return c.plan(
+            return c.plan_window(
                 plan,
                 layout.keys(),
+                &wide,
                 &self.config,
                 self.changed_only,
-                Some(WindowSpec {
-                    key_index: w.key_index,
-                    evict_closed: w.evict_closed,
-                    append: w.emit_closed_only,
-                    sessions: true,
-                }),
-                schema,
-                closed_schema,
+                &self.time.window,
+                true,
             );
         }
         self.store = Some((layout.store(self.config.clone())?, layout));

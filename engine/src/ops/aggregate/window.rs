@@ -18,10 +18,9 @@ use super::event_time::{self, EventTime, EventTimeWindow, WindowDisplay, window_
 use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, evaluate_all, evaluate_rows, merge_touched};
 use crate::Result;
-use crate::cluster::state::{LATE_COLUMN, Placement, WindowSpec, summary_schema};
+use crate::cluster::state::Placement;
 use crate::ops::{Emits, OperatorContext, StreamOperator};
 use crate::state::{KeyedState, StateConfig, StateStats};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 /// An aggregate over tumbling or hopping windows.
 pub struct WindowAggregate {
@@ -258,35 +257,15 @@ impl StreamOperator for WindowAggregate {
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.agg.plan(input).await?;
         if let Some(c) = &mut self.cluster {
-            // Every aggregate's value (the hidden ones give the watermark), the window
-            // key as grouped, and the late-row count: what `process_from_cluster` reads.
-            // Append mode: each task's summary, then the closed windows' groups.
             let wide = self.agg.output_schema(input)?;
-            let mut fields: Vec<Field> = wide
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect();
-            let w = self.time.window;
-            let (schema, closed_schema) = if w.emit_closed_only {
-                (summary_schema(), Some(Arc::new(Schema::new(fields))))
-            } else {
-                fields.push(Field::new(LATE_COLUMN, DataType::Int64, true));
-                (Arc::new(Schema::new(fields)), None)
-            };
-            return c.plan(
+            return c.plan_window(
                 plan,
                 &(0..self.agg.keys()).collect::<Vec<_>>(),
+                &wide,
                 &self.config,
                 self.changed_only,
-                Some(WindowSpec {
-                    key_index: w.key_index,
-                    evict_closed: w.evict_closed,
-                    append: w.emit_closed_only,
-                    sessions: false,
-                }),
-                schema,
-                closed_schema,
+                &self.time.window,
+                false,
             );
         }
         let w = self.time.window;
