@@ -1,5 +1,6 @@
 //! SQL functions Flumen adds to DataFusion's so that queries written for Flink run
-//! as written: `DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')` with Java's pattern letters.
+//! as written: `DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')` with Java's pattern letters, and
+//! `MOD`, `HOUR`, `REGEXP_EXTRACT`, `SPLIT_INDEX` (`flink.rs`).
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub fn udfs() -> Vec<std::sync::Arc<ScalarUDF>> {
         date_format_udf(),
     ]
     .into_iter()
+    .chain(crate::flink::udfs())
     .map(std::sync::Arc::new)
     .collect()
 }

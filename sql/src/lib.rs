@@ -16,6 +16,7 @@
 pub mod batch_time;
 pub mod catalog;
 pub mod duration;
+pub mod flink;
 pub mod functions;
 pub mod hidden;
 mod join;

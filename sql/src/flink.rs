@@ -1,0 +1,219 @@
+//! Flink's scalar functions that the standard Nexmark queries use and DataFusion does
+//! not have, with Flink's semantics: `MOD(a, b)`, `HOUR(ts)`,
+//! `REGEXP_EXTRACT(s, regex[, group])` and `SPLIT_INDEX(s, separator, index)`. Each is
+//! vectorised over Arrow arrays; a bad argument (a regex that does not compile, a
+//! group the regex does not have) is an error naming it, never a silent NULL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::numeric::rem;
+use datafusion::arrow::compute::kernels::temporal::{DatePart, date_part};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The functions of this module.
+pub fn udfs() -> Vec<ScalarUDF> {
+    [
+        Flink::Mod,
+        Flink::Hour,
+        Flink::RegexpExtract,
+        Flink::SplitIndex,
+    ]
+    .into_iter()
+    .map(|f| {
+        ScalarUDF::new_from_impl(Function {
+            f,
+            signature: Signature::user_defined(Volatility::Immutable),
+        })
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Flink {
+    /// `MOD(a, b)`: the remainder of `a / b`, negative only when `a` is (Java's `%`).
+    Mod,
+    /// `HOUR(ts)`: the hour of a timestamp or time, 0 to 23, as a `BIGINT`.
+    Hour,
+    /// `REGEXP_EXTRACT(s, regex[, group])`: the text group `group` (default 0: the
+    /// whole match) of the first match of `regex` in `s`; NULL when nothing matches or
+    /// the group took no part in the match.
+    RegexpExtract,
+    /// `SPLIT_INDEX(s, separator, index)`: the `index`-th (from 0) piece of `s` split
+    /// at every `separator`; NULL when there is no such piece.
+    SplitIndex,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Function {
+    f: Flink,
+    signature: Signature,
+}
+
+fn is_text(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+    )
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer() || *t == DataType::Null
+}
+
+impl ScalarUDFImpl for Function {
+    fn name(&self) -> &str {
+        match self.f {
+            Flink::Mod => "mod",
+            Flink::Hour => "hour",
+            Flink::RegexpExtract => "regexp_extract",
+            Flink::SplitIndex => "split_index",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        let text = DataType::Utf8;
+        match (self.f, args) {
+            (Flink::Mod, [a, b]) if is_integer(a) && is_integer(b) => {
+                Ok(vec![DataType::Int64, DataType::Int64])
+            }
+            (Flink::Mod, [a, b])
+                if (a.is_numeric() || *a == DataType::Null)
+                    && (b.is_numeric() || *b == DataType::Null) =>
+            {
+                Ok(vec![DataType::Float64, DataType::Float64])
+            }
+            (Flink::Hour, [t]) => match t {
+                DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_) => {
+                    Ok(vec![t.clone()])
+                }
+                t if is_text(t) => Ok(vec![DataType::Timestamp(TimeUnit::Nanosecond, None)]),
+                _ => plan_err!("HOUR(ts): ts must be a timestamp or a time, got {t}"),
+            },
+            (Flink::RegexpExtract, [s, r]) if is_text(s) && is_text(r) => Ok(vec![text; 2]),
+            (Flink::RegexpExtract, [s, r, g]) if is_text(s) && is_text(r) && is_integer(g) => {
+                Ok(vec![text.clone(), text, DataType::Int64])
+            }
+            (Flink::SplitIndex, [s, sep, i]) if is_text(s) && is_text(sep) && is_integer(i) => {
+                Ok(vec![text.clone(), text, DataType::Int64])
+            }
+            (f, args) => {
+                let usage = match f {
+                    Flink::Mod => "MOD(a, b) takes two numbers",
+                    Flink::Hour => "HOUR(ts) takes a timestamp",
+                    Flink::RegexpExtract => {
+                        "REGEXP_EXTRACT(s, regex[, group]) takes two texts and an optional integer"
+                    }
+                    Flink::SplitIndex => {
+                        "SPLIT_INDEX(s, separator, index) takes two texts and an integer"
+                    }
+                };
+                let got: Vec<String> = args.iter().map(|t| t.to_string()).collect();
+                plan_err!("{usage}, got ({})", got.join(", "))
+            }
+        }
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        Ok(match self.f {
+            Flink::Mod => args.first().cloned().unwrap_or(DataType::Int64),
+            Flink::Hour => DataType::Int64,
+            Flink::RegexpExtract | Flink::SplitIndex => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let out: ArrayRef = match self.f {
+            Flink::Mod => rem(&arrays[0], &arrays[1])
+                .map_err(|e| datafusion::common::exec_datafusion_err!("MOD(a, b): {e}"))?,
+            Flink::Hour => cast(
+                &date_part(arrays[0].as_ref(), DatePart::Hour)?,
+                &DataType::Int64,
+            )?,
+            Flink::RegexpExtract => Arc::new(regexp_extract(&arrays)?),
+            Flink::SplitIndex => Arc::new(split_index(&arrays)?),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+fn texts(a: &ArrayRef) -> Result<StringArray> {
+    let a = cast(a, &DataType::Utf8)?;
+    Ok(a.as_string::<i32>().clone())
+}
+
+fn integers(a: &ArrayRef) -> Result<Int64Array> {
+    let a = cast(a, &DataType::Int64)?;
+    Ok(a.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .clone())
+}
+
+fn regexp_extract(arrays: &[ArrayRef]) -> Result<StringArray> {
+    let s = texts(&arrays[0])?;
+    let patterns = texts(&arrays[1])?;
+    let groups = arrays.get(2).map(integers).transpose()?;
+    let mut compiled: HashMap<&str, regex::Regex> = HashMap::new();
+    let mut out = Vec::with_capacity(s.len());
+    for i in 0..s.len() {
+        if s.is_null(i) || patterns.is_null(i) || groups.as_ref().is_some_and(|g| g.is_null(i)) {
+            out.push(None);
+            continue;
+        }
+        let pattern = patterns.value(i);
+        if !compiled.contains_key(pattern) {
+            let re = match regex::Regex::new(pattern) {
+                Ok(re) => re,
+                Err(e) => {
+                    return exec_err!(
+                        "REGEXP_EXTRACT: '{pattern}' is not a regular expression: {e}"
+                    );
+                }
+            };
+            compiled.insert(pattern, re);
+        }
+        let re = &compiled[pattern];
+        let group = groups.as_ref().map_or(0, |g| g.value(i));
+        if group < 0 || group as usize >= re.captures_len() {
+            return exec_err!(
+                "REGEXP_EXTRACT: '{pattern}' has no group {group} (it has {})",
+                re.captures_len() - 1
+            );
+        }
+        out.push(
+            re.captures(s.value(i))
+                .and_then(|c| c.get(group as usize))
+                .map(|m| m.as_str().to_string()),
+        );
+    }
+    Ok(StringArray::from(out))
+}
+
+fn split_index(arrays: &[ArrayRef]) -> Result<StringArray> {
+    let s = texts(&arrays[0])?;
+    let separators = texts(&arrays[1])?;
+    let indexes = integers(&arrays[2])?;
+    Ok((0..s.len())
+        .map(|i| {
+            if s.is_null(i) || separators.is_null(i) || indexes.is_null(i) {
+                return None;
+            }
+            let index = usize::try_from(indexes.value(i)).ok()?;
+            let separator = separators.value(i);
+            if separator.is_empty() {
+                return (index == 0).then(|| s.value(i));
+            }
+            s.value(i).split(separator).nth(index)
+        })
+        .collect())
+}
