@@ -44,6 +44,7 @@ impl ParsedQuery {
         let emit = take_emit(&mut tokens);
         trim_end(&mut tokens);
         let window = KsqlWindow::take(&mut tokens)?;
+        unwrap_flink_tvfs(&mut tokens)?;
         let end = tokens.last().map(|t| t.span.end);
         let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
         let query = parser
@@ -184,6 +185,86 @@ fn take_emit(tokens: &mut Vec<TokenWithSpan>) -> Option<OutputMode> {
     Some(mode)
 }
 
+/// Flink's window table functions as Flink writes them,
+/// `TABLE(TUMBLE(TABLE bid, DESCRIPTOR(ts), size))`, made the form `tvf.rs` reads,
+/// `TUMBLE(bid, DESCRIPTOR(ts), size)`, on the tokens: SQL's `TABLE t` argument is not
+/// an expression sqlparser reads. Only a `TABLE(` directly around `TUMBLE`, `HOP` or
+/// `SESSION` whose first argument is `TABLE name` is touched; a session's
+/// `PARTITION BY` is refused, naming what to write instead.
+fn unwrap_flink_tvfs(tokens: &mut Vec<TokenWithSpan>) -> Result<()> {
+    let significant = |tokens: &[TokenWithSpan], from: usize| {
+        (from..tokens.len()).find(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
+    };
+    let mut i = 0;
+    while let Some(at) = significant(tokens, i) {
+        i = at + 1;
+        if word(&tokens[at]).as_deref() != Some("TABLE") {
+            continue;
+        }
+        // TABLE ( FN ( TABLE name
+        let Some(open) = significant(tokens, at + 1).filter(|o| tokens[*o].token == Token::LParen)
+        else {
+            continue;
+        };
+        let Some(func) = significant(tokens, open + 1) else {
+            continue;
+        };
+        let Some(kind) =
+            word(&tokens[func]).filter(|w| ["TUMBLE", "HOP", "SESSION"].contains(&w.as_str()))
+        else {
+            continue;
+        };
+        let Some(inner_open) =
+            significant(tokens, func + 1).filter(|o| tokens[*o].token == Token::LParen)
+        else {
+            continue;
+        };
+        let Some(inner_table) = significant(tokens, inner_open + 1)
+            .filter(|t| word(&tokens[*t]).as_deref() == Some("TABLE"))
+        else {
+            continue;
+        };
+        // The `)` closing `TABLE(`.
+        let mut depth = 0usize;
+        let mut close = None;
+        for (j, t) in tokens.iter().enumerate().skip(open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(close) = close else {
+            return plan_err!("syntax error: TABLE({kind}(...)) is not closed");
+        };
+        let partitioned = tokens[inner_table..close]
+            .iter()
+            .zip(tokens[inner_table..close].iter().skip(2))
+            .any(|(a, b)| {
+                word(a).as_deref() == Some("PARTITION") && word(b).as_deref() == Some("BY")
+            });
+        if partitioned {
+            return plan_err!(
+                "{kind}(TABLE t PARTITION BY ...) is not supported: write {kind}(TABLE t, ...) \
+                 and GROUP BY the partition columns with window_start, window_end — a \
+                 session is kept per value of the other GROUP BY keys"
+            );
+        }
+        // Outermost first, so the positions before it stay valid.
+        tokens.remove(close);
+        tokens.remove(inner_table);
+        tokens.drain(at..=open);
+        i = at;
+    }
+    Ok(())
+}
+
 /// `text` up to (and including) the character at 1-based `line`/`column`.
 fn text_until(text: &str, line: u64, column: u64) -> String {
     let mut offset = 0;
@@ -214,6 +295,30 @@ mod tests {
         assert_eq!(
             (q.emit, q.text.as_str()),
             (Some(OutputMode::Append), "SELECT k FROM s")
+        );
+    }
+
+    #[test]
+    fn flinks_table_form_of_a_window_function_is_read_as_the_plain_call() {
+        let q = ParsedQuery::parse(
+            "SELECT window_start, count(*) FROM TABLE(\n  TUMBLE(TABLE bid, DESCRIPTOR(ts), INTERVAL '10' SECOND))\n GROUP BY window_start, window_end",
+        )
+        .unwrap();
+        assert_eq!(
+            q.query.to_string(),
+            "SELECT window_start, count(*) FROM TUMBLE(bid, DESCRIPTOR(ts), INTERVAL '10' SECOND) GROUP BY window_start, window_end"
+        );
+        // Other uses of TABLE are left alone.
+        let q = ParsedQuery::parse("SELECT * FROM t WHERE x = 1").unwrap();
+        assert_eq!(q.query.to_string(), "SELECT * FROM t WHERE x = 1");
+        let e = ParsedQuery::parse(
+            "SELECT 1 FROM TABLE(SESSION(TABLE bid PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' SECOND))",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SESSION(TABLE t PARTITION BY ...) is not supported"),
+            "{e}"
         );
     }
 
