@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod duration;
 pub mod flink;
 pub mod functions;
+pub mod group_windows;
 pub mod hidden;
 mod join;
 pub mod ksql;

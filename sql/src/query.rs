@@ -74,7 +74,8 @@ impl ParsedQuery {
     }
 
     /// The statement DataFusion plans: the ksqlDB window onto `window()` (its time
-    /// column from `event_time_of(stream)`) and the window table functions rewritten.
+    /// column from `event_time_of(stream)`), the window table functions and Flink's
+    /// legacy group windows (`group_windows.rs`) rewritten.
     pub fn bind(
         &self,
         event_time_of: impl Fn(&str) -> Option<String>,
@@ -85,6 +86,7 @@ impl ParsedQuery {
         }
         let mut statement = ast::Statement::Query(query);
         crate::tvf::rewrite_statement(&mut statement)?;
+        crate::group_windows::rewrite_statement(&mut statement)?;
         Ok(datafusion::sql::parser::Statement::Statement(Box::new(
             statement,
         )))
