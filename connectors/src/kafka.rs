@@ -119,7 +119,7 @@ impl KafkaSource {
     fn from_options(name: &str, schema: SchemaRef, options: &ConnectorOptions) -> Result<Self> {
         let Some(servers) = options.get("bootstrap_servers") else {
             return plan_err!(
-                "stream {name}: connector 'kafka' needs bootstrap_servers = 'host:port[,...]' and topic = '...'"
+                "stream {name}: connector 'kafka' needs bootstrap_servers = 'host:port[,...]' (or the session's SET kafka.bootstrap_servers) and topic = '...'"
             );
         };
         let Some(topics) = options.get("topic") else {

@@ -385,7 +385,15 @@ fn parse_insert(sql: &str, p: &mut Parser) -> Result<Statement> {
 /// `SET key = value` / `SET key TO value`.
 fn parse_set(sql: &str, p: &mut Parser) -> Result<Statement> {
     p.next_token();
-    let key = ident(p)?;
+    let mut key = ident(p)?;
+    // A dotted key is Flumen's own (`kafka.bootstrap_servers`) or DataFusion's, which
+    // gets the statement whole.
+    while p.consume_token(&Token::Period) {
+        key = format!("{key}.{}", ident(p)?);
+    }
+    if key.contains('.') && !crate::session::FLUMEN_SETTINGS.contains(&key.as_str()) {
+        return Ok(Statement::Other(sql.to_string()));
+    }
     if !(p.consume_token(&Token::Eq) || p.parse_keyword(Keyword::TO)) {
         return Ok(Statement::Other(sql.to_string()));
     }

@@ -399,6 +399,56 @@ async fn offsets_store_errors_name_the_database() {
     );
 }
 
+/// `SET kafka.bootstrap_servers` (ksqlDB's and Flink's session default) is the brokers
+/// of every `kafka` stream and sink that names none: a sink writes there and a stream
+/// reads it back; without it, the stream is refused naming both ways to give them.
+#[tokio::test]
+async fn the_session_gives_kafka_its_brokers() {
+    let c = client().await;
+    let t = topic("session-brokers");
+    create_topic(&c, &t, 1).await;
+    let mut s = sql_session();
+    let e = sql_error(
+        &mut s,
+        &format!("CREATE STREAM nobrokers (v BIGINT) WITH (connector = 'kafka', topic = '{t}')"),
+    )
+    .await;
+    assert!(
+        e.contains("or the session's SET kafka.bootstrap_servers"),
+        "{e}"
+    );
+    s.execute_script(&format!(
+        "SET kafka.bootstrap_servers = '{BROKER}';
+         CREATE STREAM m (k TEXT, v BIGINT) WITH (connector = 'memory');
+         CREATE SINK out WITH (connector = 'kafka', topic = '{t}') AS SELECT k, v FROM m;
+         INSERT INTO m VALUES ('a', 1), ('b', 2);
+         ADVANCE 1 BATCHES;"
+    ))
+    .await
+    .unwrap();
+    s.stop_all().await.unwrap();
+    let mut r = sql_session();
+    r.execute_script(&format!(
+        "SET trigger = 'available_now';
+         SET kafka.bootstrap_servers TO '{BROKER}';
+         CREATE STREAM back (k TEXT, v BIGINT) WITH (connector = 'kafka', topic = '{t}',
+           starting_offsets = 'earliest');
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT k, v FROM back;"
+    ))
+    .await
+    .unwrap();
+    let ctx = r.queries().next().unwrap().ctx.clone();
+    assert!(
+        ctx.await_termination_timeout(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        sql_rows(&mut r, "SELECT * FROM seen ORDER BY k").await,
+        strs(&["a|1", "b|2"])
+    );
+}
+
 #[tokio::test]
 async fn the_kafka_sink_writes_rows_as_json_records_keyed_by_a_column() {
     let c = client().await;

@@ -32,6 +32,21 @@ impl FlumenSession {
         Ok(())
     }
 
+    /// A stream's or sink's options with the session's defaults for what they leave
+    /// out: a `kafka` one's `bootstrap_servers` (`SET kafka.bootstrap_servers`).
+    fn with_session_defaults(&self, mut options: Options) -> Options {
+        let kafka = options
+            .get("connector")
+            .is_some_and(|c| c.eq_ignore_ascii_case("kafka"));
+        if kafka
+            && !options.contains_key("bootstrap_servers")
+            && let Some(servers) = &self.settings.kafka_bootstrap_servers
+        {
+            options.insert("bootstrap_servers".into(), servers.clone());
+        }
+        options
+    }
+
     pub(super) fn create_stream(
         &mut self,
         name: String,
@@ -40,6 +55,7 @@ impl FlumenSession {
         options: Options,
     ) -> Result<StatementResult> {
         self.check_free(&name)?;
+        let options = self.with_session_defaults(options);
         let Some(connector) = options.get("connector").cloned() else {
             return plan_err!(
                 "CREATE STREAM {name} needs WITH (connector = '...'); available: {}",
@@ -287,6 +303,7 @@ impl FlumenSession {
         is_table: bool,
     ) -> Result<()> {
         self.check_free(name)?;
+        let options = self.with_session_defaults(options);
         let Some(connector) = options.get("connector").cloned() else {
             return plan_err!(
                 "CREATE SINK {name} needs WITH (connector = '...'); available: {}",

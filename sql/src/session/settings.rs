@@ -32,6 +32,10 @@ pub struct Settings {
     /// `SET cluster = 'df://host:port'`: the Ballista cluster queries run their
     /// batches on (`None`: in this process).
     pub cluster: Option<String>,
+    /// `SET kafka.bootstrap_servers = 'host:port'`: the brokers of a `kafka` stream or
+    /// sink created without its own `bootstrap_servers` (ksqlDB's and Flink's session
+    /// default).
+    pub kafka_bootstrap_servers: Option<String>,
 }
 
 impl Default for Settings {
@@ -49,6 +53,7 @@ impl Default for Settings {
             console_format: None,
             state: StateConfig::default(),
             cluster: None,
+            kafka_bootstrap_servers: None,
         }
     }
 }
@@ -96,10 +101,12 @@ pub enum Setting {
     StateTtl(Option<Duration>),
     /// The cluster's scheduler (`df://host:port`); `None` runs batches here.
     Cluster(Option<String>),
+    /// The brokers a `kafka` stream or sink takes when it names none.
+    KafkaBootstrapServers(Option<String>),
 }
 
 /// The names of Flumen's own settings (what [`Setting::parse`] knows).
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     "batch_interval",
     "output_mode",
     "checkpoint_location",
@@ -114,6 +121,7 @@ pub const NAMES: [&str; 14] = [
     "state_memory",
     "state_ttl",
     "cluster",
+    "kafka.bootstrap_servers",
 ];
 
 /// The error for `SET key`, a key neither Flumen nor DataFusion (whose keys are
@@ -204,6 +212,9 @@ impl Setting {
                     Some(value.trim().to_string())
                 }
             }),
+            "kafka.bootstrap_servers" => Setting::KafkaBootstrapServers(
+                Some(value.trim().to_string()).filter(|v| !v.is_empty() && v != "none"),
+            ),
             _ => return Ok(None),
         }))
     }
@@ -278,6 +289,7 @@ impl Settings {
             Setting::StateMemory(n) => self.state.memory = n,
             Setting::StateTtl(t) => self.state.ttl = t,
             Setting::Cluster(url) => self.cluster = url,
+            Setting::KafkaBootstrapServers(servers) => self.kafka_bootstrap_servers = servers,
         }
         Ok(())
     }
