@@ -12,6 +12,19 @@ use crate::common::{sql_error, sql_rows, sql_session, strs};
 
 pub const BROKER: &str = "127.0.0.1:9092";
 
+/// A session that ran `script` (an `available_now` query) to its end, within 30 s.
+async fn ran_to_end(script: &str) -> flumen::sql::FlumenSession {
+    let mut s = sql_session();
+    s.execute_script(script).await.unwrap();
+    let ctx = s.queries().next().unwrap().ctx.clone();
+    assert!(
+        ctx.await_termination_timeout(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    s
+}
+
 pub async fn client() -> Client {
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -148,21 +161,13 @@ async fn latest_skips_what_is_there_and_available_now_stops() {
     s.stop_all().await.unwrap();
 
     // available_now reads everything from the earliest offset and stops by itself.
-    let mut s = sql_session();
-    s.execute_script(&format!(
+    let mut s = ran_to_end(&format!(
         "SET trigger = 'available_now';
          CREATE STREAM kv (k TEXT, v BIGINT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', \
            topic = '{t}', format = 'csv', starting_offsets = '{{\"{t}\": {{\"0\": 1}}}}');
          CREATE SINK out WITH (connector = 'memory') AS SELECT k, v FROM kv;"
     ))
-    .await
-    .unwrap();
-    let ctx = s.queries().next().unwrap().ctx.clone();
-    assert!(
-        ctx.await_termination_timeout(Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    .await;
     assert_eq!(
         sql_rows(&mut s, "SELECT * FROM out").await,
         strs(&["b|2", "c|3", "c|4"])
@@ -427,22 +432,14 @@ async fn the_session_gives_kafka_its_brokers() {
     .await
     .unwrap();
     s.stop_all().await.unwrap();
-    let mut r = sql_session();
-    r.execute_script(&format!(
+    let mut r = ran_to_end(&format!(
         "SET trigger = 'available_now';
          SET kafka.bootstrap_servers TO '{BROKER}';
          CREATE STREAM back (k TEXT, v BIGINT) WITH (connector = 'kafka', topic = '{t}',
            starting_offsets = 'earliest');
          CREATE SINK seen WITH (connector = 'memory') AS SELECT k, v FROM back;"
     ))
-    .await
-    .unwrap();
-    let ctx = r.queries().next().unwrap().ctx.clone();
-    assert!(
-        ctx.await_termination_timeout(Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    .await;
     assert_eq!(
         sql_rows(&mut r, "SELECT * FROM seen ORDER BY k").await,
         strs(&["a|1", "b|2"])
@@ -466,21 +463,13 @@ async fn the_kafka_sink_writes_rows_as_json_records_keyed_by_a_column() {
     .unwrap();
     s.stop_all().await.unwrap();
     // Read back with the kafka source.
-    let mut r = sql_session();
-    r.execute_script(&format!(
+    let mut r = ran_to_end(&format!(
         "SET trigger = 'available_now';
          CREATE STREAM back (k TEXT, v BIGINT, _key TEXT) WITH (connector = 'kafka', bootstrap_servers = '{BROKER}',
            topic = '{t}', starting_offsets = 'earliest');
          CREATE SINK seen WITH (connector = 'memory') AS SELECT _key, k, v FROM back;"
     ))
-    .await
-    .unwrap();
-    let ctx = r.queries().next().unwrap().ctx.clone();
-    assert!(
-        ctx.await_termination_timeout(Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    .await;
     assert_eq!(
         sql_rows(&mut r, "SELECT * FROM seen ORDER BY k").await,
         strs(&["a|a|10", "b|b|20"])
