@@ -589,6 +589,42 @@ async fn append_windows_resume_from_state_partitions() {
     assert_eq!(got, whole);
 }
 
+/// `state_ttl` never drops an append-mode window before the watermark closes it (its
+/// only output) nor forgets its earlier rows, on the executors as locally: a window
+/// with rows 3 batches apart, closed by the watermark a batch later, is emitted whole
+/// with a time-to-live of 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_time_to_live_keeps_append_windows_until_they_close_on_a_cluster() {
+    let cluster = cluster().await;
+    let mut emitted = Vec::new();
+    for url in [None, Some(cluster.url.to_string())] {
+        let (mut s, _) = session_at(flumen::engine::Time::from_millis(0));
+        s.execute_script(&format!(
+            "{}SET output_mode = 'append'; SET state_ttl = '2 seconds';
+             CREATE STREAM bids (auction BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '4' SECOND) WITH (connector = 'memory');
+             CREATE SINK c WITH (connector = 'memory') AS
+               SELECT window(ts, INTERVAL '10' SECOND)['start'] AS ws, auction, count(*) AS n
+               FROM bids GROUP BY window(ts, INTERVAL '10' SECOND), auction;
+             INSERT INTO bids VALUES (1, '2026-01-01T00:00:01'), (1, '2026-01-01T00:00:02');
+             ADVANCE 3 BATCHES;
+             INSERT INTO bids VALUES (1, '2026-01-01T00:00:03');
+             ADVANCE 1 BATCHES;
+             INSERT INTO bids VALUES (2, '2026-01-01T00:00:15');
+             ADVANCE 1 BATCHES;",
+            url.as_ref()
+                .map(|u| format!("SET cluster = '{u}';\n"))
+                .unwrap_or_default()
+        ))
+        .await
+        .unwrap();
+        emitted.push(rows(&mut s, "SELECT ws, auction, n FROM c ORDER BY ws, auction").await);
+        s.stop_all().await.unwrap();
+    }
+    assert_eq!(emitted[0], ["2026-01-01T00:00:00|1|3"]);
+    assert_eq!(emitted[1], emitted[0]);
+}
+
 /// Session windows keep each user's sessions in state partitions on the executors,
 /// partitioned by user: batch by batch the same late rows, watermarks and emitted
 /// sessions as a local run, in update, append and complete mode. Batch 3 brings a row

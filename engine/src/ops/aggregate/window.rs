@@ -83,7 +83,13 @@ impl WindowAggregate {
 
     /// How the groups are kept in update and complete mode (partitions, memory
     /// budget, time-to-live).
-    pub fn with_state_config(mut self, config: StateConfig) -> Self {
+    pub fn with_state_config(mut self, mut config: StateConfig) -> Self {
+        if self.time.window.emit_closed_only {
+            // The watermark bounds append-mode windows; a time-to-live would drop a
+            // group before its window closed, and with it the group's only output —
+            // here or in a cluster's state partitions, whose spec is made from this.
+            config.ttl = None;
+        }
         self.config = config;
         self
     }
@@ -278,13 +284,7 @@ impl StreamOperator for WindowAggregate {
         let planned = self.agg.planned()?;
         let fields = planned.partial_schema.fields();
         let nk = self.agg.keys();
-        let mut config = self.config.clone();
-        if w.emit_closed_only {
-            // The watermark bounds append-mode windows; a time-to-live would drop a
-            // group before its window closed, and with it the group's only output.
-            config.ttl = None;
-        }
-        let mut store = KeyedState::try_new(&fields[..nk], &fields[nk..], config)?;
+        let mut store = KeyedState::try_new(&fields[..nk], &fields[nk..], self.config.clone())?;
         if let Some(rows) = self.restored.take() {
             store.restore(self.conform(rows)?)?;
         }
