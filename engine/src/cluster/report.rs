@@ -128,7 +128,11 @@ impl Reports {
         let mut reply = Reply::default();
         let mut missing: Vec<String> = names.to_vec();
         loop {
+            // Registered before the look, so a report recorded between the look and
+            // the wait still wakes it (`notify_waiters` wakes registered waiters only).
             let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             {
                 let mut held = self.held.lock();
                 missing.retain(|name| match held.0.remove(name) {
@@ -207,4 +211,35 @@ pub fn routes(reports: Arc<Reports>) -> axum::Router {
             ),
         )
         .with_state(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_report_arriving_during_the_wait_is_handed_over_once() {
+        let reports = Arc::new(Reports::default());
+        let late = Arc::clone(&reports);
+        let recorder = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            late.record(
+                "flumen:s:0".into(),
+                JobReport {
+                    tasks: 3,
+                    retries: 1,
+                    rows_read: BTreeMap::from([("t".to_string(), 5)]),
+                },
+            );
+        });
+        let names = vec!["flumen:s:0".to_string()];
+        let reply = reports.take(&names, Duration::from_secs(10)).await;
+        recorder.await.unwrap();
+        assert!(reply.missing.is_empty(), "{reply:?}");
+        assert_eq!(reply.jobs["flumen:s:0"].retries, 1);
+        // Taken: asked again, it is missing once the wait ends.
+        let again = reports.take(&names, Duration::from_millis(10)).await;
+        assert_eq!(again.missing, names);
+        assert!(again.jobs.is_empty());
+    }
 }
