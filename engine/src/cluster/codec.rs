@@ -470,55 +470,10 @@ impl PhysicalExtensionCodec for FlumenCodec {
                     .try_into()
                     .map_err(|e| DataFusionError::Internal(format!("{e}")))
             };
-            let top_n = match exec.fold() {
-                Fold::TopN(r) => Some(TopNNode {
-                    keys: ids(&r.keys),
-                    order: r.order.iter().map(|o| o.index as u32).collect(),
-                    descending: r.order.iter().map(|o| o.options.descending).collect(),
-                    nulls_first: r.order.iter().map(|o| o.options.nulls_first).collect(),
-                    rank: r.rank as u32,
-                    limit: r.limit as u64,
-                    emit_all: r.emit_all,
-                }),
-                _ => None,
-            };
-            let (template, first_rows, join) = match exec.fold() {
-                Fold::TopN(_) => (Vec::new(), None, None),
-                Fold::Aggregate(t) => (
-                    PhysicalPlanNode::try_from_physical_plan(Arc::clone(t), self)?.encode_to_vec(),
-                    None,
-                    None,
-                ),
-                Fold::FirstRows(f) => (Vec::new(), Some(f), None),
-                Fold::Join(j) => (
-                    Vec::new(),
-                    None,
-                    Some(JoinNode {
-                        plan: PhysicalPlanNode::try_from_physical_plan(Arc::clone(&j.plan), self)?
-                            .encode_to_vec(),
-                        leaf_sides: j.leaf_sides.clone(),
-                        left: Some(proto_schema(&j.left)?),
-                        right: Some(proto_schema(&j.right)?),
-                        left_keys: ids(&j.left_keys),
-                        right_keys: ids(&j.right_keys),
-                        left_time: j.left_time as u32,
-                        right_time: j.right_time as u32,
-                        lo: j.lo,
-                        hi: j.hi,
-                    }),
-                ),
-            };
             let spec = exec.spec();
             let versions = exec.versions();
-            let message = StatePartitionsNode {
-                template,
-                join,
-                top_n,
+            let mut message = StatePartitionsNode {
                 watermark_right: versions.watermark_right,
-                first_rows: first_rows.is_some(),
-                keys: first_rows.map(|f| ids(&f.keys)).unwrap_or_default(),
-                values: first_rows.map(|f| ids(&f.values)).unwrap_or_default(),
-                emit_all: first_rows.is_some_and(|f| f.emit_all),
                 dir: spec.dir.to_string_lossy().into_owned(),
                 partitions: spec.partitions as u32,
                 changed_only: spec.changed_only,
@@ -533,13 +488,49 @@ impl PhysicalExtensionCodec for FlumenCodec {
                 append: spec.window.is_some_and(|w| w.append),
                 sessions: spec.window.is_some_and(|w| w.sessions),
                 close: versions.close,
-                schema: Some(
-                    exec.schema()
-                        .as_ref()
-                        .try_into()
-                        .map_err(|e| DataFusionError::Internal(format!("{e}")))?,
-                ),
+                schema: Some(proto_schema(&exec.schema())?),
+                ..Default::default()
             };
+            // What the task folds with: one of the fold's fields set.
+            match exec.fold() {
+                Fold::Aggregate(t) => {
+                    message.template =
+                        PhysicalPlanNode::try_from_physical_plan(Arc::clone(t), self)?
+                            .encode_to_vec();
+                }
+                Fold::FirstRows(f) => {
+                    message.first_rows = true;
+                    message.keys = ids(&f.keys);
+                    message.values = ids(&f.values);
+                    message.emit_all = f.emit_all;
+                }
+                Fold::TopN(r) => {
+                    message.top_n = Some(TopNNode {
+                        keys: ids(&r.keys),
+                        order: r.order.iter().map(|o| o.index as u32).collect(),
+                        descending: r.order.iter().map(|o| o.options.descending).collect(),
+                        nulls_first: r.order.iter().map(|o| o.options.nulls_first).collect(),
+                        rank: r.rank as u32,
+                        limit: r.limit as u64,
+                        emit_all: r.emit_all,
+                    });
+                }
+                Fold::Join(j) => {
+                    message.join = Some(JoinNode {
+                        plan: PhysicalPlanNode::try_from_physical_plan(Arc::clone(&j.plan), self)?
+                            .encode_to_vec(),
+                        leaf_sides: j.leaf_sides.clone(),
+                        left: Some(proto_schema(&j.left)?),
+                        right: Some(proto_schema(&j.right)?),
+                        left_keys: ids(&j.left_keys),
+                        right_keys: ids(&j.right_keys),
+                        left_time: j.left_time as u32,
+                        right_time: j.right_time as u32,
+                        lo: j.lo,
+                        hi: j.hi,
+                    });
+                }
+            }
             buf.push(STATE_PARTITIONS_NODE);
             message
                 .encode(buf)
