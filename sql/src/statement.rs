@@ -386,12 +386,13 @@ fn parse_insert(sql: &str, p: &mut Parser) -> Result<Statement> {
 fn parse_set(sql: &str, p: &mut Parser) -> Result<Statement> {
     p.next_token();
     let mut key = ident(p)?;
-    // A dotted key is Flumen's own (`kafka.bootstrap_servers`) or DataFusion's, which
-    // gets the statement whole.
+    // A dotted key is DataFusion's (`datafusion.<section>.<name>`: it gets the
+    // statement whole) or Flumen's (`kafka.bootstrap_servers`; a misspelled one is
+    // refused naming the nearest setting).
     while p.consume_token(&Token::Period) {
         key = format!("{key}.{}", ident(p)?);
     }
-    if key.contains('.') && !crate::session::FLUMEN_SETTINGS.contains(&key.as_str()) {
+    if key.to_ascii_lowercase().starts_with("datafusion.") {
         return Ok(Statement::Other(sql.to_string()));
     }
     if !(p.consume_token(&Token::Eq) || p.parse_keyword(Keyword::TO)) {
