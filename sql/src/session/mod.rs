@@ -22,7 +22,7 @@ use flumen_engine::{Clock, ConnectorRegistry, Result, SystemClock, Time, plan_er
 use tokio::sync::mpsc;
 
 pub use queries::{QueryInfo, QueryRegistry, SessionView, list_queries};
-pub use settings::{ConsoleFormat, NAMES as FLUMEN_SETTINGS, Setting, Settings};
+pub use settings::{ConsoleFormat, Setting, Settings};
 
 use crate::catalog::Catalog;
 use crate::query::ParsedQuery;
