@@ -37,7 +37,8 @@ pub fn udfs() -> Vec<ScalarUDF> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Flink {
-    /// `MOD(a, b)`: the remainder of `a / b`, negative only when `a` is (Java's `%`).
+    /// `MOD(a, b)`: the remainder of `a / b`, negative only when `a` is (Java's `%`):
+    /// a `BIGINT` for integers, an exact `DECIMAL` when either is one, else `DOUBLE`.
     Mod,
     /// `HOUR(ts)`: the hour of a timestamp or time, 0 to 23, as a `BIGINT`.
     Hour,
@@ -63,6 +64,10 @@ fn is_text(t: &DataType) -> bool {
     )
 }
 
+fn is_decimal(t: &DataType) -> bool {
+    matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
+}
+
 fn is_integer(t: &DataType) -> bool {
     t.is_integer() || *t == DataType::Null
 }
@@ -86,6 +91,21 @@ impl ScalarUDFImpl for Function {
         match (self.f, args) {
             (Flink::Mod, [a, b]) if is_integer(a) && is_integer(b) => {
                 Ok(vec![DataType::Int64, DataType::Int64])
+            }
+            (Flink::Mod, [a, b])
+                if [a, b].iter().all(|t| is_integer(t) || is_decimal(t))
+                    && [a, b].iter().any(|t| is_decimal(t)) =>
+            {
+                // Exact, as Flink's DECIMAL: both at the larger scale.
+                let scale = [a, b]
+                    .iter()
+                    .map(|t| match t {
+                        DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => *s,
+                        _ => 0,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                Ok(vec![DataType::Decimal128(38, scale); 2])
             }
             (Flink::Mod, [a, b])
                 if (a.is_numeric() || *a == DataType::Null)
