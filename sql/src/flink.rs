@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Datum, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::numeric::rem;
 use datafusion::arrow::compute::kernels::temporal::{DatePart, date_part};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -153,44 +153,108 @@ impl ScalarUDFImpl for Function {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let rows = args.number_rows;
+        let args = &args.args;
         let out: ArrayRef = match self.f {
-            Flink::Mod => rem(&arrays[0], &arrays[1])
-                .map_err(|e| datafusion::common::exec_datafusion_err!("MOD(a, b): {e}"))?,
-            Flink::Hour => cast(
-                &date_part(arrays[0].as_ref(), DatePart::Hour)?,
-                &DataType::Int64,
-            )?,
-            Flink::RegexpExtract => Arc::new(regexp_extract(&arrays)?),
-            Flink::SplitIndex => Arc::new(split_index(&arrays)?),
+            Flink::Mod => {
+                // Arrow's kernel takes a scalar as is: no column of copies of it.
+                let datum = |v: &ColumnarValue| -> Result<Box<dyn Datum>> {
+                    Ok(match v {
+                        ColumnarValue::Array(a) => Box::new(Arc::clone(a)),
+                        ColumnarValue::Scalar(s) => Box::new(s.to_scalar()?),
+                    })
+                };
+                let out = rem(datum(&args[0])?.as_ref(), datum(&args[1])?.as_ref())
+                    .map_err(|e| datafusion::common::exec_datafusion_err!("MOD(a, b): {e}"))?;
+                if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+                    return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+                }
+                out
+            }
+            Flink::Hour => {
+                let ts = args[0].to_array(rows)?;
+                cast(&date_part(ts.as_ref(), DatePart::Hour)?, &DataType::Int64)?
+            }
+            Flink::RegexpExtract => Arc::new(regexp_extract(args, rows)?),
+            Flink::SplitIndex => Arc::new(split_index(args, rows)?),
         };
         Ok(ColumnarValue::Array(out))
     }
 }
 
-fn texts(a: &ArrayRef) -> Result<StringArray> {
-    let a = cast(a, &DataType::Utf8)?;
-    Ok(a.as_string::<i32>().clone())
+/// A text argument, row by row: a scalar's one value for every row (never a column of
+/// copies of it), or the array's.
+enum Texts {
+    One(Option<String>),
+    Many(StringArray),
 }
 
-fn integers(a: &ArrayRef) -> Result<Int64Array> {
-    let a = cast(a, &DataType::Int64)?;
-    Ok(a.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-        .clone())
+impl Texts {
+    fn of(v: &ColumnarValue) -> Result<Self> {
+        Ok(match v {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::Utf8)? {
+                ScalarValue::Utf8(t) => Texts::One(t),
+                other => return exec_err!("not text: {other}"),
+            },
+            ColumnarValue::Array(a) => {
+                Texts::Many(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+            }
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            Texts::One(t) => t.as_deref(),
+            Texts::Many(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
 }
 
-fn regexp_extract(arrays: &[ArrayRef]) -> Result<StringArray> {
-    let s = texts(&arrays[0])?;
-    let patterns = texts(&arrays[1])?;
-    let groups = arrays.get(2).map(integers).transpose()?;
-    let mut compiled: HashMap<&str, regex::Regex> = HashMap::new();
-    let mut out = Vec::with_capacity(s.len());
-    for i in 0..s.len() {
-        if s.is_null(i) || patterns.is_null(i) || groups.as_ref().is_some_and(|g| g.is_null(i)) {
+/// An integer argument, row by row (see [`Texts`]).
+enum Ints {
+    One(Option<i64>),
+    Many(Int64Array),
+}
+
+impl Ints {
+    fn of(v: &ColumnarValue) -> Result<Self> {
+        Ok(match v {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(n) => Ints::One(n),
+                other => return exec_err!("not an integer: {other}"),
+            },
+            ColumnarValue::Array(a) => Ints::Many(
+                cast(a, &DataType::Int64)?
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .clone(),
+            ),
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<i64> {
+        match self {
+            Ints::One(n) => *n,
+            Ints::Many(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
+}
+
+fn regexp_extract(args: &[ColumnarValue], rows: usize) -> Result<StringArray> {
+    let s = Texts::of(&args[0])?;
+    let patterns = Texts::of(&args[1])?;
+    let groups = args.get(2).map(Ints::of).transpose()?;
+    // Each pattern compiled once a batch (a literal: once).
+    let mut compiled: HashMap<String, regex::Regex> = HashMap::new();
+    let mut out = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let group = match &groups {
+            Some(g) => g.get(i),
+            None => Some(0),
+        };
+        let (Some(text), Some(pattern), Some(group)) = (s.get(i), patterns.get(i), group) else {
             out.push(None);
             continue;
-        }
-        let pattern = patterns.value(i);
+        };
         if !compiled.contains_key(pattern) {
             let re = match regex::Regex::new(pattern) {
                 Ok(re) => re,
@@ -200,10 +264,9 @@ fn regexp_extract(arrays: &[ArrayRef]) -> Result<StringArray> {
                     );
                 }
             };
-            compiled.insert(pattern, re);
+            compiled.insert(pattern.to_string(), re);
         }
         let re = &compiled[pattern];
-        let group = groups.as_ref().map_or(0, |g| g.value(i));
         if group < 0 || group as usize >= re.captures_len() {
             return exec_err!(
                 "REGEXP_EXTRACT: '{pattern}' has no group {group} (it has {})",
@@ -211,7 +274,7 @@ fn regexp_extract(arrays: &[ArrayRef]) -> Result<StringArray> {
             );
         }
         out.push(
-            re.captures(s.value(i))
+            re.captures(text)
                 .and_then(|c| c.get(group as usize))
                 .map(|m| m.as_str().to_string()),
         );
@@ -219,21 +282,18 @@ fn regexp_extract(arrays: &[ArrayRef]) -> Result<StringArray> {
     Ok(StringArray::from(out))
 }
 
-fn split_index(arrays: &[ArrayRef]) -> Result<StringArray> {
-    let s = texts(&arrays[0])?;
-    let separators = texts(&arrays[1])?;
-    let indexes = integers(&arrays[2])?;
-    Ok((0..s.len())
+fn split_index(args: &[ColumnarValue], rows: usize) -> Result<StringArray> {
+    let s = Texts::of(&args[0])?;
+    let separators = Texts::of(&args[1])?;
+    let indexes = Ints::of(&args[2])?;
+    Ok((0..rows)
         .map(|i| {
-            if s.is_null(i) || separators.is_null(i) || indexes.is_null(i) {
-                return None;
-            }
-            let index = usize::try_from(indexes.value(i)).ok()?;
-            let separator = separators.value(i);
+            let (text, separator) = (s.get(i)?, separators.get(i)?);
+            let index = usize::try_from(indexes.get(i)?).ok()?;
             if separator.is_empty() {
-                return (index == 0).then(|| s.value(i));
+                return (index == 0).then_some(text);
             }
-            s.value(i).split(separator).nth(index)
+            text.split(separator).nth(index)
         })
         .collect())
 }
