@@ -161,6 +161,19 @@ macro_rules! slt_files {
 }
 
 slt_files!(
-    batch_time, ddl, decisions, dedup, errors, functions, generators, joins, ksql, nexmark,
-    silence, tvf, windows, wordcount,
+    batch_time,
+    ddl,
+    decisions,
+    dedup,
+    errors,
+    functions,
+    generators,
+    joins,
+    ksql,
+    nexmark,
+    nexmark_standard,
+    silence,
+    tvf,
+    windows,
+    wordcount,
 );

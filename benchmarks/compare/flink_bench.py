@@ -66,11 +66,13 @@ def main():
             'path' = '{d}/wordcount', 'format' = 'raw')""")
         env.execute_sql(f"""CREATE TABLE bid ({BID_COLUMNS}) WITH ('connector' = 'filesystem',
             'path' = '{d}/nexmark/bid', 'format' = 'csv')""")
-        env.execute_sql(f"""CREATE TABLE person (id BIGINT, name STRING, city STRING, state STRING,
-            date_time BIGINT, {TIME}) WITH ('connector' = 'filesystem',
+        env.execute_sql(f"""CREATE TABLE person (id BIGINT, name STRING, email_address STRING,
+            credit_card STRING, city STRING, state STRING, date_time BIGINT, extra STRING,
+            {TIME}) WITH ('connector' = 'filesystem',
             'path' = '{d}/nexmark/person', 'format' = 'csv')""")
-        env.execute_sql(f"""CREATE TABLE auction (id BIGINT, seller BIGINT, category BIGINT,
-            initial_bid BIGINT, date_time BIGINT, {TIME}) WITH ('connector' = 'filesystem',
+        env.execute_sql(f"""CREATE TABLE auction (id BIGINT, item_name STRING, description STRING,
+            initial_bid BIGINT, reserve BIGINT, date_time BIGINT, expires BIGINT, seller BIGINT,
+            category BIGINT, extra STRING, {TIME}) WITH ('connector' = 'filesystem',
             'path' = '{d}/nexmark/auction', 'format' = 'csv')""")
         env.execute_sql(f"CREATE TABLE sink_out ({sink_columns}) WITH ('connector' = 'blackhole')")
         if unit == "lines":

@@ -29,13 +29,16 @@ BID = StructType([
 
 PERSON = StructType([
     StructField("id", LongType()), StructField("name", StringType()),
+    StructField("email_address", StringType()), StructField("credit_card", StringType()),
     StructField("city", StringType()), StructField("state", StringType()),
-    StructField("date_time", LongType()),
+    StructField("date_time", LongType()), StructField("extra", StringType()),
 ])
 AUCTION = StructType([
-    StructField("id", LongType()), StructField("seller", LongType()),
-    StructField("category", LongType()), StructField("initial_bid", LongType()),
-    StructField("date_time", LongType()),
+    StructField("id", LongType()), StructField("item_name", StringType()),
+    StructField("description", StringType()), StructField("initial_bid", LongType()),
+    StructField("reserve", LongType()), StructField("date_time", LongType()),
+    StructField("expires", LongType()), StructField("seller", LongType()),
+    StructField("category", LongType()), StructField("extra", StringType()),
 ])
 
 

@@ -221,10 +221,11 @@ fn units(dir: &str, w: &Workload) -> Result<usize> {
 
 const BID_COLUMNS: &str = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
      channel TEXT, url TEXT, date_time BIGINT NOT NULL, extra TEXT";
-const PERSON_COLUMNS: &str =
-    "id BIGINT NOT NULL, name TEXT, city TEXT, state TEXT, date_time BIGINT NOT NULL";
-const AUCTION_COLUMNS: &str = "id BIGINT NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL, \
-     initial_bid BIGINT NOT NULL, date_time BIGINT NOT NULL";
+const PERSON_COLUMNS: &str = "id BIGINT NOT NULL, name TEXT, email_address TEXT, credit_card TEXT, \
+     city TEXT, state TEXT, date_time BIGINT NOT NULL, extra TEXT";
+const AUCTION_COLUMNS: &str = "id BIGINT NOT NULL, item_name TEXT, description TEXT, \
+     initial_bid BIGINT NOT NULL, reserve BIGINT NOT NULL, date_time BIGINT NOT NULL, \
+     expires BIGINT NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL, extra TEXT";
 
 /// Runs one workload on Flumen and on DataFusion over the files in `--dir`.
 pub async fn files(args: &[String]) -> Result<()> {
@@ -350,16 +351,24 @@ async fn datafusion_run(dir: &str, w: &Workload) -> Result<f64> {
                 "person" => vec![
                     int("id"),
                     text("name"),
+                    text("email_address"),
+                    text("credit_card"),
                     text("city"),
                     text("state"),
                     int("date_time"),
+                    text("extra"),
                 ],
                 _ => vec![
                     int("id"),
+                    text("item_name"),
+                    text("description"),
+                    int("initial_bid"),
+                    int("reserve"),
+                    int("date_time"),
+                    int("expires"),
                     int("seller"),
                     int("category"),
-                    int("initial_bid"),
-                    int("date_time"),
+                    text("extra"),
                 ],
             };
             ctx.register_csv(

@@ -215,12 +215,15 @@ pub async fn run_query(
         .execute_script(&format!(
             "SET trigger = 'available_now'; SET batch_interval = '100 ms'; {}
              CREATE STREAM bid ({cols}) WITH (connector = 'pregenerated');
-             CREATE STREAM person (id BIGINT NOT NULL, name TEXT NOT NULL, city TEXT NOT NULL,
-               state TEXT NOT NULL, date_time TIMESTAMP NOT NULL,
+             CREATE STREAM person (id BIGINT NOT NULL, name TEXT NOT NULL, email_address TEXT NOT NULL,
+               credit_card TEXT NOT NULL, city TEXT NOT NULL, state TEXT NOT NULL,
+               date_time TIMESTAMP NOT NULL, extra TEXT NOT NULL,
                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
                WITH (connector = 'pregenerated_person');
-             CREATE STREAM auction (id BIGINT NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL,
-               initial_bid BIGINT NOT NULL, date_time TIMESTAMP NOT NULL,
+             CREATE STREAM auction (id BIGINT NOT NULL, item_name TEXT NOT NULL, description TEXT NOT NULL,
+               initial_bid BIGINT NOT NULL, reserve BIGINT NOT NULL, date_time TIMESTAMP NOT NULL,
+               expires TIMESTAMP NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL,
+               extra TEXT NOT NULL,
                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
                WITH (connector = 'pregenerated_auction');
              CREATE SINK out WITH (connector = 'blackhole');",

@@ -1,6 +1,7 @@
 //! The `nexmark` generator: the Nexmark benchmark's online auction, as three streams
-//! over one event sequence. Of every 50 events, event 0 is a new person, events 1–3
-//! are new auctions and events 4–49 are bids (Nexmark's 1 : 3 : 46 mix).
+//! over one event sequence, by the rules of the standard generator (Beam's and
+//! nexmark-flink's `NexmarkGenerator`): of every 50 events, event 0 is a new person,
+//! events 1–3 are new auctions and events 4–49 are bids (the 1 : 3 : 46 mix).
 //!
 //! ```text
 //!  CREATE STREAM bid     WITH (connector = 'nexmark', table = 'bid',     event_rate = '10000')
@@ -8,19 +9,34 @@
 //!  CREATE STREAM auction WITH (connector = 'nexmark', table = 'auction', event_rate = '10000')
 //! ```
 //!
+//! The standard columns (RisingWave's and Arroyo's snake-case names of nexmark-flink's
+//! `emailAddress`, `creditCard`, `itemName`, `initialBid`, `dateTime`), and the
+//! standard distribution:
+//! - ids start at 1000 (people, auctions) and categories at 10 (5 of them);
+//! - a bid goes to a hot auction (the newest even-numbered one) half the time, else to
+//!   one of the 100 auctions in flight (or up to 10 not opened yet); its bidder is a hot
+//!   bidder (one in four of the newest people) three times in four, else one of the 1,000
+//!   active people (or up to 10 not registered yet); an auction's seller likewise;
+//! - prices are `round(10^(6u) * 100)` cents for `u` uniform in [0, 1); an auction's
+//!   reserve is its initial bid plus another price, and it expires a random time up to
+//!   twice the span of 1,666 events after it opens (100 auctions in flight);
+//! - half the bids come through one of 4 hot channels (Google, Facebook, Baidu, Apple),
+//!   the rest through `channel-<n>` of 10,000, whose URL carries `&channel_id=<n
+//!   bit-reversed>` nine times in ten;
+//! - `extra` pads each event to the standard average sizes (person 200 bytes, auction
+//!   500, bid 100), ±20 %.
+//!
 //! Every value is a pure function of the event's number (a SplitMix64 hash), so any
 //! range of events can be generated again identically (replay) and the three streams
-//! agree with each other: an auction's seller is a person already registered, a bid
-//! names an auction already opened and a registered bidder. Event `i` happens at
-//! `start + i / event_rate` seconds, `start` being one second before the first batch
-//! (as the `rate` source); `events = N` stops after N events, so `available_now`
-//! finishes.
+//! agree with each other. Event `i` happens at `start + i / event_rate` seconds,
+//! `start` being one second before the first batch (as the `rate` source); `events =
+//! N` stops after N events, so `available_now` finishes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::rate::Pacer;
 use async_trait::async_trait;
-use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use flumen_engine::cluster::scan::ClusterScan;
@@ -71,21 +87,31 @@ impl Table {
     }
 
     pub fn schema(self) -> SchemaRef {
-        let ts = Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        );
+        let ts = |n: &str| Field::new(n, DataType::Timestamp(TimeUnit::Millisecond, None), false);
         let int = |n: &str| Field::new(n, DataType::Int64, false);
         let text = |n: &str| Field::new(n, DataType::Utf8, false);
         Arc::new(Schema::new(match self {
-            Table::Person => vec![int("id"), text("name"), text("city"), text("state"), ts],
+            Table::Person => vec![
+                int("id"),
+                text("name"),
+                text("email_address"),
+                text("credit_card"),
+                text("city"),
+                text("state"),
+                ts("date_time"),
+                text("extra"),
+            ],
             Table::Auction => vec![
                 int("id"),
+                text("item_name"),
+                text("description"),
+                int("initial_bid"),
+                int("reserve"),
+                ts("date_time"),
+                ts("expires"),
                 int("seller"),
                 int("category"),
-                int("initial_bid"),
-                ts,
+                text("extra"),
             ],
             Table::Bid => vec![
                 int("auction"),
@@ -93,7 +119,7 @@ impl Table {
                 int("price"),
                 text("channel"),
                 text("url"),
-                ts,
+                ts("date_time"),
                 text("extra"),
             ],
         }))
@@ -110,9 +136,170 @@ fn mix(x: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-const CITIES: [&str; 5] = ["Phoenix", "Boise", "Kent", "Redmond", "Portland"];
-const STATES: [&str; 5] = ["AZ", "ID", "WA", "OR", "CA"];
-const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+/// A number in `[0, n)` for event `i`'s field `salt`.
+fn below(i: u64, salt: u64, n: u64) -> u64 {
+    mix(i, salt) % n.max(1)
+}
+
+/// A number uniform in `[0, 1)` for event `i`'s field `salt`.
+fn unit(i: u64, salt: u64) -> f64 {
+    (mix(i, salt) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const FIRST_PERSON_ID: i64 = 1000;
+const FIRST_AUCTION_ID: i64 = 1000;
+const FIRST_CATEGORY_ID: i64 = 10;
+const CATEGORIES: u64 = 5;
+const ACTIVE_PEOPLE: u64 = 1000;
+const IN_FLIGHT_AUCTIONS: u64 = 100;
+const PERSON_ID_LEAD: u64 = 10;
+const AUCTION_ID_LEAD: u64 = 10;
+const HOT_AUCTION_RATIO: u64 = 2;
+const HOT_SELLER_RATIO: u64 = 4;
+const HOT_BIDDER_RATIO: u64 = 4;
+const HOT_CHANNEL_RATIO: u64 = 2;
+const CHANNELS: u64 = 10_000;
+const PERSON_BYTES: usize = 200;
+const AUCTION_BYTES: usize = 500;
+const BID_BYTES: usize = 100;
+
+const FIRST_NAMES: [&str; 11] = [
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
+];
+const LAST_NAMES: [&str; 9] = [
+    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
+];
+const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
+const CITIES: [&str; 10] = [
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
+];
+const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+
+/// The newest person registered by event `i` (0-based).
+fn last_person(i: u64) -> u64 {
+    i / 50
+}
+
+/// One of the active people at event `i` (or one of the next few to register).
+fn next_person(i: u64, salt: u64) -> u64 {
+    let people = last_person(i) + 1;
+    let active = people.min(ACTIVE_PEOPLE);
+    people - active + below(i, salt, active + PERSON_ID_LEAD)
+}
+
+/// The newest auction opened by event `i` (0-based; event 0 has none: 0).
+fn last_auction(i: u64) -> u64 {
+    let (epoch, offset) = (i / 50, i % 50);
+    match offset {
+        0 => (epoch * 3).saturating_sub(1),
+        1..=3 => epoch * 3 + offset - 1,
+        _ => epoch * 3 + 2,
+    }
+}
+
+/// One of the auctions in flight at event `i` (or one of the next few to open).
+fn next_auction(i: u64, salt: u64) -> u64 {
+    let max = last_auction(i);
+    let min = max.saturating_sub(IN_FLIGHT_AUCTIONS);
+    min + below(i, salt, max - min + 1 + AUCTION_ID_LEAD)
+}
+
+/// A price in cents: `round(10^(6u) * 100)`.
+fn price(i: u64, salt: u64) -> i64 {
+    (10f64.powf(unit(i, salt) * 6.0) * 100.0).round() as i64
+}
+
+/// 8 KiB of lowercase letters and spaces that `text` cuts strings from.
+fn pool() -> &'static str {
+    static POOL: OnceLock<String> = OnceLock::new();
+    POOL.get_or_init(|| {
+        (0..8192u64)
+            .map(|k| match mix(k, 99) % 27 {
+                26 => ' ',
+                c => (b'a' + c as u8) as char,
+            })
+            .collect()
+    })
+}
+
+/// `len` characters of text for event `i`'s field `salt`.
+fn text(i: u64, salt: u64, len: usize) -> &'static str {
+    let pool = pool();
+    let at = below(i, salt, (pool.len() - len) as u64) as usize;
+    &pool[at..at + len]
+}
+
+/// A string of 3 to `max - 1` characters (Beam's `nextString`).
+fn short_text(i: u64, salt: u64, max: usize) -> &'static str {
+    text(i, salt, 3 + below(i, salt + 1000, max as u64 - 3) as usize)
+}
+
+/// The padding that brings an event of `size` bytes to `average` ±20 %.
+fn extra(i: u64, salt: u64, size: usize, average: usize) -> &'static str {
+    if size >= average {
+        return "";
+    }
+    let want = average - size;
+    let delta = (want as f64 * 0.2).round() as u64;
+    text(
+        i,
+        salt,
+        want - delta as usize + below(i, salt + 1000, 2 * delta + 1) as usize,
+    )
+}
+
+/// A channel's URL: `https://www.nexmark.com/<a>/<b>/<c>/item.htm?query=1`.
+fn base_url(n: u64, salt: u64) -> String {
+    format!(
+        "https://www.nexmark.com/{}/{}/{}/item.htm?query=1",
+        short_text(n, salt, 6),
+        short_text(n, salt + 1, 6),
+        short_text(n, salt + 2, 6)
+    )
+}
+
+/// Channel `n`'s name and URL (nine in ten URLs name the channel's id).
+fn channel(n: u64) -> (&'static str, &'static str) {
+    static TABLE: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CHANNELS)
+            .map(|n| {
+                let mut url = base_url(n, 40);
+                if below(n, 43, 10) > 0 {
+                    let id = (n as i32).reverse_bits().wrapping_abs();
+                    url.push_str(&format!("&channel_id={id}"));
+                }
+                (format!("channel-{n}"), url)
+            })
+            .collect()
+    });
+    let (c, u) = &table[n as usize];
+    (c, u)
+}
+
+/// Hot channel `k`'s URL.
+fn hot_url(k: usize) -> &'static str {
+    static URLS: OnceLock<Vec<String>> = OnceLock::new();
+    &URLS.get_or_init(|| (0..4).map(|k| base_url(k, 50)).collect())[k]
+}
+
+/// A column of `events.len()` strings, `f` making each (with its size).
+fn strings<'a>(events: &[u64], bytes: usize, f: impl Fn(u64) -> &'a str) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(events.len(), bytes);
+    for i in events {
+        b.append_value(f(*i));
+    }
+    Arc::new(b.finish())
+}
 
 /// The rows of `table` among events `[from, to)`, event `i` at
 /// `start_ms + i * 1000 / event_rate`.
@@ -120,75 +307,138 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
     let events: Vec<u64> = (from..to)
         .filter(|i| Table::of_event(*i) == table)
         .collect();
-    let at = TimestampMillisecondArray::from_iter_values(
-        events
-            .iter()
-            .map(|i| start_ms + (*i as i128 * 1000 / event_rate as i128) as i64),
-    );
-    let person = |i: u64| (i / 50) as i64;
-    // The newest auction opened before event i (auctions are events 50k+1..=3).
-    let last_auction = |i: u64| ((i / 50) * 3 + (i % 50).clamp(1, 4) - 2) as i64;
-    let columns: Vec<Arc<dyn datafusion::arrow::array::Array>> = match table {
-        Table::Person => vec![
-            Arc::new(Int64Array::from_iter_values(
-                events.iter().map(|i| person(*i)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                events.iter().map(|i| format!("person {}", person(*i))),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                events.iter().map(|i| CITIES[(mix(*i, 1) % 5) as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                events.iter().map(|i| STATES[(mix(*i, 2) % 5) as usize]),
-            )),
-            Arc::new(at),
-        ],
-        Table::Auction => vec![
-            Arc::new(Int64Array::from_iter_values(
-                events.iter().map(|i| ((i / 50) * 3 + i % 50 - 1) as i64),
-            )),
-            // One of the 100 people who registered last.
-            Arc::new(Int64Array::from_iter_values(
-                events
-                    .iter()
-                    .map(|i| (person(*i) - (mix(*i, 3) % 100) as i64).max(0)),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                events.iter().map(|i| 10 + (mix(*i, 4) % 5) as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                events.iter().map(|i| 1 + (mix(*i, 5) % 1000) as i64),
-            )),
-            Arc::new(at),
-        ],
-        Table::Bid => {
-            // Bids go to one of the last 1,000 auctions opened, by one of the last
-            // 10,000 people registered.
-            let auction: Vec<i64> = events
-                .iter()
-                .map(|i| (last_auction(*i) - (mix(*i, 6) % 1000) as i64).max(0))
-                .collect();
+    let at_ms = |i: u64| start_ms + (i as i128 * 1000 / event_rate as i128) as i64;
+    let at = || {
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            events.iter().map(|i| at_ms(*i)),
+        )) as ArrayRef
+    };
+    let ints = |f: &dyn Fn(u64) -> i64| {
+        Arc::new(Int64Array::from_iter_values(events.iter().map(|i| f(*i)))) as ArrayRef
+    };
+    let n = events.len();
+    let columns: Vec<ArrayRef> = match table {
+        Table::Person => {
+            let name = |i: u64| {
+                (
+                    FIRST_NAMES[below(i, 1, 11) as usize],
+                    LAST_NAMES[below(i, 2, 9) as usize],
+                )
+            };
+            let card = |i: u64| {
+                let r = mix(i, 4);
+                format!(
+                    "{:04} {:04} {:04} {:04}",
+                    r % 10_000,
+                    (r >> 16) % 10_000,
+                    (r >> 32) % 10_000,
+                    (r >> 48) % 10_000
+                )
+            };
+            let city = |i: u64| CITIES[below(i, 5, 10) as usize];
+            let state = |i: u64| STATES[below(i, 6, 6) as usize];
+            let mut names = StringBuilder::with_capacity(n, n * 14);
+            let mut emails = StringBuilder::with_capacity(n, n * 17);
+            let mut cards = StringBuilder::with_capacity(n, n * 19);
+            let mut extras = StringBuilder::with_capacity(n, n * PERSON_BYTES);
+            for &i in &events {
+                let (first, last) = name(i);
+                names.append_value(format!("{first} {last}"));
+                let email = format!("{}@{}.com", text(i, 7, 7), text(i, 8, 5));
+                emails.append_value(&email);
+                let card = card(i);
+                cards.append_value(&card);
+                let size = 8
+                    + first.len()
+                    + 1
+                    + last.len()
+                    + email.len()
+                    + card.len()
+                    + city(i).len()
+                    + state(i).len()
+                    + 8;
+                extras.append_value(extra(i, 9, size, PERSON_BYTES));
+            }
             vec![
-                Arc::new(Int64Array::from(auction.clone())),
-                Arc::new(Int64Array::from_iter_values(
+                ints(&|i| FIRST_PERSON_ID + last_person(i) as i64),
+                Arc::new(names.finish()),
+                Arc::new(emails.finish()),
+                Arc::new(cards.finish()),
+                strings(&events, n * 8, city),
+                strings(&events, n * 2, state),
+                at(),
+                Arc::new(extras.finish()),
+            ]
+        }
+        Table::Auction => {
+            let item = |i: u64| short_text(i, 10, 20);
+            let description = |i: u64| short_text(i, 11, 100);
+            let initial = |i: u64| price(i, 12);
+            // 100 auctions in flight: an auction lasts up to twice the time the next
+            // 1,666 events take.
+            let horizon_ms = (IN_FLIGHT_AUCTIONS * 50 / 3) as i128 * 1000 / event_rate as i128;
+            let length = (2 * horizon_ms).max(1) as u64;
+            vec![
+                ints(&|i| FIRST_AUCTION_ID + last_auction(i) as i64),
+                strings(&events, n * 11, item),
+                strings(&events, n * 51, description),
+                ints(&initial),
+                ints(&|i| initial(i) + price(i, 13)),
+                at(),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
                     events
                         .iter()
-                        .map(|i| (person(*i) - (mix(*i, 7) % 10_000) as i64).max(0)),
+                        .map(|i| at_ms(*i) + 1 + below(*i, 14, length) as i64),
                 )),
-                Arc::new(Int64Array::from_iter_values(
-                    events.iter().map(|i| 1 + (mix(*i, 8) % 100_000) as i64),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    events.iter().map(|i| CHANNELS[(mix(*i, 9) % 4) as usize]),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    auction
-                        .iter()
-                        .map(|a| format!("https://www.nexmark.com/item/{a}")),
-                )),
-                Arc::new(at),
-                Arc::new(StringArray::from_iter_values(events.iter().map(|_| ""))),
+                ints(&|i| {
+                    let seller = if below(i, 15, HOT_SELLER_RATIO) > 0 {
+                        last_person(i) / HOT_SELLER_RATIO * HOT_SELLER_RATIO
+                    } else {
+                        next_person(i, 16)
+                    };
+                    FIRST_PERSON_ID + seller as i64
+                }),
+                ints(&|i| FIRST_CATEGORY_ID + below(i, 17, CATEGORIES) as i64),
+                strings(&events, n * 300, |i| {
+                    let size = 8 + item(i).len() + description(i).len() + 8 * 6;
+                    extra(i, 18, size, AUCTION_BYTES)
+                }),
+            ]
+        }
+        Table::Bid => {
+            let channel_of = |i: u64| {
+                if below(i, 20, HOT_CHANNEL_RATIO) > 0 {
+                    let k = below(i, 21, 4) as usize;
+                    (HOT_CHANNELS[k], hot_url(k))
+                } else {
+                    channel(below(i, 22, CHANNELS))
+                }
+            };
+            vec![
+                ints(&|i| {
+                    let auction = if below(i, 23, HOT_AUCTION_RATIO) > 0 {
+                        last_auction(i) / HOT_AUCTION_RATIO * HOT_AUCTION_RATIO
+                    } else {
+                        next_auction(i, 24)
+                    };
+                    FIRST_AUCTION_ID + auction as i64
+                }),
+                ints(&|i| {
+                    let bidder = if below(i, 25, HOT_BIDDER_RATIO) > 0 {
+                        last_person(i) / HOT_BIDDER_RATIO * HOT_BIDDER_RATIO + 1
+                    } else {
+                        next_person(i, 26)
+                    };
+                    FIRST_PERSON_ID + bidder as i64
+                }),
+                ints(&|i| price(i, 27)),
+                strings(&events, n * 10, |i| channel_of(i).0),
+                strings(&events, n * 70, |i| channel_of(i).1),
+                at(),
+                strings(&events, n * 20, |i| {
+                    let (c, u) = channel_of(i);
+                    extra(i, 28, 8 * 4 + c.len() + u.len(), BID_BYTES)
+                }),
             ]
         }
     };
@@ -376,32 +626,110 @@ impl SourceFactory for NexmarkFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    fn ints(b: &RecordBatch, name: &str) -> Vec<i64> {
+        b.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
+    }
 
     #[test]
     fn streams_agree_and_ranges_regenerate_identically() {
-        let bids = generate(Table::Bid, 0, 5000, 0, 1000);
-        let people = generate(Table::Person, 0, 5000, 0, 1000);
-        let auctions = generate(Table::Auction, 0, 5000, 0, 1000);
-        assert_eq!(people.num_rows(), 100);
-        assert_eq!(auctions.num_rows(), 300);
-        assert_eq!(bids.num_rows(), 4600);
+        let bids = generate(Table::Bid, 0, 50_000, 0, 1000);
+        let people = generate(Table::Person, 0, 50_000, 0, 1000);
+        let auctions = generate(Table::Auction, 0, 50_000, 0, 1000);
+        assert_eq!(people.num_rows(), 1000);
+        assert_eq!(auctions.num_rows(), 3000);
+        assert_eq!(bids.num_rows(), 46_000);
         // A range cut in two gives the same rows as in one piece.
-        let a = generate(Table::Bid, 0, 2500, 0, 1000);
-        let b = generate(Table::Bid, 2500, 5000, 0, 1000);
+        let a = generate(Table::Bid, 0, 25_013, 0, 1000);
+        let b = generate(Table::Bid, 25_013, 50_000, 0, 1000);
         let joined =
             datafusion::arrow::compute::concat_batches(&Table::Bid.schema(), &[a, b]).unwrap();
         assert_eq!(joined, bids);
-        // Every bid names an auction opened before it; every seller is registered.
-        let col = |b: &RecordBatch, i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        let max_auction = *col(&auctions, 0).iter().max().unwrap();
-        assert!(col(&bids, 0).iter().all(|a| *a <= max_auction));
-        assert!(col(&auctions, 1).iter().all(|s| (0..100).contains(s)));
+        // Ids from 1000; every bid names an auction opened (or at most 10 ahead) and a
+        // person registered (or at most 10 ahead); every seller likewise.
+        assert_eq!(ints(&people, "id"), (1000..2000).collect::<Vec<_>>());
+        assert_eq!(ints(&auctions, "id"), (1000..4000).collect::<Vec<_>>());
+        assert!(
+            ints(&bids, "auction")
+                .iter()
+                .all(|a| (1000..4010).contains(a))
+        );
+        assert!(
+            ints(&bids, "bidder")
+                .iter()
+                .all(|p| (1000..2010).contains(p))
+        );
+        assert!(
+            ints(&auctions, "seller")
+                .iter()
+                .all(|p| (1000..2010).contains(p))
+        );
+        assert!(
+            ints(&auctions, "category")
+                .iter()
+                .all(|c| (10..15).contains(c))
+        );
+    }
+
+    #[test]
+    fn the_standard_distribution() {
+        let bids = generate(Table::Bid, 0, 100_000, 0, 1000);
+        let n = bids.num_rows() as f64;
+        // Bidders: many distinct people, not a handful (hot bidders are 1 in 4 of the
+        // newest, so a quarter of the people bid three quarters of the bids).
+        let mut bidders = ints(&bids, "bidder");
+        bidders.sort();
+        bidders.dedup();
+        assert!(bidders.len() > 400, "{} bidders", bidders.len());
+        // Half the bids go to hot channels.
+        let channels = bids.column_by_name("channel").unwrap().as_string::<i32>();
+        let hot = channels
+            .iter()
+            .filter(|c| HOT_CHANNELS.contains(&c.unwrap()))
+            .count() as f64;
+        assert!((hot / n - 0.5).abs() < 0.02, "hot share {}", hot / n);
+        // Nine in ten other channels' URLs carry the channel id.
+        let urls = bids.column_by_name("url").unwrap().as_string::<i32>();
+        let cold: Vec<&str> = channels
+            .iter()
+            .zip(urls.iter())
+            .filter(|(c, _)| !HOT_CHANNELS.contains(&c.unwrap()))
+            .map(|(_, u)| u.unwrap())
+            .collect();
+        let with_id = cold.iter().filter(|u| u.contains("&channel_id=")).count() as f64;
+        assert!((with_id / cold.len() as f64 - 0.9).abs() < 0.03);
+        // Prices from $1 to $1,000,000 in cents, log-uniform: the median near $1,000.
+        let mut prices = ints(&bids, "price");
+        prices.sort();
+        assert!(prices[0] >= 100 && *prices.last().unwrap() <= 100_000_000);
+        let median = prices[prices.len() / 2];
+        assert!((50_000..200_000).contains(&median), "median {median}");
+        // Padded to about 100 bytes a bid.
+        let extra = bids.column_by_name("extra").unwrap().as_string::<i32>();
+        let size: usize = (0..bids.num_rows())
+            .map(|r| 32 + channels.value(r).len() + urls.value(r).len() + extra.value(r).len())
+            .sum();
+        let average = size as f64 / n;
+        assert!(
+            (90.0..110.0).contains(&average),
+            "average bid {average} bytes"
+        );
+        // Auctions: reserve above the initial bid, expiry after the opening.
+        let auctions = generate(Table::Auction, 0, 100_000, 0, 1000);
+        let (initial, reserve) = (ints(&auctions, "initial_bid"), ints(&auctions, "reserve"));
+        assert!(initial.iter().zip(&reserve).all(|(i, r)| r > i));
+        let opened = auctions.column_by_name("date_time").unwrap();
+        let expires = auctions.column_by_name("expires").unwrap();
+        let (opened, expires) = (
+            opened.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>(),
+            expires.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>(),
+        );
+        assert!((0..auctions.num_rows()).all(|r| expires.value(r) > opened.value(r)));
     }
 }

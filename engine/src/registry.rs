@@ -50,7 +50,7 @@ pub struct ConnectorRegistry {
 
 impl ConnectorRegistry {
     /// A registry with the engine's own connectors: `queue` / `memory` (source),
-    /// `memory` and `console` (sinks).
+    /// `memory`, `console` and `blackhole` (sinks).
     pub fn with_builtins() -> Self {
         let mut r = Self::default();
         r.register_source("queue", Arc::new(QueueFactory { connector: "queue" }));
@@ -62,6 +62,7 @@ impl ConnectorRegistry {
         );
         r.register_sink("memory", Arc::new(MemoryFactory));
         r.register_sink("console", Arc::new(ConsoleFactory));
+        r.register_sink("blackhole", Arc::new(BlackholeFactory));
         r
     }
 
@@ -249,6 +250,19 @@ impl SinkFactory for ConsoleFactory {
             rows as usize,
             format,
         ))
+    }
+}
+
+#[derive(Debug)]
+struct BlackholeFactory;
+
+impl SinkFactory for BlackholeFactory {
+    fn options(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn create(&self, name: &str, _options: &ConnectorOptions) -> Result<Arc<dyn Sink>> {
+        Ok(crate::sink::BlackholeSink::new(name))
     }
 }
 

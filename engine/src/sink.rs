@@ -267,3 +267,31 @@ impl Sink for ConsoleSink {
         Ok(())
     }
 }
+
+/// `connector = 'blackhole'` (Flink's): takes every row and keeps none, for measuring a
+/// query without a sink's cost (the query's progress still counts the rows out).
+#[derive(Debug)]
+pub struct BlackholeSink {
+    name: String,
+}
+
+impl BlackholeSink {
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self { name: name.into() })
+    }
+}
+
+#[async_trait]
+impl Sink for BlackholeSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&self, _key: &WriteKey, _batches: Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn commit(&self, _query_id: &str, _batch_time: Time, _partitions: usize) -> Result<()> {
+        Ok(())
+    }
+}

@@ -40,9 +40,10 @@ stopped gracefully and flumen exits at once, unless --keep-going.";
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// SQL script to run, then keep its queries running
+    /// SQL script to run, then keep its queries running (repeatable: the scripts run
+    /// in order in one session)
     #[arg(short = 'f', long = "file", value_name = "FILE")]
-    file: Option<String>,
+    file: Vec<String>,
     /// Statements to run (continuous queries print until Ctrl-C/SIGTERM, as with -f)
     #[arg(short = 'c', long = "command", value_name = "SQL")]
     sql: Option<String>,
@@ -356,13 +357,19 @@ async fn run(args: Cli) -> Result<()> {
         session.set(s)?;
     }
     let mut printers = JoinSet::new();
-    let script = match (&args.file, &args.sql) {
-        (Some(_), Some(_)) => bail!("give either -f FILE or -c SQL, not both"),
-        (Some(f), None) => {
-            Some(std::fs::read_to_string(f).with_context(|| format!("cannot read script {f}"))?)
-        }
-        (None, Some(c)) => Some(c.clone()),
-        (None, None) => None,
+    // The scripts, each with the name its errors give (when there are several).
+    let scripts: Vec<(Option<&str>, String)> = match (args.file.as_slice(), &args.sql) {
+        ([_, ..], Some(_)) => bail!("give either -f FILE or -c SQL, not both"),
+        ([], Some(c)) => vec![(None, c.clone())],
+        ([], None) => Vec::new(),
+        (files, None) => files
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read script {f}"))?;
+                Ok(((files.len() > 1).then_some(f.as_str()), text))
+            })
+            .collect::<Result<_>>()?,
     };
     if args.no_ui && args.ui.is_some() {
         bail!("give either --ui ADDR or --no-ui, not both");
@@ -370,22 +377,32 @@ async fn run(args: Cli) -> Result<()> {
     // The web UI, for the REPL and scripts (not -c, which exits when it is done); a
     // script's once its statements ran, so a script with an error prints only that.
     let serve_ui = !args.no_ui && args.sql.is_none();
-    let Some(script) = script else {
+    if scripts.is_empty() {
         let _ui = if serve_ui {
             start_ui(args.ui.as_deref(), &session).await?
         } else {
             None
         };
         return repl::run(&mut session, options).await;
-    };
-    let outcome = run_script(
-        &mut session,
-        &script,
-        options,
-        &mut printers,
-        args.sql.is_some(),
-    )
-    .await;
+    }
+    let mut outcome = Ok(());
+    for (name, script) in &scripts {
+        outcome = run_script(
+            &mut session,
+            script,
+            options,
+            &mut printers,
+            args.sql.is_some(),
+        )
+        .await
+        .map_err(|e| match name {
+            Some(f) => anyhow!("{f}: {e}"),
+            None => e,
+        });
+        if outcome.is_err() {
+            break;
+        }
+    }
     if let Err(e) = outcome {
         session.stop_all().await.ok();
         return Err(e);

@@ -24,12 +24,16 @@ pub fn udfs() -> Vec<ScalarUDF> {
         Flink::Hour,
         Flink::RegexpExtract,
         Flink::SplitIndex,
+        Flink::Proctime,
     ]
     .into_iter()
     .map(|f| {
         ScalarUDF::new_from_impl(Function {
             f,
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: match f {
+                Flink::Proctime => Signature::nullary(Volatility::Volatile),
+                _ => Signature::user_defined(Volatility::Immutable),
+            },
         })
     })
     .collect()
@@ -49,6 +53,9 @@ enum Flink {
     /// `SPLIT_INDEX(s, separator, index)`: the `index`-th (from 0) piece of `s` split
     /// at every `separator`; NULL when there is no such piece.
     SplitIndex,
+    /// `PROCTIME()`: refused with the reason (Flumen has no processing-time attribute;
+    /// Nexmark q12 needs one).
+    Proctime,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -79,6 +86,7 @@ impl ScalarUDFImpl for Function {
             Flink::Hour => "hour",
             Flink::RegexpExtract => "regexp_extract",
             Flink::SplitIndex => "split_index",
+            Flink::Proctime => "proctime",
         }
     }
 
@@ -137,6 +145,7 @@ impl ScalarUDFImpl for Function {
                     Flink::SplitIndex => {
                         "SPLIT_INDEX(s, separator, index) takes two texts and an integer"
                     }
+                    Flink::Proctime => "PROCTIME() takes no arguments",
                 };
                 let got: Vec<String> = args.iter().map(|t| t.to_string()).collect();
                 plan_err!("{usage}, got ({})", got.join(", "))
@@ -146,6 +155,13 @@ impl ScalarUDFImpl for Function {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         Ok(match self.f {
+            Flink::Proctime => {
+                return plan_err!(
+                    "PROCTIME() is not supported: Flumen has no processing-time attribute, its \
+                     windows and time conditions run on event time (a column with a WATERMARK); \
+                     _batch_time is each row's batch time, for grouping by batch"
+                );
+            }
             Flink::Mod => args.first().cloned().unwrap_or(DataType::Int64),
             Flink::Hour => DataType::Int64,
             Flink::RegexpExtract | Flink::SplitIndex => DataType::Utf8,
@@ -156,6 +172,7 @@ impl ScalarUDFImpl for Function {
         let rows = args.number_rows;
         let args = &args.args;
         let out: ArrayRef = match self.f {
+            Flink::Proctime => return exec_err!("PROCTIME() is not supported"),
             Flink::Mod => {
                 // Arrow's kernel takes a scalar as is: no column of copies of it.
                 let datum = |v: &ColumnarValue| -> Result<Box<dyn Datum>> {

@@ -283,26 +283,40 @@ pub(crate) fn stream_join(
         );
     }
     let bounds = time_bounds(j);
-    let Some(((li, ri), bound)) = bounds
+    // Without a condition that bounds the time between matching rows, a regular
+    // join: each side's rows are kept (until `state_ttl`) and none is late.
+    let chosen = bounds
         .iter()
         .find(|(_, b)| b.lo.is_some() && b.hi.is_some())
         .or_else(|| bounds.first())
-        .copied()
-    else {
-        return plan_err!(
-            "a join of two streams needs a condition that bounds the time between matching rows, \
-             so that its state can be dropped: an interval (a.ts BETWEEN b.ts - INTERVAL '10' \
-             SECOND AND b.ts), the same window (a.window_start = b.window_start), or the same \
-             batch (a._batch_time = b._batch_time)"
-        );
-    };
-    let left_time = JoinTime {
-        index: li,
-        delay: times.delay(&j.left, li),
-    };
-    let right_time = JoinTime {
-        index: ri,
-        delay: times.delay(&j.right, ri),
+        .copied();
+    let ((left_time, right_time), bound) = match chosen {
+        Some(((li, ri), bound)) => (
+            (
+                JoinTime {
+                    index: Some(li),
+                    delay: times.delay(&j.left, li),
+                },
+                JoinTime {
+                    index: Some(ri),
+                    delay: times.delay(&j.right, ri),
+                },
+            ),
+            bound,
+        ),
+        None => (
+            (
+                JoinTime {
+                    index: None,
+                    delay: None,
+                },
+                JoinTime {
+                    index: None,
+                    delay: None,
+                },
+            ),
+            Bound { lo: None, hi: None },
+        ),
     };
     let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
     // The input: both sides in one tagged union.
@@ -351,7 +365,14 @@ pub(crate) fn stream_join(
             Ok(node.with_new_exprs(node.expressions(), inputs)?)
         },
     )?
-    .with_time_names(qualified(&ls, li), qualified(&rs, ri));
+    .with_time_names(
+        left_time
+            .index
+            .map_or_else(String::new, |i| qualified(&ls, i)),
+        right_time
+            .index
+            .map_or_else(String::new, |i| qualified(&rs, i)),
+    );
     // Each side's state is keyed by the condition's equalities of plain columns of
     // one type, in `ON` or the filter (others, `a.k + 1 = b.k`, are left to the
     // join's condition).

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod batch_time;
+mod batch_windows;
 pub mod catalog;
 pub mod duration;
 pub mod flink;

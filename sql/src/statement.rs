@@ -84,6 +84,8 @@ pub enum Statement {
         name: String,
         sql: String,
         query: ParsedQuery,
+        /// `CREATE OR REPLACE TABLE`.
+        or_replace: bool,
     },
     /// `INSERT INTO name ...`: into a sink (starts a query) or a memory stream
     /// (rows for the next batch); otherwise DataFusion's.
@@ -360,6 +362,7 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
                     name,
                     query,
                     sql: sql.to_string(),
+                    or_replace,
                 }),
                 None => Ok(Statement::Other(sql.to_string())),
             }

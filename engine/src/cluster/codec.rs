@@ -167,10 +167,11 @@ struct JoinNode {
     left_keys: Vec<u32>,
     #[prost(uint32, repeated, tag = "6")]
     right_keys: Vec<u32>,
-    #[prost(uint32, tag = "7")]
-    left_time: u32,
-    #[prost(uint32, tag = "8")]
-    right_time: u32,
+    /// Each side's time column (none in a regular join).
+    #[prost(uint32, optional, tag = "7")]
+    left_time: Option<u32>,
+    #[prost(uint32, optional, tag = "8")]
+    right_time: Option<u32>,
     #[prost(int64, optional, tag = "9")]
     lo: Option<i64>,
     #[prost(int64, optional, tag = "10")]
@@ -298,8 +299,8 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         right: schema(&j.right)?,
                         left_keys: ids(&j.left_keys),
                         right_keys: ids(&j.right_keys),
-                        left_time: j.left_time as usize,
-                        right_time: j.right_time as usize,
+                        left_time: j.left_time.map(|t| t as usize),
+                        right_time: j.right_time.map(|t| t as usize),
                         lo: j.lo,
                         hi: j.hi,
                     }))
@@ -524,8 +525,8 @@ impl PhysicalExtensionCodec for FlumenCodec {
                         right: Some(proto_schema(&j.right)?),
                         left_keys: ids(&j.left_keys),
                         right_keys: ids(&j.right_keys),
-                        left_time: j.left_time as u32,
-                        right_time: j.right_time as u32,
+                        left_time: j.left_time.map(|t| t as u32),
+                        right_time: j.right_time.map(|t| t as u32),
                         lo: j.lo,
                         hi: j.hi,
                     });

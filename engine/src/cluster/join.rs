@@ -49,9 +49,9 @@ pub struct JoinFold {
     pub right: SchemaRef,
     pub left_keys: Vec<usize>,
     pub right_keys: Vec<usize>,
-    /// Each side's time column.
-    pub left_time: usize,
-    pub right_time: usize,
+    /// Each side's time column (`None` in a regular join).
+    pub left_time: Option<usize>,
+    pub right_time: Option<usize>,
     /// `left.time - right.time` lies in `[lo, hi]` (ms; `None`: unbounded).
     pub lo: Option<i64>,
     pub hi: Option<i64>,
@@ -98,14 +98,17 @@ fn load(task: &Task, f: &JoinFold) -> Result<JoinState> {
         spill_dir: None,
         ledger: LEDGER.clone(),
     };
-    let side =
-        |schema: &SchemaRef, keys: &[usize], time: usize, folder: &str| -> Result<KeyedRows> {
-            let mut rows = KeyedRows::try_new(Arc::clone(schema), keys.to_vec(), time, &config)?;
-            if let Some(prev) = task.versions.prev {
-                rows.restore(read_chain(&task.dir(Some(folder)), task.partition, prev)?.0)?;
-            }
-            Ok(rows)
-        };
+    let side = |schema: &SchemaRef,
+                keys: &[usize],
+                time: Option<usize>,
+                folder: &str|
+     -> Result<KeyedRows> {
+        let mut rows = KeyedRows::try_new(Arc::clone(schema), keys.to_vec(), time, &config)?;
+        if let Some(prev) = task.versions.prev {
+            rows.restore(read_chain(&task.dir(Some(folder)), task.partition, prev)?.0)?;
+        }
+        Ok(rows)
+    };
     let left = side(&f.left, &f.left_keys, f.left_time, "left")?;
     let right = side(&f.right, &f.right_keys, f.right_time, "right")?;
     Ok(JoinState { left, right })

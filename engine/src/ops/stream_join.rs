@@ -46,8 +46,9 @@ use crate::{Result, internal_err};
 /// The event-time column of one side of a [`StreamJoin`].
 #[derive(Debug, Clone, Copy)]
 pub struct JoinTime {
-    /// The column's index in the side's schema (a timestamp).
-    pub index: usize,
+    /// The column's index in the side's schema (a timestamp); `None` in a regular
+    /// join, whose rows are kept whatever their time (until `state_ttl`).
+    pub index: Option<usize>,
     /// The side's watermark is its latest time minus this; `None`: the side has no
     /// watermark, so the other side's rows are kept for ever.
     pub delay: Option<Duration>,
@@ -133,12 +134,16 @@ fn millis(time: usize, batch: &RecordBatch) -> Result<Int64Array> {
 }
 
 /// The rows of `batches` whose time (column `time`) is at or after `min_ms` (all
-/// rows but null times when `min_ms` is `None`), and how many were older.
+/// rows but null times when `min_ms` is `None`), and how many were older. Without a
+/// time column (a regular join) every row is kept.
 pub(crate) fn keep_from(
-    time: usize,
+    time: Option<usize>,
     batches: Vec<RecordBatch>,
     min_ms: Option<i64>,
 ) -> Result<(Vec<RecordBatch>, u64)> {
+    let Some(time) = time else {
+        return Ok((batches, 0));
+    };
     let mut kept = Vec::with_capacity(batches.len());
     let mut older = 0u64;
     for b in batches {
@@ -162,8 +167,11 @@ pub(crate) fn keep_from(
     Ok((kept, older))
 }
 
-/// The latest time (column `time`, ms) of `batches`.
-pub(crate) fn latest(time: usize, batches: &[RecordBatch]) -> Result<Option<i64>> {
+/// The latest time (column `time`, ms) of `batches`; none without a time column.
+pub(crate) fn latest(time: Option<usize>, batches: &[RecordBatch]) -> Result<Option<i64>> {
+    let Some(time) = time else {
+        return Ok(None);
+    };
     let mut latest = None;
     for b in batches {
         if let Some(m) = max(&millis(time, b)?) {
@@ -299,10 +307,11 @@ impl StreamJoin {
                 right.fields().len()
             );
         }
-        let time_names = (
-            left.field(left_time.index).name().clone(),
-            right.field(right_time.index).name().clone(),
-        );
+        let name = |schema: &SchemaRef, t: &JoinTime| {
+            t.index
+                .map_or_else(String::new, |i| schema.field(i).name().clone())
+        };
+        let time_names = (name(&left, &left_time), name(&right, &right_time));
         let partitions = input.task_ctx().session_config().target_partitions();
         let left = Side::new(positional_schema(&left), left_time, partitions)?;
         let right = Side::new(positional_schema(&right), right_time, partitions)?;
@@ -332,6 +341,11 @@ impl StreamJoin {
             config: StateConfig::default(),
             cluster: None,
         })
+    }
+
+    /// A regular join: no time column bounds how far apart matching rows are.
+    fn is_regular(&self) -> bool {
+        self.left.time.index.is_none() || self.right.time.index.is_none()
     }
 
     async fn run_join(
@@ -471,6 +485,22 @@ impl StreamOperator for StreamJoin {
                 format_duration(t)
             )
         });
+        if self.is_regular() {
+            let bound = match self.config.ttl {
+                Some(t) => format!(
+                    "both sides' rows are kept until state_ttl drops them ({} after they arrived; a later row no longer matches them)",
+                    format_duration(t)
+                ),
+                None => "WARNING: both sides' rows are kept for ever (state grows without bound; SET state_ttl = '1 hour', as Flink's table.exec.state.ttl, bounds it)".into(),
+            };
+            let line = format!(
+                "StreamJoin (regular inner join of two streams, no time bound): {keyed}; {bound}"
+            );
+            return match &self.cluster {
+                Some(c) => c.explained(&line, self.config.partitions),
+                None => line,
+            };
+        }
         let line = format!(
             "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; {keyed}{ttl}; rows older than their side's watermark are dropped and counted as late",
             range(self.lo),
@@ -621,12 +651,15 @@ impl StreamOperator for StreamJoin {
     /// may be (`hi`), each once both sides have a watermark.
     fn watermarked_columns(&self) -> Vec<usize> {
         let mut out = Vec::new();
+        let (Some(lt), Some(rt)) = (self.left.time.index, self.right.time.index) else {
+            return out;
+        };
         if self.left.time.delay.is_some() && self.right.time.delay.is_some() {
             if self.lo.is_some() {
-                out.push(self.left.time.index);
+                out.push(lt);
             }
             if self.hi.is_some() {
-                out.push(self.left.schema.fields().len() + self.right.time.index);
+                out.push(self.left.schema.fields().len() + rt);
             }
         }
         out
@@ -639,9 +672,9 @@ impl StreamOperator for StreamJoin {
     fn output_watermark(&self, column: usize) -> Option<i64> {
         let (l, r) = (self.left.watermark?, self.right.watermark?);
         let nl = self.left.schema.fields().len();
-        if column == self.left.time.index {
+        if Some(column) == self.left.time.index {
             Some(l.min(r.saturating_add(self.lo?)))
-        } else if column == nl + self.right.time.index {
+        } else if Some(column) == self.right.time.index.map(|i| nl + i) {
             Some(r.min(l.saturating_sub(self.hi?)))
         } else {
             None
@@ -810,7 +843,7 @@ mod tests {
             ]))
         };
         let time = JoinTime {
-            index: 1,
+            index: Some(1),
             delay: Some(Duration::from_secs(1)),
         };
         StreamJoin::try_new(

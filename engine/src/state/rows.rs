@@ -185,8 +185,9 @@ pub(crate) struct KeyedRows {
     schema: SchemaRef,
     /// The key columns (none: every row matches every probe).
     keys: Vec<usize>,
-    /// The event-time column (a timestamp).
-    time: usize,
+    /// The event-time column (a timestamp); `None`: the rows have no time (a
+    /// regular join's), so none is ever evicted by time.
+    time: Option<usize>,
     /// The query's state budget (`state_memory`), and this side's part of it.
     memory: usize,
     share: Share,
@@ -213,11 +214,11 @@ pub(crate) struct KeyedRows {
 
 impl KeyedRows {
     /// Rows of `schema`, keyed by the columns `keys`, their event time in column
-    /// `time`; spilled while the query's state is over `config.memory`.
+    /// `time` (if any); spilled while the query's state is over `config.memory`.
     pub fn try_new(
         schema: SchemaRef,
         keys: Vec<usize>,
-        time: usize,
+        time: Option<usize>,
         config: &StateConfig,
     ) -> Result<Self> {
         if config.partitions == 0 {
@@ -391,8 +392,14 @@ impl KeyedRows {
             if b.num_rows() == 0 {
                 continue;
             }
-            let times =
-                crate::ops::timestamp_millis(b.column(self.time), "a stream join's time column")?;
+            let newest = match self.time {
+                Some(t) => {
+                    let times =
+                        crate::ops::timestamp_millis(b.column(t), "a stream join's time column")?;
+                    max(&times).unwrap_or(i64::MIN)
+                }
+                None => i64::MAX,
+            };
             let id = self.next_segment;
             self.next_segment += 1;
             self.segments.insert(
@@ -402,7 +409,7 @@ impl KeyedRows {
                     rows: Some(b),
                     spilled: None,
                     hashes: None,
-                    newest: max(&times).unwrap_or(i64::MIN),
+                    newest,
                     written: now,
                 },
             );
@@ -711,7 +718,7 @@ mod tests {
     /// of the asked keys, in the segments indexed ahead and in those indexed after.
     #[test]
     fn the_index_is_built_ahead_a_little_each_batch() {
-        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(3, None)).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![0], Some(1), &config(3, None)).unwrap();
         let mut all = Vec::new();
         for seg in 0..20i64 {
             let rows: Vec<(i64, i64)> = (0..10).map(|i| (i % 5, seg * 10 + i)).collect();
@@ -732,7 +739,7 @@ mod tests {
         assert_eq!(sorted(&got), want);
         assert_eq!(s.indexed_upto, 20);
         // Under half the ratio nothing is indexed ahead.
-        let mut fresh = KeyedRows::try_new(schema(), vec![0], 1, &config(3, None)).unwrap();
+        let mut fresh = KeyedRows::try_new(schema(), vec![0], Some(1), &config(3, None)).unwrap();
         fresh.insert(vec![batch(&all)], 0).unwrap();
         fresh.matching(&[batch(&[(7, 0); 30])], &[0]).unwrap();
         assert_eq!(fresh.indexed_upto, 0);
@@ -741,9 +748,13 @@ mod tests {
     #[test]
     fn rows_of_the_asked_keys_come_back_from_memory_and_from_spill_files() {
         for (partitions, memory) in [(1, usize::MAX), (3, usize::MAX), (3, 0)] {
-            let mut s =
-                KeyedRows::try_new(schema(), vec![0], 1, &config_in(partitions, None, memory))
-                    .unwrap();
+            let mut s = KeyedRows::try_new(
+                schema(),
+                vec![0],
+                Some(1),
+                &config_in(partitions, None, memory),
+            )
+            .unwrap();
             s.insert(vec![batch(&[(1, 10), (2, 20), (1, 30)])], 0)
                 .unwrap();
             s.insert(vec![batch(&[(3, 40), (2, 50)])], 1).unwrap();
@@ -769,7 +780,7 @@ mod tests {
 
     #[test]
     fn a_state_without_keys_gives_every_row() {
-        let mut s = KeyedRows::try_new(schema(), vec![], 1, &config(4, None)).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![], Some(1), &config(4, None)).unwrap();
         assert_eq!(s.partitions(), 1);
         s.insert(vec![batch(&[(1, 10), (2, 20)])], 0).unwrap();
         let got = s.matching(&[batch(&[(7, 0)])], &[]).unwrap();
@@ -778,7 +789,7 @@ mod tests {
 
     #[test]
     fn deltas_hold_the_rows_since_the_last_checkpoint_and_a_restore_repartitions() {
-        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, None)).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![0], Some(1), &config(2, None)).unwrap();
         s.insert(vec![batch(&[(1, 10), (2, 20), (3, 30)]), filler()], 0)
             .unwrap();
         assert!(s.wants_full());
@@ -790,7 +801,7 @@ mod tests {
         assert_eq!((kind, sorted(&delta)), (SnapshotKind::Delta, vec![(4, 40)]));
         let (_, empty) = s.checkpoint(false).unwrap();
         assert!(sorted(&empty).is_empty());
-        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(5, None)).unwrap();
+        let mut r = KeyedRows::try_new(schema(), vec![0], Some(1), &config(5, None)).unwrap();
         let mut chain = full;
         chain.extend(delta);
         r.restore(chain).unwrap();
@@ -802,7 +813,7 @@ mod tests {
     #[test]
     fn ttl_drops_rows_written_too_long_ago_and_counts_them() {
         let ttl = Some(std::time::Duration::from_millis(100));
-        let mut s = KeyedRows::try_new(schema(), vec![0], 1, &config(2, ttl)).unwrap();
+        let mut s = KeyedRows::try_new(schema(), vec![0], Some(1), &config(2, ttl)).unwrap();
         s.insert(vec![batch(&[(1, 10), (2, 20)])], 1_000).unwrap();
         s.insert(vec![batch(&[(1, 30)])], 1_050).unwrap();
         s.expire(1_120).unwrap();
@@ -812,7 +823,7 @@ mod tests {
         // Restored from its checkpoint, a row's age goes on from when it was written:
         // written at 1,050, it goes at 1,151, not 100 ms after the restart.
         let (_, rows) = s.checkpoint(true).unwrap();
-        let mut r = KeyedRows::try_new(schema(), vec![0], 1, &config(3, ttl)).unwrap();
+        let mut r = KeyedRows::try_new(schema(), vec![0], Some(1), &config(3, ttl)).unwrap();
         r.restore(rows).unwrap();
         r.expire(1_140).unwrap();
         assert_eq!(r.stats().rows, 1);

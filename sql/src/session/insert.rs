@@ -7,7 +7,7 @@ use flumen_engine::{Error, Result, plan_err};
 
 use super::queries::Target;
 use super::resolve::is_memory_connector;
-use super::{FlumenSession, StatementResult, plan_dataframe};
+use super::{FlumenSession, StatementResult, plan_batch_dataframe};
 use crate::catalog::StreamKind;
 use crate::query::ParsedQuery;
 use crate::statement::ObjectKind;
@@ -62,7 +62,7 @@ impl FlumenSession {
             );
         }
         let rows_of = async {
-            let df = plan_dataframe(&self.base, self.bind(query)?).await?;
+            let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
             df.collect().await.map_err(Error::from)
         };
         let batches = rows_of.await.map_err(|e| {

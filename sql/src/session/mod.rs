@@ -188,10 +188,18 @@ impl FlumenSession {
                     None => Ok(StatementResult::Done(format!("Sink '{name}' created"))),
                 }
             }
-            Statement::CreateTableAs { name, sql, query } => {
+            Statement::CreateTableAs {
+                name,
+                sql,
+                query,
+                or_replace,
+            } => {
                 if !self.reads_streams(&query) {
-                    return self.datafusion(&sql).await;
+                    return self
+                        .create_table_from_tables(&name, &query, or_replace)
+                        .await;
                 }
+                let _ = sql;
                 let mut options = Options::new();
                 options.insert("connector".into(), "memory".into());
                 self.create_sink(&name, options, true)?;
@@ -246,6 +254,30 @@ impl FlumenSession {
         Ok(StatementResult::Rows { schema, batches })
     }
 
+    /// `CREATE [OR REPLACE] TABLE name AS` a query over tables only: DataFusion runs
+    /// the query as bound (Flink's window forms rewritten, hopping and session windows
+    /// expanded: `batch_windows.rs`), so a batch query takes the same text as a
+    /// streaming one; its rows become an in-memory table.
+    async fn create_table_from_tables(
+        &self,
+        name: &str,
+        query: &ParsedQuery,
+        or_replace: bool,
+    ) -> Result<StatementResult> {
+        if self.base.table_exist(name)? {
+            if !or_replace {
+                return plan_err!("table '{name}' already exists");
+            }
+            self.base.deregister_table(name)?;
+        }
+        let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        self.base.register_table(name, Arc::new(table))?;
+        Ok(StatementResult::Done("OK".into()))
+    }
+
     /// A query over tables only: DataFusion runs it.
     async fn batch_query(&self, query: &ParsedQuery) -> Result<StatementResult> {
         if query.emit.is_some() {
@@ -253,7 +285,7 @@ impl FlumenSession {
                 "EMIT CHANGES / EMIT FINAL apply to a query over streams; this one reads only tables"
             );
         }
-        let df = plan_dataframe(&self.base, self.bind(query)?).await?;
+        let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok(StatementResult::Rows { schema, batches })
@@ -312,6 +344,17 @@ impl FlumenSession {
 }
 
 /// `statement` planned by `session` (DataFusion's `SessionContext::sql` after parsing).
+/// A query over tables only, planned with its hopping and session windows expanded
+/// (`batch_windows.rs`).
+pub(crate) async fn plan_batch_dataframe(
+    session: &SessionContext,
+    statement: DfStatement,
+) -> Result<DataFrame> {
+    let plan = session.state().statement_to_plan(statement).await?;
+    let plan = crate::batch_windows::expand(plan)?;
+    Ok(session.execute_logical_plan(plan).await?)
+}
+
 pub(crate) async fn plan_dataframe(
     session: &SessionContext,
     statement: DfStatement,

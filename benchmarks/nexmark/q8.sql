@@ -1,0 +1,26 @@
+-- Nexmark q8. Monitor new users: the people who registered and opened an auction in the same 10 s
+-- window.
+-- nexmark-flink's queries/q8.sql with the streams of ddl.sql (snake-case columns, no
+-- backquotes), its blackhole table a Flumen sink:
+--   flumen --trigger available-now -f benchmarks/nexmark/ddl.sql -f benchmarks/nexmark/q8.sql
+SET output_mode = 'append';
+CREATE SINK nexmark_q8 WITH (connector = 'blackhole');
+INSERT INTO nexmark_q8
+SELECT P.id, P.name, P.starttime
+FROM (
+  SELECT id, name,
+        window_start AS starttime,
+        window_end AS endtime
+  FROM TABLE(
+            TUMBLE(TABLE person, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+  GROUP BY id, name, window_start, window_end
+) P
+JOIN (
+  SELECT seller,
+        window_start AS starttime,
+        window_end AS endtime
+  FROM TABLE(
+        TUMBLE(TABLE auction, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+  GROUP BY seller, window_start, window_end
+) A
+ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime;
