@@ -228,9 +228,9 @@ impl FlumenSession {
         query: ParsedQuery,
     ) -> Result<StatementResult> {
         self.check_free(&name)?;
-        if query.emit.is_some() {
+        if query.emit == Some(OutputMode::Append) {
             return plan_err!(
-                "CREATE STREAM {name} AS SELECT: EMIT belongs to the query that reads {name}, not to its definition"
+                "CREATE STREAM {name} AS SELECT ... EMIT FINAL: EMIT FINAL belongs to the query that reads {name}, not to its definition"
             );
         }
         let mut rest = options.clone();
@@ -253,6 +253,17 @@ impl FlumenSession {
         // Plan it once now so errors show at CREATE time, and to learn its schema.
         let probe = self.build_query_context(0, None, Trigger::ProcessingTime)?;
         let df = super::plan_dataframe(probe.ctx.session(), self.bind(&query)?).await?;
+        // ksqlDB's `CREATE STREAM s AS SELECT ... EMIT CHANGES`: a stream of every row
+        // its query emits, which a stateless query's rows are. An aggregate's changes
+        // are a table in ksqlDB (CREATE TABLE ... AS), and here too.
+        if query.emit == Some(OutputMode::Update) && is_stateful(df.logical_plan()) {
+            return plan_err!(
+                "CREATE STREAM {name} AS SELECT ... EMIT CHANGES: its query keeps state (an \
+                 aggregate, DISTINCT or window function), so its rows change: as in ksqlDB, \
+                 that is a table (CREATE TABLE {name} AS SELECT ...), or write the aggregate \
+                 in the query that reads the stream"
+            );
+        }
         let schema = Arc::new(df.schema().as_arrow().clone());
         let watermark = match column {
             Some(c) => {
@@ -422,4 +433,23 @@ fn capitalize(s: &str) -> String {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => String::new(),
     }
+}
+
+/// Whether `plan` keeps state across batches as a streaming query: an aggregate,
+/// `DISTINCT` or a window function.
+fn is_stateful(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::LogicalPlan;
+    let mut stateful = false;
+    let _ = plan.apply(|node| {
+        if matches!(
+            node,
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) | LogicalPlan::Window(_)
+        ) {
+            stateful = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stateful
 }
