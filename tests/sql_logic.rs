@@ -177,3 +177,22 @@ slt_files!(
     windows,
     wordcount,
 );
+
+/// `nexmark_standard.slt` is written from `benchmarks/nexmark/qN.sql` by
+/// `scripts/nexmark_slt.py`: it must hold each file's query as the file has it now.
+#[test]
+fn nexmark_standard_slt_holds_the_query_files() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let slt = std::fs::read_to_string(slt_dir().join("nexmark_standard.slt")).unwrap();
+    for n in (0..=22).filter(|n| *n != 12) {
+        let file =
+            std::fs::read_to_string(root.join(format!("benchmarks/nexmark/q{n}.sql"))).unwrap();
+        let insert = format!("INSERT INTO nexmark_q{n}\n");
+        let at = file.find(&insert).expect("the file inserts into its sink") + insert.len();
+        let query = file[at..].trim().trim_end_matches(';');
+        assert!(
+            slt.contains(query),
+            "nexmark_standard.slt lacks q{n}.sql's query: run scripts/nexmark_slt.py"
+        );
+    }
+}

@@ -219,13 +219,43 @@ fn units(dir: &str, w: &Workload) -> Result<usize> {
     Ok(n)
 }
 
-const BID_COLUMNS: &str = "auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
-     channel TEXT, url TEXT, date_time BIGINT NOT NULL, extra TEXT";
-const PERSON_COLUMNS: &str = "id BIGINT NOT NULL, name TEXT, email_address TEXT, credit_card TEXT, \
-     city TEXT, state TEXT, date_time BIGINT NOT NULL, extra TEXT";
-const AUCTION_COLUMNS: &str = "id BIGINT NOT NULL, item_name TEXT, description TEXT, \
-     initial_bid BIGINT NOT NULL, reserve BIGINT NOT NULL, date_time BIGINT NOT NULL, \
-     expires BIGINT NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL, extra TEXT";
+/// The fields of Nexmark table `name` as the exported CSV files hold them: the
+/// generator's columns, times as epoch milliseconds, texts nullable (an empty CSV field
+/// reads as null).
+fn csv_fields(name: &str) -> Vec<Field> {
+    let table = match name {
+        "bid" => Table::Bid,
+        "person" => Table::Person,
+        _ => Table::Auction,
+    };
+    table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(..) => Field::new(f.name(), DataType::Int64, false),
+            DataType::Utf8 => Field::new(f.name(), DataType::Utf8, true),
+            t => Field::new(f.name(), t.clone(), false),
+        })
+        .collect()
+}
+
+/// `csv_fields(name)` as the column list of a `CREATE STREAM`.
+fn csv_columns(name: &str) -> String {
+    csv_fields(name)
+        .iter()
+        .map(|f| {
+            let ty = if *f.data_type() == DataType::Int64 {
+                "BIGINT"
+            } else {
+                "TEXT"
+            };
+            let null = if f.is_nullable() { "" } else { " NOT NULL" };
+            format!("{} {ty}{null}", f.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Runs one workload on Flumen and on DataFusion over the files in `--dir`.
 pub async fn files(args: &[String]) -> Result<()> {
@@ -267,7 +297,8 @@ pub async fn files(args: &[String]) -> Result<()> {
 async fn flumen_run(dir: &str, w: &Workload) -> Result<(f64, u64)> {
     let (registry, rows) = crate::nexmark::blackhole_registry();
     let mut session = FlumenSession::new(registry, Arc::new(SystemClock));
-    let csv = |name: &str, columns: &str, keep: &str| {
+    let csv = |name: &str, keep: &str| {
+        let columns = csv_columns(name);
         format!(
             "CREATE STREAM {name} ({columns}) WITH (connector = 'files', path = '{dir}/nexmark/{name}',
                format = 'csv', include_existing = 'true', max_files_per_batch = '1');
@@ -280,8 +311,8 @@ async fn flumen_run(dir: &str, w: &Workload) -> Result<(f64, u64)> {
             "CREATE STREAM lines (line TEXT) WITH (connector = 'files', path = '{dir}/wordcount',
                format = 'text', include_existing = 'true', max_files_per_batch = '1');"
         ),
-        ["bid"] => csv("bid", BID_COLUMNS, "auction, bidder, price"),
-        _ => csv("person", PERSON_COLUMNS, "id, name") + &csv("auction", AUCTION_COLUMNS, "seller"),
+        ["bid"] => csv("bid", "auction, bidder, price"),
+        _ => csv("person", "id, name") + &csv("auction", "seller"),
     };
     session
         .execute_script(&format!(
@@ -335,42 +366,8 @@ async fn datafusion_run(dir: &str, w: &Workload) -> Result<f64> {
         )
         .await?;
     } else {
-        let int = |n: &str| Field::new(n, DataType::Int64, false);
-        let text = |n: &str| Field::new(n, DataType::Utf8, true);
         for table in w.inputs {
-            let fields = match *table {
-                "bid" => vec![
-                    int("auction"),
-                    int("bidder"),
-                    int("price"),
-                    text("channel"),
-                    text("url"),
-                    int("date_time"),
-                    text("extra"),
-                ],
-                "person" => vec![
-                    int("id"),
-                    text("name"),
-                    text("email_address"),
-                    text("credit_card"),
-                    text("city"),
-                    text("state"),
-                    int("date_time"),
-                    text("extra"),
-                ],
-                _ => vec![
-                    int("id"),
-                    text("item_name"),
-                    text("description"),
-                    int("initial_bid"),
-                    int("reserve"),
-                    int("date_time"),
-                    int("expires"),
-                    int("seller"),
-                    int("category"),
-                    text("extra"),
-                ],
-            };
+            let fields = csv_fields(table);
             ctx.register_csv(
                 *table,
                 &format!("{}/", input_dir(dir, table).display()),

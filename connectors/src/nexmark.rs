@@ -32,6 +32,7 @@
 //! `start` being one second before the first batch (as the `rate` source); `events =
 //! N` stops after N events, so `available_now` finishes.
 
+use std::fmt::Write;
 use std::sync::{Arc, OnceLock};
 
 use crate::rate::Pacer;
@@ -292,15 +293,6 @@ fn hot_url(k: usize) -> &'static str {
     &URLS.get_or_init(|| (0..4).map(|k| base_url(k, 50)).collect())[k]
 }
 
-/// A column of `events.len()` strings, `f` making each (with its size).
-fn strings<'a>(events: &[u64], bytes: usize, f: impl Fn(u64) -> &'a str) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(events.len(), bytes);
-    for i in events {
-        b.append_value(f(*i));
-    }
-    Arc::new(b.finish())
-}
-
 /// The rows of `table` among events `[from, to)`, event `i` at
 /// `start_ms + i * 1000 / event_rate`.
 pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64) -> RecordBatch {
@@ -319,44 +311,37 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
     let n = events.len();
     let columns: Vec<ArrayRef> = match table {
         Table::Person => {
-            let name = |i: u64| {
-                (
-                    FIRST_NAMES[below(i, 1, 11) as usize],
-                    LAST_NAMES[below(i, 2, 9) as usize],
-                )
-            };
-            let card = |i: u64| {
+            let mut names = StringBuilder::with_capacity(n, n * 14);
+            let mut emails = StringBuilder::with_capacity(n, n * 17);
+            let mut cards = StringBuilder::with_capacity(n, n * 19);
+            let mut cities = StringBuilder::with_capacity(n, n * 8);
+            let mut states = StringBuilder::with_capacity(n, n * 2);
+            let mut extras = StringBuilder::with_capacity(n, n * PERSON_BYTES);
+            // Each value written once, straight into its column (no String per row).
+            for &i in &events {
+                let first = FIRST_NAMES[below(i, 1, 11) as usize];
+                let last = LAST_NAMES[below(i, 2, 9) as usize];
+                let _ = write!(names, "{first} {last}");
+                names.append_value("");
+                let _ = write!(emails, "{}@{}.com", text(i, 7, 7), text(i, 8, 5));
+                emails.append_value("");
                 let r = mix(i, 4);
-                format!(
+                let _ = write!(
+                    cards,
                     "{:04} {:04} {:04} {:04}",
                     r % 10_000,
                     (r >> 16) % 10_000,
                     (r >> 32) % 10_000,
                     (r >> 48) % 10_000
-                )
-            };
-            let city = |i: u64| CITIES[below(i, 5, 10) as usize];
-            let state = |i: u64| STATES[below(i, 6, 6) as usize];
-            let mut names = StringBuilder::with_capacity(n, n * 14);
-            let mut emails = StringBuilder::with_capacity(n, n * 17);
-            let mut cards = StringBuilder::with_capacity(n, n * 19);
-            let mut extras = StringBuilder::with_capacity(n, n * PERSON_BYTES);
-            for &i in &events {
-                let (first, last) = name(i);
-                names.append_value(format!("{first} {last}"));
-                let email = format!("{}@{}.com", text(i, 7, 7), text(i, 8, 5));
-                emails.append_value(&email);
-                let card = card(i);
-                cards.append_value(&card);
-                let size = 8
-                    + first.len()
-                    + 1
-                    + last.len()
-                    + email.len()
-                    + card.len()
-                    + city(i).len()
-                    + state(i).len()
-                    + 8;
+                );
+                cards.append_value("");
+                let city = CITIES[below(i, 5, 10) as usize];
+                let state = STATES[below(i, 6, 6) as usize];
+                cities.append_value(city);
+                states.append_value(state);
+                // id, name, email (17), card (19), city, state, time.
+                let size =
+                    8 + first.len() + 1 + last.len() + 17 + 19 + city.len() + state.len() + 8;
                 extras.append_value(extra(i, 9, size, PERSON_BYTES));
             }
             vec![
@@ -364,26 +349,39 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
                 Arc::new(names.finish()),
                 Arc::new(emails.finish()),
                 Arc::new(cards.finish()),
-                strings(&events, n * 8, city),
-                strings(&events, n * 2, state),
+                Arc::new(cities.finish()),
+                Arc::new(states.finish()),
                 at(),
                 Arc::new(extras.finish()),
             ]
         }
         Table::Auction => {
-            let item = |i: u64| short_text(i, 10, 20);
-            let description = |i: u64| short_text(i, 11, 100);
-            let initial = |i: u64| price(i, 12);
             // 100 auctions in flight: an auction lasts up to twice the time the next
             // 1,666 events take.
             let horizon_ms = (IN_FLIGHT_AUCTIONS * 50 / 3) as i128 * 1000 / event_rate as i128;
             let length = (2 * horizon_ms).max(1) as u64;
+            let mut items = StringBuilder::with_capacity(n, n * 11);
+            let mut descriptions = StringBuilder::with_capacity(n, n * 51);
+            let mut extras = StringBuilder::with_capacity(n, n * 400);
+            let mut initial = Vec::with_capacity(n);
+            let mut reserve = Vec::with_capacity(n);
+            for &i in &events {
+                let item = short_text(i, 10, 20);
+                let description = short_text(i, 11, 100);
+                items.append_value(item);
+                descriptions.append_value(description);
+                let size = 8 + item.len() + description.len() + 8 * 6;
+                extras.append_value(extra(i, 18, size, AUCTION_BYTES));
+                let first = price(i, 12);
+                initial.push(first);
+                reserve.push(first + price(i, 13));
+            }
             vec![
                 ints(&|i| FIRST_AUCTION_ID + last_auction(i) as i64),
-                strings(&events, n * 11, item),
-                strings(&events, n * 51, description),
-                ints(&initial),
-                ints(&|i| initial(i) + price(i, 13)),
+                Arc::new(items.finish()),
+                Arc::new(descriptions.finish()),
+                Arc::new(Int64Array::from(initial)),
+                Arc::new(Int64Array::from(reserve)),
                 at(),
                 Arc::new(TimestampMillisecondArray::from_iter_values(
                     events
@@ -399,21 +397,24 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
                     FIRST_PERSON_ID + seller as i64
                 }),
                 ints(&|i| FIRST_CATEGORY_ID + below(i, 17, CATEGORIES) as i64),
-                strings(&events, n * 300, |i| {
-                    let size = 8 + item(i).len() + description(i).len() + 8 * 6;
-                    extra(i, 18, size, AUCTION_BYTES)
-                }),
+                Arc::new(extras.finish()),
             ]
         }
         Table::Bid => {
-            let channel_of = |i: u64| {
-                if below(i, 20, HOT_CHANNEL_RATIO) > 0 {
+            let mut channels = StringBuilder::with_capacity(n, n * 10);
+            let mut urls = StringBuilder::with_capacity(n, n * 70);
+            let mut extras = StringBuilder::with_capacity(n, n * 20);
+            for &i in &events {
+                let (c, u) = if below(i, 20, HOT_CHANNEL_RATIO) > 0 {
                     let k = below(i, 21, 4) as usize;
                     (HOT_CHANNELS[k], hot_url(k))
                 } else {
                     channel(below(i, 22, CHANNELS))
-                }
-            };
+                };
+                channels.append_value(c);
+                urls.append_value(u);
+                extras.append_value(extra(i, 28, 8 * 4 + c.len() + u.len(), BID_BYTES));
+            }
             vec![
                 ints(&|i| {
                     let auction = if below(i, 23, HOT_AUCTION_RATIO) > 0 {
@@ -432,13 +433,10 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
                     FIRST_PERSON_ID + bidder as i64
                 }),
                 ints(&|i| price(i, 27)),
-                strings(&events, n * 10, |i| channel_of(i).0),
-                strings(&events, n * 70, |i| channel_of(i).1),
+                Arc::new(channels.finish()),
+                Arc::new(urls.finish()),
                 at(),
-                strings(&events, n * 20, |i| {
-                    let (c, u) = channel_of(i);
-                    extra(i, 28, 8 * 4 + c.len() + u.len(), BID_BYTES)
-                }),
+                Arc::new(extras.finish()),
             ]
         }
     };

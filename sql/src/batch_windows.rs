@@ -29,6 +29,12 @@ const WINDOW_COLUMN: &str = "__flumen_batch_window";
 
 /// `plan` with every batch aggregate's hopping or session window key expanded.
 pub(crate) fn expand(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let has_window_key = plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::Aggregate(a) if a.group_expr.iter().any(|e| key_of(e).is_some())))
+    })?;
+    if !has_window_key {
+        return Ok(plan);
+    }
     let out = plan.transform_up(|node| {
         let LogicalPlan::Aggregate(agg) = &node else {
             // Parents see their children's new schemas.

@@ -82,7 +82,6 @@ pub enum Statement {
     /// query reads streams, an ordinary DataFusion table otherwise.
     CreateTableAs {
         name: String,
-        sql: String,
         query: ParsedQuery,
         /// `CREATE OR REPLACE TABLE`.
         or_replace: bool,
@@ -361,7 +360,6 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
                 Some(query) => Ok(Statement::CreateTableAs {
                     name,
                     query,
-                    sql: sql.to_string(),
                     or_replace,
                 }),
                 None => Ok(Statement::Other(sql.to_string())),

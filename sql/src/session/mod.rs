@@ -190,7 +190,6 @@ impl FlumenSession {
             }
             Statement::CreateTableAs {
                 name,
-                sql,
                 query,
                 or_replace,
             } => {
@@ -199,7 +198,6 @@ impl FlumenSession {
                         .create_table_from_tables(&name, &query, or_replace)
                         .await;
                 }
-                let _ = sql;
                 let mut options = Options::new();
                 options.insert("connector".into(), "memory".into());
                 self.create_sink(&name, options, true)?;
@@ -264,17 +262,19 @@ impl FlumenSession {
         query: &ParsedQuery,
         or_replace: bool,
     ) -> Result<StatementResult> {
-        if self.base.table_exist(name)? {
+        // The name as parsed (lower-cased unless quoted), not parsed again.
+        let table = datafusion::common::TableReference::bare(name);
+        if self.base.table_exist(table.clone())? {
             if !or_replace {
                 return plan_err!("table '{name}' already exists");
             }
-            self.base.deregister_table(name)?;
+            self.base.deregister_table(table.clone())?;
         }
         let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-        self.base.register_table(name, Arc::new(table))?;
+        let rows = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        self.base.register_table(table, Arc::new(rows))?;
         Ok(StatementResult::Done("OK".into()))
     }
 
