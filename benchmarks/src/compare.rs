@@ -172,8 +172,47 @@ pub async fn export(args: &[String]) -> Result<()> {
             }
         }
     }
+    std::fs::write(
+        Path::new(&dir).join("nexmark").join("ddl.sql"),
+        files_ddl(&dir),
+    )?;
     println!("exported {lines} lines and {events} Nexmark events to {dir} in {files} files each");
     Ok(())
+}
+
+/// The Nexmark streams of `benchmarks/nexmark/ddl.sql` over the exported files, for the
+/// query files (`benchmarks/compare/nexmark_suite.sh`): each table's files as
+/// `<table>_csv` (one file a batch), and `<table>` with its times as timestamps and
+/// the watermark 4 s behind, as `ddl.sql` declares it.
+fn files_ddl(dir: &str) -> String {
+    let mut out = String::from(
+        "-- Written by `flumen-benchmarks export`: the Nexmark streams over the exported files.\n",
+    );
+    for (table, name) in [
+        (Table::Person, "person"),
+        (Table::Auction, "auction"),
+        (Table::Bid, "bid"),
+    ] {
+        let columns: Vec<String> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Timestamp(..) => format!("to_timestamp_millis({0}) AS {0}", f.name()),
+                _ => f.name().to_string(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "CREATE STREAM {name}_csv ({}) WITH (connector = 'files', \
+             path = '{dir}/nexmark/{name}', format = 'csv', include_existing = 'true', \
+             max_files_per_batch = '1');\n\
+             CREATE STREAM {name} WITH (timestamp = 'date_time', watermark_delay = '4 seconds') \
+             AS SELECT {} FROM {name}_csv;\n",
+            csv_columns(name),
+            columns.join(", ")
+        ));
+    }
+    out
 }
 
 /// `b` with its timestamp columns as Int64 epoch ms (every peer parses those alike).

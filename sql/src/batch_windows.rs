@@ -1,4 +1,4 @@
-//! Hopping and session windows in a batch query (over tables only), so that the text of
+//! Hopping, cumulating and session windows in a batch query (over tables only), so that the text of
 //! a streaming query runs unchanged as the batch query over all its input. A streaming
 //! query's planner gives these GROUP BY keys to its operators; in a batch query
 //! DataFusion would call the functions row by row — `window(ts, size, slide)` has no
@@ -7,6 +7,8 @@
 //!
 //! ```text
 //!  GROUP BY k, window(ts, size, slide)  ─▶ input ⨝ unnest(flumen_hop_windows(ts, size, slide))
+//!  GROUP BY k, cumulate_window(ts, step, size)
+//!                                      ─▶ input ⨝ unnest(flumen_cumulate_windows(ts, step, size))
 //!  GROUP BY k, session_window(ts, gap)  ─▶ per k, rows in ts order; a row more than gap
 //!                                          after the previous opens a session;
 //!                                          {first ts, last ts + gap} of its session
@@ -51,8 +53,10 @@ pub(crate) fn expand(plan: LogicalPlan) -> Result<LogicalPlan> {
 }
 
 /// The window call a group key is (through an alias), if it is one to expand.
+#[derive(Clone, Copy)]
 enum Key<'a> {
     Hop(&'a ScalarFunction),
+    Cumulate(&'a ScalarFunction),
     Session(&'a ScalarFunction),
 }
 
@@ -65,6 +69,11 @@ fn key_of(e: &Expr) -> Option<Key<'_>> {
                 && f.args[1] != f.args[2] =>
         {
             Some(Key::Hop(f))
+        }
+        Expr::ScalarFunction(f)
+            if f.name() == crate::window::CUMULATE_WINDOW_FUNCTION && f.args.len() == 3 =>
+        {
+            Some(Key::Cumulate(f))
         }
         Expr::ScalarFunction(f)
             if f.name() == crate::window::SESSION_WINDOW_FUNCTION && f.args.len() == 2 =>
@@ -91,10 +100,13 @@ fn expand_aggregate(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
         .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
         .collect();
     let input = match key {
-        Key::Hop(f) => {
-            let windows = crate::window::hop_windows_udf().call(f.args.clone());
+        Key::Hop(f) | Key::Cumulate(f) => {
+            let udf = match key {
+                Key::Hop(_) => crate::window::hop_windows_udf(),
+                _ => crate::window::cumulate_windows_udf(),
+            };
             let mut exprs = columns.clone();
-            exprs.push(windows.alias(WINDOW_COLUMN));
+            exprs.push(udf.call(f.args.clone()).alias(WINDOW_COLUMN));
             LogicalPlanBuilder::from(input)
                 .project(exprs)?
                 .unnest_column(WINDOW_COLUMN)?

@@ -22,6 +22,8 @@ pub fn udfs() -> Vec<std::sync::Arc<ScalarUDF>> {
         crate::window::hop_window_ends_udf(),
         crate::window::window_end_udf(),
         crate::window::session_window_udf(),
+        crate::window::cumulate_window_udf(),
+        crate::window::cumulate_windows_udf(),
         to_char_udf(),
         date_format_udf(),
     ]

@@ -211,8 +211,8 @@ fn unwrap_flink_tvfs(tokens: &mut Vec<TokenWithSpan>) -> Result<()> {
         let Some(func) = significant(tokens, open + 1) else {
             continue;
         };
-        let Some(kind) =
-            word(&tokens[func]).filter(|w| ["TUMBLE", "HOP", "SESSION"].contains(&w.as_str()))
+        let Some(kind) = word(&tokens[func])
+            .filter(|w| ["TUMBLE", "HOP", "SESSION", "CUMULATE"].contains(&w.as_str()))
         else {
             continue;
         };
@@ -245,23 +245,77 @@ fn unwrap_flink_tvfs(tokens: &mut Vec<TokenWithSpan>) -> Result<()> {
         let Some(close) = close else {
             return plan_err!("syntax error: TABLE({kind}(...)) is not closed");
         };
-        let partitioned = tokens[inner_table..close]
-            .iter()
-            .zip(tokens[inner_table..close].iter().skip(2))
-            .any(|(a, b)| {
-                word(a).as_deref() == Some("PARTITION") && word(b).as_deref() == Some("BY")
-            });
-        if partitioned {
+        // The `)` closing the function's own arguments.
+        let mut depth = 0usize;
+        let mut inner_close = close;
+        for (j, t) in tokens.iter().enumerate().take(close).skip(inner_open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        inner_close = j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let partition_at = (inner_table..inner_close).find(|i| {
+            word(&tokens[*i]).as_deref() == Some("PARTITION")
+                && significant(tokens, i + 1)
+                    .is_some_and(|b| word(&tokens[b]).as_deref() == Some("BY"))
+        });
+        if kind != "SESSION" && partition_at.is_some() {
             return plan_err!(
-                "{kind}(TABLE t PARTITION BY ...) is not supported: write {kind}(TABLE t, ...) \
-                 and GROUP BY the partition columns with window_start, window_end — a \
-                 session is kept per value of the other GROUP BY keys"
+                "{kind}(TABLE t PARTITION BY ...) is not supported: Flink partitions only \
+                 SESSION windows; write {kind}(TABLE t, ...)"
             );
         }
-        // Outermost first, so the positions before it stay valid.
-        tokens.remove(close);
-        tokens.remove(inner_table);
-        tokens.drain(at..=open);
+        // FN ( args ), without the inner TABLE keyword.
+        let mut args: Vec<TokenWithSpan> = tokens[inner_table + 1..inner_close].to_vec();
+        if kind == "SESSION" {
+            // Flink's session TVF keeps sessions per PARTITION BY columns (one over the
+            // whole table without them): carried as a last argument `PARTITION_BY(cols)`,
+            // which tvf.rs checks against the GROUP BY.
+            let mut columns = Vec::new();
+            if let Some(p) = partition_at.map(|p| p - (inner_table + 1)) {
+                let by = significant(&args, p + 1).expect("BY follows PARTITION");
+                let Some(descriptor) =
+                    (by..args.len()).find(|i| word(&args[*i]).as_deref() == Some("DESCRIPTOR"))
+                else {
+                    return plan_err!(
+                        "SESSION(TABLE t PARTITION BY ..., DESCRIPTOR(time_column), gap): \
+                         DESCRIPTOR(...) is missing"
+                    );
+                };
+                // The columns run to the last comma before DESCRIPTOR.
+                let Some(comma) = (by..descriptor)
+                    .rev()
+                    .find(|i| args[*i].token == Token::Comma)
+                else {
+                    return plan_err!(
+                        "SESSION(TABLE t PARTITION BY ..., DESCRIPTOR(time_column), gap): a \
+                         comma must come before DESCRIPTOR"
+                    );
+                };
+                columns = args[by + 1..comma]
+                    .iter()
+                    .filter(|t| !matches!(t.token, Token::LParen | Token::RParen))
+                    .cloned()
+                    .collect();
+                args.drain(p..comma);
+            }
+            args.push(TokenWithSpan::wrap(Token::Comma));
+            args.push(TokenWithSpan::wrap(Token::make_word("PARTITION_BY", None)));
+            args.push(TokenWithSpan::wrap(Token::LParen));
+            args.extend(columns);
+            args.push(TokenWithSpan::wrap(Token::RParen));
+        }
+        let mut call = vec![tokens[func].clone(), TokenWithSpan::wrap(Token::LParen)];
+        call.extend(args);
+        call.push(TokenWithSpan::wrap(Token::RParen));
+        tokens.splice(at..=close, call);
         i = at;
     }
     Ok(())
@@ -313,14 +367,36 @@ mod tests {
         // Other uses of TABLE are left alone.
         let q = ParsedQuery::parse("SELECT * FROM t WHERE x = 1").unwrap();
         assert_eq!(q.query.to_string(), "SELECT * FROM t WHERE x = 1");
+        // Flink's session TVF: its PARTITION BY columns, or none, as a last argument.
+        let q = ParsedQuery::parse(
+            "SELECT 1 FROM TABLE(SESSION(TABLE bid PARTITION BY auction, bidder, DESCRIPTOR(ts), INTERVAL '5' SECOND))",
+        )
+        .unwrap();
+        assert_eq!(
+            q.query.to_string(),
+            "SELECT 1 FROM SESSION(bid, DESCRIPTOR(ts), INTERVAL '5' SECOND, PARTITION_BY(auction, bidder))"
+        );
+        let q = ParsedQuery::parse(
+            "SELECT 1 FROM TABLE(SESSION(TABLE bid, DESCRIPTOR(ts), INTERVAL '5' SECOND))",
+        )
+        .unwrap();
+        assert_eq!(
+            q.query.to_string(),
+            "SELECT 1 FROM SESSION(bid, DESCRIPTOR(ts), INTERVAL '5' SECOND, PARTITION_BY())"
+        );
         let e = ParsedQuery::parse(
-            "SELECT 1 FROM TABLE(SESSION(TABLE bid PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' SECOND))",
+            "SELECT 1 FROM TABLE(HOP(TABLE bid PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND))",
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("SESSION(TABLE t PARTITION BY ...) is not supported"),
-            "{e}"
+        assert!(e.contains("Flink partitions only SESSION windows"), "{e}");
+        let q = ParsedQuery::parse(
+            "SELECT 1 FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))",
+        )
+        .unwrap();
+        assert_eq!(
+            q.query.to_string(),
+            "SELECT 1 FROM CUMULATE(bid, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)"
         );
     }
 

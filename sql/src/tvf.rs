@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use flumen_engine::{Error, Result, plan_err};
 
-const FUNCTIONS: [&str; 3] = ["TUMBLE", "HOP", "SESSION"];
+const FUNCTIONS: [&str; 4] = ["TUMBLE", "HOP", "SESSION", "CUMULATE"];
 
 /// Rewrites the window table functions in `statement`, a pass over its tree;
 /// whether it had any.
@@ -76,8 +76,11 @@ struct Call {
     /// `window(ts, size [, slide])` or `session_window(ts, gap)`.
     window: String,
     ts: String,
-    /// HOP's (size, slide).
+    /// HOP's (size, slide); CUMULATE's (step, size).
     hop: Option<(String, String)>,
+    /// Flink's `SESSION(TABLE t [PARTITION BY cols], ...)` (query.rs carries it as a
+    /// last argument `PARTITION_BY(cols)`): the columns, lower-cased.
+    partition: Option<Vec<String>>,
 }
 
 fn parse_expr(text: &str) -> Result<Expr> {
@@ -100,9 +103,32 @@ fn call_of(factor: &TableFactor) -> Result<Option<Call>> {
     let Some(kind) = FUNCTIONS.into_iter().find(|f| *f == fname) else {
         return Ok(None);
     };
+    let mut args: Vec<&FunctionArg> = args.args.iter().collect();
+    // query.rs's `PARTITION_BY(cols)`: the session TVF as Flink writes it.
+    let mut partition = None;
+    if kind == "SESSION"
+        && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Function(f)))) = args.last()
+        && f.name.to_string().eq_ignore_ascii_case("partition_by")
+    {
+        let columns = match &f.args {
+            datafusion::sql::sqlparser::ast::FunctionArguments::List(l) => l
+                .args
+                .iter()
+                .map(|a| {
+                    let name = a.to_string();
+                    name.rsplit('.')
+                        .next()
+                        .unwrap_or(&name)
+                        .to_ascii_lowercase()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        partition = Some(columns);
+        args.pop();
+    }
     let args: Vec<String> = args
-        .args
-        .iter()
+        .into_iter()
         .map(|a| match a {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(match e {
                 // Flink's DESCRIPTOR(ts) names the time column.
@@ -119,9 +145,14 @@ fn call_of(factor: &TableFactor) -> Result<Option<Call>> {
     let usage = match kind {
         "TUMBLE" => "TUMBLE(stream, time_column, size)",
         "HOP" => "HOP(stream, time_column, slide, size)",
+        "CUMULATE" => "CUMULATE(stream, time_column, step, size)",
         _ => "SESSION(stream, time_column, gap)",
     };
-    let expected = if kind == "HOP" { 4 } else { 3 };
+    let expected = if kind == "HOP" || kind == "CUMULATE" {
+        4
+    } else {
+        3
+    };
     if args.len() != expected {
         return plan_err!("{usage} takes {expected} arguments, got {}", args.len());
     }
@@ -132,6 +163,10 @@ fn call_of(factor: &TableFactor) -> Result<Option<Call>> {
             format!("window({ts}, {}, {})", args[3], args[2]),
             Some((args[3].clone(), args[2].clone())),
         ),
+        "CUMULATE" => (
+            format!("cumulate_window({ts}, {}, {})", args[2], args[3]),
+            Some((args[2].clone(), args[3].clone())),
+        ),
         _ => (format!("session_window({ts}, {})", args[2]), None),
     };
     Ok(Some(Call {
@@ -140,6 +175,7 @@ fn call_of(factor: &TableFactor) -> Result<Option<Call>> {
         window,
         ts,
         hop,
+        partition,
     }))
 }
 
@@ -185,6 +221,9 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
             );
         }
         let (call, factor) = calls.pop().expect("one call");
+        if let Some(partition) = &call.partition {
+            check_session_partition(&call, partition, &select.group_by)?;
+        }
         if let TableFactor::Table { name, args, .. } = factor {
             *name = datafusion::sql::sqlparser::ast::ObjectName::from(vec![
                 datafusion::sql::sqlparser::ast::Ident::new(call.stream.clone()),
@@ -238,6 +277,13 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
                 ts = call.ts,
                 s = call.stream
             ),
+            ("CUMULATE", Some((step, size))) => format!(
+                "SELECT * EXCLUDE (__flumen_w), __flumen_w['start'] AS window_start, \
+                 __flumen_w['end'] AS window_end FROM (SELECT *, \
+                 unnest(flumen_cumulate_windows({ts}, {step}, {size})) AS __flumen_w FROM {s})",
+                ts = call.ts,
+                s = call.stream
+            ),
             _ => {
                 return plan_err!(
                     "SESSION({}, {}, ...) assigns rows to sessions only in an aggregate: add GROUP BY window_start, window_end",
@@ -268,6 +314,62 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
         *factor = from.relation;
     }
     Ok(())
+}
+
+/// Flink's session TVF keeps a session per value of its PARTITION BY columns (one
+/// session over the whole table without them); Flumen keeps one per value of the
+/// other GROUP BY keys. The two agree when those are the same columns: anything else
+/// would silently give other sessions than Flink's, so it is refused.
+fn check_session_partition(
+    call: &Call,
+    partition: &[String],
+    group_by: &GroupByExpr,
+) -> Result<()> {
+    let GroupByExpr::Expressions(exprs, _) = group_by else {
+        return Ok(());
+    };
+    let mut keys: Vec<String> = exprs
+        .iter()
+        .filter(|e| !(is_column(e, "window_start") || is_column(e, "window_end")))
+        .map(|e| match e {
+            Expr::Identifier(i) => i.value.to_ascii_lowercase(),
+            Expr::CompoundIdentifier(parts) => parts
+                .last()
+                .map(|i| i.value.to_ascii_lowercase())
+                .unwrap_or_default(),
+            other => other.to_string(),
+        })
+        .collect();
+    let mut wanted = partition.to_vec();
+    keys.sort();
+    keys.dedup();
+    wanted.sort();
+    wanted.dedup();
+    if keys == wanted {
+        return Ok(());
+    }
+    let (stream, ts) = (&call.stream, &call.ts);
+    if partition.is_empty() {
+        return plan_err!(
+            "SESSION(TABLE {stream}, DESCRIPTOR({ts}), ...) makes one session over all rows of \
+             {stream}, but GROUP BY also names {}: Flumen would keep a session per value of \
+             those keys, which is not Flink's answer. Write SESSION(TABLE {stream} PARTITION BY \
+             {}, DESCRIPTOR({ts}), ...) for sessions per key",
+            keys.join(", "),
+            keys.join(", ")
+        );
+    }
+    plan_err!(
+        "SESSION(TABLE {stream} PARTITION BY {}, ...) keeps a session per {}: GROUP BY must name \
+         the same columns besides window_start, window_end (it names: {})",
+        partition.join(", "),
+        partition.join(", "),
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    )
 }
 
 #[cfg(test)]

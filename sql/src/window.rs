@@ -433,3 +433,184 @@ impl ScalarUDFImpl for SessionWindow {
         )?)))
     }
 }
+
+/// The name of [`cumulate_window_udf`].
+pub const CUMULATE_WINDOW_FUNCTION: &str = "cumulate_window";
+
+/// The name of [`cumulate_windows_udf`].
+pub const CUMULATE_WINDOWS_FUNCTION: &str = "flumen_cumulate_windows";
+
+/// Flink's cumulating windows: windows of `size` aligned to multiples of it, each
+/// emitted as it grows by `step` — `[start, start + step)`, `[start, start + 2 step)`,
+/// …, `[start, start + size)`. `size` must be a multiple of `step`.
+pub fn check_cumulate(step: i64, size: i64) -> flumen_engine::Result<()> {
+    let fmt =
+        |ms: i64| flumen_engine::time::format_duration(std::time::Duration::from_millis(ms as u64));
+    if size % step != 0 {
+        return flumen_engine::plan_err!(
+            "a cumulating window's size ({}) must be a whole multiple of its step ({})",
+            fmt(size),
+            fmt(step)
+        );
+    }
+    if size / step > MAX_WINDOWS_PER_ROW {
+        return flumen_engine::plan_err!(
+            "a cumulating window of {} growing every {} puts each row in up to {} windows; at \
+             most {MAX_WINDOWS_PER_ROW} are allowed: use a longer step or a shorter window",
+            fmt(size),
+            fmt(step),
+            size / step
+        );
+    }
+    Ok(())
+}
+
+/// `cumulate_window(ts, step, size)`: the GROUP BY key of a cumulating window. A row
+/// falls in several windows, so the planner expands the key; called row by row it is
+/// an error.
+pub fn cumulate_window_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(CumulateWindow {
+        signature: Signature::user_defined(Volatility::Immutable),
+        name: CUMULATE_WINDOW_FUNCTION,
+    })
+}
+
+/// `flumen_cumulate_windows(ts, step, size)`: every cumulating window `{start, end}`
+/// that contains `ts` (a list, which the planner unnests).
+pub fn cumulate_windows_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(CumulateWindow {
+        signature: Signature::user_defined(Volatility::Immutable),
+        name: CUMULATE_WINDOWS_FUNCTION,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CumulateWindow {
+    signature: Signature,
+    name: &'static str,
+}
+
+impl ScalarUDFImpl for CumulateWindow {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 3 {
+            return plan_err!(
+                "{}(ts, step, size) takes 3 arguments, got {}",
+                self.name,
+                arg_types.len()
+            );
+        }
+        WindowFunction {
+            signature: self.signature.clone(),
+        }
+        .coerce_types(arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.name == CUMULATE_WINDOW_FUNCTION {
+            window_type()
+        } else {
+            DataType::List(Arc::new(Field::new("item", window_type(), true)))
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if self.name == CUMULATE_WINDOW_FUNCTION {
+            return exec_err!(
+                "cumulate_window(ts, step, size) assigns a row to several windows: use it as a \
+                 GROUP BY key, where the planner expands it, or CUMULATE(stream, ts, step, size) \
+                 in FROM"
+            );
+        }
+        let step = constant_millis(&args.args[1], "window step")?;
+        let size = constant_millis(&args.args[2], "window size")?;
+        check_cumulate(step, size).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let ts = timestamps_ms(&args.args[0], args.number_rows)?;
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut offsets = Vec::with_capacity(ts.len() + 1);
+        offsets.push(0i32);
+        for t in ts.iter() {
+            if let Some(t) = t {
+                let start = t - t.rem_euclid(size);
+                // The first window that holds t ends at the step boundary after it.
+                let first = start + (t - start) / step * step + step;
+                for end in (first..=start + size).step_by(step as usize) {
+                    starts.push(start);
+                    ends.push(end);
+                }
+            }
+            offsets.push(starts.len() as i32);
+        }
+        let structs = window_structs(starts.into(), ends.into(), None)?;
+        let list = datafusion::arrow::array::ListArray::try_new(
+            Arc::new(Field::new("item", window_type(), true)),
+            datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            ts.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
+#[cfg(test)]
+mod cumulate_tests {
+    use super::*;
+    use datafusion::arrow::array::ListArray;
+
+    #[test]
+    fn a_row_is_in_every_growing_window_that_reaches_past_it() {
+        // Step 2 s, size 6 s: a row at 3.5 s is in [0, 4) and [0, 6); one at 6 s in
+        // [6, 8), [6, 10), [6, 12); a null row in none.
+        let ts = TimestampMillisecondArray::from(vec![Some(3500), Some(6000), None]);
+        let interval =
+            |ms: i64| ColumnarValue::Scalar(ScalarValue::new_interval_mdn(0, 0, ms * 1_000_000));
+        let args = ScalarFunctionArgs {
+            args: vec![
+                ColumnarValue::Array(Arc::new(ts)),
+                interval(2000),
+                interval(6000),
+            ],
+            arg_fields: vec![],
+            number_rows: 3,
+            return_field: Arc::new(Field::new(
+                "w",
+                DataType::List(Arc::new(Field::new("item", window_type(), true))),
+                true,
+            )),
+            config_options: Arc::new(Default::default()),
+        };
+        let ColumnarValue::Array(out) = cumulate_windows_udf().invoke_with_args(args).unwrap()
+        else {
+            panic!("array expected")
+        };
+        let list = out.as_any().downcast_ref::<ListArray>().unwrap();
+        let windows = |i: usize| -> Vec<(i64, i64)> {
+            let v = list.value(i);
+            let s = v.as_any().downcast_ref::<StructArray>().unwrap();
+            let col = |c: usize| {
+                s.column(c)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (a, b) = (col(0), col(1));
+            (0..s.len()).map(|j| (a.value(j), b.value(j))).collect()
+        };
+        assert_eq!(windows(0), vec![(0, 4000), (0, 6000)]);
+        assert_eq!(
+            windows(1),
+            vec![(6000, 8000), (6000, 10_000), (6000, 12_000)]
+        );
+        assert!(list.is_null(2));
+        assert!(check_cumulate(4000, 6000).is_err());
+        assert!(check_cumulate(1, 6000).is_err());
+    }
+}

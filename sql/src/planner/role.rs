@@ -11,7 +11,7 @@ use super::classify::{
 };
 use super::{OutputMode, StreamPlanner, join_exprs, mixed, rank, refuse};
 use crate::batch_time::BATCH_TIME_COLUMN;
-use crate::window::{SESSION_WINDOW_FUNCTION, WINDOW_FUNCTION};
+use crate::window::{CUMULATE_WINDOW_FUNCTION, SESSION_WINDOW_FUNCTION, WINDOW_FUNCTION};
 
 /// What one node does in a streaming query.
 #[derive(Debug, PartialEq)]
@@ -134,7 +134,9 @@ impl StreamPlanner<'_> {
             Rows::Appends => {
                 let window_key = agg.group_expr.iter().position(|e| {
                     matches!(e, Expr::ScalarFunction(f)
-                            if f.name() == WINDOW_FUNCTION || f.name() == SESSION_WINDOW_FUNCTION)
+                            if f.name() == WINDOW_FUNCTION
+                                || f.name() == SESSION_WINDOW_FUNCTION
+                                || f.name() == CUMULATE_WINDOW_FUNCTION)
                 });
                 match window_key {
                     Some(k) => Ok(Role::WindowAggregate(k)),

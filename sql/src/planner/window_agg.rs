@@ -16,7 +16,7 @@ use flumen_engine::{Error, Result, StreamingContext, plan_err};
 
 use super::OutputMode;
 use crate::batch_time::BATCH_TIME_COLUMN;
-use crate::window::SESSION_WINDOW_FUNCTION;
+use crate::window::{CUMULATE_WINDOW_FUNCTION, SESSION_WINDOW_FUNCTION};
 
 /// The column a hopping window's rows are expanded into.
 const HOP_COLUMN: &str = "__flumen_window";
@@ -113,6 +113,11 @@ enum WindowKind {
     Session {
         gap: Expr,
     },
+    /// Flink's `CUMULATE`: windows of `size` aligned to it, growing by `step`.
+    Cumulating {
+        step: Expr,
+        size: Expr,
+    },
 }
 
 impl WindowSpec {
@@ -122,6 +127,13 @@ impl WindowSpec {
             return plan_err!("window() group key expected");
         };
         let sessions = f.name() == SESSION_WINDOW_FUNCTION;
+        let cumulating = f.name() == CUMULATE_WINDOW_FUNCTION;
+        if cumulating && f.args.len() != 3 {
+            return plan_err!(
+                "cumulate_window(ts, step, size) takes 3 arguments, got {}",
+                f.args.len()
+            );
+        }
         if sessions && f.args.len() != 2 {
             return plan_err!(
                 "session_window(ts, gap) takes 2 arguments, got {}",
@@ -151,6 +163,12 @@ impl WindowSpec {
         let kind = if sessions {
             WindowKind::Session {
                 gap: f.args[1].clone(),
+            }
+        } else if cumulating {
+            crate::window::check_cumulate(millis(&f.args[1])?, millis(&f.args[2])?)?;
+            WindowKind::Cumulating {
+                step: f.args[1].clone(),
+                size: f.args[2].clone(),
             }
         } else if f.args.len() == 3 && f.args[1] != f.args[2] {
             let (size_ms, slide_ms) = (millis(&f.args[1])?, millis(&f.args[2])?);
@@ -184,6 +202,7 @@ impl WindowSpec {
             WindowKind::Tumbling { .. } => "tumbling",
             WindowKind::Hopping { .. } => "hopping",
             WindowKind::Session { .. } => "session",
+            WindowKind::Cumulating { .. } => "cumulating",
         }
     }
 }
@@ -285,6 +304,21 @@ fn window_keys(
                     .call(vec![time, gap.clone()])
                     .alias(key_name);
             }
+            Ok(WindowKeys {
+                group_expr,
+                input,
+                keyed_by_end: None,
+            })
+        }
+        WindowKind::Cumulating { step, size } => {
+            // Cumulating windows differ in length, so they are keyed by their
+            // `{start, end}` struct, as sessions are.
+            let windows =
+                crate::window::cumulate_windows_udf().call(vec![time, step.clone(), size.clone()]);
+            let input = input
+                .with_column(HOP_COLUMN, windows)?
+                .unnest_columns(&[HOP_COLUMN])?;
+            group_expr[k] = datafusion::prelude::col(HOP_COLUMN).alias(key_name);
             Ok(WindowKeys {
                 group_expr,
                 input,

@@ -647,6 +647,9 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
         .collect();
     let converter = RowConverter::new(fields)?;
     let mut keys = converter.empty_rows(rows_total, 64);
+    // No other key (sessions over the whole stream): the row format has no rows, and
+    // every row has the same key.
+    let keyed = !other.is_empty();
     let mut starts = Vec::with_capacity(rows_total);
     let mut ends = Vec::with_capacity(rows_total);
     for b in batches.iter() {
@@ -665,11 +668,14 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
         }
     }
     let mut order: Vec<usize> = (0..rows_total).collect();
-    order.sort_by(|a, b| {
-        keys.row(*a)
-            .cmp(&keys.row(*b))
-            .then(starts[*a].cmp(&starts[*b]))
-    });
+    let key_order = |a: usize, b: usize| {
+        if keyed {
+            keys.row(a).cmp(&keys.row(b))
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    };
+    order.sort_by(|a, b| key_order(*a, *b).then(starts[*a].cmp(&starts[*b])));
     // One pass: runs of overlapping sessions of one key share (min start, max end).
     let mut merged_start = vec![0i64; rows_total];
     let mut merged_end = vec![0i64; rows_total];
@@ -680,7 +686,7 @@ fn coalesce_sessions(batches: &mut [RecordBatch], session_index: usize, nk: usiz
         let mut run_end = run_begin + 1;
         while run_end < order.len() {
             let r = order[run_end];
-            if keys.row(r) != keys.row(first) || starts[r] > end {
+            if key_order(r, first).is_ne() || starts[r] > end {
                 break;
             }
             end = end.max(ends[r]);

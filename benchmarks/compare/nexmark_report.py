@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""The table of benchmarks/compare/nexmark_suite.sh's results: per query, the median
+events/s of Flumen and Flink, per core, Flumen / Flink, and Feldera's published
+per-core figure where there is one (the issue's targets: >= 10x Flink, >= 2x Feldera).
+
+Usage: nexmark_report.py RESULTS.jsonl
+"""
+import json
+import os
+import statistics
+import sys
+
+# Feldera's published events/s per core (the figures the issue quotes).
+FELDERA = {"q0": 436e3, "q3": 413e3, "q4": 265e3, "q5": 412e3, "q7": 196e3, "q8": 415e3,
+           "q9": 57e3, "q15": 221e3, "q16": 51e3, "q17": 242e3, "q18": 85e3, "q20": 85e3,
+           "q21": 415e3, "q22": 394e3}
+
+
+def main():
+    path = sys.argv[1]
+    cores = os.cpu_count() or 1
+    runs, errors = {}, {}
+    for line in open(path):
+        r = json.loads(line)
+        key = (r["workload"].removeprefix("nexmark-"), r["system"])
+        if "error" in r:
+            errors[key] = r["error"]
+        else:
+            runs.setdefault(key, []).append(r["per_s"])
+    queries = sorted({q for q, _ in list(runs) + list(errors)}, key=lambda q: int(q[1:]))
+
+    def cell(q, system):
+        if (q, system) in runs:
+            return statistics.median(runs[(q, system)])
+        return None
+
+    def fmt(v):
+        return f"{v:,.0f}" if v is not None else "—"
+
+    print(f"| query | Flumen events/s | Flink events/s | Flumen / Flink | Flumen per core | "
+          f"Feldera per core | Flumen / Feldera |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for q in queries:
+        f, k = cell(q, "flumen"), cell(q, "flink")
+        ratio = f"{f / k:.1f}×" if f and k else "—"
+        per_core = f / cores if f else None
+        feldera = FELDERA.get(q)
+        vs = f"{per_core / feldera:.1f}×" if per_core and feldera else "—"
+        print(f"| {q} | {fmt(f)} | {fmt(k)} | {ratio} | {fmt(per_core)} | {fmt(feldera)} | {vs} |")
+    for (q, system), e in sorted(errors.items()):
+        print(f"\n{q}, {system}: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every Nexmark query of benchmarks/nexmark/ (q0-q22), Flumen and Flink SQL side by side
+# on the same input files, in one command:
+#
+#   benchmarks/compare/nexmark_suite.sh     # results under benchmarks/results/<date>/nexmark.*
+#
+# The input: `flumen-benchmarks export` writes EVENTS Nexmark events (the standard
+# generator, 1/3/46 person/auction/bid) as CSV files, 10 per table, and the Flumen DDL
+# that reads them (DATA/nexmark/ddl.sql: the streams of benchmarks/nexmark/ddl.sql over
+# the files, one file a batch). Flumen runs each query file with the CLI, as a user
+# does (`flumen --trigger available-now -f ddl.sql -f qN.sql`), timed from the process's
+# start to its end; Flink SQL 2.3 runs the same query text (its views and the SELECT of
+# its INSERT; compare/flink_bench.py) at parallelism 2 over the same files into a
+# blackhole table, timed from job submission to its end. Both count every event of the
+# three tables. A query a system refuses is reported with its error, not skipped.
+#
+# Settings (environment): EVENTS (2000000), QUERIES ("q0 ... q22"), RUNS (1; the report
+# takes medians), SYSTEMS ("flumen flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
+# (~/.cache/flumen-bench-nexmark).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen-target}"
+VENV="${FLUMEN_BENCH_VENV:-$HOME/.cache/flumen-bench-venv}"
+DATA="${FLUMEN_BENCH_DATA:-$HOME/.cache/flumen-bench-nexmark}"
+EVENTS="${EVENTS:-2000000}"
+QUERIES="${QUERIES:-$(seq -f 'q%g' 0 22 | tr '\n' ' ')}"
+RUNS="${RUNS:-1}"
+SYSTEMS="${SYSTEMS:-flumen flink}"
+OUT="benchmarks/results/$(date +%Y-%m-%d)"
+
+step() { echo "== $*" >&2; }
+
+if [[ " $SYSTEMS " == *" flink "* ]]; then
+  step "Java and Flink ($VENV)"
+  command -v java >/dev/null || apt-get install -y -q openjdk-17-jre-headless >&2
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r benchmarks/compare/requirements.txt >&2
+fi
+
+step "Flumen (release)"
+cargo build --release --locked --workspace --bins >&2
+B="$CARGO_TARGET_DIR/release/flumen-benchmarks"
+FLUMEN="$CARGO_TARGET_DIR/release/flumen"
+
+step "input: $EVENTS Nexmark events -> $DATA"
+rm -rf "$DATA"
+"$B" export --dir "$DATA" --lines 1 --events "$EVENTS" >&2
+UNITS=$(cat "$DATA"/nexmark/{person,auction,bid}/*.csv | wc -l)
+
+mkdir -p "$OUT"
+RESULTS="$OUT/nexmark.jsonl"
+: > "$RESULTS"
+LOG=$(mktemp)
+for run in $(seq "$RUNS"); do
+  for q in $QUERIES; do
+    if [[ " $SYSTEMS " == *" flumen "* ]]; then
+      step "run $run/$RUNS, Flumen: $q"
+      rm -rf /tmp/flumen-nexmark   # q10's files sink: a rerun must not find its batches committed
+      start=$(date +%s.%N)
+      if "$FLUMEN" --trigger available-now -f "$DATA/nexmark/ddl.sql" -f "benchmarks/nexmark/$q.sql" >"$LOG" 2>&1; then
+        end=$(date +%s.%N)
+        python3 -c "import json,sys; s=$end-$start; print(json.dumps({'system':'flumen','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
+      else
+        python3 -c "import json,sys; print(json.dumps({'system':'flumen','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
+          "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
+      fi | tee -a "$RESULTS" >&2
+    fi
+    if [[ " $SYSTEMS " == *" flink "* ]]; then
+      step "run $run/$RUNS, Flink SQL: $q"
+      "$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" "nexmark-$q" 2>/dev/null \
+        | grep '^{' | tee -a "$RESULTS" >&2
+    fi
+  done
+done
+rm -f "$LOG"
+nproc > "$OUT/nexmark-cores.txt"
+python3 benchmarks/compare/nexmark_report.py "$RESULTS" | tee "$OUT/nexmark.md"
