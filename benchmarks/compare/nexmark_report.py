@@ -19,9 +19,12 @@ FELDERA = {"q0": 436e3, "q3": 413e3, "q4": 265e3, "q5": 412e3, "q7": 196e3, "q8"
 def main():
     path = sys.argv[1]
     cores = os.cpu_count() or 1
-    runs, errors = {}, {}
+    runs, errors, latency = {}, {}, []
     for line in open(path):
         r = json.loads(line)
+        if r["workload"].startswith("latency-"):
+            latency.append(r)
+            continue
         key = (r["workload"].removeprefix("nexmark-"), r["system"])
         if "error" in r:
             errors[key] = r["error"]
@@ -49,6 +52,12 @@ def main():
         print(f"| {q} | {fmt(f)} | {fmt(k)} | {ratio} | {fmt(per_core)} | {fmt(feldera)} | {vs} |")
     for (q, system), e in sorted(errors.items()):
         print(f"\n{q}, {system}: {e}")
+    if latency:
+        print("\n| query | batch interval | rows | p50 | p99 | max |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in latency:
+            print(f"| {r['workload'].removeprefix('latency-')} | {r['interval_ms']} ms | "
+                  f"{r['rows']:,} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['max_ms']} ms |")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@
 # blackhole table, timed from job submission to its end. Both count every event of the
 # three tables. A query a system refuses is reported with its error, not skipped.
 #
+# Then the end-to-end latency, measured from outside the engine (compare/latency_e2e.py:
+# a producer stamps each line with its send time into a socket, Flumen runs q0, q2 and
+# a tumbling-window count into a console sink, a consumer reads it): p50/p99/max at
+# 10 ms, 100 ms and 1 s batch intervals, 10,000 lines/s. LATENCY=0 leaves it out.
+#
 # Settings (environment): EVENTS (2000000), QUERIES ("q0 ... q22"), RUNS (1; the report
-# takes medians), SYSTEMS ("flumen flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
+# takes medians), REPEAT (3: Flumen's runs of a query per run, each its own process —
+# they last about a second, where this machine's noise is largest), SYSTEMS ("flumen flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
 # (~/.cache/flumen-bench-nexmark).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +31,7 @@ DATA="${FLUMEN_BENCH_DATA:-$HOME/.cache/flumen-bench-nexmark}"
 EVENTS="${EVENTS:-2000000}"
 QUERIES="${QUERIES:-$(seq -f 'q%g' 0 22 | tr '\n' ' ')}"
 RUNS="${RUNS:-1}"
+REPEAT="${REPEAT:-3}"
 SYSTEMS="${SYSTEMS:-flumen flink}"
 OUT="benchmarks/results/$(date +%Y-%m-%d)"
 
@@ -54,16 +61,18 @@ LOG=$(mktemp)
 for run in $(seq "$RUNS"); do
   for q in $QUERIES; do
     if [[ " $SYSTEMS " == *" flumen "* ]]; then
-      step "run $run/$RUNS, Flumen: $q"
-      rm -rf /tmp/flumen-nexmark   # q10's files sink: a rerun must not find its batches committed
-      start=$(date +%s.%N)
-      if "$FLUMEN" --trigger available-now -f "$DATA/nexmark/ddl.sql" -f "benchmarks/nexmark/$q.sql" >"$LOG" 2>&1; then
-        end=$(date +%s.%N)
-        python3 -c "import json,sys; s=$end-$start; print(json.dumps({'system':'flumen','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
-      else
-        python3 -c "import json,sys; print(json.dumps({'system':'flumen','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
-          "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
-      fi | tee -a "$RESULTS" >&2
+      for _ in $(seq "$REPEAT"); do
+        step "run $run/$RUNS, Flumen: $q"
+        rm -rf /tmp/flumen-nexmark   # q10's files sink: a rerun must not find its batches committed
+        start=$(date +%s.%N)
+        if "$FLUMEN" --trigger available-now -f "$DATA/nexmark/ddl.sql" -f "benchmarks/nexmark/$q.sql" >"$LOG" 2>&1; then
+          end=$(date +%s.%N)
+          python3 -c "import json; s=$end-$start; print(json.dumps({'system':'flumen','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
+        else
+          python3 -c "import json,sys; print(json.dumps({'system':'flumen','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
+            "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
+        fi | tee -a "$RESULTS" >&2
+      done
     fi
     if [[ " $SYSTEMS " == *" flink "* ]]; then
       step "run $run/$RUNS, Flink SQL: $q"
@@ -73,5 +82,14 @@ for run in $(seq "$RUNS"); do
   done
 done
 rm -f "$LOG"
+if [ "${LATENCY:-1}" = 1 ]; then
+  for i in 10 100 1000; do
+    for q in q0 q2 window; do
+      step "end-to-end latency from outside (compare/latency_e2e.py): $q, $i ms batches"
+      python3 benchmarks/compare/latency_e2e.py "$FLUMEN" --query "$q" --interval-ms "$i" \
+        --rate 10000 --seconds 12 | tee -a "$RESULTS" >&2
+    done
+  done
+fi
 nproc > "$OUT/nexmark-cores.txt"
 python3 benchmarks/compare/nexmark_report.py "$RESULTS" | tee "$OUT/nexmark.md"

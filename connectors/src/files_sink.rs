@@ -6,6 +6,7 @@
 //!  write(T, p):  part-<T ms, 13 digits>-<p, 5 digits>.<ext>   (one object put: atomic)
 //!                or, with prefix/suffix (text): <prefix>-<T ms>[-<p>].<suffix>
 //!                with partition_by = 'col': col=<value>/part-...
+//!                with partition_by = 'a, b': a=<value>/b=<value>/part-...
 //!  commit(T):    _flumen_log/<T ms, 13 digits>   JSON {"batch_time_ms", "files": [...]}
 //!  every 10th:   _flumen_log/<T>.compact          the union of every entry so far;
 //!                then the entries it folded in are deleted
@@ -64,7 +65,8 @@ pub struct FilesSink {
     options: ConnectorOptions,
     location: Location,
     format: Format,
-    partition_by: Option<String>,
+    /// Hive partition columns, outermost folder first (empty: none).
+    partition_by: Vec<String>,
     /// Spark's `saveAsTextFiles(prefix, suffix)` naming.
     prefix: Option<String>,
     suffix: Option<String>,
@@ -222,6 +224,29 @@ impl FilesSink {
         }
         Ok(groups.into_iter().collect())
     }
+
+    /// [`Self::split`] by every column of `columns` in turn: one folder level each.
+    fn split_all(
+        &self,
+        batches: &[RecordBatch],
+        columns: &[String],
+    ) -> Result<Vec<(String, Vec<RecordBatch>)>> {
+        let Some((first, rest)) = columns.split_first() else {
+            return Ok(vec![(String::new(), batches.to_vec())]);
+        };
+        let mut out = Vec::new();
+        for (dir, part) in self.split(batches, first)? {
+            for (sub, rows) in self.split_all(&part, rest)? {
+                let path = if sub.is_empty() {
+                    dir.clone()
+                } else {
+                    format!("{dir}/{sub}")
+                };
+                out.push((path, rows));
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl FilesSink {
@@ -233,20 +258,17 @@ impl FilesSink {
         }
         let name = self.file_name(key);
         let mut files = Vec::new();
-        match &self.partition_by {
-            None => {
-                let bytes = self.encode(&batches)?;
-                self.put(&name, bytes).await?;
-                files.push(name);
-            }
-            Some(column) => {
-                for (dir, part) in self.split(&batches, column)? {
-                    let path = format!("{dir}/{name}");
-                    let bytes = self.encode(&part)?;
-                    self.put(&path, bytes).await?;
-                    files.push(path);
-                }
-            }
+        if self.partition_by.is_empty() {
+            let bytes = self.encode(&batches)?;
+            self.put(&name, bytes).await?;
+            files.push(name);
+            return Ok(files);
+        }
+        for (dir, part) in self.split_all(&batches, &self.partition_by)? {
+            let path = format!("{dir}/{name}");
+            let bytes = self.encode(&part)?;
+            self.put(&path, bytes).await?;
+            files.push(path);
         }
         Ok(files)
     }
@@ -301,11 +323,19 @@ impl Sink for FilesSink {
                 crate::column_list(&schema)
             );
         }
-        if let Some(c) = &self.partition_by
-            && schema.index_of(c).is_err()
-        {
+        for c in &self.partition_by {
+            if schema.index_of(c).is_err() {
+                return plan_err!(
+                    "sink {}: partition_by column '{c}' is not in the output ({})",
+                    self.name,
+                    crate::column_list(&schema)
+                );
+            }
+        }
+        if self.partition_by.len() >= schema.fields().len() {
             return plan_err!(
-                "sink {}: partition_by column '{c}' is not in the output ({})",
+                "sink {}: partition_by takes every column of the output ({}), leaving none for \
+                 the files",
                 self.name,
                 crate::column_list(&schema)
             );
@@ -558,7 +588,15 @@ impl FilesSink {
             options: options.clone(),
             location,
             format,
-            partition_by: options.get("partition_by").cloned(),
+            partition_by: options
+                .get("partition_by")
+                .map(|cols| {
+                    cols.split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| !c.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             prefix: options.get("prefix").cloned(),
             suffix: options.get("suffix").cloned(),
             written: Mutex::default(),

@@ -163,19 +163,36 @@ async fn the_files_source_reads_only_committed_files_and_layouts_and_naming() {
 
     // Hive layout, and Spark's saveAsTextFiles naming.
     let hive = temp_dir("files-sink-hive");
+    let hive2 = temp_dir("files-sink-hive2");
     let text = temp_dir("files-sink-text");
     s.execute_script(&format!(
         "CREATE STREAM h (k TEXT, v BIGINT) WITH (connector = 'memory');
          CREATE SINK parts WITH (connector = 'files', path = '{}', format = 'csv', partition_by = 'k') AS SELECT k, v FROM h;
+         CREATE SINK parts2 WITH (connector = 'files', path = '{}', format = 'csv', partition_by = 'k, odd') AS
+           SELECT k, v % 2 = 1 AS odd, v FROM h;
          CREATE SINK lines WITH (connector = 'files', path = '{}', format = 'text', prefix = 'words', suffix = 'txt') AS
            SELECT concat(k, '=', v) FROM h;
          INSERT INTO h VALUES ('x', 1), ('y/z', 2), ('x', 3);
          ADVANCE 1 BATCHES;",
         hive.display(),
+        hive2.display(),
         text.display()
     ))
     .await
     .unwrap();
+    // Two columns: a folder level each, outermost first.
+    let files = tree(&hive2);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files[1].starts_with("k=x/odd=true/part-"), "{files:?}");
+    assert!(files[2].starts_with("k=y%2Fz/odd=false/part-"), "{files:?}");
+    assert_eq!(
+        std::fs::read_to_string(hive2.join(&files[1])).unwrap(),
+        "v\n1\n3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(hive2.join(&files[2])).unwrap(),
+        "v\n2\n"
+    );
     let files = tree(&hive);
     assert_eq!(files.len(), 3, "{files:?}");
     assert!(files[1].starts_with("k=x/part-"), "{files:?}");
