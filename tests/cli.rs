@@ -726,5 +726,37 @@ fn nexmark_suite_files_run_from_the_command_line() {
         .collect();
     assert!(days.iter().any(|d| d.starts_with("dt=")), "{days:?}");
     assert!(days.iter().any(|d| d == "_flumen_log"), "{days:?}");
+    // Partitioned by day, then by minute, as Flink's PARTITIONED BY (dt, hm).
+    let day = out_dir.join(days.iter().find(|d| d.starts_with("dt=")).unwrap());
+    let minutes: Vec<String> = std::fs::read_dir(&day)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !minutes.is_empty() && minutes.iter().all(|m| m.starts_with("hm=")),
+        "{minutes:?}"
+    );
     std::fs::remove_dir_all(&out_dir).ok();
+
+    // nexmark-flink's form: one stream of every event and three views over it.
+    let views = std::fs::read_to_string(dir.join("ddl_views.sql"))
+        .unwrap()
+        .replace("events = '10000000'", "events = '20000'")
+        .replace(
+            "max_records_per_batch = '1000000'",
+            "max_records_per_batch = '5000'",
+        );
+    assert_eq!(views.matches("events = '20000'").count(), 1, "{views}");
+    let views = script("nexmark-ddl-views.sql", &views);
+    for n in [3, 5, 8] {
+        let out = Command::new(flumen())
+            .args(["--no-ui", "--trigger", "available-now", "-f"])
+            .arg(&views)
+            .arg("-f")
+            .arg(dir.join(format!("q{n}.sql")))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "q{n} over the views: {stderr}");
+    }
 }

@@ -26,6 +26,12 @@
 //! - `extra` pads each event to the standard average sizes (person 200 bytes, auction
 //!   500, bid 100), ±20 %.
 //!
+//! `table = 'events'` is the one stream of every event that nexmark-flink's `datagen`
+//! table is: `event_type` (0 person, 1 auction, 2 bid), the event as one of three
+//! struct columns `person`, `auction`, `bid` (the others null), and its `date_time`;
+//! Flink's views over it (`SELECT bid.auction AS auction, ... FROM datagen WHERE
+//! event_type = 2`) give the rows the three streams give.
+//!
 //! Every value is a pure function of the event's number (a SplitMix64 hash), so any
 //! range of events can be generated again identically (replay) and the three streams
 //! agree with each other. Event `i` happens at `start + i / event_rate` seconds,
@@ -52,6 +58,8 @@ pub enum Table {
     Person,
     Auction,
     Bid,
+    /// Every event, of whichever table, in one stream (nexmark-flink's `datagen`).
+    Events,
 }
 
 impl Table {
@@ -60,6 +68,7 @@ impl Table {
             Table::Person => "person",
             Table::Auction => "auction",
             Table::Bid => "bid",
+            Table::Events => "events",
         }
     }
 
@@ -69,6 +78,7 @@ impl Table {
             Table::Person => 1,
             Table::Auction => 3,
             Table::Bid => 46,
+            Table::Events => return to.saturating_sub(from),
         };
         let below = |n: u64| {
             (n / 50) * per_cycle
@@ -92,6 +102,22 @@ impl Table {
         let int = |n: &str| Field::new(n, DataType::Int64, false);
         let text = |n: &str| Field::new(n, DataType::Utf8, false);
         Arc::new(Schema::new(match self {
+            Table::Events => {
+                let record = |t: Table| {
+                    Field::new(
+                        t.name(),
+                        DataType::Struct(t.schema().fields().clone()),
+                        true,
+                    )
+                };
+                vec![
+                    Field::new("event_type", DataType::Int32, false),
+                    record(Table::Person),
+                    record(Table::Auction),
+                    record(Table::Bid),
+                    ts("date_time"),
+                ]
+            }
             Table::Person => vec![
                 int("id"),
                 text("name"),
@@ -310,6 +336,7 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
     };
     let n = events.len();
     let columns: Vec<ArrayRef> = match table {
+        Table::Events => return generate_events(from, to, start_ms, event_rate),
         Table::Person => {
             let mut names = StringBuilder::with_capacity(n, n * 14);
             let mut emails = StringBuilder::with_capacity(n, n * 17);
@@ -443,6 +470,42 @@ pub fn generate(table: Table, from: u64, to: u64, start_ms: i64, event_rate: u64
     RecordBatch::try_new(table.schema(), columns).expect("generated columns match the schema")
 }
 
+/// Events `[from, to)` as one stream: each event's type, its row as a struct in its
+/// table's column (the other two null), its time.
+fn generate_events(from: u64, to: u64, start_ms: i64, event_rate: u64) -> RecordBatch {
+    use datafusion::arrow::array::{Int32Array, StructArray, UInt32Array};
+    use datafusion::arrow::compute::take;
+    let tables = [Table::Person, Table::Auction, Table::Bid];
+    let mut records: Vec<ArrayRef> = Vec::with_capacity(3);
+    for t in tables {
+        let rows = StructArray::from(generate(t, from, to, start_ms, event_rate));
+        // The k-th row of table t at its event's position, null elsewhere.
+        let mut k = 0u32;
+        let indices: UInt32Array = (from..to)
+            .map(|i| {
+                (Table::of_event(i) == t).then(|| {
+                    k += 1;
+                    k - 1
+                })
+            })
+            .collect();
+        records.push(take(&rows, &indices, None).expect("indices within the table's rows"));
+    }
+    let types = Int32Array::from_iter_values((from..to).map(|i| match Table::of_event(i) {
+        Table::Person => 0,
+        Table::Auction => 1,
+        _ => 2,
+    }));
+    let at = TimestampMillisecondArray::from_iter_values(
+        (from..to).map(|i| start_ms + (i as i128 * 1000 / event_rate as i128) as i64),
+    );
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(types)];
+    columns.extend(records);
+    columns.push(Arc::new(at));
+    RecordBatch::try_new(Table::Events.schema(), columns)
+        .expect("generated columns match the schema")
+}
+
 #[derive(Debug)]
 pub struct NexmarkSource {
     name: String,
@@ -554,6 +617,7 @@ pub(crate) fn read_part(part: &serde_json::Value, _schema: &SchemaRef) -> Result
         Some("person") => Table::Person,
         Some("auction") => Table::Auction,
         Some("bid") => Table::Bid,
+        Some("events") => Table::Events,
         _ => return Err(bad()),
     };
     Ok(generate_sliced(
@@ -578,8 +642,9 @@ fn table_option(options: &ConnectorOptions) -> Result<Table> {
         None | Some("bid") => Ok(Table::Bid),
         Some("person") => Ok(Table::Person),
         Some("auction") => Ok(Table::Auction),
+        Some("events") => Ok(Table::Events),
         Some(other) => {
-            plan_err!("nexmark table '{other}' is not one of: bid, person, auction")
+            plan_err!("nexmark table '{other}' is not one of: bid, person, auction, events")
         }
     }
 }

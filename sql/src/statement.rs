@@ -86,6 +86,14 @@ pub enum Statement {
         /// `CREATE OR REPLACE TABLE`.
         or_replace: bool,
     },
+    /// `CREATE [OR REPLACE] [TEMPORARY] VIEW name AS <query>`: over streams, a derived
+    /// stream (as `CREATE STREAM name AS`); otherwise DataFusion's view (`sql`).
+    CreateView {
+        name: String,
+        query: ParsedQuery,
+        or_replace: bool,
+        sql: String,
+    },
     /// `INSERT INTO name ...`: into a sink (starts a query) or a memory stream
     /// (rows for the next batch); otherwise DataFusion's.
     InsertInto {
@@ -347,6 +355,34 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
                 options,
                 query,
             })
+        }
+        Some("VIEW") | Some("TEMPORARY") => {
+            // Flink's `CREATE TEMPORARY VIEW` is a view of this session, as every view is.
+            if peek_word(p).as_deref() == Some("TEMPORARY") {
+                p.next_token();
+                if peek_word(p).as_deref() != Some("VIEW") {
+                    return Ok(Statement::Other(sql.to_string()));
+                }
+            }
+            p.next_token();
+            let name = ident(p)?;
+            match p
+                .parse_keyword(Keyword::AS)
+                .then(|| ParsedQuery::parse(&rest(sql, p)).ok())
+                .flatten()
+            {
+                Some(query) => Ok(Statement::CreateView {
+                    sql: format!(
+                        "CREATE {}VIEW {name} AS {}",
+                        if or_replace { "OR REPLACE " } else { "" },
+                        query.text
+                    ),
+                    name,
+                    query,
+                    or_replace,
+                }),
+                None => Ok(Statement::Other(sql.to_string())),
+            }
         }
         Some("TABLE") => {
             p.next_token();

@@ -207,6 +207,30 @@ impl FlumenSession {
                     self.queries.state_warnings(id)
                 )))
             }
+            Statement::CreateView {
+                name,
+                query,
+                or_replace,
+                sql,
+            } => {
+                if !self.reads_streams(&query) {
+                    return self.datafusion(&sql).await;
+                }
+                // A view over streams (Flink's `CREATE VIEW person AS SELECT ... FROM
+                // datagen WHERE event_type = 0`) is a derived stream: every query that
+                // reads it reads its query's rows.
+                if or_replace {
+                    return plan_err!(
+                        "CREATE OR REPLACE VIEW {name}: a view over streams is a stream; drop \
+                         it (DROP STREAM {name}) and create it again"
+                    );
+                }
+                self.create_derived_stream(name.clone(), Options::new(), query)
+                    .await?;
+                Ok(StatementResult::Done(format!(
+                    "View '{name}' created (a stream: it reads streams)"
+                )))
+            }
             Statement::InsertInto { target, sql, query } => {
                 self.insert(&target, &sql, &query).await
             }
