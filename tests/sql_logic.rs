@@ -172,6 +172,7 @@ slt_files!(
     ksql,
     nexmark,
     nexmark_standard,
+    outer_joins,
     silence,
     tvf,
     windows,

@@ -269,16 +269,18 @@ fn nulls(schema: &DFSchemaRef, prefix: &str) -> Result<Vec<Expr>> {
 /// operator, its EXPLAIN line and its input.
 pub(crate) fn stream_join(
     state: &SessionState,
-    node: &LogicalPlan,
     j: &Join,
     times: &SideTimes<'_>,
     state_config: &flumen_engine::state::StateConfig,
 ) -> Result<(StreamJoin, DataFrame)> {
-    if j.join_type != JoinType::Inner {
+    if !matches!(
+        j.join_type,
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+    ) {
         return plan_err!(
-            "a {} join of two streams is not supported: only inner joins of two streams run \
-             (an outer join would have to emit unmatched rows once the watermark passes); \
-             write an inner join, or join the stream with a static table",
+            "a {} join of two streams is not supported: inner, left, right and full outer \
+             joins of two streams run; write one of those, or join the stream with a static \
+             table",
             j.join_type
         );
     }
@@ -318,6 +320,7 @@ pub(crate) fn stream_join(
             Bound { lo: None, hi: None },
         ),
     };
+    check_outer(j, &left_time, &right_time, &bound)?;
     let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
     // The input: both sides in one tagged union.
     let mut lcols = vec![lit(true).alias("__flumen_side")];
@@ -362,9 +365,16 @@ pub(crate) fn stream_join(
         (bound.lo, bound.hi),
         |l, r| {
             let inputs = vec![restore(l, &ls)?, restore(r, &rs)?];
-            Ok(node.with_new_exprs(node.expressions(), inputs)?)
+            // The operator runs the join's matches (an inner join) and adds an outer
+            // join's unmatched rows itself, when they can no longer match.
+            let matches = LogicalPlan::Join(Join {
+                join_type: JoinType::Inner,
+                ..j.clone()
+            });
+            Ok(matches.with_new_exprs(matches.expressions(), inputs)?)
         },
     )?
+    .with_join_type(j.join_type)?
     .with_time_names(
         left_time
             .index
@@ -395,6 +405,57 @@ pub(crate) fn stream_join(
     }
     let op = op.with_state(keys, state_config.clone())?;
     Ok((op, input))
+}
+
+/// An outer join of two streams emits a row that never matched once no row of the
+/// other side can match it any more: the other side's watermark must pass it, so that
+/// side needs a watermark and the condition a bound on how much later its rows may be.
+/// Without a time bound (a regular join) it would have to retract the row when a
+/// match came, which update mode here (Spark's) does not do.
+fn check_outer(j: &Join, left: &JoinTime, right: &JoinTime, bound: &Bound) -> Result<()> {
+    let (outer_left, outer_right) = match j.join_type {
+        JoinType::Left => (true, false),
+        JoinType::Right => (false, true),
+        JoinType::Full => (true, true),
+        _ => return Ok(()),
+    };
+    let kind = j.join_type;
+    if left.index.is_none() || right.index.is_none() {
+        return plan_err!(
+            "a {kind} join of two streams needs a condition that bounds the time between \
+             matching rows (e.g. r.ts BETWEEN l.ts AND l.ts + INTERVAL '1' HOUR) and watermarks \
+             on both streams: it emits a row without a match once the other side's watermark \
+             proves none can come. Without a bound (Flink's regular outer join) it would have \
+             to retract that row when a match arrived, and update mode here does not retract \
+             rows; write an inner join, or bound the time"
+        );
+    }
+    let stream = |plan: &LogicalPlan| {
+        plan.schema()
+            .iter()
+            .next()
+            .and_then(|(q, _)| q.map(|q| q.to_string()))
+            .unwrap_or_else(|| "its stream".into())
+    };
+    if outer_left && (bound.lo.is_none() || right.delay.is_none()) {
+        return plan_err!(
+            "a {kind} join of two streams emits a left row without a match once no right row \
+             can match it: that needs a watermark on the right side ({}: declare WATERMARK FOR \
+             its time column) and a condition bounding how much later than the left row a \
+             right row may be (e.g. r.ts <= l.ts + INTERVAL '10' SECOND)",
+            stream(&j.right)
+        );
+    }
+    if outer_right && (bound.hi.is_none() || left.delay.is_none()) {
+        return plan_err!(
+            "a {kind} join of two streams emits a right row without a match once no left row \
+             can match it: that needs a watermark on the left side ({}: declare WATERMARK FOR \
+             its time column) and a condition bounding how much later than the right row a \
+             left row may be (e.g. l.ts <= r.ts + INTERVAL '10' SECOND)",
+            stream(&j.left)
+        );
+    }
+    Ok(())
 }
 
 /// Column `i` of `schema` as the query names it (`b.ts`).

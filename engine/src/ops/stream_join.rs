@@ -16,6 +16,7 @@
 //! twice per batch with the slots refilled (its condition compares the keys and
 //! times, so the kept rows only narrow what it reads).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,9 @@ use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
 use datafusion::arrow::compute::{filter_record_batch, is_not_null, max};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::default_table_source::provider_as_source;
+use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
@@ -230,6 +233,97 @@ pub(crate) fn split_sides(
     Ok((left, right))
 }
 
+/// The kept rows of an outer join's outer side that have matched, by content (in the
+/// row format): the join emits the others, padded with nulls, once the other side's
+/// watermark proves nothing can match them (Spark's outer joins of two streams). Two
+/// rows alike in every column match alike (a copy arriving after a partner left the
+/// state would be late), so content identifies a row's fate.
+struct Matched {
+    converter: RowConverter,
+    rows: HashSet<Box<[u8]>>,
+}
+
+impl Matched {
+    fn new(schema: &SchemaRef) -> Result<Self> {
+        Ok(Self {
+            converter: RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?,
+            rows: HashSet::new(),
+        })
+    }
+
+    /// The side's rows (`columns`) of some matches.
+    fn record(&mut self, columns: &[ArrayRef]) -> Result<()> {
+        let rows = self.converter.convert_columns(columns)?;
+        for r in rows.iter() {
+            if !self.rows.contains(r.as_ref()) {
+                self.rows.insert(r.as_ref().into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Of `gone` (rows leaving the state), those that never matched. The entries of
+    /// those that did are dropped, but for rows `kept` still holds (a copy kept in a
+    /// newer segment leaves later, and its fate is the same).
+    fn unmatched(
+        &mut self,
+        gone: &[RecordBatch],
+        kept: &[RecordBatch],
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let mut done: Vec<Box<[u8]>> = Vec::new();
+        for b in gone {
+            let rows = self.converter.convert_columns(b.columns())?;
+            let keep: BooleanArray = rows
+                .iter()
+                .map(|r| {
+                    let matched = self.rows.contains(r.as_ref());
+                    if matched {
+                        done.push(r.as_ref().into());
+                    }
+                    Some(!matched)
+                })
+                .collect();
+            let f = filter_record_batch(b, &keep)?;
+            if f.num_rows() > 0 {
+                out.push(f);
+            }
+        }
+        if !done.is_empty() {
+            let mut still: HashSet<Box<[u8]>> = HashSet::new();
+            for b in kept {
+                for r in self.converter.convert_columns(b.columns())?.iter() {
+                    still.insert(r.as_ref().into());
+                }
+            }
+            for r in done {
+                if !still.contains(&r) {
+                    self.rows.remove(&r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The matched rows as one batch of `schema` (a checkpoint keeps them).
+    fn snapshot(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(self.rows.iter().map(|r| parser.parse(r)))?;
+        if columns.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+        }
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    }
+}
+
 /// An inner join of two streams whose rows match only within a bounded distance in
 /// event time: `left.time - right.time` lies in `[lo, hi]` (milliseconds; an open
 /// end is `None`).
@@ -250,9 +344,93 @@ pub struct StreamJoin {
     config: StateConfig,
     /// Set when both sides' rows live in state partitions on a cluster's executors.
     cluster: Option<OnCluster>,
+    /// Inner, or an outer join: which sides' unmatched rows it emits.
+    join_type: JoinType,
+    left_matched: Option<Matched>,
+    right_matched: Option<Matched>,
+    /// Unmatched rows a restore evicted, emitted with the next batch.
+    pending: Vec<RecordBatch>,
 }
 
 impl StreamJoin {
+    /// An outer join (`Left`, `Right` or `Full`): besides the matches, each row of an
+    /// outer side that never matched, padded with nulls, once the other side's
+    /// watermark proves no row can match it — so that side's rows must be evicted by
+    /// a watermark and a time bound (for the left side's, a bound on how much later a
+    /// right row may be), or the join is refused naming what is missing. Output only
+    /// grows: a row emitted is never retracted.
+    pub fn with_join_type(mut self, join_type: JoinType) -> Result<Self> {
+        let (left, right) = match join_type {
+            JoinType::Inner => (false, false),
+            JoinType::Left => (true, false),
+            JoinType::Right => (false, true),
+            JoinType::Full => (true, true),
+            other => return internal_err!("a stream join of type {other}"),
+        };
+        if left {
+            self.left_matched = Some(Matched::new(&self.left.schema)?);
+        }
+        if right {
+            self.right_matched = Some(Matched::new(&self.right.schema)?);
+        }
+        // The padded side's columns may be null.
+        let nl = self.left.schema.fields().len();
+        let fields: Vec<_> = self
+            .output_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let padded = if i < nl { right } else { left };
+                if padded {
+                    Arc::new(f.as_ref().clone().with_nullable(true))
+                } else {
+                    Arc::clone(f)
+                }
+            })
+            .collect();
+        self.output_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        self.join_type = join_type;
+        Ok(self)
+    }
+
+    /// Rows of one side padded with nulls for the other's columns, as output.
+    fn padded(&self, rows: Vec<RecordBatch>, left: bool) -> Result<Vec<RecordBatch>> {
+        let nl = self.left.schema.fields().len();
+        let mut out = Vec::with_capacity(rows.len());
+        for b in rows {
+            let n = b.num_rows();
+            let mut columns = Vec::with_capacity(self.output_schema.fields().len());
+            for (i, f) in self.output_schema.fields().iter().enumerate() {
+                let mine = if left { i < nl } else { i >= nl };
+                columns.push(if mine {
+                    Arc::clone(b.column(if left { i } else { i - nl }))
+                } else {
+                    datafusion::arrow::array::new_null_array(f.data_type(), n)
+                });
+            }
+            out.push(RecordBatch::try_new(
+                Arc::clone(&self.output_schema),
+                columns,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Notes the outer sides' rows of `matches` (join output) as matched.
+    fn record_matches(&mut self, matches: &[RecordBatch]) -> Result<()> {
+        let nl = self.left.schema.fields().len();
+        for b in matches {
+            if let Some(m) = &mut self.left_matched {
+                m.record(&b.columns()[..nl])?;
+            }
+            if let Some(m) = &mut self.right_matched {
+                m.record(&b.columns()[nl..])?;
+            }
+        }
+        Ok(())
+    }
+
     /// The two time columns as the query names them (`a.ts`, `b.ts`), for EXPLAIN.
     pub fn with_time_names(mut self, left: String, right: String) -> Self {
         self.time_names = (left, right);
@@ -340,6 +518,10 @@ impl StreamJoin {
             key_names: Vec::new(),
             config: StateConfig::default(),
             cluster: None,
+            join_type: JoinType::Inner,
+            left_matched: None,
+            right_matched: None,
+            pending: Vec::new(),
         })
     }
 
@@ -415,17 +597,49 @@ impl StreamJoin {
         Ok(out)
     }
 
-    /// Drop the state rows no future row of the other side can match.
-    fn evict(&mut self) -> Result<()> {
+    /// Drop the state rows no future row of the other side can match; those of an
+    /// outer side that never matched, padded with nulls.
+    fn evict(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
         // A left row matches right rows with time in [t - hi, t - lo]; the right
         // side's future rows are at or after its watermark.
         if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
-            self.left.rows.evict(wm.saturating_add(lo))?;
+            let bound = wm.saturating_add(lo);
+            if self.left_matched.is_some() {
+                let gone = self.left.rows.evict_returning(bound)?;
+                let kept = if gone.is_empty() {
+                    Vec::new()
+                } else {
+                    let keys = self.left.rows.keys().to_vec();
+                    self.left.rows.matching(&gone, &keys)?
+                };
+                if let Some(m) = &mut self.left_matched {
+                    let unmatched = m.unmatched(&gone, &kept)?;
+                    out.extend(self.padded(unmatched, true)?);
+                }
+            } else {
+                self.left.rows.evict(bound)?;
+            }
         }
         if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
-            self.right.rows.evict(wm.saturating_sub(hi))?;
+            let bound = wm.saturating_sub(hi);
+            if self.right_matched.is_some() {
+                let gone = self.right.rows.evict_returning(bound)?;
+                let kept = if gone.is_empty() {
+                    Vec::new()
+                } else {
+                    let keys = self.right.rows.keys().to_vec();
+                    self.right.rows.matching(&gone, &keys)?
+                };
+                if let Some(m) = &mut self.right_matched {
+                    let unmatched = m.unmatched(&gone, &kept)?;
+                    out.extend(self.padded(unmatched, false)?);
+                }
+            } else {
+                self.right.rows.evict(bound)?;
+            }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -501,8 +715,23 @@ impl StreamOperator for StreamJoin {
                 None => line,
             };
         }
+        let (kind, unmatched) = match self.join_type {
+            JoinType::Left => (
+                "left outer join",
+                "; a left row that never matched is emitted with nulls when it leaves the state",
+            ),
+            JoinType::Right => (
+                "right outer join",
+                "; a right row that never matched is emitted with nulls when it leaves the state",
+            ),
+            JoinType::Full => (
+                "full outer join",
+                "; a row of either side that never matched is emitted with nulls when it leaves the state",
+            ),
+            _ => ("inner join", ""),
+        };
         let line = format!(
-            "StreamJoin (inner join of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; {keyed}{ttl}; rows older than their side's watermark are dropped and counted as late",
+            "StreamJoin ({kind} of two streams over event time): {lt} - {rt} in [{}, {}]; {}; {}; {keyed}{ttl}{unmatched}; rows older than their side's watermark are dropped and counted as late",
             range(self.lo),
             range(self.hi),
             keep("left", "the right side", &self.right.time, self.lo),
@@ -515,8 +744,13 @@ impl StreamOperator for StreamJoin {
     }
 
     fn describe(&self) -> String {
+        // An inner join's as before outer joins (its checkpoints' fingerprint).
+        let kind = match self.join_type {
+            JoinType::Inner => String::new(),
+            other => format!("({other}) "),
+        };
         format!(
-            "StreamJoinExec {} left time {:?} right time {:?} bounds [{:?}, {:?}]",
+            "StreamJoinExec {kind}{} left time {:?} right time {:?} bounds [{:?}, {:?}]",
             self.template.display(),
             self.left.time,
             self.right.time,
@@ -583,8 +817,9 @@ impl StreamOperator for StreamJoin {
     }
 
     fn can_partition_on_cluster(&self) -> bool {
-        // Rows are routed to state partitions by the key the condition equates.
-        !self.left.rows.keys().is_empty()
+        // Rows are routed to state partitions by the key the condition equates. An
+        // outer join's unmatched rows are found on the driver.
+        !self.left.rows.keys().is_empty() && self.join_type == JoinType::Inner
     }
 
     fn partition_on_cluster(&mut self, placement: crate::cluster::state::Placement) {
@@ -638,7 +873,9 @@ impl StreamOperator for StreamJoin {
         self.right.advance(&new_right)?;
         self.left.rows.insert(new_left, now)?;
         self.right.rows.insert(new_right, now)?;
-        self.evict()?;
+        self.record_matches(&out)?;
+        out.append(&mut self.pending);
+        out.extend(self.evict()?);
         Ok(Some(out))
     }
 
@@ -651,6 +888,11 @@ impl StreamOperator for StreamJoin {
     /// may be (`hi`), each once both sides have a watermark.
     fn watermarked_columns(&self) -> Vec<usize> {
         let mut out = Vec::new();
+        // An outer join emits an unmatched row after the watermarks passed it: no
+        // watermark can be carried to its output.
+        if self.join_type != JoinType::Inner {
+            return out;
+        }
         let (Some(lt), Some(rt)) = (self.left.time.index, self.right.time.index) else {
             return out;
         };
@@ -722,6 +964,19 @@ impl StreamOperator for StreamJoin {
         for b in right {
             batches.push(Side::tagged(b, "right")?);
         }
+        // An outer side's matched rows, whole each time.
+        if let Some(m) = &self.left_matched {
+            batches.push(Side::tagged(
+                m.snapshot(&self.left.schema)?,
+                "left_matched",
+            )?);
+        }
+        if let Some(m) = &self.right_matched {
+            batches.push(Side::tagged(
+                m.snapshot(&self.right.schema)?,
+                "right_matched",
+            )?);
+        }
         Ok(crate::checkpoint::OperatorState {
             batches,
             meta: serde_json::json!({
@@ -748,6 +1003,7 @@ impl StreamOperator for StreamJoin {
             return Ok(());
         }
         let (mut left, mut right) = (Vec::new(), Vec::new());
+        let (mut left_matched, mut right_matched) = (Vec::new(), Vec::new());
         if let Some(n) = state.meta["left_batches"].as_u64() {
             let mut batches = state.batches;
             if n as usize > batches.len() {
@@ -765,6 +1021,8 @@ impl StreamOperator for StreamJoin {
                 match b.schema().metadata().get(SIDE_TAG).map(String::as_str) {
                     Some("left") => left.push(b),
                     Some("right") => right.push(b),
+                    Some("left_matched") => left_matched.push(b),
+                    Some("right_matched") => right_matched.push(b),
                     other => {
                         return Err(crate::error::Error::Checkpoint(format!(
                             "a StreamJoin snapshot batch tagged {other:?}, not left or right"
@@ -779,9 +1037,20 @@ impl StreamOperator for StreamJoin {
         }
         self.left.rows.restore(left)?;
         self.right.rows.restore(right)?;
+        for (m, batches) in [
+            (&mut self.left_matched, left_matched),
+            (&mut self.right_matched, right_matched),
+        ] {
+            if let Some(m) = m {
+                for b in batches {
+                    m.record(b.columns())?;
+                }
+            }
+        }
         self.left.watermark = state.meta["left_watermark"].as_i64();
         self.right.watermark = state.meta["right_watermark"].as_i64();
-        self.evict()
+        self.pending = self.evict()?;
+        Ok(())
     }
 }
 

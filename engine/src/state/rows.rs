@@ -490,6 +490,19 @@ impl KeyedRows {
         self.drop_where(|s| s.newest < bound)
     }
 
+    /// [`Self::evict`], returning the rows it drops (an outer join emits those of them
+    /// that never matched).
+    pub fn evict_returning(&mut self, bound: i64) -> Result<Vec<RecordBatch>> {
+        let gone = self
+            .segments
+            .values()
+            .filter(|s| s.newest < bound)
+            .map(|s| s.read(&self.schema))
+            .collect::<Result<Vec<_>>>()?;
+        self.evict(bound)?;
+        Ok(gone)
+    }
+
     /// With `state_ttl`, drops the rows written more than that before `now` (ms);
     /// counted as evicted.
     pub fn expire(&mut self, now: i64) -> Result<()> {

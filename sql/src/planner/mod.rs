@@ -295,9 +295,8 @@ impl StreamPlanner<'_> {
             watermarks: self.scope.watermarks,
             window_outputs: &window_outputs,
         };
-        let (op, input) =
-            crate::join::stream_join(&self.state, node, j, &times, self.ctx.state_config())
-                .map_err(external)?;
+        let (op, input) = crate::join::stream_join(&self.state, j, &times, self.ctx.state_config())
+            .map_err(external)?;
         let schema = node.schema().clone();
         self.replace(input, &schema, Box::new(op), None)
     }

@@ -41,6 +41,21 @@ type Classified = datafusion::error::Result<Role>;
 impl StreamPlanner<'_> {
     /// The role of `node`, by what its inputs hold.
     pub(super) fn classify(&self, node: &LogicalPlan) -> Classified {
+        // DataFusion turns `IN (SELECT ...)`, `EXISTS` and scalar subqueries into joins
+        // after this planner has run: over a stream, such a join would see only the
+        // subquery's rows of the same batch.
+        let mut streamed_subquery = false;
+        node.apply_subqueries(|sub| {
+            streamed_subquery |= reads_stream(sub, self.scope.streams);
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        if streamed_subquery {
+            return refuse(
+                "a subquery over a stream (IN, EXISTS or a scalar subquery) would see only the \
+                 rows of the same batch: join the two streams instead (a join bounded in time \
+                 keeps both sides' rows as state), or read a table in the subquery",
+            );
+        }
         let needs_whole = matches!(
             node,
             LogicalPlan::Aggregate(_)
