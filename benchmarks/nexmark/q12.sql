@@ -2,7 +2,8 @@
 -- nexmark-flink's queries/q12.sql with the streams of ddl.sql (snake-case columns, no
 -- backquotes), its blackhole table a Flumen sink:
 --   flumen --trigger available-now -f benchmarks/nexmark/ddl.sql -f benchmarks/nexmark/q12.sql
--- NOT SUPPORTED: PROCTIME() (processing-time attributes and windows over them).
+-- PROCTIME() is the time of the micro-batch a row arrives in (_batch_time): the windows
+-- are over batch time, closed as the batches pass their end.
 SET output_mode = 'append';
 CREATE SINK nexmark_q12 WITH (connector = 'blackhole');
 CREATE VIEW B AS SELECT *, PROCTIME() as p_time FROM bid;

@@ -53,9 +53,32 @@ enum Flink {
     /// `SPLIT_INDEX(s, separator, index)`: the `index`-th (from 0) piece of `s` split
     /// at every `separator`; NULL when there is no such piece.
     SplitIndex,
-    /// `PROCTIME()`: refused with the reason (Flumen has no processing-time attribute;
-    /// Nexmark q12 needs one).
+    /// `PROCTIME()`: in a query, [`rewrite_proctime`] makes it `_batch_time` before
+    /// planning; the function itself is only reached where no query holds it, and
+    /// says so.
     Proctime,
+}
+
+/// Flink's `PROCTIME()` (a row's processing time) is, in a micro-batch engine, the
+/// time of the batch the row arrives in: each call becomes the column `_batch_time`
+/// (Spark's processing-time windows likewise run on the trigger's time). A window over
+/// it is a window over batch time: its size a multiple of the batch interval, closed
+/// as the batches pass its end.
+pub fn rewrite_proctime(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{Expr, FunctionArguments, Ident, visit_expressions_mut};
+    let _ = visit_expressions_mut(statement, |e| {
+        if let Expr::Function(f) = e
+            && f.name.to_string().eq_ignore_ascii_case("proctime")
+            && match &f.args {
+                FunctionArguments::None => true,
+                FunctionArguments::List(l) => l.args.is_empty(),
+                FunctionArguments::Subquery(_) => false,
+            }
+        {
+            *e = Expr::Identifier(Ident::new(crate::batch_time::BATCH_TIME_COLUMN));
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -157,9 +180,8 @@ impl ScalarUDFImpl for Function {
         Ok(match self.f {
             Flink::Proctime => {
                 return plan_err!(
-                    "PROCTIME() is not supported: Flumen has no processing-time attribute, its \
-                     windows and time conditions run on event time (a column with a WATERMARK); \
-                     _batch_time is each row's batch time, for grouping by batch"
+                    "PROCTIME() is the time of the micro-batch a row arrives in (_batch_time) \
+                     and exists only in a query over streams"
                 );
             }
             Flink::Mod => args.first().cloned().unwrap_or(DataType::Int64),

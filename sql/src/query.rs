@@ -87,6 +87,7 @@ impl ParsedQuery {
         let mut statement = ast::Statement::Query(query);
         crate::tvf::rewrite_statement(&mut statement)?;
         crate::group_windows::rewrite_statement(&mut statement)?;
+        crate::flink::rewrite_proctime(&mut statement);
         Ok(datafusion::sql::parser::Statement::Statement(Box::new(
             statement,
         )))

@@ -235,6 +235,31 @@ pub(crate) fn operator_table(plan: &LogicalPlan) -> Option<String> {
     }
 }
 
+/// Is `expr` (over `plan`'s output) a stream's batch time, followed through projections,
+/// aliases and filters — `_batch_time` itself, or Flink's `PROCTIME()` (read as it),
+/// renamed in a view (`SELECT *, PROCTIME() AS p_time FROM bid`)?
+pub(crate) fn is_batch_time(plan: &LogicalPlan, expr: &Expr) -> bool {
+    match expr {
+        Expr::Alias(a) => is_batch_time(plan, &a.expr),
+        Expr::Column(c) if c.name == crate::batch_time::BATCH_TIME_COLUMN => true,
+        Expr::Column(c) => {
+            let Ok(i) = plan.schema().index_of_column(c) else {
+                return false;
+            };
+            match plan {
+                LogicalPlan::Projection(p) => is_batch_time(&p.input, &p.expr[i]),
+                LogicalPlan::SubqueryAlias(a) => {
+                    let (q, f) = a.input.schema().qualified_field(i);
+                    is_batch_time(&a.input, &Expr::Column(Column::new(q.cloned(), f.name())))
+                }
+                LogicalPlan::Filter(f) => is_batch_time(&f.input, expr),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// The stateful operator output column `expr` (over `plan`'s output) is, followed
 /// through projections, aliases and filters: the operator's graph index and column.
 pub(crate) fn operator_column(plan: &LogicalPlan, expr: &Expr) -> Option<(String, usize)> {

@@ -147,8 +147,8 @@ impl WindowSpec {
             );
         }
         let written_time = f.args[0].clone();
-        let over_batch_time =
-            matches!(&written_time, Expr::Column(c) if c.name == BATCH_TIME_COLUMN);
+        let over_batch_time = matches!(&written_time, Expr::Column(c) if c.name == BATCH_TIME_COLUMN)
+            || super::classify::is_batch_time(&agg.input, &written_time);
         let mut time = written_time.clone();
         if over_batch_time {
             check_batch_multiples(ctx, &f.args[1..])?;

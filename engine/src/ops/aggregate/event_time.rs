@@ -103,6 +103,17 @@ pub(super) fn explain(
     };
     let ts = &d.time;
     let through_join = w.watermark_from.is_some();
+    if w.watermark_is_batch_time {
+        let bound = if mode == "complete" {
+            "the batch time is the watermark; complete mode keeps every window (state grows without bound)"
+        } else {
+            "the batch time is the watermark: a window's state is dropped once the batches pass its end"
+        };
+        return format!(
+            "{operator} ({}, over batch time): group by [{}], aggregates [{}], output {mode}; {bound}",
+            d.kind, d.group_by, d.aggregates
+        );
+    }
     let bound = match w.delay {
         Some(_) if through_join && mode == "complete" => format!(
             "watermark on {ts} carried through the join; complete mode keeps every window (state grows without bound)"
