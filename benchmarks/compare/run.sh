@@ -36,7 +36,7 @@ step "peers in $VENV (pyspark, apache-flink, matplotlib from PyPI)"
 "$VENV/bin/pip" install -q -r benchmarks/compare/requirements.txt >&2
 
 step "Flumen's benchmark runner (release)"
-cargo build --release --locked -p flumen-benchmarks >&2
+cargo build --release --locked --workspace --bins >&2
 B="$CARGO_TARGET_DIR/release/flumen-benchmarks"
 
 step "shared input: $LINES lines, $EVENTS Nexmark events -> $DATA"

@@ -289,11 +289,16 @@ impl FlumenSession {
             }
             None => None,
         };
+        let placeholder = if schema.field_with_name(BATCH_TIME_COLUMN).is_ok() {
+            schema.clone()
+        } else {
+            with_batch_time(&schema)
+        };
         self.base.register_table(
             name.as_str(),
             Arc::new(StreamPlaceholder {
                 name: name.clone(),
-                schema: schema.clone(),
+                schema: placeholder,
             }),
         )?;
         self.catalog.add_stream(StreamDef {

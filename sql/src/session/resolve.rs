@@ -365,7 +365,18 @@ impl QuerySchema {
                         .into_iter()
                         .filter(|l| !l.starts_with("Stateless")),
                 );
-                planned.stream.dataframe().clone().into_view()
+                // Every stream has `_batch_time`: a derived stream whose query does not
+                // select it gets its batch's time, as a source stream's rows do.
+                let df = planned.stream.dataframe().clone();
+                let df = if df
+                    .schema()
+                    .has_column_with_unqualified_name(BATCH_TIME_COLUMN)
+                {
+                    df
+                } else {
+                    df.with_column(BATCH_TIME_COLUMN, self.batch_time.call(vec![]))?
+                };
+                df.into_view()
             }
         };
         self.remember(name, &provider);
