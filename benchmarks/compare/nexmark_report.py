@@ -3,7 +3,8 @@
 events/s of Flumen and Flink, per core, Flumen / Flink, and Feldera's published
 per-core figure where there is one (the issue's targets: >= 10x Flink, >= 2x Feldera).
 
-Usage: nexmark_report.py RESULTS.jsonl
+Usage: nexmark_report.py RESULTS.jsonl [PLOT.png]
+With PLOT.png (and matplotlib), also a bar chart of the two systems' events/s.
 """
 import json
 import os
@@ -52,12 +53,32 @@ def main():
         print(f"| {q} | {fmt(f)} | {fmt(k)} | {ratio} | {fmt(per_core)} | {fmt(feldera)} | {vs} |")
     for (q, system), e in sorted(errors.items()):
         print(f"\n{q}, {system}: {e}")
+    if len(sys.argv) > 2:
+        plot(sys.argv[2], queries, cell)
     if latency:
         print("\n| query | batch interval | rows | p50 | p99 | max |")
         print("|---|---:|---:|---:|---:|---:|")
         for r in latency:
             print(f"| {r['workload'].removeprefix('latency-')} | {r['interval_ms']} ms | "
                   f"{r['rows']:,} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['max_ms']} ms |")
+
+
+def plot(path, queries, cell):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xs = range(len(queries))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    for k, (system, colour) in enumerate([("flumen", "tab:blue"), ("flink", "tab:orange")]):
+        ys = [cell(q, system) or 0 for q in queries]
+        ax.bar([x + (k - 0.5) * 0.4 for x in xs], ys, 0.4, label=system.capitalize(), color=colour)
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), queries)
+    ax.set_ylabel("events/s (2 cores, log scale)")
+    ax.set_title("Nexmark q0-q22 over the same files: Flumen and Flink SQL 2.3")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

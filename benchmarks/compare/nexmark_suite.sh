@@ -22,7 +22,8 @@
 # Settings (environment): EVENTS (2000000), QUERIES ("q0 ... q22"), RUNS (1; the report
 # takes medians), REPEAT (3: Flumen's runs of a query per run, each its own process —
 # they last about a second, where this machine's noise is largest), SYSTEMS ("flumen flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
-# (~/.cache/flumen-bench-nexmark).
+# (~/.cache/flumen-bench-nexmark), KEEP=1 (rerun some queries: keep the input and add
+# to the day's results, e.g. KEEP=1 QUERIES=q12 SYSTEMS=flumen LATENCY=0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen-target}"
@@ -49,14 +50,18 @@ cargo build --release --locked --workspace --bins >&2
 B="$CARGO_TARGET_DIR/release/flumen-benchmarks"
 FLUMEN="$CARGO_TARGET_DIR/release/flumen"
 
-step "input: $EVENTS Nexmark events -> $DATA"
-rm -rf "$DATA"
-"$B" export --dir "$DATA" --lines 1 --events "$EVENTS" >&2
+if [ "${KEEP:-0}" = 1 ] && [ -f "$DATA/nexmark/ddl.sql" ]; then
+  step "input: kept in $DATA (KEEP=1)"
+else
+  step "input: $EVENTS Nexmark events -> $DATA"
+  rm -rf "$DATA"
+  "$B" export --dir "$DATA" --lines 1 --events "$EVENTS" >&2
+fi
 UNITS=$(cat "$DATA"/nexmark/{person,auction,bid}/*.csv | wc -l)
 
 mkdir -p "$OUT"
 RESULTS="$OUT/nexmark.jsonl"
-: > "$RESULTS"
+[ "${KEEP:-0}" = 1 ] || : > "$RESULTS"
 LOG=$(mktemp)
 for run in $(seq "$RUNS"); do
   for q in $QUERIES; do
@@ -92,4 +97,6 @@ if [ "${LATENCY:-1}" = 1 ]; then
   done
 fi
 nproc > "$OUT/nexmark-cores.txt"
-python3 benchmarks/compare/nexmark_report.py "$RESULTS" | tee "$OUT/nexmark.md"
+PY=python3
+[ -x "$VENV/bin/python" ] && PY="$VENV/bin/python"   # matplotlib, for the plot
+"$PY" benchmarks/compare/nexmark_report.py "$RESULTS" "$OUT/nexmark.png" | tee "$OUT/nexmark.md"
