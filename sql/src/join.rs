@@ -437,22 +437,29 @@ fn check_outer(j: &Join, left: &JoinTime, right: &JoinTime, bound: &Bound) -> Re
             .and_then(|(q, _)| q.map(|q| q.to_string()))
             .unwrap_or_else(|| "its stream".into())
     };
+    let missing = |side: &str, other: &str, plan: &LogicalPlan, example: &str| {
+        plan_err!(
+            "a {kind} join of two streams emits a {side} row without a match once no {other} \
+             row can match it: that needs a watermark on the {other} side ({}: declare \
+             WATERMARK FOR its time column) and a condition bounding how much later than the \
+             {side} row a {other} row may be (e.g. {example})",
+            stream(plan)
+        )
+    };
     if outer_left && (bound.lo.is_none() || right.delay.is_none()) {
-        return plan_err!(
-            "a {kind} join of two streams emits a left row without a match once no right row \
-             can match it: that needs a watermark on the right side ({}: declare WATERMARK FOR \
-             its time column) and a condition bounding how much later than the left row a \
-             right row may be (e.g. r.ts <= l.ts + INTERVAL '10' SECOND)",
-            stream(&j.right)
+        return missing(
+            "left",
+            "right",
+            &j.right,
+            "r.ts <= l.ts + INTERVAL '10' SECOND",
         );
     }
     if outer_right && (bound.hi.is_none() || left.delay.is_none()) {
-        return plan_err!(
-            "a {kind} join of two streams emits a right row without a match once no left row \
-             can match it: that needs a watermark on the left side ({}: declare WATERMARK FOR \
-             its time column) and a condition bounding how much later than the right row a \
-             left row may be (e.g. l.ts <= r.ts + INTERVAL '10' SECOND)",
-            stream(&j.left)
+        return missing(
+            "right",
+            "left",
+            &j.left,
+            "l.ts <= r.ts + INTERVAL '10' SECOND",
         );
     }
     Ok(())

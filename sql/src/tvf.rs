@@ -270,20 +270,20 @@ fn rewrite_select(select: &mut Select, changed: &mut bool) -> Result<()> {
                 w = call.window,
                 s = call.stream
             ),
-            ("HOP", Some((size, slide))) => format!(
-                "SELECT * EXCLUDE (__flumen_w), __flumen_w['start'] AS window_start, \
-                 __flumen_w['end'] AS window_end FROM (SELECT *, \
-                 unnest(flumen_hop_windows({ts}, {size}, {slide})) AS __flumen_w FROM {s})",
-                ts = call.ts,
-                s = call.stream
-            ),
-            ("CUMULATE", Some((step, size))) => format!(
-                "SELECT * EXCLUDE (__flumen_w), __flumen_w['start'] AS window_start, \
-                 __flumen_w['end'] AS window_end FROM (SELECT *, \
-                 unnest(flumen_cumulate_windows({ts}, {step}, {size})) AS __flumen_w FROM {s})",
-                ts = call.ts,
-                s = call.stream
-            ),
+            // A row in several windows: one row per window.
+            ("HOP" | "CUMULATE", Some((a, b))) => {
+                let windows = if call.kind == "HOP" {
+                    format!("flumen_hop_windows({}, {a}, {b})", call.ts)
+                } else {
+                    format!("flumen_cumulate_windows({}, {a}, {b})", call.ts)
+                };
+                format!(
+                    "SELECT * EXCLUDE (__flumen_w), __flumen_w['start'] AS window_start, \
+                     __flumen_w['end'] AS window_end FROM (SELECT *, \
+                     unnest({windows}) AS __flumen_w FROM {s})",
+                    s = call.stream
+                )
+            }
             _ => {
                 return plan_err!(
                     "SESSION({}, {}, ...) assigns rows to sessions only in an aggregate: add GROUP BY window_start, window_end",

@@ -604,43 +604,43 @@ impl StreamJoin {
         // A left row matches right rows with time in [t - hi, t - lo]; the right
         // side's future rows are at or after its watermark.
         if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
-            let bound = wm.saturating_add(lo);
-            if self.left_matched.is_some() {
-                let gone = self.left.rows.evict_returning(bound)?;
-                let kept = if gone.is_empty() {
-                    Vec::new()
-                } else {
-                    let keys = self.left.rows.keys().to_vec();
-                    self.left.rows.matching(&gone, &keys)?
-                };
-                if let Some(m) = &mut self.left_matched {
-                    let unmatched = m.unmatched(&gone, &kept)?;
-                    out.extend(self.padded(unmatched, true)?);
-                }
-            } else {
-                self.left.rows.evict(bound)?;
-            }
+            let gone = evict_side(
+                &mut self.left,
+                self.left_matched.as_mut(),
+                wm.saturating_add(lo),
+            )?;
+            out.extend(self.padded(gone, true)?);
         }
         if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
-            let bound = wm.saturating_sub(hi);
-            if self.right_matched.is_some() {
-                let gone = self.right.rows.evict_returning(bound)?;
-                let kept = if gone.is_empty() {
-                    Vec::new()
-                } else {
-                    let keys = self.right.rows.keys().to_vec();
-                    self.right.rows.matching(&gone, &keys)?
-                };
-                if let Some(m) = &mut self.right_matched {
-                    let unmatched = m.unmatched(&gone, &kept)?;
-                    out.extend(self.padded(unmatched, false)?);
-                }
-            } else {
-                self.right.rows.evict(bound)?;
-            }
+            let gone = evict_side(
+                &mut self.right,
+                self.right_matched.as_mut(),
+                wm.saturating_sub(hi),
+            )?;
+            out.extend(self.padded(gone, false)?);
         }
         Ok(out)
     }
+}
+
+/// Drops `side`'s rows before `bound`; for an outer side (`matched`), returns those of
+/// them that never matched.
+fn evict_side(
+    side: &mut Side,
+    matched: Option<&mut Matched>,
+    bound: i64,
+) -> Result<Vec<RecordBatch>> {
+    let Some(m) = matched else {
+        side.rows.evict(bound)?;
+        return Ok(Vec::new());
+    };
+    let gone = side.rows.evict_returning(bound)?;
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    let keys = side.rows.keys().to_vec();
+    let kept = side.rows.matching(&gone, &keys)?;
+    m.unmatched(&gone, &kept)
 }
 
 #[async_trait]
