@@ -770,8 +770,23 @@ mod tests {
             parse_statement("SELECT 1").unwrap(),
             Statement::Query(_)
         ));
+        // A view carries its query parsed (over streams it is a derived stream), and
+        // the text DataFusion takes otherwise.
+        match parse_statement("CREATE TEMPORARY VIEW v AS SELECT 1").unwrap() {
+            Statement::CreateView {
+                name,
+                query,
+                or_replace,
+                sql,
+            } => {
+                assert_eq!((name.as_str(), or_replace), ("v", false));
+                assert_eq!(query.text, "SELECT 1");
+                assert_eq!(sql, "CREATE VIEW v AS SELECT 1");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
-            parse_statement("CREATE VIEW v AS SELECT 1").unwrap(),
+            parse_statement("CREATE VIEW v (a) AS SELECT 1").unwrap(),
             Statement::Other(_)
         ));
         let err = parse_statement("CREATE STREAM s (a BLOB2)")
