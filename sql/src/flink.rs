@@ -64,6 +64,19 @@ enum Flink {
 /// (Spark's processing-time windows likewise run on the trigger's time). A window over
 /// it is a window over batch time: its size a multiple of the batch interval, closed
 /// as the batches pass its end.
+/// Whether `query` calls `PROCTIME()` (a batch query over tables, which has no batch
+/// time, refuses it).
+pub fn calls_proctime(query: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    use datafusion::sql::sqlparser::ast::{Expr, visit_expressions};
+    visit_expressions(query, |e| match e {
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("proctime") => {
+            std::ops::ControlFlow::Break(())
+        }
+        _ => std::ops::ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
 pub fn rewrite_proctime(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
     use datafusion::sql::sqlparser::ast::{Expr, FunctionArguments, Ident, visit_expressions_mut};
     let _ = visit_expressions_mut(statement, |e| {

@@ -62,7 +62,7 @@ impl FlumenSession {
             );
         }
         let rows_of = async {
-            let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
+            let df = plan_batch_dataframe(&self.base, self.bind_batch(query)?).await?;
             df.collect().await.map_err(Error::from)
         };
         let batches = rows_of.await.map_err(|e| {

@@ -294,7 +294,7 @@ impl FlumenSession {
             }
             self.base.deregister_table(table.clone())?;
         }
-        let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
+        let df = plan_batch_dataframe(&self.base, self.bind_batch(query)?).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         let rows = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
@@ -309,10 +309,22 @@ impl FlumenSession {
                 "EMIT CHANGES / EMIT FINAL apply to a query over streams; this one reads only tables"
             );
         }
-        let df = plan_batch_dataframe(&self.base, self.bind(query)?).await?;
+        let df = plan_batch_dataframe(&self.base, self.bind_batch(query)?).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok(StatementResult::Rows { schema, batches })
+    }
+
+    /// [`Self::bind`] for a batch query over tables, which has no batch time: Flink's
+    /// `PROCTIME()` (a stream's batch time) is refused with that reason.
+    pub(super) fn bind_batch(&self, query: &ParsedQuery) -> Result<DfStatement> {
+        if crate::flink::calls_proctime(&query.query) {
+            return plan_err!(
+                "PROCTIME() is the time of the micro-batch a row arrives in (_batch_time): it \
+                 exists in a query over streams, and this one reads only tables"
+            );
+        }
+        self.bind(query)
     }
 
     /// The statement DataFusion plans for `query`: the ksqlDB window on the event
