@@ -604,37 +604,61 @@ impl StreamJoin {
         // A left row matches right rows with time in [t - hi, t - lo]; the right
         // side's future rows are at or after its watermark.
         if let (Some(lo), Some(wm)) = (self.lo, self.right.watermark) {
-            let gone = evict_side(
-                &mut self.left,
-                self.left_matched.as_mut(),
-                wm.saturating_add(lo),
-            )?;
-            out.extend(self.padded(gone, true)?);
+            let bound = wm.saturating_add(lo);
+            let gone = if self.left_matched.is_some() {
+                self.left.rows.evict_returning(bound)?
+            } else {
+                self.left.rows.evict(bound).map(|_| Vec::new())?
+            };
+            let unmatched = unmatched(&mut self.left, self.left_matched.as_mut(), gone)?;
+            out.extend(self.padded(unmatched, true)?);
         }
         if let (Some(hi), Some(wm)) = (self.hi, self.left.watermark) {
-            let gone = evict_side(
-                &mut self.right,
-                self.right_matched.as_mut(),
-                wm.saturating_sub(hi),
-            )?;
-            out.extend(self.padded(gone, false)?);
+            let bound = wm.saturating_sub(hi);
+            let gone = if self.right_matched.is_some() {
+                self.right.rows.evict_returning(bound)?
+            } else {
+                self.right.rows.evict(bound).map(|_| Vec::new())?
+            };
+            let unmatched = unmatched(&mut self.right, self.right_matched.as_mut(), gone)?;
+            out.extend(self.padded(unmatched, false)?);
+        }
+        Ok(out)
+    }
+
+    /// Drop the rows `state_ttl` expires; an outer side's that never matched, padded
+    /// with nulls (they can match nothing any more, so this is their last chance to
+    /// be emitted).
+    fn expire(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for left in [true, false] {
+            let (side, matched) = if left {
+                (&mut self.left, self.left_matched.as_mut())
+            } else {
+                (&mut self.right, self.right_matched.as_mut())
+            };
+            let gone = if matched.is_some() {
+                side.rows.expire_returning(now)?
+            } else {
+                side.rows.expire(now).map(|_| Vec::new())?
+            };
+            let unmatched = unmatched(side, matched, gone)?;
+            out.extend(self.padded(unmatched, left)?);
         }
         Ok(out)
     }
 }
 
-/// Drops `side`'s rows before `bound`; for an outer side (`matched`), returns those of
-/// them that never matched.
-fn evict_side(
+/// Of `gone`, rows leaving an outer side's state (`matched`), those that never matched;
+/// nothing for an inner side.
+fn unmatched(
     side: &mut Side,
     matched: Option<&mut Matched>,
-    bound: i64,
+    gone: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>> {
     let Some(m) = matched else {
-        side.rows.evict(bound)?;
         return Ok(Vec::new());
     };
-    let gone = side.rows.evict_returning(bound)?;
     if gone.is_empty() {
         return Ok(gone);
     }
@@ -842,8 +866,7 @@ impl StreamOperator for StreamJoin {
         if self.cluster.is_some() {
             return Ok(Some(self.matches_from_tasks(now, input)?));
         }
-        self.left.rows.expire(now)?;
-        self.right.rows.expire(now)?;
+        let expired = self.expire(now)?;
         let (new_left, new_right) = self.split(input)?;
         // Rows older than their side's watermark are late: dropped and counted. Rows
         // without a time can match nothing.
@@ -874,6 +897,7 @@ impl StreamOperator for StreamJoin {
         self.left.rows.insert(new_left, now)?;
         self.right.rows.insert(new_right, now)?;
         self.record_matches(&out)?;
+        out.extend(expired);
         out.append(&mut self.pending);
         out.extend(self.evict()?);
         Ok(Some(out))

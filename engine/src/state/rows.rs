@@ -493,19 +493,32 @@ impl KeyedRows {
     /// [`Self::evict`], returning the rows it drops (an outer join emits those of them
     /// that never matched).
     pub fn evict_returning(&mut self, bound: i64) -> Result<Vec<RecordBatch>> {
-        let gone = self
-            .segments
-            .values()
-            .filter(|s| s.newest < bound)
-            .map(|s| s.read(&self.schema))
-            .collect::<Result<Vec<_>>>()?;
+        let gone = self.rows_where(|s| s.newest < bound)?;
         self.evict(bound)?;
         Ok(gone)
+    }
+
+    /// The rows of the segments `gone` picks, read back from a spill file if need be.
+    fn rows_where(&self, gone: impl Fn(&Segment) -> bool) -> Result<Vec<RecordBatch>> {
+        self.segments
+            .values()
+            .filter(|s| gone(s))
+            .map(|s| s.read(&self.schema))
+            .collect()
     }
 
     /// With `state_ttl`, drops the rows written more than that before `now` (ms);
     /// counted as evicted.
     pub fn expire(&mut self, now: i64) -> Result<()> {
+        self.expire_taking(now, false).map(|_| ())
+    }
+
+    /// [`Self::expire`], returning the rows it drops.
+    pub fn expire_returning(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
+        self.expire_taking(now, true)
+    }
+
+    fn expire_taking(&mut self, now: i64, take: bool) -> Result<Vec<RecordBatch>> {
         if self.restamp {
             self.restamp = false;
             for s in self.segments.values_mut() {
@@ -515,12 +528,17 @@ impl KeyedRows {
             }
         }
         let Some(ttl) = self.ttl else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let cutoff = now.saturating_sub(ttl.as_millis() as i64);
+        let rows = if take {
+            self.rows_where(|s| s.written < cutoff)?
+        } else {
+            Vec::new()
+        };
         let gone = self.drop_where(|s| s.written < cutoff)?;
         self.evicted += gone as u64;
-        Ok(())
+        Ok(rows)
     }
 
     pub fn stats(&self) -> StateStats {
