@@ -366,11 +366,7 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
             }
             p.next_token();
             let name = ident(p)?;
-            match p
-                .parse_keyword(Keyword::AS)
-                .then(|| ParsedQuery::parse(&rest(sql, p)).ok())
-                .flatten()
-            {
+            match as_query(sql, p) {
                 Some(query) => Ok(Statement::CreateView {
                     sql: format!(
                         "CREATE {}VIEW {name} AS {}",
@@ -388,11 +384,7 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
             p.next_token();
             let name = ident(p)?;
             // Not a query we can parse: DataFusion's CREATE TABLE, and its error.
-            match p
-                .parse_keyword(Keyword::AS)
-                .then(|| ParsedQuery::parse(&rest(sql, p)).ok())
-                .flatten()
-            {
+            match as_query(sql, p) {
                 Some(query) => Ok(Statement::CreateTableAs {
                     name,
                     query,
@@ -403,6 +395,14 @@ fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
         }
         _ => Ok(Statement::Other(sql.to_string())),
     }
+}
+
+/// `AS <query>` next in `p`, if it is a query Flumen parses (otherwise the statement
+/// is DataFusion's, with its own error).
+fn as_query(sql: &str, p: &mut Parser) -> Option<ParsedQuery> {
+    p.parse_keyword(Keyword::AS)
+        .then(|| ParsedQuery::parse(&rest(sql, p)).ok())
+        .flatten()
 }
 
 /// `INSERT INTO name <query>`.
