@@ -353,6 +353,11 @@ impl Sink for FilesSink {
         Ok(())
     }
 
+    /// Each partition is its own files, encoded on its own core.
+    fn writes_partitions_in_parallel(&self) -> bool {
+        true
+    }
+
     fn write_on_cluster(&self) -> Option<ClusterWrite> {
         Some(ClusterWrite {
             kind: "files".into(),

@@ -912,13 +912,41 @@ async fn write_with_retries(
     let mut attempt = 1;
     loop {
         let result = async {
-            for (partition, batches) in parts.iter().enumerate() {
-                let key = WriteKey {
-                    query_id: query_id.to_string(),
-                    batch_time,
-                    partition,
-                };
-                sink.write(&key, batches.clone()).await?;
+            let key = |partition| WriteKey {
+                query_id: query_id.to_string(),
+                batch_time,
+                partition,
+            };
+            if sink.writes_partitions_in_parallel() && parts.len() > 1 {
+                let tasks: Vec<_> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(partition, batches)| {
+                        let (sink, key, batches) =
+                            (Arc::clone(sink), key(partition), batches.clone());
+                        tokio::spawn(async move { sink.write(&key, batches).await })
+                    })
+                    .collect();
+                // Every task is awaited (none left writing behind a retry), then the
+                // first error is the batch's.
+                let mut first_error = None;
+                for task in tasks {
+                    let written = task.await.map_err(|e| crate::Error::Sink {
+                        sink_name: sink.name().to_string(),
+                        message: format!("a partition's write stopped: {e}"),
+                        retryable: false,
+                    });
+                    if let Err(e) | Ok(Err(e)) = written {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+            } else {
+                for (partition, batches) in parts.iter().enumerate() {
+                    sink.write(&key(partition), batches.clone()).await?;
+                }
             }
             sink.commit(query_id, batch_time, parts.len()).await
         }

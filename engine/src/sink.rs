@@ -25,8 +25,9 @@ pub struct WriteKey {
 ///
 /// # Contract
 /// - [`Sink::open`] once at query start, with the schema of every batch to come.
-/// - For each batch: [`Sink::write`] once per output partition (possibly concurrently
-///   for different partitions), then [`Sink::commit`] once. A batch whose commit did not
+/// - For each batch: [`Sink::write`] once per output partition (concurrently for
+///   different partitions when [`Sink::writes_partitions_in_parallel`]), then
+///   [`Sink::commit`] once. A batch whose commit did not
 ///   return may be written again after a restart with the same keys: a sink must then
 ///   overwrite what the first attempt wrote, or skip it if it had committed.
 /// - What `commit` made visible is durable when it returns.
@@ -44,6 +45,14 @@ pub trait Sink: Debug + Send + Sync {
 
     /// Make the batch at `batch_time` visible.
     async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
+
+    /// Whether the scheduler may run this sink's writes of a batch's partitions at once,
+    /// each on its own task (so on its own core): a sink whose partitions are
+    /// independent (a file each) and whose encoding costs CPU. `false` (the default):
+    /// one after the other, in partition order.
+    fn writes_partitions_in_parallel(&self) -> bool {
+        false
+    }
 
     /// On a cluster: how the tasks write this sink's partitions themselves
     /// ([`crate::cluster::write`]); `None` (the default): the driver writes them.

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Datum, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Datum, Int64Array, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::numeric::rem;
 use datafusion::arrow::compute::kernels::temporal::{DatePart, date_part};
@@ -291,47 +293,75 @@ impl Ints {
     }
 }
 
+/// A `REGEXP_EXTRACT` pattern compiled, with room for its groups' places.
+struct Compiled {
+    re: regex::Regex,
+    locations: regex::CaptureLocations,
+}
+
+impl Compiled {
+    fn new(pattern: &str) -> Result<Self> {
+        match regex::Regex::new(pattern) {
+            Ok(re) => Ok(Self {
+                locations: re.capture_locations(),
+                re,
+            }),
+            Err(e) => exec_err!("REGEXP_EXTRACT: '{pattern}' is not a regular expression: {e}"),
+        }
+    }
+
+    /// Group `group` of the first match in `text`, if it matched.
+    fn extract<'t>(&mut self, text: &'t str, group: i64) -> Result<Option<&'t str>> {
+        if group < 0 || group as usize >= self.re.captures_len() {
+            return exec_err!(
+                "REGEXP_EXTRACT: '{}' has no group {group} (it has {})",
+                self.re.as_str(),
+                self.re.captures_len() - 1
+            );
+        }
+        Ok(self
+            .re
+            .captures_read(&mut self.locations, text)
+            .and_then(|_| self.locations.get(group as usize))
+            .map(|(start, end)| &text[start..end]))
+    }
+}
+
 fn regexp_extract(args: &[ColumnarValue], rows: usize) -> Result<StringArray> {
     let s = Texts::of(&args[0])?;
     let patterns = Texts::of(&args[1])?;
     let groups = args.get(2).map(Ints::of).transpose()?;
-    // Each pattern compiled once a batch (a literal: once).
-    let mut compiled: HashMap<String, regex::Regex> = HashMap::new();
-    let mut out = Vec::with_capacity(rows);
+    // A literal pattern is compiled once; a column's, each once a batch.
+    let mut literal = match &patterns {
+        Texts::One(Some(p)) => Some(Compiled::new(p)?),
+        _ => None,
+    };
+    let mut compiled: HashMap<String, Compiled> = HashMap::new();
+    let mut out = StringBuilder::with_capacity(rows, 0);
     for i in 0..rows {
         let group = match &groups {
             Some(g) => g.get(i),
             None => Some(0),
         };
         let (Some(text), Some(pattern), Some(group)) = (s.get(i), patterns.get(i), group) else {
-            out.push(None);
+            out.append_null();
             continue;
         };
-        if !compiled.contains_key(pattern) {
-            let re = match regex::Regex::new(pattern) {
-                Ok(re) => re,
-                Err(e) => {
-                    return exec_err!(
-                        "REGEXP_EXTRACT: '{pattern}' is not a regular expression: {e}"
-                    );
+        let re = match literal.as_mut() {
+            Some(re) => re,
+            None => {
+                if !compiled.contains_key(pattern) {
+                    compiled.insert(pattern.to_string(), Compiled::new(pattern)?);
                 }
-            };
-            compiled.insert(pattern.to_string(), re);
-        }
-        let re = &compiled[pattern];
-        if group < 0 || group as usize >= re.captures_len() {
-            return exec_err!(
-                "REGEXP_EXTRACT: '{pattern}' has no group {group} (it has {})",
-                re.captures_len() - 1
-            );
-        }
-        out.push(
-            re.captures(text)
-                .and_then(|c| c.get(group as usize))
-                .map(|m| m.as_str().to_string()),
-        );
+                match compiled.get_mut(pattern) {
+                    Some(re) => re,
+                    None => return exec_err!("REGEXP_EXTRACT: '{pattern}' was not compiled"),
+                }
+            }
+        };
+        out.append_option(re.extract(text, group)?);
     }
-    Ok(StringArray::from(out))
+    Ok(out.finish())
 }
 
 fn split_index(args: &[ColumnarValue], rows: usize) -> Result<StringArray> {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -127,9 +128,105 @@ impl ScalarUDFImpl for DateFormat {
                 ColumnarValue::Array(Arc::new(translated) as ArrayRef)
             }
         };
+        if let (ColumnarValue::Array(values), ColumnarValue::Scalar(ScalarValue::Utf8(Some(p)))) =
+            (&args.args[0], &pattern)
+            && let Some(out) = format_naive_timestamps(values, p)
+        {
+            return Ok(ColumnarValue::Array(out));
+        }
         args.args[1] = pattern;
         datafusion::functions::datetime::to_char().invoke_with_args(args)
     }
+}
+
+/// The pattern's smallest unit that matters: rows in the same unit format alike.
+fn granularity(items: &[Item<'_>]) -> Option<i64> {
+    const MINUTE: i64 = 60_000_000_000;
+    const DAY: i64 = 24 * 60 * MINUTE;
+    let mut unit = DAY;
+    for item in items {
+        match item {
+            Item::Literal(_) | Item::OwnedLiteral(_) | Item::Space(_) | Item::OwnedSpace(_) => {}
+            Item::Numeric(n, _) => match n {
+                Numeric::Year
+                | Numeric::YearDiv100
+                | Numeric::YearMod100
+                | Numeric::IsoYear
+                | Numeric::IsoYearDiv100
+                | Numeric::IsoYearMod100
+                | Numeric::Month
+                | Numeric::Day
+                | Numeric::WeekFromSun
+                | Numeric::WeekFromMon
+                | Numeric::IsoWeek
+                | Numeric::NumDaysFromSun
+                | Numeric::WeekdayFromMon
+                | Numeric::Ordinal => {}
+                Numeric::Hour | Numeric::Hour12 | Numeric::Minute => unit = MINUTE,
+                _ => return None,
+            },
+            Item::Fixed(f) => match f {
+                Fixed::ShortMonthName
+                | Fixed::LongMonthName
+                | Fixed::ShortWeekdayName
+                | Fixed::LongWeekdayName => {}
+                Fixed::LowerAmPm | Fixed::UpperAmPm => unit = MINUTE,
+                _ => return None,
+            },
+            Item::Error => return None,
+        }
+    }
+    Some(unit)
+}
+
+/// `DATE_FORMAT` of a column of timestamps without a time zone by one strftime
+/// pattern, parsed once; a row in the same minute (or day, for a pattern of days) as
+/// the one before it reuses its text. `None`: another case, left to `to_char`.
+fn format_naive_timestamps(values: &ArrayRef, pattern: &str) -> Option<ArrayRef> {
+    use datafusion::arrow::array::{AsArray, StringBuilder};
+    use datafusion::arrow::datatypes::{
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    use std::fmt::Write;
+    let DataType::Timestamp(unit, None) = values.data_type() else {
+        return None;
+    };
+    let items: Vec<Item<'_>> = StrftimeItems::new(pattern).collect();
+    let nanos_per_unit: i64 = match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    };
+    // Rows whose values fall in one `same` (in the column's unit) format alike.
+    let same = granularity(&items).map_or(1, |n| (n / nanos_per_unit).max(1));
+    let raw: &[i64] = match unit {
+        TimeUnit::Second => values.as_primitive::<TimestampSecondType>().values(),
+        TimeUnit::Millisecond => values.as_primitive::<TimestampMillisecondType>().values(),
+        TimeUnit::Microsecond => values.as_primitive::<TimestampMicrosecondType>().values(),
+        TimeUnit::Nanosecond => values.as_primitive::<TimestampNanosecondType>().values(),
+    };
+    let units_per_second = 1_000_000_000 / nanos_per_unit;
+    let mut out = StringBuilder::with_capacity(values.len(), values.len() * pattern.len());
+    let mut last: Option<(i64, String)> = None;
+    for (i, v) in raw.iter().enumerate() {
+        if values.is_null(i) {
+            out.append_null();
+            continue;
+        }
+        let key = v.div_euclid(same);
+        if last.as_ref().is_none_or(|(k, _)| *k != key) {
+            let seconds = v.div_euclid(units_per_second);
+            let nanos = (v.rem_euclid(units_per_second) * nanos_per_unit) as u32;
+            let time = chrono::DateTime::from_timestamp(seconds, nanos)?.naive_utc();
+            let mut text = String::new();
+            write!(text, "{}", time.format_with_items(items.iter())).ok()?;
+            last = Some((key, text));
+        }
+        out.append_value(last.as_ref().map_or("", |(_, t)| t.as_str()));
+    }
+    Some(Arc::new(out.finish()))
 }
 
 /// DataFusion's `to_char` under its own name only: DataFusion also registers it as

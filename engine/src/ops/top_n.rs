@@ -9,8 +9,9 @@
 //!      ─▶ output: the rows whose rank changed (update) or every stored row (complete)
 //! ```
 //!
-//! The rank column is recomputed here: the per-batch plan below ranks a batch's rows
-//! among themselves only. Ties keep the row that arrived first. The kept rows live in a
+//! The rank column is computed here: the SQL planner feeds the rows unranked (the
+//! `ROW_NUMBER()` of its plan replaced by a constant), since ranking each batch by
+//! itself first would sort it twice. Ties keep the row that arrived first. The kept rows live in a
 //! [`KeyedState`], one row per key holding its rows as lists ([`Nested`]): partitioned,
 //! spilled past `state_memory`, checkpointed by change, forgotten after `state_ttl`.
 

@@ -315,8 +315,8 @@ impl StreamPlanner<'_> {
             return Ok(Transformed::no(node.clone()));
         };
         self.rank_filters += 1;
-        // The filter's own plan runs per batch (each batch's first rows per key); the
-        // operator carries the ranking across batches.
+        // Deduplication runs the filter's own plan per batch (each batch's first row
+        // per key); a top-N ranks the batch's rows itself, against those it keeps.
         let df = DataFrame::new(self.state.clone(), node.clone());
         let schema = Arc::new(df.schema().as_arrow().clone());
         let replaced = node.schema().clone();
@@ -337,6 +337,7 @@ impl StreamPlanner<'_> {
                 pattern.limit
             ));
         }
+        let df = DataFrame::new(self.state.clone(), rank::unranked(f)?);
         let op = TopN::try_new(
             schema,
             pattern.keys.clone(),

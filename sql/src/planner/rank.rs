@@ -178,3 +178,39 @@ pub(super) fn rank_filter(f: &Filter) -> Result<Option<RankFilter>> {
         by_arrival,
     }))
 }
+
+/// The rows a top-N's filter reads, before they are ranked: `filter`'s input with its
+/// `ROW_NUMBER()` window replaced by a constant rank. The operator ranks every row
+/// itself (against the rows it keeps), so ranking each batch first as well would sort
+/// it twice.
+pub(super) fn unranked(filter: &Filter) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Projection;
+    use std::sync::Arc;
+    let plan = filter.input.as_ref().clone();
+    plan.transform_down(|node| {
+        let LogicalPlan::Window(w) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        if row_number(w).is_none() {
+            return Ok(Transformed::no(node));
+        }
+        let inputs = w.input.schema().fields().len();
+        let mut exprs: Vec<Expr> = w
+            .input
+            .schema()
+            .iter()
+            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+            .collect();
+        let (_, rank) = w.schema.qualified_field(inputs);
+        exprs.push(Expr::Literal(ScalarValue::UInt64(Some(0)), None).alias(rank.name()));
+        let projection =
+            Projection::try_new_with_schema(exprs, Arc::clone(&w.input), Arc::clone(&w.schema))?;
+        Ok(Transformed::new(
+            LogicalPlan::Projection(projection),
+            true,
+            TreeNodeRecursion::Jump,
+        ))
+    })
+    .map(|t| t.data)
+}
