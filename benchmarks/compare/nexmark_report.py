@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The table of benchmarks/compare/nexmark_suite.sh's results: per query, the median
-events/s of Flumen and Flink, per core, Flumen / Flink, and Feldera's published
-per-core figure where there is one (the issue's targets: >= 10x Flink, >= 2x Feldera).
+events/s of Flumen, Flink and DataFusion (the same query as one batch query over all
+the input), per core, Flumen / Flink, and Feldera's published per-core figure where
+there is one (the issue's targets: >= 10x Flink, >= 2x Feldera).
 
 Usage: nexmark_report.py RESULTS.jsonl [PLOT.png]
-With PLOT.png (and matplotlib), also a bar chart of the two systems' events/s.
+With PLOT.png (and matplotlib), also a bar chart of the systems' events/s.
 """
 import json
 import os
@@ -42,15 +43,18 @@ def main():
         return f"{v:,.0f}" if v is not None else "—"
 
     print(f"| query | Flumen events/s | Flink events/s | Flumen / Flink | Flumen per core | "
-          f"Feldera per core | Flumen / Feldera |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"Feldera per core | Flumen / Feldera | DataFusion batch events/s | "
+          f"Flumen / DataFusion |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for q in queries:
-        f, k = cell(q, "flumen"), cell(q, "flink")
+        f, k, d = cell(q, "flumen"), cell(q, "flink"), cell(q, "datafusion")
         ratio = f"{f / k:.1f}×" if f and k else "—"
         per_core = f / cores if f else None
         feldera = FELDERA.get(q)
         vs = f"{per_core / feldera:.1f}×" if per_core and feldera else "—"
-        print(f"| {q} | {fmt(f)} | {fmt(k)} | {ratio} | {fmt(per_core)} | {fmt(feldera)} | {vs} |")
+        vs_batch = f"{f / d:.2f}×" if f and d else "—"
+        print(f"| {q} | {fmt(f)} | {fmt(k)} | {ratio} | {fmt(per_core)} | {fmt(feldera)} | {vs} | "
+              f"{fmt(d)} | {vs_batch} |")
     for (q, system), e in sorted(errors.items()):
         print(f"\n{q}, {system}: {e}")
     if len(sys.argv) > 2:
@@ -69,13 +73,15 @@ def plot(path, queries, cell):
     import matplotlib.pyplot as plt
     xs = range(len(queries))
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    for k, (system, colour) in enumerate([("flumen", "tab:blue"), ("flink", "tab:orange")]):
+    systems = [("flumen", "Flumen", "tab:blue"), ("datafusion", "DataFusion batch", "tab:green"),
+               ("flink", "Flink", "tab:orange")]
+    for k, (system, label, colour) in enumerate(systems):
         ys = [cell(q, system) or 0 for q in queries]
-        ax.bar([x + (k - 0.5) * 0.4 for x in xs], ys, 0.4, label=system.capitalize(), color=colour)
+        ax.bar([x + (k - 1) * 0.28 for x in xs], ys, 0.28, label=label, color=colour)
     ax.set_yscale("log")
     ax.set_xticks(list(xs), queries)
     ax.set_ylabel("events/s (2 cores, log scale)")
-    ax.set_title("Nexmark q0-q22 over the same files: Flumen and Flink SQL 2.3")
+    ax.set_title("Nexmark q0-q22 over the same files: Flumen, DataFusion batch and Flink SQL 2.3")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -11,8 +11,11 @@
 # does (`flumen --trigger available-now -f ddl.sql -f qN.sql`), timed from the process's
 # start to its end; Flink SQL 2.3 runs the same query text (its views and the SELECT of
 # its INSERT; compare/flink_bench.py) at parallelism 2 over the same files into a
-# blackhole table, timed from job submission to its end. Both count every event of the
-# three tables. A query a system refuses is reported with its error, not skipped.
+# blackhole table, timed from job submission to its end. DataFusion runs the same text
+# as one batch query over all the files (compare/nexmark_batch.py: the streams as
+# external tables and views, `INSERT INTO sink SELECT ...` as `SELECT count(*) FROM
+# (SELECT ...)`), with the CLI, timed as Flumen's. All count every event of the three
+# tables. A query a system refuses is reported with its error, not skipped.
 #
 # Then the end-to-end latency, measured from outside the engine (compare/latency_e2e.py:
 # a producer stamps each line with its send time into a socket, Flumen runs q0, q2 and
@@ -20,8 +23,8 @@
 # 10 ms, 100 ms and 1 s batch intervals, 10,000 lines/s. LATENCY=0 leaves it out.
 #
 # Settings (environment): EVENTS (2000000), QUERIES ("q0 ... q22"), RUNS (1; the report
-# takes medians), REPEAT (3: Flumen's runs of a query per run, each its own process —
-# they last about a second, where this machine's noise is largest), SYSTEMS ("flumen flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
+# takes medians), REPEAT (3: Flumen's and DataFusion's runs of a query per run, each its own process —
+# they last about a second, where this machine's noise is largest), SYSTEMS ("flumen datafusion flink"), FLUMEN_BENCH_VENV, FLUMEN_BENCH_DATA
 # (~/.cache/flumen-bench-nexmark), KEEP=1 (rerun some queries: keep the input and add
 # to the day's results, e.g. KEEP=1 QUERIES=q12 SYSTEMS=flumen LATENCY=0).
 set -euo pipefail
@@ -33,7 +36,7 @@ EVENTS="${EVENTS:-2000000}"
 QUERIES="${QUERIES:-$(seq -f 'q%g' 0 22 | tr '\n' ' ')}"
 RUNS="${RUNS:-1}"
 REPEAT="${REPEAT:-3}"
-SYSTEMS="${SYSTEMS:-flumen flink}"
+SYSTEMS="${SYSTEMS:-flumen datafusion flink}"
 OUT="benchmarks/results/$(date +%Y-%m-%d)"
 
 step() { echo "== $*" >&2; }
@@ -63,6 +66,7 @@ mkdir -p "$OUT"
 RESULTS="$OUT/nexmark.jsonl"
 [ "${KEEP:-0}" = 1 ] || : > "$RESULTS"
 LOG=$(mktemp)
+BATCH=$(mktemp --suffix=.sql)
 for run in $(seq "$RUNS"); do
   for q in $QUERIES; do
     if [[ " $SYSTEMS " == *" flumen "* ]]; then
@@ -79,6 +83,20 @@ for run in $(seq "$RUNS"); do
         fi | tee -a "$RESULTS" >&2
       done
     fi
+    if [[ " $SYSTEMS " == *" datafusion "* ]]; then
+      python3 benchmarks/compare/nexmark_batch.py "$DATA/nexmark/ddl.sql" "benchmarks/nexmark/$q.sql" > "$BATCH"
+      for _ in $(seq "$REPEAT"); do
+        step "run $run/$RUNS, DataFusion batch: $q"
+        start=$(date +%s.%N)
+        if "$FLUMEN" -f "$BATCH" >"$LOG" 2>&1; then
+          end=$(date +%s.%N)
+          python3 -c "import json; s=$end-$start; print(json.dumps({'system':'datafusion','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
+        else
+          python3 -c "import json,sys; print(json.dumps({'system':'datafusion','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
+            "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
+        fi | tee -a "$RESULTS" >&2
+      done
+    fi
     if [[ " $SYSTEMS " == *" flink "* ]]; then
       step "run $run/$RUNS, Flink SQL: $q"
       "$VENV/bin/python" benchmarks/compare/flink_bench.py "$DATA" "nexmark-$q" 2>/dev/null \
@@ -86,7 +104,7 @@ for run in $(seq "$RUNS"); do
     fi
   done
 done
-rm -f "$LOG"
+rm -f "$LOG" "$BATCH"
 if [ "${LATENCY:-1}" = 1 ]; then
   for i in 10 100 1000; do
     for q in q0 q2 window; do

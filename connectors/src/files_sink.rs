@@ -126,6 +126,9 @@ impl FilesSink {
                     .map_err(|e| self.error(format!("encoding parquet: {e}")))?;
             }
             Format::Csv => {
+                if let Some(bytes) = crate::csv_out::encode(batches) {
+                    return Ok(bytes);
+                }
                 let mut w = datafusion::arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(&mut out);

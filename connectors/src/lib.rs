@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use flumen_engine::ConnectorRegistry;
 
+mod csv_out;
 mod db_sink;
 pub use flumen_engine::exact;
 pub mod files;
