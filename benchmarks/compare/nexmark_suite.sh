@@ -67,34 +67,33 @@ RESULTS="$OUT/nexmark.jsonl"
 [ "${KEEP:-0}" = 1 ] || : > "$RESULTS"
 LOG=$(mktemp)
 BATCH=$(mktemp --suffix=.sql)
+# timed SYSTEM QUERY COMMAND...: one result line, the run's events/s or its error.
+timed() {
+  local system=$1 q=$2 start end
+  shift 2
+  start=$(date +%s.%N)
+  if "$@" >"$LOG" 2>&1; then
+    end=$(date +%s.%N)
+    python3 -c "import json; s=$end-$start; print(json.dumps({'system':'$system','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
+  else
+    python3 -c "import json,sys; print(json.dumps({'system':'$system','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
+      "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
+  fi | tee -a "$RESULTS" >&2
+}
 for run in $(seq "$RUNS"); do
   for q in $QUERIES; do
     if [[ " $SYSTEMS " == *" flumen "* ]]; then
       for _ in $(seq "$REPEAT"); do
         step "run $run/$RUNS, Flumen: $q"
         rm -rf /tmp/flumen-nexmark   # q10's files sink: a rerun must not find its batches committed
-        start=$(date +%s.%N)
-        if "$FLUMEN" --trigger available-now -f "$DATA/nexmark/ddl.sql" -f "benchmarks/nexmark/$q.sql" >"$LOG" 2>&1; then
-          end=$(date +%s.%N)
-          python3 -c "import json; s=$end-$start; print(json.dumps({'system':'flumen','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
-        else
-          python3 -c "import json,sys; print(json.dumps({'system':'flumen','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
-            "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
-        fi | tee -a "$RESULTS" >&2
+        timed flumen "$q" "$FLUMEN" --trigger available-now -f "$DATA/nexmark/ddl.sql" -f "benchmarks/nexmark/$q.sql"
       done
     fi
     if [[ " $SYSTEMS " == *" datafusion "* ]]; then
       python3 benchmarks/compare/nexmark_batch.py "$DATA/nexmark/ddl.sql" "benchmarks/nexmark/$q.sql" > "$BATCH"
       for _ in $(seq "$REPEAT"); do
         step "run $run/$RUNS, DataFusion batch: $q"
-        start=$(date +%s.%N)
-        if "$FLUMEN" -f "$BATCH" >"$LOG" 2>&1; then
-          end=$(date +%s.%N)
-          python3 -c "import json; s=$end-$start; print(json.dumps({'system':'datafusion','workload':'nexmark-$q','unit':'events','units':$UNITS,'seconds':round(s,4),'per_s':round($UNITS/s)}))"
-        else
-          python3 -c "import json,sys; print(json.dumps({'system':'datafusion','workload':'nexmark-$q','error':sys.argv[1][:300]}))" \
-            "$(grep -m1 -i 'error' "$LOG" || tail -1 "$LOG")"
-        fi | tee -a "$RESULTS" >&2
+        timed datafusion "$q" "$FLUMEN" -f "$BATCH"
       done
     fi
     if [[ " $SYSTEMS " == *" flink "* ]]; then
