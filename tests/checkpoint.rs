@@ -312,6 +312,31 @@ async fn an_outer_join_remembers_which_rows_matched_across_a_restart() {
 }
 
 #[tokio::test]
+async fn a_window_top_n_keeps_its_open_windows_across_a_restart() {
+    // Each 2 s window's two smallest values: a window open at the restart must still
+    // hold the rows it had before (forgotten, it would rank only later rows), and a
+    // window emitted before the restart must not come out again.
+    let (mut whole, mut split) = whole_and_split(
+        "checkpoint-window-top-n",
+        "SET output_mode = 'append';
+         CREATE SINK smallest WITH (connector = 'memory') AS
+           SELECT v, rn, window_start FROM (
+             SELECT v, window_start, window_end,
+               ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY v) AS rn
+             FROM TABLE(TUMBLE(TABLE a, DESCRIPTOR(et), INTERVAL '2' SECOND)))
+           WHERE rn <= 2;",
+        "SELECT CAST(v AS TEXT), CAST(rn AS TEXT) FROM smallest",
+    )
+    .await;
+    whole.sort();
+    split.sort();
+    // Windows [0, 2) and [2, 4) closed (the watermark reached 4 s): values 0, 1 and
+    // 20, 21 at 10 rows a second.
+    assert_eq!(whole, strs(&["0|1", "1|2", "20|1", "21|2"]), "{whole:?}");
+    assert_eq!(split, whole);
+}
+
+#[tokio::test]
 async fn distinct_rows_and_first_rows_per_key_are_remembered_across_a_restart() {
     // v * 7 % 45 repeats after 45 values (batches 5 and 6 repeat batches 1 and 2):
     // forgotten state would emit them again.

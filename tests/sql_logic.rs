@@ -175,6 +175,7 @@ slt_files!(
     outer_joins,
     silence,
     tvf,
+    window_top_n,
     windows,
     wordcount,
 );

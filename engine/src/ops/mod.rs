@@ -40,7 +40,7 @@ pub use late::LateRowFilter;
 pub use map_with_state::{KeyedBatch, MapWithState, StateSpec, StateUpdate};
 pub use materialize::Materialize;
 pub use stream_join::{JoinTime, StreamJoin};
-pub use top_n::{OrderColumn, TopN};
+pub use top_n::{OrderColumn, TopN, WindowClose};
 pub use window::BatchWindow;
 
 /// What the batches an operator emits hold — how the plan above must read them.

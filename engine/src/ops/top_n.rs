@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
+use super::aggregate::event_time::{max_of, window_ends};
 use super::aggregate::on_cluster::{OnCluster, restore_placement};
 use super::{Emits, OperatorContext, StreamOperator};
 use crate::checkpoint::OperatorState;
@@ -51,12 +52,35 @@ pub struct TopN {
     emit_all: bool,
     /// The names of the key columns (EXPLAIN).
     key_names: Vec<String>,
+    /// The names of all columns as the query gave them (EXPLAIN).
+    names: Vec<String>,
     config: StateConfig,
     /// The kept rows of every key (ranks included), a store row per key.
     nested: Nested,
     state: KeyedState,
     /// Set when the kept rows live in state partitions on a cluster's executors.
     cluster: Option<OnCluster>,
+    /// A window top-N: the watermark closes each window's key.
+    close: Option<WindowClose>,
+    /// Event-time watermark (ms) of a window top-N, once a row was seen.
+    watermark: Option<i64>,
+    /// Rows the last batch dropped as late (their window had closed).
+    late: u64,
+}
+
+/// Flink's window top-N: a key column holds each row's window end, so the watermark
+/// tells when a window's ranking is final. Its rows then leave the state — in
+/// `append` mode they are the output (each window's first N, once) — and a row of a
+/// window the watermark already passed is late.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowClose {
+    /// The column (one of the keys) holding each row's window end.
+    pub end: usize,
+    /// The rows' event-time column, whose latest value less `delay` is the watermark.
+    pub time: usize,
+    pub delay: std::time::Duration,
+    /// Emit a window's rows when it closes (`append`), instead of as ranks change.
+    pub emit_at_close: bool,
 }
 
 /// What ranks a top-N's rows, which its state partitions' tasks need too: per key
@@ -150,10 +174,12 @@ impl TopN {
             .iter()
             .map(|&i| schema.field(i).name().clone())
             .collect();
+        let names = schema.fields().iter().map(|f| f.name().clone()).collect();
         let config = StateConfig::default();
         let (nested, state) = Self::store(&schema, &keys, config.clone())?;
         Ok(Self {
             key_names,
+            names,
             schema,
             keys,
             order,
@@ -164,7 +190,40 @@ impl TopN {
             nested,
             state,
             cluster: None,
+            close: None,
+            watermark: None,
+            late: 0,
         })
+    }
+
+    /// A window top-N (see [`WindowClose`]); `close.end` must be one of the keys.
+    pub fn with_window_close(mut self, close: WindowClose) -> Result<Self> {
+        if !self.keys.contains(&close.end) {
+            return plan_err!("a window top-N must be keyed by its window end");
+        }
+        if close.emit_at_close && self.emit_all {
+            return plan_err!("a window top-N emits at close or every batch, not both");
+        }
+        self.close = Some(close);
+        Ok(self)
+    }
+
+    /// The kept rows of the windows the watermark closed, taken out of the state.
+    fn take_closed(&mut self) -> Result<Vec<RecordBatch>> {
+        let (Some(close), Some(wm)) = (self.close, self.watermark) else {
+            return Ok(Vec::new());
+        };
+        // The window end's place among the store row's key columns.
+        let Some(key) = self.keys.iter().position(|&k| k == close.end) else {
+            return crate::internal_err!("a window top-N's end is not a key");
+        };
+        let taken = self.state.take_until(wm, &move |rows: &RecordBatch| {
+            Ok(window_ends(rows.column(key))?.iter().collect())
+        })?;
+        taken
+            .iter()
+            .map(|rows| self.nested.explode_rows(rows))
+            .collect()
     }
 
     fn ranked(&self) -> Ranked {
@@ -301,15 +360,29 @@ impl StreamOperator for TopN {
             ),
             None => "kept for the life of the query (grows with the number of keys)".into(),
         };
-        let line = format!(
-            "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, {bound}",
-            self.key_names.join(", "),
-            if self.emit_all {
-                "complete"
-            } else {
-                "update (the rows whose rank changed)"
-            },
-        );
+        let line = match self.close {
+            Some(close) => format!(
+                "TopN (ROW_NUMBER() <= {limit}), window top-N: keeps the first {limit} rows of each key [{}] by ORDER BY until the watermark ({} - {}) passes its window end {}, output {}; rows of a closed window are late; state: at most {limit} rows per key of the open windows",
+                self.key_names.join(", "),
+                self.names[close.time],
+                crate::time::format_duration(close.delay),
+                self.names[close.end],
+                if close.emit_at_close {
+                    "append (each window's rows once, when it closes)"
+                } else {
+                    "update (the rows whose rank changed)"
+                },
+            ),
+            None => format!(
+                "TopN (ROW_NUMBER() <= {limit}): keeps the first {limit} rows of each key [{}] by ORDER BY across all batches, output {}; state: at most {limit} rows per key, {bound}",
+                self.key_names.join(", "),
+                if self.emit_all {
+                    "complete"
+                } else {
+                    "update (the rows whose rank changed)"
+                },
+            ),
+        };
         match &self.cluster {
             Some(c) => c.explained(&line, self.config.partitions),
             None => line,
@@ -321,13 +394,26 @@ impl StreamOperator for TopN {
     }
 
     fn describe(&self) -> String {
+        let close = match self.close {
+            Some(c) => format!(
+                " closed at {} by {} - {} ms{}",
+                c.end,
+                c.time,
+                c.delay.as_millis(),
+                if c.emit_at_close { ", emitted" } else { "" }
+            ),
+            None => String::new(),
+        };
         format!(
-            "TopNExec keys {:?} order {:?} rank {} limit {} emit all {}",
+            "TopNExec keys {:?} order {:?} rank {} limit {} emit all {}{close}",
             self.keys, self.order, self.rank, self.limit, self.emit_all
         )
     }
 
     fn emits(&self) -> Emits {
+        if self.close.is_some_and(|c| c.emit_at_close) {
+            return Emits::Appends;
+        }
         if self.emit_all {
             Emits::WholeResult
         } else {
@@ -340,8 +426,8 @@ impl StreamOperator for TopN {
 
     fn can_partition_on_cluster(&self) -> bool {
         // Rows are routed to state partitions by their key: a top-N without keys
-        // ranks all rows together.
-        !self.keys.is_empty()
+        // ranks all rows together. A window top-N closes its windows on the driver.
+        !self.keys.is_empty() && self.close.is_none()
     }
 
     fn partition_on_cluster(&mut self, placement: crate::cluster::state::Placement) {
@@ -384,16 +470,50 @@ impl StreamOperator for TopN {
             c.processed(now);
             return Ok(Some(input));
         }
-        let new = concat_batches(&self.schema, &input)?;
+        let mut new = concat_batches(&self.schema, &input)?;
+        let mut latest = None;
+        if let Some(close) = self.close {
+            // Rows of a window the watermark passed are late: its ranking was final.
+            if let Some(wm) = self.watermark {
+                let ends = window_ends(new.column(close.end))?;
+                let open: BooleanArray = ends
+                    .iter()
+                    .map(|e| Some(e.is_none_or(|e| e > wm)))
+                    .collect();
+                let kept = filter_record_batch(&new, &open)?;
+                self.late = (new.num_rows() - kept.num_rows()) as u64;
+                new = kept;
+            } else {
+                self.late = 0;
+            }
+            latest = max_of(new.column(close.time))?;
+        }
         let ranked = self.ranked();
-        Ok(Some(fold_top_n(
+        let changed = fold_top_n(
             &mut self.state,
             &self.nested,
             &ranked,
             &self.schema,
             &new,
             now,
-        )?))
+        )?;
+        let Some(close) = self.close else {
+            return Ok(Some(changed));
+        };
+        if let Some(t) = latest {
+            let candidate = t - close.delay.as_millis() as i64;
+            self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
+        }
+        let closed = self.take_closed()?;
+        Ok(Some(if close.emit_at_close { closed } else { changed }))
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.watermark
     }
 
     fn state_stats(&self) -> StateStats {
@@ -406,7 +526,11 @@ impl StreamOperator for TopN {
         if let Some(c) = &mut self.cluster {
             return Ok(c.operator_state(self.config.partitions));
         }
-        self.state.snapshot()
+        let mut state = self.state.snapshot()?;
+        if self.close.is_some() {
+            state.meta["watermark"] = serde_json::json!(self.watermark);
+        }
+        Ok(state)
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
@@ -417,6 +541,9 @@ impl StreamOperator for TopN {
             self.config.partitions,
         )? {
             return Ok(());
+        }
+        if self.close.is_some() {
+            self.watermark = state.meta.get("watermark").and_then(|w| w.as_i64());
         }
         if state.meta.get("state").is_some() {
             return self.state.restore(state.batches);

@@ -41,7 +41,7 @@ use datafusion::logical_expr::{
     Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
 };
 use flumen_engine::ops::{
-    Changes, Dedup, Emits, Materialize, RunningAggregate, StreamOperator, TopN,
+    Changes, Dedup, Emits, Materialize, RunningAggregate, StreamOperator, TopN, WindowClose,
 };
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
 
@@ -328,12 +328,35 @@ impl StreamPlanner<'_> {
                 .with_positional_names();
             return self.replace(df, &replaced, Box::new(op), None);
         }
-        if self.mode() == OutputMode::Append {
+        // A window top-N (keyed by a window's end, over rows with an event time that
+        // has a watermark) is final once the watermark passes the window: append mode
+        // emits it then.
+        let close = (self.mode() != OutputMode::Complete)
+            .then(|| {
+                rank::window_close(f, &pattern.keys, |column| {
+                    crate::catalog::declared_watermark(
+                        self.scope.watermarks,
+                        self.scope.streams.iter().map(String::as_str),
+                        column,
+                    )
+                })
+            })
+            .flatten()
+            .map(|(end, time, delay)| WindowClose {
+                end,
+                time,
+                delay,
+                emit_at_close: self.mode() == OutputMode::Append,
+            });
+        if self.mode() == OutputMode::Append && close.is_none() {
             return refuse(format!(
                 "output mode append cannot run ROW_NUMBER() <= {} ordered by a column: a row \
                  arriving later can take the place of one already emitted; use SET \
                  output_mode = 'update' (rows are replaced by key and rank) or 'complete', or \
-                 ORDER BY _batch_time to keep the first rows to arrive",
+                 ORDER BY _batch_time to keep the first rows to arrive, or PARTITION BY the \
+                 window_start and window_end of a window table function over a stream with a \
+                 watermark (a window top-N: each window's rows once, when the watermark \
+                 passes its end)",
                 pattern.limit
             ));
         }
@@ -348,6 +371,10 @@ impl StreamPlanner<'_> {
         )
         .and_then(|op| op.with_positional_names())
         .and_then(|op| op.with_state_config(self.ctx.state_config().clone()))
+        .and_then(|op| match close {
+            Some(close) => op.with_window_close(close),
+            None => Ok(op),
+        })
         .map_err(external)?;
         self.replace(df, &replaced, Box::new(op), None)
     }

@@ -214,3 +214,32 @@ pub(super) fn unranked(filter: &Filter) -> datafusion::error::Result<LogicalPlan
     })
     .map(|t| t.data)
 }
+
+/// Flink's window top-N: `ROW_NUMBER()` partitioned by a window table function's
+/// `window_end` (a key), over rows that carry their stream's event-time column (one
+/// column of the rows the filter reads with a declared watermark — the window's
+/// input, whatever the subquery selects). The positions of the window end and the
+/// time column, and the watermark delay; `None` otherwise.
+pub(super) fn window_close(
+    filter: &Filter,
+    keys: &[usize],
+    watermark_of: impl Fn(&str) -> Option<std::time::Duration>,
+) -> Option<(usize, usize, std::time::Duration)> {
+    use datafusion::arrow::datatypes::DataType;
+    let schema = filter.input.schema();
+    let is_time = |i: usize| matches!(schema.field(i).data_type(), DataType::Timestamp(..));
+    let end = keys
+        .iter()
+        .copied()
+        .find(|&i| schema.field(i).name() == "window_end" && is_time(i))?;
+    let timed: Vec<(usize, std::time::Duration)> = (0..schema.fields().len())
+        .filter(|&i| {
+            is_time(i) && !["window_start", "window_end"].contains(&schema.field(i).name().as_str())
+        })
+        .filter_map(|i| Some((i, watermark_of(schema.field(i).name())?)))
+        .collect();
+    match timed.as_slice() {
+        [(time, delay)] => Some((end, *time, *delay)),
+        _ => None,
+    }
+}
