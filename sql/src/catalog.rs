@@ -66,7 +66,7 @@ pub struct SinkDef {
 /// An object taken out of the catalog.
 #[derive(Debug)]
 pub enum Removed {
-    Stream(StreamDef),
+    Stream(Box<StreamDef>),
     Sink(SinkDef),
 }
 
@@ -115,7 +115,7 @@ impl Catalog {
         let mut o = self.objects.lock();
         if let Some(s) = o.streams.remove(name) {
             o.feeds.remove(name);
-            return Some(Removed::Stream(s));
+            return Some(Removed::Stream(Box::new(s)));
         }
         o.sinks.remove(name).map(Removed::Sink)
     }

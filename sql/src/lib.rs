@@ -23,6 +23,7 @@ pub mod group_windows;
 pub mod hidden;
 mod join;
 pub mod ksql;
+pub mod lookup;
 pub mod planner;
 pub mod policy;
 pub mod query;

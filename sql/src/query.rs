@@ -30,6 +30,8 @@ pub struct ParsedQuery {
     pub emit: Option<OutputMode>,
     /// ksqlDB's `WINDOW ... (...)` clause, applied by [`ParsedQuery::bind`].
     pub window: Option<KsqlWindow>,
+    /// Flink's `FOR SYSTEM_TIME AS OF` clauses (lookup joins), taken off the tree.
+    pub lookups: Vec<crate::lookup::Lookup>,
 }
 
 impl ParsedQuery {
@@ -45,6 +47,7 @@ impl ParsedQuery {
         trim_end(&mut tokens);
         let window = KsqlWindow::take(&mut tokens)?;
         unwrap_flink_tvfs(&mut tokens)?;
+        let lookups = crate::lookup::take_lookups(&mut tokens)?;
         let end = tokens.last().map(|t| t.span.end);
         let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
         let query = parser
@@ -65,6 +68,7 @@ impl ParsedQuery {
             query,
             emit,
             window,
+            lookups,
         })
     }
 

@@ -330,6 +330,10 @@ impl FlumenSession {
     /// The statement DataFusion plans for `query`: the ksqlDB window on the event
     /// time of its stream, the window table functions rewritten.
     pub(super) fn bind(&self, query: &ParsedQuery) -> Result<DfStatement> {
+        if !query.lookups.is_empty() {
+            let streams = self.catalog.stream_names();
+            crate::lookup::check(&query.query, &query.lookups, |r| streams.contains(r))?;
+        }
         query.bind(|stream| self.catalog.event_time(stream))
     }
 
