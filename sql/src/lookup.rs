@@ -3,8 +3,9 @@
 //! micro-batch engine joins a stream with a table as the table is when each batch
 //! runs, which is that: the clause is taken off the tokens (sqlparser's generic
 //! dialect does not read it, DataFusion would ignore it) and checked here — it must
-//! name processing time (`PROCTIME()`, `_batch_time`, or a column a subquery of the
-//! same `FROM` defines as one of those), and its relation must be a table. Flink's
+//! name processing time (`PROCTIME()`, `_batch_time`, or a column a subquery, view or
+//! derived stream of the same `FROM` defines as one of those), and its relation must
+//! be a table. Flink's
 //! event-time temporal join (a table's version as of each row's event time) is
 //! refused with that reason, never run as something else.
 
@@ -147,9 +148,31 @@ fn is_proctime(e: &Expr) -> bool {
     }
 }
 
-/// Whether some subquery in `query`'s `FROM` clauses (named `qualifier`, when given)
-/// selects `name` as processing time.
-fn defines_proctime(query: &Query, qualifier: Option<&str>, name: &str) -> bool {
+/// Whether `query` (a `SELECT`) selects `name` as processing time.
+pub(crate) fn selects_proctime(query: &Query, name: &str) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    select.projection.iter().any(|item| match item {
+        SelectItem::ExprWithAlias { expr, alias } => {
+            alias.value.eq_ignore_ascii_case(name) && is_proctime(expr)
+        }
+        SelectItem::UnnamedExpr(e) => name == BATCH_TIME_COLUMN && is_proctime(e),
+        // `SELECT *` over a stream carries its `_batch_time`.
+        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => name == BATCH_TIME_COLUMN,
+        _ => false,
+    })
+}
+
+/// Whether a relation of `query`'s `FROM` (named or aliased `qualifier`, when given)
+/// defines `name` as processing time: a subquery that selects it so, or a view or
+/// derived stream whose query does (`view_defines`, by the relation's name).
+fn defines_proctime(
+    query: &Query,
+    qualifier: Option<&str>,
+    name: &str,
+    view_defines: &dyn Fn(&str, &str) -> bool,
+) -> bool {
     let SetExpr::Select(select) = query.body.as_ref() else {
         return false;
     };
@@ -157,31 +180,35 @@ fn defines_proctime(query: &Query, qualifier: Option<&str>, name: &str) -> bool 
         .from
         .iter()
         .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    let lower = |s: &str| s.to_ascii_lowercase();
     for factor in factors {
-        let TableFactor::Derived {
-            subquery, alias, ..
-        } = factor
-        else {
-            continue;
+        let (alias, defines) = match factor {
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => (
+                alias.as_ref().map(|a| lower(&a.name.value)),
+                selects_proctime(subquery, name),
+            ),
+            TableFactor::Table {
+                name: relation,
+                alias,
+                ..
+            } => {
+                let Some(last) = relation.0.last().and_then(|p| p.as_ident()) else {
+                    continue;
+                };
+                let relation = lower(&last.value);
+                let alias = alias
+                    .as_ref()
+                    .map(|a| lower(&a.name.value))
+                    .unwrap_or_else(|| relation.clone());
+                (Some(alias), view_defines(&relation, name))
+            }
+            _ => continue,
         };
-        let alias_name = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase());
-        if qualifier.is_some_and(|q| alias_name.as_deref() != Some(q)) {
+        if qualifier.is_some_and(|q| alias.as_deref() != Some(q)) {
             continue;
         }
-        let SetExpr::Select(inner) = subquery.body.as_ref() else {
-            continue;
-        };
-        let defines = inner.projection.iter().any(|item| match item {
-            SelectItem::ExprWithAlias { expr, alias } => {
-                alias.value.eq_ignore_ascii_case(name) && is_proctime(expr)
-            }
-            SelectItem::UnnamedExpr(e) => name == BATCH_TIME_COLUMN && is_proctime(e),
-            // `SELECT *` over a stream carries its `_batch_time`.
-            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                name == BATCH_TIME_COLUMN
-            }
-            _ => false,
-        });
         if defines {
             return true;
         }
@@ -189,12 +216,14 @@ fn defines_proctime(query: &Query, qualifier: Option<&str>, name: &str) -> bool 
     false
 }
 
-/// Checks each lookup of `query` names processing time; `streams` are the session's
-/// streams, which a lookup cannot read.
+/// Checks each lookup of `query` names processing time and reads no stream
+/// (`is_stream`); `view_defines(relation, column)`: whether a view or derived stream
+/// of that name selects that column as processing time.
 pub(crate) fn check(
     query: &Query,
     lookups: &[Lookup],
     is_stream: impl Fn(&str) -> bool,
+    view_defines: impl Fn(&str, &str) -> bool,
 ) -> Result<()> {
     for l in lookups {
         if is_stream(&l.relation) {
@@ -210,14 +239,15 @@ pub(crate) fn check(
         let processing = match &l.at {
             LookupTime::Proctime => true,
             LookupTime::Column { qualifier, name } => {
-                name == BATCH_TIME_COLUMN || defines_proctime(query, qualifier.as_deref(), name)
+                name == BATCH_TIME_COLUMN
+                    || defines_proctime(query, qualifier.as_deref(), name, &view_defines)
             }
         };
         if !processing {
             return plan_err!(
                 "{} FOR SYSTEM_TIME AS OF {}: Flumen joins a table as it is when each batch \
                  runs (a lookup at processing time), so the time must be PROCTIME() or a \
-                 column the subquery it comes from defines as PROCTIME(); a table's version \
+                 column the subquery or view it comes from defines as PROCTIME(); a table's version \
                  as of each row's event time (Flink's event-time temporal join) is not \
                  supported",
                 l.relation,

@@ -332,7 +332,22 @@ impl FlumenSession {
     pub(super) fn bind(&self, query: &ParsedQuery) -> Result<DfStatement> {
         if !query.lookups.is_empty() {
             let streams = self.catalog.stream_names();
-            crate::lookup::check(&query.query, &query.lookups, |r| streams.contains(r))?;
+            let view_defines = |relation: &str, column: &str| {
+                self.catalog
+                    .stream(relation)
+                    .is_some_and(|def| match &def.kind {
+                        crate::catalog::StreamKind::Derived { query } => {
+                            crate::lookup::selects_proctime(&query.query, column)
+                        }
+                        crate::catalog::StreamKind::Source { .. } => false,
+                    })
+            };
+            crate::lookup::check(
+                &query.query,
+                &query.lookups,
+                |r| streams.contains(r),
+                view_defines,
+            )?;
         }
         query.bind(|stream| self.catalog.event_time(stream))
     }
