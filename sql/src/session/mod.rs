@@ -356,7 +356,11 @@ impl FlumenSession {
     /// tree names one (no planning: the query is planned once, by `plan_streaming` or
     /// by DataFusion as a batch query).
     pub(super) fn reads_streams(&self, query: &ParsedQuery) -> bool {
-        let Ok(DfStatement::Statement(statement)) = self.bind(query) else {
+        // The tree only (not `Self::bind`'s checks): a query over streams that a check
+        // refuses must be refused as one, not handed to DataFusion as text.
+        let Ok(DfStatement::Statement(statement)) =
+            query.bind(|stream| self.catalog.event_time(stream))
+        else {
             // Not a query Flumen can rewrite: as an ordinary one, DataFusion reports it.
             return false;
         };
