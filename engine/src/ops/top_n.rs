@@ -205,21 +205,32 @@ impl TopN {
             return plan_err!("a window top-N emits at close or every batch, not both");
         }
         self.close = Some(close);
+        // Each segment of the store knows its earliest window end as it is written,
+        // so closing windows reads only the segments that hold a closed one.
+        self.state.set_bound(self.window_end_bound()?);
         Ok(self)
+    }
+
+    /// A store row's window end (the key column `close.end` is among the store's keys).
+    fn window_end_bound(&self) -> Result<Arc<crate::state::BoundFn>> {
+        let Some(key) = self
+            .close
+            .and_then(|c| self.keys.iter().position(|&k| k == c.end))
+        else {
+            return crate::internal_err!("a window top-N's end is not a key");
+        };
+        Ok(Arc::new(move |rows: &RecordBatch| {
+            Ok(window_ends(rows.column(key))?.iter().collect())
+        }))
     }
 
     /// The kept rows of the windows the watermark closed, taken out of the state.
     fn take_closed(&mut self) -> Result<Vec<RecordBatch>> {
-        let (Some(close), Some(wm)) = (self.close, self.watermark) else {
+        let (Some(_), Some(wm)) = (self.close, self.watermark) else {
             return Ok(Vec::new());
         };
-        // The window end's place among the store row's key columns.
-        let Some(key) = self.keys.iter().position(|&k| k == close.end) else {
-            return crate::internal_err!("a window top-N's end is not a key");
-        };
-        let taken = self.state.take_until(wm, &move |rows: &RecordBatch| {
-            Ok(window_ends(rows.column(key))?.iter().collect())
-        })?;
+        let bound = self.window_end_bound()?;
+        let taken = self.state.take_until(wm, bound.as_ref())?;
         taken
             .iter()
             .map(|rows| self.nested.explode_rows(rows))
@@ -257,6 +268,9 @@ impl TopN {
     pub fn with_state_config(mut self, config: StateConfig) -> Result<Self> {
         (self.nested, self.state) = Self::store(&self.schema, &self.keys, config.clone())?;
         self.config = config;
+        if self.close.is_some() {
+            self.state.set_bound(self.window_end_bound()?);
+        }
         Ok(self)
     }
 }
