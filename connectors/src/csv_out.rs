@@ -3,7 +3,10 @@
 //! writer (which formats every value through `Display` into a string first), at a
 //! fraction of its cost. A batch with another type is Arrow's to write.
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, LargeStringArray, RecordBatch, StringArray,
+    StringViewArray,
+};
 use datafusion::arrow::datatypes::{
     DataType, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
@@ -11,33 +14,14 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::temporal_conversions::timestamp_s_to_datetime;
 
-/// Whether [`encode`] writes columns of this type.
-fn supported(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Boolean
-            | DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Timestamp(_, None)
-    )
-}
-
 /// `batches` as CSV with a header line, as Arrow's writer with a header writes them;
 /// `None` when a column has a type only Arrow's writer knows.
 pub(crate) fn encode(batches: &[RecordBatch]) -> Option<Vec<u8>> {
-    let schema = batches.first()?.schema();
-    if !schema.fields().iter().all(|f| supported(f.data_type())) {
+    let first = batches.first()?;
+    if !first.columns().iter().all(|c| Column::of(c).is_some()) {
         return None;
     }
+    let schema = first.schema();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut out = Vec::with_capacity(64 + rows * 16 * schema.fields().len());
     for (i, f) in schema.fields().iter().enumerate() {
@@ -49,14 +33,20 @@ pub(crate) fn encode(batches: &[RecordBatch]) -> Option<Vec<u8>> {
     out.push(b'\n');
     let mut seconds = Seconds::default();
     for b in batches {
-        let columns = b.columns();
+        let columns = b
+            .columns()
+            .iter()
+            .map(|c| Some((Column::of(c)?, c.logical_nulls())))
+            .collect::<Option<Vec<_>>>()?;
         for row in 0..b.num_rows() {
             let start = out.len();
-            for (i, c) in columns.iter().enumerate() {
+            for (i, (c, nulls)) in columns.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                value(&mut out, c, row, &mut seconds)?;
+                if nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
+                    c.write(&mut out, row, &mut seconds)?;
+                }
             }
             // A record of one empty field is `""`: an empty line would be no record.
             if out.len() == start {
@@ -96,69 +86,103 @@ struct Seconds {
     text: String,
 }
 
-/// Row `row` of column `c` (empty for null); `None`: a timestamp out of range.
-fn value(out: &mut Vec<u8>, c: &ArrayRef, row: usize, seconds: &mut Seconds) -> Option<()> {
-    if c.is_null(row) {
-        return Some(());
+/// A column with its type resolved once a batch: each value is then written without
+/// asking the array what it is.
+enum Column<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    Bool(&'a BooleanArray),
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    View(&'a StringViewArray),
+    /// Values, and how many of them make a second.
+    Time(&'a [i64], i64),
+}
+
+impl<'a> Column<'a> {
+    fn of(c: &'a ArrayRef) -> Option<Self> {
+        Some(match c.data_type() {
+            DataType::Int8 => Column::I8(c.as_primitive::<Int8Type>().values()),
+            DataType::Int16 => Column::I16(c.as_primitive::<Int16Type>().values()),
+            DataType::Int32 => Column::I32(c.as_primitive::<Int32Type>().values()),
+            DataType::Int64 => Column::I64(c.as_primitive::<Int64Type>().values()),
+            DataType::UInt8 => Column::U8(c.as_primitive::<UInt8Type>().values()),
+            DataType::UInt16 => Column::U16(c.as_primitive::<UInt16Type>().values()),
+            DataType::UInt32 => Column::U32(c.as_primitive::<UInt32Type>().values()),
+            DataType::UInt64 => Column::U64(c.as_primitive::<UInt64Type>().values()),
+            DataType::Boolean => Column::Bool(c.as_boolean()),
+            DataType::Utf8 => Column::Utf8(c.as_string::<i32>()),
+            DataType::LargeUtf8 => Column::LargeUtf8(c.as_string::<i64>()),
+            DataType::Utf8View => Column::View(c.as_string_view()),
+            DataType::Timestamp(TimeUnit::Second, None) => {
+                Column::Time(c.as_primitive::<TimestampSecondType>().values(), 1)
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, None) => {
+                Column::Time(c.as_primitive::<TimestampMillisecondType>().values(), 1_000)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, None) => Column::Time(
+                c.as_primitive::<TimestampMicrosecondType>().values(),
+                1_000_000,
+            ),
+            DataType::Timestamp(TimeUnit::Nanosecond, None) => Column::Time(
+                c.as_primitive::<TimestampNanosecondType>().values(),
+                1_000_000_000,
+            ),
+            _ => return None,
+        })
     }
-    match c.data_type() {
-        DataType::Int8 => int(out, c.as_primitive::<Int8Type>().value(row)),
-        DataType::Int16 => int(out, c.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => int(out, c.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => int(out, c.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => int(out, c.as_primitive::<UInt8Type>().value(row)),
-        DataType::UInt16 => int(out, c.as_primitive::<UInt16Type>().value(row)),
-        DataType::UInt32 => int(out, c.as_primitive::<UInt32Type>().value(row)),
-        DataType::UInt64 => int(out, c.as_primitive::<UInt64Type>().value(row)),
-        DataType::Boolean => out.extend_from_slice(if c.as_boolean().value(row) {
-            b"true"
-        } else {
-            b"false"
-        }),
-        DataType::Utf8 => text(out, c.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => text(out, c.as_string::<i64>().value(row)),
-        DataType::Utf8View => text(out, c.as_string_view().value(row)),
-        DataType::Timestamp(unit, None) => {
-            let (v, per_second) = match unit {
-                TimeUnit::Second => (c.as_primitive::<TimestampSecondType>().value(row), 1),
-                TimeUnit::Millisecond => (
-                    c.as_primitive::<TimestampMillisecondType>().value(row),
-                    1_000,
-                ),
-                TimeUnit::Microsecond => (
-                    c.as_primitive::<TimestampMicrosecondType>().value(row),
-                    1_000_000,
-                ),
-                TimeUnit::Nanosecond => (
-                    c.as_primitive::<TimestampNanosecondType>().value(row),
-                    1_000_000_000,
-                ),
-            };
-            let second = v.div_euclid(per_second);
-            if seconds.second != Some(second) {
-                let whole = timestamp_s_to_datetime(second)?;
-                seconds.text = format!("{whole:?}");
-                seconds.second = Some(second);
-            }
-            out.extend_from_slice(seconds.text.as_bytes());
-            // chrono's fraction: none, or 3, 6 or 9 digits, the fewest that hold it.
-            let nanos = v.rem_euclid(per_second) * (1_000_000_000 / per_second);
-            if nanos != 0 {
-                let (digits, scaled) = if nanos % 1_000_000 == 0 {
-                    (3, nanos / 1_000_000)
-                } else if nanos % 1_000 == 0 {
-                    (6, nanos / 1_000)
-                } else {
-                    (9, nanos)
-                };
-                out.push(b'.');
-                let mut buffer = itoa::Buffer::new();
-                let text = buffer.format(scaled).as_bytes();
-                out.extend(std::iter::repeat_n(b'0', digits - text.len()));
-                out.extend_from_slice(text);
-            }
+
+    /// Row `row` (not null); `None`: a timestamp out of range.
+    fn write(&self, out: &mut Vec<u8>, row: usize, seconds: &mut Seconds) -> Option<()> {
+        match self {
+            Column::I8(v) => int(out, v[row]),
+            Column::I16(v) => int(out, v[row]),
+            Column::I32(v) => int(out, v[row]),
+            Column::I64(v) => int(out, v[row]),
+            Column::U8(v) => int(out, v[row]),
+            Column::U16(v) => int(out, v[row]),
+            Column::U32(v) => int(out, v[row]),
+            Column::U64(v) => int(out, v[row]),
+            Column::Bool(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
+            Column::Utf8(a) => text(out, a.value(row)),
+            Column::LargeUtf8(a) => text(out, a.value(row)),
+            Column::View(a) => text(out, a.value(row)),
+            Column::Time(values, per_second) => timestamp(out, values[row], *per_second, seconds)?,
         }
-        _ => return None,
+        Some(())
+    }
+}
+
+/// A timestamp as chrono prints it (`2023-11-14T22:34:05.123`), as Arrow writes one.
+fn timestamp(out: &mut Vec<u8>, v: i64, per_second: i64, seconds: &mut Seconds) -> Option<()> {
+    let second = v.div_euclid(per_second);
+    if seconds.second != Some(second) {
+        let whole = timestamp_s_to_datetime(second)?;
+        seconds.text = format!("{whole:?}");
+        seconds.second = Some(second);
+    }
+    out.extend_from_slice(seconds.text.as_bytes());
+    // chrono's fraction: none, or 3, 6 or 9 digits, the fewest that hold it.
+    let nanos = v.rem_euclid(per_second) * (1_000_000_000 / per_second);
+    if nanos != 0 {
+        let (digits, scaled) = if nanos % 1_000_000 == 0 {
+            (3, nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            (6, nanos / 1_000)
+        } else {
+            (9, nanos)
+        };
+        out.push(b'.');
+        let mut buffer = itoa::Buffer::new();
+        let text = buffer.format(scaled).as_bytes();
+        out.extend(std::iter::repeat_n(b'0', digits - text.len()));
+        out.extend_from_slice(text);
     }
     Some(())
 }
