@@ -149,7 +149,23 @@ pub async fn run_executor(options: ExecutorOptions, functions: Functions) -> Res
             work_dir.display()
         ))
     })?;
+    // Ballista binds the Flight port only after the executor has registered, so a
+    // port another process holds made an executor the scheduler counted and then
+    // lost. Bound here, a taken port is an error before anything registers.
+    let flight_addr = format!("{}:{}", options.host, options.port);
+    let flight = std::net::TcpListener::bind(&flight_addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| {
+            Error::Plan(format!(
+                "executor: cannot listen on {flight_addr} (its Flight port): {e}"
+            ))
+        })?;
+    let flight = std::sync::Mutex::new(Some(flight));
     let config = ExecutorProcessConfig {
+        override_arrow_flight_service: Some(Arc::new(move |work_dir, _addr, shutdown, grpc| {
+            let listener = flight.lock().ok().and_then(|mut l| l.take());
+            serve_flight(listener, work_dir, shutdown, grpc)
+        })),
         bind_host: options.host.clone(),
         external_host: Some(options.host.clone()),
         port: options.port,
@@ -168,10 +184,46 @@ pub async fn run_executor(options: ExecutorOptions, functions: Functions) -> Res
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&state))),
         ..ExecutorProcessConfig::default()
     };
-    let what = format!("executor on {}:{}", options.host, options.port);
+    let what = format!(
+        "executor on {}:{} (gRPC port {})",
+        options.host, options.port, options.grpc_port
+    );
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| ballista_error(&what, e))
+}
+
+/// Ballista's Flight service (an executor's shuffle files) on the socket
+/// [`run_executor`] bound.
+fn serve_flight(
+    listener: Option<std::net::TcpListener>,
+    work_dir: String,
+    mut shutdown: ballista_executor::shutdown::Shutdown,
+    grpc: ballista_core::utils::GrpcServerConfig,
+) -> tokio::task::JoinHandle<std::result::Result<(), ballista_core::error::BallistaError>> {
+    use ballista_core::error::BallistaError;
+    tokio::spawn(async move {
+        let listener = listener.ok_or_else(|| {
+            BallistaError::General("the executor's Flight service was started twice".into())
+        })?;
+        let incoming = tonic::transport::server::TcpIncoming::from(
+            tokio::net::TcpListener::from_std(listener)?,
+        )
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(
+            grpc.tcp_keepalive_seconds,
+        )));
+        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+            ballista_executor::flight_service::BallistaFlightService::new(work_dir),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        ballista_core::utils::create_grpc_server(&grpc)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.recv())
+            .await
+            .map_err(BallistaError::TonicError)
+    })
 }
 
 /// A free TCP port on `host`, for a process that binds it itself.
@@ -184,12 +236,20 @@ pub fn free_port(host: &str) -> Result<u16> {
 /// caller's tokio runtime: what the tests run queries on.
 pub struct LocalCluster {
     pub url: ClusterUrl,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    scheduler: tokio::task::JoinHandle<Result<()>>,
+    executors: Vec<tokio::task::JoinHandle<Result<()>>>,
 }
+
+/// How long [`LocalCluster::start`] waits for its executors to register, and how
+/// many times it starts an executor that ended before registering.
+const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+const EXECUTOR_STARTS: usize = 4;
 
 impl LocalCluster {
     /// A scheduler and `executors` executors of `slots` task slots each, once every
-    /// executor has registered.
+    /// executor has registered. An executor that ends before then (its ports, picked
+    /// free, taken meanwhile by another process; its registration refused) is
+    /// started again on new ports, a few times; the error names why each ended.
     pub async fn start(executors: usize, slots: usize, functions: Functions) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
@@ -197,52 +257,107 @@ impl LocalCluster {
             host: "127.0.0.1".into(),
             port: addr.port(),
         };
-        let mut tasks = Vec::new();
-        let f = functions.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_scheduler(listener, f).await {
-                log::error!("scheduler: {e}");
-            }
-        }));
+        let scheduler = tokio::spawn(serve_scheduler(listener, functions.clone()));
+        let mut cluster = Self {
+            url,
+            scheduler,
+            executors: Vec::new(),
+        };
         for _ in 0..executors {
-            let options = ExecutorOptions {
-                scheduler: url.clone(),
-                host: "127.0.0.1".into(),
-                port: free_port("127.0.0.1")?,
-                grpc_port: free_port("127.0.0.1")?,
-                slots,
-                work_dir: None,
-            };
-            let f = functions.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = run_executor(options, f).await {
-                    log::error!("executor: {e}");
-                }
-            }));
+            let executor = cluster.spawn_executor(slots, &functions)?;
+            cluster.executors.push(executor);
         }
-        let cluster = Self { url, tasks };
-        cluster.wait_for_executors(executors).await?;
+        cluster
+            .wait_for_executors(executors, slots, &functions)
+            .await?;
         Ok(cluster)
     }
 
-    /// Waits (at most 60 s) until `n` executors have registered with the scheduler.
-    async fn wait_for_executors(&self, n: usize) -> Result<()> {
-        for _ in 0..600 {
-            if executor_count(&self.url).await.unwrap_or(0) >= n {
+    fn spawn_executor(
+        &self,
+        slots: usize,
+        functions: &Functions,
+    ) -> Result<tokio::task::JoinHandle<Result<()>>> {
+        let options = ExecutorOptions {
+            scheduler: self.url.clone(),
+            host: "127.0.0.1".into(),
+            port: free_port("127.0.0.1")?,
+            grpc_port: free_port("127.0.0.1")?,
+            slots,
+            work_dir: None,
+        };
+        Ok(tokio::spawn(run_executor(options, functions.clone())))
+    }
+
+    /// Waits until `n` executors have registered with the scheduler, starting again
+    /// those that end first.
+    async fn wait_for_executors(
+        &mut self,
+        n: usize,
+        slots: usize,
+        functions: &Functions,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
+        let mut ended: Vec<String> = Vec::new();
+        let mut registered = 0;
+        while tokio::time::Instant::now() < deadline {
+            if self.scheduler.is_finished() {
+                let why = match (&mut self.scheduler).await {
+                    Ok(Ok(())) => "it stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(ballista_error(
+                    &self.url.to_string(),
+                    format!("the scheduler ended before its executors registered: {why}"),
+                ));
+            }
+            for i in 0..self.executors.len() {
+                if !self.executors[i].is_finished() {
+                    continue;
+                }
+                let why = match (&mut self.executors[i]).await {
+                    Ok(Ok(())) => "it stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                ended.push(why);
+                if ended.len() > EXECUTOR_STARTS * n {
+                    return Err(ballista_error(
+                        &self.url.to_string(),
+                        format!(
+                            "executors keep ending before they register: {}",
+                            ended.join("; ")
+                        ),
+                    ));
+                }
+                log::warn!(
+                    "an executor ended before registering ({}); starting another",
+                    ended.last().map(String::as_str).unwrap_or_default()
+                );
+                self.executors[i] = self.spawn_executor(slots, functions)?;
+            }
+            registered = executor_count(&self.url).await.unwrap_or(0);
+            if registered >= n {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Err(ballista_error(
-            &self.url.to_string(),
-            format!("{n} executors did not register within 60 s"),
-        ))
+        let mut message = format!(
+            "{registered} of {n} executors registered within {} s",
+            REGISTER_WAIT.as_secs()
+        );
+        if !ended.is_empty() {
+            message.push_str(&format!("; executors that ended: {}", ended.join("; ")));
+        }
+        Err(ballista_error(&self.url.to_string(), message))
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        self.scheduler.abort();
+        for t in &self.executors {
             t.abort();
         }
     }
