@@ -11,6 +11,11 @@ def query(n):
     body = text[text.index(f'INSERT INTO nexmark_q{n}'):]
     sel = body[body.index('\n')+1:].strip().rstrip(';')
     return sel
+def functions(n):
+    """The file's CREATE FUNCTION statements (q14's count_char)."""
+    text = (root/f'benchmarks/nexmark/q{n}.sql').read_text()
+    text = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith('--'))
+    return [s.strip() for s in text.split(';') if s.strip().upper().startswith('CREATE FUNCTION')]
 COLS = {
  'person': "id BIGINT NOT NULL, name TEXT NOT NULL, email_address TEXT NOT NULL, credit_card TEXT NOT NULL, city TEXT NOT NULL, state TEXT NOT NULL, date_time TIMESTAMP NOT NULL, extra TEXT NOT NULL",
  'auction': "id BIGINT NOT NULL, item_name TEXT NOT NULL, description TEXT NOT NULL, initial_bid BIGINT NOT NULL, reserve BIGINT NOT NULL, date_time TIMESTAMP NOT NULL, expires TIMESTAMP NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL, extra TEXT NOT NULL",
@@ -53,6 +58,9 @@ for t in ['person','auction','bid']:
 MODES = {4:'complete',5:'append',7:'append',8:'append',9:'complete',11:'append',12:'append',15:'complete',16:'complete',17:'complete',18:'complete',19:'complete'}
 SKIP = {6}
 COUNTS = {0:18401,1:18401,2:169,3:111,4:6,5:15,7:2,8:195,9:1132,10:18401,11:382,12:502,13:18401,14:5162,15:1,16:6026,17:1203,18:9653,19:9685,20:3717,21:17475,22:18401}
+for n in range(23):
+    for f in functions(n):
+        w(f"statement ok\n{f};\n")
 w("statement ok\nCREATE TABLE side_input AS SELECT value AS key, 'side-' || CAST(value AS TEXT) AS value FROM range(0, 10000);\n")
 for n in range(23):
     if n in SKIP: continue

@@ -550,9 +550,10 @@ async fn a_checkpoint_on_s3_survives_a_stop_and_a_kill() {
     }
 }
 
-/// A checkpoint is resumed only by the query that wrote it: a changed group key,
-/// aggregate, filter before the state, or source option that changes what is read is
-/// refused with what differs; options that change only how fast it is read are not.
+/// A checkpoint is resumed only by the query that wrote it: a changed group key
+/// (also through a SQL function's body), aggregate, filter before the state, or source
+/// option that changes what is read is refused with what differs; options that change
+/// only how fast it is read are not.
 #[tokio::test]
 async fn a_changed_query_or_source_is_refused_naming_what_differs() {
     let base = "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
@@ -563,6 +564,8 @@ async fn a_changed_query_or_source_is_refused_naming_what_differs() {
              CREATE TABLE t AS SELECT line, count(*) AS n FROM f GROUP BY line;"
         )
     };
+    let by_function = "CREATE STREAM r WITH (connector = 'rate', rows_per_second = '10');
+                CREATE TABLE t AS SELECT g(value) AS k, sum(value) AS s FROM r GROUP BY g(value);";
     let (a, b) = (temp_dir("changed-files-a"), temp_dir("changed-files-b"));
     let cases: Vec<(String, String, &str)> = vec![
         (
@@ -589,6 +592,12 @@ async fn a_changed_query_or_source_is_refused_naming_what_differs() {
             files(&a.display().to_string()),
             files(&b.display().to_string()),
             "changed-files-b",
+        ),
+        // The same text calling a function whose body changed (`CREATE FUNCTION`).
+        (
+            format!("CREATE FUNCTION g(v BIGINT) RETURNS BIGINT RETURN v % 3; {by_function}"),
+            format!("CREATE FUNCTION g(v BIGINT) RETURNS BIGINT RETURN v % 5; {by_function}"),
+            "Int64(5)",
         ),
     ];
     for (first, second, differs) in cases {

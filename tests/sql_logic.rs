@@ -167,6 +167,7 @@ slt_files!(
     dedup,
     errors,
     functions,
+    sql_functions,
     generators,
     joins,
     ksql,

@@ -79,6 +79,17 @@ SUITE_TABLES = {
 QUERY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nexmark")
 
 
+def sql_function(stmt):
+    """`CREATE FUNCTION name(p TYPE, ...) RETURNS type RETURN body`: name, parameter
+    names and body."""
+    m = re.match(r"CREATE FUNCTION\s+(\w+)\s*\((.*?)\)\s*RETURNS\s+\w+\s+RETURN\s+(.*)$",
+                 stmt, re.S | re.I)
+    if not m:
+        raise SystemExit(f"a function definition not understood: {stmt[:60]}")
+    params = [p.split()[0] for p in m.group(2).split(",")]
+    return m.group(1), params, m.group(3).strip()
+
+
 def suite_statements(query):
     """The Flink statements of benchmarks/nexmark/<query>.sql: its views, and the
     SELECT its INSERT INTO runs. Flumen's own statements (SET, CREATE SINK) are left
@@ -86,7 +97,7 @@ def suite_statements(query):
     10,000 keys here (nexmark-flink's is a lookup table over a file)."""
     text = open(os.path.join(QUERY_DIR, f"{query}.sql")).read()
     text = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("--"))
-    views, select = [], None
+    views, select, functions = [], None, []
     for stmt in (s.strip() for s in text.split(";")):
         head = stmt.upper()
         if not stmt or head.startswith("SET ") or head.startswith("CREATE SINK"):
@@ -98,13 +109,24 @@ def suite_statements(query):
                       'fields.key.end' = '9999')""")
         elif head.startswith("CREATE VIEW"):
             views.append("CREATE TEMPORARY VIEW" + stmt[len("CREATE VIEW"):])
+        elif head.startswith("CREATE FUNCTION"):
+            functions.append(sql_function(stmt))
         elif head.startswith("INSERT INTO"):
             select = re.sub(r"^INSERT INTO\s+\S+\s*", "", stmt, flags=re.I)
         else:
             raise SystemExit(f"{query}: statement not understood: {stmt[:60]}")
+    # A function the file defines in SQL (q14's count_char, a Java class in
+    # nexmark-flink) is written out where it is called: Flink has no SQL functions.
+    for name, params, body in functions:
+        def expand(m, params=params, body=body):
+            args = [a.strip() for a in m.group(1).split(",")]
+            return "(" + re.sub(r"\b(\w+)\b",
+                                lambda w: args[params.index(w.group(1))]
+                                if w.group(1) in params else w.group(1), body) + ")"
+        select = re.sub(rf"\b{name}\(([^()]*)\)", expand, select, flags=re.I)
     # Where the file's text is Flumen's, not Flink's: `value`, `day` and `minute` are reserved
-    # words in Flink (nexmark-flink quotes them), and q14's `length` (Flumen's stand-in
-    # for nexmark-flink's count_char UDF) is Flink's CHAR_LENGTH.
+    # words in Flink (nexmark-flink quotes them), and `length` (in q14's count_char) is
+    # Flink's CHAR_LENGTH.
     select = re.sub(r"\bS\.value\b", "S.`value`", select)
     select = re.sub(r"\bas (day|minute)\b", r"AS `\1`", select, flags=re.I)
     select = re.sub(r"\blength\(", "CHAR_LENGTH(", select, flags=re.I)

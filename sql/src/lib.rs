@@ -28,6 +28,7 @@ pub mod planner;
 pub mod policy;
 pub mod query;
 pub mod session;
+pub mod sql_function;
 pub mod statement;
 pub mod tvf;
 pub mod ui;

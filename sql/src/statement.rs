@@ -124,6 +124,13 @@ pub enum Statement {
     Advance(u64),
     /// A query: over streams, a continuous query; otherwise DataFusion's.
     Query(ParsedQuery),
+    /// `CREATE [OR REPLACE] FUNCTION name(params) RETURNS type RETURN expr`.
+    CreateFunction(crate::sql_function::Definition),
+    /// `DROP FUNCTION [IF EXISTS] name [(types)]`.
+    DropFunction {
+        name: String,
+        if_exists: bool,
+    },
     /// Anything else: DataFusion's SQL.
     Other(String),
 }
@@ -276,6 +283,9 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
     let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
     let first = peek_word(&p).unwrap_or_default();
     match first.as_str() {
+        "CREATE" if creates_function(sql) => Ok(Statement::CreateFunction(
+            crate::sql_function::parse_create_function(sql)?,
+        )),
         "CREATE" => parse_create(sql, &mut p),
         "INSERT" => parse_insert(sql, &mut p),
         "SET" => parse_set(sql, &mut p),
@@ -301,6 +311,25 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         }
         "DROP" => {
             p.next_token();
+            if next_word_is(&mut p, "FUNCTION") {
+                let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+                let name = ident(&mut p)?;
+                // PostgreSQL's parameter types, which tell overloads apart: one
+                // function per name here.
+                if p.consume_token(&Token::LParen) {
+                    let mut depth = 1;
+                    while depth > 0 {
+                        match p.next_token().token {
+                            Token::LParen => depth += 1,
+                            Token::RParen => depth -= 1,
+                            Token::EOF => return plan_err!("syntax error: expected )"),
+                            _ => {}
+                        }
+                    }
+                }
+                expect_end(&mut p)?;
+                return Ok(Statement::DropFunction { name, if_exists });
+            }
             let kind = match peek_word(&p).as_deref() {
                 Some("STREAM") => ObjectKind::Stream,
                 Some("SINK") => ObjectKind::Sink,
@@ -332,6 +361,27 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
 }
 
 /// `CREATE STREAM | SINK | TABLE ... AS`, else DataFusion's CREATE.
+/// Whether `sql` is `CREATE [OR REPLACE] [TEMPORARY [SYSTEM]] FUNCTION ...`.
+fn creates_function(sql: &str) -> bool {
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return false;
+    };
+    let words = tokens.iter().filter_map(|t| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        Token::Whitespace(_) => None,
+        _ => Some(String::new()),
+    });
+    for w in words.skip(1) {
+        match w.as_str() {
+            "OR" | "REPLACE" | "TEMPORARY" | "TEMP" | "SYSTEM" => continue,
+            "FUNCTION" => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn parse_create(sql: &str, p: &mut Parser) -> Result<Statement> {
     p.next_token();
     let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);

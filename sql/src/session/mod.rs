@@ -262,7 +262,83 @@ impl FlumenSession {
                     self.batch_query(&query).await
                 }
             }
+            Statement::CreateFunction(definition) => self.create_function(definition).await,
+            Statement::DropFunction { name, if_exists } => self.drop_function(&name, if_exists),
             Statement::Other(sql) => self.datafusion(&sql).await,
+        }
+    }
+
+    /// `CREATE [OR REPLACE] FUNCTION`: the body planned by DataFusion over the
+    /// parameters' types, registered for the queries started from now on (a running
+    /// query keeps the functions it started with).
+    async fn create_function(
+        &mut self,
+        definition: crate::sql_function::Definition,
+    ) -> Result<StatementResult> {
+        use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+        let name = definition.name.clone();
+        let state = self.base.state();
+        match state.scalar_functions().get(&name) {
+            Some(f) if !f.inner().is::<crate::sql_function::SqlFunction>() => {
+                return plan_err!("'{name}' is a built-in function: give yours another name");
+            }
+            Some(_) if !definition.or_replace => {
+                return plan_err!(
+                    "function '{name}' already exists (CREATE OR REPLACE FUNCTION replaces it)"
+                );
+            }
+            _ => {}
+        }
+        if state.aggregate_functions().contains_key(&name)
+            || state.window_functions().contains_key(&name)
+        {
+            return plan_err!("'{name}' is a built-in function: give yours another name");
+        }
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(definition.statement))
+            .await
+            .map_err(|e| flumen_engine::Error::Plan(format!("function '{name}': {e}")))?;
+        let LogicalPlan::Ddl(DdlStatement::CreateFunction(f)) = plan else {
+            return plan_err!("function '{name}': not a function definition");
+        };
+        let params = f
+            .args
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.data_type)
+            .collect();
+        let (Some(returns), Some(body)) = (f.return_type, f.params.function_body) else {
+            return plan_err!("function '{name}': RETURNS <type> and a body are needed");
+        };
+        let function = crate::sql_function::SqlFunction::try_new(
+            &state,
+            &name,
+            params,
+            returns,
+            body,
+            definition.text,
+        )?;
+        self.base
+            .register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(function));
+        Ok(StatementResult::Done(format!("Function '{name}' created")))
+    }
+
+    /// `DROP FUNCTION [IF EXISTS] name`: a function `CREATE FUNCTION` defined.
+    fn drop_function(&mut self, name: &str, if_exists: bool) -> Result<StatementResult> {
+        let state = self.base.state();
+        match state.scalar_functions().get(name) {
+            Some(f) if f.inner().is::<crate::sql_function::SqlFunction>() => {
+                self.base.deregister_udf(name);
+                Ok(StatementResult::Done(format!("Function '{name}' dropped")))
+            }
+            Some(_) => plan_err!("'{name}' is a built-in function: it cannot be dropped"),
+            None if state.aggregate_functions().contains_key(name)
+                || state.window_functions().contains_key(name) =>
+            {
+                plan_err!("'{name}' is a built-in function: it cannot be dropped")
+            }
+            None if if_exists => Ok(StatementResult::Done(String::new())),
+            None => plan_err!("function '{name}' does not exist"),
         }
     }
 
@@ -410,6 +486,7 @@ pub(crate) async fn plan_batch_dataframe(
     statement: DfStatement,
 ) -> Result<DataFrame> {
     let plan = session.state().statement_to_plan(statement).await?;
+    let plan = crate::sql_function::inline(plan)?;
     let plan = crate::batch_windows::expand(plan)?;
     Ok(session.execute_logical_plan(plan).await?)
 }
@@ -419,5 +496,6 @@ pub(crate) async fn plan_dataframe(
     statement: DfStatement,
 ) -> Result<DataFrame> {
     let plan = session.state().statement_to_plan(statement).await?;
+    let plan = crate::sql_function::inline(plan)?;
     Ok(session.execute_logical_plan(plan).await?)
 }
