@@ -542,6 +542,128 @@ fn available_now_reads_the_files_already_there() {
     assert!(stdout.contains("one") && stdout.contains("two"), "{stdout}");
 }
 
+/// The event-time operators' rows under `--trigger available-now` and a script
+/// over `dir` (a stream `s` in `dir/s`, `clicks` in `dir/clicks`), `extra` statements
+/// first: the console's CSV rows, sorted, header lines left out.
+fn event_time_rows(dir: &std::path::Path, extra: &str) -> Vec<String> {
+    let f = script(
+        &format!("event-time-{}.sql", dir.file_name().unwrap().to_string_lossy()),
+        &format!(
+            "SET output_mode = 'append'; {extra}
+             CREATE STREAM s (ts TIMESTAMP, k TEXT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (connector = 'files', path = '{d}/s', format = 'csv');
+             CREATE STREAM clicks (cts TIMESTAMP, ck TEXT, WATERMARK FOR cts AS cts - INTERVAL '1' SECOND)
+               WITH (connector = 'files', path = '{d}/clicks', format = 'csv');
+             CREATE SINK tumble WITH (connector = 'console') AS SELECT 'tumble' AS q, window_start, count(*) AS n
+               FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;
+             CREATE SINK sessions WITH (connector = 'console') AS SELECT 'session' AS q, k,
+               session_window(ts, INTERVAL '5' SECOND)['start'] AS st, count(*) AS n
+               FROM s GROUP BY k, session_window(ts, INTERVAL '5' SECOND);
+             CREATE SINK top1 WITH (connector = 'console') AS SELECT 'top' AS q, window_start, k FROM
+               (SELECT window_start, window_end, k, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
+                ORDER BY k DESC) AS rn FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '10' SECOND)))
+               WHERE rn <= 1;
+             CREATE SINK unmatched WITH (connector = 'console') AS SELECT 'outer' AS q, s.k, s.ts, clicks.cts
+               FROM s LEFT JOIN clicks ON s.k = clicks.ck AND clicks.cts BETWEEN s.ts AND s.ts + INTERVAL '5' SECOND;",
+            d = dir.display()
+        ),
+    );
+    let out = Command::new(flumen())
+        .args([
+            "--no-ui",
+            "--trigger",
+            "available-now",
+            "--format",
+            "csv",
+            "-f",
+        ])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ["tumble,", "session,", "top,", "outer,"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// `--trigger available-now` without a checkpoint is a run over finite input (Flink's
+/// bounded input): when the sources are drained, one last batch takes every
+/// event-time operator's watermark past all windows, so the windows, sessions, window
+/// top-N rankings and outer-join rows the watermark had not reached come out — no one
+/// could ever emit them after the process exits. With a checkpoint they stay open in it
+/// and come out in a later run, once its rows move the watermark (Spark's
+/// availableNow), each once.
+#[test]
+fn available_now_closes_open_windows_at_the_end_unless_a_checkpoint_keeps_them() {
+    let dir = crate::common::temp_dir("cli-end-of-input");
+    for sub in ["s", "clicks"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        dir.join("s/a.csv"),
+        "2026-01-01T00:00:01,a\n2026-01-01T00:00:05,b\n2026-01-01T00:00:12,a\n2026-01-01T00:00:25,c\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("clicks/a.csv"), "2026-01-01T00:00:02,a\n").unwrap();
+    let all = [
+        "outer,a,2026-01-01T00:00:01,2026-01-01T00:00:02",
+        "outer,a,2026-01-01T00:00:12,",
+        "outer,b,2026-01-01T00:00:05,",
+        "outer,c,2026-01-01T00:00:25,",
+        "session,a,2026-01-01T00:00:01,1",
+        "session,a,2026-01-01T00:00:12,1",
+        "session,b,2026-01-01T00:00:05,1",
+        "session,c,2026-01-01T00:00:25,1",
+        "top,2026-01-01T00:00:00,b",
+        "top,2026-01-01T00:00:10,a",
+        "top,2026-01-01T00:00:20,c",
+        "tumble,2026-01-01T00:00:00,2",
+        "tumble,2026-01-01T00:00:10,1",
+        "tumble,2026-01-01T00:00:20,1",
+    ];
+    assert_eq!(event_time_rows(&dir, ""), all);
+    // With a checkpoint: what the watermark (24 s for `s`, 1 s for `clicks`) closed.
+    let checkpoint = format!(
+        "SET checkpoint_location = '{}';",
+        dir.join("checkpoint").display()
+    );
+    assert_eq!(
+        event_time_rows(&dir, &checkpoint),
+        [
+            "outer,a,2026-01-01T00:00:01,2026-01-01T00:00:02",
+            "session,a,2026-01-01T00:00:01,1",
+            "session,a,2026-01-01T00:00:12,1",
+            "session,b,2026-01-01T00:00:05,1",
+            "top,2026-01-01T00:00:00,b",
+            "top,2026-01-01T00:00:10,a",
+            "tumble,2026-01-01T00:00:00,2",
+            "tumble,2026-01-01T00:00:10,1",
+        ]
+    );
+    // The next run's rows move both watermarks past the rest, which comes out then.
+    std::fs::write(dir.join("s/b.csv"), "2026-01-01T00:00:50,d\n").unwrap();
+    std::fs::write(dir.join("clicks/b.csv"), "2026-01-01T00:00:50,x\n").unwrap();
+    assert_eq!(
+        event_time_rows(&dir, &checkpoint),
+        [
+            "outer,a,2026-01-01T00:00:12,",
+            "outer,b,2026-01-01T00:00:05,",
+            "outer,c,2026-01-01T00:00:25,",
+            "session,c,2026-01-01T00:00:25,1",
+            "top,2026-01-01T00:00:20,c",
+            "tumble,2026-01-01T00:00:20,1",
+        ]
+    );
+}
+
 /// REPL: a continuous SELECT whose query fails shows the error and returns to the
 /// prompt.
 #[test]

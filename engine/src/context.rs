@@ -986,6 +986,9 @@ async fn run_batches(shared: &Shared, pipeline: &mut Pipeline, start: Start) -> 
         }
         match shared.trigger {
             Trigger::AvailableNow => match pipeline.drained().await {
+                // Drained: one last batch closes what event time left open, when
+                // nothing else would ever emit it (`Pipeline::end_input`).
+                Ok(true) if pipeline.end_input() => {}
                 Ok(true) => break Ok(()),
                 Ok(false) => {}
                 Err(e) => break Err(e),

@@ -71,6 +71,8 @@ pub(crate) struct Pipeline {
     /// output it alone reads (`fuse_on_cluster`), and per operator whether it is.
     fused_outputs: Vec<Option<Arc<dyn ExecutionPlan>>>,
     fused_operators: Vec<bool>,
+    /// The next batch is the last of a run over finite input ([`Self::end_input`]).
+    end_of_input: bool,
 }
 
 /// On a cluster, one job a batch instead of two where it can: an operator whose
@@ -271,6 +273,7 @@ impl Pipeline {
         Ok(Self {
             fused_outputs,
             fused_operators,
+            end_of_input: false,
             query_id,
             pipeline_id: crate::checkpoint::new_id(),
             cluster: cluster.map(|url| crate::cluster::Cluster::new(url, &task_ctx)),
@@ -515,6 +518,25 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Under `AvailableNow`, once the sources are drained: whether one more batch
+    /// must run to close what event time left open — windows, sessions, a window
+    /// top-N's rankings, an outer join's unmatched rows — because nothing would
+    /// ever emit them: no checkpoint keeps them for a later run, and an operator has
+    /// a watermark (it has seen event times). If so, that batch is marked the last.
+    pub fn end_input(&mut self) -> bool {
+        if self.end_of_input
+            || self.checkpoint.is_some()
+            || !self
+                .operators
+                .iter()
+                .any(|(n, _)| n.op.watermark().is_some())
+        {
+            return false;
+        }
+        self.end_of_input = true;
+        true
+    }
+
     /// The query id sinks see: the query's name, its output, and the pipeline's id —
     /// the same at every restart on one checkpoint, different for any other pipeline.
     fn output_id(&self, i: usize) -> String {
@@ -627,6 +649,7 @@ impl Pipeline {
             zero_time,
             batch_interval: self.interval,
             input_watermark: None,
+            end_of_input: self.end_of_input,
         };
         let mut state_rows = 0;
         let mut state_bytes = 0;
@@ -643,7 +666,7 @@ impl Pipeline {
                 done.get(source)
                     .and_then(|(upstream, _)| upstream.op.output_watermark(column))
             });
-            if batch_time.is_multiple_of(zero_time, node.input_slide) {
+            if self.end_of_input || batch_time.is_multiple_of(zero_time, node.input_slide) {
                 node.op.begin_batch(&op_ctx);
                 if self.fused_operators[i] && !replay.committed {
                     // Its plan runs inside the output it feeds (`fuse_on_cluster`): the

@@ -184,6 +184,7 @@ mod tests {
             zero_time: Time::from_millis(0),
             batch_interval: Duration::from_secs(1),
             input_watermark: None,
+            end_of_input: false,
         };
         let mut op = Changes::try_new(batch(&[]).schema()).unwrap();
         let out = op

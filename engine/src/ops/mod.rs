@@ -103,7 +103,15 @@ pub struct OperatorContext {
     /// when that column comes out of another operator
     /// ([`StreamOperator::watermark_source`]).
     pub input_watermark: Option<i64>,
+    /// The last batch of a run over finite input (`AvailableNow`, no checkpoint): no
+    /// row will ever come, so event-time operators take their watermark to
+    /// [`END_OF_INPUT_WATERMARK`] and close every window (Flink's end of bounded input).
+    pub end_of_input: bool,
 }
+
+/// The watermark at the end of finite input: past every window (kept far from
+/// `i64::MAX`, so that adding a bound to it cannot overflow).
+pub const END_OF_INPUT_WATERMARK: i64 = i64::MAX / 4;
 
 /// A stateful operator. The scheduler calls [`StreamOperator::plan_input`] once when
 /// the query starts, then [`StreamOperator::process`] for every batch at which the

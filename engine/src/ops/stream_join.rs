@@ -597,6 +597,17 @@ impl StreamJoin {
         Ok(out)
     }
 
+    /// The end of finite input: no row will come on either side, so every kept row
+    /// is evicted (an outer side's unmatched ones padded with nulls) and the
+    /// output's watermark passes every window over it.
+    fn end_input(&mut self) {
+        for side in [&mut self.left, &mut self.right] {
+            if side.watermark.is_some() {
+                side.watermark = Some(crate::ops::END_OF_INPUT_WATERMARK);
+            }
+        }
+    }
+
     /// Drop the state rows no future row of the other side can match; those of an
     /// outer side that never matched, padded with nulls.
     fn evict(&mut self) -> Result<Vec<RecordBatch>> {
@@ -864,7 +875,11 @@ impl StreamOperator for StreamJoin {
     ) -> Result<Option<Vec<RecordBatch>>> {
         let now = ctx.batch_time.as_millis();
         if self.cluster.is_some() {
-            return Ok(Some(self.matches_from_tasks(now, input)?));
+            let out = self.matches_from_tasks(now, input)?;
+            if ctx.end_of_input {
+                self.end_input();
+            }
+            return Ok(Some(out));
         }
         let expired = self.expire(now)?;
         let (new_left, new_right) = self.split(input)?;
@@ -899,6 +914,9 @@ impl StreamOperator for StreamJoin {
         self.record_matches(&out)?;
         out.extend(expired);
         out.append(&mut self.pending);
+        if ctx.end_of_input {
+            self.end_input();
+        }
         out.extend(self.evict()?);
         Ok(Some(out))
     }

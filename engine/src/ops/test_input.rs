@@ -111,6 +111,7 @@ impl TestInput {
             zero_time: Time::from_millis(0),
             batch_interval: Duration::from_secs(1),
             input_watermark,
+            end_of_input: false,
         };
         op.process(&ctx, input)
             .await

@@ -518,6 +518,9 @@ impl StreamOperator for TopN {
             let candidate = t - close.delay.as_millis() as i64;
             self.watermark = Some(self.watermark.map_or(candidate, |wm| wm.max(candidate)));
         }
+        if ctx.end_of_input {
+            self.watermark = Some(crate::ops::END_OF_INPUT_WATERMARK);
+        }
         let closed = self.take_closed()?;
         Ok(Some(if close.emit_at_close { closed } else { changed }))
     }
@@ -617,6 +620,7 @@ mod tests {
             zero_time: Time::from_millis(0),
             batch_interval: Duration::from_secs(1),
             input_watermark: None,
+            end_of_input: false,
         }
     }
 

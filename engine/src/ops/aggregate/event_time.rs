@@ -276,6 +276,10 @@ impl EventTime {
 
     /// The watermark after a batch whose rows reached `max_event_time`.
     pub fn advance(&mut self, ctx: &OperatorContext, max_event_time: Option<i64>) {
+        if ctx.end_of_input {
+            self.watermark = Some(crate::ops::END_OF_INPUT_WATERMARK);
+            return;
+        }
         let w = &self.window;
         let candidate = if w.watermark_is_batch_time {
             self.watermark = Some(ctx.batch_time.as_millis());

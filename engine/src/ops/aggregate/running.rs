@@ -430,6 +430,7 @@ mod tests {
             zero_time: crate::time::Time::from_millis(0),
             batch_interval: std::time::Duration::from_secs(1),
             input_watermark: None,
+            end_of_input: false,
         };
         // The partial rows as the input plan gives them: key, count, sum.
         let partial = Arc::clone(&op.agg.planned().unwrap().partial_schema);
