@@ -64,23 +64,33 @@ fn run_with_kills(script: &Path, checkpoint: &Path, seed: u64) {
 /// The files the sink's commit log lists: its entries are `<13 digits>` and
 /// `<13 digits>.compact` (a process killed while writing one leaves the object
 /// store's staging file, `<name>#<n>`, which the sink ignores too).
+///
+/// Read while the sink runs, an entry listed may be gone before it is read (folded
+/// into a `.compact` entry, which then deletes it): the log is listed again.
 pub(crate) fn committed(dir: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir.join("_flumen_log")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap();
-        let stem = name.strip_suffix(".compact").unwrap_or(name);
-        if stem.len() != 13 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
+    'listing: loop {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(dir.join("_flumen_log")).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap();
+            let stem = name.strip_suffix(".compact").unwrap_or(name);
+            if stem.len() != 13 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let bytes = match std::fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'listing,
+                Err(e) => panic!("{}: {e}", p.display()),
+            };
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            for f in v["files"].as_array().unwrap() {
+                files.push(dir.join(f.as_str().unwrap()).display().to_string());
+            }
         }
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        for f in v["files"].as_array().unwrap() {
-            files.push(dir.join(f.as_str().unwrap()).display().to_string());
-        }
+        files.sort();
+        files.dedup(); // a .compact entry repeats the entries it folded in until it deletes them
+        return files;
     }
-    files.sort();
-    files.dedup(); // a .compact entry repeats the entries it folded in until it deletes them
-    files
 }
 
 pub(crate) async fn query(dir: &Path, sql: &str) -> Vec<String> {
