@@ -302,11 +302,7 @@ impl LocalCluster {
         let mut registered = 0;
         while tokio::time::Instant::now() < deadline {
             if self.scheduler.is_finished() {
-                let why = match (&mut self.scheduler).await {
-                    Ok(Ok(())) => "it stopped".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
+                let why = ended_because(&mut self.scheduler).await;
                 return Err(ballista_error(
                     &self.url.to_string(),
                     format!("the scheduler ended before its executors registered: {why}"),
@@ -316,11 +312,7 @@ impl LocalCluster {
                 if !self.executors[i].is_finished() {
                     continue;
                 }
-                let why = match (&mut self.executors[i]).await {
-                    Ok(Ok(())) => "it stopped".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
+                let why = ended_because(&mut self.executors[i]).await;
                 ended.push(why);
                 if ended.len() > EXECUTOR_STARTS * n {
                     return Err(ballista_error(
@@ -351,6 +343,15 @@ impl LocalCluster {
             message.push_str(&format!("; executors that ended: {}", ended.join("; ")));
         }
         Err(ballista_error(&self.url.to_string(), message))
+    }
+}
+
+/// Why a task of a [`LocalCluster`] that has finished ended.
+async fn ended_because(task: &mut tokio::task::JoinHandle<Result<()>>) -> String {
+    match task.await {
+        Ok(Ok(())) => "it stopped".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
     }
 }
 
