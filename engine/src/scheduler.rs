@@ -666,7 +666,10 @@ impl Pipeline {
                 done.get(source)
                     .and_then(|(upstream, _)| upstream.op.output_watermark(column))
             });
-            if self.end_of_input || batch_time.is_multiple_of(zero_time, node.input_slide) {
+            // The last batch of finite input is due for every operator with event
+            // time, whatever its slide; the others keep their own.
+            let closing = self.end_of_input && node.op.watermark().is_some();
+            if closing || batch_time.is_multiple_of(zero_time, node.input_slide) {
                 node.op.begin_batch(&op_ctx);
                 if self.fused_operators[i] && !replay.committed {
                     // Its plan runs inside the output it feeds (`fuse_on_cluster`): the
