@@ -8,8 +8,8 @@
 //!
 //! A definition becomes a [`SqlFunction`], registered with the session's DataFusion
 //! context. A query over streams has every call replaced by the body before it is
-//! planned ([`inline`]): operators, `EXPLAIN`, checkpoints' fingerprints and the
-//! executors of a cluster see plain expressions. Batch queries get the same from
+//! planned ([`inline`]): operators, checkpoints' fingerprints and the executors of a
+//! cluster see plain expressions. Batch queries get the same from
 //! DataFusion's simplifier ([`SqlFunction`]'s `simplify`), and a call evaluated
 //! without either runs the body's physical expression.
 //!
@@ -51,8 +51,9 @@ pub struct SqlFunction {
     /// call evaluates when it is not inlined.
     physical: Arc<dyn PhysicalExpr>,
     schema: Arc<Schema>,
-    /// The definition's text (`SHOW FUNCTIONS`).
-    pub definition: String,
+    /// The definition's text: two functions are equal when their names and
+    /// definitions are (DataFusion compares UDFs).
+    definition: String,
 }
 
 impl PartialEq for SqlFunction {
@@ -98,17 +99,24 @@ impl SqlFunction {
         body: Expr,
         definition: String,
     ) -> Result<Self> {
-        let mut unknown = None;
-        let body = body
-            .transform(|e| {
-                if let Expr::Placeholder(p) = &e
-                    && placeholder_index(&p.id).is_none_or(|i| i >= params.len())
+        // One walk: a `$n` past the parameters, or what is not a scalar expression.
+        let (mut unknown, mut not_scalar) = (None, false);
+        body.apply(|e| {
+            match e {
+                Expr::Placeholder(p)
+                    if placeholder_index(&p.id).is_none_or(|i| i >= params.len()) =>
                 {
-                    unknown = Some(p.id.clone());
+                    unknown.get_or_insert_with(|| p.id.clone());
                 }
-                Ok(Transformed::no(e))
-            })
-            .data()?;
+                Expr::AggregateFunction(_)
+                | Expr::WindowFunction(_)
+                | Expr::ScalarSubquery(_)
+                | Expr::Exists(_)
+                | Expr::InSubquery(_) => not_scalar = true,
+                _ => {}
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
         if let Some(id) = unknown {
             return Err(Error::Plan(format!(
                 "function '{name}': its body uses {id}, but it has {} parameter{}",
@@ -116,18 +124,6 @@ impl SqlFunction {
                 if params.len() == 1 { "" } else { "s" }
             )));
         }
-        let mut not_scalar = false;
-        body.apply(|e| {
-            not_scalar |= matches!(
-                e,
-                Expr::AggregateFunction(_)
-                    | Expr::WindowFunction(_)
-                    | Expr::ScalarSubquery(_)
-                    | Expr::Exists(_)
-                    | Expr::InSubquery(_)
-            );
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })?;
         if not_scalar {
             return Err(Error::Plan(format!(
                 "function '{name}': its body must be a scalar expression of its parameters: no \
@@ -337,6 +333,8 @@ fn plan_has_sql_function(plan: &LogicalPlan) -> Result<bool> {
 pub struct Definition {
     pub name: String,
     pub or_replace: bool,
+    /// `CREATE FUNCTION IF NOT EXISTS`: an existing function of the name is kept.
+    pub if_not_exists: bool,
     pub statement: Box<datafusion::sql::sqlparser::ast::Statement>,
     pub text: String,
 }
@@ -357,6 +355,7 @@ pub fn parse_create_function(sql: &str) -> Result<Definition> {
     let dialect = GenericDialect {};
     let syntax = |e: &dyn std::fmt::Display| Error::Plan(format!("syntax error: {e}"));
     // Flink's (and Hive's) form names a class: told apart by `AS` right after the name.
+    let if_not_exists;
     {
         let mut p = Parser::new(&dialect)
             .try_with_sql(sql)
@@ -367,7 +366,7 @@ pub fn parse_create_function(sql: &str) -> Result<Definition> {
         let _ = p.parse_keyword(Keyword::SYSTEM);
         p.expect_keyword(Keyword::FUNCTION)
             .map_err(|e| syntax(&e))?;
-        let _ = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = p.parse_object_name(false).map_err(|e| syntax(&e))?;
         if p.parse_keyword(Keyword::AS) {
             let class = match p.next_token().token {
@@ -382,8 +381,17 @@ pub fn parse_create_function(sql: &str) -> Result<Definition> {
             )));
         }
     }
+    // sqlparser's generic dialect does not read `IF NOT EXISTS` after FUNCTION: taken
+    // out of the text, remembered above.
+    let text = if if_not_exists {
+        let words = regex::Regex::new(r"(?is)^(\s*CREATE\b.*?\bFUNCTION\s+)IF\s+NOT\s+EXISTS\s+")
+            .expect("a valid pattern");
+        words.replace(sql, "$1").into_owned()
+    } else {
+        sql.to_string()
+    };
     let mut statement = Parser::new(&dialect)
-        .try_with_sql(sql)
+        .try_with_sql(&text)
         .and_then(|mut p| p.parse_statement())
         .map_err(|e| syntax(&e))?;
     let Statement::CreateFunction(f) = &mut statement else {
@@ -530,6 +538,7 @@ pub fn parse_create_function(sql: &str) -> Result<Definition> {
             )));
         },
         or_replace,
+        if_not_exists,
         statement: Box::new(statement),
         text: sql.trim().to_string(),
     })

@@ -282,6 +282,11 @@ impl FlumenSession {
             Some(f) if !f.inner().is::<crate::sql_function::SqlFunction>() => {
                 return plan_err!("'{name}' is a built-in function: give yours another name");
             }
+            Some(_) if definition.if_not_exists && !definition.or_replace => {
+                return Ok(StatementResult::Done(format!(
+                    "Function '{name}' exists: kept"
+                )));
+            }
             Some(_) if !definition.or_replace => {
                 return plan_err!(
                     "function '{name}' already exists (CREATE OR REPLACE FUNCTION replaces it)"
