@@ -16,7 +16,7 @@ async fn cluster() -> LocalCluster {
 
 /// The `.slt` suite's streaming queries — word count, windows in append and update
 /// mode, dedup, stream–stream joins, the window table functions, ksqlDB windows,
-/// functions defined in SQL and Nexmark q0–q8 — over many small batches, each
+/// functions defined in SQL, regular outer joins' changelogs and Nexmark q0–q8 — over many small batches, each
 /// batch's plans run as Ballista jobs: the rows are those the files expect, which
 /// local runs produce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -32,6 +32,7 @@ async fn the_slt_suite_gives_the_same_rows_on_a_cluster() {
         "batch_time",
         "nexmark",
         "sql_functions",
+        "regular_outer_joins",
     ] {
         crate::sql_logic::run_slt_on(name, Some(cluster.url.to_string())).await;
     }

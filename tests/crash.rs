@@ -345,6 +345,65 @@ async fn database_sinks_survive_kills(connector: &str, url: &str) {
     );
 }
 
+/// A regular left join whose right side lags (b's value * 2 climbs at 800/s, a's
+/// value at 1,000/s): most even rows of `a` are written padded with nulls first and
+/// retracted when their match arrives. Through 20 kills, each table ends as the
+/// join of all the input: no padded row left behind, none retracted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regular_outer_join_into_postgres_survives_20_kills() {
+    regular_outer_join_survives_kills("postgres", crate::connectors::kafka::POSTGRES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regular_outer_join_into_mariadb_survives_20_kills() {
+    regular_outer_join_survives_kills("mysql", crate::connectors::kafka::MYSQL).await;
+}
+
+async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
+    let work = temp_dir("crash-outer");
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (rows, keyed) = (
+        format!("outer_rows_{suffix}"),
+        format!("outer_keyed_{suffix}"),
+    );
+    let join = "SELECT a.value AS k, b.value AS m FROM a LEFT JOIN b ON a.value = b.value * 2";
+    let script = write_script(
+        &work,
+        &format!(
+            "CREATE STREAM a WITH (connector = 'rate', rows_per_second = '1000', rows = '2000');
+             CREATE STREAM b WITH (connector = 'rate', rows_per_second = '400', rows = '1000');
+             CREATE SINK joined WITH (connector = '{connector}', url = '{url}', table = '{rows}') AS {join};
+             CREATE SINK keyed WITH (connector = '{connector}', url = '{url}', table = '{keyed}',
+                                     mode = 'upsert', key = 'k') AS {join};"
+        ),
+    );
+    let (script2, cp) = (script.clone(), work.join("checkpoint"));
+    tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 31))
+        .await
+        .unwrap();
+    // a LEFT JOIN b over all the rows: even k matches m = k / 2, odd k none.
+    let expected: Vec<String> = (0..2000i64)
+        .map(|k| format!("{k}|{}", if k % 2 == 0 { k / 2 } else { -1 }))
+        .collect();
+    for table in [&rows, &keyed] {
+        let sql = format!("SELECT k, COALESCE(m, -1) FROM {table} ORDER BY k, m");
+        let got = if connector == "postgres" {
+            pg_rows(&sql).await
+        } else {
+            mysql_rows(&sql).await
+        };
+        assert_eq!(got.len(), expected.len(), "{table}: {got:?}");
+        assert_eq!(got, expected, "{table}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_running_aggregate_to_postgres_survives_20_kills() {
     let c = client().await;

@@ -173,6 +173,7 @@ slt_files!(
     nexmark,
     nexmark_standard,
     outer_joins,
+    regular_outer_joins,
     silence,
     sql_functions,
     tvf,

@@ -45,12 +45,15 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     ) -> Result<()>;
 
     /// In one transaction: when `flumen_commits` has no record of (query, batch time,
-    /// partition), the rows of `batches` and that record; otherwise nothing (a replay).
+    /// partition), deletes for each row of `retracted` one row of the table equal to
+    /// it in every column (none when no row is: an upsert replaced it), writes the
+    /// rows of `batches` and that record; otherwise nothing (a replay).
     async fn write_partition(
         sink: &DbSink<Self>,
         conn: &mut Self::Conn,
         key: &WriteKey,
         batches: &[RecordBatch],
+        retracted: &[RecordBatch],
     ) -> Result<()>;
 }
 
@@ -86,6 +89,8 @@ pub struct DbSink<D: Dialect> {
     /// The pipeline and the table, as `flumen_commits` records them (set at open).
     query: Mutex<String>,
     pool: Mutex<Vec<D::Conn>>,
+    /// The column of a changelog's row kinds, when the query writes one.
+    changelog: Mutex<Option<usize>>,
 }
 
 impl<D: Dialect> std::fmt::Debug for DbSink<D> {
@@ -109,6 +114,7 @@ impl<D: Dialect> DbSink<D> {
             key: options.key,
             query: Mutex::default(),
             pool: Mutex::default(),
+            changelog: Mutex::default(),
         })
     }
 
@@ -151,7 +157,21 @@ impl<D: Dialect> Sink for DbSink<D> {
         &self.name
     }
 
+    fn set_changelog(&self, op: Option<usize>) -> Result<()> {
+        *self.changelog.lock() = op;
+        Ok(())
+    }
+
     async fn open(&self, query_id: &str, schema: SchemaRef) -> Result<()> {
+        // A changelog's rows are applied: the table has the other columns.
+        let schema = match *self.changelog.lock() {
+            Some(op) => {
+                let mut fields = schema.fields().to_vec();
+                fields.remove(op);
+                Arc::new(Schema::new(fields))
+            }
+            None => schema,
+        };
         check_keys(&self.name, &self.key, &schema)?;
         let mut conn = self.connect().await?;
         D::create_tables(self, &mut conn, &schema).await?;
@@ -164,8 +184,13 @@ impl<D: Dialect> Sink for DbSink<D> {
 
     async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()> {
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let op = *self.changelog.lock();
+        let (batches, retracted) = match op {
+            Some(op) => split_changelog(batches, op)?,
+            None => (batches, Vec::new()),
+        };
         let mut conn = self.connect().await?;
-        let result = D::write_partition(self, &mut conn, key, &batches).await;
+        let result = D::write_partition(self, &mut conn, key, &batches, &retracted).await;
         if result.is_ok() {
             self.pool.lock().push(conn);
         }
@@ -278,4 +303,39 @@ pub(crate) fn statement_ranges(
     (0..rows)
         .step_by(per_statement)
         .map(move |start| (start, (start + per_statement).min(rows)))
+}
+
+/// A changelog's rows (`op` their kind column) as the rows added and the rows
+/// retracted, each without the kind column.
+pub(crate) fn split_changelog(
+    batches: Vec<RecordBatch>,
+    op: usize,
+) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    use datafusion::arrow::array::{AsArray, BooleanArray};
+    use datafusion::arrow::compute::filter_record_batch;
+    let (mut added, mut retracted) = (Vec::new(), Vec::new());
+    for b in batches {
+        let Some(ops) = b.column(op).as_string_opt::<i32>() else {
+            return Err(Error::Internal(format!(
+                "a changelog's column {op} is not its row kind"
+            )));
+        };
+        let is_delete: BooleanArray = ops
+            .iter()
+            .map(|v| Some(v == Some(flumen_engine::ops::OP_DELETE)))
+            .collect();
+        let mut data = b.clone();
+        data.remove_column(op);
+        let deletes = filter_record_batch(&data, &is_delete)?;
+        if deletes.num_rows() == 0 {
+            added.push(data);
+            continue;
+        }
+        let inserts = filter_record_batch(&data, &datafusion::arrow::compute::not(&is_delete)?)?;
+        retracted.push(deletes);
+        if inserts.num_rows() > 0 {
+            added.push(inserts);
+        }
+    }
+    Ok((added, retracted))
 }

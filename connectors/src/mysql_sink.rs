@@ -137,6 +137,22 @@ impl MySql {
     }
 }
 
+impl MySql {
+    /// Deletes one row equal to the bound values in every column (nulls equal).
+    fn delete_sql(sink: &MySqlSink, schema: &SchemaRef) -> String {
+        let equal: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} <=> ?", ident(f.name())))
+            .collect();
+        format!(
+            "DELETE FROM {} WHERE {} LIMIT 1",
+            ident(&sink.table),
+            equal.join(" AND ")
+        )
+    }
+}
+
 #[async_trait]
 impl Dialect for MySql {
     const CONNECTOR: &'static str = "mysql";
@@ -189,6 +205,7 @@ impl Dialect for MySql {
         conn: &mut mysql_async::Conn,
         key: &WriteKey,
         batches: &[RecordBatch],
+        retracted: &[RecordBatch],
     ) -> Result<()> {
         let query = sink.query();
         let t = key.batch_time.as_millis();
@@ -208,6 +225,23 @@ impl Dialect for MySql {
             // Written before a restart: the replay writes nothing.
             tx.rollback().await.map_err(|e| sink.error("ROLLBACK", e))?;
             return Ok(());
+        }
+        for batch in retracted {
+            let mut cols: Vec<Vec<Value>> = batch
+                .columns()
+                .iter()
+                .map(|c| values(c.as_ref()))
+                .collect::<Result<_>>()?;
+            let sql = MySql::delete_sql(sink, &batch.schema());
+            for r in 0..batch.num_rows() {
+                let params: Vec<Value> = cols
+                    .iter_mut()
+                    .map(|c| std::mem::replace(&mut c[r], Value::NULL))
+                    .collect();
+                tx.exec_drop(sql.as_str(), params)
+                    .await
+                    .map_err(|e| sink.error("deleting retracted rows", e))?;
+            }
         }
         for batch in batches {
             let schema = batch.schema();

@@ -6,6 +6,7 @@
 //!  write(T, p): BEGIN
 //!               SELECT 1 FROM flumen_commits WHERE (query, batch_time, partition) = (q, T, p)
 //!                 found: ROLLBACK (already written)
+//!               DELETE one row equal to each retracted row (a changelog's `-D`)
 //!               INSERT INTO table (cols) VALUES ($1, $2, ...), ...   [ON CONFLICT (key) DO UPDATE]
 //!               INSERT INTO flumen_commits VALUES (q, T, p)
 //!               COMMIT
@@ -184,6 +185,23 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Deletes one row equal to the bound values in every column (nulls equal).
+    fn delete_sql(sink: &PostgresSink, schema: &SchemaRef) -> String {
+        let table = ident(&sink.table);
+        let equal: Vec<String> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{} IS NOT DISTINCT FROM ${}", ident(f.name()), i + 1))
+            .collect();
+        format!(
+            "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {} LIMIT 1)",
+            equal.join(" AND ")
+        )
+    }
+}
+
 #[async_trait]
 impl Dialect for Postgres {
     const CONNECTOR: &'static str = "postgres";
@@ -229,6 +247,7 @@ impl Dialect for Postgres {
         client: &mut tokio_postgres::Client,
         key: &WriteKey,
         batches: &[RecordBatch],
+        retracted: &[RecordBatch],
     ) -> Result<()> {
         let query = sink.query();
         let t = key.batch_time.as_millis();
@@ -247,6 +266,24 @@ impl Dialect for Postgres {
         if done.is_some() {
             // Written before a restart: the replay writes nothing.
             return Ok(());
+        }
+        for batch in retracted {
+            let cols: Vec<Col> = batch
+                .columns()
+                .iter()
+                .map(|c| Col::from_array(c.as_ref()))
+                .collect::<Result<_>>()?;
+            let values: Vec<Values> = cols.iter().map(Values::of).collect();
+            let statement = tx
+                .prepare(&Postgres::delete_sql(sink, &batch.schema()))
+                .await
+                .map_err(|e| sink.error("deleting retracted rows", e))?;
+            for r in 0..batch.num_rows() {
+                let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.param(r)).collect();
+                tx.execute(&statement, &params)
+                    .await
+                    .map_err(|e| sink.error("deleting retracted rows", e))?;
+            }
         }
         for batch in batches {
             let schema = batch.schema();

@@ -43,6 +43,15 @@ pub trait Sink: Debug + Send + Sync {
     /// Write one partition of one batch.
     async fn write(&self, key: &WriteKey, batches: Vec<RecordBatch>) -> Result<()>;
 
+    /// Told before a query starts writing (before [`Sink::open`]) whether its rows
+    /// are a changelog: `Some(i)` when column `i` (the last) holds each row's kind,
+    /// `+I` or `-D` ([`crate::ops::Emits::Changelog`]). By default that column is
+    /// written as any other (files, Kafka, the console: their reader applies it); a
+    /// sink that cannot hold it refuses the query here.
+    fn set_changelog(&self, _op: Option<usize>) -> Result<()> {
+        Ok(())
+    }
+
     /// Make the batch at `batch_time` visible.
     async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
 

@@ -209,6 +209,9 @@ pub struct MemorySinkTable {
     pub sink: Arc<MemorySink>,
     pub schema: SchemaRef,
     pub mode: OutputMode,
+    /// The sink's rows are a changelog (an `_op` column after `schema`'s): the table
+    /// reads as it applied.
+    pub changelog: bool,
 }
 
 #[async_trait]
@@ -228,6 +231,16 @@ impl TableProvider for MemorySinkTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.changelog {
+            let applied = flumen_engine::ops::apply_changelog(
+                &self.sink.all(),
+                self.schema.fields().len(),
+                &self.schema,
+            )
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let table = MemTable::try_new(Arc::clone(&self.schema), vec![vec![applied]])?;
+            return table.scan(state, projection, filters, limit).await;
+        }
         let batches = match self.mode {
             OutputMode::Complete => self.sink.last(),
             _ => self.sink.all(),

@@ -272,6 +272,7 @@ pub(crate) fn stream_join(
     j: &Join,
     times: &SideTimes<'_>,
     state_config: &flumen_engine::state::StateConfig,
+    mode: crate::planner::OutputMode,
 ) -> Result<(StreamJoin, DataFrame)> {
     if !matches!(
         j.join_type,
@@ -320,7 +321,7 @@ pub(crate) fn stream_join(
             Bound { lo: None, hi: None },
         ),
     };
-    check_outer(j, &left_time, &right_time, &bound)?;
+    check_outer(j, &left_time, &right_time, &bound, mode)?;
     let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
     // The input: both sides in one tagged union.
     let mut lcols = vec![lit(true).alias("__flumen_side")];
@@ -410,9 +411,15 @@ pub(crate) fn stream_join(
 /// An outer join of two streams emits a row that never matched once no row of the
 /// other side can match it any more: the other side's watermark must pass it, so that
 /// side needs a watermark and the condition a bound on how much later its rows may be.
-/// Without a time bound (a regular join) it would have to retract the row when a
-/// match came, which update mode here (Spark's) does not do.
-fn check_outer(j: &Join, left: &JoinTime, right: &JoinTime, bound: &Bound) -> Result<()> {
+/// Without a time bound (a regular join) it emits the row at once and retracts it
+/// when a match comes (a changelog), which append mode refuses.
+fn check_outer(
+    j: &Join,
+    left: &JoinTime,
+    right: &JoinTime,
+    bound: &Bound,
+    mode: crate::planner::OutputMode,
+) -> Result<()> {
     let (outer_left, outer_right) = match j.join_type {
         JoinType::Left => (true, false),
         JoinType::Right => (false, true),
@@ -421,13 +428,18 @@ fn check_outer(j: &Join, left: &JoinTime, right: &JoinTime, bound: &Bound) -> Re
     };
     let kind = j.join_type;
     if left.index.is_none() || right.index.is_none() {
+        if mode != crate::planner::OutputMode::Append {
+            // A regular outer join: a changelog.
+            return Ok(());
+        }
         return plan_err!(
-            "a {kind} join of two streams needs a condition that bounds the time between \
-             matching rows (e.g. r.ts BETWEEN l.ts AND l.ts + INTERVAL '1' HOUR) and watermarks \
-             on both streams: it emits a row without a match once the other side's watermark \
-             proves none can come. Without a bound (Flink's regular outer join) it would have \
-             to retract that row when a match arrived, and update mode here does not retract \
-             rows; write an inner join, or bound the time"
+            "output mode append cannot run a {kind} join of two streams without a time \
+             bound: it emits a row without a match at once, padded with nulls, and retracts \
+             it when the first match arrives. Use SET output_mode = 'update' (the rows carry \
+             _op = '+I' or '-D'), or bound the time between matching rows (e.g. r.ts \
+             BETWEEN l.ts AND l.ts + INTERVAL '1' HOUR, with watermarks on both streams: a \
+             row without a match then comes out once, when the other side's watermark proves \
+             none can come)"
         );
     }
     let stream = |plan: &LogicalPlan| {

@@ -54,6 +54,102 @@ pub enum Emits {
     /// The rows of the result that changed this batch, each replacing the row with the
     /// same values in `keys` (column indexes): upserts (update mode).
     Changes { keys: Vec<usize> },
+    /// A changelog: each row is added to the result or retracted from it, as its
+    /// last column, [`OP_COLUMN`], says ([`OP_INSERT`] or [`OP_DELETE`]) — Flink's
+    /// row kinds. A regular outer join emits one: a row without a match at once,
+    /// padded with nulls, retracted when its first match arrives. A row retracted
+    /// was always added in an earlier batch, so a batch's rows apply in any order.
+    Changelog,
+}
+
+/// The last column of a changelog's rows ([`Emits::Changelog`]): `+I` or `-D`.
+pub const OP_COLUMN: &str = "_op";
+/// A row added to the result.
+pub const OP_INSERT: &str = "+I";
+/// A row retracted from the result (one row equal to it in every other column).
+pub const OP_DELETE: &str = "-D";
+
+/// `batch` with an [`OP_COLUMN`] of `op` appended, as `schema` (the batch's columns
+/// then the op column).
+pub fn with_op(batch: RecordBatch, op: &str, schema: &SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(datafusion::arrow::array::StringArray::from(
+        vec![op; n],
+    )));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// `schema` with the [`OP_COLUMN`] appended.
+pub fn changelog_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields = schema.fields().to_vec();
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+        OP_COLUMN,
+        datafusion::arrow::datatypes::DataType::Utf8,
+        false,
+    )));
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+/// The current result of a changelog (`batches`, in the order emitted; the op column
+/// at `op`): each retracted row removes one earlier row equal to it in every other
+/// column. The rows left, without the op column, as one batch of `schema`.
+pub fn apply_changelog(
+    batches: &[RecordBatch],
+    op: usize,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::row::{RowConverter, SortField};
+    use std::collections::HashMap;
+    let converter = RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?;
+    // Row content -> positions (batch, row) of the copies still in the result.
+    let mut live: HashMap<Box<[u8]>, Vec<(usize, usize)>> = HashMap::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let mut data = batch.columns().to_vec();
+        let ops = data.remove(op);
+        let Some(ops) = ops.as_string_opt::<i32>() else {
+            return crate::internal_err!("a changelog's {OP_COLUMN} column is not text");
+        };
+        let rows = converter.convert_columns(&data)?;
+        for (i, r) in rows.iter().enumerate() {
+            match ops.value(i) {
+                OP_DELETE => {
+                    if let Some(copies) = live.get_mut(r.as_ref()) {
+                        copies.pop();
+                        if copies.is_empty() {
+                            live.remove(r.as_ref());
+                        }
+                    }
+                }
+                _ => live.entry(r.as_ref().into()).or_default().push((b, i)),
+            }
+        }
+    }
+    let mut kept: Vec<(usize, usize)> = live.into_values().flatten().collect();
+    kept.sort_unstable();
+    let without_op: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| {
+            let mut columns = b.columns().to_vec();
+            columns.remove(op);
+            RecordBatch::try_new(Arc::clone(schema), columns)
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    if kept.is_empty() {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    }
+    let indices: Vec<(usize, usize)> = kept;
+    Ok(datafusion::arrow::compute::interleave_record_batch(
+        &without_op.iter().collect::<Vec<_>>(),
+        &indices,
+    )?)
 }
 
 /// `schema` with its columns named `c0, c1, ...`: SQL planners map an operator's

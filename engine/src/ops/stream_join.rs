@@ -324,6 +324,157 @@ impl Matched {
     }
 }
 
+/// A regular outer join's rows of one outer side that were emitted padded with nulls
+/// and not yet retracted, by content, with how many copies are out: the first match
+/// of such a row retracts every copy (`-D`), and the row's own matches follow.
+struct Padded {
+    converter: RowConverter,
+    counts: std::collections::HashMap<Box<[u8]>, usize>,
+}
+
+impl Padded {
+    fn new(schema: &SchemaRef) -> Result<Self> {
+        Ok(Self {
+            converter: RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?,
+            counts: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Of `rows` (new rows of the side), those whose content is not among `matched`
+    /// (the side's columns of this batch's matches): they are emitted padded, and
+    /// noted.
+    fn unmatched_new(
+        &mut self,
+        rows: &[RecordBatch],
+        matched: &HashSet<Box<[u8]>>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for b in rows {
+            let converted = self.converter.convert_columns(b.columns())?;
+            let keep: BooleanArray = converted
+                .iter()
+                .map(|r| {
+                    let unmatched = !matched.contains(r.as_ref());
+                    if unmatched {
+                        *self.counts.entry(r.as_ref().into()).or_default() += 1;
+                    }
+                    Some(unmatched)
+                })
+                .collect();
+            let f = filter_record_batch(b, &keep)?;
+            if f.num_rows() > 0 {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The contents of the side's columns `columns` of some matches.
+    fn contents(&self, batches: &[Vec<ArrayRef>]) -> Result<HashSet<Box<[u8]>>> {
+        let mut set = HashSet::new();
+        for columns in batches {
+            for r in self.converter.convert_columns(columns)?.iter() {
+                set.insert(r.as_ref().into());
+            }
+        }
+        Ok(set)
+    }
+
+    /// Of the rows with content in `matched`, the copies emitted padded: as rows of
+    /// `schema` (the side's), to retract; they are no longer out.
+    fn retract(
+        &mut self,
+        matched: &HashSet<Box<[u8]>>,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        let mut rows = Vec::new();
+        for content in matched {
+            if let Some(n) = self.counts.remove(content) {
+                rows.extend(std::iter::repeat_n(content, n));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        Ok(Some(RecordBatch::try_new(Arc::clone(schema), columns)?))
+    }
+
+    /// Rows leaving the state (`state_ttl`, `gone`; `kept` the side's rows still kept
+    /// with their keys): a padded copy of a row gone stays in the result (nothing can
+    /// match it any more), so no more copies of a content are out than are kept.
+    fn forget(&mut self, gone: &[RecordBatch], kept: &[RecordBatch]) -> Result<()> {
+        let mut touched = HashSet::new();
+        for b in gone {
+            for r in self.converter.convert_columns(b.columns())?.iter() {
+                if self.counts.contains_key(r.as_ref()) {
+                    touched.insert(Box::<[u8]>::from(r.as_ref()));
+                }
+            }
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut still: std::collections::HashMap<Box<[u8]>, usize> =
+            std::collections::HashMap::new();
+        for b in kept {
+            for r in self.converter.convert_columns(b.columns())?.iter() {
+                if touched.contains(r.as_ref()) {
+                    *still.entry(r.as_ref().into()).or_default() += 1;
+                }
+            }
+        }
+        for content in touched {
+            let kept = still.get(&content).copied().unwrap_or(0);
+            match self.counts.get_mut(&content) {
+                Some(_) if kept == 0 => {
+                    self.counts.remove(&content);
+                }
+                Some(n) => *n = (*n).min(kept),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The copies out, each content repeated by its count, as one batch of `schema`
+    /// (a checkpoint keeps them).
+    fn snapshot(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let rows: Vec<&Box<[u8]>> = self
+            .counts
+            .iter()
+            .flat_map(|(r, n)| std::iter::repeat_n(r, *n))
+            .collect();
+        if rows.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+        }
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    }
+
+    /// Restores copies from [`Padded::snapshot`]'s batches.
+    fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        for b in batches {
+            for r in self.converter.convert_columns(b.columns())?.iter() {
+                *self.counts.entry(r.as_ref().into()).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An inner join of two streams whose rows match only within a bounded distance in
 /// event time: `left.time - right.time` lies in `[lo, hi]` (milliseconds; an open
 /// end is `None`).
@@ -348,6 +499,10 @@ pub struct StreamJoin {
     join_type: JoinType,
     left_matched: Option<Matched>,
     right_matched: Option<Matched>,
+    /// A regular outer join (no time bound): its outer sides' rows emitted padded and
+    /// not yet retracted; its output is a changelog (`Emits::Changelog`).
+    left_padded: Option<Padded>,
+    right_padded: Option<Padded>,
     /// Unmatched rows a restore evicted, emitted with the next batch.
     pending: Vec<RecordBatch>,
 }
@@ -359,6 +514,10 @@ impl StreamJoin {
     /// a watermark and a time bound (for the left side's, a bound on how much later a
     /// right row may be), or the join is refused naming what is missing. Output only
     /// grows: a row emitted is never retracted.
+    ///
+    /// A regular join (no time bound) instead emits an outer row without a match at
+    /// once, padded, and retracts it when its first match arrives: its output is a
+    /// changelog ([`Emits::Changelog`]).
     pub fn with_join_type(mut self, join_type: JoinType) -> Result<Self> {
         let (left, right) = match join_type {
             JoinType::Inner => (false, false),
@@ -367,10 +526,15 @@ impl StreamJoin {
             JoinType::Full => (true, true),
             other => return internal_err!("a stream join of type {other}"),
         };
-        if left {
+        let regular = self.is_regular();
+        if left && regular {
+            self.left_padded = Some(Padded::new(&self.left.schema)?);
+        } else if left {
             self.left_matched = Some(Matched::new(&self.left.schema)?);
         }
-        if right {
+        if right && regular {
+            self.right_padded = Some(Padded::new(&self.right.schema)?);
+        } else if right {
             self.right_matched = Some(Matched::new(&self.right.schema)?);
         }
         // The padded side's columns may be null.
@@ -429,6 +593,70 @@ impl StreamJoin {
             }
         }
         Ok(())
+    }
+
+    /// Whether the output is a changelog (a regular outer join).
+    fn is_changelog(&self) -> bool {
+        self.left_padded.is_some() || self.right_padded.is_some()
+    }
+
+    /// A regular outer join's batch as a changelog: the padded rows that this batch's
+    /// `matches` retract (`-D`), the matches, then the new outer rows (`new_left`,
+    /// `new_right`) that matched nothing, padded (`+I`).
+    fn changelog(
+        &mut self,
+        matches: Vec<RecordBatch>,
+        new_left: &[RecordBatch],
+        new_right: &[RecordBatch],
+    ) -> Result<Vec<RecordBatch>> {
+        let nl = self.left.schema.fields().len();
+        let mut retracted = Vec::new();
+        let mut added = Vec::new();
+        for left in [true, false] {
+            let (padded, schema, new) = if left {
+                (self.left_padded.as_mut(), &self.left.schema, new_left)
+            } else {
+                (self.right_padded.as_mut(), &self.right.schema, new_right)
+            };
+            let Some(p) = padded else {
+                continue;
+            };
+            let columns: Vec<Vec<ArrayRef>> = matches
+                .iter()
+                .map(|b| {
+                    if left {
+                        b.columns()[..nl].to_vec()
+                    } else {
+                        b.columns()[nl..].to_vec()
+                    }
+                })
+                .collect();
+            let matched = p.contents(&columns)?;
+            if let Some(r) = p.retract(&matched, schema)? {
+                retracted.push((r, left));
+            }
+            added.extend(
+                p.unmatched_new(new, &matched)?
+                    .into_iter()
+                    .map(|b| (b, left)),
+            );
+        }
+        let schema = self.output_schema();
+        let mut out = Vec::new();
+        for (rows, left) in retracted {
+            for b in self.padded(vec![rows], left)? {
+                out.push(super::with_op(b, super::OP_DELETE, &schema)?);
+            }
+        }
+        for b in matches {
+            out.push(super::with_op(b, super::OP_INSERT, &schema)?);
+        }
+        for (rows, left) in added {
+            for b in self.padded(vec![rows], left)? {
+                out.push(super::with_op(b, super::OP_INSERT, &schema)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The two time columns as the query names them (`a.ts`, `b.ts`), for EXPLAIN.
@@ -521,6 +749,8 @@ impl StreamJoin {
             join_type: JoinType::Inner,
             left_matched: None,
             right_matched: None,
+            left_padded: None,
+            right_padded: None,
             pending: Vec::new(),
         })
     }
@@ -643,16 +873,31 @@ impl StreamJoin {
     fn expire(&mut self, now: i64) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for left in [true, false] {
-            let (side, matched) = if left {
-                (&mut self.left, self.left_matched.as_mut())
+            let (side, matched, padded) = if left {
+                (
+                    &mut self.left,
+                    self.left_matched.as_mut(),
+                    self.left_padded.as_mut(),
+                )
             } else {
-                (&mut self.right, self.right_matched.as_mut())
+                (
+                    &mut self.right,
+                    self.right_matched.as_mut(),
+                    self.right_padded.as_mut(),
+                )
             };
-            let gone = if matched.is_some() {
+            let gone = if matched.is_some() || padded.is_some() {
                 side.rows.expire_returning(now)?
             } else {
                 side.rows.expire(now).map(|_| Vec::new())?
             };
+            if let Some(p) = padded
+                && !gone.is_empty()
+            {
+                let keys = side.rows.keys().to_vec();
+                let kept = side.rows.matching(&gone, &keys)?;
+                p.forget(&gone, &kept)?;
+            }
             let unmatched = unmatched(side, matched, gone)?;
             out.extend(self.padded(unmatched, left)?);
         }
@@ -685,7 +930,18 @@ impl StreamOperator for StreamJoin {
     }
 
     fn output_schema(&self) -> SchemaRef {
+        if self.is_changelog() {
+            return super::changelog_schema(&self.output_schema);
+        }
         Arc::clone(&self.output_schema)
+    }
+
+    fn emits(&self) -> super::Emits {
+        if self.is_changelog() {
+            super::Emits::Changelog
+        } else {
+            super::Emits::Appends
+        }
     }
 
     fn explain(&self) -> String {
@@ -742,8 +998,23 @@ impl StreamOperator for StreamJoin {
                 ),
                 None => "WARNING: both sides' rows are kept for ever (state grows without bound; SET state_ttl = '1 hour', as Flink's table.exec.state.ttl, bounds it)".into(),
             };
+            let (kind, changelog) = match self.join_type {
+                JoinType::Left => (
+                    "left outer",
+                    "; a left row without a match is emitted at once with nulls and retracted (_op = '-D') when its first match arrives: the output is a changelog",
+                ),
+                JoinType::Right => (
+                    "right outer",
+                    "; a right row without a match is emitted at once with nulls and retracted (_op = '-D') when its first match arrives: the output is a changelog",
+                ),
+                JoinType::Full => (
+                    "full outer",
+                    "; a row of either side without a match is emitted at once with nulls and retracted (_op = '-D') when its first match arrives: the output is a changelog",
+                ),
+                _ => ("inner", ""),
+            };
             let line = format!(
-                "StreamJoin (regular inner join of two streams, no time bound): {keyed}; {bound}"
+                "StreamJoin (regular {kind} join of two streams, no time bound): {keyed}; {bound}{changelog}"
             );
             return match &self.cluster {
                 Some(c) => c.explained(&line, self.config.partitions),
@@ -907,6 +1178,9 @@ impl StreamOperator for StreamJoin {
         }
         self.left.slot.clear();
         self.right.slot.clear();
+        if self.is_changelog() {
+            out = self.changelog(out, &new_left, &new_right)?;
+        }
         self.left.advance(&new_left)?;
         self.right.advance(&new_right)?;
         self.left.rows.insert(new_left, now)?;
@@ -1006,6 +1280,16 @@ impl StreamOperator for StreamJoin {
         for b in right {
             batches.push(Side::tagged(b, "right")?);
         }
+        // A regular outer join's padded rows out, whole each time.
+        if let Some(p) = &self.left_padded {
+            batches.push(Side::tagged(p.snapshot(&self.left.schema)?, "left_padded")?);
+        }
+        if let Some(p) = &self.right_padded {
+            batches.push(Side::tagged(
+                p.snapshot(&self.right.schema)?,
+                "right_padded",
+            )?);
+        }
         // An outer side's matched rows, whole each time.
         if let Some(m) = &self.left_matched {
             batches.push(Side::tagged(
@@ -1046,6 +1330,7 @@ impl StreamOperator for StreamJoin {
         }
         let (mut left, mut right) = (Vec::new(), Vec::new());
         let (mut left_matched, mut right_matched) = (Vec::new(), Vec::new());
+        let (mut left_padded, mut right_padded) = (Vec::new(), Vec::new());
         if let Some(n) = state.meta["left_batches"].as_u64() {
             let mut batches = state.batches;
             if n as usize > batches.len() {
@@ -1065,6 +1350,8 @@ impl StreamOperator for StreamJoin {
                     Some("right") => right.push(b),
                     Some("left_matched") => left_matched.push(b),
                     Some("right_matched") => right_matched.push(b),
+                    Some("left_padded") => left_padded.push(b),
+                    Some("right_padded") => right_padded.push(b),
                     other => {
                         return Err(crate::error::Error::Checkpoint(format!(
                             "a StreamJoin snapshot batch tagged {other:?}, not left or right"
@@ -1087,6 +1374,20 @@ impl StreamOperator for StreamJoin {
                 for b in batches {
                     m.record(b.columns())?;
                 }
+            }
+        }
+        for (p, batches) in [
+            (&mut self.left_padded, left_padded),
+            (&mut self.right_padded, right_padded),
+        ] {
+            match p {
+                Some(p) => p.restore(&batches)?,
+                None if batches.iter().any(|b| b.num_rows() > 0) => {
+                    return Err(crate::error::Error::Checkpoint(
+                        "a StreamJoin snapshot holds padded rows of a regular outer join, and this join is not one".into(),
+                    ));
+                }
+                None => {}
             }
         }
         self.left.watermark = state.meta["left_watermark"].as_i64();
@@ -1222,6 +1523,172 @@ mod tests {
             ),
             "{}",
             op.explain()
+        );
+    }
+
+    /// `left.k = right.k` with no time bound: a regular join of `join_type`.
+    fn regular(input: &TestInput, join_type: JoinType) -> StreamJoin {
+        let side = |k: &str, t: &str| {
+            Arc::new(Schema::new(vec![
+                Field::new(k, DataType::Utf8, true),
+                Field::new(t, ts(), true),
+            ]))
+        };
+        let time = JoinTime {
+            index: None,
+            delay: None,
+        };
+        StreamJoin::try_new(
+            &input.frame(),
+            side("lk", "lts"),
+            side("rk", "rts"),
+            time,
+            time,
+            (None, None),
+            |l, r| {
+                Ok(LogicalPlanBuilder::from(l)
+                    .join(
+                        r,
+                        JoinType::Inner,
+                        (
+                            vec![Column::from_qualified_name("__flumen_join_left.c0")],
+                            vec![Column::from_qualified_name("__flumen_join_right.c0")],
+                        ),
+                        None,
+                    )?
+                    .build()?)
+            },
+        )
+        .unwrap()
+        .with_join_type(join_type)
+        .unwrap()
+        .with_state(
+            vec![(0, 0, "a.k".into(), "b.k".into())],
+            StateConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_regular_outer_join_retracts_a_padded_row_when_its_first_match_arrives() {
+        let input = input();
+        let mut op = regular(&input, JoinType::Left);
+        assert_eq!(op.emits(), crate::ops::Emits::Changelog);
+        assert_eq!(op.output_schema().fields().last().unwrap().name(), "_op");
+        let out = input
+            .run(
+                &mut op,
+                1,
+                vec![rows_of(&input, &[("a", 1_000), ("b", 1_000)], &[])],
+            )
+            .await;
+        assert_eq!(
+            rows(&out),
+            [
+                "a,1970-01-01T00:00:01,NULL,NULL,+I",
+                "b,1970-01-01T00:00:01,NULL,NULL,+I"
+            ]
+        );
+        // The first match of a: its padded row is retracted, then the match.
+        let out = input
+            .run(&mut op, 2, vec![rows_of(&input, &[], &[("a", 5_000)])])
+            .await;
+        assert_eq!(
+            rows(&out),
+            [
+                "a,1970-01-01T00:00:01,NULL,NULL,-D",
+                "a,1970-01-01T00:00:01,a,1970-01-01T00:00:05,+I"
+            ]
+        );
+        // A second match retracts nothing; a new row that matches at once is never
+        // padded; a copy of b (two padded copies out) and c without a match are.
+        let out = input
+            .run(
+                &mut op,
+                3,
+                vec![rows_of(
+                    &input,
+                    &[("a", 7_000), ("b", 1_000), ("c", 7_000)],
+                    &[("a", 6_000)],
+                )],
+            )
+            .await;
+        let mut got = rows(&out);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "a,1970-01-01T00:00:01,a,1970-01-01T00:00:06,+I",
+                "a,1970-01-01T00:00:07,a,1970-01-01T00:00:05,+I",
+                "a,1970-01-01T00:00:07,a,1970-01-01T00:00:06,+I",
+                "b,1970-01-01T00:00:01,NULL,NULL,+I",
+                "c,1970-01-01T00:00:07,NULL,NULL,+I",
+            ]
+        );
+        // From a checkpoint: both copies of b are retracted by b's match, c's by c's.
+        let state = op.snapshot().unwrap();
+        let input = super::tests::input();
+        let mut op = regular(&input, JoinType::Left);
+        op.restore(state).unwrap();
+        let out = input
+            .run(
+                &mut op,
+                4,
+                vec![rows_of(&input, &[], &[("b", 9_000), ("c", 9_000)])],
+            )
+            .await;
+        let mut got = rows(&out);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "b,1970-01-01T00:00:01,NULL,NULL,-D",
+                "b,1970-01-01T00:00:01,NULL,NULL,-D",
+                "b,1970-01-01T00:00:01,b,1970-01-01T00:00:09,+I",
+                "b,1970-01-01T00:00:01,b,1970-01-01T00:00:09,+I",
+                "c,1970-01-01T00:00:07,NULL,NULL,-D",
+                "c,1970-01-01T00:00:07,c,1970-01-01T00:00:09,+I",
+            ]
+        );
+        assert!(
+            op.explain().contains("retracted (_op = '-D')"),
+            "{}",
+            op.explain()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_regular_full_join_retracts_both_sides_and_applies_to_the_batch_result() {
+        let input = input();
+        let mut op = regular(&input, JoinType::Full);
+        let mut all = Vec::new();
+        for (i, (left, right)) in [
+            (vec![("a", 1_000)], vec![("x", 1_000)]),
+            (vec![("x", 2_000)], vec![("b", 2_000)]),
+            (vec![("b", 3_000)], vec![("a", 3_000), ("y", 3_000)]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            all.extend(
+                input
+                    .run(&mut op, i as i64 + 1, vec![rows_of(&input, &left, &right)])
+                    .await,
+            );
+        }
+        let schema = Arc::clone(&op.output_schema);
+        let result = crate::ops::apply_changelog(&all, 4, &schema).unwrap();
+        let mut got = rows(&[result]);
+        got.sort();
+        // The full outer join of all the input at once.
+        assert_eq!(
+            got,
+            [
+                "NULL,NULL,y,1970-01-01T00:00:03",
+                "a,1970-01-01T00:00:01,a,1970-01-01T00:00:03",
+                "b,1970-01-01T00:00:03,b,1970-01-01T00:00:02",
+                "x,1970-01-01T00:00:02,x,1970-01-01T00:00:01",
+            ]
         );
     }
 }

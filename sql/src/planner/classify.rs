@@ -29,6 +29,8 @@ pub(crate) enum Rows {
     Changes,
     /// New rows of one input beside the whole result of another.
     Mixed,
+    /// Rows added and retracted, as their `_op` column says (a regular outer join).
+    Changelog,
 }
 
 impl Rows {
@@ -36,6 +38,7 @@ impl Rows {
         use Rows::*;
         match (self, other) {
             (Static, x) | (x, Static) => x,
+            (Changelog, _) | (_, Changelog) => Changelog,
             (Changes, _) | (_, Changes) => Changes,
             (Mixed, _) | (_, Mixed) => Mixed,
             (Appends, Appends) => Appends,
@@ -107,6 +110,7 @@ pub(crate) fn rows_of(
                 match outputs.get(table).map(|i| i.emits) {
                     Some(Emits::WholeResult) => Rows::Whole,
                     Some(Emits::Changes { .. }) => Rows::Changes,
+                    Some(Emits::Changelog) => Rows::Changelog,
                     // Operators the SQL planner did not make (embedded API) emit rows.
                     Some(Emits::Appends) | None => Rows::Appends,
                 }

@@ -41,7 +41,8 @@ use datafusion::logical_expr::{
     Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
 };
 use flumen_engine::ops::{
-    Changes, Dedup, Emits, Materialize, RunningAggregate, StreamOperator, TopN, WindowClose,
+    Changes, Dedup, Emits, Materialize, OP_COLUMN, RunningAggregate, StreamOperator, TopN,
+    WindowClose,
 };
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
 
@@ -210,6 +211,7 @@ impl StreamPlanner<'_> {
             }
             (Role::RankFilter, LogicalPlan::Filter(f)) => self.rank_filter(&node, f),
             (Role::StreamJoin, LogicalPlan::Join(j)) => self.stream_join(&node, j),
+            (Role::OverChangelog, _) => carry_op(node),
             (role, _) => Err(DataFusionError::Internal(format!(
                 "role {role:?} for a {} node",
                 node.display()
@@ -295,8 +297,9 @@ impl StreamPlanner<'_> {
             watermarks: self.scope.watermarks,
             window_outputs: &window_outputs,
         };
-        let (op, input) = crate::join::stream_join(&self.state, j, &times, self.ctx.state_config())
-            .map_err(external)?;
+        let (op, input) =
+            crate::join::stream_join(&self.state, j, &times, self.ctx.state_config(), self.mode())
+                .map_err(external)?;
         let schema = node.schema().clone();
         self.replace(input, &schema, Box::new(op), None)
     }
@@ -395,7 +398,7 @@ impl StreamPlanner<'_> {
         let out = self.add_operator(input, op)?;
         let out_plan = out.dataframe().logical_plan().clone();
         let out_schema = out_plan.schema().clone();
-        let exprs: Vec<Expr> = replaced
+        let mut exprs: Vec<Expr> = replaced
             .iter()
             .enumerate()
             .map(|(i, (qualifier, field))| {
@@ -404,6 +407,11 @@ impl StreamPlanner<'_> {
                     .alias_qualified(qualifier.cloned(), field.name())
             })
             .collect();
+        if emits == Emits::Changelog {
+            // The row kind, last, beyond the columns the plan above reads.
+            let (q, f) = out_schema.qualified_field(out_schema.fields().len() - 1);
+            exprs.push(Expr::Column(Column::new(q.cloned(), f.name())).alias(OP_COLUMN));
+        }
         let projection = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(out_plan))?);
         if let Some(table) = operator_table(&projection) {
             self.scope.outputs.insert(
@@ -505,6 +513,36 @@ impl StreamPlanner<'_> {
     }
 }
 
+/// A projection, filter or alias over a changelog, with the `_op` column carried
+/// through: a projection gets it appended, and the nodes are rebuilt so that their
+/// schemas have it.
+fn carry_op(node: LogicalPlan) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+    match node {
+        LogicalPlan::Projection(p) => {
+            let has_op = p.schema.fields().last().map(|f| f.name().as_str()) == Some(OP_COLUMN);
+            if has_op {
+                return Ok(Transformed::no(LogicalPlan::Projection(p)));
+            }
+            let input_schema = p.input.schema();
+            let (q, f) = input_schema.qualified_field(input_schema.fields().len() - 1);
+            if f.name() != OP_COLUMN {
+                return Err(DataFusionError::Internal(format!(
+                    "the input of a projection over a changelog does not end in {OP_COLUMN}"
+                )));
+            }
+            let mut exprs = p.expr.clone();
+            exprs.push(Expr::Column(Column::new(q.cloned(), f.name())).alias(OP_COLUMN));
+            Ok(Transformed::yes(LogicalPlan::Projection(
+                Projection::try_new(exprs, p.input)?,
+            )))
+        }
+        LogicalPlan::SubqueryAlias(a) => Ok(Transformed::yes(LogicalPlan::SubqueryAlias(
+            datafusion::logical_expr::SubqueryAlias::try_new(a.input, a.alias)?,
+        ))),
+        other => Ok(Transformed::no(other)),
+    }
+}
+
 /// The refusal for a node over new rows of one input and a whole result of another.
 fn mixed(what: &str) -> String {
     format!(
@@ -556,6 +594,14 @@ pub fn plan_query(
     let mut emits = match rows_of(&plan, scope.streams, scope.outputs) {
         Rows::Whole => Emits::WholeResult,
         Rows::Changes => Emits::Changes { keys: Vec::new() },
+        Rows::Changelog => {
+            if plan.schema().fields().last().map(|f| f.name().as_str()) != Some(OP_COLUMN) {
+                return Err(Error::Internal(format!(
+                    "a changelog's plan does not end in its {OP_COLUMN} column"
+                )));
+            }
+            Emits::Changelog
+        }
         _ => Emits::Appends,
     };
     let mut plan = plan;

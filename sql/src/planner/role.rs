@@ -34,6 +34,9 @@ pub(super) enum Role {
     RankFilter,
     /// A join of two streams' appended rows over event time.
     StreamJoin,
+    /// A projection, filter or alias over a changelog: runs per batch, carrying the
+    /// `_op` column through.
+    OverChangelog,
 }
 
 type Classified = datafusion::error::Result<Role>;
@@ -55,6 +58,9 @@ impl StreamPlanner<'_> {
                  rows of the same batch: join the two streams instead (a join bounded in time \
                  keeps both sides' rows as state), or read a table in the subquery",
             );
+        }
+        if self.rows(node) == Rows::Changelog {
+            return over_changelog(node);
         }
         let needs_whole = matches!(
             node,
@@ -113,6 +119,7 @@ impl StreamPlanner<'_> {
     fn aggregate_role(&self, agg: &Aggregate) -> Classified {
         let over_operator = reads_operator_output(&agg.input);
         match self.rows(&agg.input) {
+            Rows::Changelog => refused_over_changelog("an aggregate"),
             Rows::Static | Rows::Changes => Ok(Role::PerBatch(None)),
             Rows::Mixed => refuse(mixed("an aggregate")),
             // Each batch of the input holds its whole result: an aggregate over it, per
@@ -203,6 +210,7 @@ impl StreamPlanner<'_> {
 
     fn window_role(&self, w: &Window) -> Classified {
         match self.rows(&w.input) {
+            Rows::Changelog => refused_over_changelog("a window function"),
             Rows::Static | Rows::Changes => Ok(Role::PerBatch(None)),
             Rows::Whole => Ok(Role::PerBatch(Some(format!(
                 "Per-batch window functions over the whole result of a stateful operator: \
@@ -239,4 +247,42 @@ impl StreamPlanner<'_> {
             ),
         }
     }
+}
+
+/// The role of `node` over a changelog (a regular outer join's rows, some of them
+/// retracting rows emitted before): rows pass through projections and filters with
+/// their `_op`; anything that combines rows would have to undo a retracted row's
+/// part in its result, which no operator here does yet.
+fn over_changelog(node: &LogicalPlan) -> Classified {
+    match node {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            Ok(Role::OverChangelog)
+        }
+        other => {
+            let what = match other {
+                LogicalPlan::Aggregate(_) => "an aggregate",
+                LogicalPlan::Distinct(_) => "DISTINCT",
+                LogicalPlan::Window(_) => "a window function",
+                LogicalPlan::Sort(_) => "ORDER BY",
+                LogicalPlan::Limit(_) => "LIMIT",
+                LogicalPlan::Join(_) => "a join",
+                LogicalPlan::Union(_) => "UNION",
+                _ => "this query",
+            };
+            refused_over_changelog(what)
+        }
+    }
+}
+
+/// The refusal of `what` over a changelog.
+fn refused_over_changelog(what: &str) -> Classified {
+    refuse(format!(
+        "{what} over a regular outer join of two streams is not supported yet: the \
+                 join retracts a row it emitted without a match (padded with nulls) when the \
+                 first match arrives, and {what} here cannot take a row back out of its \
+                 result. Run the join alone (its rows carry _op = '+I' or '-D'), write an \
+                 inner join, or bound the join in time (e.g. r.ts BETWEEN l.ts AND l.ts + \
+                 INTERVAL '1' HOUR, with watermarks: its unmatched rows then come out once, \
+                 when they can no longer match)"
+    ))
 }

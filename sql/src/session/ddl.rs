@@ -216,8 +216,38 @@ impl FlumenSession {
         mode: OutputMode,
     ) -> Result<()> {
         let _ = self.base.deregister_table(name);
-        self.base
-            .register_table(name, Arc::new(MemorySinkTable { sink, schema, mode }))?;
+        self.base.register_table(
+            name,
+            Arc::new(MemorySinkTable {
+                sink,
+                schema,
+                mode,
+                changelog: false,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// A memory table written by a changelog (`schema` ends in its `_op` column): it
+    /// reads as the changelog applied, without `_op`.
+    pub(super) fn register_changelog_table(
+        &self,
+        name: &str,
+        sink: Arc<MemorySink>,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        let mut fields = schema.fields().to_vec();
+        fields.pop();
+        let _ = self.base.deregister_table(name);
+        self.base.register_table(
+            name,
+            Arc::new(MemorySinkTable {
+                sink,
+                schema: Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+                mode: OutputMode::Update,
+                changelog: true,
+            }),
+        )?;
         Ok(())
     }
 

@@ -339,25 +339,40 @@ impl FlumenSession {
             Target::Sink(name) => {
                 // How the rows written are read back (memory sinks and tables): the
                 // newest batch when each holds the whole result, every row otherwise.
+                use flumen_engine::ops::Emits;
                 let read = match planned.emits {
-                    flumen_engine::ops::Emits::WholeResult => OutputMode::Complete,
-                    flumen_engine::ops::Emits::Appends => OutputMode::Append,
-                    flumen_engine::ops::Emits::Changes { .. } => OutputMode::Update,
+                    Emits::WholeResult => OutputMode::Complete,
+                    Emits::Appends => OutputMode::Append,
+                    Emits::Changes { .. } | Emits::Changelog => OutputMode::Update,
                 };
-                let Some((sink, memory)) = self.catalog.update_sink(&name, |def| {
+                let changelog = planned.emits == Emits::Changelog;
+                let Some((sink, memory, is_table)) = self.catalog.update_sink(&name, |def| {
                     def.query = Some(id);
-                    def.schema = Some(schema.clone());
+                    def.schema = Some(if changelog && def.is_table {
+                        let mut fields = schema.fields().to_vec();
+                        fields.pop();
+                        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+                    } else {
+                        schema.clone()
+                    });
                     def.mode = match (def.is_table, planned.stateful) {
                         (true, true) => OutputMode::Complete,
                         (true, false) => OutputMode::Append,
                         (false, _) => mode,
                     };
-                    (Arc::clone(&def.sink), def.memory.clone())
+                    (Arc::clone(&def.sink), def.memory.clone(), def.is_table)
                 }) else {
                     return plan_err!("no sink named '{name}'");
                 };
+                // A sink told the rows are a changelog applies or writes their `_op`.
+                sink.set_changelog(changelog.then(|| schema.fields().len() - 1))?;
                 if let Some(memory) = memory {
-                    self.register_memory_table(&name, memory, schema.clone(), read)?;
+                    if changelog && is_table {
+                        // A table holds the current result: the changelog applied.
+                        self.register_changelog_table(&name, memory, schema.clone())?;
+                    } else {
+                        self.register_memory_table(&name, memory, schema.clone(), read)?;
+                    }
                 }
                 planned.stream.write_to(sink)?;
                 name
