@@ -260,6 +260,27 @@ pub(crate) async fn pg_rows(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// A suffix for table names no other run uses.
+fn unique_suffix() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
+/// `SELECT ...` against the test database of `connector` (`postgres` or `mysql`).
+async fn db_rows(connector: &str, sql: &str) -> Vec<String> {
+    if connector == "postgres" {
+        pg_rows(sql).await
+    } else {
+        mysql_rows(sql).await
+    }
+}
+
 /// `SELECT ...` against the test MariaDB, rows rendered `a|b`.
 async fn mysql_rows(sql: &str) -> Vec<String> {
     use flumen::connectors::mysql_async::prelude::Queryable;
@@ -289,14 +310,7 @@ async fn rate_to_mariadb_append_and_running_aggregate_upsert_survive_20_kills() 
 
 async fn database_sinks_survive_kills(connector: &str, url: &str) {
     let work = temp_dir("crash-pg");
-    let suffix = format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let suffix = unique_suffix();
     let (rows, totals) = (
         format!("crash_rows_{suffix}"),
         format!("crash_totals_{suffix}"),
@@ -317,13 +331,7 @@ async fn database_sinks_survive_kills(connector: &str, url: &str) {
     tokio::task::spawn_blocking(move || run_with_kills(&script2, &cp, 23))
         .await
         .unwrap();
-    let select = async |sql: String| {
-        if connector == "postgres" {
-            pg_rows(&sql).await
-        } else {
-            mysql_rows(&sql).await
-        }
-    };
+    let select = async |sql: String| db_rows(connector, &sql).await;
     // Every row once (a replayed batch found its commit record and wrote nothing).
     assert_eq!(
         select(format!(
@@ -348,7 +356,9 @@ async fn database_sinks_survive_kills(connector: &str, url: &str) {
 /// A regular left join whose right side lags (b's value * 2 climbs at 800/s, a's
 /// value at 1,000/s): most even rows of `a` are written padded with nulls first and
 /// retracted when their match arrives. Through 20 kills, each table ends as the
-/// join of all the input: no padded row left behind, none retracted twice.
+/// join of all the input: no padded row left behind, none retracted twice; and an
+/// aggregate over the join (its groups upserted, each old row retracted) as that
+/// aggregate over all the input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regular_outer_join_into_postgres_survives_20_kills() {
     regular_outer_join_survives_kills("postgres", crate::connectors::kafka::POSTGRES).await;
@@ -361,17 +371,11 @@ async fn a_regular_outer_join_into_mariadb_survives_20_kills() {
 
 async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
     let work = temp_dir("crash-outer");
-    let suffix = format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let (rows, keyed) = (
+    let suffix = unique_suffix();
+    let (rows, keyed, counts) = (
         format!("outer_rows_{suffix}"),
         format!("outer_keyed_{suffix}"),
+        format!("outer_counts_{suffix}"),
     );
     let join = "SELECT a.value AS k, b.value AS m FROM a LEFT JOIN b ON a.value = b.value * 2";
     let script = write_script(
@@ -381,7 +385,11 @@ async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
              CREATE STREAM b WITH (connector = 'rate', rows_per_second = '400', rows = '1000');
              CREATE SINK joined WITH (connector = '{connector}', url = '{url}', table = '{rows}') AS {join};
              CREATE SINK keyed WITH (connector = '{connector}', url = '{url}', table = '{keyed}',
-                                     mode = 'upsert', key = 'k') AS {join};"
+                                     mode = 'upsert', key = 'k') AS {join};
+             CREATE SINK counts WITH (connector = '{connector}', url = '{url}', table = '{counts}',
+                                      mode = 'upsert', key = 'k') AS
+               SELECT a.value % 10 AS k, count(*) AS n, count(b.value) AS matched
+               FROM a LEFT JOIN b ON a.value = b.value * 2 GROUP BY a.value % 10;"
         ),
     );
     let (script2, cp) = (script.clone(), work.join("checkpoint"));
@@ -392,16 +400,24 @@ async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
     let expected: Vec<String> = (0..2000i64)
         .map(|k| format!("{k}|{}", if k % 2 == 0 { k / 2 } else { -1 }))
         .collect();
+    let select = async |sql: String| db_rows(connector, &sql).await;
     for table in [&rows, &keyed] {
-        let sql = format!("SELECT k, COALESCE(m, -1) FROM {table} ORDER BY k, m");
-        let got = if connector == "postgres" {
-            pg_rows(&sql).await
-        } else {
-            mysql_rows(&sql).await
-        };
+        let got = select(format!(
+            "SELECT k, COALESCE(m, -1) FROM {table} ORDER BY k, m"
+        ))
+        .await;
         assert_eq!(got.len(), expected.len(), "{table}: {got:?}");
         assert_eq!(got, expected, "{table}");
     }
+    // The aggregate over the join (its groups' changes applied as -D old, +I new):
+    // 200 rows per k, the even ones all matched.
+    let expected: Vec<String> = (0..10i64)
+        .map(|k| format!("{k}|200|{}", if k % 2 == 0 { 200 } else { 0 }))
+        .collect();
+    assert_eq!(
+        select(format!("SELECT k, n, matched FROM {counts} ORDER BY k")).await,
+        expected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,14 +784,7 @@ async fn files_arriving_live_survive_25_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pipelines_with_one_sink_name_in_one_database_survive_20_kills() {
     let url = crate::connectors::kafka::POSTGRES;
-    let suffix = format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let suffix = unique_suffix();
     let mut runs = Vec::new();
     for (k, rows) in [("a", 6000u64), ("b", 6500)] {
         let work = temp_dir(&format!("crash-two-{k}"));

@@ -13,7 +13,11 @@
 //! each, keys uniformly random over `--keys`, event times one second apart per batch),
 //! `a.k = b.k AND a.ts BETWEEN b.ts - 1 day AND b.ts + 1 day`, so the state keeps every
 //! row of the run: a batch costs its rows and their matches, or, if it reads the state,
-//! ever more.
+//! ever more. Over the same two streams, `--query regular-join` is the join without a
+//! time bound (`a.k = b.k`, update mode), `--query left-join` the regular left outer
+//! join (a changelog: `a` rows without a match padded, retracted at their first
+//! match) and `--query left-join-count` a `GROUP BY a.k % 1000` with `COUNT`s over
+//! that left join (signed sums, a changelog of its groups).
 
 use std::sync::Arc;
 
@@ -36,10 +40,15 @@ pub async fn run(args: &[String]) -> Result<()> {
     let checkpoint = text_flag(args, "--checkpoint");
     let partitions = text_flag(args, "--partitions");
     let memory = text_flag(args, "--memory");
-    let join = match text_flag(args, "--query").unwrap_or("count") {
+    let query = text_flag(args, "--query").unwrap_or("count");
+    let join = match query {
         "count" => false,
-        "join" => true,
-        other => return Err(anyhow!("--query {other}: count or join")),
+        "join" | "regular-join" | "left-join" | "left-join-count" => true,
+        other => {
+            return Err(anyhow!(
+                "--query {other}: count, join, regular-join, left-join or left-join-count"
+            ));
+        }
     };
     let mut rng = SmallRng::seed_from_u64(42);
     // 8,192-row batches, `rows_per_batch / 8192` of them per micro-batch (per side for
@@ -113,8 +122,28 @@ pub async fn run(args: &[String]) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         script.push_str(&format!("SET checkpoint_location = '{dir}';"));
     }
-    script.push_str(if join {
-        "SET output_mode = 'append';
+    let sides = "CREATE STREAM a (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL) WITH (connector = 'pregenerated_a');
+         CREATE STREAM b (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL) WITH (connector = 'pregenerated_b');
+         CREATE SINK out WITH (connector = 'blackhole');";
+    let regular = match query {
+        "regular-join" => {
+            Some("INSERT INTO out SELECT a.k, a.ts AS ats, b.ts AS bts FROM a JOIN b ON a.k = b.k;")
+        }
+        "left-join" => Some(
+            "INSERT INTO out SELECT a.k, a.ts AS ats, b.ts AS bts FROM a LEFT JOIN b ON a.k = b.k;",
+        ),
+        "left-join-count" => Some(
+            "INSERT INTO out SELECT a.k % 1000 AS g, count(*) AS n, count(b.ts) AS matched
+               FROM a LEFT JOIN b ON a.k = b.k GROUP BY a.k % 1000;",
+        ),
+        _ => None,
+    };
+    if let Some(q) = regular {
+        script.push_str(sides);
+        script.push_str(q);
+    } else {
+        script.push_str(if join {
+            "SET output_mode = 'append';
          CREATE STREAM a (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
                           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
            WITH (connector = 'pregenerated_a');
@@ -124,11 +153,12 @@ pub async fn run(args: &[String]) -> Result<()> {
          CREATE SINK out WITH (connector = 'blackhole');
          INSERT INTO out SELECT a.k, a.ts AS ats, b.ts AS bts FROM a JOIN b
            ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '1' DAY AND b.ts + INTERVAL '1' DAY;"
-    } else {
-        "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
+        } else {
+            "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
          CREATE SINK out WITH (connector = 'blackhole');
          INSERT INTO out SELECT k, count(*) AS n FROM s GROUP BY k;"
-    });
+        });
+    }
     session
         .execute_script(&script)
         .await
@@ -182,7 +212,11 @@ pub async fn run(args: &[String]) -> Result<()> {
     println!("batch ms: {}", each.join(" "));
     println!(
         "state{}: {keys} keys, {batches} batches of {rows_per_batch} rows: first batch {first:.0} ms, last {last:.0} ms ({:.2}x), {:.0} rows/s over all, peak RSS {peak:.0} MiB, {state_rows} state rows, {spilled} bytes spilled{}",
-        if join { " (join)" } else { "" },
+        if join {
+            format!(" ({query})")
+        } else {
+            String::new()
+        },
         last / first,
         (rows_per_batch * times.len()) as f64 / (times.iter().sum::<f64>() / 1000.0),
         if checkpoint.is_some() {
@@ -197,7 +231,11 @@ pub async fn run(args: &[String]) -> Result<()> {
     );
     println!(
         "{{\"suite\":\"{}\",\"keys\":{keys},\"rows_per_batch\":{rows_per_batch},\"batches\":{},\"first_batch_ms\":{first:.1},\"last_batch_ms\":{last:.1},\"peak_rss_mib\":{peak:.0},\"state_rows\":{state_rows},\"spilled_bytes\":{spilled},\"checkpoint_bytes\":{checkpoint_bytes},\"checkpoint_ratio_mean\":{mean_ratio:.2},\"checkpoint_ratio_max\":{max_ratio:.2}}}",
-        if join { "state-join" } else { "state" },
+        match query {
+            "count" => "state".to_string(),
+            "join" => "state-join".to_string(),
+            other => format!("state-{other}"),
+        },
         times.len()
     );
     Ok(())

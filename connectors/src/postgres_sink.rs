@@ -63,6 +63,15 @@ impl Col {
         }
     }
 
+    /// Every column of `batch`.
+    fn of_batch(batch: &RecordBatch) -> Result<Vec<Col>> {
+        batch
+            .columns()
+            .iter()
+            .map(|c| Col::from_array(c.as_ref()))
+            .collect()
+    }
+
     fn from_array(a: &dyn Array) -> Result<Col> {
         let a = datafusion::arrow::array::make_array(a.to_data());
         Ok(match Self::sql_type(a.data_type()) {
@@ -268,11 +277,7 @@ impl Dialect for Postgres {
             return Ok(());
         }
         for batch in retracted {
-            let cols: Vec<Col> = batch
-                .columns()
-                .iter()
-                .map(|c| Col::from_array(c.as_ref()))
-                .collect::<Result<_>>()?;
+            let cols = Col::of_batch(batch)?;
             let values: Vec<Values> = cols.iter().map(Values::of).collect();
             let statement = tx
                 .prepare(&Postgres::delete_sql(sink, &batch.schema()))
@@ -287,11 +292,7 @@ impl Dialect for Postgres {
         }
         for batch in batches {
             let schema = batch.schema();
-            let cols: Vec<Col> = batch
-                .columns()
-                .iter()
-                .map(|c| Col::from_array(c.as_ref()))
-                .collect::<Result<_>>()?;
+            let cols = Col::of_batch(batch)?;
             let values: Vec<Values> = cols.iter().map(Values::of).collect();
             for (start, end) in statement_ranges(batch.num_rows(), values.len(), MAX_PARAMS) {
                 let sql = Postgres::insert_sql(sink, &schema, end - start);

@@ -16,7 +16,7 @@ use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::RowConverter;
 
 use super::{Emits, OperatorContext, StreamOperator};
 use crate::Result;
@@ -32,13 +32,7 @@ pub struct Changes {
 
 impl Changes {
     pub fn try_new(schema: SchemaRef) -> Result<Self> {
-        let converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let converter = super::row_converter(&schema)?;
         Ok(Self {
             previous_rows: RecordBatch::new_empty(Arc::clone(&schema)),
             schema,

@@ -27,6 +27,7 @@ pub mod materialize;
 pub mod stream_join;
 #[cfg(test)]
 mod test_input;
+pub mod to_changelog;
 pub mod top_n;
 pub mod window;
 
@@ -40,6 +41,7 @@ pub use late::LateRowFilter;
 pub use map_with_state::{KeyedBatch, MapWithState, StateSpec, StateUpdate};
 pub use materialize::Materialize;
 pub use stream_join::{JoinTime, StreamJoin};
+pub use to_changelog::ToChangelog;
 pub use top_n::{OrderColumn, TopN, WindowClose};
 pub use window::BatchWindow;
 
@@ -91,6 +93,33 @@ pub fn changelog_schema(schema: &SchemaRef) -> SchemaRef {
     Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 
+/// A converter of whole rows of `schema` to the row format (rows compared, hashed or
+/// kept by content).
+pub(crate) fn row_converter(schema: &SchemaRef) -> Result<datafusion::arrow::row::RowConverter> {
+    use datafusion::arrow::row::{RowConverter, SortField};
+    Ok(RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?)
+}
+
+/// `rows` (in `converter`'s row format, whole rows of `schema`) as one batch.
+pub(crate) fn batch_of_rows<'a>(
+    converter: &datafusion::arrow::row::RowConverter,
+    rows: impl IntoIterator<Item = &'a Box<[u8]>>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let parser = converter.parser();
+    let columns = converter.convert_rows(rows.into_iter().map(|r| parser.parse(r)))?;
+    if columns.is_empty() || columns[0].is_empty() {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
 /// The current result of a changelog (`batches`, in the order emitted; the op column
 /// at `op`): each retracted row removes one earlier row equal to it in every other
 /// column. The rows left, without the op column, as one batch of `schema`.
@@ -100,15 +129,8 @@ pub fn apply_changelog(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::row::{RowConverter, SortField};
     use std::collections::HashMap;
-    let converter = RowConverter::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect(),
-    )?;
+    let converter = row_converter(schema)?;
     // Row content -> positions (batch, row) of the copies still in the result.
     let mut live: HashMap<Box<[u8]>, Vec<(usize, usize)>> = HashMap::new();
     for (b, batch) in batches.iter().enumerate() {

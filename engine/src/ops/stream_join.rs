@@ -26,7 +26,7 @@ use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
 use datafusion::arrow::compute::{filter_record_batch, is_not_null, max};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::RowConverter;
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame;
@@ -246,13 +246,7 @@ struct Matched {
 impl Matched {
     fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
-            converter: RowConverter::new(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?,
+            converter: super::row_converter(schema)?,
             rows: HashSet::new(),
         })
     }
@@ -313,14 +307,7 @@ impl Matched {
 
     /// The matched rows as one batch of `schema` (a checkpoint keeps them).
     fn snapshot(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let parser = self.converter.parser();
-        let columns = self
-            .converter
-            .convert_rows(self.rows.iter().map(|r| parser.parse(r)))?;
-        if columns.is_empty() {
-            return Ok(RecordBatch::new_empty(Arc::clone(schema)));
-        }
-        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+        super::batch_of_rows(&self.converter, &self.rows, schema)
     }
 }
 
@@ -335,13 +322,7 @@ struct Padded {
 impl Padded {
     fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
-            converter: RowConverter::new(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?,
+            converter: super::row_converter(schema)?,
             counts: std::collections::HashMap::new(),
         })
     }
@@ -402,11 +383,7 @@ impl Padded {
         if rows.is_empty() {
             return Ok(None);
         }
-        let parser = self.converter.parser();
-        let columns = self
-            .converter
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        Ok(Some(RecordBatch::try_new(Arc::clone(schema), columns)?))
+        Ok(Some(super::batch_of_rows(&self.converter, rows, schema)?))
     }
 
     /// Rows leaving the state (`state_ttl`, `gone`; `kept` the side's rows still kept
@@ -449,19 +426,11 @@ impl Padded {
     /// The copies out, each content repeated by its count, as one batch of `schema`
     /// (a checkpoint keeps them).
     fn snapshot(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let rows: Vec<&Box<[u8]>> = self
+        let rows = self
             .counts
             .iter()
-            .flat_map(|(r, n)| std::iter::repeat_n(r, *n))
-            .collect();
-        if rows.is_empty() {
-            return Ok(RecordBatch::new_empty(Arc::clone(schema)));
-        }
-        let parser = self.converter.parser();
-        let columns = self
-            .converter
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+            .flat_map(|(r, n)| std::iter::repeat_n(r, *n));
+        super::batch_of_rows(&self.converter, rows, schema)
     }
 
     /// Restores copies from [`Padded::snapshot`]'s batches.
@@ -503,6 +472,8 @@ pub struct StreamJoin {
     /// not yet retracted; its output is a changelog (`Emits::Changelog`).
     left_padded: Option<Padded>,
     right_padded: Option<Padded>,
+    /// Snapshots taken (the padded rows' tag).
+    snapshots: u64,
     /// Unmatched rows a restore evicted, emitted with the next batch.
     pending: Vec<RecordBatch>,
 }
@@ -751,6 +722,7 @@ impl StreamJoin {
             right_matched: None,
             left_padded: None,
             right_padded: None,
+            snapshots: 0,
             pending: Vec::new(),
         })
     }
@@ -1280,14 +1252,21 @@ impl StreamOperator for StreamJoin {
         for b in right {
             batches.push(Side::tagged(b, "right")?);
         }
-        // A regular outer join's padded rows out, whole each time.
+        // A regular outer join's padded rows out, whole each time, tagged with the
+        // snapshot's number: a restore reads a chain of snapshots (full, then deltas)
+        // and must count only the newest one's.
+        self.snapshots += 1;
+        let n = self.snapshots;
         if let Some(p) = &self.left_padded {
-            batches.push(Side::tagged(p.snapshot(&self.left.schema)?, "left_padded")?);
+            batches.push(Side::tagged(
+                p.snapshot(&self.left.schema)?,
+                &format!("left_padded@{n}"),
+            )?);
         }
         if let Some(p) = &self.right_padded {
             batches.push(Side::tagged(
                 p.snapshot(&self.right.schema)?,
-                "right_padded",
+                &format!("right_padded@{n}"),
             )?);
         }
         // An outer side's matched rows, whole each time.
@@ -1310,6 +1289,7 @@ impl StreamOperator for StreamJoin {
                 "partitions": self.config.partitions,
                 "left_watermark": self.left.watermark,
                 "right_watermark": self.right.watermark,
+                "padded_snapshot": n,
             }),
         })
     }
@@ -1331,6 +1311,9 @@ impl StreamOperator for StreamJoin {
         let (mut left, mut right) = (Vec::new(), Vec::new());
         let (mut left_matched, mut right_matched) = (Vec::new(), Vec::new());
         let (mut left_padded, mut right_padded) = (Vec::new(), Vec::new());
+        // The padded rows of the newest snapshot of the chain (each holds them whole).
+        let newest = state.meta["padded_snapshot"].as_u64().unwrap_or(0);
+        self.snapshots = newest;
         if let Some(n) = state.meta["left_batches"].as_u64() {
             let mut batches = state.batches;
             if n as usize > batches.len() {
@@ -1350,8 +1333,16 @@ impl StreamOperator for StreamJoin {
                     Some("right") => right.push(b),
                     Some("left_matched") => left_matched.push(b),
                     Some("right_matched") => right_matched.push(b),
-                    Some("left_padded") => left_padded.push(b),
-                    Some("right_padded") => right_padded.push(b),
+                    Some(tag) if tag.starts_with("left_padded@") => {
+                        if tag == format!("left_padded@{newest}") {
+                            left_padded.push(b)
+                        }
+                    }
+                    Some(tag) if tag.starts_with("right_padded@") => {
+                        if tag == format!("right_padded@{newest}") {
+                            right_padded.push(b)
+                        }
+                    }
                     other => {
                         return Err(crate::error::Error::Checkpoint(format!(
                             "a StreamJoin snapshot batch tagged {other:?}, not left or right"
@@ -1446,17 +1437,18 @@ mod tests {
         ])
     }
 
-    /// `left.k = right.k`, `left.ts - right.ts` in [-2 s, 2 s], watermarks 1 s behind.
-    fn join(input: &TestInput) -> StreamJoin {
+    /// `left.k = right.k` on `(k, ts)` sides, each side's time `time`, `left.ts -
+    /// right.ts` in `bounds`.
+    fn keyed_join(
+        input: &TestInput,
+        time: JoinTime,
+        bounds: (Option<i64>, Option<i64>),
+    ) -> StreamJoin {
         let side = |k: &str, t: &str| {
             Arc::new(Schema::new(vec![
                 Field::new(k, DataType::Utf8, true),
                 Field::new(t, ts(), true),
             ]))
-        };
-        let time = JoinTime {
-            index: Some(1),
-            delay: Some(Duration::from_secs(1)),
         };
         StreamJoin::try_new(
             &input.frame(),
@@ -1464,7 +1456,7 @@ mod tests {
             side("rk", "rts"),
             time,
             time,
-            (Some(-2_000), Some(2_000)),
+            bounds,
             |l, r| {
                 Ok(LogicalPlanBuilder::from(l)
                     .join(
@@ -1480,7 +1472,16 @@ mod tests {
             },
         )
         .unwrap()
-        .with_time_names("a.ts".into(), "b.ts".into())
+    }
+
+    /// `left.k = right.k`, `left.ts - right.ts` in [-2 s, 2 s], watermarks 1 s behind.
+    fn join(input: &TestInput) -> StreamJoin {
+        let time = JoinTime {
+            index: Some(1),
+            delay: Some(Duration::from_secs(1)),
+        };
+        keyed_join(input, time, (Some(-2_000), Some(2_000)))
+            .with_time_names("a.ts".into(), "b.ts".into())
     }
 
     #[tokio::test]
@@ -1528,45 +1529,18 @@ mod tests {
 
     /// `left.k = right.k` with no time bound: a regular join of `join_type`.
     fn regular(input: &TestInput, join_type: JoinType) -> StreamJoin {
-        let side = |k: &str, t: &str| {
-            Arc::new(Schema::new(vec![
-                Field::new(k, DataType::Utf8, true),
-                Field::new(t, ts(), true),
-            ]))
-        };
         let time = JoinTime {
             index: None,
             delay: None,
         };
-        StreamJoin::try_new(
-            &input.frame(),
-            side("lk", "lts"),
-            side("rk", "rts"),
-            time,
-            time,
-            (None, None),
-            |l, r| {
-                Ok(LogicalPlanBuilder::from(l)
-                    .join(
-                        r,
-                        JoinType::Inner,
-                        (
-                            vec![Column::from_qualified_name("__flumen_join_left.c0")],
-                            vec![Column::from_qualified_name("__flumen_join_right.c0")],
-                        ),
-                        None,
-                    )?
-                    .build()?)
-            },
-        )
-        .unwrap()
-        .with_join_type(join_type)
-        .unwrap()
-        .with_state(
-            vec![(0, 0, "a.k".into(), "b.k".into())],
-            StateConfig::default(),
-        )
-        .unwrap()
+        keyed_join(input, time, (None, None))
+            .with_join_type(join_type)
+            .unwrap()
+            .with_state(
+                vec![(0, 0, "a.k".into(), "b.k".into())],
+                StateConfig::default(),
+            )
+            .unwrap()
     }
 
     #[tokio::test]
@@ -1600,6 +1574,7 @@ mod tests {
                 "a,1970-01-01T00:00:01,a,1970-01-01T00:00:05,+I"
             ]
         );
+        let older = op.snapshot().unwrap();
         // A second match retracts nothing; a new row that matches at once is never
         // padded; a copy of b (two padded copies out) and c without a match are.
         let out = input
@@ -1626,7 +1601,12 @@ mod tests {
             ]
         );
         // From a checkpoint: both copies of b are retracted by b's match, c's by c's.
-        let state = op.snapshot().unwrap();
+        // A restore reads a chain of snapshots; the padded rows of the older one (b
+        // once) are not counted again.
+        let mut state = op.snapshot().unwrap();
+        let mut chain = older.batches;
+        chain.append(&mut state.batches);
+        state.batches = chain;
         let input = super::tests::input();
         let mut op = regular(&input, JoinType::Left);
         op.restore(state).unwrap();

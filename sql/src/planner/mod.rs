@@ -20,6 +20,7 @@
 //!        refused         with the reason, as a plan error
 //! ```
 
+mod changelog_agg;
 mod classify;
 mod rank;
 mod role;
@@ -41,8 +42,8 @@ use datafusion::logical_expr::{
     Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
 };
 use flumen_engine::ops::{
-    Changes, Dedup, Emits, Materialize, OP_COLUMN, RunningAggregate, StreamOperator, TopN,
-    WindowClose,
+    Changes, Dedup, Emits, Materialize, OP_COLUMN, RunningAggregate, StreamOperator, ToChangelog,
+    TopN, WindowClose,
 };
 use flumen_engine::{Error, Result, Stream, StreamingContext, plan_err};
 
@@ -212,6 +213,9 @@ impl StreamPlanner<'_> {
             (Role::RankFilter, LogicalPlan::Filter(f)) => self.rank_filter(&node, f),
             (Role::StreamJoin, LogicalPlan::Join(j)) => self.stream_join(&node, j),
             (Role::OverChangelog, _) => carry_op(node),
+            (Role::ChangelogAggregate, LogicalPlan::Aggregate(agg)) => {
+                self.changelog_aggregate(agg)
+            }
             (role, _) => Err(DataFusionError::Internal(format!(
                 "role {role:?} for a {} node",
                 node.display()
@@ -231,6 +235,44 @@ impl StreamPlanner<'_> {
             .with_state_config(self.ctx.state_config().clone())
             .with_positional_names();
         self.replace(input, &agg.schema, Box::new(op), None)
+    }
+
+    /// A `GROUP BY` over a changelog: a running aggregate of signed values (each row
+    /// +1, a retracted one -1; `changelog_agg.rs`), its values finished, and a
+    /// `ToChangelog` that retracts each changed group's previous row.
+    fn changelog_aggregate(
+        &mut self,
+        agg: &Aggregate,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let signed = changelog_agg::SignedAggregate::try_new(agg)?;
+        let input = DataFrame::new(self.state.clone(), signed.aggregate.input.as_ref().clone());
+        let op = RunningAggregate::try_new(
+            &input,
+            signed.aggregate.group_expr.clone(),
+            signed.aggregate.aggr_expr.clone(),
+        )
+        .map_err(external)?
+        .with_changed_only(true)
+        .with_state_config(self.ctx.state_config().clone())
+        .with_positional_names();
+        let sums = self
+            .replace(input, &signed.aggregate.schema, Box::new(op), None)?
+            .data;
+        let schema = sums.schema().clone();
+        let cols: Vec<Expr> = schema
+            .iter()
+            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+            .collect();
+        let finished = LogicalPlan::Projection(Projection::try_new(
+            signed.finished(&cols)?,
+            Arc::new(sums),
+        )?);
+        let df = DataFrame::new(self.state.clone(), finished);
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let op = ToChangelog::try_new(schema, (0..agg.group_expr.len()).collect())
+            .map_err(external)?
+            .with_positional_names();
+        self.replace(df, &agg.schema, Box::new(op), None)
     }
 
     /// A `GROUP BY` with window key `k`: a windowed or session aggregate.

@@ -37,6 +37,8 @@ pub(super) enum Role {
     /// A projection, filter or alias over a changelog: runs per batch, carrying the
     /// `_op` column through.
     OverChangelog,
+    /// A `GROUP BY` over a changelog: signed sums, and a changelog of its groups.
+    ChangelogAggregate,
 }
 
 type Classified = datafusion::error::Result<Role>;
@@ -60,6 +62,12 @@ impl StreamPlanner<'_> {
             );
         }
         if self.rows(node) == Rows::Changelog {
+            if let LogicalPlan::Aggregate(agg) = node
+                && self.rows(&agg.input) == Rows::Changelog
+            {
+                // (Append mode never has a changelog: the join refuses it.)
+                return Ok(Role::ChangelogAggregate);
+            }
             return over_changelog(node);
         }
         let needs_whole = matches!(
@@ -280,7 +288,7 @@ fn refused_over_changelog(what: &str) -> Classified {
         "{what} over a regular outer join of two streams is not supported yet: the \
                  join retracts a row it emitted without a match (padded with nulls) when the \
                  first match arrives, and {what} here cannot take a row back out of its \
-                 result. Run the join alone (its rows carry _op = '+I' or '-D'), write an \
+                 result (GROUP BY with COUNT, SUM and AVG can). Run the join alone (its rows carry _op = '+I' or '-D'), write an \
                  inner join, or bound the join in time (e.g. r.ts BETWEEN l.ts AND l.ts + \
                  INTERVAL '1' HOUR, with watermarks: its unmatched rows then come out once, \
                  when they can no longer match)"
