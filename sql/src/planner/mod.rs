@@ -561,9 +561,26 @@ impl StreamPlanner<'_> {
 fn carry_op(node: LogicalPlan) -> datafusion::error::Result<Transformed<LogicalPlan>> {
     match node {
         LogicalPlan::Projection(p) => {
-            let has_op = p.schema.fields().last().map(|f| f.name().as_str()) == Some(OP_COLUMN);
-            if has_op {
-                return Ok(Transformed::no(LogicalPlan::Projection(p)));
+            let names: Vec<&str> = p
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            match names.iter().position(|n| *n == OP_COLUMN) {
+                Some(i) if i + 1 == names.len() => {
+                    return Ok(Transformed::no(LogicalPlan::Projection(p)));
+                }
+                // Selected by name (a derived stream's rows have it): moved last.
+                Some(i) => {
+                    let mut exprs = p.expr.clone();
+                    let op = exprs.remove(i);
+                    exprs.push(op);
+                    return Ok(Transformed::yes(LogicalPlan::Projection(
+                        Projection::try_new(exprs, p.input)?,
+                    )));
+                }
+                None => {}
             }
             let input_schema = p.input.schema();
             let (q, f) = input_schema.qualified_field(input_schema.fields().len() - 1);

@@ -263,9 +263,12 @@ impl StreamPlanner<'_> {
 /// part in its result, which no operator here does yet.
 fn over_changelog(node: &LogicalPlan) -> Classified {
     match node {
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            Ok(Role::OverChangelog)
-        }
+        // (A scan: the operator's output, seen again when a derived stream's plan is
+        // read by another query.)
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::TableScan(_) => Ok(Role::OverChangelog),
         other => {
             let what = match other {
                 LogicalPlan::Aggregate(_) => "an aggregate",
