@@ -132,7 +132,11 @@ pub fn apply_changelog(
     use std::collections::HashMap;
     let converter = row_converter(schema)?;
     // Row content -> positions (batch, row) of the copies still in the result.
-    let mut live: HashMap<Box<[u8]>, Vec<(usize, usize)>> = HashMap::new();
+    let mut live: HashMap<
+        Box<[u8]>,
+        Vec<(usize, usize)>,
+        datafusion::common::hash_utils::RandomState,
+    > = HashMap::default();
     for (b, batch) in batches.iter().enumerate() {
         let mut data = batch.columns().to_vec();
         let ops = data.remove(op);

@@ -29,6 +29,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::RowConverter;
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::JoinType;
+use datafusion::common::hash_utils::RandomState;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
@@ -311,19 +312,22 @@ impl Matched {
     }
 }
 
+/// Row contents (row format), hashed with DataFusion's fast hasher.
+type Contents = HashSet<Box<[u8]>, RandomState>;
+
 /// A regular outer join's rows of one outer side that were emitted padded with nulls
 /// and not yet retracted, by content, with how many copies are out: the first match
 /// of such a row retracts every copy (`-D`), and the row's own matches follow.
 struct Padded {
     converter: RowConverter,
-    counts: std::collections::HashMap<Box<[u8]>, usize>,
+    counts: std::collections::HashMap<Box<[u8]>, usize, RandomState>,
 }
 
 impl Padded {
     fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
             converter: super::row_converter(schema)?,
-            counts: std::collections::HashMap::new(),
+            counts: std::collections::HashMap::default(),
         })
     }
 
@@ -333,7 +337,7 @@ impl Padded {
     fn unmatched_new(
         &mut self,
         rows: &[RecordBatch],
-        matched: &HashSet<Box<[u8]>>,
+        matched: &Contents,
     ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for b in rows {
@@ -357,8 +361,8 @@ impl Padded {
     }
 
     /// The contents of the side's columns `columns` of some matches.
-    fn contents(&self, batches: &[Vec<ArrayRef>]) -> Result<HashSet<Box<[u8]>>> {
-        let mut set = HashSet::new();
+    fn contents(&self, batches: &[Vec<ArrayRef>]) -> Result<Contents> {
+        let mut set = Contents::default();
         for columns in batches {
             for r in self.converter.convert_columns(columns)?.iter() {
                 set.insert(r.as_ref().into());
@@ -369,11 +373,7 @@ impl Padded {
 
     /// Of the rows with content in `matched`, the copies emitted padded: as rows of
     /// `schema` (the side's), to retract; they are no longer out.
-    fn retract(
-        &mut self,
-        matched: &HashSet<Box<[u8]>>,
-        schema: &SchemaRef,
-    ) -> Result<Option<RecordBatch>> {
+    fn retract(&mut self, matched: &Contents, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
         let mut rows = Vec::new();
         for content in matched {
             if let Some(n) = self.counts.remove(content) {
@@ -390,7 +390,7 @@ impl Padded {
     /// with their keys): a padded copy of a row gone stays in the result (nothing can
     /// match it any more), so no more copies of a content are out than are kept.
     fn forget(&mut self, gone: &[RecordBatch], kept: &[RecordBatch]) -> Result<()> {
-        let mut touched = HashSet::new();
+        let mut touched = Contents::default();
         for b in gone {
             for r in self.converter.convert_columns(b.columns())?.iter() {
                 if self.counts.contains_key(r.as_ref()) {
@@ -401,8 +401,8 @@ impl Padded {
         if touched.is_empty() {
             return Ok(());
         }
-        let mut still: std::collections::HashMap<Box<[u8]>, usize> =
-            std::collections::HashMap::new();
+        let mut still: std::collections::HashMap<Box<[u8]>, usize, RandomState> =
+            std::collections::HashMap::default();
         for b in kept {
             for r in self.converter.convert_columns(b.columns())?.iter() {
                 if touched.contains(r.as_ref()) {

@@ -21,6 +21,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
 
 use super::{Emits, OP_DELETE, OP_INSERT, OperatorContext, StreamOperator};
 use crate::{Result, internal_err};
@@ -37,7 +38,7 @@ pub struct ToChangelog {
     key_converter: Option<RowConverter>,
     row_converter: RowConverter,
     /// Key -> the row last emitted for it.
-    last: HashMap<Box<[u8]>, Box<[u8]>>,
+    last: HashMap<Box<[u8]>, Box<[u8]>, RandomState>,
 }
 
 impl ToChangelog {
@@ -63,7 +64,7 @@ impl ToChangelog {
             rows_schema,
             input,
             keys,
-            last: HashMap::new(),
+            last: HashMap::default(),
         })
     }
 
