@@ -1,7 +1,10 @@
 //! `StreamJoin`: an inner join of two streams over event time — an interval join
 //! (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`) or a join of rows in the same
 //! window (`a.window_start = b.window_start`). Both sides' rows are kept as state
-//! until the other side's watermark proves that no future row can match them.
+//! until the other side's watermark proves that no future row can match them. Without
+//! a time bound it is a regular join (rows kept until `state_ttl`); an outer join adds
+//! the rows without a match, once no row can match them (bounded) or at once, retracted
+//! at their first match (regular: a changelog).
 //!
 //! ```text
 //!  input (one tagged union of both sides) ─split─▶ new left L', new right R'
