@@ -487,3 +487,55 @@ async fn the_kafka_sink_writes_rows_as_json_records_keyed_by_a_column() {
         "{err}"
     );
 }
+
+/// A regular outer join's changelog as the kafka and files sinks write it: each row
+/// with its `_op` (`+I`, `-D`) as a column, in the order emitted, read back as it was
+/// sent.
+#[tokio::test]
+async fn a_changelog_goes_to_kafka_and_files_with_its_op_column() {
+    let c = client().await;
+    let t = topic("changelog");
+    create_topic(&c, &t, 1).await;
+    let dir = crate::common::temp_dir("changelog-files");
+    let join = "SELECT p.id, p.name, o.amount FROM p LEFT JOIN o ON p.id = o.pid";
+    let mut s = sql_session();
+    s.execute_script(&format!(
+        "CREATE STREAM p (id BIGINT, name TEXT) WITH (connector = 'memory');
+         CREATE STREAM o (pid BIGINT, amount BIGINT) WITH (connector = 'memory');
+         CREATE SINK k WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = '{t}') AS {join};
+         CREATE SINK f WITH (connector = 'files', path = '{}', format = 'parquet') AS {join};
+         INSERT INTO p VALUES (1, 'ann');
+         ADVANCE 1 BATCHES;
+         INSERT INTO o VALUES (1, 10);
+         ADVANCE 1 BATCHES;",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    s.stop_all().await.unwrap();
+    let mut r = ran_to_end(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM back (id BIGINT, name TEXT, amount BIGINT, _op TEXT, _offset BIGINT)
+           WITH (connector = 'kafka', bootstrap_servers = '{BROKER}', topic = '{t}',
+                 starting_offsets = 'earliest');
+         CREATE SINK seen WITH (connector = 'memory') AS SELECT _offset, id, name, amount, _op FROM back;"
+    ))
+    .await;
+    assert_eq!(
+        sql_rows(
+            &mut r,
+            "SELECT id, name, amount, _op FROM seen ORDER BY _offset"
+        )
+        .await,
+        strs(&["1|ann|NULL|+I", "1|ann|NULL|-D", "1|ann|10|+I"])
+    );
+    // The files: the same rows, with the op column, in the committed files.
+    assert_eq!(
+        crate::crash::query(
+            &dir,
+            "SELECT id, name, amount, _op FROM output ORDER BY amount NULLS FIRST, _op"
+        )
+        .await,
+        strs(&["1|ann|NULL|+I", "1|ann|NULL|-D", "1|ann|10|+I"])
+    );
+}
