@@ -55,7 +55,9 @@ impl SignedAggregate {
         let input_schema = agg.input.schema();
         let (q, f) = input_schema.qualified_field(input_schema.fields().len() - 1);
         if f.name() != OP_COLUMN {
-            return refuse("internal: the input of an aggregate over a changelog lacks _op");
+            return Err(datafusion::error::DataFusionError::Internal(
+                "the input of an aggregate over a changelog lacks _op".into(),
+            ));
         }
         let op = Expr::Column(Column::new(q.cloned(), f.name()));
         for g in &agg.group_expr {

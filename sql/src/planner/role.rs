@@ -62,12 +62,7 @@ impl StreamPlanner<'_> {
             );
         }
         if self.rows(node) == Rows::Changelog {
-            if let LogicalPlan::Aggregate(agg) = node
-                && self.rows(&agg.input) == Rows::Changelog
-            {
-                // (Append mode never has a changelog: the join refuses it.)
-                return Ok(Role::ChangelogAggregate);
-            }
+            // (Append mode never has a changelog: the join refuses it.)
             return over_changelog(node);
         }
         let needs_whole = matches!(
@@ -127,6 +122,7 @@ impl StreamPlanner<'_> {
     fn aggregate_role(&self, agg: &Aggregate) -> Classified {
         let over_operator = reads_operator_output(&agg.input);
         match self.rows(&agg.input) {
+            // (`classify` answers for a changelog first.)
             Rows::Changelog => refused_over_changelog("an aggregate"),
             Rows::Static | Rows::Changes => Ok(Role::PerBatch(None)),
             Rows::Mixed => refuse(mixed("an aggregate")),
@@ -218,6 +214,7 @@ impl StreamPlanner<'_> {
 
     fn window_role(&self, w: &Window) -> Classified {
         match self.rows(&w.input) {
+            // (`classify` answers for a changelog first.)
             Rows::Changelog => refused_over_changelog("a window function"),
             Rows::Static | Rows::Changes => Ok(Role::PerBatch(None)),
             Rows::Whole => Ok(Role::PerBatch(Some(format!(
@@ -259,8 +256,9 @@ impl StreamPlanner<'_> {
 
 /// The role of `node` over a changelog (a regular outer join's rows, some of them
 /// retracting rows emitted before): rows pass through projections and filters with
-/// their `_op`; anything that combines rows would have to undo a retracted row's
-/// part in its result, which no operator here does yet.
+/// their `_op`, and a `GROUP BY` counts them with a sign (`changelog_agg.rs`);
+/// anything else that combines rows would have to undo a retracted row's part in its
+/// result, which no operator here does yet.
 fn over_changelog(node: &LogicalPlan) -> Classified {
     match node {
         // (A scan: the operator's output, seen again when a derived stream's plan is
@@ -269,9 +267,9 @@ fn over_changelog(node: &LogicalPlan) -> Classified {
         | LogicalPlan::Filter(_)
         | LogicalPlan::SubqueryAlias(_)
         | LogicalPlan::TableScan(_) => Ok(Role::OverChangelog),
+        LogicalPlan::Aggregate(_) => Ok(Role::ChangelogAggregate),
         other => {
             let what = match other {
-                LogicalPlan::Aggregate(_) => "an aggregate",
                 LogicalPlan::Distinct(_) => "DISTINCT",
                 LogicalPlan::Window(_) => "a window function",
                 LogicalPlan::Sort(_) => "ORDER BY",

@@ -374,22 +374,7 @@ impl QuerySchema {
                 {
                     df
                 } else {
-                    let df = df.with_column(BATCH_TIME_COLUMN, self.batch_time.call(vec![]))?;
-                    if planned.emits == flumen_engine::ops::Emits::Changelog {
-                        // A changelog's row kind stays its last column.
-                        let mut names: Vec<String> = df
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .filter(|n| n != flumen_engine::ops::OP_COLUMN)
-                            .collect();
-                        names.push(flumen_engine::ops::OP_COLUMN.to_string());
-                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                        df.select_columns(&names)?
-                    } else {
-                        df
-                    }
+                    df.with_column(BATCH_TIME_COLUMN, self.batch_time.call(vec![]))?
                 };
                 df.into_view()
             }
