@@ -76,9 +76,9 @@ pub const OP_DELETE: &str = "-D";
 pub fn with_op(batch: RecordBatch, op: &str, schema: &SchemaRef) -> Result<RecordBatch> {
     let n = batch.num_rows();
     let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(datafusion::arrow::array::StringArray::from(
-        vec![op; n],
-    )));
+    columns.push(Arc::new(
+        datafusion::arrow::array::StringArray::from_iter_values(std::iter::repeat_n(op, n)),
+    ));
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
