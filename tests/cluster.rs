@@ -33,6 +33,7 @@ async fn the_slt_suite_gives_the_same_rows_on_a_cluster() {
         "nexmark",
         "sql_functions",
         "regular_outer_joins",
+        "aggregates_over_aggregates",
     ] {
         crate::sql_logic::run_slt_on(name, Some(cluster.url.to_string())).await;
     }

@@ -358,7 +358,7 @@ async fn database_sinks_survive_kills(connector: &str, url: &str) {
 /// retracted when their match arrives. Through 20 kills, each table ends as the
 /// join of all the input: no padded row left behind, none retracted twice; and an
 /// aggregate over the join (its groups upserted, each old row retracted) as that
-/// aggregate over all the input.
+/// aggregate over all the input; so does an aggregate over an aggregate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regular_outer_join_into_postgres_survives_20_kills() {
     regular_outer_join_survives_kills("postgres", crate::connectors::kafka::POSTGRES).await;
@@ -372,10 +372,11 @@ async fn a_regular_outer_join_into_mariadb_survives_20_kills() {
 async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
     let work = temp_dir("crash-outer");
     let suffix = unique_suffix();
-    let (rows, keyed, counts) = (
+    let (rows, keyed, counts, hist) = (
         format!("outer_rows_{suffix}"),
         format!("outer_keyed_{suffix}"),
         format!("outer_counts_{suffix}"),
+        format!("outer_hist_{suffix}"),
     );
     let join = "SELECT a.value AS k, b.value AS m FROM a LEFT JOIN b ON a.value = b.value * 2";
     let script = write_script(
@@ -388,8 +389,14 @@ async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
                                      mode = 'upsert', key = 'k') AS {join};
              CREATE SINK counts WITH (connector = '{connector}', url = '{url}', table = '{counts}',
                                       mode = 'upsert', key = 'k') AS
-               SELECT a.value % 10 AS k, count(*) AS n, count(b.value) AS matched
-               FROM a LEFT JOIN b ON a.value = b.value * 2 GROUP BY a.value % 10;"
+               SELECT a.value % 10 AS k, count(*) AS n, count(b.value) AS matched,
+                      max(b.value) AS top, min(a.value) FILTER (WHERE b.value IS NULL) AS lonely,
+                      count(DISTINCT b.value) AS partners
+               FROM a LEFT JOIN b ON a.value = b.value * 2 GROUP BY a.value % 10;
+             CREATE SINK hist WITH (connector = '{connector}', url = '{url}', table = '{hist}',
+                                    mode = 'upsert', key = 'n') AS
+               SELECT n, count(*) AS members, max(k) AS top FROM
+                 (SELECT value % 10 AS k, count(*) AS n FROM a GROUP BY value % 10) GROUP BY n;"
         ),
     );
     let (script2, cp) = (script.clone(), work.join("checkpoint"));
@@ -410,13 +417,27 @@ async fn regular_outer_join_survives_kills(connector: &str, url: &str) {
         assert_eq!(got, expected, "{table}");
     }
     // The aggregate over the join (its groups' changes applied as -D old, +I new):
-    // 200 rows per k, the even ones all matched.
+    // 200 rows per k, the even ones all matched — so their padded rows, the lowest
+    // unmatched value among them, were all retracted — the odd ones none.
     let expected: Vec<String> = (0..10i64)
-        .map(|k| format!("{k}|200|{}", if k % 2 == 0 { 200 } else { 0 }))
+        .map(|k| match k % 2 {
+            0 => format!("{k}|200|200|{}|-1|200", (1990 + k) / 2),
+            _ => format!("{k}|200|0|-1|{k}|0"),
+        })
         .collect();
     assert_eq!(
-        select(format!("SELECT k, n, matched FROM {counts} ORDER BY k")).await,
+        select(format!(
+            "SELECT k, n, matched, COALESCE(top, -1), COALESCE(lonely, -1), partners
+             FROM {counts} ORDER BY k"
+        ))
+        .await,
         expected
+    );
+    // An aggregate over an aggregate (a histogram of the counts): every group it had
+    // on the way left again, retracted; the ten keys end with 200 rows each.
+    assert_eq!(
+        select(format!("SELECT n, members, top FROM {hist} ORDER BY n")).await,
+        vec!["200|10|9".to_string()]
     );
 }
 

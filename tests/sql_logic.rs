@@ -161,6 +161,7 @@ macro_rules! slt_files {
 }
 
 slt_files!(
+    aggregates_over_aggregates,
     batch_time,
     ddl,
     decisions,

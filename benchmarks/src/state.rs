@@ -18,6 +18,13 @@
 //! join (a changelog: `a` rows without a match padded, retracted at their first
 //! match) and `--query left-join-count` a `GROUP BY a.k % 1000` with `COUNT`s over
 //! that left join (signed sums, a changelog of its groups).
+//!
+//! `--query histogram` runs an aggregate over the running count (`SELECT n, count(*)
+//! FROM (SELECT k, count(*) AS n ...) GROUP BY n`): the counts' changes as a changelog
+//! into a second running aggregate. `--query histogram-recomputed` adds a `STDDEV(n)`,
+//! which cannot take a row back out, so the same query keeps the counts whole and
+//! recomputes the histogram over them each batch (`Materialize`): the path the first
+//! took before.
 
 use std::sync::Arc;
 
@@ -42,11 +49,12 @@ pub async fn run(args: &[String]) -> Result<()> {
     let memory = text_flag(args, "--memory");
     let query = text_flag(args, "--query").unwrap_or("count");
     let join = match query {
-        "count" => false,
+        "count" | "histogram" | "histogram-recomputed" => false,
         "join" | "regular-join" | "left-join" | "left-join-count" => true,
         other => {
             return Err(anyhow!(
-                "--query {other}: count, join, regular-join, left-join or left-join-count"
+                "--query {other}: count, histogram, histogram-recomputed, join, regular-join, \
+                 left-join or left-join-count"
             ));
         }
     };
@@ -154,9 +162,25 @@ pub async fn run(args: &[String]) -> Result<()> {
          INSERT INTO out SELECT a.k, a.ts AS ats, b.ts AS bts FROM a JOIN b
            ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '1' DAY AND b.ts + INTERVAL '1' DAY;"
         } else {
-            "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
+            match query {
+                "histogram" => {
+                    "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
+         CREATE SINK out WITH (connector = 'blackhole');
+         INSERT INTO out SELECT n, count(*) AS keys
+           FROM (SELECT k, count(*) AS n FROM s GROUP BY k) GROUP BY n;"
+                }
+                "histogram-recomputed" => {
+                    "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
+         CREATE SINK out WITH (connector = 'blackhole');
+         INSERT INTO out SELECT n, count(*) AS keys, stddev(n) AS spread
+           FROM (SELECT k, count(*) AS n FROM s GROUP BY k) GROUP BY n;"
+                }
+                _ => {
+                    "CREATE STREAM s (k BIGINT NOT NULL) WITH (connector = 'pregenerated');
          CREATE SINK out WITH (connector = 'blackhole');
          INSERT INTO out SELECT k, count(*) AS n FROM s GROUP BY k;"
+                }
+            }
         });
     }
     session

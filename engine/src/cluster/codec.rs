@@ -44,6 +44,7 @@ use crate::cluster::join::JoinFold;
 use crate::cluster::scan::ReadScanExec;
 use crate::cluster::state::{FirstRows, Fold, Spec, StatePartitionsExec, Versions, WindowSpec};
 use crate::cluster::write::{ClusterWrite, WriteExec};
+use crate::ops::aggregate::multiset::{Over, SignedMultiset, signed_multiset};
 use crate::split::SplitUnnestExec;
 
 /// First byte of an encoded node: whose it is.
@@ -54,6 +55,8 @@ const READ_SCAN_NODE: u8 = 4;
 const WRITE_NODE: u8 = 5;
 /// First byte of an encoded function that travels as a value.
 const BATCH_TIME: u8 = 2;
+/// First byte of an encoded aggregate over a changelog's values (`SignedMultiset`).
+const SIGNED_MULTISET: u8 = 6;
 
 /// The codec of every Flumen driver, scheduler and executor (see the module).
 #[derive(Debug, Default)]
@@ -581,11 +584,22 @@ impl PhysicalExtensionCodec for FlumenCodec {
     }
 
     fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
-        self.ballista.try_decode_udaf(name, buf)
+        match buf {
+            [SIGNED_MULTISET, code] => Over::from_code(*code)
+                .map(signed_multiset)
+                .ok_or_else(|| decode_error(name, "a known multiset aggregate")),
+            _ => self.ballista.try_decode_udaf(name, buf),
+        }
     }
 
     fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
-        self.ballista.try_encode_udaf(node, buf)
+        match node.inner().as_ref().downcast_ref::<SignedMultiset>() {
+            Some(m) => {
+                buf.extend_from_slice(&[SIGNED_MULTISET, m.over().code()]);
+                Ok(())
+            }
+            None => self.ballista.try_encode_udaf(node, buf),
+        }
     }
 
     fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {

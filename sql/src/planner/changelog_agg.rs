@@ -1,4 +1,6 @@
-//! An aggregate over a changelog (rows added, `_op = '+I'`, and retracted, `'-D'`):
+//! An aggregate over a changelog (rows added, `_op = '+I'`, and retracted, `'-D'`: a
+//! regular outer join's rows, or another aggregate's changed groups made one by a
+//! `ToChangelog`):
 //! each row counts with a sign, +1 or -1, so `COUNT`, `SUM` and `AVG` become sums of
 //! signed values that a running aggregate keeps like any other — a retracted row takes
 //! its part back out. With each group's signed row count, a group whose rows were all
@@ -9,19 +11,24 @@
 //!     COUNT(x)  → SUM(CASE WHEN x IS NOT NULL THEN sign ELSE 0 END)      c
 //!     SUM(x)    → SUM(x * sign), c                        → NULL when c = 0, else s
 //!     AVG(x)    → SUM(CAST(x AS DOUBLE) * sign), c        → NULL when c = 0, else s / c
+//!     MIN(x), MAX(x), COUNT/SUM/AVG(DISTINCT x)
+//!               → a multiset of the group's values with signed counts (`SignedMultiset`)
 //!     rows      → SUM(sign)
 //!  ─▶ the values finished ─▶ ToChangelog (keyed by the group): -D old row, +I new row
 //! ```
 //!
-//! `MIN`, `MAX` and `DISTINCT` aggregates would need every value of a group (a
-//! retracted maximum gives way to the next one): refused, with the reason.
+//! `MIN`, `MAX` and the `DISTINCT` aggregates keep every value of the group with its
+//! count (a retracted maximum gives way to the next one): their state grows with the
+//! distinct values per group, as Flink's retracting `MAX` does.
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, DFSchemaRef, ScalarValue};
 use datafusion::functions_aggregate::expr_fn::sum;
+use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, cast, lit, when};
+use flumen_engine::ops::aggregate::multiset::{Over, signed_multiset};
 use flumen_engine::ops::{OP_COLUMN, OP_DELETE};
 
 use super::refuse;
@@ -37,6 +44,8 @@ enum Finish {
     Sum(usize, usize),
     /// `AVG`: the signed sum over the count, NULL when no value is left.
     Avg(usize, usize),
+    /// A multiset's value, as it is (column index).
+    Value(usize),
 }
 
 /// An aggregate over a changelog as an aggregate of signed values.
@@ -60,28 +69,7 @@ impl SignedAggregate {
             ));
         }
         let op = Expr::Column(Column::new(q.cloned(), f.name()));
-        for g in &agg.group_expr {
-            if let Expr::ScalarFunction(f) = g
-                && [
-                    WINDOW_FUNCTION,
-                    SESSION_WINDOW_FUNCTION,
-                    CUMULATE_WINDOW_FUNCTION,
-                ]
-                .contains(&f.name())
-            {
-                return refuse(
-                    "a windowed aggregate over a regular outer join (a changelog) is not \
-                     supported yet: group by columns, or bound the join in time (its rows \
-                     then never change)",
-                );
-            }
-            if matches!(g, Expr::GroupingSet(_)) {
-                return refuse(
-                    "GROUPING SETS, CUBE and ROLLUP over a regular outer join (a changelog) \
-                     are not supported",
-                );
-            }
-        }
+        Self::check(agg)?;
         let mut columns: Vec<Expr> = input_schema
             .iter()
             .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
@@ -97,25 +85,23 @@ impl SignedAggregate {
         let mut aggr_expr = Vec::new();
         let mut finish = Vec::new();
         for (i, e) in agg.aggr_expr.iter().enumerate() {
-            let Expr::AggregateFunction(f) = e.clone().unalias() else {
-                return refuse(format!(
-                    "{e} over a regular outer join (a changelog) is not supported"
-                ));
-            };
+            let (f, over) = kind(e)?;
             let name = f.func.name().to_ascii_lowercase();
-            let supported = matches!(name.as_str(), "count" | "sum" | "avg")
-                && !f.params.distinct
-                && f.params.order_by.is_empty()
-                && f.params.args.len() == 1;
-            if !supported {
-                return refuse(format!(
-                    "{} over a regular outer join (a changelog) is not supported yet: the join \
-                     retracts rows it emitted, and only COUNT, SUM and AVG (without DISTINCT) \
-                     can take a retracted row back out of a group — MIN, MAX and DISTINCT \
-                     would need every value of the group kept. Bound the join in time (its \
-                     rows then never change), or write an inner join",
-                    e.schema_name()
-                ));
+            if let Some(over) = over {
+                // The group's values with signed counts; FILTER keeps a row's value.
+                let x = f.params.args[0].clone();
+                let x = match f.params.filter {
+                    Some(keep) => when(*keep, x).end()?,
+                    None => x,
+                };
+                let v = groups + aggr_expr.len();
+                aggr_expr.push(
+                    signed_multiset(over)
+                        .call(vec![x, sign()])
+                        .alias(format!("__flumen_m{i}")),
+                );
+                finish.push(Finish::Value(v));
+                continue;
             }
             let x = f.params.args[0].clone();
             let filter = f.params.filter.map(|b| *b);
@@ -162,6 +148,36 @@ impl SignedAggregate {
         })
     }
 
+    /// `Ok` when `agg` can run over a changelog, or the refusal naming what cannot.
+    pub fn check(agg: &Aggregate) -> datafusion::error::Result<()> {
+        for g in &agg.group_expr {
+            if let Expr::ScalarFunction(f) = g
+                && [
+                    WINDOW_FUNCTION,
+                    SESSION_WINDOW_FUNCTION,
+                    CUMULATE_WINDOW_FUNCTION,
+                ]
+                .contains(&f.name())
+            {
+                return refuse(
+                    "a windowed aggregate over a regular outer join (a changelog) is not \
+                     supported yet: group by columns, or bound the join in time (its rows \
+                     then never change)",
+                );
+            }
+            if matches!(g, Expr::GroupingSet(_)) {
+                return refuse(
+                    "GROUPING SETS, CUBE and ROLLUP over a regular outer join (a changelog) \
+                     are not supported",
+                );
+            }
+        }
+        for e in &agg.aggr_expr {
+            kind(e)?;
+        }
+        Ok(())
+    }
+
     /// Over `cols`, the signed aggregate's output columns: the group columns, each of
     /// the query's aggregates finished (its type and name), then the group's row count.
     pub fn finished(&self, cols: &[Expr]) -> datafusion::error::Result<Vec<Expr>> {
@@ -179,10 +195,47 @@ impl SignedAggregate {
                 }
                 Finish::Avg(s, c) => when(none_left(*c), lit(ScalarValue::Null))
                     .otherwise(cols[*s].clone() / cast(cols[*c].clone(), DataType::Float64))?,
+                Finish::Value(v) => cols[*v].clone(),
             };
             out.push(cast(value, field.data_type().clone()).alias(field.name()));
         }
         out.push(cols[cols.len() - 1].clone());
         Ok(out)
     }
+}
+
+/// The aggregate function of `e` and, for those that keep the group's values, the
+/// multiset that computes it; or the refusal.
+fn kind(e: &Expr) -> datafusion::error::Result<(AggregateFunction, Option<Over>)> {
+    let Expr::AggregateFunction(f) = e.clone().unalias() else {
+        return refuse(format!(
+            "{e} over a regular outer join (a changelog) is not supported"
+        ));
+    };
+    let name = f.func.name().to_ascii_lowercase();
+    let over = match (name.as_str(), f.params.distinct) {
+        ("min", _) => Some(Over::Min),
+        ("max", _) => Some(Over::Max),
+        ("count", true) => Some(Over::Count),
+        ("sum", true) => Some(Over::Sum),
+        ("avg", true) => Some(Over::Avg),
+        ("count" | "sum" | "avg", false) => None,
+        _ => {
+            return refuse(format!(
+                "{} over a regular outer join (a changelog) is not supported: the join \
+                 retracts rows it emitted, and only COUNT, SUM, AVG, MIN and MAX (with \
+                 or without DISTINCT) take a retracted row back out of a group. Bound \
+                 the join in time (its rows then never change), or write an inner join",
+                e.schema_name()
+            ));
+        }
+    };
+    if !f.params.order_by.is_empty() || f.params.args.len() != 1 {
+        return refuse(format!(
+            "{} over a regular outer join (a changelog) is not supported: an aggregate \
+             of one argument without ORDER BY is",
+            e.schema_name()
+        ));
+    }
+    Ok((f, over))
 }

@@ -212,6 +212,10 @@ impl StreamPlanner<'_> {
             }
             (Role::RankFilter, LogicalPlan::Filter(f)) => self.rank_filter(&node, f),
             (Role::StreamJoin, LogicalPlan::Join(j)) => self.stream_join(&node, j),
+            (Role::ChangelogInputs, _) => {
+                let node = self.changelog_inputs(node)?;
+                Ok(Transformed::yes(self.plan_node(node)?.data))
+            }
             (Role::OverChangelog, _) => carry_op(node),
             (Role::ChangelogAggregate, LogicalPlan::Aggregate(agg)) => {
                 self.changelog_aggregate(agg)
@@ -546,6 +550,85 @@ impl StreamPlanner<'_> {
                     }
                     let replacement = replacement.alias(table.clone())?.build()?;
                     self.materialized.insert(table, replacement.clone());
+                    Ok(Transformed::yes(replacement))
+                })?
+                .data;
+            rewritten.push(input);
+        }
+        node.with_new_exprs(node.expressions(), rewritten)
+    }
+}
+
+impl StreamPlanner<'_> {
+    /// `node` (an aggregate) with every scan of an operator's changed rows under it
+    /// replaced by a scan of the same rows as a changelog (`ToChangelog`: a changed
+    /// group's old row retracted, its new row added), scanned under the old name, and
+    /// the projections, filters and aliases between carrying `_op` up to `node`.
+    fn changelog_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+        let inputs = node.inputs().into_iter().cloned().collect::<Vec<_>>();
+        let mut rewritten = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let input = input
+                .transform_up(|n| {
+                    let LogicalPlan::TableScan(s) = &n else {
+                        return if self.rows(&n) == Rows::Changelog {
+                            carry_op(n)
+                        } else {
+                            Ok(Transformed::no(n))
+                        };
+                    };
+                    let table = s.table_name.table().to_string();
+                    let Some(OutputInfo {
+                        emits: Emits::Changes { keys },
+                        ..
+                    }) = self.scope.outputs.get(&table)
+                    else {
+                        return Ok(Transformed::no(n));
+                    };
+                    let full =
+                        LogicalPlanBuilder::scan(table.clone(), Arc::clone(&s.source), None)?
+                            .build()?;
+                    let df = DataFrame::new(self.state.clone(), full);
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let op = ToChangelog::of_upserts(schema, keys.clone())
+                        .map_err(external)?
+                        .with_positional_names();
+                    self.explain.push(op.explain());
+                    let out = self.add_operator(df, Box::new(op))?;
+                    let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
+                        return refuse("internal: an operator's output is not a scan");
+                    };
+                    self.scope.outputs.insert(
+                        scan.table_name.table().to_string(),
+                        OutputInfo {
+                            emits: Emits::Changelog,
+                            window: None,
+                            watermarked: Vec::new(),
+                        },
+                    );
+                    // Under the old table's column names, then `_op`.
+                    let mut columns: Vec<Expr> = match &s.projection {
+                        Some(p) => p.clone(),
+                        None => (0..s.source.schema().fields().len()).collect(),
+                    }
+                    .into_iter()
+                    .map(|i| {
+                        Expr::Column(Column::new(
+                            Some(scan.table_name.clone()),
+                            scan.projected_schema.field(i).name(),
+                        ))
+                        .alias(s.source.schema().field(i).name())
+                    })
+                    .collect();
+                    columns.push(Expr::Column(Column::new(
+                        Some(scan.table_name.clone()),
+                        OP_COLUMN,
+                    )));
+                    let replacement =
+                        LogicalPlanBuilder::from(out.dataframe().logical_plan().clone())
+                            .project(columns)?
+                            .alias(table)?
+                            .build()?;
                     Ok(Transformed::yes(replacement))
                 })?
                 .data;

@@ -5,9 +5,12 @@
 
 use datafusion::logical_expr::{Aggregate, Distinct, Expr, Join, LogicalPlan, Window};
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use flumen_engine::ops::Emits;
+
 use super::classify::{
-    Rows, groups_by_batch_time, is_window_of_operator, joins_on_batch_time, reads_operator_output,
-    reads_stream,
+    OutputInfo, Rows, groups_by_batch_time, is_window_of_operator, joins_on_batch_time,
+    reads_operator_output, reads_stream,
 };
 use super::{OutputMode, StreamPlanner, join_exprs, mixed, rank, refuse};
 use crate::batch_time::BATCH_TIME_COLUMN;
@@ -39,6 +42,10 @@ pub(super) enum Role {
     OverChangelog,
     /// A `GROUP BY` over a changelog: signed sums, and a changelog of its groups.
     ChangelogAggregate,
+    /// A `GROUP BY` over another aggregate's changed groups (upserts): those become a
+    /// changelog first (a `ToChangelog`: each group's old row retracted, its new row
+    /// added), then the node is classified again — a `ChangelogAggregate`.
+    ChangelogInputs,
 }
 
 type Classified = datafusion::error::Result<Role>;
@@ -76,6 +83,11 @@ impl StreamPlanner<'_> {
                 | LogicalPlan::Union(_)
         );
         if needs_whole && self.rows(node) == Rows::Changes {
+            if let LogicalPlan::Aggregate(agg) = node
+                && self.changelog_route(agg)
+            {
+                return Ok(Role::ChangelogInputs);
+            }
             return Ok(Role::MaterializeInputs);
         }
         match node {
@@ -117,6 +129,37 @@ impl StreamPlanner<'_> {
             },
             _ => Ok(Role::PerBatch(None)),
         }
+    }
+
+    /// Whether an aggregate over changed rows can read them as a changelog: the
+    /// aggregate takes rows back out (`SignedAggregate::check`), every node between
+    /// reads them row by row (projection, filter, alias), and each scan of changed
+    /// rows has a key to retract the old row by. Otherwise the rows are kept whole and
+    /// the aggregate recomputed over them (`Materialize`).
+    fn changelog_route(&self, agg: &Aggregate) -> bool {
+        if super::changelog_agg::SignedAggregate::check(agg).is_err() {
+            return false;
+        }
+        let mut ok = true;
+        let _ = agg.input.apply(|n| {
+            if self.rows(n) != Rows::Changes {
+                return Ok(TreeNodeRecursion::Jump);
+            }
+            match n {
+                LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::SubqueryAlias(_) => {}
+                LogicalPlan::TableScan(s) => {
+                    ok &= matches!(
+                        self.scope.outputs.get(s.table_name.table()),
+                        Some(OutputInfo { emits: Emits::Changes { keys }, .. }) if !keys.is_empty()
+                    );
+                }
+                _ => ok = false,
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        ok
     }
 
     fn aggregate_role(&self, agg: &Aggregate) -> Classified {

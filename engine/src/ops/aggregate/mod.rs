@@ -17,6 +17,7 @@
 //! ones) runs incrementally with no special case.
 
 pub(crate) mod event_time;
+pub mod multiset;
 pub(crate) mod on_cluster;
 pub(crate) mod partial;
 mod running;
