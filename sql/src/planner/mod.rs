@@ -33,13 +33,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion, TreeNodeRewriter};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection,
+    Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, Projection, TableScan,
 };
 use flumen_engine::ops::{
     Changes, Dedup, Emits, Materialize, OP_COLUMN, RunningAggregate, StreamOperator, ToChangelog,
@@ -486,6 +487,36 @@ impl StreamPlanner<'_> {
         input_stream.with_operator(op, self.slide).map_err(external)
     }
 
+    /// The operator `make` builds over every column of `s` (a scan of another
+    /// operator's output), added to the pipeline, its output recorded as `emits`; the
+    /// scan of that output.
+    fn over_whole_scan(
+        &mut self,
+        s: &TableScan,
+        emits: Emits,
+        make: impl FnOnce(SchemaRef) -> Result<Box<dyn StreamOperator>>,
+    ) -> datafusion::error::Result<TableScan> {
+        // The whole scan, not its projection: the operator keeps every column.
+        let full =
+            LogicalPlanBuilder::scan(s.table_name.clone(), Arc::clone(&s.source), None)?.build()?;
+        let df = DataFrame::new(self.state.clone(), full);
+        let op = make(Arc::new(df.schema().as_arrow().clone())).map_err(external)?;
+        self.explain.push(op.explain());
+        let out = self.add_operator(df, op)?;
+        let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
+            return refuse("internal: an operator's output is not a scan");
+        };
+        self.scope.outputs.insert(
+            scan.table_name.table().to_string(),
+            OutputInfo {
+                emits,
+                window: None,
+                watermarked: Vec::new(),
+            },
+        );
+        Ok(scan.clone())
+    }
+
     /// `node` with every scan of an operator's changed rows under it replaced by a
     /// scan of that operator's whole result, kept by a `Materialize`.
     fn materialize_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
@@ -513,29 +544,13 @@ impl StreamPlanner<'_> {
                             "the changed rows of {table} have no key to keep them by"
                         ));
                     }
-                    // The whole scan, not its projection: the operator keeps every column.
-                    let full =
-                        LogicalPlanBuilder::scan(table.clone(), Arc::clone(&s.source), None)?
-                            .build()?;
-                    let df = DataFrame::new(self.state.clone(), full);
-                    let schema = Arc::new(df.schema().as_arrow().clone());
-                    let op = Materialize::try_new(schema, keys).map_err(external)?;
-                    self.explain.push(op.explain());
-                    let out = self.add_operator(df, Box::new(op))?;
-                    let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
-                        return refuse("internal: an operator's output is not a scan");
-                    };
-                    self.scope.outputs.insert(
-                        scan.table_name.table().to_string(),
-                        OutputInfo {
-                            emits: Emits::WholeResult,
-                            window: None,
-                            watermarked: Vec::new(),
-                        },
-                    );
+                    let keys = keys.clone();
+                    let scan = self.over_whole_scan(s, Emits::WholeResult, |schema| {
+                        Ok(Box::new(Materialize::try_new(schema, keys)?))
+                    })?;
                     // Scanned under the old name, so the plan above reads it unchanged.
                     let mut replacement =
-                        LogicalPlanBuilder::from(out.dataframe().logical_plan().clone());
+                        LogicalPlanBuilder::from(LogicalPlan::TableScan(scan.clone()));
                     if let Some(p) = &s.projection {
                         replacement = replacement.project(
                             p.iter()
@@ -585,27 +600,12 @@ impl StreamPlanner<'_> {
                     else {
                         return Ok(Transformed::no(n));
                     };
-                    let full =
-                        LogicalPlanBuilder::scan(table.clone(), Arc::clone(&s.source), None)?
-                            .build()?;
-                    let df = DataFrame::new(self.state.clone(), full);
-                    let schema = Arc::new(df.schema().as_arrow().clone());
-                    let op = ToChangelog::of_upserts(schema, keys.clone())
-                        .map_err(external)?
-                        .with_positional_names();
-                    self.explain.push(op.explain());
-                    let out = self.add_operator(df, Box::new(op))?;
-                    let LogicalPlan::TableScan(scan) = out.dataframe().logical_plan() else {
-                        return refuse("internal: an operator's output is not a scan");
-                    };
-                    self.scope.outputs.insert(
-                        scan.table_name.table().to_string(),
-                        OutputInfo {
-                            emits: Emits::Changelog,
-                            window: None,
-                            watermarked: Vec::new(),
-                        },
-                    );
+                    let keys = keys.clone();
+                    let scan = self.over_whole_scan(s, Emits::Changelog, |schema| {
+                        Ok(Box::new(
+                            ToChangelog::of_upserts(schema, keys)?.with_positional_names(),
+                        ))
+                    })?;
                     // Under the old table's column names, then `_op`.
                     let mut columns: Vec<Expr> = match &s.projection {
                         Some(p) => p.clone(),
@@ -624,11 +624,10 @@ impl StreamPlanner<'_> {
                         Some(scan.table_name.clone()),
                         OP_COLUMN,
                     )));
-                    let replacement =
-                        LogicalPlanBuilder::from(out.dataframe().logical_plan().clone())
-                            .project(columns)?
-                            .alias(table)?
-                            .build()?;
+                    let replacement = LogicalPlanBuilder::from(LogicalPlan::TableScan(scan))
+                        .project(columns)?
+                        .alias(table)?
+                        .build()?;
                     Ok(Transformed::yes(replacement))
                 })?
                 .data;
