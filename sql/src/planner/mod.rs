@@ -520,121 +520,125 @@ impl StreamPlanner<'_> {
     /// `node` with every scan of an operator's changed rows under it replaced by a
     /// scan of that operator's whole result, kept by a `Materialize`.
     fn materialize_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
-        let inputs = node.inputs().into_iter().cloned().collect::<Vec<_>>();
-        let mut rewritten = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let input = input
-                .transform_up(|n| {
-                    let LogicalPlan::TableScan(s) = &n else {
-                        return Ok(Transformed::no(n));
-                    };
-                    let table = s.table_name.table().to_string();
-                    let Some(OutputInfo {
-                        emits: Emits::Changes { keys },
-                        ..
-                    }) = self.scope.outputs.get(&table)
-                    else {
-                        return Ok(Transformed::no(n));
-                    };
-                    if let Some(done) = self.materialized.get(&table) {
-                        return Ok(Transformed::yes(done.clone()));
-                    }
-                    if keys.is_empty() {
-                        return refuse(format!(
-                            "the changed rows of {table} have no key to keep them by"
-                        ));
-                    }
-                    let keys = keys.clone();
-                    let scan = self.over_whole_scan(s, Emits::WholeResult, |schema| {
-                        Ok(Box::new(Materialize::try_new(schema, keys)?))
-                    })?;
-                    // Scanned under the old name, so the plan above reads it unchanged.
-                    let mut replacement =
-                        LogicalPlanBuilder::from(LogicalPlan::TableScan(scan.clone()));
-                    if let Some(p) = &s.projection {
-                        replacement = replacement.project(
-                            p.iter()
-                                .map(|&i| {
-                                    Expr::Column(Column::new(
-                                        Some(scan.table_name.clone()),
-                                        scan.projected_schema.field(i).name(),
-                                    ))
-                                })
-                                .collect::<Vec<_>>(),
-                        )?;
-                    }
-                    let replacement = replacement.alias(table.clone())?.build()?;
-                    self.materialized.insert(table, replacement.clone());
-                    Ok(Transformed::yes(replacement))
-                })?
-                .data;
-            rewritten.push(input);
-        }
-        node.with_new_exprs(node.expressions(), rewritten)
+        self.replace_changes_scans(
+            node,
+            |planner, s, keys| {
+                let table = s.table_name.table().to_string();
+                if let Some(done) = planner.materialized.get(&table) {
+                    return Ok(done.clone());
+                }
+                if keys.is_empty() {
+                    return refuse(format!(
+                        "the changed rows of {table} have no key to keep them by"
+                    ));
+                }
+                let out = planner.over_whole_scan(s, Emits::WholeResult, |schema| {
+                    Ok(Box::new(Materialize::try_new(schema, keys)?))
+                })?;
+                let replacement = as_scanned(s, out, false)?;
+                planner.materialized.insert(table, replacement.clone());
+                Ok(replacement)
+            },
+            |_, n| Ok(Transformed::no(n)),
+        )
     }
-}
 
-impl StreamPlanner<'_> {
     /// `node` (an aggregate) with every scan of an operator's changed rows under it
     /// replaced by a scan of the same rows as a changelog (`ToChangelog`: a changed
     /// group's old row retracted, its new row added), scanned under the old name, and
     /// the projections, filters and aliases between carrying `_op` up to `node`.
     fn changelog_inputs(&mut self, node: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+        self.replace_changes_scans(
+            node,
+            |planner, s, keys| {
+                let out = planner.over_whole_scan(s, Emits::Changelog, |schema| {
+                    Ok(Box::new(
+                        ToChangelog::of_upserts(schema, keys)?.with_positional_names(),
+                    ))
+                })?;
+                as_scanned(s, out, true)
+            },
+            |planner, n| {
+                if planner.rows(&n) == Rows::Changelog {
+                    carry_op(n)
+                } else {
+                    Ok(Transformed::no(n))
+                }
+            },
+        )
+    }
+
+    /// `node` with each scan under it of an operator's changed rows replaced by
+    /// `replace(scan, the rows' keys)`, and every other node under it, bottom up, by
+    /// what `other` makes of it.
+    fn replace_changes_scans(
+        &mut self,
+        node: LogicalPlan,
+        mut replace: impl FnMut(
+            &mut Self,
+            &TableScan,
+            Vec<usize>,
+        ) -> datafusion::error::Result<LogicalPlan>,
+        other: impl Fn(&Self, LogicalPlan) -> datafusion::error::Result<Transformed<LogicalPlan>>,
+    ) -> datafusion::error::Result<LogicalPlan> {
         let inputs = node.inputs().into_iter().cloned().collect::<Vec<_>>();
         let mut rewritten = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let input = input
-                .transform_up(|n| {
-                    let LogicalPlan::TableScan(s) = &n else {
-                        return if self.rows(&n) == Rows::Changelog {
-                            carry_op(n)
-                        } else {
-                            Ok(Transformed::no(n))
-                        };
-                    };
-                    let table = s.table_name.table().to_string();
-                    let Some(OutputInfo {
+            let input = input.transform_up(|n| {
+                let LogicalPlan::TableScan(s) = &n else {
+                    return other(self, n);
+                };
+                match self.scope.outputs.get(s.table_name.table()) {
+                    Some(OutputInfo {
                         emits: Emits::Changes { keys },
                         ..
-                    }) = self.scope.outputs.get(&table)
-                    else {
-                        return Ok(Transformed::no(n));
-                    };
-                    let keys = keys.clone();
-                    let scan = self.over_whole_scan(s, Emits::Changelog, |schema| {
-                        Ok(Box::new(
-                            ToChangelog::of_upserts(schema, keys)?.with_positional_names(),
-                        ))
-                    })?;
-                    // Under the old table's column names, then `_op`.
-                    let mut columns: Vec<Expr> = match &s.projection {
-                        Some(p) => p.clone(),
-                        None => (0..s.source.schema().fields().len()).collect(),
+                    }) => {
+                        let keys = keys.clone();
+                        Ok(Transformed::yes(replace(self, s, keys)?))
                     }
-                    .into_iter()
-                    .map(|i| {
-                        Expr::Column(Column::new(
-                            Some(scan.table_name.clone()),
-                            scan.projected_schema.field(i).name(),
-                        ))
-                        .alias(s.source.schema().field(i).name())
-                    })
-                    .collect();
-                    columns.push(Expr::Column(Column::new(
-                        Some(scan.table_name.clone()),
-                        OP_COLUMN,
-                    )));
-                    let replacement = LogicalPlanBuilder::from(LogicalPlan::TableScan(scan))
-                        .project(columns)?
-                        .alias(table)?
-                        .build()?;
-                    Ok(Transformed::yes(replacement))
-                })?
-                .data;
-            rewritten.push(input);
+                    _ => Ok(Transformed::no(n)),
+                }
+            })?;
+            rewritten.push(input.data);
         }
         node.with_new_exprs(node.expressions(), rewritten)
     }
+}
+
+/// The plan that reads `out` (the output of an operator over the whole of `s`) as `s`
+/// was read: the columns `s` projected, under their names there, then `_op` when
+/// `with_op`, aliased as `s`'s table — so the plan above reads it unchanged.
+fn as_scanned(
+    s: &TableScan,
+    out: TableScan,
+    with_op: bool,
+) -> datafusion::error::Result<LogicalPlan> {
+    let source = s.source.schema();
+    let mut plan = LogicalPlanBuilder::from(LogicalPlan::TableScan(out.clone()));
+    if s.projection.is_some() || with_op {
+        let mut columns: Vec<Expr> = match &s.projection {
+            Some(p) => p.clone(),
+            None => (0..source.fields().len()).collect(),
+        }
+        .into_iter()
+        .map(|i| {
+            let name = out.projected_schema.field(i).name();
+            let column = Expr::Column(Column::new(Some(out.table_name.clone()), name));
+            match source.field(i).name() {
+                was if was != name => column.alias(was),
+                _ => column,
+            }
+        })
+        .collect();
+        if with_op {
+            columns.push(Expr::Column(Column::new(
+                Some(out.table_name.clone()),
+                OP_COLUMN,
+            )));
+        }
+        plan = plan.project(columns)?;
+    }
+    plan.alias(s.table_name.table())?.build()
 }
 
 /// A projection, filter or alias over a changelog, with the `_op` column carried

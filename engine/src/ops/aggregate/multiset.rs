@@ -66,7 +66,7 @@ impl Over {
     }
 
     pub fn from_code(code: u8) -> Option<Over> {
-        Over::ALL.get(code as usize).copied()
+        Over::ALL.into_iter().find(|o| o.code() == code)
     }
 }
 
@@ -419,5 +419,12 @@ mod tests {
         let mut avg = acc(Over::Avg, DataType::Int64, DataType::Float64);
         avg.update_batch(&[x, s]).unwrap();
         assert_eq!(avg.evaluate().unwrap(), ScalarValue::Float64(Some(3.5)));
+    }
+    #[test]
+    fn each_kind_travels_by_its_code() {
+        for over in Over::ALL {
+            assert_eq!(Over::from_code(over.code()), Some(over));
+        }
+        assert_eq!(Over::from_code(200), None);
     }
 }
