@@ -287,6 +287,7 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
         ("a2", "append", 2, "1 GB"),
         ("a7", "append", 7, "1 MB"),
         ("c7", "complete", 7, "1 MB"),
+        ("u7", "update", 7, "1 MB"),
     ];
     let (mut s, all) = event_queries(query, &configs).await;
     let every = batch_sessions(&all);
@@ -309,6 +310,14 @@ async fn session_windows_in_1_2_and_7_partitions_and_spilled_equal_the_batch_que
     // A memory sink in complete mode holds the last batch's result.
     let d = rows_differ(&mut s, "SELECT * FROM c7", &every).await;
     assert_eq!(d, "0", "complete mode: sessions differ");
+    // Update mode's changelog, applied (what it added less what it retracted): every
+    // session, each once with its last values; sessions grew across batches.
+    let applied = "SELECT k, st, en, n, s FROM u7 WHERE _op = '+I'
+                   EXCEPT ALL SELECT k, st, en, n, s FROM u7 WHERE _op = '-D'";
+    let d = rows_differ(&mut s, applied, &every).await;
+    assert_eq!(d, "0", "update mode: the applied changelog differs");
+    let retracted = sql_rows(&mut s, "SELECT count(*) FROM u7 WHERE _op = '-D'").await;
+    assert_ne!(retracted[0], "0", "no session grew across batches");
     let a7 = s.queries().find(|q| q.target == "a7").unwrap();
     let op = &a7.ctx.last_batches(1).pop().unwrap().operators[0];
     assert_eq!(op.name, "SessionAggregate");

@@ -770,6 +770,14 @@ fn sessions(
     } else {
         Arc::new(schema.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>())?)
     };
+    // Update mode's rows are a changelog: their kind ends them, after every value.
+    let changelog = (spec.changed_only && !w.append && !versions.close).then(|| Arc::clone(&wide));
+    let wide = match &changelog {
+        Some(with_op) => {
+            Arc::new(with_op.project(&(0..with_op.fields().len() - 1).collect::<Vec<_>>())?)
+        }
+        None => wide,
+    };
     let session_task = SessionTask {
         agg,
         layout: &layout,
@@ -778,6 +786,7 @@ fn sessions(
         append: w.append,
         changed_only: spec.changed_only,
         wide: &wide,
+        changelog: changelog.as_ref(),
         watermark: versions.watermark,
         now: versions.now,
     };

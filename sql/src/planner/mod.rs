@@ -457,7 +457,14 @@ impl StreamPlanner<'_> {
         if emits == Emits::Changelog {
             // The row kind, last, beyond the columns the plan above reads.
             let (q, f) = out_schema.qualified_field(out_schema.fields().len() - 1);
-            exprs.push(Expr::Column(Column::new(q.cloned(), f.name())).alias(OP_COLUMN));
+            let op = Expr::Column(Column::new(q.cloned(), f.name()));
+            // Not aliased to its own name: DataFusion's projection push-down would
+            // then find `_op` both qualified and not.
+            exprs.push(if f.name() == OP_COLUMN {
+                op
+            } else {
+                op.alias(OP_COLUMN)
+            });
         }
         let projection = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(out_plan))?);
         if let Some(table) = operator_table(&projection) {

@@ -400,6 +400,18 @@ pub(super) fn windows_from_tasks(
     output_schema: &SchemaRef,
     closing: &mut Option<Arc<dyn ExecutionPlan>>,
 ) -> Result<Vec<RecordBatch>> {
+    // A changelog's rows (a session aggregate's in update mode) end in their kind,
+    // after every aggregate's value, in the tasks' rows as in the output.
+    let changelog = output_schema
+        .fields()
+        .last()
+        .is_some_and(|f| f.name() == crate::ops::OP_COLUMN);
+    let values = if changelog {
+        let n = output_schema.fields().len() - 1;
+        Arc::new(output_schema.project(&(0..n).collect::<Vec<_>>())?)
+    } else {
+        Arc::clone(output_schema)
+    };
     let now = ctx.batch_time.as_millis();
     let mut late = 0u64;
     let mut max_event_time: Option<i64> = None;
@@ -433,11 +445,16 @@ pub(super) fn windows_from_tasks(
             }
             let mut columns = groups.columns().to_vec();
             columns.truncate(late_col);
-            out.push(event_time::output_batch(
-                &time.window,
-                output_schema,
-                columns,
-            )?);
+            let op = if changelog { columns.pop() } else { None };
+            let rows = event_time::output_batch(&time.window, &values, columns)?;
+            out.push(match op {
+                Some(op) => {
+                    let mut columns = rows.columns().to_vec();
+                    columns.push(op);
+                    RecordBatch::try_new(Arc::clone(output_schema), columns)?
+                }
+                None => rows,
+            });
         }
     }
     time.late_rows_last_batch = late;

@@ -15,13 +15,14 @@
 //!     ─▶ nest the kept sessions per key ─▶ put (a key left none: removed)
 //! ```
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, StructArray, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, StructArray, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -34,7 +35,7 @@ use super::on_cluster::OnCluster;
 use super::partial::{PartialAggregate, restored_state};
 use crate::checkpoint::OperatorState;
 use crate::cluster::state::Placement;
-use crate::ops::{Emits, OperatorContext, StreamOperator};
+use crate::ops::{Emits, OP_DELETE, OP_INSERT, OperatorContext, StreamOperator, with_op};
 use crate::state::{BoundFn, KeyedState, Nested, Partition, StateConfig, StateStats, min_per_list};
 use crate::{Result, internal_err};
 
@@ -94,6 +95,14 @@ impl SessionAggregate {
     pub fn with_state_config(mut self, config: StateConfig) -> Self {
         self.config = config;
         self
+    }
+
+    /// Update mode emits a changelog: a session that grows or merges with another
+    /// changes its bounds, which are part of its key, so its earlier rows are
+    /// retracted (`-D`) before the new one is added (`+I`).
+    fn changelog(&self) -> Option<SchemaRef> {
+        (self.changed_only && !self.time.window.emit_closed_only)
+            .then(|| crate::ops::changelog_schema(&self.output_schema))
     }
 
     /// Whether a batch must also visit the keys whose sessions the watermark closed.
@@ -174,6 +183,8 @@ struct Step<'a> {
     layout: &'a Layout,
     output_schema: &'a SchemaRef,
     changed_only: bool,
+    /// Update mode's rows as a changelog, of this schema (`output_schema` and `_op`).
+    changelog: Option<&'a SchemaRef>,
     input: &'a RecordBatch,
     closes: Option<i64>,
     now: i64,
@@ -222,16 +233,57 @@ impl Step<'_> {
             &touched.previous_group,
         )?;
         let positions = routed[nk].as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        let before = self.changelog.map(|_| previous.clone());
         let mut batches = vec![previous, take_record_batch(self.input, positions)?];
         coalesce_sessions(&mut batches, self.layout.session, self.layout.nk())?;
+        // Each stored session's bounds after the merge: the session it is now part of.
+        let merged = batches[0].clone();
         let input = batches.pop();
         let folded = self.agg.fold(batches.pop(), input.into_iter().collect())?;
-        let (out, kept) = self
+        let (mut out, kept) = self
             .time
             .emit(folded, self.output_schema, self.changed_only)?;
+        if let (Some(schema), Some(before)) = (self.changelog, before) {
+            out = self.retracting(schema, &before, &merged, out)?;
+        }
         let (lists, keep) = self.layout.nested.nest(&kept, &touched.keys)?;
         p.put(touched, lists, Some(&keep), self.now, self.cutoff)?;
         Ok(Some(out))
+    }
+
+    /// The changed sessions `out` as a changelog: each stored session (`before`, as
+    /// it was emitted; `merged`, the same rows with the bounds of the session it is
+    /// now part of) that grew or merged into a changed one is retracted with the
+    /// values it was emitted with, then the changed sessions are added. A session's
+    /// bounds are part of its key, so an upsert would leave the old row standing.
+    fn retracting(
+        &self,
+        schema: &SchemaRef,
+        before: &RecordBatch,
+        merged: &RecordBatch,
+        out: RecordBatch,
+    ) -> Result<RecordBatch> {
+        let nk = self.layout.nk();
+        let fields = (0..nk)
+            .map(|i| SortField::new(out.schema().field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let changed = converter.convert_columns(&out.columns()[..nk])?;
+        let changed: HashSet<datafusion::arrow::row::Row<'_>> = changed.iter().collect();
+        let stored = converter.convert_columns(&merged.columns()[..nk])?;
+        let retract: BooleanArray = stored.iter().map(|r| Some(changed.contains(&r))).collect();
+        let gone = filter_record_batch(before, &retract)?;
+        let mut columns = gone.columns()[..nk].to_vec();
+        columns.extend(self.agg.evaluate(&gone.columns()[nk..], gone.num_rows())?);
+        columns.truncate(self.output_schema.fields().len());
+        let gone = RecordBatch::try_new(Arc::clone(self.output_schema), columns)?;
+        Ok(concat_batches(
+            schema,
+            &[
+                with_op(gone, OP_DELETE, schema)?,
+                with_op(out, OP_INSERT, schema)?,
+            ],
+        )?)
     }
 }
 
@@ -244,6 +296,8 @@ struct Sessions<'a> {
     /// The rows emitted: keys and aggregates' values, truncated to its width.
     output_schema: &'a SchemaRef,
     changed_only: bool,
+    /// Update mode: the rows as a changelog, of this schema (see [`Step::retracting`]).
+    changelog: Option<&'a SchemaRef>,
 }
 
 impl Sessions<'_> {
@@ -273,6 +327,7 @@ impl Sessions<'_> {
             layout: self.layout,
             output_schema: self.output_schema,
             changed_only: self.changed_only,
+            changelog: self.changelog,
             input,
             closes,
             now,
@@ -334,6 +389,8 @@ pub(crate) struct SessionTask<'a> {
     pub changed_only: bool,
     /// Keys and every aggregate's value.
     pub wide: &'a SchemaRef,
+    /// Update mode: `wide` and the `_op` column, the rows emitted as a changelog.
+    pub changelog: Option<&'a SchemaRef>,
     pub watermark: Option<i64>,
     pub now: i64,
 }
@@ -358,13 +415,19 @@ impl SessionTask<'_> {
         time
     }
 
-    fn sessions<'a>(&'a self, time: &'a EventTime, changed_only: bool) -> Sessions<'a> {
+    fn sessions<'a>(
+        &'a self,
+        time: &'a EventTime,
+        changed_only: bool,
+        changelog: Option<&'a SchemaRef>,
+    ) -> Sessions<'a> {
         Sessions {
             agg: self.agg,
             time,
             layout: self.layout,
             output_schema: self.wide,
             changed_only,
+            changelog,
         }
     }
 
@@ -383,12 +446,13 @@ impl SessionTask<'_> {
             // the batch that closed them, or its close job), they go.
             let evict = self.time(false, true, Some(wm));
             let empty = RecordBatch::new_empty(Arc::clone(&self.layout.nested.flat));
-            self.sessions(&evict, true)
+            self.sessions(&evict, true, None)
                 .fold(store, &empty, Some(wm), self.now)?;
         }
         let input = concat_batches(&self.layout.nested.flat, &input)?;
         let changed_only = self.changed_only || self.append;
-        let sessions = self.sessions(&time, changed_only);
+        let changelog = if self.append { None } else { self.changelog };
+        let sessions = self.sessions(&time, changed_only, changelog);
         let mut out = sessions.fold(store, &input, None, self.now)?;
         if self.append {
             out.clear();
@@ -406,7 +470,7 @@ impl SessionTask<'_> {
         };
         let time = self.time(true, true, Some(wm));
         let empty = RecordBatch::new_empty(Arc::clone(&self.layout.nested.flat));
-        self.sessions(&time, false)
+        self.sessions(&time, false, None)
             .fold(store, &empty, Some(wm), self.now)
     }
 }
@@ -418,12 +482,18 @@ impl StreamOperator for SessionAggregate {
     }
 
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.output_schema)
+        self.changelog()
+            .unwrap_or_else(|| Arc::clone(&self.output_schema))
     }
 
     fn describe(&self) -> String {
         let window = self.time.window.fingerprint(true);
-        super::fingerprint(&self.agg, Some(window), self.changed_only)
+        let text = super::fingerprint(&self.agg, Some(window), self.changed_only);
+        // Its rows changed kind: a checkpoint of its upserts is another query's.
+        match self.changelog() {
+            Some(_) => format!("{text} as a changelog"),
+            None => text,
+        }
     }
 
     fn explain(&self) -> String {
@@ -433,6 +503,11 @@ impl StreamOperator for SessionAggregate {
             &self.time.window,
             self.changed_only,
         );
+        if self.changelog().is_some() {
+            text.push_str(
+                "; a changelog: a session that grows or merges retracts the rows it was emitted as",
+            );
+        }
         if let Some(c) = &self.cluster {
             return c.explained(&text, self.config.partitions);
         }
@@ -446,6 +521,9 @@ impl StreamOperator for SessionAggregate {
     }
 
     fn emits(&self) -> Emits {
+        if self.changelog().is_some() {
+            return Emits::Changelog;
+        }
         super::emits(Some(&self.time.window), self.changed_only, &self.agg)
     }
 
@@ -471,8 +549,12 @@ impl StreamOperator for SessionAggregate {
         let plan = self.agg.plan(input).await?;
         let partial = Arc::clone(&self.agg.planned()?.partial_schema);
         let layout = Layout::new(partial, self.agg.keys(), self.time.window.key_index);
+        let changelog = self.changelog().is_some();
         if let Some(c) = &mut self.cluster {
-            let wide = self.agg.output_schema(input)?;
+            let mut wide = self.agg.output_schema(input)?;
+            if changelog {
+                wide = crate::ops::changelog_schema(&wide);
+            }
             return c.plan_window(
                 plan,
                 layout.keys(),
@@ -495,6 +577,7 @@ impl StreamOperator for SessionAggregate {
         ctx: &OperatorContext,
         input: Vec<RecordBatch>,
     ) -> Result<Option<Vec<RecordBatch>>> {
+        let changelog = self.changelog();
         if let Some(c) = &mut self.cluster {
             return Ok(Some(super::on_cluster::windows_from_tasks(
                 &mut self.time,
@@ -502,7 +585,7 @@ impl StreamOperator for SessionAggregate {
                 c,
                 ctx,
                 input,
-                &self.output_schema,
+                changelog.as_ref().unwrap_or(&self.output_schema),
                 &mut self.closing,
             )?));
         }
@@ -520,6 +603,7 @@ impl StreamOperator for SessionAggregate {
             layout,
             output_schema: &self.output_schema,
             changed_only: self.changed_only,
+            changelog: changelog.as_ref(),
         };
         let mut out = sessions.fold(store, &input, closes, now)?;
         let w = &self.time.window;
@@ -528,7 +612,8 @@ impl StreamOperator for SessionAggregate {
             out = sessions.all(store, now)?;
         }
         if out.is_empty() {
-            out.push(RecordBatch::new_empty(Arc::clone(&self.output_schema)));
+            let schema = changelog.unwrap_or_else(|| Arc::clone(&self.output_schema));
+            out.push(RecordBatch::new_empty(schema));
         }
         Ok(Some(out))
     }
@@ -827,10 +912,13 @@ mod tests {
         .unwrap();
         // Watermark 7 s closes c's and d's sessions; a's and b's grow; e's begins.
         let third = || rows_at(&["a", "b", "e"], &[8_000, 5_000, 9_000]);
+        // Update mode's changelog: a grown session retracts its row as emitted.
         let want = [
-            "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:13},3",
-            "b,{start: 1970-01-01T00:00:01.500, end: 1970-01-01T00:00:10},2",
-            "e,{start: 1970-01-01T00:00:09, end: 1970-01-01T00:00:14},1",
+            "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:09},2,-D",
+            "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:13},3,+I",
+            "b,{start: 1970-01-01T00:00:01.500, end: 1970-01-01T00:00:06.500},1,-D",
+            "b,{start: 1970-01-01T00:00:01.500, end: 1970-01-01T00:00:10},2,+I",
+            "e,{start: 1970-01-01T00:00:09, end: 1970-01-01T00:00:14},1,+I",
         ];
         for (op, input) in [(&mut a, &ia), (&mut b, &ib), (&mut c, &ic)] {
             let mut got = rows(&input.run(op, 3, vec![third()]).await);
@@ -853,20 +941,57 @@ mod tests {
         assert_eq!(
             rows(&out),
             [
-                "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:09},2",
-                "b,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:06},1"
+                "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:09},2,+I",
+                "b,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:06},1,+I"
             ]
         );
-        // 8 s is within 5 s of a's session (ends at 9 s): the session grows.
+        // 8 s is within 5 s of a's session (ends at 9 s): the session grows, and its
+        // row ending at 9 s is retracted (its bounds are part of its key).
         let out = input.run(&mut op, 2, vec![rows_at(&["a"], &[8_000])]).await;
         assert_eq!(
             rows(&out),
-            ["a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:13},3"]
+            [
+                "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:09},2,-D",
+                "a,{start: 1970-01-01T00:00:01, end: 1970-01-01T00:00:13},3,+I"
+            ]
         );
         assert_eq!(
             op.state_rows(),
             1,
             "b's session closed at watermark 7 s and left"
         );
+    }
+
+    /// A row between two open sessions of a key merges them: both are retracted,
+    /// the union added; a session the batch left alone is neither.
+    #[tokio::test]
+    async fn a_merge_retracts_every_session_it_joins() {
+        let (input, mut op) = (input(), sessions().await);
+        // a: [10 s, 15 s) and [15.5 s, 20.5 s), both open at watermark 14.5 s.
+        let first = rows_at(&["a", "a", "b"], &[10_000, 15_500, 12_000]);
+        let out = input.run(&mut op, 1, vec![first]).await;
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        let out = input
+            .run(&mut op, 2, vec![rows_at(&["a"], &[14_600])])
+            .await;
+        let mut got = rows(&out);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "a,{start: 1970-01-01T00:00:10, end: 1970-01-01T00:00:15},1,-D",
+                "a,{start: 1970-01-01T00:00:10, end: 1970-01-01T00:00:20.500},3,+I",
+                "a,{start: 1970-01-01T00:00:15.500, end: 1970-01-01T00:00:20.500},1,-D",
+            ]
+        );
+        assert_eq!(op.emits(), Emits::Changelog);
+    }
+
+    /// Append and complete mode emit no changelog: no row is ever replaced.
+    #[tokio::test]
+    async fn only_update_mode_emits_a_changelog() {
+        let complete = sessions().await.with_changed_only(false);
+        assert_eq!(complete.emits(), Emits::WholeResult);
+        assert_eq!(complete.output_schema().fields().len(), 3);
     }
 }
