@@ -854,6 +854,11 @@ fn nexmark_suite_files_run_from_the_command_line() {
         !minutes.is_empty() && minutes.iter().all(|m| m.starts_with("hm=")),
         "{minutes:?}"
     );
+    // Flink's partition commit: the end of the input passed every minute's time, so
+    // each has its _SUCCESS.
+    for m in &minutes {
+        assert!(day.join(m).join("_SUCCESS").is_file(), "no _SUCCESS in {m}");
+    }
     std::fs::remove_dir_all(&out_dir).ok();
 
     // nexmark-flink's form: one stream of every event and three views over it.

@@ -203,6 +203,50 @@ async fn rows_a_query_fails_on_are_set_aside_on_a_cluster() {
     crate::connectors::files::row_errors_follow_on_error(Some(&cluster.url.to_string())).await;
 }
 
+/// A sink that commits partitions by the watermark needs the stream's event times on
+/// the driver; on a cluster the executors read a files stream, so the batch fails
+/// naming the stream instead of never committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_commit_over_a_stream_the_executors_read_is_refused() {
+    let cluster = cluster().await;
+    let (input, out) = (
+        crate::common::temp_dir("cluster-commit-in"),
+        crate::common::temp_dir("cluster-commit-out"),
+    );
+    std::fs::write(input.join("a.csv"), "1,2026-01-01T00:00:10\n").unwrap();
+    let mut session = FlumenSession::new(
+        flumen::connectors::registry(),
+        Arc::new(ManualClock::default()),
+    );
+    session
+        .execute_script(&format!(
+            "SET cluster = '{}';
+             CREATE STREAM bids (auction BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '4' SECOND)
+               WITH (connector = 'files', path = '{}', format = 'csv', include_existing = 'true');
+             CREATE SINK by_day WITH (connector = 'files', path = '{}', format = 'csv',
+               partition_by = 'dt', partition_commit_trigger = 'partition-time') AS
+               SELECT auction, DATE_FORMAT(ts, 'yyyy-MM-dd') AS dt FROM bids;",
+            cluster.url,
+            input.display(),
+            out.display()
+        ))
+        .await
+        .unwrap();
+    let e = session
+        .execute("ADVANCE 1 BATCHES")
+        .await
+        .expect_err("refused on a cluster")
+        .to_string();
+    assert!(
+        e.contains(
+            "stream bids: a sink of this query commits by the watermark, which is read from \
+             the stream's event times, and on a cluster the executors read this stream"
+        ),
+        "{e}"
+    );
+}
+
 /// A `flumen` process a test started: killed when the test ends, failed or not, so a
 /// failing test leaves no scheduler or executor behind.
 struct Process(std::process::Child);

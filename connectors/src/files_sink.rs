@@ -12,12 +12,18 @@
 //!                then the entries it folded in are deleted
 //! ```
 //!
+//! With `partition_commit_trigger = 'partition-time'` (Flink's partition commit), a
+//! partition folder gets an empty `_SUCCESS` file once the query's watermark passes its
+//! time (its values put into `partition_time_pattern`) plus `partition_commit_delay`:
+//! the partitions of committed batches wait in `pending` (after a restart, found again
+//! from the commit log less the folders that have their `_SUCCESS`).
+//!
 //! Empty batches write neither files nor a log entry. A reader that honours the log
 //! (Flumen's `files` source does) takes the union of the files the log's entries list
 //! (an entry may repeat files another lists: a replayed batch, or a compaction that
 //! has written its `.compact` and not yet deleted what it folded in).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -74,6 +80,138 @@ pub struct FilesSink {
     written: Mutex<BTreeMap<Time, Vec<String>>>,
     /// Log entries written since the last compaction (`None`: not counted yet).
     since_compaction: tokio::sync::Mutex<Option<usize>>,
+    /// Flink's partition commit by partition time, when asked for.
+    partition_commit: Option<PartitionCommit>,
+}
+
+/// The name of the file that marks a partition complete (Flink's and Hadoop's).
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+/// `partition_commit_trigger = 'partition-time'`: a partition is committed (its
+/// [`SUCCESS_FILE`] written) once the watermark passes its time plus `delay`.
+#[derive(Debug)]
+struct PartitionCommit {
+    delay_ms: i64,
+    /// Its time: `$column` replaced by the partition's value (Flink's
+    /// `partition.time-extractor.timestamp-pattern`), read as `yyyy-MM-dd[ HH:mm[:ss]]`.
+    pattern: String,
+    /// Partition folders of committed batches without their file yet; `None` until
+    /// found again from the commit log (the first watermark after a start).
+    pending: tokio::sync::Mutex<Option<BTreeSet<String>>>,
+}
+
+impl PartitionCommit {
+    fn from_options(
+        name: &str,
+        options: &ConnectorOptions,
+        partition_by: &[String],
+    ) -> Result<Option<Self>> {
+        let Some(trigger) = options.get("partition_commit_trigger") else {
+            for o in ["partition_commit_delay", "partition_time_pattern"] {
+                if options.contains_key(o) {
+                    return plan_err!(
+                        "sink {name}: {o} goes with partition_commit_trigger = 'partition-time'"
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        if !trigger.eq_ignore_ascii_case("partition-time") {
+            return plan_err!(
+                "sink {name}: partition_commit_trigger '{trigger}' is not supported; \
+                 'partition-time' commits a partition (writes its {SUCCESS_FILE}) once the \
+                 watermark passes its time plus partition_commit_delay"
+            );
+        }
+        let Some(first) = partition_by.first() else {
+            return plan_err!(
+                "sink {name}: partition_commit_trigger commits partitions, and the sink has \
+                 none: set partition_by"
+            );
+        };
+        let delay_ms = match options.get("partition_commit_delay") {
+            Some(d) => flumen_engine::time::parse_duration_text(d, true)
+                .map_err(|e| Error::Plan(format!("sink {name}: partition_commit_delay: {e}")))?
+                .as_millis() as i64,
+            None => 0,
+        };
+        let pattern = options
+            .get("partition_time_pattern")
+            .cloned()
+            .unwrap_or_else(|| format!("${first}"));
+        // Every `$name` in the pattern is a partition column.
+        for (i, _) in pattern.match_indices('$') {
+            let name_len = pattern[i + 1..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(pattern.len() - i - 1);
+            let column = &pattern[i + 1..i + 1 + name_len];
+            if !partition_by.iter().any(|p| p == column) {
+                return plan_err!(
+                    "sink {name}: partition_time_pattern '{pattern}' names ${column}, which is not \
+                     a partition_by column ({})",
+                    partition_by.join(", ")
+                );
+            }
+        }
+        Ok(Some(Self {
+            delay_ms,
+            pattern,
+            pending: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The time (ms) of the partition in folder `dir` (`a=<value>/b=<value>`).
+    fn time_of(&self, sink: &str, dir: &str) -> Result<i64> {
+        let mut values: Vec<(String, String)> = dir
+            .split('/')
+            .filter_map(|part| part.split_once('='))
+            .map(|(c, v)| (c.to_string(), unescape(v)))
+            .collect();
+        // Longest names first: `$dt` is not replaced inside `$dt_hour`.
+        values.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
+        let mut text = self.pattern.clone();
+        for (c, v) in &values {
+            text = text.replace(&format!("${c}"), v);
+        }
+        let text = text.trim();
+        let full = match text.len() {
+            10 => format!("{text}T00:00:00"),
+            16 => format!("{text}:00"),
+            _ => text.to_string(),
+        };
+        datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(&full)
+            .map(|ns| ns.div_euclid(1_000_000))
+            .map_err(|_| Error::Sink {
+                sink_name: sink.to_string(),
+                message: format!(
+                    "partition {dir}: '{text}' (partition_time_pattern '{}') is not a time \
+                     (yyyy-MM-dd, yyyy-MM-dd HH:mm or yyyy-MM-dd HH:mm:ss); its {SUCCESS_FILE} \
+                     cannot be written",
+                    self.pattern
+                ),
+                retryable: false,
+            })
+    }
+}
+
+/// A path segment's value with its `%XX` escapes ([`escape`]) decoded.
+fn unescape(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every this many entries, the commit log is compacted into one `.compact` entry.
@@ -169,15 +307,19 @@ impl FilesSink {
         Ok(out)
     }
 
-    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+    /// The store's path of `name` (inside the sink's folder).
+    fn path_of(&self, name: &str) -> object_store::path::Path {
         // Already escaped (Hive's %XX): parsed as is, not escaped again.
         let joined = if self.location.prefix.as_ref().is_empty() {
             name.to_string()
         } else {
             format!("{}/{name}", self.location.prefix)
         };
-        let path =
-            object_store::path::Path::parse(&joined).unwrap_or_else(|_| self.location.child(name));
+        object_store::path::Path::parse(&joined).unwrap_or_else(|_| self.location.child(name))
+    }
+
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path_of(name);
         self.location
             .store
             .put(&path, PutPayload::from(Bytes::from(bytes)))
@@ -393,6 +535,15 @@ impl Sink for FilesSink {
             serde_json::to_vec(&entry).expect("json"),
         )
         .await?;
+        if let Some(pc) = &self.partition_commit
+            && let Some(pending) = pc.pending.lock().await.as_mut()
+        {
+            pending.extend(
+                files
+                    .iter()
+                    .filter_map(|f| Some(f.rsplit_once('/')?.0.to_string())),
+            );
+        }
         let mut since = self.since_compaction.lock().await;
         let count = match *since {
             Some(n) => n + 1,
@@ -410,9 +561,74 @@ impl Sink for FilesSink {
         }
         Ok(())
     }
+
+    fn needs_watermark(&self) -> bool {
+        self.partition_commit.is_some()
+    }
+
+    /// Writes the `_SUCCESS` file of every pending partition whose time plus the
+    /// delay the watermark has passed (Flink: `watermark > time + delay`).
+    async fn advance_watermark(&self, watermark: Time) -> Result<()> {
+        let Some(pc) = &self.partition_commit else {
+            return Ok(());
+        };
+        let mut pending = pc.pending.lock().await;
+        if pending.is_none() {
+            *pending = Some(self.uncommitted_partitions().await?);
+        }
+        let Some(pending) = pending.as_mut() else {
+            return Ok(());
+        };
+        let mut due = Vec::new();
+        for dir in pending.iter() {
+            if watermark.as_millis() > pc.time_of(&self.name, dir)?.saturating_add(pc.delay_ms) {
+                due.push(dir.clone());
+            }
+        }
+        for dir in due {
+            self.put(&format!("{dir}/{SUCCESS_FILE}"), Vec::new())
+                .await?;
+            pending.remove(&dir);
+        }
+        Ok(())
+    }
 }
 
 impl FilesSink {
+    /// The partition folders of the files the commit log lists that have no
+    /// [`SUCCESS_FILE`] yet: what a restarted sink still has to commit.
+    async fn uncommitted_partitions(&self) -> Result<BTreeSet<String>> {
+        let mut log = CommitLog::default();
+        log.refresh(&self.location).await?;
+        let dirs: BTreeSet<String> = log
+            .files
+            .iter()
+            .filter_map(|f| Some(f.rsplit_once('/')?.0.to_string()))
+            .collect();
+        let mut pending = BTreeSet::new();
+        for dir in dirs {
+            // Looked up by the path `put` wrote (stores list names in their own escaping).
+            match self
+                .location
+                .store
+                .head(&self.path_of(&format!("{dir}/{SUCCESS_FILE}")))
+                .await
+            {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    pending.insert(dir);
+                }
+                Err(e) => {
+                    return Err(self.error(format!(
+                        "reading {}: {e}",
+                        self.location.url_of(&format!("{dir}/{SUCCESS_FILE}"))
+                    )));
+                }
+            }
+        }
+        Ok(pending)
+    }
+
     /// The entries of the commit log, oldest first.
     async fn log_entries(&self) -> Result<Vec<object_store::path::Path>> {
         use futures::TryStreamExt;
@@ -534,10 +750,13 @@ impl CommitLog {
 #[derive(Debug)]
 pub struct FilesSinkFactory;
 
-const SINK_OPTIONS: [&str; 9] = [
+const SINK_OPTIONS: [&str; 12] = [
     "path",
     "format",
     "partition_by",
+    "partition_commit_trigger",
+    "partition_commit_delay",
+    "partition_time_pattern",
     "prefix",
     "suffix",
     STORE_OPTIONS[0],
@@ -591,24 +810,116 @@ impl FilesSink {
                 .map_err(|e| Error::Plan(format!("sink {name}: directory '{dir}': {e}")))?;
         }
         let location = crate::store::open(&format!("sink {name}"), path, options)?;
+        let partition_by: Vec<String> = options
+            .get("partition_by")
+            .map(|cols| {
+                cols.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let partition_commit = PartitionCommit::from_options(name, options, &partition_by)?;
         Ok(FilesSink {
             name: name.to_string(),
             options: options.clone(),
             location,
             format,
-            partition_by: options
-                .get("partition_by")
-                .map(|cols| {
-                    cols.split(',')
-                        .map(|c| c.trim().to_string())
-                        .filter(|c| !c.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            partition_commit,
+            partition_by,
             prefix: options.get("prefix").cloned(),
             suffix: options.get("suffix").cloned(),
             written: Mutex::default(),
             since_compaction: tokio::sync::Mutex::new(None),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> ConnectorOptions {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn commit(pairs: &[(&str, &str)]) -> Result<Option<PartitionCommit>> {
+        let by = ["dt".to_string(), "hm".to_string()];
+        PartitionCommit::from_options("s", &options(pairs), &by)
+    }
+
+    #[test]
+    fn a_partition_time_comes_from_its_escaped_folder_names_and_the_pattern() {
+        let pc = commit(&[
+            ("partition_commit_trigger", "partition-time"),
+            ("partition_time_pattern", "$dt $hm:00"),
+        ])
+        .unwrap()
+        .unwrap();
+        // 2026-01-01T12:34:00Z
+        let dir = format!("dt=2026-01-01/hm={}", escape("12:34"));
+        assert_eq!(dir, "dt=2026-01-01/hm=12%3A34");
+        assert_eq!(pc.time_of("s", &dir).unwrap(), 1_767_270_840_000);
+        // The default pattern is the first column; a day is its midnight.
+        let day = commit(&[("partition_commit_trigger", "partition-time")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(day.pattern, "$dt");
+        assert_eq!(day.time_of("s", &dir).unwrap(), 1_767_225_600_000);
+        let err = pc
+            .time_of("s", "dt=__HIVE_DEFAULT_PARTITION__/hm=x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("partition dt=__HIVE_DEFAULT_PARTITION__/hm=x: '__HIVE_DEFAULT_PARTITION__ x:00' (partition_time_pattern '$dt $hm:00') is not a time"),
+            "{err}"
+        );
+        assert_eq!(unescape("a%2Fb%"), "a/b%");
+    }
+
+    #[test]
+    fn partition_commit_options_are_checked() {
+        let err = |pairs: &[(&str, &str)]| match commit(pairs) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {pairs:?}"),
+        };
+        assert!(
+            err(&[("partition_commit_trigger", "process-time")])
+                .contains("partition_commit_trigger 'process-time' is not supported")
+        );
+        assert!(
+            err(&[("partition_commit_delay", "1 min")])
+                .contains("partition_commit_delay goes with partition_commit_trigger")
+        );
+        assert!(
+            err(&[
+                ("partition_commit_trigger", "partition-time"),
+                ("partition_time_pattern", "$day $hm:00"),
+            ])
+            .contains("names $day, which is not a partition_by column (dt, hm)")
+        );
+        assert!(
+            err(&[
+                ("partition_commit_trigger", "partition-time"),
+                ("partition_commit_delay", "soon"),
+            ])
+            .contains("partition_commit_delay: ")
+        );
+        let none = PartitionCommit::from_options(
+            "s",
+            &options(&[("partition_commit_trigger", "partition-time")]),
+            &[],
+        );
+        assert!(none.unwrap_err().to_string().contains("set partition_by"));
+        let delayed = commit(&[
+            ("partition_commit_trigger", "Partition-Time"),
+            ("partition_commit_delay", "1 min"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(delayed.delay_ms, 60_000);
     }
 }

@@ -55,6 +55,22 @@ pub trait Sink: Debug + Send + Sync {
     /// Make the batch at `batch_time` visible.
     async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
 
+    /// Whether this sink acts on the query's event-time watermark
+    /// ([`Sink::advance_watermark`]); the scheduler then tracks it even for a query
+    /// without event-time operators, from its streams' declared watermarks
+    /// ([`crate::SourceOptions::event_time`]). `false` by default.
+    fn needs_watermark(&self) -> bool {
+        false
+    }
+
+    /// The query's watermark after a batch was committed, when it has one and
+    /// [`Sink::needs_watermark`] says so (a files sink commits the partitions it
+    /// has passed, Flink's partition commit). Called for every batch, replayed ones
+    /// too, so it must be idempotent.
+    async fn advance_watermark(&self, _watermark: Time) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the scheduler may run this sink's writes of a batch's partitions at once,
     /// each on its own task (so on its own core): a sink whose partitions are
     /// independent (a file each) and whose encoding costs CPU. `false` (the default):

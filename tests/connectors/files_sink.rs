@@ -300,3 +300,131 @@ async fn the_commit_log_is_compacted_every_ten_entries_and_still_read_whole() {
         strs(&["90|90"])
     );
 }
+
+/// The `_SUCCESS` files under `dir`.
+fn successes(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.ends_with("/_SUCCESS"))
+        .collect()
+}
+
+/// Flink's partition commit (q10's sink): a partition folder gets its `_SUCCESS` once
+/// the watermark — here a stateless query's, from its stream's declared one — passes
+/// its time plus the delay; a restarted sink finds the partitions still to commit in
+/// its commit log; the end of finite input commits every one.
+#[tokio::test]
+async fn partitions_are_committed_once_the_watermark_passes_their_time() {
+    let out = temp_dir("files-sink-partition-commit");
+    let sink = |stream: &str| {
+        format!(
+            "CREATE SINK by_minute WITH (connector = 'files', path = '{}', format = 'csv',
+               partition_by = 'dt, hm', partition_commit_trigger = 'partition-time',
+               partition_commit_delay = '1 min', partition_time_pattern = '$dt $hm:00') AS
+             SELECT auction, ts, DATE_FORMAT(ts, 'yyyy-MM-dd') AS dt, DATE_FORMAT(ts, 'HH:mm') AS hm
+             FROM {stream};",
+            out.display()
+        )
+    };
+    let script = format!(
+        "SET batch_interval = '1 second';
+         CREATE STREAM bids (auction BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '4' SECOND) WITH (connector = 'memory');
+         {}",
+        sink("bids")
+    );
+    let (mut s, clock) = session_at(Time::from_millis(0));
+    s.execute_script(&script).await.unwrap();
+    // Watermark 00:01:26: 00:00 (+ 1 min) is committed, 00:01 is not.
+    s.execute("INSERT INTO bids VALUES (1, '2026-01-01T00:00:10'), (2, '2026-01-01T00:01:30')")
+        .await
+        .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        successes(&out),
+        strs(&["dt=2026-01-01/hm=00%3A00/_SUCCESS"])
+    );
+    // Watermark 00:03:01 passes 00:01 + 1 min.
+    s.execute("INSERT INTO bids VALUES (3, '2026-01-01T00:03:05')")
+        .await
+        .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(
+        successes(&out),
+        strs(&[
+            "dt=2026-01-01/hm=00%3A00/_SUCCESS",
+            "dt=2026-01-01/hm=00%3A01/_SUCCESS"
+        ])
+    );
+    s.stop_all().await.unwrap();
+
+    // Restarted: 00:03 is found pending in the commit log; watermark 00:04:06 passes it.
+    let (mut s, clock) = session_at(clock.now());
+    s.execute_script(&script).await.unwrap();
+    s.execute("INSERT INTO bids VALUES (4, '2026-01-01T00:04:10')")
+        .await
+        .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    assert_eq!(successes(&out).len(), 3, "{:?}", tree(&out));
+    assert!(successes(&out).contains(&"dt=2026-01-01/hm=00%3A03/_SUCCESS".to_string()));
+    s.stop_all().await.unwrap();
+
+    // Finite input (available-now over files): its end passes every partition's time.
+    let input = temp_dir("files-sink-partition-commit-in");
+    std::fs::write(
+        input.join("a.csv"),
+        "auction,ts\n5,2026-01-01T00:10:00\n6,2026-01-01T00:10:30\n",
+    )
+    .unwrap();
+    let (mut s, _) = session_at(clock.now());
+    s.execute_script(&format!(
+        "SET trigger = 'available_now';
+         CREATE STREAM more (auction BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '4' SECOND)
+           WITH (connector = 'files', path = '{}', format = 'csv', header = 'true');
+         {}",
+        input.display(),
+        sink("more")
+    ))
+    .await
+    .unwrap();
+    let ctx = s.queries().next().unwrap().ctx.clone();
+    ctx.await_termination().await.unwrap();
+    assert_eq!(
+        successes(&out),
+        strs(&[
+            "dt=2026-01-01/hm=00%3A00/_SUCCESS",
+            "dt=2026-01-01/hm=00%3A01/_SUCCESS",
+            "dt=2026-01-01/hm=00%3A03/_SUCCESS",
+            "dt=2026-01-01/hm=00%3A04/_SUCCESS",
+            "dt=2026-01-01/hm=00%3A10/_SUCCESS",
+        ])
+    );
+    // Every row was written, each in its partition.
+    let rows: usize = tree(&out)
+        .iter()
+        .filter(|p| p.ends_with(".csv"))
+        .map(|p| {
+            std::fs::read_to_string(out.join(p))
+                .unwrap()
+                .lines()
+                .count()
+                - 1
+        })
+        .sum();
+    assert_eq!(rows, 6);
+
+    // A query with no watermark would never commit: refused, naming what is missing.
+    let (mut s, _) = session_at(Time::from_millis(0));
+    s.execute("CREATE STREAM plain (auction BIGINT, ts TIMESTAMP) WITH (connector = 'memory')")
+        .await
+        .unwrap();
+    let err = sql_error(&mut s, &sink("plain")).await;
+    assert!(
+        err.contains(
+            "sink 'by_minute' commits each partition once the watermark passes its time, and \
+             the query reads no stream with a watermark (plain)"
+        ),
+        "{err}"
+    );
+}

@@ -346,6 +346,26 @@ impl FlumenSession {
                     Emits::Changes { .. } | Emits::Changelog => OutputMode::Update,
                 };
                 let changelog = planned.emits == Emits::Changelog;
+                // A sink that acts on the watermark would wait for ever without one.
+                if self
+                    .catalog
+                    .sink(&name)
+                    .is_some_and(|d| d.sink.needs_watermark())
+                    && !streams.iter().any(|s| {
+                        self.catalog
+                            .stream(s)
+                            .is_some_and(|d| d.watermark.is_some())
+                    })
+                {
+                    let mut read: Vec<&str> = streams.iter().map(String::as_str).collect();
+                    read.sort_unstable();
+                    return plan_err!(
+                        "sink '{name}' commits each partition once the watermark passes its \
+                         time, and the query reads no stream with a watermark ({}): declare \
+                         one, e.g. WATERMARK FOR ts AS ts - INTERVAL '5' SECOND",
+                        read.join(", ")
+                    );
+                }
                 let Some((sink, memory, is_table)) = self.catalog.update_sink(&name, |def| {
                     def.query = Some(id);
                     def.schema = Some(if changelog && def.is_table {

@@ -283,7 +283,13 @@ impl QuerySchema {
             )?;
             let queue = QueueSource::new(name, def.schema.clone(), one);
             self.catalog.add_feed(name, &queue);
-            return ctx.source(queue);
+            return ctx.source_with(
+                queue,
+                SourceOptions {
+                    event_time: event_time(def),
+                    ..SourceOptions::default()
+                },
+            );
         }
         let mut options = receiver_options(name, &def.options, self.checkpoint.as_deref());
         // Queries over one socket stream share its receiver, each reading every line
@@ -326,6 +332,7 @@ impl QuerySchema {
                 dead_letter: errors,
                 max_records_per_batch: def.policy.max_records_per_batch,
                 backpressure: def.policy.backpressure,
+                event_time: event_time(def),
             },
         )
     }
@@ -427,6 +434,11 @@ pub(super) fn with_batch_time(schema: &SchemaRef) -> SchemaRef {
         false,
     ));
     Arc::new(Schema::new(fields))
+}
+
+/// A stream's declared event-time column and watermark delay, for the engine.
+fn event_time(def: &StreamDef) -> Option<(String, std::time::Duration)> {
+    def.watermark.as_ref().map(|w| (w.column.clone(), w.delay))
 }
 
 pub(super) fn is_memory_connector(c: &str) -> bool {
