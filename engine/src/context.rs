@@ -540,8 +540,6 @@ impl StreamingContext {
             errors_slot: None,
             limit,
             projection: None,
-            event_time: options.event_time,
-            max_event_time: None,
         });
         Ok(Stream::new(self.clone(), df, self.batch_interval()))
     }
@@ -864,12 +862,6 @@ pub struct SourceOptions {
     /// Spark's back pressure: a PID estimator sets each batch's limit from how fast
     /// the previous batches were processed.
     pub backpressure: bool,
-    /// The stream's event-time column and its watermark delay (`WATERMARK FOR ts AS
-    /// ts - delay`): the watermark a sink that needs one gets ([`Sink::needs_watermark`])
-    /// is at most the latest time read less the delay.
-    ///
-    /// [`Sink::needs_watermark`]: crate::sink::Sink::needs_watermark
-    pub event_time: Option<(String, Duration)>,
 }
 
 /// Opens the pipeline's checkpoint (if any), its sources and sinks, and recovers what

@@ -32,10 +32,6 @@ pub(crate) struct SourceNode {
     /// The columns the query reads, when some go unread (set once the plans are
     /// built; given to the source when it opens).
     pub projection: Option<Vec<usize>>,
-    /// Its event-time column and watermark delay (`SourceOptions::event_time`).
-    pub event_time: Option<(String, std::time::Duration)>,
-    /// The latest event time read (tracked only for a sink that needs the watermark).
-    pub max_event_time: Option<i64>,
 }
 
 pub(crate) struct OperatorNode {

@@ -29,6 +29,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 
+use crate::Result;
 use crate::checkpoint::{Checkpoint, OffsetEntry, Recovered};
 use crate::clock::Clock;
 use crate::graph::{Graph, OperatorNode, OutputKind, OutputNode, SourceNode};
@@ -38,7 +39,6 @@ use crate::print::format_print;
 use crate::sink::WriteKey;
 use crate::source::BatchContext;
 use crate::time::Time;
-use crate::{Result, plan_err};
 
 /// A query's graph with every physical plan built.
 pub(crate) struct Pipeline {
@@ -73,9 +73,6 @@ pub(crate) struct Pipeline {
     fused_operators: Vec<bool>,
     /// The next batch is the last of a run over finite input ([`Self::end_input`]).
     end_of_input: bool,
-    /// A sink needs the watermark (`Sink::needs_watermark`): the streams' event times
-    /// are tracked for it.
-    sink_watermark: bool,
 }
 
 /// On a cluster, one job a batch instead of two where it can: an operator whose
@@ -254,18 +251,9 @@ impl Pipeline {
             .map(|(_, p)| p)
             .chain(outputs.iter().map(|(_, p)| p))
             .collect();
-        let sink_watermark = outputs
-            .iter()
-            .any(|(n, _)| matches!(&n.kind, OutputKind::Sink(s) if s.needs_watermark()));
         let mut sources = graph.sources;
         for s in &mut sources {
-            let mut read = s.slot.columns_read(&plans)?;
-            // The event time is read for the watermark even where no plan reads it.
-            if sink_watermark && let Some((column, _)) = &s.event_time {
-                read.push(s.slot.schema().index_of(column)?);
-                read.sort_unstable();
-                read.dedup();
-            }
+            let read = s.slot.columns_read(&plans)?;
             if read.len() < s.slot.schema().fields().len() {
                 s.projection = Some(read);
             }
@@ -286,7 +274,6 @@ impl Pipeline {
             fused_outputs,
             fused_operators,
             end_of_input: false,
-            sink_watermark,
             query_id,
             pipeline_id: crate::checkpoint::new_id(),
             cluster: cluster.map(|url| crate::cluster::Cluster::new(url, &task_ctx)),
@@ -535,16 +522,15 @@ impl Pipeline {
     /// must run to close what event time left open — windows, sessions, a window
     /// top-N's rankings, an outer join's unmatched rows — because nothing would
     /// ever emit them: no checkpoint keeps them for a later run, and an operator has
-    /// a watermark (it has seen event times) — or a sink waits for the watermark to
-    /// pass what it wrote (partitions to commit) and a stream has had event times.
-    /// If so, that batch is marked the last.
+    /// a watermark (it has seen event times). If so, that batch is marked the last.
     pub fn end_input(&mut self) -> bool {
-        let operators = self
-            .operators
-            .iter()
-            .any(|(n, _)| n.op.watermark().is_some());
-        let sinks = self.sink_watermark && self.sources.iter().any(|s| s.max_event_time.is_some());
-        if self.end_of_input || self.checkpoint.is_some() || !(operators || sinks) {
+        if self.end_of_input
+            || self.checkpoint.is_some()
+            || !self
+                .operators
+                .iter()
+                .any(|(n, _)| n.op.watermark().is_some())
+        {
             return false;
         }
         self.end_of_input = true;
@@ -607,20 +593,10 @@ impl Pipeline {
         };
         let mut read_by_executors = Vec::new();
         let mut uncounted = Vec::new();
-        // Per source, the latest event time of its rows this batch (a sink needs it).
-        let mut latest_read: Vec<Option<i64>> = Vec::with_capacity(self.sources.len());
         for (s, range) in self.sources.iter().zip(&ranges) {
             if self.cluster.is_some()
                 && let Some(mut scan) = s.source.cluster_scan(range, s.slot.partitions())?
             {
-                if self.sink_watermark && s.event_time.is_some() {
-                    return plan_err!(
-                        "stream {}: a sink of this query commits by the watermark, which is \
-                         read from the stream's event times, and on a cluster the executors \
-                         read this stream: run the query without SET cluster",
-                        s.source.name()
-                    );
-                }
                 scan.stream = s.source.name().to_string();
                 read_by_executors.push(s.source.name().to_string());
                 if scan.rows.is_none() {
@@ -632,7 +608,6 @@ impl Pipeline {
                     slot.fill(Vec::new());
                 }
                 s.slot.fill_remote(scan, range.clone());
-                latest_read.push(None);
                 continue;
             }
             let crate::source::SourceBatch {
@@ -662,13 +637,6 @@ impl Pipeline {
             }
             let rows: usize = data.iter().flatten().map(|b| b.num_rows()).sum();
             input_rows.push((s.source.name().to_string(), rows as u64));
-            if self.sink_watermark
-                && let Some((column, _)) = &s.event_time
-            {
-                latest_read.push(latest_event_time(data.iter().flatten(), column)?);
-            } else {
-                latest_read.push(None);
-            }
             if data.len() > 1 {
                 s.slot.fill_partitioned(data);
             } else {
@@ -824,9 +792,16 @@ impl Pipeline {
                 }
             }
         }
-        if self.sink_watermark {
-            self.advance_sink_watermarks(&latest_read, watermark)
-                .await?;
+        // A sink that acts on event time gets the query's watermark once the batch
+        // is written (replayed batches too: the sink's step must be idempotent).
+        if let Some(w) = watermark {
+            for (node, _) in &self.outputs {
+                if let OutputKind::Sink(sink) = &node.kind
+                    && sink.needs_watermark()
+                {
+                    sink.advance_watermark(Time::from_millis(w)).await?;
+                }
+            }
         }
         if !replay.committed {
             for (part, (si, rows)) in set_aside.into_iter().enumerate() {
@@ -952,69 +927,6 @@ impl Pipeline {
             cluster,
         })
     }
-}
-
-impl Pipeline {
-    /// After a batch's writes: the sinks that need the watermark get the query's —
-    /// the lowest of its event-time operators' (`operators`) and of its streams'
-    /// declared watermarks (the latest event time read less the delay; none until a
-    /// stream with one has had rows; the end of input passes every time).
-    async fn advance_sink_watermarks(
-        &mut self,
-        latest_read: &[Option<i64>],
-        operators: Option<i64>,
-    ) -> Result<()> {
-        let mut watermark = operators;
-        for (s, latest) in self.sources.iter_mut().zip(latest_read) {
-            let Some((_, delay)) = &s.event_time else {
-                continue;
-            };
-            if let Some(t) = latest {
-                s.max_event_time = Some(s.max_event_time.map_or(*t, |m| m.max(*t)));
-            }
-            let w = if self.end_of_input {
-                Some(crate::ops::END_OF_INPUT_WATERMARK)
-            } else {
-                s.max_event_time.map(|m| m - delay.as_millis() as i64)
-            };
-            watermark = match (watermark, w) {
-                // A stream that has had no rows holds the watermark back.
-                (_, None) => return Ok(()),
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (None, b) => b,
-            };
-        }
-        let Some(watermark) = watermark else {
-            return Ok(());
-        };
-        for (node, _) in &self.outputs {
-            if let OutputKind::Sink(sink) = &node.kind
-                && sink.needs_watermark()
-            {
-                sink.advance_watermark(Time::from_millis(watermark)).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The latest time in `column` (a timestamp) of `batches`; `None` when they have
-/// no row or only nulls there.
-fn latest_event_time<'a>(
-    batches: impl Iterator<Item = &'a RecordBatch>,
-    column: &str,
-) -> Result<Option<i64>> {
-    let mut latest: Option<i64> = None;
-    for b in batches {
-        let Ok(i) = b.schema().index_of(column) else {
-            return plan_err!("event-time column '{column}' is not in the stream's rows");
-        };
-        let ms = crate::ops::timestamp_millis(b.column(i), column)?;
-        if let Some(m) = datafusion::arrow::compute::max(&ms) {
-            latest = Some(latest.map_or(m, |l| l.max(m)));
-        }
-    }
-    Ok(latest)
 }
 
 /// How often a sink's write of one batch is tried before the query fails.

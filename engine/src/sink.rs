@@ -56,9 +56,9 @@ pub trait Sink: Debug + Send + Sync {
     async fn commit(&self, query_id: &str, batch_time: Time, partitions: usize) -> Result<()>;
 
     /// Whether this sink acts on the query's event-time watermark
-    /// ([`Sink::advance_watermark`]); the scheduler then tracks it even for a query
-    /// without event-time operators, from its streams' declared watermarks
-    /// ([`crate::SourceOptions::event_time`]). `false` by default.
+    /// ([`Sink::advance_watermark`]): the query must then have an operator with one
+    /// (the SQL layer puts an [`crate::ops::EventTimeTracker`] over each stream with a
+    /// declared watermark that such a query reads). `false` by default.
     fn needs_watermark(&self) -> bool {
         false
     }

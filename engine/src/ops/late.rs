@@ -1,7 +1,9 @@
 //! `LateRowFilter`: a stream's watermark applied where the stream enters a query.
 //! Rows older than the watermark are late: they leave the pipeline, are counted, and
 //! are written to a dead-letter sink — never dropped silently. Used for streams
-//! declared with `late_rows = 'dead_letter'`.
+//! declared with `late_rows = 'dead_letter'`. [`StreamWatermark`]: the same watermark
+//! kept and nothing filtered, for a sink that acts on it (a stateless query has no
+//! other operator to keep one).
 //!
 //! ```text
 //!  source batch ─▶ ts >= watermark ─▶ on to the query
@@ -143,10 +145,7 @@ impl StreamOperator for LateRowFilter {
                 .commit(&self.stream, ctx.batch_time, 1)
                 .await?;
         }
-        if let Some(l) = latest {
-            let candidate = l.saturating_sub(self.delay.as_millis() as i64);
-            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
-        }
+        advance(&mut self.watermark, latest, self.delay, ctx);
         Ok(Some(kept))
     }
 
@@ -169,6 +168,131 @@ impl StreamOperator for LateRowFilter {
 
     fn late_rows(&self) -> u64 {
         self.late_last_batch
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+}
+
+/// `watermark` after a batch whose latest time was `latest`: that less `delay` when
+/// it is ahead; past every time at the end of finite input.
+fn advance(
+    watermark: &mut Option<i64>,
+    latest: Option<i64>,
+    delay: Duration,
+    ctx: &OperatorContext,
+) {
+    if ctx.end_of_input {
+        *watermark = Some(super::END_OF_INPUT_WATERMARK);
+    } else if let Some(l) = latest {
+        let candidate = l.saturating_sub(delay.as_millis() as i64);
+        *watermark = Some(watermark.map_or(candidate, |w| w.max(candidate)));
+    }
+}
+
+/// A stream's declared watermark (`WATERMARK FOR ts AS ts - delay`) kept where the
+/// stream enters a query, every row passed on: the latest time read less the delay.
+/// The SQL layer puts it over the streams a query reads when its sink acts on the
+/// watermark (a files sink committing partitions by time), so that a stateless
+/// query has one.
+pub struct StreamWatermark {
+    stream: String,
+    schema: SchemaRef,
+    time_index: usize,
+    delay: Duration,
+    watermark: Option<i64>,
+}
+
+impl StreamWatermark {
+    /// The watermark of `stream` by its column `time_index` (a timestamp) and `delay`.
+    pub fn try_new(
+        stream: &str,
+        schema: SchemaRef,
+        time_index: usize,
+        delay: Duration,
+    ) -> Result<Self> {
+        match schema.fields().get(time_index).map(|f| f.data_type()) {
+            Some(DataType::Timestamp(_, _)) => {}
+            other => {
+                return plan_err!(
+                    "stream {stream}: the watermark column must be a timestamp, got {other:?}"
+                );
+            }
+        }
+        Ok(Self {
+            stream: stream.to_string(),
+            schema,
+            time_index,
+            delay,
+            watermark: None,
+        })
+    }
+}
+
+#[async_trait]
+impl StreamOperator for StreamWatermark {
+    fn name(&self) -> String {
+        format!("StreamWatermark({})", self.stream)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "StreamWatermark({}, column {}, delay {} ms)",
+            self.stream,
+            self.time_index,
+            self.delay.as_millis()
+        )
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "StreamWatermark: {}'s watermark, {} - {}, kept for the sink (rows pass unchanged)",
+            self.stream,
+            self.schema.field(self.time_index).name(),
+            crate::time::format_duration(self.delay)
+        )
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(input.clone().create_physical_plan().await?)
+    }
+
+    async fn process(
+        &mut self,
+        ctx: &OperatorContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let mut latest: Option<i64> = None;
+        for b in input.iter().filter(|b| b.num_rows() > 0) {
+            let ms = super::timestamp_millis(b.column(self.time_index), "the watermark column")?;
+            if let Some(m) = max(&ms) {
+                latest = Some(latest.map_or(m, |l| l.max(m)));
+            }
+        }
+        advance(&mut self.watermark, latest, self.delay, ctx);
+        Ok(Some(input))
+    }
+
+    /// Only the watermark.
+    fn state_stats(&self) -> crate::state::StateStats {
+        crate::state::StateStats::default()
+    }
+
+    fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
+        Ok(crate::checkpoint::OperatorState {
+            batches: Vec::new(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        })
+    }
+
+    fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
+        self.watermark = state.meta["watermark"].as_i64();
+        Ok(())
     }
 
     fn watermark(&self) -> Option<i64> {
@@ -216,6 +340,52 @@ mod tests {
         assert!(
             LateRowFilter::try_new("ev", Arc::clone(&input.schema), 0, Duration::ZERO, dead)
                 .is_err(),
+            "the watermark column must be a timestamp"
+        );
+    }
+
+    /// Rows pass unchanged; the watermark is the latest time less the delay, never
+    /// goes back, comes back from a snapshot and passes every time at the end of input.
+    #[tokio::test]
+    async fn a_stream_watermark_passes_rows_and_keeps_the_latest_time_less_the_delay() {
+        let input = TestInput::keyed_events();
+        let mut op =
+            StreamWatermark::try_new("ev", Arc::clone(&input.schema), 1, Duration::from_secs(1))
+                .unwrap();
+        let out = input
+            .run(
+                &mut op,
+                1,
+                vec![input.events(&["a", "b"], &[5_000, 10_000])],
+            )
+            .await;
+        assert_eq!(rows(&out).len(), 2);
+        assert_eq!(op.watermark(), Some(9_000));
+        let out = input
+            .run(&mut op, 2, vec![input.events(&["c"], &[2_000])])
+            .await;
+        assert_eq!(
+            rows(&out),
+            ["c,1970-01-01T00:00:02"],
+            "an old row passes too"
+        );
+        assert_eq!(op.watermark(), Some(9_000));
+        let mut back =
+            StreamWatermark::try_new("ev", Arc::clone(&input.schema), 1, Duration::from_secs(1))
+                .unwrap();
+        back.restore(op.snapshot().unwrap()).unwrap();
+        assert_eq!(back.watermark(), Some(9_000));
+        let end = OperatorContext {
+            batch_time: crate::Time::from_millis(3_000),
+            zero_time: crate::Time::from_millis(0),
+            batch_interval: Duration::from_secs(1),
+            input_watermark: None,
+            end_of_input: true,
+        };
+        back.process(&end, Vec::new()).await.unwrap();
+        assert_eq!(back.watermark(), Some(crate::ops::END_OF_INPUT_WATERMARK));
+        assert!(
+            StreamWatermark::try_new("ev", Arc::clone(&input.schema), 0, Duration::ZERO).is_err(),
             "the watermark column must be a timestamp"
         );
     }

@@ -37,7 +37,7 @@ pub use aggregate::{
 };
 pub use changes::Changes;
 pub use dedup::Dedup;
-pub use late::LateRowFilter;
+pub use late::{LateRowFilter, StreamWatermark};
 pub use map_with_state::{KeyedBatch, MapWithState, StateSpec, StateUpdate};
 pub use materialize::Materialize;
 pub use stream_join::{JoinTime, StreamJoin};

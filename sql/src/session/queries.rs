@@ -335,6 +335,7 @@ impl FlumenSession {
             return plan_err!("this query reads no stream; run it as an ordinary SELECT");
         }
         let schema = planned.stream.schema();
+        let watermarked = qc.schema.watermarked();
         let target_name = match target {
             Target::Sink(name) => {
                 // How the rows written are read back (memory sinks and tables): the
@@ -351,11 +352,7 @@ impl FlumenSession {
                     .catalog
                     .sink(&name)
                     .is_some_and(|d| d.sink.needs_watermark())
-                    && !streams.iter().any(|s| {
-                        self.catalog
-                            .stream(s)
-                            .is_some_and(|d| d.watermark.is_some())
-                    })
+                    && watermarked.is_empty()
                 {
                     let mut read: Vec<&str> = streams.iter().map(String::as_str).collect();
                     read.sort_unstable();

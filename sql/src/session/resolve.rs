@@ -68,6 +68,7 @@ impl QueryContext {
             mode: settings.output_mode,
             checkpoint: settings.checkpoint_location.clone(),
             name: name.map(str::to_string),
+            watermarked: Mutex::new(Vec::new()),
         });
         let state = base.state();
         let for_list = Arc::clone(&schema);
@@ -150,9 +151,43 @@ pub(super) struct QuerySchema {
     checkpoint: Option<String>,
     /// The sink or table the query writes, if any.
     name: Option<String>,
+    /// Streams whose declared watermark the query keeps for its sink
+    /// ([`QuerySchema::with_stream_watermark`]).
+    watermarked: Mutex<Vec<String>>,
 }
 
 impl QuerySchema {
+    /// The streams whose declared watermark the query keeps for its sink.
+    pub fn watermarked(&self) -> Vec<String> {
+        self.watermarked.lock().clone()
+    }
+
+    /// Whether the query's sink acts on the watermark (`Sink::needs_watermark`).
+    fn sink_needs_watermark(&self) -> bool {
+        self.name
+            .as_deref()
+            .and_then(|n| self.catalog.sink(n))
+            .is_some_and(|d| d.sink.needs_watermark())
+    }
+
+    /// When the query's sink acts on the watermark and `def` declares one: a
+    /// `StreamWatermark` over the stream's rows keeps it (a stateless query has no
+    /// other operator that would).
+    fn with_stream_watermark(&self, def: &StreamDef, stream: Stream) -> Result<Stream> {
+        let Some(w) = def.watermark.as_ref() else {
+            return Ok(stream);
+        };
+        if !self.sink_needs_watermark() {
+            return Ok(stream);
+        }
+        let schema = Arc::new(stream.dataframe().schema().as_arrow().clone());
+        let index = schema.index_of(&w.column)?;
+        let op = flumen_engine::ops::StreamWatermark::try_new(&def.name, schema, index, w.delay)?;
+        self.watermarked.lock().push(def.name.clone());
+        let ctx = self.ctx()?;
+        stream.with_operator(Box::new(op), ctx.batch_interval())
+    }
+
     /// The streams the query's plan read so far.
     pub fn streams_read(&self) -> HashSet<String> {
         self.read.lock().clone()
@@ -283,13 +318,7 @@ impl QuerySchema {
             )?;
             let queue = QueueSource::new(name, def.schema.clone(), one);
             self.catalog.add_feed(name, &queue);
-            return ctx.source_with(
-                queue,
-                SourceOptions {
-                    event_time: event_time(def),
-                    ..SourceOptions::default()
-                },
-            );
+            return ctx.source(queue);
         }
         let mut options = receiver_options(name, &def.options, self.checkpoint.as_deref());
         // Queries over one socket stream share its receiver, each reading every line
@@ -332,7 +361,6 @@ impl QuerySchema {
                 dead_letter: errors,
                 max_records_per_batch: def.policy.max_records_per_batch,
                 backpressure: def.policy.backpressure,
-                event_time: event_time(def),
             },
         )
     }
@@ -348,6 +376,7 @@ impl QuerySchema {
             StreamKind::Source { connector } => {
                 let stream = self.source_stream(&def, connector)?;
                 let stream = self.with_dead_letter(&def, stream)?;
+                let stream = self.with_stream_watermark(&def, stream)?;
                 self.scan_with_batch_time(name, &stream, &def.schema)?
             }
             StreamKind::Derived { query } => {
@@ -383,7 +412,22 @@ impl QuerySchema {
                 } else {
                     df.with_column(BATCH_TIME_COLUMN, self.batch_time.call(vec![]))?
                 };
-                df.into_view()
+                if planned.emits == flumen_engine::ops::Emits::Appends
+                    && def.watermark.is_some()
+                    && self.sink_needs_watermark()
+                {
+                    // Its rows through the watermark keeper, scanned under its name.
+                    let stream = ctx.stream_from(df, ctx.batch_interval())?;
+                    let stream = self.with_stream_watermark(&def, stream)?;
+                    let LogicalPlan::TableScan(scan) = stream.dataframe().logical_plan() else {
+                        return Err(Error::Internal("an operator's output is not a scan".into()));
+                    };
+                    let plan =
+                        LogicalPlanBuilder::scan(name, Arc::clone(&scan.source), None)?.build()?;
+                    Arc::new(ViewTable::new(plan, None))
+                } else {
+                    df.into_view()
+                }
             }
         };
         self.remember(name, &provider);
@@ -434,11 +478,6 @@ pub(super) fn with_batch_time(schema: &SchemaRef) -> SchemaRef {
         false,
     ));
     Arc::new(Schema::new(fields))
-}
-
-/// A stream's declared event-time column and watermark delay, for the engine.
-fn event_time(def: &StreamDef) -> Option<(String, std::time::Duration)> {
-    def.watermark.as_ref().map(|w| (w.column.clone(), w.delay))
 }
 
 pub(super) fn is_memory_connector(c: &str) -> bool {
