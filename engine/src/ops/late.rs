@@ -2,8 +2,8 @@
 //! Rows older than the watermark are late: they leave the pipeline, are counted, and
 //! are written to a dead-letter sink — never dropped silently. Used for streams
 //! declared with `late_rows = 'dead_letter'`. [`StreamWatermark`]: the same watermark
-//! kept and nothing filtered, for a sink that acts on it (a stateless query has no
-//! other operator to keep one).
+//! kept from the stream's time column, emitting nothing, for a sink that acts on it (a
+//! stateless query has no other operator to keep one).
 //!
 //! ```text
 //!  source batch ─▶ ts >= watermark ─▶ on to the query
@@ -191,11 +191,11 @@ fn advance(
     }
 }
 
-/// A stream's declared watermark (`WATERMARK FOR ts AS ts - delay`) kept where the
-/// stream enters a query, every row passed on: the latest time read less the delay.
-/// The SQL layer puts it over the streams a query reads when its sink acts on the
-/// watermark (a files sink committing partitions by time), so that a stateless
-/// query has one.
+/// A stream's declared watermark (`WATERMARK FOR ts AS ts - delay`): the latest time
+/// read less the delay. It reads the stream's time column beside the query (which
+/// reads the stream as it would without it) and emits nothing: the SQL layer adds
+/// one per stream a query reads when its sink acts on the watermark (a files sink
+/// committing partitions by time), so that a stateless query has one.
 pub struct StreamWatermark {
     stream: String,
     schema: SchemaRef,
@@ -247,7 +247,7 @@ impl StreamOperator for StreamWatermark {
 
     fn explain(&self) -> String {
         format!(
-            "StreamWatermark: {}'s watermark, {} - {}, kept for the sink (rows pass unchanged)",
+            "StreamWatermark: {}'s watermark, {} - {}, kept for the sink",
             self.stream,
             self.schema.field(self.time_index).name(),
             crate::time::format_duration(self.delay)
@@ -275,7 +275,7 @@ impl StreamOperator for StreamWatermark {
             }
         }
         advance(&mut self.watermark, latest, self.delay, ctx);
-        Ok(Some(input))
+        Ok(None)
     }
 
     /// Only the watermark.
@@ -344,8 +344,8 @@ mod tests {
         );
     }
 
-    /// Rows pass unchanged; the watermark is the latest time less the delay, never
-    /// goes back, comes back from a snapshot and passes every time at the end of input.
+    /// It emits nothing; the watermark is the latest time less the delay, never goes
+    /// back, comes back from a snapshot and passes every time at the end of input.
     #[tokio::test]
     async fn a_stream_watermark_passes_rows_and_keeps_the_latest_time_less_the_delay() {
         let input = TestInput::keyed_events();
@@ -359,17 +359,12 @@ mod tests {
                 vec![input.events(&["a", "b"], &[5_000, 10_000])],
             )
             .await;
-        assert_eq!(rows(&out).len(), 2);
+        assert!(out.is_empty());
         assert_eq!(op.watermark(), Some(9_000));
-        let out = input
+        input
             .run(&mut op, 2, vec![input.events(&["c"], &[2_000])])
             .await;
-        assert_eq!(
-            rows(&out),
-            ["c,1970-01-01T00:00:02"],
-            "an old row passes too"
-        );
-        assert_eq!(op.watermark(), Some(9_000));
+        assert_eq!(op.watermark(), Some(9_000), "an older row moves nothing");
         let mut back =
             StreamWatermark::try_new("ev", Arc::clone(&input.schema), 1, Duration::from_secs(1))
                 .unwrap();

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
@@ -152,7 +153,7 @@ pub(super) struct QuerySchema {
     /// The sink or table the query writes, if any.
     name: Option<String>,
     /// Streams whose declared watermark the query keeps for its sink
-    /// ([`QuerySchema::with_stream_watermark`]).
+    /// ([`QuerySchema::keep_stream_watermark`]).
     watermarked: Mutex<Vec<String>>,
 }
 
@@ -171,21 +172,24 @@ impl QuerySchema {
     }
 
     /// When the query's sink acts on the watermark and `def` declares one: a
-    /// `StreamWatermark` over the stream's rows keeps it (a stateless query has no
-    /// other operator that would).
-    fn with_stream_watermark(&self, def: &StreamDef, stream: Stream) -> Result<Stream> {
+    /// `StreamWatermark` over the stream's time column (`rows`, the stream's rows)
+    /// keeps it — a stateless query has no other operator that would. It emits
+    /// nothing; the query reads the stream as it would without it.
+    fn keep_stream_watermark(&self, def: &StreamDef, rows: &DataFrame) -> Result<()> {
         let Some(w) = def.watermark.as_ref() else {
-            return Ok(stream);
+            return Ok(());
         };
         if !self.sink_needs_watermark() {
-            return Ok(stream);
+            return Ok(());
         }
-        let schema = Arc::new(stream.dataframe().schema().as_arrow().clone());
-        let index = schema.index_of(&w.column)?;
-        let op = flumen_engine::ops::StreamWatermark::try_new(&def.name, schema, index, w.delay)?;
-        self.watermarked.lock().push(def.name.clone());
+        let times = rows.clone().select_columns(&[w.column.as_str()])?;
+        let schema = Arc::new(times.schema().as_arrow().clone());
+        let op = flumen_engine::ops::StreamWatermark::try_new(&def.name, schema, 0, w.delay)?;
         let ctx = self.ctx()?;
-        stream.with_operator(Box::new(op), ctx.batch_interval())
+        ctx.stream_from(times, ctx.batch_interval())?
+            .with_operator(Box::new(op), ctx.batch_interval())?;
+        self.watermarked.lock().push(def.name.clone());
+        Ok(())
     }
 
     /// The streams the query's plan read so far.
@@ -376,7 +380,7 @@ impl QuerySchema {
             StreamKind::Source { connector } => {
                 let stream = self.source_stream(&def, connector)?;
                 let stream = self.with_dead_letter(&def, stream)?;
-                let stream = self.with_stream_watermark(&def, stream)?;
+                self.keep_stream_watermark(&def, stream.dataframe())?;
                 self.scan_with_batch_time(name, &stream, &def.schema)?
             }
             StreamKind::Derived { query } => {
@@ -412,22 +416,8 @@ impl QuerySchema {
                 } else {
                     df.with_column(BATCH_TIME_COLUMN, self.batch_time.call(vec![]))?
                 };
-                if planned.emits == flumen_engine::ops::Emits::Appends
-                    && def.watermark.is_some()
-                    && self.sink_needs_watermark()
-                {
-                    // Its rows through the watermark keeper, scanned under its name.
-                    let stream = ctx.stream_from(df, ctx.batch_interval())?;
-                    let stream = self.with_stream_watermark(&def, stream)?;
-                    let LogicalPlan::TableScan(scan) = stream.dataframe().logical_plan() else {
-                        return Err(Error::Internal("an operator's output is not a scan".into()));
-                    };
-                    let plan =
-                        LogicalPlanBuilder::scan(name, Arc::clone(&scan.source), None)?.build()?;
-                    Arc::new(ViewTable::new(plan, None))
-                } else {
-                    df.into_view()
-                }
+                self.keep_stream_watermark(&def, &df)?;
+                df.into_view()
             }
         };
         self.remember(name, &provider);
