@@ -27,25 +27,22 @@ use super::{OperatorContext, StreamOperator};
 use crate::sink::{Sink, WriteKey};
 use crate::{Result, plan_err};
 
-pub struct LateRowFilter {
+/// A stream's declared watermark (`WATERMARK FOR ts AS ts - delay`) where the stream
+/// enters a query: its time column, the delay, and the latest time read less it.
+struct Declared {
     stream: String,
     schema: SchemaRef,
     time_index: usize,
     delay: Duration,
     watermark: Option<i64>,
-    dead_letter: Arc<dyn Sink>,
-    late_last_batch: u64,
 }
 
-impl LateRowFilter {
-    /// Late rows of `stream` (by its column `time_index` and watermark `delay`) go to
-    /// `dead_letter`.
-    pub fn try_new(
+impl Declared {
+    fn try_new(
         stream: &str,
         schema: SchemaRef,
         time_index: usize,
         delay: Duration,
-        dead_letter: Arc<dyn Sink>,
     ) -> Result<Self> {
         match schema.fields().get(time_index).map(|f| f.data_type()) {
             Some(DataType::Timestamp(_, _)) => {}
@@ -61,34 +58,79 @@ impl LateRowFilter {
             time_index,
             delay,
             watermark: None,
-            dead_letter,
-            late_last_batch: 0,
         })
     }
 
     fn millis(&self, batch: &RecordBatch) -> Result<Int64Array> {
         super::timestamp_millis(batch.column(self.time_index), "the watermark column")
     }
+
+    /// After a batch whose latest time was `latest`: that less the delay when it is
+    /// ahead; past every time at the end of finite input.
+    fn advance(&mut self, latest: Option<i64>, ctx: &OperatorContext) {
+        if ctx.end_of_input {
+            self.watermark = Some(super::END_OF_INPUT_WATERMARK);
+        } else if let Some(l) = latest {
+            let candidate = l.saturating_sub(self.delay.as_millis() as i64);
+            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        }
+    }
+
+    /// Only the watermark is kept.
+    fn snapshot(&self) -> crate::checkpoint::OperatorState {
+        crate::checkpoint::OperatorState {
+            batches: Vec::new(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        }
+    }
+
+    fn restore(&mut self, state: &crate::checkpoint::OperatorState) {
+        self.watermark = state.meta["watermark"].as_i64();
+    }
+}
+
+pub struct LateRowFilter {
+    declared: Declared,
+    dead_letter: Arc<dyn Sink>,
+    late_last_batch: u64,
+}
+
+impl LateRowFilter {
+    /// Late rows of `stream` (by its column `time_index` and watermark `delay`) go to
+    /// `dead_letter`.
+    pub fn try_new(
+        stream: &str,
+        schema: SchemaRef,
+        time_index: usize,
+        delay: Duration,
+        dead_letter: Arc<dyn Sink>,
+    ) -> Result<Self> {
+        Ok(Self {
+            declared: Declared::try_new(stream, schema, time_index, delay)?,
+            dead_letter,
+            late_last_batch: 0,
+        })
+    }
 }
 
 #[async_trait]
 impl StreamOperator for LateRowFilter {
     fn name(&self) -> String {
-        format!("LateRowFilter({})", self.stream)
+        format!("LateRowFilter({})", self.declared.stream)
     }
 
     /// The name checkpoints were fingerprinted under before the rename.
     fn describe(&self) -> String {
-        format!("LateRowsExec({})", self.stream)
+        format!("LateRowsExec({})", self.declared.stream)
     }
 
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(&self.declared.schema)
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
         self.dead_letter
-            .open(&self.stream, Arc::clone(&self.schema))
+            .open(&self.declared.stream, Arc::clone(&self.declared.schema))
             .await?;
         Ok(input.clone().create_physical_plan().await?)
     }
@@ -105,11 +147,11 @@ impl StreamOperator for LateRowFilter {
             if b.num_rows() == 0 {
                 continue;
             }
-            let ms = self.millis(&b)?;
+            let ms = self.declared.millis(&b)?;
             if let Some(m) = max(&ms) {
                 latest = Some(latest.map_or(m, |l| l.max(m)));
             }
-            let Some(wm) = self.watermark else {
+            let Some(wm) = self.declared.watermark else {
                 kept.push(b);
                 continue;
             };
@@ -136,16 +178,16 @@ impl StreamOperator for LateRowFilter {
             // Keyed by stream and batch time: every query reading the stream writes
             // the same rows under the same key, so the sink holds them once.
             let key = WriteKey {
-                query_id: self.stream.clone(),
+                query_id: self.declared.stream.clone(),
                 batch_time: ctx.batch_time,
                 partition: 0,
             };
             self.dead_letter.write(&key, late).await?;
             self.dead_letter
-                .commit(&self.stream, ctx.batch_time, 1)
+                .commit(&self.declared.stream, ctx.batch_time, 1)
                 .await?;
         }
-        advance(&mut self.watermark, latest, self.delay, ctx);
+        self.declared.advance(latest, ctx);
         Ok(Some(kept))
     }
 
@@ -155,14 +197,11 @@ impl StreamOperator for LateRowFilter {
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        Ok(crate::checkpoint::OperatorState {
-            batches: Vec::new(),
-            meta: serde_json::json!({ "watermark": self.watermark }),
-        })
+        Ok(self.declared.snapshot())
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        self.watermark = state.meta["watermark"].as_i64();
+        self.declared.restore(&state);
         Ok(())
     }
 
@@ -171,23 +210,7 @@ impl StreamOperator for LateRowFilter {
     }
 
     fn watermark(&self) -> Option<i64> {
-        self.watermark
-    }
-}
-
-/// `watermark` after a batch whose latest time was `latest`: that less `delay` when
-/// it is ahead; past every time at the end of finite input.
-fn advance(
-    watermark: &mut Option<i64>,
-    latest: Option<i64>,
-    delay: Duration,
-    ctx: &OperatorContext,
-) {
-    if ctx.end_of_input {
-        *watermark = Some(super::END_OF_INPUT_WATERMARK);
-    } else if let Some(l) = latest {
-        let candidate = l.saturating_sub(delay.as_millis() as i64);
-        *watermark = Some(watermark.map_or(candidate, |w| w.max(candidate)));
+        self.declared.watermark
     }
 }
 
@@ -197,11 +220,7 @@ fn advance(
 /// one per stream a query reads when its sink acts on the watermark (a files sink
 /// committing partitions by time), so that a stateless query has one.
 pub struct StreamWatermark {
-    stream: String,
-    schema: SchemaRef,
-    time_index: usize,
-    delay: Duration,
-    watermark: Option<i64>,
+    declared: Declared,
 }
 
 impl StreamWatermark {
@@ -212,20 +231,8 @@ impl StreamWatermark {
         time_index: usize,
         delay: Duration,
     ) -> Result<Self> {
-        match schema.fields().get(time_index).map(|f| f.data_type()) {
-            Some(DataType::Timestamp(_, _)) => {}
-            other => {
-                return plan_err!(
-                    "stream {stream}: the watermark column must be a timestamp, got {other:?}"
-                );
-            }
-        }
         Ok(Self {
-            stream: stream.to_string(),
-            schema,
-            time_index,
-            delay,
-            watermark: None,
+            declared: Declared::try_new(stream, schema, time_index, delay)?,
         })
     }
 }
@@ -233,29 +240,29 @@ impl StreamWatermark {
 #[async_trait]
 impl StreamOperator for StreamWatermark {
     fn name(&self) -> String {
-        format!("StreamWatermark({})", self.stream)
+        format!("StreamWatermark({})", self.declared.stream)
     }
 
     fn describe(&self) -> String {
         format!(
             "StreamWatermark({}, column {}, delay {} ms)",
-            self.stream,
-            self.time_index,
-            self.delay.as_millis()
+            self.declared.stream,
+            self.declared.time_index,
+            self.declared.delay.as_millis()
         )
     }
 
     fn explain(&self) -> String {
         format!(
             "StreamWatermark: {}'s watermark, {} - {}, kept for the sink",
-            self.stream,
-            self.schema.field(self.time_index).name(),
-            crate::time::format_duration(self.delay)
+            self.declared.stream,
+            self.declared.schema.field(self.declared.time_index).name(),
+            crate::time::format_duration(self.declared.delay)
         )
     }
 
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(&self.declared.schema)
     }
 
     async fn plan_input(&mut self, input: &DataFrame) -> Result<Arc<dyn ExecutionPlan>> {
@@ -269,12 +276,12 @@ impl StreamOperator for StreamWatermark {
     ) -> Result<Option<Vec<RecordBatch>>> {
         let mut latest: Option<i64> = None;
         for b in input.iter().filter(|b| b.num_rows() > 0) {
-            let ms = super::timestamp_millis(b.column(self.time_index), "the watermark column")?;
+            let ms = self.declared.millis(b)?;
             if let Some(m) = max(&ms) {
                 latest = Some(latest.map_or(m, |l| l.max(m)));
             }
         }
-        advance(&mut self.watermark, latest, self.delay, ctx);
+        self.declared.advance(latest, ctx);
         Ok(None)
     }
 
@@ -284,19 +291,16 @@ impl StreamOperator for StreamWatermark {
     }
 
     fn snapshot(&mut self) -> Result<crate::checkpoint::OperatorState> {
-        Ok(crate::checkpoint::OperatorState {
-            batches: Vec::new(),
-            meta: serde_json::json!({ "watermark": self.watermark }),
-        })
+        Ok(self.declared.snapshot())
     }
 
     fn restore(&mut self, state: crate::checkpoint::OperatorState) -> Result<()> {
-        self.watermark = state.meta["watermark"].as_i64();
+        self.declared.restore(&state);
         Ok(())
     }
 
     fn watermark(&self) -> Option<i64> {
-        self.watermark
+        self.declared.watermark
     }
 }
 
@@ -347,7 +351,7 @@ mod tests {
     /// It emits nothing; the watermark is the latest time less the delay, never goes
     /// back, comes back from a snapshot and passes every time at the end of input.
     #[tokio::test]
-    async fn a_stream_watermark_passes_rows_and_keeps_the_latest_time_less_the_delay() {
+    async fn a_stream_watermark_emits_nothing_and_keeps_the_latest_time_less_the_delay() {
         let input = TestInput::keyed_events();
         let mut op =
             StreamWatermark::try_new("ev", Arc::clone(&input.schema), 1, Duration::from_secs(1))
