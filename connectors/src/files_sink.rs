@@ -95,9 +95,10 @@ struct PartitionCommit {
     /// Its time: `$column` replaced by the partition's value (Flink's
     /// `partition.time-extractor.timestamp-pattern`), read as `yyyy-MM-dd[ HH:mm[:ss]]`.
     pattern: String,
-    /// Partition folders of committed batches without their file yet; `None` until
-    /// found again from the commit log (the first watermark after a start).
-    pending: tokio::sync::Mutex<Option<BTreeSet<String>>>,
+    /// Partition folders of committed batches without their file yet, each with its
+    /// time (read once, as it enters); `None` until found again from the commit log
+    /// (the first watermark after a start).
+    pending: tokio::sync::Mutex<Option<BTreeMap<String, i64>>>,
 }
 
 impl PartitionCommit {
@@ -538,11 +539,7 @@ impl Sink for FilesSink {
         if let Some(pc) = &self.partition_commit
             && let Some(pending) = pc.pending.lock().await.as_mut()
         {
-            pending.extend(
-                files
-                    .iter()
-                    .filter_map(|f| Some(f.rsplit_once('/')?.0.to_string())),
-            );
+            self.add_pending(pc, pending, files.iter())?;
         }
         let mut since = self.since_compaction.lock().await;
         let count = match *since {
@@ -574,17 +571,16 @@ impl Sink for FilesSink {
         };
         let mut pending = pc.pending.lock().await;
         if pending.is_none() {
-            *pending = Some(self.uncommitted_partitions().await?);
+            *pending = Some(self.uncommitted_partitions(pc).await?);
         }
         let Some(pending) = pending.as_mut() else {
             return Ok(());
         };
-        let mut due = Vec::new();
-        for dir in pending.iter() {
-            if watermark.as_millis() > pc.time_of(&self.name, dir)?.saturating_add(pc.delay_ms) {
-                due.push(dir.clone());
-            }
-        }
+        let due: Vec<String> = pending
+            .iter()
+            .filter(|(_, time)| watermark.as_millis() > time.saturating_add(pc.delay_ms))
+            .map(|(dir, _)| dir.clone())
+            .collect();
         for dir in due {
             self.put(&format!("{dir}/{SUCCESS_FILE}"), Vec::new())
                 .await?;
@@ -597,15 +593,15 @@ impl Sink for FilesSink {
 impl FilesSink {
     /// The partition folders of the files the commit log lists that have no
     /// [`SUCCESS_FILE`] yet: what a restarted sink still has to commit.
-    async fn uncommitted_partitions(&self) -> Result<BTreeSet<String>> {
+    async fn uncommitted_partitions(&self, pc: &PartitionCommit) -> Result<BTreeMap<String, i64>> {
         let mut log = CommitLog::default();
         log.refresh(&self.location).await?;
-        let dirs: BTreeSet<String> = log
+        let dirs: BTreeSet<&str> = log
             .files
             .iter()
-            .filter_map(|f| Some(f.rsplit_once('/')?.0.to_string()))
+            .filter_map(|f| Some(f.rsplit_once('/')?.0))
             .collect();
-        let mut pending = BTreeSet::new();
+        let mut pending = BTreeMap::new();
         for dir in dirs {
             // Looked up by the path `put` wrote (stores list names in their own escaping).
             match self
@@ -616,7 +612,7 @@ impl FilesSink {
             {
                 Ok(_) => {}
                 Err(object_store::Error::NotFound { .. }) => {
-                    pending.insert(dir);
+                    pending.insert(dir.to_string(), pc.time_of(&self.name, dir)?);
                 }
                 Err(e) => {
                     return Err(self.error(format!(
@@ -627,6 +623,21 @@ impl FilesSink {
             }
         }
         Ok(pending)
+    }
+
+    /// The partition folders of `files` (committed) added to `pending` with their time.
+    fn add_pending<'a>(
+        &self,
+        pc: &PartitionCommit,
+        pending: &mut BTreeMap<String, i64>,
+        files: impl Iterator<Item = &'a String>,
+    ) -> Result<()> {
+        for dir in files.filter_map(|f| Some(f.rsplit_once('/')?.0)) {
+            if !pending.contains_key(dir) {
+                pending.insert(dir.to_string(), pc.time_of(&self.name, dir)?);
+            }
+        }
+        Ok(())
     }
 
     /// The entries of the commit log, oldest first.

@@ -416,6 +416,22 @@ async fn partitions_are_committed_once_the_watermark_passes_their_time() {
         .sum();
     assert_eq!(rows, 6);
 
+    // A row behind the watermark is not dropped by a stateless query: it is written
+    // into its partition even when that one was committed already (as in Flink).
+    let (mut s, _) = session_at(clock.now().plus(std::time::Duration::from_secs(10)));
+    s.execute_script(&script).await.unwrap();
+    s.execute("INSERT INTO bids VALUES (7, '2026-01-01T00:00:30')")
+        .await
+        .unwrap();
+    s.execute("ADVANCE 1 BATCHES").await.unwrap();
+    s.stop_all().await.unwrap();
+    let first_minute: Vec<String> = tree(&out)
+        .into_iter()
+        .filter(|p| p.starts_with("dt=2026-01-01/hm=00%3A00/"))
+        .collect();
+    assert_eq!(first_minute.len(), 3, "{first_minute:?}");
+    assert!(first_minute.contains(&"dt=2026-01-01/hm=00%3A00/_SUCCESS".to_string()));
+
     // A query with no watermark would never commit: refused, naming what is missing.
     let (mut s, _) = session_at(Time::from_millis(0));
     s.execute("CREATE STREAM plain (auction BIGINT, ts TIMESTAMP) WITH (connector = 'memory')")

@@ -747,7 +747,7 @@ fn sessions(
     w: &WindowSpec,
     batches: Vec<RecordBatch>,
 ) -> Result<RecordBatch> {
-    use crate::ops::aggregate::session::{Layout, SessionTask};
+    use crate::ops::aggregate::session::{Layout, SessionTask, emits_changelog};
     let (spec, schema, versions) = (task.spec, task.schema, task.versions);
     let planned = agg.planned()?;
     let layout = Layout::new(Arc::clone(&planned.partial_schema), agg.keys(), w.key_index);
@@ -771,7 +771,8 @@ fn sessions(
         Arc::new(schema.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>())?)
     };
     // Update mode's rows are a changelog: their kind ends them, after every value.
-    let changelog = (spec.changed_only && !w.append && !versions.close).then(|| Arc::clone(&wide));
+    let changelog = (emits_changelog(spec.changed_only, w.append) && !versions.close)
+        .then(|| Arc::clone(&wide));
     let wide = match &changelog {
         Some(with_op) => {
             Arc::new(with_op.project(&(0..with_op.fields().len() - 1).collect::<Vec<_>>())?)

@@ -101,7 +101,7 @@ impl SessionAggregate {
     /// changes its bounds, which are part of its key, so its earlier rows are
     /// retracted (`-D`) before the new one is added (`+I`).
     fn changelog(&self) -> Option<SchemaRef> {
-        (self.changed_only && !self.time.window.emit_closed_only)
+        emits_changelog(self.changed_only, self.time.window.emit_closed_only)
             .then(|| crate::ops::changelog_schema(&self.output_schema))
     }
 
@@ -112,6 +112,12 @@ impl SessionAggregate {
             .then_some(self.time.watermark)
             .flatten()
     }
+}
+
+/// Whether a session aggregate's rows are a changelog: in update mode (changed
+/// sessions only, not append's closed ones), where a session's bounds move.
+pub(crate) fn emits_changelog(changed_only: bool, append: bool) -> bool {
+    changed_only && !append
 }
 
 /// Where the partial aggregate's columns go in the store: the group keys other than
@@ -273,10 +279,7 @@ impl Step<'_> {
         let stored = converter.convert_columns(&merged.columns()[..nk])?;
         let retract: BooleanArray = stored.iter().map(|r| Some(changed.contains(&r))).collect();
         let gone = filter_record_batch(before, &retract)?;
-        let mut columns = gone.columns()[..nk].to_vec();
-        columns.extend(self.agg.evaluate(&gone.columns()[nk..], gone.num_rows())?);
-        columns.truncate(self.output_schema.fields().len());
-        let gone = RecordBatch::try_new(Arc::clone(self.output_schema), columns)?;
+        let gone = emitted_rows(self.agg, nk, self.output_schema, &gone)?;
         Ok(concat_batches(
             schema,
             &[
@@ -354,19 +357,29 @@ impl Sessions<'_> {
         let mut out = Vec::new();
         for b in stored.into_iter().flatten() {
             let flat = layout.nested.explode_rows(&b)?;
-            let mut columns = flat.columns()[..layout.nk()].to_vec();
-            columns.extend(
-                self.agg
-                    .evaluate(&flat.columns()[layout.nk()..], flat.num_rows())?,
-            );
-            columns.truncate(self.output_schema.fields().len());
-            out.push(RecordBatch::try_new(
-                Arc::clone(self.output_schema),
-                columns,
+            out.push(emitted_rows(
+                self.agg,
+                layout.nk(),
+                self.output_schema,
+                &flat,
             )?);
         }
         Ok(out)
     }
+}
+
+/// Sessions as they are emitted: `flat`'s `nk` group keys then each aggregate's value
+/// from its state columns, as many as `schema` (the output) holds.
+fn emitted_rows(
+    agg: &PartialAggregate,
+    nk: usize,
+    schema: &SchemaRef,
+    flat: &RecordBatch,
+) -> Result<RecordBatch> {
+    let mut columns = flat.columns()[..nk].to_vec();
+    columns.extend(agg.evaluate(&flat.columns()[nk..], flat.num_rows())?);
+    columns.truncate(schema.fields().len());
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// A state partition's task of a session-window aggregate on a cluster
